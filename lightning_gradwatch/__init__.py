@@ -1,0 +1,24 @@
+"""lightning-gradwatch: a gradient-health instrument for PyTorch Lightning.
+
+``GradWatch`` is imported lazily, so ``lightning_gradwatch.cli`` and the pure modules load without Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lightning_gradwatch.alerts import GradientAlert, GradientAlertError, GradientWarning
+
+__version__ = "0.1.0"
+__all__ = ["GradWatch", "GradientAlert", "GradientAlertError", "GradientWarning", "__version__"]
+
+if TYPE_CHECKING:
+    from lightning_gradwatch.callback import GradWatch
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GradWatch":
+        from lightning_gradwatch.callback import GradWatch
+
+        return GradWatch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,160 @@
+"""Alert records, the warning and error they travel in, and remedy hints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+AlertKind = Literal["vanishing", "exploding", "nonfinite"]
+ALERT_KINDS: tuple[AlertKind, ...] = ("vanishing", "exploding", "nonfinite")
+
+
+@dataclass(frozen=True)
+class GradientAlert:
+    """One gradient-health finding at one optimizer step.
+
+    Args:
+        kind: ``"vanishing"``, ``"exploding"`` or ``"nonfinite"``.
+        step: the trainer's ``global_step`` when the alert fired.
+        layers: names of the layers at fault, in forward order.
+        value: the measured quantity that crossed the threshold (its meaning depends on ``kind``; see ``message``).
+        threshold: the threshold it crossed.
+        message: a human-readable explanation with remedy hints.
+        optimizer: index of the optimizer whose parameters were measured.
+
+    Example:
+        >>> alert = GradientAlert("exploding", step=12, layers=("fc1",), value=40.0, threshold=8.0, message="...")
+        >>> alert.kind, alert.step
+        ('exploding', 12)
+        >>> GradientAlert.from_dict(alert.to_dict()) == alert
+        True
+    """
+
+    kind: AlertKind
+    step: int
+    layers: tuple[str, ...]
+    value: float
+    threshold: float
+    message: str
+    optimizer: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready values."""
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GradientAlert:
+        """Rebuild an alert from :meth:`to_dict` output; unknown keys are ignored."""
+        return cls(
+            kind=data["kind"],
+            step=int(data["step"]),
+            layers=tuple(data.get("layers", ())),
+            value=float(data.get("value", float("nan"))),
+            threshold=float(data.get("threshold", float("nan"))),
+            message=str(data.get("message", "")),
+            optimizer=int(data.get("optimizer", 0)),
+            extra=dict(data.get("extra", {})),
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class GradientWarning(UserWarning):
+    """Warning category of GradWatch alerts; filter it with :mod:`warnings` like any other category.
+
+    Example:
+        >>> import warnings
+        >>> warnings.simplefilter("error", GradientWarning)  # turn gradient warnings into errors
+        >>> warnings.resetwarnings()
+    """
+
+
+class GradientAlertError(RuntimeError):
+    """Raised for an alert whose configured response is ``"raise"``; carries the alert.
+
+    Example:
+        >>> alert = GradientAlert("nonfinite", 3, ("fc1",), float("nan"), 0.0, "NaN gradients in fc1")
+        >>> err = GradientAlertError(alert)
+        >>> err.alert.kind
+        'nonfinite'
+    """
+
+    def __init__(self, alert: GradientAlert) -> None:
+        super().__init__(alert.message)
+        self.alert = alert
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.alert,))
+
+
+def format_layers(layers: tuple[str, ...] | list[str], limit: int = 6) -> str:
+    """``a, b, c`` with a count of the rest when there are many.
+
+    Example:
+        >>> format_layers(["l0", "l1", "l2"], limit=2)
+        'l0, l1 (+1 more)'
+    """
+    shown = ", ".join(layers[:limit])
+    return shown if len(layers) <= limit else f"{shown} (+{len(layers) - limit} more)"
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the remedy hints need to know about a model, read once from its modules."""
+
+    saturating_activations: bool = False
+    vanilla_rnn: bool = False
+    normalisation: bool = False
+    residual_hint: bool = False
+
+    @classmethod
+    def from_module(cls, module: Any) -> ModelTraits:
+        """Inspect ``module.modules()`` by type name (no import of the classes needed)."""
+        names = {type(m).__name__ for m in module.modules()}
+        saturating = bool(names & {"Sigmoid", "Tanh", "Hardtanh", "Softsign", "LogSigmoid", "Hardsigmoid"})
+        rnn = "RNN" in names or "RNNCell" in names
+        norm = any(n.endswith(("Norm", "Norm1d", "Norm2d", "Norm3d")) or "Norm" in n for n in names)
+        return cls(saturating_activations=saturating, vanilla_rnn=rnn, normalisation=norm)
+
+
+def remedies(kind: AlertKind, traits: ModelTraits | None = None) -> list[str]:
+    """Remedy hints that fit ``kind`` and the model's traits, most specific first.
+
+    Example:
+        >>> remedies("vanishing", ModelTraits(vanilla_rnn=True))[0]
+        'replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long sequences)'
+    """
+    traits = traits or ModelTraits()
+    hints: list[str] = []
+    if kind == "vanishing":
+        if traits.vanilla_rnn:
+            hints.append(
+                "replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long"
+                " sequences)"
+            )
+        if traits.saturating_activations:
+            hints.append("replace sigmoid/tanh activations with a ReLU-family activation (ReLU, LeakyReLU, GELU)")
+        if not traits.normalisation:
+            hints.append("add normalisation layers (BatchNorm, LayerNorm)")
+        hints.append("add residual (skip) connections around deep stacks")
+        hints.append("use He (Kaiming) initialisation for ReLU-family layers, Xavier (Glorot) for tanh/sigmoid")
+        if not traits.saturating_activations and not traits.vanilla_rnn:
+            hints.append("check for dead ReLUs or a too-small learning-rate-free path (frozen or detached inputs)")
+    elif kind == "exploding":
+        hints.append('clip gradients: GradWatch(clip="adaptive") or GradWatch(on_exploding="clip")')
+        hints.append("lower the learning rate, or add a learning-rate warm-up")
+        if traits.vanilla_rnn:
+            hints.append("replace the vanilla nn.RNN with nn.LSTM or nn.GRU")
+        if not traits.normalisation:
+            hints.append("add normalisation layers (BatchNorm, LayerNorm)")
+        hints.append("check the inputs and labels of the batches at this step for outliers or corruption")
+    else:
+        hints.append("look for NaN/Inf in the inputs, labels or loss of the batches at this step")
+        hints.append("guard divisions, logs and square roots in the loss (add an epsilon)")
+        hints.append('lower the learning rate and clip gradients (GradWatch(clip="adaptive"))')
+        hints.append("with fp16, prefer bf16-mixed precision or keep the loss scaler enabled")
+    return hints

@@ -1,0 +1,537 @@
+"""``GradWatch``: the Lightning callback. Hook wiring, schedule, rank handling and responses; the work is elsewhere."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import torch
+from typing_extensions import override
+
+from lightning_gradwatch import __version__
+from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
+from lightning_gradwatch.alerts import GradientAlert, GradientAlertError, GradientWarning, ModelTraits
+from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
+from lightning_gradwatch.report import RunSummary, build_report, write_report
+from lightning_gradwatch.stats import GRANULARITIES, GradientStats, Granularity
+from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
+
+VanishingResponse = Literal["warn", "raise", "stop", "ignore"]
+ExplodingResponse = Literal["warn", "raise", "stop", "skip", "ignore"]
+NonfiniteResponse = Literal["warn", "raise", "stop", "skip", "ignore"]
+_RESPONSES: dict[str, tuple[str, ...]] = {
+    "on_vanishing": ("warn", "raise", "stop", "ignore"),
+    "on_exploding": ("warn", "raise", "stop", "skip", "ignore"),
+    "on_nonfinite": ("warn", "raise", "stop", "skip", "ignore"),
+}
+_MAX_ALERTS_KEPT = 1000
+
+
+@dataclass
+class _Run:
+    """Everything that lives for one ``fit``: released at teardown, never pickled."""
+
+    log_every: int
+    hist_every: int
+    is_global_zero: bool
+    world_size: int
+    log_dir: str | None
+    writers: Writers | None
+    traits: ModelTraits
+    exempt: frozenset[str]
+    amp_scaler: Any
+    collectors: dict[int, tuple[int, GradientStats]] = field(default_factory=dict)
+    interval_max: dict[int, float] = field(default_factory=dict)
+    amp_overflow_run: int = 0
+    report_failed: bool = False
+
+
+class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
+    r"""Watch every layer's gradients: TensorBoard charts, early warnings, and automatic responses.
+
+    Gradients are measured in ``on_before_optimizer_step``, the one hook where they are final (accumulated,
+    all-reduced, AMP-unscaled, not yet clipped), once per optimizer step, for the parameters of the optimizer being
+    stepped. Parameters are grouped into layers by owning module (``encoder.layers.3.self_attn``), so TensorBoard
+    gets one chart line per layer, not one per weight and bias.
+
+    Every step: per-layer gradient L2 norms and the total norm, in one fused pass with one device-to-host transfer;
+    detection runs on these. Every ``log_every_n_steps`` steps (global rank 0 writes): ``grad_norm/<layer>``,
+    ``grad_to_weight/<layer>``, ``param_norm/<layer>``, ``grad_max_abs/<layer>``, ``grad_zero_fraction/<layer>``,
+    ``gradwatch/total_norm``, ``gradwatch/total_norm_max`` (the largest since the previous log step) and event
+    counts. Every ``histogram_every_n_steps`` steps: ``grad_hist/<layer>`` histograms, estimated from a uniform
+    random sample of at most ``histogram_sample_size`` values per layer (exact for smaller layers) so their cost
+    stays bounded on huge layers. A custom-scalars layout shows each per-layer metric as one multi-line chart.
+    TensorBoard loggers get all of this as one event per step; any other logger gets the scalars through
+    ``log_metrics``. ``gradwatch.json`` (configuration, per-layer summaries, alerts) is written beside the event
+    files (the TensorBoard logger's ``log_dir``, else ``trainer.log_dir``) at the end of training, when an alert
+    fires, and when training dies with an exception.
+
+    Responses, per alert kind: ``"warn"`` records the alert and emits a :class:`GradientWarning` once per episode;
+    ``"raise"`` raises :class:`GradientAlertError`; ``"stop"`` ends training after this step on every rank and
+    keeps this step's update out of the weights; ``"skip"`` drops the update of every affected step (gradients set
+    to ``None``, so the optimizer leaves weights and state such as Adam moments untouched); ``"ignore"`` does
+    nothing. Every response except ``"ignore"`` records the alert in :attr:`alerts`, in TensorBoard
+    (``gradwatch/alerts``) and in ``gradwatch.json``.
+
+    Args:
+        on_vanishing: response to sustained vanishing gradients: ``"warn"``, ``"raise"``, ``"stop"`` or
+            ``"ignore"``.
+        on_exploding: response to exploding gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"`` or
+            ``"ignore"``. With ``"skip"``, every spike step is skipped; the alert is recorded once the explosion is
+            sustained.
+        on_nonfinite: response to NaN/Inf gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"`` or
+            ``"ignore"``. A non-finite gradient reaches the weights only with ``"warn"`` or ``"ignore"``.
+        clip: reserved for automatic clipping; must be ``None``.
+        log_every_n_steps: write scalars every this many optimizer steps (at steps 0, n, 2n, ...).
+            ``None``: the Trainer's ``log_every_n_steps``.
+        histogram_every_n_steps: write histograms every this many optimizer steps. ``None``: four times the
+            scalar interval; ``0``: no histograms.
+        granularity: ``"module"`` (one layer per module that owns parameters) or ``"parameter"``.
+        include: regular expression; only parameters whose full name (``encoder.layers.0.linear1.weight``) matches
+            are watched.
+        exclude: regular expression; parameters whose full name matches are not watched.
+        warmup_steps: steps that only build the gradient-norm history.
+        exploding_zscore: standard deviations of ``log10(total norm)`` above its running mean that make a spike.
+        exploding_min_factor: a spike is at least this many times the running (geometric) mean of the total norm.
+        exploding_patience: consecutive spike steps that make an explosion; a lone spike is counted, not alerted.
+        exploding_threshold: optional absolute total norm above which a step is always a spike.
+        vanishing_ratio: a layer whose norm stays below this fraction of the largest layer's norm is vanishing.
+        vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
+        vanishing_patience: consecutive vanishing steps before an alert.
+        amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
+            failures; this many consecutive ones mean the run itself has gone non-finite.
+        histogram_bins: buckets per histogram.
+        histogram_sample_size: values sampled per layer for its histogram.
+
+    Raises:
+        ValueError: for an argument outside its allowed values (the message lists them).
+        TypeError: for an argument of the wrong type.
+        ModuleNotFoundError: when neither ``lightning`` nor ``pytorch-lightning`` is installed.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> watch = GradWatch(on_exploding="skip", log_every_n_steps=5)
+        >>> trainer = pl.Trainer(max_steps=10, callbacks=[watch], logger=False, enable_progress_bar=False,
+        ...                      enable_checkpointing=False, enable_model_summary=False)
+        >>> trainer.fit(BoringModel())
+        >>> watch.alerts
+        []
+    """
+
+    def __init__(
+        self,
+        on_vanishing: VanishingResponse = "warn",
+        on_exploding: ExplodingResponse = "warn",
+        on_nonfinite: NonfiniteResponse = "stop",
+        clip: Union[float, Literal["adaptive"], None] = None,
+        log_every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = None,
+        granularity: Granularity = "module",
+        include: str | None = None,
+        exclude: str | None = None,
+        *,
+        warmup_steps: int = 10,
+        exploding_zscore: float = 4.0,
+        exploding_min_factor: float = 3.0,
+        exploding_patience: int = 2,
+        exploding_threshold: float | None = None,
+        vanishing_ratio: float = 1e-5,
+        vanishing_floor: float | None = None,
+        vanishing_patience: int = 50,
+        amp_overflow_patience: int = 20,
+        histogram_bins: int = 64,
+        histogram_sample_size: int = 4096,
+    ) -> None:
+        if not CALLBACK_BASES:
+            raise ModuleNotFoundError(MISSING_LIGHTNING)
+        super().__init__()
+        for name, value in (("on_vanishing", on_vanishing), ("on_exploding", on_exploding)):
+            _check_choice(name, value, _RESPONSES[name])
+        _check_choice("on_nonfinite", on_nonfinite, _RESPONSES["on_nonfinite"])
+        if clip is not None:
+            raise ValueError(f"`clip` must be None (clipping is not available in this version), got {clip!r}")
+        for name, value in (("log_every_n_steps", log_every_n_steps),):
+            if value is not None:
+                _check_int(name, value, minimum=1)
+        if histogram_every_n_steps is not None:
+            _check_int("histogram_every_n_steps", histogram_every_n_steps, minimum=0)
+        _check_choice("granularity", granularity, GRANULARITIES)
+        for name, pattern in (("include", include), ("exclude", exclude)):
+            _check_pattern(name, pattern)
+        _check_int("amp_overflow_patience", amp_overflow_patience, minimum=1)
+        _check_int("histogram_bins", histogram_bins, minimum=1)
+        _check_int("histogram_sample_size", histogram_sample_size, minimum=1)
+        self.detection = DetectionConfig(
+            warmup_steps=warmup_steps,
+            exploding_zscore=exploding_zscore,
+            exploding_min_factor=exploding_min_factor,
+            exploding_patience=exploding_patience,
+            exploding_threshold=exploding_threshold,
+            vanishing_ratio=vanishing_ratio,
+            vanishing_floor=vanishing_floor,
+            vanishing_patience=vanishing_patience,
+        )
+        self.on_vanishing = on_vanishing
+        self.on_exploding = on_exploding
+        self.on_nonfinite = on_nonfinite
+        self.clip = clip
+        self.log_every_n_steps = log_every_n_steps
+        self.histogram_every_n_steps = histogram_every_n_steps
+        self.granularity = granularity
+        self.include = include
+        self.exclude = exclude
+        self.amp_overflow_patience = amp_overflow_patience
+        self.histogram_bins = histogram_bins
+        self.histogram_sample_size = histogram_sample_size
+        self.alerts: list[GradientAlert] = []
+        self._detectors: dict[int, GradientDetector] = {}
+        self._pending_state: dict[str, Any] = {}
+        self._summary = RunSummary()
+        self._run: _Run | None = None
+
+    # ------------------------------------------------------------------ identity and state
+    @property
+    def state_key(self) -> str:
+        """Distinct per configuration, so two GradWatch callbacks in one Trainer keep separate state."""
+        return self._generate_state_key(
+            granularity=self.granularity, include=self.include, exclude=self.exclude, clip=self.clip
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The configuration as plain values (written to ``gradwatch.json``)."""
+        return {
+            "on_vanishing": self.on_vanishing,
+            "on_exploding": self.on_exploding,
+            "on_nonfinite": self.on_nonfinite,
+            "clip": self.clip,
+            "log_every_n_steps": self.log_every_n_steps,
+            "histogram_every_n_steps": self.histogram_every_n_steps,
+            "granularity": self.granularity,
+            "include": self.include,
+            "exclude": self.exclude,
+            "amp_overflow_patience": self.amp_overflow_patience,
+            "histogram_bins": self.histogram_bins,
+            "histogram_sample_size": self.histogram_sample_size,
+            **self.detection.to_dict(),
+        }
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": 1,
+            "detectors": {str(k): d.state_dict() for k, d in self._detectors.items()},
+            "summary": self._summary.state_dict(),
+            "alerts": [a.to_dict() for a in self.alerts[-_MAX_ALERTS_KEPT:]],
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = dict(state_dict.get("detectors", {}))
+        for key, det in self._detectors.items():
+            if str(key) in self._pending_state:
+                det.load_state_dict(self._pending_state.pop(str(key)))
+        self._summary = RunSummary()
+        self._summary.load_state_dict(state_dict.get("summary", {}))
+        self.alerts = [GradientAlert.from_dict(a) for a in state_dict.get("alerts", [])]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_run"] = None  # parameters, loggers and event writers belong to one fit
+        return state
+
+    # ------------------------------------------------------------------ setup and teardown
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        strategy_name = type(trainer.strategy).__name__
+        if "DeepSpeed" in strategy_name:
+            raise RuntimeError(
+                f"GradWatch does not support {strategy_name}: DeepSpeed ZeRO keeps gradients in its own partitioned"
+                " buffers and leaves `param.grad` empty, so every norm would read as zero. Use DDP, FSDP"
+                " (`FSDPStrategy`) or `ModelParallelStrategy` (FSDP2), or remove GradWatch from this run."
+            )
+        log_every = self.log_every_n_steps or max(int(getattr(trainer, "log_every_n_steps", 50) or 50), 1)
+        hist_every = 4 * log_every if self.histogram_every_n_steps is None else self.histogram_every_n_steps
+        log_dir = _log_dir(trainer)  # a collective on some strategies: every rank calls it
+        writers = Writers(trainer.loggers) if trainer.is_global_zero else None
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self.alerts = []
+        self._detectors = {}
+        self._pending_state = {}
+        self._summary = RunSummary()
+        self._run = _Run(
+            log_every=log_every,
+            hist_every=hist_every,
+            is_global_zero=bool(trainer.is_global_zero),
+            world_size=int(trainer.world_size),
+            log_dir=log_dir,
+            writers=writers,
+            traits=ModelTraits.from_module(pl_module),
+            exempt=_exempt_layers(pl_module, self.granularity),
+            amp_scaler=scaler,
+        )
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or self._run is None:
+            return
+        status = str(getattr(getattr(trainer, "state", None), "status", "finished")).split(".")[-1].lower()
+        self._finish(status if status != "running" else "finished")
+        self._run = None
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if self._run is None:
+            return
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        self._finish(status, error=f"{type(exception).__name__}: {exception}")
+        self._run = None
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        run = self._run
+        if run is None or not run.is_global_zero:
+            return
+        if run.writers:
+            run.writers.flush()
+        self._write_report(status, error)
+
+    def _write_report(self, status: str, error: str | None = None) -> None:
+        run = self._run
+        if run is None or not run.is_global_zero or run.log_dir is None or run.report_failed:
+            return
+        doc = build_report(
+            version=__version__,
+            status=status,
+            config=self.config(),
+            summary=self._summary,
+            alerts=self.alerts,
+            error=error,
+        )
+        try:
+            write_report(run.log_dir, doc)
+        except OSError as err:
+            run.report_failed = True
+            warnings.warn(
+                f"GradWatch could not write gradwatch.json to {run.log_dir} ({err}). Training continues; the alerts"
+                " are still in `GradWatch.alerts` and the logs.",
+                GradientWarning,
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------ the step
+    @override
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        run = self._run
+        if run is None:
+            return
+        step = int(trainer.global_step)
+        opt_idx = _optimizer_index(trainer, optimizer)
+        stats_of = self._collector(run, opt_idx, optimizer, pl_module)
+        log_now = step % run.log_every == 0
+        hist_now = run.hist_every > 0 and step % run.hist_every == 0
+        write_here = run.is_global_zero and bool(run.writers)
+        stats = stats_of.collect(extended=log_now and write_here, histograms=hist_now and write_here)
+        if stats is None:
+            return
+        detector = self._detector(run, opt_idx)
+        if run.amp_scaler is not None and not stats.finite and _scaler_enabled(run.amp_scaler):
+            run.amp_overflow_run += 1
+            self._summary.count("amp_overflow_steps")
+            if run.amp_overflow_run < self.amp_overflow_patience:
+                return  # the scaler skips this step and lowers its scale: not a failure, not a statistic
+        else:
+            run.amp_overflow_run = 0
+        verdict = detector.update(step, stats)
+        suffix = f"/optimizer_{opt_idx}" if len(getattr(trainer, "optimizers", ())) > 1 else ""
+        key = suffix.lstrip("/")
+        if stats.finite:
+            self._summary.add_step(step, stats, key=key, logged=log_now)
+            run.interval_max[opt_idx] = max(run.interval_max.get(opt_idx, 0.0), stats.total_norm)
+        else:
+            self._summary.note_nonfinite(stats)
+        if verdict.spike:
+            self._summary.count("spike_steps")
+        skip, stop, fail = self._respond(trainer, verdict)
+        if log_now and write_here:
+            self._write_step(run, step, stats, opt_idx, suffix, detector)
+        skip, stop, fail = _reduce_decisions(trainer, run, skip, stop, fail)
+        if skip or stop:
+            _drop_gradients(optimizer)
+            self._summary.count("skipped_steps")
+        if stop:
+            trainer.should_stop = True
+        if fail:
+            alert = next((a for a in verdict.alerts if self._response(a.kind) == "raise"), None)
+            if alert is None:
+                message = "A gradient alert was raised on another rank"
+                alert = GradientAlert("nonfinite", step, (), math.nan, 0.0, message)
+            self._write_report("failed", error=alert.message.splitlines()[0])
+            raise GradientAlertError(alert)
+
+    def _response(self, kind: str) -> str:
+        return {"vanishing": self.on_vanishing, "exploding": self.on_exploding, "nonfinite": self.on_nonfinite}[kind]
+
+    def _respond(self, trainer: Any, verdict: Verdict) -> tuple[bool, bool, bool]:
+        """Record alerts and decide this rank's (skip, stop, raise)."""
+        run = self._run
+        assert run is not None
+        skip = stop = fail = False
+        if verdict.nonfinite and self.on_nonfinite in ("skip", "stop", "raise"):
+            skip = True
+        if verdict.spike and self.on_exploding == "skip":
+            skip = True
+        for alert in verdict.alerts:
+            response = self._response(alert.kind)
+            if response == "ignore":
+                continue
+            self.alerts.append(alert)
+            if run.is_global_zero:
+                if run.writers:
+                    run.writers.write_alert(alert)
+                if response == "warn":
+                    warnings.warn(alert.message, GradientWarning, stacklevel=2)
+                self._write_report("running")
+            if response == "stop":
+                stop = True
+            elif response == "raise":
+                fail = True
+        return skip, stop, fail
+
+    def _write_step(
+        self, run: _Run, step: int, stats: Any, opt_idx: int, suffix: str, detector: GradientDetector
+    ) -> None:
+        assert run.writers is not None
+        scalars = step_scalars(stats, suffix=suffix)
+        scalars[f"gradwatch/total_norm_max{suffix}"] = run.interval_max.pop(opt_idx, stats.total_norm)
+        threshold = detector.spike_threshold()
+        if math.isfinite(threshold):
+            scalars[f"gradwatch/spike_threshold{suffix}"] = threshold
+        for event in ("amp_overflow_steps", "skipped_steps", "spike_steps"):
+            scalars[f"gradwatch/{event}"] = float(self._summary.events.get(event, 0))
+        run.writers.write_step(step, scalars, histogram_tags(stats))
+
+    def _collector(self, run: _Run, opt_idx: int, optimizer: Any, pl_module: Any) -> GradientStats:
+        count = sum(len(g["params"]) for g in optimizer.param_groups)
+        cached = run.collectors.get(opt_idx)
+        if cached is not None and cached[0] == count:
+            return cached[1]
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        named = [(n, p) for n, p in pl_module.named_parameters() if id(p) in in_optimizer]
+        known = {id(p) for _, p in named}
+        extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
+        named += [(f"optimizer_{opt_idx}.param_{i}", p) for i, p in enumerate(extra)]
+        stats = GradientStats(
+            named,
+            granularity=self.granularity,
+            include=self.include,
+            exclude=self.exclude,
+            histogram_bins=self.histogram_bins,
+            histogram_sample_size=self.histogram_sample_size,
+        )
+        run.collectors[opt_idx] = (count, stats)
+        return stats
+
+    def _detector(self, run: _Run, opt_idx: int) -> GradientDetector:
+        det = self._detectors.get(opt_idx)
+        if det is None:
+            det = GradientDetector(self.detection, exempt_layers=run.exempt, traits=run.traits, optimizer=opt_idx)
+            pending = self._pending_state.pop(str(opt_idx), None)
+            if pending is not None:
+                det.load_state_dict(pending)
+            self._detectors[opt_idx] = det
+        return det
+
+    @override
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        run = self._run
+        if run is None or not self._detectors or (int(trainer.global_step) - 1) % run.log_every != 0:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            value = float(loss.detach())
+            for det in self._detectors.values():
+                det.observe_loss(value)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}")
+
+
+def _check_pattern(name: str, pattern: Any) -> None:
+    import re
+
+    if pattern is None:
+        return
+    if not isinstance(pattern, str):
+        raise TypeError(f"`{name}` must be a regular expression string or None, got {type(pattern).__name__}")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"`{name}` is not a valid regular expression ({err}): {pattern!r}") from err
+
+
+def _log_dir(trainer: Any) -> str | None:
+    """Where ``gradwatch.json`` goes: the first TensorBoard logger's ``log_dir``, else ``trainer.log_dir``."""
+    fallback = trainer.log_dir  # broadcasts: called on every rank
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "TensorBoardLogger":
+            return os.fspath(logger.log_dir)
+    return os.fspath(fallback) if fallback is not None else None
+
+
+def _exempt_layers(pl_module: Any, granularity: str) -> frozenset[str]:
+    """Normalisation layers and biases: their gradients are naturally small, never a vanishing signal."""
+    exempt: set[str] = set()
+    for name, module in pl_module.named_modules():
+        if "Norm" in type(module).__name__:
+            if granularity == "module":
+                exempt.add(name)
+            else:
+                exempt.update(f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False))
+    if granularity == "parameter":
+        exempt.update(n for n, _ in pl_module.named_parameters() if n.rsplit(".", 1)[-1] == "bias")
+    return frozenset(exempt)
+
+
+def _optimizer_index(trainer: Any, optimizer: Any) -> int:
+    for i, opt in enumerate(getattr(trainer, "optimizers", ())):
+        if opt is optimizer or getattr(opt, "optimizer", None) is optimizer:
+            return i
+    return 0
+
+
+def _scaler_enabled(scaler: Any) -> bool:
+    is_enabled = getattr(scaler, "is_enabled", None)
+    return bool(is_enabled()) if callable(is_enabled) else True
+
+
+def _drop_gradients(optimizer: Any) -> None:
+    """Keep this step's update out: optimizers skip parameters whose gradient is ``None`` (state untouched)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
+def _reduce_decisions(trainer: Any, run: _Run, skip: bool, stop: bool, fail: bool) -> tuple[bool, bool, bool]:
+    """Every rank takes the same decision: a flag raised on any rank holds on all of them."""
+    if run.world_size <= 1:
+        return skip, stop, fail
+    device = getattr(trainer.strategy, "root_device", torch.device("cpu"))
+    flags = torch.tensor([float(skip), float(stop), float(fail)], device=device)
+    flags = trainer.strategy.reduce(flags, reduce_op="sum")
+    values = flags.tolist()
+    return values[0] > 0, values[1] > 0, values[2] > 0

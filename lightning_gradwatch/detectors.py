@@ -1,0 +1,391 @@
+"""Detection of vanishing, exploding and non-finite gradients over the stream of :class:`StepStats`.
+
+Plain Python over floats, stateful and checkpointable (:meth:`GradientDetector.state_dict`). One detector watches the
+parameters of one optimizer.
+
+- **Non-finite**: any NaN/Inf gradient value; one alert per episode (consecutive non-finite steps).
+- **Exploding**: the run's own history of ``log10(total norm)`` is summarised by an exponential moving mean and
+  variance (started by a plain mean over the warm-up). A step is a *spike* when its norm exceeds
+  ``10 ** (mean + max(zscore * std, log10(min_factor)))`` or the optional absolute threshold. A lone spike is
+  counted, not alerted; ``patience`` consecutive spikes are an explosion. Spikes enter the history clipped to the
+  spike threshold, so one outlier does not inflate it.
+- **Vanishing**: a layer is vanishing on a step when its norm is below ``ratio`` times the largest layer norm, or
+  below the absolute ``floor``; it is alerted when that lasts ``patience`` consecutive steps. The whole network is
+  vanishing when every gradient is exactly zero, or when the total norm has fallen below ``collapse_ratio`` times
+  its post-warm-up level while the loss has not fallen with it. Normalisation layers and biases are exempt from the
+  per-layer test: their gradients are naturally small.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from lightning_gradwatch.alerts import GradientAlert, ModelTraits, format_layers, remedies
+from lightning_gradwatch.stats import StepStats
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Thresholds of the detectors. Every field has a default calibrated to stay silent on healthy training.
+
+    Args:
+        warmup_steps: steps whose statistics only build the history (no exploding or collapse verdict).
+        exploding_zscore: how many standard deviations of ``log10(total norm)`` above the mean make a spike.
+        exploding_min_factor: a spike is at least this many times the running (geometric) mean norm.
+        exploding_patience: consecutive spikes that make an explosion (a lone spike is only counted).
+        exploding_threshold: optional absolute total-norm threshold; above it a step is always a spike.
+        ema_decay: weight of the newest step in the running mean and variance (about ``1 / decay`` steps of memory).
+        vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing.
+        vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
+        vanishing_patience: consecutive vanishing steps before an alert.
+        collapse_ratio: the whole network is vanishing when the total norm falls below this fraction of its level
+            just after warm-up while the loss stays above ``collapse_loss_fraction`` of its level then.
+        collapse_loss_fraction: see ``collapse_ratio``.
+
+    Example:
+        >>> DetectionConfig(vanishing_patience=10).vanishing_patience
+        10
+        >>> DetectionConfig(exploding_zscore=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: `exploding_zscore` must be a positive number, got -1
+    """
+
+    warmup_steps: int = 10
+    exploding_zscore: float = 4.0
+    exploding_min_factor: float = 3.0
+    exploding_patience: int = 2
+    exploding_threshold: float | None = None
+    ema_decay: float = 0.05
+    vanishing_ratio: float = 1e-5
+    vanishing_floor: float | None = None
+    vanishing_patience: int = 50
+    collapse_ratio: float = 1e-4
+    collapse_loss_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_int("warmup_steps", self.warmup_steps, minimum=0)
+        _check_positive("exploding_zscore", self.exploding_zscore)
+        _check_positive("exploding_min_factor", self.exploding_min_factor)
+        if self.exploding_min_factor < 1:
+            raise ValueError(f"`exploding_min_factor` must be at least 1, got {self.exploding_min_factor!r}")
+        _check_int("exploding_patience", self.exploding_patience, minimum=1)
+        if self.exploding_threshold is not None:
+            _check_positive("exploding_threshold", self.exploding_threshold)
+        _check_positive("ema_decay", self.ema_decay)
+        if self.ema_decay >= 1:
+            raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay!r}")
+        _check_positive("vanishing_ratio", self.vanishing_ratio)
+        if self.vanishing_ratio >= 1:
+            raise ValueError(f"`vanishing_ratio` must be in (0, 1), got {self.vanishing_ratio!r}")
+        if self.vanishing_floor is not None:
+            _check_positive("vanishing_floor", self.vanishing_floor)
+        _check_int("vanishing_patience", self.vanishing_patience, minimum=1)
+        _check_positive("collapse_ratio", self.collapse_ratio)
+        _check_positive("collapse_loss_fraction", self.collapse_loss_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values."""
+        return asdict(self)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class Verdict:
+    """What the detectors concluded about one step.
+
+    Attributes:
+        alerts: alerts that fired at this step (at most one per kind; episodes are alerted once).
+        nonfinite: the step has NaN/Inf gradients.
+        spike: the total norm is above the spike threshold (alerted or not).
+        spike_threshold: the total norm above which a step is a spike (``inf`` during warm-up).
+        vanishing_layers: layers currently in a vanishing episode.
+    """
+
+    alerts: list[GradientAlert] = field(default_factory=list)
+    nonfinite: bool = False
+    spike: bool = False
+    spike_threshold: float = math.inf
+    vanishing_layers: tuple[str, ...] = ()
+
+    def alert(self, kind: str) -> GradientAlert | None:
+        """The alert of ``kind`` fired at this step, if any."""
+        return next((a for a in self.alerts if a.kind == kind), None)
+
+
+class GradientDetector:
+    """Watches the gradient statistics of one optimizer and reports alerts.
+
+    Args:
+        config: detection thresholds.
+        exempt_layers: layers left out of the per-layer vanishing test (normalisation layers, biases).
+        traits: what the model looks like, to pick remedy hints.
+        optimizer: index of the watched optimizer (recorded in alerts).
+
+    Example:
+        >>> from lightning_gradwatch.stats import StepStats
+        >>> det = GradientDetector(DetectionConfig(warmup_steps=3))
+        >>> def step(norm): return StepStats(("fc",), (norm,), norm, (10,), (0,))
+        >>> [det.update(i, step(1.0)).alerts for i in range(5)]
+        [[], [], [], [], []]
+        >>> det.update(5, step(1e4)).spike, det.update(6, step(1e5)).alert("exploding").kind
+        (True, 'exploding')
+    """
+
+    def __init__(
+        self,
+        config: DetectionConfig | None = None,
+        exempt_layers: Collection[str] = (),
+        traits: ModelTraits | None = None,
+        optimizer: int = 0,
+    ) -> None:
+        self.config = config or DetectionConfig()
+        self.exempt_layers = frozenset(exempt_layers)
+        self.traits = traits or ModelTraits()
+        self.optimizer = optimizer
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self.steps = 0  # finite steps seen
+        self.mean = 0.0  # of log10(total norm)
+        self.var = 0.0
+        self.spike_run = 0
+        self.exploding_episode = False
+        self.nonfinite_episode = False
+        self.vanishing_run: dict[str, int] = {}
+        self.vanishing_episode: set[str] = set()
+        self.collapse_run = 0
+        self.collapse_episode = False
+        self.reference_norm: float | None = None
+        self.reference_loss: float | None = None
+        self.last_loss: float | None = None
+        self.counts: dict[str, int] = {"spikes": 0, "nonfinite_steps": 0}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values that let a resumed run continue where it stopped."""
+        return {
+            "steps": self.steps,
+            "mean": self.mean,
+            "var": self.var,
+            "spike_run": self.spike_run,
+            "exploding_episode": self.exploding_episode,
+            "nonfinite_episode": self.nonfinite_episode,
+            "vanishing_run": dict(self.vanishing_run),
+            "vanishing_episode": sorted(self.vanishing_episode),
+            "collapse_run": self.collapse_run,
+            "collapse_episode": self.collapse_episode,
+            "reference_norm": self.reference_norm,
+            "reference_loss": self.reference_loss,
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; keys missing from older checkpoints keep their defaults."""
+        self.reset()
+        self.steps = int(state.get("steps", 0))
+        self.mean = float(state.get("mean", 0.0))
+        self.var = float(state.get("var", 0.0))
+        self.spike_run = int(state.get("spike_run", 0))
+        self.exploding_episode = bool(state.get("exploding_episode", False))
+        self.nonfinite_episode = bool(state.get("nonfinite_episode", False))
+        self.vanishing_run = {str(k): int(v) for k, v in state.get("vanishing_run", {}).items()}
+        self.vanishing_episode = set(state.get("vanishing_episode", ()))
+        self.collapse_run = int(state.get("collapse_run", 0))
+        self.collapse_episode = bool(state.get("collapse_episode", False))
+        self.reference_norm = state.get("reference_norm")
+        self.reference_loss = state.get("reference_loss")
+        self.counts.update({str(k): int(v) for k, v in state.get("counts", {}).items()})
+
+    # ------------------------------------------------------------------ detection
+    @property
+    def std(self) -> float:
+        """Running standard deviation of ``log10(total norm)``."""
+        return math.sqrt(max(self.var, 0.0))
+
+    def spike_threshold(self) -> float:
+        """The total norm above which the next step is a spike (``inf`` until warm-up ends, unless absolute)."""
+        cfg = self.config
+        threshold = math.inf
+        if self.steps >= max(cfg.warmup_steps, 2):
+            margin = max(cfg.exploding_zscore * self.std, math.log10(cfg.exploding_min_factor))
+            threshold = 10 ** min(self.mean + margin, 300.0)
+        if cfg.exploding_threshold is not None:
+            threshold = min(threshold, cfg.exploding_threshold)
+        return threshold
+
+    def observe_loss(self, loss: float) -> None:
+        """Record the latest training loss (used to tell a converged model from a collapsed one)."""
+        if math.isfinite(loss):
+            self.last_loss = loss
+
+    def update(self, step: int, stats: StepStats) -> Verdict:
+        """Judge one step's statistics; returns the verdict, with any alerts that fired now."""
+        verdict = Verdict()
+        if not stats.finite or not math.isfinite(stats.total_norm):
+            verdict.nonfinite = True
+            self.counts["nonfinite_steps"] = self.counts.get("nonfinite_steps", 0) + 1
+            if not self.nonfinite_episode:
+                self.nonfinite_episode = True
+                verdict.alerts.append(self._nonfinite_alert(step, stats))
+            return verdict
+        self.nonfinite_episode = False
+        self._update_exploding(step, stats, verdict)
+        self._update_vanishing(step, stats, verdict)
+        return verdict
+
+    def _update_exploding(self, step: int, stats: StepStats, verdict: Verdict) -> None:
+        cfg = self.config
+        threshold = self.spike_threshold()
+        verdict.spike_threshold = threshold
+        norm = stats.total_norm
+        x = math.log10(norm) if norm > 0 else None
+        if norm > threshold:
+            verdict.spike = True
+            self.counts["spikes"] = self.counts.get("spikes", 0) + 1
+            self.spike_run += 1
+            if self.spike_run >= cfg.exploding_patience and not self.exploding_episode:
+                self.exploding_episode = True
+                verdict.alerts.append(self._exploding_alert(step, stats, threshold))
+            if x is not None:
+                self._learn(min(x, math.log10(threshold)))
+            return
+        self.spike_run = 0
+        self.exploding_episode = False
+        if x is not None:
+            self._learn(x)
+
+    def _learn(self, x: float) -> None:
+        cfg = self.config
+        self.steps += 1
+        if self.steps <= max(cfg.warmup_steps, 2):  # plain running mean/variance (Welford) over the warm-up
+            delta = x - self.mean
+            self.mean += delta / self.steps
+            self.var += (delta * (x - self.mean) - self.var) / self.steps
+            return
+        a = cfg.ema_decay
+        delta = x - self.mean
+        self.mean += a * delta
+        self.var = (1 - a) * (self.var + a * delta * delta)
+
+    def _update_vanishing(self, step: int, stats: StepStats, verdict: Verdict) -> None:
+        cfg = self.config
+        top = max(stats.grad_norm) if stats.grad_norm else 0.0
+        if self.reference_norm is None and self.steps >= max(cfg.warmup_steps, 2):
+            self.reference_norm = stats.total_norm
+            self.reference_loss = self.last_loss
+        # whole network: all-zero gradients, or a collapse while the loss has not come down with it
+        collapsed = top == 0.0
+        if not collapsed and self.reference_norm:
+            below = stats.total_norm < cfg.collapse_ratio * self.reference_norm
+            loss_stuck = (
+                self.reference_loss is not None
+                and self.last_loss is not None
+                and self.reference_loss > 0
+                and self.last_loss > cfg.collapse_loss_fraction * self.reference_loss
+            )
+            collapsed = below and loss_stuck
+        self.collapse_run = self.collapse_run + 1 if collapsed else 0
+        if self.collapse_run >= cfg.vanishing_patience and not self.collapse_episode:
+            self.collapse_episode = True
+            verdict.alerts.append(self._collapse_alert(step, stats))
+        elif not collapsed:
+            self.collapse_episode = False
+        # per layer, relative to the largest layer (or below an absolute floor)
+        limit = cfg.vanishing_ratio * top
+        floor = cfg.vanishing_floor
+        runs = self.vanishing_run
+        newly: list[str] = []
+        present = set()
+        for name, norm in zip(stats.layers, stats.grad_norm):
+            if name in self.exempt_layers:
+                continue
+            present.add(name)
+            if top > 0 and (norm < limit or (floor is not None and norm < floor)):
+                n = runs.get(name, 0) + 1
+                runs[name] = n
+                if n >= cfg.vanishing_patience and name not in self.vanishing_episode:
+                    self.vanishing_episode.add(name)
+                    newly.append(name)
+            elif name in runs:
+                del runs[name]
+                self.vanishing_episode.discard(name)
+        verdict.vanishing_layers = tuple(n for n in stats.layers if n in self.vanishing_episode)
+        if newly and not verdict.alert("vanishing"):
+            ordered = tuple(n for n in stats.layers if n in self.vanishing_episode)
+            worst = min(stats.grad_norm[stats.layers.index(n)] for n in ordered)
+            verdict.alerts.append(self._vanishing_alert(step, ordered, worst / top if top else 0.0, stats))
+
+    # ------------------------------------------------------------------ messages
+    def _hints(self, kind: str) -> str:
+        return "\n".join(f"  - {h}" for h in remedies(kind, self.traits))  # type: ignore[arg-type]
+
+    def _nonfinite_alert(self, step: int, stats: StepStats) -> GradientAlert:
+        layers = stats.nonfinite_layers or stats.layers
+        values = sum(stats.nonfinite_count)
+        message = (
+            f"Non-finite gradients (NaN/Inf) at step {step}: {values} value(s) in {format_layers(layers)}.\n"
+            f"Remedies:\n{self._hints('nonfinite')}"
+        )
+        return GradientAlert("nonfinite", step, tuple(layers), float(values), 0.0, message, self.optimizer)
+
+    def _exploding_alert(self, step: int, stats: StepStats, threshold: float) -> GradientAlert:
+        baseline = 10**self.mean
+        ratios = [(n, g) for n, g in zip(stats.layers, stats.grad_norm)]
+        ratios.sort(key=lambda item: -item[1])
+        share = [n for n, g in ratios if g * g >= 0.1 * stats.total_norm**2] or [ratios[0][0]]
+        ordered = tuple(n for n in stats.layers if n in set(share))
+        message = (
+            f"Exploding gradients at step {step}: total norm {stats.total_norm:.4g} for "
+            f"{self.spike_run} consecutive steps above the spike threshold {threshold:.4g} "
+            f"(typical norm so far {baseline:.4g}). Largest in: {format_layers(ordered)}.\n"
+            f"Remedies:\n{self._hints('exploding')}"
+        )
+        return GradientAlert("exploding", step, ordered, stats.total_norm, threshold, message, self.optimizer)
+
+    def _vanishing_alert(self, step: int, layers: tuple[str, ...], ratio: float, stats: StepStats) -> GradientAlert:
+        cfg = self.config
+        top_layer = stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)]
+        message = (
+            f"Vanishing gradients at step {step}: {format_layers(layers)} had gradient norms below "
+            f"{cfg.vanishing_ratio:g}x the largest layer's ({top_layer})"
+            + (f" or below {cfg.vanishing_floor:g}" if cfg.vanishing_floor is not None else "")
+            + f" for {cfg.vanishing_patience} consecutive steps (smallest ratio {ratio:.3g}).\n"
+            f"Remedies:\n{self._hints('vanishing')}"
+        )
+        return GradientAlert("vanishing", step, layers, ratio, cfg.vanishing_ratio, message, self.optimizer)
+
+    def _collapse_alert(self, step: int, stats: StepStats) -> GradientAlert:
+        cfg = self.config
+        ref = self.reference_norm or 0.0
+        ratio = stats.total_norm / ref if ref else 0.0
+        if stats.total_norm == 0:
+            what = "every gradient is exactly zero"
+        else:
+            what = (
+                f"the total gradient norm fell to {ratio:.3g}x its level after warm-up while the loss has not come"
+                " down with it"
+            )
+        message = (
+            f"Vanishing gradients at step {step}: {what}, for {cfg.vanishing_patience} consecutive steps.\n"
+            f"Remedies:\n{self._hints('vanishing')}"
+        )
+        return GradientAlert("vanishing", step, stats.layers, ratio, cfg.collapse_ratio, message, self.optimizer)
+
+
+def config_fields() -> tuple[str, ...]:
+    """Names of the :class:`DetectionConfig` fields."""
+    return tuple(f.name for f in fields(DetectionConfig))

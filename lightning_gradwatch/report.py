@@ -1,0 +1,304 @@
+"""The run report, ``gradwatch.json``: bounded per-layer summaries, events and alerts, written atomically.
+
+This module owns the file's format (writing it during training and reading it back in the ``gradwatch`` command).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.stats import StepStats
+
+REPORT_FILE = "gradwatch.json"
+REPORT_FORMAT = "gradwatch-report"
+REPORT_FORMAT_VERSION = 1
+
+
+class Series:
+    """A bounded summary of one scalar stream: count, first, last, min, max, and an evenly thinned history.
+
+    The history keeps at most ``2 * capacity`` points spread over the whole run (every other point is dropped and
+    the stride doubled when it fills), so memory stays flat however long training runs.
+
+    Example:
+        >>> s = Series(capacity=4)
+        >>> for step in range(100):
+        ...     s.add(step, float(step))
+        >>> s.count, s.min, s.max, s.last
+        (100, 0.0, 99.0, 99.0)
+        >>> len(s.history) <= 8
+        True
+    """
+
+    __slots__ = ("_seen", "_stride", "capacity", "count", "first", "history", "last", "max", "min")
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self.first = math.nan
+        self.last = math.nan
+        self.min = math.inf
+        self.max = -math.inf
+        self.history: list[tuple[int, float]] = []
+        self._stride = 1
+        self._seen = 0
+
+    def add(self, step: int, value: float) -> None:
+        """Add one value (non-finite values count, but stay out of min, max and the history)."""
+        self.count += 1
+        self.last = value
+        if not math.isfinite(value):
+            return
+        if self.first != self.first:
+            self.first = value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+        if self._seen % self._stride == 0:
+            self.history.append((step, value))
+            if len(self.history) >= 2 * self.capacity:
+                self.history = self.history[::2]
+                self._stride *= 2
+        self._seen += 1
+
+    @property
+    def median(self) -> float:
+        """Median of the thinned history (``nan`` when empty)."""
+        return statistics.median(v for _, v in self.history) if self.history else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON (non-finite numbers become ``None``)."""
+        return {
+            "count": self.count,
+            "first": _num(self.first),
+            "last": _num(self.last),
+            "min": _num(self.min),
+            "max": _num(self.max),
+            "median": _num(self.median),
+            "history": [[step, _num(v)] for step, v in self.history],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this series after a resume."""
+        return {
+            "count": self.count,
+            "first": self.first,
+            "last": self.last,
+            "min": self.min,
+            "max": self.max,
+            "history": [list(p) for p in self.history],
+            "stride": self._stride,
+            "seen": self._seen,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; missing keys keep their defaults."""
+        self.count = int(state.get("count", 0))
+        self.first = float(state.get("first", math.nan))
+        self.last = float(state.get("last", math.nan))
+        self.min = float(state.get("min", math.inf))
+        self.max = float(state.get("max", -math.inf))
+        self.history = [(int(s), float(v)) for s, v in state.get("history", [])]
+        self._stride = int(state.get("stride", 1))
+        self._seen = int(state.get("seen", 0))
+
+
+def _num(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class RunSummary:
+    """Per-layer and run-level summaries of one training run, fed by :class:`~lightning_gradwatch.stats.StepStats`.
+
+    The total norm is summarised on every measured step; per-layer values on logged steps.
+    """
+
+    def __init__(self) -> None:
+        self.total_norm: dict[str, Series] = {}
+        self.layers: dict[str, dict[str, Any]] = {}
+        self.first_step: int | None = None
+        self.last_step: int | None = None
+        self.measured_steps = 0
+        self.logged_steps = 0
+        self.events: dict[str, int] = {}
+
+    def count(self, event: str, n: int = 1) -> None:
+        """Count a run event such as ``"amp_overflow_steps"`` or ``"skipped_steps"``."""
+        self.events[event] = self.events.get(event, 0) + n
+
+    def add_step(self, step: int, stats: StepStats, key: str = "", logged: bool = False) -> None:
+        """Add one measured step (``logged``: also update the per-layer summaries)."""
+        if self.first_step is None:
+            self.first_step = step
+        self.last_step = step
+        self.measured_steps += 1
+        self.total_norm.setdefault(key, Series()).add(step, stats.total_norm)
+        if not logged:
+            return
+        self.logged_steps += 1
+        ratios = stats.grad_to_weight
+        for i, name in enumerate(stats.layers):
+            entry = self.layers.get(name)
+            if entry is None:
+                entry = self.layers[name] = {
+                    "numel": stats.numel[i],
+                    "grad_norm": Series(),
+                    "grad_to_weight": Series(),
+                    "nonfinite_steps": 0,
+                }
+            entry["grad_norm"].add(step, stats.grad_norm[i])
+            if ratios is not None:
+                entry["grad_to_weight"].add(step, ratios[i])
+            if stats.nonfinite_count[i]:
+                entry["nonfinite_steps"] += 1
+
+    def note_nonfinite(self, stats: StepStats) -> None:
+        """Count non-finite layers of a step that was not logged."""
+        for name, count in zip(stats.layers, stats.nonfinite_count):
+            if count and name in self.layers:
+                self.layers[name]["nonfinite_steps"] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for the report."""
+        return {
+            "steps": {
+                "first": self.first_step,
+                "last": self.last_step,
+                "measured": self.measured_steps,
+                "logged": self.logged_steps,
+            },
+            "total_norm": {key or "all": s.to_dict() for key, s in self.total_norm.items()},
+            "layers": [
+                {
+                    "name": name,
+                    "numel": entry["numel"],
+                    "grad_norm": entry["grad_norm"].to_dict(),
+                    "grad_to_weight": entry["grad_to_weight"].to_dict(),
+                    "nonfinite_steps": entry["nonfinite_steps"],
+                }
+                for name, entry in self.layers.items()
+            ],
+            "events": dict(self.events),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the summaries after a resume."""
+        return {
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "measured_steps": self.measured_steps,
+            "logged_steps": self.logged_steps,
+            "events": dict(self.events),
+            "total_norm": {k: s.state_dict() for k, s in self.total_norm.items()},
+            "layers": {
+                name: {
+                    "numel": e["numel"],
+                    "grad_norm": e["grad_norm"].state_dict(),
+                    "grad_to_weight": e["grad_to_weight"].state_dict(),
+                    "nonfinite_steps": e["nonfinite_steps"],
+                }
+                for name, e in self.layers.items()
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; missing keys keep their defaults."""
+        self.first_step = state.get("first_step")
+        self.last_step = state.get("last_step")
+        self.measured_steps = int(state.get("measured_steps", 0))
+        self.logged_steps = int(state.get("logged_steps", 0))
+        self.events = {str(k): int(v) for k, v in state.get("events", {}).items()}
+        self.total_norm = {}
+        for key, s in state.get("total_norm", {}).items():
+            self.total_norm[key] = Series()
+            self.total_norm[key].load_state_dict(s)
+        self.layers = {}
+        for name, e in state.get("layers", {}).items():
+            grad_norm, ratio = Series(), Series()
+            grad_norm.load_state_dict(e.get("grad_norm", {}))
+            ratio.load_state_dict(e.get("grad_to_weight", {}))
+            self.layers[name] = {
+                "numel": int(e.get("numel", 0)),
+                "grad_norm": grad_norm,
+                "grad_to_weight": ratio,
+                "nonfinite_steps": int(e.get("nonfinite_steps", 0)),
+            }
+
+
+def build_report(
+    *,
+    version: str,
+    status: str,
+    config: Mapping[str, Any],
+    summary: RunSummary,
+    alerts: Iterable[GradientAlert],
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The whole ``gradwatch.json`` document."""
+    doc: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "format_version": REPORT_FORMAT_VERSION,
+        "gradwatch_version": version,
+        "status": status,
+        "config": dict(config),
+    }
+    if error:
+        doc["error"] = error
+    doc.update(summary.to_dict())
+    doc["alerts"] = [_json_safe(a.to_dict()) for a in alerts]
+    return doc
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_report(directory: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
+    """Write ``doc`` to ``directory/gradwatch.json`` atomically (a reader never sees half a file).
+
+    Raises:
+        OSError: when the directory cannot be created or written.
+    """
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / REPORT_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".gradwatch-", suffix=".json.tmp", dir=target)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_json_safe(dict(doc)), fh, indent=1, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a ``gradwatch.json``.
+
+    Raises:
+        ValueError: when the file is not JSON or not a GradWatch report.
+        OSError: when it cannot be read.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
+    if not isinstance(doc, dict) or doc.get("format") != REPORT_FORMAT:
+        raise ValueError(f'{path} is not a GradWatch report (no "format": "{REPORT_FORMAT}")')
+    return doc

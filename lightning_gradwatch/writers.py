@@ -1,0 +1,238 @@
+"""Output: TensorBoard (scalars, histograms, custom-scalars layout, text) and scalars to any other logger.
+
+Loggers are duck-typed: a logger whose ``experiment`` is a ``torch.utils.tensorboard.SummaryWriter`` gets the fast
+path (all of a step's values in ONE ``Summary`` event, histograms included); any other logger gets
+``log_metrics(metrics, step)``. A writer that fails (unwritable directory, full disk) is reported once and then
+left alone, so a monitoring problem never ends a training run.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from lightning_gradwatch.alerts import GradientAlert, GradientWarning
+from lightning_gradwatch.stats import LayerHistogram, StepStats
+
+#: Per-layer scalar families, in the order they appear in TensorBoard.
+LAYER_SCALARS: tuple[str, ...] = ("grad_norm", "grad_to_weight", "param_norm", "grad_max_abs", "grad_zero_fraction")
+HISTOGRAM_PREFIX = "grad_hist"
+TOTAL_NORM = "gradwatch/total_norm"
+ALERTS_TAG = "gradwatch/alerts"
+
+
+def step_scalars(stats: StepStats, prefix: str = "", suffix: str = "") -> dict[str, float]:
+    """The scalars of one step as ``{tag: value}``: per-layer families plus run-level ``gradwatch/...`` values.
+
+    Example:
+        >>> from lightning_gradwatch.stats import StepStats
+        >>> s = StepStats(("fc",), (0.5,), 0.5, (10,), (0,), (2.0,), (0.1,), (0.0,))
+        >>> sorted(step_scalars(s))  # doctest: +NORMALIZE_WHITESPACE
+        ['grad_max_abs/fc', 'grad_norm/fc', 'grad_to_weight/fc', 'grad_zero_fraction/fc', 'gradwatch/nonfinite_values',
+         'gradwatch/total_norm', 'param_norm/fc']
+    """
+    out: dict[str, float] = {}
+    families: list[tuple[str, Sequence[float] | None]] = [
+        ("grad_norm", stats.grad_norm),
+        ("grad_to_weight", stats.grad_to_weight),
+        ("param_norm", stats.param_norm),
+        ("grad_max_abs", stats.max_abs),
+        ("grad_zero_fraction", stats.zero_fraction),
+    ]
+    for family, values in families:
+        if values is None:
+            continue
+        for layer, value in zip(stats.layers, values):
+            out[f"{prefix}{family}/{layer}{suffix}"] = value
+    out[f"{TOTAL_NORM}{suffix}"] = stats.total_norm
+    out[f"gradwatch/nonfinite_values{suffix}"] = float(sum(stats.nonfinite_count))
+    for layer, count in zip(stats.layers, stats.nonfinite_count):
+        if count:
+            out[f"{prefix}grad_nonfinite/{layer}{suffix}"] = float(count)
+    return out
+
+
+def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: one multi-line chart per per-layer metric, one for the run's norms.
+
+    Example:
+        >>> layout = custom_scalars_layout()
+        >>> layout["gradwatch: per layer"]["gradient L2 norm"]
+        ['Multiline', ['grad_norm/.*']]
+    """
+    return {
+        "gradwatch: per layer": {
+            "gradient L2 norm": ["Multiline", ["grad_norm/.*"]],
+            "gradient-to-weight ratio": ["Multiline", ["grad_to_weight/.*"]],
+            "parameter L2 norm": ["Multiline", ["param_norm/.*"]],
+            "max |gradient|": ["Multiline", ["grad_max_abs/.*"]],
+            "fraction of zero gradients": ["Multiline", ["grad_zero_fraction/.*"]],
+        },
+        "gradwatch: run": {
+            "total gradient norm": [
+                "Multiline",
+                ["gradwatch/total_norm.*", "gradwatch/clipped_norm.*", "gradwatch/clip_threshold.*"],
+            ],
+            "events": ["Multiline", ["gradwatch/.*_steps.*", "gradwatch/nonfinite_values.*"]],
+        },
+    }
+
+
+def alert_markdown(alert: GradientAlert) -> str:
+    """An alert as Markdown for TensorBoard's Text tab."""
+    layers = ", ".join(f"`{name}`" for name in alert.layers[:20])
+    if len(alert.layers) > 20:
+        layers += f" (+{len(alert.layers) - 20} more)"
+    return (
+        f"**{alert.kind}** at step {alert.step} (value {alert.value:.4g}, threshold {alert.threshold:.4g})  \n"
+        f"layers: {layers or '(all)'}  \n\n{alert.message}"
+    )
+
+
+class _TensorBoardSink:
+    """Writes through a ``SummaryWriter``'s own event file: one ``Summary`` event per step."""
+
+    def __init__(self, writer: Any) -> None:
+        from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+        self._writer = writer
+        self._summary = Summary
+        self._histogram = HistogramProto
+        self._fast = type(writer).__module__.startswith("torch.utils.tensorboard") and hasattr(
+            writer, "_get_file_writer"
+        )
+
+    def write(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
+        if not self._fast:
+            for tag, value in scalars.items():
+                self._writer.add_scalar(tag, value, step)
+            for tag, h in histograms.items():
+                self._writer.add_histogram_raw(
+                    tag, h.min, h.max, h.num, h.sum, h.sum_squares, list(h.bucket_limits), list(h.bucket_counts), step
+                )
+            return
+        values = [self._summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+        for tag, h in histograms.items():
+            proto = self._histogram(
+                min=h.min,
+                max=h.max,
+                num=h.num,
+                sum=h.sum,
+                sum_squares=h.sum_squares,
+                bucket_limit=list(h.bucket_limits),
+                bucket=list(h.bucket_counts),
+            )
+            values.append(self._summary.Value(tag=tag, histo=proto))
+        if values:
+            self._writer._get_file_writer().add_summary(self._summary(value=values), step)
+
+    def write_layout(self, layout: dict[str, Any]) -> None:
+        self._writer.add_custom_scalars(layout)
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        self._writer.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+
+class _LoggerSink:
+    """Scalars through ``logger.log_metrics``; text and histograms are TensorBoard-only."""
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+
+    def write(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
+        if scalars:
+            self._logger.log_metrics(dict(scalars), step=step)
+
+    def write_layout(self, layout: dict[str, Any]) -> None:
+        pass
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        save = getattr(self._logger, "save", None)
+        if callable(save):
+            save()
+
+
+def _is_tensorboard_writer(experiment: Any) -> bool:
+    return all(hasattr(experiment, attr) for attr in ("add_custom_scalars", "add_text", "flush")) and hasattr(
+        experiment, "add_histogram_raw"
+    )
+
+
+class Writers:
+    """All output sinks of one run. Only global rank 0 builds one.
+
+    Args:
+        loggers: the trainer's loggers, in order.
+    """
+
+    def __init__(self, loggers: Iterable[Any]) -> None:
+        self._sinks: list[Any] = []
+        self._names: list[str] = []
+        for logger in loggers:
+            experiment = _tensorboard_experiment(logger)
+            sink: Any = _TensorBoardSink(experiment) if experiment is not None else _LoggerSink(logger)
+            self._sinks.append(sink)
+            self._names.append(type(logger).__name__)
+        self._failed: set[int] = set()
+        self._layout_written = False
+
+    def __bool__(self) -> bool:
+        return bool(self._sinks)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for i, sink in enumerate(self._sinks):
+            if i in self._failed:
+                continue
+            try:
+                getattr(sink, method)(*args)
+            except Exception as err:  # a monitoring failure must not end training
+                self._failed.add(i)
+                warnings.warn(
+                    f"GradWatch could not write to {self._names[i]} ({type(err).__name__}: {err}); it stops writing"
+                    " there for this run. Training, detection and responses continue.",
+                    GradientWarning,
+                    stacklevel=2,
+                )
+
+    def write_step(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
+        """Write a step's scalars and histograms (the layout goes out with the first write)."""
+        if not self._layout_written:
+            self._layout_written = True
+            self._each("write_layout", custom_scalars_layout())
+        self._each("write", step, {k: float(v) for k, v in scalars.items()}, histograms)
+
+    def write_alert(self, alert: GradientAlert) -> None:
+        """Write an alert as a ``gradwatch/alerts`` text entry at its step."""
+        self._each("write_text", ALERTS_TAG, alert_markdown(alert), alert.step)
+
+    def flush(self) -> None:
+        """Flush every sink (event files reach the disk)."""
+        self._each("flush")
+
+
+def _tensorboard_experiment(logger: Any) -> Any:
+    """The logger's ``SummaryWriter`` when it writes TensorBoard event files, else ``None``."""
+    try:
+        experiment = getattr(logger, "experiment", None)
+    except Exception:
+        return None
+    return experiment if experiment is not None and _is_tensorboard_writer(experiment) else None
+
+
+def histogram_tags(stats: StepStats, suffix: str = "") -> dict[str, LayerHistogram]:
+    """``{grad_hist/<layer>: histogram}`` for the layers that have one this step."""
+    if stats.histograms is None:
+        return {}
+    return {
+        f"{HISTOGRAM_PREFIX}/{layer}{suffix}": h
+        for layer, h in zip(stats.layers, stats.histograms)
+        if h is not None and math.isfinite(h.min) and math.isfinite(h.max)
+    }
