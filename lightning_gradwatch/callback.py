@@ -113,14 +113,17 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         ModuleNotFoundError: when neither ``lightning`` nor ``pytorch-lightning`` is installed.
 
     Example:
+        >>> import tempfile
         >>> import lightning.pytorch as pl
         >>> from lightning.pytorch.demos.boring_classes import BoringModel
         >>> watch = GradWatch(on_exploding="skip", log_every_n_steps=5)
-        >>> trainer = pl.Trainer(max_steps=10, callbacks=[watch], logger=False, enable_progress_bar=False,
-        ...                      enable_checkpointing=False, enable_model_summary=False)
+        >>> trainer = pl.Trainer(max_steps=10, callbacks=[watch], default_root_dir=tempfile.mkdtemp(),
+        ...                      enable_progress_bar=False, enable_model_summary=False)
         >>> trainer.fit(BoringModel())
         >>> watch.alerts
         []
+        >>> os.path.isfile(os.path.join(trainer.logger.log_dir, "gradwatch.json"))
+        True
     """
 
     def __init__(
@@ -242,6 +245,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_run"] = None  # parameters, loggers and event writers belong to one fit
+        state.pop("log", None)  # the Trainer attaches the module's `log`/`log_dict` to every callback
+        state.pop("log_dict", None)
         return state
 
     # ------------------------------------------------------------------ setup and teardown
@@ -350,16 +355,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         verdict = detector.update(step, stats)
         suffix = f"/optimizer_{opt_idx}" if len(getattr(trainer, "optimizers", ())) > 1 else ""
         key = suffix.lstrip("/")
+        self._summary.add_step(step, stats, key=key, logged=log_now)
         if stats.finite:
-            self._summary.add_step(step, stats, key=key, logged=log_now)
             run.interval_max[opt_idx] = max(run.interval_max.get(opt_idx, 0.0), stats.total_norm)
-        else:
-            self._summary.note_nonfinite(stats)
         if verdict.spike:
             self._summary.count("spike_steps")
         skip, stop, fail = self._respond(trainer, verdict)
-        if log_now and write_here:
-            self._write_step(run, step, stats, opt_idx, suffix, detector)
+        if write_here and (log_now or hist_now):
+            self._write_step(run, step, stats, opt_idx, suffix, detector, with_scalars=log_now)
         skip, stop, fail = _reduce_decisions(trainer, run, skip, stop, fail)
         if skip or stop:
             _drop_gradients(optimizer)
@@ -404,9 +407,19 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         return skip, stop, fail
 
     def _write_step(
-        self, run: _Run, step: int, stats: Any, opt_idx: int, suffix: str, detector: GradientDetector
+        self,
+        run: _Run,
+        step: int,
+        stats: Any,
+        opt_idx: int,
+        suffix: str,
+        detector: GradientDetector,
+        with_scalars: bool,
     ) -> None:
         assert run.writers is not None
+        if not with_scalars:
+            run.writers.write_step(step, {}, histogram_tags(stats))
+            return
         scalars = step_scalars(stats, suffix=suffix)
         scalars[f"gradwatch/total_norm_max{suffix}"] = run.interval_max.pop(opt_idx, stats.total_norm)
         threshold = detector.spike_threshold()

@@ -140,7 +140,11 @@ class RunSummary:
         self.last_step = step
         self.measured_steps += 1
         self.total_norm.setdefault(key, Series()).add(step, stats.total_norm)
+        if not stats.finite:
+            self.count("nonfinite_steps")
         if not logged:
+            if not stats.finite:
+                self._note_nonfinite(stats)
             return
         self.logged_steps += 1
         ratios = stats.grad_to_weight
@@ -159,8 +163,7 @@ class RunSummary:
             if stats.nonfinite_count[i]:
                 entry["nonfinite_steps"] += 1
 
-    def note_nonfinite(self, stats: StepStats) -> None:
-        """Count non-finite layers of a step that was not logged."""
+    def _note_nonfinite(self, stats: StepStats) -> None:
         for name, count in zip(stats.layers, stats.nonfinite_count):
             if count and name in self.layers:
                 self.layers[name]["nonfinite_steps"] += 1

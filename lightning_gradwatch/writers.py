@@ -23,8 +23,10 @@ TOTAL_NORM = "gradwatch/total_norm"
 ALERTS_TAG = "gradwatch/alerts"
 
 
-def step_scalars(stats: StepStats, prefix: str = "", suffix: str = "") -> dict[str, float]:
+def step_scalars(stats: StepStats, suffix: str = "") -> dict[str, float]:
     """The scalars of one step as ``{tag: value}``: per-layer families plus run-level ``gradwatch/...`` values.
+
+    ``suffix`` (such as ``"/optimizer_1"``) tells apart the run-level values of several optimizers.
 
     Example:
         >>> from lightning_gradwatch.stats import StepStats
@@ -45,12 +47,12 @@ def step_scalars(stats: StepStats, prefix: str = "", suffix: str = "") -> dict[s
         if values is None:
             continue
         for layer, value in zip(stats.layers, values):
-            out[f"{prefix}{family}/{layer}{suffix}"] = value
+            out[f"{family}/{layer}"] = value
     out[f"{TOTAL_NORM}{suffix}"] = stats.total_norm
     out[f"gradwatch/nonfinite_values{suffix}"] = float(sum(stats.nonfinite_count))
     for layer, count in zip(stats.layers, stats.nonfinite_count):
         if count:
-            out[f"{prefix}grad_nonfinite/{layer}{suffix}"] = float(count)
+            out[f"grad_nonfinite/{layer}"] = float(count)
     return out
 
 
@@ -227,12 +229,12 @@ def _tensorboard_experiment(logger: Any) -> Any:
     return experiment if experiment is not None and _is_tensorboard_writer(experiment) else None
 
 
-def histogram_tags(stats: StepStats, suffix: str = "") -> dict[str, LayerHistogram]:
+def histogram_tags(stats: StepStats) -> dict[str, LayerHistogram]:
     """``{grad_hist/<layer>: histogram}`` for the layers that have one this step."""
     if stats.histograms is None:
         return {}
     return {
-        f"{HISTOGRAM_PREFIX}/{layer}{suffix}": h
+        f"{HISTOGRAM_PREFIX}/{layer}": h
         for layer, h in zip(stats.layers, stats.histograms)
         if h is not None and math.isfinite(h.min) and math.isfinite(h.max)
     }

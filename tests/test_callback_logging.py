@@ -1,0 +1,283 @@
+"""GradWatch with a real Trainer: what reaches TensorBoard and other loggers, read back from disk."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from lightning_gradwatch import GradWatch
+from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, scalars, trainer_kwargs
+
+LAYERS = ("net.0", "net.2", "head")
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_gradwatch_writes_every_layer_and_exact_total_norm(tmp_path, name):
+    pl = flavour(name)
+    model = make_mlp_module(pl)
+    watch = GradWatch(log_every_n_steps=3)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    acc = events(trainer.logger.log_dir)
+    tags = set(acc.Tags()["scalars"])
+    for family in ("grad_norm", "grad_to_weight", "param_norm", "grad_max_abs", "grad_zero_fraction"):
+        assert {f"{family}/{layer}" for layer in LAYERS} <= tags
+    assert not any(t.endswith((".weight", ".bias")) for t in tags)  # one tag per layer, not per parameter
+    total = scalars(acc, "gradwatch/total_norm")
+    assert sorted(total) == list(range(0, 16, 3))  # 16 optimizer steps, logged at 0, 3, ..., 15
+    for step, value in total.items():
+        assert value == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+    for layer in LAYERS:
+        for step, value in scalars(acc, f"grad_norm/{layer}").items():
+            assert value == pytest.approx(model.reference[step][layer], rel=1e-5)
+    assert watch.alerts == []
+
+
+def test_gradwatch_histograms_at_their_interval(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=2, histogram_every_n_steps=5)], **trainer_kwargs(tmp_path)
+    )
+    trainer.fit(make_mlp_module(pl))
+    acc = events(trainer.logger.log_dir)
+    assert set(acc.Tags()["histograms"]) == {f"grad_hist/{layer}" for layer in LAYERS}
+    for layer in LAYERS:
+        hist = acc.Histograms(f"grad_hist/{layer}")
+        assert [h.step for h in hist] == [0, 5, 10, 15]
+        assert all(h.histogram_value.num > 0 for h in hist)
+
+
+def test_gradwatch_default_schedule_follows_trainer_and_no_histograms_when_zero(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(histogram_every_n_steps=0)], log_every_n_steps=4, **trainer_kwargs(tmp_path)
+    )
+    trainer.fit(make_mlp_module(pl))
+    acc = events(trainer.logger.log_dir)
+    assert sorted(scalars(acc, "gradwatch/total_norm")) == [0, 4, 8, 12]
+    assert acc.Tags()["histograms"] == []
+
+
+def test_gradwatch_custom_scalars_layout_and_alert_text_tags(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=4)], **trainer_kwargs(tmp_path))
+    trainer.fit(make_mlp_module(pl))
+    acc = events(trainer.logger.log_dir)
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    tensor_tags = acc.Tags()["tensors"]
+    assert "custom_scalars__config__" in tensor_tags
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["gradient L2 norm"] == ["grad_norm/.*"]
+    assert charts["gradient-to-weight ratio"] == ["grad_to_weight/.*"]
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_gradwatch_once_per_optimizer_step_under_accumulation(tmp_path, name):
+    pl = flavour(name)
+    model = make_mlp_module(pl)
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=1)], accumulate_grad_batches=4, **trainer_kwargs(tmp_path)
+    )
+    trainer.fit(model)
+    total = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
+    assert sorted(total) == [0, 1, 2, 3]  # 16 batches / 4 = 4 optimizer steps
+    for step, value in total.items():  # the accumulated gradient, not a micro-batch's
+        assert value == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+
+
+def test_gradwatch_bf16_mixed(tmp_path):
+    pl = flavour("lightning.pytorch")
+    model = make_mlp_module(pl)
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=1)], precision="bf16-mixed", **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    total = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
+    assert len(total) == 16
+    for step, value in total.items():
+        assert value == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+
+
+def test_gradwatch_bf16_true_parameters(tmp_path):
+    pl = flavour("lightning.pytorch")
+    model = make_mlp_module(pl)
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=1)], precision="bf16-true", **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    total = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
+    for step, value in total.items():
+        assert value == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+
+
+def test_gradwatch_fp16_gradscaler_sees_unscaled_gradients(tmp_path):
+    pl = flavour("lightning.pytorch")
+    from lightning.pytorch.plugins import MixedPrecision
+
+    model = make_mlp_module(pl)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=1)],
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+        **trainer_kwargs(tmp_path),
+    )
+    trainer.fit(model)
+    total = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
+    assert len(total) == 16
+    for step, value in total.items():
+        ref = model.reference[step]["__total__"]
+        assert value == pytest.approx(ref, rel=1e-5)
+        assert value < 2.0**8  # a scaled gradient would be ~1000x larger
+
+
+def test_gradwatch_csv_logger_gets_scalars(tmp_path):
+    pl = flavour("lightning.pytorch")
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path)
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=5)], logger=logger, **trainer_kwargs(tmp_path))
+    trainer.fit(make_mlp_module(pl))
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    logged = [r for r in rows if r.get("gradwatch/total_norm")]
+    assert [int(r["step"]) for r in logged] == [0, 5, 10, 15]
+    assert all(float(r["grad_norm/net.0"]) > 0 for r in logged)
+    assert os.path.isfile(os.path.join(logger.log_dir, "gradwatch.json"))
+
+
+def test_gradwatch_tensorboard_and_csv_together(tmp_path):
+    pl = flavour("lightning.pytorch")
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    tb, csv_logger = TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=5)], logger=[csv_logger, tb], **trainer_kwargs(tmp_path)
+    )
+    trainer.fit(make_mlp_module(pl))
+    assert sorted(scalars(events(tb.log_dir), "gradwatch/total_norm")) == [0, 5, 10, 15]
+    with open(os.path.join(csv_logger.log_dir, "metrics.csv")) as fh:
+        assert "grad_norm/head" in fh.readline()
+    assert os.path.isfile(os.path.join(tb.log_dir, "gradwatch.json"))  # beside the event files
+
+
+def test_gradwatch_without_logger_still_measures(tmp_path):
+    pl = flavour("lightning.pytorch")
+    model = make_mlp_module(pl, nan_at_step=5)
+    watch = GradWatch(on_nonfinite="skip")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    assert [a.kind for a in watch.alerts] == ["nonfinite"]
+    report = json.loads((tmp_path / "gradwatch.json").read_text())
+    assert report["steps"]["measured"] == 16
+    assert report["alerts"][0]["step"] == 5
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_gradwatch_report_contents(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=5)], **trainer_kwargs(tmp_path))
+    trainer.fit(make_mlp_module(pl))
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+    assert report["format"] == "gradwatch-report"
+    assert report["status"] == "finished"
+    assert report["config"]["log_every_n_steps"] == 5
+    assert [layer["name"] for layer in report["layers"]] == list(LAYERS)
+    first = report["layers"][0]
+    assert first["numel"] == 8 * 32 + 32
+    assert first["grad_norm"]["count"] == 4
+    assert first["grad_norm"]["min"] <= first["grad_norm"]["median"] <= first["grad_norm"]["max"]
+    assert report["steps"] == {"first": 0, "last": 15, "measured": 16, "logged": 4}
+    assert report["alerts"] == []
+
+
+def test_gradwatch_crash_mid_fit_keeps_logs_and_report(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=2)], **trainer_kwargs(tmp_path))
+    with pytest.raises(RuntimeError, match="boom at step 7"):
+        trainer.fit(make_mlp_module(pl, fail_at_step=7))
+    log_dir = trainer.logger.log_dir
+    assert sorted(scalars(events(log_dir), "gradwatch/total_norm")) == [0, 2, 4, 6]
+    with open(os.path.join(log_dir, "gradwatch.json")) as fh:
+        report = json.load(fh)
+    assert report["status"] == "failed"
+    assert "boom at step 7" in report["error"]
+    assert report["steps"]["last"] == 6
+
+
+def test_gradwatch_frozen_layers_are_skipped(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=5)], **trainer_kwargs(tmp_path))
+    trainer.fit(make_mlp_module(pl, freeze_first=True))
+    tags = set(events(trainer.logger.log_dir).Tags()["scalars"])
+    assert "grad_norm/net.2" in tags
+    assert "grad_norm/net.0" not in tags
+
+
+def test_gradwatch_parameter_granularity_and_filters(tmp_path):
+    pl = flavour("lightning.pytorch")
+    watch = GradWatch(log_every_n_steps=5, granularity="parameter", exclude=r"\.bias$")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(make_mlp_module(pl))
+    tags = {t for t in events(trainer.logger.log_dir).Tags()["scalars"] if t.startswith("grad_norm/")}
+    assert tags == {"grad_norm/net.0.weight", "grad_norm/net.2.weight", "grad_norm/head.weight"}
+
+
+def test_gradwatch_manual_optimization_two_optimizers(tmp_path):
+    pl = flavour("lightning.pytorch")
+
+    class TwoOptimizers(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.gen = torch.nn.Linear(8, 8)
+            self.disc = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            opt_g, opt_d = self.optimizers()
+            x, _ = batch
+            loss_d = self.disc(x).pow(2).mean()
+            opt_d.zero_grad()
+            self.manual_backward(loss_d)
+            opt_d.step()
+            loss_g = self.disc(self.gen(x)).mean()
+            opt_g.zero_grad()
+            self.manual_backward(loss_g)
+            opt_g.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.gen.parameters(), lr=0.01), torch.optim.SGD(self.disc.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            from tests.helpers import regression_data
+
+            return regression_data(64)
+
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=1)], **trainer_kwargs(tmp_path))
+    trainer.fit(TwoOptimizers())
+    tags = set(events(trainer.logger.log_dir).Tags()["scalars"])
+    assert {"grad_norm/gen", "grad_norm/disc"} <= tags
+    assert {"gradwatch/total_norm/optimizer_0", "gradwatch/total_norm/optimizer_1"} <= tags
+
+
+def test_gradwatch_pickles_and_deep_copies(tmp_path):
+    pl = flavour("lightning.pytorch")
+    watch = GradWatch(on_exploding="skip", log_every_n_steps=4)
+    clone = pickle.loads(pickle.dumps(watch))
+    assert clone.on_exploding == "skip"
+    assert clone.state_key == watch.state_key
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(make_mlp_module(pl))
+    after = pickle.loads(pickle.dumps(watch))
+    assert after.state_dict()["summary"]["measured_steps"] == 16
+    assert copy.deepcopy(watch).log_every_n_steps == 4
+
+
+def test_gradwatch_state_keys_differ_per_configuration():
+    assert GradWatch().state_key != GradWatch(granularity="parameter").state_key
+    assert GradWatch().state_key == GradWatch(on_exploding="skip").state_key
