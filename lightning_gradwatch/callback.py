@@ -15,17 +15,18 @@ from typing_extensions import override
 from lightning_gradwatch import __version__
 from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
 from lightning_gradwatch.alerts import GradientAlert, GradientAlertError, GradientWarning, ModelTraits
+from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
 from lightning_gradwatch.report import RunSummary, build_report, write_report
 from lightning_gradwatch.stats import GRANULARITIES, GradientStats, Granularity
 from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
 
 VanishingResponse = Literal["warn", "raise", "stop", "ignore"]
-ExplodingResponse = Literal["warn", "raise", "stop", "skip", "ignore"]
+ExplodingResponse = Literal["warn", "raise", "stop", "skip", "clip", "ignore"]
 NonfiniteResponse = Literal["warn", "raise", "stop", "skip", "ignore"]
 _RESPONSES: dict[str, tuple[str, ...]] = {
     "on_vanishing": ("warn", "raise", "stop", "ignore"),
-    "on_exploding": ("warn", "raise", "stop", "skip", "ignore"),
+    "on_exploding": ("warn", "raise", "stop", "skip", "clip", "ignore"),
     "on_nonfinite": ("warn", "raise", "stop", "skip", "ignore"),
 }
 _MAX_ALERTS_KEPT = 1000
@@ -80,12 +81,20 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     Args:
         on_vanishing: response to sustained vanishing gradients: ``"warn"``, ``"raise"``, ``"stop"`` or
             ``"ignore"``.
-        on_exploding: response to exploding gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"`` or
-            ``"ignore"``. With ``"skip"``, every spike step is skipped; the alert is recorded once the explosion is
-            sustained.
+        on_exploding: response to exploding gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"``,
+            ``"clip"`` or ``"ignore"``. With ``"skip"``, every spike step is skipped; with ``"clip"``, every spike
+            step is clipped to the spike threshold and ordinary steps are left alone. Either way the alert is
+            recorded once the explosion is sustained.
         on_nonfinite: response to NaN/Inf gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"`` or
             ``"ignore"``. A non-finite gradient reaches the weights only with ``"warn"`` or ``"ignore"``.
-        clip: reserved for automatic clipping; must be ``None``.
+        clip: clip the total gradient norm of every step: a number is a fixed maximum norm (as
+            ``torch.nn.utils.clip_grad_norm_``); ``"adaptive"`` learns the threshold from the run's own norm history
+            (``10 ** (mean + clip_zscore * std)`` of ``log10(total norm)``, after ``clip_warmup_steps``; a clipped
+            step enters the history at the threshold, so one spike does not inflate it). ``None``: no clipping.
+            Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the watched parameters,
+            before the optimizer step; ``gradwatch/total_norm`` is the norm before, ``gradwatch/clipped_norm``
+            after. It cannot be combined with ``Trainer(gradient_clip_val=...)``. Under manual optimization it
+            works when you step through the optimizers Lightning gives you (``self.optimizers()``).
         log_every_n_steps: write scalars every this many optimizer steps (at steps 0, n, 2n, ...).
             ``None``: the Trainer's ``log_every_n_steps``.
         histogram_every_n_steps: write histograms every this many optimizer steps. ``None``: four times the
@@ -102,6 +111,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         vanishing_ratio: a layer whose norm stays below this fraction of the largest layer's norm is vanishing.
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
         vanishing_patience: consecutive vanishing steps before an alert.
+        clip_zscore: for ``clip="adaptive"``, standard deviations above the running mean where clipping starts.
+        clip_warmup_steps: for ``clip="adaptive"``, steps that only build the history (nothing clipped).
+        clip_max_norm: for ``clip="adaptive"``, an optional fixed cap that applies on every step, warm-up included.
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
             failures; this many consecutive ones mean the run itself has gone non-finite.
         histogram_bins: buckets per histogram.
@@ -146,6 +158,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         vanishing_ratio: float = 1e-5,
         vanishing_floor: float | None = None,
         vanishing_patience: int = 50,
+        clip_zscore: float = 2.5,
+        clip_warmup_steps: int = 25,
+        clip_max_norm: float | None = None,
         amp_overflow_patience: int = 20,
         histogram_bins: int = 64,
         histogram_sample_size: int = 4096,
@@ -156,8 +171,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         for name, value in (("on_vanishing", on_vanishing), ("on_exploding", on_exploding)):
             _check_choice(name, value, _RESPONSES[name])
         _check_choice("on_nonfinite", on_nonfinite, _RESPONSES["on_nonfinite"])
-        if clip is not None:
-            raise ValueError(f"`clip` must be None (clipping is not available in this version), got {clip!r}")
+        _check_clip(clip)
+        _check_number("clip_zscore", clip_zscore)
+        _check_int("clip_warmup_steps", clip_warmup_steps, minimum=0)
+        if clip_max_norm is not None:
+            _check_number("clip_max_norm", clip_max_norm)
         for name, value in (("log_every_n_steps", log_every_n_steps),):
             if value is not None:
                 _check_int(name, value, minimum=1)
@@ -183,6 +201,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self.on_exploding = on_exploding
         self.on_nonfinite = on_nonfinite
         self.clip = clip
+        self.clip_zscore = clip_zscore
+        self.clip_warmup_steps = clip_warmup_steps
+        self.clip_max_norm = clip_max_norm
         self.log_every_n_steps = log_every_n_steps
         self.histogram_every_n_steps = histogram_every_n_steps
         self.granularity = granularity
@@ -193,7 +214,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self.histogram_sample_size = histogram_sample_size
         self.alerts: list[GradientAlert] = []
         self._detectors: dict[int, GradientDetector] = {}
+        self._clippers: dict[int, AdaptiveClipThreshold] = {}
         self._pending_state: dict[str, Any] = {}
+        self._pending_clip_state: dict[str, Any] = {}
         self._summary = RunSummary()
         self._run: _Run | None = None
 
@@ -212,6 +235,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             "on_exploding": self.on_exploding,
             "on_nonfinite": self.on_nonfinite,
             "clip": self.clip,
+            "clip_zscore": self.clip_zscore,
+            "clip_warmup_steps": self.clip_warmup_steps,
+            "clip_max_norm": self.clip_max_norm,
             "log_every_n_steps": self.log_every_n_steps,
             "histogram_every_n_steps": self.histogram_every_n_steps,
             "granularity": self.granularity,
@@ -228,6 +254,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         return {
             "format_version": 1,
             "detectors": {str(k): d.state_dict() for k, d in self._detectors.items()},
+            "clippers": {str(k): c.state_dict() for k, c in self._clippers.items()},
             "summary": self._summary.state_dict(),
             "alerts": [a.to_dict() for a in self.alerts[-_MAX_ALERTS_KEPT:]],
         }
@@ -238,6 +265,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         for key, det in self._detectors.items():
             if str(key) in self._pending_state:
                 det.load_state_dict(self._pending_state.pop(str(key)))
+        self._pending_clip_state = dict(state_dict.get("clippers", {}))
+        for key, clipper in self._clippers.items():
+            if str(key) in self._pending_clip_state:
+                clipper.load_state_dict(self._pending_clip_state.pop(str(key)))
         self._summary = RunSummary()
         self._summary.load_state_dict(state_dict.get("summary", {}))
         self.alerts = [GradientAlert.from_dict(a) for a in state_dict.get("alerts", [])]
@@ -266,9 +297,18 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         log_dir = _log_dir(trainer)  # a collective on some strategies: every rank calls it
         writers = Writers(trainer.loggers) if trainer.is_global_zero else None
         scaler = getattr(trainer.precision_plugin, "scaler", None)
+        clips_too = self.clip is not None or self.on_exploding == "clip"
+        if clips_too and getattr(trainer, "gradient_clip_val", None):
+            raise ValueError(
+                f"GradWatch(clip={self.clip!r}, on_exploding={self.on_exploding!r}) clips gradients, and so does"
+                f" Trainer(gradient_clip_val={trainer.gradient_clip_val!r}): use one of them. GradWatch's clipping"
+                ' logs the norm before and after and can learn its threshold (clip="adaptive").'
+            )
         self.alerts = []
         self._detectors = {}
+        self._clippers = {}
         self._pending_state = {}
+        self._pending_clip_state = {}
         self._summary = RunSummary()
         self._run = _Run(
             log_every=log_every,
@@ -337,14 +377,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             return
         step = int(trainer.global_step)
         opt_idx = _optimizer_index(trainer, optimizer)
-        stats_of = self._collector(run, opt_idx, optimizer, pl_module)
+        collector = self._collector(run, opt_idx, optimizer, pl_module)
         log_now = step % run.log_every == 0
         hist_now = run.hist_every > 0 and step % run.hist_every == 0
         write_here = run.is_global_zero and bool(run.writers)
-        stats = stats_of.collect(extended=log_now and write_here, histograms=hist_now and write_here)
+        # 1. measure: one fused pass, one device-to-host transfer
+        stats = collector.collect(extended=log_now and write_here, histograms=hist_now and write_here)
         if stats is None:
             return
-        detector = self._detector(run, opt_idx)
         if run.amp_scaler is not None and not stats.finite and _scaler_enabled(run.amp_scaler):
             run.amp_overflow_run += 1
             self._summary.count("amp_overflow_steps")
@@ -352,21 +392,28 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
                 return  # the scaler skips this step and lowers its scale: not a failure, not a statistic
         else:
             run.amp_overflow_run = 0
+        # 2. judge
+        detector = self._detector(run, opt_idx)
         verdict = detector.update(step, stats)
         suffix = f"/optimizer_{opt_idx}" if len(getattr(trainer, "optimizers", ())) > 1 else ""
-        key = suffix.lstrip("/")
-        self._summary.add_step(step, stats, key=key, logged=log_now)
+        self._summary.add_step(step, stats, key=suffix.lstrip("/"), logged=log_now)
         if stats.finite:
             run.interval_max[opt_idx] = max(run.interval_max.get(opt_idx, 0.0), stats.total_norm)
         if verdict.spike:
             self._summary.count("spike_steps")
-        skip, stop, fail = self._respond(trainer, verdict)
-        if write_here and (log_now or hist_now):
-            self._write_step(run, step, stats, opt_idx, suffix, detector, with_scalars=log_now)
+        # 3. decide, every rank together
+        skip, stop, fail = self._respond(verdict)
         skip, stop, fail = _reduce_decisions(trainer, run, skip, stop, fail)
+        # 4. act on the gradients
+        clip = None
         if skip or stop:
             _drop_gradients(optimizer)
             self._summary.count("skipped_steps")
+        elif stats.finite:
+            clip = self._clip(opt_idx, stats.total_norm, verdict, collector.params)
+        # 5. write (global rank 0)
+        if write_here and (log_now or hist_now):
+            self._write_step(run, step, stats, opt_idx, suffix, detector, clip, with_scalars=log_now)
         if stop:
             trainer.should_stop = True
         if fail:
@@ -374,13 +421,44 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             if alert is None:
                 message = "A gradient alert was raised on another rank"
                 alert = GradientAlert("nonfinite", step, (), math.nan, 0.0, message)
+            if run.writers:
+                run.writers.flush()
             self._write_report("failed", error=alert.message.splitlines()[0])
             raise GradientAlertError(alert)
+
+    def _clip(self, opt_idx: int, total_norm: float, verdict: Verdict, params: Any) -> tuple[float, float] | None:
+        """Clip this step's gradients when configured; returns (threshold, norm after clipping)."""
+        threshold = math.inf
+        if self.clip == "adaptive":
+            clipper = self._clippers.get(opt_idx)
+            if clipper is None:
+                clipper = self._clippers[opt_idx] = self._new_clipper(opt_idx)
+            threshold = clipper.update(total_norm)
+        elif self.clip is not None:
+            threshold = float(self.clip)
+        if verdict.spike and self.on_exploding == "clip":
+            threshold = min(threshold, verdict.spike_threshold)
+        if self.clip is None and not math.isfinite(threshold):
+            return None
+        coefficient = clip_coefficient(total_norm, threshold)
+        if coefficient < 1.0:
+            scale_gradients_(params, coefficient)
+            self._summary.count("clipped_steps")
+        return threshold, total_norm * coefficient
+
+    def _new_clipper(self, opt_idx: int) -> AdaptiveClipThreshold:
+        clipper = AdaptiveClipThreshold(
+            zscore=self.clip_zscore, warmup_steps=self.clip_warmup_steps, max_norm=self.clip_max_norm
+        )
+        pending = self._pending_clip_state.pop(str(opt_idx), None)
+        if pending is not None:
+            clipper.load_state_dict(pending)
+        return clipper
 
     def _response(self, kind: str) -> str:
         return {"vanishing": self.on_vanishing, "exploding": self.on_exploding, "nonfinite": self.on_nonfinite}[kind]
 
-    def _respond(self, trainer: Any, verdict: Verdict) -> tuple[bool, bool, bool]:
+    def _respond(self, verdict: Verdict) -> tuple[bool, bool, bool]:
         """Record alerts and decide this rank's (skip, stop, raise)."""
         run = self._run
         assert run is not None
@@ -414,6 +492,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         opt_idx: int,
         suffix: str,
         detector: GradientDetector,
+        clip: tuple[float, float] | None,
         with_scalars: bool,
     ) -> None:
         assert run.writers is not None
@@ -425,7 +504,12 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         threshold = detector.spike_threshold()
         if math.isfinite(threshold):
             scalars[f"gradwatch/spike_threshold{suffix}"] = threshold
-        for event in ("amp_overflow_steps", "skipped_steps", "spike_steps"):
+        if clip is not None:
+            clip_threshold, clipped_norm = clip
+            scalars[f"gradwatch/clipped_norm{suffix}"] = clipped_norm
+            if math.isfinite(clip_threshold):
+                scalars[f"gradwatch/clip_threshold{suffix}"] = clip_threshold
+        for event in ("amp_overflow_steps", "skipped_steps", "spike_steps", "clipped_steps"):
             scalars[f"gradwatch/{event}"] = float(self._summary.events.get(event, 0))
         run.writers.write_step(step, scalars, histogram_tags(stats))
 
@@ -482,6 +566,20 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive, finite number, got {value!r}")
+
+
+def _check_clip(clip: Any) -> None:
+    if clip is None or clip == "adaptive":
+        return
+    if isinstance(clip, (str, bool)) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
+        raise ValueError(f"`clip` must be None, a positive number (fixed max norm) or 'adaptive', got {clip!r}")
 
 
 def _check_pattern(name: str, pattern: Any) -> None:

@@ -53,6 +53,7 @@ def make_mlp_module(pl: Any, **kwargs: Any) -> Any:
             self.fail_at_step, self.nan_at_step = fail_at_step, nan_at_step
             self.n, self.batch_size = batches, batch_size
             self.reference: dict[int, dict[str, float]] = {}
+            self.post_grads: dict[int, torch.Tensor] = {}
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.net(x))
@@ -68,6 +69,9 @@ def make_mlp_module(pl: Any, **kwargs: Any) -> Any:
         def on_before_optimizer_step(self, optimizer: Any) -> None:
             # runs right after the callbacks' hook, before Lightning's own clipping: same gradients
             self.reference[self.global_step] = reference_norms(self)
+            grads = [p.grad.flatten() for p in self.parameters() if p.grad is not None]
+            if grads:
+                self.post_grads[self.global_step] = torch.cat(grads).double()
 
         def configure_optimizers(self) -> Any:
             params = [p for p in self.parameters() if p.requires_grad]
