@@ -475,8 +475,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             if run.is_global_zero:
                 if run.writers:
                     run.writers.write_alert(alert)
-                if response == "warn":
-                    warnings.warn(alert.message, GradientWarning, stacklevel=2)
+                if response != "raise":
+                    warnings.warn(_with_action(alert, response), GradientWarning, stacklevel=2)
                 self._write_report("running")
             if response == "stop":
                 stop = True
@@ -566,6 +566,18 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}")
+
+
+_ACTIONS = {
+    "stop": 'GradWatch stops training after this step (on_{kind}="stop"); this step\'s update is skipped.',
+    "skip": 'GradWatch skips the updates of such steps (on_{kind}="skip").',
+    "clip": 'GradWatch clips such steps to the spike threshold (on_{kind}="clip").',
+}
+
+
+def _with_action(alert: GradientAlert, response: str) -> str:
+    action = _ACTIONS.get(response)
+    return alert.message if action is None else f"{alert.message}\n{action.format(kind=alert.kind)}"
 
 
 def _check_number(name: str, value: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import importlib
 import os
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ def make_mlp_module(pl: Any, **kwargs: Any) -> Any:
             lr: float = 0.05,
             optimizer: str = "sgd",
             fail_at_step: int | None = None,
-            nan_at_step: int | None = None,
+            nan_at_step: int | Collection[int] | None = None,
             batches: int = 256,
             batch_size: int = 16,
             freeze_first: bool = False,
@@ -62,7 +63,8 @@ def make_mlp_module(pl: Any, **kwargs: Any) -> Any:
             if self.fail_at_step is not None and self.global_step == self.fail_at_step:
                 raise RuntimeError(f"boom at step {self.global_step}")
             x, y = batch
-            if self.nan_at_step is not None and self.global_step == self.nan_at_step:
+            nan_steps = {self.nan_at_step} if isinstance(self.nan_at_step, int) else set(self.nan_at_step or ())
+            if self.global_step in nan_steps:
                 x = x * float("nan")
             return nn.functional.mse_loss(self(x), y)
 

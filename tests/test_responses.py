@@ -1,0 +1,144 @@
+"""Responses to non-finite gradients with a real Trainer: stop, skip, raise, warn, ignore; fp16 overflow steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
+from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, trainer_kwargs
+
+pl = flavour("lightning.pytorch")
+
+
+def _finite(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _gradient_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, GradientWarning)]
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_nonfinite_default_stops_with_finite_weights(tmp_path, name):
+    pl_ = flavour(name)
+    model = make_mlp_module(pl_, nan_at_step=5, optimizer="adam")
+    watch = GradWatch()
+    trainer = pl_.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=3))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    assert trainer.global_step == 6  # step 5 was the last: training ended right after it
+    assert _finite(model)
+    assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 5)]
+    assert set(watch.alerts[0].layers) == {"net.0", "net.2", "head"}
+    messages = _gradient_warnings(record)
+    assert len(messages) == 1
+    assert "stops training" in messages[0]
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+    assert report["alerts"][0]["kind"] == "nonfinite"
+    assert report["events"]["skipped_steps"] == 1
+    text = events(trainer.logger.log_dir).Tensors("gradwatch/alerts/text_summary")
+    assert [t.step for t in text] == [5]
+
+
+def test_nonfinite_skip_completes_run_without_touching_optimizer_state(tmp_path):
+    model = make_mlp_module(pl, nan_at_step={5, 6, 11}, optimizer="adam")
+    watch = GradWatch(on_nonfinite="skip")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    assert trainer.global_step == 16
+    assert _finite(model)
+    adam_steps = {float(s["step"]) for s in trainer.optimizers[0].state.values()}
+    assert adam_steps == {13.0}  # 16 steps, 3 skipped: moments and step counts never saw a NaN
+    assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 5), ("nonfinite", 11)]  # once per episode
+    assert len(_gradient_warnings(record)) == 2
+    assert watch.state_dict()["summary"]["events"]["skipped_steps"] == 3
+
+
+def test_nonfinite_raise(tmp_path):
+    model = make_mlp_module(pl, nan_at_step=4)
+    watch = GradWatch(on_nonfinite="raise")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with pytest.raises(GradientAlertError, match=r"Non-finite gradients .* at step 4") as info:
+        trainer.fit(model)
+    assert info.value.alert.kind == "nonfinite"
+    assert info.value.alert.step == 4
+    assert _finite(model)  # raised before the optimizer step
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+    assert report["status"] == "failed"
+    assert [a["step"] for a in report["alerts"]] == [4]
+
+
+def test_nonfinite_warn_lets_the_update_through_and_warns_once_per_episode(tmp_path):
+    model = make_mlp_module(pl, nan_at_step={3, 4})
+    watch = GradWatch(on_nonfinite="warn")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=6))
+    with pytest.warns(GradientWarning, match="Non-finite gradients") as record:
+        trainer.fit(model)
+    assert len(_gradient_warnings(record)) == 1  # steps 3, 4 and on (the weights are NaN now): one episode
+    assert not _finite(model)  # the user chose to let it through
+    assert [a.step for a in watch.alerts] == [3]
+
+
+def test_nonfinite_ignore_records_nothing(tmp_path):
+    watch = GradWatch(on_nonfinite="ignore")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=6))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(make_mlp_module(pl, nan_at_step=3))
+    assert watch.alerts == []
+    assert _gradient_warnings(record) == []
+
+
+def test_healthy_run_is_silent(tmp_path):
+    watch = GradWatch(on_vanishing="raise", on_exploding="raise", on_nonfinite="raise")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=4))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(make_mlp_module(pl, optimizer="adam", lr=0.01))
+    assert watch.alerts == []
+    assert _gradient_warnings(record) == []
+
+
+def test_fp16_overflow_steps_are_not_alerts(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    model = make_mlp_module(pl)
+    watch = GradWatch(on_nonfinite="raise", log_every_n_steps=1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**26)  # far too large: the first steps overflow
+    trainer = pl.Trainer(
+        callbacks=[watch], plugins=[MixedPrecision("16-mixed", "cpu", scaler)], **trainer_kwargs(tmp_path)
+    )
+    trainer.fit(model)
+    overflow = watch.state_dict()["summary"]["events"]["amp_overflow_steps"]
+    assert 5 <= overflow < 16  # the scaler halves its scale on each until fp16 holds the gradients
+    assert watch.alerts == []
+    assert _finite(model)
+    acc = events(trainer.logger.log_dir)
+    logged = {e.step: e.value for e in acc.Scalars("gradwatch/amp_overflow_steps")}
+    assert max(logged.values()) == overflow
+    assert all(math.isfinite(e.value) for e in acc.Scalars("gradwatch/total_norm"))  # overflow steps kept out
+
+
+def test_fp16_persistent_overflow_becomes_a_nonfinite_alert(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    model = make_mlp_module(pl, nan_at_step=set(range(3, 64)))  # the loss itself is NaN from step 3 on
+    watch = GradWatch(amp_overflow_patience=5)
+    trainer = pl.Trainer(
+        callbacks=[watch],
+        plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**8))],
+        **trainer_kwargs(tmp_path),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientWarning)
+        trainer.fit(model)
+    assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 7)]  # the 5th overflow step in a row
+    assert trainer.global_step == 8  # the default response stops training
