@@ -49,6 +49,9 @@ class _Run:
     interval_max: dict[int, float] = field(default_factory=dict)
     amp_overflow_run: int = 0
     report_failed: bool = False
+    last_total_norm: float = math.nan
+    health: str = "ok"
+    progress_bar: Any = None
 
 
 class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
@@ -118,6 +121,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             failures; this many consecutive ones mean the run itself has gone non-finite.
         histogram_bins: buckets per histogram.
         histogram_sample_size: values sampled per layer for its histogram.
+        progress_bar: show the total gradient norm (``grad_norm``) in the progress bar, and a ``grad_health`` word
+            (``vanishing``, ``exploding``, ``non-finite``) while an alert episode lasts.
 
     Raises:
         ValueError: for an argument outside its allowed values (the message lists them).
@@ -164,6 +169,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         amp_overflow_patience: int = 20,
         histogram_bins: int = 64,
         histogram_sample_size: int = 4096,
+        progress_bar: bool = True,
     ) -> None:
         if not CALLBACK_BASES:
             raise ModuleNotFoundError(MISSING_LIGHTNING)
@@ -212,6 +218,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self.amp_overflow_patience = amp_overflow_patience
         self.histogram_bins = histogram_bins
         self.histogram_sample_size = histogram_sample_size
+        self.progress_bar = bool(progress_bar)
         self.alerts: list[GradientAlert] = []
         self._detectors: dict[int, GradientDetector] = {}
         self._clippers: dict[int, AdaptiveClipThreshold] = {}
@@ -246,6 +253,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             "amp_overflow_patience": self.amp_overflow_patience,
             "histogram_bins": self.histogram_bins,
             "histogram_sample_size": self.histogram_sample_size,
+            "progress_bar": self.progress_bar,
             **self.detection.to_dict(),
         }
 
@@ -321,6 +329,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             exempt=_exempt_layers(pl_module, self.granularity),
             amp_scaler=scaler,
         )
+        if self.progress_bar and trainer.is_global_zero:
+            self._attach_progress_bar(trainer)
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -338,9 +348,34 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self._finish(status, error=f"{type(exception).__name__}: {exception}")
         self._run = None
 
+    def _attach_progress_bar(self, trainer: Any) -> None:
+        """Add the gradient norm and health to the progress bar's items (no cost per step: read at refresh)."""
+        bar = getattr(trainer, "progress_bar_callback", None)
+        original = getattr(bar, "get_metrics", None)
+        if bar is None or not callable(original):
+            return
+        run = self._run
+
+        def get_metrics(trainer: Any, pl_module: Any) -> dict[str, Any]:
+            items = dict(original(trainer, pl_module))
+            if run is not None and math.isfinite(run.last_total_norm):
+                items["grad_norm"] = f"{run.last_total_norm:.3g}"
+            if run is not None and run.health != "ok":
+                items["grad_health"] = run.health
+            return items
+
+        bar.get_metrics = get_metrics
+        assert run is not None
+        run.progress_bar = bar
+
     def _finish(self, status: str, error: str | None = None) -> None:
         run = self._run
-        if run is None or not run.is_global_zero:
+        if run is None:
+            return
+        if run.progress_bar is not None:
+            run.progress_bar.__dict__.pop("get_metrics", None)
+            run.progress_bar = None
+        if not run.is_global_zero:
             return
         if run.writers:
             run.writers.flush()
@@ -399,6 +434,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self._summary.add_step(step, stats, key=suffix.lstrip("/"), logged=log_now)
         if stats.finite:
             run.interval_max[opt_idx] = max(run.interval_max.get(opt_idx, 0.0), stats.total_norm)
+        run.last_total_norm = stats.total_norm
+        run.health = _health(verdict, detector)
         if verdict.spike:
             self._summary.count("spike_steps")
         # 3. decide, every rank together
@@ -578,6 +615,16 @@ _ACTIONS = {
 def _with_action(alert: GradientAlert, response: str) -> str:
     action = _ACTIONS.get(response)
     return alert.message if action is None else f"{alert.message}\n{action.format(kind=alert.kind)}"
+
+
+def _health(verdict: Verdict, detector: GradientDetector) -> str:
+    if verdict.nonfinite:
+        return "non-finite"
+    if verdict.spike and getattr(detector, "exploding_episode", False):
+        return "exploding"
+    if verdict.vanishing_layers:
+        return "vanishing"
+    return "ok"
 
 
 def _check_number(name: str, value: Any) -> None:

@@ -12,10 +12,12 @@ import statistics
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch.alerts import GradientAlert
-from lightning_gradwatch.stats import StepStats
+
+if TYPE_CHECKING:  # the report is read by the `gradwatch` command, which does not need torch
+    from lightning_gradwatch.stats import StepStats
 
 REPORT_FILE = "gradwatch.json"
 REPORT_FORMAT = "gradwatch-report"

@@ -281,3 +281,22 @@ def test_gradwatch_pickles_and_deep_copies(tmp_path):
 def test_gradwatch_state_keys_differ_per_configuration():
     assert GradWatch().state_key != GradWatch(granularity="parameter").state_key
     assert GradWatch().state_key == GradWatch(on_exploding="skip").state_key
+
+
+def test_progress_bar_shows_grad_norm_and_health(tmp_path):
+    pl = flavour("lightning.pytorch")
+    seen: list[dict] = []
+
+    class Peek(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(trainer.progress_bar_callback.get_metrics(trainer, pl_module))
+
+    model = make_mlp_module(pl, nan_at_step={5, 6})
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(on_nonfinite="skip"), Peek()], **trainer_kwargs(tmp_path, enable_progress_bar=True)
+    )
+    with pytest.warns(UserWarning, match="Non-finite"):
+        trainer.fit(model)
+    assert seen[0]["grad_norm"] == f"{model.reference[0]['__total__']:.3g}"
+    assert [m.get("grad_health") for m in seen[4:8]] == [None, "non-finite", "non-finite", None]
+    assert "get_metrics" not in vars(trainer.progress_bar_callback)  # the bar is handed back at the end
