@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import warnings
@@ -331,6 +332,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         )
         if self.progress_bar and trainer.is_global_zero:
             self._attach_progress_bar(trainer)
+        if trainer.is_global_zero:
+            # a rank that dies under `ddp_spawn` never sees `on_exception` (the parent handles it): at least flush
+            # the logs and write the report when its interpreter exits
+            atexit.register(self._at_exit)
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -368,10 +373,16 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         assert run is not None
         run.progress_bar = bar
 
+    def _at_exit(self) -> None:
+        if self._run is not None:
+            self._finish("failed", error="the process exited during training")
+            self._run = None
+
     def _finish(self, status: str, error: str | None = None) -> None:
         run = self._run
         if run is None:
             return
+        atexit.unregister(self._at_exit)
         if run.progress_bar is not None:
             run.progress_bar.__dict__.pop("get_metrics", None)
             run.progress_bar = None
