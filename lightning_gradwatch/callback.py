@@ -18,6 +18,7 @@ from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
 from lightning_gradwatch.alerts import GradientAlert, GradientAlertError, GradientWarning, ModelTraits
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
+from lightning_gradwatch.pictures import gradient_flow_png, gradient_heatmap_png, matplotlib_available
 from lightning_gradwatch.report import RunSummary, build_report, write_report
 from lightning_gradwatch.stats import GRANULARITIES, GradientStats, Granularity
 from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
@@ -50,6 +51,7 @@ class _Run:
     interval_max: dict[int, float] = field(default_factory=dict)
     amp_overflow_run: int = 0
     report_failed: bool = False
+    images: bool = False
     last_total_norm: float = math.nan
     health: str = "ok"
     progress_bar: Any = None
@@ -122,6 +124,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             failures; this many consecutive ones mean the run itself has gone non-finite.
         histogram_bins: buckets per histogram.
         histogram_sample_size: values sampled per layer for its histogram.
+        images: at histogram steps, draw two gradient-flow pictures into TensorBoard's Images tab:
+            ``gradwatch/gradient_flow`` (mean and max ``|gradient|`` per layer, log scale, layers in forward order,
+            vanishing/exploding/non-finite layers coloured) and ``gradwatch/gradient_heatmap`` (log10 gradient norm,
+            layer by logged step, over the run so far). Needs matplotlib (``lightning-gradwatch[images]``); without
+            it, one warning and no images.
         progress_bar: show the total gradient norm (``grad_norm``) in the progress bar, and a ``grad_health`` word
             (``vanishing``, ``exploding``, ``non-finite``) while an alert episode lasts.
 
@@ -170,6 +177,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         amp_overflow_patience: int = 20,
         histogram_bins: int = 64,
         histogram_sample_size: int = 4096,
+        images: bool = True,
         progress_bar: bool = True,
     ) -> None:
         if not CALLBACK_BASES:
@@ -220,6 +228,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self.histogram_bins = histogram_bins
         self.histogram_sample_size = histogram_sample_size
         self.progress_bar = bool(progress_bar)
+        self.images = bool(images)
         self.alerts: list[GradientAlert] = []
         self._detectors: dict[int, GradientDetector] = {}
         self._clippers: dict[int, AdaptiveClipThreshold] = {}
@@ -255,6 +264,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             "histogram_bins": self.histogram_bins,
             "histogram_sample_size": self.histogram_sample_size,
             "progress_bar": self.progress_bar,
+            "images": self.images,
             **self.detection.to_dict(),
         }
 
@@ -330,6 +340,17 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             exempt=_exempt_layers(pl_module, self.granularity),
             amp_scaler=scaler,
         )
+        if self.images and hist_every > 0 and writers is not None and writers.wants_images:
+            if matplotlib_available():
+                self._run.images = True
+            else:
+                warnings.warn(
+                    "GradWatch draws its gradient-flow images with matplotlib, which is not installed: `pip install"
+                    " matplotlib` (or `lightning-gradwatch[images]`), or pass `images=False`. Everything else works"
+                    " without it.",
+                    GradientWarning,
+                    stacklevel=2,
+                )
         if self.progress_bar and trainer.is_global_zero:
             self._attach_progress_bar(trainer)
         if trainer.is_global_zero:
@@ -428,7 +449,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         hist_now = run.hist_every > 0 and step % run.hist_every == 0
         write_here = run.is_global_zero and bool(run.writers)
         # 1. measure: one fused pass, one device-to-host transfer
-        stats = collector.collect(extended=log_now and write_here, histograms=hist_now and write_here)
+        stats = collector.collect(extended=(log_now or hist_now) and write_here, histograms=hist_now and write_here)
         if stats is None:
             return
         if run.amp_scaler is not None and not stats.finite and _scaler_enabled(run.amp_scaler):
@@ -462,6 +483,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         # 5. write (global rank 0)
         if write_here and (log_now or hist_now):
             self._write_step(run, step, stats, opt_idx, suffix, detector, clip, with_scalars=log_now)
+            if hist_now and run.images:
+                self._write_images(run, step, stats, verdict, suffix)
         if stop:
             trainer.should_stop = True
         if fail:
@@ -561,6 +584,30 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             scalars[f"gradwatch/{event}"] = float(self._summary.events.get(event, 0))
         run.writers.write_step(step, scalars, histogram_tags(stats))
 
+    def _write_images(self, run: _Run, step: int, stats: Any, verdict: Verdict, suffix: str) -> None:
+        assert run.writers is not None
+        if stats.mean_abs is None or stats.max_abs is None:
+            return
+        try:
+            images = {
+                f"gradwatch/gradient_flow{suffix}": gradient_flow_png(
+                    stats.layers, stats.mean_abs, stats.max_abs, _layer_health(stats, verdict), step
+                )
+            }
+            layers, steps, norms = self._summary.norm_grid(stats.layers)
+            if len(steps) >= 2:
+                images[f"gradwatch/gradient_heatmap{suffix}"] = gradient_heatmap_png(layers, steps, norms, step)
+        except Exception as err:  # a drawing problem must not end training
+            run.images = False
+            warnings.warn(
+                f"GradWatch could not draw its gradient-flow images ({type(err).__name__}: {err}); it stops drawing"
+                " them for this run.",
+                GradientWarning,
+                stacklevel=2,
+            )
+            return
+        run.writers.write_images(step, images)
+
     def _collector(self, run: _Run, opt_idx: int, optimizer: Any, pl_module: Any) -> GradientStats:
         count = sum(len(g["params"]) for g in optimizer.param_groups)
         cached = run.collectors.get(opt_idx)
@@ -626,6 +673,23 @@ _ACTIONS = {
 def _with_action(alert: GradientAlert, response: str) -> str:
     action = _ACTIONS.get(response)
     return alert.message if action is None else f"{alert.message}\n{action.format(kind=alert.kind)}"
+
+
+def _layer_health(stats: Any, verdict: Verdict) -> list[str]:
+    """Per layer: ``non-finite``, ``exploding`` (a large share of a spike step's norm), ``vanishing`` or ``ok``."""
+    vanishing = set(verdict.vanishing_layers)
+    big = 0.1 * stats.total_norm**2 if verdict.spike else math.inf
+    out = []
+    for name, norm, bad in zip(stats.layers, stats.grad_norm, stats.nonfinite_count):
+        if bad:
+            out.append("non-finite")
+        elif norm * norm >= big:
+            out.append("exploding")
+        elif name in vanishing:
+            out.append("vanishing")
+        else:
+            out.append("ok")
+    return out
 
 
 def _health(verdict: Verdict, detector: GradientDetector) -> str:

@@ -170,6 +170,13 @@ class RunSummary:
             if count and name in self.layers:
                 self.layers[name]["nonfinite_steps"] += 1
 
+    def norm_grid(self, layers: Iterable[str]) -> tuple[list[str], list[int], list[list[float]]]:
+        """Per-layer gradient-norm history on a common step axis: ``(layers, steps, norms[layer][step])``."""
+        names = [name for name in layers if name in self.layers]
+        histories = [dict(self.layers[name]["grad_norm"].history) for name in names]
+        steps = sorted({step for history in histories for step in history})
+        return names, steps, [[history.get(step, math.nan) for step in steps] for history in histories]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the report."""
         return {

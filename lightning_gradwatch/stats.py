@@ -18,8 +18,8 @@ from torch import Tensor
 Granularity = Literal["module", "parameter"]
 GRANULARITIES: tuple[str, ...] = ("module", "parameter")
 
-#: Reduces a float64 vector of per-layer partial sums across processes (sharded gradients); identity by default.
-Reducer = Callable[[Tensor], Tensor]
+#: Combines a float64 vector across processes with ``op`` (``"sum"``, ``"max"`` or ``"min"``): sharded gradients.
+Reducer = Callable[[Tensor, str], Tensor]
 
 
 def layer_name(param_name: str, granularity: Granularity = "module") -> str:
@@ -62,7 +62,8 @@ class StepStats:
     """Statistics of one optimizer step. Per-layer tuples are aligned with ``layers``.
 
     ``layers`` holds the layers that had a gradient this step, in forward (registration) order. Fields other than
-    ``grad_norm``, ``total_norm`` and ``numel`` are filled only on steps measured with ``extended=True``;
+    ``grad_norm``, ``total_norm`` and ``numel`` are filled only on steps measured with ``extended=True``
+    (``histograms`` and ``mean_abs``, the mean ``|g|``, with ``histograms=True``);
     ``nonfinite_count`` is exact on every step (it is computed only when a norm is not finite).
     """
 
@@ -75,6 +76,7 @@ class StepStats:
     max_abs: tuple[float, ...] | None = None
     zero_fraction: tuple[float, ...] | None = None
     histograms: tuple[LayerHistogram | None, ...] | None = None
+    mean_abs: tuple[float, ...] | None = None
 
     @property
     def finite(self) -> bool:
@@ -274,38 +276,37 @@ class GradientStats:
         dev = plan.device
         sq = torch.zeros(n_layers, dtype=torch.float64, device=dev)
         self._accumulate_sq(plan, [_local_or_none(g) for g in grads], sq)
-        sums = [sq]
-        maxes: list[Tensor] = []
+        parts: list[tuple[Tensor, str]] = [(sq, "sum")]  # (values, how shards combine); order = unpack order
         if extended:
             psq = torch.zeros(n_layers, dtype=torch.float64, device=dev)
             self._accumulate_sq(plan, [_local(p.detach()) for p in self.params], psq)
             nonzero = torch.zeros(n_layers, dtype=torch.float64, device=dev)
             max_abs = torch.zeros(n_layers, dtype=torch.float64, device=dev)
             self._accumulate_extended(plan, grads, nonzero, max_abs)
-            sums += [psq, nonzero]
-            maxes.append(max_abs)
-        hist_parts: list[Tensor] = []
+            parts += [(psq, "sum"), (nonzero, "sum"), (max_abs, "max")]
         if histograms:
-            hist_parts = self._histogram_parts(plan, grads)
-        packed = torch.cat(sums + maxes + hist_parts) if (maxes or hist_parts) else torch.cat(sums)
+            l1 = torch.zeros(n_layers, dtype=torch.float64, device=dev)
+            self._accumulate_l1(plan, grads, l1)
+            parts.append((l1, "sum"))
+            parts += self._histogram_parts(plan, grads)
+        packed = torch.cat([t for t, _ in parts]) if len(parts) > 1 else sq
         if self.reducer is not None:
-            packed = self._reduce(packed, len(sums) * n_layers, len(maxes) * n_layers, hist_parts, n_layers)
+            packed = self._reduce(parts)
         values = packed.cpu().tolist()
         return self._unpack(plan, grads, values, extended, histograms)
 
-    def _reduce(self, packed: Tensor, n_sum: int, n_max: int, hist_parts: list[Tensor], n_layers: int) -> Tensor:
+    def _reduce(self, parts: list[tuple[Tensor, str]]) -> Tensor:
+        """Combine the parts across processes: one collective per kind of reduction."""
         assert self.reducer is not None
-        # partial sums add across shards; maxima are reduced as sums of one-hot ranks would be wrong, so the
-        # reducer gets (sums, maxes) separately through its `op` attribute when it has one
-        reduce_max = getattr(self.reducer, "reduce_max", None)
-        sums = self.reducer(packed[:n_sum])
-        parts = [sums]
-        if n_max:
-            maxes = packed[n_sum : n_sum + n_max]
-            parts.append(reduce_max(maxes) if reduce_max is not None else maxes)
-        if hist_parts:
-            parts.append(packed[n_sum + n_max :])
-        return torch.cat(parts)
+        by_op: dict[str, list[int]] = {}
+        for i, (_, op) in enumerate(parts):
+            by_op.setdefault(op, []).append(i)
+        reduced: list[Tensor | None] = [None] * len(parts)
+        for op, indices in by_op.items():
+            flat = self.reducer(torch.cat([parts[i][0] for i in indices]), op)
+            for i, chunk in zip(indices, flat.split([parts[i][0].numel() for i in indices])):
+                reduced[i] = chunk
+        return torch.cat(reduced)  # type: ignore[arg-type]
 
     def _accumulate_sq(self, plan: _Plan, tensors: Sequence[Tensor | None], out: Tensor) -> None:
         for group in plan.groups:
@@ -318,6 +319,16 @@ class GradientStats:
             assert t is not None
             values = t.coalesce().values() if t.layout != torch.strided else t
             out[lid] += torch.linalg.vector_norm(values, dtype=torch.float64).to(out.device) ** 2
+
+    def _accumulate_l1(self, plan: _Plan, grads: Sequence[Tensor | None], out: Tensor) -> None:
+        for group in plan.groups:
+            ts = [_local(grads[i]) for i in group.positions]  # type: ignore[arg-type]
+            norms = torch._foreach_norm(ts, 1, dtype=torch.float32) if group.upcast else torch._foreach_norm(ts, 1)
+            out.index_add_(0, group.layer_ids.to(out.device), torch.stack(norms).to(out.device, torch.float64))
+        for pos, lid in plan.sparse:
+            g = grads[pos]
+            assert g is not None
+            out[lid] += _local(g).coalesce().values().abs().sum().to(out.device, torch.float64)
 
     def _accumulate_extended(
         self, plan: _Plan, grads: Sequence[Tensor | None], nonzero: Tensor, max_abs: Tensor
@@ -337,7 +348,7 @@ class GradientStats:
             if values.numel():
                 max_abs[lid] = torch.maximum(max_abs[lid], _abs_max(values).to(max_abs.device, torch.float64))
 
-    def _histogram_parts(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[Tensor]:
+    def _histogram_parts(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[tuple[Tensor, str]]:
         n_layers, bins, dev = len(plan.layer_index), self.histogram_bins, plan.device
         samples: list[Tensor] = []
         gen = self._generator(dev)
@@ -362,7 +373,7 @@ class GradientStats:
         idx = ((x - lo[seg]) / width[seg] * bins).floor().clamp_(0, bins - 1).long() + seg * bins
         counts = torch.bincount(idx, minlength=n_layers * bins).to(torch.float64)
         total = torch.zeros(n_layers, dtype=torch.float64, device=dev).index_add_(0, seg, x.double())
-        return [lo.double(), hi.double(), total, counts]
+        return [(lo.double(), "min"), (hi.double(), "max"), (total, "sum"), (counts, "sum")]
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)
@@ -394,8 +405,10 @@ class GradientStats:
             max_abs = tuple(values[offset + 2 * n : offset + 3 * n])
             offset += 3 * n
             zero_fraction = tuple((1.0 - nz / size) if size else 0.0 for nz, size in zip(nonzero, plan.numel))
-        hists = None
+        hists = mean_abs = None
         if histograms:
+            mean_abs = tuple(v / size if size else 0.0 for v, size in zip(values[offset : offset + n], plan.numel))
+            offset += n
             hists = self._unpack_histograms(plan, values[offset:], grad_norm, nonfinite)
         return StepStats(
             layers=names,
@@ -407,6 +420,7 @@ class GradientStats:
             max_abs=max_abs,
             zero_fraction=zero_fraction,
             histograms=hists,
+            mean_abs=mean_abs,
         )
 
     def _exact_nonfinite(
@@ -429,8 +443,8 @@ class GradientStats:
             counts[lid] += (~torch.isfinite(t)).sum().cpu().double()
             sq[lid] += torch.linalg.vector_norm(t, dtype=torch.float64).cpu() ** 2
         if self.reducer is not None:
-            counts = self.reducer(counts.to(plan.device)).cpu()
-            sq = self.reducer(sq.to(plan.device)).cpu()
+            counts = self.reducer(counts.to(plan.device), "sum").cpu()
+            sq = self.reducer(sq.to(plan.device), "sum").cpu()
         out_norm = list(grad_norm)
         out_counts = [0] * n
         for k in bad:

@@ -133,6 +133,15 @@ class _TensorBoardSink:
     def write_layout(self, layout: dict[str, Any]) -> None:
         self._writer.add_custom_scalars(layout)
 
+    def write_images(self, step: int, images: Mapping[str, bytes]) -> None:
+        values = []
+        for tag, png in images.items():
+            width, height = png_size(png)
+            image = self._summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+            values.append(self._summary.Value(tag=tag, image=image))
+        if values:
+            self._writer._get_file_writer().add_summary(self._summary(value=values), step)
+
     def write_text(self, tag: str, text: str, step: int) -> None:
         self._writer.add_text(tag, text, step)
 
@@ -151,6 +160,9 @@ class _LoggerSink:
             self._logger.log_metrics(dict(scalars), step=step)
 
     def write_layout(self, layout: dict[str, Any]) -> None:
+        pass
+
+    def write_images(self, step: int, images: Mapping[str, bytes]) -> None:
         pass
 
     def write_text(self, tag: str, text: str, step: int) -> None:
@@ -211,6 +223,15 @@ class Writers:
             self._each("write_layout", custom_scalars_layout())
         self._each("write", step, {k: float(v) for k, v in scalars.items()}, histograms)
 
+    def write_images(self, step: int, images: Mapping[str, bytes]) -> None:
+        """Write PNG images (TensorBoard's Images tab)."""
+        self._each("write_images", step, images)
+
+    @property
+    def wants_images(self) -> bool:
+        """Whether any sink shows images (so they are worth drawing)."""
+        return any(isinstance(sink, _TensorBoardSink) for i, sink in enumerate(self._sinks) if i not in self._failed)
+
     def write_alert(self, alert: GradientAlert) -> None:
         """Write an alert as a ``gradwatch/alerts`` text entry at its step."""
         self._each("write_text", ALERTS_TAG, alert_markdown(alert), alert.step)
@@ -218,6 +239,11 @@ class Writers:
     def flush(self) -> None:
         """Flush every sink (event files reach the disk)."""
         self._each("flush")
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """``(width, height)`` from a PNG's header (the IHDR chunk that always comes first)."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 def _tensorboard_experiment(logger: Any) -> Any:

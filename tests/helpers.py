@@ -119,7 +119,7 @@ def events(log_dir: os.PathLike[str] | str) -> EventAccumulator:
     """Every scalar, histogram, text and tensor event of a run directory, read back from disk."""
     files = glob.glob(os.path.join(os.fspath(log_dir), "events.out.tfevents.*"))
     assert files, f"no event file in {log_dir}"
-    acc = EventAccumulator(os.fspath(log_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    acc = EventAccumulator(os.fspath(log_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0, "images": 0})
     acc.Reload()
     return acc
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -300,3 +303,47 @@ def test_progress_bar_shows_grad_norm_and_health(tmp_path):
     assert seen[0]["grad_norm"] == f"{model.reference[0]['__total__']:.3g}"
     assert [m.get("grad_health") for m in seen[4:8]] == [None, "non-finite", "non-finite", None]
     assert "get_metrics" not in vars(trainer.progress_bar_callback)  # the bar is handed back at the end
+
+
+def test_gradient_flow_images_at_histogram_steps(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=2, histogram_every_n_steps=5)], **trainer_kwargs(tmp_path)
+    )
+    trainer.fit(make_mlp_module(pl))
+    acc = events(trainer.logger.log_dir)
+    assert set(acc.Tags()["images"]) == {"gradwatch/gradient_flow", "gradwatch/gradient_heatmap"}
+    flow = acc.Images("gradwatch/gradient_flow")
+    assert [i.step for i in flow] == [0, 5, 10, 15]
+    assert [i.step for i in acc.Images("gradwatch/gradient_heatmap")] == [5, 10, 15]  # needs two logged steps
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(flow[-1].encoded_image_string))
+    assert image.size == (flow[-1].width, flow[-1].height)
+    assert image.size[0] >= 600
+
+
+def test_no_matplotlib_one_warning_and_no_images(tmp_path):
+    code = f"""
+import sys, warnings
+import lightning.pytorch as pl
+sys.modules["matplotlib"] = None  # from here on, `import matplotlib` fails as if it were not installed
+from lightning_gradwatch import GradWatch, GradientWarning
+from tests.helpers import make_mlp_module, trainer_kwargs
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as record:
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=2, histogram_every_n_steps=5)],
+                         **trainer_kwargs({str(tmp_path)!r}))
+    trainer.fit(make_mlp_module(pl))
+ours = [str(w.message) for w in record if issubclass(w.category, GradientWarning)]
+print(len(ours), ours[0][:60] if ours else "")
+print(trainer.logger.log_dir)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    count, log_dir = result.stdout.strip().splitlines()[-2:]
+    assert count.startswith("1 GradWatch draws its gradient-flow images with matplotlib")
+    acc = events(log_dir)
+    assert acc.Tags()["images"] == []
+    assert "grad_hist/head" in acc.Tags()["histograms"]  # everything else is unchanged

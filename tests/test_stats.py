@@ -165,3 +165,12 @@ def test_layer_name_root_parameter():
 def test_stats_rejects_unknown_granularity():
     with pytest.raises(ValueError, match=r"`granularity` must be one of \('module', 'parameter'\), got 'block'"):
         GradientStats([], granularity="block")
+
+
+def test_stats_mean_abs_on_histogram_steps():
+    model = _model()
+    stats = GradientStats(model.named_parameters()).collect(histograms=True)
+    for layer, mean_abs in zip((model[0], model[2], model[4]), stats.mean_abs):
+        values = torch.cat([layer.weight.grad.flatten(), layer.bias.grad])
+        assert mean_abs == pytest.approx(values.abs().double().mean().item(), rel=1e-5)  # float32 sums
+    assert GradientStats(model.named_parameters()).collect().mean_abs is None

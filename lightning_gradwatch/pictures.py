@@ -1,0 +1,136 @@
+"""Gradient-flow pictures as PNG bytes: a per-layer bar chart and a layer-by-step heatmap.
+
+Matplotlib is optional (``pip install lightning-gradwatch[images]``); :func:`matplotlib_available` tells whether the
+pictures can be drawn. Rendering uses the non-interactive Agg canvas and never touches pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HEALTH_COLOURS = {"ok": "#4C72B0", "vanishing": "#DD8452", "exploding": "#C44E52", "non-finite": "#8172B3"}
+
+
+@functools.lru_cache(maxsize=1)
+def matplotlib_available() -> bool:
+    """Whether matplotlib (3.6 or newer) can be imported."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    major, minor = (int(part) for part in matplotlib.__version__.split(".")[:2])
+    return (major, minor) >= (3, 6)
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _positive(values: Sequence[float]) -> list[float]:
+    return [v if math.isfinite(v) and v > 0 else math.nan for v in values]
+
+
+def gradient_flow_png(
+    layers: Sequence[str],
+    mean_abs: Sequence[float],
+    max_abs: Sequence[float],
+    health: Sequence[str],
+    step: int,
+) -> bytes:
+    """Bar chart of mean and max ``|gradient|`` per layer (log scale, forward order), unhealthy layers coloured.
+
+    Args:
+        layers: layer names in forward order.
+        mean_abs: mean ``|g|`` per layer.
+        max_abs: max ``|g|`` per layer.
+        health: ``"ok"``, ``"vanishing"``, ``"exploding"`` or ``"non-finite"`` per layer.
+        step: the optimizer step shown in the title.
+
+    Example:
+        >>> png = gradient_flow_png(["fc1", "fc2"], [1e-6, 1e-2], [1e-5, 1e-1], ["vanishing", "ok"], step=10)
+        >>> png.startswith(PNG_SIGNATURE)
+        True
+    """
+    n = len(layers)
+    fig = _figure(max(6.0, min(0.35 * n + 2.5, 24.0)), 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(n))
+    colours = [HEALTH_COLOURS.get(h, HEALTH_COLOURS["ok"]) for h in health]
+    ax.bar(xs, _positive(max_abs), color=colours, alpha=0.35, width=0.8)
+    ax.bar(xs, _positive(mean_abs), color=colours, alpha=0.95, width=0.5)
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(list(layers), rotation=90, fontsize=7 if n > 20 else 8)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylabel("|gradient| (log scale)")
+    ax.set_title(f"Gradient flow at step {step} (layers in forward order)")
+    ax.grid(axis="y", which="major", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="#777777", alpha=0.35), Patch(color="#777777", alpha=0.95)]
+    labels = ["max |grad| (light)", "mean |grad| (dark)"]
+    for name in ("ok", "vanishing", "exploding", "non-finite"):
+        if name in health:
+            handles.append(Patch(color=HEALTH_COLOURS[name]))
+            labels.append(name)
+    ax.legend(handles, labels, loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def gradient_heatmap_png(
+    layers: Sequence[str], steps: Sequence[int], norms: Sequence[Sequence[float]], step: int
+) -> bytes:
+    """Heatmap of ``log10(gradient norm)``: one row per layer (forward order), one column per logged step.
+
+    Args:
+        layers: layer names in forward order (rows).
+        steps: logged steps (columns).
+        norms: ``norms[i][j]`` is layer ``i``'s gradient norm at ``steps[j]`` (``nan`` where absent).
+        step: the optimizer step shown in the title.
+
+    Example:
+        >>> png = gradient_heatmap_png(["fc1", "fc2"], [0, 10], [[1e-6, 1e-7], [0.1, 0.2]], step=10)
+        >>> png.startswith(PNG_SIGNATURE)
+        True
+    """
+    import numpy as np
+
+    grid = np.array([[math.log10(v) if math.isfinite(v) and v > 0 else np.nan for v in row] for row in norms])
+    n_layers = len(layers)
+    fig = _figure(9.0, max(3.0, min(0.25 * n_layers + 1.8, 20.0)))
+    ax = fig.add_subplot(1, 1, 1)
+    finite = grid[np.isfinite(grid)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    image = ax.imshow(
+        np.ma.masked_invalid(grid), aspect="auto", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax
+    )
+    ax.set_yticks(range(n_layers))
+    ax.set_yticklabels(list(layers), fontsize=7 if n_layers > 20 else 8)
+    if steps:
+        ticks = sorted({0, len(steps) - 1, *range(0, len(steps), max(1, len(steps) // 8))})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(steps[t]) for t in ticks], fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_title(f"log10 gradient norm per layer, up to step {step}")
+    fig.colorbar(image, ax=ax, label="log10 |grad|")
+    fig.tight_layout()
+    return _png(fig)
