@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -158,3 +160,54 @@ def remedies(kind: AlertKind, traits: ModelTraits | None = None) -> list[str]:
         hints.append('lower the learning rate and clip gradients (GradWatch(clip="adaptive"))')
         hints.append("with fp16, prefer bf16-mixed precision or keep the loss scaler enabled")
     return hints
+
+
+REMEDIES_PLAIN = "\nRemedies:\n"
+REMEDIES_MARKDOWN = "\n\nRemedies:\n\n"  # Markdown needs blank lines around a list
+
+
+def alert_markdown(alert: GradientAlert) -> str:
+    """An alert as Markdown for TensorBoard's Text tab."""
+    layers = ", ".join(f"`{name}`" for name in alert.layers[:20])
+    if len(alert.layers) > 20:
+        layers += f" (+{len(alert.layers) - 20} more)"
+    return (
+        f"**{alert.kind}** at step {alert.step} (value {alert.value:.4g}, threshold {alert.threshold:.4g})  \n"
+        f"layers: {layers or '(all)'}  \n\n{alert.message.replace(REMEDIES_PLAIN, REMEDIES_MARKDOWN)}"
+    )
+
+
+_ALERT_HEAD = re.compile(r"\*\*(\w+)\*\* at step (\d+) \(value ([^,]+), threshold ([^)]+)\)")
+
+
+def parse_alert_markdown(text: str, step: int) -> dict[str, Any]:
+    r"""Rebuild an alert (as plain values) from its :func:`alert_markdown` text.
+
+    Example:
+        >>> alert = GradientAlert("exploding", 7, ("fc1", "fc2"), 50.0, 9.0, "Exploding.\nRemedies:\n  - clip")
+        >>> back = parse_alert_markdown(alert_markdown(alert), step=7)
+        >>> back["kind"], back["step"], back["layers"], back["message"] == alert.message
+        ('exploding', 7, ['fc1', 'fc2'], True)
+    """
+    head = _ALERT_HEAD.search(text)
+    layers: list[str] = []
+    match = re.search(r"layers: (.*?)  \n", text)
+    if match:
+        layers = re.findall(r"`([^`]+)`", match.group(1))
+    message = text.split("\n\n", 1)[1] if "\n\n" in text else text
+    message = message.replace(REMEDIES_MARKDOWN, REMEDIES_PLAIN)
+    return {
+        "kind": head.group(1) if head else "unknown",
+        "step": int(head.group(2)) if head else step,
+        "layers": layers,
+        "value": _float_or_nan(head.group(3)) if head else math.nan,
+        "threshold": _float_or_nan(head.group(4)) if head else math.nan,
+        "message": message,
+    }
+
+
+def _float_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan

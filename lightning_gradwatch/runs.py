@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import statistics
 import struct
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.report import REPORT_FILE, read_report
 
 EVENT_FILE_MARK = "tfevents"
@@ -200,7 +200,7 @@ def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
             for value in event.summary.value:
                 if value.tag == ALERT_TEXT_TAG and value.HasField("tensor") and value.tensor.string_val:
                     text = value.tensor.string_val[0].decode("utf-8", "replace")
-                    alerts.append(_parse_alert_markdown(text, event.step))
+                    alerts.append(parse_alert_markdown(text, event.step))
                 elif value.HasField("simple_value") and (
                     value.tag.startswith(("grad_norm/", "grad_to_weight/", "gradwatch/"))
                 ):
@@ -247,34 +247,6 @@ def _summarise(points: list[tuple[int, float]]) -> dict[str, float]:
         "min": min(finite) if finite else math.nan,
         "max": max(finite) if finite else math.nan,
     }
-
-
-_ALERT_HEAD = re.compile(r"\*\*(\w+)\*\* at step (\d+) \(value ([^,]+), threshold ([^)]+)\)")
-
-
-def _parse_alert_markdown(text: str, step: int) -> dict[str, Any]:
-    """Rebuild an alert from its ``gradwatch/alerts`` text entry."""
-    head = _ALERT_HEAD.search(text)
-    layers: list[str] = []
-    match = re.search(r"layers: (.*?)  \n", text)
-    if match:
-        layers = re.findall(r"`([^`]+)`", match.group(1))
-    message = text.split("\n\n", 1)[1] if "\n\n" in text else text
-    return {
-        "kind": head.group(1) if head else "unknown",
-        "step": int(head.group(2)) if head else step,
-        "layers": layers,
-        "value": _float_or_nan(head.group(3)) if head else math.nan,
-        "threshold": _float_or_nan(head.group(4)) if head else math.nan,
-        "message": message,
-    }
-
-
-def _float_or_nan(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
 
 
 def _one_line(err: BaseException) -> str:

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lightning_gradwatch.alerts import GradientAlert, GradientWarning
+from lightning_gradwatch.alerts import GradientAlert, GradientWarning, alert_markdown
 from lightning_gradwatch.stats import LayerHistogram, StepStats
 
 #: Per-layer scalar families, in the order they appear in TensorBoard.
@@ -80,17 +80,6 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
             "events": ["Multiline", ["gradwatch/.*_steps.*", "gradwatch/nonfinite_values.*"]],
         },
     }
-
-
-def alert_markdown(alert: GradientAlert) -> str:
-    """An alert as Markdown for TensorBoard's Text tab."""
-    layers = ", ".join(f"`{name}`" for name in alert.layers[:20])
-    if len(alert.layers) > 20:
-        layers += f" (+{len(alert.layers) - 20} more)"
-    return (
-        f"**{alert.kind}** at step {alert.step} (value {alert.value:.4g}, threshold {alert.threshold:.4g})  \n"
-        f"layers: {layers or '(all)'}  \n\n{alert.message}"
-    )
 
 
 class _TensorBoardSink:
