@@ -15,12 +15,19 @@ from typing_extensions import override
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
-from lightning_gradwatch.alerts import GradientAlert, GradientAlertError, GradientWarning, ModelTraits
+from lightning_gradwatch.alerts import (
+    GradientAlert,
+    GradientAlertError,
+    GradientWarning,
+    ModelTraits,
+    format_layers,
+    remedies,
+)
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
 from lightning_gradwatch.pictures import gradient_flow_png, gradient_heatmap_png, matplotlib_available
 from lightning_gradwatch.report import RunSummary, build_report, write_report
-from lightning_gradwatch.stats import GRANULARITIES, GradientStats, Granularity
+from lightning_gradwatch.stats import GRANULARITIES, GradientStats, Granularity, layer_name
 from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
 
 VanishingResponse = Literal["warn", "raise", "stop", "ignore"]
@@ -31,7 +38,7 @@ _RESPONSES: dict[str, tuple[str, ...]] = {
     "on_exploding": ("warn", "raise", "stop", "skip", "clip", "ignore"),
     "on_nonfinite": ("warn", "raise", "stop", "skip", "ignore"),
 }
-_MAX_ALERTS_KEPT = 1000
+_MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
 
 
 @dataclass
@@ -52,6 +59,8 @@ class _Run:
     amp_overflow_run: int = 0
     report_failed: bool = False
     images: bool = False
+    warned_no_gradients: bool = False
+    weights_nonfinite: bool = False
     last_total_norm: float = math.nan
     health: str = "ok"
     progress_bar: Any = None
@@ -124,6 +133,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             failures; this many consecutive ones mean the run itself has gone non-finite.
         histogram_bins: buckets per histogram.
         histogram_sample_size: values sampled per layer for its histogram.
+        max_layers: when a model has more layers than this, layers are merged by name prefix (a transformer block
+            instead of its submodules) until at most this many remain, so TensorBoard stays readable; a warning says
+            so. ``None``: no limit.
         images: at histogram steps, draw two gradient-flow pictures into TensorBoard's Images tab:
             ``gradwatch/gradient_flow`` (mean and max ``|gradient|`` per layer, log scale, layers in forward order,
             vanishing/exploding/non-finite layers coloured) and ``gradwatch/gradient_heatmap`` (log10 gradient norm,
@@ -177,6 +189,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         amp_overflow_patience: int = 20,
         histogram_bins: int = 64,
         histogram_sample_size: int = 4096,
+        max_layers: int | None = 256,
         images: bool = True,
         progress_bar: bool = True,
     ) -> None:
@@ -202,6 +215,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         _check_int("amp_overflow_patience", amp_overflow_patience, minimum=1)
         _check_int("histogram_bins", histogram_bins, minimum=1)
         _check_int("histogram_sample_size", histogram_sample_size, minimum=1)
+        if max_layers is not None:
+            _check_int("max_layers", max_layers, minimum=1)
         self.detection = DetectionConfig(
             warmup_steps=warmup_steps,
             exploding_zscore=exploding_zscore,
@@ -227,6 +242,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self.amp_overflow_patience = amp_overflow_patience
         self.histogram_bins = histogram_bins
         self.histogram_sample_size = histogram_sample_size
+        self.max_layers = max_layers
         self.progress_bar = bool(progress_bar)
         self.images = bool(images)
         self.alerts: list[GradientAlert] = []
@@ -240,9 +256,19 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     # ------------------------------------------------------------------ identity and state
     @property
     def state_key(self) -> str:
-        """Distinct per configuration, so two GradWatch callbacks in one Trainer keep separate state."""
+        """Distinct per configuration, so two GradWatch callbacks in one Trainer keep separate state.
+
+        The key holds what is measured and how it is answered; thresholds, schedules and display settings may
+        change between a run and its resumption.
+        """
         return self._generate_state_key(
-            granularity=self.granularity, include=self.include, exclude=self.exclude, clip=self.clip
+            granularity=self.granularity,
+            include=self.include,
+            exclude=self.exclude,
+            on_vanishing=self.on_vanishing,
+            on_exploding=self.on_exploding,
+            on_nonfinite=self.on_nonfinite,
+            clip=self.clip,
         )
 
     def config(self) -> dict[str, Any]:
@@ -263,6 +289,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             "amp_overflow_patience": self.amp_overflow_patience,
             "histogram_bins": self.histogram_bins,
             "histogram_sample_size": self.histogram_sample_size,
+            "max_layers": self.max_layers,
             "progress_bar": self.progress_bar,
             "images": self.images,
             **self.detection.to_dict(),
@@ -275,7 +302,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             "detectors": {str(k): d.state_dict() for k, d in self._detectors.items()},
             "clippers": {str(k): c.state_dict() for k, c in self._clippers.items()},
             "summary": self._summary.state_dict(),
-            "alerts": [a.to_dict() for a in self.alerts[-_MAX_ALERTS_KEPT:]],
+            "alerts": [a.to_dict() for a in self.alerts],
         }
 
     @override
@@ -451,6 +478,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         # 1. measure: one fused pass, one device-to-host transfer
         stats = collector.collect(extended=(log_now or hist_now) and write_here, histograms=hist_now and write_here)
         if stats is None:
+            if run.is_global_zero and not run.warned_no_gradients:
+                run.warned_no_gradients = True
+                warnings.warn(
+                    f"GradWatch found no gradient on the watched parameters of optimizer {opt_idx} at step {step}"
+                    " (all frozen or unused, or the step skipped its backward). Such steps are not measured.",
+                    GradientWarning,
+                    stacklevel=2,
+                )
             return
         if run.amp_scaler is not None and not stats.finite and _scaler_enabled(run.amp_scaler):
             run.amp_overflow_run += 1
@@ -462,6 +497,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         # 2. judge
         detector = self._detector(run, opt_idx)
         verdict = detector.update(step, stats)
+        self._check_weights(run, step, stats, verdict, opt_idx)
         suffix = f"/optimizer_{opt_idx}" if len(getattr(trainer, "optimizers", ())) > 1 else ""
         self._summary.add_step(step, stats, key=suffix.lstrip("/"), logged=log_now)
         if stats.finite:
@@ -496,6 +532,26 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
                 run.writers.flush()
             self._write_report("failed", error=alert.message.splitlines()[0])
             raise GradientAlertError(alert)
+
+    def _check_weights(self, run: _Run, step: int, stats: Any, verdict: Verdict, opt_idx: int) -> None:
+        """On steps that measure parameter norms: NaN/Inf in the weights themselves is a non-finite alert."""
+        if stats.param_norm is None:
+            return
+        bad = tuple(n for n, v in zip(stats.layers, stats.param_norm) if not math.isfinite(v))
+        if not bad:
+            run.weights_nonfinite = False
+            return
+        if run.weights_nonfinite:
+            return
+        run.weights_nonfinite = True
+        message = (
+            f"Non-finite weights (NaN/Inf) at step {step} in {format_layers(bad)}: the parameters themselves are"
+            ' corrupted, not only a gradient. An earlier non-finite update reached them (on_nonfinite="warn" or'
+            ' "ignore"), or they were loaded or initialised that way.\nRemedies:\n'
+            + "\n".join(f"  - {h}" for h in remedies("nonfinite", run.traits))
+        )
+        alert = GradientAlert("nonfinite", step, bad, math.nan, 0.0, message, opt_idx, {"what": "weights"})
+        verdict.alerts.append(alert)
 
     def _clip(self, opt_idx: int, total_norm: float, verdict: Verdict, params: Any) -> tuple[float, float] | None:
         """Clip this step's gradients when configured; returns (threshold, norm after clipping)."""
@@ -542,7 +598,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             response = self._response(alert.kind)
             if response == "ignore":
                 continue
-            self.alerts.append(alert)
+            if len(self.alerts) < _MAX_ALERTS_KEPT:
+                self.alerts.append(alert)
+            else:  # a run that alerts without end keeps its first alerts, and counts the rest
+                self._summary.count("alerts_not_kept")
             if run.is_global_zero:
                 if run.writers:
                     run.writers.write_alert(alert)
@@ -625,7 +684,17 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             exclude=self.exclude,
             histogram_bins=self.histogram_bins,
             histogram_sample_size=self.histogram_sample_size,
+            max_layers=self.max_layers,
         )
+        if stats.aggregated_depth is not None and run.is_global_zero and cached is None:
+            modules = len({layer_name(n, self.granularity) for n in stats.param_names})
+            warnings.warn(
+                f"GradWatch merges the {modules} layers of optimizer {opt_idx} into {len(stats.layer_names)} by"
+                f" their first {stats.aggregated_depth} name component(s) (max_layers={self.max_layers}), so"
+                " TensorBoard stays readable. Pass a larger `max_layers`, or `include`/`exclude`, to see more.",
+                GradientWarning,
+                stacklevel=2,
+            )
         run.collectors[opt_idx] = (count, stats)
         return stats
 

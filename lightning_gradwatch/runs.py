@@ -87,48 +87,63 @@ def load_run(directory: Path) -> RunRecord | None:
 
 def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
     try:
-        layers = [_layer_entry(entry) for entry in doc.get("layers", [])]
-        alerts = [_alert_entry(a) for a in doc.get("alerts", [])]
-        events = {str(k): int(v) for k, v in dict(doc.get("events", {})).items()}
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        layers = [_layer_entry(entry) for entry in _as_list(doc.get("layers"))]
+        alerts = [_alert_entry(a) for a in _as_list(doc.get("alerts"))]
+        events = {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()}
+        steps = {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)}
+        status = doc.get("status")
+        if status is not None and not isinstance(status, str):
+            raise TypeError(f"status is {type(status).__name__}")
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
         raise RunReadError(f"{directory / REPORT_FILE}: unexpected content ({_one_line(err)})") from err
-    return RunRecord(
-        path=directory,
-        source="json",
-        status=doc.get("status"),
-        steps=dict(doc.get("steps", {})),
-        layers=layers,
-        alerts=alerts,
-        events=events,
-    )
+    return RunRecord(directory, "json", status, steps, layers, alerts, events)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
 
 
 def _layer_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    entry = _as_dict(entry)
     return {
         "name": str(entry["name"]),
-        "grad_norm": _summary(entry.get("grad_norm", {})),
-        "grad_to_weight": _summary(entry.get("grad_to_weight", {})),
-        "nonfinite_steps": int(entry.get("nonfinite_steps", 0)),
+        "grad_norm": _summary(entry.get("grad_norm")),
+        "grad_to_weight": _summary(entry.get("grad_to_weight")),
+        "nonfinite_steps": int(entry.get("nonfinite_steps") or 0),
     }
 
 
-def _summary(series: dict[str, Any]) -> dict[str, float]:
+def _summary(series: Any) -> dict[str, float]:
+    series = _as_dict(series)
     return {k: _float(series.get(k)) for k in ("last", "median", "min", "max")}
 
 
 def _float(value: Any) -> float:
     if value is None:
         return math.nan
-    if isinstance(value, str):
-        return float(value)  # "inf", "nan" as written for non-finite values
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)  # a string is "inf" or "nan", as written for non-finite values
 
 
 def _alert_entry(alert: dict[str, Any]) -> dict[str, Any]:
+    alert = _as_dict(alert)
     return {
         "kind": str(alert["kind"]),
         "step": int(alert["step"]),
-        "layers": [str(n) for n in alert.get("layers", [])],
+        "layers": [str(n) for n in _as_list(alert.get("layers"))],
         "value": _float(alert.get("value")),
         "threshold": _float(alert.get("threshold")),
         "message": str(alert.get("message", "")),

@@ -133,6 +133,9 @@ class GradientStats:
     gradients) and combined per layer in float64, so bf16/fp16 gradients neither overflow nor lose precision. All
     results of one step are concatenated into a single tensor and moved to the host once.
 
+    Complex gradients are measured as pairs of real values (their norms are the complex norms; a complex value
+    counts as two values in sizes and zero fractions).
+
     Histograms are estimated from a uniform random sample of at most ``histogram_sample_size`` values per layer
     (exact when the layer is smaller), drawn with a private random generator so the training run's own random
     stream is untouched; bucket counts are scaled to the layer's size. Sampling keeps the cost bounded on huge
@@ -145,8 +148,11 @@ class GradientStats:
         exclude: regular expression; parameters whose full name matches are not watched.
         histogram_bins: buckets per histogram.
         histogram_sample_size: values sampled per layer for its histogram.
-        reducer: called with each float64 vector of per-layer partial sums before square roots are taken; sharded
-            training passes an all-reduce here.
+        reducer: called with each float64 vector of per-layer partial results and how they combine (``"sum"``,
+            ``"max"``, ``"min"``) before square roots are taken; sharded training passes an all-reduce here.
+        max_layers: when there are more layers than this, layers are merged by name prefix (``encoder.layers.3``
+            instead of its submodules), one level at a time, until at most this many remain; ``aggregated_depth``
+            then tells the number of name components kept.
 
     Example:
         >>> import torch
@@ -172,6 +178,7 @@ class GradientStats:
         histogram_bins: int = 64,
         histogram_sample_size: int = 4096,
         reducer: Reducer | None = None,
+        max_layers: int | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}")
@@ -190,10 +197,14 @@ class GradientStats:
                 continue
             self.param_names.append(name)
             self.params.append(p)
+        owners = [layer_name(name, granularity) for name in self.param_names]
+        self.aggregated_depth: int | None = None
+        if max_layers is not None and len(set(owners)) > max_layers:
+            owners, self.aggregated_depth = _merge_by_prefix(owners, max_layers)
         names: dict[str, int] = {}
         self._layer_of: list[int] = []
-        for name in self.param_names:
-            self._layer_of.append(names.setdefault(layer_name(name, granularity), len(names)))
+        for owner in owners:
+            self._layer_of.append(names.setdefault(owner, len(names)))
         self.layer_names: tuple[str, ...] = tuple(names)
         self.histogram_bins = int(histogram_bins)
         self.histogram_sample_size = int(histogram_sample_size)
@@ -230,7 +241,7 @@ class GradientStats:
                 continue
             lid = local[self._layer_of[i]]
             local_g = _local(g)
-            numel[lid] += g.numel()
+            numel[lid] += local_g.numel()
             device = device or local_g.device
             if local_g.layout != torch.strided:
                 sparse.append((i, lid))
@@ -490,6 +501,21 @@ class GradientStats:
         return tuple(out)
 
 
+def _merge_by_prefix(owners: list[str], cap: int) -> tuple[list[str], int]:
+    """Shorten layer names to their first ``depth`` components, ``depth`` as large as keeps at most ``cap`` layers.
+
+    Example:
+        >>> _merge_by_prefix(["enc.0.attn", "enc.0.ff", "enc.1.attn", "enc.1.ff", "head"], cap=3)
+        (['enc.0', 'enc.0', 'enc.1', 'enc.1', 'head'], 2)
+    """
+    depth = max(name.count(".") + 1 for name in owners)
+    merged = owners
+    while depth > 1 and len(set(merged)) > cap:
+        depth -= 1
+        merged = [".".join(name.split(".")[:depth]) for name in owners]
+    return merged, depth
+
+
 def _abs_max(t: Tensor) -> Tensor:
     if t.numel() == 0:
         return torch.zeros((), dtype=torch.float32, device=t.device)
@@ -498,9 +524,11 @@ def _abs_max(t: Tensor) -> Tensor:
 
 
 def _local(t: Tensor) -> Tensor:
-    """The local shard of a DTensor; any other tensor unchanged."""
+    """The local shard of a DTensor, complex values seen as pairs of reals; any other tensor unchanged."""
     to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t
+    if callable(to_local):
+        t = to_local()
+    return torch.view_as_real(t) if t.is_complex() and t.layout == torch.strided else t
 
 
 def _local_or_none(t: Tensor | None) -> Tensor | None:

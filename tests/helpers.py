@@ -44,6 +44,7 @@ def make_mlp_module(pl: Any, **kwargs: Any) -> Any:
             batches: int = 256,
             batch_size: int = 16,
             freeze_first: bool = False,
+            record: bool = True,
         ) -> None:
             super().__init__()
             self.net = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
@@ -52,7 +53,7 @@ def make_mlp_module(pl: Any, **kwargs: Any) -> Any:
                 self.net[0].requires_grad_(False)
             self.lr, self.optimizer_name = lr, optimizer
             self.fail_at_step, self.nan_at_step = fail_at_step, nan_at_step
-            self.n, self.batch_size = batches, batch_size
+            self.n, self.batch_size, self.record = batches, batch_size, record
             self.reference: dict[int, dict[str, float]] = {}
             self.post_grads: dict[int, torch.Tensor] = {}
 
@@ -70,6 +71,8 @@ def make_mlp_module(pl: Any, **kwargs: Any) -> Any:
 
         def on_before_optimizer_step(self, optimizer: Any) -> None:
             # runs right after the callbacks' hook, before Lightning's own clipping: same gradients
+            if not self.record:
+                return
             self.reference[self.global_step] = reference_norms(self)
             grads = [p.grad.flatten() for p in self.parameters() if p.grad is not None]
             if grads:
@@ -95,7 +98,8 @@ def reference_norms(module: nn.Module, granularity: str = "module") -> dict[str,
             continue
         g = p.grad.to_dense() if p.grad.is_sparse else p.grad
         layer = name if granularity == "parameter" else (name.rpartition(".")[0] or name)
-        sq[layer] = sq.get(layer, 0.0) + float(g.double().pow(2).sum())
+        magnitude = g.abs() if g.is_complex() else g
+        sq[layer] = sq.get(layer, 0.0) + float(magnitude.double().pow(2).sum())
     out = {k: v**0.5 for k, v in sq.items()}
     out["__total__"] = sum(sq.values()) ** 0.5
     return out

@@ -281,11 +281,6 @@ def test_gradwatch_pickles_and_deep_copies(tmp_path):
     assert copy.deepcopy(watch).log_every_n_steps == 4
 
 
-def test_gradwatch_state_keys_differ_per_configuration():
-    assert GradWatch().state_key != GradWatch(granularity="parameter").state_key
-    assert GradWatch().state_key == GradWatch(on_exploding="skip").state_key
-
-
 def test_progress_bar_shows_grad_norm_and_health(tmp_path):
     pl = flavour("lightning.pytorch")
     seen: list[dict] = []

@@ -142,3 +142,38 @@ def test_fp16_persistent_overflow_becomes_a_nonfinite_alert(tmp_path):
         trainer.fit(model)
     assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 7)]  # the 5th overflow step in a row
     assert trainer.global_step == 8  # the default response stops training
+
+
+def test_nonfinite_weights_are_reported_even_with_finite_gradients(tmp_path):
+    class Guarded(pl.LightningModule):
+        """``scale`` enters the loss through a guard, so a NaN in it leaves every gradient finite."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(8, 1)
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            scale = torch.where(torch.isfinite(self.scale), self.scale, torch.ones_like(self.scale))
+            return torch.nn.functional.mse_loss(self.net(x) * scale, y)
+
+        def on_train_batch_start(self, batch, batch_idx):
+            if self.global_step == 5:
+                with torch.no_grad():
+                    self.scale.fill_(float("nan"))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            from tests.helpers import regression_data
+
+            return regression_data(256)
+
+    watch = GradWatch(log_every_n_steps=2, on_nonfinite="warn")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with pytest.warns(GradientWarning, match=r"Non-finite weights \(NaN/Inf\) at step 6 in scale"):
+        trainer.fit(Guarded())
+    assert [(a.kind, a.step, a.layers) for a in watch.alerts] == [("nonfinite", 6, ("scale",))]  # once per episode
+    assert watch.alerts[0].extra == {"what": "weights"}

@@ -1,0 +1,144 @@
+"""Odd models never crash GradWatch and get correct numbers: frozen, unused, empty, complex, strided, huge."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_gradwatch import GradientWarning, GradWatch
+from tests.helpers import events, flavour, reference_norms, regression_data, scalars, trainer_kwargs
+
+pl = flavour("lightning.pytorch")
+
+
+class Base(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reference: dict[int, dict[str, float]] = {}
+
+    def on_before_optimizer_step(self, optimizer):
+        self.reference[self.global_step] = reference_norms(self)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return regression_data(128)
+
+
+def _fit(tmp_path, model, **watch_kwargs):
+    watch = GradWatch(log_every_n_steps=1, **watch_kwargs)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    ours = [str(w.message) for w in record if issubclass(w.category, GradientWarning)]
+    return watch, trainer, ours
+
+
+def test_all_parameters_frozen(tmp_path):
+    class Frozen(Base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(8, 1).requires_grad_(False)
+            self.bias = torch.zeros((), requires_grad=True)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x), y) + self.bias
+
+    watch, trainer, ours = _fit(tmp_path, Frozen())
+    assert trainer.global_step == 8
+    assert len(ours) == 1
+    assert "found no gradient" in ours[0]
+    assert watch.alerts == []
+    assert watch.state_dict()["summary"]["measured_steps"] == 0
+
+
+def test_layer_unused_on_some_steps(tmp_path):
+    class Branchy(Base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Linear(8, 8)
+            self.odd = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            h = self.trunk(x)
+            if self.global_step % 2:
+                h = self.odd(h)
+            return nn.functional.mse_loss(self.head(h), y)
+
+    model = Branchy()
+    _watch, trainer, ours = _fit(tmp_path, model)
+    assert ours == []
+    acc = events(trainer.logger.log_dir)
+    assert sorted(scalars(acc, "grad_norm/odd")) == [1, 3, 5, 7]
+    assert sorted(scalars(acc, "grad_norm/trunk")) == list(range(8))
+    for step, value in scalars(acc, "gradwatch/total_norm").items():
+        assert value == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+
+
+def test_zero_size_complex_and_non_contiguous_parameters(tmp_path):
+    class Odd(Base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.empty = nn.Parameter(torch.empty(0))
+            self.phase = nn.Parameter(torch.randn(8, dtype=torch.cfloat))
+            self.square = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            h = self.square(x) * self.phase.abs() + self.empty.sum()
+            return nn.functional.mse_loss(self.head(h), y)
+
+        def on_after_backward(self):
+            grad = self.square.weight.grad
+            self.square.weight.grad = grad.t().contiguous().t()  # same values, transposed strides
+            assert not self.square.weight.grad.is_contiguous()
+
+    model = Odd()
+    _watch, trainer, ours = _fit(tmp_path, model, histogram_every_n_steps=2)
+    assert ours == []
+    acc = events(trainer.logger.log_dir)
+    for layer in ("phase", "square", "head", "empty"):
+        for step, value in scalars(acc, f"grad_norm/{layer}").items():
+            assert value == pytest.approx(model.reference[step][layer], rel=1e-5, abs=1e-12)
+    assert scalars(acc, "grad_norm/empty") == dict.fromkeys(range(8), 0.0)
+    assert "grad_hist/phase" in acc.Tags()["histograms"]
+    assert all(math.isfinite(v) for v in scalars(acc, "grad_zero_fraction/phase").values())
+
+
+def test_ten_thousand_parameter_tensors_stay_readable(tmp_path):
+    class Huge(Base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(
+                nn.ModuleList(nn.Linear(2, 2) for _ in range(50)) for _ in range(100)
+            )  # 100 blocks x 50 layers x (weight, bias) = 10 000 tensors
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            params = torch.stack([p.sum() for p in self.parameters()])
+            return nn.functional.mse_loss(x[:, :1] * params.mean(), y)
+
+        def train_dataloader(self):
+            return regression_data(48)
+
+    model = Huge()
+    assert len(list(model.parameters())) == 10_000
+    _watch, trainer, ours = _fit(tmp_path, model)
+    assert len(ours) == 1
+    assert "merges the 5000 layers of optimizer 0 into 100 by their first 2 name component(s)" in ours[0]
+    tags = [t for t in events(trainer.logger.log_dir).Tags()["scalars"] if t.startswith("grad_norm/")]
+    assert len(tags) == 100
+    assert "grad_norm/blocks.7" in tags
+    total = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
+    for step, value in total.items():
+        assert value == pytest.approx(model.reference[step]["__total__"], rel=1e-5)

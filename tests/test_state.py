@@ -1,0 +1,83 @@
+"""Checkpointed state: a resumed run continues its statistics; old and partial states load; instances stay apart."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_gradwatch import GradWatch
+from lightning_gradwatch.detectors import GradientDetector
+from tests.helpers import events, flavour, make_mlp_module, scalars, trainer_kwargs
+
+pl = flavour("lightning.pytorch")
+
+
+def _first_fit(tmp_path, watch):
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, enable_checkpointing=True))
+    trainer.fit(make_mlp_module(pl, nan_at_step=2, optimizer="adam", lr=0.01))
+    return trainer.checkpoint_callback.best_model_path
+
+
+def test_resume_continues_detector_summary_and_alerts(tmp_path):
+    watch = GradWatch(on_nonfinite="skip", warmup_steps=20, log_every_n_steps=1)
+    ckpt = _first_fit(tmp_path / "first", watch)
+    saved = watch.state_dict()
+    assert saved["detectors"]["0"]["steps"] == 15  # 16 steps, one of them NaN
+    resumed = GradWatch(on_nonfinite="skip", warmup_steps=20, log_every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "second", max_epochs=2))
+    trainer.fit(make_mlp_module(pl, optimizer="adam", lr=0.01), ckpt_path=ckpt)
+    state = resumed.state_dict()
+    assert state["detectors"]["0"]["steps"] == 31  # continued, not restarted
+    assert state["summary"]["measured_steps"] == 32
+    assert [(a.kind, a.step) for a in resumed.alerts] == [("nonfinite", 2)]  # the run's history is kept
+    thresholds = scalars(events(trainer.logger.log_dir), "gradwatch/spike_threshold")
+    # the warm-up of 20 finite steps had 15 behind it: it ends at step 20, not 20 steps after resuming (36)
+    assert min(thresholds) == 20
+
+
+def test_checkpoint_from_an_older_version_loads_with_defaults(tmp_path):
+    watch = GradWatch()
+    ckpt = _first_fit(tmp_path / "first", watch)
+    checkpoint = torch.load(ckpt, weights_only=False)
+    (key,) = [k for k in checkpoint["callbacks"] if k.startswith("GradWatch")]
+    checkpoint["callbacks"][key] = {"detectors": {"0": {"steps": 7, "mean": -0.5}}}  # keys since added are missing
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    resumed = GradWatch()
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "second", max_epochs=2))
+    trainer.fit(make_mlp_module(pl, optimizer="adam", lr=0.01), ckpt_path=old)
+    state = resumed.state_dict()
+    assert state["detectors"]["0"]["steps"] == 7 + 16
+    assert state["summary"]["measured_steps"] == 16
+    detector = GradientDetector()
+    detector.load_state_dict({})  # nothing at all: defaults
+    assert detector.state_dict()["steps"] == 0
+
+
+def test_two_instances_keep_separate_state(tmp_path):
+    clipping = GradWatch(clip="adaptive", clip_warmup_steps=3, on_nonfinite="skip")
+    watching = GradWatch(granularity="parameter", on_nonfinite="skip")
+    assert clipping.state_key != watching.state_key
+    trainer = pl.Trainer(
+        callbacks=[clipping, watching], **trainer_kwargs(tmp_path / "first", enable_checkpointing=True)
+    )
+    trainer.fit(make_mlp_module(pl, nan_at_step=2))
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    assert checkpoint["callbacks"][clipping.state_key]["clippers"]
+    assert not checkpoint["callbacks"][watching.state_key]["clippers"]
+    a, b = (
+        GradWatch(clip="adaptive", clip_warmup_steps=3, on_nonfinite="skip"),
+        GradWatch(granularity="parameter", on_nonfinite="skip"),
+    )
+    trainer2 = pl.Trainer(callbacks=[a, b], **trainer_kwargs(tmp_path / "second", max_epochs=2))
+    trainer2.fit(make_mlp_module(pl), ckpt_path=trainer.checkpoint_callback.best_model_path)
+    assert a.state_dict()["clippers"]["0"]["steps"] > 3
+    assert b.state_dict()["clippers"] == {}
+    assert [x.kind for x in a.alerts] == ["nonfinite"]
+    assert b.alerts == []  # the first instance skipped the NaN step: the second never saw its gradients
+    assert b.state_dict()["summary"]["measured_steps"] == 15 + 16  # its own count, restored and continued
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"on_exploding": "skip"}, {"clip": 1.0}])
+def test_state_key_is_stable_for_the_same_configuration(kwargs):
+    assert GradWatch(**kwargs).state_key == GradWatch(**kwargs, log_every_n_steps=7, images=False).state_key
