@@ -61,6 +61,7 @@ class _Run:
     images: bool = False
     warned_no_gradients: bool = False
     weights_nonfinite: bool = False
+    loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
     last_total_norm: float = math.nan
     health: str = "ok"
     progress_bar: Any = None
@@ -121,7 +122,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         warmup_steps: steps that only build the gradient-norm history.
         exploding_zscore: standard deviations of ``log10(total norm)`` above its running mean that make a spike.
         exploding_min_factor: a spike is at least this many times the running (geometric) mean of the total norm.
-        exploding_patience: consecutive spike steps that make an explosion; a lone spike is counted, not alerted.
+        exploding_patience: consecutive spike steps that make an explosion (unless they already fall back fast); a
+            lone spike is counted, not alerted.
+        exploding_growth_steps: consecutive steps of a steady rise (each norm above the one before and above its
+            running mean + 2 std, while the training loss rises too) that make an explosion before any single step
+            is extreme: this warns of a divergence several steps before the first NaN.
         exploding_threshold: optional absolute total norm above which a step is always a spike.
         vanishing_ratio: a layer whose norm stays below this fraction of the largest layer's norm is vanishing.
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
@@ -179,6 +184,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         exploding_zscore: float = 4.0,
         exploding_min_factor: float = 3.0,
         exploding_patience: int = 2,
+        exploding_growth_steps: int = 4,
         exploding_threshold: float | None = None,
         vanishing_ratio: float = 1e-5,
         vanishing_floor: float | None = None,
@@ -222,6 +228,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             exploding_zscore=exploding_zscore,
             exploding_min_factor=exploding_min_factor,
             exploding_patience=exploding_patience,
+            exploding_growth_steps=exploding_growth_steps,
             exploding_threshold=exploding_threshold,
             vanishing_ratio=vanishing_ratio,
             vanishing_floor=vanishing_floor,
@@ -476,7 +483,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         hist_now = run.hist_every > 0 and step % run.hist_every == 0
         write_here = run.is_global_zero and bool(run.writers)
         # 1. measure: one fused pass, one device-to-host transfer
-        stats = collector.collect(extended=(log_now or hist_now) and write_here, histograms=hist_now and write_here)
+        stats = collector.collect(
+            extended=(log_now or hist_now) and write_here,
+            histograms=hist_now and write_here,
+            extra=() if run.loss is None else (run.loss,),
+        )
         if stats is None:
             if run.is_global_zero and not run.warned_no_gradients:
                 run.warned_no_gradients = True
@@ -496,6 +507,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             run.amp_overflow_run = 0
         # 2. judge
         detector = self._detector(run, opt_idx)
+        if stats.extra:
+            detector.observe_loss(stats.extra[0])
         verdict = detector.update(step, stats)
         self._check_weights(run, step, stats, verdict, opt_idx)
         suffix = f"/optimizer_{opt_idx}" if len(getattr(trainer, "optimizers", ())) > 1 else ""
@@ -711,13 +724,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         run = self._run
-        if run is None or not self._detectors or (int(trainer.global_step) - 1) % run.log_every != 0:
+        if run is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            value = float(loss.detach())
-            for det in self._detectors.values():
-                det.observe_loss(value)
+            run.loss = loss.detach()  # no sync here: it travels with the next step's statistics
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

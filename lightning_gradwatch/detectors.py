@@ -5,10 +5,14 @@ parameters of one optimizer.
 
 - **Non-finite**: any NaN/Inf gradient value; one alert per episode (consecutive non-finite steps).
 - **Exploding**: the run's own history of ``log10(total norm)`` is summarised by an exponential moving mean and
-  variance (started by a plain mean over the warm-up). A step is a *spike* when its norm exceeds
-  ``10 ** (mean + max(zscore * std, log10(min_factor)))`` or the optional absolute threshold. A lone spike is
-  counted, not alerted; ``patience`` consecutive spikes are an explosion. Spikes enter the history clipped to the
-  spike threshold, so one outlier does not inflate it.
+  variance (started by a plain mean over the warm-up, then winsorised at two standard deviations, so a trend or an
+  outlier drags it only slowly). A step is a *spike* when its norm exceeds
+  ``10 ** (mean + max(zscore * std, log10(min_factor)))`` or the optional absolute threshold. An explosion is either
+  ``patience`` consecutive spikes that are not already falling back (the latest at least half the one before), or a
+  steady rise: ``growth_steps`` consecutive steps each above the one before and above ``mean + 2 std``, while the
+  training loss rises too (a rising norm with a falling loss is a model taking off, not diverging). A lone spike, or
+  one that falls back at once, is counted and not alerted. Spikes move the mean toward a lasting new level (clipped
+  to the spike threshold) but never widen the variance, so an explosion cannot hide by inflating its own threshold.
 - **Vanishing**: a layer is vanishing on a step when its norm is below ``ratio`` times the largest layer norm, or
   below the absolute ``floor``; it is alerted when that lasts ``patience`` consecutive steps. The whole network is
   vanishing when every gradient is exactly zero, or when the total norm has fallen below ``collapse_ratio`` times
@@ -36,6 +40,8 @@ class DetectionConfig:
         exploding_zscore: how many standard deviations of ``log10(total norm)`` above the mean make a spike.
         exploding_min_factor: a spike is at least this many times the running (geometric) mean norm.
         exploding_patience: consecutive spikes that make an explosion (a lone spike is only counted).
+        exploding_growth_steps: consecutive steps of a steady rise (each norm above the one before and above
+            mean + 2 std, while the loss rises too) that make an explosion before any single step is a spike.
         exploding_threshold: optional absolute total-norm threshold; above it a step is always a spike.
         ema_decay: weight of the newest step in the running mean and variance (about ``1 / decay`` steps of memory).
         vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing.
@@ -58,6 +64,7 @@ class DetectionConfig:
     exploding_zscore: float = 4.0
     exploding_min_factor: float = 3.0
     exploding_patience: int = 2
+    exploding_growth_steps: int = 4
     exploding_threshold: float | None = None
     ema_decay: float = 0.05
     vanishing_ratio: float = 1e-5
@@ -73,6 +80,7 @@ class DetectionConfig:
         if self.exploding_min_factor < 1:
             raise ValueError(f"`exploding_min_factor` must be at least 1, got {self.exploding_min_factor!r}")
         _check_int("exploding_patience", self.exploding_patience, minimum=1)
+        _check_int("exploding_growth_steps", self.exploding_growth_steps, minimum=2)
         if self.exploding_threshold is not None:
             _check_positive("exploding_threshold", self.exploding_threshold)
         _check_positive("ema_decay", self.ema_decay)
@@ -90,6 +98,9 @@ class DetectionConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values."""
         return asdict(self)
+
+
+_HALF = math.log10(2.0)
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -163,6 +174,9 @@ class GradientDetector:
         self.mean = 0.0  # of log10(total norm)
         self.var = 0.0
         self.spike_run = 0
+        self.growth_run = 0
+        self.growth_loss: float | None = None
+        self.previous: float | None = None
         self.exploding_episode = False
         self.nonfinite_episode = False
         self.vanishing_run: dict[str, int] = {}
@@ -182,6 +196,10 @@ class GradientDetector:
             "mean": self.mean,
             "var": self.var,
             "spike_run": self.spike_run,
+            "growth_run": self.growth_run,
+            "growth_loss": self.growth_loss,
+            "previous": self.previous,
+            "last_loss": self.last_loss,
             "exploding_episode": self.exploding_episode,
             "nonfinite_episode": self.nonfinite_episode,
             "vanishing_run": dict(self.vanishing_run),
@@ -200,6 +218,10 @@ class GradientDetector:
         self.mean = float(state.get("mean", 0.0))
         self.var = float(state.get("var", 0.0))
         self.spike_run = int(state.get("spike_run", 0))
+        self.growth_run = int(state.get("growth_run", 0))
+        self.growth_loss = state.get("growth_loss")
+        self.previous = state.get("previous")
+        self.last_loss = state.get("last_loss")
         self.exploding_episode = bool(state.get("exploding_episode", False))
         self.nonfinite_episode = bool(state.get("nonfinite_episode", False))
         self.vanishing_run = {str(k): int(v) for k, v in state.get("vanishing_run", {}).items()}
@@ -253,22 +275,46 @@ class GradientDetector:
         verdict.spike_threshold = threshold
         norm = stats.total_norm
         x = math.log10(norm) if norm > 0 else None
-        if norm > threshold:
+        spike = norm > threshold
+        falling_back = False
+        if spike:
             verdict.spike = True
             self.counts["spikes"] = self.counts.get("spikes", 0) + 1
             self.spike_run += 1
-            if self.spike_run >= cfg.exploding_patience and not self.exploding_episode:
-                self.exploding_episode = True
-                verdict.alerts.append(self._exploding_alert(step, stats, threshold))
-            if x is not None:
-                self._learn(min(x, math.log10(threshold)))
-            return
-        self.spike_run = 0
-        self.exploding_episode = False
-        if x is not None:
-            self._learn(x)
+            # a spike run that already falls back fast (below half its previous step) is a transient, not a trend
+            falling_back = x is not None and self.previous is not None and x < self.previous - _HALF
+        else:
+            self.spike_run = 0
+        self._update_growth(x)
+        growing = (
+            self.growth_run >= cfg.exploding_growth_steps
+            and self.last_loss is not None
+            and self.growth_loss is not None
+            and self.last_loss > self.growth_loss
+        )
+        sustained = self.spike_run >= cfg.exploding_patience and not falling_back
+        if (sustained or growing) and not self.exploding_episode:
+            self.exploding_episode = True
+            verdict.alerts.append(self._exploding_alert(step, stats, threshold, growing and not spike))
+        elif not spike and self.growth_run == 0:
+            self.exploding_episode = False
+        if x is not None:  # a spike moves the mean toward a lasting new level, but never widens the spread
+            self._learn(min(x, math.log10(threshold)), spread=not spike)
 
-    def _learn(self, x: float) -> None:
+    def _update_growth(self, x: float | None) -> None:
+        """Count consecutive steps that each rise above the previous one while above mean + 2 std."""
+        elevated = self.mean + max(2.0 * self.std, 0.5 * math.log10(self.config.exploding_min_factor))
+        ready = self.steps >= max(self.config.warmup_steps, 2)
+        if ready and x is not None and self.previous is not None and x > elevated and x > self.previous:
+            if self.growth_run == 0:
+                self.growth_loss = self.last_loss
+            self.growth_run += 1
+        else:
+            self.growth_run = 0
+            self.growth_loss = None
+        self.previous = x
+
+    def _learn(self, x: float, spread: bool = True) -> None:
         cfg = self.config
         self.steps += 1
         if self.steps <= max(cfg.warmup_steps, 2):  # plain running mean/variance (Welford) over the warm-up
@@ -276,10 +322,13 @@ class GradientDetector:
             self.mean += delta / self.steps
             self.var += (delta * (x - self.mean) - self.var) / self.steps
             return
+        # winsorised at 2 std: a trend or an outlier drags the baseline only slowly
+        bound = 2.0 * max(self.std, 1e-3)
+        delta = min(max(x - self.mean, -bound), bound)
         a = cfg.ema_decay
-        delta = x - self.mean
         self.mean += a * delta
-        self.var = (1 - a) * (self.var + a * delta * delta)
+        if spread:
+            self.var = (1 - a) * (self.var + a * delta * delta)
 
     def _update_vanishing(self, step: int, stats: StepStats, verdict: Verdict) -> None:
         cfg = self.config
@@ -342,16 +391,23 @@ class GradientDetector:
         )
         return GradientAlert("nonfinite", step, tuple(layers), float(values), 0.0, message, self.optimizer)
 
-    def _exploding_alert(self, step: int, stats: StepStats, threshold: float) -> GradientAlert:
+    def _exploding_alert(self, step: int, stats: StepStats, threshold: float, growth: bool) -> GradientAlert:
         baseline = 10**self.mean
-        ratios = [(n, g) for n, g in zip(stats.layers, stats.grad_norm)]
-        ratios.sort(key=lambda item: -item[1])
-        share = [n for n, g in ratios if g * g >= 0.1 * stats.total_norm**2] or [ratios[0][0]]
-        ordered = tuple(n for n in stats.layers if n in set(share))
+        ranked = sorted(zip(stats.layers, stats.grad_norm), key=lambda item: -item[1])
+        share = {n for n, g in ranked if g * g >= 0.1 * stats.total_norm**2} or {ranked[0][0]}
+        ordered = tuple(n for n in stats.layers if n in share)
+        if growth:
+            what = (
+                f"total norm {stats.total_norm:.4g} has risen for {self.growth_run} consecutive steps while the loss"
+                f" rose too (typical norm so far {baseline:.4g}; a single step becomes a spike above {threshold:.4g})"
+            )
+        else:
+            what = (
+                f"total norm {stats.total_norm:.4g} for {self.spike_run} consecutive steps above the spike threshold"
+                f" {threshold:.4g} (typical norm so far {baseline:.4g})"
+            )
         message = (
-            f"Exploding gradients at step {step}: total norm {stats.total_norm:.4g} for "
-            f"{self.spike_run} consecutive steps above the spike threshold {threshold:.4g} "
-            f"(typical norm so far {baseline:.4g}). Largest in: {format_layers(ordered)}.\n"
+            f"Exploding gradients at step {step}: {what}. Largest in: {format_layers(ordered)}.\n"
             f"Remedies:\n{self._hints('exploding')}"
         )
         return GradientAlert("exploding", step, ordered, stats.total_norm, threshold, message, self.optimizer)

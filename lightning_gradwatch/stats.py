@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -77,6 +77,7 @@ class StepStats:
     zero_fraction: tuple[float, ...] | None = None
     histograms: tuple[LayerHistogram | None, ...] | None = None
     mean_abs: tuple[float, ...] | None = None
+    extra: tuple[float, ...] = ()
 
     @property
     def finite(self) -> bool:
@@ -272,12 +273,16 @@ class GradientStats:
 
     # ------------------------------------------------------------------ measuring
     @torch.no_grad()
-    def collect(self, extended: bool = False, histograms: bool = False) -> StepStats | None:
+    def collect(
+        self, extended: bool = False, histograms: bool = False, extra: Sequence[Tensor] = ()
+    ) -> StepStats | None:
         """Measure the current gradients; ``None`` when no watched parameter has a gradient.
 
         Args:
             extended: also measure parameter norms, max ``|g|`` and the fraction of exact zeros.
             histograms: also build one histogram per layer.
+            extra: one-element tensors (such as the last loss) to bring to the host in the same transfer; their
+                values come back in ``StepStats.extra``. They are not reduced across processes.
         """
         grads = [p.grad for p in self.params]
         plan = self._plan_for(grads)
@@ -303,7 +308,12 @@ class GradientStats:
         packed = torch.cat([t for t, _ in parts]) if len(parts) > 1 else sq
         if self.reducer is not None:
             packed = self._reduce(parts)
+        if extra:
+            packed = torch.cat([packed, *(e.detach().reshape(1).to(dev, torch.float64) for e in extra)])
         values = packed.cpu().tolist()
+        if extra:
+            values, extra_values = values[: -len(extra)], tuple(values[-len(extra) :])
+            return replace(self._unpack(plan, grads, values, extended, histograms), extra=extra_values)
         return self._unpack(plan, grads, values, extended, histograms)
 
     def _reduce(self, parts: list[tuple[Tensor, str]]) -> Tensor:

@@ -42,6 +42,7 @@ ARGUMENTS = [
     "exploding_zscore",
     "exploding_min_factor",
     "exploding_patience",
+    "exploding_growth_steps",
     "exploding_threshold",
     "vanishing_ratio",
     "vanishing_floor",

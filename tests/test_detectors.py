@@ -1,0 +1,184 @@
+"""The detectors alone, on hand-made streams of statistics (no Trainer)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lightning_gradwatch.alerts import ModelTraits
+from lightning_gradwatch.detectors import DetectionConfig, GradientDetector
+from lightning_gradwatch.stats import StepStats
+
+LAYERS = ("l0", "l1", "l2")
+
+
+def stats(*norms: float, nonfinite: tuple[int, ...] | None = None) -> StepStats:
+    total = math.sqrt(sum(n * n for n in norms)) if all(map(math.isfinite, norms)) else math.nan
+    counts = nonfinite or tuple(0 if math.isfinite(n) else 1 for n in norms)
+    return StepStats(LAYERS[: len(norms)], tuple(norms), total, (10,) * len(norms), counts)
+
+
+def healthy(step: int, scale: float = 1.0) -> StepStats:
+    wobble = 1.0 + 0.1 * math.sin(1.7 * step)
+    return stats(0.5 * scale * wobble, 1.0 * scale * wobble, 0.8 * scale / wobble)
+
+
+def feed(detector: GradientDetector, steps: range, make=healthy, loss=None) -> list:
+    alerts = []
+    for step in steps:
+        if loss is not None:
+            detector.observe_loss(loss(step))
+        alerts += detector.update(step, make(step)).alerts
+    return alerts
+
+
+def test_single_spike_is_counted_not_alerted():
+    det = GradientDetector()
+    assert feed(det, range(50)) == []
+    verdict = det.update(50, healthy(50, scale=100.0))
+    assert verdict.spike
+    assert verdict.alerts == []
+    assert feed(det, range(51, 80)) == []
+    assert det.counts["spikes"] == 1
+
+
+def test_sustained_spikes_alert_once_per_episode():
+    det = GradientDetector(DetectionConfig(exploding_patience=2))
+    feed(det, range(50))
+    first = feed(det, range(50, 55), make=lambda s: healthy(s, scale=1000.0))
+    assert [(a.kind, a.step) for a in first] == [("exploding", 51)]
+    assert "2 consecutive steps above the spike threshold" in first[0].message
+    assert "clip" in first[0].message  # a remedy
+    feed(det, range(55, 60))  # recovered: the episode ends
+    second = feed(det, range(60, 63), make=lambda s: healthy(s, scale=1000.0))
+    assert [(a.kind, a.step) for a in second] == [("exploding", 61)]
+
+
+def test_no_spike_verdict_during_warmup_but_absolute_threshold_applies():
+    det = GradientDetector(DetectionConfig(warmup_steps=20))
+    assert not any(det.update(s, healthy(s, scale=1000.0 if s == 5 else 1.0)).spike for s in range(20))
+    strict = GradientDetector(DetectionConfig(warmup_steps=20, exploding_threshold=10.0))
+    assert strict.update(0, healthy(0, scale=100.0)).spike
+    assert strict.spike_threshold() == 10.0
+
+
+def noisy(step: int) -> StepStats:
+    """A noisy SGD run: the total norm wanders by about 0.35 decades (one spike needs ~25x the mean)."""
+    return stats(*(10 ** (0.5 * math.sin(2.3 * step + i)) for i in range(3)))
+
+
+def rising(step: int) -> StepStats:
+    return stats(*(1.5 ** (step - 39) for _ in range(3)))
+
+
+def test_steady_growth_with_rising_loss_is_an_explosion_before_any_spike():
+    det = GradientDetector()
+    feed(det, range(40), make=noisy, loss=lambda s: 1.0)
+    alerts = feed(det, range(40, 48), make=rising, loss=lambda s: 1.2 ** (s - 39))
+    assert [a.kind for a in alerts] == ["exploding"]
+    assert "has risen for 4 consecutive steps while the loss rose too" in alerts[0].message
+    assert det.counts["spikes"] == 0  # no single step was extreme yet
+
+
+def test_steady_growth_with_falling_loss_is_training_taking_off():
+    det = GradientDetector()
+    feed(det, range(40), make=noisy, loss=lambda s: 1.0)
+    assert feed(det, range(40, 48), make=rising, loss=lambda s: 0.9 ** (s - 39)) == []
+
+
+def test_nonfinite_alert_once_per_episode_naming_layers():
+    det = GradientDetector()
+    feed(det, range(20))
+    bad = feed(det, range(20, 23), make=lambda s: stats(0.5, math.nan, 0.8))
+    assert [(a.kind, a.step, a.layers) for a in bad] == [("nonfinite", 20, ("l1",))]
+    assert feed(det, range(23, 25)) == []
+    again = feed(det, range(25, 26), make=lambda s: stats(math.inf, 1.0, 0.8))
+    assert [(a.kind, a.layers) for a in again] == [("nonfinite", ("l0",))]
+
+
+def test_nonfinite_steps_stay_out_of_the_history():
+    det = GradientDetector()
+    feed(det, range(30))
+    before = (det.steps, det.mean, det.var)
+    feed(det, range(30, 35), make=lambda s: stats(math.nan, 1.0, 1.0))
+    assert (det.steps, det.mean, det.var) == before
+
+
+def test_vanishing_after_patience_names_the_layers():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))
+    alerts = feed(det, range(30), make=lambda s: stats(1e-9, 1e-3, 1.0))
+    assert [(a.kind, a.step, a.layers) for a in alerts] == [("vanishing", 9, ("l0",))]
+    assert "below 1e-05x the largest layer's (l2)" in alerts[0].message
+
+
+def test_vanishing_ignores_exempt_layers_and_recovers():
+    det = GradientDetector(DetectionConfig(vanishing_patience=5), exempt_layers={"l0"})
+    assert feed(det, range(20), make=lambda s: stats(1e-9, 0.5, 1.0)) == []
+    watched = GradientDetector(DetectionConfig(vanishing_patience=5))
+    assert len(feed(watched, range(10), make=lambda s: stats(1e-9, 0.5, 1.0))) == 1
+    assert watched.update(10, stats(0.5, 0.5, 1.0)).vanishing_layers == ()
+    assert len(feed(watched, range(11, 20), make=lambda s: stats(1e-9, 0.5, 1.0))) == 1  # a new episode
+
+
+def test_converged_model_is_not_vanishing():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))
+    alerts = feed(
+        det, range(300), make=lambda s: healthy(s, scale=0.97**s), loss=lambda s: 0.95**s
+    )  # everything shrinks together, loss included
+    assert alerts == []
+
+
+def test_collapse_with_a_stuck_loss_is_vanishing():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))
+    alerts = feed(det, range(100), make=lambda s: healthy(s, scale=1.0 if s < 20 else 1e-6), loss=lambda s: 1.3)
+    assert [a.kind for a in alerts] == ["vanishing"]
+    assert "fell to" in alerts[0].message
+    dead = GradientDetector(DetectionConfig(vanishing_patience=10))
+    alerts = feed(dead, range(30), make=lambda s: stats(0.0, 0.0, 0.0))
+    assert [a.kind for a in alerts] == ["vanishing"]
+    assert "every gradient is exactly zero" in alerts[0].message
+
+
+@pytest.mark.parametrize("split", [5, 25, 60])
+def test_state_dict_round_trip_continues_exactly(split):
+    def make(step):
+        return healthy(step, scale=1000.0 if step in (40, 41, 70) else 1.0)
+
+    whole = GradientDetector()
+    expected = [whole.update(s, make(s)) for s in range(100)]
+    first = GradientDetector()
+    for s in range(split):
+        first.update(s, make(s))
+    second = GradientDetector()
+    second.load_state_dict(first.state_dict())
+    resumed = [second.update(s, make(s)) for s in range(split, 100)]
+    assert [(v.spike, [a.step for a in v.alerts]) for v in resumed] == [
+        (v.spike, [a.step for a in v.alerts]) for v in expected[split:]
+    ]
+    assert second.state_dict() == whole.state_dict()
+
+
+def test_old_state_with_missing_keys_loads_with_defaults():
+    det = GradientDetector()
+    det.load_state_dict({"steps": 12, "mean": 0.1})
+    assert det.steps == 12
+    assert det.spike_run == 0
+    assert det.update(12, healthy(12)).alerts == []
+
+
+def test_remedies_fit_the_model():
+    rnn = GradientDetector(DetectionConfig(vanishing_patience=2), traits=ModelTraits(vanilla_rnn=True))
+    (alert,) = feed(rnn, range(5), make=lambda s: stats(1e-9, 1.0))
+    assert "nn.LSTM or nn.GRU" in alert.message
+    sig = GradientDetector(DetectionConfig(vanishing_patience=2), traits=ModelTraits(saturating_activations=True))
+    (alert,) = feed(sig, range(5), make=lambda s: stats(1e-9, 1.0))
+    assert "ReLU-family" in alert.message
+    assert "He (Kaiming)" in alert.message
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"`vanishing_patience` must be an integer >= 1, got 0"):
+        DetectionConfig(vanishing_patience=0)
+    with pytest.raises(ValueError, match=r"`exploding_growth_steps` must be an integer >= 2, got 1"):
+        DetectionConfig(exploding_growth_steps=1)
