@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -96,6 +97,7 @@ def run(scenario: Scenario, steps: int, **watch: Any) -> Outcome:
         max_steps=steps,
         max_epochs=-1,
         logger=False,
+        default_root_dir=tempfile.mkdtemp(prefix="gradwatch-detection-"),
         accelerator="cpu",
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
 
 import pytest
@@ -17,11 +18,13 @@ pl = flavour("lightning.pytorch")
 
 def fit(model, steps: int, **watch_kwargs):
     torch.manual_seed(0)
+    root = tempfile.mkdtemp(prefix="gradwatch-scenario-")
     watch = GradWatch(histogram_every_n_steps=0, images=False, **watch_kwargs)
     trainer = pl.Trainer(
         max_steps=steps,
         max_epochs=-1,
         logger=False,
+        default_root_dir=root,
         accelerator="cpu",
         enable_checkpointing=False,
         enable_progress_bar=False,
