@@ -124,6 +124,7 @@ class _Plan:
     hist_positions: list[list[int]]  # per local layer: dense positions sampled for histograms
     hist_counts: list[list[int]]  # per local layer: samples drawn from each of those tensors
     hist_numel: list[int]  # per local layer: values the histogram stands for
+    plain: bool = True  # no DTensor and no complex tensor: nothing to unwrap
     hist_segments: Tensor | None = None  # local layer id of every sample, built on first use
 
 
@@ -237,11 +238,13 @@ class GradientStats:
         numel = [0] * len(present)
         hist_positions: list[list[int]] = [[] for _ in present]
         device: torch.device | None = None
+        plain = True
         for i, g in enumerate(grads):
             if g is None:
                 continue
             lid = local[self._layer_of[i]]
             local_g = _local(g)
+            plain = plain and local_g is g
             numel[lid] += local_g.numel()
             device = device or local_g.device
             if local_g.layout != torch.strided:
@@ -269,7 +272,7 @@ class GradientStats:
                 hist_counts.append(sizes)
             else:
                 hist_counts.append([max(1, round(self.histogram_sample_size * s / total)) for s in sizes])
-        return _Plan(present, groups, sparse, numel, device, hist_positions, hist_counts, hist_numel)
+        return _Plan(present, groups, sparse, numel, device, hist_positions, hist_counts, hist_numel, plain)
 
     # ------------------------------------------------------------------ measuring
     @torch.no_grad()
@@ -290,12 +293,15 @@ class GradientStats:
             return None
         n_layers = len(plan.layer_index)
         dev = plan.device
+        if not plan.plain:
+            grads = [_local_or_none(g) for g in grads]
         sq = torch.zeros(n_layers, dtype=torch.float64, device=dev)
-        self._accumulate_sq(plan, [_local_or_none(g) for g in grads], sq)
+        self._accumulate_sq(plan, grads, sq)
         parts: list[tuple[Tensor, str]] = [(sq, "sum")]  # (values, how shards combine); order = unpack order
         if extended:
             psq = torch.zeros(n_layers, dtype=torch.float64, device=dev)
-            self._accumulate_sq(plan, [_local(p.detach()) for p in self.params], psq)
+            params = self.params if plan.plain else [_local(p.detach()) for p in self.params]
+            self._accumulate_sq(plan, params, psq)
             nonzero = torch.zeros(n_layers, dtype=torch.float64, device=dev)
             max_abs = torch.zeros(n_layers, dtype=torch.float64, device=dev)
             self._accumulate_extended(plan, grads, nonzero, max_abs)
@@ -343,28 +349,28 @@ class GradientStats:
 
     def _accumulate_l1(self, plan: _Plan, grads: Sequence[Tensor | None], out: Tensor) -> None:
         for group in plan.groups:
-            ts = [_local(grads[i]) for i in group.positions]  # type: ignore[arg-type]
+            ts = [grads[i] for i in group.positions]
             norms = torch._foreach_norm(ts, 1, dtype=torch.float32) if group.upcast else torch._foreach_norm(ts, 1)
             out.index_add_(0, group.layer_ids.to(out.device), torch.stack(norms).to(out.device, torch.float64))
         for pos, lid in plan.sparse:
             g = grads[pos]
             assert g is not None
-            out[lid] += _local(g).coalesce().values().abs().sum().to(out.device, torch.float64)
+            out[lid] += g.coalesce().values().abs().sum().to(out.device, torch.float64)
 
     def _accumulate_extended(
         self, plan: _Plan, grads: Sequence[Tensor | None], nonzero: Tensor, max_abs: Tensor
     ) -> None:
         for group in plan.groups:
-            ts = [_local(grads[i]) for i in group.positions]  # type: ignore[arg-type]
+            ts = [grads[i] for i in group.positions]
             counts = torch._foreach_norm(ts, 0)  # number of non-zero values per tensor
             nz = torch.stack(counts).to(device=nonzero.device, dtype=torch.float64)
             nonzero.index_add_(0, group.layer_ids.to(nonzero.device), nz)
-            peaks = torch.stack([_abs_max(t) for t in ts]).to(device=max_abs.device, dtype=torch.float64)
+            peaks = _abs_max_each(ts).to(device=max_abs.device, dtype=torch.float64)
             max_abs.scatter_reduce_(0, group.layer_ids.to(max_abs.device), peaks, "amax")
         for pos, lid in plan.sparse:
             g = grads[pos]
             assert g is not None
-            values = _local(g).coalesce().values()
+            values = g.coalesce().values()
             nonzero[lid] += torch.count_nonzero(values).to(nonzero.device, torch.float64)
             if values.numel():
                 max_abs[lid] = torch.maximum(max_abs[lid], _abs_max(values).to(max_abs.device, torch.float64))
@@ -375,7 +381,7 @@ class GradientStats:
         gen = self._generator(dev)
         for pos, counts in zip(plan.hist_positions, plan.hist_counts):
             for i, k in zip(pos, counts):
-                flat = _local(grads[i]).reshape(-1)  # type: ignore[arg-type]
+                flat = grads[i].reshape(-1)  # type: ignore[union-attr]
                 if k >= flat.numel():
                     samples.append(flat.to(dev, torch.float32))
                 else:
@@ -524,6 +530,21 @@ def _merge_by_prefix(owners: list[str], cap: int) -> tuple[list[str], int]:
         depth -= 1
         merged = [".".join(name.split(".")[:depth]) for name in owners]
     return merged, depth
+
+
+def _abs_max_each(ts: list[Tensor]) -> Tensor:
+    """``max |t|`` of each tensor (0 for an empty one), with one ``aminmax`` per tensor and vector ops after."""
+    lows, highs = [], []
+    zero = None
+    for t in ts:
+        if t.numel():
+            lo, hi = torch.aminmax(t)
+        else:
+            zero = zero if zero is not None else torch.zeros((), dtype=t.dtype, device=t.device)
+            lo = hi = zero
+        lows.append(lo)
+        highs.append(hi)
+    return torch.maximum(torch.stack(highs).float(), -torch.stack(lows).float())
 
 
 def _abs_max(t: Tensor) -> Tensor:
