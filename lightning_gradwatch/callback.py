@@ -699,12 +699,12 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             histogram_sample_size=self.histogram_sample_size,
             max_layers=self.max_layers,
         )
-        if stats.aggregated_depth is not None and run.is_global_zero and cached is None:
+        if stats.aggregated is not None and run.is_global_zero and cached is None:
             modules = len({layer_name(n, self.granularity) for n in stats.param_names})
             warnings.warn(
-                f"GradWatch merges the {modules} layers of optimizer {opt_idx} into {len(stats.layer_names)} by"
-                f" their first {stats.aggregated_depth} name component(s) (max_layers={self.max_layers}), so"
-                " TensorBoard stays readable. Pass a larger `max_layers`, or `include`/`exclude`, to see more.",
+                f"GradWatch merges the {modules} layers of optimizer {opt_idx} into {len(stats.layer_names)},"
+                f" {stats.aggregated} (max_layers={self.max_layers}), so TensorBoard stays readable. Pass a larger"
+                " `max_layers`, or `include`/`exclude`, to see more.",
                 GradientWarning,
                 stacklevel=2,
             )

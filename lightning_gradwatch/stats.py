@@ -153,8 +153,9 @@ class GradientStats:
         reducer: called with each float64 vector of per-layer partial results and how they combine (``"sum"``,
             ``"max"``, ``"min"``) before square roots are taken; sharded training passes an all-reduce here.
         max_layers: when there are more layers than this, layers are merged by name prefix (``encoder.layers.3``
-            instead of its submodules), one level at a time, until at most this many remain; ``aggregated_depth``
-            then tells the number of name components kept.
+            instead of its submodules), one level at a time, until at most this many remain; numbered siblings
+            (``layers.0`` ... ``layers.499``) are merged into runs (``layers.0-1``) rather than into their parent
+            when the parent alone would be far too coarse. ``aggregated`` then says how.
 
     Example:
         >>> import torch
@@ -200,9 +201,9 @@ class GradientStats:
             self.param_names.append(name)
             self.params.append(p)
         owners = [layer_name(name, granularity) for name in self.param_names]
-        self.aggregated_depth: int | None = None
+        self.aggregated: str | None = None
         if max_layers is not None and len(set(owners)) > max_layers:
-            owners, self.aggregated_depth = _merge_by_prefix(owners, max_layers)
+            owners, self.aggregated = _merge_layers(owners, max_layers)
         names: dict[str, int] = {}
         self._layer_of: list[int] = []
         for owner in owners:
@@ -212,6 +213,7 @@ class GradientStats:
         self.histogram_sample_size = int(histogram_sample_size)
         self.reducer = reducer
         self._plans: dict[tuple[bool, ...], _Plan] = {}
+        self._full_plan: _Plan | None = None
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def __len__(self) -> int:
@@ -219,6 +221,10 @@ class GradientStats:
 
     # ------------------------------------------------------------------ planning
     def _plan_for(self, grads: Sequence[Tensor | None]) -> _Plan | None:
+        # the common case, every gradient present, is recognised without building a key (`None in grads` would
+        # compare tensors with ==, which is slow)
+        if self._full_plan is not None and not any(g is None for g in grads):
+            return self._full_plan
         key = tuple(g is not None for g in grads)
         plan = self._plans.get(key)
         if plan is None:
@@ -228,6 +234,8 @@ class GradientStats:
             if len(self._plans) > 64:  # patterns of unused layers could grow without bound
                 self._plans.clear()
             self._plans[key] = plan
+            if all(key):
+                self._full_plan = plan
         return plan
 
     def _build_plan(self, grads: Sequence[Tensor | None]) -> _Plan:
@@ -517,19 +525,57 @@ class GradientStats:
         return tuple(out)
 
 
-def _merge_by_prefix(owners: list[str], cap: int) -> tuple[list[str], int]:
-    """Shorten layer names to their first ``depth`` components, ``depth`` as large as keeps at most ``cap`` layers.
+def _merge_layers(owners: list[str], cap: int) -> tuple[list[str], str]:
+    """Merge layer names until at most ``cap`` remain; returns the new names and how they were merged.
+
+    Names are shortened by one component at a time (``enc.3.attn`` -> ``enc.3``). When that would leave far fewer
+    layers than allowed (fewer than ``cap // 4``), numbered siblings are merged into runs instead.
 
     Example:
-        >>> _merge_by_prefix(["enc.0.attn", "enc.0.ff", "enc.1.attn", "enc.1.ff", "head"], cap=3)
-        (['enc.0', 'enc.0', 'enc.1', 'enc.1', 'head'], 2)
+        >>> _merge_layers(["enc.0.attn", "enc.0.ff", "enc.1.attn", "enc.1.ff", "head"], cap=3)
+        (['enc.0', 'enc.0', 'enc.1', 'enc.1', 'head'], 'by their first 2 name components')
+        >>> names, how = _merge_layers([f"layers.{i}" for i in range(10)], cap=4)
+        >>> sorted(set(names)), how
+        (['layers.0-2', 'layers.3-5', 'layers.6-8', 'layers.9'], 'into runs of 3 consecutive numbered modules')
     """
     depth = max(name.count(".") + 1 for name in owners)
     merged = owners
     while depth > 1 and len(set(merged)) > cap:
-        depth -= 1
-        merged = [".".join(name.split(".")[:depth]) for name in owners]
-    return merged, depth
+        shorter = [".".join(name.split(".")[: depth - 1]) for name in owners]
+        if len(set(shorter)) < max(cap // 4, 1):
+            runs = _numbered_runs(merged, cap)
+            if runs is not None:
+                return runs
+        merged, depth = shorter, depth - 1
+    return merged, f"by their first {depth} name component{'s' if depth > 1 else ''}"
+
+
+def _numbered_runs(names: list[str], cap: int) -> tuple[list[str], str] | None:
+    """Merge ``prefix.<n>`` names into runs of ``k`` consecutive numbers, ``k`` as small as keeps ``cap``."""
+    numbered = {n: n.rpartition(".") for n in set(names)}
+    numbered = {n: (prefix, int(last)) for n, (prefix, _, last) in numbered.items() if last.isdigit() and prefix}
+    if not numbered:
+        return None
+    others = len(set(names) - set(numbered))
+    groups: dict[str, list[int]] = {}
+    for prefix, index in numbered.values():
+        groups.setdefault(prefix, []).append(index)
+    for k in range(2, max(len(v) for v in groups.values()) + 1):
+        if others + sum(len({i // k for i in v}) for v in groups.values()) <= cap:
+            break
+    else:
+        return None
+    highest = {prefix: max(v) for prefix, v in groups.items()}
+
+    def run(name: str) -> str:
+        if name not in numbered:
+            return name
+        prefix, index = numbered[name]
+        lo = index // k * k
+        hi = min(lo + k - 1, highest[prefix])
+        return f"{prefix}.{lo}" if lo == hi else f"{prefix}.{lo}-{hi}"
+
+    return [run(n) for n in names], f"into runs of {k} consecutive numbered modules"
 
 
 def _abs_max_each(ts: list[Tensor]) -> Tensor:

@@ -174,3 +174,16 @@ def test_stats_mean_abs_on_histogram_steps():
         values = torch.cat([layer.weight.grad.flatten(), layer.bias.grad])
         assert mean_abs == pytest.approx(values.abs().double().mean().item(), rel=1e-5)  # float32 sums
     assert GradientStats(model.named_parameters()).collect().mean_abs is None
+
+
+def test_layer_cap_merges_numbered_layers_into_runs_not_into_one():
+    model = nn.ModuleDict({"layers": nn.ModuleList(nn.Linear(2, 2) for _ in range(500)), "head": nn.Linear(2, 1)})
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    collector = GradientStats(model.named_parameters(), max_layers=256)
+    assert len(collector.layer_names) == 251
+    assert collector.layer_names[:2] == ("layers.0-1", "layers.2-3")
+    assert collector.layer_names[-1] == "head"
+    assert collector.aggregated == "into runs of 2 consecutive numbered modules"
+    stats = collector.collect()
+    assert stats.grad_norm[0] == pytest.approx(math.sqrt(12))  # two Linear(2, 2): 2 x (4 + 2) ones
