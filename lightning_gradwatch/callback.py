@@ -62,6 +62,7 @@ class _Run:
     warned_no_gradients: bool = False
     weights_nonfinite: bool = False
     loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
+    plain_group: Any = None  # FSDP1: the process group over which plain gradients are sharded
     last_total_norm: float = math.nan
     health: str = "ok"
     progress_bar: Any = None
@@ -373,6 +374,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             traits=ModelTraits.from_module(pl_module),
             exempt=_exempt_layers(pl_module, self.granularity),
             amp_scaler=scaler,
+            plain_group=_plain_shard_group(trainer),
         )
         if self.images and hist_every > 0 and writers is not None and writers.wants_images:
             if matplotlib_available():
@@ -482,10 +484,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         log_now = step % run.log_every == 0
         hist_now = run.hist_every > 0 and step % run.hist_every == 0
         write_here = run.is_global_zero and bool(run.writers)
+        measure_all = write_here or collector.sharded  # sharded statistics are collectives: every rank joins in
         # 1. measure: one fused pass, one device-to-host transfer
         stats = collector.collect(
-            extended=(log_now or hist_now) and write_here,
-            histograms=hist_now and write_here,
+            extended=(log_now or hist_now) and measure_all,
+            histograms=hist_now and measure_all,
             extra=() if run.loss is None else (run.loss,),
         )
         if stats is None:
@@ -686,7 +689,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if cached is not None and cached[0] == count:
             return cached[1]
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        named = [(n, p) for n, p in pl_module.named_parameters() if id(p) in in_optimizer]
+        named = [(_clean_name(n), p) for n, p in pl_module.named_parameters() if id(p) in in_optimizer]
         known = {id(p) for _, p in named}
         extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
         named += [(f"optimizer_{opt_idx}.param_{i}", p) for i, p in enumerate(extra)]
@@ -698,6 +701,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             histogram_bins=self.histogram_bins,
             histogram_sample_size=self.histogram_sample_size,
             max_layers=self.max_layers,
+            plain_group=run.plain_group,
         )
         if stats.aggregated is not None and run.is_global_zero and cached is None:
             modules = len({layer_name(n, self.granularity) for n in stats.param_names})
@@ -830,6 +834,30 @@ def _exempt_layers(pl_module: Any, granularity: str) -> frozenset[str]:
     if granularity == "parameter":
         exempt.update(n for n, _ in pl_module.named_parameters() if n.rsplit(".", 1)[-1] == "bias")
     return frozenset(exempt)
+
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module.")
+
+
+def _clean_name(name: str) -> str:
+    """A parameter name without the prefixes that wrappers (FSDP1, activation checkpointing, compile) add."""
+    for prefix in _WRAPPER_PREFIXES[:3]:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _plain_shard_group(trainer: Any) -> Any:
+    """The process group of plain-tensor gradient shards: the world under Lightning's FSDPStrategy (FSDP1).
+
+    FSDP1 with ``use_orig_params=True`` leaves plain tensors holding each rank's slice; everything else needs no
+    group (DTensors carry their own, and DDP gradients are whole).
+    """
+    strategy = trainer.strategy
+    if not any(cls.__name__ == "FSDPStrategy" for cls in type(strategy).__mro__):
+        return None
+    import torch.distributed as dist
+
+    return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
 
 
 def _optimizer_index(trainer: Any, optimizer: Any) -> int:

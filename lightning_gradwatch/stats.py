@@ -1,50 +1,33 @@
 """Per-layer gradient statistics in one fused pass, with one device-to-host transfer per step.
 
 Nothing here knows Lightning: a :class:`GradientStats` is built from ``(name, parameter)`` pairs and measures their
-``.grad`` whenever :meth:`GradientStats.collect` is called.
+``.grad`` whenever :meth:`GradientStats.collect` is called. Sharded gradients (FSDP2 DTensors, FSDP1 slices) are
+measured on their local shards and combined across processes: squared norms and counts are summed, maxima and minima
+combined, with one collective per kind of combination and shard group, never gathering a full gradient.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-Granularity = Literal["module", "parameter"]
-GRANULARITIES: tuple[str, ...] = ("module", "parameter")
+from lightning_gradwatch.layers import GRANULARITIES, Granularity, LayerMap, layer_name
+from lightning_gradwatch.sharding import Groups, all_reduce_, group_size, local, reduce_parts, shard_groups
 
-#: Combines a float64 vector across processes with ``op`` (``"sum"``, ``"max"`` or ``"min"``): sharded gradients.
-Reducer = Callable[[Tensor, str], Tensor]
-
-
-def layer_name(param_name: str, granularity: Granularity = "module") -> str:
-    """The layer a parameter belongs to: its owning module, or the parameter itself.
-
-    Example:
-        >>> layer_name("encoder.layers.3.self_attn.in_proj_weight")
-        'encoder.layers.3.self_attn'
-        >>> layer_name("encoder.layers.3.self_attn.in_proj_weight", "parameter")
-        'encoder.layers.3.self_attn.in_proj_weight'
-        >>> layer_name("pos_embedding")  # a parameter of the root module is its own layer
-        'pos_embedding'
-    """
-    if granularity == "parameter":
-        return param_name
-    owner, _, _ = param_name.rpartition(".")
-    return owner or param_name
+__all__ = ["GRANULARITIES", "GradientStats", "Granularity", "LayerHistogram", "StepStats", "layer_name"]
 
 
 @dataclass(frozen=True)
 class LayerHistogram:
     """A histogram of one layer's gradient values, ready for TensorBoard's ``HistogramProto``.
 
-    ``bucket_limits`` are right edges; ``bucket_counts`` are estimated counts over the whole layer (a uniform random
-    sample of at most ``sample_size`` values, scaled by ``num / sample_size``).
+    ``bucket_limits`` are right edges; ``bucket_counts`` are estimated counts over the whole layer: each sampled
+    value stands for ``size / samples`` values of the tensor it was drawn from.
     """
 
     min: float
@@ -63,8 +46,9 @@ class StepStats:
 
     ``layers`` holds the layers that had a gradient this step, in forward (registration) order. Fields other than
     ``grad_norm``, ``total_norm`` and ``numel`` are filled only on steps measured with ``extended=True``
-    (``histograms`` and ``mean_abs``, the mean ``|g|``, with ``histograms=True``);
-    ``nonfinite_count`` is exact on every step (it is computed only when a norm is not finite).
+    (``histograms`` and ``mean_abs``, the mean ``|g|``, with ``histograms=True``); ``nonfinite_count`` is exact
+    on every step (it is computed only when a norm is not finite). ``numel`` counts the values measured on this
+    process until an extended or histogram step combines it across shards.
     """
 
     layers: tuple[str, ...]
@@ -105,11 +89,26 @@ def _ratio(num: float, den: float) -> float:
 
 @dataclass
 class _Group:
-    """Dense tensors of one (device, dtype): positions into the parameter list and their local layer ids."""
+    """Dense tensors of one (device, dtype) in one shard: positions into the parameter list, their local layers."""
 
     positions: list[int]
-    layer_ids: Tensor  # long, on the group's device
+    layer_ids: Tensor  # long, on the plan's device
     upcast: bool
+
+
+@dataclass
+class _Shard:
+    """Tensors whose local values combine over the same process groups (``()``: whole tensors, nothing to do)."""
+
+    groups: Groups
+    dense: list[_Group]
+    sparse: list[tuple[int, int]]  # (position, local layer id)
+    numel: Tensor  # float64 per local layer: values held here
+    hist_positions: list[tuple[int, int, int]]  # (position, local layer id, samples to draw)
+    hist_numel: Tensor  # float64 per local layer: dense values the histogram stands for (divided by replicas)
+    replicas: int = 1  # copies of these values across the histogram group (unsharded tensors in a sharded plan)
+    hist_layer_ids: Tensor | None = None  # per sample, built on first use
+    hist_weights: Tensor | None = None
 
 
 @dataclass
@@ -117,31 +116,31 @@ class _Plan:
     """How to measure one pattern of present gradients; built once and reused while the pattern holds."""
 
     layer_index: list[int]  # global layer index of each local (present) layer
-    groups: list[_Group]
-    sparse: list[tuple[int, int]]  # (position, local layer id)
-    numel: list[int]  # per local layer
+    shards: list[_Shard]
     device: torch.device
-    hist_positions: list[list[int]]  # per local layer: dense positions sampled for histograms
-    hist_counts: list[list[int]]  # per local layer: samples drawn from each of those tensors
-    hist_numel: list[int]  # per local layer: values the histogram stands for
-    plain: bool = True  # no DTensor and no complex tensor: nothing to unwrap
-    hist_segments: Tensor | None = None  # local layer id of every sample, built on first use
+    plain: bool  # no DTensor and no complex tensor: nothing to unwrap
+    sharded: bool
+    hist_groups: Groups
+    local_numel: list[int]
 
 
 class GradientStats:
     """Measures gradients of named parameters, grouped into layers.
 
     Norms are computed with ``torch._foreach_norm`` per (device, dtype) group, in float32 (float64 for float64
-    gradients) and combined per layer in float64, so bf16/fp16 gradients neither overflow nor lose precision. All
-    results of one step are concatenated into a single tensor and moved to the host once.
+    gradients) and combined per layer in float64, so bf16/fp16 gradients neither overflow nor lose precision; a
+    tensor of a million values still carries a float32 accumulation error of about 1e-5 (relative). All results of
+    one step are concatenated into a single tensor and moved to the host once.
 
     Complex gradients are measured as pairs of real values (their norms are the complex norms; a complex value
     counts as two values in sizes and zero fractions).
 
     Histograms are estimated from a uniform random sample of at most ``histogram_sample_size`` values per layer
     (exact when the layer is smaller), drawn with a private random generator so the training run's own random
-    stream is untouched; bucket counts are scaled to the layer's size. Sampling keeps the cost bounded on huge
-    layers while showing the same shape.
+    stream is untouched; each sampled value is weighted by how many values of its tensor it stands for. Sampling
+    keeps the cost bounded on huge layers while showing the same shape. With sharded gradients every process
+    samples its own shards; the bin edges are agreed first (one min/max reduction), then the weighted counts are
+    summed.
 
     Args:
         named_parameters: ``(name, parameter)`` pairs to watch, in forward order.
@@ -150,12 +149,14 @@ class GradientStats:
         exclude: regular expression; parameters whose full name matches are not watched.
         histogram_bins: buckets per histogram.
         histogram_sample_size: values sampled per layer for its histogram.
-        reducer: called with each float64 vector of per-layer partial results and how they combine (``"sum"``,
-            ``"max"``, ``"min"``) before square roots are taken; sharded training passes an all-reduce here.
         max_layers: when there are more layers than this, layers are merged by name prefix (``encoder.layers.3``
             instead of its submodules), one level at a time, until at most this many remain; numbered siblings
             (``layers.0`` ... ``layers.499``) are merged into runs (``layers.0-1``) rather than into their parent
             when the parent alone would be far too coarse. ``aggregated`` then says how.
+        plain_group: the process group over which plain (non-DTensor) gradients are sharded, as FSDP1 with
+            ``use_orig_params=True`` shards them; ``None`` when plain gradients are whole (single process, DDP).
+            Parameters that require a gradient then count as present on every process, so all processes take part
+            in the same collectives.
 
     Example:
         >>> import torch
@@ -180,38 +181,19 @@ class GradientStats:
         exclude: str | None = None,
         histogram_bins: int = 64,
         histogram_sample_size: int = 4096,
-        reducer: Reducer | None = None,
         max_layers: int | None = None,
+        plain_group: Any = None,
     ) -> None:
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}")
-        inc = re.compile(include) if include else None
-        exc = re.compile(exclude) if exclude else None
-        self.param_names: list[str] = []
-        self.params: list[Tensor] = []
-        seen: set[int] = set()
-        for name, p in named_parameters:
-            if id(p) in seen:  # a parameter shared between modules is counted once
-                continue
-            seen.add(id(p))
-            if inc is not None and not inc.search(name):
-                continue
-            if exc is not None and exc.search(name):
-                continue
-            self.param_names.append(name)
-            self.params.append(p)
-        owners = [layer_name(name, granularity) for name in self.param_names]
-        self.aggregated: str | None = None
-        if max_layers is not None and len(set(owners)) > max_layers:
-            owners, self.aggregated = _merge_layers(owners, max_layers)
-        names: dict[str, int] = {}
-        self._layer_of: list[int] = []
-        for owner in owners:
-            self._layer_of.append(names.setdefault(owner, len(names)))
-        self.layer_names: tuple[str, ...] = tuple(names)
+        layers = LayerMap.build(named_parameters, granularity, include, exclude, max_layers)
+        self.param_names = layers.param_names
+        self.params = layers.params
+        self.layer_names = layers.layer_names
+        self.aggregated = layers.aggregated
+        self._layer_of = layers.layer_of
         self.histogram_bins = int(histogram_bins)
         self.histogram_sample_size = int(histogram_sample_size)
-        self.reducer = reducer
+        self.plain_group = plain_group
+        self.sharded = plain_group is not None or any(shard_groups(p) for p in self.params)
         self._plans: dict[tuple[bool, ...], _Plan] = {}
         self._full_plan: _Plan | None = None
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -220,6 +202,12 @@ class GradientStats:
         return len(self.params)
 
     # ------------------------------------------------------------------ planning
+    def _grads(self) -> list[Tensor | None]:
+        grads = [p.grad for p in self.params]
+        if self.plain_group is not None:  # FSDP1: a process holding none of a parameter has no gradient for it
+            grads = [p.new_zeros(0) if g is None and p.requires_grad else g for p, g in zip(self.params, grads)]
+        return grads
+
     def _plan_for(self, grads: Sequence[Tensor | None]) -> _Plan | None:
         # the common case, every gradient present, is recognised without building a key (`None in grads` would
         # compare tensors with ==, which is slow)
@@ -240,47 +228,65 @@ class GradientStats:
 
     def _build_plan(self, grads: Sequence[Tensor | None]) -> _Plan:
         present = sorted({self._layer_of[i] for i, g in enumerate(grads) if g is not None})
-        local = {layer: k for k, layer in enumerate(present)}
-        by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        sparse: list[tuple[int, int]] = []
-        numel = [0] * len(present)
-        hist_positions: list[list[int]] = [[] for _ in present]
-        device: torch.device | None = None
+        local_id = {layer: k for k, layer in enumerate(present)}
+        n = len(present)
+        device = next(local(g).device for g in grads if g is not None)
         plain = True
+        shards: dict[tuple[int, ...], dict[str, Any]] = {}
+        local_numel = [0] * n
         for i, g in enumerate(grads):
             if g is None:
                 continue
-            lid = local[self._layer_of[i]]
-            local_g = _local(g)
+            lid = local_id[self._layer_of[i]]
+            local_g = local(g)
             plain = plain and local_g is g
-            numel[lid] += local_g.numel()
-            device = device or local_g.device
-            if local_g.layout != torch.strided:
-                sparse.append((i, lid))
-                continue
-            by_key.setdefault((local_g.device, local_g.dtype), []).append(i)
-            if local_g.numel():
-                hist_positions[lid].append(i)
-        assert device is not None
-        groups = [
-            _Group(
-                positions=pos,
-                layer_ids=torch.tensor([local[self._layer_of[i]] for i in pos], dtype=torch.long, device=dev),
-                upcast=dtype in (torch.float16, torch.bfloat16),
+            groups = shard_groups(g, self.plain_group)
+            shard = shards.setdefault(
+                tuple(id(x) for x in groups),
+                {"groups": groups, "dense": {}, "sparse": [], "numel": [0] * n, "hist": [], "hist_numel": [0] * n},
             )
-            for (dev, dtype), pos in by_key.items()
-        ]
-        hist_counts: list[list[int]] = []
-        hist_numel: list[int] = []
-        for pos in hist_positions:
-            sizes = [_local(grads[i]).numel() for i in pos]  # type: ignore[union-attr]
-            total = sum(sizes)
-            hist_numel.append(total)
-            if total <= self.histogram_sample_size:
-                hist_counts.append(sizes)
-            else:
-                hist_counts.append([max(1, round(self.histogram_sample_size * s / total)) for s in sizes])
-        return _Plan(present, groups, sparse, numel, device, hist_positions, hist_counts, hist_numel, plain)
+            shard["numel"][lid] += local_g.numel()
+            local_numel[lid] += local_g.numel()
+            if local_g.layout != torch.strided:
+                shard["sparse"].append((i, lid))
+                continue
+            shard["dense"].setdefault((local_g.device, local_g.dtype), []).append(i)
+            if local_g.numel():
+                shard["hist"].append((i, lid, local_g.numel()))
+                shard["hist_numel"][lid] += local_g.numel()
+        sharded = any(s["groups"] for s in shards.values())
+        hist_groups = next((s["groups"] for s in shards.values() if s["groups"]), ())
+        replicas_of_whole = group_size(hist_groups) if sharded else 1
+        built = []
+        for spec in shards.values():
+            replicas = 1 if spec["groups"] else replicas_of_whole
+            layer_totals = [0] * n
+            for _, lid, size in spec["hist"]:
+                layer_totals[lid] += size
+            hist = []
+            for i, lid, size in spec["hist"]:
+                total = layer_totals[lid]
+                samples = size if total <= self.histogram_sample_size else self.histogram_sample_size * size / total
+                hist.append((i, lid, min(size, max(1, round(samples)))))
+            built.append(
+                _Shard(
+                    groups=spec["groups"],
+                    dense=[
+                        _Group(
+                            positions=pos,
+                            layer_ids=torch.tensor([local_id[self._layer_of[i]] for i in pos], device=device),
+                            upcast=dtype in (torch.float16, torch.bfloat16),
+                        )
+                        for (_, dtype), pos in spec["dense"].items()
+                    ],
+                    sparse=spec["sparse"],
+                    numel=torch.tensor(spec["numel"], dtype=torch.float64, device=device),
+                    hist_positions=hist,
+                    hist_numel=torch.tensor(spec["hist_numel"], dtype=torch.float64, device=device) / replicas,
+                    replicas=replicas,
+                )
+            )
+        return _Plan(present, built, device, plain, sharded, hist_groups, local_numel)
 
     # ------------------------------------------------------------------ measuring
     @torch.no_grad()
@@ -289,126 +295,111 @@ class GradientStats:
     ) -> StepStats | None:
         """Measure the current gradients; ``None`` when no watched parameter has a gradient.
 
+        With sharded gradients every process must call this at the same steps with the same arguments: it runs
+        collectives.
+
         Args:
             extended: also measure parameter norms, max ``|g|`` and the fraction of exact zeros.
-            histograms: also build one histogram per layer.
+            histograms: also build one histogram per layer (and the mean ``|g|``).
             extra: one-element tensors (such as the last loss) to bring to the host in the same transfer; their
-                values come back in ``StepStats.extra``. They are not reduced across processes.
+                values come back in ``StepStats.extra``. They are not combined across processes.
         """
-        grads = [p.grad for p in self.params]
+        grads = self._grads()
         plan = self._plan_for(grads)
         if plan is None:
             return None
-        n_layers = len(plan.layer_index)
-        dev = plan.device
         if not plan.plain:
-            grads = [_local_or_none(g) for g in grads]
-        sq = torch.zeros(n_layers, dtype=torch.float64, device=dev)
-        self._accumulate_sq(plan, grads, sq)
-        parts: list[tuple[Tensor, str]] = [(sq, "sum")]  # (values, how shards combine); order = unpack order
-        if extended:
-            psq = torch.zeros(n_layers, dtype=torch.float64, device=dev)
-            params = self.params if plan.plain else [_local(p.detach()) for p in self.params]
-            self._accumulate_sq(plan, params, psq)
-            nonzero = torch.zeros(n_layers, dtype=torch.float64, device=dev)
-            max_abs = torch.zeros(n_layers, dtype=torch.float64, device=dev)
-            self._accumulate_extended(plan, grads, nonzero, max_abs)
-            parts += [(psq, "sum"), (nonzero, "sum"), (max_abs, "max")]
+            grads = [None if g is None else local(g) for g in grads]
+        params = self.params if plan.plain else [local(p.detach()) for p in self.params]
+        parts: list[Tensor] | None = None
+        ops: list[str] = []
+        for shard in plan.shards:
+            shard_parts = self._shard_parts(plan, shard, grads, params, extended, histograms)
+            reduced = reduce_parts(shard_parts, shard.groups)
+            ops = [op for _, op in shard_parts]
+            parts = reduced if parts is None else [_combine(a, b, op) for a, b, op in zip(parts, reduced, ops)]
+        assert parts is not None
         if histograms:
-            l1 = torch.zeros(n_layers, dtype=torch.float64, device=dev)
-            self._accumulate_l1(plan, grads, l1)
-            parts.append((l1, "sum"))
             parts += self._histogram_parts(plan, grads)
-        packed = torch.cat([t for t, _ in parts]) if len(parts) > 1 else sq
-        if self.reducer is not None:
-            packed = self._reduce(parts)
-        if extra:
-            packed = torch.cat([packed, *(e.detach().reshape(1).to(dev, torch.float64) for e in extra)])
-        values = packed.cpu().tolist()
+        dev = plan.device
+        parts += [e.detach().reshape(1).to(dev, torch.float64) for e in extra]
+        values = torch.cat(parts).cpu().tolist() if len(parts) > 1 else parts[0].cpu().tolist()
         if extra:
             values, extra_values = values[: -len(extra)], tuple(values[-len(extra) :])
             return replace(self._unpack(plan, grads, values, extended, histograms), extra=extra_values)
         return self._unpack(plan, grads, values, extended, histograms)
 
-    def _reduce(self, parts: list[tuple[Tensor, str]]) -> Tensor:
-        """Combine the parts across processes: one collective per kind of reduction."""
-        assert self.reducer is not None
-        by_op: dict[str, list[int]] = {}
-        for i, (_, op) in enumerate(parts):
-            by_op.setdefault(op, []).append(i)
-        reduced: list[Tensor | None] = [None] * len(parts)
-        for op, indices in by_op.items():
-            flat = self.reducer(torch.cat([parts[i][0] for i in indices]), op)
-            for i, chunk in zip(indices, flat.split([parts[i][0].numel() for i in indices])):
-                reduced[i] = chunk
-        return torch.cat(reduced)  # type: ignore[arg-type]
+    def _shard_parts(
+        self,
+        plan: _Plan,
+        shard: _Shard,
+        grads: Sequence[Tensor | None],
+        params: Sequence[Tensor],
+        extended: bool,
+        histograms: bool,
+    ) -> list[tuple[Tensor, str]]:
+        """This shard's per-layer partial results, in unpack order, with how each combines across processes."""
+        n, dev = len(plan.layer_index), plan.device
+        sq = torch.zeros(n, dtype=torch.float64, device=dev)
+        _accumulate_norms(shard, grads, sq, ord=2)
+        parts: list[tuple[Tensor, str]] = [(sq, "sum")]
+        if extended:
+            psq = torch.zeros(n, dtype=torch.float64, device=dev)
+            _accumulate_norms(shard, params, psq, ord=2)
+            nonzero = torch.zeros(n, dtype=torch.float64, device=dev)
+            max_abs = torch.zeros(n, dtype=torch.float64, device=dev)
+            _accumulate_counts(shard, grads, nonzero, max_abs)
+            parts += [(psq, "sum"), (nonzero, "sum"), (max_abs, "max")]
+        if extended or histograms:
+            parts.append((shard.numel.clone(), "sum"))
+        if histograms:
+            l1 = torch.zeros(n, dtype=torch.float64, device=dev)
+            _accumulate_norms(shard, grads, l1, ord=1)
+            parts.append((l1, "sum"))
+        return parts
 
-    def _accumulate_sq(self, plan: _Plan, tensors: Sequence[Tensor | None], out: Tensor) -> None:
-        for group in plan.groups:
-            ts = [tensors[i] for i in group.positions]
-            norms = torch._foreach_norm(ts, 2, dtype=torch.float32) if group.upcast else torch._foreach_norm(ts, 2)
-            n = torch.stack(norms).to(device=out.device, dtype=torch.float64)
-            out.index_add_(0, group.layer_ids.to(out.device), n * n)
-        for pos, lid in plan.sparse:
-            t = tensors[pos]
-            assert t is not None
-            values = t.coalesce().values() if t.layout != torch.strided else t
-            out[lid] += torch.linalg.vector_norm(values, dtype=torch.float64).to(out.device) ** 2
-
-    def _accumulate_l1(self, plan: _Plan, grads: Sequence[Tensor | None], out: Tensor) -> None:
-        for group in plan.groups:
-            ts = [grads[i] for i in group.positions]
-            norms = torch._foreach_norm(ts, 1, dtype=torch.float32) if group.upcast else torch._foreach_norm(ts, 1)
-            out.index_add_(0, group.layer_ids.to(out.device), torch.stack(norms).to(out.device, torch.float64))
-        for pos, lid in plan.sparse:
-            g = grads[pos]
-            assert g is not None
-            out[lid] += g.coalesce().values().abs().sum().to(out.device, torch.float64)
-
-    def _accumulate_extended(
-        self, plan: _Plan, grads: Sequence[Tensor | None], nonzero: Tensor, max_abs: Tensor
-    ) -> None:
-        for group in plan.groups:
-            ts = [grads[i] for i in group.positions]
-            counts = torch._foreach_norm(ts, 0)  # number of non-zero values per tensor
-            nz = torch.stack(counts).to(device=nonzero.device, dtype=torch.float64)
-            nonzero.index_add_(0, group.layer_ids.to(nonzero.device), nz)
-            peaks = _abs_max_each(ts).to(device=max_abs.device, dtype=torch.float64)
-            max_abs.scatter_reduce_(0, group.layer_ids.to(max_abs.device), peaks, "amax")
-        for pos, lid in plan.sparse:
-            g = grads[pos]
-            assert g is not None
-            values = g.coalesce().values()
-            nonzero[lid] += torch.count_nonzero(values).to(nonzero.device, torch.float64)
-            if values.numel():
-                max_abs[lid] = torch.maximum(max_abs[lid], _abs_max(values).to(max_abs.device, torch.float64))
-
-    def _histogram_parts(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[tuple[Tensor, str]]:
-        n_layers, bins, dev = len(plan.layer_index), self.histogram_bins, plan.device
-        samples: list[Tensor] = []
+    def _histogram_parts(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[Tensor]:
+        """``[lo, hi, weighted sum, weighted counts (layers x bins), values represented]``, combined."""
+        n, bins, dev = len(plan.layer_index), self.histogram_bins, plan.device
         gen = self._generator(dev)
-        for pos, counts in zip(plan.hist_positions, plan.hist_counts):
-            for i, k in zip(pos, counts):
+        samples: list[Tensor] = []
+        for shard in plan.shards:
+            for i, _, k in shard.hist_positions:
                 flat = grads[i].reshape(-1)  # type: ignore[union-attr]
                 if k >= flat.numel():
                     samples.append(flat.to(dev, torch.float32))
                 else:
                     idx = torch.randint(flat.numel(), (k,), generator=gen, device=flat.device)
                     samples.append(flat[idx].to(dev, torch.float32))
-        if plan.hist_segments is None:
-            sizes = torch.tensor([sum(c) for c in plan.hist_counts], dtype=torch.long)
-            plan.hist_segments = torch.repeat_interleave(torch.arange(n_layers), sizes).to(dev)
-        seg = plan.hist_segments
+            if shard.hist_layer_ids is None:
+                counts = [k for _, _, k in shard.hist_positions]
+                ids = torch.tensor([lid for _, lid, _ in shard.hist_positions], dtype=torch.long)
+                weights = torch.tensor(
+                    [grads[i].numel() / k / shard.replicas for i, _, k in shard.hist_positions],  # type: ignore[union-attr]
+                    dtype=torch.float64,
+                )
+                repeats = torch.tensor(counts, dtype=torch.long)
+                shard.hist_layer_ids = torch.repeat_interleave(ids, repeats).to(dev)
+                shard.hist_weights = torch.repeat_interleave(weights, repeats).to(dev)
+        segments = [s.hist_layer_ids for s in plan.shards]
+        seg = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=dev)  # type: ignore[arg-type]
+        weight = torch.cat([s.hist_weights for s in plan.shards])  # type: ignore[misc]
         x = torch.cat(samples) if samples else torch.zeros(0, device=dev)
-        finite = torch.isfinite(x)
-        x = torch.where(finite, x, torch.zeros((), device=dev))
-        lo = torch.full((n_layers,), math.inf, device=dev).scatter_reduce_(0, seg, x, "amin")
-        hi = torch.full((n_layers,), -math.inf, device=dev).scatter_reduce_(0, seg, x, "amax")
-        width = torch.where(hi > lo, hi - lo, torch.ones((), device=dev))
-        idx = ((x - lo[seg]) / width[seg] * bins).floor().clamp_(0, bins - 1).long() + seg * bins
-        counts = torch.bincount(idx, minlength=n_layers * bins).to(torch.float64)
-        total = torch.zeros(n_layers, dtype=torch.float64, device=dev).index_add_(0, seg, x.double())
-        return [(lo.double(), "min"), (hi.double(), "max"), (total, "sum"), (counts, "sum")]
+        x = torch.where(torch.isfinite(x), x, torch.zeros((), device=dev))
+        lo = torch.full((n,), math.inf, device=dev).scatter_reduce_(0, seg, x, "amin").double()
+        hi = torch.full((n,), -math.inf, device=dev).scatter_reduce_(0, seg, x, "amax").double()
+        if plan.sharded:  # agree on the bin edges before counting
+            all_reduce_(lo, "min", plan.hist_groups)
+            all_reduce_(hi, "max", plan.hist_groups)
+        width = torch.where(hi > lo, hi - lo, torch.ones((), dtype=torch.float64, device=dev))
+        position = ((x.double() - lo[seg]) / width[seg] * bins).floor().clamp_(0, bins - 1).long()
+        counts = torch.bincount(position + seg * bins, weights=weight, minlength=n * bins)
+        total = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, seg, x.double() * weight)
+        represented = sum(s.hist_numel for s in plan.shards)
+        tail = torch.cat([total, counts, represented])  # type: ignore[list-item]
+        if plan.sharded:
+            all_reduce_(tail, "sum", plan.hist_groups)
+        return [lo, hi, tail]
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)
@@ -433,23 +424,28 @@ class GradientStats:
         total_sq = math.fsum(v * v for v in grad_norm) if all(map(math.isfinite, grad_norm)) else math.nan
         if any(math.isinf(v) for v in grad_norm) and not any(math.isnan(v) for v in grad_norm):
             total_sq = math.inf
-        param_norm = max_abs = zero_fraction = None
+        numel = tuple(plan.local_numel)
+        param_norm = max_abs = zero_fraction = mean_abs = None
         if extended:
             param_norm = tuple(math.sqrt(max(v, 0.0)) for v in values[offset : offset + n])
             nonzero = values[offset + n : offset + 2 * n]
             max_abs = tuple(values[offset + 2 * n : offset + 3 * n])
             offset += 3 * n
-            zero_fraction = tuple((1.0 - nz / size) if size else 0.0 for nz, size in zip(nonzero, plan.numel))
-        hists = mean_abs = None
+        if extended or histograms:
+            numel = tuple(round(v) for v in values[offset : offset + n])
+            offset += n
+        if extended:
+            zero_fraction = tuple((1.0 - nz / size) if size else 0.0 for nz, size in zip(nonzero, numel))
+        hists = None
         if histograms:
-            mean_abs = tuple(v / size if size else 0.0 for v, size in zip(values[offset : offset + n], plan.numel))
+            mean_abs = tuple(v / size if size else 0.0 for v, size in zip(values[offset : offset + n], numel))
             offset += n
             hists = self._unpack_histograms(plan, values[offset:], grad_norm, nonfinite)
         return StepStats(
             layers=names,
             grad_norm=tuple(grad_norm),
             total_norm=math.sqrt(total_sq) if total_sq == total_sq else math.nan,
-            numel=tuple(plan.numel),
+            numel=numel,
             nonfinite_count=tuple(nonfinite),
             param_norm=param_norm,
             max_abs=max_abs,
@@ -461,31 +457,39 @@ class GradientStats:
     def _exact_nonfinite(
         self, plan: _Plan, grads: Sequence[Tensor | None], grad_norm: list[float]
     ) -> tuple[list[float], list[int]]:
-        """Rare path: a layer norm is not finite. Count NaN/Inf exactly; recompute overflowed norms in float64."""
+        """Rare path: a layer norm is not finite. Count NaN/Inf exactly; recompute overflowed norms in float64.
+
+        Every process reaches it together (the norms it starts from are already combined), so its collectives line
+        up.
+        """
         n = len(plan.layer_index)
-        local = {layer: k for k, layer in enumerate(plan.layer_index)}
+        local_id = {layer: k for k, layer in enumerate(plan.layer_index)}
         bad = {k for k, v in enumerate(grad_norm) if not math.isfinite(v)}
-        counts = torch.zeros(n, dtype=torch.float64)
-        sq = torch.zeros(n, dtype=torch.float64)
-        for i, g in enumerate(grads):
-            if g is None:
-                continue
-            lid = local[self._layer_of[i]]
-            if lid not in bad:
-                continue
-            t = _local(g)
-            t = t.coalesce().values() if t.layout != torch.strided else t
-            counts[lid] += (~torch.isfinite(t)).sum().cpu().double()
-            sq[lid] += torch.linalg.vector_norm(t, dtype=torch.float64).cpu() ** 2
-        if self.reducer is not None:
-            counts = self.reducer(counts.to(plan.device), "sum").cpu()
-            sq = self.reducer(sq.to(plan.device), "sum").cpu()
+        counts = torch.zeros(n, dtype=torch.float64, device=plan.device)
+        sq = torch.zeros(n, dtype=torch.float64, device=plan.device)
+        for shard in plan.shards:
+            c = torch.zeros(n, dtype=torch.float64, device=plan.device)
+            s = torch.zeros(n, dtype=torch.float64, device=plan.device)
+            positions = [i for g in shard.dense for i in g.positions] + [i for i, _ in shard.sparse]
+            for i in positions:
+                lid = local_id[self._layer_of[i]]
+                if lid not in bad:
+                    continue
+                t = grads[i]
+                assert t is not None
+                t = t.coalesce().values() if t.layout != torch.strided else t
+                c[lid] += (~torch.isfinite(t)).sum().to(c.device, torch.float64)
+                s[lid] += torch.linalg.vector_norm(t, dtype=torch.float64).to(s.device) ** 2
+            c, s = reduce_parts([(c, "sum"), (s, "sum")], shard.groups)
+            counts += c
+            sq += s
+        counts_list, sq_list = counts.cpu().tolist(), sq.cpu().tolist()
         out_norm = list(grad_norm)
         out_counts = [0] * n
         for k in bad:
-            out_counts[k] = int(counts[k].item())
-            out_norm[k] = math.sqrt(sq[k].item()) if out_counts[k] == 0 else math.nan
-            if out_counts[k] and math.isinf(grad_norm[k]) and not math.isnan(sq[k].item()):
+            out_counts[k] = int(counts_list[k])
+            out_norm[k] = math.sqrt(sq_list[k]) if out_counts[k] == 0 else math.nan
+            if out_counts[k] and math.isinf(grad_norm[k]) and not math.isnan(sq_list[k]):
                 out_norm[k] = math.inf
         return out_norm, out_counts
 
@@ -493,89 +497,79 @@ class GradientStats:
         self, plan: _Plan, values: list[float], grad_norm: list[float], nonfinite: list[int]
     ) -> tuple[LayerHistogram | None, ...]:
         n, bins = len(plan.layer_index), self.histogram_bins
-        lo, hi, total = values[:n], values[n : 2 * n], values[2 * n : 3 * n]
-        counts = values[3 * n :]
+        lo, hi = values[:n], values[n : 2 * n]
+        total = values[2 * n : 3 * n]
+        counts = values[3 * n : 3 * n + n * bins]
+        represented = values[3 * n + n * bins : 4 * n + n * bins]
+        drawn = [0] * n
+        for shard in plan.shards:
+            for _, lid, k in shard.hist_positions:
+                drawn[lid] += k
         out: list[LayerHistogram | None] = []
         for k in range(n):
-            drawn = sum(plan.hist_counts[k])
-            if not drawn or nonfinite[k] or not math.isfinite(grad_norm[k]):
+            size = round(represented[k])
+            if not size or nonfinite[k] or not math.isfinite(grad_norm[k]) or not math.isfinite(lo[k]):
                 out.append(None)
                 continue
-            size = plan.hist_numel[k]
-            scale = size / drawn
             width = (hi[k] - lo[k]) if hi[k] > lo[k] else 0.0
             if width == 0.0:
                 limits: tuple[float, ...] = (hi[k],)
                 bucket: tuple[float, ...] = (float(size),)
             else:
                 limits = tuple(lo[k] + width * (b + 1) / bins for b in range(bins))
-                bucket = tuple(c * scale for c in counts[k * bins : (k + 1) * bins])
+                bucket = tuple(counts[k * bins : (k + 1) * bins])
             out.append(
                 LayerHistogram(
                     min=lo[k],
                     max=hi[k],
                     num=size,
-                    sum=total[k] * scale,
+                    sum=total[k],
                     sum_squares=grad_norm[k] ** 2,
                     bucket_limits=limits,
                     bucket_counts=bucket,
-                    sample_size=drawn,
+                    sample_size=drawn[k],
                 )
             )
         return tuple(out)
 
 
-def _merge_layers(owners: list[str], cap: int) -> tuple[list[str], str]:
-    """Merge layer names until at most ``cap`` remain; returns the new names and how they were merged.
-
-    Names are shortened by one component at a time (``enc.3.attn`` -> ``enc.3``). When that would leave far fewer
-    layers than allowed (fewer than ``cap // 4``), numbered siblings are merged into runs instead.
-
-    Example:
-        >>> _merge_layers(["enc.0.attn", "enc.0.ff", "enc.1.attn", "enc.1.ff", "head"], cap=3)
-        (['enc.0', 'enc.0', 'enc.1', 'enc.1', 'head'], 'by their first 2 name components')
-        >>> names, how = _merge_layers([f"layers.{i}" for i in range(10)], cap=4)
-        >>> sorted(set(names)), how
-        (['layers.0-2', 'layers.3-5', 'layers.6-8', 'layers.9'], 'into runs of 3 consecutive numbered modules')
-    """
-    depth = max(name.count(".") + 1 for name in owners)
-    merged = owners
-    while depth > 1 and len(set(merged)) > cap:
-        shorter = [".".join(name.split(".")[: depth - 1]) for name in owners]
-        if len(set(shorter)) < max(cap // 4, 1):
-            runs = _numbered_runs(merged, cap)
-            if runs is not None:
-                return runs
-        merged, depth = shorter, depth - 1
-    return merged, f"by their first {depth} name component{'s' if depth > 1 else ''}"
+def _combine(a: Tensor, b: Tensor, op: str) -> Tensor:
+    if op == "sum":
+        return a + b
+    return torch.maximum(a, b) if op == "max" else torch.minimum(a, b)
 
 
-def _numbered_runs(names: list[str], cap: int) -> tuple[list[str], str] | None:
-    """Merge ``prefix.<n>`` names into runs of ``k`` consecutive numbers, ``k`` as small as keeps ``cap``."""
-    numbered = {n: n.rpartition(".") for n in set(names)}
-    numbered = {n: (prefix, int(last)) for n, (prefix, _, last) in numbered.items() if last.isdigit() and prefix}
-    if not numbered:
-        return None
-    others = len(set(names) - set(numbered))
-    groups: dict[str, list[int]] = {}
-    for prefix, index in numbered.values():
-        groups.setdefault(prefix, []).append(index)
-    for k in range(2, max(len(v) for v in groups.values()) + 1):
-        if others + sum(len({i // k for i in v}) for v in groups.values()) <= cap:
-            break
-    else:
-        return None
-    highest = {prefix: max(v) for prefix, v in groups.items()}
+def _accumulate_norms(shard: _Shard, tensors: Sequence[Tensor | None], out: Tensor, ord: int) -> None:
+    """Add each tensor's ``|t|_1`` (``ord=1``) or ``|t|_2 ** 2`` (``ord=2``) into its layer's entry of ``out``."""
+    for group in shard.dense:
+        ts = [tensors[i] for i in group.positions]
+        norms = torch._foreach_norm(ts, ord, dtype=torch.float32) if group.upcast else torch._foreach_norm(ts, ord)
+        n = torch.stack(norms).to(device=out.device, dtype=torch.float64)
+        out.index_add_(0, group.layer_ids, n * n if ord == 2 else n)
+    for pos, lid in shard.sparse:
+        t = tensors[pos]
+        assert t is not None
+        values = t.coalesce().values() if t.layout != torch.strided else t
+        norm = torch.linalg.vector_norm(values, ord, dtype=torch.float64).to(out.device)
+        out[lid] += norm * norm if ord == 2 else norm
 
-    def run(name: str) -> str:
-        if name not in numbered:
-            return name
-        prefix, index = numbered[name]
-        lo = index // k * k
-        hi = min(lo + k - 1, highest[prefix])
-        return f"{prefix}.{lo}" if lo == hi else f"{prefix}.{lo}-{hi}"
 
-    return [run(n) for n in names], f"into runs of {k} consecutive numbered modules"
+def _accumulate_counts(shard: _Shard, grads: Sequence[Tensor | None], nonzero: Tensor, max_abs: Tensor) -> None:
+    """Add each gradient's number of non-zero values, and take its max ``|g|``, into its layer's entries."""
+    for group in shard.dense:
+        ts = [grads[i] for i in group.positions]
+        counts = torch._foreach_norm(ts, 0)  # number of non-zero values per tensor
+        nonzero.index_add_(0, group.layer_ids, torch.stack(counts).to(nonzero.device, torch.float64))
+        peaks = _abs_max_each(ts).to(device=max_abs.device, dtype=torch.float64)  # type: ignore[arg-type]
+        max_abs.scatter_reduce_(0, group.layer_ids, peaks, "amax")
+    for pos, lid in shard.sparse:
+        g = grads[pos]
+        assert g is not None
+        values = g.coalesce().values()
+        nonzero[lid] += torch.count_nonzero(values).to(nonzero.device, torch.float64)
+        if values.numel():
+            peak = values.abs().max().to(max_abs.device, torch.float64)
+            max_abs[lid] = torch.maximum(max_abs[lid], peak)
 
 
 def _abs_max_each(ts: list[Tensor]) -> Tensor:
@@ -591,22 +585,3 @@ def _abs_max_each(ts: list[Tensor]) -> Tensor:
         lows.append(lo)
         highs.append(hi)
     return torch.maximum(torch.stack(highs).float(), -torch.stack(lows).float())
-
-
-def _abs_max(t: Tensor) -> Tensor:
-    if t.numel() == 0:
-        return torch.zeros((), dtype=torch.float32, device=t.device)
-    lo, hi = torch.aminmax(t)
-    return torch.maximum(hi.float(), -lo.float())
-
-
-def _local(t: Tensor) -> Tensor:
-    """The local shard of a DTensor, complex values seen as pairs of reals; any other tensor unchanged."""
-    to_local = getattr(t, "to_local", None)
-    if callable(to_local):
-        t = to_local()
-    return torch.view_as_real(t) if t.is_complex() and t.layout == torch.strided else t
-
-
-def _local_or_none(t: Tensor | None) -> Tensor | None:
-    return None if t is None else _local(t)
