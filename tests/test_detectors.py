@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -63,6 +64,44 @@ def test_no_spike_verdict_during_warmup_but_absolute_threshold_applies():
     assert strict.spike_threshold() == 10.0
 
 
+def converging(step: int) -> StepStats:
+    """A classifier that learns: norms around 5 at first, then ~500x smaller once most examples are fit."""
+    return healthy(step, scale=5.0 * max(0.002, 0.9**step))
+
+
+def test_consecutive_spikes_below_the_runs_ceiling_are_counted_not_alerted():
+    det = GradientDetector()
+    assert feed(det, range(100), make=converging) == []
+    # two hard batches in a row: ~1000x the recent norm, yet no larger than the norms of early training
+    verdicts = [det.update(s, healthy(s, scale=3.0)) for s in (100, 101)]
+    assert [v.spike for v in verdicts] == [True, True]
+    assert [v.alerts for v in verdicts] == [[], []]
+    assert feed(det, range(102, 150), make=converging) == []
+    assert det.counts["spikes"] == 2
+
+
+def test_consecutive_spikes_beyond_the_runs_ceiling_are_an_explosion():
+    det = GradientDetector()
+    feed(det, range(100), make=converging)
+    alerts = feed(det, range(100, 103), make=lambda s: healthy(s, scale=50.0 * 10 ** (s - 100)))
+    assert [(a.kind, a.step) for a in alerts] == [("exploding", 101)]
+    assert "largest ordinary norm" in alerts[0].message
+
+
+def test_the_ceiling_forgets_slowly():
+    det = GradientDetector(DetectionConfig(exploding_ceiling_memory=100))
+    feed(det, range(400), make=converging)  # the early norms are 3 decades behind
+    alerts = feed(det, range(400, 402), make=lambda s: healthy(s, scale=3.0))
+    assert [(a.kind, a.step) for a in alerts] == [("exploding", 401)]
+
+
+def test_absolute_threshold_spikes_are_an_explosion_whatever_the_ceiling():
+    det = GradientDetector(DetectionConfig(exploding_threshold=1.0))
+    feed(det, range(100), make=converging)
+    alerts = feed(det, range(100, 102), make=lambda s: healthy(s, scale=3.0))
+    assert [(a.kind, a.step) for a in alerts] == [("exploding", 101)]
+
+
 def noisy(step: int) -> StepStats:
     """A noisy SGD run: the total norm wanders by about 0.35 decades (one spike needs ~25x the mean)."""
     return stats(*(10 ** (0.5 * math.sin(2.3 * step + i)) for i in range(3)))
@@ -121,6 +160,20 @@ def test_vanishing_ignores_exempt_layers_and_recovers():
     assert len(feed(watched, range(11, 20), make=lambda s: stats(1e-9, 0.5, 1.0))) == 1  # a new episode
 
 
+def test_vanishing_is_alerted_once_per_episode_while_layers_come_and_go():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))
+
+    def make(step: int) -> StepStats:  # l0 vanishes throughout, l1 hovers around the ratio
+        return stats(1e-9, 2e-5 if step % 7 == 0 else 5e-6, 1.0)
+
+    alerts = feed(det, range(200), make=make)
+    assert [(a.kind, a.step, a.layers) for a in alerts] == [("vanishing", 9, ("l0",))]
+    assert det.update(200, stats(1e-9, 5e-6, 1.0)).vanishing_layers[0] == "l0"
+    assert feed(det, range(201, 203), make=lambda s: stats(1.0, 1.0, 1.0)) == []  # the episode ends
+    again = feed(det, range(203, 220), make=lambda s: stats(1.0, 1e-9, 1.0))
+    assert [(a.kind, a.step, a.layers) for a in again] == [("vanishing", 212, ("l1",))]
+
+
 def test_converged_model_is_not_vanishing():
     det = GradientDetector(DetectionConfig(vanishing_patience=10))
     alerts = feed(
@@ -140,30 +193,49 @@ def test_collapse_with_a_stuck_loss_is_vanishing():
     assert "every gradient is exactly zero" in alerts[0].message
 
 
-@pytest.mark.parametrize("split", [5, 25, 60])
-def test_state_dict_round_trip_continues_exactly(split):
-    def make(step):
-        return healthy(step, scale=1000.0 if step in (40, 41, 70) else 1.0)
+def eventful(step: int) -> StepStats:
+    """Spikes, an explosion, a NaN step, a steady rise and a vanishing first layer, all in 160 steps."""
+    scale = 1000.0 if step in (40, 41, 70) else 1.5 ** (step - 119) if 120 <= step < 130 else 1.0
+    if step == 90:
+        return stats(math.nan, 1.0, 1.0)
+    wobble = 1.0 + 0.1 * math.sin(1.7 * step)
+    return stats((1e-9 if step >= 100 else 0.5) * scale, scale * wobble, 0.8 * scale / wobble)
 
-    whole = GradientDetector()
-    expected = [whole.update(s, make(s)) for s in range(100)]
-    first = GradientDetector()
-    for s in range(split):
-        first.update(s, make(s))
-    second = GradientDetector()
-    second.load_state_dict(first.state_dict())
-    resumed = [second.update(s, make(s)) for s in range(split, 100)]
-    assert [(v.spike, [a.step for a in v.alerts]) for v in resumed] == [
-        (v.spike, [a.step for a in v.alerts]) for v in expected[split:]
-    ]
+
+def eventful_loss(step: int) -> float:
+    return 1.0 + (1.2 ** (step - 119) if step >= 120 else 0.0)
+
+
+@pytest.mark.parametrize("split", [5, 25, 41, 60, 95, 125, 150])
+def test_state_dict_round_trip_continues_exactly(split):
+    cfg = DetectionConfig(vanishing_patience=10)
+
+    def run(det, steps):
+        out = []
+        for s in steps:
+            det.observe_loss(eventful_loss(s))
+            v = det.update(s, eventful(s))
+            out.append((v.spike, v.nonfinite, v.vanishing_layers, [(a.kind, a.step, a.message) for a in v.alerts]))
+        return out
+
+    whole = GradientDetector(cfg)
+    expected = run(whole, range(160))
+    assert {a[0] for v in expected for a in v[3]} == {"exploding", "nonfinite", "vanishing"}
+    first = GradientDetector(cfg)
+    run(first, range(split))
+    state = json.loads(json.dumps(first.state_dict()))  # plain values, as a checkpoint keeps them
+    second = GradientDetector(cfg)
+    second.load_state_dict(state)
+    assert run(second, range(split, 160)) == expected[split:]
     assert second.state_dict() == whole.state_dict()
 
 
 def test_old_state_with_missing_keys_loads_with_defaults():
     det = GradientDetector()
-    det.load_state_dict({"steps": 12, "mean": 0.1})
+    det.load_state_dict({"steps": 12, "mean": 0.1})  # written before the ceiling existed
     assert det.steps == 12
     assert det.spike_run == 0
+    assert det.ceiling is None
     assert det.update(12, healthy(12)).alerts == []
 
 
@@ -182,3 +254,7 @@ def test_config_rejects_bad_values():
         DetectionConfig(vanishing_patience=0)
     with pytest.raises(ValueError, match=r"`exploding_growth_steps` must be an integer >= 2, got 1"):
         DetectionConfig(exploding_growth_steps=1)
+    with pytest.raises(ValueError, match=r"`exploding_ceiling_factor` must be at least 1, got 0.5"):
+        DetectionConfig(exploding_ceiling_factor=0.5)
+    with pytest.raises(ValueError, match=r"`exploding_ceiling_memory` must be an integer >= 1, got 0"):
+        DetectionConfig(exploding_ceiling_memory=0)
