@@ -25,7 +25,12 @@ from lightning_gradwatch.alerts import (
 )
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
-from lightning_gradwatch.pictures import gradient_flow_png, gradient_heatmap_png, matplotlib_available
+from lightning_gradwatch.pictures import (
+    BackgroundDrawing,
+    gradient_flow_png,
+    gradient_heatmap_png,
+    matplotlib_available,
+)
 from lightning_gradwatch.report import RunSummary, build_report, write_report
 from lightning_gradwatch.stats import GRANULARITIES, GradientStats, Granularity, layer_name
 from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
@@ -39,6 +44,9 @@ _RESPONSES: dict[str, tuple[str, ...]] = {
     "on_nonfinite": ("warn", "raise", "stop", "skip", "ignore"),
 }
 _MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
+
+
+_DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
 
 
 @dataclass
@@ -59,6 +67,7 @@ class _Run:
     amp_overflow_run: int = 0
     report_failed: bool = False
     images: bool = False
+    drawing: BackgroundDrawing | None = None
     warned_no_gradients: bool = False
     weights_nonfinite: bool = False
     loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
@@ -379,6 +388,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if self.images and hist_every > 0 and writers is not None and writers.wants_images:
             if matplotlib_available():
                 self._run.images = True
+                self._run.drawing = BackgroundDrawing()
             else:
                 warnings.warn(
                     "GradWatch draws its gradient-flow images with matplotlib, which is not installed: `pip install"
@@ -445,6 +455,15 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             run.progress_bar = None
         if not run.is_global_zero:
             return
+        if run.drawing is not None:
+            self._write_drawn(run, run.drawing.close(timeout=_DRAWING_TIMEOUT))
+            if run.drawing.dropped:
+                warnings.warn(
+                    f"GradWatch left out {run.drawing.dropped} gradient-flow picture(s): they were asked for faster"
+                    " than matplotlib draws them. A larger `histogram_every_n_steps`, or `images=False`, avoids this.",
+                    GradientWarning,
+                    stacklevel=2,
+                )
         if run.writers:
             run.writers.flush()
         self._write_report(status, error)
@@ -479,6 +498,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if run is None:
             return
         step = int(trainer.global_step)
+        if run.drawing is not None and run.drawing.ready:
+            self._write_drawn(run, run.drawing.collect())
         opt_idx = _optimizer_index(trainer, optimizer)
         collector = self._collector(run, opt_idx, optimizer, pl_module)
         log_now = step % run.log_every == 0
@@ -660,28 +681,37 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         run.writers.write_step(step, scalars, histogram_tags(stats))
 
     def _write_images(self, run: _Run, step: int, stats: Any, verdict: Verdict, suffix: str) -> None:
-        assert run.writers is not None
-        if stats.mean_abs is None or stats.max_abs is None:
+        """Hand this step's picture data to the drawing thread (matplotlib never runs on the training thread)."""
+        if stats.mean_abs is None or stats.max_abs is None or run.drawing is None:
             return
-        try:
-            images = {
-                f"gradwatch/gradient_flow{suffix}": gradient_flow_png(
-                    stats.layers, stats.mean_abs, stats.max_abs, _layer_health(stats, verdict), step
-                )
-            }
-            layers, steps, norms = self._summary.norm_grid(stats.layers)
+        layers = stats.layers
+        mean_abs, max_abs, health = stats.mean_abs, stats.max_abs, _layer_health(stats, verdict)
+        grid = self._summary.norm_grid(layers)
+
+        def draw() -> dict[str, bytes]:
+            images = {f"gradwatch/gradient_flow{suffix}": gradient_flow_png(layers, mean_abs, max_abs, health, step)}
+            rows, steps, norms = grid
             if len(steps) >= 2:
-                images[f"gradwatch/gradient_heatmap{suffix}"] = gradient_heatmap_png(layers, steps, norms, step)
-        except Exception as err:  # a drawing problem must not end training
+                images[f"gradwatch/gradient_heatmap{suffix}"] = gradient_heatmap_png(rows, steps, norms, step)
+            return images
+
+        run.drawing.submit(step, draw)
+
+    def _write_drawn(self, run: _Run, drawn: list[tuple[int, dict[str, bytes]]]) -> None:
+        """Write the pictures the drawing thread has finished; report its failure once."""
+        assert run.writers is not None
+        assert run.drawing is not None
+        for step, images in drawn:
+            run.writers.write_images(step, images)
+        if run.drawing.error is not None and run.images:
             run.images = False
+            err = run.drawing.error
             warnings.warn(
                 f"GradWatch could not draw its gradient-flow images ({type(err).__name__}: {err}); it stops drawing"
                 " them for this run.",
                 GradientWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-            return
-        run.writers.write_images(step, images)
 
     def _collector(self, run: _Run, opt_idx: int, optimizer: Any, pl_module: Any) -> GradientStats:
         count = sum(len(g["params"]) for g in optimizer.param_groups)

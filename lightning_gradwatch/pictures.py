@@ -2,6 +2,7 @@
 
 Matplotlib is optional (``pip install lightning-gradwatch[images]``); :func:`matplotlib_available` tells whether the
 pictures can be drawn. Rendering uses the non-interactive Agg canvas and never touches pyplot's global state.
+:class:`BackgroundDrawing` draws them on a worker thread, so a training step never waits for matplotlib.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -40,6 +43,11 @@ def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _labels(layers: Sequence[str]) -> list[str]:
+    """Layer names as literal text: a ``$`` would otherwise start matplotlib's math mode."""
+    return [name.replace("$", r"\$") for name in layers]
 
 
 def _positive(values: Sequence[float]) -> list[float]:
@@ -76,7 +84,7 @@ def gradient_flow_png(
     ax.bar(xs, _positive(mean_abs), color=colours, alpha=0.95, width=0.5)
     ax.set_yscale("log")
     ax.set_xticks(xs)
-    ax.set_xticklabels(list(layers), rotation=90, fontsize=7 if n > 20 else 8)
+    ax.set_xticklabels(_labels(layers), rotation=90, fontsize=7 if n > 20 else 8)
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylabel("|gradient| (log scale)")
     ax.set_title(f"Gradient flow at step {step} (layers in forward order)")
@@ -124,7 +132,7 @@ def gradient_heatmap_png(
         np.ma.masked_invalid(grid), aspect="auto", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax
     )
     ax.set_yticks(range(n_layers))
-    ax.set_yticklabels(list(layers), fontsize=7 if n_layers > 20 else 8)
+    ax.set_yticklabels(_labels(layers), fontsize=7 if n_layers > 20 else 8)
     if steps:
         ticks = sorted({0, len(steps) - 1, *range(0, len(steps), max(1, len(steps) // 8))})
         ax.set_xticks(ticks)
@@ -134,3 +142,88 @@ def gradient_heatmap_png(
     fig.colorbar(image, ax=ax, label="log10 |grad|")
     fig.tight_layout()
     return _png(fig)
+
+
+class BackgroundDrawing:
+    """Draws pictures on one worker thread; the finished ones are collected on the caller's thread.
+
+    Drawing a picture takes matplotlib a fraction of a second to a few seconds (hundreds of layers), far longer
+    than a training step. Here the training thread only hands over the data; the worker draws, and the caller picks
+    up finished pictures (with their step) on a later step and writes them itself, so writing never leaves the
+    training thread. Jobs are drawn one at a time, in order; should more than ``max_waiting`` pile up (pictures asked
+    for faster than they can be drawn), the oldest waiting one is dropped and counted in :attr:`dropped`. The first
+    failure stops the drawing and is kept in :attr:`error`.
+
+    Example:
+        >>> drawing = BackgroundDrawing()
+        >>> drawing.submit(10, lambda: {"gradwatch/gradient_flow": b"png bytes"})
+        >>> drawing.close(timeout=10.0)
+        [(10, {'gradwatch/gradient_flow': b'png bytes'})]
+    """
+
+    def __init__(self, max_waiting: int = 8) -> None:
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[int, Callable[[], dict[str, bytes]]]] = deque()
+        self._max_waiting = max_waiting
+        self._finished: list[tuple[int, dict[str, bytes]]] = []
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.error: BaseException | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether finished pictures (or an error) wait to be collected: a cheap check for every step."""
+        return bool(self._finished) or self.error is not None
+
+    def submit(self, step: int, draw: Callable[[], dict[str, bytes]]) -> None:
+        """Queue ``draw`` (returning ``{tag: png}``) for the pictures of ``step``; never blocks."""
+        with self._cond:
+            if self._closed or self.error is not None:
+                return
+            if len(self._waiting) >= self._max_waiting:
+                self._waiting.popleft()
+                self.dropped += 1
+            self._waiting.append((step, draw))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="gradwatch-pictures", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def collect(self) -> list[tuple[int, dict[str, bytes]]]:
+        """The pictures finished since the last call, as ``(step, {tag: png})`` in step order."""
+        with self._cond:
+            finished, self._finished = self._finished, []
+        return finished
+
+    def close(self, timeout: float) -> list[tuple[int, dict[str, bytes]]]:
+        """Finish the waiting and running jobs (for at most ``timeout`` seconds), stop the worker, collect."""
+        with self._cond:
+            self._cond.wait_for(lambda: (not self._waiting and not self._busy) or self.error is not None, timeout)
+            self._closed = True
+            self.dropped += len(self._waiting)
+            self._waiting.clear()
+            self._cond.notify_all()
+        return self.collect()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._waiting) or self._closed)
+                if not self._waiting:
+                    return
+                step, draw = self._waiting.popleft()
+                self._busy = True
+            try:
+                images = draw()
+            except Exception as err:  # reported on the caller's thread
+                with self._cond:
+                    self.error = err
+                    self._busy = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._finished.append((step, images))
+                self._busy = False
+                self._cond.notify_all()

@@ -10,12 +10,17 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
+import warnings
 
 import pytest
 import torch
+from torch import nn
 
-from lightning_gradwatch import GradWatch
-from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, scalars, trainer_kwargs
+from lightning_gradwatch import GradientWarning, GradWatch
+from lightning_gradwatch.pictures import BackgroundDrawing
+from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, regression_data, scalars, trainer_kwargs
 
 LAYERS = ("net.0", "net.2", "head")
 
@@ -342,3 +347,67 @@ print(trainer.logger.log_dir)
     acc = events(log_dir)
     assert acc.Tags()["images"] == []
     assert "grad_hist/head" in acc.Tags()["histograms"]  # everything else is unchanged
+
+
+def test_background_drawing_never_blocks_and_keeps_order():
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> dict[str, bytes]:
+        started.set()
+        release.wait(10)
+        return {"a": b"0"}
+
+    drawing = BackgroundDrawing(max_waiting=2)
+    start = time.perf_counter()
+    drawing.submit(0, slow)
+    assert started.wait(10)
+    for step in (1, 2, 3):  # three wait behind the slow one; only two may
+        drawing.submit(step, lambda step=step: {"a": str(step).encode()})
+    assert time.perf_counter() - start < 1.0
+    assert not drawing.ready
+    release.set()
+    assert drawing.close(timeout=10) == [(0, {"a": b"0"}), (2, {"a": b"2"}), (3, {"a": b"3"})]
+    assert drawing.dropped == 1
+    drawing.submit(4, lambda: {"a": b"4"})  # closed: ignored
+    assert drawing.collect() == []
+
+
+def test_background_drawing_keeps_its_first_error():
+    drawing = BackgroundDrawing()
+
+    def broken() -> dict[str, bytes]:
+        raise ValueError("bad picture")
+
+    drawing.submit(0, broken)
+    assert drawing.close(timeout=10) == []
+    assert isinstance(drawing.error, ValueError)
+    assert drawing.ready  # so the training thread reports it
+
+
+def test_layer_names_with_dollar_signs_are_drawn_literally(tmp_path):
+    pl = flavour("lightning.pytorch")
+
+    class Dollars(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleDict({"in$x$": nn.Linear(8, 8), "out$\\undefined$": nn.Linear(8, 1)})
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.layers["out$\\undefined$"](self.layers["in$x$"](x)), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            return regression_data()
+
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=1, histogram_every_n_steps=2)], **trainer_kwargs(tmp_path, max_steps=4)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientWarning)  # a drawing failure would warn
+        trainer.fit(Dollars())
+    acc = events(trainer.logger.log_dir)
+    assert [i.step for i in acc.Images("gradwatch/gradient_flow")] == [0, 2]
+    assert [i.step for i in acc.Images("gradwatch/gradient_heatmap")] == [2]
