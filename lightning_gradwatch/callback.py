@@ -23,7 +23,7 @@ from lightning_gradwatch.alerts import (
     format_layers,
     remedies,
 )
-from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
+from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
 from lightning_gradwatch.pictures import (
     BackgroundDrawing,
@@ -552,7 +552,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             _drop_gradients(optimizer)
             self._summary.count("skipped_steps")
         elif stats.finite:
-            clip = self._clip(opt_idx, stats.total_norm, verdict, collector.params)
+            clip = self._clip(opt_idx, stats.total_norm, verdict, collector)
         # 5. write (global rank 0)
         if write_here and (log_now or hist_now):
             self._write_step(run, step, stats, opt_idx, suffix, detector, clip, with_scalars=log_now)
@@ -590,7 +590,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         alert = GradientAlert("nonfinite", step, bad, math.nan, 0.0, message, opt_idx, {"what": "weights"})
         verdict.alerts.append(alert)
 
-    def _clip(self, opt_idx: int, total_norm: float, verdict: Verdict, params: Any) -> tuple[float, float] | None:
+    def _clip(
+        self, opt_idx: int, total_norm: float, verdict: Verdict, collector: GradientStats
+    ) -> tuple[float, float] | None:
         """Clip this step's gradients when configured; returns (threshold, norm after clipping)."""
         threshold = math.inf
         if self.clip == "adaptive":
@@ -606,7 +608,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             return None
         coefficient = clip_coefficient(total_norm, threshold)
         if coefficient < 1.0:
-            scale_gradients_(params, coefficient)
+            collector.scale_(coefficient)
             self._summary.count("clipped_steps")
         return threshold, total_norm * coefficient
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 _EPS = 1e-6
 
@@ -45,18 +46,20 @@ def scale_gradients_(parameters: Iterable[Tensor], coefficient: float) -> None:
         >>> w.grad.tolist()
         [1.0, 1.0, 1.0]
     """
+    grads = [g for g in (p.grad for p in parameters) if g is not None]
+    if all(type(g) is Tensor and g.layout == torch.strided for g in grads):  # the common case, grouped in C++
+        for (tensors,), _ in _group_tensors_by_device_and_dtype([grads]).values():  # type: ignore[arg-type]
+            torch._foreach_mul_(tensors, coefficient)
+        return
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for p in parameters:
-        g = p.grad
-        if g is None:
-            continue
+    for g in grads:
         local = g.to_local() if callable(getattr(g, "to_local", None)) else g
         if local.layout != torch.strided:
             local.mul_(coefficient)
             continue
         groups.setdefault((local.device, local.dtype), []).append(local)
-    for grads in groups.values():
-        torch._foreach_mul_(grads, coefficient)
+    for tensors in groups.values():
+        torch._foreach_mul_(tensors, coefficient)
 
 
 class AdaptiveClipThreshold:

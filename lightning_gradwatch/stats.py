@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_gradwatch.clipping import scale_gradients_
 from lightning_gradwatch.layers import GRANULARITIES, Granularity, LayerMap, layer_name
 from lightning_gradwatch.sharding import Groups, all_reduce_, group_size, local, reduce_parts, shard_groups
 
@@ -329,6 +330,35 @@ class GradientStats:
             return replace(self._unpack(plan, grads, values, extended, histograms), extra=extra_values)
         return self._unpack(plan, grads, values, extended, histograms)
 
+    @torch.no_grad()
+    def scale_(self, coefficient: float) -> None:
+        """Multiply every gradient in place by ``coefficient``, in the (device, dtype) groups :meth:`collect` uses.
+
+        The clipping path: with plain (unsharded) gradients it skips the per-tensor checks a generic function needs.
+
+        Example:
+            >>> lin = torch.nn.Linear(2, 2)
+            >>> lin(torch.ones(1, 2)).sum().backward()
+            >>> stats = GradientStats(lin.named_parameters())
+            >>> before = stats.collect().total_norm
+            >>> stats.scale_(0.5)
+            >>> round(stats.collect().total_norm / before, 6)
+            0.5
+        """
+        plan = self._full_plan
+        if plan is None or not plan.plain or plan.sharded:
+            scale_gradients_(self.params, coefficient)
+            return
+        dense = [[self.params[i].grad for i in group.positions] for shard in plan.shards for group in shard.dense]
+        sparse = [self.params[pos].grad for shard in plan.shards for pos, _ in shard.sparse]
+        if any(g is None for grads in dense for g in grads) or any(g is None for g in sparse):
+            scale_gradients_(self.params, coefficient)  # the pattern of present gradients changed since collect()
+            return
+        for grads in dense:
+            torch._foreach_mul_(grads, coefficient)  # type: ignore[arg-type]
+        for grad in sparse:
+            grad.mul_(coefficient)  # type: ignore[union-attr]
+
     def _shard_parts(
         self,
         plan: _Plan,
@@ -417,13 +447,16 @@ class GradientStats:
         names = tuple(self.layer_names[i] for i in plan.layer_index)
         sq = values[:n]
         offset = n
-        grad_norm = [math.sqrt(v) if v >= 0 else math.nan for v in sq]
         nonfinite = [0] * n
-        if not all(math.isfinite(v) for v in grad_norm):
+        total_sq = math.fsum(sq)
+        if math.isfinite(total_sq) and total_sq >= 0:  # the common case: one check for all layers
+            grad_norm = [math.sqrt(v) for v in sq]
+        else:
+            grad_norm = [math.sqrt(v) if v >= 0 else math.nan for v in sq]
             grad_norm, nonfinite = self._exact_nonfinite(plan, grads, grad_norm)
-        total_sq = math.fsum(v * v for v in grad_norm) if all(map(math.isfinite, grad_norm)) else math.nan
-        if any(math.isinf(v) for v in grad_norm) and not any(math.isnan(v) for v in grad_norm):
-            total_sq = math.inf
+            total_sq = math.fsum(v * v for v in grad_norm) if all(map(math.isfinite, grad_norm)) else math.nan
+            if any(math.isinf(v) for v in grad_norm) and not any(math.isnan(v) for v in grad_norm):
+                total_sq = math.inf
         numel = tuple(plan.local_numel)
         param_norm = max_abs = zero_fraction = mean_abs = None
         if extended:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -215,3 +216,54 @@ def test_adaptive_clip_state_resumes(tmp_path):
     thresholds = scalars(events(trainer2.logger.log_dir), "gradwatch/clip_threshold")
     assert min(thresholds) == 16  # the run continues at step 16, with no second warm-up
     assert thresholds[16] == pytest.approx(expected.threshold(), rel=1e-6)  # TensorBoard keeps float32
+
+
+def _fit_divergence(tmp_path, name: str, steps: int, **watch_kwargs):
+    """Train the demo regression under plain SGD; every response not under test only warns."""
+    from lightning_gradwatch.demos import Divergence
+
+    corrupt = watch_kwargs.pop("corrupt", True)
+    torch.manual_seed(0)
+    model = Divergence(corrupt_at_step=60, corrupt_scale=1e4) if corrupt else Divergence(lr=0.05)
+    responses = {"on_vanishing": "warn", "on_exploding": "warn", "on_nonfinite": "warn"}
+    watch = GradWatch(**{**responses, **watch_kwargs})
+    kwargs = {**trainer_kwargs(tmp_path / name), "max_steps": steps, "max_epochs": -1}
+    trainer = pl.Trainer(callbacks=[watch], **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model)
+    return model, watch, trainer
+
+
+def _finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_corrupted_labels_diverge_to_nan_without_clipping(tmp_path):
+    """The reference for the rescue tests below: the same run, unclipped, ends with NaN weights."""
+    model, watch, trainer = _fit_divergence(tmp_path, "none", 100)
+    assert trainer.global_step == 100
+    assert not _finite(model)
+    assert not math.isfinite(model.losses[-1])
+    assert {a.kind for a in watch.alerts} >= {"exploding", "nonfinite"}
+
+
+@pytest.mark.parametrize("clip_kwargs", [{"clip": "adaptive"}, {"on_exploding": "clip"}], ids=["adaptive", "spikes"])
+def test_clipping_rescues_corrupted_labels_without_a_tuned_number(tmp_path, clip_kwargs):
+    model, watch, trainer = _fit_divergence(tmp_path, "clipped", 100, **clip_kwargs)
+    assert trainer.global_step == 100
+    assert _finite(model)
+    assert all(math.isfinite(loss) for loss in model.losses)
+    assert sum(model.losses[-10:]) / 10 < 1.0  # back to ordinary regression loss, not merely finite
+    clipped = watch.state_dict()["summary"]["events"].get("clipped_steps", 0)
+    assert 1 <= clipped <= 10  # the corrupted step and its aftermath, not the whole run
+    assert not [a for a in watch.alerts if a.kind == "nonfinite"]
+
+
+def test_spike_clipping_leaves_a_healthy_run_untouched(tmp_path):
+    reference, _, _ = _fit_divergence(tmp_path, "reference", 150, corrupt=False)
+    model, watch, _ = _fit_divergence(tmp_path, "spikes", 150, corrupt=False, on_exploding="clip")
+    assert watch.state_dict()["summary"]["events"].get("clipped_steps", 0) == 0
+    assert not watch.alerts
+    for p, q in zip(reference.parameters(), model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -1,0 +1,197 @@
+"""Clipping, measured: what fixed and adaptive clipping do to runs that diverge and to a healthy one, and what
+clipping costs per step next to a bare ``torch.nn.utils.clip_grad_norm_``.
+
+    python benchmarks/clipping.py [--quick]
+
+Outcomes: each scenario is trained with each clipping variant (same seed, same data order). Every variant uses
+``on_*="warn"`` for the alert kinds it does not test, so nothing but the clipping changes training; the table shows
+the steps completed, the final loss (mean of the last 20 steps), whether the weights are finite at the end, and the
+fraction of steps clipped (``events.clipped_steps`` of ``gradwatch.json``).
+
+Cost: on one backward pass's real gradients of the two overhead-benchmark models, GradWatch's per-step path with
+clipping (``GradientStats.collect()`` with its one host transfer, the clip coefficient from the host-side total norm,
+``_foreach_mul_`` in the groups it measured) against ``clip_grad_norm_`` on the same gradients, interleaved, with a
+threshold that clips.
+Targets are printed with PASS/MISS and never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from overhead import MODELS, cpu_name, quiet  # noqa: E402
+
+from lightning_gradwatch import GradWatch  # noqa: E402
+from lightning_gradwatch.clipping import clip_coefficient  # noqa: E402
+from lightning_gradwatch.demos import DeepMLP, Divergence  # noqa: E402
+from lightning_gradwatch.report import read_report  # noqa: E402
+from lightning_gradwatch.stats import GradientStats  # noqa: E402
+
+COST_TARGET = 1.2  # max time of GradWatch's measure + clip vs a bare clip_grad_norm_
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    model: Callable[[], pl.LightningModule]
+    steps: int
+    quick_steps: int
+
+
+SCENARIOS = (
+    Scenario("corrupted labels under SGD", lambda: Divergence(corrupt_at_step=60, corrupt_scale=1e4), 400, 120),
+    Scenario("learning-rate ramp x1.05/step", lambda: Divergence(lr_growth=1.05), 200, 120),
+    Scenario("healthy: relu+batchnorm MLP", lambda: DeepMLP("relu", batchnorm=True), 400, 120),
+    Scenario("healthy: regression to zero loss", lambda: Divergence(lr=0.05), 400, 120),
+)
+
+WARN = {"on_vanishing": "warn", "on_exploding": "warn", "on_nonfinite": "warn"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "no clipping": {},
+    "clip=0.1": {"clip": 0.1},
+    "clip=1.0": {"clip": 1.0},
+    "clip=10": {"clip": 10.0},
+    'clip="adaptive"': {"clip": "adaptive"},
+    'on_exploding="clip"': {"on_exploding": "clip"},
+}
+
+
+@dataclass
+class Outcome:
+    steps: int
+    final_loss: float
+    finite_weights: bool
+    clipped: int
+    alerts: list[str]
+
+
+def train(scenario: Scenario, variant: dict[str, Any], steps: int) -> Outcome:
+    torch.manual_seed(0)
+    model = scenario.model()
+    watch = GradWatch(**{**WARN, **variant})
+    with tempfile.TemporaryDirectory(prefix="gradwatch-clip-") as root:
+        trainer = pl.Trainer(
+            max_steps=steps,
+            max_epochs=-1,
+            accelerator="cpu",
+            logger=TensorBoardLogger(root, name="run", version=""),
+            callbacks=[watch],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=50,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model)
+        report = read_report(Path(root) / "run" / "gradwatch.json")
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    tail = model.losses[-20:]
+    return Outcome(
+        steps=trainer.global_step,
+        final_loss=sum(tail) / len(tail) if tail else math.nan,
+        finite_weights=finite,
+        clipped=int(report["events"].get("clipped_steps", 0)),
+        alerts=sorted({f"{a.kind}@{a.step}" for a in watch.alerts}, key=lambda s: int(s.split("@")[1]))[:3],
+    )
+
+
+def outcome_table(steps: dict[str, int]) -> list[str]:
+    lines = []
+    for scenario in SCENARIOS:
+        header = [
+            f"\n### {scenario.name} ({steps[scenario.name]} steps)\n",
+            "| variant | steps completed | final loss | finite weights | steps clipped | first alerts |",
+            "|---|---:|---:|:---:|---:|---|",
+        ]
+        print("\n".join(header), flush=True)
+        lines += header
+        for name, variant in VARIANTS.items():
+            o = train(scenario, variant, steps[scenario.name])
+            loss = f"{o.final_loss:.4g}" if math.isfinite(o.final_loss) else str(o.final_loss)
+            clipped = f"{o.clipped} ({o.clipped / max(o.steps, 1):.1%})"
+            lines.append(
+                f"| {name} | {o.steps} | {loss} | {'yes' if o.finite_weights else 'no'} | {clipped} |"
+                f" {', '.join(o.alerts) or '-'} |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
+def bench_cost(model_name: str, repeats: int) -> tuple[float, float]:
+    """Median seconds of GradWatch's measure + clip and of a bare ``clip_grad_norm_``, interleaved."""
+    torch.manual_seed(0)
+    model = MODELS[model_name](1)
+    batch = next(iter(model.train_dataloader()))
+    model.training_step(batch, 0).backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    original = [p.grad.clone() for p in params]
+    stats = GradientStats(model.named_parameters())
+    max_norm = 0.5 * float(torch.nn.utils.get_total_norm([p.grad for p in params]))  # clips every call
+
+    def ours() -> None:
+        total = stats.collect().total_norm
+        coefficient = clip_coefficient(total, max_norm)
+        if coefficient < 1.0:
+            stats.scale_(coefficient)
+
+    def bare() -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    calls = {"ours": ours, "bare": bare}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.no_grad():
+        for r in range(repeats + 3):
+            for name in ("ours", "bare") if r % 2 else ("bare", "ours"):
+                for p, g in zip(params, original):
+                    p.grad.copy_(g)
+                start = time.perf_counter()
+                calls[name]()
+                if r >= 3:
+                    times[name].append(time.perf_counter() - start)
+    return statistics.median(times["ours"]), statistics.median(times["bare"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter runs and fewer timing repeats")
+    args = parser.parse_args(argv)
+    quiet()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    env = f"torch {torch.__version__}; CPU: {cpu_name()}; torch threads: {torch.get_num_threads()}"
+    print(env)
+    steps = {s.name: s.quick_steps if args.quick else s.steps for s in SCENARIOS}
+    print("\n## Outcomes (responses not under test: warn)")
+    outcome_table(steps)
+    print("\n## Cost per step: measure + clip vs bare torch.nn.utils.clip_grad_norm_ (threshold that clips)\n")
+    print("| model | GradWatch measure + clip (ms) | clip_grad_norm_ (ms) | ratio | target |")
+    print("|---|---:|---:|---:|---|")
+    for model_name in MODELS:
+        ours, bare = bench_cost(model_name, 20 if args.quick else 200)
+        ratio = ours / bare
+        verdict = "PASS" if ratio <= COST_TARGET else "MISS"
+        print(f"| {model_name} | {1e3 * ours:.2f} | {1e3 * bare:.2f} | {ratio:.2f}x | <= {COST_TARGET}x {verdict} |")
+    print(f"\n{env}; total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
