@@ -243,6 +243,10 @@ class SequenceMemory(_Demo):
         self.seq_len = seq_len
         rnn = nn.RNN if cell == "rnn" else nn.LSTM
         self.rnn = rnn(4, hidden, batch_first=True)
+        if cell == "lstm":  # forget-gate bias 2 (1 in each bias vector): remember by default
+            for name, bias in self.rnn.named_parameters():
+                if name.startswith("bias_"):
+                    bias.data[hidden : 2 * hidden] = 1.0
         self.head = nn.Linear(hidden, 4)
 
     @override
@@ -254,10 +258,28 @@ class SequenceMemory(_Demo):
         return TensorDataset(x, y)
 
     @override
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+    @override
     def loss(self, batch: Any) -> Tensor:
         x, y = batch
-        out, _ = self.rnn(x)
-        return nn.functional.cross_entropy(self.head(out[:, -1]), y)
+        return nn.functional.cross_entropy(self(x), y)
+
+    def gradient_through_time(self, n: int = 256) -> Tensor:
+        """``|d loss / d x_t|`` for each time step ``t``, averaged over ``n`` sequences of the data.
+
+        What the parameter gradients cannot show: the weights are shared by every time step, so their gradient is a
+        sum over time that the recent steps dominate. The gradient reaching the first input tells whether the
+        answer can still learn from it.
+        """
+        x, y = self.dataset().tensors
+        x = x[:n].clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(self(x), y[:n])
+            (grad,) = torch.autograd.grad(loss, x)
+        return grad.norm(dim=2).mean(dim=0)
 
 
 class Divergence(_Demo):
@@ -309,3 +331,75 @@ class Divergence(_Demo):
         growth = self.lr_growth
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: growth**step)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def train_demo(
+    model: _Demo, watch: Any, out: str, name: str, steps: int, quiet: bool = True, **trainer_kwargs: Any
+) -> Any:
+    """Train a demo model on CPU with ``watch`` for ``steps`` optimizer steps, logging to TensorBoard in ``out/name``.
+
+    Returns the Trainer. With ``quiet``, GradWatch's warnings are held back (print ``watch.alerts`` instead) and
+    Lightning's banners are off.
+
+    Example:
+        >>> import tempfile
+        >>> from lightning_gradwatch import GradWatch
+        >>> watch = GradWatch()
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     trainer = train_demo(DeepMLP(depth=3), watch, out, "relu", steps=5)
+        >>> trainer.global_step
+        5
+    """
+    import logging
+    import warnings
+
+    try:
+        import lightning.pytorch as pl
+        from lightning.pytorch.loggers import TensorBoardLogger
+    except ImportError:  # pragma: no cover - the other flavour
+        import pytorch_lightning as pl  # type: ignore[no-redef]
+        from pytorch_lightning.loggers import TensorBoardLogger  # type: ignore[no-redef]
+
+    torch.manual_seed(model.seed)
+    kwargs: dict[str, Any] = {
+        "max_steps": steps,
+        "max_epochs": -1,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": TensorBoardLogger(out, name=name, version=""),
+        "callbacks": [watch],
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "log_every_n_steps": 5,
+    }
+    kwargs.update(trainer_kwargs)
+    trainer = pl.Trainer(**kwargs)
+    with warnings.catch_warnings():
+        if quiet:
+            from lightning_gradwatch.alerts import GradientWarning
+
+            warnings.simplefilter("ignore", GradientWarning)
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            for logger_name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric"):
+                logging.getLogger(logger_name).setLevel(logging.WARNING)
+        trainer.fit(model)
+    return trainer
+
+
+@torch.no_grad()
+def accuracy(model: _Demo) -> float:
+    """Classification accuracy (``torchmetrics``) of a demo classifier on its own data, in eval mode."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    x, y = model.dataset().tensors
+    was_training = model.training
+    model.eval()
+    logits = model(x)
+    model.train(was_training)
+    return float(MulticlassAccuracy(num_classes=logits.shape[-1])(logits, y))
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
