@@ -8,7 +8,9 @@ Variants, each a real ``lightning.pytorch.Trainer`` writing TensorBoard event fi
 cost of writing is part of what is measured); the models log nothing themselves:
 
 - ``bare``: no callback.
-- ``GradWatch() defaults``: scalars every 50 steps (the Trainer's ``log_every_n_steps``), histograms every 200.
+- ``GradWatch() defaults``: scalars every 50 steps (the Trainer's ``log_every_n_steps``), histograms every 200;
+  the gradient-flow pictures off here (``images=False``): they are drawn on a worker thread that would run on during
+  the other variants' turns and slow *them*. Their cost is timed on its own in the hook table.
 - ``GradWatch every step``: ``GradWatch(log_every_n_steps=1, histogram_every_n_steps=0)``.
 - ``Lightning grad_norm every step``: ``self.log_dict(grad_norm(self, norm_type=2))`` in the module's
   ``on_before_optimizer_step``, with ``Trainer(log_every_n_steps=1)`` so it is written every step too.
@@ -74,6 +76,9 @@ STEP_TARGETS = {"GradWatch() defaults": 1.02, "GradWatch every step": 1.05}  # m
 SHARE_TARGET = 0.5  # max GradWatch overhead as a fraction of grad_norm's overhead
 STATS_TARGET = 1.5  # max collect() time vs a bare _foreach_norm
 GRAD_NORM = "Lightning grad_norm every step"
+# Doing more work cannot make a step faster. On the 1000-tensor model, lockstep has shown "bare" steps slower than
+# GradWatch's by 20-35% in every round (not so when timed alone): a PASS there would mean nothing.
+ARTIFACT_BELOW = 0.97
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -170,7 +175,9 @@ class Variant:
 
 VARIANTS = (
     Variant("bare", list),
-    Variant("GradWatch() defaults", lambda: [GradWatch()]),
+    # pictures off in lockstep: their drawing thread would run on during the other variants' turns and be charged
+    # to them (it made "bare" look slower); the hook table below times their hand-over and the drawing itself
+    Variant("GradWatch() defaults", lambda: [GradWatch(images=False)]),
     Variant("GradWatch every step", lambda: [GradWatch(log_every_n_steps=1, histogram_every_n_steps=0)]),
     Variant(GRAD_NORM, list, trainer_log_every=1, log_grad_norm=True),
 )
@@ -493,7 +500,9 @@ def step_table(results: list[StepResult]) -> list[str]:
         bare = by_key[(r.model, "bare")]
         gn = by_key[(r.model, GRAD_NORM)]
         share, target = "", ""
-        if r.variant.startswith("GradWatch"):
+        if r.variant.startswith("GradWatch") and r.ratio < ARTIFACT_BELOW:
+            target = "not measured: faster than bare, a lockstep artifact; see the hook table"
+        elif r.variant.startswith("GradWatch"):
             gn_overhead = gn.median_ms - bare.median_ms
             if gn_overhead > 0:
                 fraction = (r.median_ms - bare.median_ms) / gn_overhead
