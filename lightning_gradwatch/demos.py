@@ -374,16 +374,20 @@ def train_demo(
         "log_every_n_steps": 5,
     }
     kwargs.update(trainer_kwargs)
-    trainer = pl.Trainer(**kwargs)
     with warnings.catch_warnings():
         if quiet:
             from lightning_gradwatch.alerts import GradientWarning
 
             warnings.simplefilter("ignore", GradientWarning)
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            for logger_name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric"):
-                logging.getLogger(logger_name).setLevel(logging.WARNING)
-        trainer.fit(model)
+            warnings.filterwarnings("ignore", ".*LeafSpec.*")  # a deprecation inside Lightning, not ours
+            logging.disable(logging.INFO)  # Lightning's banners
+        try:
+            trainer = pl.Trainer(**kwargs)
+            trainer.fit(model)
+        finally:
+            if quiet:
+                logging.disable(logging.NOTSET)
     return trainer
 
 
