@@ -14,7 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -392,11 +395,16 @@ def train_demo(
 
 
 @torch.no_grad()
-def accuracy(model: _Demo) -> float:
-    """Classification accuracy (``torchmetrics``) of a demo classifier on its own data, in eval mode."""
+def accuracy(model: _Demo, data: TensorDataset | None = None) -> float:
+    """Classification accuracy (``torchmetrics``) of a demo classifier in eval mode.
+
+    Args:
+        model: a demo classifier.
+        data: ``(inputs, labels)``; default: the model's own training data.
+    """
     from torchmetrics.classification import MulticlassAccuracy
 
-    x, y = model.dataset().tensors
+    x, y = (model.dataset() if data is None else data).tensors
     was_training = model.training
     model.eval()
     logits = model(x)
@@ -407,3 +415,34 @@ def accuracy(model: _Demo) -> float:
 def finite_weights(model: torch.nn.Module) -> bool:
     """Whether every parameter of ``model`` is finite."""
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def example_arguments(
+    doc: str | None, argv: Sequence[str] | None, out: str, steps: int, quick_steps: int
+) -> argparse.Namespace:
+    """The examples' command line: ``--out``, ``--steps`` and ``--quick`` (``steps`` becomes ``quick_steps``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=out, help="TensorBoard log directory")
+    parser.add_argument("--steps", type=int, default=steps, help="optimizer steps per run")
+    parser.add_argument("--quick", action="store_true", help=f"{quick_steps} steps per run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = quick_steps
+    return args
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """One torch thread inside the block: for models this small, more threads only add synchronisation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def log_after_fit(trainer: Any, metrics: dict[str, float]) -> None:
+    """Write ``metrics`` into the run's logs at its last step (after ``fit`` has closed them)."""
+    trainer.logger.log_metrics(metrics, step=trainer.global_step)
+    trainer.logger.finalize("success")
