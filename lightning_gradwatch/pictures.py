@@ -17,6 +17,9 @@ from typing import Any
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEALTH_COLOURS = {"ok": "#4C72B0", "vanishing": "#DD8452", "exploding": "#C44E52", "non-finite": "#8172B3"}
+# Matplotlib is not thread-safe (its text parser and font caches are shared): two GradWatch instances, each with its
+# own drawing thread, once failed to parse a tick label while drawing at the same time. One picture at a time.
+_DRAWING_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,6 +48,15 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _one_at_a_time(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    @functools.wraps(draw)
+    def serialized(*args: Any, **kwargs: Any) -> bytes:
+        with _DRAWING_LOCK:
+            return draw(*args, **kwargs)
+
+    return serialized
+
+
 def _labels(layers: Sequence[str]) -> list[str]:
     """Layer names as literal text: a ``$`` would otherwise start matplotlib's math mode."""
     return [name.replace("$", r"\$") for name in layers]
@@ -54,6 +66,7 @@ def _positive(values: Sequence[float]) -> list[float]:
     return [v if math.isfinite(v) and v > 0 else math.nan for v in values]
 
 
+@_one_at_a_time
 def gradient_flow_png(
     layers: Sequence[str],
     mean_abs: Sequence[float],
@@ -102,6 +115,7 @@ def gradient_flow_png(
     return _png(fig)
 
 
+@_one_at_a_time
 def gradient_heatmap_png(
     layers: Sequence[str], steps: Sequence[int], norms: Sequence[Sequence[float]], step: int
 ) -> bytes:

@@ -411,3 +411,28 @@ def test_layer_names_with_dollar_signs_are_drawn_literally(tmp_path):
     acc = events(trainer.logger.log_dir)
     assert [i.step for i in acc.Images("gradwatch/gradient_flow")] == [0, 2]
     assert [i.step for i in acc.Images("gradwatch/gradient_heatmap")] == [2]
+
+
+TWO_DRAWING_INSTANCES = """
+import warnings
+import lightning.pytorch as pl
+from lightning_gradwatch import GradWatch
+from tests.helpers import make_mlp_module, trainer_kwargs
+
+warnings.filterwarnings("error", ".*could not draw.*")
+watches = [GradWatch(histogram_every_n_steps=4), GradWatch(histogram_every_n_steps=4, granularity="parameter")]
+trainer = pl.Trainer(callbacks=watches, **trainer_kwargs({root!r}, max_epochs=2))
+trainer.fit(make_mlp_module(pl))
+"""
+
+
+def test_two_instances_draw_at_the_same_time_without_failing(tmp_path):
+    """Two GradWatch instances, two drawing threads, a fresh process (matplotlib's parsers built while both draw)."""
+    code = TWO_DRAWING_INSTANCES.format(root=str(tmp_path))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "could not draw" not in result.stderr
+    acc = events(next(tmp_path.rglob("events.out.tfevents.*")).parent)
+    assert "left out" not in result.stderr  # every picture drawn: nothing hides a failure
+    assert len(acc.Images("gradwatch/gradient_flow")) == 2 * 8  # both instances, every 4th of 32 steps
