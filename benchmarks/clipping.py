@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,7 +39,7 @@ from overhead import MODELS, cpu_name, quiet  # noqa: E402
 
 from lightning_gradwatch import GradWatch  # noqa: E402
 from lightning_gradwatch.clipping import clip_coefficient  # noqa: E402
-from lightning_gradwatch.demos import DeepMLP, Divergence  # noqa: E402
+from lightning_gradwatch.demos import DeepMLP, Divergence, finite_weights, train_demo  # noqa: E402
 from lightning_gradwatch.report import read_report  # noqa: E402
 from lightning_gradwatch.stats import GradientStats  # noqa: E402
 
@@ -88,27 +86,13 @@ def train(scenario: Scenario, variant: dict[str, Any], steps: int) -> Outcome:
     model = scenario.model()
     watch = GradWatch(**{**WARN, **variant})
     with tempfile.TemporaryDirectory(prefix="gradwatch-clip-") as root:
-        trainer = pl.Trainer(
-            max_steps=steps,
-            max_epochs=-1,
-            accelerator="cpu",
-            logger=TensorBoardLogger(root, name="run", version=""),
-            callbacks=[watch],
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=50,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit(model)
+        trainer = train_demo(model, watch, root, "run", steps, log_every_n_steps=50)
         report = read_report(Path(root) / "run" / "gradwatch.json")
-    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     tail = model.losses[-20:]
     return Outcome(
         steps=trainer.global_step,
         final_loss=sum(tail) / len(tail) if tail else math.nan,
-        finite_weights=finite,
+        finite_weights=finite_weights(model),
         clipped=int(report["events"].get("clipped_steps", 0)),
         alerts=sorted({f"{a.kind}@{a.step}" for a in watch.alerts}, key=lambda s: int(s.split("@")[1]))[:3],
     )

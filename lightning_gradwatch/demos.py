@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -353,9 +355,6 @@ def train_demo(
         >>> trainer.global_step
         5
     """
-    import logging
-    import warnings
-
     try:
         import lightning.pytorch as pl
         from lightning.pytorch.loggers import TensorBoardLogger

@@ -10,6 +10,7 @@ import torch
 
 from lightning_gradwatch import GradWatch
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
+from lightning_gradwatch.demos import finite_weights
 from tests.helpers import events, flavour, make_mlp_module, reference_norms, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
@@ -235,15 +236,11 @@ def _fit_divergence(tmp_path, name: str, steps: int, **watch_kwargs):
     return model, watch, trainer
 
 
-def _finite(model) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
 def test_corrupted_labels_diverge_to_nan_without_clipping(tmp_path):
     """The reference for the rescue tests below: the same run, unclipped, ends with NaN weights."""
     model, watch, trainer = _fit_divergence(tmp_path, "none", 100)
     assert trainer.global_step == 100
-    assert not _finite(model)
+    assert not finite_weights(model)
     assert not math.isfinite(model.losses[-1])
     assert {a.kind for a in watch.alerts} >= {"exploding", "nonfinite"}
 
@@ -252,7 +249,7 @@ def test_corrupted_labels_diverge_to_nan_without_clipping(tmp_path):
 def test_clipping_rescues_corrupted_labels_without_a_tuned_number(tmp_path, clip_kwargs):
     model, watch, trainer = _fit_divergence(tmp_path, "clipped", 100, **clip_kwargs)
     assert trainer.global_step == 100
-    assert _finite(model)
+    assert finite_weights(model)
     assert all(math.isfinite(loss) for loss in model.losses)
     assert sum(model.losses[-10:]) / 10 < 1.0  # back to ordinary regression loss, not merely finite
     clipped = watch.state_dict()["summary"]["events"].get("clipped_steps", 0)
