@@ -93,23 +93,24 @@ class Outcome:
 def run(scenario: Scenario, steps: int, **watch: Any) -> Outcome:
     torch.manual_seed(0)
     gradwatch = GradWatch(log_every_n_steps=50, histogram_every_n_steps=0, images=False, progress_bar=False, **watch)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        max_epochs=-1,
-        logger=False,
-        default_root_dir=tempfile.mkdtemp(prefix="gradwatch-detection-"),
-        accelerator="cpu",
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **scenario.trainer,
-    )
-    trainer.callbacks.append(gradwatch)
-    model = scenario.model()
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model)
+    with tempfile.TemporaryDirectory(prefix="gradwatch-detection-") as root:
+        trainer = pl.Trainer(
+            max_steps=steps,
+            max_epochs=-1,
+            logger=False,
+            default_root_dir=root,
+            accelerator="cpu",
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **scenario.trainer,
+        )
+        trainer.callbacks.append(gradwatch)
+        model = scenario.model()
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model)
     alerts = [(a.kind, a.step, a.layers) for a in gradwatch.alerts]
     first_nonfinite = next((step for kind, step, _ in alerts if kind == "nonfinite"), None)
     events = gradwatch.state_dict()["summary"]["events"]
