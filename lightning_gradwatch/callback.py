@@ -416,7 +416,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if self._run is None:
             return
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        # Ctrl+C, and SIGTERM (Lightning raises its SIGTERMException, a SystemExit), interrupt a run; the rest fail it
+        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SystemExit)) else "failed"
         self._finish(status, error=f"{type(exception).__name__}: {exception}")
         self._run = None
 
