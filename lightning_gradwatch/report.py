@@ -306,11 +306,16 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: when the file is not JSON or not a GradWatch report.
         OSError: when it cannot be read.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
+    except RecursionError as err:
+        raise ValueError(f"{path} is not a GradWatch report (its JSON is nested too deeply to read)") from err
     if not isinstance(doc, dict) or doc.get("format") != REPORT_FORMAT:
         raise ValueError(f'{path} is not a GradWatch report (no "format": "{REPORT_FORMAT}")')
     return doc

@@ -1,16 +1,27 @@
 """Finding GradWatch runs on disk and loading them, from ``gradwatch.json`` or from the event files alone.
 
 Event files are read record by record with their checksums verified (TensorBoard's own reader stops quietly at a
-corrupt record), so a damaged file is reported instead of read as a shorter, healthy-looking run.
+corrupt record), so a damaged file is reported instead of read as a shorter, healthy-looking run. The one exception
+is the end of the file of a run that did not finish: a process killed while writing leaves half a record there,
+which is what such a run looks like, not damage (:attr:`RunRecord.partial`).
+
+A run's ``status`` (``gradwatch.json``'s ``"status"``) tells whether training finished:
+
+- ``"finished"``: ``fit`` returned (also when GradWatch's ``stop`` response ended it early);
+- ``"running"``: written while training, at each alert; a run that still says so was killed (SIGKILL, out of
+  memory, a lost machine) after its last alert, or is still training;
+- ``"interrupted"``: Ctrl+C or SIGTERM ended training;
+- ``"failed"``: an exception ended training (``error`` says which);
+- ``None``: no ``gradwatch.json`` (a run killed before its first alert, or event files copied without it).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +30,11 @@ from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.report import REPORT_FILE, read_report
 
 EVENT_FILE_MARK = "tfevents"
-ALERT_TEXT_TAG = "gradwatch/alerts/text_summary"
+ALERT_TEXT_TAGS = ("gradwatch/alerts/text_summary", "gradwatch/alerts")
+TOTAL_NORM_TAG = "gradwatch/total_norm"
+#: An alert's Text entry ends with its plain values in a fenced JSON block on one line (see ``Writers.write_alert``).
+ALERT_DATA_FENCE = "\n\n```json\n"
+FINISHED = "finished"
 
 
 class RunReadError(Exception):
@@ -30,9 +45,12 @@ class RunReadError(Exception):
 class RunRecord:
     """What the ``gradwatch`` command needs to know about one run.
 
-    ``layers`` entries hold ``name``, ``grad_norm`` and ``grad_to_weight`` summaries (``last``, ``median``, ``min``,
-    ``max``) and ``nonfinite_steps``; ``alerts`` entries hold ``kind``, ``step``, ``layers``, ``value``,
-    ``threshold`` and ``message``.
+    ``layers`` entries hold ``name``, ``grad_norm`` and ``grad_to_weight`` summaries (``count``, ``last``,
+    ``median``, ``min``, ``max``) and ``nonfinite_steps``; ``total_norm`` maps ``"all"`` (or ``"optimizer_<i>"``
+    with several optimizers) to the same summary of the total norm; ``alerts`` entries hold ``kind``, ``step``,
+    ``layers``, ``value``, ``threshold``, ``message`` and ``optimizer``. ``status`` is described in the module's
+    docstring; ``error`` is the exception that ended a failed or interrupted run; ``partial`` names an event file
+    that ends in half a record.
     """
 
     path: Path
@@ -42,22 +60,43 @@ class RunRecord:
     layers: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
+    total_norm: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+    partial: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether training ran to its end (``status == "finished"``)."""
+        return self.status == FINISHED
 
 
 def find_runs(paths: list[str]) -> list[Path]:
-    """Run directories under ``paths`` (each a run directory or any parent of runs), in a stable order.
+    """Run directories under ``paths``, in a stable order.
+
+    Each path is a run directory or any parent of runs (searched recursively), or a run's ``gradwatch.json`` or
+    event file (that run only).
 
     Raises:
-        RunReadError: a path does not exist.
+        RunReadError: a path does not exist, is another kind of file, or a directory cannot be listed.
     """
     found: list[Path] = []
     for raw in paths:
         root = Path(raw)
         if not root.exists():
             raise RunReadError(f"{raw}: no such file or directory")
-        if root.is_file():
-            root = root.parent
-        for dirpath, dirnames, filenames in os.walk(root):
+        if not root.is_dir():
+            if root.name != REPORT_FILE and EVENT_FILE_MARK not in root.name:
+                raise RunReadError(
+                    f"{raw}: not a run directory, {REPORT_FILE} or TensorBoard event file; give a run's log"
+                    " directory or any parent of runs"
+                )
+            found.append(root.parent)
+            continue
+
+        def unreadable(err: OSError) -> None:
+            raise RunReadError(f"{err.filename}: cannot list ({_one_line(err)})") from err
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
             dirnames.sort()
             if REPORT_FILE in filenames or any(EVENT_FILE_MARK in f for f in filenames):
                 found.append(Path(dirpath))
@@ -69,19 +108,24 @@ def load_run(directory: Path) -> RunRecord | None:
     """Load one run; ``None`` for a directory of event files that GradWatch did not write.
 
     Raises:
-        RunReadError: the report or an event file is corrupt or unreadable.
+        RunReadError: the report or an event file is corrupt or unreadable (the message names the file).
     """
     report_path = directory / REPORT_FILE
-    event_files = sorted(p for p in directory.iterdir() if p.is_file() and EVENT_FILE_MARK in p.name)
+    try:
+        event_files = sorted(p for p in directory.iterdir() if p.is_file() and EVENT_FILE_MARK in p.name)
+    except OSError as err:
+        raise RunReadError(f"{directory}: cannot list ({_one_line(err)})") from err
     if report_path.exists():
         try:
             doc = read_report(report_path)
-        except (OSError, ValueError, UnicodeDecodeError) as err:
-            raise RunReadError(_one_line(err)) from err
-        for path in event_files:
-            for _ in _records(path):  # verify every checksum; the report is the source of the numbers
-                pass
-        return _from_report(directory, doc)
+        except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+            message = _one_line(err)
+            raise RunReadError(message if str(report_path) in message else f"{report_path}: {message}") from err
+        run = _from_report(directory, doc)
+        for path in event_files:  # verify every checksum; the report is the source of the numbers
+            _, partial = _read_records(path, partial_ok=not run.finished)
+            run.partial = run.partial or partial
+        return run
     return _from_events(directory, event_files)
 
 
@@ -91,12 +135,14 @@ def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
         alerts = [_alert_entry(a) for a in _as_list(doc.get("alerts"))]
         events = {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()}
         steps = {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)}
-        status = doc.get("status")
-        if status is not None and not isinstance(status, str):
-            raise TypeError(f"status is {type(status).__name__}")
-    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+        total = {str(k): _summary(v) for k, v in _as_dict(doc.get("total_norm")).items()}
+        status, error = doc.get("status"), doc.get("error")
+        for name, value in (("status", status), ("error", error)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} is {type(value).__name__}")
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise RunReadError(f"{directory / REPORT_FILE}: unexpected content ({_one_line(err)})") from err
-    return RunRecord(directory, "json", status, steps, layers, alerts, events)
+    return RunRecord(directory, "json", status, steps, layers, alerts, events, total, error)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -127,7 +173,10 @@ def _layer_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _summary(series: Any) -> dict[str, float]:
     series = _as_dict(series)
-    return {k: _float(series.get(k)) for k in ("last", "median", "min", "max")}
+    out = {k: _float(series.get(k)) for k in ("last", "median", "min", "max")}
+    count = series.get("count")
+    out["count"] = math.nan if count is None else float(int(count))
+    return out
 
 
 def _float(value: Any) -> float:
@@ -147,6 +196,7 @@ def _alert_entry(alert: dict[str, Any]) -> dict[str, Any]:
         "value": _float(alert.get("value")),
         "threshold": _float(alert.get("threshold")),
         "message": str(alert.get("message", "")),
+        "optimizer": int(alert.get("optimizer") or 0),
     }
 
 
@@ -170,11 +220,14 @@ def _masked(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _records(path: Path) -> Iterator[bytes]:
+def _read_records(path: Path, partial_ok: bool) -> tuple[list[bytes], str | None]:
     """The records of a TFRecord event file, each checked against its CRC32C.
 
+    Returns the records, and a note when the file ends in half a record and ``partial_ok`` (a run that did not
+    finish: its process died while writing).
+
     Raises:
-        RunReadError: on a truncated record or a checksum mismatch.
+        RunReadError: on a checksum mismatch, or a truncated record when not ``partial_ok``.
     """
     crc32c = _crc32c_function()
     try:
@@ -182,9 +235,11 @@ def _records(path: Path) -> Iterator[bytes]:
     except OSError as err:
         raise RunReadError(f"{path}: cannot read ({_one_line(err)})") from err
     offset, n = 0, 0
+    records: list[bytes] = []
     while offset < len(data):
         if offset + 12 > len(data):
-            raise RunReadError(f"{path}: truncated event file (record {n} header is incomplete)")
+            truncated = f"{path}: truncated event file (record {n} header is incomplete)"
+            break
         header = data[offset : offset + 8]
         (length,) = _HEADER.unpack(header)
         (length_crc,) = _CRC.unpack(data[offset + 8 : offset + 12])
@@ -192,13 +247,19 @@ def _records(path: Path) -> Iterator[bytes]:
             raise RunReadError(f"{path}: corrupt event file (record {n} length checksum mismatch)")
         end = offset + 12 + length
         if end + 4 > len(data):
-            raise RunReadError(f"{path}: truncated event file (record {n} is incomplete)")
+            truncated = f"{path}: truncated event file (record {n} is incomplete)"
+            break
         payload = data[offset + 12 : end]
         (payload_crc,) = _CRC.unpack(data[end : end + 4])
         if _masked(crc32c(payload)) != payload_crc:
             raise RunReadError(f"{path}: corrupt event file (record {n} data checksum mismatch)")
-        yield payload
+        records.append(payload)
         offset, n = end + 4, n + 1
+    else:
+        return records, None
+    if not partial_ok:
+        raise RunReadError(truncated)
+    return records, f"{path.name} ends in half a record ({len(records)} whole records kept)"
 
 
 def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
@@ -206,16 +267,19 @@ def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
 
     series: dict[str, list[tuple[int, float]]] = {}
     alerts: list[dict[str, Any]] = []
+    partial = None
     for path in event_files:
-        for payload in _records(path):
+        records, note = _read_records(path, partial_ok=True)  # without gradwatch.json the run did not finish
+        partial = partial or note
+        for payload in records:
             try:
                 event = event_pb2.Event.FromString(payload)
             except Exception as err:
                 raise RunReadError(f"{path}: corrupt event record ({_one_line(err)})") from err
             for value in event.summary.value:
-                if value.tag == ALERT_TEXT_TAG and value.HasField("tensor") and value.tensor.string_val:
+                if value.tag in ALERT_TEXT_TAGS and value.HasField("tensor") and value.tensor.string_val:
                     text = value.tensor.string_val[0].decode("utf-8", "replace")
-                    alerts.append(parse_alert_markdown(text, event.step))
+                    alerts.append(_alert_from_text(path, text, event.step))
                 elif value.HasField("simple_value") and (
                     value.tag.startswith(("grad_norm/", "grad_to_weight/", "gradwatch/"))
                 ):
@@ -241,26 +305,44 @@ def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
                 "nonfinite_steps": sum(1 for _, v in norms if not math.isfinite(v)),
             }
         )
-    total = sorted(series.get("gradwatch/total_norm", []))
-    steps = {"first": total[0][0], "last": total[-1][0], "logged": len(total)} if total else {}
+    totals = {
+        (tag[len(TOTAL_NORM_TAG) + 1 :] or "all"): sorted(points)
+        for tag, points in series.items()
+        if tag == TOTAL_NORM_TAG or tag.startswith(f"{TOTAL_NORM_TAG}/")
+    }
+    logged = sorted({step for points in totals.values() for step, _ in points})
+    steps = {"first": logged[0], "last": logged[-1], "logged": len(logged)} if logged else {}
     events = {}
     for name in ("amp_overflow_steps", "skipped_steps", "spike_steps", "clipped_steps"):
         values = series.get(f"gradwatch/{name}")
         if values:
             events[name] = int(max(v for _, v in values))
     alerts.sort(key=lambda a: a["step"])
-    return RunRecord(directory, "events", None, steps, layers, alerts, events)
+    total_norm = {key: _summarise(points) for key, points in sorted(totals.items())}
+    return RunRecord(directory, "events", None, steps, layers, alerts, events, total_norm, partial=partial)
+
+
+def _alert_from_text(path: Path, text: str, step: int) -> dict[str, Any]:
+    """An alert from its Text entry: the JSON block at its end, or (older runs) the Markdown itself."""
+    _, fence, data = text.rpartition(ALERT_DATA_FENCE)
+    if not fence:
+        return {**parse_alert_markdown(text, step), "optimizer": 0}
+    try:
+        return _alert_entry(json.loads(data.rstrip().removesuffix("```")))
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
+        raise RunReadError(f"{path}: unexpected alert data at step {step} ({_one_line(err)})") from err
 
 
 def _summarise(points: list[tuple[int, float]]) -> dict[str, float]:
     finite = [v for _, v in points if math.isfinite(v)]
     if not points:
-        return dict.fromkeys(("last", "median", "min", "max"), math.nan)
+        return {**dict.fromkeys(("last", "median", "min", "max"), math.nan), "count": 0.0}
     return {
         "last": points[-1][1],
         "median": statistics.median(finite) if finite else math.nan,
         "min": min(finite) if finite else math.nan,
         "max": max(finite) if finite else math.nan,
+        "count": float(len(points)),
     }
 
 

@@ -8,6 +8,7 @@ left alone, so a monitoring problem never ends a training run.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -222,12 +223,42 @@ class Writers:
         return any(isinstance(sink, _TensorBoardSink) for i, sink in enumerate(self._sinks) if i not in self._failed)
 
     def write_alert(self, alert: GradientAlert) -> None:
-        """Write an alert as a ``gradwatch/alerts`` text entry at its step."""
-        self._each("write_text", ALERTS_TAG, alert_markdown(alert), alert.step)
+        """Write an alert as a ``gradwatch/alerts`` text entry at its step.
+
+        The entry is the alert as Markdown (what TensorBoard's Text tab shows), followed by its plain values (every
+        layer, the optimizer index) as JSON on one line in a fenced block, which ``gradwatch check`` reads back.
+        """
+        self._each("write_text", ALERTS_TAG, alert_text(alert), alert.step)
 
     def flush(self) -> None:
         """Flush every sink (event files reach the disk)."""
         self._each("flush")
+
+
+def alert_text(alert: GradientAlert) -> str:
+    """An alert's Text entry: its Markdown, then its values as JSON on one line in a fenced block.
+
+    ``gradwatch check`` reads the block back; non-finite numbers are written as strings (``"inf"``, ``"nan"``).
+
+    Example:
+        >>> alert = GradientAlert("exploding", 7, ("fc1",), float("inf"), 9.0, "Exploding.", optimizer=1)
+        >>> text = alert_text(alert)
+        >>> text.startswith("**exploding** at step 7"), text.splitlines()[-3:-1]
+        (True, ['```json', '{"kind": "exploding", "step": 7, "layers": ["fc1"], "value": "inf", "threshold": 9.0, \
+"message": "Exploding.", "optimizer": 1, "extra": {}}'])
+    """
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return repr(value)
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    data = json.dumps(plain(alert.to_dict()), allow_nan=False, default=str)  # one line: newlines are escaped
+    return f"{alert_markdown(alert)}\n\n```json\n{data}\n```"
 
 
 def png_size(png: bytes) -> tuple[int, int]:

@@ -6,14 +6,19 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
-from lightning_gradwatch import GradWatch
-from tests.helpers import flavour, make_mlp_module, trainer_kwargs
+from lightning_gradwatch import GradientAlert, GradWatch
+from lightning_gradwatch.alerts import alert_markdown
+from tests.helpers import events, flavour, make_mlp_module, regression_data, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
 GRADWATCH = shutil.which("gradwatch", path=os.path.dirname(sys.executable)) or "gradwatch"
@@ -36,6 +41,14 @@ def _train(root: Path, **model_kwargs) -> Path:
     return Path(trainer.logger.log_dir)
 
 
+def _train_failing(root: Path) -> Path:
+    watch = GradWatch(log_every_n_steps=2)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(root))
+    with pytest.raises(RuntimeError, match="boom at step 5"):
+        trainer.fit(make_mlp_module(pl, fail_at_step=5))
+    return Path(trainer.logger.log_dir)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
@@ -43,7 +56,18 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "root": root,
         "healthy": _train(root / "healthy"),
         "nan": _train(root / "nan", nan_at_step=5),
+        "failed": _train_failing(tmp_path_factory.mktemp("failed")),
     }
+
+
+def _copy(run: Path, tmp_path: Path, name: str = "run") -> Path:
+    return Path(shutil.copytree(run, tmp_path / name))
+
+
+def _set_status(run: Path, status: str) -> None:
+    doc = json.loads((run / "gradwatch.json").read_text())
+    doc["status"] = status
+    (run / "gradwatch.json").write_text(json.dumps(doc))
 
 
 def test_check_healthy_run_exits_0(runs):
@@ -168,3 +192,260 @@ def test_report_from_event_files_alone(runs, tmp_path):
 def test_installed_entry_point(runs):
     result = subprocess.run([GRADWATCH, "check", str(runs["healthy"])], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------- runs that did not finish
+def test_check_run_without_report_is_unfinished_not_healthy(runs, tmp_path):
+    run = _copy(runs["healthy"], tmp_path)
+    (run / "gradwatch.json").unlink()  # what a job killed before its first alert leaves
+    result = gradwatch("check", str(run))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "healthy" not in result.stdout
+    assert f"{run}: unfinished: no gradwatch.json" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("UNFINISHED: 0 of 1 run(s) with alerts")
+    assert result.stdout.splitlines()[-1].endswith("did not finish: 1 unfinished")
+    allowed = gradwatch("check", str(run), "--allow-unfinished")
+    assert allowed.returncode == 0
+    assert allowed.stdout.splitlines()[-1].endswith("(allowed by --allow-unfinished)")
+
+
+def test_check_report_still_running_is_unfinished(runs, tmp_path):
+    run = _copy(runs["healthy"], tmp_path)
+    _set_status(run, "running")  # written at an alert; a job killed after it keeps it
+    result = gradwatch("check", str(run), "--format", "json")
+    assert result.returncode == 3
+    doc = json.loads(result.stdout)
+    assert (doc["result"], doc["exit_code"]) == ("unfinished", 3)
+    assert [(r["verdict"], r["failing"]) for r in doc["runs"]] == [("unfinished", True)]
+    _set_status(run, "something new")  # a status this version does not know is not taken for "finished"
+    assert gradwatch("check", str(run)).returncode == 3
+
+
+def test_check_run_that_raised_is_failed(runs):
+    result = gradwatch("check", str(runs["failed"]))
+    assert result.returncode == 3, result.stdout + result.stderr
+    line = result.stdout.splitlines()[0]
+    assert line.startswith(f"{runs['failed']}: failed: training ended with an exception: RuntimeError: boom at step 5")
+    assert "PASS" not in result.stdout
+    assert gradwatch("check", str(runs["failed"]), "--allow-unfinished").returncode == 0
+
+
+def test_check_interrupted_run(runs, tmp_path):
+    run = _copy(runs["healthy"], tmp_path)
+    _set_status(run, "interrupted")
+    result = gradwatch("check", str(run))
+    assert result.returncode == 3
+    assert ": interrupted: training was interrupted (Ctrl+C or SIGTERM)" in result.stdout
+
+
+def test_check_alerts_win_over_unfinished(runs, tmp_path):
+    nan = _copy(runs["nan"], tmp_path, "nan")
+    _set_status(nan, "running")
+    result = gradwatch("check", str(nan), str(runs["failed"]), "--format", "json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert [r["verdict"] for r in doc["runs"]] == ["alerts", "failed"]
+    assert doc["verdicts"] == {"healthy": 0, "alerts": 1, "unfinished": 0, "interrupted": 0, "failed": 1}
+    # the alert's kind is not gated on: the run that did not finish decides
+    assert gradwatch("check", str(nan), "--fail-on", "vanishing").returncode == 3
+    assert gradwatch("check", str(nan), "--fail-on", "vanishing", "--allow-unfinished").returncode == 0
+
+
+def test_check_github_annotates_unfinished_runs(runs, tmp_path):
+    summary = tmp_path / "summary.md"
+    result = gradwatch("check", str(runs["failed"]), "--format", "github", env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert result.returncode == 3
+    assert result.stdout.startswith("::error title=GradWatch run failed (")
+    assert "::notice" not in result.stdout
+    assert "| failed | 0 | none |" in summary.read_text()
+    assert "**UNFINISHED**: 0 of 1 run(s)" in summary.read_text()
+
+
+def test_check_event_file_cut_short_by_a_kill_is_unfinished(runs, tmp_path):
+    run = _copy(runs["healthy"], tmp_path)
+    (run / "gradwatch.json").unlink()
+    event_file = next(run.glob("events.out.tfevents.*"))
+    event_file.write_bytes(event_file.read_bytes()[:-7])  # a process killed while writing a record
+    result = gradwatch("check", str(run))
+    assert result.returncode == 3, result.stderr
+    assert "ends in half a record" in result.stdout
+
+
+# ---------------------------------------------------------------------- bad input never ends in a traceback
+def _one_line_error(result: subprocess.CompletedProcess, name: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gradwatch: error: ")
+    assert name in lines[0]
+
+
+def test_deeply_nested_report_exits_2(runs, tmp_path):
+    run = _copy(runs["healthy"], tmp_path)
+    depth = 200_000
+    (run / "gradwatch.json").write_text('{"format": "gradwatch-report", "layers": ' + "[" * depth + "]" * depth + "}")
+    for command in ("check", "report"):
+        result = gradwatch(command, str(run))
+        _one_line_error(result, str(run / "gradwatch.json"))
+        assert "nested too deeply" in result.stderr
+
+
+def test_report_not_utf8_exits_2(runs, tmp_path):
+    run = _copy(runs["healthy"], tmp_path)
+    (run / "gradwatch.json").write_bytes(b'{"format": "gradwatch-report", "status": "\xff"}')
+    _one_line_error(gradwatch("check", str(run)), str(run / "gradwatch.json"))
+
+
+@pytest.mark.parametrize("where", ["missing_directory", "directory"])
+def test_github_step_summary_that_cannot_be_written_exits_2(runs, tmp_path, where):
+    target = tmp_path / "no" / "such" / "summary.md" if where == "missing_directory" else tmp_path
+    result = gradwatch("check", str(runs["healthy"]), "--format", "github", env={"GITHUB_STEP_SUMMARY": str(target)})
+    _one_line_error(result, f"GITHUB_STEP_SUMMARY={target}")
+
+
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_output_to_a_closed_pipe_ends_quietly(runs, command):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte, as with `| head` on long output
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lightning_gradwatch", command, str(runs["root"])],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(write_end)
+    _, stderr = process.communicate(timeout=120)
+    assert stderr == ""
+    assert process.returncode == (0 if command == "report" else 1)  # the verdict, whoever reads it
+
+
+def test_gradwatch_json_or_event_file_path_means_that_run(runs):
+    report = runs["healthy"] / "gradwatch.json"
+    event_file = next(runs["healthy"].glob("events.out.tfevents.*"))
+    for path in (report, event_file):
+        result = gradwatch("check", str(path), "--format", "json")
+        assert result.returncode == 0, result.stderr
+        assert [Path(r["path"]) for r in json.loads(result.stdout)["runs"]] == [runs["healthy"]]
+
+
+def test_other_file_path_exits_2(runs):
+    stray = runs["root"] / "notes.txt"  # its parent holds two runs; it is not one of them
+    stray.write_text("not a run")
+    try:
+        _one_line_error(gradwatch("check", str(stray)), str(stray))
+    finally:
+        stray.unlink()
+
+
+# ---------------------------------------------------------------------- the report's total norm
+def test_report_shows_total_norm_over_every_measured_step(tmp_path):
+    class Spiky(type(make_mlp_module(pl))):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            if self.global_step == 7:  # between two log steps (every 4)
+                x = x * 20
+            return nn.functional.mse_loss(self(x), y)
+
+    model = Spiky()
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=4)], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    spike = model.reference[7]["__total__"]
+    norms = [model.reference[s]["__total__"] for s in range(16)]
+    result = gradwatch("report", trainer.logger.log_dir)
+    assert result.returncode == 0, result.stderr
+    total_row = next(line for line in result.stdout.splitlines() if line.startswith("(total)"))
+    steps, last, median, low, high = total_row.split()[1:6]
+    assert int(steps) == 16
+    assert spike > 5 * max(norms[:7])
+    assert float(high) == pytest.approx(spike, rel=5e-3)
+    assert float(low) == pytest.approx(min(norms), rel=5e-3)
+    assert float(last) == pytest.approx(norms[-1], rel=5e-3)
+    assert float(median) == pytest.approx(statistics.median(norms), rel=5e-3)
+    layer_row = next(line for line in result.stdout.splitlines() if line.startswith("net.0"))
+    assert layer_row.split()[1] == "4"  # the per-layer rows say which steps they cover
+    (doc,) = json.loads(gradwatch("report", trainer.logger.log_dir, "--format", "json").stdout)
+    assert doc["total_norm"]["all"]["max"] == pytest.approx(spike, rel=1e-5)
+
+
+# ---------------------------------------------------------------------- structured alerts in the event files
+class _TwoOptimizers(pl.LightningModule):
+    """Manual optimization: optimizer 0 trains a small net, optimizer 1 a 25-layer stack that sees NaN at step 9."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.small = nn.Linear(8, 1)
+        self.deep = nn.Sequential(*[nn.Linear(8, 8) for _ in range(25)])
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt_small, opt_deep = self.optimizers()
+        loss = nn.functional.mse_loss(self.small(x), y)
+        opt_small.zero_grad()
+        self.manual_backward(loss)
+        opt_small.step()
+        deep_x = x * float("nan") if self.global_step == 9 else x
+        opt_deep.zero_grad()
+        self.manual_backward(self.deep(deep_x).pow(2).mean())
+        opt_deep.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.small.parameters(), lr=0.01), torch.optim.SGD(self.deep.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return regression_data(128)
+
+
+def test_alerts_read_back_from_event_files_whole(tmp_path):
+    watch = GradWatch(log_every_n_steps=1, on_nonfinite="skip")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(_TwoOptimizers())
+    (alert,) = watch.alerts
+    assert (alert.optimizer, len(alert.layers)) == (1, 25)
+    run = Path(trainer.logger.log_dir)
+    (from_json,) = json.loads(gradwatch("report", str(run), "--format", "json").stdout)
+    (run / "gradwatch.json").unlink()
+    (from_events,) = json.loads(gradwatch("report", str(run), "--format", "json").stdout)
+    assert from_events["source"] == "events"
+    expected = {
+        "kind": "nonfinite",
+        "step": alert.step,
+        "layers": list(alert.layers),
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "message": alert.message,
+        "optimizer": 1,
+    }
+    assert from_events["alerts"] == from_json["alerts"] == [expected]
+    assert set(from_events["total_norm"]) == {"optimizer_0", "optimizer_1"}
+    result = gradwatch("check", str(run), "--allow-unfinished")
+    assert result.returncode == 1
+    assert f"[FAIL] step {alert.step} (optimizer 1): Non-finite gradients" in result.stdout
+    # TensorBoard's Text tab still shows the alert as Markdown, with its data in a code block at the end
+    (text,) = events(run).Tensors("gradwatch/alerts/text_summary")
+    shown = text.tensor_proto.string_val[0].decode()
+    assert shown.startswith(f"**nonfinite** at step {alert.step}")
+    assert shown.endswith("}\n```")
+
+
+def test_alerts_of_older_runs_read_from_their_markdown(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    alert = GradientAlert("exploding", 12, ("fc1", "fc2"), 40.0, 8.0, "Exploding gradients.\nRemedies:\n  - clip")
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("grad_norm/fc1", 1.0, 12)
+        writer.add_text("gradwatch/alerts", alert_markdown(alert), 12)
+    result = gradwatch("report", str(tmp_path), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    (doc,) = json.loads(result.stdout)
+    (back,) = doc["alerts"]
+    assert (back["kind"], back["step"], back["layers"], back["value"], back["optimizer"]) == (
+        "exploding",
+        12,
+        ["fc1", "fc2"],
+        40.0,
+        0,
+    )
