@@ -30,6 +30,7 @@ from lightning_gradwatch.runs import RunReadError, RunRecord, find_runs, load_ru
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
 #: Verdicts of runs that did not finish, by ``status`` (``None``: no ``gradwatch.json``).
 UNFINISHED_VERDICTS = ("unfinished", "interrupted", "failed")
+_ERROR_WIDTH = 160
 _WHY = {
     "unfinished": "training did not finish (killed, or still running)",
     "interrupted": "training was interrupted (Ctrl+C or SIGTERM)",
@@ -241,12 +242,15 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
 
 def _why(run: RunRecord, run_verdict: str) -> str:
     if run.status is None:
-        return "no gradwatch.json (the process was killed before writing it, or it was not copied)"
+        return "no gradwatch.json (killed before writing it, or it could not be written, or was not copied)"
     if run.status == "running":
         return 'gradwatch.json still says "running" (the process was killed, or is still training)'
     if run.status not in ("interrupted", "failed"):
         return f"unknown status {run.status!r} in gradwatch.json"
-    return f"{_WHY[run_verdict]}" + (f": {_first_line(run.error)}" if run.error else "")
+    error = _first_line(run.error or "").rstrip(": ")
+    if len(error) > _ERROR_WIDTH:
+        error = error[: _ERROR_WIDTH - 3] + "..."
+    return _WHY[run_verdict] + (f": {error}" if error else "")
 
 
 def _json_alert(alert: dict[str, Any]) -> dict[str, Any]:

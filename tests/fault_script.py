@@ -1,15 +1,32 @@
 """Training runs that hit faults, run in a subprocess so the fault stays there.
 
-    python tests/fault_script.py OUT_DIR disk_full|report_unwritable|keyboard_interrupt
+    python tests/fault_script.py OUT_DIR SCENARIO
 
-Prints one JSON line: the global step reached, the alerts, GradWatch's warnings, and how ``fit`` ended.
+Scenarios (a 16-step MLP run, or 32 steps for the first three; GradWatch logs every step):
+
+- ``disk_full``: from step 4 no file may grow past 20 kB (``RLIMIT_FSIZE``: writes fail with "File too large");
+- ``report_unwritable``: the same with 1 kB, so ``gradwatch.json`` cannot be written;
+- ``keyboard_interrupt``: ``KeyboardInterrupt`` raised at step 7 (NaN at step 3);
+- ``sigkill_before_alert``: the logs are flushed, then the process SIGKILLs itself at step 6;
+- ``sigkill_after_alert``: NaN at step 3 (an alert, so ``gradwatch.json`` says "running"), SIGKILL at step 8;
+- ``sigterm``: the process sends itself SIGTERM at step 6 (Lightning stops at the next batch);
+- ``sigint``: the process sends itself SIGINT (Ctrl+C) at step 7;
+- ``exception``: the model raises ``RuntimeError`` at step 5;
+- ``disk_full_tmpfs``: OUT_DIR is a small tmpfs; at step 4 the logs are flushed, then a filler file takes all its
+  free space (ENOSPC);
+- ``unwritable_dir``: at step 4 the log directory is bind-mounted read-only over itself (new files fail with EROFS;
+  the open event file keeps writing), and NaN at step 10 makes an alert that wants to write ``gradwatch.json``.
+
+Prints one JSON line (unless killed): the global step reached, the alerts, GradWatch's warnings, how ``fit`` ended.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
+import subprocess
 import sys
 import warnings
 
@@ -18,26 +35,65 @@ import lightning.pytorch as pl
 from lightning_gradwatch import GradientWarning, GradWatch
 from tests.helpers import make_mlp_module, trainer_kwargs
 
+NAN_AT = {"keyboard_interrupt": 3, "sigkill_after_alert": 3, "unwritable_dir": 10}
+SHORT = {"sigkill_before_alert", "sigkill_after_alert", "sigterm", "sigint", "exception", "unwritable_dir"}
+
 
 class Fault(pl.Callback):
-    """From step 4 on, no file may grow past ``limit`` bytes (writes fail as on a full disk); or Ctrl+C at step 7."""
+    """Brings the scenario's fault at its step."""
 
-    def __init__(self, scenario: str) -> None:
+    def __init__(self, scenario: str, out_dir: str) -> None:
         self.scenario = scenario
+        self.out_dir = out_dir
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.scenario == "keyboard_interrupt" and trainer.global_step == 7:
+        step, scenario = trainer.global_step, self.scenario
+        if scenario == "keyboard_interrupt" and step == 7:
             raise KeyboardInterrupt
-        if trainer.global_step == 4 and self.scenario in ("disk_full", "report_unwritable"):
-            limit = 20_000 if self.scenario == "disk_full" else 1_000
+        if step == 4 and scenario in ("disk_full", "report_unwritable"):
+            limit = 20_000 if scenario == "disk_full" else 1_000
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        if (scenario, step) in (("sigkill_before_alert", 6), ("sigkill_after_alert", 8)):
+            trainer.logger.experiment.flush()  # what reached the disk before the kill must stay readable
+            os.kill(os.getpid(), signal.SIGKILL)
+        if (scenario, step) in (("sigterm", 6), ("sigint", 7)):
+            os.kill(os.getpid(), signal.SIGTERM if scenario == "sigterm" else signal.SIGINT)
+        if scenario == "disk_full_tmpfs" and step == 4:
+            trainer.logger.experiment.flush()
+            _fill(os.path.join(self.out_dir, "filler"))
+        if scenario == "unwritable_dir" and step == 4:
+            log_dir = trainer.logger.log_dir
+            subprocess.run(["mount", "--bind", log_dir, log_dir], check=True)
+            subprocess.run(["mount", "-o", "remount,bind,ro", log_dir], check=True)
+
+
+def _fill(path: str) -> None:
+    """Write until the file system is full."""
+    block = b"\0" * 65536
+    with open(path, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(block)
+        except OSError:
+            pass
+        try:
+            while True:
+                fh.write(b"\0" * 512)
+        except OSError:
+            pass
 
 
 def main(out_dir: str, scenario: str) -> None:
-    watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=1, on_nonfinite="skip")
-    model = make_mlp_module(pl, nan_at_step=3 if scenario == "keyboard_interrupt" else 10, batches=512)
-    trainer = pl.Trainer(callbacks=[Fault(scenario), watch], **trainer_kwargs(out_dir))
+    histograms = 0 if scenario in SHORT else 1  # the matrix's runs stay quick: no histograms, no pictures
+    watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=histograms, on_nonfinite="skip")
+    model = make_mlp_module(
+        pl,
+        nan_at_step=NAN_AT.get(scenario, 10),
+        fail_at_step=5 if scenario == "exception" else None,
+        batches=256 if scenario in SHORT else 512,
+    )
+    trainer = pl.Trainer(callbacks=[Fault(scenario, out_dir), watch], **trainer_kwargs(out_dir))
     ended = "returned"
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -52,7 +108,7 @@ def main(out_dir: str, scenario: str) -> None:
         "warnings": [str(w.message) for w in record if issubclass(w.category, GradientWarning)],
         "log_dir": trainer.logger.log_dir,
     }
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
