@@ -80,7 +80,7 @@ JSON_VALUE = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=12,
 )
-REPORT_KEYS = ["format", "status", "steps", "layers", "alerts", "events", "config", "total_norm"]
+REPORT_KEYS = ["format", "status", "error", "steps", "layers", "alerts", "events", "config", "total_norm"]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -101,10 +101,11 @@ def test_any_report_content_gives_a_clean_exit(tmp_path_factory, doc, command):
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         code = gradwatch_main([command, str(run)])
-    assert code in (0, 1, 2)
+    assert code in (0, 1, 2, 3)
     if code == 2:
         assert len(err.getvalue().strip().splitlines()) == 1
         assert err.getvalue().startswith("gradwatch: error: ")
+        assert str(run / "gradwatch.json") in err.getvalue()
 
 
 @pytest.mark.parametrize("text", ["", "{", "\x00\x01binary", '{"format": "gradwatch-report", "layers": [1, 2]}'])
