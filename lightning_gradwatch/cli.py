@@ -186,6 +186,7 @@ def _check(runs: list[RunRecord], fail_on: set[str], fmt: str, out: TextIO, *, a
                     "status": run.status,
                     "verdict": verdict(run, fail_on),
                     "failing": _fails_gate(verdict(run, fail_on), allow_unfinished),
+                    "steps": run.steps,
                     "error": run.error,
                     "partial": run.partial,
                     "alerts": [_json_alert(a) for a in run.alerts],

@@ -122,11 +122,25 @@ def load_run(directory: Path) -> RunRecord | None:
             message = _one_line(err)
             raise RunReadError(message if str(report_path) in message else f"{report_path}: {message}") from err
         run = _from_report(directory, doc)
-        for path in event_files:  # verify every checksum; the report is the source of the numbers
-            _, partial = _read_records(path, partial_ok=not run.finished)
-            run.partial = run.partial or partial
+        if run.finished:
+            for path in event_files:  # verify every checksum; the report is the source of the numbers
+                _read_records(path, partial_ok=False)
+        else:  # the report may be older than the logs: take the steps and alerts written after it
+            _add_later_events(run, _from_events(directory, event_files))
         return run
     return _from_events(directory, event_files)
+
+
+def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
+    if logged is None:
+        return
+    run.partial = logged.partial
+    last, logged_last = run.steps.get("last"), logged.steps.get("last")
+    if isinstance(logged_last, int) and (not isinstance(last, int) or logged_last > last):
+        run.steps["last"] = logged_last
+    known = {(a["kind"], a["step"], a["optimizer"]) for a in run.alerts}
+    run.alerts += [a for a in logged.alerts if (a["kind"], a["step"], a["optimizer"]) not in known]
+    run.alerts.sort(key=lambda a: a["step"])
 
 
 def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:

@@ -449,3 +449,15 @@ def test_alerts_of_older_runs_read_from_their_markdown(tmp_path):
         40.0,
         0,
     )
+
+
+def test_unfinished_run_takes_steps_and_alerts_written_after_its_report(runs, tmp_path):
+    run = _copy(runs["nan"], tmp_path)
+    doc = json.loads((run / "gradwatch.json").read_text())
+    doc.update(status="running", alerts=[], steps={"first": 0, "last": 2, "measured": 3, "logged": 2})
+    (run / "gradwatch.json").write_text(json.dumps(doc))  # as if written at step 2, then killed at the end
+    result = gradwatch("check", str(run), "--format", "json")
+    assert result.returncode == 1
+    (record,) = json.loads(result.stdout)["runs"]
+    assert [(a["kind"], a["step"]) for a in record["alerts"]] == [("nonfinite", 5)]  # from the event files
+    assert record["steps"]["last"] == 14  # the last logged step (every 2nd of 16)

@@ -176,6 +176,7 @@ def _check_matrix_run(log_dir: Path, expected: tuple) -> None:
     assert set(steps) <= set(on_disk)  # everything flushed before the fault is there
     gate, out = _gate(log_dir)
     assert (gate, [r["verdict"] for r in out["runs"]]) == (code, [verdict])  # never a false "healthy"
+    assert out["runs"][0]["steps"]["last"] == on_disk[-1]  # a report older than the logs does not hide steps
     allowed, _ = _gate(log_dir, "--allow-unfinished")
     assert allowed == (1 if alerts else 0)
 
