@@ -388,9 +388,8 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def render_table(run: RunRecord) -> str:
-    """A run's total and per-layer gradient norms and its alerts, as plain text for a terminal."""
-    header = ("layer", "steps", "last", "median", "min", "max", "grad/weight", "status")
+def _table_rows(run: RunRecord) -> list[tuple[str, ...]]:
+    """One row per total norm (per optimizer), then one per layer."""
     rows = []
     for key, total in run.total_norm.items():
         name = "(total)" if key == "all" else f"(total, {key.replace('_', ' ')})"
@@ -401,6 +400,13 @@ def render_table(run: RunRecord) -> str:
         values = [_fmt(g[k]) for k in ("last", "median", "min", "max")]
         status = _layer_status(layer, run.alerts)
         rows.append((layer["name"], _count(g.get("count", math.nan)), *values, _fmt(r["median"]), status))
+    return rows
+
+
+def render_table(run: RunRecord) -> str:
+    """A run's total and per-layer gradient norms and its alerts, as plain text for a terminal."""
+    header = ("layer", "steps", "last", "median", "min", "max", "grad/weight", "status")
+    rows = _table_rows(run)
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:

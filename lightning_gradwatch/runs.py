@@ -277,6 +277,41 @@ def _read_records(path: Path, partial_ok: bool) -> tuple[list[bytes], str | None
 
 
 def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
+    series, alerts, partial = _scan_events(event_files)
+    if not any(tag.startswith("grad_norm/") for tag in series) and not alerts:
+        return None
+    layers = [_layer_from_series(tag[len("grad_norm/") :], series) for tag in series if tag.startswith("grad_norm/")]
+    totals = {
+        (tag[len(TOTAL_NORM_TAG) + 1 :] or "all"): sorted(points)
+        for tag, points in series.items()
+        if tag == TOTAL_NORM_TAG or tag.startswith(f"{TOTAL_NORM_TAG}/")
+    }
+    logged = sorted({step for points in totals.values() for step, _ in points})
+    steps = {"first": logged[0], "last": logged[-1], "logged": len(logged)} if logged else {}
+    events = {
+        name: int(max(v for _, v in series[f"gradwatch/{name}"]))
+        for name in ("amp_overflow_steps", "skipped_steps", "spike_steps", "clipped_steps")
+        if series.get(f"gradwatch/{name}")
+    }
+    alerts.sort(key=lambda a: a["step"])
+    total_norm = {key: _summarise(points) for key, points in sorted(totals.items())}
+    return RunRecord(directory, "events", None, steps, layers, alerts, events, total_norm, partial=partial)
+
+
+def _layer_from_series(name: str, series: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+    norms = sorted(series[f"grad_norm/{name}"])
+    return {
+        "name": name,
+        "grad_norm": _summarise(norms),
+        "grad_to_weight": _summarise(sorted(series.get(f"grad_to_weight/{name}", []))),
+        "nonfinite_steps": sum(1 for _, v in norms if not math.isfinite(v)),
+    }
+
+
+def _scan_events(
+    event_files: list[Path],
+) -> tuple[dict[str, list[tuple[int, float]]], list[dict[str, Any]], str | None]:
+    """GradWatch's scalar series ``{tag: [(step, value)]}``, its alerts, and a note on a file cut short."""
     from tensorboard.compat.proto import event_pb2
 
     series: dict[str, list[tuple[int, float]]] = {}
@@ -294,46 +329,20 @@ def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
                 if value.tag in ALERT_TEXT_TAGS and value.HasField("tensor") and value.tensor.string_val:
                     text = value.tensor.string_val[0].decode("utf-8", "replace")
                     alerts.append(_alert_from_text(path, text, event.step))
-                elif value.HasField("simple_value") and (
-                    value.tag.startswith(("grad_norm/", "grad_to_weight/", "gradwatch/"))
-                ):
-                    series.setdefault(value.tag, []).append((event.step, value.simple_value))
-                elif value.HasField("tensor") and value.tag.startswith(("grad_norm/", "grad_to_weight/")):
-                    floats = list(value.tensor.float_val)
-                    if floats:
-                        series.setdefault(value.tag, []).append((event.step, floats[0]))
-    if not any(tag.startswith("grad_norm/") for tag in series) and not alerts:
-        return None
-    layers = []
-    for tag in series:
-        if not tag.startswith("grad_norm/"):
-            continue
-        name = tag[len("grad_norm/") :]
-        norms = sorted(series[tag])
-        ratios = sorted(series.get(f"grad_to_weight/{name}", []))
-        layers.append(
-            {
-                "name": name,
-                "grad_norm": _summarise(norms),
-                "grad_to_weight": _summarise(ratios),
-                "nonfinite_steps": sum(1 for _, v in norms if not math.isfinite(v)),
-            }
-        )
-    totals = {
-        (tag[len(TOTAL_NORM_TAG) + 1 :] or "all"): sorted(points)
-        for tag, points in series.items()
-        if tag == TOTAL_NORM_TAG or tag.startswith(f"{TOTAL_NORM_TAG}/")
-    }
-    logged = sorted({step for points in totals.values() for step, _ in points})
-    steps = {"first": logged[0], "last": logged[-1], "logged": len(logged)} if logged else {}
-    events = {}
-    for name in ("amp_overflow_steps", "skipped_steps", "spike_steps", "clipped_steps"):
-        values = series.get(f"gradwatch/{name}")
-        if values:
-            events[name] = int(max(v for _, v in values))
-    alerts.sort(key=lambda a: a["step"])
-    total_norm = {key: _summarise(points) for key, points in sorted(totals.items())}
-    return RunRecord(directory, "events", None, steps, layers, alerts, events, total_norm, partial=partial)
+                    continue
+                number = _scalar(value)
+                if number is not None:
+                    series.setdefault(value.tag, []).append((event.step, number))
+    return series, alerts, partial
+
+
+def _scalar(value: Any) -> float | None:
+    """A GradWatch scalar's value (written as ``simple_value``, or as a tensor by other writers), else ``None``."""
+    if value.HasField("simple_value") and value.tag.startswith(("grad_norm/", "grad_to_weight/", "gradwatch/")):
+        return value.simple_value
+    if value.HasField("tensor") and value.tag.startswith(("grad_norm/", "grad_to_weight/")) and value.tensor.float_val:
+        return value.tensor.float_val[0]
+    return None
 
 
 def _alert_from_text(path: Path, text: str, step: int) -> dict[str, Any]:
