@@ -14,7 +14,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_gradwatch._names import NONFINITE_STEPS
 from lightning_gradwatch.alerts import GradientAlert
+
+__all__ = [
+    "REPORT_FILE",
+    "REPORT_FORMAT",
+    "REPORT_FORMAT_VERSION",
+    "RunSummary",
+    "Series",
+    "build_report",
+    "read_report",
+    "write_report",
+]
 
 if TYPE_CHECKING:  # the report is read by the `gradwatch` command, which does not need torch
     from lightning_gradwatch.stats import StepStats
@@ -143,7 +155,7 @@ class RunSummary:
         self.measured_steps += 1
         self.total_norm.setdefault(key, Series()).add(step, stats.total_norm)
         if not stats.finite:
-            self.count("nonfinite_steps")
+            self.count(NONFINITE_STEPS)
         if not logged:
             if not stats.finite:
                 self._note_nonfinite(stats)

@@ -13,14 +13,22 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lightning_gradwatch import _names as names
+from lightning_gradwatch._names import ALERTS_TAG, HISTOGRAM_PREFIX, LAYER_SCALARS, TOTAL_NORM
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning, alert_markdown
 from lightning_gradwatch.stats import LayerHistogram, StepStats
 
-#: Per-layer scalar families, in the order they appear in TensorBoard.
-LAYER_SCALARS: tuple[str, ...] = ("grad_norm", "grad_to_weight", "param_norm", "grad_max_abs", "grad_zero_fraction")
-HISTOGRAM_PREFIX = "grad_hist"
-TOTAL_NORM = "gradwatch/total_norm"
-ALERTS_TAG = "gradwatch/alerts"
+__all__ = [
+    "ALERTS_TAG",
+    "HISTOGRAM_PREFIX",
+    "LAYER_SCALARS",
+    "TOTAL_NORM",
+    "Writers",
+    "custom_scalars_layout",
+    "histogram_tags",
+    "png_size",
+    "step_scalars",
+]
 
 
 def step_scalars(stats: StepStats, suffix: str = "") -> dict[str, float]:
@@ -36,23 +44,21 @@ def step_scalars(stats: StepStats, suffix: str = "") -> dict[str, float]:
          'gradwatch/total_norm', 'param_norm/fc']
     """
     out: dict[str, float] = {}
-    families: list[tuple[str, Sequence[float] | None]] = [
-        ("grad_norm", stats.grad_norm),
-        ("grad_to_weight", stats.grad_to_weight),
-        ("param_norm", stats.param_norm),
-        ("grad_max_abs", stats.max_abs),
-        ("grad_zero_fraction", stats.zero_fraction),
+    values_of: list[Sequence[float] | None] = [
+        stats.grad_norm,
+        stats.grad_to_weight,
+        stats.param_norm,
+        stats.max_abs,
+        stats.zero_fraction,
     ]
-    for family, values in families:
-        if values is None:
-            continue
-        for layer, value in zip(stats.layers, values):
-            out[f"{family}/{layer}"] = value
-    out[f"{TOTAL_NORM}{suffix}"] = stats.total_norm
-    out[f"gradwatch/nonfinite_values{suffix}"] = float(sum(stats.nonfinite_count))
+    for family, values in zip(LAYER_SCALARS, values_of):
+        for layer, value in zip(stats.layers, values or ()):
+            out[names.layer_tag(family, layer)] = value
+    out[names.run_tag(TOTAL_NORM, suffix)] = stats.total_norm
+    out[names.run_tag(names.NONFINITE_VALUES, suffix)] = float(sum(stats.nonfinite_count))
     for layer, count in zip(stats.layers, stats.nonfinite_count):
         if count:
-            out[f"grad_nonfinite/{layer}"] = float(count)
+            out[names.layer_tag(names.GRAD_NONFINITE, layer)] = float(count)
     return out
 
 
@@ -249,7 +255,7 @@ def histogram_tags(stats: StepStats) -> dict[str, LayerHistogram]:
     if stats.histograms is None:
         return {}
     return {
-        f"{HISTOGRAM_PREFIX}/{layer}": h
+        names.layer_tag(HISTOGRAM_PREFIX, layer): h
         for layer, h in zip(stats.layers, stats.histograms)
         if h is not None and math.isfinite(h.min) and math.isfinite(h.max)
     }
