@@ -318,6 +318,17 @@ class StepEngine:
         """The detector's, the clipper's and the cadence's state."""
         return {"detector": self.detector.state_dict(), "clipper": self.clipper.state_dict(), "ticks": self.ticks}
 
+    def restore(self, pending: dict[str, dict[str, Any]]) -> None:
+        """Take this optimizer's part of a checkpoint's ``{"detectors"|"clippers"|"ticks": {index: state}}``."""
+        key = str(self.index)
+        detector = pending.get("detectors", {}).pop(key, None)
+        if detector is not None:
+            self.detector.load_state_dict(detector)
+        clipper = pending.get("clippers", {}).pop(key, None)
+        if clipper is not None:
+            self.clipper.load_state_dict(clipper)
+        self.ticks = int(pending.get("ticks", {}).pop(key, self.ticks))
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["collector"] = None  # parameters belong to one fit

@@ -151,7 +151,7 @@ def _scaler_enabled(scaler: Any) -> bool:
     return bool(is_enabled()) if callable(is_enabled) else True
 
 
-def check_trainer(trainer: Any, clips: bool, clip: Any, on_exploding: str) -> None:
+def check_trainer(trainer: Any, clip: Any, on_exploding: str) -> None:
     """Refuse what GradWatch cannot watch (DeepSpeed) or would do twice (clipping with ``gradient_clip_val``)."""
     strategy_name = type(trainer.strategy).__name__
     if "DeepSpeed" in strategy_name:
@@ -160,7 +160,7 @@ def check_trainer(trainer: Any, clips: bool, clip: Any, on_exploding: str) -> No
             " buffers and leaves `param.grad` empty, so every norm would read as zero. Use DDP, FSDP"
             " (`FSDPStrategy`) or `ModelParallelStrategy` (FSDP2), or remove GradWatch from this run."
         )
-    if clips and getattr(trainer, "gradient_clip_val", None):
+    if (clip is not None or on_exploding == "clip") and getattr(trainer, "gradient_clip_val", None):
         raise ValueError(
             f"GradWatch(clip={clip!r}, on_exploding={on_exploding!r}) clips gradients, and so does"
             f" Trainer(gradient_clip_val={trainer.gradient_clip_val!r}): use one of them. GradWatch's clipping"

@@ -11,8 +11,10 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from lightning_gradwatch import __version__
 from lightning_gradwatch import _names as names
 from lightning_gradwatch._engine import Decision, StepEngine
+from lightning_gradwatch._environment import Environment
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning
 from lightning_gradwatch.pictures import (
     BackgroundDrawing,
@@ -20,7 +22,7 @@ from lightning_gradwatch.pictures import (
     gradient_heatmap_png,
     matplotlib_available,
 )
-from lightning_gradwatch.report import RunSummary, write_report
+from lightning_gradwatch.report import RunSummary, build_report, write_report
 from lightning_gradwatch.stats import StepStats
 from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
 
@@ -39,28 +41,29 @@ class RunOutput:
     """Everything one fit writes. Built on every rank; only global rank 0 writes.
 
     Args:
-        is_global_zero: whether this process writes.
-        log_dir: where ``gradwatch.json`` goes (``None``: nowhere).
+        env: the fit's environment (whether this process writes, where the report goes).
         loggers: the trainer's loggers.
-        summary: the run summary (for the heat map).
-        report: builds the report document from ``(status, error)``.
+        summary: the run summary (for the report and the heat map).
+        alerts: the list recorded alerts are kept in (the callback's ``alerts``).
+        config: the configuration, for the report.
         images: draw gradient-flow pictures at histogram steps (when a logger shows images).
     """
 
     def __init__(
         self,
-        is_global_zero: bool,
-        log_dir: str | None,
+        env: Environment,
         loggers: Any,
         summary: RunSummary,
-        report: Callable[[str, str | None], dict[str, Any]],
+        alerts: list[GradientAlert],
+        config: Callable[[], dict[str, Any]],
         images: bool,
     ) -> None:
-        self.is_global_zero = is_global_zero
-        self.log_dir = log_dir
-        self.writers = Writers(loggers) if is_global_zero else None
+        self.is_global_zero = env.is_global_zero
+        self.log_dir = env.log_dir
+        self.writers = Writers(loggers) if env.is_global_zero else None
         self.summary = summary
-        self._report = report
+        self.alerts = alerts
+        self._config = config
         self._report_failed = False
         self._warned_no_gradients = False
         self.drawing: BackgroundDrawing | None = None
@@ -89,11 +92,11 @@ class RunOutput:
             )
 
     # ------------------------------------------------------------------ alerts
-    def record(self, decision: Decision, alerts: list[GradientAlert]) -> None:
-        """Keep the decision's alerts in ``alerts`` (bounded), write them, warn, and update the report."""
+    def record(self, decision: Decision) -> None:
+        """Keep the decision's alerts (bounded), write them, warn, and update the report."""
         for alert, response in decision.alerts:
-            if len(alerts) < MAX_ALERTS_KEPT:
-                alerts.append(alert)
+            if len(self.alerts) < MAX_ALERTS_KEPT:
+                self.alerts.append(alert)
             else:  # a run that alerts without end keeps its first alerts, and counts the rest
                 self.summary.count(names.ALERTS_NOT_KEPT)
             if not self.is_global_zero:
@@ -174,7 +177,15 @@ class RunOutput:
         if not self.is_global_zero or self.log_dir is None or self._report_failed:
             return
         try:
-            write_report(self.log_dir, self._report(status, error))
+            doc = build_report(
+                version=__version__,
+                status=status,
+                config=self._config(),
+                summary=self.summary,
+                alerts=self.alerts,
+                error=error,
+            )
+            write_report(self.log_dir, doc)
         except OSError as err:
             self._report_failed = True
             _warn(

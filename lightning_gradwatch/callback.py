@@ -10,7 +10,6 @@ from typing import Any, Literal, Union
 import torch
 from typing_extensions import override
 
-from lightning_gradwatch import __version__
 from lightning_gradwatch._engine import Settings, StepEngine, act, failure_of
 from lightning_gradwatch._environment import (
     Environment,
@@ -34,7 +33,7 @@ from lightning_gradwatch._validation import (
 )
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.detectors import DetectionConfig
-from lightning_gradwatch.report import RunSummary, build_report
+from lightning_gradwatch.report import RunSummary
 
 __all__ = ["ExplodingResponse", "GradWatch", "NonfiniteResponse", "VanishingResponse"]
 
@@ -239,21 +238,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = {part: dict(state_dict.get(part, {})) for part in ("detectors", "clippers", "ticks")}
-        for index, engine in self._engines.items():
-            self._restore(index, engine)
-        self._summary = RunSummary()
-        self._summary.load_state_dict(state_dict.get("summary", {}))
-        self.alerts = [GradientAlert.from_dict(a) for a in state_dict.get("alerts", [])]
-
-    def _restore(self, index: int, engine: StepEngine) -> None:
-        """Give an engine the state a checkpoint holds for its optimizer, if any."""
-        detector = self._pending.get("detectors", {}).pop(str(index), None)
-        if detector is not None:
-            engine.detector.load_state_dict(detector)
-        clipper = self._pending.get("clippers", {}).pop(str(index), None)
-        if clipper is not None:
-            engine.clipper.load_state_dict(clipper)
-        engine.ticks = int(self._pending.get("ticks", {}).pop(str(index), engine.ticks))
+        for engine in self._engines.values():
+            engine.restore(self._pending)
+        self._summary.load_state_dict(state_dict.get("summary", {}))  # in place: the fit's output holds both
+        self.alerts[:] = [GradientAlert.from_dict(a) for a in state_dict.get("alerts", [])]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -267,16 +255,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        check_trainer(
-            trainer,
-            clips=self.clip is not None or self.on_exploding == "clip",
-            clip=self.clip,
-            on_exploding=self.on_exploding,
-        )
+        check_trainer(trainer, clip=self.clip, on_exploding=self.on_exploding)
         env = probe(trainer, pl_module, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
         self.alerts, self._engines, self._pending, self._summary = [], {}, {}, RunSummary()
         images = self.images and env.hist_every > 0
-        output = RunOutput(env.is_global_zero, env.log_dir, trainer.loggers, self._summary, self._report, images)
+        output = RunOutput(env, trainer.loggers, self._summary, self.alerts, self.config, images)
         self._fit = _Fit(env, output, ProgressItems())
         if self.progress_bar and env.is_global_zero:
             self._fit.progress.attach(trainer)
@@ -284,16 +267,6 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             # a rank that dies under `ddp_spawn` never sees `on_exception` (the parent handles it): at least flush
             # the logs and write the report when its interpreter exits
             atexit.register(self._at_exit)
-
-    def _report(self, status: str, error: str | None) -> dict[str, Any]:
-        return build_report(
-            version=__version__,
-            status=status,
-            config=self.config(),
-            summary=self._summary,
-            alerts=self.alerts,
-            error=error,
-        )
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -332,7 +305,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
             return
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
-        fit.output.record(decision, self.alerts)
+        fit.output.record(decision)
         flags = reduce_flags(trainer, fit.env, decision.flags)
         clip = engine.settle(decision, flags)
         fit.output.write_step(decision, engine, clip)
@@ -346,7 +319,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if engine is None:
             suffix = f"/optimizer_{index}" if count > 1 else ""
             engine = self._engines[index] = StepEngine(self._settings(), index, fit.env, self._summary, suffix)
-            self._restore(index, engine)
+            engine.restore(self._pending)
         params = sum(len(g["params"]) for g in optimizer.param_groups)
         if engine.needs_parameters(params):
             named = named_parameters(pl_module, optimizer, index)
