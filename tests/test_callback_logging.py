@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -271,6 +272,49 @@ def test_gradwatch_manual_optimization_two_optimizers(tmp_path):
     tags = set(events(trainer.logger.log_dir).Tags()["scalars"])
     assert {"grad_norm/gen", "grad_norm/disc"} <= tags
     assert {"gradwatch/total_norm/optimizer_0", "gradwatch/total_norm/optimizer_1"} <= tags
+
+
+def test_gradwatch_charts_each_of_two_alternating_optimizers_at_its_own_cadence(tmp_path):
+    """A GAN steps D then G: global_step puts D on even steps and G on odd ones; each is charted all the same."""
+    pl = flavour("lightning.pytorch")
+
+    class Gan(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.gen = torch.nn.Linear(8, 8)
+            self.disc = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            opt_d, opt_g = self.optimizers()
+            x, _ = batch
+            for opt, loss in (
+                (opt_d, lambda: self.disc(x).pow(2).mean()),
+                (opt_g, lambda: self.disc(self.gen(x)).mean()),
+            ):
+                opt.zero_grad()
+                self.manual_backward(loss())
+                opt.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.disc.parameters(), lr=0.01), torch.optim.SGD(self.gen.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            from tests.helpers import regression_data
+
+            return regression_data(64)  # 4 batches: 8 optimizer steps
+
+    watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=2, images=False)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(Gan())
+    assert trainer.global_step == 8
+    acc = events(trainer.logger.log_dir)
+    assert sorted(scalars(acc, "grad_norm/disc")) == [0, 4]  # D's own steps 0 and 2
+    assert sorted(scalars(acc, "grad_norm/gen")) == [1, 5]  # G's own steps 0 and 2, on odd global steps
+    assert sorted(scalars(acc, "gradwatch/total_norm/optimizer_1")) == [1, 5]
+    assert [e.step for e in acc.Histograms("grad_hist/gen")] == [1, 5]
+    report = json.loads((Path(trainer.logger.log_dir) / "gradwatch.json").read_text())
+    assert {layer["name"] for layer in report["layers"]} == {"disc", "gen"}
 
 
 def test_gradwatch_pickles_and_deep_copies(tmp_path):
