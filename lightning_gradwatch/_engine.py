@@ -158,6 +158,7 @@ class StepEngine:
         self.interval_max = 0.0
         self._watched = -1
         self._overflow_run = 0
+        self._scaled_finite = False  # the run has had a finite step under the loss scaler
         self._weights_nonfinite = False
 
     # ------------------------------------------------------------------ parameters
@@ -223,12 +224,21 @@ class StepEngine:
         return self._judge(step, stats, log, hist)
 
     def _overflowed(self, stats: StepStats) -> bool:
-        """An fp16 overflow step: the scaler skips it and lowers its scale; not a failure, not a statistic."""
+        """An fp16 overflow step the scaler skips by itself (lowering its scale): not a failure, not a statistic.
+
+        Judged from the scaler's own state. Before the run's first finite step, a scale still above 1 is the scaler
+        searching down from a high start (``init_scale=2**24`` and up take dozens of overflows): recovery, however
+        long. Once the run has been finite, or at a scale of 1 or less (where fp16 cannot overflow from scaling),
+        ``amp_overflow_patience`` overflows in a row mean the gradients themselves are non-finite.
+        """
         if self.env.scaler is None or stats.finite:
             self._overflow_run = 0
+            self._scaled_finite = self._scaled_finite or self.env.scaler is not None
             return False
-        self._overflow_run += 1
         self.summary.count(names.AMP_OVERFLOW_STEPS)
+        if not self._scaled_finite and _scale_of(self.env.scaler) > 1.0:
+            return True  # still falling from its initial scale
+        self._overflow_run += 1
         return self._overflow_run < self.settings.amp_overflow_patience
 
     def _judge(self, step: int, stats: StepStats, log: bool, hist: bool) -> Decision:
@@ -361,6 +371,15 @@ def act(decision: Decision, flags: Flags, optimizer: Any, engine: StepEngine, co
     if flags.fail:
         raise GradientAlertError(failure_of(decision))
     return flags
+
+
+def _scale_of(scaler: Any) -> float:
+    """The loss scaler's current scale (0 when it cannot tell: then only the patience rule applies)."""
+    get_scale = getattr(scaler, "get_scale", None)
+    try:
+        return float(get_scale()) if callable(get_scale) else 0.0
+    except (RuntimeError, TypeError, ValueError):
+        return 0.0
 
 
 def failure_of(decision: Decision) -> GradientAlert:

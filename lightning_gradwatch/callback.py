@@ -116,7 +116,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         clip_warmup_steps: for ``clip="adaptive"``, steps that only build the history (nothing clipped).
         clip_max_norm: for ``clip="adaptive"``, an optional fixed cap that applies on every step, warm-up included.
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
-            failures; this many consecutive ones mean the run itself has gone non-finite.
+            failures; this many consecutive ones mean the run itself has gone non-finite. Before the run's first
+            finite step, a scaler still lowering its scale from a high start (above 1) is recovering, not failing.
         histogram_bins: buckets per histogram.
         histogram_sample_size: values sampled per layer for its histogram.
         max_layers: when a model has more layers than this, layers are merged by name prefix (a transformer block

@@ -127,6 +127,27 @@ def test_fp16_overflow_steps_are_not_alerts(tmp_path):
     assert all(math.isfinite(e.value) for e in acc.Scalars("gradwatch/total_norm"))  # overflow steps kept out
 
 
+def test_fp16_scaler_starting_high_recovers_without_an_alert(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    model = make_mlp_module(pl, batches=1024)  # 64 steps
+    watch = GradWatch(log_every_n_steps=1)  # the defaults: 20 overflows in a row would be a failure
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # as some recipes start
+    trainer = pl.Trainer(
+        callbacks=[watch], plugins=[MixedPrecision("16-mixed", "cpu", scaler)], **trainer_kwargs(tmp_path)
+    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    overflow = watch.state_dict()["summary"]["events"]["amp_overflow_steps"]
+    assert overflow > 20  # more than the patience: the scaler halved its way down from 2**40
+    assert watch.alerts == []
+    assert _gradient_warnings(record) == []
+    assert trainer.global_step == 64  # not stopped
+    assert _finite(model)
+    assert scaler.get_scale() < 2.0**30
+
+
 def test_fp16_persistent_overflow_becomes_a_nonfinite_alert(tmp_path):
     from lightning.pytorch.plugins import MixedPrecision
 
