@@ -170,9 +170,12 @@ class _LoggerSink:
 
 
 def _is_tensorboard_writer(experiment: Any) -> bool:
-    return all(hasattr(experiment, attr) for attr in ("add_custom_scalars", "add_text", "flush")) and hasattr(
-        experiment, "add_histogram_raw"
-    )
+    """Whether ``experiment``'s class has a ``SummaryWriter``'s methods.
+
+    An object that answers every attribute, such as Lightning's ``DummyExperiment`` under ``fast_dev_run``, does not.
+    """
+    methods = ("add_custom_scalars", "add_text", "flush", "add_histogram_raw")
+    return all(callable(getattr(type(experiment), attr, None)) for attr in methods)
 
 
 class Writers:
@@ -186,6 +189,8 @@ class Writers:
         self._sinks: list[Any] = []
         self._names: list[str] = []
         for logger in loggers:
+            if type(logger).__name__ == "DummyLogger":  # fast_dev_run's stand-in: writes nothing
+                continue
             experiment = _tensorboard_experiment(logger)
             sink: Any = _TensorBoardSink(experiment) if experiment is not None else _LoggerSink(logger)
             self._sinks.append(sink)

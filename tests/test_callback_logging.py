@@ -317,6 +317,18 @@ def test_gradwatch_charts_each_of_two_alternating_optimizers_at_its_own_cadence(
     assert {layer["name"] for layer in report["layers"]} == {"disc", "gen"}
 
 
+def test_fast_dev_run_dummy_logger_is_not_taken_for_tensorboard(tmp_path):
+    pl = flavour("lightning.pytorch")
+    watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, fast_dev_run=True))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(make_mlp_module(pl))
+    assert type(trainer.logger).__name__ == "DummyLogger"
+    assert [str(w.message) for w in record if issubclass(w.category, GradientWarning)] == []
+    assert watch.state_dict()["summary"]["measured_steps"] == 1
+
+
 def test_gradwatch_pickles_and_deep_copies(tmp_path):
     pl = flavour("lightning.pytorch")
     watch = GradWatch(on_exploding="skip", log_every_n_steps=4)
