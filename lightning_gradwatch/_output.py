@@ -7,6 +7,7 @@ drawing thread's work, warnings, and ``gradwatch.json``.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,8 @@ class RunOutput:
         alerts: the list recorded alerts are kept in (the callback's ``alerts``).
         config: the configuration, for the report.
         images: draw gradient-flow pictures at histogram steps (when a logger shows images).
+        namespace: for the second and later GradWatch of one Trainer: the subdirectory of the log directory its
+            TensorBoard output and report go to, and the prefix of its scalars in other loggers.
     """
 
     def __init__(
@@ -57,10 +60,11 @@ class RunOutput:
         alerts: list[GradientAlert],
         config: Callable[[], dict[str, Any]],
         images: bool,
+        namespace: str = "",
     ) -> None:
         self.is_global_zero = env.is_global_zero
-        self.log_dir = env.log_dir
-        self.writers = Writers(loggers) if env.is_global_zero else None
+        self.log_dir = os.path.join(env.log_dir, namespace) if env.log_dir is not None and namespace else env.log_dir
+        self.writers = Writers(loggers, namespace) if env.is_global_zero else None
         self.summary = summary
         self.alerts = alerts
         self._config = config
@@ -207,7 +211,7 @@ class RunOutput:
                     " this."
                 )
         if self.writers:
-            self.writers.flush()
+            self.writers.close()
         self.write_report(status, error)
 
 

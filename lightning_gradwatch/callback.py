@@ -260,7 +260,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         env = probe(trainer, pl_module, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
         self.alerts, self._engines, self._pending, self._summary = [], {}, {}, RunSummary()
         images = self.images and env.hist_every > 0
-        output = RunOutput(env, trainer.loggers, self._summary, self.alerts, self.config, images)
+        peers = [cb for cb in trainer.callbacks if isinstance(cb, GradWatch)]
+        namespace = "" if peers[0] is self else f"gradwatch-{1 + next(i for i, p in enumerate(peers) if p is self)}"
+        output = RunOutput(env, trainer.loggers, self._summary, self.alerts, self.config, images, namespace)
         self._fit = _Fit(env, output, ProgressItems())
         if self.progress_bar and env.is_global_zero:
             self._fit.progress.attach(trainer)

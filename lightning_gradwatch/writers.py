@@ -9,6 +9,7 @@ left alone, so a monitoring problem never ends a training run.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -91,10 +92,11 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
 class _TensorBoardSink:
     """Writes through a ``SummaryWriter``'s own event file: one ``Summary`` event per step."""
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, owned: bool = False) -> None:
         from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
         self._writer = writer
+        self._owned = owned
         self._summary = Summary
         self._histogram = HistogramProto
         self._fast = type(writer).__module__.startswith("torch.utils.tensorboard") and hasattr(
@@ -143,16 +145,22 @@ class _TensorBoardSink:
     def flush(self) -> None:
         self._writer.flush()
 
+    def close(self) -> None:
+        self._writer.flush()
+        if self._owned:
+            self._writer.close()
+
 
 class _LoggerSink:
     """Scalars through ``logger.log_metrics``; text and histograms are TensorBoard-only."""
 
-    def __init__(self, logger: Any) -> None:
+    def __init__(self, logger: Any, namespace: str = "") -> None:
         self._logger = logger
+        self._prefix = f"{namespace}/" if namespace else ""
 
     def write(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
         if scalars:
-            self._logger.log_metrics(dict(scalars), step=step)
+            self._logger.log_metrics({self._prefix + k: v for k, v in scalars.items()}, step=step)
 
     def write_layout(self, layout: dict[str, Any]) -> None:
         pass
@@ -168,6 +176,23 @@ class _LoggerSink:
         if callable(save):
             save()
 
+    def close(self) -> None:
+        self.flush()
+
+
+def _tensorboard_sink(experiment: Any, namespace: str) -> _TensorBoardSink:
+    """A sink writing GradWatch's own event file beside the logger's (a sibling ``SummaryWriter``).
+
+    A writer that is not torch's ``SummaryWriter`` (nothing to open a sibling of) is shared, as is.
+    """
+    get_logdir = getattr(experiment, "get_logdir", None)
+    if not type(experiment).__module__.startswith("torch.utils.tensorboard") or not callable(get_logdir):
+        return _TensorBoardSink(experiment)
+    from torch.utils.tensorboard import SummaryWriter
+
+    log_dir = os.path.join(get_logdir(), namespace) if namespace else get_logdir()
+    return _TensorBoardSink(SummaryWriter(log_dir=log_dir, filename_suffix=".gradwatch"), owned=True)
+
 
 def _is_tensorboard_writer(experiment: Any) -> bool:
     """Whether ``experiment``'s class has a ``SummaryWriter``'s methods.
@@ -181,22 +206,35 @@ def _is_tensorboard_writer(experiment: Any) -> bool:
 class Writers:
     """All output sinks of one run. Only global rank 0 builds one.
 
+    A TensorBoard logger is written through GradWatch's own event file in the logger's directory (TensorBoard reads
+    every event file of a run directory as one run), so a write that fails (a full disk, an unwritable directory)
+    leaves the logger's own writer intact and ``fit`` ends as it would without GradWatch.
+
     Args:
         loggers: the trainer's loggers, in order.
+        namespace: for a second GradWatch in one Trainer: its TensorBoard output goes to the ``namespace``
+            subdirectory of each TensorBoard logger's directory, and its scalars to other loggers are prefixed with
+            ``namespace/``. ``""``: none.
     """
 
-    def __init__(self, loggers: Iterable[Any]) -> None:
+    def __init__(self, loggers: Iterable[Any], namespace: str = "") -> None:
         self._sinks: list[Any] = []
         self._names: list[str] = []
+        self._failed: set[int] = set()
+        self._layout_written = False
         for logger in loggers:
             if type(logger).__name__ == "DummyLogger":  # fast_dev_run's stand-in: writes nothing
                 continue
             experiment = _tensorboard_experiment(logger)
-            sink: Any = _TensorBoardSink(experiment) if experiment is not None else _LoggerSink(logger)
-            self._sinks.append(sink)
             self._names.append(type(logger).__name__)
-        self._failed: set[int] = set()
-        self._layout_written = False
+            try:
+                sink = _tensorboard_sink(experiment, namespace) if experiment is not None else None
+                sink = sink or _LoggerSink(logger, namespace)
+            except Exception as err:  # an unwritable directory: reported like any failed write
+                self._sinks.append(None)
+                self._fail(len(self._sinks) - 1, err)
+                continue
+            self._sinks.append(sink)
 
     def __bool__(self) -> bool:
         return bool(self._sinks)
@@ -208,13 +246,16 @@ class Writers:
             try:
                 getattr(sink, method)(*args)
             except Exception as err:  # a monitoring failure must not end training
-                self._failed.add(i)
-                warnings.warn(
-                    f"GradWatch could not write to {self._names[i]} ({type(err).__name__}: {err}); it stops writing"
-                    " there for this run. Training, detection and responses continue.",
-                    GradientWarning,
-                    stacklevel=2,
-                )
+                self._fail(i, err)
+
+    def _fail(self, i: int, err: BaseException) -> None:
+        self._failed.add(i)
+        warnings.warn(
+            f"GradWatch could not write to {self._names[i]} ({type(err).__name__}: {err}); it stops writing"
+            " there for this run. Training, detection and responses continue.",
+            GradientWarning,
+            stacklevel=4,
+        )
 
     def write_step(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
         """Write a step's scalars and histograms (the layout goes out with the first write)."""
@@ -239,6 +280,10 @@ class Writers:
     def flush(self) -> None:
         """Flush every sink (event files reach the disk)."""
         self._each("flush")
+
+    def close(self) -> None:
+        """Flush every sink and close GradWatch's own event files."""
+        self._each("close")
 
 
 def png_size(png: bytes) -> tuple[int, int]:

@@ -329,6 +329,44 @@ def test_fast_dev_run_dummy_logger_is_not_taken_for_tensorboard(tmp_path):
     assert watch.state_dict()["summary"]["measured_steps"] == 1
 
 
+def test_two_instances_in_one_trainer_write_their_own_runs(tmp_path):
+    pl = flavour("lightning.pytorch")
+    whole = GradWatch(log_every_n_steps=1, images=False)
+    head = GradWatch(log_every_n_steps=1, include=r"^head\.", images=False, progress_bar=False)
+    trainer = pl.Trainer(callbacks=[whole, head], **trainer_kwargs(tmp_path))
+    model = make_mlp_module(pl)
+    trainer.fit(model)
+    root = Path(trainer.logger.log_dir)
+    first, second = (json.loads((d / "gradwatch.json").read_text()) for d in (root, root / "gradwatch-2"))
+    assert (first["config"]["include"], second["config"]["include"]) == (None, r"^head\.")
+    assert [layer["name"] for layer in second["layers"]] == ["head"]
+    total, head_total = (
+        scalars(events(root), "gradwatch/total_norm"),
+        scalars(events(root / "gradwatch-2"), "gradwatch/total_norm"),
+    )
+    assert sorted(total) == sorted(head_total) == list(range(16))  # one value per step and tag: no collision
+    for step in (0, 7, 15):
+        assert total[step] == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+        assert head_total[step] == pytest.approx(model.reference[step]["head"], rel=1e-5)
+
+
+def test_failed_writes_leave_the_loggers_own_writer_intact(tmp_path):
+    """A file-size limit from step 4 on makes every write fail; GradWatch warns, and fit ends normally."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "tests" / "fault_script.py"), str(tmp_path), "disk_full"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, result.stderr[-3000:]
+    out = json.loads(lines[-1])
+    assert out["ended"] == "returned"  # the logger's own finalize did not inherit GradWatch's failed writes
+    assert sum("could not write to TensorBoardLogger" in w for w in out["warnings"]) == 1
+
+
 def test_gradwatch_pickles_and_deep_copies(tmp_path):
     pl = flavour("lightning.pytorch")
     watch = GradWatch(on_exploding="skip", log_every_n_steps=4)
@@ -489,6 +527,7 @@ def test_two_instances_draw_at_the_same_time_without_failing(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "could not draw" not in result.stderr
-    acc = events(next(tmp_path.rglob("events.out.tfevents.*")).parent)
+    runs = sorted({path.parent for path in tmp_path.rglob("events.out.tfevents.*")})  # the second in gradwatch-2/
     assert "left out" not in result.stderr  # every picture drawn: nothing hides a failure
-    assert len(acc.Images("gradwatch/gradient_flow")) == 2 * 8  # both instances, every 4th of 32 steps
+    pictures = [len(events(run).Images("gradwatch/gradient_flow")) for run in runs if (run / "gradwatch.json").exists()]
+    assert sum(pictures) == 2 * 8  # both instances, every 4th of 32 steps
