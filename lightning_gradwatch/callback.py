@@ -198,20 +198,19 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     # ------------------------------------------------------------------ identity and state
     @property
     def state_key(self) -> str:
-        """Distinct per configuration, so two GradWatch callbacks in one Trainer keep separate state.
+        """What identifies the watched parameters: ``granularity``, ``include`` and ``exclude``.
 
-        The key holds what is measured and how it is answered; thresholds, schedules and display settings may
-        change between a run and its resumption.
+        Identity only, as Lightning's own callbacks: responses, thresholds and schedules may change on resuming.
         """
-        return self._generate_state_key(
-            granularity=self.granularity,
-            include=self.include,
-            exclude=self.exclude,
-            on_vanishing=self.on_vanishing,
-            on_exploding=self.on_exploding,
-            on_nonfinite=self.on_nonfinite,
-            clip=self.clip,
-        )
+        return self._generate_state_key(granularity=self.granularity, include=self.include, exclude=self.exclude)
+
+    @override
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states:  # a checkpoint from a version whose key held the responses too
+            older = next((k for k in states if k.startswith(self.state_key[:-1] + ", 'on_vanishing'")), None)
+            if older is not None:
+                states[self.state_key] = states[older]
 
     def _settings(self) -> Settings:
         names = [f for f in Settings.__dataclass_fields__ if f != "detection"]
