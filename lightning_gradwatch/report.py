@@ -301,6 +301,7 @@ def write_report(directory: str | os.PathLike[str], doc: Mapping[str, Any]) -> P
     path = target / REPORT_FILE
     fd, tmp = tempfile.mkstemp(prefix=".gradwatch-", suffix=".json.tmp", dir=target)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it private: 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(_json_safe(dict(doc)), fh, indent=1, allow_nan=False)
             fh.write("\n")
@@ -309,6 +310,18 @@ def write_report(directory: str | os.PathLike[str], doc: Mapping[str, Any]) -> P
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it (other threads may be creating files)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere, reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:

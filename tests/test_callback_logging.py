@@ -367,6 +367,19 @@ def test_failed_writes_leave_the_loggers_own_writer_intact(tmp_path):
     assert sum("could not write to TensorBoardLogger" in w for w in out["warnings"]) == 1
 
 
+def test_report_file_mode_follows_the_umask_like_the_event_files(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(callbacks=[GradWatch(images=False)], **trainer_kwargs(tmp_path, max_steps=2))
+    trainer.fit(make_mlp_module(pl))
+    log_dir = Path(trainer.logger.log_dir)
+    event_file = next(log_dir.glob("events.out.tfevents.*"))
+    report_mode = (log_dir / "gradwatch.json").stat().st_mode & 0o777
+    assert report_mode == event_file.stat().st_mode & 0o777
+    mask = os.umask(0)
+    os.umask(mask)
+    assert report_mode == 0o666 & ~mask
+
+
 def test_gradwatch_pickles_and_deep_copies(tmp_path):
     pl = flavour("lightning.pytorch")
     watch = GradWatch(on_exploding="skip", log_every_n_steps=4)
