@@ -297,10 +297,20 @@ class StepEngine:
             self._weights_nonfinite = bool(bad)
             return
         self._weights_nonfinite = True
+        response = self.settings.on_nonfinite
+        if response in ("warn", "ignore"):
+            cause = (
+                f'An earlier non-finite gradient may have reached them (on_nonfinite="{response}" lets such updates'
+                " through), or they were loaded, initialised or changed that way."
+            )
+        else:
+            cause = (
+                f'Non-finite gradients of the watched parameters are kept out (on_nonfinite="{response}"), so they'
+                " were loaded, initialised or changed that way outside the optimizer's update."
+            )
         message = (
             f"Non-finite weights (NaN/Inf) at step {step} in {format_layers(bad)}: the parameters themselves are"
-            ' corrupted, not only a gradient. An earlier non-finite update reached them (on_nonfinite="warn" or'
-            ' "ignore"), or they were loaded or initialised that way.'
+            f" corrupted, not only a gradient. {cause}"
             + REMEDIES_PLAIN
             + "\n".join(f"  - {h}" for h in remedies("nonfinite", self.env.traits))
         )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
-from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, trainer_kwargs
+from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
 
@@ -198,3 +198,71 @@ def test_nonfinite_weights_are_reported_even_with_finite_gradients(tmp_path):
         trainer.fit(Guarded())
     assert [(a.kind, a.step, a.layers) for a in watch.alerts] == [("nonfinite", 6, ("scale",))]  # once per episode
     assert watch.alerts[0].extra == {"what": "weights"}
+    assert 'on_nonfinite="warn" lets such updates through' in watch.alerts[0].message
+
+
+def test_nonfinite_weights_message_names_only_the_response_in_use(tmp_path):
+    class Poisoned(pl.LightningModule):
+        """A weight set to NaN outside the optimizer's update (gradients stay finite: the guard below)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(8, 1)
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            scale = torch.where(torch.isfinite(self.scale), self.scale, torch.ones_like(self.scale))
+            return torch.nn.functional.mse_loss(self.net(x) * scale, y)
+
+        def on_train_batch_start(self, batch, batch_idx):
+            if self.global_step == 2:
+                with torch.no_grad():
+                    self.scale.fill_(float("nan"))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            from tests.helpers import regression_data
+
+            return regression_data(128)
+
+    watch = GradWatch(log_every_n_steps=1, on_vanishing="ignore")  # on_nonfinite left at its default
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientWarning)
+        trainer.fit(Poisoned())
+    (alert,) = watch.alerts
+    assert alert.extra == {"what": "weights"}
+    assert 'on_nonfinite="warn"' not in alert.message  # the user did not choose it
+    assert 'on_nonfinite="stop"' in alert.message
+
+
+def test_huge_finite_weights_are_not_called_nonfinite(tmp_path):
+    class Huge(pl.LightningModule):
+        """Weights of 1e23 are finite, yet the float32 square of their norm overflows."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(8, 1)
+            self.big = torch.nn.Parameter(torch.full((4,), 1e23))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y) + 1e-30 * self.big.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            from tests.helpers import regression_data
+
+            return regression_data(64)
+
+    watch = GradWatch(log_every_n_steps=1, on_vanishing="ignore")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(Huge())
+    assert watch.alerts == []
+    norms = scalars(events(trainer.logger.log_dir), "param_norm/big")
+    assert norms[0] == pytest.approx(2e23, rel=1e-6)  # sqrt(4) * 1e23, exact in float64
