@@ -10,6 +10,7 @@ import math
 import os
 import statistics
 import tempfile
+from array import array
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,7 @@ class Series:
         True
     """
 
-    __slots__ = ("_seen", "_stride", "capacity", "count", "first", "history", "last", "max", "min")
+    __slots__ = ("_seen", "_steps", "_stride", "_values", "capacity", "count", "first", "last", "max", "min")
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
@@ -61,9 +62,20 @@ class Series:
         self.last = math.nan
         self.min = math.inf
         self.max = -math.inf
-        self.history: list[tuple[int, float]] = []
+        self._steps = array("q")  # compact: one Series per layer is updated on every step
+        self._values = array("d")
         self._stride = 1
         self._seen = 0
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        """The thinned ``(step, value)`` history."""
+        return list(zip(self._steps, self._values))
+
+    @history.setter
+    def history(self, points: list[tuple[int, float]]) -> None:
+        self._steps = array("q", (int(s) for s, _ in points))
+        self._values = array("d", (float(v) for _, v in points))
 
     def add(self, step: int, value: float) -> None:
         """Add one value (non-finite values count, but stay out of min, max and the history)."""
@@ -76,16 +88,17 @@ class Series:
         self.min = min(self.min, value)
         self.max = max(self.max, value)
         if self._seen % self._stride == 0:
-            self.history.append((step, value))
-            if len(self.history) >= 2 * self.capacity:
-                self.history = self.history[::2]
+            self._steps.append(step)
+            self._values.append(value)
+            if len(self._steps) >= 2 * self.capacity:
+                self._steps, self._values = self._steps[::2], self._values[::2]
                 self._stride *= 2
         self._seen += 1
 
     @property
     def median(self) -> float:
         """Median of the thinned history (``nan`` when empty)."""
-        return statistics.median(v for _, v in self.history) if self.history else math.nan
+        return statistics.median(self._values) if self._values else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON (non-finite numbers become ``None``)."""
@@ -131,7 +144,8 @@ def _num(value: float) -> float | None:
 class RunSummary:
     """Per-layer and run-level summaries of one training run, fed by :class:`~lightning_gradwatch.stats.StepStats`.
 
-    The total norm is summarised on every measured step; per-layer values on logged steps.
+    The total norm and the per-layer norms are summarised on every measured step (a spike between log steps is in
+    the report); gradient-to-weight ratios on the steps that measure parameter norms.
     """
 
     def __init__(self) -> None:
@@ -148,20 +162,19 @@ class RunSummary:
         self.events[event] = self.events.get(event, 0) + n
 
     def add_step(self, step: int, stats: StepStats, key: str = "", logged: bool = False) -> None:
-        """Add one measured step (``logged``: also update the per-layer summaries)."""
+        """Add one measured step: the total norm and every layer's norm (``logged``: counted as a logged step).
+
+        Gradient-to-weight ratios need the parameter norms, measured on log and histogram steps only.
+        """
         if self.first_step is None:
             self.first_step = step
         self.last_step = step
         self.measured_steps += 1
+        self.logged_steps += int(logged)
         self.total_norm.setdefault(key, Series()).add(step, stats.total_norm)
         if not stats.finite:
             self.count(NONFINITE_STEPS)
-        if not logged:
-            if not stats.finite:
-                self._note_nonfinite(stats)
-            return
-        self.logged_steps += 1
-        ratios = stats.grad_to_weight
+        ratios = stats.grad_to_weight or ()
         for i, name in enumerate(stats.layers):
             entry = self.layers.get(name)
             if entry is None:
@@ -172,15 +185,10 @@ class RunSummary:
                     "nonfinite_steps": 0,
                 }
             entry["grad_norm"].add(step, stats.grad_norm[i])
-            if ratios is not None:
+            if ratios:
                 entry["grad_to_weight"].add(step, ratios[i])
             if stats.nonfinite_count[i]:
                 entry["nonfinite_steps"] += 1
-
-    def _note_nonfinite(self, stats: StepStats) -> None:
-        for name, count in zip(stats.layers, stats.nonfinite_count):
-            if count and name in self.layers:
-                self.layers[name]["nonfinite_steps"] += 1
 
     def norm_grid(self, layers: Iterable[str]) -> tuple[list[str], list[int], list[list[float]]]:
         """Per-layer gradient-norm history on a common step axis: ``(layers, steps, norms[layer][step])``."""

@@ -121,6 +121,7 @@ class _Shard:
     replicas: int = 1  # copies of these values across the histogram group (unsharded tensors in a sharded plan)
     hist_layer_ids: Tensor | None = None  # per sample, built on first use
     hist_weights: Tensor | None = None
+    complex_positions: frozenset[int] = frozenset()
 
 
 class _ShardSpec:
@@ -133,8 +134,11 @@ class _ShardSpec:
         self.numel = [0] * layers
         self.hist: list[tuple[int, int, int]] = []
         self.hist_numel = [0] * layers
+        self.complex: set[int] = set()  # positions of complex tensors (seen as pairs of reals)
 
-    def add(self, position: int, lid: int, local_g: Tensor) -> None:
+    def add(self, position: int, lid: int, local_g: Tensor, is_complex: bool = False) -> None:
+        if is_complex:
+            self.complex.add(position)
         self.numel[lid] += local_g.numel()
         if local_g.layout != torch.strided:
             self.sparse.append((position, lid))
@@ -164,6 +168,7 @@ class _ShardSpec:
             hist_positions=hist,
             hist_numel=torch.tensor(self.hist_numel, dtype=torch.float64, device=device) / replicas,
             replicas=replicas,
+            complex_positions=frozenset(self.complex),
         )
 
 
@@ -191,8 +196,8 @@ class GradientStats:
     tensor of a million values still carries a float32 accumulation error of about 1e-5 (relative). All results of
     one step are concatenated into a single tensor and moved to the host once.
 
-    Complex gradients are measured as pairs of real values (their norms are the complex norms; a complex value
-    counts as two values in sizes and zero fractions).
+    Complex gradients are measured as pairs of real values (their norms are the complex norms, their max ``|g|`` the
+    largest modulus; a complex value counts as two values in sizes and zero fractions).
 
     Histograms are estimated from a uniform random sample of at most ``histogram_sample_size`` values per layer
     (exact when the layer is smaller), drawn with a private random generator so the training run's own random
@@ -324,7 +329,8 @@ class GradientStats:
             local_g = local(g)
             plain = plain and local_g is g
             groups = shard_groups(g, self.plain_group)
-            specs.setdefault(tuple(id(x) for x in groups), _ShardSpec(groups, layers)).add(i, layer_ids[i], local_g)
+            spec = specs.setdefault(tuple(id(x) for x in groups), _ShardSpec(groups, layers))
+            spec.add(i, layer_ids[i], local_g, g.is_complex())
             local_numel[layer_ids[i]] += local_g.numel()
         return list(specs.values()), local_numel, plain
 
@@ -687,6 +693,8 @@ def _accumulate_counts(shard: _Shard, grads: Sequence[Tensor | None], nonzero: T
         ts = [grads[i] for i in group.positions]
         counts = torch._foreach_norm(ts, 0)  # number of non-zero values per tensor
         nonzero.index_add_(0, group.layer_ids, torch.stack(counts).to(nonzero.device, torch.float64))
+        if shard.complex_positions:  # max |g| of a complex value is its modulus, not its largest part
+            ts = [_modulus(t) if i in shard.complex_positions else t for i, t in zip(group.positions, ts)]
         peaks = _abs_max_each(ts).to(device=max_abs.device, dtype=torch.float64)  # type: ignore[arg-type]
         max_abs.scatter_reduce_(0, group.layer_ids, peaks, "amax")
     for pos, lid in shard.sparse:
@@ -697,6 +705,11 @@ def _accumulate_counts(shard: _Shard, grads: Sequence[Tensor | None], nonzero: T
         if values.numel():
             peak = values.abs().max().to(max_abs.device, torch.float64)
             max_abs[lid] = torch.maximum(max_abs[lid], peak)
+
+
+def _modulus(pairs: Tensor) -> Tensor:
+    """``|z|`` of complex values seen as ``(..., 2)`` real pairs."""
+    return torch.linalg.vector_norm(pairs, dim=-1) if pairs.numel() else pairs.reshape(-1)
 
 
 def _abs_max_each(ts: list[Tensor]) -> Tensor:

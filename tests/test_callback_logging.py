@@ -199,10 +199,30 @@ def test_gradwatch_report_contents(tmp_path):
     assert [layer["name"] for layer in report["layers"]] == list(LAYERS)
     first = report["layers"][0]
     assert first["numel"] == 8 * 32 + 32
-    assert first["grad_norm"]["count"] == 4
+    assert first["grad_norm"]["count"] == 16  # every measured step, not only the 4 logged ones
     assert first["grad_norm"]["min"] <= first["grad_norm"]["median"] <= first["grad_norm"]["max"]
     assert report["steps"] == {"first": 0, "last": 15, "measured": 16, "logged": 4}
     assert report["alerts"] == []
+
+
+def test_report_layer_summaries_cover_the_steps_between_log_steps(tmp_path):
+    pl = flavour("lightning.pytorch")
+    model = make_mlp_module(pl, lr=1e-6)  # small steps: the spike leaves the weights as they were
+    plain_step = model.training_step
+
+    def spiking_step(batch, batch_idx):
+        loss = plain_step(batch, batch_idx)
+        return loss * 1e4 if model.global_step == 3 else loss  # a spike between the log steps 0 and 5
+
+    model.training_step = spiking_step
+    watch = GradWatch(log_every_n_steps=5, on_exploding="ignore", images=False)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    report = json.loads((Path(trainer.logger.log_dir) / "gradwatch.json").read_text())
+    head = next(layer for layer in report["layers"] if layer["name"] == "head")
+    assert head["grad_norm"]["max"] == pytest.approx(model.reference[3]["head"], rel=1e-5)
+    assert head["grad_norm"]["max"] > 100 * head["grad_norm"]["median"]
+    assert head["grad_to_weight"]["count"] == 4  # ratios need parameter norms: measured on the log steps
 
 
 def test_gradwatch_crash_mid_fit_keeps_logs_and_report(tmp_path):

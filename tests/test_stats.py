@@ -187,3 +187,11 @@ def test_layer_cap_merges_numbered_layers_into_runs_not_into_one():
     assert collector.aggregated == "into runs of 2 consecutive numbered modules"
     stats = collector.collect()
     assert stats.grad_norm[0] == pytest.approx(math.sqrt(12))  # two Linear(2, 2): 2 x (4 + 2) ones
+
+
+def test_max_abs_of_complex_gradients_is_the_modulus():
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    w.grad = torch.tensor([3 + 4j, 0.5j, -1.0], dtype=torch.complex64)
+    step = GradientStats([("w", w)]).collect(extended=True)
+    assert step.max_abs == (5.0,)  # |3+4j|, not its largest part (4)
+    assert step.grad_norm[0] == pytest.approx(math.sqrt(25 + 0.25 + 1))
