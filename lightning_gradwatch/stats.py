@@ -142,6 +142,8 @@ class _ShardSpec:
         self.numel[lid] += local_g.numel()
         if local_g.layout != torch.strided:
             self.sparse.append((position, lid))
+            if not is_complex:
+                self.hist_numel[lid] += local_g.numel()  # stored values and implicit zeros
             return
         self.dense.setdefault((local_g.device, local_g.dtype), []).append(position)
         if local_g.numel():
@@ -448,9 +450,13 @@ class GradientStats:
                 repeats = torch.tensor(counts, dtype=torch.long)
                 shard.hist_layer_ids = torch.repeat_interleave(ids, repeats).to(dev)
                 shard.hist_weights = torch.repeat_interleave(weights, repeats).to(dev)
-        segments = [s.hist_layer_ids for s in plan.shards]
-        seg = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=dev)  # type: ignore[arg-type]
-        weight = torch.cat([s.hist_weights for s in plan.shards])  # type: ignore[misc]
+        segments: list[Tensor] = [s.hist_layer_ids for s in plan.shards]  # type: ignore[misc]
+        weights: list[Tensor] = [s.hist_weights for s in plan.shards]  # type: ignore[misc]
+        for shard in plan.shards:
+            for pos, lid in shard.sparse:
+                self._sparse_samples(grads[pos], lid, shard.replicas, dev, (samples, segments, weights))
+        seg = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=dev)
+        weight = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64, device=dev)
         x = torch.cat(samples) if samples else torch.zeros(0, device=dev)
         x = torch.where(torch.isfinite(x), x, torch.zeros((), device=dev))
         lo = torch.full((n,), math.inf, device=dev).scatter_reduce_(0, seg, x, "amin").double()
@@ -467,6 +473,26 @@ class GradientStats:
         if plan.sharded:
             all_reduce_(tail, "sum", plan.hist_groups)
         return [lo, hi, tail]
+
+    def _sparse_samples(
+        self, grad: Tensor | None, lid: int, replicas: int, dev: torch.device, out: tuple[list[Tensor], ...]
+    ) -> None:
+        """A sparse gradient's histogram samples: its stored values, and its implicit zeros as one weighted zero.
+
+        The number of stored values changes from step to step, so nothing is cached.
+        """
+        if grad is None or grad.is_complex():
+            return
+        values = grad.coalesce().values().reshape(-1)
+        stored, k = values.numel(), min(values.numel(), self.histogram_sample_size)
+        if k < stored:
+            values = values[torch.randint(stored, (k,), generator=self._generator(values.device), device=values.device)]
+        samples, segments, weights = out
+        samples.append(torch.cat([values.to(dev, torch.float32), torch.zeros(1, device=dev)]))
+        segments.append(torch.full((k + 1,), lid, dtype=torch.long, device=dev))
+        weight = torch.full((k + 1,), stored / max(k, 1) / replicas, dtype=torch.float64, device=dev)
+        weight[-1] = (grad.numel() - stored) / replicas
+        weights.append(weight)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)
