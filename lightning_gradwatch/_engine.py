@@ -318,14 +318,25 @@ class StepEngine:
         verdict.alerts.append(alert)
 
     # ------------------------------------------------------------------ after the decision
-    def settle(self, decision: Decision, flags: Flags) -> tuple[float, float] | None:
-        """Count what the (reduced) ``flags`` make of the decision; returns the clip applied, if any."""
-        if flags.skip or flags.stop:
+    def settle(self, decision: Decision, flags: Flags, **where: Any) -> tuple[float, float] | None:
+        """Count what the (reduced) ``flags`` make of the decision; returns the clip applied, if any.
+
+        A step that is skipped, clipped as a spike or alerted is noted in the summary with ``where`` its batch came
+        from (``epoch``, ``batch_idx``).
+        """
+        skipped = flags.skip or flags.stop
+        clip = None if skipped else decision.clip(flags)
+        clipped = clip is not None and decision.stats is not None and clip[1] < decision.stats.total_norm
+        reasons = ["skipped"] if skipped else []
+        if skipped:
             self.summary.count(names.SKIPPED_STEPS)
-            return None
-        clip = decision.clip(flags)
-        if clip is not None and decision.stats is not None and clip[1] < decision.stats.total_norm:
+        if clipped:
             self.summary.count(names.CLIPPED_STEPS)
+            spike = decision.verdict is not None and decision.verdict.spike and self.settings.on_exploding == "clip"
+            reasons += ["clipped spike"] if spike else []
+        reasons += ["alert"] if decision.alerts else []
+        if reasons:
+            self.summary.note_batch(decision.step, reasons, optimizer=self.index, **where)
         return clip
 
     def take_interval_max(self, default: float) -> float:

@@ -46,6 +46,7 @@ class _Fit:
     output: RunOutput
     progress: ProgressItems
     loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
+    batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
 
 
 class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
@@ -309,7 +310,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision)
         flags = reduce_flags(trainer, fit.env, decision.flags)
-        clip = engine.settle(decision, flags)
+        clip = engine.settle(decision, flags, epoch=int(trainer.current_epoch), batch_idx=fit.batch_idx)
         fit.output.write_step(decision, engine, clip)
         if flags.fail:
             fit.output.finish("failed", error=failure_of(decision).message.splitlines()[0])
@@ -327,6 +328,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             named = named_parameters(pl_module, optimizer, index)
             engine.watch(named, exempt_parameters(pl_module, self.granularity), fit.env.plain_group)
         return engine
+
+    @override
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._fit is not None:
+            self._fit.batch_idx = batch_idx
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the report is read by the `gradwatch` command, which does n
 REPORT_FILE = "gradwatch.json"
 REPORT_FORMAT = "gradwatch-report"
 REPORT_FORMAT_VERSION = 1
+MAX_BAD_BATCHES = 1000  # the first ones are kept, the rest counted
 
 
 class Series:
@@ -156,6 +157,21 @@ class RunSummary:
         self.measured_steps = 0
         self.logged_steps = 0
         self.events: dict[str, int] = {}
+        self.bad_batches: list[dict[str, Any]] = []
+
+    def note_batch(self, step: int, reasons: list[str], **where: Any) -> None:
+        """Record a step that was skipped, clipped as a spike or alerted, with where its batch came from.
+
+        Example:
+            >>> summary = RunSummary()
+            >>> summary.note_batch(12, ["skipped", "alert"], optimizer=0, epoch=1, batch_idx=3)
+            >>> summary.bad_batches
+            [{'step': 12, 'reasons': ['skipped', 'alert'], 'optimizer': 0, 'epoch': 1, 'batch_idx': 3}]
+        """
+        if len(self.bad_batches) < MAX_BAD_BATCHES:
+            self.bad_batches.append({"step": step, "reasons": list(reasons), **where})
+        else:
+            self.count("bad_batches_not_kept")
 
     def count(self, event: str, n: int = 1) -> None:
         """Count a run event such as ``"amp_overflow_steps"`` or ``"skipped_steps"``."""
@@ -218,6 +234,7 @@ class RunSummary:
                 for name, entry in self.layers.items()
             ],
             "events": dict(self.events),
+            "bad_batches": [dict(b) for b in self.bad_batches],
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -228,6 +245,7 @@ class RunSummary:
             "measured_steps": self.measured_steps,
             "logged_steps": self.logged_steps,
             "events": dict(self.events),
+            "bad_batches": [dict(b) for b in self.bad_batches],
             "total_norm": {k: s.state_dict() for k, s in self.total_norm.items()},
             "layers": {
                 name: {
@@ -247,6 +265,7 @@ class RunSummary:
         self.measured_steps = int(state.get("measured_steps", 0))
         self.logged_steps = int(state.get("logged_steps", 0))
         self.events = {str(k): int(v) for k, v in state.get("events", {}).items()}
+        self.bad_batches = [dict(b) for b in state.get("bad_batches", [])]
         self.total_norm = {}
         for key, s in state.get("total_norm", {}).items():
             self.total_norm[key] = Series()

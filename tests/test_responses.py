@@ -266,3 +266,34 @@ def test_huge_finite_weights_are_not_called_nonfinite(tmp_path):
     assert watch.alerts == []
     norms = scalars(events(trainer.logger.log_dir), "param_norm/big")
     assert norms[0] == pytest.approx(2e23, rel=1e-6)  # sqrt(4) * 1e23, exact in float64
+
+
+def test_report_records_the_batches_of_skipped_clipped_and_alerting_steps(tmp_path):
+    model = make_mlp_module(pl, nan_at_step=20)  # 16 batches per epoch: the second epoch's batch 4
+    watch = GradWatch(on_nonfinite="skip", clip=1e-3)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientWarning)
+        trainer.fit(model)
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+    bad = {b["step"]: b for b in report["bad_batches"]}
+    assert bad[20] == {"step": 20, "reasons": ["skipped", "alert"], "optimizer": 0, "epoch": 1, "batch_idx": 4}
+    assert len(bad) == 1  # clipping every step to a fixed norm is not a spike: not a bad batch
+
+
+def test_report_records_spikes_clipped_by_the_exploding_response(tmp_path):
+    model = make_mlp_module(pl, lr=1e-6)
+    plain_step = model.training_step
+
+    def spiking_step(batch, batch_idx):
+        loss = plain_step(batch, batch_idx)
+        return loss * 1e4 if model.global_step == 12 else loss
+
+    model.training_step = spiking_step
+    watch = GradWatch(on_exploding="clip", warmup_steps=5)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+    assert report["bad_batches"] == [
+        {"step": 12, "reasons": ["clipped spike"], "optimizer": 0, "epoch": 0, "batch_idx": 12}
+    ]
