@@ -430,26 +430,7 @@ class GradientStats:
     def _histogram_parts(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[Tensor]:
         """``[lo, hi, weighted sum, weighted counts (layers x bins), values represented]``, combined."""
         n, bins, dev = len(plan.layer_index), self.histogram_bins, plan.device
-        gen = self._generator(dev)
-        samples: list[Tensor] = []
-        for shard in plan.shards:
-            for i, _, k in shard.hist_positions:
-                flat = grads[i].reshape(-1)  # type: ignore[union-attr]
-                if k >= flat.numel():
-                    samples.append(flat.to(dev, torch.float32))
-                else:
-                    idx = torch.randint(flat.numel(), (k,), generator=gen, device=flat.device)
-                    samples.append(flat[idx].to(dev, torch.float32))
-            if shard.hist_layer_ids is None:
-                counts = [k for _, _, k in shard.hist_positions]
-                ids = torch.tensor([lid for _, lid, _ in shard.hist_positions], dtype=torch.long)
-                weights = torch.tensor(
-                    [grads[i].numel() / k / shard.replicas for i, _, k in shard.hist_positions],  # type: ignore[union-attr]
-                    dtype=torch.float64,
-                )
-                repeats = torch.tensor(counts, dtype=torch.long)
-                shard.hist_layer_ids = torch.repeat_interleave(ids, repeats).to(dev)
-                shard.hist_weights = torch.repeat_interleave(weights, repeats).to(dev)
+        samples = self._dense_samples(plan, grads)
         segments: list[Tensor] = [s.hist_layer_ids for s in plan.shards]  # type: ignore[misc]
         weights: list[Tensor] = [s.hist_weights for s in plan.shards]  # type: ignore[misc]
         for shard in plan.shards:
@@ -473,6 +454,31 @@ class GradientStats:
         if plan.sharded:
             all_reduce_(tail, "sum", plan.hist_groups)
         return [lo, hi, tail]
+
+    def _dense_samples(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[Tensor]:
+        """Each dense gradient's histogram samples (their layer ids and weights are built once per plan)."""
+        dev = plan.device
+        gen = self._generator(dev)
+        samples: list[Tensor] = []
+        for shard in plan.shards:
+            for i, _, k in shard.hist_positions:
+                flat = grads[i].reshape(-1)  # type: ignore[union-attr]
+                if k >= flat.numel():
+                    samples.append(flat.to(dev, torch.float32))
+                else:
+                    idx = torch.randint(flat.numel(), (k,), generator=gen, device=flat.device)
+                    samples.append(flat[idx].to(dev, torch.float32))
+            if shard.hist_layer_ids is None:
+                counts = [k for _, _, k in shard.hist_positions]
+                ids = torch.tensor([lid for _, lid, _ in shard.hist_positions], dtype=torch.long)
+                weights = torch.tensor(
+                    [grads[i].numel() / k / shard.replicas for i, _, k in shard.hist_positions],  # type: ignore[union-attr]
+                    dtype=torch.float64,
+                )
+                repeats = torch.tensor(counts, dtype=torch.long)
+                shard.hist_layer_ids = torch.repeat_interleave(ids, repeats).to(dev)
+                shard.hist_weights = torch.repeat_interleave(weights, repeats).to(dev)
+        return samples
 
     def _sparse_samples(
         self, grad: Tensor | None, lid: int, replicas: int, dev: torch.device, out: tuple[list[Tensor], ...]
