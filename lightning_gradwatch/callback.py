@@ -65,9 +65,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     random sample of at most ``histogram_sample_size`` values per layer (exact for smaller layers) so their cost
     stays bounded on huge layers. A custom-scalars layout shows each per-layer metric as one multi-line chart.
     TensorBoard loggers get all of this as one event per step; any other logger gets the scalars through
-    ``log_metrics``. ``gradwatch.json`` (configuration, per-layer summaries, alerts) is written beside the event
-    files (the TensorBoard logger's ``log_dir``, else ``trainer.log_dir``) at the end of training, when an alert
-    fires, and when training dies with an exception.
+    ``log_metrics``. ``gradwatch.json`` (configuration, per-layer summaries, alerts, and the epoch and batch index
+    of every skipped, spike-clipped or alerting step) is written beside the event files (the TensorBoard logger's
+    ``log_dir``, else ``trainer.log_dir``) at the end of training, when an alert fires, and when training dies with
+    an exception. A second GradWatch in the same Trainer writes both into the ``gradwatch-2`` subdirectory.
 
     Responses, per alert kind: ``"warn"`` records the alert and emits a :class:`GradientWarning` once per episode;
     ``"raise"`` raises :class:`GradientAlertError`; ``"stop"`` ends training after this step on every rank and

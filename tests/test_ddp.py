@@ -48,7 +48,8 @@ def test_ddp_norms_equal_single_process_and_rank_zero_writes_once(tmp_path):
     ddp.fit(DistMLP(batch_size=8))
     run_dirs = glob.glob(str(tmp_path / "ddp" / "lightning_logs" / "*"))
     assert len(run_dirs) == 1
-    assert len(glob.glob(os.path.join(run_dirs[0], "events.out.tfevents.*"))) == 1
+    assert len(glob.glob(os.path.join(run_dirs[0], "events.out.tfevents.*.gradwatch"))) == 1  # rank 0 only
+    assert len(glob.glob(os.path.join(run_dirs[0], "events.out.tfevents.*"))) == 2  # and the logger's own
     assert os.path.isfile(os.path.join(run_dirs[0], "gradwatch.json"))
     ddp_total = scalars(events(run_dirs[0]), "gradwatch/total_norm")
     single_total = scalars(events(single.logger.log_dir), "gradwatch/total_norm")
@@ -113,7 +114,8 @@ def test_ddp_script_nan_on_one_rank_stops_both(tmp_path):
     assert [r["global_step"] for r in ranks] == [6, 6]  # NaN at step 5 on rank 0 stops both
     assert all(r["finite"] for r in ranks)
     (run_dir,) = glob.glob(str(tmp_path / "lightning_logs" / "*"))
-    assert len(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))) == 1
+    assert len(glob.glob(os.path.join(run_dir, "events.out.tfevents.*.gradwatch"))) == 1  # rank 0 only
+    assert len(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))) == 2  # and the logger's own
     report = json.loads(Path(run_dir, "gradwatch.json").read_text())
     assert [(a["kind"], a["step"]) for a in report["alerts"]] == [("nonfinite", 5)]
     total = scalars(events(run_dir), "gradwatch/total_norm")
