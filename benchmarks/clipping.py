@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from overhead import MODELS, cpu_name, quiet  # noqa: E402
 
+from examples.harness import finite_weights, train_demo  # noqa: E402
 from lightning_gradwatch import GradWatch  # noqa: E402
 from lightning_gradwatch.clipping import clip_coefficient  # noqa: E402
-from lightning_gradwatch.demos import DeepMLP, Divergence, finite_weights, train_demo  # noqa: E402
+from lightning_gradwatch.demos import DeepMLP, Divergence  # noqa: E402
 from lightning_gradwatch.report import read_report  # noqa: E402
 from lightning_gradwatch.stats import GradientStats  # noqa: E402
 

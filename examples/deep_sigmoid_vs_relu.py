@@ -24,13 +24,18 @@ Each run also leaves a ``gradwatch.json`` report (``gradwatch report runs/deep_s
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `examples.harness`
 
 import torch
 
+from examples.harness import accuracy, example_arguments, log_after_fit, single_thread, train_demo
 from lightning_gradwatch import GradWatch
-from lightning_gradwatch.demos import DeepMLP, accuracy, example_arguments, log_after_fit, single_thread, train_demo
+from lightning_gradwatch.demos import DeepMLP
 
 RUNS: dict[str, Callable[[], DeepMLP]] = {
     "sigmoid": lambda: DeepMLP("sigmoid", depth=11),

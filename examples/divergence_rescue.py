@@ -26,19 +26,18 @@ The final loss is the mean squared error of the final weights over the whole tra
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `examples.harness`
 
 import torch
 
+from examples.harness import example_arguments, finite_weights, single_thread, train_demo
 from lightning_gradwatch import GradWatch
-from lightning_gradwatch.demos import (
-    Divergence,
-    example_arguments,
-    finite_weights,
-    single_thread,
-    train_demo,
-)
+from lightning_gradwatch.demos import Divergence
 
 WATCH_ONLY: dict[str, Any] = {"on_vanishing": "warn", "on_exploding": "warn", "on_nonfinite": "warn"}
 VARIANTS: dict[str, dict[str, Any]] = {

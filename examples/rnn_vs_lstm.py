@@ -31,20 +31,18 @@ attractor-like state keeps the token without passing a gradient back), and one f
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `examples.harness`
 
 import torch
 
+from examples.harness import accuracy, example_arguments, log_after_fit, single_thread, train_demo
 from lightning_gradwatch import GradWatch
-from lightning_gradwatch.demos import (
-    SequenceMemory,
-    accuracy,
-    example_arguments,
-    log_after_fit,
-    single_thread,
-    train_demo,
-)
+from lightning_gradwatch.demos import SequenceMemory
 
 SEQ_LEN = 80
 SEED = 0

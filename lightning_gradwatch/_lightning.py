@@ -1,4 +1,4 @@
-"""The one place that imports Lightning.
+"""Internal. The one place that imports Lightning.
 
 ``GradWatch`` derives from the ``Callback`` class of every installed flavour (``lightning.pytorch`` and
 ``pytorch_lightning``), so the same object is a callback to either Trainer and passes both flavours' type checks
@@ -9,6 +9,8 @@ duck-typed Trainer attributes.
 from __future__ import annotations
 
 from lightning_utilities.core.imports import RequirementCache
+
+__all__ = ["CALLBACK_BASES", "MISSING_LIGHTNING", "callback_bases"]
 
 _LIGHTNING = RequirementCache("lightning>=2.1", "lightning.pytorch")
 _PYTORCH_LIGHTNING = RequirementCache("pytorch_lightning>=2.1", "pytorch_lightning")

@@ -1,8 +1,9 @@
 """Small models that reproduce healthy training and the classic gradient failures, on synthetic data, in seconds.
 
-Used by the examples, the tests and ``benchmarks/detection.py``; handy to see what GradWatch reports before trying it
-on your own model. Every model makes its own data (no downloads), seeded, and takes ``nan_at_step`` to inject a NaN
-batch. Imports Lightning (``lightning.pytorch``, else ``pytorch_lightning``).
+Used by the examples, the tests and the benchmarks (their training harness is ``examples/harness.py``); handy to
+see what GradWatch reports before trying it on your own model. Every model makes its own data (no downloads), seeded,
+and takes ``nan_at_step`` to inject a NaN batch. Imports Lightning (``lightning.pytorch``, else
+``pytorch_lightning``).
 
 Example:
     >>> import lightning.pytorch as pl
@@ -14,12 +15,7 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import logging
 import math
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -31,6 +27,9 @@ try:
     from lightning.pytorch import LightningModule
 except ImportError:  # pragma: no cover - the other flavour
     from pytorch_lightning import LightningModule  # type: ignore[no-redef]
+
+
+__all__ = ["DeepMLP", "Divergence", "SequenceMemory", "SmallCNN", "TinyTransformerLM", "blobs"]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -336,112 +335,3 @@ class Divergence(_Demo):
         growth = self.lr_growth
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: growth**step)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def train_demo(
-    model: _Demo, watch: Any, out: str, name: str, steps: int, quiet: bool = True, **trainer_kwargs: Any
-) -> Any:
-    """Train a demo model on CPU with ``watch`` for ``steps`` optimizer steps, logging to TensorBoard in ``out/name``.
-
-    Returns the Trainer. With ``quiet``, GradWatch's warnings are held back (print ``watch.alerts`` instead) and
-    Lightning's banners are off.
-
-    Example:
-        >>> import tempfile
-        >>> from lightning_gradwatch import GradWatch
-        >>> watch = GradWatch()
-        >>> with tempfile.TemporaryDirectory() as out:
-        ...     trainer = train_demo(DeepMLP(depth=3), watch, out, "relu", steps=5)
-        >>> trainer.global_step
-        5
-    """
-    try:
-        import lightning.pytorch as pl
-        from lightning.pytorch.loggers import TensorBoardLogger
-    except ImportError:  # pragma: no cover - the other flavour
-        import pytorch_lightning as pl  # type: ignore[no-redef]
-        from pytorch_lightning.loggers import TensorBoardLogger  # type: ignore[no-redef]
-
-    torch.manual_seed(model.seed)
-    kwargs: dict[str, Any] = {
-        "max_steps": steps,
-        "max_epochs": -1,
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": TensorBoardLogger(out, name=name, version=""),
-        "callbacks": [watch],
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "enable_progress_bar": False,
-        "log_every_n_steps": 5,
-    }
-    kwargs.update(trainer_kwargs)
-    with warnings.catch_warnings():
-        if quiet:
-            from lightning_gradwatch.alerts import GradientWarning
-
-            warnings.simplefilter("ignore", GradientWarning)
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*LeafSpec.*")  # a deprecation inside Lightning, not ours
-            logging.disable(logging.INFO)  # Lightning's banners
-        try:
-            trainer = pl.Trainer(**kwargs)
-            trainer.fit(model)
-        finally:
-            if quiet:
-                logging.disable(logging.NOTSET)
-    return trainer
-
-
-@torch.no_grad()
-def accuracy(model: _Demo, data: TensorDataset | None = None) -> float:
-    """Classification accuracy (``torchmetrics``) of a demo classifier in eval mode.
-
-    Args:
-        model: a demo classifier.
-        data: ``(inputs, labels)``; default: the model's own training data.
-    """
-    from torchmetrics.classification import MulticlassAccuracy
-
-    x, y = (model.dataset() if data is None else data).tensors
-    was_training = model.training
-    model.eval()
-    logits = model(x)
-    model.train(was_training)
-    return float(MulticlassAccuracy(num_classes=logits.shape[-1])(logits, y))
-
-
-def finite_weights(model: torch.nn.Module) -> bool:
-    """Whether every parameter of ``model`` is finite."""
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
-def example_arguments(
-    doc: str | None, argv: Sequence[str] | None, out: str, steps: int, quick_steps: int
-) -> argparse.Namespace:
-    """The examples' command line: ``--out``, ``--steps`` and ``--quick`` (``steps`` becomes ``quick_steps``)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=out, help="TensorBoard log directory")
-    parser.add_argument("--steps", type=int, default=steps, help="optimizer steps per run")
-    parser.add_argument("--quick", action="store_true", help=f"{quick_steps} steps per run")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.steps = quick_steps
-    return args
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """One torch thread inside the block: for models this small, more threads only add synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def log_after_fit(trainer: Any, metrics: dict[str, float]) -> None:
-    """Write ``metrics`` into the run's logs at its last step (after ``fit`` has closed them)."""
-    trainer.logger.log_metrics(metrics, step=trainer.global_step)
-    trainer.logger.finalize("success")

@@ -1,16 +1,18 @@
-"""Grouping parameters into layers: by owning module, or one per parameter, with filters and a readable cap."""
+"""Internal. Grouping parameters into layers: by owning module or one per parameter, with filters and a cap."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import Tensor
 
-Granularity = Literal["module", "parameter"]
-GRANULARITIES: tuple[str, ...] = ("module", "parameter")
+from lightning_gradwatch._validation import Granularity, check_choice, choices
+
+__all__ = ["GRANULARITIES", "Granularity", "LayerMap", "layer_name", "merge_layers"]
+
+GRANULARITIES: tuple[str, ...] = choices(Granularity)
 
 
 def layer_name(param_name: str, granularity: Granularity = "module") -> str:
@@ -72,8 +74,7 @@ class LayerMap:
             >>> LayerMap.build(model.named_parameters(), exclude=r"bias$").layer_names
             ('0', '2')
         """
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}")
+        check_choice("granularity", granularity, Granularity)
         inc = re.compile(include) if include else None
         exc = re.compile(exclude) if exclude else None
         names: list[str] = []

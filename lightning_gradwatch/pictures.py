@@ -15,6 +15,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+__all__ = [
+    "HEALTH_COLOURS",
+    "PNG_SIGNATURE",
+    "BackgroundDrawing",
+    "gradient_flow_png",
+    "gradient_heatmap_png",
+    "matplotlib_available",
+]
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEALTH_COLOURS = {"ok": "#4C72B0", "vanishing": "#DD8452", "exploding": "#C44E52", "non-finite": "#8172B3"}
 # Matplotlib is not thread-safe (its text parser and font caches are shared): two GradWatch instances, each with its

@@ -10,11 +10,24 @@ import math
 import os
 import statistics
 import tempfile
+from array import array
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_gradwatch._names import NONFINITE_STEPS
 from lightning_gradwatch.alerts import GradientAlert
+
+__all__ = [
+    "REPORT_FILE",
+    "REPORT_FORMAT",
+    "REPORT_FORMAT_VERSION",
+    "RunSummary",
+    "Series",
+    "build_report",
+    "read_report",
+    "write_report",
+]
 
 if TYPE_CHECKING:  # the report is read by the `gradwatch` command, which does not need torch
     from lightning_gradwatch.stats import StepStats
@@ -22,6 +35,7 @@ if TYPE_CHECKING:  # the report is read by the `gradwatch` command, which does n
 REPORT_FILE = "gradwatch.json"
 REPORT_FORMAT = "gradwatch-report"
 REPORT_FORMAT_VERSION = 1
+MAX_BAD_BATCHES = 1000  # the first ones are kept, the rest counted
 
 
 class Series:
@@ -40,7 +54,7 @@ class Series:
         True
     """
 
-    __slots__ = ("_seen", "_stride", "capacity", "count", "first", "history", "last", "max", "min")
+    __slots__ = ("_seen", "_steps", "_stride", "_values", "capacity", "count", "first", "last", "max", "min")
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
@@ -49,9 +63,20 @@ class Series:
         self.last = math.nan
         self.min = math.inf
         self.max = -math.inf
-        self.history: list[tuple[int, float]] = []
+        self._steps = array("q")  # compact: one Series per layer is updated on every step
+        self._values = array("d")
         self._stride = 1
         self._seen = 0
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        """The thinned ``(step, value)`` history."""
+        return list(zip(self._steps, self._values))
+
+    @history.setter
+    def history(self, points: list[tuple[int, float]]) -> None:
+        self._steps = array("q", (int(s) for s, _ in points))
+        self._values = array("d", (float(v) for _, v in points))
 
     def add(self, step: int, value: float) -> None:
         """Add one value (non-finite values count, but stay out of min, max and the history)."""
@@ -64,16 +89,17 @@ class Series:
         self.min = min(self.min, value)
         self.max = max(self.max, value)
         if self._seen % self._stride == 0:
-            self.history.append((step, value))
-            if len(self.history) >= 2 * self.capacity:
-                self.history = self.history[::2]
+            self._steps.append(step)
+            self._values.append(value)
+            if len(self._steps) >= 2 * self.capacity:
+                self._steps, self._values = self._steps[::2], self._values[::2]
                 self._stride *= 2
         self._seen += 1
 
     @property
     def median(self) -> float:
         """Median of the thinned history (``nan`` when empty)."""
-        return statistics.median(v for _, v in self.history) if self.history else math.nan
+        return statistics.median(self._values) if self._values else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON (non-finite numbers become ``None``)."""
@@ -119,7 +145,8 @@ def _num(value: float) -> float | None:
 class RunSummary:
     """Per-layer and run-level summaries of one training run, fed by :class:`~lightning_gradwatch.stats.StepStats`.
 
-    The total norm is summarised on every measured step; per-layer values on logged steps.
+    The total norm and the per-layer norms are summarised on every measured step (a spike between log steps is in
+    the report); gradient-to-weight ratios on the steps that measure parameter norms.
     """
 
     def __init__(self) -> None:
@@ -130,26 +157,40 @@ class RunSummary:
         self.measured_steps = 0
         self.logged_steps = 0
         self.events: dict[str, int] = {}
+        self.bad_batches: list[dict[str, Any]] = []
+
+    def note_batch(self, step: int, reasons: list[str], **where: Any) -> None:
+        """Record a step that was skipped, clipped as a spike or alerted, with where its batch came from.
+
+        Example:
+            >>> summary = RunSummary()
+            >>> summary.note_batch(12, ["skipped", "alert"], optimizer=0, epoch=1, batch_idx=3)
+            >>> summary.bad_batches
+            [{'step': 12, 'reasons': ['skipped', 'alert'], 'optimizer': 0, 'epoch': 1, 'batch_idx': 3}]
+        """
+        if len(self.bad_batches) < MAX_BAD_BATCHES:
+            self.bad_batches.append({"step": step, "reasons": list(reasons), **where})
+        else:
+            self.count("bad_batches_not_kept")
 
     def count(self, event: str, n: int = 1) -> None:
         """Count a run event such as ``"amp_overflow_steps"`` or ``"skipped_steps"``."""
         self.events[event] = self.events.get(event, 0) + n
 
     def add_step(self, step: int, stats: StepStats, key: str = "", logged: bool = False) -> None:
-        """Add one measured step (``logged``: also update the per-layer summaries)."""
+        """Add one measured step: the total norm and every layer's norm (``logged``: counted as a logged step).
+
+        Gradient-to-weight ratios need the parameter norms, measured on log and histogram steps only.
+        """
         if self.first_step is None:
             self.first_step = step
         self.last_step = step
         self.measured_steps += 1
+        self.logged_steps += int(logged)
         self.total_norm.setdefault(key, Series()).add(step, stats.total_norm)
         if not stats.finite:
-            self.count("nonfinite_steps")
-        if not logged:
-            if not stats.finite:
-                self._note_nonfinite(stats)
-            return
-        self.logged_steps += 1
-        ratios = stats.grad_to_weight
+            self.count(NONFINITE_STEPS)
+        ratios = stats.grad_to_weight or ()
         for i, name in enumerate(stats.layers):
             entry = self.layers.get(name)
             if entry is None:
@@ -160,15 +201,10 @@ class RunSummary:
                     "nonfinite_steps": 0,
                 }
             entry["grad_norm"].add(step, stats.grad_norm[i])
-            if ratios is not None:
+            if ratios:
                 entry["grad_to_weight"].add(step, ratios[i])
             if stats.nonfinite_count[i]:
                 entry["nonfinite_steps"] += 1
-
-    def _note_nonfinite(self, stats: StepStats) -> None:
-        for name, count in zip(stats.layers, stats.nonfinite_count):
-            if count and name in self.layers:
-                self.layers[name]["nonfinite_steps"] += 1
 
     def norm_grid(self, layers: Iterable[str]) -> tuple[list[str], list[int], list[list[float]]]:
         """Per-layer gradient-norm history on a common step axis: ``(layers, steps, norms[layer][step])``."""
@@ -198,6 +234,7 @@ class RunSummary:
                 for name, entry in self.layers.items()
             ],
             "events": dict(self.events),
+            "bad_batches": [dict(b) for b in self.bad_batches],
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -208,6 +245,7 @@ class RunSummary:
             "measured_steps": self.measured_steps,
             "logged_steps": self.logged_steps,
             "events": dict(self.events),
+            "bad_batches": [dict(b) for b in self.bad_batches],
             "total_norm": {k: s.state_dict() for k, s in self.total_norm.items()},
             "layers": {
                 name: {
@@ -227,6 +265,7 @@ class RunSummary:
         self.measured_steps = int(state.get("measured_steps", 0))
         self.logged_steps = int(state.get("logged_steps", 0))
         self.events = {str(k): int(v) for k, v in state.get("events", {}).items()}
+        self.bad_batches = [dict(b) for b in state.get("bad_batches", [])]
         self.total_norm = {}
         for key, s in state.get("total_norm", {}).items():
             self.total_norm[key] = Series()
@@ -289,6 +328,7 @@ def write_report(directory: str | os.PathLike[str], doc: Mapping[str, Any]) -> P
     path = target / REPORT_FILE
     fd, tmp = tempfile.mkstemp(prefix=".gradwatch-", suffix=".json.tmp", dir=target)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it private: 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(_json_safe(dict(doc)), fh, indent=1, allow_nan=False)
             fh.write("\n")
@@ -297,6 +337,18 @@ def write_report(directory: str | os.PathLike[str], doc: Mapping[str, Any]) -> P
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it (other threads may be creating files)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere, reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.report import REPORT_FILE, read_report
 
 EVENT_FILE_MARK = "tfevents"
-ALERT_TEXT_TAGS = ("gradwatch/alerts/text_summary", "gradwatch/alerts")
-TOTAL_NORM_TAG = "gradwatch/total_norm"
-#: An alert's Text entry ends with its plain values in a fenced JSON block on one line (see ``Writers.write_alert``).
-ALERT_DATA_FENCE = "\n\n```json\n"
+ALERT_TEXT_TAGS = (ALERTS_TEXT_TAG, ALERTS_TAG)
+TOTAL_NORM_TAG = TOTAL_NORM
 FINISHED = "finished"
 
 

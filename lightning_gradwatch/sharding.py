@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+__all__ = ["Groups", "all_reduce_", "group_size", "is_dtensor", "local", "reduce_parts", "shard_groups"]
+
 Groups = tuple[Any, ...]  # process groups to combine over, one per sharded mesh dimension; () for none
 
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}

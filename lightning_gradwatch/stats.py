@@ -9,7 +9,7 @@ combined, with one collective per kind of combination and shard group, never gat
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +20,18 @@ from lightning_gradwatch.clipping import scale_gradients_
 from lightning_gradwatch.layers import GRANULARITIES, Granularity, LayerMap, layer_name
 from lightning_gradwatch.sharding import Groups, all_reduce_, group_size, local, reduce_parts, shard_groups
 
-__all__ = ["GRANULARITIES", "GradientStats", "Granularity", "LayerHistogram", "StepStats", "layer_name"]
+__all__ = [
+    "GRANULARITIES",
+    "GradientStats",
+    "Granularity",
+    "LayerHistogram",
+    "Packed",
+    "StepStats",
+    "histogram_layout",
+    "layer_name",
+    "step_layout",
+    "unpack",
+]
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,60 @@ class _Shard:
     replicas: int = 1  # copies of these values across the histogram group (unsharded tensors in a sharded plan)
     hist_layer_ids: Tensor | None = None  # per sample, built on first use
     hist_weights: Tensor | None = None
+    complex_positions: frozenset[int] = frozenset()
+
+
+class _ShardSpec:
+    """A shard's tensors while a plan is being built."""
+
+    def __init__(self, groups: Groups, layers: int) -> None:
+        self.groups = groups
+        self.dense: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        self.sparse: list[tuple[int, int]] = []
+        self.numel = [0] * layers
+        self.hist: list[tuple[int, int, int]] = []
+        self.hist_numel = [0] * layers
+        self.complex: set[int] = set()  # positions of complex tensors (seen as pairs of reals)
+
+    def add(self, position: int, lid: int, local_g: Tensor, is_complex: bool = False) -> None:
+        if is_complex:
+            self.complex.add(position)
+        self.numel[lid] += local_g.numel()
+        if local_g.layout != torch.strided:
+            self.sparse.append((position, lid))
+            if not is_complex:
+                self.hist_numel[lid] += local_g.numel()  # stored values and implicit zeros
+            return
+        self.dense.setdefault((local_g.device, local_g.dtype), []).append(position)
+        if local_g.numel():
+            self.hist.append((position, lid, local_g.numel()))
+            self.hist_numel[lid] += local_g.numel()
+
+    def build(self, layer_ids: list[int], device: torch.device, sample_size: int, replicas: int) -> _Shard:
+        layer_totals = [0] * len(self.numel)
+        for _, lid, size in self.hist:
+            layer_totals[lid] += size
+        hist = []
+        for i, lid, size in self.hist:
+            samples = size if layer_totals[lid] <= sample_size else sample_size * size / layer_totals[lid]
+            hist.append((i, lid, min(size, max(1, round(samples)))))
+        dense = [
+            _Group(pos, torch.tensor([layer_ids[i] for i in pos], device=device), dtype in _HALF_DTYPES)
+            for (_, dtype), pos in self.dense.items()
+        ]
+        return _Shard(
+            groups=self.groups,
+            dense=dense,
+            sparse=self.sparse,
+            numel=torch.tensor(self.numel, dtype=torch.float64, device=device),
+            hist_positions=hist,
+            hist_numel=torch.tensor(self.hist_numel, dtype=torch.float64, device=device) / replicas,
+            replicas=replicas,
+            complex_positions=frozenset(self.complex),
+        )
+
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -133,8 +198,8 @@ class GradientStats:
     tensor of a million values still carries a float32 accumulation error of about 1e-5 (relative). All results of
     one step are concatenated into a single tensor and moved to the host once.
 
-    Complex gradients are measured as pairs of real values (their norms are the complex norms; a complex value
-    counts as two values in sizes and zero fractions).
+    Complex gradients are measured as pairs of real values (their norms are the complex norms, their max ``|g|`` the
+    largest modulus; a complex value counts as two values in sizes and zero fractions).
 
     Histograms are estimated from a uniform random sample of at most ``histogram_sample_size`` values per layer
     (exact when the layer is smaller), drawn with a private random generator so the training run's own random
@@ -202,6 +267,17 @@ class GradientStats:
     def __len__(self) -> int:
         return len(self.params)
 
+    def layers_made_of(self, param_ids: Collection[int]) -> frozenset[str]:
+        """Layers whose every parameter is one of ``param_ids`` (by ``id``).
+
+        Example:
+            >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+            >>> GradientStats(model.named_parameters()).layers_made_of({id(p) for p in model[1].parameters()})
+            frozenset({'1'})
+        """
+        mixed = {self._layer_of[i] for i, p in enumerate(self.params) if id(p) not in param_ids}
+        return frozenset(name for k, name in enumerate(self.layer_names) if k not in mixed)
+
     # ------------------------------------------------------------------ planning
     def _grads(self) -> list[Tensor | None]:
         grads = [p.grad for p in self.params]
@@ -230,64 +306,35 @@ class GradientStats:
     def _build_plan(self, grads: Sequence[Tensor | None]) -> _Plan:
         present = sorted({self._layer_of[i] for i, g in enumerate(grads) if g is not None})
         local_id = {layer: k for k, layer in enumerate(present)}
-        n = len(present)
+        layer_ids = [local_id.get(layer, -1) for layer in self._layer_of]
         device = next(local(g).device for g in grads if g is not None)
+        specs, local_numel, plain = self._shard_specs(grads, layer_ids, len(present))
+        sharded = any(spec.groups for spec in specs)
+        hist_groups = next((spec.groups for spec in specs if spec.groups), ())
+        replicas_of_whole = group_size(hist_groups) if sharded else 1
+        shards = [
+            spec.build(layer_ids, device, self.histogram_sample_size, 1 if spec.groups else replicas_of_whole)
+            for spec in specs
+        ]
+        return _Plan(present, shards, device, plain, sharded, hist_groups, local_numel)
+
+    def _shard_specs(
+        self, grads: Sequence[Tensor | None], layer_ids: list[int], layers: int
+    ) -> tuple[list[_ShardSpec], list[int], bool]:
+        """Present gradients sorted by the process groups they combine over; local sizes; whether all are plain."""
+        specs: dict[tuple[int, ...], _ShardSpec] = {}
+        local_numel = [0] * layers
         plain = True
-        shards: dict[tuple[int, ...], dict[str, Any]] = {}
-        local_numel = [0] * n
         for i, g in enumerate(grads):
             if g is None:
                 continue
-            lid = local_id[self._layer_of[i]]
             local_g = local(g)
             plain = plain and local_g is g
             groups = shard_groups(g, self.plain_group)
-            shard = shards.setdefault(
-                tuple(id(x) for x in groups),
-                {"groups": groups, "dense": {}, "sparse": [], "numel": [0] * n, "hist": [], "hist_numel": [0] * n},
-            )
-            shard["numel"][lid] += local_g.numel()
-            local_numel[lid] += local_g.numel()
-            if local_g.layout != torch.strided:
-                shard["sparse"].append((i, lid))
-                continue
-            shard["dense"].setdefault((local_g.device, local_g.dtype), []).append(i)
-            if local_g.numel():
-                shard["hist"].append((i, lid, local_g.numel()))
-                shard["hist_numel"][lid] += local_g.numel()
-        sharded = any(s["groups"] for s in shards.values())
-        hist_groups = next((s["groups"] for s in shards.values() if s["groups"]), ())
-        replicas_of_whole = group_size(hist_groups) if sharded else 1
-        built = []
-        for spec in shards.values():
-            replicas = 1 if spec["groups"] else replicas_of_whole
-            layer_totals = [0] * n
-            for _, lid, size in spec["hist"]:
-                layer_totals[lid] += size
-            hist = []
-            for i, lid, size in spec["hist"]:
-                total = layer_totals[lid]
-                samples = size if total <= self.histogram_sample_size else self.histogram_sample_size * size / total
-                hist.append((i, lid, min(size, max(1, round(samples)))))
-            built.append(
-                _Shard(
-                    groups=spec["groups"],
-                    dense=[
-                        _Group(
-                            positions=pos,
-                            layer_ids=torch.tensor([local_id[self._layer_of[i]] for i in pos], device=device),
-                            upcast=dtype in (torch.float16, torch.bfloat16),
-                        )
-                        for (_, dtype), pos in spec["dense"].items()
-                    ],
-                    sparse=spec["sparse"],
-                    numel=torch.tensor(spec["numel"], dtype=torch.float64, device=device),
-                    hist_positions=hist,
-                    hist_numel=torch.tensor(spec["hist_numel"], dtype=torch.float64, device=device) / replicas,
-                    replicas=replicas,
-                )
-            )
-        return _Plan(present, built, device, plain, sharded, hist_groups, local_numel)
+            spec = specs.setdefault(tuple(id(x) for x in groups), _ShardSpec(groups, layers))
+            spec.add(i, layer_ids[i], local_g, g.is_complex())
+            local_numel[layer_ids[i]] += local_g.numel()
+        return list(specs.values()), local_numel, plain
 
     # ------------------------------------------------------------------ measuring
     @torch.no_grad()
@@ -312,23 +359,19 @@ class GradientStats:
         if not plan.plain:
             grads = [None if g is None else local(g) for g in grads]
         params = self.params if plan.plain else [local(p.detach()) for p in self.params]
+        layout = step_layout(extended, histograms)
         parts: list[Tensor] | None = None
-        ops: list[str] = []
         for shard in plan.shards:
-            shard_parts = self._shard_parts(plan, shard, grads, params, extended, histograms)
-            reduced = reduce_parts(shard_parts, shard.groups)
-            ops = [op for _, op in shard_parts]
-            parts = reduced if parts is None else [_combine(a, b, op) for a, b, op in zip(parts, reduced, ops)]
+            measured = self._shard_parts(plan, shard, grads, params, extended, histograms)
+            reduced = reduce_parts([(measured[f.name], f.op) for f in layout], shard.groups)
+            parts = reduced if parts is None else [_combine(a, b, f.op) for a, b, f in zip(parts, reduced, layout)]
         assert parts is not None
         if histograms:
             parts += self._histogram_parts(plan, grads)
-        dev = plan.device
-        parts += [e.detach().reshape(1).to(dev, torch.float64) for e in extra]
-        values = torch.cat(parts).cpu().tolist() if len(parts) > 1 else parts[0].cpu().tolist()
-        if extra:
-            values, extra_values = values[: -len(extra)], tuple(values[-len(extra) :])
-            return replace(self._unpack(plan, grads, values, extended, histograms), extra=extra_values)
-        return self._unpack(plan, grads, values, extended, histograms)
+            layout += histogram_layout(self.histogram_bins)
+        values = _to_host(parts + [e.detach().reshape(1).to(plan.device, torch.float64) for e in extra])
+        stats = self._unpack(plan, grads, unpack(layout, values, len(plan.layer_index)))
+        return replace(stats, extra=tuple(values[len(values) - len(extra) :])) if extra else stats
 
     @torch.no_grad()
     def scale_(self, coefficient: float) -> None:
@@ -346,18 +389,15 @@ class GradientStats:
             0.5
         """
         plan = self._full_plan
-        if plan is None or not plan.plain or plan.sharded:
-            scale_gradients_(self.params, coefficient)
+        grads = [p.grad for p in self.params]
+        if plan is None or not plan.plain or plan.sharded or any(g is None for g in grads):
+            scale_gradients_(self.params, coefficient)  # sharded, or the present gradients changed since collect()
             return
-        dense = [[self.params[i].grad for i in group.positions] for shard in plan.shards for group in shard.dense]
-        sparse = [self.params[pos].grad for shard in plan.shards for pos, _ in shard.sparse]
-        if any(g is None for grads in dense for g in grads) or any(g is None for g in sparse):
-            scale_gradients_(self.params, coefficient)  # the pattern of present gradients changed since collect()
-            return
-        for grads in dense:
-            torch._foreach_mul_(grads, coefficient)  # type: ignore[arg-type]
-        for grad in sparse:
-            grad.mul_(coefficient)  # type: ignore[union-attr]
+        for shard in plan.shards:
+            for group in shard.dense:
+                torch._foreach_mul_([grads[i] for i in group.positions], coefficient)  # type: ignore[misc]
+            for pos, _ in shard.sparse:
+                grads[pos].mul_(coefficient)  # type: ignore[union-attr]
 
     def _shard_parts(
         self,
@@ -367,30 +407,57 @@ class GradientStats:
         params: Sequence[Tensor],
         extended: bool,
         histograms: bool,
-    ) -> list[tuple[Tensor, str]]:
-        """This shard's per-layer partial results, in unpack order, with how each combines across processes."""
+    ) -> dict[str, Tensor]:
+        """This shard's per-layer partial results, by packed field name (see :func:`step_layout`)."""
         n, dev = len(plan.layer_index), plan.device
-        sq = torch.zeros(n, dtype=torch.float64, device=dev)
-        _accumulate_norms(shard, grads, sq, ord=2)
-        parts: list[tuple[Tensor, str]] = [(sq, "sum")]
+
+        def zeros() -> Tensor:
+            return torch.zeros(n, dtype=torch.float64, device=dev)
+
+        parts = {"grad_sq": zeros()}
+        _accumulate_norms(shard, grads, parts["grad_sq"], ord=2)
         if extended:
-            psq = torch.zeros(n, dtype=torch.float64, device=dev)
-            _accumulate_norms(shard, params, psq, ord=2)
-            nonzero = torch.zeros(n, dtype=torch.float64, device=dev)
-            max_abs = torch.zeros(n, dtype=torch.float64, device=dev)
-            _accumulate_counts(shard, grads, nonzero, max_abs)
-            parts += [(psq, "sum"), (nonzero, "sum"), (max_abs, "max")]
+            parts.update(param_sq=zeros(), nonzero=zeros(), max_abs=zeros())
+            _accumulate_norms(shard, params, parts["param_sq"], ord=2)
+            _accumulate_counts(shard, grads, parts["nonzero"], parts["max_abs"])
         if extended or histograms:
-            parts.append((shard.numel.clone(), "sum"))
+            parts["numel"] = shard.numel.clone()
         if histograms:
-            l1 = torch.zeros(n, dtype=torch.float64, device=dev)
-            _accumulate_norms(shard, grads, l1, ord=1)
-            parts.append((l1, "sum"))
+            parts["l1"] = zeros()
+            _accumulate_norms(shard, grads, parts["l1"], ord=1)
         return parts
 
     def _histogram_parts(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[Tensor]:
         """``[lo, hi, weighted sum, weighted counts (layers x bins), values represented]``, combined."""
         n, bins, dev = len(plan.layer_index), self.histogram_bins, plan.device
+        samples = self._dense_samples(plan, grads)
+        segments: list[Tensor] = [s.hist_layer_ids for s in plan.shards]  # type: ignore[misc]
+        weights: list[Tensor] = [s.hist_weights for s in plan.shards]  # type: ignore[misc]
+        for shard in plan.shards:
+            for pos, lid in shard.sparse:
+                self._sparse_samples(grads[pos], lid, shard.replicas, dev, (samples, segments, weights))
+        seg = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=dev)
+        weight = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64, device=dev)
+        x = torch.cat(samples) if samples else torch.zeros(0, device=dev)
+        x = torch.where(torch.isfinite(x), x, torch.zeros((), device=dev))
+        lo = torch.full((n,), math.inf, device=dev).scatter_reduce_(0, seg, x, "amin").double()
+        hi = torch.full((n,), -math.inf, device=dev).scatter_reduce_(0, seg, x, "amax").double()
+        if plan.sharded:  # agree on the bin edges before counting
+            all_reduce_(lo, "min", plan.hist_groups)
+            all_reduce_(hi, "max", plan.hist_groups)
+        width = torch.where(hi > lo, hi - lo, torch.ones((), dtype=torch.float64, device=dev))
+        position = ((x.double() - lo[seg]) / width[seg] * bins).floor().clamp_(0, bins - 1).long()
+        counts = torch.bincount(position + seg * bins, weights=weight, minlength=n * bins)
+        total = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, seg, x.double() * weight)
+        represented = sum(s.hist_numel for s in plan.shards)
+        tail = torch.cat([total, counts, represented])  # type: ignore[list-item]
+        if plan.sharded:
+            all_reduce_(tail, "sum", plan.hist_groups)
+        return [lo, hi, tail]
+
+    def _dense_samples(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[Tensor]:
+        """Each dense gradient's histogram samples (their layer ids and weights are built once per plan)."""
+        dev = plan.device
         gen = self._generator(dev)
         samples: list[Tensor] = []
         for shard in plan.shards:
@@ -411,25 +478,27 @@ class GradientStats:
                 repeats = torch.tensor(counts, dtype=torch.long)
                 shard.hist_layer_ids = torch.repeat_interleave(ids, repeats).to(dev)
                 shard.hist_weights = torch.repeat_interleave(weights, repeats).to(dev)
-        segments = [s.hist_layer_ids for s in plan.shards]
-        seg = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=dev)  # type: ignore[arg-type]
-        weight = torch.cat([s.hist_weights for s in plan.shards])  # type: ignore[misc]
-        x = torch.cat(samples) if samples else torch.zeros(0, device=dev)
-        x = torch.where(torch.isfinite(x), x, torch.zeros((), device=dev))
-        lo = torch.full((n,), math.inf, device=dev).scatter_reduce_(0, seg, x, "amin").double()
-        hi = torch.full((n,), -math.inf, device=dev).scatter_reduce_(0, seg, x, "amax").double()
-        if plan.sharded:  # agree on the bin edges before counting
-            all_reduce_(lo, "min", plan.hist_groups)
-            all_reduce_(hi, "max", plan.hist_groups)
-        width = torch.where(hi > lo, hi - lo, torch.ones((), dtype=torch.float64, device=dev))
-        position = ((x.double() - lo[seg]) / width[seg] * bins).floor().clamp_(0, bins - 1).long()
-        counts = torch.bincount(position + seg * bins, weights=weight, minlength=n * bins)
-        total = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, seg, x.double() * weight)
-        represented = sum(s.hist_numel for s in plan.shards)
-        tail = torch.cat([total, counts, represented])  # type: ignore[list-item]
-        if plan.sharded:
-            all_reduce_(tail, "sum", plan.hist_groups)
-        return [lo, hi, tail]
+        return samples
+
+    def _sparse_samples(
+        self, grad: Tensor | None, lid: int, replicas: int, dev: torch.device, out: tuple[list[Tensor], ...]
+    ) -> None:
+        """A sparse gradient's histogram samples: its stored values, and its implicit zeros as one weighted zero.
+
+        The number of stored values changes from step to step, so nothing is cached.
+        """
+        if grad is None or grad.is_complex():
+            return
+        values = grad.coalesce().values().reshape(-1)
+        stored, k = values.numel(), min(values.numel(), self.histogram_sample_size)
+        if k < stored:
+            values = values[torch.randint(stored, (k,), generator=self._generator(values.device), device=values.device)]
+        samples, segments, weights = out
+        samples.append(torch.cat([values.to(dev, torch.float32), torch.zeros(1, device=dev)]))
+        segments.append(torch.full((k + 1,), lid, dtype=torch.long, device=dev))
+        weight = torch.full((k + 1,), stored / max(k, 1) / replicas, dtype=torch.float64, device=dev)
+        weight[-1] = (grad.numel() - stored) / replicas
+        weights.append(weight)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)
@@ -440,44 +509,23 @@ class GradientStats:
         return gen
 
     # ------------------------------------------------------------------ unpacking
-    def _unpack(
-        self, plan: _Plan, grads: Sequence[Tensor | None], values: list[float], extended: bool, histograms: bool
-    ) -> StepStats:
-        n = len(plan.layer_index)
+    def _unpack(self, plan: _Plan, grads: Sequence[Tensor | None], fields: dict[str, list[float]]) -> StepStats:
         names = tuple(self.layer_names[i] for i in plan.layer_index)
-        sq = values[:n]
-        offset = n
-        nonfinite = [0] * n
-        total_sq = math.fsum(sq)
-        if math.isfinite(total_sq) and total_sq >= 0:  # the common case: one check for all layers
-            grad_norm = [math.sqrt(v) for v in sq]
-        else:
-            grad_norm = [math.sqrt(v) if v >= 0 else math.nan for v in sq]
-            grad_norm, nonfinite = self._exact_nonfinite(plan, grads, grad_norm)
-            total_sq = math.fsum(v * v for v in grad_norm) if all(map(math.isfinite, grad_norm)) else math.nan
-            if any(math.isinf(v) for v in grad_norm) and not any(math.isnan(v) for v in grad_norm):
-                total_sq = math.inf
-        numel = tuple(plan.local_numel)
-        param_norm = max_abs = zero_fraction = mean_abs = None
-        if extended:
-            param_norm = tuple(math.sqrt(max(v, 0.0)) for v in values[offset : offset + n])
-            nonzero = values[offset + n : offset + 2 * n]
-            max_abs = tuple(values[offset + 2 * n : offset + 3 * n])
-            offset += 3 * n
-        if extended or histograms:
-            numel = tuple(round(v) for v in values[offset : offset + n])
-            offset += n
-        if extended:
-            zero_fraction = tuple((1.0 - nz / size) if size else 0.0 for nz, size in zip(nonzero, numel))
-        hists = None
-        if histograms:
-            mean_abs = tuple(v / size if size else 0.0 for v, size in zip(values[offset : offset + n], numel))
-            offset += n
-            hists = self._unpack_histograms(plan, values[offset:], grad_norm, nonfinite)
+        grad_norm, nonfinite, total_norm = self._norms(plan, grads, fields["grad_sq"])
+        numel = tuple(round(v) for v in fields["numel"]) if "numel" in fields else tuple(plan.local_numel)
+        param_norm = max_abs = zero_fraction = mean_abs = hists = None
+        if "param_sq" in fields:
+            param_norm = tuple(math.sqrt(max(v, 0.0)) for v in fields["param_sq"])
+            param_norm = self._exact_param_norms(plan, param_norm)
+            max_abs = tuple(fields["max_abs"])
+            zero_fraction = tuple((1.0 - nz / size) if size else 0.0 for nz, size in zip(fields["nonzero"], numel))
+        if "l1" in fields:
+            mean_abs = tuple(v / size if size else 0.0 for v, size in zip(fields["l1"], numel))
+            hists = self._unpack_histograms(plan, fields, grad_norm, nonfinite)
         return StepStats(
             layers=names,
             grad_norm=tuple(grad_norm),
-            total_norm=math.sqrt(total_sq) if total_sq == total_sq else math.nan,
+            total_norm=total_norm,
             numel=numel,
             nonfinite_count=tuple(nonfinite),
             param_norm=param_norm,
@@ -486,6 +534,45 @@ class GradientStats:
             histograms=hists,
             mean_abs=mean_abs,
         )
+
+    def _norms(
+        self, plan: _Plan, grads: Sequence[Tensor | None], sq: list[float]
+    ) -> tuple[list[float], list[int], float]:
+        """Per-layer norms, non-finite counts and the total norm, from the squared norms."""
+        nonfinite = [0] * len(sq)
+        total_sq = math.fsum(sq)
+        if math.isfinite(total_sq) and total_sq >= 0:  # the common case: one check for all layers
+            return [math.sqrt(v) for v in sq], nonfinite, math.sqrt(total_sq)
+        grad_norm = [math.sqrt(v) if v >= 0 else math.nan for v in sq]
+        grad_norm, nonfinite = self._exact_nonfinite(plan, grads, grad_norm)
+        total_sq = math.fsum(v * v for v in grad_norm) if all(map(math.isfinite, grad_norm)) else math.nan
+        if any(math.isinf(v) for v in grad_norm) and not any(math.isnan(v) for v in grad_norm):
+            total_sq = math.inf
+        return grad_norm, nonfinite, math.sqrt(total_sq) if total_sq == total_sq else math.nan
+
+    def _exact_param_norms(self, plan: _Plan, norms: tuple[float, ...]) -> tuple[float, ...]:
+        """Rare path: a parameter norm overflowed float32 (weights of 1e20 and up are finite, their squares not).
+
+        Such layers are measured again in float64 on this process; only layers with a non-finite value stay
+        non-finite. Sharded parameters are combined over their groups, so every process joins in.
+        """
+        if all(map(math.isfinite, norms)):
+            return norms
+        n = len(plan.layer_index)
+        local_id = {layer: k for k, layer in enumerate(plan.layer_index)}
+        bad = {k for k, v in enumerate(norms) if not math.isfinite(v)}
+        sq = torch.zeros(n, dtype=torch.float64, device=plan.device)
+        for shard in plan.shards:
+            s = torch.zeros(n, dtype=torch.float64, device=plan.device)
+            for i in _positions(shard):
+                lid = local_id[self._layer_of[i]]
+                if lid in bad:
+                    t = local(self.params[i].detach())
+                    s[lid] += torch.linalg.vector_norm(t, dtype=torch.float64).to(s.device) ** 2
+            (s,) = reduce_parts([(s, "sum")], shard.groups)
+            sq += s
+        exact = sq.cpu().tolist()
+        return tuple(math.sqrt(exact[k]) if k in bad else v for k, v in enumerate(norms))
 
     def _exact_nonfinite(
         self, plan: _Plan, grads: Sequence[Tensor | None], grad_norm: list[float]
@@ -503,8 +590,7 @@ class GradientStats:
         for shard in plan.shards:
             c = torch.zeros(n, dtype=torch.float64, device=plan.device)
             s = torch.zeros(n, dtype=torch.float64, device=plan.device)
-            positions = [i for g in shard.dense for i in g.positions] + [i for i, _ in shard.sparse]
-            for i in positions:
+            for i in _positions(shard):
                 lid = local_id[self._layer_of[i]]
                 if lid not in bad:
                     continue
@@ -527,43 +613,89 @@ class GradientStats:
         return out_norm, out_counts
 
     def _unpack_histograms(
-        self, plan: _Plan, values: list[float], grad_norm: list[float], nonfinite: list[int]
+        self, plan: _Plan, fields: dict[str, list[float]], grad_norm: list[float], nonfinite: list[int]
     ) -> tuple[LayerHistogram | None, ...]:
-        n, bins = len(plan.layer_index), self.histogram_bins
-        lo, hi = values[:n], values[n : 2 * n]
-        total = values[2 * n : 3 * n]
-        counts = values[3 * n : 3 * n + n * bins]
-        represented = values[3 * n + n * bins : 4 * n + n * bins]
-        drawn = [0] * n
+        bins = self.histogram_bins
+        lo, hi, counts, represented = fields["hist_lo"], fields["hist_hi"], fields["hist_counts"], fields["hist_numel"]
+        drawn = [0] * len(plan.layer_index)
         for shard in plan.shards:
             for _, lid, k in shard.hist_positions:
                 drawn[lid] += k
         out: list[LayerHistogram | None] = []
-        for k in range(n):
-            size = round(represented[k])
+        for k, size in enumerate(round(v) for v in represented):
             if not size or nonfinite[k] or not math.isfinite(grad_norm[k]) or not math.isfinite(lo[k]):
                 out.append(None)
                 continue
             width = (hi[k] - lo[k]) if hi[k] > lo[k] else 0.0
-            if width == 0.0:
-                limits: tuple[float, ...] = (hi[k],)
-                bucket: tuple[float, ...] = (float(size),)
-            else:
-                limits = tuple(lo[k] + width * (b + 1) / bins for b in range(bins))
-                bucket = tuple(counts[k * bins : (k + 1) * bins])
+            limits = tuple(lo[k] + width * (b + 1) / bins for b in range(bins)) if width else (hi[k],)
+            bucket = tuple(counts[k * bins : (k + 1) * bins]) if width else (float(size),)
             out.append(
-                LayerHistogram(
-                    min=lo[k],
-                    max=hi[k],
-                    num=size,
-                    sum=total[k],
-                    sum_squares=grad_norm[k] ** 2,
-                    bucket_limits=limits,
-                    bucket_counts=bucket,
-                    sample_size=drawn[k],
-                )
+                LayerHistogram(lo[k], hi[k], size, fields["hist_sum"][k], grad_norm[k] ** 2, limits, bucket, drawn[k])
             )
         return tuple(out)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """One field of a step's packed statistics: per-layer values that travel in the step's single transfer.
+
+    Attributes:
+        name: the field's name (the key :func:`unpack` returns it under).
+        op: how partial values from several processes combine: ``"sum"``, ``"max"`` or ``"min"``.
+        width: values per layer (``histogram_bins`` for the bucket counts, else 1).
+    """
+
+    name: str
+    op: str = "sum"
+    width: int = 1
+
+
+def step_layout(extended: bool, histograms: bool) -> tuple[Packed, ...]:
+    """The packed per-layer statistics of a step, in transfer order (the histogram tail comes after these)."""
+    layout = [Packed("grad_sq")]
+    if extended:
+        layout += [Packed("param_sq"), Packed("nonzero"), Packed("max_abs", "max")]
+    if extended or histograms:
+        layout.append(Packed("numel"))
+    if histograms:
+        layout.append(Packed("l1"))
+    return tuple(layout)
+
+
+def histogram_layout(bins: int) -> tuple[Packed, ...]:
+    """The histogram tail: agreed bin edges first, then sums and weighted counts (two phases when sharded)."""
+    return (
+        Packed("hist_lo", "min"),
+        Packed("hist_hi", "max"),
+        Packed("hist_sum"),
+        Packed("hist_counts", width=bins),
+        Packed("hist_numel"),
+    )
+
+
+def unpack(layout: Sequence[Packed], values: Sequence[float], layers: int) -> dict[str, list[float]]:
+    """Split a step's transferred values into its fields (values past the layout are left out).
+
+    Example:
+        >>> unpack(step_layout(False, False) + histogram_layout(2), [4.0, 0.0, 1.0, 2.0, 5.0, 6.0, 4.0, 9.0], 1)
+        {'grad_sq': [4.0], 'hist_lo': [0.0], 'hist_hi': [1.0], 'hist_sum': [2.0], 'hist_counts': [5.0, 6.0], \
+'hist_numel': [4.0]}
+    """
+    out, offset = {}, 0
+    for field in layout:
+        width = field.width * layers
+        out[field.name] = list(values[offset : offset + width])
+        offset += width
+    return out
+
+
+def _to_host(parts: list[Tensor]) -> list[float]:
+    """The step's one device-to-host transfer."""
+    return torch.cat(parts).cpu().tolist() if len(parts) > 1 else parts[0].cpu().tolist()
+
+
+def _positions(shard: _Shard) -> list[int]:
+    return [i for g in shard.dense for i in g.positions] + [i for i, _ in shard.sparse]
 
 
 def _combine(a: Tensor, b: Tensor, op: str) -> Tensor:
@@ -593,6 +725,8 @@ def _accumulate_counts(shard: _Shard, grads: Sequence[Tensor | None], nonzero: T
         ts = [grads[i] for i in group.positions]
         counts = torch._foreach_norm(ts, 0)  # number of non-zero values per tensor
         nonzero.index_add_(0, group.layer_ids, torch.stack(counts).to(nonzero.device, torch.float64))
+        if shard.complex_positions:  # max |g| of a complex value is its modulus, not its largest part
+            ts = [_modulus(t) if i in shard.complex_positions else t for i, t in zip(group.positions, ts)]
         peaks = _abs_max_each(ts).to(device=max_abs.device, dtype=torch.float64)  # type: ignore[arg-type]
         max_abs.scatter_reduce_(0, group.layer_ids, peaks, "amax")
     for pos, lid in shard.sparse:
@@ -603,6 +737,11 @@ def _accumulate_counts(shard: _Shard, grads: Sequence[Tensor | None], nonzero: T
         if values.numel():
             peak = values.abs().max().to(max_abs.device, torch.float64)
             max_abs[lid] = torch.maximum(max_abs[lid], peak)
+
+
+def _modulus(pairs: Tensor) -> Tensor:
+    """``|z|`` of complex values seen as ``(..., 2)`` real pairs."""
+    return torch.linalg.vector_norm(pairs, dim=-1) if pairs.numel() else pairs.reshape(-1)
 
 
 def _abs_max_each(ts: list[Tensor]) -> Tensor:

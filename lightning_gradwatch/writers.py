@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lightning_gradwatch import _names as names
+from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, HISTOGRAM_PREFIX, LAYER_SCALARS, TOTAL_NORM
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning, alert_markdown
 from lightning_gradwatch.stats import LayerHistogram, StepStats
 
-#: Per-layer scalar families, in the order they appear in TensorBoard.
-LAYER_SCALARS: tuple[str, ...] = ("grad_norm", "grad_to_weight", "param_norm", "grad_max_abs", "grad_zero_fraction")
-HISTOGRAM_PREFIX = "grad_hist"
-TOTAL_NORM = "gradwatch/total_norm"
-ALERTS_TAG = "gradwatch/alerts"
+__all__ = [
+    "ALERTS_TAG",
+    "HISTOGRAM_PREFIX",
+    "LAYER_SCALARS",
+    "TOTAL_NORM",
+    "Writers",
+    "custom_scalars_layout",
+    "histogram_tags",
+    "png_size",
+    "step_scalars",
+]
 
 
 def step_scalars(stats: StepStats, suffix: str = "") -> dict[str, float]:
@@ -37,23 +46,21 @@ def step_scalars(stats: StepStats, suffix: str = "") -> dict[str, float]:
          'gradwatch/total_norm', 'param_norm/fc']
     """
     out: dict[str, float] = {}
-    families: list[tuple[str, Sequence[float] | None]] = [
-        ("grad_norm", stats.grad_norm),
-        ("grad_to_weight", stats.grad_to_weight),
-        ("param_norm", stats.param_norm),
-        ("grad_max_abs", stats.max_abs),
-        ("grad_zero_fraction", stats.zero_fraction),
+    values_of: list[Sequence[float] | None] = [
+        stats.grad_norm,
+        stats.grad_to_weight,
+        stats.param_norm,
+        stats.max_abs,
+        stats.zero_fraction,
     ]
-    for family, values in families:
-        if values is None:
-            continue
-        for layer, value in zip(stats.layers, values):
-            out[f"{family}/{layer}"] = value
-    out[f"{TOTAL_NORM}{suffix}"] = stats.total_norm
-    out[f"gradwatch/nonfinite_values{suffix}"] = float(sum(stats.nonfinite_count))
+    for family, values in zip(LAYER_SCALARS, values_of):
+        for layer, value in zip(stats.layers, values or ()):
+            out[names.layer_tag(family, layer)] = value
+    out[names.run_tag(TOTAL_NORM, suffix)] = stats.total_norm
+    out[names.run_tag(names.NONFINITE_VALUES, suffix)] = float(sum(stats.nonfinite_count))
     for layer, count in zip(stats.layers, stats.nonfinite_count):
         if count:
-            out[f"grad_nonfinite/{layer}"] = float(count)
+            out[names.layer_tag(names.GRAD_NONFINITE, layer)] = float(count)
     return out
 
 
@@ -86,10 +93,11 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
 class _TensorBoardSink:
     """Writes through a ``SummaryWriter``'s own event file: one ``Summary`` event per step."""
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, owned: bool = False) -> None:
         from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
         self._writer = writer
+        self._owned = owned
         self._summary = Summary
         self._histogram = HistogramProto
         self._fast = type(writer).__module__.startswith("torch.utils.tensorboard") and hasattr(
@@ -138,16 +146,22 @@ class _TensorBoardSink:
     def flush(self) -> None:
         self._writer.flush()
 
+    def close(self) -> None:
+        self._writer.flush()
+        if self._owned:
+            self._writer.close()
+
 
 class _LoggerSink:
     """Scalars through ``logger.log_metrics``; text and histograms are TensorBoard-only."""
 
-    def __init__(self, logger: Any) -> None:
+    def __init__(self, logger: Any, namespace: str = "") -> None:
         self._logger = logger
+        self._prefix = f"{namespace}/" if namespace else ""
 
     def write(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
         if scalars:
-            self._logger.log_metrics(dict(scalars), step=step)
+            self._logger.log_metrics({self._prefix + k: v for k, v in scalars.items()}, step=step)
 
     def write_layout(self, layout: dict[str, Any]) -> None:
         pass
@@ -163,30 +177,66 @@ class _LoggerSink:
         if callable(save):
             save()
 
+    def close(self) -> None:
+        self.flush()
+
+
+def _tensorboard_sink(experiment: Any, namespace: str) -> _TensorBoardSink:
+    """A sink writing through the logger's own ``SummaryWriter``, or, for a second GradWatch, its own run.
+
+    The first GradWatch shares the logger's event file: TensorBoard polls only the newest event file of a run
+    directory while a run is live, so a second file in the same directory would freeze one set of charts. A second
+    GradWatch writes its own run, in the ``namespace`` subdirectory.
+    """
+    get_logdir = getattr(experiment, "get_logdir", None)
+    if not namespace or not type(experiment).__module__.startswith("torch.utils.tensorboard") or not callable(get_logdir):
+        return _TensorBoardSink(experiment)
+    from torch.utils.tensorboard import SummaryWriter
+
+    return _TensorBoardSink(SummaryWriter(log_dir=os.path.join(get_logdir(), namespace)), owned=True)
+
 
 def _is_tensorboard_writer(experiment: Any) -> bool:
-    return all(hasattr(experiment, attr) for attr in ("add_custom_scalars", "add_text", "flush")) and hasattr(
-        experiment, "add_histogram_raw"
-    )
+    """Whether ``experiment``'s class has a ``SummaryWriter``'s methods.
+
+    An object that answers every attribute, such as Lightning's ``DummyExperiment`` under ``fast_dev_run``, does not.
+    """
+    methods = ("add_custom_scalars", "add_text", "flush", "add_histogram_raw")
+    return all(callable(getattr(type(experiment), attr, None)) for attr in methods)
 
 
 class Writers:
     """All output sinks of one run. Only global rank 0 builds one.
 
+    A TensorBoard logger is written through its own ``SummaryWriter`` (one event file per run directory: TensorBoard
+    polls only the newest file of a live run). A write that fails (a full disk) is reported once and that sink is
+    left alone for the rest of the run.
+
     Args:
         loggers: the trainer's loggers, in order.
+        namespace: for a second GradWatch in one Trainer: its TensorBoard output goes to the ``namespace``
+            subdirectory of each TensorBoard logger's directory, and its scalars to other loggers are prefixed with
+            ``namespace/``. ``""``: none.
     """
 
-    def __init__(self, loggers: Iterable[Any]) -> None:
+    def __init__(self, loggers: Iterable[Any], namespace: str = "") -> None:
         self._sinks: list[Any] = []
         self._names: list[str] = []
-        for logger in loggers:
-            experiment = _tensorboard_experiment(logger)
-            sink: Any = _TensorBoardSink(experiment) if experiment is not None else _LoggerSink(logger)
-            self._sinks.append(sink)
-            self._names.append(type(logger).__name__)
         self._failed: set[int] = set()
         self._layout_written = False
+        for logger in loggers:
+            if type(logger).__name__ == "DummyLogger":  # fast_dev_run's stand-in: writes nothing
+                continue
+            experiment = _tensorboard_experiment(logger)
+            self._names.append(type(logger).__name__)
+            try:
+                sink = _tensorboard_sink(experiment, namespace) if experiment is not None else None
+                sink = sink or _LoggerSink(logger, namespace)
+            except Exception as err:  # an unwritable directory: reported like any failed write
+                self._sinks.append(None)
+                self._fail(len(self._sinks) - 1, err)
+                continue
+            self._sinks.append(sink)
 
     def __bool__(self) -> bool:
         return bool(self._sinks)
@@ -198,13 +248,16 @@ class Writers:
             try:
                 getattr(sink, method)(*args)
             except Exception as err:  # a monitoring failure must not end training
-                self._failed.add(i)
-                warnings.warn(
-                    f"GradWatch could not write to {self._names[i]} ({type(err).__name__}: {err}); it stops writing"
-                    " there for this run. Training, detection and responses continue.",
-                    GradientWarning,
-                    stacklevel=2,
-                )
+                self._fail(i, err)
+
+    def _fail(self, i: int, err: BaseException) -> None:
+        self._failed.add(i)
+        warnings.warn(
+            f"GradWatch could not write to {self._names[i]} ({type(err).__name__}: {err}); it stops writing"
+            " there for this run. Training, detection and responses continue.",
+            GradientWarning,
+            stacklevel=4,
+        )
 
     def write_step(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
         """Write a step's scalars and histograms (the layout goes out with the first write)."""
@@ -234,6 +287,10 @@ class Writers:
         """Flush every sink (event files reach the disk)."""
         self._each("flush")
 
+    def close(self) -> None:
+        """Flush every sink and close the event files GradWatch opened itself (a second instance's)."""
+        self._each("close")
+
 
 def alert_text(alert: GradientAlert) -> str:
     """An alert's Text entry: its Markdown, then its values as JSON on one line in a fenced block.
@@ -258,7 +315,7 @@ def alert_text(alert: GradientAlert) -> str:
         return value
 
     data = json.dumps(plain(alert.to_dict()), allow_nan=False, default=str)  # one line: newlines are escaped
-    return f"{alert_markdown(alert)}\n\n```json\n{data}\n```"
+    return f"{alert_markdown(alert)}{ALERT_DATA_FENCE}{data}\n```"
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -280,7 +337,7 @@ def histogram_tags(stats: StepStats) -> dict[str, LayerHistogram]:
     if stats.histograms is None:
         return {}
     return {
-        f"{HISTOGRAM_PREFIX}/{layer}": h
+        names.layer_tag(HISTOGRAM_PREFIX, layer): h
         for layer, h in zip(stats.layers, stats.histograms)
         if h is not None and math.isfinite(h.min) and math.isfinite(h.max)
     }

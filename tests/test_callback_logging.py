@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,10 +199,30 @@ def test_gradwatch_report_contents(tmp_path):
     assert [layer["name"] for layer in report["layers"]] == list(LAYERS)
     first = report["layers"][0]
     assert first["numel"] == 8 * 32 + 32
-    assert first["grad_norm"]["count"] == 4
+    assert first["grad_norm"]["count"] == 16  # every measured step, not only the 4 logged ones
     assert first["grad_norm"]["min"] <= first["grad_norm"]["median"] <= first["grad_norm"]["max"]
     assert report["steps"] == {"first": 0, "last": 15, "measured": 16, "logged": 4}
     assert report["alerts"] == []
+
+
+def test_report_layer_summaries_cover_the_steps_between_log_steps(tmp_path):
+    pl = flavour("lightning.pytorch")
+    model = make_mlp_module(pl, lr=1e-6)  # small steps: the spike leaves the weights as they were
+    plain_step = model.training_step
+
+    def spiking_step(batch, batch_idx):
+        loss = plain_step(batch, batch_idx)
+        return loss * 1e4 if model.global_step == 3 else loss  # a spike between the log steps 0 and 5
+
+    model.training_step = spiking_step
+    watch = GradWatch(log_every_n_steps=5, on_exploding="ignore", images=False)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    report = json.loads((Path(trainer.logger.log_dir) / "gradwatch.json").read_text())
+    head = next(layer for layer in report["layers"] if layer["name"] == "head")
+    assert head["grad_norm"]["max"] == pytest.approx(model.reference[3]["head"], rel=1e-5)
+    assert head["grad_norm"]["max"] > 100 * head["grad_norm"]["median"]
+    assert head["grad_to_weight"]["count"] == 4  # ratios need parameter norms: measured on the log steps
 
 
 def test_gradwatch_crash_mid_fit_keeps_logs_and_report(tmp_path):
@@ -271,6 +292,95 @@ def test_gradwatch_manual_optimization_two_optimizers(tmp_path):
     tags = set(events(trainer.logger.log_dir).Tags()["scalars"])
     assert {"grad_norm/gen", "grad_norm/disc"} <= tags
     assert {"gradwatch/total_norm/optimizer_0", "gradwatch/total_norm/optimizer_1"} <= tags
+
+
+def test_gradwatch_charts_each_of_two_alternating_optimizers_at_its_own_cadence(tmp_path):
+    """A GAN steps D then G: global_step puts D on even steps and G on odd ones; each is charted all the same."""
+    pl = flavour("lightning.pytorch")
+
+    class Gan(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.gen = torch.nn.Linear(8, 8)
+            self.disc = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            opt_d, opt_g = self.optimizers()
+            x, _ = batch
+            for opt, loss in (
+                (opt_d, lambda: self.disc(x).pow(2).mean()),
+                (opt_g, lambda: self.disc(self.gen(x)).mean()),
+            ):
+                opt.zero_grad()
+                self.manual_backward(loss())
+                opt.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.disc.parameters(), lr=0.01), torch.optim.SGD(self.gen.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            from tests.helpers import regression_data
+
+            return regression_data(64)  # 4 batches: 8 optimizer steps
+
+    watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=2, images=False)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(Gan())
+    assert trainer.global_step == 8
+    acc = events(trainer.logger.log_dir)
+    assert sorted(scalars(acc, "grad_norm/disc")) == [0, 4]  # D's own steps 0 and 2
+    assert sorted(scalars(acc, "grad_norm/gen")) == [1, 5]  # G's own steps 0 and 2, on odd global steps
+    assert sorted(scalars(acc, "gradwatch/total_norm/optimizer_1")) == [1, 5]
+    assert [e.step for e in acc.Histograms("grad_hist/gen")] == [1, 5]
+    report = json.loads((Path(trainer.logger.log_dir) / "gradwatch.json").read_text())
+    assert {layer["name"] for layer in report["layers"]} == {"disc", "gen"}
+
+
+def test_fast_dev_run_dummy_logger_is_not_taken_for_tensorboard(tmp_path):
+    pl = flavour("lightning.pytorch")
+    watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, fast_dev_run=True))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(make_mlp_module(pl))
+    assert type(trainer.logger).__name__ == "DummyLogger"
+    assert [str(w.message) for w in record if issubclass(w.category, GradientWarning)] == []
+    assert watch.state_dict()["summary"]["measured_steps"] == 1
+
+
+def test_two_instances_in_one_trainer_write_their_own_runs(tmp_path):
+    pl = flavour("lightning.pytorch")
+    whole = GradWatch(log_every_n_steps=1, images=False)
+    head = GradWatch(log_every_n_steps=1, include=r"^head\.", images=False, progress_bar=False)
+    trainer = pl.Trainer(callbacks=[whole, head], **trainer_kwargs(tmp_path))
+    model = make_mlp_module(pl)
+    trainer.fit(model)
+    root = Path(trainer.logger.log_dir)
+    first, second = (json.loads((d / "gradwatch.json").read_text()) for d in (root, root / "gradwatch-2"))
+    assert (first["config"]["include"], second["config"]["include"]) == (None, r"^head\.")
+    assert [layer["name"] for layer in second["layers"]] == ["head"]
+    total, head_total = (
+        scalars(events(root), "gradwatch/total_norm"),
+        scalars(events(root / "gradwatch-2"), "gradwatch/total_norm"),
+    )
+    assert sorted(total) == sorted(head_total) == list(range(16))  # one value per step and tag: no collision
+    for step in (0, 7, 15):
+        assert total[step] == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+        assert head_total[step] == pytest.approx(model.reference[step]["head"], rel=1e-5)
+
+
+def test_report_file_mode_follows_the_umask_like_the_event_files(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(callbacks=[GradWatch(images=False)], **trainer_kwargs(tmp_path, max_steps=2))
+    trainer.fit(make_mlp_module(pl))
+    log_dir = Path(trainer.logger.log_dir)
+    event_file = next(log_dir.glob("events.out.tfevents.*"))
+    report_mode = (log_dir / "gradwatch.json").stat().st_mode & 0o777
+    assert report_mode == event_file.stat().st_mode & 0o777
+    mask = os.umask(0)
+    os.umask(mask)
+    assert report_mode == 0o666 & ~mask
 
 
 def test_gradwatch_pickles_and_deep_copies(tmp_path):
@@ -433,6 +543,7 @@ def test_two_instances_draw_at_the_same_time_without_failing(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "could not draw" not in result.stderr
-    acc = events(next(tmp_path.rglob("events.out.tfevents.*")).parent)
+    runs = sorted({path.parent for path in tmp_path.rglob("events.out.tfevents.*")})  # the second in gradwatch-2/
     assert "left out" not in result.stderr  # every picture drawn: nothing hides a failure
-    assert len(acc.Images("gradwatch/gradient_flow")) == 2 * 8  # both instances, every 4th of 32 steps
+    pictures = [len(events(run).Images("gradwatch/gradient_flow")) for run in runs if (run / "gradwatch.json").exists()]
+    assert sum(pictures) == 2 * 8  # both instances, every 4th of 32 steps

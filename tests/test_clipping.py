@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
+from examples.harness import finite_weights
 from lightning_gradwatch import GradWatch
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
-from lightning_gradwatch.demos import finite_weights
 from tests.helpers import events, flavour, make_mlp_module, reference_norms, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")

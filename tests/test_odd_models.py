@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ class Base(pl.LightningModule):
 
 
 def _fit(tmp_path, model, **watch_kwargs):
-    watch = GradWatch(log_every_n_steps=1, **watch_kwargs)
+    watch = GradWatch(**{"log_every_n_steps": 1, **watch_kwargs})
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -142,3 +143,35 @@ def test_ten_thousand_parameter_tensors_stay_readable(tmp_path):
     total = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
     for step, value in total.items():
         assert value == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+
+
+def _side_norm_model(wrap: Any) -> Base:
+    class SideNorm(Base):
+        """A LayerNorm on a side branch whose gradient is 1e-9 of the body's: tiny by design, never vanishing."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+            self.side = wrap(nn.Sequential(nn.LayerNorm(8)))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.body(x), y) + 1e-9 * self.side(x).square().mean()
+
+    return SideNorm()
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_normalisation_layer_exempt_under_activation_checkpointing(tmp_path, wrapped):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    model = _side_norm_model(checkpoint_wrapper if wrapped else (lambda m: m))
+    if wrapped:  # the wrapper adds a name component that the layer names do not carry
+        assert "side._checkpoint_wrapped_module.0" in dict(model.named_modules())
+    watch, trainer, ours = _fit(tmp_path, model, vanishing_patience=3, log_every_n_steps=1)
+    assert trainer.global_step == 8
+    layers = scalars(events(trainer.logger.log_dir), "grad_norm/side.0")
+    assert len(layers) == 8
+    assert max(layers.values()) < 1e-6
+    assert watch.alerts == []
+    assert ours == []

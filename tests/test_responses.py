@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
-from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, trainer_kwargs
+from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
 
@@ -127,6 +127,27 @@ def test_fp16_overflow_steps_are_not_alerts(tmp_path):
     assert all(math.isfinite(e.value) for e in acc.Scalars("gradwatch/total_norm"))  # overflow steps kept out
 
 
+def test_fp16_scaler_starting_high_recovers_without_an_alert(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    model = make_mlp_module(pl, batches=1024)  # 64 steps
+    watch = GradWatch(log_every_n_steps=1)  # the defaults: 20 overflows in a row would be a failure
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # as some recipes start
+    trainer = pl.Trainer(
+        callbacks=[watch], plugins=[MixedPrecision("16-mixed", "cpu", scaler)], **trainer_kwargs(tmp_path)
+    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    overflow = watch.state_dict()["summary"]["events"]["amp_overflow_steps"]
+    assert overflow > 20  # more than the patience: the scaler halved its way down from 2**40
+    assert watch.alerts == []
+    assert _gradient_warnings(record) == []
+    assert trainer.global_step == 64  # not stopped
+    assert _finite(model)
+    assert scaler.get_scale() < 2.0**30
+
+
 def test_fp16_persistent_overflow_becomes_a_nonfinite_alert(tmp_path):
     from lightning.pytorch.plugins import MixedPrecision
 
@@ -177,3 +198,102 @@ def test_nonfinite_weights_are_reported_even_with_finite_gradients(tmp_path):
         trainer.fit(Guarded())
     assert [(a.kind, a.step, a.layers) for a in watch.alerts] == [("nonfinite", 6, ("scale",))]  # once per episode
     assert watch.alerts[0].extra == {"what": "weights"}
+    assert 'on_nonfinite="warn" lets such updates through' in watch.alerts[0].message
+
+
+def test_nonfinite_weights_message_names_only_the_response_in_use(tmp_path):
+    class Poisoned(pl.LightningModule):
+        """A weight set to NaN outside the optimizer's update (gradients stay finite: the guard below)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(8, 1)
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            scale = torch.where(torch.isfinite(self.scale), self.scale, torch.ones_like(self.scale))
+            return torch.nn.functional.mse_loss(self.net(x) * scale, y)
+
+        def on_train_batch_start(self, batch, batch_idx):
+            if self.global_step == 2:
+                with torch.no_grad():
+                    self.scale.fill_(float("nan"))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            from tests.helpers import regression_data
+
+            return regression_data(128)
+
+    watch = GradWatch(log_every_n_steps=1, on_vanishing="ignore")  # on_nonfinite left at its default
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientWarning)
+        trainer.fit(Poisoned())
+    (alert,) = watch.alerts
+    assert alert.extra == {"what": "weights"}
+    assert 'on_nonfinite="warn"' not in alert.message  # the user did not choose it
+    assert 'on_nonfinite="stop"' in alert.message
+
+
+def test_huge_finite_weights_are_not_called_nonfinite(tmp_path):
+    class Huge(pl.LightningModule):
+        """Weights of 1e23 are finite, yet the float32 square of their norm overflows."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(8, 1)
+            self.big = torch.nn.Parameter(torch.full((4,), 1e23))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y) + 1e-30 * self.big.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            from tests.helpers import regression_data
+
+            return regression_data(64)
+
+    watch = GradWatch(log_every_n_steps=1, on_vanishing="ignore")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(Huge())
+    assert watch.alerts == []
+    norms = scalars(events(trainer.logger.log_dir), "param_norm/big")
+    assert norms[0] == pytest.approx(2e23, rel=1e-6)  # sqrt(4) * 1e23, exact in float64
+
+
+def test_report_records_the_batches_of_skipped_clipped_and_alerting_steps(tmp_path):
+    model = make_mlp_module(pl, nan_at_step=20)  # 16 batches per epoch: the second epoch's batch 4
+    watch = GradWatch(on_nonfinite="skip", clip=1e-3)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientWarning)
+        trainer.fit(model)
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+    bad = {b["step"]: b for b in report["bad_batches"]}
+    assert bad[20] == {"step": 20, "reasons": ["skipped", "alert"], "optimizer": 0, "epoch": 1, "batch_idx": 4}
+    assert len(bad) == 1  # clipping every step to a fixed norm is not a spike: not a bad batch
+
+
+def test_report_records_spikes_clipped_by_the_exploding_response(tmp_path):
+    model = make_mlp_module(pl, lr=1e-6)
+    plain_step = model.training_step
+
+    def spiking_step(batch, batch_idx):
+        loss = plain_step(batch, batch_idx)
+        return loss * 1e4 if model.global_step == 12 else loss
+
+    model.training_step = spiking_step
+    watch = GradWatch(on_exploding="clip", warmup_steps=5)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+    assert report["bad_batches"] == [
+        {"step": 12, "reasons": ["clipped spike"], "optimizer": 0, "epoch": 0, "batch_idx": 12}
+    ]

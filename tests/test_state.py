@@ -35,6 +35,32 @@ def test_resume_continues_detector_summary_and_alerts(tmp_path):
     assert min(thresholds) == 20
 
 
+def test_changing_a_response_when_resuming_keeps_the_detector_state(tmp_path):
+    watch = GradWatch(on_nonfinite="skip", on_exploding="warn")
+    ckpt = _first_fit(tmp_path / "first", watch)
+    resumed = GradWatch(on_nonfinite="stop", on_exploding="skip", clip=1.0)  # only the responses differ
+    assert resumed.state_key == watch.state_key
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "second", max_epochs=2))
+    trainer.fit(make_mlp_module(pl, optimizer="adam", lr=0.01), ckpt_path=ckpt)
+    assert resumed.state_dict()["detectors"]["0"]["steps"] == 15 + 16
+    assert [(a.kind, a.step) for a in resumed.alerts] == [("nonfinite", 2)]
+
+
+def test_checkpoint_keyed_with_the_responses_still_loads(tmp_path):
+    watch = GradWatch(on_nonfinite="skip")
+    ckpt = _first_fit(tmp_path / "first", watch)
+    checkpoint = torch.load(ckpt, weights_only=False)
+    state = checkpoint["callbacks"].pop(watch.state_key)
+    older = "GradWatch{'granularity': 'module', 'include': None, 'exclude': None, 'on_vanishing': 'warn',"
+    older += " 'on_exploding': 'warn', 'on_nonfinite': 'skip', 'clip': None}"  # the key as earlier versions wrote it
+    checkpoint["callbacks"][older] = state
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    resumed = GradWatch(on_nonfinite="skip")
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "second", max_epochs=2))
+    trainer.fit(make_mlp_module(pl, optimizer="adam", lr=0.01), ckpt_path=tmp_path / "older.ckpt")
+    assert resumed.state_dict()["detectors"]["0"]["steps"] == 15 + 16
+
+
 def test_checkpoint_from_an_older_version_loads_with_defaults(tmp_path):
     watch = GradWatch()
     ckpt = _first_fit(tmp_path / "first", watch)

@@ -187,3 +187,25 @@ def test_layer_cap_merges_numbered_layers_into_runs_not_into_one():
     assert collector.aggregated == "into runs of 2 consecutive numbered modules"
     stats = collector.collect()
     assert stats.grad_norm[0] == pytest.approx(math.sqrt(12))  # two Linear(2, 2): 2 x (4 + 2) ones
+
+
+def test_max_abs_of_complex_gradients_is_the_modulus():
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    w.grad = torch.tensor([3 + 4j, 0.5j, -1.0], dtype=torch.complex64)
+    step = GradientStats([("w", w)]).collect(extended=True)
+    assert step.max_abs == (5.0,)  # |3+4j|, not its largest part (4)
+    assert step.grad_norm[0] == pytest.approx(math.sqrt(25 + 0.25 + 1))
+
+
+def test_sparse_gradient_layers_get_a_histogram():
+    emb = torch.nn.Embedding(100, 4, sparse=True)
+    emb(torch.tensor([1, 2, 2, 7])).sum().backward()  # rows 1, 2 and 7 hold gradients; 97 rows are zeros
+    step = GradientStats(emb.named_parameters(), histogram_bins=8).collect(histograms=True)
+    (hist,) = step.histograms
+    assert hist is not None
+    assert hist.num == 400
+    assert sum(hist.bucket_counts) == pytest.approx(400)
+    assert (hist.min, hist.max) == (0.0, 2.0)  # row 2 was looked up twice
+    assert hist.sum == pytest.approx(float(emb.weight.grad.to_dense().sum()))
+    zero_bucket = hist.bucket_counts[0]
+    assert zero_bucket == pytest.approx(97 * 4)  # the implicit zeros

@@ -1,0 +1,178 @@
+"""Internal. What GradWatch needs to know about the Trainer, read once per fit into a plain record.
+
+Only public, duck-typed Trainer attributes are read, and Lightning is not imported: the record is all the rest of
+the package sees of the Trainer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from lightning_gradwatch.alerts import ModelTraits
+
+if TYPE_CHECKING:
+    from lightning_gradwatch._engine import Flags
+
+__all__ = [
+    "Environment",
+    "check_trainer",
+    "clean_name",
+    "exempt_parameters",
+    "named_parameters",
+    "optimizer_index",
+    "probe",
+    "reduce_flags",
+]
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One fit's environment: ranks, schedule, output directory, shard group, loss scaler, model traits.
+
+    Attributes:
+        is_global_zero: this process writes the logs and the report.
+        world_size: processes taking part (decisions are reduced across them when more than one).
+        log_every: scalar interval, in optimizer steps.
+        hist_every: histogram interval, in optimizer steps (0: none).
+        log_dir: where ``gradwatch.json`` goes (``None``: nowhere).
+        plain_group: the process group plain-tensor gradients are sharded over (FSDP1), else ``None``.
+        scaler: the fp16 loss scaler, when one is enabled.
+        traits: what the model looks like, for remedy hints.
+    """
+
+    is_global_zero: bool = True
+    world_size: int = 1
+    log_every: int = 50
+    hist_every: int = 200
+    log_dir: str | None = None
+    plain_group: Any = None
+    scaler: Any = None
+    traits: ModelTraits = field(default_factory=ModelTraits)
+
+
+def probe(
+    trainer: Any, pl_module: Any, log_every_n_steps: int | None, histogram_every_n_steps: int | None
+) -> Environment:
+    """Read the environment of a fit from its Trainer (every rank calls this: the log directory may broadcast)."""
+    log_every = log_every_n_steps or max(int(getattr(trainer, "log_every_n_steps", 50) or 50), 1)
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    return Environment(
+        is_global_zero=bool(trainer.is_global_zero),
+        world_size=int(trainer.world_size),
+        log_every=log_every,
+        hist_every=4 * log_every if histogram_every_n_steps is None else histogram_every_n_steps,
+        log_dir=_log_dir(trainer),
+        plain_group=_plain_shard_group(trainer),
+        scaler=scaler if scaler is not None and _scaler_enabled(scaler) else None,
+        traits=ModelTraits.from_module(pl_module),
+    )
+
+
+def clean_name(name: str) -> str:
+    """A parameter or module name without the parts wrappers add (FSDP1, activation checkpointing, compile).
+
+    Example:
+        >>> clean_name("1._checkpoint_wrapped_module.0.weight")
+        '1.0.weight'
+        >>> clean_name("_orig_mod.encoder._fsdp_wrapped_module.fc.bias")
+        'encoder.fc.bias'
+    """
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def named_parameters(module: Any, optimizer: Any, index: int) -> list[tuple[str, Tensor]]:
+    """The optimizer's parameters with the module's cleaned names, in the module's order.
+
+    Parameters the module does not own (an optimizer built over extra tensors) are named
+    ``optimizer_<index>.param_<k>``.
+    """
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    named = [(clean_name(n), p) for n, p in module.named_parameters() if id(p) in in_optimizer]
+    known = {id(p) for _, p in named}
+    extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
+    return named + [(f"optimizer_{index}.param_{i}", p) for i, p in enumerate(extra)]
+
+
+def exempt_parameters(module: Any, granularity: str) -> set[int]:
+    """Ids of the parameters whose gradients are naturally small: normalisation layers' (and biases, per parameter).
+
+    Identified by object, not by name, so wrapper prefixes cannot make the names disagree with the layers'.
+    """
+    exempt = {id(p) for m in module.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)}
+    if granularity == "parameter":
+        exempt.update(id(p) for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] == "bias")
+    return exempt
+
+
+def optimizer_index(trainer: Any, optimizer: Any) -> tuple[int, int]:
+    """``(index of optimizer among the trainer's, number of optimizers)``; a wrapped optimizer is found too."""
+    optimizers: Iterable[Any] = getattr(trainer, "optimizers", ()) or ()
+    optimizers = list(optimizers)
+    for i, opt in enumerate(optimizers):
+        if opt is optimizer or getattr(opt, "optimizer", None) is optimizer:
+            return i, len(optimizers)
+    return 0, max(len(optimizers), 1)
+
+
+def _log_dir(trainer: Any) -> str | None:
+    """Where ``gradwatch.json`` goes: the first TensorBoard logger's ``log_dir``, else ``trainer.log_dir``."""
+    fallback = trainer.log_dir  # broadcasts: called on every rank
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "TensorBoardLogger":
+            return os.fspath(logger.log_dir)
+    return os.fspath(fallback) if fallback is not None else None
+
+
+def _plain_shard_group(trainer: Any) -> Any:
+    """The process group of plain-tensor gradient shards: the world under Lightning's FSDPStrategy (FSDP1).
+
+    FSDP1 with ``use_orig_params=True`` leaves plain tensors holding each rank's slice; everything else needs no
+    group (DTensors carry their own, and DDP gradients are whole).
+    """
+    if not any(cls.__name__ == "FSDPStrategy" for cls in type(trainer.strategy).__mro__):
+        return None
+    import torch.distributed as dist
+
+    return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+
+
+def _scaler_enabled(scaler: Any) -> bool:
+    is_enabled = getattr(scaler, "is_enabled", None)
+    return bool(is_enabled()) if callable(is_enabled) else True
+
+
+def check_trainer(trainer: Any, clip: Any, on_exploding: str) -> None:
+    """Refuse what GradWatch cannot watch (DeepSpeed) or would do twice (clipping with ``gradient_clip_val``)."""
+    strategy_name = type(trainer.strategy).__name__
+    if "DeepSpeed" in strategy_name:
+        raise RuntimeError(
+            f"GradWatch does not support {strategy_name}: DeepSpeed ZeRO keeps gradients in its own partitioned"
+            " buffers and leaves `param.grad` empty, so every norm would read as zero. Use DDP, FSDP"
+            " (`FSDPStrategy`) or `ModelParallelStrategy` (FSDP2), or remove GradWatch from this run."
+        )
+    if (clip is not None or on_exploding == "clip") and getattr(trainer, "gradient_clip_val", None):
+        raise ValueError(
+            f"GradWatch(clip={clip!r}, on_exploding={on_exploding!r}) clips gradients, and so does"
+            f" Trainer(gradient_clip_val={trainer.gradient_clip_val!r}): use one of them. GradWatch's clipping"
+            ' logs the norm before and after and can learn its threshold (clip="adaptive").'
+        )
+
+
+def reduce_flags(trainer: Any, env: Environment, flags: Flags) -> Flags:
+    """Every rank takes the same decision: a flag raised on any rank holds on all of them."""
+    if env.world_size <= 1:
+        return flags
+    device = getattr(trainer.strategy, "root_device", torch.device("cpu"))
+    values = torch.tensor([float(flags.skip), float(flags.stop), float(flags.fail)], device=device)
+    skip, stop, fail = (v > 0 for v in trainer.strategy.reduce(values, reduce_op="sum").tolist())
+    return replace(flags, skip=skip, stop=stop, fail=fail)

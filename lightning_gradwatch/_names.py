@@ -1,0 +1,89 @@
+"""Internal. TensorBoard tag and run-event names, in one torch-free module shared by the writers, report and CLI.
+
+Example:
+    >>> layer_tag(GRAD_NORM, "encoder.0")
+    'grad_norm/encoder.0'
+    >>> run_tag(TOTAL_NORM, "/optimizer_1")
+    'gradwatch/total_norm/optimizer_1'
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ALERTS_NOT_KEPT",
+    "ALERTS_TAG",
+    "ALERTS_TEXT_TAG",
+    "ALERT_DATA_FENCE",
+    "AMP_OVERFLOW_STEPS",
+    "CLIPPED_NORM",
+    "CLIPPED_STEPS",
+    "CLIP_THRESHOLD",
+    "EVENT_SCALARS",
+    "GRADIENT_FLOW",
+    "GRADIENT_HEATMAP",
+    "GRAD_MAX_ABS",
+    "GRAD_NONFINITE",
+    "GRAD_NORM",
+    "GRAD_TO_WEIGHT",
+    "GRAD_ZERO_FRACTION",
+    "HISTOGRAM_PREFIX",
+    "LAYER_SCALARS",
+    "NAMESPACE",
+    "NONFINITE_STEPS",
+    "NONFINITE_VALUES",
+    "PARAM_NORM",
+    "SKIPPED_STEPS",
+    "SPIKE_STEPS",
+    "SPIKE_THRESHOLD",
+    "TOTAL_NORM",
+    "TOTAL_NORM_MAX",
+    "layer_tag",
+    "run_tag",
+]
+
+NAMESPACE = "gradwatch"
+
+# per-layer scalar families, in the order they appear in TensorBoard
+GRAD_NORM = "grad_norm"
+GRAD_TO_WEIGHT = "grad_to_weight"
+PARAM_NORM = "param_norm"
+GRAD_MAX_ABS = "grad_max_abs"
+GRAD_ZERO_FRACTION = "grad_zero_fraction"
+GRAD_NONFINITE = "grad_nonfinite"
+LAYER_SCALARS: tuple[str, ...] = (GRAD_NORM, GRAD_TO_WEIGHT, PARAM_NORM, GRAD_MAX_ABS, GRAD_ZERO_FRACTION)
+HISTOGRAM_PREFIX = "grad_hist"
+
+# run-level scalars
+TOTAL_NORM = f"{NAMESPACE}/total_norm"
+TOTAL_NORM_MAX = f"{NAMESPACE}/total_norm_max"
+CLIPPED_NORM = f"{NAMESPACE}/clipped_norm"
+CLIP_THRESHOLD = f"{NAMESPACE}/clip_threshold"
+SPIKE_THRESHOLD = f"{NAMESPACE}/spike_threshold"
+NONFINITE_VALUES = f"{NAMESPACE}/nonfinite_values"
+
+# text and images
+ALERTS_TAG = f"{NAMESPACE}/alerts"
+ALERTS_TEXT_TAG = f"{ALERTS_TAG}/text_summary"  # what `SummaryWriter.add_text` makes of ALERTS_TAG
+#: An alert's Text entry ends with its plain values as one line of JSON in a fenced block.
+ALERT_DATA_FENCE = "\n\n```json\n"
+GRADIENT_FLOW = f"{NAMESPACE}/gradient_flow"
+GRADIENT_HEATMAP = f"{NAMESPACE}/gradient_heatmap"
+
+# run events: counted in gradwatch.json's "events", charted as gradwatch/<event>
+AMP_OVERFLOW_STEPS = "amp_overflow_steps"
+SKIPPED_STEPS = "skipped_steps"
+SPIKE_STEPS = "spike_steps"
+CLIPPED_STEPS = "clipped_steps"
+NONFINITE_STEPS = "nonfinite_steps"
+ALERTS_NOT_KEPT = "alerts_not_kept"
+EVENT_SCALARS: tuple[str, ...] = (AMP_OVERFLOW_STEPS, SKIPPED_STEPS, SPIKE_STEPS, CLIPPED_STEPS)
+
+
+def layer_tag(family: str, layer: str) -> str:
+    """The tag of one layer's value in a per-layer family (``grad_norm/<layer>``)."""
+    return f"{family}/{layer}"
+
+
+def run_tag(name: str, suffix: str = "") -> str:
+    """A run-level tag, with ``suffix`` (``"/optimizer_1"``) telling apart several optimizers."""
+    return f"{name}{suffix}"

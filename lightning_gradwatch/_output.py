@@ -1,0 +1,235 @@
+"""Internal. One fit's output on global rank 0: step scalars and histograms, pictures, alerts and the report.
+
+The callback hands each decision here; this module turns it into writes (through :class:`~.writers.Writers`), the
+drawing thread's work, warnings, and ``gradwatch.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from lightning_gradwatch import __version__
+from lightning_gradwatch import _names as names
+from lightning_gradwatch._engine import Decision, StepEngine
+from lightning_gradwatch._environment import Environment
+from lightning_gradwatch.alerts import GradientAlert, GradientWarning
+from lightning_gradwatch.pictures import (
+    BackgroundDrawing,
+    gradient_flow_png,
+    gradient_heatmap_png,
+    matplotlib_available,
+)
+from lightning_gradwatch.report import RunSummary, build_report, write_report
+from lightning_gradwatch.stats import StepStats
+from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
+
+__all__ = ["MAX_ALERTS_KEPT", "RunOutput", "layer_health"]
+
+MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
+_DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
+_ACTIONS = {
+    "stop": 'GradWatch stops training after this step (on_{kind}="stop"); this step\'s update is skipped.',
+    "skip": 'GradWatch skips the updates of such steps (on_{kind}="skip").',
+    "clip": 'GradWatch clips such steps to the spike threshold (on_{kind}="clip").',
+}
+
+
+class RunOutput:
+    """Everything one fit writes. Built on every rank; only global rank 0 writes.
+
+    Args:
+        env: the fit's environment (whether this process writes, where the report goes).
+        loggers: the trainer's loggers.
+        summary: the run summary (for the report and the heat map).
+        alerts: the list recorded alerts are kept in (the callback's ``alerts``).
+        config: the configuration, for the report.
+        images: draw gradient-flow pictures at histogram steps (when a logger shows images).
+        namespace: for the second and later GradWatch of one Trainer: the subdirectory of the log directory its
+            TensorBoard output and report go to, and the prefix of its scalars in other loggers.
+    """
+
+    def __init__(
+        self,
+        env: Environment,
+        loggers: Any,
+        summary: RunSummary,
+        alerts: list[GradientAlert],
+        config: Callable[[], dict[str, Any]],
+        images: bool,
+        namespace: str = "",
+    ) -> None:
+        self.is_global_zero = env.is_global_zero
+        self.log_dir = os.path.join(env.log_dir, namespace) if env.log_dir is not None and namespace else env.log_dir
+        self.writers = Writers(loggers, namespace) if env.is_global_zero else None
+        self.summary = summary
+        self.alerts = alerts
+        self._config = config
+        self._report_failed = False
+        self._warned_no_gradients = False
+        self.drawing: BackgroundDrawing | None = None
+        if images and self.writers is not None and self.writers.wants_images:
+            if matplotlib_available():
+                self.drawing = BackgroundDrawing()
+            else:
+                _warn(
+                    "GradWatch draws its gradient-flow images with matplotlib, which is not installed: `pip install"
+                    " matplotlib` (or `lightning-gradwatch[images]`), or pass `images=False`. Everything else works"
+                    " without it."
+                )
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes step data (rank 0 with at least one logger)."""
+        return self.writers is not None and bool(self.writers)
+
+    def no_gradients(self, index: int, step: int) -> None:
+        """Say once that an optimizer's watched parameters had no gradient."""
+        if self.is_global_zero and not self._warned_no_gradients:
+            self._warned_no_gradients = True
+            _warn(
+                f"GradWatch found no gradient on the watched parameters of optimizer {index} at step {step}"
+                " (all frozen or unused, or the step skipped its backward). Such steps are not measured."
+            )
+
+    # ------------------------------------------------------------------ alerts
+    def record(self, decision: Decision) -> None:
+        """Keep the decision's alerts (bounded), write them, warn, and update the report."""
+        for alert, response in decision.alerts:
+            if len(self.alerts) < MAX_ALERTS_KEPT:
+                self.alerts.append(alert)
+            else:  # a run that alerts without end keeps its first alerts, and counts the rest
+                self.summary.count(names.ALERTS_NOT_KEPT)
+            if not self.is_global_zero:
+                continue
+            if self.writers:
+                self.writers.write_alert(alert)
+            if response != "raise":
+                action = _ACTIONS.get(response)
+                _warn(alert.message if action is None else f"{alert.message}\n{action.format(kind=alert.kind)}")
+            self.write_report("running")
+
+    # ------------------------------------------------------------------ steps
+    def write_step(self, decision: Decision, engine: StepEngine, clip: tuple[float, float] | None) -> None:
+        """Write a log or histogram step's scalars, histograms and (handed to the drawing thread) pictures."""
+        stats = decision.stats
+        if stats is None or not self.writes or not (decision.log or decision.histograms):
+            return
+        assert self.writers is not None
+        scalars = self._scalars(stats, engine, clip) if decision.log else {}
+        self.writers.write_step(decision.step, scalars, histogram_tags(stats))
+        if decision.histograms and self.drawing is not None:
+            self._submit_pictures(decision, engine.suffix)
+
+    def _scalars(self, stats: StepStats, engine: StepEngine, clip: tuple[float, float] | None) -> dict[str, float]:
+        suffix = engine.suffix
+        scalars = step_scalars(stats, suffix=suffix)
+        scalars[names.run_tag(names.TOTAL_NORM_MAX, suffix)] = engine.take_interval_max(stats.total_norm)
+        threshold = engine.detector.spike_threshold()
+        if math.isfinite(threshold):
+            scalars[names.run_tag(names.SPIKE_THRESHOLD, suffix)] = threshold
+        if clip is not None:
+            scalars[names.run_tag(names.CLIPPED_NORM, suffix)] = clip[1]
+            if math.isfinite(clip[0]):
+                scalars[names.run_tag(names.CLIP_THRESHOLD, suffix)] = clip[0]
+        for event in names.EVENT_SCALARS:
+            scalars[f"{names.NAMESPACE}/{event}"] = float(self.summary.events.get(event, 0))
+        return scalars
+
+    def _submit_pictures(self, decision: Decision, suffix: str) -> None:
+        """Hand this step's picture data to the drawing thread (matplotlib never runs on the training thread)."""
+        stats, step = decision.stats, decision.step
+        if stats is None or stats.mean_abs is None or stats.max_abs is None or self.drawing is None:
+            return
+        layers, mean_abs, max_abs = stats.layers, stats.mean_abs, stats.max_abs
+        health = layer_health(stats, decision)
+        rows, steps, norms = self.summary.norm_grid(layers)
+
+        def draw() -> dict[str, bytes]:
+            images = {
+                names.run_tag(names.GRADIENT_FLOW, suffix): gradient_flow_png(layers, mean_abs, max_abs, health, step)
+            }
+            if len(steps) >= 2:
+                images[names.run_tag(names.GRADIENT_HEATMAP, suffix)] = gradient_heatmap_png(rows, steps, norms, step)
+            return images
+
+        self.drawing.submit(step, draw)
+
+    def write_drawn(self, drawn: list[tuple[int, dict[str, bytes]]] | None = None) -> None:
+        """Write the pictures the drawing thread has finished; report its failure once."""
+        if self.drawing is None or self.writers is None:
+            return
+        if drawn is None:
+            drawn = self.drawing.collect() if self.drawing.ready else []
+        for step, images in drawn:
+            self.writers.write_images(step, images)
+        if self.drawing.error is not None:
+            err = self.drawing.error
+            self.drawing.close(timeout=0)
+            self.drawing = None
+            _warn(
+                f"GradWatch could not draw its gradient-flow images ({type(err).__name__}: {err}); it stops drawing"
+                " them for this run."
+            )
+
+    # ------------------------------------------------------------------ the end
+    def write_report(self, status: str, error: str | None = None) -> None:
+        """Write ``gradwatch.json`` (a failure is reported once; training goes on)."""
+        if not self.is_global_zero or self.log_dir is None or self._report_failed:
+            return
+        try:
+            doc = build_report(
+                version=__version__,
+                status=status,
+                config=self._config(),
+                summary=self.summary,
+                alerts=self.alerts,
+                error=error,
+            )
+            write_report(self.log_dir, doc)
+        except OSError as err:
+            self._report_failed = True
+            _warn(
+                f"GradWatch could not write gradwatch.json to {self.log_dir} ({err}). Training continues; the alerts"
+                " are still in `GradWatch.alerts` and the logs."
+            )
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Last pictures, flushed logs, the final report."""
+        if not self.is_global_zero:
+            return
+        if self.drawing is not None:
+            drawing = self.drawing
+            self.write_drawn(drawing.close(timeout=_DRAWING_TIMEOUT))
+            if drawing.dropped:
+                _warn(
+                    f"GradWatch left out {drawing.dropped} gradient-flow picture(s): they were asked for faster"
+                    " than matplotlib draws them. A larger `histogram_every_n_steps`, or `images=False`, avoids"
+                    " this."
+                )
+        if self.writers:
+            self.writers.close()
+        self.write_report(status, error)
+
+
+def layer_health(stats: StepStats, decision: Decision) -> list[str]:
+    """Per layer: ``non-finite``, ``exploding`` (a large share of a spike step's norm), ``vanishing`` or ``ok``."""
+    verdict = decision.verdict
+    vanishing = set(verdict.vanishing_layers) if verdict is not None else set()
+    big = 0.1 * stats.total_norm**2 if verdict is not None and verdict.spike else math.inf
+    out = []
+    for name, norm, bad in zip(stats.layers, stats.grad_norm, stats.nonfinite_count):
+        if bad:
+            out.append("non-finite")
+        elif norm * norm >= big:
+            out.append("exploding")
+        else:
+            out.append("vanishing" if name in vanishing else "ok")
+    return out
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, GradientWarning, stacklevel=4)

@@ -1,0 +1,57 @@
+"""Internal. The gradient norm and health word in Lightning's progress bar, read at refresh (no cost per step)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["ProgressItems"]
+
+
+class ProgressItems:
+    """Adds ``grad_norm`` and ``grad_health`` to the progress bar's items while attached.
+
+    Example:
+        >>> items = ProgressItems()
+        >>> items.update(0.123456, "exploding")
+        >>> items.extend({"loss": "1.0"})
+        {'loss': '1.0', 'grad_norm': '0.123', 'grad_health': 'exploding'}
+    """
+
+    def __init__(self) -> None:
+        self.total_norm = math.nan
+        self.health = "ok"
+        self._bar: Any = None
+
+    def update(self, total_norm: float, health: str) -> None:
+        """The latest step's total norm and health."""
+        self.total_norm = total_norm
+        self.health = health
+
+    def extend(self, items: dict[str, Any]) -> dict[str, Any]:
+        """``items`` with the gradient items added."""
+        items = dict(items)
+        if math.isfinite(self.total_norm):
+            items["grad_norm"] = f"{self.total_norm:.3g}"
+        if self.health != "ok":
+            items["grad_health"] = self.health
+        return items
+
+    def attach(self, trainer: Any) -> None:
+        """Wrap the trainer's progress bar's ``get_metrics`` (an instance attribute, removed by :meth:`detach`)."""
+        bar = getattr(trainer, "progress_bar_callback", None)
+        original = getattr(bar, "get_metrics", None)
+        if bar is None or not callable(original):
+            return
+
+        def get_metrics(trainer: Any, pl_module: Any) -> dict[str, Any]:
+            return self.extend(original(trainer, pl_module))
+
+        bar.get_metrics = get_metrics
+        self._bar = bar
+
+    def detach(self) -> None:
+        """Give the progress bar back its own ``get_metrics``."""
+        if self._bar is not None:
+            self._bar.__dict__.pop("get_metrics", None)
+            self._bar = None
