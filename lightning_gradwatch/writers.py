@@ -189,7 +189,11 @@ def _tensorboard_sink(experiment: Any, namespace: str) -> _TensorBoardSink:
     GradWatch writes its own run, in the ``namespace`` subdirectory.
     """
     get_logdir = getattr(experiment, "get_logdir", None)
-    if not namespace or not type(experiment).__module__.startswith("torch.utils.tensorboard") or not callable(get_logdir):
+    if (
+        not namespace
+        or not type(experiment).__module__.startswith("torch.utils.tensorboard")
+        or not callable(get_logdir)
+    ):
         return _TensorBoardSink(experiment)
     from torch.utils.tensorboard import SummaryWriter
 
