@@ -21,7 +21,8 @@ SGD (lr 0.01, momentum 0.9) and AdamW (lr 1e-3, weight decay 0.01).
 Rules: no clipping; fixed thresholds (0.1 ... 100; "best fixed" is the best of them in hindsight, per cell); ZClip
 (``zclip`` package, both modes, no cap, and its defaults with the 1.0 cap); AutoClip (the 10th percentile of every
 norm so far, Seetharaman et al. 2020); the previous adaptive rule (mean + 2.5 std of log10 norm after a 25-step
-warm-up); ``clip="adaptive"`` (``AdaptiveClipThreshold`` with GradWatch's defaults); ``on_exploding="clip"`` (the
+warm-up); ``clip="adaptive"`` (``AdaptiveClipThreshold`` with GradWatch's defaults) and, as an ablation, the same
+rule clipping outliers to its threshold instead of the typical norm; ``on_exploding="clip"`` (the
 exploding detector's spike threshold, from ``GradientDetector`` with GradWatch's defaults fed the same statistics,
 applied on spike steps only, as the callback does).
 
@@ -219,6 +220,15 @@ class Adaptive(Rule):
         return self.clipper.update(norm)
 
 
+class AdaptiveToThreshold(Adaptive):
+    """Ablation: the same outlier test, but an outlier is clipped to the threshold instead of the typical norm."""
+
+    def threshold(self, norm: float, stats: StepStats) -> float:
+        limit = self.clipper.threshold()
+        self.clipper.update(norm)
+        return limit
+
+
 class MeanStdLog(Rule):
     """The previous ``clip="adaptive"``: 10 ** (mean + 2.5 std) of log10 norm (EMA 0.03), after a 25-step warm-up."""
 
@@ -276,6 +286,7 @@ RULES: dict[str, Callable[[], Rule]] = {
     "AutoClip p10": AutoClip,
     "mean+2.5std (previous)": MeanStdLog,
     'on_exploding="clip"': SpikeClip,
+    "adaptive, to threshold (ablation)": AdaptiveToThreshold,
     'clip="adaptive"': Adaptive,
 }
 
@@ -464,9 +475,29 @@ def summarise(reports: list[CellReport], ours: str, label: str) -> list[str]:
     return lines
 
 
+ACCURACY_OF = ("none", "best fixed", "ZClip z-score", "AutoClip p10", 'clip="adaptive"')
+
+
+def accuracies(report: CellReport) -> str:
+    """Clean validation accuracy (classification cells) of a few rules, in percent."""
+    if report.cell.task != "classification":
+        return "-"
+    names = [report.best_fixed[0] if n == "best fixed" else n for n in ACCURACY_OF]
+    return " / ".join(
+        f"{100 * report.results[n].accuracy:.1f}" if n in report.results and report.results[n].finite else "NaN"
+        for n in names
+    )
+
+
 def run_grid(cells: Sequence[Cell], epochs: int, rules: dict[str, Callable[[], Rule]], ours: str) -> list[CellReport]:
     names = list(rules)
-    header = "| half | cell | " + " | ".join(names) + " | best fixed | ours: clipped clean/outlier steps | verdict |"
+    header = (
+        "| half | cell | "
+        + " | ".join(names)
+        + " | best fixed | ours: clipped clean/outlier steps | verdict | accuracy: "
+        + " / ".join(ACCURACY_OF)
+        + " |"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1), flush=True)
     reports = []
@@ -483,7 +514,7 @@ def run_grid(cells: Sequence[Cell], epochs: int, rules: dict[str, Callable[[], R
             + " | ".join(fmt(report.metric(n)) for n in names)
             + f" | {fmt(best)} ({best_name.split()[1] if best_name != '-' else '-'}) |"
             f" {r.clipped_clean}/{r.clean_steps}, {r.clipped_outlier}/{r.outlier_steps} |"
-            f" {why} {'PASS' if ok else 'MISS'} |",
+            f" {why} {'PASS' if ok else 'MISS'} | {accuracies(report)} |",
             flush=True,
         )
         reports.append(report)

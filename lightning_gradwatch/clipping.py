@@ -87,7 +87,7 @@ class AdaptiveClipThreshold:
     is short). A lasting change of scale is followed once it fills three quarters of the window. ``max_norm``, when
     given, is a fixed cap that applies on every step.
 
-    The price: a healthy run's own upper tail is clipped too, a few percent of its steps (3 to 8% in the benchmark's
+    The price: a healthy run's own upper tail is clipped too, a few percent of its steps (up to 5% in the benchmark's
     healthy cells, at no measurable cost there), and many more where rare large gradients are the signal itself (a
     classifier near zero loss, whose few hard batches carry most of the gradient).
 
