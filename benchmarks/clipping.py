@@ -1,12 +1,17 @@
-"""Clipping, measured: what fixed and adaptive clipping do to runs that diverge and to a healthy one, and what
-clipping costs per step next to a bare ``torch.nn.utils.clip_grad_norm_``.
+"""Clipping, measured: the clipping grid (``clipping_grid.py``: outlier rate x magnitude x optimizer x task, every
+rule side by side), what the rules do to runs that diverge and to healthy ones, and what clipping costs per step next
+to a bare ``torch.nn.utils.clip_grad_norm_``.
 
-    python benchmarks/clipping.py [--quick]
+    python benchmarks/clipping.py [--quick] [--part grid|scenarios|cost|all]
 
-Outcomes: each scenario is trained with each clipping variant (same seed, same data order). Every variant uses
+Grid: see ``benchmarks/clipping_grid.py`` (about 4 minutes on one core; ``--quick``: 1 epoch per run).
+
+Scenarios: each scenario is trained with each clipping variant (same seed, same data order). Every variant uses
 ``on_*="warn"`` for the alert kinds it does not test, so nothing but the clipping changes training; the table shows
 the steps completed, the final loss (mean of the last 20 steps), whether the weights are finite at the end, and the
-fraction of steps clipped (``events.clipped_steps`` of ``gradwatch.json``).
+fraction of steps clipped (``events.clipped_steps`` of ``gradwatch.json``). ZClip (its own Lightning callback) and
+AutoClip (a callback running ``clipping_grid.AutoClip``) run after a GradWatch that only watches; their clipped
+steps are not counted.
 
 Cost: on one backward pass's real gradients of the two overhead-benchmark models, GradWatch's per-step path with
 clipping (``GradientStats.collect()`` with its one host transfer, the clip coefficient from the host-side total norm,
@@ -35,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import clipping_grid  # noqa: E402
 from overhead import MODELS, cpu_name, quiet  # noqa: E402
 
 from examples.harness import finite_weights, train_demo  # noqa: E402
 from lightning_gradwatch import GradWatch  # noqa: E402
-from lightning_gradwatch.clipping import clip_coefficient  # noqa: E402
+from lightning_gradwatch.clipping import clip_coefficient, scale_gradients_  # noqa: E402
 from lightning_gradwatch.demos import DeepMLP, Divergence  # noqa: E402
 from lightning_gradwatch.report import read_report  # noqa: E402
 from lightning_gradwatch.stats import GradientStats  # noqa: E402
@@ -70,7 +76,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "clip=10": {"clip": 10.0},
     'clip="adaptive"': {"clip": "adaptive"},
     'on_exploding="clip"': {"on_exploding": "clip"},
+    "ZClip z-score": {"extra": "zclip"},
+    "AutoClip p10": {"extra": "autoclip"},
 }
+
+
+class AutoClipCallback(pl.Callback):
+    """AutoClip (``clipping_grid.AutoClip``, the 10th percentile of every norm so far) as a Lightning callback."""
+
+    def __init__(self) -> None:
+        self.rule = clipping_grid.AutoClip()
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        params = [p for p in pl_module.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        coefficient = clip_coefficient(norm, self.rule.threshold(norm, None))  # type: ignore[arg-type]
+        if coefficient < 1.0:
+            scale_gradients_(params, coefficient)
+
+
+def extra_callback(name: str | None) -> list[pl.Callback]:
+    if name == "zclip":
+        from zclip import ZClipLightningCallback
+
+        return [ZClipLightningCallback(mode="zscore", max_grad_norm=None)]
+    return [AutoClipCallback()] if name == "autoclip" else []
 
 
 @dataclass
@@ -85,9 +115,11 @@ class Outcome:
 def train(scenario: Scenario, variant: dict[str, Any], steps: int) -> Outcome:
     torch.manual_seed(0)
     model = scenario.model()
+    variant = dict(variant)
+    extra = extra_callback(variant.pop("extra", None))
     watch = GradWatch(**{**WARN, **variant})
     with tempfile.TemporaryDirectory(prefix="gradwatch-clip-") as root:
-        trainer = train_demo(model, watch, root, "run", steps, log_every_n_steps=50)
+        trainer = train_demo(model, watch, root, "run", steps, log_every_n_steps=50, callbacks=[watch, *extra])
         report = read_report(Path(root) / "run" / "gradwatch.json")
     tail = model.losses[-20:]
     return Outcome(
@@ -112,7 +144,7 @@ def outcome_table(steps: dict[str, int]) -> list[str]:
         for name, variant in VARIANTS.items():
             o = train(scenario, variant, steps[scenario.name])
             loss = f"{o.final_loss:.4g}" if math.isfinite(o.final_loss) else str(o.final_loss)
-            clipped = f"{o.clipped} ({o.clipped / max(o.steps, 1):.1%})"
+            clipped = "-" if "extra" in variant else f"{o.clipped} ({o.clipped / max(o.steps, 1):.1%})"
             lines.append(
                 f"| {name} | {o.steps} | {loss} | {'yes' if o.finite_weights else 'no'} | {clipped} |"
                 f" {', '.join(o.alerts) or '-'} |"
@@ -158,15 +190,22 @@ def bench_cost(model_name: str, repeats: int) -> tuple[float, float]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs and fewer timing repeats")
+    parser.add_argument("--part", choices=("grid", "scenarios", "cost", "all"), default="all")
     args = parser.parse_args(argv)
     quiet()
     torch.set_num_threads(1)
     started = time.perf_counter()
     env = f"torch {torch.__version__}; CPU: {cpu_name()}; torch threads: {torch.get_num_threads()}"
     print(env)
+    if args.part in ("grid", "all"):
+        clipping_grid.main(["--quick"] if args.quick else [])
     steps = {s.name: s.quick_steps if args.quick else s.steps for s in SCENARIOS}
-    print("\n## Outcomes (responses not under test: warn)")
-    outcome_table(steps)
+    if args.part in ("scenarios", "all"):
+        print("\n## Scenarios (responses not under test: warn)")
+        outcome_table(steps)
+    if args.part not in ("cost", "all"):
+        print(f"\n{env}; total {time.perf_counter() - started:.0f} s")
+        return
     print("\n## Cost per step: measure + clip vs bare torch.nn.utils.clip_grad_norm_ (threshold that clips)\n")
     print("| model | GradWatch measure + clip (ms) | clip_grad_norm_ (ms) | ratio | target |")
     print("|---|---:|---:|---:|---|")

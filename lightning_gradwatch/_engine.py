@@ -57,7 +57,7 @@ class Settings:
     on_exploding: str = "warn"
     on_nonfinite: str = "stop"
     clip: float | str | None = None
-    clip_zscore: float = 2.5
+    clip_zscore: float = 3.0
     clip_warmup_steps: int = 25
     clip_max_norm: float | None = None
     granularity: str = "module"

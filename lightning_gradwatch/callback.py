@@ -87,9 +87,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         on_nonfinite: response to NaN/Inf gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"`` or
             ``"ignore"``. A non-finite gradient reaches the weights only with ``"warn"`` or ``"ignore"``.
         clip: clip the total gradient norm of every step: a number is a fixed maximum norm (as
-            ``torch.nn.utils.clip_grad_norm_``); ``"adaptive"`` learns the threshold from the run's own norm history
-            (``10 ** (mean + clip_zscore * std)`` of ``log10(total norm)``, after ``clip_warmup_steps``; a clipped
-            step enters the history at the threshold, so one spike does not inflate it). ``None``: no clipping.
+            ``torch.nn.utils.clip_grad_norm_``); ``"adaptive"`` learns the threshold from the run's own norm history,
+            robustly: over the last 100 steps of ``log10(total norm)``, the typical level is the 25th percentile and
+            the spread the distance from the 5th to the 25th, both out of reach of outliers (always high) until they
+            fill three quarters of the window. A step above ``clip_zscore`` spreads (at least 0.1 decade each) over
+            the typical level is an outlier and is scaled down to the typical norm; other steps are not touched.
+            Clipping starts at the second step, with a margin of at least ten times the typical norm during the first
+            ``clip_warmup_steps``. ``gradwatch/clip_threshold`` is the norm a step was held to: the typical norm on
+            a clipped step, the outlier threshold on the others. ``None``: no clipping.
             Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the watched parameters,
             before the optimizer step; ``gradwatch/total_norm`` is the norm before, ``gradwatch/clipped_norm``
             after. It cannot be combined with ``Trainer(gradient_clip_val=...)``. Under manual optimization it
@@ -114,8 +119,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         vanishing_ratio: a layer whose norm stays below this fraction of the largest layer's norm is vanishing.
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
         vanishing_patience: consecutive vanishing steps before an alert.
-        clip_zscore: for ``clip="adaptive"``, standard deviations above the running mean where clipping starts.
-        clip_warmup_steps: for ``clip="adaptive"``, steps that only build the history (nothing clipped).
+        clip_zscore: for ``clip="adaptive"``, how many spreads of the log norm above its typical level a step is
+            an outlier.
+        clip_warmup_steps: for ``clip="adaptive"``, first steps during which only norms over ten times the typical
+            one are clipped.
         clip_max_norm: for ``clip="adaptive"``, an optional fixed cap that applies on every step, warm-up included.
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
             failures; this many consecutive ones mean the run itself has gone non-finite. Before the run's first
@@ -173,7 +180,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         vanishing_ratio: float = 1e-5,
         vanishing_floor: float | None = None,
         vanishing_patience: int = 50,
-        clip_zscore: float = 2.5,
+        clip_zscore: float = 3.0,
         clip_warmup_steps: int = 25,
         clip_max_norm: float | None = None,
         amp_overflow_patience: int = 20,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 
 import pytest
 import torch
 
-from examples.harness import finite_weights
+from examples.harness import finite_weights, single_thread
 from lightning_gradwatch import GradWatch
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
 from tests.helpers import events, flavour, make_mlp_module, reference_norms, scalars, trainer_kwargs
@@ -52,36 +53,107 @@ def test_scale_gradients_sparse_and_missing():
 
 
 def test_adaptive_threshold_follows_history_and_ignores_a_single_spike():
-    clip = AdaptiveClipThreshold(warmup_steps=10)
+    clip = AdaptiveClipThreshold()
     g = torch.Generator().manual_seed(0)
     norms = (1.0 + 0.1 * torch.randn(200, generator=g)).abs().tolist()
     for norm in norms[:100]:
         clip.update(norm)
     before = clip.threshold()
-    assert 1.0 < before < 2.0
-    assert clip.update(1e6) == before  # the spike is clipped to the threshold in force
-    assert clip.threshold() == pytest.approx(before, rel=0.05)  # and barely moves it
+    assert 1.2 < before < 2.5
+    assert clip.update(1e6) < 1.0  # the spike is scaled down to the typical norm
+    assert clip.threshold() == pytest.approx(before, rel=0.05)  # and barely moves the threshold
     for norm in norms[100:]:
         clip.update(10 * norm)  # a lasting change of scale is followed
-    assert clip.threshold() > 8
+    assert clip.threshold() > 12
 
 
-def test_adaptive_threshold_warmup_and_cap():
-    clip = AdaptiveClipThreshold(warmup_steps=5, max_norm=3.0)
+def test_adaptive_threshold_leaves_a_healthy_stream_alone_after_the_first_steps():
+    """A decaying norm with batch noise (+-10%), as in a healthy run: nothing clipped, warm-up included."""
+    clip = AdaptiveClipThreshold()
+    g = torch.Generator().manual_seed(1)
+    noise = (0.2 * torch.rand(1000, generator=g) - 0.1).tolist()
+    norms = [5.0 * math.exp(-i / 300) * (1 + e) for i, e in enumerate(noise)]
+    clipped = [i for i, n in enumerate(norms) if n > clip.update(n)]
+    assert clipped == []
+    # log-normal noise of 0.15 decade: only its upper tail (3.5% here) is clipped
+    clip = AdaptiveClipThreshold()
+    norms = (10 ** (0.15 * torch.randn(2000, generator=g))).tolist()
+    share = sum(n > clip.update(n) for n in norms) / len(norms)
+    assert 0 < share < 0.05
+
+
+@pytest.mark.parametrize("batch_share", [0.12, 0.47])
+def test_adaptive_threshold_clips_frequent_outliers(batch_share):
+    """Outliers in 12% or 47% of the steps: they do not inflate the threshold, and are scaled to the typical norm."""
+    g = torch.Generator().manual_seed(2)
+    clean = (10 ** (0.1 * torch.randn(1000, generator=g))).tolist()
+    outlier = (torch.rand(1000, generator=g) < batch_share).tolist()
+    norms = [n * 30 if o else n for n, o in zip(clean, outlier)]
+    rule, previous = AdaptiveClipThreshold(), _MeanStdLog()
+    kept, kept_before = [], []
+    for n, o in zip(norms, outlier):
+        applied, old = rule.update(n), previous.update(n)
+        if o:
+            kept.append(min(n, applied) / n * 30)  # the outlier's norm after clipping, in clean units
+            kept_before.append(min(n, old) / n * 30)
+    assert max(kept[5:]) < 2.0  # every outlier after the first steps ends at a clean norm's size
+    assert statistics.median(kept) < 1.2
+    assert max(kept_before[30:]) > 5 * max(kept[5:])  # z-score clipping in log space lets them through
+
+
+class _MeanStdLog:
+    """The previous rule, 10 ** (mean + 2.5 std) of log10 norm after a 25-step warm-up, for comparison."""
+
+    def __init__(self) -> None:
+        self.steps, self.mean, self.var = 0, 0.0, 0.0
+
+    def update(self, norm: float) -> float:
+        threshold = math.inf
+        if self.steps >= 25:
+            threshold = 10 ** (self.mean + 2.5 * max(math.sqrt(self.var), 0.02))
+        x = math.log10(min(norm, threshold))
+        self.steps += 1
+        delta = x - self.mean
+        if self.steps <= 25:
+            self.mean += delta / self.steps
+            self.var += (delta * (x - self.mean) - self.var) / self.steps
+        else:
+            self.mean += 0.03 * delta
+            self.var = 0.97 * (self.var + 0.03 * delta * delta)
+        return threshold
+
+
+def test_adaptive_threshold_clips_from_the_second_step_and_caps():
+    clip = AdaptiveClipThreshold(max_norm=3.0)
     assert [clip.update(n) for n in (1.0, 2.0, 10.0)] == [3.0, 3.0, 3.0]
-    uncapped = AdaptiveClipThreshold(warmup_steps=5)
-    assert all(math.isinf(uncapped.update(n)) for n in (1.0, 2.0, 10.0, 1.0, 1.0))
-    assert math.isfinite(uncapped.threshold())
+    uncapped = AdaptiveClipThreshold()
+    assert math.isinf(uncapped.update(1.0))  # nothing known yet
+    assert uncapped.update(1.0) == pytest.approx(10.0)  # warm-up: only ten times the typical norm is clipped
+    assert uncapped.update(1000.0) == pytest.approx(1.0)  # a gross outlier is scaled down to the typical norm
+    assert uncapped.update(5.0) > 5.0  # a warm-up step five times the typical one is not
 
 
 def test_adaptive_threshold_state_round_trip():
-    a = AdaptiveClipThreshold(warmup_steps=3)
-    for n in (1.0, 1.2, 0.8, 1.1, 5.0):
+    a = AdaptiveClipThreshold()
+    for n in (1.0, 1.2, 0.8, 1.1, 5.0) * 30:
         a.update(n)
-    b = AdaptiveClipThreshold(warmup_steps=3)
+    b = AdaptiveClipThreshold()
     b.load_state_dict(a.state_dict())
     assert b.threshold() == a.threshold()
-    AdaptiveClipThreshold().load_state_dict({})  # an empty (older) state loads with defaults
+    assert [b.update(n) for n in (1.0, 50.0, 2.0)] == [a.update(n) for n in (1.0, 50.0, 2.0)]
+    assert len(a.state_dict()["log_norms"]) == 100  # the window, not the whole history
+    empty = AdaptiveClipThreshold()
+    empty.load_state_dict({})  # an empty (older) state loads with defaults
+    assert math.isinf(empty.threshold())
+
+
+def test_adaptive_threshold_loads_the_previous_rules_state():
+    """A checkpoint of the mean + z std rule resumes near its typical level, clipping the same spikes."""
+    clip = AdaptiveClipThreshold()
+    clip.load_state_dict({"steps": 500, "mean": 0.0, "var": 0.01})  # log10 norm ~ N(0, 0.1)
+    assert 1.5 < clip.threshold() < 3.0
+    assert clip.update(100.0) < 1.0
+    assert clip.state_dict()["steps"] == 501
 
 
 @pytest.mark.parametrize("accumulate", [1, 4])
@@ -118,7 +190,7 @@ def test_adaptive_clip_in_training_learns_threshold_and_logs(tmp_path):
     trainer.fit(model)
     acc = events(trainer.logger.log_dir)
     thresholds = scalars(acc, "gradwatch/clip_threshold")
-    assert min(thresholds) == 10  # nothing before warm-up ends
+    assert min(thresholds) == 1  # clipping from the second step (the first has no history)
     before, after = scalars(acc, "gradwatch/total_norm"), scalars(acc, "gradwatch/clipped_norm")
     for step, threshold in thresholds.items():
         assert after[step] <= threshold * (1 + 1e-6)
@@ -264,3 +336,76 @@ def test_spike_clipping_leaves_a_healthy_run_untouched(tmp_path):
     assert not watch.alerts
     for p, q in zip(reference.parameters(), model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def _outlier_regression(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """8192 x 32 regression with 0.2% of the labels x300 (about one batch in eight), and clean validation data."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8192 + 2048, 32, generator=g)
+    y = ((x[:, :4].sum(1) + 0.5 * torch.sin(3 * x[:, 4])) / 2).unsqueeze(1)
+    x, x_val, y, y_val = x[:8192], x[8192:], y[:8192].clone(), y[8192:]
+    y[torch.randperm(8192, generator=g)[:16]] *= 300
+    order = torch.cat([torch.randperm(8192, generator=g) for _ in range(2)]).split(64)  # 2 epochs of batches
+    return x, y, x_val, y_val, order
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+
+
+def test_adaptive_clip_on_frequent_label_outliers_is_near_the_best_fixed_threshold(tmp_path):
+    """The regime where mean + z std clipping failed: MLP 32-128-128-1, SGD lr 0.01 momentum 0.9, batch 64.
+
+    The fixed thresholds run in a plain loop with ``torch.nn.utils.clip_grad_norm_`` on the same initial weights and
+    batches; ``clip="adaptive"`` runs through a real Trainer. One torch thread: for a model this small, more only
+    add synchronisation (20x slower on a loaded 2-core machine).
+    """
+    with single_thread():
+        _check_frequent_label_outliers(tmp_path)
+
+
+def _check_frequent_label_outliers(tmp_path) -> None:
+    x, y, x_val, y_val, order = _outlier_regression()
+
+    def plain(max_norm: float | None) -> float:
+        net = _mlp()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        for idx in order:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x[idx]), y[idx]).backward()
+            if max_norm is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+            opt.step()
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(net(x_val), y_val))
+
+    class Regression(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp()
+
+        def training_step(self, idx, batch_idx):
+            return torch.nn.functional.mse_loss(self.net(x[idx]), y[idx])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(order, batch_size=None)
+
+    model = Regression()
+    watch = GradWatch(clip="adaptive", on_exploding="ignore", log_every_n_steps=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path)).fit(model)
+    assert finite_weights(model)
+    with torch.no_grad():
+        adaptive = float(torch.nn.functional.mse_loss(model.net(x_val), y_val))
+    fixed = {c: plain(c) for c in (0.3, 1.0, 3.0, 10.0)}
+    best = min(fixed.values())
+    assert plain(None) > 5 * best  # the outliers matter: unclipped, the run is far off
+    assert adaptive < 2 * best, (adaptive, fixed)
+    clipped = watch.state_dict()["summary"]["events"]["clipped_steps"]
+    assert 20 <= clipped <= 60  # the ~32 outlier batches, not the whole run
