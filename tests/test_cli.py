@@ -363,7 +363,8 @@ def test_report_shows_total_norm_over_every_measured_step(tmp_path):
     assert float(last) == pytest.approx(norms[-1], rel=5e-3)
     assert float(median) == pytest.approx(statistics.median(norms), rel=5e-3)
     layer_row = next(line for line in result.stdout.splitlines() if line.startswith("net.0"))
-    assert layer_row.split()[1] == "4"  # the per-layer rows say which steps they cover
+    assert layer_row.split()[1] == "16"  # per-layer rows cover every measured step too
+    assert float(layer_row.split()[5]) == pytest.approx(model.reference[7]["net.0"], rel=5e-3)  # the spike's
     (doc,) = json.loads(gradwatch("report", trainer.logger.log_dir, "--format", "json").stdout)
     assert doc["total_norm"]["all"]["max"] == pytest.approx(spike, rel=1e-5)
 
