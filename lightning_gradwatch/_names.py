@@ -63,7 +63,7 @@ NONFINITE_VALUES = f"{NAMESPACE}/nonfinite_values"
 
 # text and images
 ALERTS_TAG = f"{NAMESPACE}/alerts"
-ALERTS_TEXT_TAG = f"{ALERTS_TAG}/text_summary"  # what `SummaryWriter.add_text` makes of ALERTS_TAG
+ALERTS_TEXT_TAG = f"{ALERTS_TAG}/text_summary"  # earlier versions' tag (what `SummaryWriter.add_text` makes)
 #: An alert's Text entry ends with its plain values as one line of JSON in a fenced block.
 ALERT_DATA_FENCE = "\n\n```json\n"
 GRADIENT_FLOW = f"{NAMESPACE}/gradient_flow"

@@ -94,9 +94,10 @@ class _TensorBoardSink:
     """Writes through a ``SummaryWriter``'s own event file: one ``Summary`` event per step."""
 
     def __init__(self, writer: Any, owned: bool = False) -> None:
-        from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+        from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary, SummaryMetadata
 
         self._writer = writer
+        self._summary_metadata = SummaryMetadata
         self._owned = owned
         self._summary = Summary
         self._histogram = HistogramProto
@@ -141,7 +142,22 @@ class _TensorBoardSink:
             self._writer._get_file_writer().add_summary(self._summary(value=values), step)
 
     def write_text(self, tag: str, text: str, step: int) -> None:
-        self._writer.add_text(tag, text, step)
+        if not self._fast:
+            self._writer.add_text(tag, text, step)
+            return
+        # the tag exactly as given (``add_text`` would append ``/text_summary``), shown by the Text plugin
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+
+        plugin = self._summary_metadata.PluginData(plugin_name="text", content=TextPluginData().SerializeToString())
+        tensor = TensorProto(
+            dtype="DT_STRING",
+            string_val=[text.encode("utf-8")],
+            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+        )
+        value = self._summary.Value(tag=tag, metadata=self._summary_metadata(plugin_data=plugin), tensor=tensor)
+        self._writer._get_file_writer().add_summary(self._summary(value=[value]), step)
 
     def flush(self) -> None:
         self._writer.flush()

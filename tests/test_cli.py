@@ -426,7 +426,7 @@ def test_alerts_read_back_from_event_files_whole(tmp_path):
     assert result.returncode == 1
     assert f"[FAIL] step {alert.step} (optimizer 1): Non-finite gradients" in result.stdout
     # TensorBoard's Text tab still shows the alert as Markdown, with its data in a code block at the end
-    (text,) = events(run).Tensors("gradwatch/alerts/text_summary")
+    (text,) = events(run).Tensors("gradwatch/alerts")
     shown = text.tensor_proto.string_val[0].decode()
     assert shown.startswith(f"**nonfinite** at step {alert.step}")
     assert shown.endswith("}\n```")

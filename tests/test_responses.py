@@ -42,7 +42,7 @@ def test_nonfinite_default_stops_with_finite_weights(tmp_path, name):
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
     assert report["alerts"][0]["kind"] == "nonfinite"
     assert report["events"]["skipped_steps"] == 1
-    text = events(trainer.logger.log_dir).Tensors("gradwatch/alerts/text_summary")
+    text = events(trainer.logger.log_dir).Tensors("gradwatch/alerts")
     assert [t.step for t in text] == [5]
 
 
