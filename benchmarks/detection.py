@@ -7,8 +7,9 @@ with GradWatch, and its alerts are compared with the verdict written down for it
 ``--quick`` (the default) runs the quick subset, ``--full`` the whole bank. The calibration half and the held-out half
 are printed separately, each with its summary: healthy runs must stay silent; every divergence must be alerted as
 exploding at least two steps before its first non-finite gradient (*lead NaN*), and before its loss reaches 10x its
-running minimum (*lead 10x*; the running minimum is taken over the median of the last five losses, and the loss must
-stay at 10x or above for five steps, so one hard batch is not a divergence); no exploding run may be called vanishing;
+running minimum where there is no non-finite gradient (*lead 10x*; the running minimum is taken over the median of
+the last five losses, and the loss must stay at 10x or above, and above its first value, for five steps, so one hard
+batch or a converged loss wandering near zero is not a divergence); no exploding run may be called vanishing;
 vanishing runs must name the right layers.
 
 Runs use ``on_*="warn"``, which leaves training untouched, so the detector's input does not depend on its output:
@@ -146,13 +147,15 @@ def first_nonfinite(trace: Trace) -> int | None:
 
 
 def loss_mark(losses: dict[int, float]) -> int | None:
-    """The first step from which the loss stays >= 10x its running minimum (of medians of 5) for 5 steps."""
+    """The first step from which the loss stays >= 10x its running minimum (of medians of 5), and above its first
+    value, for 5 steps (a loss that wanders between 1e-9 and 1e-7 after converging has not diverged)."""
     steps = sorted(losses)
     values = [losses[s] for s in steps]
     up = [False] * len(values)
     low = math.inf
+    start = values[0] if values else math.nan
     for i, v in enumerate(values):
-        up[i] = not math.isfinite(v) or (math.isfinite(low) and v >= LOSS_FACTOR * low)
+        up[i] = not math.isfinite(v) or (math.isfinite(low) and v >= LOSS_FACTOR * low and v > start)
         window = [x for x in values[max(0, i - LOSS_SMOOTHING + 1) : i + 1] if math.isfinite(x)]
         if window:
             low = min(low, statistics.median(window))
@@ -203,7 +206,7 @@ def judge(scenario: Scenario, trace: Trace, alerts: list[tuple[str, int, tuple[s
             problems.append("run did not diverge")
         if row.lead_nan is not None and row.lead_nan < LEAD_STEPS:
             problems.append("LATE for NaN")
-        if row.lead_mark is not None and row.lead_mark < 1:
+        if nan_step is None and row.lead_mark is not None and row.lead_mark < 1:
             problems.append("LATE for 10x loss")
         if "vanishing" in kinds:
             problems.append("ALSO VANISHING")

@@ -155,15 +155,27 @@ def cnn() -> nn.Module:
 
 
 class TransformerLM(nn.Module):
-    """A pre-norm decoder-only transformer LM (causal mask) over a 64-token vocabulary."""
+    """A pre-norm decoder-only transformer LM (causal mask) over a 64-token vocabulary.
 
-    def __init__(self, layers: int = 2, d_model: int = 64, heads: int = 4, vocab: int = 64, seq_len: int = 32) -> None:
+    ``final_norm=False`` leaves out the LayerNorm before the output head, as many hand-written LMs do: the residual
+    stream then reaches the logits unnormalised, and a too-high learning rate makes the loss climb without bound.
+    """
+
+    def __init__(
+        self,
+        layers: int = 2,
+        d_model: int = 64,
+        heads: int = 4,
+        vocab: int = 64,
+        seq_len: int = 32,
+        final_norm: bool = True,
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         self.pos = nn.Parameter(0.02 * torch.randn(seq_len, d_model))
         layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
         self.head = nn.Linear(d_model, vocab)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -365,8 +377,8 @@ B = BankModel
 ISSUE_BETAS = (0.9, 0.95)
 
 
-def _t(layers: int, d: int) -> Callable[[], nn.Module]:
-    return lambda: TransformerLM(layers, d)
+def _t(layers: int, d: int, final_norm: bool = True) -> Callable[[], nn.Module]:
+    return lambda: TransformerLM(layers, d, final_norm=final_norm)
 
 
 BANK: list[Scenario] = [
@@ -384,12 +396,12 @@ BANK: list[Scenario] = [
     Scenario("regression MLP, SGD lr 2", "step0", H, "exploding",
              lambda: B(lambda: mlp("regression", depth=3, width=64), "regression", "sgd", 2.0, seed=4), 60),
     # ---- Adam/AdamW at a learning rate ~100x too high: divergence that may never reach NaN
-    Scenario("transformer 6x128, AdamW lr 0.1, warm-up 50", "adam", C, "exploding",
-             lambda: B(_t(6, 128), "tokens", "adamw", 0.1, ("warmup", 50), ISSUE_BETAS, 16), 90, quick=True),
-    Scenario("transformer 4x128, AdamW lr 0.1, warm-up 50", "adam", H, "exploding",
-             lambda: B(_t(4, 128), "tokens", "adamw", 0.1, ("warmup", 50), ISSUE_BETAS, 16, seed=1), 90),
-    Scenario("transformer 2x64, Adam lr 0.1", "adam", C, "exploding",
-             lambda: B(_t(2, 64), "tokens", "adam", 0.1, batch_size=16, seed=2), 120),
+    Scenario("transformer 6x128 (no final norm), AdamW lr 0.1, warm-up 50", "adam", C, "exploding",
+             lambda: B(_t(6, 128, False), "tokens", "adamw", 0.1, ("warmup", 50), ISSUE_BETAS, 16), 90, quick=True),
+    Scenario("transformer 4x128 (no final norm), AdamW lr 0.1, warm-up 50", "adam", H, "exploding",
+             lambda: B(_t(4, 128, False), "tokens", "adamw", 0.1, ("warmup", 50), ISSUE_BETAS, 16, seed=1), 90),
+    Scenario("transformer 2x64 (no final norm), Adam lr 0.1", "adam", C, "exploding",
+             lambda: B(_t(2, 64, False), "tokens", "adam", 0.1, batch_size=16, seed=2), 120),
     Scenario("blobs MLP ReLU, Adam lr 0.1", "adam", H, "exploding",
              lambda: B(lambda: mlp("blobs", depth=5), "blobs", "adam", 0.1), 150),
     Scenario("CNN, AdamW lr 0.3, cosine", "adam", C, "exploding",
@@ -400,6 +412,10 @@ BANK: list[Scenario] = [
              lambda: B(lambda: ResidualMLP("blobs"), "blobs", "adamw", 0.3, ("warmup", 20), seed=2), 150),
     Scenario("GRU classifier, AdamW lr 1", "adam", H, "exploding",
              lambda: B(lambda: RecurrentClassifier("gru"), "memory", "adamw", 1.0, batch_size=32, seed=4), 150),
+    Scenario("regression MLP, Adam lr 0.3", "adam", C, "exploding",
+             lambda: B(lambda: mlp("regression", width=64), "regression", "adam", 0.3, batch_size=32), 100),
+    Scenario("regression residual MLP, AdamW lr 0.3", "adam", H, "exploding",
+             lambda: B(lambda: ResidualMLP("regression", 4), "regression", "adamw", 0.3, batch_size=32, seed=5), 100),
     # ---- learning-rate ramps and warm-up overshoot
     Scenario("regression MLP, SGD lr x1.05/step", "ramp", C, "exploding",
              lambda: B(lambda: mlp("regression", width=64), "regression", "sgd", 0.02, ("ramp", 1.05), batch_size=32),
@@ -482,8 +498,8 @@ BANK: list[Scenario] = [
              lambda: B(lambda: mlp("blobs", depth=11, width=64), "blobs", "adam", 1e-3), 300, quick=True),
     Scenario("deep ReLU MLP, Adam take-off, seed 3", "takeoff", H, "silent",
              lambda: B(lambda: mlp("blobs", depth=11, width=64), "blobs", "adam", 1e-3, seed=3), 300),
-    Scenario("transformer 6x128, AdamW lr 1e-3, warm-up 50", "takeoff", C, "silent",
-             lambda: B(_t(6, 128), "tokens", "adamw", 1e-3, ("warmup", 50), ISSUE_BETAS, 16), 120, quick=True),
+    Scenario("transformer 6x128 (no final norm), AdamW lr 1e-3, warm-up 50", "takeoff", C, "silent",
+             lambda: B(_t(6, 128, False), "tokens", "adamw", 1e-3, ("warmup", 50), ISSUE_BETAS, 16), 120, quick=True),
     Scenario("transformer 4x64, AdamW lr 3e-4, warm-up 30 + cosine", "takeoff", H, "silent",
              lambda: B(_t(4, 64), "tokens", "adamw", 3e-4, ("warmup_cosine", 30, 200), ISSUE_BETAS, 16, seed=1), 200),
     Scenario("transformer 2x64, Adam", "takeoff", C, "silent",
