@@ -102,6 +102,18 @@ def run(scenario: Scenario) -> Trace:
         progress_bar=False,
     )
     model = scenario.build()
+    try:
+        trainer = _fit(scenario, model, watch, trace)
+    finally:
+        callback_module.GradientDetector = GradientDetector  # type: ignore[misc]
+        _RECORDING.remove(trace)
+    trace.losses = dict(model.losses)
+    trace.alerts = [(a.kind, a.step, a.layers) for a in watch.alerts]
+    trace.global_step = trainer.global_step
+    return trace
+
+
+def _fit(scenario: Scenario, model: pl.LightningModule, watch: GradWatch, trace: Trace) -> pl.Trainer:
     with tempfile.TemporaryDirectory(prefix="gradwatch-detection-") as root:
         trainer = pl.Trainer(
             max_steps=scenario.steps,
@@ -120,11 +132,7 @@ def run(scenario: Scenario) -> Trace:
             warnings.simplefilter("ignore")
             trainer.fit(model)
         trace.seconds = time.perf_counter() - start
-    callback_module.GradientDetector = GradientDetector  # type: ignore[misc]
-    trace.losses = dict(model.losses)
-    trace.alerts = [(a.kind, a.step, a.layers) for a in watch.alerts]
-    trace.global_step = trainer.global_step
-    return trace
+    return trainer
 
 
 def replay(trace: Trace, config: DetectionConfig | None = None) -> list[tuple[str, int, tuple[str, ...]]]:
@@ -276,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replay", help="judge the traces in this file again instead of training")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.disable(logging.INFO)  # Lightning's banners
     warnings.filterwarnings("ignore")
     chosen = [
         s

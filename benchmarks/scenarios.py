@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -384,11 +384,11 @@ def _t(layers: int, d: int, final_norm: bool = True) -> Callable[[], nn.Module]:
 BANK: list[Scenario] = [
     # ---- learning rate far too high from step 0
     Scenario("digits MLP ReLU, SGD lr 50", "step0", C, "exploding",
-             lambda: B(lambda: mlp("digits"), "digits", "sgd", 50.0), 60, quick=True),
+             lambda: B(lambda: mlp("digits"), "digits", "sgd", 50.0), 60),
     Scenario("blobs MLP ReLU, SGD+momentum lr 3", "step0", H, "exploding",
              lambda: B(lambda: mlp("blobs"), "blobs", "momentum", 3.0, seed=1), 60),
     Scenario("digits MLP tanh, SGD lr 50", "step0", C, "exploding",
-             lambda: B(lambda: mlp("digits", "tanh"), "digits", "sgd", 50.0), 60, quick=True),
+             lambda: B(lambda: mlp("digits", "tanh"), "digits", "sgd", 50.0), 60),
     Scenario("CNN, SGD+momentum lr 5", "step0", H, "exploding",
              lambda: B(cnn, "quadrants", "momentum", 5.0, batch_size=32, seed=2), 60),
     Scenario("residual MLP, SGD lr 5", "step0", C, "exploding",
@@ -397,7 +397,7 @@ BANK: list[Scenario] = [
              lambda: B(lambda: mlp("regression", depth=3, width=64), "regression", "sgd", 2.0, seed=4), 60),
     # ---- Adam/AdamW at a learning rate ~100x too high: divergence that may never reach NaN
     Scenario("transformer 6x128 (no final norm), AdamW lr 0.1, warm-up 50", "adam", C, "exploding",
-             lambda: B(_t(6, 128, False), "tokens", "adamw", 0.1, ("warmup", 50), ISSUE_BETAS, 16), 90, quick=True),
+             lambda: B(_t(6, 128, False), "tokens", "adamw", 0.1, ("warmup", 50), ISSUE_BETAS, 16), 90),
     Scenario("transformer 4x128 (no final norm), AdamW lr 0.1, warm-up 50", "adam", H, "exploding",
              lambda: B(_t(4, 128, False), "tokens", "adamw", 0.1, ("warmup", 50), ISSUE_BETAS, 16, seed=1), 90),
     Scenario("transformer 2x64 (no final norm), Adam lr 0.1", "adam", C, "exploding",
@@ -419,7 +419,7 @@ BANK: list[Scenario] = [
     # ---- learning-rate ramps and warm-up overshoot
     Scenario("regression MLP, SGD lr x1.05/step", "ramp", C, "exploding",
              lambda: B(lambda: mlp("regression", width=64), "regression", "sgd", 0.02, ("ramp", 1.05), batch_size=32),
-             150, quick=True),
+             150),
     Scenario("regression MLP, SGD lr x1.02/step", "ramp", H, "exploding",
              lambda: B(lambda: mlp("regression", width=64), "regression", "sgd", 0.02, ("ramp", 1.02), batch_size=32,
                        seed=1), 330),
@@ -440,7 +440,7 @@ BANK: list[Scenario] = [
     # ---- corrupted batches
     Scenario("regression, 4 labels x1e4 at step 60", "corrupt", C, "exploding",
              lambda: B(lambda: mlp("regression", width=64), "regression", "sgd", 0.02, batch_size=32,
-                       corrupt=Corruption(1e4, steps=(60,))), 100, quick=True),
+                       corrupt=Corruption(1e4, steps=(60,))), 100),
     Scenario("regression, 4 labels x1e4 at step 40", "corrupt", H, "exploding",
              lambda: B(lambda: mlp("regression", width=64), "regression", "sgd", 0.02, batch_size=32,
                        corrupt=Corruption(1e4, steps=(40,)), seed=1), 80),
@@ -459,13 +459,13 @@ BANK: list[Scenario] = [
     # ---- a NaN batch
     Scenario("ReLU+BN MLP, NaN batch at step 40", "nan", C, "nonfinite",
              lambda: B(lambda: mlp("blobs", depth=6, width=64, batchnorm=True), "blobs", "momentum", 0.1,
-                       nan_at_step=40), 60, quick=True),
+                       nan_at_step=40), 60),
     Scenario("transformer 2x64, NaN loss at step 30", "nan", H, "nonfinite",
              lambda: B(_t(2, 64), "tokens", "adam", 1e-3, batch_size=16, nan_at_step=30, seed=1), 50),
     # ---- vanishing stacks
     Scenario("sigmoid MLP, 11 layers, SGD+momentum", "vanishing", C, "vanishing",
              lambda: B(lambda: mlp("blobs", "sigmoid", 11, 64), "blobs", "momentum", 0.1), 150,
-             layers=("net.0", "net.2"), not_layers=("net.20",), quick=True),
+             layers=("net.0", "net.2"), not_layers=("net.20",)),
     Scenario("sigmoid MLP, 11 layers, Adam", "vanishing", H, "vanishing",
              lambda: B(lambda: mlp("blobs", "sigmoid", 11, 64), "blobs", "adam", 1e-3, seed=1), 150,
              layers=("net.0", "net.2"), not_layers=("net.20",)),
@@ -477,8 +477,7 @@ BANK: list[Scenario] = [
              layers=("net.0", "net.2"), not_layers=("net.26",)),
     # ---- healthy: converging classifiers meeting hard batches
     Scenario("ReLU+BN MLP, 11 layers, SGD+momentum", "classifier", C, "silent",
-             lambda: B(lambda: mlp("blobs", depth=11, width=64, batchnorm=True), "blobs", "momentum", 0.1), 400,
-             quick=True),
+             lambda: B(lambda: mlp("blobs", depth=11, width=64, batchnorm=True), "blobs", "momentum", 0.1), 400,),
     Scenario("CNN, Adam", "classifier", H, "silent",
              lambda: B(cnn, "quadrants", "adam", 1e-3, batch_size=32), 400),
     Scenario("digits MLP ReLU, SGD lr 0.1", "classifier", C, "silent",
@@ -495,11 +494,11 @@ BANK: list[Scenario] = [
              lambda: B(cnn, "quadrants", "momentum", 0.05, ("cosine", 400), batch_size=32, seed=6), 400),
     # ---- healthy: Adam take-off, learning-rate warm-up
     Scenario("deep ReLU MLP, Adam take-off", "takeoff", C, "silent",
-             lambda: B(lambda: mlp("blobs", depth=11, width=64), "blobs", "adam", 1e-3), 300, quick=True),
+             lambda: B(lambda: mlp("blobs", depth=11, width=64), "blobs", "adam", 1e-3), 300),
     Scenario("deep ReLU MLP, Adam take-off, seed 3", "takeoff", H, "silent",
              lambda: B(lambda: mlp("blobs", depth=11, width=64), "blobs", "adam", 1e-3, seed=3), 300),
     Scenario("transformer 6x128 (no final norm), AdamW lr 1e-3, warm-up 50", "takeoff", C, "silent",
-             lambda: B(_t(6, 128, False), "tokens", "adamw", 1e-3, ("warmup", 50), ISSUE_BETAS, 16), 120, quick=True),
+             lambda: B(_t(6, 128, False), "tokens", "adamw", 1e-3, ("warmup", 50), ISSUE_BETAS, 16), 120),
     Scenario("transformer 4x64, AdamW lr 3e-4, warm-up 30 + cosine", "takeoff", H, "silent",
              lambda: B(_t(4, 64), "tokens", "adamw", 3e-4, ("warmup_cosine", 30, 200), ISSUE_BETAS, 16, seed=1), 200),
     Scenario("transformer 2x64, Adam", "takeoff", C, "silent",
@@ -514,8 +513,7 @@ BANK: list[Scenario] = [
              250),
     # ---- healthy: near-zero loss, fp16, batch sizes, fine-tuning
     Scenario("regression to near-zero loss, SGD", "misc", C, "silent",
-             lambda: B(lambda: mlp("regression", width=64), "regression", "sgd", 0.05, batch_size=32), 600,
-             quick=True),
+             lambda: B(lambda: mlp("regression", width=64), "regression", "sgd", 0.05, batch_size=32), 600,),
     Scenario("regression to near-zero loss, residual MLP, Adam", "misc", H, "silent",
              lambda: B(lambda: ResidualMLP("regression", 4), "regression", "adam", 1e-3, batch_size=32, seed=1), 600),
     Scenario("fp16 + loss scaler from 2^24, ReLU+BN MLP", "misc", C, "silent",
@@ -543,3 +541,28 @@ BANK: list[Scenario] = [
 def halves() -> dict[str, list[Scenario]]:
     """The bank by half."""
     return {half: [s for s in BANK if s.half == half] for half in (C, H)}
+
+
+QUICK = (
+    # calibration
+    "digits MLP ReLU, SGD lr 50",
+    "digits MLP tanh, SGD lr 50",
+    "transformer 2x64 (no final norm), Adam lr 0.1",
+    "regression MLP, Adam lr 0.3",
+    "regression MLP, SGD lr x1.05/step",
+    "regression, 4 labels x1e4 at step 60",
+    "ReLU+BN MLP, NaN batch at step 40",
+    "sigmoid MLP, 11 layers, SGD+momentum",
+    "ReLU+BN MLP, 11 layers, SGD+momentum",
+    "deep ReLU MLP, Adam take-off",
+    "regression to near-zero loss, SGD",
+    "fine-tuning a trained digits MLP, AdamW 1e-4",
+    # held-out
+    "regression, frequent: 4 labels x1e3 every 8 steps",
+    "blobs MLP, Adam, 4 inputs x1e3 once (absorbed)",
+    "sigmoid MLP, 11 layers, Adam",
+    "GRU classifier, Adam",
+    "fp16 + loss scaler from 2^24, transformer 2x64",
+)
+BANK = [replace(s, quick=s.name in QUICK) for s in BANK]
+assert sum(s.quick for s in BANK) == len(QUICK), "a quick scenario name is not in the bank"
