@@ -496,16 +496,20 @@ class GradientDetector:
             self.vanishing_run.clear()
             self.vanishing_episode.clear()
             return
-        # whole network: all-zero gradients, or a collapse while the loss has not come down with it
-        collapsed = top == 0.0
-        if not collapsed and self.reference_norm:
-            below = stats.total_norm < cfg.collapse_ratio * self.reference_norm
-            loss_stuck = (
+        # whole network: all-zero gradients, or a collapse, while the loss has not come down with it (a model that
+        # fits its data exactly, loss 0.0 in float32, has all-zero gradients too: that is convergence)
+        converged = self.last_loss is not None and (
+            self.last_loss == 0.0
+            or (
                 self.reference_loss is not None
-                and self.last_loss is not None
                 and self.reference_loss > 0
-                and self.last_loss > cfg.collapse_loss_fraction * self.reference_loss
+                and self.last_loss <= cfg.collapse_loss_fraction * self.reference_loss
             )
+        )
+        collapsed = top == 0.0 and not converged
+        if top > 0.0 and self.reference_norm:
+            below = stats.total_norm < cfg.collapse_ratio * self.reference_norm
+            loss_stuck = self.reference_loss is not None and self.reference_loss > 0 and not converged
             collapsed = below and loss_stuck
         self.collapse_run = self.collapse_run + 1 if collapsed else 0
         if self.collapse_run >= cfg.vanishing_patience and not self.collapse_episode:

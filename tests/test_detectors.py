@@ -361,3 +361,9 @@ def test_new_config_fields_are_validated():
         DetectionConfig(exploding_jump_factor=1)
     with pytest.raises(ValueError, match=r"`exploding_trend_loss_factor` must be a positive number, got -2"):
         DetectionConfig(exploding_trend_loss_factor=-2)
+
+
+def test_all_zero_gradients_at_zero_loss_are_a_perfect_fit_not_vanishing():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))  # float32 softmax saturates: loss 0.0, grads 0.0
+    alerts = feed(det, range(60), make=lambda s: healthy(s) if s < 15 else stats(0.0, 0.0, 0.0), loss=lambda s: 0.0)
+    assert alerts == []
