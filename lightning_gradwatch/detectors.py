@@ -177,6 +177,8 @@ class Verdict:
         spike: the total norm is above the spike threshold (alerted or not).
         spike_threshold: the total norm above which a step is a spike (``inf`` during warm-up).
         vanishing_layers: layers currently in a vanishing episode.
+        exploding: the run is in an exploding episode at this step (alerted now or earlier), whether or not this
+            step is a spike: a divergence found by its trend has no spike step.
     """
 
     alerts: list[GradientAlert] = field(default_factory=list)
@@ -184,6 +186,7 @@ class Verdict:
     spike: bool = False
     spike_threshold: float = math.inf
     vanishing_layers: tuple[str, ...] = ()
+    exploding: bool = False
 
     def alert(self, kind: str) -> GradientAlert | None:
         """The alert of ``kind`` fired at this step, if any."""
@@ -355,6 +358,7 @@ class GradientDetector:
             return verdict
         self.nonfinite_episode = False
         self._update_exploding(step, stats, verdict)
+        verdict.exploding = self.exploding_episode
         self._update_vanishing(step, stats, verdict)
         return verdict
 
