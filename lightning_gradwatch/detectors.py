@@ -395,13 +395,21 @@ class GradientDetector:
                     self.exploded = True
                     self.exploded_floor = self.loss_floor
                 verdict.alerts.append(self._exploding_alert(step, stats, threshold, rule))
-        elif not spike and self.growth_run == 0:
+        elif not spike and self.growth_run == 0 and not self._loss_still_up():
             self.exploding_episode = False
         if x is not None:  # a spike moves the mean toward a lasting new level, but never widens the spread
             self._learn(min(x, math.log10(threshold)), spread=not spike)
             if not spike:
                 self.ceiling = x if self.ceiling is None else max(self.ceiling, x)
             self.peak = x if self.peak is None else max(self.peak, x)
+
+    def _loss_still_up(self) -> bool:
+        """Whether the loss (median of the last 5 steps) is still above 2x its best: an episode lasts that long."""
+        return (
+            bool(self.recent_losses)
+            and self.loss_floor is not None
+            and _median(self.recent_losses) > 2.0 * max(self.loss_floor, 0.0)
+        )
 
     def _exploding_rule(self, x: float | None, norm: float, falling_back: bool) -> str | None:
         """Which rule, if any, calls this step an explosion: ``jump``, ``spikes``, ``growth`` or ``trend``."""
