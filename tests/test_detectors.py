@@ -367,3 +367,20 @@ def test_all_zero_gradients_at_zero_loss_are_a_perfect_fit_not_vanishing():
     det = GradientDetector(DetectionConfig(vanishing_patience=10))  # float32 softmax saturates: loss 0.0, grads 0.0
     alerts = feed(det, range(60), make=lambda s: healthy(s) if s < 15 else stats(0.0, 0.0, 0.0), loss=lambda s: 0.0)
     assert alerts == []
+
+
+def test_an_exploding_episode_lasts_while_the_loss_stays_up():
+    det = GradientDetector()
+    for step, (norm, loss) in enumerate(zip((0.25, 23.0, 6.6e3), (2.3, 2.3, 20.6))):
+        det.observe_loss(loss)
+        assert det.update(step, stats(norm, norm, norm)).exploding == (step >= 1)
+    verdicts = []
+    for step in range(3, 40):  # the norm is back to ordinary, the loss is not
+        det.observe_loss(30.0)
+        verdicts.append(det.update(step, healthy(step)))
+    assert all(v.exploding for v in verdicts)
+    assert [a for v in verdicts for a in v.alerts] == []
+    for step in range(40, 50):  # recovered
+        det.observe_loss(2.0)
+        verdict = det.update(step, healthy(step))
+    assert not verdict.exploding
