@@ -261,8 +261,11 @@ class StepEngine:
 
     def _flags(self, verdict: Verdict, alerts: tuple[tuple[GradientAlert, str], ...]) -> Flags:
         s = self.settings
+        # with "skip", every spike step is dropped, and so is the step an explosion is found at (a jump in the first
+        # steps, or a trend, has no spike step)
+        exploding_now = verdict.spike or verdict.alert("exploding") is not None
         skip = (verdict.nonfinite and s.on_nonfinite in ("skip", "stop", "raise")) or (
-            verdict.spike and s.on_exploding == "skip"
+            exploding_now and s.on_exploding == "skip"
         )
         responses = {r for _, r in alerts}
         return Flags(skip=skip, stop="stop" in responses, fail="raise" in responses)
@@ -284,7 +287,7 @@ class StepEngine:
     def _health(self, verdict: Verdict) -> str:
         if verdict.nonfinite:
             return "non-finite"
-        if verdict.spike and getattr(self.detector, "exploding_episode", False):
+        if verdict.exploding:
             return "exploding"
         return "vanishing" if verdict.vanishing_layers else "ok"
 

@@ -123,42 +123,88 @@ class ModelTraits:
         return cls(saturating_activations=saturating, vanilla_rnn=rnn, normalisation=norm)
 
 
-def remedies(kind: AlertKind, traits: ModelTraits | None = None) -> list[str]:
-    """Remedy hints that fit ``kind`` and the model's traits, most specific first.
+RemedyCause = Literal["startup", "growth", "outlier", "dead"]
+
+
+def remedies(kind: AlertKind, traits: ModelTraits | None = None, cause: RemedyCause | str | None = None) -> list[str]:
+    """Remedy hints that fit ``kind``, what was seen (``cause``) and the model's traits, most specific first.
+
+    Args:
+        kind: the alert kind.
+        traits: what the model looks like.
+        cause: what the detector saw. Exploding: ``"startup"`` (orders of magnitude within the first steps),
+            ``"growth"`` (norm and loss climbing together over many steps), ``"outlier"`` (spikes far beyond the
+            run's history, as bad batches give). Vanishing: ``"dead"`` (gradients exactly zero).
 
     Example:
         >>> remedies("vanishing", ModelTraits(vanilla_rnn=True))[0]
         'replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long sequences)'
+        >>> remedies("exploding", cause="outlier")[0]
+        'check the inputs and labels of the batches at this step for outliers or corruption'
     """
     traits = traits or ModelTraits()
-    hints: list[str] = []
     if kind == "vanishing":
-        if traits.vanilla_rnn:
-            hints.append(
-                "replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long"
-                " sequences)"
-            )
-        if traits.saturating_activations:
-            hints.append("replace sigmoid/tanh activations with a ReLU-family activation (ReLU, LeakyReLU, GELU)")
-        if not traits.normalisation:
-            hints.append("add normalisation layers (BatchNorm, LayerNorm)")
-        hints.append("add residual (skip) connections around deep stacks")
-        hints.append("use He (Kaiming) initialisation for ReLU-family layers, Xavier (Glorot) for tanh/sigmoid")
-        if not traits.saturating_activations and not traits.vanilla_rnn:
-            hints.append("check for dead ReLUs or a too-small learning-rate-free path (frozen or detached inputs)")
-    elif kind == "exploding":
-        hints.append('clip gradients: GradWatch(clip="adaptive") or GradWatch(on_exploding="clip")')
-        hints.append("lower the learning rate, or add a learning-rate warm-up")
-        if traits.vanilla_rnn:
-            hints.append("replace the vanilla nn.RNN with nn.LSTM or nn.GRU")
-        if not traits.normalisation:
-            hints.append("add normalisation layers (BatchNorm, LayerNorm)")
-        hints.append("check the inputs and labels of the batches at this step for outliers or corruption")
+        return _vanishing_remedies(traits, cause)
+    if kind == "exploding":
+        return _exploding_remedies(traits, cause)
+    return [
+        "look for NaN/Inf in the inputs, labels or loss of the batches at this step",
+        "guard divisions, logs and square roots in the loss (add an epsilon)",
+        'lower the learning rate and clip gradients (GradWatch(clip="adaptive"))',
+        "with fp16, prefer bf16-mixed precision or keep the loss scaler enabled",
+    ]
+
+
+def _vanishing_remedies(traits: ModelTraits, cause: str | None) -> list[str]:
+    hints: list[str] = []
+    if cause == "dead":
+        hints.append(
+            "lower the learning rate: one too-high step can push every ReLU unit negative for all inputs, and a dead"
+            " unit never recovers"
+        )
+        hints.append("use LeakyReLU or GELU, which keep a gradient for negative inputs")
+        hints.append("check that no part of the model is frozen, detached (.detach(), torch.no_grad) or unused")
+        return hints
+    if traits.vanilla_rnn:
+        hints.append(
+            "replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long sequences)"
+        )
+    if traits.saturating_activations:
+        hints.append("replace sigmoid/tanh activations with a ReLU-family activation (ReLU, LeakyReLU, GELU)")
+    if not traits.normalisation:
+        hints.append("add normalisation layers (BatchNorm, LayerNorm)")
+    hints.append("add residual (skip) connections around deep stacks")
+    hints.append("use He (Kaiming) initialisation for ReLU-family layers, Xavier (Glorot) for tanh/sigmoid")
+    if not traits.saturating_activations and not traits.vanilla_rnn:
+        hints.append("check for dead ReLUs (LeakyReLU or GELU avoid them) and for frozen or detached layers")
+    return hints
+
+
+def _exploding_remedies(traits: ModelTraits, cause: str | None) -> list[str]:
+    clip = 'clip gradients: GradWatch(clip="adaptive"), or GradWatch(on_exploding="clip") for the spike steps only'
+    hints: list[str] = []
+    if cause == "startup":
+        hints.append(
+            "lower the learning rate, by 10x or more: a gradient norm that grows by orders of magnitude within the"
+            " first steps means each update overshoots"
+        )
+        hints.append("add a learning-rate warm-up")
+        hints.append(clip)
+    elif cause == "growth":
+        hints.append(
+            "lower the learning rate: a gradient norm and a loss that climb together over many steps are the mark of"
+            " a learning rate too high for the model (under Adam/AdamW such a run may never produce a NaN)"
+        )
+        hints.append("add a learning-rate warm-up, or lengthen it")
+        hints.append(clip)
     else:
-        hints.append("look for NaN/Inf in the inputs, labels or loss of the batches at this step")
-        hints.append("guard divisions, logs and square roots in the loss (add an epsilon)")
-        hints.append('lower the learning rate and clip gradients (GradWatch(clip="adaptive"))')
-        hints.append("with fp16, prefer bf16-mixed precision or keep the loss scaler enabled")
+        hints.append("check the inputs and labels of the batches at this step for outliers or corruption")
+        hints.append(clip)
+        hints.append("lower the learning rate, or add a learning-rate warm-up")
+    if traits.vanilla_rnn:
+        hints.append("replace the vanilla nn.RNN with nn.LSTM or nn.GRU")
+    if not traits.normalisation:
+        hints.append("add normalisation layers (BatchNorm, LayerNorm)")
     return hints
 
 

@@ -1,40 +1,43 @@
 """Detection of vanishing, exploding and non-finite gradients over the stream of :class:`StepStats`.
 
 Plain Python over floats, stateful and checkpointable (:meth:`GradientDetector.state_dict`). One detector watches the
-parameters of one optimizer.
+parameters of one optimizer, and is told each step's training loss (:meth:`GradientDetector.observe_loss`).
 
 - **Non-finite**: any NaN/Inf gradient value; one alert per episode (consecutive non-finite steps).
-- **Exploding**: the run's own history of ``log10(total norm)`` is summarised by an exponential moving mean and
-  variance (started by a plain mean over the warm-up, then winsorised at two standard deviations, so a trend or an
-  outlier drags it only slowly). A step is a *spike* when its norm exceeds
-  ``10 ** (mean + max(zscore * std, log10(min_factor)))`` or the optional absolute threshold. Spikes move the mean
-  toward a lasting new level (clipped to the spike threshold) but never widen the variance, so an explosion cannot
-  hide by inflating its own threshold. Every spike is counted; an explosion is alerted (once per episode) when
+- **Exploding**, alerted once per episode by whichever rule sees it first:
 
-  * ``patience`` consecutive spikes are not already falling back (the latest at least half the one before) and the
-    latest one also exceeds ``ceiling_factor`` times the run's *ceiling*: the largest norm of an ordinary
-    (non-spike) step so far, warm-up included, which forgets by a factor 10 per ``ceiling_memory`` steps. A converged
-    classifier shows spikes of hundreds of times its recent norm whenever a batch holds a still-misclassified
-    example, sometimes on consecutive steps; those do not exceed the norms it had early in training (measured on the
-    healthy scenarios, five seeds, and 3000-step runs: at most 1.08x the ceiling), while a divergence leaves its
-    whole history behind (the step after a corrupted batch: 1e5x to 1e6x the ceiling; learning-rate ramps: 3.5x to
-    40x); or
-  * the norm rises steadily: ``growth_steps`` consecutive steps each above the one before and above
-    ``mean + 2 std``, while the training loss rises too (a rising norm with a falling loss is a model taking off, not
-    diverging). This warns of a slow divergence before any single step is extreme.
+  * *jump*: during the warm-up, a total norm ``exploding_jump_factor`` (10) times the largest norm so far. A learning
+    rate far too high grows the norm by orders of magnitude within two or three steps, before any history exists.
+  * *spikes*: the run's history of ``log10(total norm)`` is summarised by an exponential moving mean and variance
+    (started by a plain mean over the warm-up, then winsorised at two standard deviations, so a trend or an outlier
+    drags it only slowly). A step is a *spike* when its norm exceeds
+    ``10 ** (mean + max(zscore * std, log10(min_factor)))`` or the optional absolute threshold. Spikes move the mean
+    toward a lasting new level (clipped to the spike threshold) but never widen the variance, so an explosion cannot
+    hide by inflating its own threshold. ``patience`` consecutive spikes that are not already falling back (the
+    latest at least half the one before) and whose latest exceeds ``ceiling_factor`` times the run's *ceiling* (the
+    largest norm of an ordinary step so far, forgetting by a factor 10 per ``ceiling_memory`` steps) are an
+    explosion: a converged classifier's hard-batch spikes stay below the norms of its early training, a divergence
+    leaves its whole history behind. A lone spike, or one that falls back at once, is counted and not alerted.
+  * *growth*: ``growth_steps`` consecutive steps each above the one before and above ``mean + 2 std``, while the
+    training loss rises too (a rising norm with a falling loss is a model taking off, not diverging).
+  * *trend*: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its best median and
+    above its first value, while the median norm has grown ``exploding_trend_norm_factor`` (3) times since the loss
+    was at its best: Adam/AdamW at a too-high learning rate, whose normalised updates make norm and loss climb
+    together over tens of steps, often without ever producing a NaN.
 
-  A lone spike, or one that falls back at once, is counted and not alerted.
 - **Vanishing**: a layer is vanishing on a step when its norm is below ``ratio`` times the largest layer norm, or
   below the absolute ``floor``; it is alerted when that lasts ``patience`` consecutive steps, once per episode (an
   episode lasts while any layer stays vanishing; layers that join it are reported in ``Verdict.vanishing_layers``).
   The whole network is vanishing when every gradient is exactly zero, or when the total norm has fallen below
-  ``collapse_ratio`` times its post-warm-up level while the loss has not fallen with it (a model that converges
-  shrinks its gradients and its loss together). Normalisation layers and biases are exempt from the per-layer test:
-  their gradients are naturally small.
+  ``collapse_ratio`` times its post-warm-up level, while the loss has not come down (a model that converges shrinks
+  its gradients and its loss together; one that fits its data exactly has loss 0 and zero gradients). Normalisation
+  layers and biases are exempt from the per-layer test: their gradients are naturally small. No vanishing verdict is
+  given during an exploding episode, nor after one until the loss is back within 2x of its best level from before
+  (a layer small next to an exploding one is not vanishing); layers whose gradients are exactly zero after an
+  explosion are its aftermath (dead units), not a new diagnosis.
 
-``benchmarks/detection.py`` runs the scenarios of ``tests/scenarios.py`` (healthy CNN, transformer, deep and residual
-MLPs, fp16 with a loss scaler, a model converging to zero loss; vanishing sigmoid MLP and vanilla RNN; corrupted
-labels, learning-rate ramps, a NaN batch) and prints how these defaults fare on each.
+``benchmarks/detection.py`` runs the scenario bank of ``benchmarks/scenarios.py`` (60 real training runs, a
+calibration half on which these defaults were chosen and a held-out half) and prints how they fare on each.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from lightning_gradwatch.alerts import GradientAlert, ModelTraits, format_layers, remedies
+from lightning_gradwatch.alerts import REMEDIES_PLAIN, AlertKind, GradientAlert, ModelTraits, format_layers, remedies
 from lightning_gradwatch.stats import StepStats
 
 
@@ -65,6 +68,13 @@ class DetectionConfig:
             the run's ceiling (the largest norm of an ordinary step so far).
         exploding_ceiling_memory: steps over which the ceiling forgets by a factor of 10 when no ordinary step
             renews it (so early-training norms do not mask explosions for ever in a long run).
+        exploding_jump_factor: during the warm-up (before the history can tell a spike), a step whose norm is this
+            many times the largest norm so far is an explosion: a learning rate far too high blows up from step 0.
+        exploding_trend_loss_factor: an explosion by trend: the loss (median of the last 5 steps) has climbed to this
+            many times its best median, and above its first value, ...
+        exploding_trend_norm_factor: ... while the gradient norm (median of the last 5 steps) has grown this many
+            times since the loss was at its best. The slow divergence of Adam/AdamW at a too-high learning rate,
+            which may never produce a NaN.
         ema_decay: weight of the newest step in the running mean and variance (about ``1 / decay`` steps of memory).
         vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing.
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
@@ -90,6 +100,9 @@ class DetectionConfig:
     exploding_threshold: float | None = None
     exploding_ceiling_factor: float = 2.0
     exploding_ceiling_memory: int = 10_000
+    exploding_jump_factor: float = 10.0
+    exploding_trend_loss_factor: float = 3.0
+    exploding_trend_norm_factor: float = 3.0
     ema_decay: float = 0.05
     vanishing_ratio: float = 1e-5
     vanishing_floor: float | None = None
@@ -111,6 +124,11 @@ class DetectionConfig:
         if self.exploding_ceiling_factor < 1:
             raise ValueError(f"`exploding_ceiling_factor` must be at least 1, got {self.exploding_ceiling_factor!r}")
         _check_int("exploding_ceiling_memory", self.exploding_ceiling_memory, minimum=1)
+        for name in ("exploding_jump_factor", "exploding_trend_loss_factor", "exploding_trend_norm_factor"):
+            value = getattr(self, name)
+            _check_positive(name, value)
+            if value <= 1:
+                raise ValueError(f"`{name}` must be greater than 1, got {value!r}")
         _check_positive("ema_decay", self.ema_decay)
         if self.ema_decay >= 1:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay!r}")
@@ -129,11 +147,22 @@ class DetectionConfig:
 
 
 _HALF = math.log10(2.0)
+_WINDOW = 5  # steps whose median loss and norm the trend rule compares
 
 
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -151,6 +180,8 @@ class Verdict:
         spike: the total norm is above the spike threshold (alerted or not).
         spike_threshold: the total norm above which a step is a spike (``inf`` during warm-up).
         vanishing_layers: layers currently in a vanishing episode.
+        exploding: the run is in an exploding episode at this step (alerted now or earlier), whether or not this
+            step is a spike: a divergence found by its trend has no spike step.
     """
 
     alerts: list[GradientAlert] = field(default_factory=list)
@@ -158,6 +189,7 @@ class Verdict:
     spike: bool = False
     spike_threshold: float = math.inf
     vanishing_layers: tuple[str, ...] = ()
+    exploding: bool = False
 
     def alert(self, kind: str) -> GradientAlert | None:
         """The alert of ``kind`` fired at this step, if any."""
@@ -216,6 +248,14 @@ class GradientDetector:
         self.reference_loss: float | None = None
         self.last_loss: float | None = None
         self.counts: dict[str, int] = {"spikes": 0, "nonfinite_steps": 0}
+        self.peak: float | None = None  # log10 of the largest finite total norm so far, slowly forgetting
+        self.recent_losses: list[float] = []  # the last few observed losses
+        self.recent_norms: list[float] = []  # log10 of the last few total norms
+        self.first_loss: float | None = None
+        self.loss_floor: float | None = None  # the best median loss so far
+        self.norm_at_floor: float | None = None  # median log10 norm when the loss was at its best
+        self.exploded_floor: float | None = None  # the best median loss before the first exploding alert
+        self.exploded = False  # an exploding alert has fired in this run
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -239,6 +279,14 @@ class GradientDetector:
             "reference_norm": self.reference_norm,
             "reference_loss": self.reference_loss,
             "counts": dict(self.counts),
+            "peak": self.peak,
+            "recent_losses": list(self.recent_losses),
+            "recent_norms": list(self.recent_norms),
+            "first_loss": self.first_loss,
+            "loss_floor": self.loss_floor,
+            "norm_at_floor": self.norm_at_floor,
+            "exploded_floor": self.exploded_floor,
+            "exploded": self.exploded,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -263,6 +311,14 @@ class GradientDetector:
         self.reference_norm = state.get("reference_norm")
         self.reference_loss = state.get("reference_loss")
         self.counts.update({str(k): int(v) for k, v in state.get("counts", {}).items()})
+        self.peak = _float_or_none(state.get("peak"))
+        self.recent_losses = [float(v) for v in state.get("recent_losses", ())]
+        self.recent_norms = [float(v) for v in state.get("recent_norms", ())]
+        self.first_loss = _float_or_none(state.get("first_loss"))
+        self.loss_floor = _float_or_none(state.get("loss_floor"))
+        self.norm_at_floor = _float_or_none(state.get("norm_at_floor"))
+        self.exploded_floor = _float_or_none(state.get("exploded_floor"))
+        self.exploded = bool(state.get("exploded", False))
 
     # ------------------------------------------------------------------ detection
     @property
@@ -282,9 +338,16 @@ class GradientDetector:
         return threshold
 
     def observe_loss(self, loss: float) -> None:
-        """Record the latest training loss (used to tell a converged model from a collapsed one)."""
+        """Record the latest training loss (non-finite losses are ignored).
+
+        The loss tells a model taking off (norm up, loss down) from a divergence (both up), and a converged model from
+        a collapsed one.
+        """
         if math.isfinite(loss):
             self.last_loss = loss
+            if self.first_loss is None:
+                self.first_loss = loss
+            self.recent_losses = [*self.recent_losses[1 - _WINDOW :], loss]
 
     def update(self, step: int, stats: StepStats) -> Verdict:
         """Judge one step's statistics; returns the verdict, with any alerts that fired now."""
@@ -298,6 +361,7 @@ class GradientDetector:
             return verdict
         self.nonfinite_episode = False
         self._update_exploding(step, stats, verdict)
+        verdict.exploding = self.exploding_episode
         self._update_vanishing(step, stats, verdict)
         return verdict
 
@@ -308,8 +372,11 @@ class GradientDetector:
         norm = stats.total_norm
         x = math.log10(norm) if norm > 0 else None
         spike = norm > threshold
+        forget = 1.0 / cfg.exploding_ceiling_memory
         if self.ceiling is not None:
-            self.ceiling -= 1.0 / cfg.exploding_ceiling_memory
+            self.ceiling -= forget
+        if self.peak is not None:
+            self.peak -= forget
         falling_back = False
         if spike:
             verdict.spike = True
@@ -320,25 +387,76 @@ class GradientDetector:
         else:
             self.spike_run = 0
         self._update_growth(x)
+        rule = self._exploding_rule(x, norm, falling_back)
+        if rule is not None:
+            if not self.exploding_episode:
+                self.exploding_episode = True
+                if not self.exploded:
+                    self.exploded = True
+                    self.exploded_floor = self.loss_floor
+                verdict.alerts.append(self._exploding_alert(step, stats, threshold, rule))
+        elif not spike and self.growth_run == 0 and not self._loss_still_up():
+            self.exploding_episode = False
+        if x is not None:  # a spike moves the mean toward a lasting new level, but never widens the spread
+            self._learn(min(x, math.log10(threshold)), spread=not spike)
+            if not spike:
+                self.ceiling = x if self.ceiling is None else max(self.ceiling, x)
+            self.peak = x if self.peak is None else max(self.peak, x)
+
+    def _loss_still_up(self) -> bool:
+        """Whether the loss (median of the last 5 steps) is still above 2x its best: an episode lasts that long."""
+        return (
+            bool(self.recent_losses)
+            and self.loss_floor is not None
+            and _median(self.recent_losses) > 2.0 * max(self.loss_floor, 0.0)
+        )
+
+    def _exploding_rule(self, x: float | None, norm: float, falling_back: bool) -> str | None:
+        """Which rule, if any, calls this step an explosion: ``jump``, ``spikes``, ``growth`` or ``trend``."""
+        cfg = self.config
+        trend = self._update_trend(x)  # always: it keeps the loss floor and the recent norms
+        in_warmup = self.steps < max(cfg.warmup_steps, 2)
+        # orders of magnitude within the first steps: no history is needed to see that
+        if (
+            in_warmup
+            and x is not None
+            and self.peak is not None
+            and x > self.peak + math.log10(cfg.exploding_jump_factor)
+        ):
+            return "jump"
+        # consecutive spikes are an explosion once they leave the run's whole history behind
+        absolute = cfg.exploding_threshold is not None and norm > cfg.exploding_threshold
+        beyond = self.ceiling is None or (x is not None and x > self.ceiling + math.log10(cfg.exploding_ceiling_factor))
+        if self.spike_run >= cfg.exploding_patience and not falling_back and (absolute or beyond):
+            return "spikes"
         growing = (
             self.growth_run >= cfg.exploding_growth_steps
             and self.last_loss is not None
             and self.growth_loss is not None
             and self.last_loss > self.growth_loss
         )
-        # consecutive spikes are an explosion once they leave the run's whole history behind
-        absolute = cfg.exploding_threshold is not None and norm > cfg.exploding_threshold
-        beyond = self.ceiling is None or (x is not None and x > self.ceiling + math.log10(cfg.exploding_ceiling_factor))
-        sustained = self.spike_run >= cfg.exploding_patience and not falling_back and (absolute or beyond)
-        if (sustained or growing) and not self.exploding_episode:
-            self.exploding_episode = True
-            verdict.alerts.append(self._exploding_alert(step, stats, threshold, growing and not spike))
-        elif not spike and self.growth_run == 0:
-            self.exploding_episode = False
-        if x is not None:  # a spike moves the mean toward a lasting new level, but never widens the spread
-            self._learn(min(x, math.log10(threshold)), spread=not spike)
-            if not spike:
-                self.ceiling = x if self.ceiling is None else max(self.ceiling, x)
+        if growing:
+            return "growth"
+        return "trend" if trend else None
+
+    def _update_trend(self, x: float | None) -> bool:
+        """Whether the loss has climbed well above its best while the norm grew with it (medians of 5 steps)."""
+        cfg = self.config
+        if x is not None:
+            self.recent_norms = [*self.recent_norms[1 - _WINDOW :], x]
+        if not self.recent_losses or not self.recent_norms or self.first_loss is None:
+            return False
+        loss, level = _median(self.recent_losses), _median(self.recent_norms)
+        if self.loss_floor is None or loss < self.loss_floor:
+            self.loss_floor, self.norm_at_floor = loss, level
+            return False
+        assert self.norm_at_floor is not None
+        return (
+            len(self.recent_losses) >= 3
+            and loss >= cfg.exploding_trend_loss_factor * self.loss_floor
+            and loss > self.first_loss
+            and level >= self.norm_at_floor + math.log10(cfg.exploding_trend_norm_factor)
+        )
 
     def _update_growth(self, x: float | None) -> None:
         """Count consecutive steps that each rise above the previous one while above mean + 2 std."""
@@ -369,22 +487,44 @@ class GradientDetector:
         if spread:
             self.var = (1 - a) * (self.var + a * delta * delta)
 
+    def vanishing_suspended(self) -> bool:
+        """Whether vanishing verdicts wait: during an explosion, and after one until the loss is back near its best.
+
+        Layers small next to exploding ones are not vanishing. A run recovers from an explosion when its loss (median
+        of the last 5 steps) is back within 2x its best level from before; until then it is still the explosion's
+        run, already alerted.
+        """
+        if self.exploding_episode:
+            return True
+        if not self.exploded or self.exploded_floor is None or not self.recent_losses:
+            return False
+        return _median(self.recent_losses) > 2.0 * self.exploded_floor
+
     def _update_vanishing(self, step: int, stats: StepStats, verdict: Verdict) -> None:
         cfg = self.config
         top = max(stats.grad_norm) if stats.grad_norm else 0.0
         if self.reference_norm is None and self.steps >= max(cfg.warmup_steps, 2):
             self.reference_norm = stats.total_norm
             self.reference_loss = self.last_loss
-        # whole network: all-zero gradients, or a collapse while the loss has not come down with it
-        collapsed = top == 0.0
-        if not collapsed and self.reference_norm:
-            below = stats.total_norm < cfg.collapse_ratio * self.reference_norm
-            loss_stuck = (
+        if self.vanishing_suspended() or (self.exploded and top == 0.0):
+            self.collapse_run = 0
+            self.vanishing_run.clear()
+            self.vanishing_episode.clear()
+            return
+        # whole network: all-zero gradients, or a collapse, while the loss has not come down with it (a model that
+        # fits its data exactly, loss 0.0 in float32, has all-zero gradients too: that is convergence)
+        converged = self.last_loss is not None and (
+            self.last_loss == 0.0
+            or (
                 self.reference_loss is not None
-                and self.last_loss is not None
                 and self.reference_loss > 0
-                and self.last_loss > cfg.collapse_loss_fraction * self.reference_loss
+                and self.last_loss <= cfg.collapse_loss_fraction * self.reference_loss
             )
+        )
+        collapsed = top == 0.0 and not converged
+        if top > 0.0 and self.reference_norm:
+            below = stats.total_norm < cfg.collapse_ratio * self.reference_norm
+            loss_stuck = self.reference_loss is not None and self.reference_loss > 0 and not converged
             collapsed = below and loss_stuck
         self.collapse_run = self.collapse_run + 1 if collapsed else 0
         if self.collapse_run >= cfg.vanishing_patience and not self.collapse_episode:
@@ -399,7 +539,10 @@ class GradientDetector:
         ongoing = bool(self.vanishing_episode)  # layers joining an ongoing episode are not alerted again
         newly: list[str] = []
         for name, norm in zip(stats.layers, stats.grad_norm):
-            if name in self.exempt_layers:
+            # units an explosion killed (gradients exactly zero after it) are its aftermath, not a new diagnosis
+            if name in self.exempt_layers or (self.exploded and norm == 0.0):
+                runs.pop(name, None)
+                self.vanishing_episode.discard(name)
                 continue
             if top > 0 and (norm < limit or (floor is not None and norm < floor)):
                 n = runs.get(name, 0) + 1
@@ -417,51 +560,80 @@ class GradientDetector:
             verdict.alerts.append(self._vanishing_alert(step, ordered, worst / top if top else 0.0, stats))
 
     # ------------------------------------------------------------------ messages
-    def _hints(self, kind: str) -> str:
-        return "\n".join(f"  - {h}" for h in remedies(kind, self.traits))  # type: ignore[arg-type]
+    def _hints(self, kind: AlertKind, cause: str | None = None) -> str:
+        return REMEDIES_PLAIN + "\n".join(f"  - {h}" for h in remedies(kind, self.traits, cause))
 
     def _nonfinite_alert(self, step: int, stats: StepStats) -> GradientAlert:
         layers = stats.nonfinite_layers or stats.layers
         values = sum(stats.nonfinite_count)
         message = (
-            f"Non-finite gradients (NaN/Inf) at step {step}: {values} value(s) in {format_layers(layers)}.\n"
-            f"Remedies:\n{self._hints('nonfinite')}"
+            f"Non-finite gradients (NaN/Inf) at step {step}: {values} value(s) in {format_layers(layers)}."
+            + self._hints("nonfinite")
         )
         return GradientAlert("nonfinite", step, tuple(layers), float(values), 0.0, message, self.optimizer)
 
-    def _exploding_alert(self, step: int, stats: StepStats, threshold: float, growth: bool) -> GradientAlert:
+    def _exploding_alert(self, step: int, stats: StepStats, threshold: float, rule: str) -> GradientAlert:
         baseline = 10**self.mean
         ranked = sorted(zip(stats.layers, stats.grad_norm), key=lambda item: -item[1])
         share = {n for n, g in ranked if g * g >= 0.1 * stats.total_norm**2} or {ranked[0][0]}
         ordered = tuple(n for n in stats.layers if n in share)
-        if growth:
+        norm = stats.total_norm
+        if rule == "jump":
+            peak = 10 ** (self.peak or 0.0)
             what = (
-                f"total norm {stats.total_norm:.4g} has risen for {self.growth_run} consecutive steps while the loss"
+                f"total norm {norm:.4g} is {norm / peak:.3g}x the largest norm of the run's first steps ({peak:.4g}):"
+                " it grew by orders of magnitude from the start"
+            )
+            cause, value, limit = "startup", norm, self.config.exploding_jump_factor * peak
+        elif rule == "trend":
+            loss, floor = _median(self.recent_losses), self.loss_floor or 0.0
+            ratio = loss / floor if floor > 0 else math.inf
+            level, start = 10 ** _median(self.recent_norms), 10 ** (self.norm_at_floor or 0.0)
+            what = (
+                f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its best level ({floor:.4g}) and above its first"
+                f" value, while the total norm grew from {start:.4g} to {level:.4g} (medians of the last {_WINDOW}"
+                " steps)"
+            )
+            cause, value, limit = "growth", ratio, self.config.exploding_trend_loss_factor
+        elif rule == "growth":
+            what = (
+                f"total norm {norm:.4g} has risen for {self.growth_run} consecutive steps while the loss"
                 f" rose too (typical norm so far {baseline:.4g}; a single step becomes a spike above {threshold:.4g})"
             )
+            cause, value, limit = "growth", norm, threshold
         else:
             what = (
-                f"total norm {stats.total_norm:.4g} for {self.spike_run} consecutive steps above the spike threshold"
+                f"total norm {norm:.4g} for {self.spike_run} consecutive steps above the spike threshold"
                 f" {threshold:.4g} (typical norm so far {baseline:.4g}"
                 + (f", largest ordinary norm {10**self.ceiling:.4g}" if self.ceiling is not None else "")
                 + ")"
             )
-        message = (
-            f"Exploding gradients at step {step}: {what}. Largest in: {format_layers(ordered)}.\n"
-            f"Remedies:\n{self._hints('exploding')}"
+            cause, value, limit = "outlier", norm, threshold
+        message = f"Exploding gradients at step {step}: {what}. Largest in: {format_layers(ordered)}." + self._hints(
+            "exploding", cause
         )
-        return GradientAlert("exploding", step, ordered, stats.total_norm, threshold, message, self.optimizer)
+        extra = {"rule": rule}
+        return GradientAlert("exploding", step, ordered, value, limit, message, self.optimizer, extra)
 
     def _vanishing_alert(self, step: int, layers: tuple[str, ...], ratio: float, stats: StepStats) -> GradientAlert:
         cfg = self.config
         top_layer = stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)]
-        message = (
-            f"Vanishing gradients at step {step}: {format_layers(layers)} had gradient norms below "
-            f"{cfg.vanishing_ratio:g}x the largest layer's ({top_layer})"
-            + (f" or below {cfg.vanishing_floor:g}" if cfg.vanishing_floor is not None else "")
-            + f" for {cfg.vanishing_patience} consecutive steps (smallest ratio {ratio:.3g}).\n"
-            f"Remedies:\n{self._hints('vanishing')}"
-        )
+        norms = dict(zip(stats.layers, stats.grad_norm))
+        if all(norms.get(n, 1.0) == 0.0 for n in layers):
+            message = (
+                f"Vanishing gradients at step {step}: {format_layers(layers)} had gradients exactly zero for"
+                f" {cfg.vanishing_patience} consecutive steps while {top_layer} still learns: their units give no"
+                " gradient for any input (dead ReLUs, saturated units, or a part of the graph cut off)."
+                + self._hints("vanishing", "dead")
+            )
+        else:
+            message = (
+                f"Vanishing gradients at step {step}: {format_layers(layers)} had gradient norms below "
+                f"{cfg.vanishing_ratio:g}x the largest layer's ({top_layer})"
+                + (f" or below {cfg.vanishing_floor:g}" if cfg.vanishing_floor is not None else "")
+                + f" for {cfg.vanishing_patience} consecutive steps (smallest ratio {ratio:.3g})."
+                + self._hints("vanishing")
+            )
         return GradientAlert("vanishing", step, layers, ratio, cfg.vanishing_ratio, message, self.optimizer)
 
     def _collapse_alert(self, step: int, stats: StepStats) -> GradientAlert:
@@ -470,14 +642,16 @@ class GradientDetector:
         ratio = stats.total_norm / ref if ref else 0.0
         if stats.total_norm == 0:
             what = "every gradient is exactly zero"
+            cause = "dead"
         else:
             what = (
                 f"the total gradient norm fell to {ratio:.3g}x its level after warm-up while the loss has not come"
                 " down with it"
             )
+            cause = None
         message = (
-            f"Vanishing gradients at step {step}: {what}, for {cfg.vanishing_patience} consecutive steps.\n"
-            f"Remedies:\n{self._hints('vanishing')}"
+            f"Vanishing gradients at step {step}: {what}, for {cfg.vanishing_patience} consecutive steps."
+            + self._hints("vanishing", cause)
         )
         return GradientAlert("vanishing", step, stats.layers, ratio, cfg.collapse_ratio, message, self.optimizer)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,27 @@ from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
 from lightning_gradwatch.demos import DeepMLP, Divergence, SequenceMemory, SmallCNN, TinyTransformerLM
 from tests.helpers import flavour
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from detection import judge, run
+from scenarios import BANK
+
 pl = flavour("lightning.pytorch")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("scenario", [s for s in BANK if s.quick], ids=lambda s: f"{s.half}: {s.name}")
+def test_quick_subset_of_the_scenario_bank(scenario):
+    """The bank's quick subset, from both halves, judged as ``benchmarks/detection.py`` judges it."""
+    trace = run(scenario)
+    row = judge(scenario, trace, trace.alerts)
+    assert row.ok, (row.verdict, trace.alerts)
 
 
 def fit(model, steps: int, **watch_kwargs):

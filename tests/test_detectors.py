@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lightning_gradwatch.alerts import ModelTraits
+from lightning_gradwatch.alerts import ModelTraits, remedies
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector
 from lightning_gradwatch.stats import StepStats
 
@@ -258,3 +258,129 @@ def test_config_rejects_bad_values():
         DetectionConfig(exploding_ceiling_factor=0.5)
     with pytest.raises(ValueError, match=r"`exploding_ceiling_memory` must be an integer >= 1, got 0"):
         DetectionConfig(exploding_ceiling_memory=0)
+
+
+def test_blow_up_from_step_0_is_exploding_without_warm_up():
+    det = GradientDetector()  # warm-up 10 steps: no spike threshold yet
+    norms = (0.25, 23.0, 6.6e3, 1.2e5)
+    losses = (2.3, 2.3, 20.6, 6.3e4)  # the loss observed at a step is the previous step's
+    alerts = []
+    for step, (norm, loss) in enumerate(zip(norms, losses)):
+        det.observe_loss(loss)
+        alerts += det.update(step, stats(norm / 2, norm / 2, norm / 2)).alerts
+    assert [(a.kind, a.step, a.extra["rule"]) for a in alerts] == [("exploding", 1, "jump")]
+    assert "the largest norm of the run's first steps" in alerts[0].message
+    assert "lower the learning rate, by 10x or more" in alerts[0].message
+
+
+def test_a_fast_healthy_start_is_not_a_jump():
+    det = GradientDetector()
+    alerts = feed(det, range(10), make=lambda s: healthy(s, scale=3.0**s), loss=lambda s: 2.0 - 0.1 * s)
+    assert alerts == []
+
+
+def adam_divergence(step: int) -> StepStats:
+    """Noisy norms (a spike needs ~10x) around 1 for 30 steps, then growing by 15% a step (Adam at a too-high
+    learning rate: no single step stands out)."""
+    wobble = 10 ** (0.4 * math.sin(2.3 * step))
+    scale = wobble * (1.15 ** max(0, step - 30))
+    return stats(0.5 * scale, scale, 0.8 * scale)
+
+
+def adam_loss(step: int) -> float:
+    return 4.0 - 0.02 * step if step <= 30 else 3.4 * 1.12 ** (step - 30)
+
+
+def test_loss_and_norm_climbing_together_are_exploding_before_the_loss_is_10x():
+    det = GradientDetector()
+    alerts = feed(det, range(80), make=adam_divergence, loss=adam_loss)
+    assert [(a.kind, a.extra["rule"]) for a in alerts] == [("exploding", "trend")]
+    tenfold = next(s for s in range(31, 80) if adam_loss(s) >= 10 * 3.4)
+    assert alerts[0].step < tenfold
+    assert "the loss has climbed to" in alerts[0].message
+    assert "lower the learning rate: a gradient norm and a loss that climb together" in alerts[0].message
+
+
+def test_a_loss_climbing_while_the_norm_stays_is_not_exploding():
+    det = GradientDetector()
+    assert feed(det, range(80), make=lambda s: adam_divergence(min(s, 30)), loss=adam_loss) == []
+
+
+def test_a_loss_climbing_from_near_zero_but_below_its_start_is_not_exploding():
+    det = GradientDetector()  # fine-tuning noise: 10x a tiny best loss, still far below where training started
+
+    def loss(step: int) -> float:
+        return 2.3 if step < 5 else 1e-3 if step < 40 else 1e-2
+
+    def make(step: int) -> StepStats:  # the norm grows 3.5x with the loss
+        return stats(*(10 ** (0.4 * math.sin(2.3 * step + i)) * (1.0 if step < 40 else 3.5) for i in range(3)))
+
+    assert feed(det, range(80), make=make, loss=loss) == []
+
+
+def test_layers_small_next_to_an_exploding_layer_are_not_vanishing():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))
+
+    def make(step: int) -> StepStats:  # l0 keeps its norm while the others grow by orders of magnitude
+        scale = adam_divergence(step).grad_norm[1]
+        return stats(1e-3, scale * 100.0, scale * 80.0)
+
+    alerts = feed(det, range(120), make=make, loss=adam_loss)
+    assert [a.kind for a in alerts] == ["exploding"]
+
+
+def test_units_an_explosion_killed_are_its_aftermath_not_a_vanishing_diagnosis():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))
+    for step, norm in enumerate((0.25, 23.0, 6.6e3)):
+        det.observe_loss(2.3)
+        det.update(step, stats(norm, norm, norm))
+    # every unit feeding l0 and l1 is dead: their gradients are exactly zero; the loss sits at chance
+    after = feed(det, range(3, 100), make=lambda s: stats(0.0, 0.0, 0.9), loss=lambda s: 2.3)
+    assert after == []
+
+
+def test_dead_units_without_an_explosion_are_vanishing_with_fitting_remedies():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))
+    alerts = feed(det, range(30), make=lambda s: stats(0.0, 0.0, 0.9), loss=lambda s: 2.3)
+    assert [(a.kind, a.step, a.layers) for a in alerts] == [("vanishing", 9, ("l0", "l1"))]
+    assert "exactly zero" in alerts[0].message
+    assert "LeakyReLU or GELU" in alerts[0].message
+
+
+def test_remedies_fit_what_was_seen():
+    assert remedies("exploding", cause="outlier")[0].startswith("check the inputs and labels")
+    assert remedies("exploding", cause="growth")[0].startswith("lower the learning rate")
+    assert remedies("exploding", cause="startup")[0].startswith("lower the learning rate, by 10x or more")
+    for kind in ("vanishing", "exploding", "nonfinite"):
+        for cause in (None, "startup", "growth", "outlier", "dead"):
+            assert not any("learning-rate-free" in hint for hint in remedies(kind, ModelTraits(), cause))
+
+
+def test_new_config_fields_are_validated():
+    with pytest.raises(ValueError, match=r"`exploding_jump_factor` must be greater than 1, got 1"):
+        DetectionConfig(exploding_jump_factor=1)
+    with pytest.raises(ValueError, match=r"`exploding_trend_loss_factor` must be a positive number, got -2"):
+        DetectionConfig(exploding_trend_loss_factor=-2)
+
+
+def test_all_zero_gradients_at_zero_loss_are_a_perfect_fit_not_vanishing():
+    det = GradientDetector(DetectionConfig(vanishing_patience=10))  # float32 softmax saturates: loss 0.0, grads 0.0
+    alerts = feed(det, range(60), make=lambda s: healthy(s) if s < 15 else stats(0.0, 0.0, 0.0), loss=lambda s: 0.0)
+    assert alerts == []
+
+
+def test_an_exploding_episode_lasts_while_the_loss_stays_up():
+    det = GradientDetector()
+    for step, (norm, loss) in enumerate(zip((0.25, 23.0, 6.6e3), (2.3, 2.3, 20.6))):
+        det.observe_loss(loss)
+        assert det.update(step, stats(norm, norm, norm)).exploding == (step >= 1)
+    verdicts = []
+    for step in range(3, 40):  # the norm is back to ordinary, the loss is not
+        det.observe_loss(30.0)
+        verdicts.append(det.update(step, healthy(step)))
+    assert all(v.exploding for v in verdicts)
+    assert [a for v in verdicts for a in v.alerts] == []
+    for step in range(40, 50):  # recovered
+        det.observe_loss(2.0)
+        verdict = det.update(step, healthy(step))
+    assert not verdict.exploding
