@@ -146,13 +146,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         ModuleNotFoundError: when neither ``lightning`` nor ``pytorch-lightning`` is installed.
 
     Example:
-        >>> import os, tempfile
+        >>> import os, tempfile, torch
         >>> import lightning.pytorch as pl
-        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lightning_gradwatch.demos import DeepMLP
+        >>> _ = torch.manual_seed(0)
         >>> watch = GradWatch(on_exploding="skip", log_every_n_steps=5)
-        >>> trainer = pl.Trainer(max_steps=10, callbacks=[watch], default_root_dir=tempfile.mkdtemp(),
+        >>> trainer = pl.Trainer(max_steps=20, callbacks=[watch], default_root_dir=tempfile.mkdtemp(),
         ...                      enable_progress_bar=False, enable_model_summary=False)
-        >>> trainer.fit(BoringModel())
+        >>> trainer.fit(DeepMLP("relu", batchnorm=True))  # a healthy 11-layer MLP: nothing to report
         >>> watch.alerts
         []
         >>> os.path.isfile(os.path.join(trainer.logger.log_dir, "gradwatch.json"))
