@@ -23,8 +23,14 @@ from lightning_gradwatch import GradWatch
         ({"histogram_every_n_steps": -1}, ValueError, r"`histogram_every_n_steps` must be >= 0, got -1"),
         ({"include": "("}, ValueError, r"`include` is not a valid regular expression"),
         ({"exclude": 3}, TypeError, r"`exclude` must be a regular expression string or None"),
-        ({"vanishing_patience": 0}, ValueError, r"`vanishing_patience` must be an integer >= 1, got 0"),
-        ({"exploding_zscore": float("nan")}, ValueError, r"`exploding_zscore` must be a positive number, got nan"),
+        ({"vanishing_patience": 0}, ValueError, r"`vanishing_patience` must be >= 1, got 0"),
+        ({"vanishing_patience": 2.5}, TypeError, r"`vanishing_patience` must be an int, got float 2.5"),
+        ({"exploding_threshold": "big"}, TypeError, r"`exploding_threshold` must be a number, got str 'big'"),
+        (
+            {"exploding_zscore": float("nan")},
+            ValueError,
+            r"`exploding_zscore` must be a positive, finite number, got nan",
+        ),  # noqa: E501
         ({"vanishing_ratio": 2.0}, ValueError, r"`vanishing_ratio` must be in \(0, 1\), got 2.0"),
         ({"histogram_sample_size": 0}, ValueError, r"`histogram_sample_size` must be >= 1, got 0"),
     ],
