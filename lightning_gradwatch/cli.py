@@ -27,6 +27,8 @@ from lightning_gradwatch import __version__
 from lightning_gradwatch.alerts import ALERT_KINDS
 from lightning_gradwatch.runs import RunReadError, RunRecord, find_runs, load_run
 
+__all__ = ["main"]
+
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
 #: Verdicts of runs that did not finish, by ``status`` (``None``: no ``gradwatch.json``).
 UNFINISHED_VERDICTS = ("unfinished", "interrupted", "failed")

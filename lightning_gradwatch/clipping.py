@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+__all__ = ["AdaptiveClipThreshold", "clip_coefficient", "scale_gradients_"]
+
 _EPS = 1e-6
 
 

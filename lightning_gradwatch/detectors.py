@@ -51,6 +51,8 @@ from lightning_gradwatch._validation import check_int, check_number
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, AlertKind, GradientAlert, ModelTraits, format_layers, remedies
 from lightning_gradwatch.stats import StepStats
 
+__all__ = ["DetectionConfig", "GradientDetector", "Verdict"]
+
 
 @dataclass(frozen=True)
 class DetectionConfig:

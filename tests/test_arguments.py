@@ -30,7 +30,7 @@ from lightning_gradwatch import GradWatch
             {"exploding_zscore": float("nan")},
             ValueError,
             r"`exploding_zscore` must be a positive, finite number, got nan",
-        ),  # noqa: E501
+        ),
         ({"vanishing_ratio": 2.0}, ValueError, r"`vanishing_ratio` must be in \(0, 1\), got 2.0"),
         ({"histogram_sample_size": 0}, ValueError, r"`histogram_sample_size` must be >= 1, got 0"),
     ],
