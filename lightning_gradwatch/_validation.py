@@ -87,14 +87,23 @@ def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> No
         raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}")
 
 
-def check_number(name: str, value: Any, optional: bool = False) -> None:
-    """``value`` is a positive, finite ``int`` or ``float``; ``None`` too when ``optional``."""
+def check_number(name: str, value: Any, optional: bool = False, zero: bool = False) -> None:
+    """``value`` is a positive, finite ``int`` or ``float`` (0 too with ``zero``; ``None`` too when ``optional``).
+
+    Example:
+        >>> check_number("min_spread", 0.0, zero=True)
+        >>> check_number("zscore", 0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `zscore` must be a positive, finite number, got 0.0
+    """
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _type_error(name, "a number", value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive, finite number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        kind = "non-negative" if zero else "positive"
+        raise ValueError(f"`{name}` must be a {kind}, finite number, got {value!r}")
 
 
 def check_clip(clip: Any) -> None:
