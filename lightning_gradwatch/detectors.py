@@ -45,11 +45,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch._validation import check_int, check_number
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, AlertKind, GradientAlert, ModelTraits, format_layers, remedies
-from lightning_gradwatch.stats import StepStats
+
+if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
+    from lightning_gradwatch.stats import StepStats
 
 __all__ = ["DetectionConfig", "GradientDetector", "Verdict"]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning_gradwatch
@@ -44,3 +46,14 @@ def test_modules_use_public_modules_only_through_all():
                     continue
                 undeclared += [f"{path.stem} uses {stem}.{a.name}" for a in node.names if a.name not in declared[stem]]
     assert not undeclared, undeclared
+
+
+def test_pure_modules_load_without_torch():
+    # detection and the run files are plain Python: the `gradwatch` command and a detector need no torch
+    code = (
+        "import sys\n"
+        "import lightning_gradwatch.detectors, lightning_gradwatch.alerts, lightning_gradwatch.report\n"
+        "import lightning_gradwatch._validation\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
