@@ -359,6 +359,7 @@ class GradientDetector(_DetectorState):
         return verdict
 
     def _update_exploding(self, step: int, stats: StepStats, verdict: Verdict) -> None:
+        """Spikes, the rules, the exploding episode, then learn this step's norm (see the module docstring)."""
         threshold = self.spike_threshold()
         verdict.spike_threshold = threshold
         norm = stats.total_norm
@@ -399,6 +400,7 @@ class GradientDetector(_DetectorState):
         return False
 
     def _start_exploding_episode(self) -> None:
+        """An exploding episode begins; the first one of the run keeps the best loss from before it."""
         self.exploding_episode = True
         if not self.exploded:
             self.exploded = True
@@ -519,6 +521,7 @@ class GradientDetector(_DetectorState):
         return _median(self.recent_losses) > 2.0 * self.exploded_floor
 
     def _update_vanishing(self, step: int, stats: StepStats, verdict: Verdict) -> None:
+        """The whole-network collapse test, then the per-layer test (both wait while an explosion lasts)."""
         top = max(stats.grad_norm) if stats.grad_norm else 0.0
         if self.reference_norm is None and self.steps >= max(self.config.warmup_steps, 2):
             self.reference_norm = stats.total_norm
