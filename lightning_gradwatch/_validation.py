@@ -34,7 +34,6 @@ __all__ = [
     "check_int",
     "check_number",
     "check_pattern",
-    "check_types",
     "choices",
 ]
 
@@ -88,14 +87,23 @@ def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> No
         raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}")
 
 
-def check_number(name: str, value: Any, optional: bool = False) -> None:
-    """``value`` is a positive, finite ``int`` or ``float``; ``None`` too when ``optional``."""
+def check_number(name: str, value: Any, optional: bool = False, zero: bool = False) -> None:
+    """``value`` is a positive, finite ``int`` or ``float`` (0 too with ``zero``; ``None`` too when ``optional``).
+
+    Example:
+        >>> check_number("min_spread", 0.0, zero=True)
+        >>> check_number("zscore", 0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `zscore` must be a positive, finite number, got 0.0
+    """
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _type_error(name, "a number", value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive, finite number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        kind = "non-negative" if zero else "positive"
+        raise ValueError(f"`{name}` must be a {kind}, finite number, got {value!r}")
 
 
 def check_clip(clip: Any) -> None:
@@ -110,17 +118,6 @@ def check_clip(clip: Any) -> None:
         raise ValueError(f"`clip` must be None, a positive number (fixed max norm) or 'adaptive', got {clip!r}")
 
 
-def check_types(values: dict[str, Any], ints: tuple[str, ...], numbers: tuple[str, ...]) -> None:
-    """Type checks only (values are checked where they are used): ``ints`` hold ints, ``numbers`` numbers or None."""
-    for name in ints:
-        if isinstance(values[name], bool) or not isinstance(values[name], int):
-            raise _type_error(name, "an int", values[name])
-    for name in numbers:
-        value = values[name]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise _type_error(name, "a number", value)
-
-
 def check_pattern(name: str, pattern: Any) -> None:
     """``None`` or a string that compiles as a regular expression."""
     if pattern is None:
@@ -133,19 +130,22 @@ def check_pattern(name: str, pattern: Any) -> None:
         raise ValueError(f"`{name}` is not a valid regular expression ({err}): {pattern!r}") from err
 
 
-_DETECTION_INTS = ("warmup_steps", "exploding_patience", "exploding_growth_steps", "vanishing_patience")
-_DETECTION_NUMBERS = (
+#: GradWatch's arguments that are fields of ``DetectionConfig`` (which checks them, with the same rule).
+DETECTION_ARGUMENTS = (
+    "warmup_steps",
+    "exploding_patience",
+    "exploding_growth_steps",
+    "vanishing_patience",
     "exploding_zscore",
     "exploding_min_factor",
     "exploding_threshold",
     "vanishing_ratio",
     "vanishing_floor",
 )
-DETECTION_ARGUMENTS = _DETECTION_INTS + _DETECTION_NUMBERS
 
 
 def check_gradwatch_arguments(args: dict[str, Any]) -> None:
-    """Check ``GradWatch``'s arguments, by name (the detection thresholds' values are checked by their config)."""
+    """Check ``GradWatch``'s arguments, by name (the detection thresholds are checked by ``DetectionConfig``)."""
     check_choice("on_vanishing", args["on_vanishing"], VanishingResponse)
     check_choice("on_exploding", args["on_exploding"], ExplodingResponse)
     check_choice("on_nonfinite", args["on_nonfinite"], NonfiniteResponse)
@@ -164,4 +164,3 @@ def check_gradwatch_arguments(args: dict[str, Any]) -> None:
     check_int("max_layers", args["max_layers"], minimum=1, optional=True)
     check_bool("images", args["images"])
     check_bool("progress_bar", args["progress_bar"])
-    check_types(args, _DETECTION_INTS, _DETECTION_NUMBERS)

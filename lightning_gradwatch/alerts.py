@@ -7,6 +7,22 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+__all__ = [
+    "ALERT_KINDS",
+    "REMEDIES_MARKDOWN",
+    "REMEDIES_PLAIN",
+    "AlertKind",
+    "GradientAlert",
+    "GradientAlertError",
+    "GradientWarning",
+    "ModelTraits",
+    "RemedyCause",
+    "alert_markdown",
+    "format_layers",
+    "parse_alert_markdown",
+    "remedies",
+]
+
 AlertKind = Literal["vanishing", "exploding", "nonfinite"]
 ALERT_KINDS: tuple[AlertKind, ...] = ("vanishing", "exploding", "nonfinite")
 

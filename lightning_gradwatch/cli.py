@@ -27,6 +27,8 @@ from lightning_gradwatch import __version__
 from lightning_gradwatch.alerts import ALERT_KINDS
 from lightning_gradwatch.runs import RunReadError, RunRecord, find_runs, load_run
 
+__all__ = ["main"]
+
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
 #: Verdicts of runs that did not finish, by ``status`` (``None``: no ``gradwatch.json``).
 UNFINISHED_VERDICTS = ("unfinished", "interrupted", "failed")
@@ -414,12 +416,7 @@ def render_table(run: RunRecord) -> str:
         middle = "  ".join(f"{c:>{w}}" for c, w in zip(cells[1:-1], widths[1:-1]))
         return f"{first}  {middle}  {cells[-1]}".rstrip()
 
-    steps = run.steps.get("last")
-    source = "gradwatch.json" if run.source == "json" else "event files"
-    title = f"{run.path}  ({source}"
-    title += f", {steps + 1} steps" if isinstance(steps, int) else ""
-    title += f", {run.status or 'no gradwatch.json: did not finish'})"
-    parts = [title]
+    parts = [_table_title(run)]
     if run.error:
         parts.append(f"error: {_first_line(run.error)}")
     parts.append(
@@ -431,15 +428,29 @@ def render_table(run: RunRecord) -> str:
     events = {k: v for k, v in run.events.items() if v}
     if events:
         parts.append("events: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(events.items())))
-    if run.alerts:
-        parts.append("")
-        parts.append(f"alerts ({len(run.alerts)}):")
-        for alert in run.alerts:
-            parts.append(f"- {_where(alert)}, {alert['kind']}:")
-            parts += [f"    {text}" for text in alert["message"].strip().splitlines()]
-    else:
-        parts.append("no alerts")
+    parts += _alert_lines(run)
     return "\n".join(parts) + "\n"
+
+
+def _table_title(run: RunRecord) -> str:
+    """The run's path, where its numbers come from, how many steps it ran and its status."""
+    steps = run.steps.get("last")
+    source = "gradwatch.json" if run.source == "json" else "event files"
+    title = f"{run.path}  ({source}"
+    title += f", {steps + 1} steps" if isinstance(steps, int) else ""
+    title += f", {run.status or 'no gradwatch.json: did not finish'})"
+    return title
+
+
+def _alert_lines(run: RunRecord) -> list[str]:
+    """The run's alerts, each with its whole message indented, or ``no alerts``."""
+    if not run.alerts:
+        return ["no alerts"]
+    parts = ["", f"alerts ({len(run.alerts)}):"]
+    for alert in run.alerts:
+        parts.append(f"- {_where(alert)}, {alert['kind']}:")
+        parts += [f"    {text}" for text in alert["message"].strip().splitlines()]
+    return parts
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,10 @@ import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from lightning_gradwatch._validation import check_int, check_number
+
+__all__ = ["AdaptiveClipThreshold", "clip_coefficient", "scale_gradients_"]
+
 _EPS = 1e-6
 
 
@@ -108,6 +112,11 @@ class AdaptiveClipThreshold:
         min_spread: floor of the spread, in decades, so a very steady run is not clipped at its ordinary level.
         warmup_margin: the least margin, in decades, during warm-up (1.0: ten times the typical norm).
 
+    Raises:
+        TypeError: an argument of the wrong type (``window=2.5``).
+        ValueError: a value out of range (a ``zscore`` or ``max_norm`` that is not positive, a negative
+            ``min_spread``).
+
     Example:
         >>> clip = AdaptiveClipThreshold()
         >>> clip.threshold()  # nothing seen yet
@@ -131,6 +140,12 @@ class AdaptiveClipThreshold:
         min_spread: float = 0.1,
         warmup_margin: float = 1.0,
     ) -> None:
+        check_number("zscore", zscore)
+        check_int("warmup_steps", warmup_steps, minimum=0)
+        check_number("max_norm", max_norm, optional=True)
+        check_int("window", window, minimum=1)
+        check_number("min_spread", min_spread, zero=True)
+        check_number("warmup_margin", warmup_margin, zero=True)
         self.zscore = zscore
         self.warmup_steps = warmup_steps
         self.max_norm = max_norm

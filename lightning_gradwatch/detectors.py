@@ -43,12 +43,17 @@ calibration half on which these defaults were chosen and a held-out half) and pr
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lightning_gradwatch._validation import check_int, check_number
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, AlertKind, GradientAlert, ModelTraits, format_layers, remedies
-from lightning_gradwatch.stats import StepStats
+
+if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
+    from lightning_gradwatch.stats import StepStats
+
+__all__ = ["DetectionConfig", "GradientDetector", "Verdict"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,11 @@ class DetectionConfig:
         >>> DetectionConfig(exploding_zscore=-1)
         Traceback (most recent call last):
         ...
-        ValueError: `exploding_zscore` must be a positive number, got -1
+        ValueError: `exploding_zscore` must be a positive, finite number, got -1
+        >>> DetectionConfig(vanishing_patience=2.5)
+        Traceback (most recent call last):
+        ...
+        TypeError: `vanishing_patience` must be an int, got float 2.5
     """
 
     warmup_steps: int = 10
@@ -111,35 +120,25 @@ class DetectionConfig:
     collapse_loss_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_int("warmup_steps", self.warmup_steps, minimum=0)
-        _check_positive("exploding_zscore", self.exploding_zscore)
-        _check_positive("exploding_min_factor", self.exploding_min_factor)
-        if self.exploding_min_factor < 1:
-            raise ValueError(f"`exploding_min_factor` must be at least 1, got {self.exploding_min_factor!r}")
-        _check_int("exploding_patience", self.exploding_patience, minimum=1)
-        _check_int("exploding_growth_steps", self.exploding_growth_steps, minimum=2)
-        if self.exploding_threshold is not None:
-            _check_positive("exploding_threshold", self.exploding_threshold)
-        _check_positive("exploding_ceiling_factor", self.exploding_ceiling_factor)
-        if self.exploding_ceiling_factor < 1:
-            raise ValueError(f"`exploding_ceiling_factor` must be at least 1, got {self.exploding_ceiling_factor!r}")
-        _check_int("exploding_ceiling_memory", self.exploding_ceiling_memory, minimum=1)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_number("exploding_zscore", self.exploding_zscore)
+        _check_at_least_one("exploding_min_factor", self.exploding_min_factor)
+        check_int("exploding_patience", self.exploding_patience, minimum=1)
+        check_int("exploding_growth_steps", self.exploding_growth_steps, minimum=2)
+        check_number("exploding_threshold", self.exploding_threshold, optional=True)
+        _check_at_least_one("exploding_ceiling_factor", self.exploding_ceiling_factor)
+        check_int("exploding_ceiling_memory", self.exploding_ceiling_memory, minimum=1)
         for name in ("exploding_jump_factor", "exploding_trend_loss_factor", "exploding_trend_norm_factor"):
             value = getattr(self, name)
-            _check_positive(name, value)
+            check_number(name, value)
             if value <= 1:
                 raise ValueError(f"`{name}` must be greater than 1, got {value!r}")
-        _check_positive("ema_decay", self.ema_decay)
-        if self.ema_decay >= 1:
-            raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay!r}")
-        _check_positive("vanishing_ratio", self.vanishing_ratio)
-        if self.vanishing_ratio >= 1:
-            raise ValueError(f"`vanishing_ratio` must be in (0, 1), got {self.vanishing_ratio!r}")
-        if self.vanishing_floor is not None:
-            _check_positive("vanishing_floor", self.vanishing_floor)
-        _check_int("vanishing_patience", self.vanishing_patience, minimum=1)
-        _check_positive("collapse_ratio", self.collapse_ratio)
-        _check_positive("collapse_loss_fraction", self.collapse_loss_fraction)
+        _check_fraction("ema_decay", self.ema_decay)
+        _check_fraction("vanishing_ratio", self.vanishing_ratio)
+        check_number("vanishing_floor", self.vanishing_floor, optional=True)
+        check_int("vanishing_patience", self.vanishing_patience, minimum=1)
+        check_number("collapse_ratio", self.collapse_ratio)
+        check_number("collapse_loss_fraction", self.collapse_loss_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values."""
@@ -150,9 +149,16 @@ _HALF = math.log10(2.0)
 _WINDOW = 5  # steps whose median loss and norm the trend rule compares
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+def _check_at_least_one(name: str, value: Any) -> None:
+    check_number(name, value)
+    if value < 1:
+        raise ValueError(f"`{name}` must be at least 1, got {value!r}")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    check_number(name, value)
+    if value >= 1:
+        raise ValueError(f"`{name}` must be in (0, 1), got {value!r}")
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -163,11 +169,6 @@ def _median(values: list[float]) -> float:
     ordered = sorted(values)
     n = len(ordered)
     return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -196,7 +197,75 @@ class Verdict:
         return next((a for a in self.alerts if a.kind == kind), None)
 
 
-class GradientDetector:
+def _load(read: Callable[[Any], Any]) -> dict[str, Any]:
+    """A state field's metadata: how a checkpoint's plain value is read back."""
+    return {"load": read}
+
+
+def _plain(value: Any) -> Any:
+    """A state value as a checkpoint keeps it: copies of containers, a set as a sorted list."""
+    if isinstance(value, set):
+        return sorted(value)
+    if isinstance(value, (dict, list)):
+        return type(value)(value)
+    return value
+
+
+def _int_map(value: Mapping[Any, Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in value.items()}
+
+
+def _float_list(value: Any) -> list[float]:
+    return [float(v) for v in value]
+
+
+def _counts(value: Mapping[Any, Any] | None = None) -> dict[str, int]:
+    return {"spikes": 0, "nonfinite_steps": 0, **_int_map(value or {})}
+
+
+_INT, _FLOAT, _OPTIONAL, _BOOL = _load(int), _load(float), _load(_float_or_none), _load(bool)
+_INT_MAP, _SET, _COUNTS, _FLOATS = _load(_int_map), _load(set), _load(_counts), _load(_float_list)
+
+
+@dataclass(eq=False, repr=False)
+class _DetectorState:
+    """The detector's state, declared once.
+
+    :meth:`GradientDetector.reset`, ``state_dict`` and ``load_state_dict`` all follow this list: a new field is one
+    line here, and checkpoints without it load with its default.
+    """
+
+    steps: int = field(default=0, metadata=_INT)  # finite steps seen
+    mean: float = field(default=0.0, metadata=_FLOAT)  # of log10(total norm)
+    var: float = field(default=0.0, metadata=_FLOAT)
+    # log10 of the largest ordinary total norm so far, slowly forgetting
+    ceiling: float | None = field(default=None, metadata=_OPTIONAL)
+    spike_run: int = field(default=0, metadata=_INT)
+    growth_run: int = field(default=0, metadata=_INT)
+    growth_loss: float | None = field(default=None, metadata=_OPTIONAL)
+    previous: float | None = field(default=None, metadata=_OPTIONAL)
+    last_loss: float | None = field(default=None, metadata=_OPTIONAL)
+    exploding_episode: bool = field(default=False, metadata=_BOOL)
+    nonfinite_episode: bool = field(default=False, metadata=_BOOL)
+    vanishing_run: dict[str, int] = field(default_factory=dict, metadata=_INT_MAP)
+    vanishing_episode: set[str] = field(default_factory=set, metadata=_SET)
+    collapse_run: int = field(default=0, metadata=_INT)
+    collapse_episode: bool = field(default=False, metadata=_BOOL)
+    reference_norm: float | None = field(default=None, metadata=_OPTIONAL)
+    reference_loss: float | None = field(default=None, metadata=_OPTIONAL)
+    counts: dict[str, int] = field(default_factory=_counts, metadata=_COUNTS)
+    peak: float | None = field(default=None, metadata=_OPTIONAL)  # log10 of the largest total norm, forgetting
+    recent_losses: list[float] = field(default_factory=list, metadata=_FLOATS)  # the last few observed losses
+    recent_norms: list[float] = field(default_factory=list, metadata=_FLOATS)  # log10 of the last few total norms
+    first_loss: float | None = field(default=None, metadata=_OPTIONAL)
+    loss_floor: float | None = field(default=None, metadata=_OPTIONAL)  # the best median loss so far
+    norm_at_floor: float | None = field(default=None, metadata=_OPTIONAL)  # median log10 norm when the loss was best
+    # the best median loss before the first exploding alert
+    exploded_floor: float | None = field(default=None, metadata=_OPTIONAL)
+    exploded: bool = field(default=False, metadata=_BOOL)  # an exploding alert has fired in this run
+
+
+class GradientDetector(_DetectorState):
     """Watches the gradient statistics of one optimizer and reports alerts.
 
     Args:
@@ -230,95 +299,19 @@ class GradientDetector:
 
     def reset(self) -> None:
         """Forget all history."""
-        self.steps = 0  # finite steps seen
-        self.mean = 0.0  # of log10(total norm)
-        self.var = 0.0
-        self.ceiling: float | None = None  # log10 of the largest ordinary total norm, slowly forgetting
-        self.spike_run = 0
-        self.growth_run = 0
-        self.growth_loss: float | None = None
-        self.previous: float | None = None
-        self.exploding_episode = False
-        self.nonfinite_episode = False
-        self.vanishing_run: dict[str, int] = {}
-        self.vanishing_episode: set[str] = set()
-        self.collapse_run = 0
-        self.collapse_episode = False
-        self.reference_norm: float | None = None
-        self.reference_loss: float | None = None
-        self.last_loss: float | None = None
-        self.counts: dict[str, int] = {"spikes": 0, "nonfinite_steps": 0}
-        self.peak: float | None = None  # log10 of the largest finite total norm so far, slowly forgetting
-        self.recent_losses: list[float] = []  # the last few observed losses
-        self.recent_norms: list[float] = []  # log10 of the last few total norms
-        self.first_loss: float | None = None
-        self.loss_floor: float | None = None  # the best median loss so far
-        self.norm_at_floor: float | None = None  # median log10 norm when the loss was at its best
-        self.exploded_floor: float | None = None  # the best median loss before the first exploding alert
-        self.exploded = False  # an exploding alert has fired in this run
+        _DetectorState.__init__(self)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Plain values that let a resumed run continue where it stopped."""
-        return {
-            "steps": self.steps,
-            "mean": self.mean,
-            "var": self.var,
-            "ceiling": self.ceiling,
-            "spike_run": self.spike_run,
-            "growth_run": self.growth_run,
-            "growth_loss": self.growth_loss,
-            "previous": self.previous,
-            "last_loss": self.last_loss,
-            "exploding_episode": self.exploding_episode,
-            "nonfinite_episode": self.nonfinite_episode,
-            "vanishing_run": dict(self.vanishing_run),
-            "vanishing_episode": sorted(self.vanishing_episode),
-            "collapse_run": self.collapse_run,
-            "collapse_episode": self.collapse_episode,
-            "reference_norm": self.reference_norm,
-            "reference_loss": self.reference_loss,
-            "counts": dict(self.counts),
-            "peak": self.peak,
-            "recent_losses": list(self.recent_losses),
-            "recent_norms": list(self.recent_norms),
-            "first_loss": self.first_loss,
-            "loss_floor": self.loss_floor,
-            "norm_at_floor": self.norm_at_floor,
-            "exploded_floor": self.exploded_floor,
-            "exploded": self.exploded,
-        }
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(_DetectorState)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output; keys missing from older checkpoints keep their defaults."""
         self.reset()
-        self.steps = int(state.get("steps", 0))
-        self.mean = float(state.get("mean", 0.0))
-        self.var = float(state.get("var", 0.0))
-        ceiling = state.get("ceiling")
-        self.ceiling = None if ceiling is None else float(ceiling)
-        self.spike_run = int(state.get("spike_run", 0))
-        self.growth_run = int(state.get("growth_run", 0))
-        self.growth_loss = state.get("growth_loss")
-        self.previous = state.get("previous")
-        self.last_loss = state.get("last_loss")
-        self.exploding_episode = bool(state.get("exploding_episode", False))
-        self.nonfinite_episode = bool(state.get("nonfinite_episode", False))
-        self.vanishing_run = {str(k): int(v) for k, v in state.get("vanishing_run", {}).items()}
-        self.vanishing_episode = set(state.get("vanishing_episode", ()))
-        self.collapse_run = int(state.get("collapse_run", 0))
-        self.collapse_episode = bool(state.get("collapse_episode", False))
-        self.reference_norm = state.get("reference_norm")
-        self.reference_loss = state.get("reference_loss")
-        self.counts.update({str(k): int(v) for k, v in state.get("counts", {}).items()})
-        self.peak = _float_or_none(state.get("peak"))
-        self.recent_losses = [float(v) for v in state.get("recent_losses", ())]
-        self.recent_norms = [float(v) for v in state.get("recent_norms", ())]
-        self.first_loss = _float_or_none(state.get("first_loss"))
-        self.loss_floor = _float_or_none(state.get("loss_floor"))
-        self.norm_at_floor = _float_or_none(state.get("norm_at_floor"))
-        self.exploded_floor = _float_or_none(state.get("exploded_floor"))
-        self.exploded = bool(state.get("exploded", False))
+        for f in fields(_DetectorState):
+            if f.name in state:
+                setattr(self, f.name, f.metadata["load"](state[f.name]))
 
     # ------------------------------------------------------------------ detection
     @property
@@ -366,42 +359,59 @@ class GradientDetector:
         return verdict
 
     def _update_exploding(self, step: int, stats: StepStats, verdict: Verdict) -> None:
-        cfg = self.config
+        """Spikes, the rules, the exploding episode, then learn this step's norm (see the module docstring)."""
         threshold = self.spike_threshold()
         verdict.spike_threshold = threshold
         norm = stats.total_norm
         x = math.log10(norm) if norm > 0 else None
         spike = norm > threshold
-        forget = 1.0 / cfg.exploding_ceiling_memory
-        if self.ceiling is not None:
-            self.ceiling -= forget
-        if self.peak is not None:
-            self.peak -= forget
-        falling_back = False
-        if spike:
-            verdict.spike = True
-            self.counts["spikes"] = self.counts.get("spikes", 0) + 1
-            self.spike_run += 1
-            # a spike run that already falls back fast (below half its previous step) is a transient, not a trend
-            falling_back = x is not None and self.previous is not None and x < self.previous - _HALF
-        else:
-            self.spike_run = 0
+        self._forget_peaks()
+        falling_back = self._count_spike(x, verdict) if spike else self._end_spikes()
         self._update_growth(x)
         rule = self._exploding_rule(x, norm, falling_back)
         if rule is not None:
             if not self.exploding_episode:
-                self.exploding_episode = True
-                if not self.exploded:
-                    self.exploded = True
-                    self.exploded_floor = self.loss_floor
+                self._start_exploding_episode()
                 verdict.alerts.append(self._exploding_alert(step, stats, threshold, rule))
         elif not spike and self.growth_run == 0 and not self._loss_still_up():
             self.exploding_episode = False
-        if x is not None:  # a spike moves the mean toward a lasting new level, but never widens the spread
-            self._learn(min(x, math.log10(threshold)), spread=not spike)
-            if not spike:
-                self.ceiling = x if self.ceiling is None else max(self.ceiling, x)
-            self.peak = x if self.peak is None else max(self.peak, x)
+        if x is not None:
+            self._learn_norm(x, threshold, spike)
+
+    def _forget_peaks(self) -> None:
+        """The ceiling and the peak forget by a factor 10 per ``exploding_ceiling_memory`` steps."""
+        forget = 1.0 / self.config.exploding_ceiling_memory
+        if self.ceiling is not None:
+            self.ceiling -= forget
+        if self.peak is not None:
+            self.peak -= forget
+
+    def _count_spike(self, x: float | None, verdict: Verdict) -> bool:
+        """Count a spike step; returns whether the spike run already falls back (a transient, not a trend)."""
+        verdict.spike = True
+        self.counts["spikes"] = self.counts.get("spikes", 0) + 1
+        self.spike_run += 1
+        # a spike run that already falls back fast (below half its previous step) is a transient, not a trend
+        return x is not None and self.previous is not None and x < self.previous - _HALF
+
+    def _end_spikes(self) -> bool:
+        """A step that is not a spike ends the spike run (and so is not falling back)."""
+        self.spike_run = 0
+        return False
+
+    def _start_exploding_episode(self) -> None:
+        """An exploding episode begins; the first one of the run keeps the best loss from before it."""
+        self.exploding_episode = True
+        if not self.exploded:
+            self.exploded = True
+            self.exploded_floor = self.loss_floor
+
+    def _learn_norm(self, x: float, threshold: float, spike: bool) -> None:
+        """A spike moves the mean toward a lasting new level, but never widens the spread."""
+        self._learn(min(x, math.log10(threshold)), spread=not spike)
+        if not spike:
+            self.ceiling = x if self.ceiling is None else max(self.ceiling, x)
+        self.peak = x if self.peak is None else max(self.peak, x)
 
     def _loss_still_up(self) -> bool:
         """Whether the loss (median of the last 5 steps) is still above 2x its best: an episode lasts that long."""
@@ -413,31 +423,41 @@ class GradientDetector:
 
     def _exploding_rule(self, x: float | None, norm: float, falling_back: bool) -> str | None:
         """Which rule, if any, calls this step an explosion: ``jump``, ``spikes``, ``growth`` or ``trend``."""
-        cfg = self.config
         trend = self._update_trend(x)  # always: it keeps the loss floor and the recent norms
+        if self._jumped(x):
+            return "jump"
+        if self._spikes_left_history(x, norm, falling_back):
+            return "spikes"
+        if self._growing():
+            return "growth"
+        return "trend" if trend else None
+
+    def _jumped(self, x: float | None) -> bool:
+        """Orders of magnitude within the first steps: no history is needed to see that."""
+        cfg = self.config
         in_warmup = self.steps < max(cfg.warmup_steps, 2)
-        # orders of magnitude within the first steps: no history is needed to see that
-        if (
+        return (
             in_warmup
             and x is not None
             and self.peak is not None
             and x > self.peak + math.log10(cfg.exploding_jump_factor)
-        ):
-            return "jump"
-        # consecutive spikes are an explosion once they leave the run's whole history behind
+        )
+
+    def _spikes_left_history(self, x: float | None, norm: float, falling_back: bool) -> bool:
+        """Consecutive spikes are an explosion once they leave the run's whole history behind."""
+        cfg = self.config
         absolute = cfg.exploding_threshold is not None and norm > cfg.exploding_threshold
         beyond = self.ceiling is None or (x is not None and x > self.ceiling + math.log10(cfg.exploding_ceiling_factor))
-        if self.spike_run >= cfg.exploding_patience and not falling_back and (absolute or beyond):
-            return "spikes"
-        growing = (
-            self.growth_run >= cfg.exploding_growth_steps
+        return self.spike_run >= cfg.exploding_patience and not falling_back and (absolute or beyond)
+
+    def _growing(self) -> bool:
+        """A steady rise of the norm, long enough, while the loss rose too."""
+        return (
+            self.growth_run >= self.config.exploding_growth_steps
             and self.last_loss is not None
             and self.growth_loss is not None
             and self.last_loss > self.growth_loss
         )
-        if growing:
-            return "growth"
-        return "trend" if trend else None
 
     def _update_trend(self, x: float | None) -> bool:
         """Whether the loss has climbed well above its best while the norm grew with it (medians of 5 steps)."""
@@ -501,9 +521,9 @@ class GradientDetector:
         return _median(self.recent_losses) > 2.0 * self.exploded_floor
 
     def _update_vanishing(self, step: int, stats: StepStats, verdict: Verdict) -> None:
-        cfg = self.config
+        """The whole-network collapse test, then the per-layer test (both wait while an explosion lasts)."""
         top = max(stats.grad_norm) if stats.grad_norm else 0.0
-        if self.reference_norm is None and self.steps >= max(cfg.warmup_steps, 2):
+        if self.reference_norm is None and self.steps >= max(self.config.warmup_steps, 2):
             self.reference_norm = stats.total_norm
             self.reference_loss = self.last_loss
         if self.vanishing_suspended() or (self.exploded and top == 0.0):
@@ -511,16 +531,27 @@ class GradientDetector:
             self.vanishing_run.clear()
             self.vanishing_episode.clear()
             return
-        # whole network: all-zero gradients, or a collapse, while the loss has not come down with it (a model that
-        # fits its data exactly, loss 0.0 in float32, has all-zero gradients too: that is convergence)
-        converged = self.last_loss is not None and (
+        self._update_collapse(step, stats, top, verdict)
+        self._update_vanishing_layers(step, stats, top, verdict)
+
+    def _converged(self) -> bool:
+        """Whether the loss has come down: to 0.0, or below ``collapse_loss_fraction`` of its post-warm-up level."""
+        return self.last_loss is not None and (
             self.last_loss == 0.0
             or (
                 self.reference_loss is not None
                 and self.reference_loss > 0
-                and self.last_loss <= cfg.collapse_loss_fraction * self.reference_loss
+                and self.last_loss <= self.config.collapse_loss_fraction * self.reference_loss
             )
         )
+
+    def _update_collapse(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> None:
+        """The whole network: all-zero gradients, or a collapse, while the loss has not come down with it.
+
+        A model that fits its data exactly (loss 0.0 in float32) has all-zero gradients too: that is convergence.
+        """
+        cfg = self.config
+        converged = self._converged()
         collapsed = top == 0.0 and not converged
         if top > 0.0 and self.reference_norm:
             below = stats.total_norm < cfg.collapse_ratio * self.reference_norm
@@ -532,32 +563,38 @@ class GradientDetector:
             verdict.alerts.append(self._collapse_alert(step, stats))
         elif not collapsed:
             self.collapse_episode = False
-        # per layer, relative to the largest layer (or below an absolute floor)
-        limit = cfg.vanishing_ratio * top
-        floor = cfg.vanishing_floor
-        runs = self.vanishing_run
+
+    def _update_vanishing_layers(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> None:
+        """Per layer, relative to the largest layer (or below an absolute floor)."""
         ongoing = bool(self.vanishing_episode)  # layers joining an ongoing episode are not alerted again
+        limit = self.config.vanishing_ratio * top
         newly: list[str] = []
         for name, norm in zip(stats.layers, stats.grad_norm):
-            # units an explosion killed (gradients exactly zero after it) are its aftermath, not a new diagnosis
-            if name in self.exempt_layers or (self.exploded and norm == 0.0):
-                runs.pop(name, None)
-                self.vanishing_episode.discard(name)
-                continue
-            if top > 0 and (norm < limit or (floor is not None and norm < floor)):
-                n = runs.get(name, 0) + 1
-                runs[name] = n
-                if n >= cfg.vanishing_patience and name not in self.vanishing_episode:
-                    self.vanishing_episode.add(name)
-                    newly.append(name)
-            elif name in runs:
-                del runs[name]
-                self.vanishing_episode.discard(name)
+            if self._layer_step(name, norm, top, limit):
+                newly.append(name)
         verdict.vanishing_layers = tuple(n for n in stats.layers if n in self.vanishing_episode)
         if newly and not ongoing and not verdict.alert("vanishing"):
             ordered = tuple(n for n in stats.layers if n in self.vanishing_episode)
             worst = min(stats.grad_norm[stats.layers.index(n)] for n in ordered)
             verdict.alerts.append(self._vanishing_alert(step, ordered, worst / top if top else 0.0, stats))
+
+    def _layer_step(self, name: str, norm: float, top: float, limit: float) -> bool:
+        """Count one layer's step; returns whether the layer starts a vanishing episode now."""
+        runs, floor = self.vanishing_run, self.config.vanishing_floor
+        # units an explosion killed (gradients exactly zero after it) are its aftermath, not a new diagnosis
+        if name in self.exempt_layers or (self.exploded and norm == 0.0):
+            runs.pop(name, None)
+            self.vanishing_episode.discard(name)
+            return False
+        if top > 0 and (norm < limit or (floor is not None and norm < floor)):
+            runs[name] = runs.get(name, 0) + 1
+            if runs[name] >= self.config.vanishing_patience and name not in self.vanishing_episode:
+                self.vanishing_episode.add(name)
+                return True
+        elif name in runs:
+            del runs[name]
+            self.vanishing_episode.discard(name)
+        return False
 
     # ------------------------------------------------------------------ messages
     def _hints(self, kind: AlertKind, cause: str | None = None) -> str:

@@ -30,6 +30,8 @@ from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT
 from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.report import REPORT_FILE, read_report
 
+__all__ = ["RunReadError", "RunRecord", "find_runs", "load_run"]
+
 EVENT_FILE_MARK = "tfevents"
 ALERT_TEXT_TAGS = (ALERTS_TEXT_TAG, ALERTS_TAG)
 TOTAL_NORM_TAG = TOTAL_NORM
@@ -280,21 +282,35 @@ def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
     if not any(tag.startswith("grad_norm/") for tag in series) and not alerts:
         return None
     layers = [_layer_from_series(tag[len("grad_norm/") :], series) for tag in series if tag.startswith("grad_norm/")]
-    totals = {
+    totals = _total_series(series)
+    alerts.sort(key=lambda a: a["step"])
+    total_norm = {key: _summarise(points) for key, points in sorted(totals.items())}
+    steps, events = _logged_steps(totals), _event_counts(series)
+    return RunRecord(directory, "events", None, steps, layers, alerts, events, total_norm, partial=partial)
+
+
+def _total_series(series: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    """The total-norm series by key (``"all"``, or the suffix of ``gradwatch/total_norm/<key>``), sorted by step."""
+    return {
         (tag[len(TOTAL_NORM_TAG) + 1 :] or "all"): sorted(points)
         for tag, points in series.items()
         if tag == TOTAL_NORM_TAG or tag.startswith(f"{TOTAL_NORM_TAG}/")
     }
+
+
+def _logged_steps(totals: dict[str, list[tuple[int, float]]]) -> dict[str, int]:
+    """First and last logged step and how many were logged (empty when none was)."""
     logged = sorted({step for points in totals.values() for step, _ in points})
-    steps = {"first": logged[0], "last": logged[-1], "logged": len(logged)} if logged else {}
-    events = {
+    return {"first": logged[0], "last": logged[-1], "logged": len(logged)} if logged else {}
+
+
+def _event_counts(series: dict[str, list[tuple[int, float]]]) -> dict[str, int]:
+    """The run's event counters (running totals: the largest value logged is the count)."""
+    return {
         name: int(max(v for _, v in series[f"gradwatch/{name}"]))
         for name in ("amp_overflow_steps", "skipped_steps", "spike_steps", "clipped_steps")
         if series.get(f"gradwatch/{name}")
     }
-    alerts.sort(key=lambda a: a["step"])
-    total_norm = {key: _summarise(points) for key, points in sorted(totals.items())}
-    return RunRecord(directory, "events", None, steps, layers, alerts, events, total_norm, partial=partial)
 
 
 def _layer_from_series(name: str, series: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:

@@ -409,3 +409,27 @@ def _check_frequent_label_outliers(tmp_path) -> None:
     assert adaptive < 2 * best, (adaptive, fixed)
     clipped = watch.state_dict()["summary"]["events"]["clipped_steps"]
     assert 20 <= clipped <= 60  # the ~32 outlier batches, not the whole run
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"zscore": 0}, ValueError, r"`zscore` must be a positive, finite number, got 0"),
+        ({"zscore": "3"}, TypeError, r"`zscore` must be a number, got str '3'"),
+        ({"warmup_steps": -1}, ValueError, r"`warmup_steps` must be >= 0, got -1"),
+        ({"max_norm": math.inf}, ValueError, r"`max_norm` must be a positive, finite number, got inf"),
+        ({"window": 2.5}, TypeError, r"`window` must be an int, got float 2.5"),
+        ({"window": 0}, ValueError, r"`window` must be >= 1, got 0"),
+        ({"min_spread": -0.1}, ValueError, r"`min_spread` must be a non-negative, finite number, got -0.1"),
+        ({"warmup_margin": None}, TypeError, r"`warmup_margin` must be a number, got NoneType None"),
+    ],
+)
+def test_adaptive_threshold_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AdaptiveClipThreshold(**kwargs)
+
+
+def test_adaptive_threshold_accepts_zero_margins():
+    clip = AdaptiveClipThreshold(min_spread=0.0, warmup_margin=0)
+    assert clip.update(1.0) == math.inf  # nothing known before the first step
+    assert clip.threshold() == 1.0  # no margin at all above the typical norm

@@ -239,6 +239,18 @@ def test_old_state_with_missing_keys_loads_with_defaults():
     assert det.update(12, healthy(12)).alerts == []
 
 
+def test_state_dict_of_a_fresh_detector_equals_one_loaded_from_nothing():
+    fresh = GradientDetector()
+    loaded = GradientDetector()
+    loaded.load_state_dict({})
+    assert loaded.state_dict() == fresh.state_dict()
+    assert fresh.state_dict()["counts"] == {"spikes": 0, "nonfinite_steps": 0}
+    det = GradientDetector()
+    det.load_state_dict({"counts": {"spikes": 3}, "vanishing_episode": ["b", "a"]})  # counts merge with defaults
+    assert det.counts == {"spikes": 3, "nonfinite_steps": 0}
+    assert det.state_dict()["vanishing_episode"] == ["a", "b"]
+
+
 def test_remedies_fit_the_model():
     rnn = GradientDetector(DetectionConfig(vanishing_patience=2), traits=ModelTraits(vanilla_rnn=True))
     (alert,) = feed(rnn, range(5), make=lambda s: stats(1e-9, 1.0))
@@ -250,14 +262,33 @@ def test_remedies_fit_the_model():
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(ValueError, match=r"`vanishing_patience` must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`vanishing_patience` must be >= 1, got 0"):
         DetectionConfig(vanishing_patience=0)
-    with pytest.raises(ValueError, match=r"`exploding_growth_steps` must be an integer >= 2, got 1"):
+    with pytest.raises(ValueError, match=r"`exploding_growth_steps` must be >= 2, got 1"):
         DetectionConfig(exploding_growth_steps=1)
     with pytest.raises(ValueError, match=r"`exploding_ceiling_factor` must be at least 1, got 0.5"):
         DetectionConfig(exploding_ceiling_factor=0.5)
-    with pytest.raises(ValueError, match=r"`exploding_ceiling_memory` must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`exploding_ceiling_memory` must be >= 1, got 0"):
         DetectionConfig(exploding_ceiling_memory=0)
+    with pytest.raises(ValueError, match=r"`ema_decay` must be in \(0, 1\), got 1.0"):
+        DetectionConfig(ema_decay=1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"vanishing_patience": 2.5}, r"`vanishing_patience` must be an int, got float 2.5"),
+        ({"warmup_steps": True}, r"`warmup_steps` must be an int, got bool True"),
+        ({"exploding_zscore": "4"}, r"`exploding_zscore` must be a number, got str '4'"),
+        ({"exploding_threshold": "10"}, r"`exploding_threshold` must be a number, got str '10'"),
+        ({"collapse_ratio": None}, r"`collapse_ratio` must be a number, got NoneType None"),
+        ({"exploding_jump_factor": [10]}, r"`exploding_jump_factor` must be a number, got list \[10\]"),
+    ],
+)
+def test_config_rejects_wrong_types_with_type_error(kwargs, match):
+    # the same rule as GradWatch's own arguments: a wrong type is a TypeError, a wrong value a ValueError
+    with pytest.raises(TypeError, match=match):
+        DetectionConfig(**kwargs)
 
 
 def test_blow_up_from_step_0_is_exploding_without_warm_up():
@@ -359,7 +390,7 @@ def test_remedies_fit_what_was_seen():
 def test_new_config_fields_are_validated():
     with pytest.raises(ValueError, match=r"`exploding_jump_factor` must be greater than 1, got 1"):
         DetectionConfig(exploding_jump_factor=1)
-    with pytest.raises(ValueError, match=r"`exploding_trend_loss_factor` must be a positive number, got -2"):
+    with pytest.raises(ValueError, match=r"`exploding_trend_loss_factor` must be a positive, finite number, got -2"):
         DetectionConfig(exploding_trend_loss_factor=-2)
 
 
