@@ -58,7 +58,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     gets one chart line per layer, not one per weight and bias.
 
     Every step: per-layer gradient L2 norms and the total norm, in one fused pass with one device-to-host transfer;
-    detection runs on these. Every ``log_every_n_steps`` steps (global rank 0 writes): ``grad_norm/<layer>``,
+    detection runs on these. Every ``log_every_n_steps`` steps (global rank 0 writes): ``grad_norm/<layer>`` (and its
+    ``grad_norm_log10/<layer>``, readable where layers span many decades),
     ``grad_to_weight/<layer>``, ``param_norm/<layer>``, ``grad_max_abs/<layer>``, ``grad_zero_fraction/<layer>``,
     ``gradwatch/total_norm``, ``gradwatch/total_norm_max`` (the largest since the previous log step) and event
     counts. Every ``histogram_every_n_steps`` steps: ``grad_hist/<layer>`` histograms, estimated from a uniform
