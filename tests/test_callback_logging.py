@@ -445,7 +445,9 @@ def test_progress_bar_shows_grad_norm_and_health(tmp_path):
 def test_gradient_flow_images_at_histogram_steps(tmp_path):
     pl = flavour("lightning.pytorch")
     trainer = pl.Trainer(
-        callbacks=[GradWatch(log_every_n_steps=2, histogram_every_n_steps=5)], **trainer_kwargs(tmp_path)
+        # no overhead budget: it would space out the pictures, which take far longer than this model's steps
+        callbacks=[GradWatch(log_every_n_steps=2, histogram_every_n_steps=5, overhead_budget=None)],
+        **trainer_kwargs(tmp_path),
     )
     trainer.fit(make_mlp_module(pl))
     acc = events(trainer.logger.log_dir)
@@ -540,7 +542,8 @@ def test_layer_names_with_dollar_signs_are_drawn_literally(tmp_path):
             return regression_data()
 
     trainer = pl.Trainer(
-        callbacks=[GradWatch(log_every_n_steps=1, histogram_every_n_steps=2)], **trainer_kwargs(tmp_path, max_steps=4)
+        callbacks=[GradWatch(log_every_n_steps=1, histogram_every_n_steps=2, overhead_budget=None)],
+        **trainer_kwargs(tmp_path, max_steps=4),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error", GradientWarning)  # a drawing failure would warn
@@ -557,7 +560,10 @@ from lightning_gradwatch import GradWatch
 from tests.helpers import make_mlp_module, trainer_kwargs
 
 warnings.filterwarnings("error", ".*could not draw.*")
-watches = [GradWatch(histogram_every_n_steps=4), GradWatch(histogram_every_n_steps=4, granularity="parameter")]
+watches = [
+    GradWatch(histogram_every_n_steps=4, overhead_budget=None),
+    GradWatch(histogram_every_n_steps=4, granularity="parameter", overhead_budget=None),
+]
 trainer = pl.Trainer(callbacks=watches, **trainer_kwargs({root!r}, max_epochs=2))
 trainer.fit(make_mlp_module(pl))
 """
