@@ -5,10 +5,11 @@ steps the user asked for) and two parts that can: histograms (extra work on the 
 and the gradient-flow pictures (drawn on a worker thread, which on a small machine competes with training for the
 same cores). :class:`OverheadBudget` keeps the observed step time (the median time between consecutive
 optimizer-step hooks, GradWatch's own work included), the average hook time of ordinary steps, the extra hook time of
-a histogram step and the time to draw and write one set of pictures; from these it chooses the widest spacing of
-histograms and pictures that keeps GradWatch's amortized cost within ``fraction`` of the step time. It only ever
-widens what was asked for: histograms stay on the grid of the asked interval (an explicit ``histogram_every_n_steps``
-is never changed), and pictures are drawn at histogram steps.
+a histogram step and the time to draw and write one set of pictures; from these it chooses the closest spacing of
+histograms and pictures that keeps GradWatch's amortized cost within ``fraction`` of the step time (and costs under
+:data:`FLOOR_SECONDS` a step within any budget). It only ever widens what was asked for: histograms stay on the grid
+of the asked interval (an explicit ``histogram_every_n_steps`` is never changed), and pictures are drawn at histogram
+steps.
 
 Example:
     >>> budget = OverheadBudget(0.03, histogram_every=4, explicit=False, pictures=True)
@@ -34,11 +35,12 @@ __all__ = ["FLOOR_SECONDS", "OverheadBudget"]
 _STEP_WINDOW = 64  # step intervals kept for the median step time
 _MIN_STEPS = 4  # intervals needed before the budget judges anything
 _HOOK_WINDOW = 256  # hook times of ordinary steps kept (log steps among them) for their amortized mean
+_HISTOGRAM_WINDOW = 16  # hook times of histogram steps kept: their median is robust to one slow step
 _SMOOTHING = 0.2  # weight of a new observation in the running averages
 _MAX_EVERY = 10**9
 #: GradWatch may always take this much per step: on steps of a few milliseconds a budget of a few percent is
 #: tens of microseconds, less than timing noise, and would thin out a toy run's charts for nothing
-FLOOR_SECONDS = 0.001
+FLOOR_SECONDS = 0.002
 
 
 class _Mean:
@@ -76,7 +78,7 @@ class OverheadBudget:
         self._intervals: deque[float] = deque(maxlen=_STEP_WINDOW)
         self._last_start: float | None = None
         self._plain: deque[float] = deque(maxlen=_HOOK_WINDOW)  # hook time of steps without histograms
-        self._histogram = _Mean()  # hook time of histogram steps
+        self._histogram: deque[float] = deque(maxlen=_HISTOGRAM_WINDOW)  # hook time of histogram steps
         self._picture = _Mean()  # drawing (worker thread) and writing (training thread) time of one set of pictures
         self._picture_write = 0.0  # writing time waiting to be added to the next drawn set
         self._drawn = deque[float]()  # drawing times handed over by the worker thread
@@ -91,7 +93,7 @@ class OverheadBudget:
         if first:  # the first hook also sets up the fit's collectors: not a step's cost
             return
         if histograms:
-            self._histogram.add(hook_seconds)
+            self._histogram.append(hook_seconds)
         else:
             self._plain.append(hook_seconds)
 
@@ -116,9 +118,9 @@ class OverheadBudget:
 
     def _histogram_extra(self) -> float:
         """Extra hook time of a histogram step over an ordinary one."""
-        if self._histogram.value is None:
+        if not self._histogram:
             return 0.0
-        return max(self._histogram.value - self._per_step(), 0.0)
+        return max(statistics.median(self._histogram) - self._per_step(), 0.0)
 
     def _per_step(self) -> float:
         """Mean hook time of the recent ordinary steps (log steps among them): what the budget cannot thin."""
@@ -143,7 +145,7 @@ class OverheadBudget:
         else:
             histogram_every = self.asked * _ceil(extra / histogram_room / self.asked)
         # warned of only when the asked histograms alone take the whole budget, measured on a few of them
-        self.histograms_break_budget = self.explicit and self._histogram.count >= 3 and extra / self.asked > allowed
+        self.histograms_break_budget = self.explicit and len(self._histogram) >= 3 and extra / self.asked > allowed
         self.histogram_every = histogram_every
         if pictures:
             assert self._picture.value is not None
@@ -188,7 +190,7 @@ class OverheadBudget:
             "histograms_break_budget": self.histograms_break_budget,
             "step_seconds": rounded(self.step_seconds),
             "hook_seconds": rounded(self._per_step() if self._plain else None),
-            "histogram_extra_seconds": rounded(self._histogram_extra() if self._histogram.count else None),
+            "histogram_extra_seconds": rounded(self._histogram_extra() if self._histogram else None),
             "picture_seconds": rounded(self._picture.value),
             "estimated_overhead": rounded(self.overhead(), 4),
         }

@@ -62,21 +62,23 @@ def _report(trainer):
 
 
 def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
-    """Pictures that take 0.05 s each on steps of a few ms: after the first, they are spaced far apart.
+    """Pictures that take 0.1 s each on steps of a few ms: after the first, they are spaced far apart.
 
-    Without the budget, all 16 are drawn (the drawing thread keeps up: 64 steps take about as long as 3 pictures).
+    Without the budget, 16 are asked for and most of them drawn (the drawing thread queues up to 8).
     """
     draw = output.gradient_flow_png
 
     def slow_flow(*args, **kwargs):
-        time.sleep(0.05)
+        time.sleep(0.1)
         return draw(*args, **kwargs)
 
     monkeypatch.setattr(output, "gradient_flow_png", slow_flow)
     watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=4, overhead_budget=0.05)
     trainer, ours, messages = _fit(tmp_path, watch)
     acc = events(trainer.logger.log_dir)
-    assert [i.step for i in acc.Images("gradwatch/gradient_flow")] == [0]  # 16 were asked for
+    pictures = [i.step for i in acc.Images("gradwatch/gradient_flow")]
+    assert pictures[0] == 0
+    assert len(pictures) <= 2  # of 16 asked for
     # what the user asked for is all there: scalars every 2 steps, the explicit histogram interval
     assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(0, 64, 2))
     assert [h.step for h in acc.Histograms("grad_hist/head")] == list(range(0, 64, 4))
@@ -85,10 +87,10 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
     assert budget["thinned"] is True
     assert budget["asked"] == {"histogram_every_n_steps": 4, "pictures_every_n_steps": 4}
     assert budget["histogram_every_n_steps"] == 4
-    assert budget["pictures_every_n_steps"] >= 64
+    assert budget["pictures_every_n_steps"] >= 32
     assert budget["pictures_every_n_steps"] % 4 == 0
-    assert budget["picture_seconds"] >= 0.05
-    assert budget["pictures_left_out"] == 15
+    assert budget["picture_seconds"] >= 0.1
+    assert budget["pictures_left_out"] == 16 - len(pictures)
     assert len(messages) == 1, messages
     assert "gradient-flow pictures every" in messages[0]
     assert ours == []  # an information, not a GradientWarning
@@ -110,11 +112,11 @@ def test_budget_spaces_out_slow_default_histograms(tmp_path, monkeypatch):
     assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(64))  # every step, as asked
     steps = [h.step for h in acc.Histograms("grad_hist/head")]
     assert steps[:2] == [0, 4]  # the first is part of setting up; the second is measured, then they are spaced out
-    assert len(steps) <= 3  # of 16 due at the default interval (4 x the log interval)
+    assert len(steps) <= 4  # of 16 due at the default interval (4 x the log interval)
     assert all(step % 4 == 0 for step in steps)  # on the grid of the asked interval
     budget = _report(trainer)["budget"]
     assert budget["asked"]["histogram_every_n_steps"] == 4
-    assert budget["histogram_every_n_steps"] >= 64
+    assert budget["histogram_every_n_steps"] >= 24  # 50 ms in a 2 ms allowance (the floor): every 28 steps or more
     assert budget["histogram_every_n_steps"] % 4 == 0
     assert budget["histogram_extra_seconds"] >= 0.04
     assert len(messages) == 1, messages
