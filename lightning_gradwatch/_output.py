@@ -86,6 +86,7 @@ class RunOutput:
         self._said_thinned = False
         self._warned_budget = False
         self._last_picture: dict[str, int] = {}  # per optimizer: the engine tick of its last pictures
+        self._left_out: dict[str, Decision] = {}  # per optimizer: the last histogram step whose pictures were not drawn
         if images and self.writers is not None and self.writers.wants_images:
             if matplotlib_available():
                 self.drawing = BackgroundDrawing()
@@ -136,8 +137,11 @@ class RunOutput:
         assert self.writers is not None
         scalars = self._scalars(stats, engine, clip) if decision.log else {}
         self.writers.write_step(decision.step, scalars, histogram_tags(stats))
-        if decision.histograms and self.drawing is not None and self._pictures_due(engine):
-            self._submit_pictures(decision, engine.suffix)
+        if decision.histograms and self.drawing is not None:
+            if self._pictures_due(engine):
+                self._submit_pictures(decision, engine.suffix)
+            else:  # drawn at the end of the fit, unless a later histogram step's pictures are drawn first
+                self._left_out[engine.suffix] = decision
 
     def _scalars(self, stats: StepStats, engine: StepEngine, clip: tuple[float, float] | None) -> dict[str, float]:
         suffix = engine.suffix
@@ -163,6 +167,7 @@ class RunOutput:
             self.budget.pictures_left_out += 1
             return False
         self._last_picture[engine.suffix] = engine.ticks
+        self._left_out.pop(engine.suffix, None)
         return True
 
     def _submit_pictures(self, decision: Decision, suffix: str) -> None:
@@ -282,6 +287,11 @@ class RunOutput:
             return
         if self.drawing is not None:
             drawing = self.drawing
+            for suffix, decision in self._left_out.items():  # the run's last state, and its whole heat map
+                self._submit_pictures(decision, suffix)
+                if self.budget is not None:
+                    self.budget.pictures_left_out -= 1
+            self._left_out.clear()
             self.write_drawn(drawing.close(timeout=_DRAWING_TIMEOUT))
             if self.budget is not None:
                 self.budget.update()  # the last pictures' time, for the report

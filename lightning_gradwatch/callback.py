@@ -147,7 +147,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             their interval, pictures to a multiple of that. Measuring and detection at every step, and the scalars
             at every ``log_every_n_steps``, are never thinned; neither is an explicit ``histogram_every_n_steps``
             (a warning says when it alone breaks the budget). The first histogram step always gets its histograms
-            and pictures; while a picture is being drawn, no other is started. ``gradwatch.json`` records what was
+            and pictures; while a picture is being drawn, no other is started; the last histogram step's pictures,
+            when left out, are drawn at the end of the fit. ``gradwatch.json`` records what was
             thinned under ``budget``, and a log message says so once.
         progress_bar: show the total gradient norm (``grad_norm``) in the progress bar, and a ``grad_health`` word
             (``vanishing``, ``exploding``, ``non-finite``) while an alert episode lasts.

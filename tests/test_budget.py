@@ -78,7 +78,9 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
     acc = events(trainer.logger.log_dir)
     pictures = [i.step for i in acc.Images("gradwatch/gradient_flow")]
     assert pictures[0] == 0
-    assert len(pictures) <= 2  # of 16 asked for
+    assert pictures[-1] == 60  # the last histogram step's, drawn at the end of the fit: the whole run's heat map
+    assert len(pictures) <= 3  # of 16 asked for
+    assert [i.step for i in acc.Images("gradwatch/gradient_heatmap")] == pictures[1:]
     # what the user asked for is all there: scalars every 2 steps, the explicit histogram interval
     assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(0, 64, 2))
     assert [h.step for h in acc.Histograms("grad_hist/head")] == list(range(0, 64, 4))
