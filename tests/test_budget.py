@@ -172,3 +172,43 @@ def test_no_budget_times_nothing_and_records_nothing(tmp_path):
     trainer, _, messages = _fit(tmp_path, GradWatch(log_every_n_steps=2, overhead_budget=None, images=False), 1)
     assert "budget" not in _report(trainer)
     assert messages == []
+
+
+def _observed(budget, steps=40, step_seconds=0.1, hook=0.001, histogram_hook=0.002, every=4):
+    now = 0.0
+    for step in range(steps):
+        histograms = step % every == 0
+        budget.step_done(now, histogram_hook if histograms else hook, histograms)
+        now += step_seconds
+    budget.update()
+    return budget
+
+
+def test_budget_spacing_rules_without_a_trainer():
+    from lightning_gradwatch._budget import FLOOR_SECONDS, OverheadBudget
+
+    # nothing is known before a few steps: nothing changes
+    early = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=True), steps=3, histogram_hook=1.0)
+    assert (early.histogram_every, early.pictures_every, early.thinned) == (4, 4, False)
+    # cheap histograms and no picture yet: as asked
+    cheap = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=True))
+    assert (cheap.histogram_every, cheap.pictures_every, cheap.thinned) == (4, 4, False)
+    # 1 s histograms on 100 ms steps at 3%: spaced out on the grid of 4, so they cost at most the 2 ms left
+    slow = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=False), histogram_hook=1.0)
+    assert slow.histogram_every % 4 == 0
+    assert 0.999 / slow.histogram_every <= 0.002 < 0.999 / (slow.histogram_every - 4)
+    assert slow.overhead() == pytest.approx(0.03, abs=0.002)
+    # the same histograms asked for explicitly: kept, and flagged as breaking the budget
+    kept = _observed(OverheadBudget(0.03, 4, explicit=True, pictures=False), histogram_hook=1.0)
+    assert (kept.histogram_every, kept.histograms_break_budget, kept.thinned) == (4, True, False)
+    # pictures are spaced on the histogram grid
+    drawn = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=True))
+    drawn.picture_done(1.0)
+    drawn.update()
+    assert drawn.pictures_every % drawn.histogram_every == 0
+    assert drawn.pictures_every >= 1.0 / 0.003
+    # on steps of 1 ms, costs under the floor are within any budget
+    tiny = _observed(OverheadBudget(0.03, 4, explicit=True, pictures=False), step_seconds=0.001, hook=0.0003)
+    assert FLOOR_SECONDS == 0.002
+    assert not tiny.histograms_break_budget
+    assert not tiny.thinned
