@@ -24,6 +24,7 @@ __all__ = [
     "GRAD_MAX_ABS",
     "GRAD_NONFINITE",
     "GRAD_NORM",
+    "GRAD_NORM_LOG10",
     "GRAD_TO_WEIGHT",
     "GRAD_ZERO_FRACTION",
     "HISTOGRAM_PREFIX",
@@ -51,6 +52,8 @@ GRAD_MAX_ABS = "grad_max_abs"
 GRAD_ZERO_FRACTION = "grad_zero_fraction"
 GRAD_NONFINITE = "grad_nonfinite"
 LAYER_SCALARS: tuple[str, ...] = (GRAD_NORM, GRAD_TO_WEIGHT, PARAM_NORM, GRAD_MAX_ABS, GRAD_ZERO_FRACTION)
+#: log10 of ``grad_norm`` (layers whose norms span many decades are flat lines at 0 on a linear axis)
+GRAD_NORM_LOG10 = "grad_norm_log10"
 HISTOGRAM_PREFIX = "grad_hist"
 
 # run-level scalars

@@ -6,14 +6,17 @@ drawing thread's work, warnings, and ``gradwatch.json``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch import _names as names
+from lightning_gradwatch._budget import OverheadBudget
 from lightning_gradwatch._engine import Decision, StepEngine
 from lightning_gradwatch._environment import Environment
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning
@@ -30,6 +33,7 @@ from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
 __all__ = ["MAX_ALERTS_KEPT", "RunOutput", "layer_health"]
 
 MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
+_BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
 _ACTIONS = {
     "stop": 'GradWatch stops training after this step (on_{kind}="stop"); this step\'s update is skipped.',
@@ -50,6 +54,8 @@ class RunOutput:
         images: draw gradient-flow pictures at histogram steps (when a logger shows images).
         namespace: for the second and later GradWatch of one Trainer: the subdirectory of the log directory its
             TensorBoard output and report go to, and the prefix of its scalars in other loggers.
+        budget: the overhead budget that spaces out histograms and pictures (``None``: none).
+        log_name: the logger the budget's message goes to.
     """
 
     def __init__(
@@ -61,8 +67,11 @@ class RunOutput:
         config: Callable[[], dict[str, Any]],
         images: bool,
         namespace: str = "",
+        budget: OverheadBudget | None = None,
+        log_name: str = "lightning_gradwatch",
     ) -> None:
         self.is_global_zero = env.is_global_zero
+        self.env_hist_every = env.hist_every
         self.log_dir = os.path.join(env.log_dir, namespace) if env.log_dir is not None and namespace else env.log_dir
         self.writers = Writers(loggers, namespace) if env.is_global_zero else None
         self.summary = summary
@@ -71,6 +80,13 @@ class RunOutput:
         self._report_failed = False
         self._warned_no_gradients = False
         self.drawing: BackgroundDrawing | None = None
+        self.budget = budget if env.is_global_zero else None
+        self._log = logging.getLogger(log_name)
+        self._timed_steps = 0
+        self._said_thinned = False
+        self._warned_budget = False
+        self._last_picture: dict[str, int] = {}  # per optimizer: the engine tick of its last pictures
+        self._left_out: dict[str, Decision] = {}  # per optimizer: the last histogram step whose pictures were not drawn
         if images and self.writers is not None and self.writers.wants_images:
             if matplotlib_available():
                 self.drawing = BackgroundDrawing()
@@ -122,7 +138,10 @@ class RunOutput:
         scalars = self._scalars(stats, engine, clip) if decision.log else {}
         self.writers.write_step(decision.step, scalars, histogram_tags(stats))
         if decision.histograms and self.drawing is not None:
-            self._submit_pictures(decision, engine.suffix)
+            if self._pictures_due(engine):
+                self._submit_pictures(decision, engine.suffix)
+            else:  # drawn at the end of the fit, unless a later histogram step's pictures are drawn first
+                self._left_out[engine.suffix] = decision
 
     def _scalars(self, stats: StepStats, engine: StepEngine, clip: tuple[float, float] | None) -> dict[str, float]:
         suffix = engine.suffix
@@ -139,6 +158,18 @@ class RunOutput:
             scalars[f"{names.NAMESPACE}/{event}"] = float(self.summary.events.get(event, 0))
         return scalars
 
+    def _pictures_due(self, engine: StepEngine) -> bool:
+        """Under a budget: the first histogram step, then every ``pictures_every`` steps, never while drawing."""
+        if self.budget is None or self.drawing is None:
+            return True
+        last = self._last_picture.get(engine.suffix)
+        if last is not None and (not self.drawing.idle or engine.ticks - last < self.budget.pictures_every):
+            self.budget.pictures_left_out += 1
+            return False
+        self._last_picture[engine.suffix] = engine.ticks
+        self._left_out.pop(engine.suffix, None)
+        return True
+
     def _submit_pictures(self, decision: Decision, suffix: str) -> None:
         """Hand this step's picture data to the drawing thread (matplotlib never runs on the training thread)."""
         stats, step = decision.stats, decision.step
@@ -147,13 +178,17 @@ class RunOutput:
         layers, mean_abs, max_abs = stats.layers, stats.mean_abs, stats.max_abs
         health = layer_health(stats, decision)
         rows, steps, norms = self.summary.norm_grid(layers)
+        budget = self.budget
 
         def draw() -> dict[str, bytes]:
+            started = time.perf_counter()
             images = {
                 names.run_tag(names.GRADIENT_FLOW, suffix): gradient_flow_png(layers, mean_abs, max_abs, health, step)
             }
             if len(steps) >= 2:
                 images[names.run_tag(names.GRADIENT_HEATMAP, suffix)] = gradient_heatmap_png(rows, steps, norms, step)
+            if budget is not None:
+                budget.picture_done(time.perf_counter() - started)
             return images
 
         self.drawing.submit(step, draw)
@@ -164,8 +199,11 @@ class RunOutput:
             return
         if drawn is None:
             drawn = self.drawing.collect() if self.drawing.ready else []
+        started = time.perf_counter()
         for step, images in drawn:
             self.writers.write_images(step, images)
+        if drawn and self.budget is not None:
+            self.budget.pictures_written(time.perf_counter() - started)
         if self.drawing.error is not None:
             err = self.drawing.error
             self.drawing.close(timeout=0)
@@ -173,6 +211,50 @@ class RunOutput:
             _warn(
                 f"GradWatch could not draw its gradient-flow images ({type(err).__name__}: {err}); it stops drawing"
                 " them for this run."
+            )
+
+    # ------------------------------------------------------------------ the overhead budget
+    def histogram_every(self, engine: StepEngine) -> int:
+        """The histogram interval in force for this engine: the budget's, unless its statistics are collectives.
+
+        Sharded (FSDP) histograms are computed by every rank together, so every rank must keep the same interval;
+        only rank 0 times itself, so there the asked interval stays.
+        """
+        if self.budget is None:
+            return self.env_hist_every
+        if engine.collector is not None and engine.collector.sharded:
+            self.budget.explicit = True  # kept as asked, and only the pictures are spaced out
+            return self.env_hist_every
+        return self.budget.histogram_every
+
+    def step_timed(self, started: float, seconds: float, histograms: bool) -> None:
+        """Take GradWatch's time for one optimizer-step hook; now and then revise the spacing, and say so once."""
+        budget = self.budget
+        if budget is None:
+            return
+        budget.step_done(started, seconds, histograms)
+        self._timed_steps += 1
+        if self._timed_steps % _BUDGET_EVERY and not histograms:
+            return
+        budget.update()
+        self._say_budget()
+
+    def _say_budget(self) -> None:
+        """Say once what the budget thins, and warn once when explicit histograms alone break it."""
+        budget = self.budget
+        if budget is None:
+            return
+        if budget.thinned and not self._said_thinned:
+            self._said_thinned = True
+            self._log.info(f"GradWatch: {budget_message(budget)}")
+        if budget.histograms_break_budget and not self._warned_budget:
+            self._warned_budget = True
+            _warn(
+                f"GradWatch's histograms every {budget.asked} steps (histogram_every_n_steps={budget.asked}) alone"
+                f" take more than overhead_budget={budget.fraction} of the training time"
+                f" (about {budget.to_dict()['histogram_extra_seconds']} s each on"
+                f" {budget.to_dict()['step_seconds']} s steps). A larger `histogram_every_n_steps`, or None to let"
+                " the budget space them out, keeps GradWatch within its budget."
             )
 
     # ------------------------------------------------------------------ the end
@@ -189,6 +271,8 @@ class RunOutput:
                 alerts=self.alerts,
                 error=error,
             )
+            if self.budget is not None:
+                doc["budget"] = self.budget.to_dict()
             write_report(self.log_dir, doc)
         except OSError as err:
             self._report_failed = True
@@ -203,7 +287,15 @@ class RunOutput:
             return
         if self.drawing is not None:
             drawing = self.drawing
+            for suffix, decision in self._left_out.items():  # the run's last state, and its whole heat map
+                self._submit_pictures(decision, suffix)
+                if self.budget is not None:
+                    self.budget.pictures_left_out -= 1
+            self._left_out.clear()
             self.write_drawn(drawing.close(timeout=_DRAWING_TIMEOUT))
+            if self.budget is not None:
+                self.budget.update()  # the last pictures' time, for the report
+                self._say_budget()
             if drawing.dropped:
                 _warn(
                     f"GradWatch left out {drawing.dropped} gradient-flow picture(s): they were asked for faster"
@@ -213,6 +305,24 @@ class RunOutput:
         if self.writers:
             self.writers.close()
         self.write_report(status, error)
+
+
+def budget_message(budget: OverheadBudget) -> str:
+    """What the budget thinned, in one sentence."""
+    b = budget.to_dict()
+    parts = []
+    if budget.histogram_every > budget.asked:
+        parts.append(f"histograms every {budget.histogram_every} steps instead of {budget.asked}")
+    if budget.pictures and budget.pictures_every > budget.asked:
+        parts.append(
+            f"gradient-flow pictures every {budget.pictures_every} steps instead of {budget.asked}"
+            f" (about {b['picture_seconds']} s each to draw)"
+        )
+    return (
+        f"to stay within overhead_budget={budget.fraction} of the training time (steps of about {b['step_seconds']}"
+        f" s), it writes {' and '.join(parts)}. gradwatch.json records the spacing under `budget`;"
+        " `overhead_budget=None` turns the budget off."
+    )
 
 
 def layer_health(stats: StepStats, decision: Decision) -> list[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "NonfiniteResponse",
     "VanishingResponse",
     "check_bool",
+    "check_budget",
     "check_choice",
     "check_clip",
     "check_gradwatch_arguments",
@@ -106,6 +107,27 @@ def check_number(name: str, value: Any, optional: bool = False, zero: bool = Fal
         raise ValueError(f"`{name}` must be a {kind}, finite number, got {value!r}")
 
 
+def check_budget(name: str, value: Any) -> None:
+    """``None`` or a fraction in (0, 1].
+
+    Example:
+        >>> check_budget("overhead_budget", 0.03)
+        >>> check_budget("overhead_budget", 3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: `overhead_budget` must be a fraction of the training time in (0, 1] (0.03 is 3%), ... got 3
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(name, "a number in (0, 1] or None", value)
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError(
+            f"`{name}` must be a fraction of the training time in (0, 1] (0.03 is 3%), or None for no budget,"
+            f" got {value!r}"
+        )
+
+
 def check_clip(clip: Any) -> None:
     """``None``, ``"adaptive"`` or a positive, finite number."""
     if clip is None or clip == "adaptive":
@@ -163,4 +185,5 @@ def check_gradwatch_arguments(args: dict[str, Any]) -> None:
     check_int("histogram_sample_size", args["histogram_sample_size"], minimum=1)
     check_int("max_layers", args["max_layers"], minimum=1, optional=True)
     check_bool("images", args["images"])
+    check_budget("overhead_budget", args["overhead_budget"])
     check_bool("progress_bar", args["progress_bar"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union
@@ -10,6 +11,7 @@ from typing import Any, Literal, Union
 import torch
 from typing_extensions import override
 
+from lightning_gradwatch._budget import OverheadBudget
 from lightning_gradwatch._engine import Settings, StepEngine, act, failure_of
 from lightning_gradwatch._environment import (
     Environment,
@@ -58,7 +60,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     gets one chart line per layer, not one per weight and bias.
 
     Every step: per-layer gradient L2 norms and the total norm, in one fused pass with one device-to-host transfer;
-    detection runs on these. Every ``log_every_n_steps`` steps (global rank 0 writes): ``grad_norm/<layer>``,
+    detection runs on these. Every ``log_every_n_steps`` steps (global rank 0 writes): ``grad_norm/<layer>`` (and its
+    ``grad_norm_log10/<layer>``, readable where layers span many decades),
     ``grad_to_weight/<layer>``, ``param_norm/<layer>``, ``grad_max_abs/<layer>``, ``grad_zero_fraction/<layer>``,
     ``gradwatch/total_norm``, ``gradwatch/total_norm_max`` (the largest since the previous log step) and event
     counts. Every ``histogram_every_n_steps`` steps: ``grad_hist/<layer>`` histograms, estimated from a uniform
@@ -137,6 +140,16 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             vanishing/exploding/non-finite layers coloured) and ``gradwatch/gradient_heatmap`` (log10 gradient norm,
             layer by logged step, over the run so far). Needs matplotlib (``lightning-gradwatch[images]``); without
             it, one warning and no images.
+        overhead_budget: the share of the training time GradWatch may take, a fraction in (0, 1] (``0.03``: 3%),
+            or ``None`` for no budget. GradWatch times its own work (its hook on the training thread; drawing and
+            writing each set of pictures) against the step time it observes (the median time between consecutive
+            optimizer steps), and spaces out histograms and pictures to stay within it: histograms to a multiple of
+            their interval, pictures to a multiple of that. Measuring and detection at every step, and the scalars
+            at every ``log_every_n_steps``, are never thinned; neither is an explicit ``histogram_every_n_steps``
+            (a warning says when it alone breaks the budget). The first histogram step always gets its histograms
+            and pictures; while a picture is being drawn, no other is started; the last histogram step's pictures,
+            when left out, are drawn at the end of the fit. ``gradwatch.json`` records what was
+            thinned under ``budget``, and a log message says so once.
         progress_bar: show the total gradient norm (``grad_norm``) in the progress bar, and a ``grad_health`` word
             (``vanishing``, ``exploding``, ``non-finite``) while an alert episode lasts.
 
@@ -189,6 +202,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         histogram_sample_size: int = 4096,
         max_layers: int | None = 256,
         images: bool = True,
+        overhead_budget: float | None = 0.03,
         progress_bar: bool = True,
     ) -> None:
         if not CALLBACK_BASES:
@@ -230,7 +244,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         """The configuration as plain values (written to ``gradwatch.json``)."""
         settings = {k: v for k, v in vars(self._settings()).items() if k != "detection"}
         extra = {
-            k: getattr(self, k) for k in ("log_every_n_steps", "histogram_every_n_steps", "progress_bar", "images")
+            k: getattr(self, k)
+            for k in ("log_every_n_steps", "histogram_every_n_steps", "progress_bar", "images", "overhead_budget")
         }
         return {**settings, **extra, **self.detection.to_dict()}
 
@@ -271,7 +286,13 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         images = self.images and env.hist_every > 0
         peers = [cb for cb in trainer.callbacks if isinstance(cb, GradWatch)]
         namespace = "" if peers[0] is self else f"gradwatch-{1 + next(i for i, p in enumerate(peers) if p is self)}"
-        output = RunOutput(env, trainer.loggers, self._summary, self.alerts, self.config, images, namespace)
+        budget = None
+        if self.overhead_budget is not None and env.is_global_zero:
+            explicit = self.histogram_every_n_steps is not None
+            budget = OverheadBudget(self.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
+        output = RunOutput(
+            env, trainer.loggers, self._summary, self.alerts, self.config, images, namespace, budget, _log_name(trainer)
+        )
         self._fit = _Fit(env, output, ProgressItems())
         if self.progress_bar and env.is_global_zero:
             self._fit.progress.attach(trainer)
@@ -309,14 +330,24 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         fit = self._fit
         if fit is None:
             return
+        started = time.perf_counter()
+        histograms = False
+        try:
+            histograms = self._step(fit, trainer, pl_module, optimizer)
+        finally:  # GradWatch's own time, for the overhead budget
+            fit.output.step_timed(started, time.perf_counter() - started, histograms)
+
+    def _step(self, fit: _Fit, trainer: Any, pl_module: Any, optimizer: Any) -> bool:
+        """Measure, judge, write and act on one optimizer step; returns whether it was a histogram step."""
         fit.output.write_drawn()
         index, count = optimizer_index(trainer, optimizer)
         engine = self._engine(fit, index, count, optimizer, pl_module)
+        engine.hist_every = fit.output.histogram_every(engine)
         decision = engine.decide(int(trainer.global_step), fit.loss, count > 1, fit.output.writes)
         if decision.stats is None:
             fit.output.no_gradients(index, decision.step)
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
-            return
+            return decision.histograms
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision)
         flags = reduce_flags(trainer, fit.env, decision.flags)
@@ -325,6 +356,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if flags.fail:
             fit.output.finish("failed", error=failure_of(decision).message.splitlines()[0])
         act(decision, flags, optimizer, engine, trainer)
+        return decision.histograms
 
     def _engine(self, fit: _Fit, index: int, count: int, optimizer: Any, pl_module: Any) -> StepEngine:
         """This optimizer's engine, watching the optimizer's current parameters under their cleaned names."""
@@ -351,3 +383,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._fit.loss = loss.detach()  # no sync here: it travels with the next step's statistics
+
+
+def _log_name(trainer: Any) -> str:
+    """The logger GradWatch's messages go to: under the Trainer's own package, whose INFO messages are shown."""
+    module = type(trainer).__module__
+    root = "lightning.pytorch" if module.startswith("lightning.pytorch") else module.split(".")[0]
+    known = root in ("lightning.pytorch", "pytorch_lightning")
+    return f"{root}.callbacks.gradwatch" if known else "lightning_gradwatch"

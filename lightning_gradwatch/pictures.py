@@ -196,6 +196,11 @@ class BackgroundDrawing:
         self.error: BaseException | None = None
 
     @property
+    def idle(self) -> bool:
+        """Whether no picture is being drawn or waits to be."""
+        return not self._waiting and not self._busy
+
+    @property
     def ready(self) -> bool:
         """Whether finished pictures (or an error) wait to be collected: a cheap check for every step."""
         return bool(self._finished) or self.error is not None

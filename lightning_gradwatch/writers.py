@@ -36,14 +36,20 @@ __all__ = [
 def step_scalars(stats: StepStats, suffix: str = "") -> dict[str, float]:
     """The scalars of one step as ``{tag: value}``: per-layer families plus run-level ``gradwatch/...`` values.
 
+    ``grad_norm_log10/<layer>`` is ``log10`` of the layer's gradient norm, for the layers whose norm is positive and
+    finite (TensorBoard's linear axes show a norm of 1e-8 beside one of 1 as a flat line at 0).
+
     ``suffix`` (such as ``"/optimizer_1"``) tells apart the run-level values of several optimizers.
 
     Example:
         >>> from lightning_gradwatch.stats import StepStats
         >>> s = StepStats(("fc",), (0.5,), 0.5, (10,), (0,), (2.0,), (0.1,), (0.0,))
-        >>> sorted(step_scalars(s))  # doctest: +NORMALIZE_WHITESPACE
-        ['grad_max_abs/fc', 'grad_norm/fc', 'grad_to_weight/fc', 'grad_zero_fraction/fc', 'gradwatch/nonfinite_values',
-         'gradwatch/total_norm', 'param_norm/fc']
+        >>> out = step_scalars(s)
+        >>> sorted(out)  # doctest: +NORMALIZE_WHITESPACE
+        ['grad_max_abs/fc', 'grad_norm/fc', 'grad_norm_log10/fc', 'grad_to_weight/fc', 'grad_zero_fraction/fc',
+         'gradwatch/nonfinite_values', 'gradwatch/total_norm', 'param_norm/fc']
+        >>> round(out['grad_norm_log10/fc'], 4)
+        -0.301
     """
     out: dict[str, float] = {}
     values_of: list[Sequence[float] | None] = [
@@ -56,6 +62,9 @@ def step_scalars(stats: StepStats, suffix: str = "") -> dict[str, float]:
     for family, values in zip(LAYER_SCALARS, values_of):
         for layer, value in zip(stats.layers, values or ()):
             out[names.layer_tag(family, layer)] = value
+    for layer, norm in zip(stats.layers, stats.grad_norm):
+        if 0 < norm < math.inf:
+            out[names.layer_tag(names.GRAD_NORM_LOG10, layer)] = math.log10(norm)
     out[names.run_tag(TOTAL_NORM, suffix)] = stats.total_norm
     out[names.run_tag(names.NONFINITE_VALUES, suffix)] = float(sum(stats.nonfinite_count))
     for layer, count in zip(stats.layers, stats.nonfinite_count):
@@ -75,6 +84,7 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
     return {
         "gradwatch: per layer": {
             "gradient L2 norm": ["Multiline", ["grad_norm/.*"]],
+            "log10 gradient L2 norm": ["Multiline", ["grad_norm_log10/.*"]],
             "gradient-to-weight ratio": ["Multiline", ["grad_to_weight/.*"]],
             "parameter L2 norm": ["Multiline", ["param_norm/.*"]],
             "max |gradient|": ["Multiline", ["grad_max_abs/.*"]],

@@ -6,6 +6,7 @@ import copy
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -86,7 +87,33 @@ def test_gradwatch_custom_scalars_layout_and_alert_text_tags(tmp_path):
     layout.ParseFromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
     assert charts["gradient L2 norm"] == ["grad_norm/.*"]
+    assert charts["log10 gradient L2 norm"] == ["grad_norm_log10/.*"]
     assert charts["gradient-to-weight ratio"] == ["grad_to_weight/.*"]
+
+
+def test_gradwatch_log10_norms_make_vanishing_layers_readable(tmp_path):
+    """A sigmoid stack whose layers' norms span many decades: grad_norm_log10 is log10 of grad_norm, layer by layer."""
+    from lightning_gradwatch.demos import DeepMLP
+
+    pl = flavour("lightning.pytorch")
+    torch.manual_seed(0)
+    watch = GradWatch(log_every_n_steps=5, histogram_every_n_steps=0, on_vanishing="ignore")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=-1, max_steps=11))
+    trainer.fit(DeepMLP("sigmoid", depth=24))
+    acc = events(trainer.logger.log_dir)
+    tags = set(acc.Tags()["scalars"])
+    layers = [t.split("/", 1)[1] for t in tags if t.startswith("grad_norm/")]
+    assert len(layers) == 24
+    assert {f"grad_norm_log10/{layer}" for layer in layers} <= tags
+    logs = {}
+    for layer in layers:
+        norms, log10s = scalars(acc, f"grad_norm/{layer}"), scalars(acc, f"grad_norm_log10/{layer}")
+        assert sorted(log10s) == sorted(norms) == [0, 5, 10]
+        for step, norm in norms.items():
+            # the event file keeps float32: compare in log space, where float32 rounding is far below 1e-5
+            assert log10s[step] == pytest.approx(math.log10(norm), abs=1e-5)
+        logs[layer] = log10s[10]
+    assert max(logs.values()) - min(logs.values()) > 5  # the vanishing stack spans many decades: a linear axis hides it
 
 
 @pytest.mark.parametrize("name", FLAVOURS)
@@ -418,7 +445,9 @@ def test_progress_bar_shows_grad_norm_and_health(tmp_path):
 def test_gradient_flow_images_at_histogram_steps(tmp_path):
     pl = flavour("lightning.pytorch")
     trainer = pl.Trainer(
-        callbacks=[GradWatch(log_every_n_steps=2, histogram_every_n_steps=5)], **trainer_kwargs(tmp_path)
+        # no overhead budget: it would space out the pictures, which take far longer than this model's steps
+        callbacks=[GradWatch(log_every_n_steps=2, histogram_every_n_steps=5, overhead_budget=None)],
+        **trainer_kwargs(tmp_path),
     )
     trainer.fit(make_mlp_module(pl))
     acc = events(trainer.logger.log_dir)
@@ -513,7 +542,8 @@ def test_layer_names_with_dollar_signs_are_drawn_literally(tmp_path):
             return regression_data()
 
     trainer = pl.Trainer(
-        callbacks=[GradWatch(log_every_n_steps=1, histogram_every_n_steps=2)], **trainer_kwargs(tmp_path, max_steps=4)
+        callbacks=[GradWatch(log_every_n_steps=1, histogram_every_n_steps=2, overhead_budget=None)],
+        **trainer_kwargs(tmp_path, max_steps=4),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error", GradientWarning)  # a drawing failure would warn
@@ -530,7 +560,10 @@ from lightning_gradwatch import GradWatch
 from tests.helpers import make_mlp_module, trainer_kwargs
 
 warnings.filterwarnings("error", ".*could not draw.*")
-watches = [GradWatch(histogram_every_n_steps=4), GradWatch(histogram_every_n_steps=4, granularity="parameter")]
+watches = [
+    GradWatch(histogram_every_n_steps=4, overhead_budget=None),
+    GradWatch(histogram_every_n_steps=4, granularity="parameter", overhead_budget=None),
+]
 trainer = pl.Trainer(callbacks=watches, **trainer_kwargs({root!r}, max_epochs=2))
 trainer.fit(make_mlp_module(pl))
 """

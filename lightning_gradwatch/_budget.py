@@ -1,0 +1,200 @@
+"""Internal. The overhead budget: GradWatch times its own work and spaces out histograms and pictures to fit.
+
+GradWatch's cost has a part that cannot be thinned (measuring and detecting at every step, the scalars at the log
+steps the user asked for) and two parts that can: histograms (extra work on the training thread at histogram steps)
+and the gradient-flow pictures (drawn on a worker thread, which on a small machine competes with training for the
+same cores). :class:`OverheadBudget` keeps the observed step time (the median time between consecutive
+optimizer-step hooks, GradWatch's own work included), the average hook time of ordinary steps, the extra hook time of
+a histogram step and the time to draw and write one set of pictures; from these it chooses the closest spacing of
+histograms and pictures that keeps GradWatch's amortized cost within ``fraction`` of the step time (and costs under
+:data:`FLOOR_SECONDS` a step within any budget). It only ever widens what was asked for: histograms stay on the grid
+of the asked interval (an explicit ``histogram_every_n_steps`` is never changed), and pictures are drawn at histogram
+steps.
+
+Example:
+    >>> budget = OverheadBudget(0.03, histogram_every=4, explicit=False, pictures=True)
+    >>> now = 0.0
+    >>> for step in range(40):  # 100 ms steps, 1 ms of hook time, 1 ms more on histogram steps
+    ...     budget.step_done(now, 0.002 if step % 4 == 0 else 0.001, histograms=step % 4 == 0)
+    ...     now += 0.1
+    >>> budget.picture_done(2.0)  # one set of pictures took 2 s to draw
+    >>> budget.update()
+    >>> budget.histogram_every, budget.pictures_every  # histograms as asked; pictures within the 1.75 ms left
+    (4, 1144)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from typing import Any
+
+__all__ = ["FLOOR_SECONDS", "OverheadBudget"]
+
+_STEP_WINDOW = 64  # step intervals kept for the median step time
+_MIN_STEPS = 4  # intervals needed before the budget judges anything
+_HOOK_WINDOW = 256  # hook times of ordinary steps kept (log steps among them) for their amortized mean
+_HISTOGRAM_WINDOW = 16  # hook times of histogram steps kept: their median is robust to one slow step
+_SMOOTHING = 0.2  # weight of a new observation in the running averages
+_MAX_EVERY = 10**9
+#: GradWatch may always take this much per step: on steps of a few milliseconds a budget of a few percent is
+#: tens of microseconds, less than timing noise, and would thin out a toy run's charts for nothing
+FLOOR_SECONDS = 0.002
+
+
+class _Mean:
+    """An exponential running average that starts at its first observation."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.count = 0
+
+    def add(self, x: float) -> None:
+        self.count += 1
+        self.value = x if self.value is None else (1 - _SMOOTHING) * self.value + _SMOOTHING * x
+
+
+class OverheadBudget:
+    """Spaces out histograms and pictures so GradWatch's own time stays within a fraction of the step time.
+
+    Args:
+        fraction: the budget, a fraction of the step time in (0, 1].
+        histogram_every: the histogram interval asked for (explicitly or by default), in optimizer steps; 0: none.
+        explicit: the user gave ``histogram_every_n_steps``: it is honoured, only pictures are thinned (with one
+            warning, from :meth:`update`'s caller, when the histograms alone break the budget).
+        pictures: pictures are drawn at histogram steps.
+    """
+
+    def __init__(self, fraction: float, histogram_every: int, explicit: bool, pictures: bool) -> None:
+        self.fraction = float(fraction)
+        self.asked = histogram_every
+        self.explicit = explicit
+        self.pictures = pictures
+        self.histogram_every = histogram_every
+        self.pictures_every = histogram_every  # in optimizer steps; a multiple of histogram_every
+        self.histograms_break_budget = False
+        self.pictures_left_out = 0
+        self._intervals: deque[float] = deque(maxlen=_STEP_WINDOW)
+        self._last_start: float | None = None
+        self._plain: deque[float] = deque(maxlen=_HOOK_WINDOW)  # hook time of steps without histograms
+        self._histogram: deque[float] = deque(maxlen=_HISTOGRAM_WINDOW)  # hook time of histogram steps
+        self._picture = _Mean()  # drawing (worker thread) and writing (training thread) time of one set of pictures
+        self._picture_write = 0.0  # writing time waiting to be added to the next drawn set
+        self._drawn = deque[float]()  # drawing times handed over by the worker thread
+
+    # ------------------------------------------------------------------ observations
+    def step_done(self, started: float, hook_seconds: float, histograms: bool) -> None:
+        """One optimizer-step hook that started at ``started`` (``time.perf_counter``) took ``hook_seconds``."""
+        first = self._last_start is None
+        if not first and started > self._last_start:  # type: ignore[operator]
+            self._intervals.append(started - self._last_start)  # type: ignore[operator]
+        self._last_start = started
+        if first:  # the first hook also sets up the fit's collectors: not a step's cost
+            return
+        if histograms:
+            self._histogram.append(hook_seconds)
+        else:
+            self._plain.append(hook_seconds)
+
+    def picture_done(self, seconds: float) -> None:
+        """The worker thread drew one set of pictures in ``seconds`` (safe to call from that thread)."""
+        self._drawn.append(seconds)
+
+    def pictures_written(self, seconds: float) -> None:
+        """Writing finished pictures took ``seconds`` of the training thread (counted as the pictures' cost)."""
+        self._picture_write += seconds
+
+    # ------------------------------------------------------------------ estimates
+    @property
+    def step_seconds(self) -> float | None:
+        """The median time between consecutive optimizer-step hooks, once a few are known."""
+        return statistics.median(self._intervals) if len(self._intervals) >= _MIN_STEPS else None
+
+    @property
+    def picture_seconds(self) -> float | None:
+        """The running average time of one set of pictures, drawing and writing (``None`` before the first)."""
+        return self._picture.value
+
+    def _histogram_extra(self) -> float:
+        """Extra hook time of a histogram step over an ordinary one."""
+        if not self._histogram:
+            return 0.0
+        return max(statistics.median(self._histogram) - self._per_step(), 0.0)
+
+    def _per_step(self) -> float:
+        """Mean hook time of the recent ordinary steps (log steps among them): what the budget cannot thin."""
+        return statistics.fmean(self._plain) if self._plain else 0.0
+
+    def update(self) -> None:
+        """Take in the drawing times reported since the last call and choose the histogram and picture spacing."""
+        while self._drawn:
+            self._picture.add(self._drawn.popleft() + self._picture_write)
+            self._picture_write = 0.0
+        step = self.step_seconds
+        if step is None or self.asked <= 0:
+            return
+        allowed = max(self.fraction * step, FLOOR_SECONDS)
+        # what the budget leaves after the per-step work (and at least a quarter of it, when that alone is over)
+        room = max(allowed - self._per_step(), allowed / 4)
+        extra = self._histogram_extra()
+        pictures = self.pictures and self._picture.value is not None
+        histogram_room = room / 2 if pictures else room
+        if self.explicit or extra / self.asked <= histogram_room:
+            histogram_every = self.asked
+        else:
+            histogram_every = self.asked * _ceil(extra / histogram_room / self.asked)
+        # warned of only when the asked histograms alone take the whole budget, measured on a few of them
+        self.histograms_break_budget = self.explicit and len(self._histogram) >= 3 and extra / self.asked > allowed
+        self.histogram_every = histogram_every
+        if pictures:
+            assert self._picture.value is not None
+            picture_room = max(room - extra / histogram_every, room / 4)
+            self.pictures_every = histogram_every * _ceil(self._picture.value / picture_room / histogram_every)
+        else:
+            self.pictures_every = histogram_every
+
+    def overhead(self) -> float | None:
+        """GradWatch's estimated amortized cost as a fraction of the step time, at the current spacing."""
+        step = self.step_seconds
+        if step is None:
+            return None
+        cost = self._per_step()
+        if self.histogram_every > 0:
+            cost += self._histogram_extra() / self.histogram_every
+            if self.pictures and self._picture.value is not None:
+                cost += self._picture.value / self.pictures_every
+        return cost / step
+
+    @property
+    def thinned(self) -> bool:
+        """Whether histograms or pictures are spaced out wider than asked."""
+        return self.histogram_every > self.asked or (self.pictures and self.pictures_every > self.asked)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for ``gradwatch.json``'s ``budget``."""
+
+        def rounded(x: float | None, digits: int = 6) -> float | None:
+            return None if x is None or not math.isfinite(x) else round(x, digits)
+
+        return {
+            "overhead_budget": self.fraction,
+            "thinned": self.thinned,
+            "asked": {
+                "histogram_every_n_steps": self.asked,
+                "pictures_every_n_steps": self.asked if self.pictures else 0,
+            },
+            "histogram_every_n_steps": self.histogram_every,
+            "pictures_every_n_steps": self.pictures_every if self.pictures else 0,
+            "pictures_left_out": self.pictures_left_out,
+            "histograms_break_budget": self.histograms_break_budget,
+            "step_seconds": rounded(self.step_seconds),
+            "hook_seconds": rounded(self._per_step() if self._plain else None),
+            "histogram_extra_seconds": rounded(self._histogram_extra() if self._histogram else None),
+            "picture_seconds": rounded(self._picture.value),
+            "estimated_overhead": rounded(self.overhead(), 4),
+        }
+
+
+def _ceil(x: float) -> int:
+    return max(1, min(_MAX_EVERY, math.ceil(x))) if math.isfinite(x) else _MAX_EVERY

@@ -1,0 +1,214 @@
+"""The overhead budget with a real Trainer: slow histograms and pictures are spaced out, nothing asked for is lost."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+
+import pytest
+
+from lightning_gradwatch import GradientWarning, GradWatch
+from lightning_gradwatch import _output as output
+from tests.helpers import events, flavour, make_mlp_module, scalars, trainer_kwargs
+
+pl = flavour("lightning.pytorch")
+MESSAGES = "lightning.pytorch.callbacks.gradwatch"
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0, ValueError, r"`overhead_budget` must be a fraction of the training time in \(0, 1\].*got 0"),
+        (1.5, ValueError, r"`overhead_budget` must be .*got 1.5"),
+        (float("nan"), ValueError, r"`overhead_budget` must be .*got nan"),
+        ("3%", TypeError, r"`overhead_budget` must be a number in \(0, 1\] or None, got str '3%'"),
+        (True, TypeError, r"`overhead_budget` must be a number in \(0, 1\] or None, got bool True"),
+    ],
+)
+def test_overhead_budget_rejects_bad_values(value, error, match):
+    with pytest.raises(error, match=match):
+        GradWatch(overhead_budget=value)
+
+
+@pytest.mark.parametrize("value", [None, 0.03, 1])
+def test_overhead_budget_accepts_fractions_and_none(value):
+    assert GradWatch(overhead_budget=value).config()["overhead_budget"] == value
+
+
+def _fit(tmp_path, watch, epochs=4):
+    """A real fit (16 steps an epoch); returns the trainer, its GradientWarnings and GradWatch's log messages."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(MESSAGES)
+    logger.addHandler(handler)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=epochs))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(make_mlp_module(pl, record=False))
+    finally:
+        logger.removeHandler(handler)
+    ours = [str(w.message) for w in caught if issubclass(w.category, GradientWarning)]
+    return trainer, ours, [r.getMessage() for r in records if r.levelno == logging.INFO]
+
+
+def _report(trainer):
+    with open(os.path.join(trainer.logger.log_dir, "gradwatch.json")) as fh:
+        return json.load(fh)
+
+
+def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
+    """Pictures that take 0.1 s each on steps of a few ms: after the first, they are spaced far apart.
+
+    Without the budget, 16 are asked for and most of them drawn (the drawing thread queues up to 8).
+    """
+    draw = output.gradient_flow_png
+
+    def slow_flow(*args, **kwargs):
+        time.sleep(0.1)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(output, "gradient_flow_png", slow_flow)
+    watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=4, overhead_budget=0.05)
+    trainer, ours, messages = _fit(tmp_path, watch)
+    acc = events(trainer.logger.log_dir)
+    pictures = [i.step for i in acc.Images("gradwatch/gradient_flow")]
+    assert pictures[0] == 0
+    assert pictures[-1] == 60  # the last histogram step's, drawn at the end of the fit: the whole run's heat map
+    assert len(pictures) <= 3  # of 16 asked for
+    assert [i.step for i in acc.Images("gradwatch/gradient_heatmap")] == pictures[1:]
+    # what the user asked for is all there: scalars every 2 steps, the explicit histogram interval
+    assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(0, 64, 2))
+    assert [h.step for h in acc.Histograms("grad_hist/head")] == list(range(0, 64, 4))
+    budget = _report(trainer)["budget"]
+    assert budget["overhead_budget"] == 0.05
+    assert budget["thinned"] is True
+    assert budget["asked"] == {"histogram_every_n_steps": 4, "pictures_every_n_steps": 4}
+    assert budget["histogram_every_n_steps"] == 4
+    assert budget["pictures_every_n_steps"] >= 32
+    assert budget["pictures_every_n_steps"] % 4 == 0
+    assert budget["picture_seconds"] >= 0.1
+    assert budget["pictures_left_out"] == 16 - len(pictures)
+    assert len(messages) == 1, messages
+    assert "gradient-flow pictures every" in messages[0]
+    assert ours == []  # an information, not a GradientWarning
+
+
+def test_budget_spaces_out_slow_default_histograms(tmp_path, monkeypatch):
+    """Histograms at their default interval that cost 50 ms each are spaced out; scalars stay at every step."""
+    tags = output.histogram_tags
+
+    def slow_histograms(stats):
+        if stats.histograms is not None:
+            time.sleep(0.05)
+        return tags(stats)
+
+    monkeypatch.setattr(output, "histogram_tags", slow_histograms)
+    watch = GradWatch(log_every_n_steps=1, overhead_budget=0.05, images=False)
+    trainer, ours, messages = _fit(tmp_path, watch)
+    acc = events(trainer.logger.log_dir)
+    assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(64))  # every step, as asked
+    steps = [h.step for h in acc.Histograms("grad_hist/head")]
+    assert steps[:2] == [0, 4]  # the first is part of setting up; the second is measured, then they are spaced out
+    assert len(steps) <= 4  # of 16 due at the default interval (4 x the log interval)
+    assert all(step % 4 == 0 for step in steps)  # on the grid of the asked interval
+    budget = _report(trainer)["budget"]
+    assert budget["asked"]["histogram_every_n_steps"] == 4
+    assert budget["histogram_every_n_steps"] >= 24  # 50 ms in a 2 ms allowance (the floor): every 28 steps or more
+    assert budget["histogram_every_n_steps"] % 4 == 0
+    assert budget["histogram_extra_seconds"] >= 0.04
+    assert len(messages) == 1, messages
+    assert "histograms every" in messages[0]
+    assert ours == []
+
+
+def test_budget_honours_explicit_histograms_and_warns_they_break_it(tmp_path, monkeypatch):
+    tags = output.histogram_tags
+
+    def slow_histograms(stats):
+        if stats.histograms is not None:
+            time.sleep(0.05)
+        return tags(stats)
+
+    monkeypatch.setattr(output, "histogram_tags", slow_histograms)
+    watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=4, overhead_budget=0.05, images=False)
+    trainer, ours, _ = _fit(tmp_path, watch, epochs=2)
+    assert [h.step for h in events(trainer.logger.log_dir).Histograms("grad_hist/head")] == list(range(0, 32, 4))
+    assert len(ours) == 1, ours
+    assert "histogram_every_n_steps=4) alone take more than overhead_budget=0.05" in ours[0]
+    budget = _report(trainer)["budget"]
+    assert budget["histogram_every_n_steps"] == 4
+    assert budget["histograms_break_budget"] is True
+
+
+def test_budget_default_run_keeps_what_was_asked(tmp_path):
+    """Default settings on a tiny model: every scalar, histogram and picture the 16 steps were due."""
+    trainer, ours, _ = _fit(tmp_path, GradWatch(log_every_n_steps=2, histogram_every_n_steps=4, images=False), 1)
+    acc = events(trainer.logger.log_dir)
+    assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(0, 16, 2))
+    assert [h.step for h in acc.Histograms("grad_hist/head")] == [0, 4, 8, 12]
+    assert ours == []
+    budget = _report(trainer)["budget"]
+    assert budget["overhead_budget"] == 0.03
+    assert budget["histogram_every_n_steps"] == 4
+    assert budget["pictures_every_n_steps"] == 0
+
+
+def test_budget_all_defaults_short_run_gets_its_first_histograms_and_pictures(tmp_path):
+    trainer, ours, _ = _fit(tmp_path / "default", GradWatch(), 1)
+    acc = events(trainer.logger.log_dir)
+    assert sorted(scalars(acc, "gradwatch/total_norm")) == [0]  # the Trainer's interval, 50, on 16 steps
+    assert [h.step for h in acc.Histograms("grad_hist/head")] == [0]
+    assert [i.step for i in acc.Images("gradwatch/gradient_flow")] == [0]
+    assert ours == []
+    assert _report(trainer)["config"]["overhead_budget"] == 0.03
+
+
+def test_no_budget_times_nothing_and_records_nothing(tmp_path):
+    trainer, _, messages = _fit(tmp_path, GradWatch(log_every_n_steps=2, overhead_budget=None, images=False), 1)
+    assert "budget" not in _report(trainer)
+    assert messages == []
+
+
+def _observed(budget, steps=40, step_seconds=0.1, hook=0.001, histogram_hook=0.002, every=4):
+    now = 0.0
+    for step in range(steps):
+        histograms = step % every == 0
+        budget.step_done(now, histogram_hook if histograms else hook, histograms)
+        now += step_seconds
+    budget.update()
+    return budget
+
+
+def test_budget_spacing_rules_without_a_trainer():
+    from lightning_gradwatch._budget import FLOOR_SECONDS, OverheadBudget
+
+    # nothing is known before a few steps: nothing changes
+    early = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=True), steps=3, histogram_hook=1.0)
+    assert (early.histogram_every, early.pictures_every, early.thinned) == (4, 4, False)
+    # cheap histograms and no picture yet: as asked
+    cheap = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=True))
+    assert (cheap.histogram_every, cheap.pictures_every, cheap.thinned) == (4, 4, False)
+    # 1 s histograms on 100 ms steps at 3%: spaced out on the grid of 4, so they cost at most the 2 ms left
+    slow = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=False), histogram_hook=1.0)
+    assert slow.histogram_every % 4 == 0
+    assert 0.999 / slow.histogram_every <= 0.002 < 0.999 / (slow.histogram_every - 4)
+    assert slow.overhead() == pytest.approx(0.03, abs=0.002)
+    # the same histograms asked for explicitly: kept, and flagged as breaking the budget
+    kept = _observed(OverheadBudget(0.03, 4, explicit=True, pictures=False), histogram_hook=1.0)
+    assert (kept.histogram_every, kept.histograms_break_budget, kept.thinned) == (4, True, False)
+    # pictures are spaced on the histogram grid
+    drawn = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=True))
+    drawn.picture_done(1.0)
+    drawn.update()
+    assert drawn.pictures_every % drawn.histogram_every == 0
+    assert drawn.pictures_every >= 1.0 / 0.003
+    # on steps of 1 ms, costs under the floor are within any budget
+    tiny = _observed(OverheadBudget(0.03, 4, explicit=True, pictures=False), step_seconds=0.001, hook=0.0003)
+    assert FLOOR_SECONDS == 0.002
+    assert not tiny.histograms_break_budget
+    assert not tiny.thinned
