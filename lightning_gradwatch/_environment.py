@@ -24,6 +24,8 @@ __all__ = [
     "check_trainer",
     "clean_name",
     "exempt_parameters",
+    "instance_namespace",
+    "log_name",
     "named_parameters",
     "optimizer_index",
     "probe",
@@ -176,3 +178,18 @@ def reduce_flags(trainer: Any, env: Environment, flags: Flags) -> Flags:
     values = torch.tensor([float(flags.skip), float(flags.stop), float(flags.fail)], device=device)
     skip, stop, fail = (v > 0 for v in trainer.strategy.reduce(values, reduce_op="sum").tolist())
     return replace(flags, skip=skip, stop=stop, fail=fail)
+
+
+def log_name(trainer: Any) -> str:
+    """The logger GradWatch's messages go to: under the Trainer's own package, whose INFO messages are shown."""
+    module = type(trainer).__module__
+    root = "lightning.pytorch" if module.startswith("lightning.pytorch") else module.split(".")[0]
+    known = root in ("lightning.pytorch", "pytorch_lightning")
+    return f"{root}.callbacks.gradwatch" if known else "lightning_gradwatch"
+
+
+def instance_namespace(callback: Any, callbacks: Any) -> str:
+    """``""`` for the first callback of its class in the Trainer, ``"gradwatch-N"`` for the N-th: its own run."""
+    peers = [cb for cb in callbacks if isinstance(cb, type(callback))]
+    index = next(i for i, p in enumerate(peers) if p is callback)
+    return "" if index == 0 else f"gradwatch-{index + 1}"

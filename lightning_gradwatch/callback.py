@@ -17,6 +17,8 @@ from lightning_gradwatch._environment import (
     Environment,
     check_trainer,
     exempt_parameters,
+    instance_namespace,
+    log_name,
     named_parameters,
     optimizer_index,
     probe,
@@ -284,14 +286,13 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         env = probe(trainer, pl_module, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
         self.alerts, self._engines, self._pending, self._summary = [], {}, {}, RunSummary()
         images = self.images and env.hist_every > 0
-        peers = [cb for cb in trainer.callbacks if isinstance(cb, GradWatch)]
-        namespace = "" if peers[0] is self else f"gradwatch-{1 + next(i for i, p in enumerate(peers) if p is self)}"
         budget = None
         if self.overhead_budget is not None and env.is_global_zero:
             explicit = self.histogram_every_n_steps is not None
             budget = OverheadBudget(self.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
+        namespace = instance_namespace(self, trainer.callbacks)
         output = RunOutput(
-            env, trainer.loggers, self._summary, self.alerts, self.config, images, namespace, budget, _log_name(trainer)
+            env, trainer.loggers, self._summary, self.alerts, self.config, images, namespace, budget, log_name(trainer)
         )
         self._fit = _Fit(env, output, ProgressItems())
         if self.progress_bar and env.is_global_zero:
@@ -383,11 +384,3 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._fit.loss = loss.detach()  # no sync here: it travels with the next step's statistics
-
-
-def _log_name(trainer: Any) -> str:
-    """The logger GradWatch's messages go to: under the Trainer's own package, whose INFO messages are shown."""
-    module = type(trainer).__module__
-    root = "lightning.pytorch" if module.startswith("lightning.pytorch") else module.split(".")[0]
-    known = root in ("lightning.pytorch", "pytorch_lightning")
-    return f"{root}.callbacks.gradwatch" if known else "lightning_gradwatch"
