@@ -150,7 +150,7 @@ def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
         alerts = [_alert_entry(a) for a in _as_list(doc.get("alerts"))]
         events = {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()}
         steps = {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)}
-        total = {str(k): _summary(v) for k, v in _as_dict(doc.get("total_norm")).items()}
+        total = {str(k): _summary(v) for k, v in sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)}
         status, error = doc.get("status"), doc.get("error")
         for name, value in (("status", status), ("error", error)):
             if value is not None and not isinstance(value, str):
@@ -284,7 +284,7 @@ def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
     layers = [_layer_from_series(tag[len("grad_norm/") :], series) for tag in series if tag.startswith("grad_norm/")]
     totals = _total_series(series)
     alerts.sort(key=lambda a: a["step"])
-    total_norm = {key: _summarise(points) for key, points in sorted(totals.items())}
+    total_norm = {key: _summarise(points) for key, points in sorted(totals.items(), key=_by_number)}
     steps, events = _logged_steps(totals), _event_counts(series)
     return RunRecord(directory, "events", None, steps, layers, alerts, events, total_norm, partial=partial)
 
@@ -386,3 +386,8 @@ def _summarise(points: list[tuple[int, float]]) -> dict[str, float]:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def _by_number(item: tuple[str, Any]) -> tuple[int, str]:
+    """Sort key of ``total_norm`` entries: ``all``, then ``optimizer_0``, ``optimizer_1``, ..., ``optimizer_10``."""
+    return len(item[0]), item[0]
