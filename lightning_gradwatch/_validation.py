@@ -161,6 +161,9 @@ DETECTION_ARGUMENTS = (
     "exploding_zscore",
     "exploding_min_factor",
     "exploding_threshold",
+    "exploding_jump_factor",
+    "exploding_trend_loss_factor",
+    "exploding_trend_norm_factor",
     "vanishing_ratio",
     "vanishing_floor",
 )

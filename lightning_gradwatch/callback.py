@@ -121,6 +121,13 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             running mean + 2 std, while the training loss rises too) that make an explosion before any single step
             is extreme: this warns of a divergence several steps before the first NaN.
         exploding_threshold: optional absolute total norm above which a step is always a spike.
+        exploding_jump_factor: during the warm-up, before the history can tell a spike, a step whose total norm is
+            this many times the largest so far is an explosion (a learning rate far too high blows up from step 0).
+        exploding_trend_loss_factor: an explosion by trend: the training loss (median of the last 5 steps) has
+            climbed to this many times its best median, and above its first value, ...
+        exploding_trend_norm_factor: ... while the total norm (median of the last 5 steps) has grown this many
+            times since the loss was at its best: how Adam/AdamW diverge at a too-high learning rate, often without
+            ever producing a NaN.
         vanishing_ratio: a layer whose norm stays below this fraction of the largest layer's norm is vanishing.
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
         vanishing_patience: consecutive vanishing steps before an alert.
@@ -193,6 +200,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         exploding_patience: int = 2,
         exploding_growth_steps: int = 4,
         exploding_threshold: float | None = None,
+        exploding_jump_factor: float = 10.0,
+        exploding_trend_loss_factor: float = 3.0,
+        exploding_trend_norm_factor: float = 3.0,
         vanishing_ratio: float = 1e-5,
         vanishing_floor: float | None = None,
         vanishing_patience: int = 50,

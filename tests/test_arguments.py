@@ -33,8 +33,18 @@ from lightning_gradwatch import GradWatch
         ),
         ({"vanishing_ratio": 2.0}, ValueError, r"`vanishing_ratio` must be in \(0, 1\), got 2.0"),
         ({"histogram_sample_size": 0}, ValueError, r"`histogram_sample_size` must be >= 1, got 0"),
+        ({"exploding_jump_factor": 1.0}, ValueError, r"`exploding_jump_factor` must be greater than 1, got 1.0"),
+        ({"exploding_trend_loss_factor": "3"}, TypeError, r"`exploding_trend_loss_factor` must be a number"),
     ],
 )
 def test_gradwatch_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         GradWatch(**kwargs)
+
+
+def test_gradwatch_passes_the_jump_and_trend_factors_to_its_detectors():
+    watch = GradWatch(exploding_jump_factor=30.0, exploding_trend_loss_factor=5.0, exploding_trend_norm_factor=4.0)
+    detection = watch.detection
+    assert (detection.exploding_jump_factor, detection.exploding_trend_loss_factor) == (30.0, 5.0)
+    assert detection.exploding_trend_norm_factor == 4.0
+    assert watch.config()["exploding_jump_factor"] == 30.0
