@@ -33,6 +33,7 @@ from torch import Tensor
 
 from lightning_gradwatch import _names as names
 from lightning_gradwatch._environment import Environment
+from lightning_gradwatch._progress import beside_progress_bars
 from lightning_gradwatch.alerts import (
     REMEDIES_PLAIN,
     GradientAlert,
@@ -186,13 +187,14 @@ class StepEngine:
         self.detector.exempt_layers = self.collector.layers_made_of(exempt)
         if self.collector.aggregated is not None and self.env.is_global_zero and first:
             modules = len({layer_name(n, s.granularity) for n in self.collector.param_names})  # type: ignore[arg-type]
-            warnings.warn(
-                f"GradWatch merges the {modules} layers of optimizer {self.index} into"
-                f" {len(self.collector.layer_names)}, {self.collector.aggregated} (max_layers={s.max_layers}), so"
-                " TensorBoard stays readable. Pass a larger `max_layers`, or `include`/`exclude`, to see more.",
-                GradientWarning,
-                stacklevel=3,
-            )
+            with beside_progress_bars():
+                warnings.warn(
+                    f"GradWatch merges the {modules} layers of optimizer {self.index} into"
+                    f" {len(self.collector.layer_names)}, {self.collector.aggregated} (max_layers={s.max_layers}), so"
+                    " TensorBoard stays readable. Pass a larger `max_layers`, or `include`/`exclude`, to see more.",
+                    GradientWarning,
+                    stacklevel=3,
+                )
 
     # ------------------------------------------------------------------ the step
     def decide(

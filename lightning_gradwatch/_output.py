@@ -19,6 +19,7 @@ from lightning_gradwatch import _names as names
 from lightning_gradwatch._budget import OverheadBudget
 from lightning_gradwatch._engine import Decision, StepEngine
 from lightning_gradwatch._environment import Environment
+from lightning_gradwatch._progress import beside_progress_bars
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning
 from lightning_gradwatch.pictures import (
     BackgroundDrawing,
@@ -342,4 +343,5 @@ def layer_health(stats: StepStats, decision: Decision) -> list[str]:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, GradientWarning, stacklevel=4)
+    with beside_progress_bars():
+        warnings.warn(message, GradientWarning, stacklevel=4)

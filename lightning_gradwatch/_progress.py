@@ -1,11 +1,16 @@
-"""Internal. The gradient norm and health word in Lightning's progress bar, read at refresh (no cost per step)."""
+"""Internal. Lightning's progress bar: the gradient norm and health word in it, and messages kept off its line.
+
+The items are read at the bar's refresh, so they cost nothing per step.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["ProgressItems"]
+__all__ = ["ProgressItems", "beside_progress_bars"]
 
 
 class ProgressItems:
@@ -55,3 +60,20 @@ class ProgressItems:
         if self._bar is not None:
             self._bar.__dict__.pop("get_metrics", None)
             self._bar = None
+
+
+@contextlib.contextmanager
+def beside_progress_bars() -> Iterator[None]:
+    """Clear the progress bars on the terminal while a message prints, and redraw them after it.
+
+    Lightning's progress bar is a tqdm bar without a newline: a warning printed while it is shown would start in the
+    middle of the bar's line. tqdm's external write mode clears every bar on the standard streams, so the message
+    gets lines of its own. Without tqdm, nothing to do.
+    """
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield
+        return
+    with tqdm.external_write_mode():
+        yield

@@ -17,6 +17,7 @@ from typing import Any
 
 from lightning_gradwatch import _names as names
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, HISTOGRAM_PREFIX, LAYER_SCALARS, TOTAL_NORM
+from lightning_gradwatch._progress import beside_progress_bars
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning, alert_markdown
 from lightning_gradwatch.stats import LayerHistogram, StepStats
 
@@ -282,12 +283,13 @@ class Writers:
 
     def _fail(self, i: int, err: BaseException) -> None:
         self._failed.add(i)
-        warnings.warn(
-            f"GradWatch could not write to {self._names[i]} ({type(err).__name__}: {err}); it stops writing"
-            " there for this run. Training, detection and responses continue.",
-            GradientWarning,
-            stacklevel=4,
-        )
+        with beside_progress_bars():
+            warnings.warn(
+                f"GradWatch could not write to {self._names[i]} ({type(err).__name__}: {err}); it stops writing"
+                " there for this run. Training, detection and responses continue.",
+                GradientWarning,
+                stacklevel=4,
+            )
 
     def write_step(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
         """Write a step's scalars and histograms (the layout goes out with the first write)."""

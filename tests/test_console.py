@@ -1,0 +1,42 @@
+"""What a person sees in the terminal: GradWatch's warnings never land in the middle of Lightning's progress bar."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys, warnings
+import lightning.pytorch as pl
+from lightning_gradwatch import GradWatch
+from tests.helpers import make_mlp_module, trainer_kwargs
+
+warnings.simplefilter("always")
+kwargs = {**trainer_kwargs(sys.argv[1]), "enable_progress_bar": True}
+trainer = pl.Trainer(callbacks=[GradWatch(on_nonfinite="skip", images=False)], **kwargs)
+trainer.fit(make_mlp_module(pl, nan_at_step=6))
+"""
+
+
+def test_warning_is_printed_on_its_own_line_beside_the_progress_bar(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, as a terminal shows them
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    lines = [line for line in result.stdout.split("\n") if "Non-finite gradients (NaN/Inf) at step" in line]
+    assert lines, result.stdout[-3000:]
+    for line in lines:
+        shown = line.rsplit("\r", 1)[-1]  # what stays visible on that terminal line
+        assert "Non-finite gradients (NaN/Inf) at step 6" in shown
+        assert "it/s" not in shown, repr(line[-300:])
+        assert "Epoch" not in shown, repr(line[-300:])
