@@ -8,6 +8,7 @@ left alone, so a monitoring problem never ends a training run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -178,6 +179,20 @@ class _TensorBoardSink:
         if self._owned:
             self._writer.close()
 
+    def release(self) -> None:
+        """After a failed write, leave the logger a writer that works: its failed event file is closed and dropped.
+
+        A failed write is remembered by the event file's writer and raised again at its next write or flush, which
+        may be the logger's own. torch's ``SummaryWriter`` opens a new event file when its file writer is gone (as
+        after ``close()``), so the logger's next write starts a fresh file instead of inheriting GradWatch's error.
+        """
+        if self._owned or not hasattr(self._writer, "all_writers"):
+            return
+        for file_writer in list((self._writer.all_writers or {}).values()):
+            with contextlib.suppress(Exception):  # the failure itself, raised again: the file is given up anyway
+                file_writer.close()
+        self._writer.file_writer = self._writer.all_writers = None
+
 
 class _LoggerSink:
     """Scalars through ``logger.log_metrics``; text and histograms are TensorBoard-only."""
@@ -283,6 +298,9 @@ class Writers:
 
     def _fail(self, i: int, err: BaseException) -> None:
         self._failed.add(i)
+        release = getattr(self._sinks[i], "release", None)
+        if callable(release):
+            release()
         with beside_progress_bars():
             warnings.warn(
                 f"GradWatch could not write to {self._names[i]} ({type(err).__name__}: {err}); it stops writing"

@@ -397,6 +397,26 @@ def test_two_instances_in_one_trainer_write_their_own_runs(tmp_path):
         assert head_total[step] == pytest.approx(model.reference[step]["head"], rel=1e-5)
 
 
+def test_failed_writes_leave_the_loggers_own_writer_working(tmp_path):
+    """From step 4 no file may grow past 20 kB: GradWatch's writes fail, it warns once, and fit ends normally, the
+    logger's own writer starting a fresh event file instead of inheriting GradWatch's failure."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "tests" / "fault_script.py"), str(tmp_path), "disk_full"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, result.stderr[-3000:]
+    out = json.loads(lines[-1])
+    assert out["ended"] == "returned", result.stderr[-3000:]
+    assert out["global_step"] == 32
+    assert sum("could not write to TensorBoardLogger" in w for w in out["warnings"]) == 1
+    assert sorted(scalars(events(out["log_dir"]), "gradwatch/total_norm"))[:4] == [0, 1, 2, 3]  # flushed, kept
+
+
 def test_report_file_mode_follows_the_umask_like_the_event_files(tmp_path):
     pl = flavour("lightning.pytorch")
     trainer = pl.Trainer(callbacks=[GradWatch(images=False)], **trainer_kwargs(tmp_path, max_steps=2))
