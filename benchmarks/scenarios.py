@@ -29,19 +29,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_gradwatch.demos import blobs
+
 # ---------------------------------------------------------------------------------------------------------- data
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def blobs(seed: int = 0, n: int = 4096, features: int = 32, classes: int = 4) -> TensorDataset:
-    """Gaussian clusters (an easy classification task)."""
-    g = _gen(seed)
-    centres = 2.0 * torch.randn(classes, features, generator=g)
-    y = torch.randint(classes, (n,), generator=g)
-    return TensorDataset(centres[y] + torch.randn(n, features, generator=g), y)
 
 
 def digits(seed: int = 0) -> TensorDataset:
@@ -91,7 +85,7 @@ def memory(seed: int = 0, n: int = 2048, seq_len: int = 20) -> TensorDataset:
 
 
 DATA: dict[str, Callable[[int], TensorDataset]] = {
-    "blobs": blobs,
+    "blobs": lambda seed: blobs(seed=seed),  # the demos' Gaussian clusters
     "digits": digits,
     "regression": regression,
     "quadrants": quadrants,
