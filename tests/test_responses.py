@@ -165,74 +165,51 @@ def test_fp16_persistent_overflow_becomes_a_nonfinite_alert(tmp_path):
     assert trainer.global_step == 8  # the default response stops training
 
 
+class _Poisoned(pl.LightningModule):
+    """A weight, ``scale``, set to NaN at ``poison_at_step`` outside the optimizer's update; it enters the loss through
+    a guard, so every gradient stays finite."""
+
+    def __init__(self, poison_at_step: int, samples: int) -> None:
+        super().__init__()
+        self.poison_at_step, self.samples = poison_at_step, samples
+        self.net = torch.nn.Linear(8, 1)
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        scale = torch.where(torch.isfinite(self.scale), self.scale, torch.ones_like(self.scale))
+        return torch.nn.functional.mse_loss(self.net(x) * scale, y)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step == self.poison_at_step:
+            with torch.no_grad():
+                self.scale.fill_(float("nan"))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        from tests.helpers import regression_data
+
+        return regression_data(self.samples)
+
+
 def test_nonfinite_weights_are_reported_even_with_finite_gradients(tmp_path):
-    class Guarded(pl.LightningModule):
-        """``scale`` enters the loss through a guard, so a NaN in it leaves every gradient finite."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(8, 1)
-            self.scale = torch.nn.Parameter(torch.ones(1))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            scale = torch.where(torch.isfinite(self.scale), self.scale, torch.ones_like(self.scale))
-            return torch.nn.functional.mse_loss(self.net(x) * scale, y)
-
-        def on_train_batch_start(self, batch, batch_idx):
-            if self.global_step == 5:
-                with torch.no_grad():
-                    self.scale.fill_(float("nan"))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
-        def train_dataloader(self):
-            from tests.helpers import regression_data
-
-            return regression_data(256)
-
     watch = GradWatch(log_every_n_steps=2, on_nonfinite="warn")
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     with pytest.warns(GradientWarning, match=r"Non-finite weights \(NaN/Inf\) at step 6 in scale"):
-        trainer.fit(Guarded())
+        trainer.fit(_Poisoned(poison_at_step=5, samples=256))
     assert [(a.kind, a.step, a.layers) for a in watch.alerts] == [("nonfinite", 6, ("scale",))]  # once per episode
     assert watch.alerts[0].extra == {"what": "weights"}
     assert 'on_nonfinite="warn" lets such updates through' in watch.alerts[0].message
 
 
 def test_nonfinite_weights_message_names_only_the_response_in_use(tmp_path):
-    class Poisoned(pl.LightningModule):
-        """A weight set to NaN outside the optimizer's update (gradients stay finite: the guard below)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(8, 1)
-            self.scale = torch.nn.Parameter(torch.ones(1))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            scale = torch.where(torch.isfinite(self.scale), self.scale, torch.ones_like(self.scale))
-            return torch.nn.functional.mse_loss(self.net(x) * scale, y)
-
-        def on_train_batch_start(self, batch, batch_idx):
-            if self.global_step == 2:
-                with torch.no_grad():
-                    self.scale.fill_(float("nan"))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
-        def train_dataloader(self):
-            from tests.helpers import regression_data
-
-            return regression_data(128)
-
     watch = GradWatch(log_every_n_steps=1, on_vanishing="ignore")  # on_nonfinite left at its default
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientWarning)
-        trainer.fit(Poisoned())
+        trainer.fit(_Poisoned(poison_at_step=2, samples=128))
     (alert,) = watch.alerts
     assert alert.extra == {"what": "weights"}
     assert 'on_nonfinite="warn"' not in alert.message  # the user did not choose it
