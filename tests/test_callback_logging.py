@@ -284,46 +284,9 @@ def test_gradwatch_parameter_granularity_and_filters(tmp_path):
     assert tags == {"grad_norm/net.0.weight", "grad_norm/net.2.weight", "grad_norm/head.weight"}
 
 
-def test_gradwatch_manual_optimization_two_optimizers(tmp_path):
-    pl = flavour("lightning.pytorch")
-
-    class TwoOptimizers(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.automatic_optimization = False
-            self.gen = torch.nn.Linear(8, 8)
-            self.disc = torch.nn.Linear(8, 1)
-
-        def training_step(self, batch, batch_idx):
-            opt_g, opt_d = self.optimizers()
-            x, _ = batch
-            loss_d = self.disc(x).pow(2).mean()
-            opt_d.zero_grad()
-            self.manual_backward(loss_d)
-            opt_d.step()
-            loss_g = self.disc(self.gen(x)).mean()
-            opt_g.zero_grad()
-            self.manual_backward(loss_g)
-            opt_g.step()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.gen.parameters(), lr=0.01), torch.optim.SGD(self.disc.parameters(), lr=0.01)
-
-        def train_dataloader(self):
-            from tests.helpers import regression_data
-
-            return regression_data(64)
-
-    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=1)], **trainer_kwargs(tmp_path))
-    trainer.fit(TwoOptimizers())
-    tags = set(events(trainer.logger.log_dir).Tags()["scalars"])
-    assert {"grad_norm/gen", "grad_norm/disc"} <= tags
-    assert {"gradwatch/total_norm/optimizer_0", "gradwatch/total_norm/optimizer_1"} <= tags
-
-
-def test_gradwatch_charts_each_of_two_alternating_optimizers_at_its_own_cadence(tmp_path):
-    """A GAN steps D then G: global_step puts D on even steps and G on odd ones; each is charted all the same."""
-    pl = flavour("lightning.pytorch")
+def _gan(pl):
+    """Manual optimization as a GAN does it: D (optimizer 0), then G (optimizer 1), each stepped once per batch, so
+    ``global_step`` puts D on even steps and G on odd ones. 4 batches: 8 optimizer steps."""
 
     class Gan(pl.LightningModule):
         def __init__(self) -> None:
@@ -349,11 +312,26 @@ def test_gradwatch_charts_each_of_two_alternating_optimizers_at_its_own_cadence(
         def train_dataloader(self):
             from tests.helpers import regression_data
 
-            return regression_data(64)  # 4 batches: 8 optimizer steps
+            return regression_data(64)
 
+    return Gan()
+
+
+def test_gradwatch_manual_optimization_two_optimizers(tmp_path):
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=1)], **trainer_kwargs(tmp_path))
+    trainer.fit(_gan(pl))
+    tags = set(events(trainer.logger.log_dir).Tags()["scalars"])
+    assert {"grad_norm/gen", "grad_norm/disc"} <= tags
+    assert {"gradwatch/total_norm/optimizer_0", "gradwatch/total_norm/optimizer_1"} <= tags
+
+
+def test_gradwatch_charts_each_of_two_alternating_optimizers_at_its_own_cadence(tmp_path):
+    """A GAN steps D then G: global_step puts D on even steps and G on odd ones; each is charted all the same."""
+    pl = flavour("lightning.pytorch")
     watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=2, images=False)
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
-    trainer.fit(Gan())
+    trainer.fit(_gan(pl))
     assert trainer.global_step == 8
     acc = events(trainer.logger.log_dir)
     assert sorted(scalars(acc, "grad_norm/disc")) == [0, 4]  # D's own steps 0 and 2
