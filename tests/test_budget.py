@@ -98,16 +98,21 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
     assert ours == []  # an information, not a GradientWarning
 
 
-def test_budget_spaces_out_slow_default_histograms(tmp_path, monkeypatch):
-    """Histograms at their default interval that cost 50 ms each are spaced out; scalars stay at every step."""
+@pytest.fixture
+def slow_histograms(monkeypatch):
+    """Every histogram step's histograms take 50 ms more to write."""
     tags = output.histogram_tags
 
-    def slow_histograms(stats):
+    def slow(stats):
         if stats.histograms is not None:
             time.sleep(0.05)
         return tags(stats)
 
-    monkeypatch.setattr(output, "histogram_tags", slow_histograms)
+    monkeypatch.setattr(output, "histogram_tags", slow)
+
+
+def test_budget_spaces_out_slow_default_histograms(tmp_path, slow_histograms):
+    """Histograms at their default interval that cost 50 ms each are spaced out; scalars stay at every step."""
     watch = GradWatch(log_every_n_steps=1, overhead_budget=0.05, images=False)
     trainer, ours, messages = _fit(tmp_path, watch)
     acc = events(trainer.logger.log_dir)
@@ -126,15 +131,7 @@ def test_budget_spaces_out_slow_default_histograms(tmp_path, monkeypatch):
     assert ours == []
 
 
-def test_budget_honours_explicit_histograms_and_warns_they_break_it(tmp_path, monkeypatch):
-    tags = output.histogram_tags
-
-    def slow_histograms(stats):
-        if stats.histograms is not None:
-            time.sleep(0.05)
-        return tags(stats)
-
-    monkeypatch.setattr(output, "histogram_tags", slow_histograms)
+def test_budget_honours_explicit_histograms_and_warns_they_break_it(tmp_path, slow_histograms):
     watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=4, overhead_budget=0.05, images=False)
     trainer, ours, _ = _fit(tmp_path, watch, epochs=2)
     assert [h.step for h in events(trainer.logger.log_dir).Histograms("grad_hist/head")] == list(range(0, 32, 4))
