@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from examples.harness import single_thread
 from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
 from lightning_gradwatch.demos import DeepMLP, Divergence, SequenceMemory, SmallCNN, TinyTransformerLM
 from tests.helpers import flavour
@@ -24,10 +25,8 @@ pl = flavour("lightning.pytorch")
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.mark.parametrize("scenario", [s for s in BANK if s.quick], ids=lambda s: f"{s.half}: {s.name}")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from examples.harness import single_thread
 from lightning_gradwatch import GradientWarning, GradWatch
 from tests.helpers import flavour
 
@@ -106,14 +107,9 @@ def fit(model: Trained, steps: int, root: Path, **watch_kwargs):
         enable_model_summary=False,
         callbacks=[watch],
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", GradientWarning)
-            trainer.fit(model)
-    finally:
-        torch.set_num_threads(threads)
+    with single_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientWarning)
+        trainer.fit(model)
     return watch, trainer
 
 
