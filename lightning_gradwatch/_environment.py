@@ -6,6 +6,7 @@ the package sees of the Trainer.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from lightning_gradwatch._engine import Flags
 
 __all__ = [
+    "LIGHTNING_LOG_EVERY",
+    "MIN_POINTS",
     "Environment",
     "check_trainer",
     "clean_name",
@@ -30,6 +33,7 @@ __all__ = [
     "optimizer_index",
     "probe",
     "reduce_flags",
+    "run_cadence",
 ]
 
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -76,6 +80,39 @@ def probe(
         scaler=scaler if scaler is not None and _scaler_enabled(scaler) else None,
         traits=ModelTraits.from_module(pl_module),
     )
+
+
+#: a run of known length gets at least this many scalar points when the scalar interval is left to GradWatch
+MIN_POINTS = 100
+#: the Trainer's ``log_every_n_steps`` when none is given: taken as "not chosen", and shortened on short runs
+LIGHTNING_LOG_EVERY = 50
+
+
+def run_cadence(
+    env: Environment, trainer: Any, log_every_n_steps: int | None, histogram_every_n_steps: int | None
+) -> Environment:
+    """The schedule for a run of known length, when the scalar interval was left to GradWatch.
+
+    A Trainer left at Lightning's default interval (50) gives the widest interval; a shorter run gets a closer one,
+    so that it has at least :data:`MIN_POINTS` points on its charts (a 145-step run: every step, where 50 would give
+    it 3). Any other Trainer ``log_every_n_steps`` is taken as chosen, and kept. Histograms follow at four times
+    the scalar interval unless set. Called once the
+    training data is loaded (the run's length is ``trainer.estimated_stepping_batches``); a run of unknown length
+    keeps the Trainer's interval.
+    """
+    if log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY:
+        return env
+    try:
+        total = float(trainer.estimated_stepping_batches)
+    except Exception:  # an iterable dataset of unknown length, or a Trainer stand-in
+        return env
+    if not math.isfinite(total) or total <= 0:
+        return env
+    log_every = max(1, min(env.log_every, int(total // MIN_POINTS)))
+    if log_every == env.log_every:
+        return env
+    hist_every = 4 * log_every if histogram_every_n_steps is None else env.hist_every
+    return replace(env, log_every=log_every, hist_every=hist_every)
 
 
 def clean_name(name: str) -> str:

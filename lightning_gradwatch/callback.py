@@ -23,6 +23,7 @@ from lightning_gradwatch._environment import (
     optimizer_index,
     probe,
     reduce_flags,
+    run_cadence,
 )
 from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
 from lightning_gradwatch._output import RunOutput
@@ -105,7 +106,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             after. It cannot be combined with ``Trainer(gradient_clip_val=...)``. Under manual optimization it
             works when you step through the optimizers Lightning gives you (``self.optimizers()``).
         log_every_n_steps: write scalars every this many optimizer steps (at steps 0, n, 2n, ...).
-            ``None``: the Trainer's ``log_every_n_steps``.
+            ``None``: the Trainer's ``log_every_n_steps``; when that is Lightning's default (50), closer on a run
+            too short to get 100 points from it (a 145-step run: every step). ``gradwatch.json`` records the
+            intervals in force under ``schedule``.
         histogram_every_n_steps: write histograms every this many optimizer steps. ``None``: four times the
             scalar interval; ``0``: no histograms.
         granularity: ``"module"`` (one layer per module that owns parameters) or ``"parameter"``.
@@ -350,7 +353,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
     def _step(self, fit: _Fit, trainer: Any, pl_module: Any, optimizer: Any) -> bool:
         """Measure, judge, write and act on one optimizer step; returns whether it was a histogram step."""
-        fit.output.write_drawn()
+        fit.output.write_finished()
         index, count = optimizer_index(trainer, optimizer)
         engine = self._engine(fit, index, count, optimizer, pl_module)
         engine.hist_every = fit.output.histogram_every(engine)
@@ -381,6 +384,16 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             named = named_parameters(pl_module, optimizer, index)
             engine.watch(named, exempt_parameters(pl_module, self.granularity), fit.env.plain_group)
         return engine
+
+    @override
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        fit = self._fit
+        if fit is None:
+            return
+        env = run_cadence(fit.env, trainer, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
+        if env is not fit.env:
+            fit.env = env
+            fit.output.retime(env.log_every, env.hist_every)
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:

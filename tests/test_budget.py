@@ -100,12 +100,14 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
 
 @pytest.fixture
 def slow_histograms(monkeypatch):
-    """Every histogram step's histograms take 50 ms more to write."""
+    """Every histogram step's histograms take 50 ms more of CPU time to build (on the binning thread)."""
     tags = output.histogram_tags
 
     def slow(stats):
         if stats.histograms is not None:
-            time.sleep(0.05)
+            end = time.thread_time() + 0.05
+            while time.thread_time() < end:  # work, not a sleep: the budget counts the binning thread's CPU time
+                pass
         return tags(stats)
 
     monkeypatch.setattr(output, "histogram_tags", slow)
@@ -119,6 +121,7 @@ def test_budget_spaces_out_slow_default_histograms(tmp_path, slow_histograms):
     assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(64))  # every step, as asked
     steps = [h.step for h in acc.Histograms("grad_hist/head")]
     assert steps[:2] == [0, 4]  # the first is part of setting up; the second is measured, then they are spaced out
+    assert steps == sorted(steps)  # binned on a worker thread, written in step order
     assert len(steps) <= 4  # of 16 due at the default interval (4 x the log interval)
     assert all(step % 4 == 0 for step in steps)  # on the grid of the asked interval
     budget = _report(trainer)["budget"]
@@ -155,14 +158,48 @@ def test_budget_default_run_keeps_what_was_asked(tmp_path):
     assert budget["pictures_every_n_steps"] == 0
 
 
-def test_budget_all_defaults_short_run_gets_its_first_histograms_and_pictures(tmp_path):
+def test_all_defaults_short_run_gets_a_point_every_step_and_its_first_pictures(tmp_path):
+    """16 steps under the Trainer's interval of 50 would chart one point; the run gets one per step instead."""
     trainer, ours, _ = _fit(tmp_path / "default", GradWatch(), 1)
     acc = events(trainer.logger.log_dir)
-    assert sorted(scalars(acc, "gradwatch/total_norm")) == [0]  # the Trainer's interval, 50, on 16 steps
-    assert [h.step for h in acc.Histograms("grad_hist/head")] == [0]
-    assert [i.step for i in acc.Images("gradwatch/gradient_flow")] == [0]
+    assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(16))
+    hist_steps = [h.step for h in acc.Histograms("grad_hist/head")]
+    assert hist_steps[0] == 0
+    assert all(step % 4 == 0 for step in hist_steps)
+    assert next(i.step for i in acc.Images("gradwatch/gradient_flow")) == 0
     assert ours == []
-    assert _report(trainer)["config"]["overhead_budget"] == 0.03
+    report = _report(trainer)
+    assert report["config"]["overhead_budget"] == 0.03
+    assert report["config"]["log_every_n_steps"] is None  # as configured; the chosen interval is the schedule's
+    assert report["schedule"] == {"log_every_n_steps": 1, "histogram_every_n_steps": 4}
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "trainer_every", "watch_every", "expected"),
+    [
+        (20_000, 50, None, (50, 200)),  # a long run keeps the Trainer's interval
+        (1_000, 50, None, (10, 40)),  # 100 points
+        (145, 50, None, (1, 4)),  # every step
+        (1_000, 5, None, (5, 20)),  # a Trainer interval other than Lightning's default is kept
+        (20, 50, None, (1, 4)),  # never below every step
+        (145, 50, 25, (25, 100)),  # an explicit interval is kept
+    ],
+)
+def test_scalar_interval_follows_the_run_length(max_steps, trainer_every, watch_every, expected):
+    from lightning_gradwatch._environment import Environment, run_cadence
+
+    trainer = pl.Trainer(max_steps=max_steps, max_epochs=-1, log_every_n_steps=trainer_every, logger=False)
+    env = Environment(log_every=watch_every or trainer_every, hist_every=4 * (watch_every or trainer_every))
+    chosen = run_cadence(env, trainer, watch_every, None)
+    assert (chosen.log_every, chosen.hist_every) == expected
+
+
+def test_scalar_interval_of_a_run_of_unknown_length_is_the_trainers():
+    from lightning_gradwatch._environment import Environment, run_cadence
+
+    trainer = pl.Trainer(max_steps=-1, max_epochs=-1, logger=False)  # runs until stopped
+    env = Environment(log_every=50, hist_every=200)
+    assert run_cadence(env, trainer, None, None) is env
 
 
 def test_no_budget_times_nothing_and_records_nothing(tmp_path):

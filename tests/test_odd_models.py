@@ -105,7 +105,8 @@ def test_zero_size_complex_and_non_contiguous_parameters(tmp_path):
             assert not self.square.weight.grad.is_contiguous()
 
     model = Odd()
-    _watch, trainer, ours = _fit(tmp_path, model, histogram_every_n_steps=2)
+    # no budget: on a model this small, timing noise alone can say that histograms every 2 steps break it
+    _watch, trainer, ours = _fit(tmp_path, model, histogram_every_n_steps=2, overhead_budget=None)
     assert ours == []
     acc = events(trainer.logger.log_dir)
     for layer in ("phase", "square", "head", "empty"):

@@ -26,6 +26,7 @@ class CountTransfers(TorchFunctionMode):
         super().__init__()
         self.calls: list[str] = []
         self._moved: set[int] = set()  # ids of the results of .cpu(): reading them is not another transfer
+        self._kept: list[torch.Tensor] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -41,8 +42,12 @@ class CountTransfers(TorchFunctionMode):
         if func is torch.Tensor.cpu or to_cpu:
             self.calls.append(func.__name__)
             self._moved.add(id(result))
+            self._kept.append(result)
         elif func in _READS and args and id(args[0]) not in self._moved:
             self.calls.append(func.__name__)
+        elif args and id(args[0]) in self._moved and isinstance(result, torch.Tensor):
+            self._moved.add(id(result))  # a slice of a host copy is on the host too
+            self._kept.append(result)  # kept alive, so that its id is not reused by another tensor
         return result
 
 
@@ -78,11 +83,11 @@ def test_one_transfer_per_plain_log_and_histogram_step(tmp_path):
 
 def test_counter_sees_a_transfer_that_is_there():
     """The counter is not blind: a read of a value, a move to the host and a read of it are two transfers."""
-    x = torch.ones(3)
+    x, y = torch.ones(3), torch.ones(3)  # on a CPU, x.cpu() is x itself: y stands for a tensor never moved
     with CountTransfers() as mode:
         x.sum().item()
-        x.cpu().tolist()
-        float(x[0])
+        x.cpu()[1:].tolist()  # a slice of what was moved is not another transfer
+        float(y[0])
     assert mode.calls == ["item", "cpu", "__float__"]
 
 
