@@ -37,7 +37,9 @@ and histogram steps, this does not.
 
 Last, the statistics alone, on each model's real gradients after one backward pass: ``GradientStats.collect()`` (the
 per-step path), ``collect(extended=True)`` (log steps) and ``collect(extended=True, histograms=True)`` (histogram
-steps), each against a bare ``torch._foreach_norm(grads, 2)`` + one ``torch.stack(...).cpu()``, interleaved.
+steps, binned in place), then a histogram step split as GradWatch runs it: ``measure(extended=True,
+histograms=True)`` on the training thread and the binning of its samples on the worker thread; each against a bare
+``torch._foreach_norm(grads, 2)`` + one ``torch.stack(...).cpu()``, interleaved.
 
 Targets are printed with PASS/MISS and never asserted: timings on a shared machine are noisy.
 """
@@ -382,12 +384,12 @@ class TimedGradWatch(GradWatch):
 
 HOOK_LOG_EVERY, HOOK_HIST_EVERY = 2, 4  # so one short fit has every kind of step
 HOOK_KINDS = ("plain step", "scalar log step", "histogram step, images=False", "histogram step, images=True")
-DRAWING = "pictures drawn on the worker thread"
+DRAWING = "pictures drawn on the worker thread, CPU time"
 
 
 def bench_drawing(model_name: str, repeats: int = 3) -> float:
-    """Median seconds matplotlib takes for one step's two pictures (bar chart and a 20-column heatmap) of the model's
-    layers: work done on GradWatch's drawing thread, off the training thread."""
+    """Median CPU seconds matplotlib takes for one step's two pictures (bar chart and a 20-column heatmap) of the
+    model's layers: work done on GradWatch's drawing thread, off the training thread."""
     from lightning_gradwatch.pictures import gradient_flow_png, gradient_heatmap_png
 
     layers = GradientStats(MODELS[model_name](1).named_parameters(), max_layers=GradWatch().max_layers).layer_names
@@ -395,10 +397,10 @@ def bench_drawing(model_name: str, repeats: int = 3) -> float:
     values = (10 ** torch.empty(len(layers), 21).uniform_(-6, 0, generator=g)).tolist()
     times = []
     for _ in range(repeats + 1):  # the first also loads fonts
-        start = time.perf_counter()
+        start = time.thread_time()  # CPU time, as on the drawing thread
         gradient_flow_png(layers, [v[0] for v in values], [v[1] for v in values], ["ok"] * len(layers), 4000)
         gradient_heatmap_png(layers, list(range(0, 4000, 200)), [v[1:] for v in values], 4000)
-        times.append(time.perf_counter() - start)
+        times.append(time.thread_time() - start)
     return statistics.median(times[1:])
 
 
@@ -435,7 +437,13 @@ def amortized_defaults(hook: dict[str, tuple[float, float]], log_every: int = 50
 
 
 # ---------------------------------------------------------------------------------------------------- statistics alone
-STATS_CALLS = ("collect()", "collect(extended=True)", "collect(extended=True, histograms=True)")
+STATS_CALLS = (
+    "collect()",
+    "collect(extended=True)",
+    "collect(extended=True, histograms=True)",
+    "measure(extended=True, histograms=True): the training thread's part",
+    "binning those histograms: the worker thread's part",
+)
 
 
 def bench_stats(model_name: str, repeats: int) -> dict[str, float]:
@@ -450,11 +458,15 @@ def bench_stats(model_name: str, repeats: int) -> dict[str, float]:
     def bare() -> None:
         torch.stack(torch._foreach_norm(grads, 2)).cpu()
 
+    _, finish = stats.measure(extended=True, histograms=True)
+    assert finish is not None
     calls: dict[str, Callable[[], Any]] = {
         "bare": bare,
         STATS_CALLS[0]: stats.collect,
         STATS_CALLS[1]: lambda: stats.collect(extended=True),
         STATS_CALLS[2]: lambda: stats.collect(extended=True, histograms=True),
+        STATS_CALLS[3]: lambda: stats.measure(extended=True, histograms=True),
+        STATS_CALLS[4]: finish,
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
