@@ -82,9 +82,6 @@ class OverheadBudget:
         self._picture = _Mean()  # drawing (worker thread) and writing (training thread) time of one set of pictures
         self._picture_write = 0.0  # writing time waiting to be added to the next drawn set
         self._drawn = deque[float]()  # drawing times handed over by the worker thread
-        self._binned = deque[float]()  # binning times handed over by the worker thread
-        self._binning: deque[float] = deque(maxlen=_HISTOGRAM_WINDOW)  # binning and writing, per histogram step
-        self._binning_write = 0.0  # writing time waiting to be added to the next binned step
 
     def retime(self, histogram_every: int) -> None:
         """Start from another asked interval (the run's, once its length is known; before its first step)."""
@@ -108,14 +105,6 @@ class OverheadBudget:
         """The worker thread drew one set of pictures in ``seconds`` (safe to call from that thread)."""
         self._drawn.append(seconds)
 
-    def histograms_binned(self, seconds: float) -> None:
-        """The worker thread binned one step's histograms in ``seconds`` (safe to call from that thread)."""
-        self._binned.append(seconds)
-
-    def histograms_written(self, seconds: float) -> None:
-        """Writing binned histograms took ``seconds`` of the training thread (counted as the histograms' cost)."""
-        self._binning_write += seconds
-
     def pictures_written(self, seconds: float) -> None:
         """Writing finished pictures took ``seconds`` of the training thread (counted as the pictures' cost)."""
         self._picture_write += seconds
@@ -132,11 +121,10 @@ class OverheadBudget:
         return self._picture.value
 
     def _histogram_extra(self) -> float:
-        """Extra time of a histogram step over an ordinary one: in the hook, and binning and writing its histograms."""
+        """Extra hook time of a histogram step over an ordinary one."""
         if not self._histogram:
             return 0.0
-        binning = statistics.median(self._binning) if self._binning else 0.0
-        return max(statistics.median(self._histogram) - self._per_step(), 0.0) + binning
+        return max(statistics.median(self._histogram) - self._per_step(), 0.0)
 
     def _per_step(self) -> float:
         """Mean hook time of the recent ordinary steps (log steps among them): what the budget cannot thin."""
@@ -147,9 +135,6 @@ class OverheadBudget:
         while self._drawn:
             self._picture.add(self._drawn.popleft() + self._picture_write)
             self._picture_write = 0.0
-        while self._binned:
-            self._binning.append(self._binned.popleft() + self._binning_write)
-            self._binning_write = 0.0
         step = self.step_seconds
         if step is None or self.asked <= 0:
             return

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
@@ -45,7 +45,7 @@ from lightning_gradwatch.alerts import (
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
 from lightning_gradwatch.report import RunSummary
-from lightning_gradwatch.stats import GradientStats, LayerHistogram, StepStats, layer_name
+from lightning_gradwatch.stats import GradientStats, StepStats, layer_name
 
 __all__ = ["Decision", "Flags", "Settings", "StepEngine", "act"]
 
@@ -101,8 +101,6 @@ class Decision:
         health: ``"ok"``, ``"vanishing"``, ``"exploding"`` or ``"non-finite"``.
         log: scalars are due at this step; ``histograms``: histograms are.
         overflow: an fp16 overflow the loss scaler skips by itself (not judged).
-        finish_histograms: at a histogram step whose histograms were left unbinned (``stats.histograms`` is
-            ``None``), the function that bins them (see :meth:`~lightning_gradwatch.stats.GradientStats.measure`).
     """
 
     step: int
@@ -115,7 +113,6 @@ class Decision:
     log: bool = False
     histograms: bool = False
     overflow: bool = False
-    finish_histograms: Callable[[], tuple[LayerHistogram | None, ...]] | None = None
 
     @property
     def failure(self) -> GradientAlert | None:
@@ -218,7 +215,7 @@ class StepEngine:
         log = cadence % self.env.log_every == 0
         hist = self.hist_every > 0 and cadence % self.hist_every == 0
         measure_all = measure_all or self.collector.sharded  # sharded statistics are collectives
-        stats, finish = self.collector.measure(
+        stats = self.collector.collect(
             extended=(log or hist) and measure_all,
             histograms=hist and measure_all,
             extra=() if loss is None else (loss,),
@@ -227,7 +224,7 @@ class StepEngine:
             return Decision(step)
         if self._overflowed(stats):
             return Decision(step, stats, overflow=True)
-        return replace(self._judge(step, stats, log, hist), finish_histograms=finish)
+        return self._judge(step, stats, log, hist)
 
     def _overflowed(self, stats: StepStats) -> bool:
         """An fp16 overflow step the scaler skips by itself (lowering its scale): not a failure, not a statistic.

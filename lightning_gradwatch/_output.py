@@ -9,16 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch import _names as names
-from lightning_gradwatch._background import Worker
 from lightning_gradwatch._budget import OverheadBudget
 from lightning_gradwatch._engine import Decision, StepEngine
 from lightning_gradwatch._environment import Environment
@@ -31,7 +28,7 @@ from lightning_gradwatch.pictures import (
     matplotlib_available,
 )
 from lightning_gradwatch.report import RunSummary, build_report, write_report
-from lightning_gradwatch.stats import LayerHistogram, StepStats
+from lightning_gradwatch.stats import StepStats
 from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
 
 __all__ = ["MAX_ALERTS_KEPT", "RunOutput", "layer_health"]
@@ -39,8 +36,6 @@ __all__ = ["MAX_ALERTS_KEPT", "RunOutput", "layer_health"]
 MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
 _BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
-_BINNING_THREAD = "gradwatch-histograms"
-_BINNING_WAITING = 1  # histogram steps waiting to be binned; with one more, the training thread bins the oldest
 _ACTIONS = {
     "stop": 'GradWatch stops training after this step (on_{kind}="stop"); this step\'s update is skipped.',
     "skip": 'GradWatch skips the updates of such steps (on_{kind}="skip").',
@@ -94,9 +89,6 @@ class RunOutput:
         self._warned_budget = False
         self._last_picture: dict[str, int] = {}  # per optimizer: the engine tick of its last pictures
         self._left_out: dict[str, Decision] = {}  # per optimizer: the last histogram step whose pictures were not drawn
-        self._side_seconds = 0.0  # this hook's time spent writing worker results (charged to what they are)
-        # histograms are binned on a worker thread and written by the training thread at a later step
-        self.binning = Worker(_BINNING_THREAD, _BINNING_WAITING, overflow="help") if self.writes else None
         if images and self.writers is not None and self.writers.wants_images:
             if matplotlib_available():
                 self.drawing = BackgroundDrawing()
@@ -147,28 +139,11 @@ class RunOutput:
         assert self.writers is not None
         scalars = self._scalars(stats, engine, clip) if decision.log else {}
         self.writers.write_step(decision.step, scalars, histogram_tags(stats))
-        if decision.finish_histograms is not None and self.writers.wants_histograms:
-            self._submit_histograms(decision)
         if decision.histograms and self.drawing is not None:
             if self._pictures_due(engine):
                 self._submit_pictures(decision, engine.suffix)
             else:  # drawn at the end of the fit, unless a later histogram step's pictures are drawn first
                 self._left_out[engine.suffix] = decision
-
-    def _submit_histograms(self, decision: Decision) -> None:
-        """Hand the step's histogram samples to the binning thread; :meth:`write_finished` writes the result."""
-        stats, finish, budget = decision.stats, decision.finish_histograms, self.budget
-        if self.binning is None or stats is None or finish is None:
-            return
-
-        def binned() -> dict[str, LayerHistogram]:
-            started = time.thread_time()  # this thread's CPU time: waits for the GIL are not binning's cost
-            tags = histogram_tags(replace(stats, histograms=finish()))
-            if budget is not None and threading.current_thread().name == _BINNING_THREAD:
-                budget.histograms_binned(time.thread_time() - started)  # (when the hook bins, its time counts it)
-            return tags
-
-        self.binning.submit(decision.step, binned)
 
     def _scalars(self, stats: StepStats, engine: StepEngine, clip: tuple[float, float] | None) -> dict[str, float]:
         suffix = engine.suffix
@@ -220,44 +195,17 @@ class RunOutput:
 
         self.drawing.submit(step, draw)
 
-    def write_finished(self) -> None:
-        """Write what the worker threads have finished (histograms, pictures); report a failure of theirs once."""
-        if self.binning is not None and self.binning.ready:
-            self.write_binned(self.binning.collect())
-        if self.drawing is not None and self.drawing.ready:
-            self.write_drawn(self.drawing.collect())
-
-    def write_binned(self, binned: list[tuple[int, dict[str, LayerHistogram]]]) -> None:
-        """Write histograms the binning thread has finished; report its failure once."""
-        if self.writers is None or self.binning is None:
-            return
-        started = time.perf_counter()
-        for step, tags in binned:
-            self.writers.write_step(step, {}, tags)
-        seconds = time.perf_counter() - started
-        self._side_seconds += seconds
-        if binned and self.budget is not None:
-            self.budget.histograms_written(seconds)
-        if self.binning.error is not None:
-            err = self.binning.error
-            self.binning.close(timeout=0)
-            self.binning = None
-            _warn(
-                f"GradWatch could not build its gradient histograms ({type(err).__name__}: {err}); it stops writing"
-                " them for this run."
-            )
-
-    def write_drawn(self, drawn: list[tuple[int, dict[str, bytes]]]) -> None:
+    def write_drawn(self, drawn: list[tuple[int, dict[str, bytes]]] | None = None) -> None:
         """Write the pictures the drawing thread has finished; report its failure once."""
         if self.drawing is None or self.writers is None:
             return
+        if drawn is None:
+            drawn = self.drawing.collect() if self.drawing.ready else []
         started = time.perf_counter()
         for step, images in drawn:
             self.writers.write_images(step, images)
-        seconds = time.perf_counter() - started
-        self._side_seconds += seconds
         if drawn and self.budget is not None:
-            self.budget.pictures_written(seconds)
+            self.budget.pictures_written(time.perf_counter() - started)
         if self.drawing.error is not None:
             err = self.drawing.error
             self.drawing.close(timeout=0)
@@ -290,11 +238,10 @@ class RunOutput:
 
     def step_timed(self, started: float, seconds: float, histograms: bool) -> None:
         """Take GradWatch's time for one optimizer-step hook; now and then revise the spacing, and say so once."""
-        side, self._side_seconds = self._side_seconds, 0.0
         budget = self.budget
         if budget is None:
             return
-        budget.step_done(started, max(seconds - side, 0.0), histograms)  # worker results' writing is charged to them
+        budget.step_done(started, seconds, histograms)
         self._timed_steps += 1
         if self._timed_steps % _BUDGET_EVERY and not histograms:
             return
@@ -348,9 +295,6 @@ class RunOutput:
         """Last pictures, flushed logs, the final report."""
         if not self.is_global_zero:
             return
-        if self.binning is not None:
-            self.write_binned(self.binning.close(timeout=_DRAWING_TIMEOUT))
-            self.binning = None
         if self.drawing is not None:
             drawing = self.drawing
             for suffix, decision in self._left_out.items():  # the run's last state, and its whole heat map

@@ -353,7 +353,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
     def _step(self, fit: _Fit, trainer: Any, pl_module: Any, optimizer: Any) -> bool:
         """Measure, judge, write and act on one optimizer step; returns whether it was a histogram step."""
-        fit.output.write_finished()
+        fit.output.write_drawn()
         index, count = optimizer_index(trainer, optimizer)
         engine = self._engine(fit, index, count, optimizer, pl_module)
         engine.hist_every = fit.output.histogram_every(engine)

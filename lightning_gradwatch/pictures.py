@@ -11,10 +11,9 @@ import functools
 import io
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from lightning_gradwatch._background import Worker
 
 __all__ = [
     "HEALTH_COLOURS",
@@ -168,7 +167,7 @@ def gradient_heatmap_png(
     return _png(fig)
 
 
-class BackgroundDrawing(Worker):
+class BackgroundDrawing:
     """Draws pictures on one worker thread; the finished ones are collected on the caller's thread.
 
     Drawing a picture takes matplotlib a fraction of a second to a few seconds (hundreds of layers), far longer
@@ -186,4 +185,73 @@ class BackgroundDrawing(Worker):
     """
 
     def __init__(self, max_waiting: int = 8) -> None:
-        super().__init__("gradwatch-pictures", max_waiting=max_waiting, overflow="drop")
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[int, Callable[[], dict[str, bytes]]]] = deque()
+        self._max_waiting = max_waiting
+        self._finished: list[tuple[int, dict[str, bytes]]] = []
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.error: BaseException | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Whether no picture is being drawn or waits to be."""
+        return not self._waiting and not self._busy
+
+    @property
+    def ready(self) -> bool:
+        """Whether finished pictures (or an error) wait to be collected: a cheap check for every step."""
+        return bool(self._finished) or self.error is not None
+
+    def submit(self, step: int, draw: Callable[[], dict[str, bytes]]) -> None:
+        """Queue ``draw`` (returning ``{tag: png}``) for the pictures of ``step``; never blocks."""
+        with self._cond:
+            if self._closed or self.error is not None:
+                return
+            if len(self._waiting) >= self._max_waiting:
+                self._waiting.popleft()
+                self.dropped += 1
+            self._waiting.append((step, draw))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="gradwatch-pictures", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def collect(self) -> list[tuple[int, dict[str, bytes]]]:
+        """The pictures finished since the last call, as ``(step, {tag: png})`` in step order."""
+        with self._cond:
+            finished, self._finished = self._finished, []
+        return finished
+
+    def close(self, timeout: float) -> list[tuple[int, dict[str, bytes]]]:
+        """Finish the waiting and running jobs (for at most ``timeout`` seconds), stop the worker, collect."""
+        with self._cond:
+            self._cond.wait_for(lambda: (not self._waiting and not self._busy) or self.error is not None, timeout)
+            self._closed = True
+            self.dropped += len(self._waiting)
+            self._waiting.clear()
+            self._cond.notify_all()
+        return self.collect()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._waiting) or self._closed)
+                if not self._waiting:
+                    return
+                step, draw = self._waiting.popleft()
+                self._busy = True
+            try:
+                images = draw()
+            except Exception as err:  # reported on the caller's thread
+                with self._cond:
+                    self.error = err
+                    self._busy = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._finished.append((step, images))
+                self._busy = False
+                self._cond.notify_all()

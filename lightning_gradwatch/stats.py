@@ -9,7 +9,7 @@ combined, with one collective per kind of combination and shard group, never gat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -188,7 +188,6 @@ class _Plan:
     sharded: bool
     hist_groups: Groups
     local_numel: list[int]
-    host_histogram: tuple[Tensor, Tensor, list[float]] | None = None  # see GradientStats._host_histogram_inputs
 
 
 class GradientStats:
@@ -353,25 +352,10 @@ class GradientStats:
             extra: one-element tensors (such as the last loss) to bring to the host in the same transfer; their
                 values come back in ``StepStats.extra``. They are not combined across processes.
         """
-        stats, finish = self.measure(extended, histograms, extra)
-        return stats if stats is None or finish is None else replace(stats, histograms=finish())
-
-    @torch.no_grad()
-    def measure(
-        self, extended: bool = False, histograms: bool = False, extra: Sequence[Tensor] = ()
-    ) -> tuple[StepStats | None, Callable[[], tuple[LayerHistogram | None, ...]] | None]:
-        """:meth:`collect`, leaving the binning of unsharded dense histograms to the caller.
-
-        With ``histograms=True`` and unsharded, dense gradients, only the sampling runs on the gradients: the
-        samples come to the host in the step's one transfer, and the returned function bins them into the
-        histograms. It reads no gradient and no state that later steps change, so it may run on another thread, at
-        any later time. Otherwise (no histograms, or sharded or sparse gradients, binned where they live) the
-        function is ``None`` and the histograms are in the statistics.
-        """
         grads = self._grads()
         plan = self._plan_for(grads)
         if plan is None:
-            return None, None
+            return None
         if not plan.plain:
             grads = [None if g is None else local(g) for g in grads]
         params = self.params if plan.plain else [local(p.detach()) for p in self.params]
@@ -382,30 +366,12 @@ class GradientStats:
             reduced = reduce_parts([(measured[f.name], f.op) for f in layout], shard.groups)
             parts = reduced if parts is None else [_combine(a, b, f.op) for a, b, f in zip(parts, reduced, layout)]
         assert parts is not None
-        deferred = histograms and not plan.sharded and not any(shard.sparse for shard in plan.shards)
-        if histograms and not deferred:
+        if histograms:
             parts += self._histogram_parts(plan, grads)
             layout += histogram_layout(self.histogram_bins)
-        parts += [e.detach().reshape(1).to(plan.device, torch.float64) for e in extra]
-        samples = self._dense_samples(plan, grads) if deferred else []
-        values, drawn = _to_host(parts, samples)
-        fields = unpack(layout, values, len(plan.layer_index))
-        stats = self._unpack(plan, grads, fields)
-        if extra:
-            stats = replace(stats, extra=tuple(values[len(values) - len(extra) :]))
-        if not deferred:
-            return stats, None
-        seg, weight, represented = self._host_histogram_inputs(plan)
-        grad_norm, nonfinite = list(stats.grad_norm), list(stats.nonfinite_count)
-
-        def finish() -> tuple[LayerHistogram | None, ...]:
-            n = len(plan.layer_index)
-            lo, hi, total, counts = _bin(drawn, seg, weight, n, self.histogram_bins)
-            binned = {"hist_lo": lo, "hist_hi": hi, "hist_sum": total, "hist_counts": counts}
-            binned = {k: v.tolist() for k, v in binned.items()}
-            return self._unpack_histograms(plan, {**binned, "hist_numel": represented}, grad_norm, nonfinite)
-
-        return stats, finish
+        values = _to_host(parts + [e.detach().reshape(1).to(plan.device, torch.float64) for e in extra])
+        stats = self._unpack(plan, grads, unpack(layout, values, len(plan.layer_index)))
+        return replace(stats, extra=tuple(values[len(values) - len(extra) :])) if extra else stats
 
     @torch.no_grad()
     def scale_(self, coefficient: float) -> None:
@@ -473,26 +439,22 @@ class GradientStats:
         seg = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=dev)
         weight = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64, device=dev)
         x = torch.cat(samples) if samples else torch.zeros(0, device=dev)
-
-        def agree(lo: Tensor, hi: Tensor) -> None:  # sharded: agree on the bin edges before counting
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        lo = torch.full((n,), math.inf, device=dev).scatter_reduce_(0, seg, x, "amin").double()
+        hi = torch.full((n,), -math.inf, device=dev).scatter_reduce_(0, seg, x, "amax").double()
+        if plan.sharded:  # agree on the bin edges before counting
             all_reduce_(lo, "min", plan.hist_groups)
             all_reduce_(hi, "max", plan.hist_groups)
-
-        lo, hi, total, counts = _bin(x, seg, weight, n, bins, agree if plan.sharded else None)
+        width = torch.where(hi > lo, hi - lo, torch.ones((), dtype=torch.float64, device=dev))
+        x = x.double()  # a new tensor: the in-place steps below touch no gradient
+        position = (x - lo[seg]).div_(width[seg]).mul_(bins).floor_().clamp_(0, bins - 1).long()
+        counts = torch.bincount(position.add_(seg * bins), weights=weight, minlength=n * bins)
+        total = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, seg, x.mul_(weight))
         represented = sum(s.hist_numel for s in plan.shards)
         tail = torch.cat([total, counts, represented])  # type: ignore[list-item]
         if plan.sharded:
             all_reduce_(tail, "sum", plan.hist_groups)
         return [lo, hi, tail]
-
-    def _host_histogram_inputs(self, plan: _Plan) -> tuple[Tensor, Tensor, list[float]]:
-        """Per sample its local layer id and weight, on the host; per layer the values it stands for (cached)."""
-        if plan.host_histogram is None:
-            seg = torch.cat([s.hist_layer_ids for s in plan.shards]).cpu()  # type: ignore[misc]
-            weight = torch.cat([s.hist_weights for s in plan.shards]).cpu()  # type: ignore[misc]
-            represented = sum(s.hist_numel for s in plan.shards).cpu().tolist()  # type: ignore[union-attr]
-            plan.host_histogram = (seg, weight, represented)
-        return plan.host_histogram
 
     def _dense_samples(self, plan: _Plan, grads: Sequence[Tensor | None]) -> list[Tensor]:
         """Each dense gradient's histogram samples (their layer ids and weights are built once per plan)."""
@@ -560,7 +522,6 @@ class GradientStats:
             zero_fraction = tuple((1.0 - nz / size) if size else 0.0 for nz, size in zip(fields["nonzero"], numel))
         if "l1" in fields:
             mean_abs = tuple(v / size if size else 0.0 for v, size in zip(fields["l1"], numel))
-        if "hist_lo" in fields:
             hists = self._unpack_histograms(plan, fields, grad_norm, nonfinite)
         return StepStats(
             layers=names,
@@ -661,13 +622,17 @@ class GradientStats:
         for shard in plan.shards:
             for _, lid, k in shard.hist_positions:
                 drawn[lid] += k
+        # every layer's right bucket edges at once: lo + width * (b + 1) / bins, as the buckets were counted
+        lo_t, hi_t = torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+        width_t = torch.where(hi_t > lo_t, hi_t - lo_t, torch.zeros((), dtype=torch.float64))
+        edges = (lo_t[:, None] + width_t[:, None] * torch.arange(1, bins + 1, dtype=torch.float64) / bins).tolist()
         out: list[LayerHistogram | None] = []
         for k, size in enumerate(round(v) for v in represented):
             if not size or nonfinite[k] or not math.isfinite(grad_norm[k]) or not math.isfinite(lo[k]):
                 out.append(None)
                 continue
             width = (hi[k] - lo[k]) if hi[k] > lo[k] else 0.0
-            limits = tuple(lo[k] + width * (b + 1) / bins for b in range(bins)) if width else (hi[k],)
+            limits = tuple(edges[k]) if width else (hi[k],)
             bucket = tuple(counts[k * bins : (k + 1) * bins]) if width else (float(size),)
             out.append(
                 LayerHistogram(lo[k], hi[k], size, fields["hist_sum"][k], grad_norm[k] ** 2, limits, bucket, drawn[k])
@@ -729,40 +694,9 @@ def unpack(layout: Sequence[Packed], values: Sequence[float], layers: int) -> di
     return out
 
 
-def _to_host(parts: list[Tensor], samples: Sequence[Tensor] = ()) -> tuple[list[float], Tensor]:
-    """The step's one device-to-host transfer: the packed values as floats, and the histogram samples (float64)."""
-    head = sum(p.numel() for p in parts)
-    if samples:
-        parts = [*parts, torch.cat(list(samples)).double()]
-    host = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu()
-    return host[:head].tolist(), host[head:]
-
-
-def _bin(
-    x: Tensor, seg: Tensor, weight: Tensor, n: int, bins: int, agree: Callable[[Tensor, Tensor], None] | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per layer ``lo``, ``hi``, the weighted sum and the weighted counts (``n * bins``) of samples ``x``.
-
-    ``seg`` is each sample's layer, ``weight`` the values it stands for; non-finite samples count as zeros.
-    ``agree(lo, hi)`` may widen the edges in place before counting (across the shards of one histogram).
-
-    Example:
-        >>> x = torch.tensor([0.0, 1.0, 2.0, 5.0])
-        >>> lo, hi, total, counts = _bin(x, torch.tensor([0, 0, 0, 1]), torch.ones(4, dtype=torch.float64), 2, 2)
-        >>> lo.tolist(), hi.tolist(), total.tolist(), counts.tolist()
-        ([0.0, 5.0], [2.0, 5.0], [3.0, 5.0], [1.0, 2.0, 1.0, 0.0])
-    """
-    dev = x.device
-    x = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=dev))
-    lo = torch.full((n,), math.inf, dtype=x.dtype, device=dev).scatter_reduce_(0, seg, x, "amin").double()
-    hi = torch.full((n,), -math.inf, dtype=x.dtype, device=dev).scatter_reduce_(0, seg, x, "amax").double()
-    if agree is not None:
-        agree(lo, hi)
-    width = torch.where(hi > lo, hi - lo, torch.ones((), dtype=torch.float64, device=dev))
-    position = ((x.double() - lo[seg]) / width[seg] * bins).floor().clamp_(0, bins - 1).long()
-    counts = torch.bincount(position + seg * bins, weights=weight, minlength=n * bins)
-    total = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, seg, x.double() * weight)
-    return lo, hi, total, counts
+def _to_host(parts: list[Tensor]) -> list[float]:
+    """The step's one device-to-host transfer."""
+    return torch.cat(parts).cpu().tolist() if len(parts) > 1 else parts[0].cpu().tolist()
 
 
 def _positions(shard: _Shard) -> list[int]:

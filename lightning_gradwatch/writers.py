@@ -323,11 +323,6 @@ class Writers:
     @property
     def wants_images(self) -> bool:
         """Whether any sink shows images (so they are worth drawing)."""
-        return self.wants_histograms
-
-    @property
-    def wants_histograms(self) -> bool:
-        """Whether any sink shows histograms and images (TensorBoard; the other loggers take scalars only)."""
         return any(isinstance(sink, _TensorBoardSink) for i, sink in enumerate(self._sinks) if i not in self._failed)
 
     def write_alert(self, alert: GradientAlert) -> None:

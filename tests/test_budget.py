@@ -100,14 +100,12 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
 
 @pytest.fixture
 def slow_histograms(monkeypatch):
-    """Every histogram step's histograms take 50 ms more of CPU time to build (on the binning thread)."""
+    """Every histogram step's histograms take 50 ms more to write."""
     tags = output.histogram_tags
 
     def slow(stats):
         if stats.histograms is not None:
-            end = time.thread_time() + 0.05
-            while time.thread_time() < end:  # work, not a sleep: the budget counts the binning thread's CPU time
-                pass
+            time.sleep(0.05)
         return tags(stats)
 
     monkeypatch.setattr(output, "histogram_tags", slow)
@@ -121,7 +119,6 @@ def test_budget_spaces_out_slow_default_histograms(tmp_path, slow_histograms):
     assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(64))  # every step, as asked
     steps = [h.step for h in acc.Histograms("grad_hist/head")]
     assert steps[:2] == [0, 4]  # the first is part of setting up; the second is measured, then they are spaced out
-    assert steps == sorted(steps)  # binned on a worker thread, written in step order
     assert len(steps) <= 4  # of 16 due at the default interval (4 x the log interval)
     assert all(step % 4 == 0 for step in steps)  # on the grid of the asked interval
     budget = _report(trainer)["budget"]

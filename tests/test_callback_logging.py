@@ -509,37 +509,6 @@ def test_background_drawing_never_blocks_and_keeps_order():
     assert drawing.collect() == []
 
 
-def test_histogram_worker_never_waits_on_a_starved_worker_and_keeps_every_result_in_order():
-    """Histograms are never dropped: when the worker falls behind, the caller bins the oldest waiting step itself."""
-    from lightning_gradwatch._background import Worker
-
-    started, release = threading.Event(), threading.Event()
-    ran_on: dict[int, str] = {}
-
-    def job(step: int):
-        def run() -> str:
-            if step == 0:
-                started.set()
-                release.wait(10)  # the worker is stuck on this one
-            ran_on[step] = threading.current_thread().name
-            return str(step)
-
-        return run
-
-    worker = Worker("binning", max_waiting=1, overflow="help")
-    worker.submit(0, job(0))
-    assert started.wait(10)
-    for step in range(1, 4):
-        worker.submit(step, job(step))
-    assert sorted(ran_on) == [1, 2]  # the caller ran these itself, without waiting for step 0
-    assert set(ran_on.values()) == {threading.current_thread().name}
-    assert worker.collect() == []  # step 0 comes first, and is not done
-    release.set()
-    assert worker.close(timeout=10) == [(0, "0"), (1, "1"), (2, "2"), (3, "3")]
-    assert worker.dropped == 0
-    assert ran_on[0] == ran_on[3] == "binning"
-
-
 def test_background_drawing_keeps_its_first_error():
     drawing = BackgroundDrawing()
 

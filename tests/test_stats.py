@@ -209,26 +209,3 @@ def test_sparse_gradient_layers_get_a_histogram():
     assert hist.sum == pytest.approx(float(emb.weight.grad.to_dense().sum()))
     zero_bucket = hist.bucket_counts[0]
     assert zero_bucket == pytest.approx(97 * 4)  # the implicit zeros
-
-
-def test_measured_histograms_binned_later_equal_collected_ones_and_outlive_the_gradients():
-    """``measure`` leaves binning to a function that needs no gradient: run after the gradients are gone and
-    replaced, it gives exactly the histograms ``collect`` builds in place."""
-    model = _model()
-    model[2].weight.grad[0, :3] = float("nan")  # a non-finite layer gets no histogram either way
-    expected = GradientStats(model.named_parameters(), histogram_sample_size=500).collect(histograms=True)
-    stats, finish = GradientStats(model.named_parameters(), histogram_sample_size=500).measure(histograms=True)
-    assert stats.histograms is None
-    assert finish is not None
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 7.0)  # the next step's gradients
-    assert finish() == expected.histograms
-    assert list(map(repr, stats.mean_abs)) == list(map(repr, expected.mean_abs))  # NaN in the non-finite layer
-
-
-def test_measure_without_histograms_leaves_nothing_to_finish():
-    model = _model()
-    stats, finish = GradientStats(model.named_parameters()).measure(extended=True)
-    assert finish is None
-    assert stats.histograms is None
-    assert stats.max_abs is not None

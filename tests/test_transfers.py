@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from lightning_gradwatch import GradWatch
 from tests.helpers import flavour, make_mlp_module, trainer_kwargs
@@ -17,16 +18,20 @@ _READS |= {torch.Tensor.__bool__, torch.Tensor.__index__}
 
 
 class CountTransfers(TorchFunctionMode):
-    """Counts device-to-host transfers: ``.cpu()``, ``.to`` the host, and reads of values not already moved by one.
+    """Counts device-to-host transfers: ``.cpu()``, ``.to`` the host, and reads of values not already on the host.
 
-    ``.cpu()`` counts even on a CPU tensor (where it moves nothing), so a CPU run counts what a GPU run would do.
+    ``.cpu()`` counts even on a CPU tensor (where it moves nothing), so a CPU run counts what a GPU run would do. On
+    the host are: the results of ``.cpu()``, tensors made from Python values without a ``device`` (``torch.tensor``
+    of a list, ``torch.arange``), and whatever is computed from host tensors alone.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[str] = []
-        self._moved: set[int] = set()  # ids of the results of .cpu(): reading them is not another transfer
-        self._kept: list[torch.Tensor] = []
+        self._host: dict[int, torch.Tensor] = {}  # by id; the tensor is kept so that its id is not reused
+
+    def _on_host(self, t: torch.Tensor) -> None:
+        self._host[id(t)] = t
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -39,15 +44,14 @@ class CountTransfers(TorchFunctionMode):
             and result.device.type == "cpu"
             and args[0].device.type != "cpu"
         )
+        inputs = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         if func is torch.Tensor.cpu or to_cpu:
             self.calls.append(func.__name__)
-            self._moved.add(id(result))
-            self._kept.append(result)
-        elif func in _READS and args and id(args[0]) not in self._moved:
+            self._on_host(result)
+        elif func in _READS and args and id(args[0]) not in self._host:
             self.calls.append(func.__name__)
-        elif args and id(args[0]) in self._moved and isinstance(result, torch.Tensor):
-            self._moved.add(id(result))  # a slice of a host copy is on the host too
-            self._kept.append(result)  # kept alive, so that its id is not reused by another tensor
+        elif isinstance(result, torch.Tensor) and "device" not in kwargs and all(id(a) in self._host for a in inputs):
+            self._on_host(result)
         return result
 
 
@@ -83,11 +87,12 @@ def test_one_transfer_per_plain_log_and_histogram_step(tmp_path):
 
 def test_counter_sees_a_transfer_that_is_there():
     """The counter is not blind: a read of a value, a move to the host and a read of it are two transfers."""
-    x, y = torch.ones(3), torch.ones(3)  # on a CPU, x.cpu() is x itself: y stands for a tensor never moved
+    x, y = torch.ones(3), torch.ones(3)  # made before counting: as if on the device
     with CountTransfers() as mode:
         x.sum().item()
-        x.cpu()[1:].tolist()  # a slice of what was moved is not another transfer
+        x.cpu().tolist()
         float(y[0])
+        (torch.tensor([1.0, 2.0]) * 2).tolist()  # made on the host from Python values: no transfer
     assert mode.calls == ["item", "cpu", "__float__"]
 
 
