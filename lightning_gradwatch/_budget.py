@@ -82,13 +82,24 @@ class OverheadBudget:
         self._picture = _Mean()  # drawing (worker thread) and writing (training thread) time of one set of pictures
         self._picture_write = 0.0  # writing time waiting to be added to the next drawn set
         self._drawn = deque[float]()  # drawing times handed over by the worker thread
+        # scalars at an interval GradWatch chose itself (from the run length) may be widened, up to `log_widest`
+        self.log_asked = 0  # 0: the scalar interval is not the budget's to change
+        self.log_every = 0
+        self.log_widest = 0
+        self._log: deque[float] = deque(maxlen=_HISTOGRAM_WINDOW)  # hook time of log steps, when log_asked
 
-    def retime(self, histogram_every: int) -> None:
-        """Start from another asked interval (the run's, once its length is known; before its first step)."""
+    def retime(self, histogram_every: int, log_every: int = 0, log_widest: int = 0) -> None:
+        """Start from the intervals chosen for the run once its length is known (before its first step).
+
+        ``log_every`` (when not 0) is a scalar interval GradWatch chose itself, closer than the Trainer's
+        ``log_widest``: the budget may widen it again, on its own grid, up to ``log_widest``.
+        """
         self.asked = self.histogram_every = self.pictures_every = histogram_every
+        self.log_asked = self.log_every = log_every
+        self.log_widest = max(log_widest, log_every)
 
     # ------------------------------------------------------------------ observations
-    def step_done(self, started: float, hook_seconds: float, histograms: bool) -> None:
+    def step_done(self, started: float, hook_seconds: float, histograms: bool, log: bool = False) -> None:
         """One optimizer-step hook that started at ``started`` (``time.perf_counter``) took ``hook_seconds``."""
         first = self._last_start is None
         if not first and started > self._last_start:  # type: ignore[operator]
@@ -98,6 +109,8 @@ class OverheadBudget:
             return
         if histograms:
             self._histogram.append(hook_seconds)
+        elif log and self.log_asked:
+            self._log.append(hook_seconds)
         else:
             self._plain.append(hook_seconds)
 
@@ -121,14 +134,24 @@ class OverheadBudget:
         return self._picture.value
 
     def _histogram_extra(self) -> float:
-        """Extra hook time of a histogram step over an ordinary one."""
+        """Extra hook time of a histogram step over an ordinary one (a log step, when those are timed apart)."""
         if not self._histogram:
             return 0.0
-        return max(statistics.median(self._histogram) - self._per_step(), 0.0)
+        return max(statistics.median(self._histogram) - self._base() - self._log_extra(), 0.0)
+
+    def _base(self) -> float:
+        """Mean hook time of the recent ordinary steps (fixed log steps among them): what the budget cannot thin."""
+        return statistics.fmean(self._plain) if self._plain else 0.0
+
+    def _log_extra(self) -> float:
+        """Extra hook time of a log step over a plain one, when the scalar interval is the budget's (else 0)."""
+        if not self.log_asked or not self._log:
+            return 0.0
+        return max(statistics.median(self._log) - self._base(), 0.0)
 
     def _per_step(self) -> float:
-        """Mean hook time of the recent ordinary steps (log steps among them): what the budget cannot thin."""
-        return statistics.fmean(self._plain) if self._plain else 0.0
+        """Hook time per step that histograms and pictures cannot change: plain steps and the scalars."""
+        return self._base() + (self._log_extra() / self.log_every if self.log_asked else 0.0)
 
     def update(self) -> None:
         """Take in the drawing times reported since the last call and choose the histogram and picture spacing."""
@@ -136,9 +159,16 @@ class OverheadBudget:
             self._picture.add(self._drawn.popleft() + self._picture_write)
             self._picture_write = 0.0
         step = self.step_seconds
-        if step is None or self.asked <= 0:
+        if step is None:
             return
         allowed = max(self.fraction * step, FLOOR_SECONDS)
+        if self.log_asked and self._log:  # scalars the run length asked for: first in line, within half the room
+            room = max(allowed - self._base(), allowed / 4)
+            share = room / 2 if self.asked > 0 else room
+            wanted = self.log_asked * _ceil(self._log_extra() / share / self.log_asked)
+            self.log_every = max(self.log_every, min(wanted, self.log_widest))  # never closer again: no see-saw
+        if self.asked <= 0:
+            return
         # what the budget leaves after the per-step work (and at least a quarter of it, when that alone is over)
         room = max(allowed - self._per_step(), allowed / 4)
         extra = self._histogram_extra()
@@ -172,8 +202,9 @@ class OverheadBudget:
 
     @property
     def thinned(self) -> bool:
-        """Whether histograms or pictures are spaced out wider than asked."""
-        return self.histogram_every > self.asked or (self.pictures and self.pictures_every > self.asked)
+        """Whether scalars, histograms or pictures are spaced out wider than asked."""
+        wider_pictures = self.pictures and self.pictures_every > self.asked
+        return self.log_every > self.log_asked or self.histogram_every > self.asked or wider_pictures
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for ``gradwatch.json``'s ``budget``."""
@@ -185,9 +216,11 @@ class OverheadBudget:
             "overhead_budget": self.fraction,
             "thinned": self.thinned,
             "asked": {
+                "log_every_n_steps": self.log_asked or None,
                 "histogram_every_n_steps": self.asked,
                 "pictures_every_n_steps": self.asked if self.pictures else 0,
             },
+            "log_every_n_steps": self.log_every or None,
             "histogram_every_n_steps": self.histogram_every,
             "pictures_every_n_steps": self.pictures_every if self.pictures else 0,
             "pictures_left_out": self.pictures_left_out,

@@ -157,6 +157,7 @@ class StepEngine:
         self.collector: GradientStats | None = None
         self.ticks = 0  # steps this optimizer took: its own cadence under manual optimization
         self.hist_every = self.env.hist_every  # histogram interval in force (an overhead budget may widen it)
+        self.log_every = self.env.log_every  # scalar interval in force (likewise)
         self.interval_max = 0.0
         self._watched = -1
         self._overflow_run = 0
@@ -212,7 +213,7 @@ class StepEngine:
         assert self.collector is not None, "call watch() first"
         cadence = self.ticks if own_cadence else step
         self.ticks += 1
-        log = cadence % self.env.log_every == 0
+        log = cadence % self.log_every == 0
         hist = self.hist_every > 0 and cadence % self.hist_every == 0
         measure_all = measure_all or self.collector.sharded  # sharded statistics are collectives
         stats = self.collector.collect(

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LIGHTNING_LOG_EVERY",
     "MIN_POINTS",
+    "MIN_POINTS_UNDER_BUDGET",
     "Environment",
     "check_trainer",
     "clean_name",
@@ -48,6 +49,7 @@ class Environment:
         world_size: processes taking part (decisions are reduced across them when more than one).
         log_every: scalar interval, in optimizer steps.
         hist_every: histogram interval, in optimizer steps (0: none).
+        log_widest: the widest an overhead budget may spread ``log_every`` to (0: ``log_every`` is fixed).
         log_dir: where ``gradwatch.json`` goes (``None``: nowhere).
         plain_group: the process group plain-tensor gradients are sharded over (FSDP1), else ``None``.
         scaler: the fp16 loss scaler, when one is enabled.
@@ -58,6 +60,7 @@ class Environment:
     world_size: int = 1
     log_every: int = 50
     hist_every: int = 200
+    log_widest: int = 0
     log_dir: str | None = None
     plain_group: Any = None
     scaler: Any = None
@@ -84,6 +87,8 @@ def probe(
 
 #: a run of known length gets at least this many scalar points when the scalar interval is left to GradWatch
 MIN_POINTS = 100
+#: however tight the overhead budget, such a run keeps at least this many scalar points
+MIN_POINTS_UNDER_BUDGET = 25
 #: the Trainer's ``log_every_n_steps`` when none is given: taken as "not chosen", and shortened on short runs
 LIGHTNING_LOG_EVERY = 50
 
@@ -96,9 +101,10 @@ def run_cadence(
     A Trainer left at Lightning's default interval (50) gives the widest interval; a shorter run gets a closer one,
     so that it has at least :data:`MIN_POINTS` points on its charts (a 145-step run: every step, where 50 would give
     it 3). Any other Trainer ``log_every_n_steps`` is taken as chosen, and kept. Histograms follow at four times
-    the scalar interval unless set. Called once the
-    training data is loaded (the run's length is ``trainer.estimated_stepping_batches``); a run of unknown length
-    keeps the Trainer's interval.
+    the scalar interval unless set. An overhead budget may spread such a chosen interval out again, up to
+    ``log_widest``: never past the Trainer's, nor so far that the run has fewer than
+    :data:`MIN_POINTS_UNDER_BUDGET` points. Called once the training data is loaded (the run's length is
+    ``trainer.estimated_stepping_batches``); a run of unknown length keeps the Trainer's interval.
     """
     if log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY:
         return env
@@ -112,7 +118,8 @@ def run_cadence(
     if log_every == env.log_every:
         return env
     hist_every = 4 * log_every if histogram_every_n_steps is None else env.hist_every
-    return replace(env, log_every=log_every, hist_every=hist_every)
+    widest = max(log_every, min(env.log_every, int(total // MIN_POINTS_UNDER_BUDGET)))
+    return replace(env, log_every=log_every, hist_every=hist_every, log_widest=widest)
 
 
 def clean_name(name: str) -> str:

@@ -216,12 +216,25 @@ class RunOutput:
             )
 
     # ------------------------------------------------------------------ the overhead budget
-    def retime(self, log_every: int, hist_every: int) -> None:
-        """Take the run's intervals, chosen once its length is known (before the first step)."""
+    def retime(self, log_every: int, hist_every: int, log_widest: int) -> None:
+        """Take the run's intervals, chosen once its length is known (before the first step).
+
+        ``log_every`` is closer than the Trainer's ``log_widest``; under a budget it may be widened again.
+        """
         self.schedule = {"log_every_n_steps": log_every, "histogram_every_n_steps": hist_every}
         self.env_hist_every = hist_every
         if self.budget is not None:
-            self.budget.retime(hist_every)
+            self.budget.retime(hist_every, log_every, log_widest)
+
+    def log_every(self, engine: StepEngine) -> int:
+        """The scalar interval in force for this engine: the budget's, when the run length chose it, unless sharded.
+
+        Sharded (FSDP) statistics of log steps are collectives, so there every rank keeps the interval chosen.
+        """
+        budget = self.budget
+        if budget is None or not budget.log_asked or (engine.collector is not None and engine.collector.sharded):
+            return self.schedule["log_every_n_steps"]
+        return budget.log_every
 
     def histogram_every(self, engine: StepEngine) -> int:
         """The histogram interval in force for this engine: the budget's, unless its statistics are collectives.
@@ -236,12 +249,12 @@ class RunOutput:
             return self.env_hist_every
         return self.budget.histogram_every
 
-    def step_timed(self, started: float, seconds: float, histograms: bool) -> None:
+    def step_timed(self, started: float, seconds: float, histograms: bool, log: bool = False) -> None:
         """Take GradWatch's time for one optimizer-step hook; now and then revise the spacing, and say so once."""
         budget = self.budget
         if budget is None:
             return
-        budget.step_done(started, seconds, histograms)
+        budget.step_done(started, seconds, histograms, log)
         self._timed_steps += 1
         if self._timed_steps % _BUDGET_EVERY and not histograms:
             return
@@ -321,6 +334,8 @@ def budget_message(budget: OverheadBudget) -> str:
     """What the budget thinned, in one sentence."""
     b = budget.to_dict()
     parts = []
+    if budget.log_every > budget.log_asked:
+        parts.append(f"scalars every {budget.log_every} steps instead of {budget.log_asked}")
     if budget.histogram_every > budget.asked:
         parts.append(f"histograms every {budget.histogram_every} steps instead of {budget.asked}")
     if budget.pictures and budget.pictures_every > budget.asked:

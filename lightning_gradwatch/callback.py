@@ -345,23 +345,24 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if fit is None:
             return
         started = time.perf_counter()
-        histograms = False
+        kind = (False, False)
         try:
-            histograms = self._step(fit, trainer, pl_module, optimizer)
+            kind = self._step(fit, trainer, pl_module, optimizer)
         finally:  # GradWatch's own time, for the overhead budget
-            fit.output.step_timed(started, time.perf_counter() - started, histograms)
+            fit.output.step_timed(started, time.perf_counter() - started, *kind)
 
-    def _step(self, fit: _Fit, trainer: Any, pl_module: Any, optimizer: Any) -> bool:
-        """Measure, judge, write and act on one optimizer step; returns whether it was a histogram step."""
+    def _step(self, fit: _Fit, trainer: Any, pl_module: Any, optimizer: Any) -> tuple[bool, bool]:
+        """Measure, judge, write and act on one optimizer step; returns whether it was a histogram and a log step."""
         fit.output.write_drawn()
         index, count = optimizer_index(trainer, optimizer)
         engine = self._engine(fit, index, count, optimizer, pl_module)
         engine.hist_every = fit.output.histogram_every(engine)
+        engine.log_every = fit.output.log_every(engine)
         decision = engine.decide(int(trainer.global_step), fit.loss, count > 1, fit.output.writes)
         if decision.stats is None:
             fit.output.no_gradients(index, decision.step)
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
-            return decision.histograms
+            return decision.histograms, decision.log
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision)
         flags = reduce_flags(trainer, fit.env, decision.flags)
@@ -370,7 +371,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if flags.fail:
             fit.output.finish("failed", error=failure_of(decision).message.splitlines()[0])
         act(decision, flags, optimizer, engine, trainer)
-        return decision.histograms
+        return decision.histograms, decision.log
 
     def _engine(self, fit: _Fit, index: int, count: int, optimizer: Any, pl_module: Any) -> StepEngine:
         """This optimizer's engine, watching the optimizer's current parameters under their cleaned names."""
@@ -393,7 +394,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         env = run_cadence(fit.env, trainer, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
         if env is not fit.env:
             fit.env = env
-            fit.output.retime(env.log_every, env.hist_every)
+            fit.output.retime(env.log_every, env.hist_every, env.log_widest)
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:

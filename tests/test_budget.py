@@ -87,7 +87,7 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
     budget = _report(trainer)["budget"]
     assert budget["overhead_budget"] == 0.05
     assert budget["thinned"] is True
-    assert budget["asked"] == {"histogram_every_n_steps": 4, "pictures_every_n_steps": 4}
+    assert budget["asked"] == {"log_every_n_steps": None, "histogram_every_n_steps": 4, "pictures_every_n_steps": 4}
     assert budget["histogram_every_n_steps"] == 4
     assert budget["pictures_every_n_steps"] >= 32
     assert budget["pictures_every_n_steps"] % 4 == 0
@@ -171,15 +171,43 @@ def test_all_defaults_short_run_gets_a_point_every_step_and_its_first_pictures(t
     assert report["schedule"] == {"log_every_n_steps": 1, "histogram_every_n_steps": 4}
 
 
+def test_budget_spreads_out_slow_scalars_the_run_length_chose_but_keeps_enough_points(tmp_path, monkeypatch):
+    """A 208-step run charts every 2 steps by default; scalars that cost 20 ms each are spread out to every 8 (the
+    25 points such a run keeps whatever the budget), and said so; an explicit interval is never spread."""
+    step_scalars = output.step_scalars
+
+    def slow(stats, suffix=""):
+        time.sleep(0.02)
+        return step_scalars(stats, suffix=suffix)
+
+    monkeypatch.setattr(output, "step_scalars", slow)
+    trainer, ours, messages = _fit(tmp_path / "chosen", GradWatch(images=False, histogram_every_n_steps=0), 13)
+    report = _report(trainer)
+    assert report["schedule"]["log_every_n_steps"] == 2
+    assert report["budget"]["log_every_n_steps"] == 8
+    steps = sorted(scalars(events(trainer.logger.log_dir), "gradwatch/total_norm"))
+    assert steps[:2] == [0, 2]
+    assert steps[-1] - steps[-2] == 8
+    assert all(step % 2 == 0 for step in steps)
+    assert len(steps) >= 25
+    assert any("scalars every 8 steps instead of 2" in m for m in messages)
+    assert ours == []
+
+    trainer, _, _ = _fit(tmp_path / "explicit", GradWatch(images=False, log_every_n_steps=2), 2)
+    assert sorted(scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")) == list(range(0, 32, 2))
+    assert _report(trainer)["budget"]["log_every_n_steps"] is None
+
+
 @pytest.mark.parametrize(
     ("max_steps", "trainer_every", "watch_every", "expected"),
     [
-        (20_000, 50, None, (50, 200)),  # a long run keeps the Trainer's interval
-        (1_000, 50, None, (10, 40)),  # 100 points
-        (145, 50, None, (1, 4)),  # every step
-        (1_000, 5, None, (5, 20)),  # a Trainer interval other than Lightning's default is kept
-        (20, 50, None, (1, 4)),  # never below every step
-        (145, 50, 25, (25, 100)),  # an explicit interval is kept
+        (20_000, 50, None, (50, 200, 0)),  # a long run keeps the Trainer's interval
+        (1_000, 50, None, (10, 40, 40)),  # 100 points; a budget may spread them to 25
+        (145, 50, None, (1, 4, 5)),  # every step; at least 29 points under a budget
+        (1_000, 5, None, (5, 20, 0)),  # a Trainer interval other than Lightning's default is kept
+        (20, 50, None, (1, 4, 1)),  # never below every step
+        (3_000, 50, None, (30, 120, 50)),  # never spread past the Trainer's interval
+        (145, 50, 25, (25, 100, 0)),  # an explicit interval is kept
     ],
 )
 def test_scalar_interval_follows_the_run_length(max_steps, trainer_every, watch_every, expected):
@@ -188,7 +216,7 @@ def test_scalar_interval_follows_the_run_length(max_steps, trainer_every, watch_
     trainer = pl.Trainer(max_steps=max_steps, max_epochs=-1, log_every_n_steps=trainer_every, logger=False)
     env = Environment(log_every=watch_every or trainer_every, hist_every=4 * (watch_every or trainer_every))
     chosen = run_cadence(env, trainer, watch_every, None)
-    assert (chosen.log_every, chosen.hist_every) == expected
+    assert (chosen.log_every, chosen.hist_every, chosen.log_widest) == expected
 
 
 def test_scalar_interval_of_a_run_of_unknown_length_is_the_trainers():
