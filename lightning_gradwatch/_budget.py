@@ -6,8 +6,9 @@ and the gradient-flow pictures (drawn on a worker thread, which on a small machi
 same cores). :class:`OverheadBudget` keeps the observed step time (the median time between consecutive
 optimizer-step hooks, GradWatch's own work included), the average hook time of ordinary steps, the extra hook time of
 a histogram step and the time to draw and write one set of pictures; from these it chooses the closest spacing of
-histograms and pictures that keeps GradWatch's amortized cost within ``fraction`` of the step time (and costs under
-:data:`FLOOR_SECONDS` a step within any budget). It only ever widens what was asked for: histograms stay on the grid
+histograms and pictures that keeps GradWatch's amortized cost within ``fraction`` of the step time (and hook costs
+under :data:`FLOOR_SECONDS` a step within any budget; pictures, whose seconds of drawing are measured, get no such
+floor). It only ever widens what was asked for: histograms stay on the grid
 of the asked interval (an explicit ``histogram_every_n_steps`` is never changed), and pictures are drawn at histogram
 steps.
 
@@ -38,7 +39,7 @@ _HOOK_WINDOW = 256  # hook times of ordinary steps kept (log steps among them) f
 _HISTOGRAM_WINDOW = 16  # hook times of histogram steps kept: their median is robust to one slow step
 _SMOOTHING = 0.2  # weight of a new observation in the running averages
 _MAX_EVERY = 10**9
-#: GradWatch may always take this much per step: on steps of a few milliseconds a budget of a few percent is
+#: GradWatch's hook may always take this much per step: on steps of a few milliseconds a budget of a few percent is
 #: tens of microseconds, less than timing noise, and would thin out a toy run's charts for nothing
 FLOOR_SECONDS = 0.002
 
@@ -183,7 +184,10 @@ class OverheadBudget:
         self.histogram_every = histogram_every
         if pictures:
             assert self._picture.value is not None
-            picture_room = max(room - extra / histogram_every, room / 4)
+            # pictures cost seconds of matplotlib, measured, not hook times at the edge of timing noise: no floor
+            strict = self.fraction * step
+            picture_total = max(strict - self._per_step(), strict / 4) if strict < allowed else room
+            picture_room = max(picture_total - extra / histogram_every, picture_total / 4)
             self.pictures_every = histogram_every * _ceil(self._picture.value / picture_room / histogram_every)
         else:
             self.pictures_every = histogram_every

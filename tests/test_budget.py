@@ -271,3 +271,9 @@ def test_budget_spacing_rules_without_a_trainer():
     assert FLOOR_SECONDS == 0.002
     assert not tiny.histograms_break_budget
     assert not tiny.thinned
+    # but pictures are held to the budget itself: 0.17 s pictures on 2 ms steps cost at most 3% of them
+    toy = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=True), step_seconds=0.002, hook=0.0003)
+    toy.picture_done(0.17)
+    toy.update()
+    assert toy.histogram_every == 4  # the histograms' hook time is within the floor
+    assert 0.17 / toy.pictures_every <= 0.03 * 0.002
