@@ -331,21 +331,31 @@ class RunOutput:
 
 
 def budget_message(budget: OverheadBudget) -> str:
-    """What the budget thinned, in one sentence."""
+    """What the budget thinned, in one sentence.
+
+    Example:
+        >>> budget = OverheadBudget(0.03, histogram_every=4, explicit=False, pictures=True)
+        >>> budget.histogram_every = budget.pictures_every = 8
+        >>> budget_message(budget).split(" (steps")[0]
+        'to stay within overhead_budget=0.03 of the training time'
+        >>> budget_message(budget).split("it writes ")[1].split(".")[0]
+        'histograms and their pictures every 8 steps instead of 4'
+    """
     b = budget.to_dict()
     parts = []
     if budget.log_every > budget.log_asked:
         parts.append(f"scalars every {budget.log_every} steps instead of {budget.log_asked}")
+    own_pictures = budget.pictures and budget.pictures_every > budget.histogram_every
     if budget.histogram_every > budget.asked:
-        parts.append(f"histograms every {budget.histogram_every} steps instead of {budget.asked}")
-    if budget.pictures and budget.pictures_every > budget.asked:
-        parts.append(
-            f"gradient-flow pictures every {budget.pictures_every} steps instead of {budget.asked}"
-            f" (about {b['picture_seconds']} s each to draw)"
-        )
+        what = "histograms" if own_pictures or not budget.pictures else "histograms and their pictures"
+        parts.append(f"{what} every {budget.histogram_every} steps instead of {budget.asked}")
+    if own_pictures:
+        drawing = f" (about {b['picture_seconds']} s each to draw)" if b["picture_seconds"] is not None else ""
+        parts.append(f"gradient-flow pictures every {budget.pictures_every} steps instead of {budget.asked}{drawing}")
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     return (
         f"to stay within overhead_budget={budget.fraction} of the training time (steps of about {b['step_seconds']}"
-        f" s), it writes {' and '.join(parts)}. gradwatch.json records the spacing under `budget`;"
+        f" s), it writes {listed}. gradwatch.json records the spacing under `budget`;"
         " `overhead_budget=None` turns the budget off."
     )
 
