@@ -107,8 +107,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             works when you step through the optimizers Lightning gives you (``self.optimizers()``).
         log_every_n_steps: write scalars every this many optimizer steps (at steps 0, n, 2n, ...).
             ``None``: the Trainer's ``log_every_n_steps``; when that is Lightning's default (50), closer on a run
-            too short to get 100 points from it (a 145-step run: every step). ``gradwatch.json`` records the
-            intervals in force under ``schedule``.
+            too short to get 100 points from it (a 145-step run: every step), which the overhead budget may spread
+            out again. ``gradwatch.json`` records the intervals chosen under ``schedule``.
         histogram_every_n_steps: write histograms every this many optimizer steps. ``None``: four times the
             scalar interval; ``0``: no histograms.
         granularity: ``"module"`` (one layer per module that owns parameters) or ``"parameter"``.
@@ -156,8 +156,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             or ``None`` for no budget. GradWatch times its own work (its hook on the training thread; drawing and
             writing each set of pictures) against the step time it observes (the median time between consecutive
             optimizer steps), and spaces out histograms and pictures to stay within it: histograms to a multiple of
-            their interval, pictures to a multiple of that. Measuring and detection at every step, and the scalars
-            at every ``log_every_n_steps``, are never thinned; neither is an explicit ``histogram_every_n_steps``
+            their interval, pictures to a multiple of that; a scalar interval chosen from the run length (see
+            ``log_every_n_steps``) may be spread out too, never past 50 steps nor below 25 points a run. Measuring
+            and detection at every step, and scalars at a ``log_every_n_steps`` given to GradWatch or the Trainer,
+            are never thinned; neither is an explicit ``histogram_every_n_steps``
             (a warning says when it alone breaks the budget). The first histogram step always gets its histograms
             and pictures; while a picture is being drawn, no other is started; the last histogram step's pictures,
             when left out, are drawn at the end of the fit. ``gradwatch.json`` records what was
