@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_gradwatch.demos import blobs
+from lightning_gradwatch.demos import blobs, quadrants, small_cnn
 
 # ---------------------------------------------------------------------------------------------------------- data
 
@@ -55,17 +55,6 @@ def regression(seed: int = 0, n: int = 8192, features: int = 16) -> TensorDatase
     return TensorDataset(x, y)
 
 
-def quadrants(seed: int = 0, n: int = 2048) -> TensorDataset:
-    """16x16 images whose class is the bright quadrant."""
-    g = _gen(seed)
-    y = torch.randint(4, (n,), generator=g)
-    x = 0.5 * torch.randn(n, 1, 16, 16, generator=g)
-    for quadrant in range(4):
-        r, c = divmod(quadrant, 2)
-        x[y == quadrant, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] += 1.0
-    return TensorDataset(x, y)
-
-
 def tokens(seed: int = 0, n: int = 1024, vocab: int = 64, seq_len: int = 32) -> TensorDataset:
     """A synthetic language: arithmetic progressions modulo ``vocab`` (each token predicts the next)."""
     g = _gen(seed)
@@ -88,7 +77,7 @@ DATA: dict[str, Callable[[int], TensorDataset]] = {
     "blobs": lambda seed: blobs(seed=seed),  # the demos' Gaussian clusters
     "digits": digits,
     "regression": regression,
-    "quadrants": quadrants,
+    "quadrants": lambda seed: quadrants(seed=seed),  # the demos' bright-quadrant images
     "tokens": tokens,
     "memory": memory,
 }
@@ -130,22 +119,6 @@ class ResidualMLP(nn.Module):
         for block in self.blocks:
             h = h + block(h)
         return self.head(h)
-
-
-def cnn() -> nn.Module:
-    """Two conv blocks with BatchNorm on 16x16 single-channel images, 4 classes."""
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64, 4),
-    )
 
 
 class TransformerLM(nn.Module):
@@ -384,7 +357,7 @@ BANK: list[Scenario] = [
     Scenario("digits MLP tanh, SGD lr 50", "step0", C, "exploding",
              lambda: B(lambda: mlp("digits", "tanh"), "digits", "sgd", 50.0), 60),
     Scenario("CNN, SGD+momentum lr 5", "step0", H, "exploding",
-             lambda: B(cnn, "quadrants", "momentum", 5.0, batch_size=32, seed=2), 60),
+             lambda: B(small_cnn, "quadrants", "momentum", 5.0, batch_size=32, seed=2), 60),
     Scenario("residual MLP, SGD lr 5", "step0", C, "exploding",
              lambda: B(lambda: ResidualMLP("blobs"), "blobs", "sgd", 5.0, seed=3), 60),
     Scenario("regression MLP, SGD lr 2", "step0", H, "exploding",
@@ -399,7 +372,7 @@ BANK: list[Scenario] = [
     Scenario("blobs MLP ReLU, Adam lr 0.1", "adam", H, "exploding",
              lambda: B(lambda: mlp("blobs", depth=5), "blobs", "adam", 0.1), 150),
     Scenario("CNN, AdamW lr 0.3, cosine", "adam", C, "exploding",
-             lambda: B(cnn, "quadrants", "adamw", 0.3, ("cosine", 400), batch_size=32, seed=1), 150),
+             lambda: B(small_cnn, "quadrants", "adamw", 0.3, ("cosine", 400), batch_size=32, seed=1), 150),
     Scenario("LSTM LM, Adam lr 0.5", "adam", H, "exploding",
              lambda: B(lambda: RecurrentLM("lstm"), "tokens", "adam", 0.5, batch_size=16, seed=3), 150),
     Scenario("residual MLP, AdamW lr 0.3, warm-up 20", "adam", C, "exploding",
@@ -422,7 +395,7 @@ BANK: list[Scenario] = [
     Scenario("transformer 2x64, AdamW lr x1.05/step", "ramp", H, "exploding",
              lambda: B(_t(2, 64), "tokens", "adamw", 1e-4, ("ramp", 1.05), batch_size=16, seed=3), 200),
     Scenario("CNN, SGD lr x1.03/step", "ramp", C, "exploding",
-             lambda: B(cnn, "quadrants", "sgd", 0.01, ("ramp", 1.03), batch_size=32, seed=4), 300),
+             lambda: B(small_cnn, "quadrants", "sgd", 0.01, ("ramp", 1.03), batch_size=32, seed=4), 300),
     Scenario("blobs MLP ReLU, SGD+momentum warm-up 100 to lr 5", "ramp", H, "exploding",
              lambda: B(lambda: mlp("blobs"), "blobs", "momentum", 5.0, ("warmup", 100), seed=5), 130),
     Scenario("transformer 2x64, AdamW warm-up 40 to lr 0.05, cosine", "ramp", C, "exploding",
@@ -473,7 +446,7 @@ BANK: list[Scenario] = [
     Scenario("ReLU+BN MLP, 11 layers, SGD+momentum", "classifier", C, "silent",
              lambda: B(lambda: mlp("blobs", depth=11, width=64, batchnorm=True), "blobs", "momentum", 0.1), 400,),
     Scenario("CNN, Adam", "classifier", H, "silent",
-             lambda: B(cnn, "quadrants", "adam", 1e-3, batch_size=32), 400),
+             lambda: B(small_cnn, "quadrants", "adam", 1e-3, batch_size=32), 400),
     Scenario("digits MLP ReLU, SGD lr 0.1", "classifier", C, "silent",
              lambda: B(lambda: mlp("digits"), "digits", "sgd", 0.1, batch_size=32, seed=1), 500),
     Scenario("digits MLP tanh, SGD+momentum lr 0.05", "classifier", H, "silent",
@@ -485,7 +458,7 @@ BANK: list[Scenario] = [
     Scenario("LSTM classifier, Adam", "classifier", C, "silent",
              lambda: B(lambda: RecurrentClassifier("lstm"), "memory", "adam", 3e-3, batch_size=32, seed=5), 250),
     Scenario("CNN, SGD+momentum, cosine", "classifier", H, "silent",
-             lambda: B(cnn, "quadrants", "momentum", 0.05, ("cosine", 400), batch_size=32, seed=6), 400),
+             lambda: B(small_cnn, "quadrants", "momentum", 0.05, ("cosine", 400), batch_size=32, seed=6), 400),
     # ---- healthy: Adam take-off, learning-rate warm-up
     Scenario("deep ReLU MLP, Adam take-off", "takeoff", C, "silent",
              lambda: B(lambda: mlp("blobs", depth=11, width=64), "blobs", "adam", 1e-3), 300),
@@ -524,7 +497,7 @@ BANK: list[Scenario] = [
              lambda: B(lambda: mlp("digits"), "digits", "adamw", 1e-4, batch_size=32, pretrain_steps=400, seed=4),
              300),
     Scenario("fine-tuning a trained CNN, SGD+momentum 0.01", "misc", H, "silent",
-             lambda: B(cnn, "quadrants", "momentum", 0.01, batch_size=32, pretrain_steps=300, seed=5), 300),
+             lambda: B(small_cnn, "quadrants", "momentum", 0.01, batch_size=32, pretrain_steps=300, seed=5), 300),
     Scenario("batch 1, digits MLP, SGD lr 0.01", "misc", C, "silent",
              lambda: B(lambda: mlp("digits"), "digits", "sgd", 0.01, batch_size=1, seed=6), 500),
     Scenario("fine-tuning a trained transformer 2x64, Adam 1e-4", "misc", H, "silent",

@@ -29,7 +29,16 @@ except ImportError:  # pragma: no cover - the other flavour
     from pytorch_lightning import LightningModule  # type: ignore[no-redef]
 
 
-__all__ = ["DeepMLP", "Divergence", "SequenceMemory", "SmallCNN", "TinyTransformerLM", "blobs"]
+__all__ = [
+    "DeepMLP",
+    "Divergence",
+    "SequenceMemory",
+    "SmallCNN",
+    "TinyTransformerLM",
+    "blobs",
+    "quadrants",
+    "small_cnn",
+]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -42,6 +51,33 @@ def blobs(n: int = 4096, features: int = 32, classes: int = 4, seed: int = 0) ->
     centres = 2.0 * torch.randn(classes, features, generator=g)
     y = torch.randint(classes, (n,), generator=g)
     return TensorDataset(centres[y] + torch.randn(n, features, generator=g), y)
+
+
+def quadrants(n: int = 2048, seed: int = 0) -> TensorDataset:
+    """16x16 single-channel images whose class (of 4) is the bright quadrant."""
+    g = _generator(seed)
+    y = torch.randint(4, (n,), generator=g)
+    x = 0.5 * torch.randn(n, 1, 16, 16, generator=g)
+    for quadrant in range(4):
+        r, c = divmod(quadrant, 2)
+        x[y == quadrant, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] += 1.0
+    return TensorDataset(x, y)
+
+
+def small_cnn() -> nn.Sequential:
+    """Two conv blocks with BatchNorm for :func:`quadrants`' 16x16 images, 4 classes."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 4),
+    )
 
 
 class _Demo(LightningModule):
@@ -148,28 +184,11 @@ class SmallCNN(_Demo):
 
     def __init__(self, lr: float = 1e-3, optimizer: str = "adam", batch_size: int = 32, **kwargs: Any) -> None:
         super().__init__(lr, optimizer, batch_size, kwargs.pop("nan_at_step", None), kwargs.pop("seed", 0))
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(),
-            nn.Linear(64, 4),
-        )
+        self.net = small_cnn()
 
     @override
     def dataset(self) -> TensorDataset:
-        g = _generator(self.seed)
-        y = torch.randint(4, (2048,), generator=g)
-        x = 0.5 * torch.randn(2048, 1, 16, 16, generator=g)
-        for quadrant in range(4):
-            r, c = divmod(quadrant, 2)
-            x[y == quadrant, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] += 1.0
-        return TensorDataset(x, y)
+        return quadrants(seed=self.seed)
 
     @override
     def loss(self, batch: Any) -> Tensor:
