@@ -72,7 +72,6 @@ class RunOutput:
         log_name: str = "lightning_gradwatch",
     ) -> None:
         self.is_global_zero = env.is_global_zero
-        self.env_hist_every = env.hist_every
         self.schedule = {"log_every_n_steps": env.log_every, "histogram_every_n_steps": env.hist_every}
         self.log_dir = os.path.join(env.log_dir, namespace) if env.log_dir is not None and namespace else env.log_dir
         self.writers = Writers(loggers, namespace) if env.is_global_zero else None
@@ -222,7 +221,6 @@ class RunOutput:
         ``log_every`` is closer than the Trainer's ``log_widest``; under a budget it may be widened again.
         """
         self.schedule = {"log_every_n_steps": log_every, "histogram_every_n_steps": hist_every}
-        self.env_hist_every = hist_every
         if self.budget is not None:
             self.budget.retime(hist_every, log_every, log_widest)
 
@@ -243,10 +241,10 @@ class RunOutput:
         only rank 0 times itself, so there the asked interval stays.
         """
         if self.budget is None:
-            return self.env_hist_every
+            return self.schedule["histogram_every_n_steps"]
         if engine.collector is not None and engine.collector.sharded:
             self.budget.explicit = True  # kept as asked, and only the pictures are spaced out
-            return self.env_hist_every
+            return self.schedule["histogram_every_n_steps"]
         return self.budget.histogram_every
 
     def step_timed(self, started: float, seconds: float, histograms: bool, log: bool = False) -> None:
