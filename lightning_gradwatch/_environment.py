@@ -39,6 +39,13 @@ __all__ = [
 
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
+#: a run of known length gets at least this many scalar points when the scalar interval is left to GradWatch
+MIN_POINTS = 100
+#: however tight the overhead budget, such a run keeps at least this many scalar points
+MIN_POINTS_UNDER_BUDGET = 25
+#: the Trainer's ``log_every_n_steps`` when none is given: taken as "not chosen", and shortened on short runs
+LIGHTNING_LOG_EVERY = 50
+
 
 @dataclass(frozen=True)
 class Environment:
@@ -71,26 +78,19 @@ def probe(
     trainer: Any, pl_module: Any, log_every_n_steps: int | None, histogram_every_n_steps: int | None
 ) -> Environment:
     """Read the environment of a fit from its Trainer (every rank calls this: the log directory may broadcast)."""
-    log_every = log_every_n_steps or max(int(getattr(trainer, "log_every_n_steps", 50) or 50), 1)
+    trainer_every = int(getattr(trainer, "log_every_n_steps", LIGHTNING_LOG_EVERY) or LIGHTNING_LOG_EVERY)
+    log_every = log_every_n_steps or max(trainer_every, 1)
     scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
     return Environment(
         is_global_zero=bool(trainer.is_global_zero),
         world_size=int(trainer.world_size),
         log_every=log_every,
-        hist_every=4 * log_every if histogram_every_n_steps is None else histogram_every_n_steps,
+        hist_every=_histogram_interval(log_every, histogram_every_n_steps),
         log_dir=_log_dir(trainer),
         plain_group=_plain_shard_group(trainer),
         scaler=scaler if scaler is not None and _scaler_enabled(scaler) else None,
         traits=ModelTraits.from_module(pl_module),
     )
-
-
-#: a run of known length gets at least this many scalar points when the scalar interval is left to GradWatch
-MIN_POINTS = 100
-#: however tight the overhead budget, such a run keeps at least this many scalar points
-MIN_POINTS_UNDER_BUDGET = 25
-#: the Trainer's ``log_every_n_steps`` when none is given: taken as "not chosen", and shortened on short runs
-LIGHTNING_LOG_EVERY = 50
 
 
 def run_cadence(
@@ -117,9 +117,14 @@ def run_cadence(
     log_every = max(1, min(env.log_every, int(total // MIN_POINTS)))
     if log_every == env.log_every:
         return env
-    hist_every = 4 * log_every if histogram_every_n_steps is None else env.hist_every
+    hist_every = _histogram_interval(log_every, histogram_every_n_steps)
     widest = max(log_every, min(env.log_every, int(total // MIN_POINTS_UNDER_BUDGET)))
     return replace(env, log_every=log_every, hist_every=hist_every, log_widest=widest)
+
+
+def _histogram_interval(log_every: int, histogram_every_n_steps: int | None) -> int:
+    """The histogram interval: as given, else four times the scalar interval."""
+    return 4 * log_every if histogram_every_n_steps is None else histogram_every_n_steps
 
 
 def clean_name(name: str) -> str:
