@@ -92,6 +92,8 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
     assert budget["pictures_every_n_steps"] >= 32
     assert budget["pictures_every_n_steps"] % 4 == 0
     assert budget["picture_seconds"] >= 0.1
+    # held to the budget itself (no 2 ms floor for pictures): per step they cost at most 5% of a step
+    assert budget["picture_seconds"] / budget["pictures_every_n_steps"] <= 0.05 * budget["step_seconds"]
     assert budget["pictures_left_out"] == 16 - len(pictures)
     assert len(messages) == 1, messages
     assert "gradient-flow pictures every" in messages[0]
