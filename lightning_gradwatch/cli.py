@@ -1,15 +1,16 @@
 """The ``gradwatch`` command: check runs for gradient alerts (for CI), or print a per-layer health report.
 
-Exit codes of ``gradwatch check``:
+Exit codes of ``gradwatch check`` (each run's verdict, and how they combine: :mod:`lightning_gradwatch.verdicts`):
 
 - 0: every run finished, with no alert of a ``--fail-on`` kind;
 - 1: an alert of a ``--fail-on`` kind was found (this wins over 3);
-- 2: bad usage or unreadable input (a missing path, a corrupt ``gradwatch.json`` or event file, an unwritable
-  ``$GITHUB_STEP_SUMMARY``), with a one-line reason naming the file on stderr;
+- 2: a run could not be read (a corrupt or truncated ``gradwatch.json`` or event file: that run's verdict is
+  ``unreadable``, the other runs' verdicts are printed too; this wins over 1 and 3), or bad usage (a missing path,
+  an unwritable ``$GITHUB_STEP_SUMMARY``: one line on stderr, nothing on stdout);
 - 3: no such alert, but a run did not finish: killed (no ``gradwatch.json``, or one still saying ``"running"``),
   interrupted (Ctrl+C, SIGTERM) or failed (an exception). ``--allow-unfinished`` turns this into 0.
 
-Each run gets a verdict: ``healthy``, ``alerts``, ``unfinished``, ``interrupted`` or ``failed``.
+Each run gets a verdict: ``healthy``, ``alerts``, ``unfinished``, ``interrupted``, ``failed`` or ``unreadable``.
 """
 
 from __future__ import annotations
@@ -25,19 +26,20 @@ from typing import Any, TextIO
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch.alerts import ALERT_KINDS
-from lightning_gradwatch.runs import RunReadError, RunRecord, find_runs, load_run
+from lightning_gradwatch.runs import RunReadError, RunRecord, read_runs
+from lightning_gradwatch.verdicts import (
+    EXIT_ERROR,
+    EXIT_OK,
+    UNFINISHED_VERDICTS,
+    Gate,
+    fails_gate,
+    first_line,
+    gate,
+    reason,
+    verdict,
+)
 
 __all__ = ["main"]
-
-EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
-#: Verdicts of runs that did not finish, by ``status`` (``None``: no ``gradwatch.json``).
-UNFINISHED_VERDICTS = ("unfinished", "interrupted", "failed")
-_ERROR_WIDTH = 160
-_WHY = {
-    "unfinished": "training did not finish (killed, or still running)",
-    "interrupted": "training was interrupted (Ctrl+C or SIGTERM)",
-    "failed": "training ended with an exception",
-}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = io.StringIO()
     try:
-        runs = _load(args.paths)
+        runs = read_runs(args.paths)
         if args.command == "check":
             code = _check(runs, set(args.fail_on), args.format, out, allow_unfinished=args.allow_unfinished)
         else:
@@ -116,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunReadError, _UsageError) as err:
         print(f"gradwatch: error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    for run in runs:  # each on stdout with the other runs' verdicts; on stderr too, as an error
+        if run.unreadable is not None:
+            print(f"gradwatch: error: {run.unreadable}", file=sys.stderr)
     try:
         sys.stdout.write(out.getvalue())
         sys.stdout.flush()
@@ -127,69 +132,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _load(paths: list[str]) -> list[RunRecord]:
-    runs = [run for run in (load_run(d) for d in find_runs(paths)) if run is not None]
-    if not runs:
-        raise RunReadError(f"no GradWatch run (gradwatch.json or GradWatch event files) under {', '.join(paths)}")
-    return runs
-
-
 # ---------------------------------------------------------------------- check
-def _failing(run: RunRecord, fail_on: set[str]) -> list[dict[str, Any]]:
-    return [a for a in run.alerts if a["kind"] in fail_on]
-
-
-def verdict(run: RunRecord, fail_on: set[str]) -> str:
-    """A run's verdict: ``alerts`` (of a ``fail_on`` kind), else ``healthy`` when it finished, else why not.
-
-    Example:
-        >>> from pathlib import Path
-        >>> verdict(RunRecord(Path("run"), "json", status="finished"), {"nonfinite"})
-        'healthy'
-        >>> verdict(RunRecord(Path("run"), "events"), {"nonfinite"})  # no gradwatch.json: killed, or still running
-        'unfinished'
-    """
-    if _failing(run, fail_on):
-        return "alerts"
-    if run.finished:
-        return "healthy"
-    if run.status in ("interrupted", "failed"):
-        return run.status
-    return "unfinished"
-
-
-def _gate(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool) -> tuple[int, dict[str, int]]:
-    verdicts = [verdict(run, fail_on) for run in runs]
-    counts = {v: verdicts.count(v) for v in ("healthy", "alerts", *UNFINISHED_VERDICTS)}
-    if counts["alerts"]:
-        return EXIT_ALERT, counts
-    if not allow_unfinished and any(counts[v] for v in UNFINISHED_VERDICTS):
-        return EXIT_UNFINISHED, counts
-    return EXIT_OK, counts
-
-
-def _fails_gate(run_verdict: str, allow_unfinished: bool) -> bool:
-    return run_verdict == "alerts" or (run_verdict in UNFINISHED_VERDICTS and not allow_unfinished)
-
-
 def _check(runs: list[RunRecord], fail_on: set[str], fmt: str, out: TextIO, *, allow_unfinished: bool = False) -> int:
-    code, counts = _gate(runs, fail_on, allow_unfinished)
+    outcome = gate(runs, fail_on, allow_unfinished)
     if fmt == "json":
         doc = {
-            "result": {EXIT_OK: "pass", EXIT_ALERT: "fail", EXIT_UNFINISHED: "unfinished"}[code],
-            "exit_code": code,
+            "result": outcome.result,
+            "exit_code": outcome.code,
             "fail_on": sorted(fail_on),
             "allow_unfinished": allow_unfinished,
-            "verdicts": counts,
+            "verdicts": outcome.counts,
             "runs": [
                 {
                     "path": str(run.path),
                     "source": run.source,
                     "status": run.status,
                     "verdict": verdict(run, fail_on),
-                    "failing": _fails_gate(verdict(run, fail_on), allow_unfinished),
+                    "failing": fails_gate(verdict(run, fail_on), allow_unfinished),
                     "steps": run.steps,
                     "error": run.error,
+                    "unreadable": run.unreadable,
                     "partial": run.partial,
                     "alerts": [_json_alert(a) for a in run.alerts],
                 }
@@ -204,18 +166,21 @@ def _check(runs: list[RunRecord], fail_on: set[str], fmt: str, out: TextIO, *, a
             out.write(_run_line(run, fail_on) + "\n")
             for alert in run.alerts:
                 flag = "FAIL" if alert["kind"] in fail_on else "note"
-                out.write(f"  [{flag}] {_where(alert)}: {_first_line(alert['message'])}\n")
-        out.write(_gate_line(code, counts, len(runs), fail_on, allow_unfinished) + "\n")
-    return code
+                out.write(f"  [{flag}] {_alert_line(alert)}\n")
+        out.write(_gate_line(outcome, len(runs), fail_on, allow_unfinished) + "\n")
+    return outcome.code
 
 
-def _gate_line(code: int, counts: dict[str, int], n_runs: int, fail_on: set[str], allow_unfinished: bool) -> str:
-    head = {EXIT_OK: "PASS", EXIT_ALERT: "FAIL", EXIT_UNFINISHED: "UNFINISHED"}[code]
+def _gate_line(outcome: Gate, n_runs: int, fail_on: set[str], allow_unfinished: bool) -> str:
+    counts = outcome.counts
+    head = outcome.result.upper()
     line = f"{head}: {counts['alerts']} of {n_runs} run(s) with alerts of kind {', '.join(sorted(fail_on))}"
     unfinished = [f"{counts[v]} {v}" for v in UNFINISHED_VERDICTS if counts[v]]
     if unfinished:
         allowed = " (allowed by --allow-unfinished)" if allow_unfinished else ""
         line += f"; did not finish: {', '.join(unfinished)}{allowed}"
+    if counts["unreadable"]:
+        line += f"; could not be read: {counts['unreadable']}"
     return line
 
 
@@ -224,8 +189,14 @@ def _where(alert: dict[str, Any]) -> str:
     return f"step {alert['step']}" + (f" (optimizer {optimizer})" if optimizer else "")
 
 
+def _alert_line(alert: dict[str, Any]) -> str:
+    return f"{_where(alert)}: {first_line(alert['message'])}"
+
+
 def _run_line(run: RunRecord, fail_on: set[str]) -> str:
     run_verdict = verdict(run, fail_on)
+    if run_verdict == "unreadable":
+        return f"{run.path}: unreadable: {reason(run, run_verdict)}"
     last = run.steps.get("last")
     facts = [f"{len(run.layers)} layers"]
     if isinstance(last, int):
@@ -240,28 +211,11 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
     if run_verdict == "alerts":
         kinds = sorted({a["kind"] for a in run.alerts})
         return f"{run.path}: {len(run.alerts)} alert(s): {', '.join(kinds)}{detail}"
-    return f"{run.path}: {run_verdict}: {_why(run, run_verdict)}{detail}"
-
-
-def _why(run: RunRecord, run_verdict: str) -> str:
-    if run.status is None:
-        return "no gradwatch.json (killed before writing it, or it could not be written, or was not copied)"
-    if run.status == "running":
-        return 'gradwatch.json still says "running" (the process was killed, or is still training)'
-    if run.status not in ("interrupted", "failed"):
-        return f"unknown status {run.status!r} in gradwatch.json"
-    error = _first_line(run.error or "").rstrip(": ")
-    if len(error) > _ERROR_WIDTH:
-        error = error[: _ERROR_WIDTH - 3] + "..."
-    return _WHY[run_verdict] + (f": {error}" if error else "")
+    return f"{run.path}: {run_verdict}: {reason(run, run_verdict)}{detail}"
 
 
 def _json_alert(alert: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in alert.items()}
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def _escape_data(text: str) -> str:
@@ -273,7 +227,7 @@ def _escape_property(text: str) -> str:
 
 
 def _github(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, out: TextIO) -> None:
-    """Workflow commands (one annotation per alert and per unfinished run) and a Markdown job summary.
+    """Workflow commands (one annotation per alert, per unfinished and per unreadable run) and a job summary.
 
     Raises:
         _UsageError: ``$GITHUB_STEP_SUMMARY`` names a file that cannot be appended to (checked before any output).
@@ -282,11 +236,11 @@ def _github(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, ou
     summary = None
     if summary_path:
         try:
-            summary = open(summary_path, "a", encoding="utf-8")  # noqa: SIM115 (closed below, or on error)
+            summary = open(summary_path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
         except OSError as err:
-            reason = err.strerror or type(err).__name__
-            raise _UsageError(f"GITHUB_STEP_SUMMARY={summary_path}: cannot append the job summary ({reason})") from err
-    code, _ = _gate(runs, fail_on, allow_unfinished)
+            why = err.strerror or type(err).__name__
+            raise _UsageError(f"GITHUB_STEP_SUMMARY={summary_path}: cannot append the job summary ({why})") from err
+    outcome = gate(runs, fail_on, allow_unfinished)
     try:
         for run in runs:
             for alert in run.alerts:
@@ -294,11 +248,11 @@ def _github(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, ou
                 title = _escape_property(f"GradWatch {alert['kind']} gradients at {_where(alert)} ({run.path})")
                 out.write(f"::{level} title={title}::{_escape_data(alert['message'].strip())}\n")
             run_verdict = verdict(run, fail_on)
-            if run_verdict in UNFINISHED_VERDICTS:
-                level = "warning" if allow_unfinished else "error"
+            if run_verdict in (*UNFINISHED_VERDICTS, "unreadable"):
+                level = "error" if fails_gate(run_verdict, allow_unfinished) else "warning"
                 title = _escape_property(f"GradWatch run {run_verdict} ({run.path})")
-                out.write(f"::{level} title={title}::{_escape_data(_why(run, run_verdict))}\n")
-        if code == EXIT_OK:
+                out.write(f"::{level} title={title}::{_escape_data(reason(run, run_verdict))}\n")
+        if outcome.code == EXIT_OK:
             kinds = ", ".join(sorted(fail_on))
             out.write(f"::notice title=GradWatch::{len(runs)} run(s) checked, no alerts of kind {kinds}\n")
         if summary is not None:
@@ -310,20 +264,28 @@ def _github(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, ou
             summary.close()
 
 
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _markdown_summary(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool = False) -> str:
-    code, counts = _gate(runs, fail_on, allow_unfinished)
+    outcome = gate(runs, fail_on, allow_unfinished)
     lines = [
         "## GradWatch gradient health",
         "",
-        f"**{_gate_line(code, counts, len(runs), fail_on, allow_unfinished).replace(': ', '**: ', 1)}.",
+        f"**{_gate_line(outcome, len(runs), fail_on, allow_unfinished).replace(': ', '**: ', 1)}.",
         "",
         "| run | verdict | alerts | first alert |",
         "|---|---|---|---|",
     ]
     for run in runs:
+        run_verdict = verdict(run, fail_on)
         first = run.alerts[0] if run.alerts else None
         detail = f"{first['kind']} at {_where(first)}: {', '.join(first['layers'][:4])}" if first else "none"
-        lines.append(f"| `{run.path}` | {verdict(run, fail_on)} | {len(run.alerts)} | {detail} |")
+        if run_verdict == "unreadable":
+            detail = _markdown_cell(reason(run, run_verdict))
+        count = "-" if run_verdict == "unreadable" else str(len(run.alerts))
+        lines.append(f"| `{run.path}` | {run_verdict} | {count} | {detail} |")
     return "\n".join(lines) + "\n\n"
 
 
@@ -356,6 +318,7 @@ def _count(value: float) -> str:
 
 
 def _report(runs: list[RunRecord], fmt: str, out: TextIO) -> int:
+    code = EXIT_ERROR if any(run.unreadable is not None for run in runs) else EXIT_OK
     if fmt == "json":
         doc = [
             {
@@ -363,6 +326,7 @@ def _report(runs: list[RunRecord], fmt: str, out: TextIO) -> int:
                 "source": run.source,
                 "status": run.status,
                 "error": run.error,
+                "unreadable": run.unreadable,
                 "steps": run.steps,
                 "events": run.events,
                 "total_norm": run.total_norm,
@@ -372,12 +336,12 @@ def _report(runs: list[RunRecord], fmt: str, out: TextIO) -> int:
             for run in runs
         ]
         out.write(json.dumps(_finite_or_none(doc), indent=2, default=lambda v: None) + "\n")
-        return EXIT_OK
+        return code
     for i, run in enumerate(runs):
         if i:
             out.write("\n")
-        out.write(render_table(run))
-    return EXIT_OK
+        out.write(render_table(run) if run.unreadable is None else f"{run.path}  (unreadable)\n{run.unreadable}\n")
+    return code
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -418,7 +382,7 @@ def render_table(run: RunRecord) -> str:
 
     parts = [_table_title(run)]
     if run.error:
-        parts.append(f"error: {_first_line(run.error)}")
+        parts.append(f"error: {first_line(run.error)}")
     parts.append(
         "gradient L2 norm, over the steps counted in `steps` (the total: every measured step from gradwatch.json,"
         " logged steps from event files); grad/weight: median gradient-to-weight ratio"

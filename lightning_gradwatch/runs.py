@@ -30,7 +30,7 @@ from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT
 from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.report import REPORT_FILE, read_report
 
-__all__ = ["RunReadError", "RunRecord", "find_runs", "load_run"]
+__all__ = ["RunReadError", "RunRecord", "find_runs", "load_run", "read_runs"]
 
 EVENT_FILE_MARK = "tfevents"
 ALERT_TEXT_TAGS = (ALERTS_TEXT_TAG, ALERTS_TAG)
@@ -51,7 +51,7 @@ class RunRecord:
     with several optimizers) to the same summary of the total norm; ``alerts`` entries hold ``kind``, ``step``,
     ``layers``, ``value``, ``threshold``, ``message`` and ``optimizer``. ``status`` is described in the module's
     docstring; ``error`` is the exception that ended a failed or interrupted run; ``partial`` names an event file
-    that ends in half a record.
+    that ends in half a record; ``unreadable`` says why the run could not be read (its other fields are then empty).
     """
 
     path: Path
@@ -64,6 +64,7 @@ class RunRecord:
     total_norm: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
     partial: str | None = None
+    unreadable: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -103,6 +104,26 @@ def find_runs(paths: list[str]) -> list[Path]:
                 found.append(Path(dirpath))
     unique = list(dict.fromkeys(found))
     return unique
+
+
+def read_runs(paths: list[str]) -> list[RunRecord]:
+    """Every run under ``paths`` (see :func:`find_runs`); a run that cannot be read is one with ``unreadable`` set.
+
+    Raises:
+        RunReadError: a path does not exist or cannot be listed, or no GradWatch run is found under any of them.
+    """
+    runs = []
+    for directory in find_runs(paths):
+        try:
+            run = load_run(directory)
+        except RunReadError as err:
+            source = "json" if (directory / REPORT_FILE).exists() else "events"
+            run = RunRecord(directory, source, unreadable=str(err))
+        if run is not None:
+            runs.append(run)
+    if not runs:
+        raise RunReadError(f"no GradWatch run (gradwatch.json or GradWatch event files) under {', '.join(paths)}")
+    return runs
 
 
 def load_run(directory: Path) -> RunRecord | None:

@@ -123,13 +123,22 @@ def test_check_directory_without_runs_exits_2(tmp_path):
     assert "no GradWatch run" in result.stderr
 
 
+def _unreadable(result: subprocess.CompletedProcess, run: Path, name: str) -> None:
+    """Exit 2; the run's verdict on stdout with the reason; the reason on stderr too, in one line."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{run}: unreadable: " in result.stdout
+    assert name in result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("gradwatch: error: ")
+    assert name in line
+
+
 def test_check_corrupt_report_exits_2(runs, tmp_path):
     run = Path(shutil.copytree(runs["healthy"], tmp_path / "run"))
     (run / "gradwatch.json").write_text('{"format": "gradwatch-report", "layers": [')
     result = gradwatch("check", str(run))
-    assert result.returncode == 2
+    _unreadable(result, run, str(run / "gradwatch.json"))
     assert "is not valid JSON" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
     (run / "gradwatch.json").write_text('{"something": "else"}')
     assert "is not a GradWatch report" in gradwatch("check", str(run)).stderr
 
@@ -145,8 +154,89 @@ def test_check_corrupt_event_file_exits_2(runs, tmp_path, damage):
         data = data[: len(data) - 7]
     event_file.write_bytes(bytes(data))
     result = gradwatch("check", str(run))
-    assert result.returncode == 2
+    _unreadable(result, run, str(event_file))
     assert re.search(r"(corrupt|truncated) event file", result.stderr)
+
+
+# ---------------------------------------------------------------------- every verdict printed
+@pytest.fixture
+def five_runs(runs, tmp_path) -> dict[str, Path]:
+    """3 healthy runs, 1 with a nonfinite alert and 1 whose gradwatch.json was cut short, under one parent."""
+    parent = tmp_path / "runs"
+    found = {f"healthy{i}": _copy(runs["healthy"], parent, f"healthy{i}") for i in range(3)}
+    found["nan"] = _copy(runs["nan"], parent, "nan")
+    found["truncated"] = _copy(runs["healthy"], parent, "truncated")
+    report = found["truncated"] / "gradwatch.json"
+    report.write_bytes(report.read_bytes()[:300])  # a copy interrupted mid-file
+    return {"parent": parent, **found}
+
+
+@pytest.mark.parametrize("allow", [[], ["--allow-unfinished"]])
+def test_check_unreadable_run_is_one_verdict_among_the_others(five_runs, allow):
+    runs, truncated = five_runs, str(five_runs["truncated"] / "gradwatch.json")
+    result = gradwatch("check", str(runs["parent"]), *allow)
+    _unreadable(result, runs["truncated"], truncated)
+    lines = result.stdout.splitlines()
+    for i in range(3):
+        assert f"{runs[f'healthy{i}']}: healthy (3 layers, 16 steps)" in lines
+    assert f"{runs['nan']}: 1 alert(s): nonfinite (3 layers, 16 steps)" in lines
+    assert any(line.startswith("  [FAIL] step 5") for line in lines)
+    assert f"{runs['truncated']}: unreadable: {truncated} is not valid JSON" in result.stdout
+    assert lines[-1].startswith("UNREADABLE: 1 of 5 run(s) with alerts of kind exploding, nonfinite, vanishing")
+    assert lines[-1].endswith("could not be read: 1")
+
+    as_json = gradwatch("check", str(runs["parent"]), "--format", "json", *allow)
+    assert as_json.returncode == 2
+    doc = json.loads(as_json.stdout)
+    assert (doc["result"], doc["exit_code"]) == ("unreadable", 2)
+    assert doc["verdicts"] == {
+        "healthy": 3,
+        "alerts": 1,
+        "unfinished": 0,
+        "interrupted": 0,
+        "failed": 0,
+        "unreadable": 1,
+    }
+    by_path = {Path(r["path"]): r for r in doc["runs"]}
+    assert (by_path[runs["nan"]]["verdict"], by_path[runs["nan"]]["failing"]) == ("alerts", True)
+    broken = by_path[runs["truncated"]]
+    assert (broken["verdict"], broken["failing"]) == ("unreadable", True)
+    assert broken["unreadable"].startswith(f"{truncated} is not valid JSON")
+    assert truncated in as_json.stderr
+
+
+def test_check_github_names_every_run_and_the_unreadable_one(five_runs, tmp_path):
+    summary = tmp_path / "summary.md"
+    result = gradwatch(
+        "check", str(five_runs["parent"]), "--format", "github", env={"GITHUB_STEP_SUMMARY": str(summary)}
+    )
+    assert result.returncode == 2
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"::error title=GradWatch nonfinite gradients at step 5 ({five_runs['nan']})")
+    assert lines[1].startswith(f"::error title=GradWatch run unreadable ({five_runs['truncated']})::")
+    assert "is not valid JSON" in lines[1]
+    text = summary.read_text()
+    assert "**UNREADABLE**: 1 of 5 run(s)" in text
+    assert f"| `{five_runs['nan']}` | alerts | 1 | nonfinite at step 5" in text
+    assert f"| `{five_runs['truncated']}` | unreadable | - | {five_runs['truncated']}/gradwatch.json is not" in text
+    assert text.count("| healthy | 0 | none |") == 3
+
+
+def test_unreadable_wins_over_unfinished(runs, five_runs):
+    result = gradwatch("check", str(five_runs["truncated"]), str(runs["failed"]))
+    assert result.returncode == 2
+    assert f"{runs['failed']}: failed: training ended with an exception" in result.stdout
+
+
+def test_report_prints_the_readable_runs_and_exits_2(five_runs):
+    result = gradwatch("report", str(five_runs["parent"]))
+    assert result.returncode == 2
+    assert result.stdout.count("(gradwatch.json, 16 steps, finished)") == 4
+    assert f"{five_runs['truncated']}  (unreadable)" in result.stdout
+    as_json = gradwatch("report", str(five_runs["parent"]), "--format", "json")
+    assert as_json.returncode == 2
+    docs = json.loads(as_json.stdout)
+    assert [d["unreadable"] is not None for d in docs] == [False, False, False, False, True]
 
 
 def test_check_github_format_and_step_summary(runs, tmp_path):
@@ -245,7 +335,14 @@ def test_check_alerts_win_over_unfinished(runs, tmp_path):
     assert result.returncode == 1
     doc = json.loads(result.stdout)
     assert [r["verdict"] for r in doc["runs"]] == ["alerts", "failed"]
-    assert doc["verdicts"] == {"healthy": 0, "alerts": 1, "unfinished": 0, "interrupted": 0, "failed": 1}
+    assert doc["verdicts"] == {
+        "healthy": 0,
+        "alerts": 1,
+        "unfinished": 0,
+        "interrupted": 0,
+        "failed": 1,
+        "unreadable": 0,
+    }
     # the alert's kind is not gated on: the run that did not finish decides
     assert gradwatch("check", str(nan), "--fail-on", "vanishing").returncode == 3
     assert gradwatch("check", str(nan), "--fail-on", "vanishing", "--allow-unfinished").returncode == 0
@@ -287,14 +384,16 @@ def test_deeply_nested_report_exits_2(runs, tmp_path):
     (run / "gradwatch.json").write_text('{"format": "gradwatch-report", "layers": ' + "[" * depth + "]" * depth + "}")
     for command in ("check", "report"):
         result = gradwatch(command, str(run))
-        _one_line_error(result, str(run / "gradwatch.json"))
+        assert result.returncode == 2
+        assert str(run / "gradwatch.json") in result.stdout
         assert "nested too deeply" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_report_not_utf8_exits_2(runs, tmp_path):
     run = _copy(runs["healthy"], tmp_path)
     (run / "gradwatch.json").write_bytes(b'{"format": "gradwatch-report", "status": "\xff"}')
-    _one_line_error(gradwatch("check", str(run)), str(run / "gradwatch.json"))
+    _unreadable(gradwatch("check", str(run)), run, str(run / "gradwatch.json"))
 
 
 @pytest.mark.parametrize("where", ["missing_directory", "directory"])

@@ -1,0 +1,141 @@
+"""A run's verdict, and the exit code of ``gradwatch check`` that follows from the verdicts of all runs.
+
+| verdict | the run | exit code |
+|---|---|---|
+| ``healthy`` | finished, no alert of a ``fail_on`` kind | 0 |
+| ``alerts`` | an alert of a ``fail_on`` kind, finished or not | 1 |
+| ``unfinished`` | no ``gradwatch.json``, or one still saying ``"running"`` (killed) | 3 |
+| ``interrupted`` | Ctrl+C or SIGTERM ended training | 3 |
+| ``failed`` | an exception ended training | 3 |
+| ``unreadable`` | its ``gradwatch.json`` or an event file is corrupt, truncated or cannot be read | 2 |
+
+The exit code is the most serious verdict's: 2 (an unreadable run: the gate cannot vouch for what it could not read)
+wins over 1, which wins over 3; ``allow_unfinished`` turns 3 into 0.
+
+Example:
+    >>> from pathlib import Path
+    >>> from lightning_gradwatch.runs import RunRecord
+    >>> runs = [RunRecord(Path("a"), "json", status="finished"), RunRecord(Path("b"), "json", unreadable="bad JSON")]
+    >>> [verdict(run, {"nonfinite"}) for run in runs]
+    ['healthy', 'unreadable']
+    >>> gate(runs, {"nonfinite"}).code
+    2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from lightning_gradwatch.runs import RunRecord
+
+__all__ = [
+    "EXIT_ALERT",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_UNFINISHED",
+    "RESULTS",
+    "UNFINISHED_VERDICTS",
+    "VERDICTS",
+    "Gate",
+    "failing_alerts",
+    "fails_gate",
+    "first_line",
+    "gate",
+    "reason",
+    "verdict",
+]
+
+EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
+#: Verdicts of runs that did not finish, by ``status`` (``None``: no ``gradwatch.json``).
+UNFINISHED_VERDICTS = ("unfinished", "interrupted", "failed")
+VERDICTS = ("healthy", "alerts", *UNFINISHED_VERDICTS, "unreadable")
+#: ``gradwatch check --format json``'s ``result`` for each exit code.
+RESULTS = {EXIT_OK: "pass", EXIT_ALERT: "fail", EXIT_ERROR: "unreadable", EXIT_UNFINISHED: "unfinished"}
+_ERROR_WIDTH = 160
+_WHY = {
+    "unfinished": "training did not finish (killed, or still running)",
+    "interrupted": "training was interrupted (Ctrl+C or SIGTERM)",
+    "failed": "training ended with an exception",
+}
+
+
+def failing_alerts(run: RunRecord, fail_on: set[str]) -> list[dict[str, Any]]:
+    """The run's alerts of a ``fail_on`` kind."""
+    return [a for a in run.alerts if a["kind"] in fail_on]
+
+
+def verdict(run: RunRecord, fail_on: set[str]) -> str:
+    """A run's verdict: ``unreadable``, else ``alerts`` (of a ``fail_on`` kind), else ``healthy`` or why not.
+
+    Example:
+        >>> from pathlib import Path
+        >>> verdict(RunRecord(Path("run"), "json", status="finished"), {"nonfinite"})
+        'healthy'
+        >>> verdict(RunRecord(Path("run"), "events"), {"nonfinite"})  # no gradwatch.json: killed, or still running
+        'unfinished'
+    """
+    if run.unreadable is not None:
+        return "unreadable"
+    if failing_alerts(run, fail_on):
+        return "alerts"
+    if run.finished:
+        return "healthy"
+    if run.status in ("interrupted", "failed"):
+        return run.status
+    return "unfinished"
+
+
+def fails_gate(run_verdict: str, allow_unfinished: bool) -> bool:
+    """Whether a run with this verdict makes the check fail."""
+    if run_verdict in UNFINISHED_VERDICTS:
+        return not allow_unfinished
+    return run_verdict != "healthy"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The check's outcome: its exit ``code`` and how many runs have each verdict (``counts``)."""
+
+    code: int
+    counts: dict[str, int]
+
+    @property
+    def result(self) -> str:
+        """``pass``, ``fail``, ``unreadable`` or ``unfinished``."""
+        return RESULTS[self.code]
+
+
+def gate(runs: Iterable[RunRecord], fail_on: set[str], allow_unfinished: bool = False) -> Gate:
+    """The exit code that follows from every run's verdict (2 wins over 1, 1 over 3), with the count of each verdict."""
+    verdicts = [verdict(run, fail_on) for run in runs]
+    counts = {v: verdicts.count(v) for v in VERDICTS}
+    if counts["unreadable"]:
+        return Gate(EXIT_ERROR, counts)
+    if counts["alerts"]:
+        return Gate(EXIT_ALERT, counts)
+    if not allow_unfinished and any(counts[v] for v in UNFINISHED_VERDICTS):
+        return Gate(EXIT_UNFINISHED, counts)
+    return Gate(EXIT_OK, counts)
+
+
+def reason(run: RunRecord, run_verdict: str) -> str:
+    """Why a run is unreadable or did not finish, in one line."""
+    if run_verdict == "unreadable":
+        return run.unreadable or "cannot be read"
+    if run.status is None:
+        return "no gradwatch.json (killed before writing it, or it could not be written, or was not copied)"
+    if run.status == "running":
+        return 'gradwatch.json still says "running" (the process was killed, or is still training)'
+    if run.status not in ("interrupted", "failed"):
+        return f"unknown status {run.status!r} in gradwatch.json"
+    error = first_line(run.error or "").rstrip(": ")
+    if len(error) > _ERROR_WIDTH:
+        error = error[: _ERROR_WIDTH - 3] + "..."
+    return _WHY[run_verdict] + (f": {error}" if error else "")
+
+
+def first_line(text: str) -> str:
+    """The first line of ``text`` (stripped), or ``""``."""
+    return text.strip().splitlines()[0] if text.strip() else ""
