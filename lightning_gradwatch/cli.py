@@ -57,6 +57,23 @@ def _kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+_PATH_HELP = (
+    "a run's log directory (where its gradwatch.json and TensorBoard event files are), any parent of runs"
+    " (searched recursively), or a run's gradwatch.json or event file (that run only)"
+)
+_CHECK_EXIT_CODES = """exit codes:
+  0  every run finished, with no alert of a --fail-on kind
+  1  a run has an alert of a --fail-on kind (wins over 3)
+  2  a run could not be read (its verdict is 'unreadable'; wins over 1 and 3; the other runs are printed too),
+     or bad usage (a missing PATH, an unwritable $GITHUB_STEP_SUMMARY): one line on stderr
+  3  a run did not finish: killed, interrupted or failed (--allow-unfinished turns this into 0)
+"""
+_REPORT_EXIT_CODES = """exit codes:
+  0  every run was read and reported (alerts do not change it: gate on them with `gradwatch check`)
+  2  a run could not be read (the other runs are reported too), or bad usage (a missing PATH): one line on stderr
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (``gradwatch --help``)."""
     parser = _Parser(
@@ -65,15 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lightning-gradwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    where = "Each PATH is a run's log dir, any parent of runs, or a run's gradwatch.json or event file (that run only)."
     check = sub.add_parser(
         "check",
         help="exit 0 healthy, 1 gradient alerts, 2 unreadable input, 3 a run did not finish",
-        description=f"Check the runs under each PATH for gradient alerts, and that they finished. {where}"
-        " Exit codes: 0 every run finished without alerts of the --fail-on kinds; 1 such an alert (wins over 3);"
-        " 2 bad usage or unreadable input; 3 a run did not finish (killed, interrupted, or failed).",
+        description="Check the runs under each PATH for gradient alerts, and that they finished: one verdict per\n"
+        "run (healthy, alerts, unfinished, interrupted, failed, unreadable), and an exit code for all of them.",
+        epilog=_CHECK_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("paths", nargs="+", metavar="PATH")
+    check.add_argument("paths", nargs="+", metavar="PATH", help=_PATH_HELP)
     check.add_argument(
         "--fail-on",
         type=_kinds,
@@ -86,14 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="gate on alerts only: a run that was killed, interrupted or failed passes when it has no alerts",
     )
-    check.add_argument("--format", choices=("text", "json", "github"), default="text")
+    check.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="text: a line per run and per alert, then the result (default); json: one document with each run's"
+        " verdict and the exit code; github: workflow annotations, and a Markdown table appended to"
+        " $GITHUB_STEP_SUMMARY when it is set",
+    )
     report = sub.add_parser(
         "report",
         help="print a per-layer gradient health table for each run",
-        description=f"Print, for each run under PATH, its total and per-layer gradient norms and its alerts. {where}",
+        description="Print, for each run under each PATH, its total and per-layer gradient norms and its alerts\n"
+        "with their remedies.",
+        epilog=_REPORT_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    report.add_argument("paths", nargs="+", metavar="PATH")
-    report.add_argument("--format", choices=("text", "json"), default="text")
+    report.add_argument("paths", nargs="+", metavar="PATH", help=_PATH_HELP)
+    report.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: a table per run for a terminal (default); json: a list with one object per run (its summaries,"
+        " layers and alerts)",
+    )
     return parser
 
 
@@ -116,13 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             code = _report(runs, args.format, out)
     except (RunReadError, _UsageError) as err:
-        print(f"gradwatch: error: {err}", file=sys.stderr)
+        _write(sys.stderr, f"gradwatch: error: {err}\n")
         return EXIT_ERROR
     for run in runs:  # each on stdout with the other runs' verdicts; on stderr too, as an error
         if run.unreadable is not None:
-            print(f"gradwatch: error: {run.unreadable}", file=sys.stderr)
+            _write(sys.stderr, f"gradwatch: error: {run.unreadable}\n")
     try:
-        sys.stdout.write(out.getvalue())
+        _write(sys.stdout, out.getvalue())
         sys.stdout.flush()
     except BrokenPipeError:
         # the reader is gone: point stdout at /dev/null so the interpreter's final flush stays quiet
@@ -130,6 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
     return code
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write ``text`` in the stream's encoding, with backslash escapes for what it cannot encode.
+
+    Such as a path named ``données`` on an ASCII terminal, or undecodable bytes in a file name.
+    """
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    stream.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
 
 
 # ---------------------------------------------------------------------- check

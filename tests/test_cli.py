@@ -570,3 +570,53 @@ def test_unfinished_run_takes_steps_and_alerts_written_after_its_report(runs, tm
     (record,) = json.loads(result.stdout)["runs"]
     assert [(a["kind"], a["step"]) for a in record["alerts"]] == [("nonfinite", 5)]  # from the event files
     assert record["steps"]["last"] == 14  # the last logged step (every 2nd of 16)
+
+
+# ---------------------------------------------------------------------- help and encodings
+@pytest.mark.parametrize("command", ["check", "report"])
+def test_help_documents_path_format_and_exit_codes(command):
+    result = gradwatch(command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "PATH a run's log directory (where its gradwatch.json and TensorBoard event files are)" in text
+    assert "any parent of runs (searched recursively)" in text
+    assert re.search(r"--format \{[a-z,]+\} text: ", text)
+    assert "json: " in text.split("--format", 2)[-1]
+    assert "exit codes: 0 " in text
+    assert "2 a run could not be read" in text
+    if command == "check":
+        assert "1 a run has an alert of a --fail-on kind" in text
+        assert "3 a run did not finish" in text
+
+
+@pytest.mark.parametrize("encoding", [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "PYTHONIOENCODING": "ascii"}])
+@pytest.mark.parametrize(
+    ("command", "fmt"),
+    [("check", "text"), ("check", "json"), ("check", "github"), ("report", "text"), ("report", "json")],
+)
+def test_non_ascii_path_on_an_ascii_stdout(runs, tmp_path, encoding, command, fmt):
+    run = _copy(runs["nan"], tmp_path / "données")
+    summary = tmp_path / "summary.md"
+    env = {**encoding, "GITHUB_STEP_SUMMARY": str(summary)}
+    result = gradwatch(command, str(run.parent), "--format", fmt, env=env)
+    assert result.returncode == (1 if command == "check" else 0), result.stderr
+    assert result.stderr == ""
+    assert "Traceback" not in result.stdout
+    escaped = str(run).replace("é", "\\xe9")
+    if fmt == "json":
+        assert json.loads(result.stdout)  # JSON escapes it itself: "donn\u00e9es"
+        assert "donn\\u00e9es" in result.stdout
+    else:
+        assert escaped in result.stdout
+    if fmt == "github":
+        assert f"| `{run}` | alerts |" in summary.read_text(encoding="utf-8")  # the file is UTF-8 whatever stdout is
+
+
+def test_unreadable_non_ascii_path_on_an_ascii_stderr(runs, tmp_path):
+    run = _copy(runs["healthy"], tmp_path / "données")
+    (run / "gradwatch.json").write_text("{")
+    result = gradwatch("check", str(run), env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "donn\\xe9es" in result.stderr
+    assert "donn\\xe9es" in result.stdout
