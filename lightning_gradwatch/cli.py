@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch.alerts import ALERT_KINDS
+from lightning_gradwatch.layer_state import LARGE_FACTOR, layer_states, marks, named_in, total_states
 from lightning_gradwatch.runs import RunReadError, RunRecord, read_runs
 from lightning_gradwatch.verdicts import (
     EXIT_ERROR,
@@ -232,7 +233,12 @@ def _where(alert: dict[str, Any]) -> str:
 
 
 def _alert_line(alert: dict[str, Any]) -> str:
-    return f"{_where(alert)}: {first_line(alert['message'])}"
+    """The alert's first line; its step (and optimizer) in front only when the message does not say it."""
+    text = first_line(alert["message"])
+    optimizer = alert.get("optimizer") or 0
+    if f"step {alert['step']}" not in text:
+        return f"{_where(alert)}: {text}"
+    return f"optimizer {optimizer}: {text}" if optimizer else text
 
 
 def _run_line(run: RunRecord, fail_on: set[str]) -> str:
@@ -362,28 +368,39 @@ def _count(value: float) -> str:
 def _report(runs: list[RunRecord], fmt: str, out: TextIO) -> int:
     code = EXIT_ERROR if any(run.unreadable is not None for run in runs) else EXIT_OK
     if fmt == "json":
-        doc = [
-            {
-                "path": str(run.path),
-                "source": run.source,
-                "status": run.status,
-                "error": run.error,
-                "unreadable": run.unreadable,
-                "steps": run.steps,
-                "events": run.events,
-                "total_norm": run.total_norm,
-                "layers": [{**layer, "status": _layer_status(layer, run.alerts)} for layer in run.layers],
-                "alerts": [_json_alert(a) for a in run.alerts],
-            }
-            for run in runs
-        ]
-        out.write(json.dumps(_finite_or_none(doc), indent=2, default=lambda v: None) + "\n")
+        out.write(json.dumps(_finite_or_none([_report_doc(run) for run in runs]), indent=2, default=lambda v: None))
+        out.write("\n")
         return code
-    for i, run in enumerate(runs):
-        if i:
-            out.write("\n")
+    out.write(LEGEND)
+    for run in runs:
+        out.write("\n")
         out.write(render_table(run) if run.unreadable is None else f"{run.path}  (unreadable)\n{run.unreadable}\n")
     return code
+
+
+def _report_doc(run: RunRecord) -> dict[str, Any]:
+    """One run for ``report --format json``: each layer's ``status`` (the alerts' kinds) with its ``state`` now."""
+    states, totals = layer_states(run), total_states(run)
+    return {
+        "path": str(run.path),
+        "source": run.source,
+        "status": run.status,
+        "error": run.error,
+        "unreadable": run.unreadable,
+        "steps": run.steps,
+        "events": run.events,
+        "total_norm": {key: {**total, **totals[key].to_dict()} for key, total in run.total_norm.items()},
+        "layers": [
+            {
+                **layer,
+                "status": _layer_status(layer, run.alerts),
+                **states[layer["name"]].to_dict(),
+                "named_in": named_in(layer["name"], run.alerts),
+            }
+            for layer in run.layers
+        ],
+        "alerts": [_json_alert(a) for a in run.alerts],
+    }
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -396,39 +413,54 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+LEGEND = f"""\
+gradient health per layer; columns:
+  steps        measured steps in the row (from event files alone: logged steps)
+  last..max    the gradient L2 norm over those steps: last value, median, min, max
+  grad/weight  median gradient-to-weight ratio
+  now          the state over the last tenth of the steps (the run's title says which):
+               ok; small: below the vanishing threshold (1e-05x the largest layer by default);
+               zero: no gradient; large: {LARGE_FACTOR:g}x or more its earlier median; non-finite: NaN/Inf
+  alerts       the alerts that named the layer, as kind@step: then, not now
+"""
+
+
+def _optimizer_of(key: str) -> int | None:
+    return int(key[len("optimizer_") :]) if key.startswith("optimizer_") and key[10:].isdigit() else None
+
+
 def _table_rows(run: RunRecord) -> list[tuple[str, ...]]:
     """One row per total norm (per optimizer), then one per layer."""
     rows = []
+    totals, states = total_states(run), layer_states(run)
     for key, total in run.total_norm.items():
         name = "(total)" if key == "all" else f"(total, {key.replace('_', ' ')})"
         values = [_fmt(total[k]) for k in ("last", "median", "min", "max")]
-        rows.append((name, _count(total.get("count", math.nan)), *values, "-", _total_status(key, run.alerts)))
+        alerts = marks(named_in(None, run.alerts, _optimizer_of(key)))
+        rows.append((name, _count(total.get("count", math.nan)), *values, "-", totals[key].state, alerts))
     for layer in run.layers:
         g, r = layer["grad_norm"], layer["grad_to_weight"]
         values = [_fmt(g[k]) for k in ("last", "median", "min", "max")]
-        status = _layer_status(layer, run.alerts)
-        rows.append((layer["name"], _count(g.get("count", math.nan)), *values, _fmt(r["median"]), status))
+        alerts = marks(named_in(layer["name"], run.alerts), layer.get("nonfinite_steps") or 0)
+        now = states[layer["name"]].state
+        rows.append((layer["name"], _count(g.get("count", math.nan)), *values, _fmt(r["median"]), now, alerts))
     return rows
 
 
 def render_table(run: RunRecord) -> str:
-    """A run's total and per-layer gradient norms and its alerts, as plain text for a terminal."""
-    header = ("layer", "steps", "last", "median", "min", "max", "grad/weight", "status")
+    """A run's total and per-layer gradient norms, states and alerts, as plain text for a terminal (see LEGEND)."""
+    header = ("layer", "steps", "last", "median", "min", "max", "grad/weight", "now", "alerts")
     rows = _table_rows(run)
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         first = f"{cells[0]:<{widths[0]}}"
-        middle = "  ".join(f"{c:>{w}}" for c, w in zip(cells[1:-1], widths[1:-1]))
-        return f"{first}  {middle}  {cells[-1]}".rstrip()
+        middle = "  ".join(f"{c:>{w}}" for c, w in zip(cells[1:-2], widths[1:-2]))
+        return f"{first}  {middle}  {cells[-2]:<{widths[-2]}}  {cells[-1]}".rstrip()
 
     parts = [_table_title(run)]
     if run.error:
         parts.append(f"error: {first_line(run.error)}")
-    parts.append(
-        "gradient L2 norm, over the steps counted in `steps` (the total: every measured step from gradwatch.json,"
-        " logged steps from event files); grad/weight: median gradient-to-weight ratio"
-    )
     parts += [line(header), "  ".join("-" * w for w in widths)]
     parts += [line(row) for row in rows]
     events = {k: v for k, v in run.events.items() if v}
@@ -439,13 +471,16 @@ def render_table(run: RunRecord) -> str:
 
 
 def _table_title(run: RunRecord) -> str:
-    """The run's path, where its numbers come from, how many steps it ran and its status."""
+    """The run's path, where its numbers come from, how many steps it ran, its status and the window of ``now``."""
     steps = run.steps.get("last")
     source = "gradwatch.json" if run.source == "json" else "event files"
     title = f"{run.path}  ({source}"
     title += f", {steps + 1} steps" if isinstance(steps, int) else ""
-    title += f", {run.status or 'no gradwatch.json: did not finish'})"
-    return title
+    title += f", {run.status or 'no gradwatch.json: did not finish'}"
+    windows = [s for s in (*total_states(run).values(), *layer_states(run).values()) if s.first_step is not None]
+    if windows:
+        title += f"; now: steps {min(s.first_step for s in windows)}-{max(s.last_step for s in windows)}"
+    return title + ")"
 
 
 def _alert_lines(run: RunRecord) -> list[str]:
@@ -454,8 +489,9 @@ def _alert_lines(run: RunRecord) -> list[str]:
         return ["no alerts"]
     parts = ["", f"alerts ({len(run.alerts)}):"]
     for alert in run.alerts:
-        parts.append(f"- {_where(alert)}, {alert['kind']}:")
-        parts += [f"    {text}" for text in alert["message"].strip().splitlines()]
+        head, *rest = alert["message"].strip().splitlines() or [""]
+        parts.append(f"- {_alert_line({**alert, 'message': head})}")
+        parts += [f"    {text}" for text in rest]
     return parts
 
 

@@ -52,6 +52,9 @@ class RunRecord:
     ``layers``, ``value``, ``threshold``, ``message`` and ``optimizer``. ``status`` is described in the module's
     docstring; ``error`` is the exception that ended a failed or interrupted run; ``partial`` names an event file
     that ends in half a record; ``unreadable`` says why the run could not be read (its other fields are then empty).
+    ``history`` holds each layer's gradient norms as ``(step, norm)`` points (from ``gradwatch.json``: its thinned
+    history of finite norms; from event files: every logged step), ``total_history`` the same for each
+    ``total_norm`` key; ``config`` is ``gradwatch.json``'s configuration (empty from event files).
     """
 
     path: Path
@@ -65,6 +68,9 @@ class RunRecord:
     error: str | None = None
     partial: str | None = None
     unreadable: str | None = None
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    total_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -167,18 +173,42 @@ def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
 
 def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
     try:
-        layers = [_layer_entry(entry) for entry in _as_list(doc.get("layers"))]
+        raw_layers = _as_list(doc.get("layers"))
+        layers = [_layer_entry(entry) for entry in raw_layers]
         alerts = [_alert_entry(a) for a in _as_list(doc.get("alerts"))]
         events = {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()}
         steps = {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)}
-        total = {str(k): _summary(v) for k, v in sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)}
+        raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
+        total = {str(k): _summary(v) for k, v in raw_total}
+        history = {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)}
+        total_history = {str(k): _history({"grad_norm": v}) for k, v in raw_total}
+        config = _as_dict(doc.get("config"))
         status, error = doc.get("status"), doc.get("error")
         for name, value in (("status", status), ("error", error)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} is {type(value).__name__}")
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise RunReadError(f"{directory / REPORT_FILE}: unexpected content ({_one_line(err)})") from err
-    return RunRecord(directory, "json", status, steps, layers, alerts, events, total, error)
+    return RunRecord(
+        directory,
+        "json",
+        status,
+        steps,
+        layers,
+        alerts,
+        events,
+        total,
+        error,
+        history=history,
+        total_history=total_history,
+        config=config,
+    )
+
+
+def _history(entry: dict[str, Any]) -> list[tuple[int, float]]:
+    """A layer's (or total's) ``grad_norm.history``, as ``(step, norm)`` points in step order."""
+    points = _as_list(_as_dict(_as_dict(entry).get("grad_norm")).get("history"))
+    return sorted((int(step), _float(value)) for step, value in (_as_list(point) for point in points))
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -307,7 +337,20 @@ def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
     alerts.sort(key=lambda a: a["step"])
     total_norm = {key: _summarise(points) for key, points in sorted(totals.items(), key=_by_number)}
     steps, events = _logged_steps(totals), _event_counts(series)
-    return RunRecord(directory, "events", None, steps, layers, alerts, events, total_norm, partial=partial)
+    history = {layer["name"]: sorted(series[f"grad_norm/{layer['name']}"]) for layer in layers}
+    return RunRecord(
+        directory,
+        "events",
+        None,
+        steps,
+        layers,
+        alerts,
+        events,
+        total_norm,
+        partial=partial,
+        history=history,
+        total_history=totals,
+    )
 
 
 def _total_series(series: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:

@@ -81,7 +81,9 @@ def test_check_healthy_run_exits_0(runs):
 def test_check_alerting_run_exits_1_with_readable_reason(runs):
     result = gradwatch("check", str(runs["nan"]))
     assert result.returncode == 1
-    assert "[FAIL] step 5: Non-finite gradients (NaN/Inf) at step 5" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.startswith("  [FAIL] "))
+    assert line.startswith("  [FAIL] Non-finite gradients (NaN/Inf) at step 5: ")
+    assert line.count("step 5") == 1  # said once, by the message
     assert result.stdout.splitlines()[-1].startswith("FAIL: 1 of 1 run(s)")
 
 
@@ -180,7 +182,7 @@ def test_check_unreadable_run_is_one_verdict_among_the_others(five_runs, allow):
     for i in range(3):
         assert f"{runs[f'healthy{i}']}: healthy (3 layers, 16 steps)" in lines
     assert f"{runs['nan']}: 1 alert(s): nonfinite (3 layers, 16 steps)" in lines
-    assert any(line.startswith("  [FAIL] step 5") for line in lines)
+    assert any(line.startswith("  [FAIL] Non-finite gradients (NaN/Inf) at step 5") for line in lines)
     assert f"{runs['truncated']}: unreadable: {truncated} is not valid JSON" in result.stdout
     assert lines[-1].startswith("UNREADABLE: 1 of 5 run(s) with alerts of kind exploding, nonfinite, vanishing")
     assert lines[-1].endswith("could not be read: 1")
@@ -231,7 +233,7 @@ def test_unreadable_wins_over_unfinished(runs, five_runs):
 def test_report_prints_the_readable_runs_and_exits_2(five_runs):
     result = gradwatch("report", str(five_runs["parent"]))
     assert result.returncode == 2
-    assert result.stdout.count("(gradwatch.json, 16 steps, finished)") == 4
+    assert result.stdout.count("(gradwatch.json, 16 steps, finished; now: steps ") == 4
     assert f"{five_runs['truncated']}  (unreadable)" in result.stdout
     as_json = gradwatch("report", str(five_runs["parent"]), "--format", "json")
     assert as_json.returncode == 2
@@ -263,7 +265,9 @@ def test_report_names_layers_and_remedies(runs):
         assert re.search(rf"^{re.escape(layer)}\s+\S+", out, re.M)
     assert "non-finite" in out
     assert "Remedies:" in out
-    assert "step 5, nonfinite" in out
+    assert "\n- Non-finite gradients (NaN/Inf) at step 5: " in out
+    assert re.search(r"^net\.0 .* nonfinite@5$", out, re.M)  # then; the run went on healthy after the skipped step
+    assert re.search(r"^net\.0 .*  ok  ", out, re.M)
 
 
 def test_report_from_event_files_alone(runs, tmp_path):
@@ -532,7 +536,7 @@ def test_alerts_read_back_from_event_files_whole(tmp_path):
     assert set(from_events["total_norm"]) == {"optimizer_0", "optimizer_1"}
     result = gradwatch("check", str(run), "--allow-unfinished")
     assert result.returncode == 1
-    assert f"[FAIL] step {alert.step} (optimizer 1): Non-finite gradients" in result.stdout
+    assert f"[FAIL] optimizer 1: Non-finite gradients (NaN/Inf) at step {alert.step}: " in result.stdout
     # TensorBoard's Text tab still shows the alert as Markdown, with its data in a code block at the end
     (text,) = events(run).Tensors("gradwatch/alerts")
     shown = text.tensor_proto.string_val[0].decode()
