@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_gradwatch import _crc32c
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.report import REPORT_FILE, read_report
@@ -54,7 +55,9 @@ class RunRecord:
     that ends in half a record; ``unreadable`` says why the run could not be read (its other fields are then empty).
     ``history`` holds each layer's gradient norms as ``(step, norm)`` points (from ``gradwatch.json``: its thinned
     history of finite norms; from event files: every logged step), ``total_history`` the same for each
-    ``total_norm`` key; ``config`` is ``gradwatch.json``'s configuration (empty from event files).
+    ``total_norm`` key; ``config`` is ``gradwatch.json``'s configuration (empty from event files); ``series`` holds
+    every GradWatch scalar of the event files by tag (``grad_norm/<layer>``, ``gradwatch/total_norm``,
+    ``gradwatch/clip_threshold``, ...) as ``(step, value)`` points, when the run was loaded with ``series=True``.
     """
 
     path: Path
@@ -71,6 +74,7 @@ class RunRecord:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     total_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -112,8 +116,10 @@ def find_runs(paths: list[str]) -> list[Path]:
     return unique
 
 
-def read_runs(paths: list[str]) -> list[RunRecord]:
+def read_runs(paths: list[str], series: bool = False) -> list[RunRecord]:
     """Every run under ``paths`` (see :func:`find_runs`); a run that cannot be read is one with ``unreadable`` set.
+
+    ``series``: keep every scalar series of the event files in :attr:`RunRecord.series` (for pictures).
 
     Raises:
         RunReadError: a path does not exist or cannot be listed, or no GradWatch run is found under any of them.
@@ -121,7 +127,7 @@ def read_runs(paths: list[str]) -> list[RunRecord]:
     runs = []
     for directory in find_runs(paths):
         try:
-            run = load_run(directory)
+            run = load_run(directory, series=series)
         except RunReadError as err:
             source = "json" if (directory / REPORT_FILE).exists() else "events"
             run = RunRecord(directory, source, unreadable=str(err))
@@ -132,8 +138,10 @@ def read_runs(paths: list[str]) -> list[RunRecord]:
     return runs
 
 
-def load_run(directory: Path) -> RunRecord | None:
+def load_run(directory: Path, series: bool = False) -> RunRecord | None:
     """Load one run; ``None`` for a directory of event files that GradWatch did not write.
+
+    ``series``: keep every scalar series of the event files in :attr:`RunRecord.series`.
 
     Raises:
         RunReadError: the report or an event file is corrupt or unreadable (the message names the file).
@@ -150,19 +158,22 @@ def load_run(directory: Path) -> RunRecord | None:
             message = _one_line(err)
             raise RunReadError(message if str(report_path) in message else f"{report_path}: {message}") from err
         run = _from_report(directory, doc)
-        if run.finished:
+        if run.finished and series:  # every checksum verified while reading
+            run.series = _scan_events(event_files, partial_ok=False)[0]
+        elif run.finished:
             for path in event_files:  # verify every checksum; the report is the source of the numbers
                 _read_records(path, partial_ok=False)
         else:  # the report may be older than the logs: take the steps and alerts written after it
-            _add_later_events(run, _from_events(directory, event_files))
+            _add_later_events(run, _from_events(directory, event_files, series))
         return run
-    return _from_events(directory, event_files)
+    return _from_events(directory, event_files, series)
 
 
 def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
     if logged is None:
         return
     run.partial = logged.partial
+    run.series = logged.series
     last, logged_last = run.steps.get("last"), logged.steps.get("last")
     if isinstance(logged_last, int) and (not isinstance(last, int) or logged_last > last):
         run.steps["last"] = logged_last
@@ -269,17 +280,17 @@ def _alert_entry(alert: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- event files
 _HEADER = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
+_BATCH_BYTES = 8 << 20
 
 
 def _crc32c_function() -> Any:
+    """google-crc32c's C function when it is installed, else ``None`` (checksums computed with numpy)."""
     try:
         import google_crc32c  # type: ignore[import-not-found]
 
         return google_crc32c.value
     except ImportError:
-        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c
-
-        return crc32c
+        return None
 
 
 def _masked(crc: int) -> int:
@@ -295,11 +306,16 @@ def _read_records(path: Path, partial_ok: bool) -> tuple[list[bytes], str | None
     Raises:
         RunReadError: on a checksum mismatch, or a truncated record when not ``partial_ok``.
     """
-    crc32c = _crc32c_function()
     try:
         data = path.read_bytes()
     except OSError as err:
         raise RunReadError(f"{path}: cannot read ({_one_line(err)})") from err
+    crc32c = _crc32c_function()
+    if crc32c is None:
+        records = _checked_at_once(data)
+        if records is not None:
+            return records, None
+        crc32c = _crc32c.crc32c  # find what is wrong, record by record
     offset, n = 0, 0
     records: list[bytes] = []
     while offset < len(data):
@@ -328,7 +344,34 @@ def _read_records(path: Path, partial_ok: bool) -> tuple[list[bytes], str | None
     return records, f"{path.name} ends in half a record ({len(records)} whole records kept)"
 
 
-def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
+def _checked_at_once(data: bytes) -> list[bytes] | None:
+    """The records of a whole, undamaged event file, every checksum computed at once; ``None`` if anything is off."""
+    offset, headers, records, expected = 0, [], [], []
+    while offset < len(data):
+        if offset + 12 > len(data):
+            return None
+        header = data[offset : offset + 8]
+        end = offset + 12 + _HEADER.unpack(header)[0]
+        if end + 4 > len(data):
+            return None
+        headers.append(header)
+        records.append(data[offset + 12 : end])
+        expected += [_CRC.unpack_from(data, offset + 8)[0], _CRC.unpack_from(data, end)[0]]
+        offset = end + 4
+    messages = [m for pair in zip(headers, records) for m in pair]
+    start = 0
+    while start < len(messages):  # batches of about 8 MB keep the memory flat
+        end, size = start, 0
+        while end < len(messages) and size < _BATCH_BYTES:
+            size, end = size + len(messages[end]), end + 1
+        found = _crc32c.crc32c_many(messages[start:end])
+        if any(_masked(crc) != want for crc, want in zip(found, expected[start:end])):
+            return None
+        start = end
+    return records
+
+
+def _from_events(directory: Path, event_files: list[Path], keep_series: bool = False) -> RunRecord | None:
     series, alerts, partial = _scan_events(event_files)
     if not any(tag.startswith("grad_norm/") for tag in series) and not alerts:
         return None
@@ -350,6 +393,7 @@ def _from_events(directory: Path, event_files: list[Path]) -> RunRecord | None:
         partial=partial,
         history=history,
         total_history=totals,
+        series=series if keep_series else {},
     )
 
 
@@ -388,16 +432,19 @@ def _layer_from_series(name: str, series: dict[str, list[tuple[int, float]]]) ->
 
 
 def _scan_events(
-    event_files: list[Path],
+    event_files: list[Path], partial_ok: bool = True
 ) -> tuple[dict[str, list[tuple[int, float]]], list[dict[str, Any]], str | None]:
-    """GradWatch's scalar series ``{tag: [(step, value)]}``, its alerts, and a note on a file cut short."""
+    """GradWatch's scalar series ``{tag: [(step, value)]}``, its alerts, and a note on a file cut short.
+
+    ``partial_ok``: half a record at the end of a file is what a killed run leaves (else it is an error).
+    """
     from tensorboard.compat.proto import event_pb2
 
     series: dict[str, list[tuple[int, float]]] = {}
     alerts: list[dict[str, Any]] = []
     partial = None
     for path in event_files:
-        records, note = _read_records(path, partial_ok=True)  # without gradwatch.json the run did not finish
+        records, note = _read_records(path, partial_ok=partial_ok)
         partial = partial or note
         for payload in records:
             try:
