@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch.alerts import ALERT_KINDS
+from lightning_gradwatch.html_report import build_html, write_html
 from lightning_gradwatch.layer_state import LARGE_FACTOR, layer_states, marks, named_in, total_states
 from lightning_gradwatch.runs import RunReadError, RunRecord, read_runs
 from lightning_gradwatch.verdicts import (
@@ -61,6 +62,11 @@ def _kinds(text: str) -> tuple[str, ...]:
 _PATH_HELP = (
     "a run's log directory (where its gradwatch.json and TensorBoard event files are), any parent of runs"
     " (searched recursively), or a run's gradwatch.json or event file (that run only)"
+)
+_HTML_HELP = (
+    "also write FILE: one self-contained HTML page with a section per run (verdict, gradient-flow heatmap, each"
+    " layer's norm coloured by depth, total norm with its thresholds, alerts on the timeline with their remedies);"
+    " no network needed to open it"
 )
 _CHECK_EXIT_CODES = """exit codes:
   0  every run finished, with no alert of a --fail-on kind
@@ -110,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="text: a line per run and per alert, then the result (default); json: one document with each run's"
         " verdict and the exit code; github: workflow annotations, and a Markdown table appended to"
-        " $GITHUB_STEP_SUMMARY when it is set",
+        " $GITHUB_STEP_SUMMARY when it is set (naming the --html file)",
     )
+    check.add_argument("--html", metavar="FILE", help=_HTML_HELP)
     report = sub.add_parser(
         "report",
         help="print a per-layer gradient health table for each run",
@@ -128,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text: a table per run for a terminal (default); json: a list with one object per run (its summaries,"
         " layers and alerts)",
     )
+    report.add_argument("--html", metavar="FILE", help=_HTML_HELP)
     return parser
 
 
@@ -144,11 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = io.StringIO()
     try:
-        runs = read_runs(args.paths)
+        runs = read_runs(args.paths, series=args.html is not None)
+        fail_on = set(getattr(args, "fail_on", ALERT_KINDS))
+        allow_unfinished = getattr(args, "allow_unfinished", False)
+        html = _html(args.html, runs, fail_on, allow_unfinished) if args.html is not None else None
         if args.command == "check":
-            code = _check(runs, set(args.fail_on), args.format, out, allow_unfinished=args.allow_unfinished)
+            code = _check(runs, fail_on, args.format, out, allow_unfinished=allow_unfinished, html=html)
         else:
-            code = _report(runs, args.format, out)
+            code = _report(runs, args.format, out, html=html)
     except (RunReadError, _UsageError) as err:
         _write(sys.stderr, f"gradwatch: error: {err}\n")
         return EXIT_ERROR
@@ -166,6 +177,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _html(path: str, runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool) -> str:
+    """Write the HTML report to ``path``; returns how the outputs name it (``report.html (312 kB)``).
+
+    Raises:
+        _UsageError: the file cannot be written (before anything is printed).
+    """
+    page = build_html(runs, fail_on, allow_unfinished)
+    try:
+        size = write_html(path, page)
+    except OSError as err:
+        raise _UsageError(f"--html {path}: cannot write the HTML report ({err.strerror or err})") from err
+    return f"{path} ({size / 1000:.0f} kB)"
+
+
 def _write(stream: TextIO, text: str) -> None:
     """Write ``text`` in the stream's encoding, with backslash escapes for what it cannot encode.
 
@@ -176,7 +201,15 @@ def _write(stream: TextIO, text: str) -> None:
 
 
 # ---------------------------------------------------------------------- check
-def _check(runs: list[RunRecord], fail_on: set[str], fmt: str, out: TextIO, *, allow_unfinished: bool = False) -> int:
+def _check(
+    runs: list[RunRecord],
+    fail_on: set[str],
+    fmt: str,
+    out: TextIO,
+    *,
+    allow_unfinished: bool = False,
+    html: str | None = None,
+) -> int:
     outcome = gate(runs, fail_on, allow_unfinished)
     if fmt == "json":
         doc = {
@@ -201,9 +234,11 @@ def _check(runs: list[RunRecord], fail_on: set[str], fmt: str, out: TextIO, *, a
                 for run in runs
             ],
         }
+        if html is not None:
+            doc["html"] = html.rpartition(" (")[0]
         out.write(json.dumps(doc, indent=2) + "\n")
     elif fmt == "github":
-        _github(runs, fail_on, allow_unfinished, out)
+        _github(runs, fail_on, allow_unfinished, out, html)
     else:
         for run in runs:
             out.write(_run_line(run, fail_on) + "\n")
@@ -211,6 +246,8 @@ def _check(runs: list[RunRecord], fail_on: set[str], fmt: str, out: TextIO, *, a
                 flag = "FAIL" if alert["kind"] in fail_on else "note"
                 out.write(f"  [{flag}] {_alert_line(alert)}\n")
         out.write(_gate_line(outcome, len(runs), fail_on, allow_unfinished) + "\n")
+        if html is not None:
+            out.write(f"HTML report: {html}\n")
     return outcome.code
 
 
@@ -274,7 +311,9 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _github(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, out: TextIO) -> None:
+def _github(
+    runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, out: TextIO, html: str | None = None
+) -> None:
     """Workflow commands (one annotation per alert, per unfinished and per unreadable run) and a job summary.
 
     Raises:
@@ -303,8 +342,10 @@ def _github(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, ou
         if outcome.code == EXIT_OK:
             kinds = ", ".join(sorted(fail_on))
             out.write(f"::notice title=GradWatch::{len(runs)} run(s) checked, no alerts of kind {kinds}\n")
+        if html is not None:
+            out.write(f"::notice title=GradWatch HTML report::{_escape_data(html)}\n")
         if summary is not None:
-            summary.write(_markdown_summary(runs, fail_on, allow_unfinished))
+            summary.write(_markdown_summary(runs, fail_on, allow_unfinished, html))
     except OSError as err:
         raise _UsageError(f"GITHUB_STEP_SUMMARY={summary_path}: cannot write the job summary ({err})") from err
     finally:
@@ -316,7 +357,9 @@ def _markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown_summary(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool = False) -> str:
+def _markdown_summary(
+    runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool = False, html: str | None = None
+) -> str:
     outcome = gate(runs, fail_on, allow_unfinished)
     lines = [
         "## GradWatch gradient health",
@@ -334,6 +377,14 @@ def _markdown_summary(runs: list[RunRecord], fail_on: set[str], allow_unfinished
             detail = _markdown_cell(reason(run, run_verdict))
         count = "-" if run_verdict == "unreadable" else str(len(run.alerts))
         lines.append(f"| `{run.path}` | {run_verdict} | {count} | {detail} |")
+    if html is not None:
+        path, _, size = html.rpartition(" (")
+        lines += [
+            "",
+            f"**Pictures of each run**: `{_markdown_cell(path)}` ({size.rstrip(')')}, one self-contained HTML file:"
+            " gradient flow per layer and step, each layer's norm by depth, the total norm with its clipping and"
+            " spike thresholds, the alerts on the timeline with their remedies). Open it from this run's artifacts.",
+        ]
     return "\n".join(lines) + "\n\n"
 
 
@@ -365,7 +416,7 @@ def _count(value: float) -> str:
     return "-" if value is None or math.isnan(value) else str(int(value))
 
 
-def _report(runs: list[RunRecord], fmt: str, out: TextIO) -> int:
+def _report(runs: list[RunRecord], fmt: str, out: TextIO, html: str | None = None) -> int:
     code = EXIT_ERROR if any(run.unreadable is not None for run in runs) else EXIT_OK
     if fmt == "json":
         out.write(json.dumps(_finite_or_none([_report_doc(run) for run in runs]), indent=2, default=lambda v: None))
@@ -375,6 +426,8 @@ def _report(runs: list[RunRecord], fmt: str, out: TextIO) -> int:
     for run in runs:
         out.write("\n")
         out.write(render_table(run) if run.unreadable is None else f"{run.path}  (unreadable)\n{run.unreadable}\n")
+    if html is not None:
+        out.write(f"\nHTML report: {html}\n")
     return code
 
 
