@@ -451,22 +451,34 @@ def _scan_events(
                 event = event_pb2.Event.FromString(payload)
             except Exception as err:
                 raise RunReadError(f"{path}: corrupt event record ({_one_line(err)})") from err
+            step = event.step
             for value in event.summary.value:
-                if value.tag in ALERT_TEXT_TAGS and value.HasField("tensor") and value.tensor.string_val:
-                    text = value.tensor.string_val[0].decode("utf-8", "replace")
-                    alerts.append(_alert_from_text(path, text, event.step))
+                tag = value.tag
+                if not tag.startswith(_READ_PREFIXES):  # most values: other layer families, other loggers
                     continue
-                number = _scalar(value)
+                if tag in ALERT_TEXT_TAGS:
+                    if value.HasField("tensor") and value.tensor.string_val:
+                        text = value.tensor.string_val[0].decode("utf-8", "replace")
+                        alerts.append(_alert_from_text(path, text, step))
+                    continue
+                number = _scalar(value, tag)
                 if number is not None:
-                    series.setdefault(value.tag, []).append((event.step, number))
+                    points = series.get(tag)
+                    if points is None:
+                        points = series[tag] = []
+                    points.append((step, number))
     return series, alerts, partial
 
 
-def _scalar(value: Any) -> float | None:
+_READ_PREFIXES = ("grad_norm/", "grad_to_weight/", "gradwatch/")
+
+
+def _scalar(value: Any, tag: str) -> float | None:
     """A GradWatch scalar's value (written as ``simple_value``, or as a tensor by other writers), else ``None``."""
-    if value.HasField("simple_value") and value.tag.startswith(("grad_norm/", "grad_to_weight/", "gradwatch/")):
+    kind = value.WhichOneof("value")
+    if kind == "simple_value":
         return value.simple_value
-    if value.HasField("tensor") and value.tag.startswith(("grad_norm/", "grad_to_weight/")) and value.tensor.float_val:
+    if kind == "tensor" and not tag.startswith("gradwatch/") and value.tensor.float_val:
         return value.tensor.float_val[0]
     return None
 
