@@ -22,7 +22,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch.alerts import ALERT_KINDS
@@ -177,8 +177,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _html(path: str, runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool) -> str:
-    """Write the HTML report to ``path``; returns how the outputs name it (``report.html (312 kB)``).
+class _HtmlFile(NamedTuple):
+    """The HTML report written, as the outputs name it: ``report.html (312 kB)``."""
+
+    path: str
+    size: int
+
+    @property
+    def kilobytes(self) -> str:
+        return f"{self.size / 1000:.0f} kB"
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.kilobytes})"
+
+
+def _html(path: str, runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool) -> _HtmlFile:
+    """Write the HTML report to ``path``.
 
     Raises:
         _UsageError: the file cannot be written (before anything is printed).
@@ -188,7 +202,7 @@ def _html(path: str, runs: list[RunRecord], fail_on: set[str], allow_unfinished:
         size = write_html(path, page)
     except OSError as err:
         raise _UsageError(f"--html {path}: cannot write the HTML report ({err.strerror or err})") from err
-    return f"{path} ({size / 1000:.0f} kB)"
+    return _HtmlFile(path, size)
 
 
 def _write(stream: TextIO, text: str) -> None:
@@ -208,7 +222,7 @@ def _check(
     out: TextIO,
     *,
     allow_unfinished: bool = False,
-    html: str | None = None,
+    html: _HtmlFile | None = None,
 ) -> int:
     outcome = gate(runs, fail_on, allow_unfinished)
     if fmt == "json":
@@ -235,7 +249,7 @@ def _check(
             ],
         }
         if html is not None:
-            doc["html"] = html.rpartition(" (")[0]
+            doc["html"] = html.path
         out.write(json.dumps(doc, indent=2) + "\n")
     elif fmt == "github":
         _github(runs, fail_on, allow_unfinished, out, html)
@@ -312,7 +326,7 @@ def _escape_property(text: str) -> str:
 
 
 def _github(
-    runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, out: TextIO, html: str | None = None
+    runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, out: TextIO, html: _HtmlFile | None = None
 ) -> None:
     """Workflow commands (one annotation per alert, per unfinished and per unreadable run) and a job summary.
 
@@ -343,7 +357,7 @@ def _github(
             kinds = ", ".join(sorted(fail_on))
             out.write(f"::notice title=GradWatch::{len(runs)} run(s) checked, no alerts of kind {kinds}\n")
         if html is not None:
-            out.write(f"::notice title=GradWatch HTML report::{_escape_data(html)}\n")
+            out.write(f"::notice title=GradWatch HTML report::{_escape_data(str(html))}\n")
         if summary is not None:
             summary.write(_markdown_summary(runs, fail_on, allow_unfinished, html))
     except OSError as err:
@@ -358,7 +372,7 @@ def _markdown_cell(text: str) -> str:
 
 
 def _markdown_summary(
-    runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool = False, html: str | None = None
+    runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool = False, html: _HtmlFile | None = None
 ) -> str:
     outcome = gate(runs, fail_on, allow_unfinished)
     lines = [
@@ -378,10 +392,9 @@ def _markdown_summary(
         count = "-" if run_verdict == "unreadable" else str(len(run.alerts))
         lines.append(f"| `{run.path}` | {run_verdict} | {count} | {detail} |")
     if html is not None:
-        path, _, size = html.rpartition(" (")
         lines += [
             "",
-            f"**Pictures of each run**: `{_markdown_cell(path)}` ({size.rstrip(')')}, one self-contained HTML file:"
+            f"**Pictures of each run**: `{_markdown_cell(html.path)}` ({html.kilobytes}, one self-contained HTML file:"
             " gradient flow per layer and step, each layer's norm by depth, the total norm with its clipping and"
             " spike thresholds, the alerts on the timeline with their remedies). Open it from this run's artifacts.",
         ]
@@ -416,7 +429,7 @@ def _count(value: float) -> str:
     return "-" if value is None or math.isnan(value) else str(int(value))
 
 
-def _report(runs: list[RunRecord], fmt: str, out: TextIO, html: str | None = None) -> int:
+def _report(runs: list[RunRecord], fmt: str, out: TextIO, html: _HtmlFile | None = None) -> int:
     code = EXIT_ERROR if any(run.unreadable is not None for run in runs) else EXIT_OK
     if fmt == "json":
         out.write(json.dumps(_finite_or_none([_report_doc(run) for run in runs]), indent=2, default=lambda v: None))
