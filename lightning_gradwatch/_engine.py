@@ -44,6 +44,7 @@ from lightning_gradwatch.alerts import (
 )
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
+from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, by_severity
 from lightning_gradwatch.report import RunSummary
 from lightning_gradwatch.stats import GradientStats, StepStats, layer_name
 
@@ -70,9 +71,9 @@ class Settings:
     amp_overflow_patience: int = 20
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
-    def response(self, kind: str) -> str:
+    def response(self, kind: AlertKind | str) -> Response:
         """The response chosen for an alert ``kind``."""
-        return {"vanishing": self.on_vanishing, "exploding": self.on_exploding, "nonfinite": self.on_nonfinite}[kind]
+        return Response(getattr(self, KINDS[AlertKind(kind)].argument))
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,8 @@ class Decision:
     verdict: Verdict | None = None
     flags: Flags = Flags()
     clip_threshold: float | None = None
-    alerts: tuple[tuple[GradientAlert, str], ...] = ()
-    health: str = "ok"
+    alerts: tuple[tuple[GradientAlert, Response], ...] = ()
+    health: Health = Health.OK
     log: bool = False
     histograms: bool = False
     overflow: bool = False
@@ -117,7 +118,7 @@ class Decision:
     @property
     def failure(self) -> GradientAlert | None:
         """The alert whose response is ``"raise"``, if any."""
-        return next((a for a, response in self.alerts if response == "raise"), None)
+        return next((a for a, response in self.alerts if response == Response.RAISE), None)
 
     def clip(self, flags: Flags) -> tuple[float, float] | None:
         """``(threshold, norm after clipping)`` when the step is clipped under the (reduced) ``flags``."""
@@ -256,23 +257,21 @@ class StepEngine:
         if verdict.spike:
             self.summary.count(names.SPIKE_STEPS)
         alerts = tuple((a, self.settings.response(a.kind)) for a in verdict.alerts)
-        alerts = tuple((a, r) for a, r in alerts if r != "ignore")
+        alerts = tuple((a, r) for a, r in alerts if r != Response.IGNORE)
         flags = self._flags(verdict, alerts)
         threshold = None
         if not (flags.skip or flags.stop) and stats.finite:
             threshold = self._clip_threshold(stats.total_norm, verdict)
         return Decision(step, stats, verdict, flags, threshold, alerts, self._health(verdict), log, hist)
 
-    def _flags(self, verdict: Verdict, alerts: tuple[tuple[GradientAlert, str], ...]) -> Flags:
-        s = self.settings
-        # with "skip", every spike step is dropped, and so is the step an explosion is found at (a jump in the first
-        # steps, or a trend, has no spike step)
-        exploding_now = verdict.spike or verdict.alert("exploding") is not None
-        skip = (verdict.nonfinite and s.on_nonfinite in ("skip", "stop", "raise")) or (
-            exploding_now and s.on_exploding == "skip"
-        )
+    def _flags(self, verdict: Verdict, alerts: tuple[tuple[GradientAlert, Response], ...]) -> Flags:
+        # a kind's dropping responses drop every step it affects, not only the alerted one: every non-finite step;
+        # with on_exploding="skip", every spike step and the step an explosion is found at (a jump in the first steps,
+        # or a trend, has no spike step)
+        response = self.settings.response
+        skip = any(verdict.affected(kind) and response(kind) in spec.drops for kind, spec in KINDS.items())
         responses = {r for _, r in alerts}
-        return Flags(skip=skip, stop="stop" in responses, fail="raise" in responses)
+        return Flags(skip=skip, stop=Response.STOP in responses, fail=Response.RAISE in responses)
 
     def _clip_threshold(self, total_norm: float, verdict: Verdict) -> float | None:
         """The threshold this step is clipped to, when clipping is configured (the adaptive one learns the norm)."""
@@ -282,18 +281,15 @@ class StepEngine:
             threshold = self.clipper.update(total_norm)
         elif s.clip is not None:
             threshold = float(s.clip)
-        if verdict.spike and s.on_exploding == "clip":
+        if verdict.spike and s.response(AlertKind.EXPLODING) == Response.CLIP:
             threshold = min(threshold, verdict.spike_threshold)
         if s.clip is None and not math.isfinite(threshold):
             return None
         return threshold
 
-    def _health(self, verdict: Verdict) -> str:
-        if verdict.nonfinite:
-            return "non-finite"
-        if verdict.exploding:
-            return "exploding"
-        return "vanishing" if verdict.vanishing_layers else "ok"
+    def _health(self, verdict: Verdict) -> Health:
+        """The most severe kind whose episode holds at this step, else ``ok``."""
+        return next((KINDS[k].health for k in by_severity() if verdict.in_episode(k)), Health.OK)
 
     def _check_weights(self, step: int, stats: StepStats, verdict: Verdict) -> None:
         """On steps that measure parameter norms: NaN/Inf in the weights themselves is a non-finite alert."""
@@ -304,8 +300,8 @@ class StepEngine:
             self._weights_nonfinite = bool(bad)
             return
         self._weights_nonfinite = True
-        response = self.settings.on_nonfinite
-        if response in ("warn", "ignore"):
+        response = self.settings.response(AlertKind.NONFINITE)
+        if response not in KINDS[AlertKind.NONFINITE].drops:
             cause = (
                 f'An earlier non-finite gradient may have reached them (on_nonfinite="{response}" lets such updates'
                 " through), or they were loaded, initialised or changed that way."
@@ -319,9 +315,9 @@ class StepEngine:
             f"Non-finite weights (NaN/Inf) at step {step} in {format_layers(bad)}: the parameters themselves are"
             f" corrupted, not only a gradient. {cause}"
             + REMEDIES_PLAIN
-            + "\n".join(f"  - {h}" for h in remedies("nonfinite", self.env.traits))
+            + "\n".join(f"  - {h}" for h in remedies(AlertKind.NONFINITE, self.env.traits))
         )
-        alert = GradientAlert("nonfinite", step, bad, math.nan, 0.0, message, self.index, {"what": "weights"})
+        alert = GradientAlert(AlertKind.NONFINITE, step, bad, math.nan, 0.0, message, self.index, {"what": "weights"})
         verdict.alerts.append(alert)
 
     # ------------------------------------------------------------------ after the decision
@@ -339,7 +335,8 @@ class StepEngine:
             self.summary.count(names.SKIPPED_STEPS)
         if clipped:
             self.summary.count(names.CLIPPED_STEPS)
-            spike = decision.verdict is not None and decision.verdict.spike and self.settings.on_exploding == "clip"
+            clips_spikes = self.settings.response(AlertKind.EXPLODING) == Response.CLIP
+            spike = decision.verdict is not None and decision.verdict.spike and clips_spikes
             reasons += ["clipped spike"] if spike else []
         reasons += ["alert"] if decision.alerts else []
         if reasons:
@@ -415,6 +412,6 @@ def failure_of(decision: Decision) -> GradientAlert:
     alert = decision.failure
     if alert is None:
         alert = GradientAlert(
-            "nonfinite", decision.step, (), math.nan, 0.0, "A gradient alert was raised on another rank"
+            AlertKind.NONFINITE, decision.step, (), math.nan, 0.0, "A gradient alert was raised on another rank"
         )
     return alert

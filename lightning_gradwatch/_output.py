@@ -21,6 +21,7 @@ from lightning_gradwatch._engine import Decision, StepEngine
 from lightning_gradwatch._environment import Environment
 from lightning_gradwatch._progress import beside_progress_bars
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning
+from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.pictures import (
     BackgroundDrawing,
     gradient_flow_png,
@@ -36,10 +37,10 @@ __all__ = ["MAX_ALERTS_KEPT", "RunOutput", "layer_health"]
 MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
 _BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
-_ACTIONS = {
-    "stop": 'GradWatch stops training after this step (on_{kind}="stop"); this step\'s update is skipped.',
-    "skip": 'GradWatch skips the updates of such steps (on_{kind}="skip").',
-    "clip": 'GradWatch clips such steps to the spike threshold (on_{kind}="clip").',
+_ACTIONS = {  # what a warning adds about the response, by response ({argument}: the kind's ``on_<kind>``)
+    Response.STOP: 'GradWatch stops training after this step ({argument}="stop"); this step\'s update is skipped.',
+    Response.SKIP: 'GradWatch skips the updates of such steps ({argument}="skip").',
+    Response.CLIP: 'GradWatch clips such steps to the spike threshold ({argument}="clip").',
 }
 
 
@@ -124,10 +125,11 @@ class RunOutput:
                 continue
             if self.writers:
                 self.writers.write_alert(alert)
-            if response != "raise":
+            if response != Response.RAISE:
                 action = _ACTIONS.get(response)
-                _warn(alert.message if action is None else f"{alert.message}\n{action.format(kind=alert.kind)}")
-            self.write_report("running")
+                argument = kind_spec(alert.kind).argument
+                _warn(alert.message if action is None else f"{alert.message}\n{action.format(argument=argument)}")
+            self.write_report(RunStatus.RUNNING)
 
     # ------------------------------------------------------------------ steps
     def write_step(self, decision: Decision, engine: StepEngine, clip: tuple[float, float] | None) -> None:
@@ -278,7 +280,7 @@ class RunOutput:
             )
 
     # ------------------------------------------------------------------ the end
-    def write_report(self, status: str, error: str | None = None) -> None:
+    def write_report(self, status: RunStatus, error: str | None = None) -> None:
         """Write ``gradwatch.json`` (a failure is reported once; training goes on)."""
         if not self.is_global_zero or self.log_dir is None or self._report_failed:
             return
@@ -302,7 +304,7 @@ class RunOutput:
                 " are still in `GradWatch.alerts` and the logs."
             )
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: RunStatus, error: str | None = None) -> None:
         """Last pictures, flushed logs, the final report."""
         if not self.is_global_zero:
             return
@@ -358,7 +360,7 @@ def budget_message(budget: OverheadBudget) -> str:
     )
 
 
-def layer_health(stats: StepStats, decision: Decision) -> list[str]:
+def layer_health(stats: StepStats, decision: Decision) -> list[Health]:
     """Per layer: ``non-finite``, ``exploding`` (a large share of a spike step's norm), ``vanishing`` or ``ok``."""
     verdict = decision.verdict
     vanishing = set(verdict.vanishing_layers) if verdict is not None else set()
@@ -366,11 +368,11 @@ def layer_health(stats: StepStats, decision: Decision) -> list[str]:
     out = []
     for name, norm, bad in zip(stats.layers, stats.grad_norm, stats.nonfinite_count):
         if bad:
-            out.append("non-finite")
+            out.append(Health.NONFINITE)
         elif norm * norm >= big:
-            out.append("exploding")
+            out.append(Health.EXPLODING)
         else:
-            out.append("vanishing" if name in vanishing else "ok")
+            out.append(Health.VANISHING if name in vanishing else Health.OK)
     return out
 
 

@@ -20,6 +20,8 @@ import math
 import re
 from typing import Any, Literal, get_args
 
+from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, VanishingResponse
+
 __all__ = [
     "DETECTION_ARGUMENTS",
     "ArgumentTypeError",
@@ -38,9 +40,6 @@ __all__ = [
     "choices",
 ]
 
-VanishingResponse = Literal["warn", "raise", "stop", "ignore"]
-ExplodingResponse = Literal["warn", "raise", "stop", "skip", "clip", "ignore"]
-NonfiniteResponse = Literal["warn", "raise", "stop", "skip", "ignore"]
 Granularity = Literal["module", "parameter"]
 
 

@@ -38,6 +38,7 @@ from lightning_gradwatch._validation import (
 )
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.detectors import DetectionConfig
+from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import RunSummary
 
 __all__ = ["ExplodingResponse", "GradWatch", "NonfiniteResponse", "VanishingResponse"]
@@ -320,19 +321,18 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
-            status = str(getattr(getattr(trainer, "state", None), "status", "finished")).split(".")[-1].lower()
-            self._finish(status if status != "running" else "finished")
+            self._finish(_ended(trainer))
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Ctrl+C, and SIGTERM (Lightning raises its SIGTERMException, a SystemExit), interrupt a run; the rest fail it
-        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SystemExit)) else "failed"
+        status = RunStatus.INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SystemExit)) else RunStatus.FAILED
         self._finish(status, error=f"{type(exception).__name__}: {exception}")
 
     def _at_exit(self) -> None:
-        self._finish("failed", error="the process exited during training")
+        self._finish(RunStatus.FAILED, error="the process exited during training")
 
-    def _finish(self, status: str, error: str | None = None) -> None:
+    def _finish(self, status: RunStatus, error: str | None = None) -> None:
         fit, self._fit = self._fit, None
         if fit is None:
             return
@@ -371,7 +371,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         clip = engine.settle(decision, flags, epoch=int(trainer.current_epoch), batch_idx=fit.batch_idx)
         fit.output.write_step(decision, engine, clip)
         if flags.fail:
-            fit.output.finish("failed", error=failure_of(decision).message.splitlines()[0])
+            fit.output.finish(RunStatus.FAILED, error=failure_of(decision).message.splitlines()[0])
         act(decision, flags, optimizer, engine, trainer)
         return decision.histograms, decision.log
 
@@ -410,3 +410,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._fit.loss = loss.detach()  # no sync here: it travels with the next step's statistics
+
+
+def _ended(trainer: Any) -> RunStatus:
+    """How a fit that reached ``teardown`` ended, from Lightning's ``TrainerStatus`` (a string enum).
+
+    Teardown runs while the Trainer still says ``running``: the fit finished. A status that is none of ours is taken
+    as finished too.
+    """
+    status = getattr(getattr(trainer, "state", None), "status", None)
+    value = str(getattr(status, "value", status)).lower()
+    return RunStatus.INTERRUPTED if value == RunStatus.INTERRUPTED else RunStatus.FINISHED

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from lightning_gradwatch import __version__
+from lightning_gradwatch._names import optimizer_key
 from lightning_gradwatch.alerts import ALERT_KINDS
+from lightning_gradwatch.kinds import KINDS, AlertKind, Health, RunStatus, by_severity
 from lightning_gradwatch.runs import RunReadError, RunRecord, find_runs, load_run
 
 __all__ = ["main"]
@@ -153,8 +155,8 @@ def verdict(run: RunRecord, fail_on: set[str]) -> str:
         return "alerts"
     if run.finished:
         return "healthy"
-    if run.status in ("interrupted", "failed"):
-        return run.status
+    if run.status in (RunStatus.INTERRUPTED, RunStatus.FAILED):
+        return str(run.status)
     return "unfinished"
 
 
@@ -246,9 +248,9 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
 def _why(run: RunRecord, run_verdict: str) -> str:
     if run.status is None:
         return "no gradwatch.json (killed before writing it, or it could not be written, or was not copied)"
-    if run.status == "running":
+    if run.status == RunStatus.RUNNING:
         return 'gradwatch.json still says "running" (the process was killed, or is still training)'
-    if run.status not in ("interrupted", "failed"):
+    if run.status not in (RunStatus.INTERRUPTED, RunStatus.FAILED):
         return f"unknown status {run.status!r} in gradwatch.json"
     error = _first_line(run.error or "").rstrip(": ")
     if len(error) > _ERROR_WIDTH:
@@ -331,18 +333,18 @@ def _markdown_summary(runs: list[RunRecord], fail_on: set[str], allow_unfinished
 def _layer_status(layer: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
     kinds = []
     if layer.get("nonfinite_steps"):
-        kinds.append("non-finite")
-    for kind, label in (("nonfinite", "non-finite"), ("exploding", "exploding"), ("vanishing", "vanishing")):
+        kinds.append(str(KINDS[AlertKind.NONFINITE].health))
+    for kind in by_severity():
+        label = str(KINDS[kind].health)
         if label not in kinds and any(kind == a["kind"] and layer["name"] in a["layers"] for a in alerts):
             kinds.append(label)
-    return ", ".join(kinds) or "ok"
+    return ", ".join(kinds) or str(Health.OK)
 
 
 def _total_status(key: str, alerts: list[dict[str, Any]]) -> str:
-    labels = {"nonfinite": "non-finite", "exploding": "exploding", "vanishing": "vanishing"}
-    index = int(key.rpartition("_")[2]) if key.startswith("optimizer_") and key[10:].isdigit() else None
-    kinds = {a["kind"] for a in alerts if index is None or (a.get("optimizer") or 0) == index}
-    return ", ".join(labels[k] for k in labels if k in kinds) or "ok"
+    # "all", or one optimizer's key: its own alerts
+    kinds = {a["kind"] for a in alerts if key == "all" or optimizer_key(a.get("optimizer") or 0) == key}
+    return ", ".join(str(KINDS[k].health) for k in by_severity() if k in kinds) or str(Health.OK)
 
 
 def _fmt(value: float) -> str:

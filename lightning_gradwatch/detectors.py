@@ -48,7 +48,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch._validation import check_int, check_number
-from lightning_gradwatch.alerts import REMEDIES_PLAIN, AlertKind, GradientAlert, ModelTraits, format_layers, remedies
+from lightning_gradwatch.alerts import REMEDIES_PLAIN, GradientAlert, ModelTraits, format_layers, remedies
+from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
     from lightning_gradwatch.stats import StepStats
@@ -192,9 +193,29 @@ class Verdict:
     vanishing_layers: tuple[str, ...] = ()
     exploding: bool = False
 
-    def alert(self, kind: str) -> GradientAlert | None:
+    def alert(self, kind: AlertKind | str) -> GradientAlert | None:
         """The alert of ``kind`` fired at this step, if any."""
         return next((a for a in self.alerts if a.kind == kind), None)
+
+    def affected(self, kind: AlertKind | str) -> bool:
+        """Whether ``kind`` affects this step: the steps a dropping response keeps out of the weights.
+
+        Non-finite: every non-finite step. Exploding: every spike step, and the step an explosion is found at.
+        Vanishing: the step it is alerted at.
+        """
+        if kind == AlertKind.NONFINITE:
+            return self.nonfinite
+        if kind == AlertKind.EXPLODING:
+            return self.spike or self.alert(kind) is not None
+        return self.alert(kind) is not None
+
+    def in_episode(self, kind: AlertKind | str) -> bool:
+        """Whether an episode of ``kind`` holds at this step (what the health word shows)."""
+        if kind == AlertKind.NONFINITE:
+            return self.nonfinite
+        if kind == AlertKind.EXPLODING:
+            return self.exploding
+        return bool(self.vanishing_layers)
 
 
 def _load(read: Callable[[Any], Any]) -> dict[str, Any]:
@@ -421,16 +442,16 @@ class GradientDetector(_DetectorState):
             and _median(self.recent_losses) > 2.0 * max(self.loss_floor, 0.0)
         )
 
-    def _exploding_rule(self, x: float | None, norm: float, falling_back: bool) -> str | None:
+    def _exploding_rule(self, x: float | None, norm: float, falling_back: bool) -> Rule | None:
         """Which rule, if any, calls this step an explosion: ``jump``, ``spikes``, ``growth`` or ``trend``."""
         trend = self._update_trend(x)  # always: it keeps the loss floor and the recent norms
         if self._jumped(x):
-            return "jump"
+            return Rule.JUMP
         if self._spikes_left_history(x, norm, falling_back):
-            return "spikes"
+            return Rule.SPIKES
         if self._growing():
-            return "growth"
-        return "trend" if trend else None
+            return Rule.GROWTH
+        return Rule.TREND if trend else None
 
     def _jumped(self, x: float | None) -> bool:
         """Orders of magnitude within the first steps: no history is needed to see that."""
@@ -573,7 +594,7 @@ class GradientDetector(_DetectorState):
             if self._layer_step(name, norm, top, limit):
                 newly.append(name)
         verdict.vanishing_layers = tuple(n for n in stats.layers if n in self.vanishing_episode)
-        if newly and not ongoing and not verdict.alert("vanishing"):
+        if newly and not ongoing and not verdict.alert(AlertKind.VANISHING):
             ordered = tuple(n for n in stats.layers if n in self.vanishing_episode)
             worst = min(stats.grad_norm[stats.layers.index(n)] for n in ordered)
             verdict.alerts.append(self._vanishing_alert(step, ordered, worst / top if top else 0.0, stats))
@@ -597,7 +618,7 @@ class GradientDetector(_DetectorState):
         return False
 
     # ------------------------------------------------------------------ messages
-    def _hints(self, kind: AlertKind, cause: str | None = None) -> str:
+    def _hints(self, kind: AlertKind, cause: Cause | None = None) -> str:
         return REMEDIES_PLAIN + "\n".join(f"  - {h}" for h in remedies(kind, self.traits, cause))
 
     def _nonfinite_alert(self, step: int, stats: StepStats) -> GradientAlert:
@@ -605,24 +626,24 @@ class GradientDetector(_DetectorState):
         values = sum(stats.nonfinite_count)
         message = (
             f"Non-finite gradients (NaN/Inf) at step {step}: {values} value(s) in {format_layers(layers)}."
-            + self._hints("nonfinite")
+            + self._hints(AlertKind.NONFINITE)
         )
-        return GradientAlert("nonfinite", step, tuple(layers), float(values), 0.0, message, self.optimizer)
+        return GradientAlert(AlertKind.NONFINITE, step, tuple(layers), float(values), 0.0, message, self.optimizer)
 
-    def _exploding_alert(self, step: int, stats: StepStats, threshold: float, rule: str) -> GradientAlert:
+    def _exploding_alert(self, step: int, stats: StepStats, threshold: float, rule: Rule) -> GradientAlert:
         baseline = 10**self.mean
         ranked = sorted(zip(stats.layers, stats.grad_norm), key=lambda item: -item[1])
         share = {n for n, g in ranked if g * g >= 0.1 * stats.total_norm**2} or {ranked[0][0]}
         ordered = tuple(n for n in stats.layers if n in share)
         norm = stats.total_norm
-        if rule == "jump":
+        if rule == Rule.JUMP:
             peak = 10 ** (self.peak or 0.0)
             what = (
                 f"total norm {norm:.4g} is {norm / peak:.3g}x the largest norm of the run's first steps ({peak:.4g}):"
                 " it grew by orders of magnitude from the start"
             )
-            cause, value, limit = "startup", norm, self.config.exploding_jump_factor * peak
-        elif rule == "trend":
+            cause, value, limit = Cause.STARTUP, norm, self.config.exploding_jump_factor * peak
+        elif rule == Rule.TREND:
             loss, floor = _median(self.recent_losses), self.loss_floor or 0.0
             ratio = loss / floor if floor > 0 else math.inf
             level, start = 10 ** _median(self.recent_norms), 10 ** (self.norm_at_floor or 0.0)
@@ -631,13 +652,13 @@ class GradientDetector(_DetectorState):
                 f" value, while the total norm grew from {start:.4g} to {level:.4g} (medians of the last {_WINDOW}"
                 " steps)"
             )
-            cause, value, limit = "growth", ratio, self.config.exploding_trend_loss_factor
-        elif rule == "growth":
+            cause, value, limit = Cause.GROWTH, ratio, self.config.exploding_trend_loss_factor
+        elif rule == Rule.GROWTH:
             what = (
                 f"total norm {norm:.4g} has risen for {self.growth_run} consecutive steps while the loss"
                 f" rose too (typical norm so far {baseline:.4g}; a single step becomes a spike above {threshold:.4g})"
             )
-            cause, value, limit = "growth", norm, threshold
+            cause, value, limit = Cause.GROWTH, norm, threshold
         else:
             what = (
                 f"total norm {norm:.4g} for {self.spike_run} consecutive steps above the spike threshold"
@@ -645,12 +666,12 @@ class GradientDetector(_DetectorState):
                 + (f", largest ordinary norm {10**self.ceiling:.4g}" if self.ceiling is not None else "")
                 + ")"
             )
-            cause, value, limit = "outlier", norm, threshold
+            cause, value, limit = Cause.OUTLIER, norm, threshold
         message = f"Exploding gradients at step {step}: {what}. Largest in: {format_layers(ordered)}." + self._hints(
-            "exploding", cause
+            AlertKind.EXPLODING, cause
         )
-        extra = {"rule": rule}
-        return GradientAlert("exploding", step, ordered, value, limit, message, self.optimizer, extra)
+        extra = {"rule": Rule(rule).value}
+        return GradientAlert(AlertKind.EXPLODING, step, ordered, value, limit, message, self.optimizer, extra)
 
     def _vanishing_alert(self, step: int, layers: tuple[str, ...], ratio: float, stats: StepStats) -> GradientAlert:
         cfg = self.config
@@ -661,7 +682,7 @@ class GradientDetector(_DetectorState):
                 f"Vanishing gradients at step {step}: {format_layers(layers)} had gradients exactly zero for"
                 f" {cfg.vanishing_patience} consecutive steps while {top_layer} still learns: their units give no"
                 " gradient for any input (dead ReLUs, saturated units, or a part of the graph cut off)."
-                + self._hints("vanishing", "dead")
+                + self._hints(AlertKind.VANISHING, Cause.DEAD)
             )
         else:
             message = (
@@ -669,9 +690,9 @@ class GradientDetector(_DetectorState):
                 f"{cfg.vanishing_ratio:g}x the largest layer's ({top_layer})"
                 + (f" or below {cfg.vanishing_floor:g}" if cfg.vanishing_floor is not None else "")
                 + f" for {cfg.vanishing_patience} consecutive steps (smallest ratio {ratio:.3g})."
-                + self._hints("vanishing")
+                + self._hints(AlertKind.VANISHING)
             )
-        return GradientAlert("vanishing", step, layers, ratio, cfg.vanishing_ratio, message, self.optimizer)
+        return GradientAlert(AlertKind.VANISHING, step, layers, ratio, cfg.vanishing_ratio, message, self.optimizer)
 
     def _collapse_alert(self, step: int, stats: StepStats) -> GradientAlert:
         cfg = self.config
@@ -679,7 +700,7 @@ class GradientDetector(_DetectorState):
         ratio = stats.total_norm / ref if ref else 0.0
         if stats.total_norm == 0:
             what = "every gradient is exactly zero"
-            cause = "dead"
+            cause = Cause.DEAD
         else:
             what = (
                 f"the total gradient norm fell to {ratio:.3g}x its level after warm-up while the loss has not come"
@@ -688,9 +709,10 @@ class GradientDetector(_DetectorState):
             cause = None
         message = (
             f"Vanishing gradients at step {step}: {what}, for {cfg.vanishing_patience} consecutive steps."
-            + self._hints("vanishing", cause)
+            + self._hints(AlertKind.VANISHING, cause)
         )
-        return GradientAlert("vanishing", step, stats.layers, ratio, cfg.collapse_ratio, message, self.optimizer)
+        kind = AlertKind.VANISHING
+        return GradientAlert(kind, step, stats.layers, ratio, cfg.collapse_ratio, message, self.optimizer)
 
 
 def config_fields() -> tuple[str, ...]:

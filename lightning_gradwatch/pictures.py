@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lightning_gradwatch.kinds import Health, health_colours
+
 __all__ = [
     "HEALTH_COLOURS",
     "PNG_SIGNATURE",
@@ -25,7 +27,8 @@ __all__ = [
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-HEALTH_COLOURS = {"ok": "#4C72B0", "vanishing": "#DD8452", "exploding": "#C44E52", "non-finite": "#8172B3"}
+#: each health word's colour in the gradient-flow picture, from the table of kinds
+HEALTH_COLOURS: dict[Health, str] = health_colours()
 # Matplotlib is not thread-safe (its text parser and font caches are shared): two GradWatch instances, each with its
 # own drawing thread, once failed to parse a tick label while drawing at the same time. One picture at a time.
 _DRAWING_LOCK = threading.Lock()
@@ -101,7 +104,7 @@ def gradient_flow_png(
     fig = _figure(max(6.0, min(0.35 * n + 2.5, 24.0)), 4.8)
     ax = fig.add_subplot(1, 1, 1)
     xs = list(range(n))
-    colours = [HEALTH_COLOURS.get(h, HEALTH_COLOURS["ok"]) for h in health]
+    colours = [HEALTH_COLOURS.get(h, HEALTH_COLOURS[Health.OK]) for h in health]
     ax.bar(xs, _positive(max_abs), color=colours, alpha=0.35, width=0.8)
     ax.bar(xs, _positive(mean_abs), color=colours, alpha=0.95, width=0.5)
     ax.set_yscale("log")
@@ -115,10 +118,10 @@ def gradient_flow_png(
 
     handles = [Patch(color="#777777", alpha=0.35), Patch(color="#777777", alpha=0.95)]
     labels = ["max |grad| (light)", "mean |grad| (dark)"]
-    for name in ("ok", "vanishing", "exploding", "non-finite"):
+    for name in Health:
         if name in health:
             handles.append(Patch(color=HEALTH_COLOURS[name]))
-            labels.append(name)
+            labels.append(str(name))
     ax.legend(handles, labels, loc="upper left", fontsize=8)
     fig.tight_layout()
     return _png(fig)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch._names import NONFINITE_STEPS
 from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.kinds import RunStatus
 
 __all__ = [
     "REPORT_FILE",
@@ -286,7 +287,7 @@ class RunSummary:
 def build_report(
     *,
     version: str,
-    status: str,
+    status: RunStatus | str,
     config: Mapping[str, Any],
     summary: RunSummary,
     alerts: Iterable[GradientAlert],
@@ -297,7 +298,7 @@ def build_report(
         "format": REPORT_FORMAT,
         "format_version": REPORT_FORMAT_VERSION,
         "gradwatch_version": version,
-        "status": status,
+        "status": str(status),  # the value of a RunStatus
         "config": dict(config),
     }
     if error:

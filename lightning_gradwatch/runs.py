@@ -28,6 +28,7 @@ from typing import Any
 
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
+from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import REPORT_FILE, read_report
 
 __all__ = ["RunReadError", "RunRecord", "find_runs", "load_run"]
@@ -35,7 +36,7 @@ __all__ = ["RunReadError", "RunRecord", "find_runs", "load_run"]
 EVENT_FILE_MARK = "tfevents"
 ALERT_TEXT_TAGS = (ALERTS_TEXT_TAG, ALERTS_TAG)
 TOTAL_NORM_TAG = TOTAL_NORM
-FINISHED = "finished"
+FINISHED = RunStatus.FINISHED
 
 
 class RunReadError(Exception):
