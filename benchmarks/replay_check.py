@@ -231,7 +231,11 @@ def engine_steps(module: Any, trace: Trace, variant: dict[str, Any]) -> Iterator
     report_module = importlib.import_module(f"{module.__name__}.report")
     env = env_module.Environment(log_every=LOG_EVERY, hist_every=0, scaler=scaler, traits=trace.traits)
     summary = report_module.RunSummary()
-    engine = engine_module.StepEngine(engine_module.Settings(**settings), 0, env, summary)
+    if hasattr(engine_module, "Settings"):  # the API before WatchConfig
+        config = engine_module.Settings(**settings)
+    else:
+        config = engine_module.WatchConfig.from_arguments(**settings)
+    engine = engine_module.StepEngine(config, 0, env, summary)
     current: list[StepStats] = []
     engine.collector = SimpleNamespace(sharded=False, collect=lambda **_: current[0])
     engine.detector.exempt_layers = trace.exempt

@@ -9,7 +9,7 @@ decision's flags across processes, so every rank acts alike.
 Example:
     >>> import torch
     >>> model = torch.nn.Linear(4, 1)
-    >>> engine = StepEngine(Settings(on_nonfinite="skip"), index=0)
+    >>> engine = StepEngine(WatchConfig.from_arguments(on_nonfinite="skip"), index=0)
     >>> engine.watch(model.named_parameters(), exempt=set())
     >>> model.weight.grad = torch.full((1, 4), float("nan"))
     >>> model.bias.grad = torch.zeros(1)
@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torch import Tensor
@@ -43,37 +43,78 @@ from lightning_gradwatch.alerts import (
     remedies,
 )
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient
+from lightning_gradwatch.config import (
+    ClipConfig,
+    ConfigGroup,
+    MeasureConfig,
+    OutputConfig,
+    ResponseConfig,
+    ScheduleConfig,
+)
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector, Verdict
 from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, by_severity
 from lightning_gradwatch.report import RunSummary
 from lightning_gradwatch.stats import GradientStats, StepStats, layer_name
 
-__all__ = ["Decision", "Flags", "Settings", "StepEngine", "act"]
+__all__ = ["Decision", "Flags", "StepEngine", "WatchConfig", "act"]
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What the engine needs of GradWatch's arguments (already validated)."""
+class WatchConfig:
+    """All of GradWatch's configuration, one group per part (each group holds its defaults and checks).
 
-    on_vanishing: str = "warn"
-    on_exploding: str = "warn"
-    on_nonfinite: str = "stop"
-    clip: float | str | None = None
-    clip_zscore: float = 3.0
-    clip_warmup_steps: int = 25
-    clip_max_norm: float | None = None
-    granularity: str = "module"
-    include: str | None = None
-    exclude: str | None = None
-    histogram_bins: int = 64
-    histogram_sample_size: int = 4096
-    max_layers: int | None = 256
-    amp_overflow_patience: int = 20
+    Example:
+        >>> config = WatchConfig.from_arguments(on_exploding="skip", clip="adaptive", vanishing_patience=20)
+        >>> config.responses.on_exploding, config.clipping.adaptive, config.detection.vanishing_patience
+        ('skip', True, 20)
+        >>> WatchConfig.from_arguments(clip_zscore=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `clip_zscore` must be a positive, finite number, got 0
+    """
+
+    responses: ResponseConfig = field(default_factory=ResponseConfig)
+    clipping: ClipConfig = field(default_factory=ClipConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
-    def response(self, kind: AlertKind | str) -> Response:
-        """The response chosen for an alert ``kind``."""
-        return Response(getattr(self, KINDS[AlertKind(kind)].argument))
+    @classmethod
+    def groups(cls) -> dict[str, type[ConfigGroup]]:
+        """The groups by field name, in order."""
+        return {f.name: f.default_factory for f in fields(cls)}  # type: ignore[misc]
+
+    @classmethod
+    def from_arguments(cls, **arguments: Any) -> WatchConfig:
+        """``GradWatch``'s flat arguments, each taken by its group (missing ones keep their defaults).
+
+        Raises:
+            TypeError: for a name that is no argument, or a value of the wrong type.
+            ValueError: for a value out of range.
+        """
+        parts = {}
+        for name, group in cls.groups().items():
+            parts[name] = group(**{k: arguments.pop(k) for k in group.argument_names() if k in arguments})
+        if arguments:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(arguments))}")
+        return cls(**parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting's plain value, flat, group after group (``gradwatch.json``'s ``config``)."""
+        return {k: v for name in self.groups() for k, v in getattr(self, name).to_dict().items()}
+
+    def argument(self, name: str) -> Any:
+        """The value of the ``GradWatch`` argument ``name``.
+
+        Raises:
+            AttributeError: for a name that is no argument.
+        """
+        for group in self.groups():
+            part = getattr(self, group)
+            if name in part.argument_names():
+                return getattr(part, name)
+        raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -131,7 +172,7 @@ class StepEngine:
     """Measures and judges the gradients of one optimizer, step after step.
 
     Args:
-        settings: the responses, clipping and collection settings.
+        settings: the configuration.
         index: the optimizer's index (recorded in alerts).
         environment: ranks, schedule, loss scaler and model traits of the fit.
         summary: the run summary to update (shared by the engines of one callback).
@@ -140,7 +181,7 @@ class StepEngine:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WatchConfig,
         index: int = 0,
         environment: Environment | None = None,
         summary: RunSummary | None = None,
@@ -152,8 +193,9 @@ class StepEngine:
         self.summary = summary if summary is not None else RunSummary()
         self.suffix = suffix
         self.detector = GradientDetector(settings.detection, traits=self.env.traits, optimizer=index)
+        clipping = settings.clipping
         self.clipper = AdaptiveClipThreshold(
-            zscore=settings.clip_zscore, warmup_steps=settings.clip_warmup_steps, max_norm=settings.clip_max_norm
+            zscore=clipping.clip_zscore, warmup_steps=clipping.clip_warmup_steps, max_norm=clipping.clip_max_norm
         )
         self.collector: GradientStats | None = None
         self.ticks = 0  # steps this optimizer took: its own cadence under manual optimization
@@ -172,7 +214,7 @@ class StepEngine:
 
     def watch(self, named_parameters: Iterable[tuple[str, Tensor]], exempt: set[int], plain_group: Any = None) -> None:
         """Watch these parameters (names already cleaned); ``exempt``: ids of parameters exempt from vanishing."""
-        s = self.settings
+        s = self.settings.measure
         named = list(named_parameters)
         first = self.collector is None
         self.collector = GradientStats(
@@ -244,7 +286,7 @@ class StepEngine:
         if not self._scaled_finite and _scale_of(self.env.scaler) > 1.0:
             return True  # still falling from its initial scale
         self._overflow_run += 1
-        return self._overflow_run < self.settings.amp_overflow_patience
+        return self._overflow_run < self.settings.measure.amp_overflow_patience
 
     def _judge(self, step: int, stats: StepStats, log: bool, hist: bool) -> Decision:
         if stats.extra:
@@ -256,7 +298,7 @@ class StepEngine:
             self.interval_max = max(self.interval_max, stats.total_norm)
         if verdict.spike:
             self.summary.count(names.SPIKE_STEPS)
-        alerts = tuple((a, self.settings.response(a.kind)) for a in verdict.alerts)
+        alerts = tuple((a, self.settings.responses.response(a.kind)) for a in verdict.alerts)
         alerts = tuple((a, r) for a, r in alerts if r != Response.IGNORE)
         flags = self._flags(verdict, alerts)
         threshold = None
@@ -268,7 +310,7 @@ class StepEngine:
         # a kind's dropping responses drop every step it affects, not only the alerted one: every non-finite step;
         # with on_exploding="skip", every spike step and the step an explosion is found at (a jump in the first steps,
         # or a trend, has no spike step)
-        response = self.settings.response
+        response = self.settings.responses.response
         skip = any(verdict.affected(kind) and response(kind) in spec.drops for kind, spec in KINDS.items())
         responses = {r for _, r in alerts}
         return Flags(skip=skip, stop=Response.STOP in responses, fail=Response.RAISE in responses)
@@ -277,13 +319,13 @@ class StepEngine:
         """The threshold this step is clipped to, when clipping is configured (the adaptive one learns the norm)."""
         s = self.settings
         threshold = math.inf
-        if s.clip == "adaptive":
+        if s.clipping.adaptive:
             threshold = self.clipper.update(total_norm)
-        elif s.clip is not None:
-            threshold = float(s.clip)
-        if verdict.spike and s.response(AlertKind.EXPLODING) == Response.CLIP:
+        elif s.clipping.fixed is not None:
+            threshold = s.clipping.fixed
+        if verdict.spike and s.responses.response(AlertKind.EXPLODING) == Response.CLIP:
             threshold = min(threshold, verdict.spike_threshold)
-        if s.clip is None and not math.isfinite(threshold):
+        if s.clipping.clip is None and not math.isfinite(threshold):
             return None
         return threshold
 
@@ -300,7 +342,7 @@ class StepEngine:
             self._weights_nonfinite = bool(bad)
             return
         self._weights_nonfinite = True
-        response = self.settings.response(AlertKind.NONFINITE)
+        response = self.settings.responses.response(AlertKind.NONFINITE)
         if response not in KINDS[AlertKind.NONFINITE].drops:
             cause = (
                 f'An earlier non-finite gradient may have reached them (on_nonfinite="{response}" lets such updates'
@@ -335,7 +377,7 @@ class StepEngine:
             self.summary.count(names.SKIPPED_STEPS)
         if clipped:
             self.summary.count(names.CLIPPED_STEPS)
-            clips_spikes = self.settings.response(AlertKind.EXPLODING) == Response.CLIP
+            clips_spikes = self.settings.responses.response(AlertKind.EXPLODING) == Response.CLIP
             spike = decision.verdict is not None and decision.verdict.spike and clips_spikes
             reasons += ["clipped spike"] if spike else []
         reasons += ["alert"] if decision.alerts else []

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from lightning_gradwatch._engine import Flags
 
 __all__ = [
+    "HISTOGRAMS_PER_LOG",
     "LIGHTNING_LOG_EVERY",
     "MIN_POINTS",
     "MIN_POINTS_UNDER_BUDGET",
@@ -45,6 +46,8 @@ MIN_POINTS = 100
 MIN_POINTS_UNDER_BUDGET = 25
 #: the Trainer's ``log_every_n_steps`` when none is given: taken as "not chosen", and shortened on short runs
 LIGHTNING_LOG_EVERY = 50
+#: histograms, when their interval is not given, come at this many times the scalar interval
+HISTOGRAMS_PER_LOG = 4
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,8 @@ class Environment:
 
     is_global_zero: bool = True
     world_size: int = 1
-    log_every: int = 50
-    hist_every: int = 200
+    log_every: int = LIGHTNING_LOG_EVERY
+    hist_every: int = HISTOGRAMS_PER_LOG * LIGHTNING_LOG_EVERY
     log_widest: int = 0
     log_dir: str | None = None
     plain_group: Any = None
@@ -123,8 +126,8 @@ def run_cadence(
 
 
 def _histogram_interval(log_every: int, histogram_every_n_steps: int | None) -> int:
-    """The histogram interval: as given, else four times the scalar interval."""
-    return 4 * log_every if histogram_every_n_steps is None else histogram_every_n_steps
+    """The histogram interval: as given, else :data:`HISTOGRAMS_PER_LOG` times the scalar interval."""
+    return HISTOGRAMS_PER_LOG * log_every if histogram_every_n_steps is None else histogram_every_n_steps
 
 
 def clean_name(name: str) -> str:

@@ -12,7 +12,7 @@ import torch
 from typing_extensions import override
 
 from lightning_gradwatch._budget import OverheadBudget
-from lightning_gradwatch._engine import Settings, StepEngine, act, failure_of
+from lightning_gradwatch._engine import StepEngine, WatchConfig, act, failure_of
 from lightning_gradwatch._environment import (
     Environment,
     check_trainer,
@@ -28,17 +28,11 @@ from lightning_gradwatch._environment import (
 from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
 from lightning_gradwatch._output import RunOutput
 from lightning_gradwatch._progress import ProgressItems
-from lightning_gradwatch._validation import (
-    DETECTION_ARGUMENTS,
-    ExplodingResponse,
-    Granularity,
-    NonfiniteResponse,
-    VanishingResponse,
-    check_gradwatch_arguments,
-)
+from lightning_gradwatch._validation import Granularity
 from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.config import ClipConfig, MeasureConfig, OutputConfig, ResponseConfig, ScheduleConfig
 from lightning_gradwatch.detectors import DetectionConfig
-from lightning_gradwatch.kinds import RunStatus
+from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, RunStatus, VanishingResponse
 from lightning_gradwatch.report import RunSummary
 
 __all__ = ["ExplodingResponse", "GradWatch", "NonfiniteResponse", "VanishingResponse"]
@@ -190,47 +184,76 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
     def __init__(
         self,
-        on_vanishing: VanishingResponse = "warn",
-        on_exploding: ExplodingResponse = "warn",
-        on_nonfinite: NonfiniteResponse = "stop",
-        clip: Union[float, Literal["adaptive"], None] = None,
-        log_every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = None,
-        granularity: Granularity = "module",
-        include: str | None = None,
-        exclude: str | None = None,
+        on_vanishing: VanishingResponse = ResponseConfig.on_vanishing,
+        on_exploding: ExplodingResponse = ResponseConfig.on_exploding,
+        on_nonfinite: NonfiniteResponse = ResponseConfig.on_nonfinite,
+        clip: Union[float, Literal["adaptive"], None] = ClipConfig.clip,
+        log_every_n_steps: int | None = ScheduleConfig.log_every_n_steps,
+        histogram_every_n_steps: int | None = ScheduleConfig.histogram_every_n_steps,
+        granularity: Granularity = MeasureConfig.granularity,
+        include: str | None = MeasureConfig.include,
+        exclude: str | None = MeasureConfig.exclude,
         *,
-        warmup_steps: int = 10,
-        exploding_zscore: float = 4.0,
-        exploding_min_factor: float = 3.0,
-        exploding_patience: int = 2,
-        exploding_growth_steps: int = 4,
-        exploding_threshold: float | None = None,
-        exploding_jump_factor: float = 10.0,
-        exploding_trend_loss_factor: float = 3.0,
-        exploding_trend_norm_factor: float = 3.0,
-        vanishing_ratio: float = 1e-5,
-        vanishing_floor: float | None = None,
-        vanishing_patience: int = 50,
-        clip_zscore: float = 3.0,
-        clip_warmup_steps: int = 25,
-        clip_max_norm: float | None = None,
-        amp_overflow_patience: int = 20,
-        histogram_bins: int = 64,
-        histogram_sample_size: int = 4096,
-        max_layers: int | None = 256,
-        images: bool = True,
-        overhead_budget: float | None = 0.03,
-        progress_bar: bool = True,
+        warmup_steps: int = DetectionConfig.warmup_steps,
+        exploding_zscore: float = DetectionConfig.exploding_zscore,
+        exploding_min_factor: float = DetectionConfig.exploding_min_factor,
+        exploding_patience: int = DetectionConfig.exploding_patience,
+        exploding_growth_steps: int = DetectionConfig.exploding_growth_steps,
+        exploding_threshold: float | None = DetectionConfig.exploding_threshold,
+        exploding_jump_factor: float = DetectionConfig.exploding_jump_factor,
+        exploding_trend_loss_factor: float = DetectionConfig.exploding_trend_loss_factor,
+        exploding_trend_norm_factor: float = DetectionConfig.exploding_trend_norm_factor,
+        vanishing_ratio: float = DetectionConfig.vanishing_ratio,
+        vanishing_floor: float | None = DetectionConfig.vanishing_floor,
+        vanishing_patience: int = DetectionConfig.vanishing_patience,
+        clip_zscore: float = ClipConfig.clip_zscore,
+        clip_warmup_steps: int = ClipConfig.clip_warmup_steps,
+        clip_max_norm: float | None = ClipConfig.clip_max_norm,
+        amp_overflow_patience: int = MeasureConfig.amp_overflow_patience,
+        histogram_bins: int = MeasureConfig.histogram_bins,
+        histogram_sample_size: int = MeasureConfig.histogram_sample_size,
+        max_layers: int | None = MeasureConfig.max_layers,
+        images: bool = OutputConfig.images,
+        overhead_budget: float | None = OutputConfig.overhead_budget,
+        progress_bar: bool = OutputConfig.progress_bar,
     ) -> None:
         if not CALLBACK_BASES:
             raise ModuleNotFoundError(MISSING_LIGHTNING)
         super().__init__()
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        check_gradwatch_arguments(args)
-        self.detection = DetectionConfig(**{name: args.pop(name) for name in DETECTION_ARGUMENTS})
-        for name, value in args.items():  # responses, clipping, schedule, collection and display settings
-            setattr(self, name, value)
+        #: the configuration, one checked group per part; each argument also reads back as an attribute
+        self.settings = WatchConfig(
+            responses=ResponseConfig(on_vanishing=on_vanishing, on_exploding=on_exploding, on_nonfinite=on_nonfinite),
+            clipping=ClipConfig(
+                clip=clip, clip_zscore=clip_zscore, clip_warmup_steps=clip_warmup_steps, clip_max_norm=clip_max_norm
+            ),
+            measure=MeasureConfig(
+                granularity=granularity,
+                include=include,
+                exclude=exclude,
+                histogram_bins=histogram_bins,
+                histogram_sample_size=histogram_sample_size,
+                max_layers=max_layers,
+                amp_overflow_patience=amp_overflow_patience,
+            ),
+            schedule=ScheduleConfig(
+                log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps
+            ),
+            output=OutputConfig(progress_bar=progress_bar, images=images, overhead_budget=overhead_budget),
+            detection=DetectionConfig(
+                warmup_steps=warmup_steps,
+                exploding_zscore=exploding_zscore,
+                exploding_min_factor=exploding_min_factor,
+                exploding_patience=exploding_patience,
+                exploding_growth_steps=exploding_growth_steps,
+                exploding_threshold=exploding_threshold,
+                exploding_jump_factor=exploding_jump_factor,
+                exploding_trend_loss_factor=exploding_trend_loss_factor,
+                exploding_trend_norm_factor=exploding_trend_norm_factor,
+                vanishing_ratio=vanishing_ratio,
+                vanishing_floor=vanishing_floor,
+                vanishing_patience=vanishing_patience,
+            ),
+        )
         self.alerts: list[GradientAlert] = []
         self._engines: dict[int, StepEngine] = {}
         self._pending: dict[str, dict[str, Any]] = {}
@@ -244,7 +267,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
         Identity only, as Lightning's own callbacks: responses, thresholds and schedules may change on resuming.
         """
-        return self._generate_state_key(granularity=self.granularity, include=self.include, exclude=self.exclude)
+        measure = self.settings.measure
+        return self._generate_state_key(
+            granularity=measure.granularity, include=measure.include, exclude=measure.exclude
+        )
 
     @override
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -254,25 +280,30 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             if older is not None:
                 states[self.state_key] = states[older]
 
-    def _settings(self) -> Settings:
-        names = [f for f in Settings.__dataclass_fields__ if f != "detection"]
-        return Settings(**{name: getattr(self, name) for name in names}, detection=self.detection)
+    def __getattr__(self, name: str) -> Any:
+        """Each argument reads back as an attribute of the same name (``watch.on_exploding``)."""
+        settings = self.__dict__.get("settings")  # absent while unpickling
+        if settings is None:
+            raise AttributeError(name)
+        return settings.argument(name)
+
+    @property
+    def detection(self) -> DetectionConfig:
+        """The detection thresholds."""
+        return self.settings.detection
 
     def config(self) -> dict[str, Any]:
         """The configuration as plain values (written to ``gradwatch.json``)."""
-        settings = {k: v for k, v in vars(self._settings()).items() if k != "detection"}
-        extra = {
-            k: getattr(self, k)
-            for k in ("log_every_n_steps", "histogram_every_n_steps", "progress_bar", "images", "overhead_budget")
-        }
-        return {**settings, **extra, **self.detection.to_dict()}
+        return self.settings.to_dict()
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "format_version": 1,
             "detectors": {str(k): e.detector.state_dict() for k, e in self._engines.items()},
-            "clippers": {str(k): e.clipper.state_dict() for k, e in self._engines.items() if self.clip == "adaptive"},
+            "clippers": {
+                str(k): e.clipper.state_dict() for k, e in self._engines.items() if self.settings.clipping.adaptive
+            },
             "ticks": {str(k): e.ticks for k, e in self._engines.items()},
             "summary": self._summary.state_dict(),
             "alerts": [a.to_dict() for a in self.alerts],
@@ -298,20 +329,21 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        check_trainer(trainer, clip=self.clip, on_exploding=self.on_exploding)
-        env = probe(trainer, pl_module, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
+        s = self.settings
+        check_trainer(trainer, clip=s.clipping.clip, on_exploding=s.responses.on_exploding)
+        env = probe(trainer, pl_module, s.schedule.log_every_n_steps, s.schedule.histogram_every_n_steps)  # every rank
         self.alerts, self._engines, self._pending, self._summary = [], {}, {}, RunSummary()
-        images = self.images and env.hist_every > 0
+        images = s.output.images and env.hist_every > 0
         budget = None
-        if self.overhead_budget is not None and env.is_global_zero:
-            explicit = self.histogram_every_n_steps is not None
-            budget = OverheadBudget(self.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
+        if s.output.overhead_budget is not None and env.is_global_zero:
+            explicit = s.schedule.histogram_every_n_steps is not None
+            budget = OverheadBudget(s.output.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
         namespace = instance_namespace(self, trainer.callbacks)
         output = RunOutput(
             env, trainer.loggers, self._summary, self.alerts, self.config, images, namespace, budget, log_name(trainer)
         )
         self._fit = _Fit(env, output, ProgressItems())
-        if self.progress_bar and env.is_global_zero:
+        if s.output.progress_bar and env.is_global_zero:
             self._fit.progress.attach(trainer)
         if env.is_global_zero:
             # a rank that dies under `ddp_spawn` never sees `on_exception` (the parent handles it): at least flush
@@ -380,12 +412,12 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         engine = self._engines.get(index)
         if engine is None:
             suffix = f"/optimizer_{index}" if count > 1 else ""
-            engine = self._engines[index] = StepEngine(self._settings(), index, fit.env, self._summary, suffix)
+            engine = self._engines[index] = StepEngine(self.settings, index, fit.env, self._summary, suffix)
             engine.restore(self._pending)
         params = sum(len(g["params"]) for g in optimizer.param_groups)
         if engine.needs_parameters(params):
             named = named_parameters(pl_module, optimizer, index)
-            engine.watch(named, exempt_parameters(pl_module, self.granularity), fit.env.plain_group)
+            engine.watch(named, exempt_parameters(pl_module, self.settings.measure.granularity), fit.env.plain_group)
         return engine
 
     @override
@@ -393,7 +425,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         fit = self._fit
         if fit is None:
             return
-        env = run_cadence(fit.env, trainer, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
+        schedule = self.settings.schedule
+        env = run_cadence(fit.env, trainer, schedule.log_every_n_steps, schedule.histogram_every_n_steps)  # every rank
         if env is not fit.env:
             fit.env = env
             fit.output.retime(env.log_every, env.hist_every, env.log_widest)

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from lightning_gradwatch._validation import check_int, check_number
+from lightning_gradwatch.config import ClipConfig
 
 __all__ = ["AdaptiveClipThreshold", "clip_coefficient", "scale_gradients_"]
 
@@ -133,9 +134,9 @@ class AdaptiveClipThreshold:
 
     def __init__(
         self,
-        zscore: float = 3.0,
-        warmup_steps: int = 25,
-        max_norm: float | None = None,
+        zscore: float = ClipConfig.clip_zscore,
+        warmup_steps: int = ClipConfig.clip_warmup_steps,
+        max_norm: float | None = ClipConfig.clip_max_norm,
         window: int = 100,
         min_spread: float = 0.1,
         warmup_margin: float = 1.0,

@@ -44,11 +44,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from lightning_gradwatch._validation import check_int, check_number
+from lightning_gradwatch._validation import above_one, at_least_one, fraction, integer, number
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, GradientAlert, ModelTraits, format_layers, remedies
+from lightning_gradwatch.config import ConfigGroup, setting
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
@@ -58,7 +59,7 @@ __all__ = ["DetectionConfig", "GradientDetector", "Verdict"]
 
 
 @dataclass(frozen=True)
-class DetectionConfig:
+class DetectionConfig(ConfigGroup):
     """Thresholds of the detectors. Every field has a default calibrated to stay silent on healthy training.
 
     Args:
@@ -102,64 +103,27 @@ class DetectionConfig:
         TypeError: `vanishing_patience` must be an int, got float 2.5
     """
 
-    warmup_steps: int = 10
-    exploding_zscore: float = 4.0
-    exploding_min_factor: float = 3.0
-    exploding_patience: int = 2
-    exploding_growth_steps: int = 4
-    exploding_threshold: float | None = None
-    exploding_ceiling_factor: float = 2.0
-    exploding_ceiling_memory: int = 10_000
-    exploding_jump_factor: float = 10.0
-    exploding_trend_loss_factor: float = 3.0
-    exploding_trend_norm_factor: float = 3.0
-    ema_decay: float = 0.05
-    vanishing_ratio: float = 1e-5
-    vanishing_floor: float | None = None
-    vanishing_patience: int = 50
-    collapse_ratio: float = 1e-4
-    collapse_loss_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        check_int("warmup_steps", self.warmup_steps, minimum=0)
-        check_number("exploding_zscore", self.exploding_zscore)
-        _check_at_least_one("exploding_min_factor", self.exploding_min_factor)
-        check_int("exploding_patience", self.exploding_patience, minimum=1)
-        check_int("exploding_growth_steps", self.exploding_growth_steps, minimum=2)
-        check_number("exploding_threshold", self.exploding_threshold, optional=True)
-        _check_at_least_one("exploding_ceiling_factor", self.exploding_ceiling_factor)
-        check_int("exploding_ceiling_memory", self.exploding_ceiling_memory, minimum=1)
-        for name in ("exploding_jump_factor", "exploding_trend_loss_factor", "exploding_trend_norm_factor"):
-            value = getattr(self, name)
-            check_number(name, value)
-            if value <= 1:
-                raise ValueError(f"`{name}` must be greater than 1, got {value!r}")
-        _check_fraction("ema_decay", self.ema_decay)
-        _check_fraction("vanishing_ratio", self.vanishing_ratio)
-        check_number("vanishing_floor", self.vanishing_floor, optional=True)
-        check_int("vanishing_patience", self.vanishing_patience, minimum=1)
-        check_number("collapse_ratio", self.collapse_ratio)
-        check_number("collapse_loss_fraction", self.collapse_loss_fraction)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values."""
-        return asdict(self)
+    warmup_steps: int = setting(10, integer(minimum=0))
+    exploding_zscore: float = setting(4.0, number())
+    exploding_min_factor: float = setting(3.0, at_least_one)
+    exploding_patience: int = setting(2, integer(minimum=1))
+    exploding_growth_steps: int = setting(4, integer(minimum=2))
+    exploding_threshold: float | None = setting(None, number(optional=True))
+    exploding_ceiling_factor: float = setting(2.0, at_least_one, argument=False)
+    exploding_ceiling_memory: int = setting(10_000, integer(minimum=1), argument=False)
+    exploding_jump_factor: float = setting(10.0, above_one)
+    exploding_trend_loss_factor: float = setting(3.0, above_one)
+    exploding_trend_norm_factor: float = setting(3.0, above_one)
+    ema_decay: float = setting(0.05, fraction, argument=False)
+    vanishing_ratio: float = setting(1e-5, fraction)
+    vanishing_floor: float | None = setting(None, number(optional=True))
+    vanishing_patience: int = setting(50, integer(minimum=1))
+    collapse_ratio: float = setting(1e-4, number(), argument=False)
+    collapse_loss_fraction: float = setting(0.5, number(), argument=False)
 
 
 _HALF = math.log10(2.0)
 _WINDOW = 5  # steps whose median loss and norm the trend rule compares
-
-
-def _check_at_least_one(name: str, value: Any) -> None:
-    check_number(name, value)
-    if value < 1:
-        raise ValueError(f"`{name}` must be at least 1, got {value!r}")
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    check_number(name, value)
-    if value >= 1:
-        raise ValueError(f"`{name}` must be in (0, 1), got {value!r}")
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_gradwatch.clipping import scale_gradients_
+from lightning_gradwatch.config import MeasureConfig
 from lightning_gradwatch.layers import GRANULARITIES, Granularity, LayerMap, layer_name
 from lightning_gradwatch.sharding import Groups, all_reduce_, group_size, local, reduce_parts, shard_groups
 
@@ -219,6 +220,8 @@ class GradientStats:
             instead of its submodules), one level at a time, until at most this many remain; numbered siblings
             (``layers.0`` ... ``layers.499``) are merged into runs (``layers.0-1``) rather than into their parent
             when the parent alone would be far too coarse. ``aggregated`` then says how.
+            ``None`` (the default here): every layer is kept; ``GradWatch`` passes its ``max_layers`` (256 unless
+            given).
         plain_group: the process group over which plain (non-DTensor) gradients are sharded, as FSDP1 with
             ``use_orig_params=True`` shards them; ``None`` when plain gradients are whole (single process, DDP).
             Parameters that require a gradient then count as present on every process, so all processes take part
@@ -245,8 +248,8 @@ class GradientStats:
         granularity: Granularity = "module",
         include: str | None = None,
         exclude: str | None = None,
-        histogram_bins: int = 64,
-        histogram_sample_size: int = 4096,
+        histogram_bins: int = MeasureConfig.histogram_bins,
+        histogram_sample_size: int = MeasureConfig.histogram_sample_size,
         max_layers: int | None = None,
         plain_group: Any = None,
     ) -> None:

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from lightning_gradwatch import GradientAlertError
-from lightning_gradwatch._engine import Flags, Settings, StepEngine, act
+from lightning_gradwatch._engine import Flags, StepEngine, WatchConfig, act
 from lightning_gradwatch._environment import Environment
 
 
 def _setup(**settings):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    engine = StepEngine(Settings(**settings), environment=Environment(log_every=2, hist_every=0))
+    engine = StepEngine(WatchConfig.from_arguments(**settings), environment=Environment(log_every=2, hist_every=0))
     engine.watch(model.named_parameters(), exempt=set())
     return model, engine, torch.optim.SGD(model.parameters(), lr=0.1)
 
