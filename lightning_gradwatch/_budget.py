@@ -27,9 +27,10 @@ Example:
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from typing import Any
+
+from lightning_gradwatch.history import Ema, Window
 
 __all__ = ["FLOOR_SECONDS", "OverheadBudget"]
 
@@ -42,18 +43,6 @@ _MAX_EVERY = 10**9
 #: GradWatch's hook may always take this much per step: on steps of a few milliseconds a budget of a few percent is
 #: tens of microseconds, less than timing noise, and would thin out a toy run's charts for nothing
 FLOOR_SECONDS = 0.002
-
-
-class _Mean:
-    """An exponential running average that starts at its first observation."""
-
-    def __init__(self) -> None:
-        self.value: float | None = None
-        self.count = 0
-
-    def add(self, x: float) -> None:
-        self.count += 1
-        self.value = x if self.value is None else (1 - _SMOOTHING) * self.value + _SMOOTHING * x
 
 
 class OverheadBudget:
@@ -76,18 +65,18 @@ class OverheadBudget:
         self.pictures_every = histogram_every  # in optimizer steps; a multiple of histogram_every
         self.histograms_break_budget = False
         self.pictures_left_out = 0
-        self._intervals: deque[float] = deque(maxlen=_STEP_WINDOW)
+        self._intervals = Window(_STEP_WINDOW)
         self._last_start: float | None = None
-        self._plain: deque[float] = deque(maxlen=_HOOK_WINDOW)  # hook time of steps without histograms
-        self._histogram: deque[float] = deque(maxlen=_HISTOGRAM_WINDOW)  # hook time of histogram steps
-        self._picture = _Mean()  # drawing (worker thread) and writing (training thread) time of one set of pictures
+        self._plain = Window(_HOOK_WINDOW)  # hook time of steps without histograms
+        self._histogram = Window(_HISTOGRAM_WINDOW)  # hook time of histogram steps
+        self._picture = Ema(_SMOOTHING)  # drawing (worker thread) and writing (training thread) time of one set
         self._picture_write = 0.0  # writing time waiting to be added to the next drawn set
         self._drawn = deque[float]()  # drawing times handed over by the worker thread
         # scalars at an interval GradWatch chose itself (from the run length) may be widened, up to `log_widest`
         self.log_asked = 0  # 0: the scalar interval is not the budget's to change
         self.log_every = 0
         self.log_widest = 0
-        self._log: deque[float] = deque(maxlen=_HISTOGRAM_WINDOW)  # hook time of log steps, when log_asked
+        self._log = Window(_HISTOGRAM_WINDOW)  # hook time of log steps, when log_asked
 
     def retime(self, histogram_every: int, log_every: int = 0, log_widest: int = 0) -> None:
         """Start from the intervals chosen for the run once its length is known (before its first step).
@@ -127,7 +116,7 @@ class OverheadBudget:
     @property
     def step_seconds(self) -> float | None:
         """The median time between consecutive optimizer-step hooks, once a few are known."""
-        return statistics.median(self._intervals) if len(self._intervals) >= _MIN_STEPS else None
+        return self._intervals.median() if len(self._intervals) >= _MIN_STEPS else None
 
     @property
     def picture_seconds(self) -> float | None:
@@ -138,17 +127,17 @@ class OverheadBudget:
         """Extra hook time of a histogram step over an ordinary one (a log step, when those are timed apart)."""
         if not self._histogram:
             return 0.0
-        return max(statistics.median(self._histogram) - self._base() - self._log_extra(), 0.0)
+        return max(self._histogram.median() - self._base() - self._log_extra(), 0.0)
 
     def _base(self) -> float:
         """Mean hook time of the recent ordinary steps (fixed log steps among them): what the budget cannot thin."""
-        return statistics.fmean(self._plain) if self._plain else 0.0
+        return self._plain.mean() if self._plain else 0.0
 
     def _log_extra(self) -> float:
         """Extra hook time of a log step over a plain one, when the scalar interval is the budget's (else 0)."""
         if not self.log_asked or not self._log:
             return 0.0
-        return max(statistics.median(self._log) - self._base(), 0.0)
+        return max(self._log.median() - self._base(), 0.0)
 
     def _per_step(self) -> float:
         """Hook time per step that histograms and pictures cannot change: plain steps and the scalars."""

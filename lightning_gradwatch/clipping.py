@@ -8,10 +8,8 @@ and a step below its threshold is not touched at all.
 
 from __future__ import annotations
 
-import bisect
 import math
 import statistics
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,10 +19,16 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from lightning_gradwatch._validation import check_int, check_number
 from lightning_gradwatch.config import ClipConfig
+from lightning_gradwatch.history import SortedWindow, pow10_or_inf
 
 __all__ = ["AdaptiveClipThreshold", "clip_coefficient", "scale_gradients_"]
 
-_EPS = 1e-6
+_EPS = 1e-6  # torch's clip_grad_norm_ divides by total_norm + 1e-6
+#: the quantile of the window's log norms taken as the typical level (outliers, always high, do not reach it until
+#: they fill three quarters of the window)
+TYPICAL_QUANTILE = 0.25
+#: the spread is the distance from this quantile up to the typical level
+LOW_QUANTILE = 0.05
 
 
 def clip_coefficient(total_norm: float, max_norm: float) -> float:
@@ -68,14 +72,6 @@ def scale_gradients_(parameters: Iterable[Tensor], coefficient: float) -> None:
         groups.setdefault((local.device, local.dtype), []).append(local)
     for tensors in groups.values():
         torch._foreach_mul_(tensors, coefficient)
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    """The ``q`` quantile of a sorted, non-empty list, interpolated linearly (as ``numpy.quantile``)."""
-    pos = (len(ordered) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 class AdaptiveClipThreshold:
@@ -154,21 +150,20 @@ class AdaptiveClipThreshold:
         self.min_spread = min_spread
         self.warmup_margin = warmup_margin
         self.steps = 0  # finite, non-zero norms learnt
-        self._recent: deque[float] = deque()  # log10 norms, in arrival order
-        self._sorted: list[float] = []  # the same, sorted
+        self._window = SortedWindow(window)  # their log10, the last `window` of them
 
     def _levels(self) -> tuple[float, float]:
         """(typical, threshold) as log10 norms; ``inf`` before any norm is known."""
-        if not self._sorted:
+        if not len(self._window):
             return math.inf, math.inf
-        typical = _quantile(self._sorted, 0.25)
-        margin = self.zscore * max(typical - _quantile(self._sorted, 0.05), self.min_spread)
+        typical = self._window.quantile(TYPICAL_QUANTILE)
+        margin = self.zscore * max(typical - self._window.quantile(LOW_QUANTILE), self.min_spread)
         if self.steps < self.warmup_steps:
             margin = max(margin, self.warmup_margin)
         return typical, typical + margin
 
     def _cap(self, log_norm: float) -> float:
-        threshold = 10**log_norm if log_norm < 300 else math.inf
+        threshold = pow10_or_inf(log_norm)
         return threshold if self.max_norm is None else min(threshold, self.max_norm)
 
     def threshold(self) -> float:
@@ -185,20 +180,13 @@ class AdaptiveClipThreshold:
         if not math.isfinite(total_norm) or total_norm <= 0:
             return self._cap(limit)
         x = math.log10(total_norm)
-        self._learn(x)
-        return self._cap(typical if x > limit else limit)
-
-    def _learn(self, x: float) -> None:
         self.steps += 1
-        self._recent.append(x)
-        bisect.insort(self._sorted, x)
-        while len(self._recent) > self.window:
-            old = self._recent.popleft()
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
+        self._window.append(x)
+        return self._cap(typical if x > limit else limit)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values that let a resumed run continue with the same threshold."""
-        return {"steps": self.steps, "log_norms": list(self._recent)}
+        return {"steps": self.steps, "log_norms": list(self._window)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output; missing keys keep their defaults.
@@ -207,18 +195,10 @@ class AdaptiveClipThreshold:
         quantiles of that normal distribution, so an older checkpoint resumes near the threshold it had.
         """
         self.steps = int(state.get("steps", 0))
-        self._recent.clear()
-        self._sorted = []
         log_norms = state.get("log_norms")
         if log_norms is None and "mean" in state and self.steps > 0:
             mean, std = float(state["mean"]), math.sqrt(max(float(state.get("var", 0.0)), 0.0))
             count = min(self.steps, self.window)
             normal = statistics.NormalDist()
             log_norms = [mean + std * normal.inv_cdf((i + 0.5) / count) for i in range(count)]
-        for x in log_norms or ():
-            if math.isfinite(float(x)):
-                self._recent.append(float(x))
-                bisect.insort(self._sorted, float(x))
-        while len(self._recent) > self.window:
-            old = self._recent.popleft()
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
+        self._window = SortedWindow(self.window, (float(x) for x in log_norms or () if math.isfinite(float(x))))

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_gradwatch._validation import above_one, at_least_one, fraction, integer, number
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, GradientAlert, ModelTraits, format_layers, remedies
 from lightning_gradwatch.config import ConfigGroup, setting
+from lightning_gradwatch.history import median, pow10_clamped
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
@@ -128,12 +129,6 @@ _WINDOW = 5  # steps whose median loss and norm the trend rule compares
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
 @dataclass
@@ -310,7 +305,7 @@ class GradientDetector(_DetectorState):
         threshold = math.inf
         if self.steps >= max(cfg.warmup_steps, 2):
             margin = max(cfg.exploding_zscore * self.std, math.log10(cfg.exploding_min_factor))
-            threshold = 10 ** min(self.mean + margin, 300.0)
+            threshold = pow10_clamped(self.mean + margin)
         if cfg.exploding_threshold is not None:
             threshold = min(threshold, cfg.exploding_threshold)
         return threshold
@@ -403,7 +398,7 @@ class GradientDetector(_DetectorState):
         return (
             bool(self.recent_losses)
             and self.loss_floor is not None
-            and _median(self.recent_losses) > 2.0 * max(self.loss_floor, 0.0)
+            and median(self.recent_losses) > 2.0 * max(self.loss_floor, 0.0)
         )
 
     def _exploding_rule(self, x: float | None, norm: float, falling_back: bool) -> Rule | None:
@@ -451,7 +446,7 @@ class GradientDetector(_DetectorState):
             self.recent_norms = [*self.recent_norms[1 - _WINDOW :], x]
         if not self.recent_losses or not self.recent_norms or self.first_loss is None:
             return False
-        loss, level = _median(self.recent_losses), _median(self.recent_norms)
+        loss, level = median(self.recent_losses), median(self.recent_norms)
         if self.loss_floor is None or loss < self.loss_floor:
             self.loss_floor, self.norm_at_floor = loss, level
             return False
@@ -503,7 +498,7 @@ class GradientDetector(_DetectorState):
             return True
         if not self.exploded or self.exploded_floor is None or not self.recent_losses:
             return False
-        return _median(self.recent_losses) > 2.0 * self.exploded_floor
+        return median(self.recent_losses) > 2.0 * self.exploded_floor
 
     def _update_vanishing(self, step: int, stats: StepStats, verdict: Verdict) -> None:
         """The whole-network collapse test, then the per-layer test (both wait while an explosion lasts)."""
@@ -608,9 +603,9 @@ class GradientDetector(_DetectorState):
             )
             cause, value, limit = Cause.STARTUP, norm, self.config.exploding_jump_factor * peak
         elif rule == Rule.TREND:
-            loss, floor = _median(self.recent_losses), self.loss_floor or 0.0
+            loss, floor = median(self.recent_losses), self.loss_floor or 0.0
             ratio = loss / floor if floor > 0 else math.inf
-            level, start = 10 ** _median(self.recent_norms), 10 ** (self.norm_at_floor or 0.0)
+            level, start = 10 ** median(self.recent_norms), 10 ** (self.norm_at_floor or 0.0)
             what = (
                 f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its best level ({floor:.4g}) and above its first"
                 f" value, while the total norm grew from {start:.4g} to {level:.4g} (medians of the last {_WINDOW}"

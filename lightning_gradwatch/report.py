@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import tempfile
 from array import array
 from collections.abc import Iterable, Mapping
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch._names import NONFINITE_STEPS
 from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.history import median
 from lightning_gradwatch.kinds import RunStatus
 
 __all__ = [
@@ -100,7 +100,7 @@ class Series:
     @property
     def median(self) -> float:
         """Median of the thinned history (``nan`` when empty)."""
-        return statistics.median(self._values) if self._values else math.nan
+        return median(self._values) if self._values else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON (non-finite numbers become ``None``)."""
