@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import importlib.util
 import math
 import pickle
 import shutil
@@ -161,6 +162,15 @@ def check_detector(old: ModuleType, new: ModuleType, trace: Trace, say: Callable
         if i + 1 in marks:
             saved_old[i + 1] = copy.deepcopy(old_det.state_dict())
             saved_new[i + 1] = copy.deepcopy(new_det.state_dict())
+    exempt = _norm_layers(trace)  # the recordings hold no exempt layers: check that path too, on norm layers
+    if exempt:
+        with_exempt = replace_exempt(trace, exempt)
+        for i, (a, b) in enumerate(zip(detector_steps(old, with_exempt), detector_steps(new, with_exempt))):
+            compared += 1
+            if a[0] != b[0]:
+                mismatches += 1
+                say(f"detector with exempt layers, step {trace.steps[i][0]}: {_first_difference(a[0], b[0])}")
+                break
     for mark in marks:
         for origin, state in (("new", saved_new[mark]), ("old", saved_old[mark])):
             for j, (b, _) in enumerate(detector_steps(new, trace, mark, state)):
@@ -173,6 +183,19 @@ def check_detector(old: ModuleType, new: ModuleType, trace: Trace, say: Callable
                     )
                     break
     return compared, mismatches
+
+
+def _norm_layers(trace: Trace) -> frozenset[str]:
+    """The trace's normalisation layers, by name (the layers GradWatch exempts from the per-layer vanishing test)."""
+    names = {n for _, _, stats in trace.steps for n in stats.layers}
+    return frozenset(n for n in names if any(k in n.rsplit(".", 1)[-1] for k in ("norm", "bn", "ln")))
+
+
+def replace_exempt(trace: Trace, exempt: frozenset[str]) -> Trace:
+    """The same trace with other exempt layers."""
+    other = Trace()
+    other.traits, other.steps, other.exempt = trace.traits, trace.steps, exempt
+    return other
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
@@ -223,22 +246,30 @@ def engine_inputs(trace: Trace, variant: dict[str, Any]) -> Iterator[tuple[int, 
 
 
 def engine_steps(module: Any, trace: Trace, variant: dict[str, Any]) -> Iterator[Any]:
-    """One record per step from ``module``'s engine (the old API: ``StepEngine.decide`` / ``settle``)."""
+    """One record per step from ``module``'s engine, then one for its end state.
+
+    Two APIs: a ``StepEngine`` (``_engine.py``: ``decide`` measures, judges and counts), or a ``Lane`` (``engine/``:
+    the same through its pure ``StepJudge``). Either is given a stand-in collector that returns the recorded steps.
+    """
     settings = {k: v for k, v in variant.items() if k not in ("scaler", "weights")}
     scaler = _Scaler() if variant.get("scaler") else None
-    engine_module = importlib.import_module(f"{module.__name__}._engine")
-    env_module = importlib.import_module(f"{module.__name__}._environment")
     report_module = importlib.import_module(f"{module.__name__}.report")
-    env = env_module.Environment(log_every=LOG_EVERY, hist_every=0, scaler=scaler, traits=trace.traits)
     summary = report_module.RunSummary()
-    if hasattr(engine_module, "Settings"):  # the API before WatchConfig
-        config = engine_module.Settings(**settings)
+    if importlib.util.find_spec(f"{module.__name__}._engine") is not None:
+        engine_module = importlib.import_module(f"{module.__name__}._engine")
+        env_module = importlib.import_module(f"{module.__name__}._environment")
+        env = env_module.Environment(log_every=LOG_EVERY, hist_every=0, scaler=scaler, traits=trace.traits)
+        engine = engine_module.StepEngine(_config(module, engine_module, settings), 0, env, summary)
+        detector, clipper = engine.detector, engine.clipper
     else:
-        config = engine_module.WatchConfig.from_arguments(**settings)
-    engine = engine_module.StepEngine(config, 0, env, summary)
+        lane_module = importlib.import_module(f"{module.__name__}.engine.lane")
+        env_module = importlib.import_module(f"{module.__name__}.engine.environment")
+        env = env_module.Environment(log_every=LOG_EVERY, hist_every=0, scaler=scaler, traits=trace.traits)
+        engine = lane_module.Lane(_config(module, None, settings), 0, 1, env, summary)
+        detector, clipper = engine.judge.detector, engine.judge.clipper
     current: list[StepStats] = []
     engine.collector = SimpleNamespace(sharded=False, collect=lambda **_: current[0])
-    engine.detector.exempt_layers = trace.exempt
+    detector.exempt_layers = trace.exempt
     for i, (step, _, stats) in enumerate(engine_inputs(trace, variant)):
         current[:] = [stats]
         decision = engine.decide(step, None)
@@ -253,13 +284,22 @@ def engine_steps(module: Any, trace: Trace, variant: dict[str, Any]) -> Iterator
                 [[alert_fields(a), str(r)] for a, r in decision.alerts],
                 str(decision.health),
                 plain(clip),
-                plain(engine.detector.spike_threshold()),
+                plain(detector.spike_threshold()),
                 plain(engine.take_interval_max(-1.0)) if decision.log else None,
             ]
         if scaler is not None and not stats.finite:
             scaler.scale /= 2
         yield record
-    yield [plain(summary.state_dict()), plain(engine.state_dict())]
+    state = {"detector": detector.state_dict(), "clipper": clipper.state_dict(), "ticks": engine.ticks}
+    yield [plain(summary.state_dict()), plain(state)]
+
+
+def _config(module: Any, engine_module: Any, settings: dict[str, Any]) -> Any:
+    """The engine's configuration object for flat ``GradWatch`` arguments (``Settings`` in the oldest API)."""
+    if engine_module is not None and hasattr(engine_module, "Settings"):
+        return engine_module.Settings(**settings)
+    config_module = importlib.import_module(f"{module.__name__}.config")
+    return config_module.WatchConfig.from_arguments(**settings)
 
 
 def check_engine(old: ModuleType, new: ModuleType, trace: Trace, say: Callable[[str], None]) -> tuple[int, int]:

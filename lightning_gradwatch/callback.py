@@ -1,52 +1,44 @@
-"""``GradWatch``: the Lightning adapter around one step engine per optimizer (see ``_engine``)."""
+"""``GradWatch``: the Lightning adapter around the framework-free engine (``engine/session.py``).
+
+The callback reads the Trainer once per fit (``_environment.py``), hands each optimizer step to the session with the
+Trainer as its host (flags reduced over its processes, a stop through ``trainer.should_stop``), and keeps what only
+Lightning's hooks tell: the last training loss and the batch index.
+"""
 
 from __future__ import annotations
 
-import atexit
-import time
+import ast
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 import torch
 from typing_extensions import override
 
-from lightning_gradwatch._budget import OverheadBudget
-from lightning_gradwatch._engine import StepEngine, WatchConfig, act, failure_of
 from lightning_gradwatch._environment import (
-    Environment,
+    TrainerHost,
     check_trainer,
-    exempt_parameters,
     instance_namespace,
     log_name,
-    named_parameters,
     optimizer_index,
     probe,
-    reduce_flags,
     run_cadence,
 )
 from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
-from lightning_gradwatch._output import RunOutput
-from lightning_gradwatch._progress import ProgressItems
 from lightning_gradwatch._validation import Granularity
 from lightning_gradwatch.alerts import GradientAlert
-from lightning_gradwatch.config import ClipConfig, MeasureConfig, OutputConfig, ResponseConfig, ScheduleConfig
-from lightning_gradwatch.detectors import DetectionConfig
+from lightning_gradwatch.config import (
+    ClipConfig,
+    DetectionConfig,
+    MeasureConfig,
+    OutputConfig,
+    ResponseConfig,
+    ScheduleConfig,
+    WatchConfig,
+)
+from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, RunStatus, VanishingResponse
-from lightning_gradwatch.report import RunSummary
 
 __all__ = ["ExplodingResponse", "GradWatch", "NonfiniteResponse", "VanishingResponse"]
-
-
-@dataclass
-class _Fit:
-    """What lives for one ``fit``: released at teardown, never pickled."""
-
-    env: Environment
-    output: RunOutput
-    progress: ProgressItems
-    loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
-    batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
 
 
 class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
@@ -254,11 +246,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
                 vanishing_patience=vanishing_patience,
             ),
         )
-        self.alerts: list[GradientAlert] = []
-        self._engines: dict[int, StepEngine] = {}
-        self._pending: dict[str, dict[str, Any]] = {}
-        self._summary = RunSummary()
-        self._fit: _Fit | None = None
+        self._session = Session(self.settings)
+        self._loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
+        self._batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -276,9 +266,31 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("callbacks") or {}
         if self.state_key not in states:  # a checkpoint from a version whose key held the responses too
-            older = next((k for k in states if k.startswith(self.state_key[:-1] + ", 'on_vanishing'")), None)
+            older = next((k for k in states if self._identity_of(k) == self._identity()), None)
             if older is not None:
                 states[self.state_key] = states[older]
+
+    def _identity(self) -> dict[str, Any]:
+        measure = self.settings.measure
+        return {"granularity": measure.granularity, "include": measure.include, "exclude": measure.exclude}
+
+    @classmethod
+    def _identity_of(cls, key: str) -> dict[str, Any] | None:
+        """The watched-parameter identity in an earlier version's state key, else ``None``.
+
+        Earlier versions keyed their state with the arguments they were built with, responses included
+        (``GradWatch{'granularity': ..., 'on_vanishing': ...}``).
+        """
+        name = cls.__qualname__
+        if not key.startswith(name + "{"):
+            return None
+        try:
+            arguments = ast.literal_eval(key[len(name) :])
+        except (ValueError, SyntaxError):
+            return None
+        if not isinstance(arguments, dict) or "on_vanishing" not in arguments:
+            return None
+        return {k: arguments.get(k) for k in ("granularity", "include", "exclude")}
 
     def __getattr__(self, name: str) -> Any:
         """Each argument reads back as an attribute of the same name (``watch.on_exploding``)."""
@@ -296,30 +308,21 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         """The configuration as plain values (written to ``gradwatch.json``)."""
         return self.settings.to_dict()
 
+    @property
+    def alerts(self) -> list[GradientAlert]:
+        """The alerts recorded so far (every response but ``"ignore"`` records them), in step order."""
+        return self._session.alerts
+
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": 1,
-            "detectors": {str(k): e.detector.state_dict() for k, e in self._engines.items()},
-            "clippers": {
-                str(k): e.clipper.state_dict() for k, e in self._engines.items() if self.settings.clipping.adaptive
-            },
-            "ticks": {str(k): e.ticks for k, e in self._engines.items()},
-            "summary": self._summary.state_dict(),
-            "alerts": [a.to_dict() for a in self.alerts],
-        }
+        return self._session.state_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = {part: dict(state_dict.get(part, {})) for part in ("detectors", "clippers", "ticks")}
-        for engine in self._engines.values():
-            engine.restore(self._pending)
-        self._summary.load_state_dict(state_dict.get("summary", {}))  # in place: the fit's output holds both
-        self.alerts[:] = [GradientAlert.from_dict(a) for a in state_dict.get("alerts", [])]
+        self._session.load_state_dict(state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_fit"] = None  # parameters, loggers and event writers belong to one fit
         state.pop("log", None)  # the Trainer attaches the module's `log`/`log_dict` to every callback
         state.pop("log_dict", None)
         return state
@@ -332,117 +335,54 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         s = self.settings
         check_trainer(trainer, clip=s.clipping.clip, on_exploding=s.responses.on_exploding)
         env = probe(trainer, pl_module, s.schedule.log_every_n_steps, s.schedule.histogram_every_n_steps)  # every rank
-        self.alerts, self._engines, self._pending, self._summary = [], {}, {}, RunSummary()
-        images = s.output.images and env.hist_every > 0
-        budget = None
-        if s.output.overhead_budget is not None and env.is_global_zero:
-            explicit = s.schedule.histogram_every_n_steps is not None
-            budget = OverheadBudget(s.output.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
         namespace = instance_namespace(self, trainer.callbacks)
-        output = RunOutput(
-            env, trainer.loggers, self._summary, self.alerts, self.config, images, namespace, budget, log_name(trainer)
-        )
-        self._fit = _Fit(env, output, ProgressItems())
+        fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer))
+        self._loss = self._batch_idx = None
         if s.output.progress_bar and env.is_global_zero:
-            self._fit.progress.attach(trainer)
-        if env.is_global_zero:
-            # a rank that dies under `ddp_spawn` never sees `on_exception` (the parent handles it): at least flush
-            # the logs and write the report when its interpreter exits
-            atexit.register(self._at_exit)
+            fit.progress.attach(trainer)
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
-            self._finish(_ended(trainer))
+            self._session.end(_ended(trainer))
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Ctrl+C, and SIGTERM (Lightning raises its SIGTERMException, a SystemExit), interrupt a run; the rest fail it
         status = RunStatus.INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SystemExit)) else RunStatus.FAILED
-        self._finish(status, error=f"{type(exception).__name__}: {exception}")
-
-    def _at_exit(self) -> None:
-        self._finish(RunStatus.FAILED, error="the process exited during training")
-
-    def _finish(self, status: RunStatus, error: str | None = None) -> None:
-        fit, self._fit = self._fit, None
-        if fit is None:
-            return
-        atexit.unregister(self._at_exit)
-        fit.progress.detach()
-        fit.output.finish(status, error)
+        self._session.end(status, error=f"{type(exception).__name__}: {exception}")
 
     # ------------------------------------------------------------------ the step
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        fit = self._fit
+        fit = self._session.fit
         if fit is None:
             return
-        started = time.perf_counter()
-        kind = (False, False)
-        try:
-            kind = self._step(fit, trainer, pl_module, optimizer)
-        finally:  # GradWatch's own time, for the overhead budget
-            fit.output.step_timed(started, time.perf_counter() - started, *kind)
-
-    def _step(self, fit: _Fit, trainer: Any, pl_module: Any, optimizer: Any) -> tuple[bool, bool]:
-        """Measure, judge, write and act on one optimizer step; returns whether it was a histogram and a log step."""
-        fit.output.write_drawn()
         index, count = optimizer_index(trainer, optimizer)
-        engine = self._engine(fit, index, count, optimizer, pl_module)
-        engine.hist_every = fit.output.histogram_every(engine)
-        engine.log_every = fit.output.log_every(engine)
-        decision = engine.decide(int(trainer.global_step), fit.loss, count > 1, fit.output.writes)
-        if decision.stats is None:
-            fit.output.no_gradients(index, decision.step)
-        if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
-            return decision.histograms, decision.log
-        fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
-        fit.output.record(decision)
-        flags = reduce_flags(trainer, fit.env, decision.flags)
-        clip = engine.settle(decision, flags, epoch=int(trainer.current_epoch), batch_idx=fit.batch_idx)
-        fit.output.write_step(decision, engine, clip)
-        if flags.fail:
-            fit.output.finish(RunStatus.FAILED, error=failure_of(decision).message.splitlines()[0])
-        act(decision, flags, optimizer, engine, trainer)
-        return decision.histograms, decision.log
-
-    def _engine(self, fit: _Fit, index: int, count: int, optimizer: Any, pl_module: Any) -> StepEngine:
-        """This optimizer's engine, watching the optimizer's current parameters under their cleaned names."""
-        engine = self._engines.get(index)
-        if engine is None:
-            suffix = f"/optimizer_{index}" if count > 1 else ""
-            engine = self._engines[index] = StepEngine(self.settings, index, fit.env, self._summary, suffix)
-            engine.restore(self._pending)
-        params = sum(len(g["params"]) for g in optimizer.param_groups)
-        if engine.needs_parameters(params):
-            named = named_parameters(pl_module, optimizer, index)
-            engine.watch(named, exempt_parameters(pl_module, self.settings.measure.granularity), fit.env.plain_group)
-        return engine
+        where = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
+        host = TrainerHost(trainer, fit.env)
+        step = int(trainer.global_step)
+        self._session.step(
+            host, optimizer, pl_module, step=step, index=index, count=count, loss=self._loss, where=where
+        )
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        fit = self._fit
-        if fit is None:
-            return
-        schedule = self.settings.schedule
-        env = run_cadence(fit.env, trainer, schedule.log_every_n_steps, schedule.histogram_every_n_steps)  # every rank
-        if env is not fit.env:
-            fit.env = env
-            fit.output.retime(env.log_every, env.hist_every, env.log_widest)
+        fit = self._session.fit
+        if fit is not None:
+            schedule = self.settings.schedule
+            env = run_cadence(fit.env, trainer, schedule.log_every_n_steps, schedule.histogram_every_n_steps)
+            self._session.retime(env)  # every rank
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self._fit is not None:
-            self._fit.batch_idx = batch_idx
+        self._batch_idx = batch_idx
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._fit is None:
-            return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._fit.loss = loss.detach()  # no sync here: it travels with the next step's statistics
+            self._loss = loss.detach()  # no sync here: it travels with the next step's statistics
 
 
 def _ended(trainer: Any) -> RunStatus:

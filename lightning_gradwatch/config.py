@@ -11,7 +11,9 @@ and type. The groups:
   ``exclude``, ``histogram_bins``, ``histogram_sample_size``, ``max_layers``), and ``amp_overflow_patience``;
 - :class:`ScheduleConfig`: ``log_every_n_steps``, ``histogram_every_n_steps``;
 - :class:`OutputConfig`: ``progress_bar``, ``images``, ``overhead_budget``;
-- ``DetectionConfig`` (in ``detectors``): the detection rules' thresholds, some of them arguments.
+- :class:`DetectionConfig`: the detection rules' thresholds, some of them arguments;
+
+and :class:`WatchConfig` holds one of each.
 
 Each field is declared with :func:`setting`: its default, its check (a wrong type raises ``TypeError``, a wrong value
 ``ValueError``), and whether ``GradWatch`` takes it as an argument (the documentation of each is ``GradWatch``'s).
@@ -35,11 +37,14 @@ from typing import Any, ClassVar, Literal, Union
 from lightning_gradwatch._validation import (
     Check,
     Granularity,
+    above_one,
+    at_least_one,
     check_bool,
     check_budget,
     check_clip,
     check_pattern,
     choice,
+    fraction,
     integer,
     number,
 )
@@ -56,10 +61,12 @@ from lightning_gradwatch.kinds import (
 __all__ = [
     "ClipConfig",
     "ConfigGroup",
+    "DetectionConfig",
     "MeasureConfig",
     "OutputConfig",
     "ResponseConfig",
     "ScheduleConfig",
+    "WatchConfig",
     "setting",
 ]
 
@@ -167,3 +174,128 @@ class OutputConfig(ConfigGroup):
     progress_bar: bool = setting(True, check_bool)
     images: bool = setting(True, check_bool)
     overhead_budget: float | None = setting(0.03, check_budget)
+
+
+@dataclass(frozen=True)
+class DetectionConfig(ConfigGroup):
+    """Thresholds of the detectors. Every field has a default calibrated to stay silent on healthy training.
+
+    Each field is owned by one part of the detector (a rule lists the fields it owns in its ``settings``); the ones
+    marked ``argument=False`` are the rules' constants, settable here and not through ``GradWatch``.
+
+    Args:
+        warmup_steps: steps whose statistics only build the history (no exploding or collapse verdict).
+        exploding_zscore: how many standard deviations of ``log10(total norm)`` above the mean make a spike.
+        exploding_min_factor: a spike is at least this many times the running (geometric) mean norm.
+        exploding_patience: consecutive spikes that make an explosion (a lone spike is only counted).
+        exploding_growth_steps: consecutive steps of a steady rise (each norm above the one before and above
+            mean + 2 std, while the loss rises too) that make an explosion before any single step is a spike.
+        exploding_threshold: optional absolute total-norm threshold; above it a step is always a spike (and
+            consecutive such spikes are an explosion whatever the ceiling).
+        exploding_ceiling_factor: consecutive spikes are an explosion only once the latest exceeds this many times
+            the run's ceiling (the largest norm of an ordinary step so far).
+        exploding_ceiling_memory: steps over which the ceiling forgets by a factor of 10 when no ordinary step
+            renews it (so early-training norms do not mask explosions for ever in a long run).
+        exploding_jump_factor: during the warm-up (before the history can tell a spike), a step whose norm is this
+            many times the largest norm so far is an explosion: a learning rate far too high blows up from step 0.
+        exploding_trend_loss_factor: an explosion by trend: the loss (median of the last 5 steps) has climbed to this
+            many times its best median, and above its first value, ...
+        exploding_trend_norm_factor: ... while the gradient norm (median of the last 5 steps) has grown this many
+            times since the loss was at its best. The slow divergence of Adam/AdamW at a too-high learning rate,
+            which may never produce a NaN.
+        ema_decay: weight of the newest step in the running mean and variance (about ``1 / decay`` steps of memory).
+        vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing.
+        vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
+        vanishing_patience: consecutive vanishing steps before an alert.
+        collapse_ratio: the whole network is vanishing when the total norm falls below this fraction of its level
+            just after warm-up while the loss stays above ``collapse_loss_fraction`` of its level then.
+        collapse_loss_fraction: see ``collapse_ratio``.
+
+    Example:
+        >>> DetectionConfig(vanishing_patience=10).vanishing_patience
+        10
+        >>> DetectionConfig(exploding_zscore=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: `exploding_zscore` must be a positive, finite number, got -1
+        >>> DetectionConfig(vanishing_patience=2.5)
+        Traceback (most recent call last):
+        ...
+        TypeError: `vanishing_patience` must be an int, got float 2.5
+    """
+
+    warmup_steps: int = setting(10, integer(minimum=0))
+    exploding_zscore: float = setting(4.0, number())
+    exploding_min_factor: float = setting(3.0, at_least_one)
+    exploding_patience: int = setting(2, integer(minimum=1))
+    exploding_growth_steps: int = setting(4, integer(minimum=2))
+    exploding_threshold: float | None = setting(None, number(optional=True))
+    exploding_ceiling_factor: float = setting(2.0, at_least_one, argument=False)
+    exploding_ceiling_memory: int = setting(10_000, integer(minimum=1), argument=False)
+    exploding_jump_factor: float = setting(10.0, above_one)
+    exploding_trend_loss_factor: float = setting(3.0, above_one)
+    exploding_trend_norm_factor: float = setting(3.0, above_one)
+    ema_decay: float = setting(0.05, fraction, argument=False)
+    vanishing_ratio: float = setting(1e-5, fraction)
+    vanishing_floor: float | None = setting(None, number(optional=True))
+    vanishing_patience: int = setting(50, integer(minimum=1))
+    collapse_ratio: float = setting(1e-4, number(), argument=False)
+    collapse_loss_fraction: float = setting(0.5, number(), argument=False)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """All of GradWatch's configuration, one group per part (each group holds its defaults and checks).
+
+    Example:
+        >>> config = WatchConfig.from_arguments(on_exploding="skip", clip="adaptive", vanishing_patience=20)
+        >>> config.responses.on_exploding, config.clipping.adaptive, config.detection.vanishing_patience
+        ('skip', True, 20)
+        >>> WatchConfig.from_arguments(clip_zscore=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `clip_zscore` must be a positive, finite number, got 0
+    """
+
+    responses: ResponseConfig = field(default_factory=ResponseConfig)
+    clipping: ClipConfig = field(default_factory=ClipConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+
+    @classmethod
+    def groups(cls) -> dict[str, type[ConfigGroup]]:
+        """The groups by field name, in order."""
+        return {f.name: f.default_factory for f in fields(cls)}  # type: ignore[misc]
+
+    @classmethod
+    def from_arguments(cls, **arguments: Any) -> WatchConfig:
+        """``GradWatch``'s flat arguments, each taken by its group (missing ones keep their defaults).
+
+        Raises:
+            TypeError: for a name that is no argument, or a value of the wrong type.
+            ValueError: for a value out of range.
+        """
+        parts = {}
+        for name, group in cls.groups().items():
+            parts[name] = group(**{k: arguments.pop(k) for k in group.argument_names() if k in arguments})
+        if arguments:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(arguments))}")
+        return cls(**parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting's plain value, flat, group after group (``gradwatch.json``'s ``config``)."""
+        return {k: v for name in self.groups() for k, v in getattr(self, name).to_dict().items()}
+
+    def argument(self, name: str) -> Any:
+        """The value of the ``GradWatch`` argument ``name``.
+
+        Raises:
+            AttributeError: for a name that is no argument.
+        """
+        for group in self.groups():
+            part = getattr(self, group)
+            if name in part.argument_names():
+                return getattr(part, name)
+        raise AttributeError(name)

@@ -5,6 +5,7 @@ The detector and its rules live in :mod:`lightning_gradwatch.judge` (``judge/det
 
 from __future__ import annotations
 
-from lightning_gradwatch.judge.detector import DetectionConfig, GradientDetector, Verdict
+from lightning_gradwatch.config import DetectionConfig
+from lightning_gradwatch.judge.detector import GradientDetector, Verdict
 
 __all__ = ["DetectionConfig", "GradientDetector", "Verdict"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_gradwatch.clipping import scale_gradients_
+from lightning_gradwatch.act.scaling import GradientGroups, scale_gradients_
 from lightning_gradwatch.config import MeasureConfig
 from lightning_gradwatch.layers import GRANULARITIES, Granularity, LayerMap, layer_name
 from lightning_gradwatch.sharding import Groups, all_reduce_, group_size, local, reduce_parts, shard_groups
@@ -376,11 +376,25 @@ class GradientStats:
         stats = self._unpack(plan, grads, unpack(layout, values, len(plan.layer_index)))
         return replace(stats, extra=tuple(values[len(values) - len(extra) :])) if extra else stats
 
-    @torch.no_grad()
-    def scale_(self, coefficient: float) -> None:
-        """Multiply every gradient in place by ``coefficient``, in the (device, dtype) groups :meth:`collect` uses.
+    def gradient_groups(self) -> GradientGroups | None:
+        """The present gradients in the (device, dtype) groups :meth:`collect` measured them in, for in-place scaling.
 
-        The clipping path: with plain (unsharded) gradients it skips the per-tensor checks a generic function needs.
+        ``None`` unless every watched gradient is present, plain and unsharded (as at the last full measurement): then
+        a generic path must look at each tensor.
+        """
+        plan = self._full_plan
+        grads = [p.grad for p in self.params]
+        if plan is None or not plan.plain or plan.sharded or any(g is None for g in grads):
+            return None
+        dense = [[grads[i] for i in group.positions] for shard in plan.shards for group in shard.dense]
+        sparse = [grads[pos] for shard in plan.shards for pos, _ in shard.sparse]
+        return GradientGroups(dense, sparse)  # type: ignore[arg-type]
+
+    def scale_(self, coefficient: float) -> None:
+        """Multiply every gradient in place by ``coefficient``, in the groups :meth:`collect` uses.
+
+        The measuring primitive used alone (as the clipping benchmarks do); the engine scales through
+        :func:`~lightning_gradwatch.act.act`, with the same :func:`~lightning_gradwatch.act.scale_gradients_`.
 
         Example:
             >>> lin = torch.nn.Linear(2, 2)
@@ -391,16 +405,7 @@ class GradientStats:
             >>> round(stats.collect().total_norm / before, 6)
             0.5
         """
-        plan = self._full_plan
-        grads = [p.grad for p in self.params]
-        if plan is None or not plan.plain or plan.sharded or any(g is None for g in grads):
-            scale_gradients_(self.params, coefficient)  # sharded, or the present gradients changed since collect()
-            return
-        for shard in plan.shards:
-            for group in shard.dense:
-                torch._foreach_mul_([grads[i] for i in group.positions], coefficient)  # type: ignore[misc]
-            for pos, _ in shard.sparse:
-                grads[pos].mul_(coefficient)  # type: ignore[union-attr]
+        scale_gradients_(self.params, coefficient, self.gradient_groups())
 
     def _shard_parts(
         self,

@@ -9,10 +9,8 @@ import typing
 import pytest
 
 from lightning_gradwatch import GradWatch
-from lightning_gradwatch._engine import WatchConfig
 from lightning_gradwatch.clipping import AdaptiveClipThreshold
-from lightning_gradwatch.config import ClipConfig, MeasureConfig
-from lightning_gradwatch.detectors import DetectionConfig
+from lightning_gradwatch.config import ClipConfig, DetectionConfig, MeasureConfig, WatchConfig
 from lightning_gradwatch.stats import GradientStats
 
 PARAMETERS = {k: p for k, p in inspect.signature(GradWatch.__init__).parameters.items() if k != "self"}

@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import pytest
 
+from lightning_gradwatch.config import DetectionConfig
 from lightning_gradwatch.judge import detector as detector_module
 from lightning_gradwatch.judge import exploding
-from lightning_gradwatch.judge.config import DetectionConfig
 from lightning_gradwatch.judge.context import NormBaseline
 from lightning_gradwatch.judge.detector import WATCHES, GradientDetector
 from lightning_gradwatch.judge.exploding import EXPLODING_RULES, ExplodingWatch

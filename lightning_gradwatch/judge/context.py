@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, GradientAlert, ModelTraits, remedies
+from lightning_gradwatch.config import DetectionConfig
 from lightning_gradwatch.history import RunningMoments, Window, pow10_clamped
-from lightning_gradwatch.judge.config import DetectionConfig
 from lightning_gradwatch.judge.state import Stateful, as_counts, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lightning_gradwatch.judge.config import DetectionConfig
+from lightning_gradwatch.config import DetectionConfig
 from lightning_gradwatch.judge.context import Context, Verdict
 from lightning_gradwatch.judge.exploding import ExplodingWatch
 from lightning_gradwatch.judge.nonfinite import NonfiniteWatch

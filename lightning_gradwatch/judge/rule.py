@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from lightning_gradwatch.judge.config import DetectionConfig
+from lightning_gradwatch.config import DetectionConfig
 from lightning_gradwatch.judge.context import Context, Verdict
 from lightning_gradwatch.judge.state import Stateful
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
