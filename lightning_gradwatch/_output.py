@@ -23,6 +23,7 @@ from lightning_gradwatch.engine.environment import Environment
 from lightning_gradwatch.judge.context import LARGEST_SHARE
 from lightning_gradwatch.judge.decision import Decision
 from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
+from lightning_gradwatch.measure.records import StepStats
 from lightning_gradwatch.pictures import (
     BackgroundDrawing,
     gradient_flow_png,
@@ -30,7 +31,6 @@ from lightning_gradwatch.pictures import (
     matplotlib_available,
 )
 from lightning_gradwatch.report import RunSummary, build_report, write_report
-from lightning_gradwatch.stats import StepStats
 from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
 
 __all__ = ["MAX_ALERTS_KEPT", "LaneView", "RunOutput", "layer_health"]

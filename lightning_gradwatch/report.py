@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # the report is read by the `gradwatch` command, which does not need torch
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 REPORT_FILE = "gradwatch.json"
 REPORT_FORMAT = "gradwatch-report"

@@ -20,7 +20,7 @@ from lightning_gradwatch import _names as names
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, HISTOGRAM_PREFIX, LAYER_SCALARS, TOTAL_NORM
 from lightning_gradwatch._progress import beside_progress_bars
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning, alert_markdown
-from lightning_gradwatch.stats import LayerHistogram, StepStats
+from lightning_gradwatch.measure.records import LayerHistogram, StepStats
 
 __all__ = [
     "ALERTS_TAG",
@@ -44,7 +44,7 @@ def step_scalars(stats: StepStats, suffix: str = "") -> dict[str, float]:
     ``suffix`` (such as ``"/optimizer_1"``) tells apart the run-level values of several optimizers.
 
     Example:
-        >>> from lightning_gradwatch.stats import StepStats
+        >>> from lightning_gradwatch.measure.records import StepStats
         >>> s = StepStats(("fc",), (0.5,), 0.5, (10,), (0,), (2.0,), (0.1,), (0.0,))
         >>> out = step_scalars(s)
         >>> sorted(out)  # doctest: +NORMALIZE_WHITESPACE

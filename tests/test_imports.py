@@ -42,8 +42,11 @@ def _runtime_imports(path: Path, typing: bool = False) -> set[str]:
             elif isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module)
-                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+                # `from package import module` uses the module; any other name is the package's own
+                names = {f"{node.module}.{alias.name}" for alias in node.names}
+                found.update(names & MODULES.keys())
+                if names - MODULES.keys():
+                    found.add(node.module)
 
     visit(ast.parse(path.read_text()).body)
     return found

@@ -32,8 +32,9 @@ from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.engine.environment import Environment, scale_of
 from lightning_gradwatch.judge.decision import Decision, Flags, StepJudge
 from lightning_gradwatch.kinds import AlertKind, Response
+from lightning_gradwatch.measure.layers import layer_name
+from lightning_gradwatch.measure.stats import GradientStats
 from lightning_gradwatch.report import RunSummary
-from lightning_gradwatch.stats import GradientStats, layer_name
 
 __all__ = ["Lane"]
 

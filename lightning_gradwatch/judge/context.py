@@ -26,7 +26,7 @@ from lightning_gradwatch.judge.state import Stateful, as_counts, as_optional_flo
 from lightning_gradwatch.kinds import AlertKind, Cause
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 __all__ = [
     "LARGEST_SHARE",

@@ -7,7 +7,7 @@ warning. Measuring before it, counting, writing and acting after it are the engi
 
 Example:
     >>> from lightning_gradwatch.config import WatchConfig
-    >>> from lightning_gradwatch.stats import StepStats
+    >>> from lightning_gradwatch.measure.records import StepStats
     >>> judge = StepJudge(WatchConfig.from_arguments(on_nonfinite="skip"))
     >>> decision = judge.judge(0, StepStats(("fc",), (float("nan"),), float("nan"), (4,), (1,)))
     >>> decision.flags, [(a.kind, str(r)) for a, r in decision.alerts], str(decision.health)
@@ -30,7 +30,7 @@ from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, by_sev
 from lightning_gradwatch.remedies import ModelTraits
 
 if TYPE_CHECKING:  # annotations only: judging is plain Python and imports no torch
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["Decision", "Flags", "StepJudge", "failure_of"]
 

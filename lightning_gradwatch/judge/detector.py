@@ -35,7 +35,7 @@ from lightning_gradwatch.kinds import AlertKind
 from lightning_gradwatch.remedies import ModelTraits
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["WATCHES", "DetectionConfig", "GradientDetector", "KindWatch", "Verdict"]
 
@@ -69,7 +69,7 @@ class GradientDetector:
         optimizer: index of the watched optimizer (recorded in alerts).
 
     Example:
-        >>> from lightning_gradwatch.stats import StepStats
+        >>> from lightning_gradwatch.measure.records import StepStats
         >>> det = GradientDetector(DetectionConfig(warmup_steps=3))
         >>> def step(norm): return StepStats(("fc",), (norm,), norm, (10,), (0,))
         >>> [det.update(i, step(1.0)).alerts for i in range(5)]

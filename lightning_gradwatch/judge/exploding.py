@@ -41,7 +41,7 @@ from lightning_gradwatch.judge.state import Stateful, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["EXPLODING_RULES", "ExplodingWatch", "Growth", "Jump", "Spikes", "Trend"]
 

@@ -16,7 +16,7 @@ from lightning_gradwatch.judge.state import Stateful, state
 from lightning_gradwatch.kinds import AlertKind, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["NonFinite", "NonfiniteWatch"]
 

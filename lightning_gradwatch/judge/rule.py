@@ -23,7 +23,7 @@ from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
     from lightning_gradwatch.alerts import GradientAlert
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["DetectionRule", "ExplodingRule", "Finding", "NormStep", "VanishingRule"]
 

@@ -28,7 +28,7 @@ from lightning_gradwatch.judge.state import Stateful, as_int_map, as_optional_fl
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["VANISHING_RULES", "Collapse", "Layers", "VanishingWatch"]
 
