@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import atexit
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from lightning_gradwatch._budget import OverheadBudget
-from lightning_gradwatch._output import RunOutput
-from lightning_gradwatch._progress import ProgressItems
 from lightning_gradwatch.act.actor import Host, act
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.config import WatchConfig
@@ -48,6 +45,10 @@ from lightning_gradwatch.engine.lane import Lane
 from lightning_gradwatch.judge.decision import failure_of
 from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import RunSummary
+from lightning_gradwatch.write.budget import OverheadBudget
+from lightning_gradwatch.write.output import RunOutput
+from lightning_gradwatch.write.progress import ProgressItems
+from lightning_gradwatch.write.sinks import Sink
 
 __all__ = ["STATE_FORMAT_VERSION", "Fit", "Session"]
 
@@ -81,7 +82,12 @@ class Session:
 
     # ------------------------------------------------------------------ a fit
     def begin(
-        self, env: Environment, loggers: Any = (), namespace: str = "", log_name: str = "lightning_gradwatch"
+        self,
+        env: Environment,
+        loggers: Any = (),
+        namespace: str = "",
+        log_name: str = "lightning_gradwatch",
+        sinks: Iterable[Sink] = (),
     ) -> Fit:
         """A fit begins: fresh alerts, lanes and summary (a checkpoint may restore them next), and its output.
 
@@ -90,6 +96,7 @@ class Session:
             loggers: where scalars, histograms, pictures and alert text go (rank 0 writes).
             namespace: for a second instance in one run: the subdirectory its output goes to.
             log_name: the logger its messages go to.
+            sinks: more outputs beside the loggers' (a plain loop may have no logger at all).
         """
         s = self.settings
         self.alerts, self.lanes, self._pending, self.summary = [], {}, {}, RunSummary()
@@ -98,7 +105,9 @@ class Session:
         if s.output.overhead_budget is not None and env.is_global_zero:
             explicit = s.schedule.histogram_every_n_steps is not None
             budget = OverheadBudget(s.output.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
-        output = RunOutput(env, loggers, self.summary, self.alerts, s.to_dict, images, namespace, budget, log_name)
+        output = RunOutput(
+            env, loggers, self.summary, self.alerts, s.to_dict, images, namespace, budget, log_name, sinks
+        )
         self.fit = Fit(env, output, ProgressItems())
         if env.is_global_zero:
             # a rank that dies under `ddp_spawn` never sees `on_exception` (the parent handles it): at least flush

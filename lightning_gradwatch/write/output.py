@@ -1,6 +1,6 @@
 """Internal. One fit's output on global rank 0: step scalars and histograms, pictures, alerts and the report.
 
-The callback hands each decision here; this module turns it into writes (through :class:`~.writers.Writers`), the
+The engine hands each decision here; this module turns it into writes (through :class:`~.writers.Writers`), the
 drawing thread's work, warnings, and ``gradwatch.json``.
 """
 
@@ -11,12 +11,10 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from lightning_gradwatch import _names as names
-from lightning_gradwatch._budget import OverheadBudget
-from lightning_gradwatch._progress import beside_progress_bars
 from lightning_gradwatch._version import __version__
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning
 from lightning_gradwatch.engine.environment import Environment
@@ -24,14 +22,18 @@ from lightning_gradwatch.judge.context import LARGEST_SHARE
 from lightning_gradwatch.judge.decision import Decision
 from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.measure.records import StepStats
-from lightning_gradwatch.pictures import (
+from lightning_gradwatch.report import RunSummary, build_report
+from lightning_gradwatch.write.budget import OverheadBudget
+from lightning_gradwatch.write.content import histogram_tags, step_scalars
+from lightning_gradwatch.write.pictures import (
     BackgroundDrawing,
     gradient_flow_png,
     gradient_heatmap_png,
     matplotlib_available,
 )
-from lightning_gradwatch.report import RunSummary, build_report, write_report
-from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
+from lightning_gradwatch.write.progress import beside_progress_bars
+from lightning_gradwatch.write.sinks import Sink
+from lightning_gradwatch.write.writers import Writers
 
 __all__ = ["MAX_ALERTS_KEPT", "LaneView", "RunOutput", "layer_health"]
 
@@ -80,6 +82,7 @@ class RunOutput:
             TensorBoard output and report go to, and the prefix of its scalars in other loggers.
         budget: the overhead budget that spaces out histograms and pictures (``None``: none).
         log_name: the logger the budget's message goes to.
+        sinks: more outputs, beside the loggers' (see :mod:`~lightning_gradwatch.write.sinks`).
     """
 
     def __init__(
@@ -93,15 +96,15 @@ class RunOutput:
         namespace: str = "",
         budget: OverheadBudget | None = None,
         log_name: str = "lightning_gradwatch",
+        sinks: Iterable[Sink] = (),
     ) -> None:
         self.is_global_zero = env.is_global_zero
         self.schedule = {"log_every_n_steps": env.log_every, "histogram_every_n_steps": env.hist_every}
         self.log_dir = os.path.join(env.log_dir, namespace) if env.log_dir is not None and namespace else env.log_dir
-        self.writers = Writers(loggers, namespace) if env.is_global_zero else None
+        self.writers = Writers(loggers, namespace, self.log_dir, sinks) if env.is_global_zero else None
         self.summary = summary
         self.alerts = alerts
         self._config = config
-        self._report_failed = False
         self._warned_no_gradients = False
         self.drawing: BackgroundDrawing | None = None
         self.budget = budget if env.is_global_zero else None
@@ -312,28 +315,21 @@ class RunOutput:
 
     # ------------------------------------------------------------------ the end
     def write_report(self, status: RunStatus, error: str | None = None) -> None:
-        """Write ``gradwatch.json`` (a failure is reported once; training goes on)."""
-        if not self.is_global_zero or self.log_dir is None or self._report_failed:
+        """Write ``gradwatch.json`` through the sinks that keep it (a failure is reported once; training goes on)."""
+        if self.writers is None or not self.writers.reports:
             return
-        try:
-            doc = build_report(
-                version=__version__,
-                status=status,
-                config=self._config(),
-                summary=self.summary,
-                alerts=self.alerts,
-                error=error,
-            )
-            doc["schedule"] = dict(self.schedule)
-            if self.budget is not None:
-                doc["budget"] = self.budget.to_dict()
-            write_report(self.log_dir, doc)
-        except OSError as err:
-            self._report_failed = True
-            _warn(
-                f"GradWatch could not write gradwatch.json to {self.log_dir} ({err}). Training continues; the alerts"
-                " are still in `GradWatch.alerts` and the logs."
-            )
+        doc = build_report(
+            version=__version__,
+            status=status,
+            config=self._config(),
+            summary=self.summary,
+            alerts=self.alerts,
+            error=error,
+        )
+        doc["schedule"] = dict(self.schedule)
+        if self.budget is not None:
+            doc["budget"] = self.budget.to_dict()
+        self.writers.write_report(doc)
 
     def finish(self, status: RunStatus, error: str | None = None) -> None:
         """Last pictures, flushed logs, the final report."""
