@@ -48,26 +48,33 @@ def scale_gradients_(parameters: Iterable[Tensor], coefficient: float, groups: G
     ``groups``: the same gradients already grouped (dense tensors by device and dtype, and sparse ones), as the
     statistics collector grouped them for plain, unsharded gradients: the per-tensor checks are then skipped.
     """
-    if groups is not None:
-        for tensors in groups.dense:
-            torch._foreach_mul_(tensors, coefficient)
-        for grad in groups.sparse:
-            grad.mul_(coefficient)
-        return
-    grads = [g for g in (p.grad for p in parameters) if g is not None]
-    if all(type(g) is Tensor and g.layout == torch.strided for g in grads):  # the common case, grouped in C++
-        for (tensors,), _ in _group_tensors_by_device_and_dtype([grads]).values():  # type: ignore[arg-type]
-            torch._foreach_mul_(tensors, coefficient)
-        return
+    if groups is None:
+        grads = [g for g in (p.grad for p in parameters) if g is not None]
+        plain = all(type(g) is Tensor and g.layout == torch.strided for g in grads)
+        groups = _grouped(grads) if plain else _grouped_locally(grads)  # plain: the common case, grouped in C++
+    for tensors in groups.dense:
+        torch._foreach_mul_(tensors, coefficient)
+    for grad in groups.sparse:
+        grad.mul_(coefficient)
+
+
+def _grouped(grads: list[Tensor]) -> GradientGroups:
+    """Plain strided gradients by (device, dtype), grouped by torch."""
+    by_kind = _group_tensors_by_device_and_dtype([grads]).values()  # type: ignore[arg-type]
+    return GradientGroups([tensors for (tensors,), _ in by_kind], [])
+
+
+def _grouped_locally(grads: list[Tensor]) -> GradientGroups:
+    """Any gradients: sharded ones by their local shard, sparse ones apart, the rest by (device, dtype)."""
     by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    sparse: list[Tensor] = []
     for g in grads:
         local = g.to_local() if callable(getattr(g, "to_local", None)) else g
         if local.layout != torch.strided:
-            local.mul_(coefficient)
+            sparse.append(local)
             continue
         by_kind.setdefault((local.device, local.dtype), []).append(local)
-    for tensors in by_kind.values():
-        torch._foreach_mul_(tensors, coefficient)
+    return GradientGroups(list(by_kind.values()), sparse)
 
 
 def drop_gradients_(optimizer: Any) -> None:

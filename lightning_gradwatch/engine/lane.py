@@ -132,10 +132,7 @@ class Lane:
                 unless the statistics are collectives).
         """
         assert self.collector is not None, "call watch() first"
-        cadence = self.ticks if own_cadence else step
-        self.ticks += 1
-        log = cadence % self.log_every == 0
-        hist = self.hist_every > 0 and cadence % self.hist_every == 0
+        log, hist = self._due(step, own_cadence)
         measure_all = measure_all or self.collector.sharded  # sharded statistics are collectives
         stats = self.collector.collect(
             extended=(log or hist) and measure_all,
@@ -148,6 +145,12 @@ class Lane:
         decision = self.judge.judge(step, stats, last_loss, self._scale, log, hist)
         self.record(decision)
         return decision
+
+    def _due(self, step: int, own_cadence: bool) -> tuple[bool, bool]:
+        """Count this optimizer's step; whether scalars and histograms are due at it."""
+        cadence = self.ticks if own_cadence else step
+        self.ticks += 1
+        return cadence % self.log_every == 0, self.hist_every > 0 and cadence % self.hist_every == 0
 
     def record(self, decision: Decision) -> None:
         """Count a judged step in the run summary: fp16 overflows, the step's norms, spikes, the interval maximum."""
@@ -171,18 +174,20 @@ class Lane:
         skipped = flags.skip or flags.stop
         clip = None if skipped else decision.clip(flags)
         clipped = clip is not None and decision.stats is not None and clip[1] < decision.stats.total_norm
-        reasons = ["skipped"] if skipped else []
         if skipped:
             self.summary.count(names.SKIPPED_STEPS)
         if clipped:
             self.summary.count(names.CLIPPED_STEPS)
-            clips_spikes = self.settings.responses.response(AlertKind.EXPLODING) == Response.CLIP
-            spike = decision.verdict is not None and decision.verdict.spike and clips_spikes
-            reasons += ["clipped spike"] if spike else []
-        reasons += ["alert"] if decision.alerts else []
+        reasons = self._reasons(decision, skipped, clipped)
         if reasons:
             self.summary.note_batch(decision.step, reasons, optimizer=self.index, **where)
         return clip
+
+    def _reasons(self, decision: Decision, skipped: bool, clipped: bool) -> list[str]:
+        """Why the report notes this step's batch: skipped, clipped as a spike, alerted (none: not noted)."""
+        clips_spikes = self.settings.responses.response(AlertKind.EXPLODING) == Response.CLIP
+        spike = clipped and decision.verdict is not None and decision.verdict.spike and clips_spikes
+        return ["skipped"] * skipped + ["clipped spike"] * spike + ["alert"] * bool(decision.alerts)
 
     def take_interval_max(self, default: float) -> float:
         """The largest finite total norm since the last call (``default`` when there was none)."""

@@ -243,18 +243,22 @@ class ExplodingWatch:
             rule.observe(now)
         ctx.losses.observe_norm(x)  # keeps the loss's best, for the trend and the episode
         fired = next((rule for rule in self.rules if rule.fires(now)), None)
-        episode = ctx.episode
-        if fired is not None:
-            if not episode.exploding_episode:
-                episode.start(ctx.losses.loss_floor)
-                verdict.alerts.append(self._alert(now, fired))
-        elif not now.spike and not any(rule.sustains() for rule in self.rules) and not self._loss_still_up():
-            episode.exploding_episode = False
+        self._episode(now, fired, verdict)
         ctx.norms.previous = x
         if x is not None:
             ctx.norms.learn(x, threshold, now.spike)
-        verdict.exploding = episode.exploding_episode
+        verdict.exploding = ctx.episode.exploding_episode
         return True
+
+    def _episode(self, now: NormStep, fired: ExplodingRule | None, verdict: Verdict) -> None:
+        """An explosion found now starts an episode (alerted once); a quiet step may end one."""
+        episode = self.ctx.episode
+        if fired is not None:
+            if not episode.exploding_episode:
+                episode.start(self.ctx.losses.loss_floor)
+                verdict.alerts.append(self._alert(now, fired))
+        elif not now.spike and not any(rule.sustains() for rule in self.rules) and not self._loss_still_up():
+            episode.exploding_episode = False
 
     def _loss_still_up(self) -> bool:
         """Whether the loss (median of the last 5 steps) is still above 2x its best: an episode lasts that long."""

@@ -73,12 +73,7 @@ class Collapse(VanishingRule):
     @override
     def judge(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> GradientAlert | None:
         cfg = self.config
-        converged = self._converged()
-        collapsed = top == 0.0 and not converged
-        if top > 0.0 and self.reference_norm:
-            below = stats.total_norm < cfg.collapse_ratio * self.reference_norm
-            loss_stuck = self.reference_loss is not None and self.reference_loss > 0 and not converged
-            collapsed = below and loss_stuck
+        collapsed = self._collapsed(stats, top)
         self.collapse_run = self.collapse_run + 1 if collapsed else 0
         if self.collapse_run >= cfg.vanishing_patience and not self.collapse_episode:
             self.collapse_episode = True
@@ -86,6 +81,18 @@ class Collapse(VanishingRule):
         if not collapsed:
             self.collapse_episode = False
         return None
+
+    def _collapsed(self, stats: StepStats, top: float) -> bool:
+        """Whether the network has collapsed at this step.
+
+        All-zero gradients, or a total norm far below the reference, while the loss has not come down.
+        """
+        converged = self._converged()
+        if top > 0.0 and self.reference_norm:
+            below = stats.total_norm < self.config.collapse_ratio * self.reference_norm
+            loss_stuck = self.reference_loss is not None and self.reference_loss > 0 and not converged
+            return below and loss_stuck
+        return top == 0.0 and not converged
 
     def _alert(self, step: int, stats: StepStats) -> GradientAlert:
         cfg = self.config
@@ -141,7 +148,7 @@ class Layers(VanishingRule):
             runs.pop(name, None)
             self.vanishing_episode.discard(name)
             return False
-        if top > 0 and (norm < limit or (floor is not None and norm < floor)):
+        if top > 0 and (norm < limit or _below(norm, floor)):
             runs[name] = runs.get(name, 0) + 1
             if runs[name] >= self.config.vanishing_patience and name not in self.vanishing_episode:
                 self.vanishing_episode.add(name)
@@ -171,6 +178,11 @@ class Layers(VanishingRule):
                 + self.ctx.hints(self.kind)
             )
         return GradientAlert(self.kind, step, layers, ratio, cfg.vanishing_ratio, message, self.ctx.optimizer)
+
+
+def _below(norm: float, floor: float | None) -> bool:
+    """Whether ``norm`` is below the absolute ``floor`` (when one is set)."""
+    return floor is not None and norm < floor
 
 
 #: The vanishing rules, in order: each judges every step it is not suspended on; the first alert of a step is kept.

@@ -145,41 +145,53 @@ class OverheadBudget:
 
     def update(self) -> None:
         """Take in the drawing times reported since the last call and choose the histogram and picture spacing."""
-        while self._drawn:
-            self._picture.add(self._drawn.popleft() + self._picture_write)
-            self._picture_write = 0.0
+        self._take_drawn()
         step = self.step_seconds
         if step is None:
             return
         allowed = max(self.fraction * step, FLOOR_SECONDS)
         if self.log_asked and self._log:  # scalars the run length asked for: first in line, within half the room
-            room = max(allowed - self._base(), allowed / 4)
-            share = room / 2 if self.asked > 0 else room
-            wanted = self.log_asked * _ceil(self._log_extra() / share / self.log_asked)
-            self.log_every = max(self.log_every, min(wanted, self.log_widest))  # never closer again: no see-saw
+            self._widen_scalars(allowed)
         if self.asked <= 0:
             return
         # what the budget leaves after the per-step work (and at least a quarter of it, when that alone is over)
         room = max(allowed - self._per_step(), allowed / 4)
         extra = self._histogram_extra()
         pictures = self.pictures and self._picture.value is not None
-        histogram_room = room / 2 if pictures else room
-        if self.explicit or extra / self.asked <= histogram_room:
-            histogram_every = self.asked
-        else:
-            histogram_every = self.asked * _ceil(extra / histogram_room / self.asked)
+        histogram_every = self._histogram_spacing(room / 2 if pictures else room, extra)
         # warned of only when the asked histograms alone take the whole budget, measured on a few of them
         self.histograms_break_budget = self.explicit and len(self._histogram) >= 3 and extra / self.asked > allowed
         self.histogram_every = histogram_every
-        if pictures:
-            assert self._picture.value is not None
-            # pictures cost seconds of matplotlib, measured, not hook times at the edge of timing noise: no floor
-            strict = self.fraction * step
-            picture_total = max(strict - self._per_step(), strict / 4) if strict < allowed else room
-            picture_room = max(picture_total - extra / histogram_every, picture_total / 4)
-            self.pictures_every = histogram_every * _ceil(self._picture.value / picture_room / histogram_every)
-        else:
-            self.pictures_every = histogram_every
+        self.pictures_every = self._picture_spacing(step, allowed, room, extra) if pictures else histogram_every
+
+    def _take_drawn(self) -> None:
+        """Average in the drawing times the worker thread handed over, with the writing time since."""
+        while self._drawn:
+            self._picture.add(self._drawn.popleft() + self._picture_write)
+            self._picture_write = 0.0
+
+    def _widen_scalars(self, allowed: float) -> None:
+        """Space out the scalars the run length asked for, within half the room (all of it without histograms)."""
+        room = max(allowed - self._base(), allowed / 4)
+        share = room / 2 if self.asked > 0 else room
+        wanted = self.log_asked * _ceil(self._log_extra() / share / self.log_asked)
+        self.log_every = max(self.log_every, min(wanted, self.log_widest))  # never closer again: no see-saw
+
+    def _histogram_spacing(self, room: float, extra: float) -> int:
+        """The histogram interval on the asked grid whose extra hook time fits ``room`` (as asked, when explicit)."""
+        if self.explicit or extra / self.asked <= room:
+            return self.asked
+        return self.asked * _ceil(extra / room / self.asked)
+
+    def _picture_spacing(self, step: float, allowed: float, room: float, extra: float) -> int:
+        """The picture interval, a multiple of the histogram interval, whose drawing fits what the budget leaves."""
+        assert self._picture.value is not None
+        histogram_every = self.histogram_every
+        # pictures cost seconds of matplotlib, measured, not hook times at the edge of timing noise: no floor
+        strict = self.fraction * step
+        picture_total = max(strict - self._per_step(), strict / 4) if strict < allowed else room
+        picture_room = max(picture_total - extra / histogram_every, picture_total / 4)
+        return histogram_every * _ceil(self._picture.value / picture_room / histogram_every)
 
     def overhead(self) -> float | None:
         """GradWatch's estimated amortized cost as a fraction of the step time, at the current spacing."""
