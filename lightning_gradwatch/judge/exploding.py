@@ -36,8 +36,8 @@ from typing_extensions import override
 from lightning_gradwatch.alerts import GradientAlert, format_layers
 from lightning_gradwatch.history import log10_or_none
 from lightning_gradwatch.judge.context import LOSS_WINDOW, Context, Verdict
-from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep
-from lightning_gradwatch.judge.state import Stateful, as_optional_float, state
+from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch
+from lightning_gradwatch.judge.state import as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
@@ -213,7 +213,7 @@ class Trend(ExplodingRule):
 EXPLODING_RULES: tuple[type[ExplodingRule], ...] = (Jump, Spikes, Growth, Trend)
 
 
-class ExplodingWatch:
+class ExplodingWatch(RuleWatch):
     """The exploding episode over the rules of :data:`EXPLODING_RULES` (see the module docstring).
 
     Owns the spike settings (what a spike is: ``exploding_zscore``, ``exploding_min_factor``,
@@ -222,14 +222,10 @@ class ExplodingWatch:
 
     kind = AlertKind.EXPLODING
     settings = ("exploding_zscore", "exploding_min_factor", "exploding_threshold")
+    rules: tuple[ExplodingRule, ...]
 
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.rules = tuple(rule(ctx) for rule in EXPLODING_RULES)
-
-    def parts(self) -> tuple[Stateful, ...]:
-        """The rules' parts of the checkpoint."""
-        return self.rules
+        super().__init__(ctx, EXPLODING_RULES)
 
     def update(self, step: int, stats: StepStats, verdict: Verdict) -> bool:
         """Judge one finite step: spikes, the rules, the episode, then learn the step's norm; judging goes on."""

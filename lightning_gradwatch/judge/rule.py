@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no 
     from lightning_gradwatch.alerts import GradientAlert
     from lightning_gradwatch.measure.records import StepStats
 
-__all__ = ["DetectionRule", "ExplodingRule", "Finding", "NormStep", "VanishingRule"]
+__all__ = ["DetectionRule", "ExplodingRule", "Finding", "NormStep", "RuleWatch", "VanishingRule"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,23 @@ class VanishingRule(DetectionRule):
     def judge(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> GradientAlert | None:
         """Judge one step (``top``: the largest layer norm); returns the alert it fires, if any."""
         raise NotImplementedError
+
+
+class RuleWatch:
+    """Base of a kind's watch: its rules, built over one context, in the order of its list of rules.
+
+    Args:
+        ctx: the detector's context.
+        rules: the rule classes, in order.
+    """
+
+    kind: ClassVar[AlertKind]
+    settings: ClassVar[tuple[str, ...]] = ()  # the DetectionConfig fields the watch owns itself
+
+    def __init__(self, ctx: Context, rules: tuple[type[DetectionRule], ...]) -> None:
+        self.ctx = ctx
+        self.rules = tuple(rule(ctx) for rule in rules)
+
+    def parts(self) -> tuple[Stateful, ...]:
+        """The rules' parts of the checkpoint."""
+        return self.rules

@@ -23,8 +23,8 @@ from typing_extensions import override
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
 from lightning_gradwatch.judge.context import Context, Verdict
-from lightning_gradwatch.judge.rule import VanishingRule
-from lightning_gradwatch.judge.state import Stateful, as_int_map, as_optional_float, state
+from lightning_gradwatch.judge.rule import RuleWatch, VanishingRule
+from lightning_gradwatch.judge.state import as_int_map, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
@@ -189,7 +189,7 @@ def _below(norm: float, floor: float | None) -> bool:
 VANISHING_RULES: tuple[type[VanishingRule], ...] = (Collapse, Layers)
 
 
-class VanishingWatch:
+class VanishingWatch(RuleWatch):
     """The vanishing rules of :data:`VANISHING_RULES`, suspended during and after an explosion.
 
     Owns ``vanishing_patience``, which every vanishing rule waits for.
@@ -197,14 +197,10 @@ class VanishingWatch:
 
     kind = AlertKind.VANISHING
     settings = ("vanishing_patience",)
+    rules: tuple[VanishingRule, ...]
 
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.rules = tuple(rule(ctx) for rule in VANISHING_RULES)
-
-    def parts(self) -> tuple[Stateful, ...]:
-        """The rules' parts of the checkpoint."""
-        return self.rules
+        super().__init__(ctx, VANISHING_RULES)
 
     def update(self, step: int, stats: StepStats, verdict: Verdict) -> bool:
         """Judge one finite step (after the exploding watch); judging goes on."""
