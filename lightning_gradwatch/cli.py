@@ -291,15 +291,7 @@ def _github(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, ou
     code, _ = _gate(runs, fail_on, allow_unfinished)
     try:
         for run in runs:
-            for alert in run.alerts:
-                level = "error" if alert["kind"] in fail_on else "warning"
-                title = _escape_property(f"GradWatch {alert['kind']} gradients at {_where(alert)} ({run.path})")
-                out.write(f"::{level} title={title}::{_escape_data(alert['message'].strip())}\n")
-            run_verdict = verdict(run, fail_on)
-            if run_verdict in UNFINISHED_VERDICTS:
-                level = "warning" if allow_unfinished else "error"
-                title = _escape_property(f"GradWatch run {run_verdict} ({run.path})")
-                out.write(f"::{level} title={title}::{_escape_data(_why(run, run_verdict))}\n")
+            _annotate(run, fail_on, allow_unfinished, out)
         if code == EXIT_OK:
             kinds = ", ".join(sorted(fail_on))
             out.write(f"::notice title=GradWatch::{len(runs)} run(s) checked, no alerts of kind {kinds}\n")
@@ -310,6 +302,19 @@ def _github(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, ou
     finally:
         if summary is not None:
             summary.close()
+
+
+def _annotate(run: RunRecord, fail_on: set[str], allow_unfinished: bool, out: TextIO) -> None:
+    """A run's workflow commands: one annotation per alert, and one when it did not finish."""
+    for alert in run.alerts:
+        level = "error" if alert["kind"] in fail_on else "warning"
+        title = _escape_property(f"GradWatch {alert['kind']} gradients at {_where(alert)} ({run.path})")
+        out.write(f"::{level} title={title}::{_escape_data(alert['message'].strip())}\n")
+    run_verdict = verdict(run, fail_on)
+    if run_verdict in UNFINISHED_VERDICTS:
+        level = "warning" if allow_unfinished else "error"
+        title = _escape_property(f"GradWatch run {run_verdict} ({run.path})")
+        out.write(f"::{level} title={title}::{_escape_data(_why(run, run_verdict))}\n")
 
 
 def _markdown_summary(runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool = False) -> str:

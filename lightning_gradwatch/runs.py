@@ -152,13 +152,17 @@ def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
         events = {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()}
         steps = {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)}
         total = {str(k): _summary(v) for k, v in sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)}
-        status, error = doc.get("status"), doc.get("error")
-        for name, value in (("status", status), ("error", error)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{name} is {type(value).__name__}")
+        status, error = _text(doc, "status"), _text(doc, "error")
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise RunReadError(f"{directory / REPORT_FILE}: unexpected content ({_one_line(err)})") from err
     return RunRecord(directory, "json", status, steps, layers, alerts, events, total, error)
+
+
+def _text(doc: dict[str, Any], name: str) -> str | None:
+    value = doc.get(name)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} is {type(value).__name__}")
+    return value
 
 
 def _as_list(value: Any) -> list[Any]:
