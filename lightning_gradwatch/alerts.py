@@ -13,6 +13,7 @@ from lightning_gradwatch.remedies import ModelTraits
 
 __all__ = [
     "ALERT_KINDS",
+    "MARKDOWN_LAYERS",
     "REMEDIES_MARKDOWN",
     "REMEDIES_PLAIN",
     "AlertKind",
@@ -153,15 +154,17 @@ def remedies(kind: AlertKind | str, traits: ModelTraits | None = None, cause: Ca
     return kind_spec(kind).remedies(traits or ModelTraits(), cause)
 
 
+#: an alert's Markdown names at most this many layers, and counts the rest
+MARKDOWN_LAYERS = 20
 REMEDIES_PLAIN = "\nRemedies:\n"
 REMEDIES_MARKDOWN = "\n\nRemedies:\n\n"  # Markdown needs blank lines around a list
 
 
 def alert_markdown(alert: GradientAlert) -> str:
     """An alert as Markdown for TensorBoard's Text tab."""
-    layers = ", ".join(f"`{name}`" for name in alert.layers[:20])
-    if len(alert.layers) > 20:
-        layers += f" (+{len(alert.layers) - 20} more)"
+    layers = ", ".join(f"`{name}`" for name in alert.layers[:MARKDOWN_LAYERS])
+    if len(alert.layers) > MARKDOWN_LAYERS:
+        layers += f" (+{len(alert.layers) - MARKDOWN_LAYERS} more)"
     return (
         f"**{alert.kind}** at step {alert.step} (value {alert.value:.4g}, threshold {alert.threshold:.4g})  \n"
         f"layers: {layers or '(all)'}  \n\n{alert.message.replace(REMEDIES_PLAIN, REMEDIES_MARKDOWN)}"

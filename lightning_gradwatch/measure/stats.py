@@ -33,6 +33,7 @@ from lightning_gradwatch.measure.sharding import local, reduce_parts, shard_grou
 
 __all__ = [
     "GRANULARITIES",
+    "MAX_PLANS",
     "GradientStats",
     "Granularity",
     "LayerHistogram",
@@ -43,6 +44,10 @@ __all__ = [
     "step_layout",
     "unpack",
 ]
+
+
+#: plans kept for patterns of present gradients (branches used on some batches); past it they are all forgotten
+MAX_PLANS = 64
 
 
 class GradientStats:
@@ -153,7 +158,7 @@ class GradientStats:
             if not any(key):
                 return None
             plan = build_plan(grads, self._layer_of, self.plain_group, self.histogram_sample_size)
-            if len(self._plans) > 64:  # patterns of unused layers could grow without bound
+            if len(self._plans) > MAX_PLANS:  # patterns of unused layers could grow without bound
                 self._plans.clear()
             self._plans[key] = plan
             if all(key):
