@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from scenarios import BANK, Scenario  # noqa: E402
 
-import lightning_gradwatch._engine as engine_module  # noqa: E402  (the engine builds the detectors)
+import lightning_gradwatch.judge.decision as engine_module  # noqa: E402  (the step judge builds the detectors)
 from lightning_gradwatch import GradWatch  # noqa: E402
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector  # noqa: E402
 from lightning_gradwatch.stats import StepStats  # noqa: E402

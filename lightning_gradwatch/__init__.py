@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lightning_gradwatch._version import __version__
 from lightning_gradwatch.alerts import GradientAlert, GradientAlertError, GradientWarning
 
-__version__ = "0.1.0"
 __all__ = ["GradWatch", "GradientAlert", "GradientAlertError", "GradientWarning", "__version__"]
 
 if TYPE_CHECKING:

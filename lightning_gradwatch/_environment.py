@@ -1,7 +1,8 @@
-"""Internal. What GradWatch needs to know about the Trainer, read once per fit into a plain record.
+"""Internal. What GradWatch needs to know about a Lightning Trainer, read once per fit into a plain record.
 
-Only public, duck-typed Trainer attributes are read, and Lightning is not imported: the record is all the rest of
-the package sees of the Trainer.
+Only public, duck-typed Trainer attributes are read, and Lightning is not imported: the record
+(:class:`~lightning_gradwatch.engine.environment.Environment`) is all the engine sees of the Trainer. Besides the
+record: the Trainer's own checks, the optimizer's index, agreeing on flags across its processes, its logger's name.
 """
 
 from __future__ import annotations
@@ -9,69 +10,32 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import torch
-from torch import Tensor
 
-from lightning_gradwatch.alerts import ModelTraits
-
-if TYPE_CHECKING:
-    from lightning_gradwatch._engine import Flags
+from lightning_gradwatch.engine.environment import (
+    LIGHTNING_LOG_EVERY,
+    MIN_POINTS,
+    MIN_POINTS_UNDER_BUDGET,
+    Environment,
+    histogram_interval,
+)
+from lightning_gradwatch.judge.decision import Flags
+from lightning_gradwatch.remedies import ModelTraits
 
 __all__ = [
-    "LIGHTNING_LOG_EVERY",
-    "MIN_POINTS",
-    "MIN_POINTS_UNDER_BUDGET",
     "Environment",
+    "TrainerHost",
     "check_trainer",
-    "clean_name",
-    "exempt_parameters",
     "instance_namespace",
     "log_name",
-    "named_parameters",
     "optimizer_index",
     "probe",
     "reduce_flags",
     "run_cadence",
 ]
-
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-#: a run of known length gets at least this many scalar points when the scalar interval is left to GradWatch
-MIN_POINTS = 100
-#: however tight the overhead budget, such a run keeps at least this many scalar points
-MIN_POINTS_UNDER_BUDGET = 25
-#: the Trainer's ``log_every_n_steps`` when none is given: taken as "not chosen", and shortened on short runs
-LIGHTNING_LOG_EVERY = 50
-
-
-@dataclass(frozen=True)
-class Environment:
-    """One fit's environment: ranks, schedule, output directory, shard group, loss scaler, model traits.
-
-    Attributes:
-        is_global_zero: this process writes the logs and the report.
-        world_size: processes taking part (decisions are reduced across them when more than one).
-        log_every: scalar interval, in optimizer steps.
-        hist_every: histogram interval, in optimizer steps (0: none).
-        log_widest: the widest an overhead budget may spread ``log_every`` to (0: ``log_every`` is fixed).
-        log_dir: where ``gradwatch.json`` goes (``None``: nowhere).
-        plain_group: the process group plain-tensor gradients are sharded over (FSDP1), else ``None``.
-        scaler: the fp16 loss scaler, when one is enabled.
-        traits: what the model looks like, for remedy hints.
-    """
-
-    is_global_zero: bool = True
-    world_size: int = 1
-    log_every: int = 50
-    hist_every: int = 200
-    log_widest: int = 0
-    log_dir: str | None = None
-    plain_group: Any = None
-    scaler: Any = None
-    traits: ModelTraits = field(default_factory=ModelTraits)
 
 
 def probe(
@@ -85,7 +49,7 @@ def probe(
         is_global_zero=bool(trainer.is_global_zero),
         world_size=int(trainer.world_size),
         log_every=log_every,
-        hist_every=_histogram_interval(log_every, histogram_every_n_steps),
+        hist_every=histogram_interval(log_every, histogram_every_n_steps),
         log_dir=_log_dir(trainer),
         plain_group=_plain_shard_group(trainer),
         scaler=scaler if scaler is not None and _scaler_enabled(scaler) else None,
@@ -117,52 +81,9 @@ def run_cadence(
     log_every = max(1, min(env.log_every, int(total // MIN_POINTS)))
     if log_every == env.log_every:
         return env
-    hist_every = _histogram_interval(log_every, histogram_every_n_steps)
+    hist_every = histogram_interval(log_every, histogram_every_n_steps)
     widest = max(log_every, min(env.log_every, int(total // MIN_POINTS_UNDER_BUDGET)))
     return replace(env, log_every=log_every, hist_every=hist_every, log_widest=widest)
-
-
-def _histogram_interval(log_every: int, histogram_every_n_steps: int | None) -> int:
-    """The histogram interval: as given, else four times the scalar interval."""
-    return 4 * log_every if histogram_every_n_steps is None else histogram_every_n_steps
-
-
-def clean_name(name: str) -> str:
-    """A parameter or module name without the parts wrappers add (FSDP1, activation checkpointing, compile).
-
-    Example:
-        >>> clean_name("1._checkpoint_wrapped_module.0.weight")
-        '1.0.weight'
-        >>> clean_name("_orig_mod.encoder._fsdp_wrapped_module.fc.bias")
-        'encoder.fc.bias'
-    """
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
-
-def named_parameters(module: Any, optimizer: Any, index: int) -> list[tuple[str, Tensor]]:
-    """The optimizer's parameters with the module's cleaned names, in the module's order.
-
-    Parameters the module does not own (an optimizer built over extra tensors) are named
-    ``optimizer_<index>.param_<k>``.
-    """
-    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    named = [(clean_name(n), p) for n, p in module.named_parameters() if id(p) in in_optimizer]
-    known = {id(p) for _, p in named}
-    extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
-    return named + [(f"optimizer_{index}.param_{i}", p) for i, p in enumerate(extra)]
-
-
-def exempt_parameters(module: Any, granularity: str) -> set[int]:
-    """Ids of the parameters whose gradients are naturally small: normalisation layers' (and biases, per parameter).
-
-    Identified by object, not by name, so wrapper prefixes cannot make the names disagree with the layers'.
-    """
-    exempt = {id(p) for m in module.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)}
-    if granularity == "parameter":
-        exempt.update(id(p) for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] == "bias")
-    return exempt
 
 
 def optimizer_index(trainer: Any, optimizer: Any) -> tuple[int, int]:
@@ -242,3 +163,22 @@ def instance_namespace(callback: Any, callbacks: Any) -> str:
     peers = [cb for cb in callbacks if isinstance(cb, type(callback))]
     index = next(i for i, p in enumerate(peers) if p is callback)
     return "" if index == 0 else f"gradwatch-{index + 1}"
+
+
+class TrainerHost:
+    """The engine's :class:`~lightning_gradwatch.act.actor.Host` for a Trainer.
+
+    Flags are reduced over the Trainer's processes, and a stop goes through ``trainer.should_stop``.
+    """
+
+    def __init__(self, trainer: Any, env: Environment) -> None:
+        self.trainer = trainer
+        self.env = env
+
+    def reduce(self, flags: Flags) -> Flags:
+        """Every rank takes the same decision."""
+        return reduce_flags(self.trainer, self.env, flags)
+
+    def stop(self) -> None:
+        """Training ends after this step (on every rank: the flag was reduced)."""
+        self.trainer.should_stop = True

@@ -39,6 +39,8 @@ __all__ = [
     "TOTAL_NORM",
     "TOTAL_NORM_MAX",
     "layer_tag",
+    "optimizer_key",
+    "optimizer_suffix",
     "run_tag",
 ]
 
@@ -85,6 +87,21 @@ EVENT_SCALARS: tuple[str, ...] = (AMP_OVERFLOW_STEPS, SKIPPED_STEPS, SPIKE_STEPS
 def layer_tag(family: str, layer: str) -> str:
     """The tag of one layer's value in a per-layer family (``grad_norm/<layer>``)."""
     return f"{family}/{layer}"
+
+
+def optimizer_suffix(index: int) -> str:
+    """What tells apart the run-level tags of one of several optimizers (``"/optimizer_1"``)."""
+    return f"/{optimizer_key(index)}"
+
+
+def optimizer_key(index: int) -> str:
+    """One of several optimizers' key in ``gradwatch.json``'s ``total_norm`` (``"optimizer_1"``).
+
+    Example:
+        >>> optimizer_key(1), optimizer_suffix(1)
+        ('optimizer_1', '/optimizer_1')
+    """
+    return f"optimizer_{index}"
 
 
 def run_tag(name: str, suffix: str = "") -> str:

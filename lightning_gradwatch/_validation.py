@@ -18,30 +18,39 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal, get_args
 
+from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, VanishingResponse
+
 __all__ = [
-    "DETECTION_ARGUMENTS",
     "ArgumentTypeError",
+    "Check",
     "ExplodingResponse",
     "Granularity",
     "NonfiniteResponse",
     "VanishingResponse",
+    "above_one",
+    "at_least_one",
     "check_bool",
     "check_budget",
     "check_choice",
     "check_clip",
-    "check_gradwatch_arguments",
     "check_int",
     "check_number",
     "check_pattern",
+    "choice",
     "choices",
+    "fraction",
+    "integer",
+    "number",
 ]
 
-VanishingResponse = Literal["warn", "raise", "stop", "ignore"]
-ExplodingResponse = Literal["warn", "raise", "stop", "skip", "clip", "ignore"]
-NonfiniteResponse = Literal["warn", "raise", "stop", "skip", "ignore"]
 Granularity = Literal["module", "parameter"]
+
+#: a value check: ``check(name, value)`` raises ``TypeError`` or ``ValueError`` naming the argument
+Check = Callable[[str, Any], None]
 
 
 def choices(literal: Any) -> tuple[str, ...]:
@@ -128,8 +137,8 @@ def check_budget(name: str, value: Any) -> None:
         )
 
 
-def check_clip(clip: Any) -> None:
-    """``None``, ``"adaptive"`` or a positive, finite number."""
+def check_clip(name: str, clip: Any) -> None:
+    """``None``, ``"adaptive"`` or a positive, finite number (``name`` is ``clip``, the one argument it checks)."""
     if clip is None or clip == "adaptive":
         return
     if isinstance(clip, str):
@@ -152,41 +161,44 @@ def check_pattern(name: str, pattern: Any) -> None:
         raise ValueError(f"`{name}` is not a valid regular expression ({err}): {pattern!r}") from err
 
 
-#: GradWatch's arguments that are fields of ``DetectionConfig`` (which checks them, with the same rule).
-DETECTION_ARGUMENTS = (
-    "warmup_steps",
-    "exploding_patience",
-    "exploding_growth_steps",
-    "vanishing_patience",
-    "exploding_zscore",
-    "exploding_min_factor",
-    "exploding_threshold",
-    "exploding_jump_factor",
-    "exploding_trend_loss_factor",
-    "exploding_trend_norm_factor",
-    "vanishing_ratio",
-    "vanishing_floor",
-)
+def integer(minimum: int, optional: bool = False) -> Check:
+    """A check: an ``int`` of at least ``minimum`` (``None`` too when ``optional``)."""
+    return partial(check_int, minimum=minimum, optional=optional)
 
 
-def check_gradwatch_arguments(args: dict[str, Any]) -> None:
-    """Check ``GradWatch``'s arguments, by name (the detection thresholds are checked by ``DetectionConfig``)."""
-    check_choice("on_vanishing", args["on_vanishing"], VanishingResponse)
-    check_choice("on_exploding", args["on_exploding"], ExplodingResponse)
-    check_choice("on_nonfinite", args["on_nonfinite"], NonfiniteResponse)
-    check_clip(args["clip"])
-    check_number("clip_zscore", args["clip_zscore"])
-    check_int("clip_warmup_steps", args["clip_warmup_steps"], minimum=0)
-    check_number("clip_max_norm", args["clip_max_norm"], optional=True)
-    check_int("log_every_n_steps", args["log_every_n_steps"], minimum=1, optional=True)
-    check_int("histogram_every_n_steps", args["histogram_every_n_steps"], minimum=0, optional=True)
-    check_choice("granularity", args["granularity"], Granularity)
-    check_pattern("include", args["include"])
-    check_pattern("exclude", args["exclude"])
-    check_int("amp_overflow_patience", args["amp_overflow_patience"], minimum=1)
-    check_int("histogram_bins", args["histogram_bins"], minimum=1)
-    check_int("histogram_sample_size", args["histogram_sample_size"], minimum=1)
-    check_int("max_layers", args["max_layers"], minimum=1, optional=True)
-    check_bool("images", args["images"])
-    check_budget("overhead_budget", args["overhead_budget"])
-    check_bool("progress_bar", args["progress_bar"])
+def number(optional: bool = False, zero: bool = False) -> Check:
+    """A check: a positive, finite number (0 too with ``zero``; ``None`` too when ``optional``)."""
+    return partial(check_number, optional=optional, zero=zero)
+
+
+def choice(literal: Any) -> Check:
+    """A check: one of the ``literal``'s strings."""
+    return partial(check_choice, literal=literal)
+
+
+def at_least_one(name: str, value: Any) -> None:
+    """A finite number of at least 1.
+
+    Example:
+        >>> at_least_one("exploding_min_factor", 0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: `exploding_min_factor` must be at least 1, got 0.5
+    """
+    check_number(name, value)
+    if value < 1:
+        raise ValueError(f"`{name}` must be at least 1, got {value!r}")
+
+
+def above_one(name: str, value: Any) -> None:
+    """A finite number greater than 1."""
+    check_number(name, value)
+    if value <= 1:
+        raise ValueError(f"`{name}` must be greater than 1, got {value!r}")
+
+
+def fraction(name: str, value: Any) -> None:
+    """A number in (0, 1)."""
+    check_number(name, value)
+    if value >= 1:
+        raise ValueError(f"`{name}` must be in (0, 1), got {value!r}")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from enum import Enum
+from typing import Any
+
+from lightning_gradwatch.kinds import AlertKind, Cause, kind_spec
+from lightning_gradwatch.remedies import ModelTraits
 
 __all__ = [
     "ALERT_KINDS",
+    "MARKDOWN_LAYERS",
     "REMEDIES_MARKDOWN",
     "REMEDIES_PLAIN",
     "AlertKind",
@@ -23,8 +28,10 @@ __all__ = [
     "remedies",
 ]
 
-AlertKind = Literal["vanishing", "exploding", "nonfinite"]
-ALERT_KINDS: tuple[AlertKind, ...] = ("vanishing", "exploding", "nonfinite")
+#: the alert kinds' values, in the order of ``GradWatch``'s ``on_<kind>`` arguments
+ALERT_KINDS: tuple[str, ...] = tuple(kind.value for kind in AlertKind)
+#: what a detection rule saw, which chooses the remedy hints (the enum :class:`~lightning_gradwatch.kinds.Cause`)
+RemedyCause = Cause
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,8 @@ class GradientAlert:
     """One gradient-health finding at one optimizer step.
 
     Args:
-        kind: ``"vanishing"``, ``"exploding"`` or ``"nonfinite"``.
+        kind: ``"vanishing"``, ``"exploding"`` or ``"nonfinite"`` (an :class:`~lightning_gradwatch.kinds.AlertKind`
+            is kept as its value).
         step: the trainer's ``global_step`` when the alert fired.
         layers: names of the layers at fault, in forward order.
         value: the measured quantity that crossed the threshold (its meaning depends on ``kind``; see ``message``).
@@ -48,7 +56,7 @@ class GradientAlert:
         True
     """
 
-    kind: AlertKind
+    kind: str
     step: int
     layers: tuple[str, ...]
     value: float
@@ -56,6 +64,10 @@ class GradientAlert:
     message: str
     optimizer: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kind, Enum):  # stored by value: plain in checkpoints, JSON and repr
+            object.__setattr__(self, "kind", self.kind.value)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values."""
@@ -120,29 +132,7 @@ def format_layers(layers: tuple[str, ...] | list[str], limit: int = 6) -> str:
     return shown if len(layers) <= limit else f"{shown} (+{len(layers) - limit} more)"
 
 
-@dataclass(frozen=True)
-class ModelTraits:
-    """What the remedy hints need to know about a model, read once from its modules."""
-
-    saturating_activations: bool = False
-    vanilla_rnn: bool = False
-    normalisation: bool = False
-    residual_hint: bool = False
-
-    @classmethod
-    def from_module(cls, module: Any) -> ModelTraits:
-        """Inspect ``module.modules()`` by type name (no import of the classes needed)."""
-        names = {type(m).__name__ for m in module.modules()}
-        saturating = bool(names & {"Sigmoid", "Tanh", "Hardtanh", "Softsign", "LogSigmoid", "Hardsigmoid"})
-        rnn = "RNN" in names or "RNNCell" in names
-        norm = any(n.endswith(("Norm", "Norm1d", "Norm2d", "Norm3d")) or "Norm" in n for n in names)
-        return cls(saturating_activations=saturating, vanilla_rnn=rnn, normalisation=norm)
-
-
-RemedyCause = Literal["startup", "growth", "outlier", "dead"]
-
-
-def remedies(kind: AlertKind, traits: ModelTraits | None = None, cause: RemedyCause | str | None = None) -> list[str]:
+def remedies(kind: AlertKind | str, traits: ModelTraits | None = None, cause: Cause | str | None = None) -> list[str]:
     """Remedy hints that fit ``kind``, what was seen (``cause``) and the model's traits, most specific first.
 
     Args:
@@ -152,87 +142,29 @@ def remedies(kind: AlertKind, traits: ModelTraits | None = None, cause: RemedyCa
             ``"growth"`` (norm and loss climbing together over many steps), ``"outlier"`` (spikes far beyond the
             run's history, as bad batches give). Vanishing: ``"dead"`` (gradients exactly zero).
 
+    Raises:
+        ValueError: for a kind the table of kinds does not know.
+
     Example:
         >>> remedies("vanishing", ModelTraits(vanilla_rnn=True))[0]
         'replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long sequences)'
         >>> remedies("exploding", cause="outlier")[0]
         'check the inputs and labels of the batches at this step for outliers or corruption'
     """
-    traits = traits or ModelTraits()
-    if kind == "vanishing":
-        return _vanishing_remedies(traits, cause)
-    if kind == "exploding":
-        return _exploding_remedies(traits, cause)
-    return [
-        "look for NaN/Inf in the inputs, labels or loss of the batches at this step",
-        "guard divisions, logs and square roots in the loss (add an epsilon)",
-        'lower the learning rate and clip gradients (GradWatch(clip="adaptive"))',
-        "with fp16, prefer bf16-mixed precision or keep the loss scaler enabled",
-    ]
+    return kind_spec(kind).remedies(traits or ModelTraits(), cause)
 
 
-def _vanishing_remedies(traits: ModelTraits, cause: str | None) -> list[str]:
-    hints: list[str] = []
-    if cause == "dead":
-        hints.append(
-            "lower the learning rate: one too-high step can push every ReLU unit negative for all inputs, and a dead"
-            " unit never recovers"
-        )
-        hints.append("use LeakyReLU or GELU, which keep a gradient for negative inputs")
-        hints.append("check that no part of the model is frozen, detached (.detach(), torch.no_grad) or unused")
-        return hints
-    if traits.vanilla_rnn:
-        hints.append(
-            "replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long sequences)"
-        )
-    if traits.saturating_activations:
-        hints.append("replace sigmoid/tanh activations with a ReLU-family activation (ReLU, LeakyReLU, GELU)")
-    if not traits.normalisation:
-        hints.append("add normalisation layers (BatchNorm, LayerNorm)")
-    hints.append("add residual (skip) connections around deep stacks")
-    hints.append("use He (Kaiming) initialisation for ReLU-family layers, Xavier (Glorot) for tanh/sigmoid")
-    if not traits.saturating_activations and not traits.vanilla_rnn:
-        hints.append("check for dead ReLUs (LeakyReLU or GELU avoid them) and for frozen or detached layers")
-    return hints
-
-
-def _exploding_remedies(traits: ModelTraits, cause: str | None) -> list[str]:
-    clip = 'clip gradients: GradWatch(clip="adaptive"), or GradWatch(on_exploding="clip") for the spike steps only'
-    hints: list[str] = []
-    if cause == "startup":
-        hints.append(
-            "lower the learning rate, by 10x or more: a gradient norm that grows by orders of magnitude within the"
-            " first steps means each update overshoots"
-        )
-        hints.append("add a learning-rate warm-up")
-        hints.append(clip)
-    elif cause == "growth":
-        hints.append(
-            "lower the learning rate: a gradient norm and a loss that climb together over many steps are the mark of"
-            " a learning rate too high for the model (under Adam/AdamW such a run may never produce a NaN)"
-        )
-        hints.append("add a learning-rate warm-up, or lengthen it")
-        hints.append(clip)
-    else:
-        hints.append("check the inputs and labels of the batches at this step for outliers or corruption")
-        hints.append(clip)
-        hints.append("lower the learning rate, or add a learning-rate warm-up")
-    if traits.vanilla_rnn:
-        hints.append("replace the vanilla nn.RNN with nn.LSTM or nn.GRU")
-    if not traits.normalisation:
-        hints.append("add normalisation layers (BatchNorm, LayerNorm)")
-    return hints
-
-
+#: an alert's Markdown names at most this many layers, and counts the rest
+MARKDOWN_LAYERS = 20
 REMEDIES_PLAIN = "\nRemedies:\n"
 REMEDIES_MARKDOWN = "\n\nRemedies:\n\n"  # Markdown needs blank lines around a list
 
 
 def alert_markdown(alert: GradientAlert) -> str:
     """An alert as Markdown for TensorBoard's Text tab."""
-    layers = ", ".join(f"`{name}`" for name in alert.layers[:20])
-    if len(alert.layers) > 20:
-        layers += f" (+{len(alert.layers) - 20} more)"
+    layers = ", ".join(f"`{name}`" for name in alert.layers[:MARKDOWN_LAYERS])
+    if len(alert.layers) > MARKDOWN_LAYERS:
+        layers += f" (+{len(alert.layers) - MARKDOWN_LAYERS} more)"
     return (
         f"**{alert.kind}** at step {alert.step} (value {alert.value:.4g}, threshold {alert.threshold:.4g})  \n"
         f"layers: {layers or '(all)'}  \n\n{alert.message.replace(REMEDIES_PLAIN, REMEDIES_MARKDOWN)}"

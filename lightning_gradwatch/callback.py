@@ -1,57 +1,44 @@
-"""``GradWatch``: the Lightning adapter around one step engine per optimizer (see ``_engine``)."""
+"""``GradWatch``: the Lightning adapter around the framework-free engine (``engine/session.py``).
+
+The callback reads the Trainer once per fit (``_environment.py``), hands each optimizer step to the session with the
+Trainer as its host (flags reduced over its processes, a stop through ``trainer.should_stop``), and keeps what only
+Lightning's hooks tell: the last training loss and the batch index.
+"""
 
 from __future__ import annotations
 
-import atexit
-import time
+import ast
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 import torch
 from typing_extensions import override
 
-from lightning_gradwatch._budget import OverheadBudget
-from lightning_gradwatch._engine import Settings, StepEngine, act, failure_of
 from lightning_gradwatch._environment import (
-    Environment,
+    TrainerHost,
     check_trainer,
-    exempt_parameters,
     instance_namespace,
     log_name,
-    named_parameters,
     optimizer_index,
     probe,
-    reduce_flags,
     run_cadence,
 )
 from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
-from lightning_gradwatch._output import RunOutput
-from lightning_gradwatch._progress import ProgressItems
-from lightning_gradwatch._validation import (
-    DETECTION_ARGUMENTS,
-    ExplodingResponse,
-    Granularity,
-    NonfiniteResponse,
-    VanishingResponse,
-    check_gradwatch_arguments,
-)
+from lightning_gradwatch._validation import Granularity
 from lightning_gradwatch.alerts import GradientAlert
-from lightning_gradwatch.detectors import DetectionConfig
-from lightning_gradwatch.report import RunSummary
+from lightning_gradwatch.config import (
+    ClipConfig,
+    DetectionConfig,
+    MeasureConfig,
+    OutputConfig,
+    ResponseConfig,
+    ScheduleConfig,
+    WatchConfig,
+)
+from lightning_gradwatch.engine.session import Session
+from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, RunStatus, VanishingResponse
 
 __all__ = ["ExplodingResponse", "GradWatch", "NonfiniteResponse", "VanishingResponse"]
-
-
-@dataclass
-class _Fit:
-    """What lives for one ``fit``: released at teardown, never pickled."""
-
-    env: Environment
-    output: RunOutput
-    progress: ProgressItems
-    loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
-    batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
 
 
 class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
@@ -189,52 +176,79 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
     def __init__(
         self,
-        on_vanishing: VanishingResponse = "warn",
-        on_exploding: ExplodingResponse = "warn",
-        on_nonfinite: NonfiniteResponse = "stop",
-        clip: Union[float, Literal["adaptive"], None] = None,
-        log_every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = None,
-        granularity: Granularity = "module",
-        include: str | None = None,
-        exclude: str | None = None,
+        on_vanishing: VanishingResponse = ResponseConfig.on_vanishing,
+        on_exploding: ExplodingResponse = ResponseConfig.on_exploding,
+        on_nonfinite: NonfiniteResponse = ResponseConfig.on_nonfinite,
+        clip: Union[float, Literal["adaptive"], None] = ClipConfig.clip,
+        log_every_n_steps: int | None = ScheduleConfig.log_every_n_steps,
+        histogram_every_n_steps: int | None = ScheduleConfig.histogram_every_n_steps,
+        granularity: Granularity = MeasureConfig.granularity,
+        include: str | None = MeasureConfig.include,
+        exclude: str | None = MeasureConfig.exclude,
         *,
-        warmup_steps: int = 10,
-        exploding_zscore: float = 4.0,
-        exploding_min_factor: float = 3.0,
-        exploding_patience: int = 2,
-        exploding_growth_steps: int = 4,
-        exploding_threshold: float | None = None,
-        exploding_jump_factor: float = 10.0,
-        exploding_trend_loss_factor: float = 3.0,
-        exploding_trend_norm_factor: float = 3.0,
-        vanishing_ratio: float = 1e-5,
-        vanishing_floor: float | None = None,
-        vanishing_patience: int = 50,
-        clip_zscore: float = 3.0,
-        clip_warmup_steps: int = 25,
-        clip_max_norm: float | None = None,
-        amp_overflow_patience: int = 20,
-        histogram_bins: int = 64,
-        histogram_sample_size: int = 4096,
-        max_layers: int | None = 256,
-        images: bool = True,
-        overhead_budget: float | None = 0.03,
-        progress_bar: bool = True,
+        warmup_steps: int = DetectionConfig.warmup_steps,
+        exploding_zscore: float = DetectionConfig.exploding_zscore,
+        exploding_min_factor: float = DetectionConfig.exploding_min_factor,
+        exploding_patience: int = DetectionConfig.exploding_patience,
+        exploding_growth_steps: int = DetectionConfig.exploding_growth_steps,
+        exploding_threshold: float | None = DetectionConfig.exploding_threshold,
+        exploding_jump_factor: float = DetectionConfig.exploding_jump_factor,
+        exploding_trend_loss_factor: float = DetectionConfig.exploding_trend_loss_factor,
+        exploding_trend_norm_factor: float = DetectionConfig.exploding_trend_norm_factor,
+        vanishing_ratio: float = DetectionConfig.vanishing_ratio,
+        vanishing_floor: float | None = DetectionConfig.vanishing_floor,
+        vanishing_patience: int = DetectionConfig.vanishing_patience,
+        clip_zscore: float = ClipConfig.clip_zscore,
+        clip_warmup_steps: int = ClipConfig.clip_warmup_steps,
+        clip_max_norm: float | None = ClipConfig.clip_max_norm,
+        amp_overflow_patience: int = MeasureConfig.amp_overflow_patience,
+        histogram_bins: int = MeasureConfig.histogram_bins,
+        histogram_sample_size: int = MeasureConfig.histogram_sample_size,
+        max_layers: int | None = MeasureConfig.max_layers,
+        images: bool = OutputConfig.images,
+        overhead_budget: float | None = OutputConfig.overhead_budget,
+        progress_bar: bool = OutputConfig.progress_bar,
     ) -> None:
         if not CALLBACK_BASES:
             raise ModuleNotFoundError(MISSING_LIGHTNING)
         super().__init__()
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        check_gradwatch_arguments(args)
-        self.detection = DetectionConfig(**{name: args.pop(name) for name in DETECTION_ARGUMENTS})
-        for name, value in args.items():  # responses, clipping, schedule, collection and display settings
-            setattr(self, name, value)
-        self.alerts: list[GradientAlert] = []
-        self._engines: dict[int, StepEngine] = {}
-        self._pending: dict[str, dict[str, Any]] = {}
-        self._summary = RunSummary()
-        self._fit: _Fit | None = None
+        #: the configuration, one checked group per part; each argument also reads back as an attribute
+        self.settings = WatchConfig(
+            responses=ResponseConfig(on_vanishing=on_vanishing, on_exploding=on_exploding, on_nonfinite=on_nonfinite),
+            clipping=ClipConfig(
+                clip=clip, clip_zscore=clip_zscore, clip_warmup_steps=clip_warmup_steps, clip_max_norm=clip_max_norm
+            ),
+            measure=MeasureConfig(
+                granularity=granularity,
+                include=include,
+                exclude=exclude,
+                histogram_bins=histogram_bins,
+                histogram_sample_size=histogram_sample_size,
+                max_layers=max_layers,
+                amp_overflow_patience=amp_overflow_patience,
+            ),
+            schedule=ScheduleConfig(
+                log_every_n_steps=log_every_n_steps, histogram_every_n_steps=histogram_every_n_steps
+            ),
+            output=OutputConfig(progress_bar=progress_bar, images=images, overhead_budget=overhead_budget),
+            detection=DetectionConfig(
+                warmup_steps=warmup_steps,
+                exploding_zscore=exploding_zscore,
+                exploding_min_factor=exploding_min_factor,
+                exploding_patience=exploding_patience,
+                exploding_growth_steps=exploding_growth_steps,
+                exploding_threshold=exploding_threshold,
+                exploding_jump_factor=exploding_jump_factor,
+                exploding_trend_loss_factor=exploding_trend_loss_factor,
+                exploding_trend_norm_factor=exploding_trend_norm_factor,
+                vanishing_ratio=vanishing_ratio,
+                vanishing_floor=vanishing_floor,
+                vanishing_patience=vanishing_patience,
+            ),
+        )
+        self._session = Session(self.settings)
+        self._loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
+        self._batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -243,51 +257,72 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
         Identity only, as Lightning's own callbacks: responses, thresholds and schedules may change on resuming.
         """
-        return self._generate_state_key(granularity=self.granularity, include=self.include, exclude=self.exclude)
+        measure = self.settings.measure
+        return self._generate_state_key(
+            granularity=measure.granularity, include=measure.include, exclude=measure.exclude
+        )
 
     @override
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("callbacks") or {}
         if self.state_key not in states:  # a checkpoint from a version whose key held the responses too
-            older = next((k for k in states if k.startswith(self.state_key[:-1] + ", 'on_vanishing'")), None)
+            older = next((k for k in states if self._identity_of(k) == self._identity()), None)
             if older is not None:
                 states[self.state_key] = states[older]
 
-    def _settings(self) -> Settings:
-        names = [f for f in Settings.__dataclass_fields__ if f != "detection"]
-        return Settings(**{name: getattr(self, name) for name in names}, detection=self.detection)
+    def _identity(self) -> dict[str, Any]:
+        measure = self.settings.measure
+        return {"granularity": measure.granularity, "include": measure.include, "exclude": measure.exclude}
+
+    @classmethod
+    def _identity_of(cls, key: str) -> dict[str, Any] | None:
+        """The watched-parameter identity in an earlier version's state key, else ``None``.
+
+        Earlier versions keyed their state with the arguments they were built with, responses included
+        (``GradWatch{'granularity': ..., 'on_vanishing': ...}``).
+        """
+        name = cls.__qualname__
+        if not key.startswith(name + "{"):
+            return None
+        try:
+            arguments = ast.literal_eval(key[len(name) :])
+        except (ValueError, SyntaxError):
+            return None
+        if not isinstance(arguments, dict) or "on_vanishing" not in arguments:
+            return None
+        return {k: arguments.get(k) for k in ("granularity", "include", "exclude")}
+
+    def __getattr__(self, name: str) -> Any:
+        """Each argument reads back as an attribute of the same name (``watch.on_exploding``)."""
+        settings = self.__dict__.get("settings")  # absent while unpickling
+        if settings is None:
+            raise AttributeError(name)
+        return settings.argument(name)
+
+    @property
+    def detection(self) -> DetectionConfig:
+        """The detection thresholds."""
+        return self.settings.detection
 
     def config(self) -> dict[str, Any]:
         """The configuration as plain values (written to ``gradwatch.json``)."""
-        settings = {k: v for k, v in vars(self._settings()).items() if k != "detection"}
-        extra = {
-            k: getattr(self, k)
-            for k in ("log_every_n_steps", "histogram_every_n_steps", "progress_bar", "images", "overhead_budget")
-        }
-        return {**settings, **extra, **self.detection.to_dict()}
+        return self.settings.to_dict()
+
+    @property
+    def alerts(self) -> list[GradientAlert]:
+        """The alerts recorded so far (every response but ``"ignore"`` records them), in step order."""
+        return self._session.alerts
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": 1,
-            "detectors": {str(k): e.detector.state_dict() for k, e in self._engines.items()},
-            "clippers": {str(k): e.clipper.state_dict() for k, e in self._engines.items() if self.clip == "adaptive"},
-            "ticks": {str(k): e.ticks for k, e in self._engines.items()},
-            "summary": self._summary.state_dict(),
-            "alerts": [a.to_dict() for a in self.alerts],
-        }
+        return self._session.state_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = {part: dict(state_dict.get(part, {})) for part in ("detectors", "clippers", "ticks")}
-        for engine in self._engines.values():
-            engine.restore(self._pending)
-        self._summary.load_state_dict(state_dict.get("summary", {}))  # in place: the fit's output holds both
-        self.alerts[:] = [GradientAlert.from_dict(a) for a in state_dict.get("alerts", [])]
+        self._session.load_state_dict(state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_fit"] = None  # parameters, loggers and event writers belong to one fit
         state.pop("log", None)  # the Trainer attaches the module's `log`/`log_dict` to every callback
         state.pop("log_dict", None)
         return state
@@ -297,116 +332,65 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        check_trainer(trainer, clip=self.clip, on_exploding=self.on_exploding)
-        env = probe(trainer, pl_module, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
-        self.alerts, self._engines, self._pending, self._summary = [], {}, {}, RunSummary()
-        images = self.images and env.hist_every > 0
-        budget = None
-        if self.overhead_budget is not None and env.is_global_zero:
-            explicit = self.histogram_every_n_steps is not None
-            budget = OverheadBudget(self.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
+        s = self.settings
+        check_trainer(trainer, clip=s.clipping.clip, on_exploding=s.responses.on_exploding)
+        env = probe(trainer, pl_module, s.schedule.log_every_n_steps, s.schedule.histogram_every_n_steps)  # every rank
         namespace = instance_namespace(self, trainer.callbacks)
-        output = RunOutput(
-            env, trainer.loggers, self._summary, self.alerts, self.config, images, namespace, budget, log_name(trainer)
-        )
-        self._fit = _Fit(env, output, ProgressItems())
-        if self.progress_bar and env.is_global_zero:
-            self._fit.progress.attach(trainer)
-        if env.is_global_zero:
-            # a rank that dies under `ddp_spawn` never sees `on_exception` (the parent handles it): at least flush
-            # the logs and write the report when its interpreter exits
-            atexit.register(self._at_exit)
+        fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer))
+        self._loss = self._batch_idx = None
+        if s.output.progress_bar and env.is_global_zero:
+            fit.progress.attach(trainer)
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
-            status = str(getattr(getattr(trainer, "state", None), "status", "finished")).split(".")[-1].lower()
-            self._finish(status if status != "running" else "finished")
+            self._session.end(_ended(trainer))
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Ctrl+C, and SIGTERM (Lightning raises its SIGTERMException, a SystemExit), interrupt a run; the rest fail it
-        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SystemExit)) else "failed"
-        self._finish(status, error=f"{type(exception).__name__}: {exception}")
-
-    def _at_exit(self) -> None:
-        self._finish("failed", error="the process exited during training")
-
-    def _finish(self, status: str, error: str | None = None) -> None:
-        fit, self._fit = self._fit, None
-        if fit is None:
-            return
-        atexit.unregister(self._at_exit)
-        fit.progress.detach()
-        fit.output.finish(status, error)
+        status = RunStatus.INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SystemExit)) else RunStatus.FAILED
+        self._session.end(status, error=f"{type(exception).__name__}: {exception}")
 
     # ------------------------------------------------------------------ the step
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        fit = self._fit
+        fit = self._session.fit
         if fit is None:
             return
-        started = time.perf_counter()
-        kind = (False, False)
-        try:
-            kind = self._step(fit, trainer, pl_module, optimizer)
-        finally:  # GradWatch's own time, for the overhead budget
-            fit.output.step_timed(started, time.perf_counter() - started, *kind)
-
-    def _step(self, fit: _Fit, trainer: Any, pl_module: Any, optimizer: Any) -> tuple[bool, bool]:
-        """Measure, judge, write and act on one optimizer step; returns whether it was a histogram and a log step."""
-        fit.output.write_drawn()
         index, count = optimizer_index(trainer, optimizer)
-        engine = self._engine(fit, index, count, optimizer, pl_module)
-        engine.hist_every = fit.output.histogram_every(engine)
-        engine.log_every = fit.output.log_every(engine)
-        decision = engine.decide(int(trainer.global_step), fit.loss, count > 1, fit.output.writes)
-        if decision.stats is None:
-            fit.output.no_gradients(index, decision.step)
-        if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
-            return decision.histograms, decision.log
-        fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
-        fit.output.record(decision)
-        flags = reduce_flags(trainer, fit.env, decision.flags)
-        clip = engine.settle(decision, flags, epoch=int(trainer.current_epoch), batch_idx=fit.batch_idx)
-        fit.output.write_step(decision, engine, clip)
-        if flags.fail:
-            fit.output.finish("failed", error=failure_of(decision).message.splitlines()[0])
-        act(decision, flags, optimizer, engine, trainer)
-        return decision.histograms, decision.log
-
-    def _engine(self, fit: _Fit, index: int, count: int, optimizer: Any, pl_module: Any) -> StepEngine:
-        """This optimizer's engine, watching the optimizer's current parameters under their cleaned names."""
-        engine = self._engines.get(index)
-        if engine is None:
-            suffix = f"/optimizer_{index}" if count > 1 else ""
-            engine = self._engines[index] = StepEngine(self._settings(), index, fit.env, self._summary, suffix)
-            engine.restore(self._pending)
-        params = sum(len(g["params"]) for g in optimizer.param_groups)
-        if engine.needs_parameters(params):
-            named = named_parameters(pl_module, optimizer, index)
-            engine.watch(named, exempt_parameters(pl_module, self.granularity), fit.env.plain_group)
-        return engine
+        where = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
+        host = TrainerHost(trainer, fit.env)
+        step = int(trainer.global_step)
+        self._session.step(
+            host, optimizer, pl_module, step=step, index=index, count=count, loss=self._loss, where=where
+        )
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        fit = self._fit
-        if fit is None:
-            return
-        env = run_cadence(fit.env, trainer, self.log_every_n_steps, self.histogram_every_n_steps)  # every rank
-        if env is not fit.env:
-            fit.env = env
-            fit.output.retime(env.log_every, env.hist_every, env.log_widest)
+        fit = self._session.fit
+        if fit is not None:
+            schedule = self.settings.schedule
+            env = run_cadence(fit.env, trainer, schedule.log_every_n_steps, schedule.histogram_every_n_steps)
+            self._session.retime(env)  # every rank
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self._fit is not None:
-            self._fit.batch_idx = batch_idx
+        self._batch_idx = batch_idx
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._fit is None:
-            return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._fit.loss = loss.detach()  # no sync here: it travels with the next step's statistics
+            self._loss = loss.detach()  # no sync here: it travels with the next step's statistics
+
+
+def _ended(trainer: Any) -> RunStatus:
+    """How a fit that reached ``teardown`` ended, from Lightning's ``TrainerStatus`` (a string enum).
+
+    Teardown runs while the Trainer still says ``running``: the fit finished. A status that is none of ours is taken
+    as finished too.
+    """
+    status = getattr(getattr(trainer, "state", None), "status", None)
+    value = str(getattr(status, "value", status)).lower()
+    return RunStatus.INTERRUPTED if value == RunStatus.INTERRUPTED else RunStatus.FINISHED

@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, TextIO
 
 from lightning_gradwatch import __version__
+from lightning_gradwatch._names import optimizer_key
 from lightning_gradwatch.alerts import ALERT_KINDS
 from lightning_gradwatch.html_report import build_html, write_html
+from lightning_gradwatch.kinds import KINDS, AlertKind, Health, by_severity
 from lightning_gradwatch.layer_state import LARGE_FACTOR, layer_states, marks, named_in, total_states
 from lightning_gradwatch.runs import RunReadError, RunRecord, read_runs
 from lightning_gradwatch.verdicts import (
@@ -344,15 +346,7 @@ def _github(
     outcome = gate(runs, fail_on, allow_unfinished)
     try:
         for run in runs:
-            for alert in run.alerts:
-                level = "error" if alert["kind"] in fail_on else "warning"
-                title = _escape_property(f"GradWatch {alert['kind']} gradients at {_where(alert)} ({run.path})")
-                out.write(f"::{level} title={title}::{_escape_data(alert['message'].strip())}\n")
-            run_verdict = verdict(run, fail_on)
-            if run_verdict in (*UNFINISHED_VERDICTS, "unreadable"):
-                level = "error" if fails_gate(run_verdict, allow_unfinished) else "warning"
-                title = _escape_property(f"GradWatch run {run_verdict} ({run.path})")
-                out.write(f"::{level} title={title}::{_escape_data(reason(run, run_verdict))}\n")
+            _annotate(run, fail_on, allow_unfinished, out)
         if outcome.code == EXIT_OK:
             kinds = ", ".join(sorted(fail_on))
             out.write(f"::notice title=GradWatch::{len(runs)} run(s) checked, no alerts of kind {kinds}\n")
@@ -365,6 +359,19 @@ def _github(
     finally:
         if summary is not None:
             summary.close()
+
+
+def _annotate(run: RunRecord, fail_on: set[str], allow_unfinished: bool, out: TextIO) -> None:
+    """A run's workflow commands: one annotation per alert, and one when it did not finish or cannot be read."""
+    for alert in run.alerts:
+        level = "error" if alert["kind"] in fail_on else "warning"
+        title = _escape_property(f"GradWatch {alert['kind']} gradients at {_where(alert)} ({run.path})")
+        out.write(f"::{level} title={title}::{_escape_data(alert['message'].strip())}\n")
+    run_verdict = verdict(run, fail_on)
+    if run_verdict in (*UNFINISHED_VERDICTS, "unreadable"):
+        level = "error" if fails_gate(run_verdict, allow_unfinished) else "warning"
+        title = _escape_property(f"GradWatch run {run_verdict} ({run.path})")
+        out.write(f"::{level} title={title}::{_escape_data(reason(run, run_verdict))}\n")
 
 
 def _markdown_cell(text: str) -> str:
@@ -405,18 +412,18 @@ def _markdown_summary(
 def _layer_status(layer: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
     kinds = []
     if layer.get("nonfinite_steps"):
-        kinds.append("non-finite")
-    for kind, label in (("nonfinite", "non-finite"), ("exploding", "exploding"), ("vanishing", "vanishing")):
+        kinds.append(str(KINDS[AlertKind.NONFINITE].health))
+    for kind in by_severity():
+        label = str(KINDS[kind].health)
         if label not in kinds and any(kind == a["kind"] and layer["name"] in a["layers"] for a in alerts):
             kinds.append(label)
-    return ", ".join(kinds) or "ok"
+    return ", ".join(kinds) or str(Health.OK)
 
 
 def _total_status(key: str, alerts: list[dict[str, Any]]) -> str:
-    labels = {"nonfinite": "non-finite", "exploding": "exploding", "vanishing": "vanishing"}
-    index = int(key.rpartition("_")[2]) if key.startswith("optimizer_") and key[10:].isdigit() else None
-    kinds = {a["kind"] for a in alerts if index is None or (a.get("optimizer") or 0) == index}
-    return ", ".join(labels[k] for k in labels if k in kinds) or "ok"
+    # "all", or one optimizer's key: its own alerts
+    kinds = {a["kind"] for a in alerts if key == "all" or optimizer_key(a.get("optimizer") or 0) == key}
+    return ", ".join(str(KINDS[k].health) for k in by_severity() if k in kinds) or str(Health.OK)
 
 
 def _fmt(value: float) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import tempfile
 from array import array
 from collections.abc import Iterable, Mapping
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch._names import NONFINITE_STEPS
 from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.history import median
+from lightning_gradwatch.kinds import RunStatus
 
 __all__ = [
     "REPORT_FILE",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # the report is read by the `gradwatch` command, which does not need torch
-    from lightning_gradwatch.stats import StepStats
+    from lightning_gradwatch.measure.records import StepStats
 
 REPORT_FILE = "gradwatch.json"
 REPORT_FORMAT = "gradwatch-report"
@@ -99,7 +100,7 @@ class Series:
     @property
     def median(self) -> float:
         """Median of the thinned history (``nan`` when empty)."""
-        return statistics.median(self._values) if self._values else math.nan
+        return median(self._values) if self._values else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON (non-finite numbers become ``None``)."""
@@ -286,7 +287,7 @@ class RunSummary:
 def build_report(
     *,
     version: str,
-    status: str,
+    status: RunStatus | str,
     config: Mapping[str, Any],
     summary: RunSummary,
     alerts: Iterable[GradientAlert],
@@ -297,7 +298,7 @@ def build_report(
         "format": REPORT_FORMAT,
         "format_version": REPORT_FORMAT_VERSION,
         "gradwatch_version": version,
-        "status": status,
+        "status": str(status),  # the value of a RunStatus
         "config": dict(config),
     }
     if error:

@@ -29,6 +29,7 @@ from typing import Any
 from lightning_gradwatch import _crc32c
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
+from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import REPORT_FILE, read_report
 
 __all__ = ["RunReadError", "RunRecord", "find_runs", "load_run", "read_runs"]
@@ -36,7 +37,7 @@ __all__ = ["RunReadError", "RunRecord", "find_runs", "load_run", "read_runs"]
 EVENT_FILE_MARK = "tfevents"
 ALERT_TEXT_TAGS = (ALERTS_TEXT_TAG, ALERTS_TAG)
 TOTAL_NORM_TAG = TOTAL_NORM
-FINISHED = "finished"
+FINISHED = RunStatus.FINISHED
 
 
 class RunReadError(Exception):
@@ -194,10 +195,7 @@ def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
         history = {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)}
         total_history = {str(k): _history({"grad_norm": v}) for k, v in raw_total}
         config = _as_dict(doc.get("config"))
-        status, error = doc.get("status"), doc.get("error")
-        for name, value in (("status", status), ("error", error)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{name} is {type(value).__name__}")
+        status, error = _text(doc, "status"), _text(doc, "error")
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise RunReadError(f"{directory / REPORT_FILE}: unexpected content ({_one_line(err)})") from err
     return RunRecord(
@@ -220,6 +218,13 @@ def _history(entry: dict[str, Any]) -> list[tuple[int, float]]:
     """A layer's (or total's) ``grad_norm.history``, as ``(step, norm)`` points in step order."""
     points = _as_list(_as_dict(_as_dict(entry).get("grad_norm")).get("history"))
     return sorted((int(step), _float(value)) for step, value in (_as_list(point) for point in points))
+
+
+def _text(doc: dict[str, Any], name: str) -> str | None:
+    value = doc.get(name)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} is {type(value).__name__}")
+    return value
 
 
 def _as_list(value: Any) -> list[Any]:

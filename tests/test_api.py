@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,17 @@ from pathlib import Path
 import lightning_gradwatch
 
 PACKAGE = Path(lightning_gradwatch.__file__).parent
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+#: every module below the package, dotted from it ("stats", "judge.detector"); subpackages' __init__ as "judge"
+MODULES = sorted(
+    m.name.removeprefix("lightning_gradwatch.")
+    for m in pkgutil.walk_packages([str(PACKAGE)], prefix="lightning_gradwatch.")
+    if not m.name.endswith("__main__")
+)
+
+
+def _internal(module: str) -> bool:
+    """Modules (or packages) whose name starts with "_" are internal whole."""
+    return any(part.startswith("_") for part in module.split("."))
 
 
 def test_top_level_exports():
@@ -27,24 +38,25 @@ def test_top_level_exports():
 
 
 def test_every_module_declares_all_and_its_names_exist():
-    for stem in MODULES:
-        module = importlib.import_module(f"lightning_gradwatch.{stem}")
-        assert hasattr(module, "__all__"), f"{stem}.py has no __all__"
-        missing = [name for name in module.__all__ if not hasattr(module, name)]
-        assert not missing, f"{stem}.__all__ names what it does not define: {missing}"
+    for name in MODULES:
+        module = importlib.import_module(f"lightning_gradwatch.{name}")
+        assert hasattr(module, "__all__"), f"{name} has no __all__"
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, f"{name}.__all__ names what it does not define: {missing}"
 
 
 def test_modules_use_public_modules_only_through_all():
     # modules whose names start with "_" are internal whole; the others say in __all__ what the package may use
-    declared = {stem: set(importlib.import_module(f"lightning_gradwatch.{stem}").__all__) for stem in MODULES}
+    declared = {name: set(importlib.import_module(f"lightning_gradwatch.{name}").__all__) for name in MODULES}
     undeclared = []
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lightning_gradwatch."):
-                stem = node.module.split(".")[1]
-                if stem.startswith("_"):
+                used = node.module.removeprefix("lightning_gradwatch.")
+                if _internal(used):
                     continue
-                undeclared += [f"{path.stem} uses {stem}.{a.name}" for a in node.names if a.name not in declared[stem]]
+                where = path.relative_to(PACKAGE)
+                undeclared += [f"{where} uses {used}.{a.name}" for a in node.names if a.name not in declared[used]]
     assert not undeclared, undeclared
 
 
@@ -53,7 +65,8 @@ def test_pure_modules_load_without_torch():
     code = (
         "import sys\n"
         "import lightning_gradwatch.detectors, lightning_gradwatch.alerts, lightning_gradwatch.report\n"
-        "import lightning_gradwatch._validation\n"
+        "import lightning_gradwatch._validation, lightning_gradwatch.config, lightning_gradwatch.history\n"
+        "import lightning_gradwatch.kinds, lightning_gradwatch.judge.detector\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -11,7 +11,7 @@ import warnings
 import pytest
 
 from lightning_gradwatch import GradientWarning, GradWatch
-from lightning_gradwatch import _output as output
+from lightning_gradwatch.write import output
 from tests.helpers import events, flavour, make_mlp_module, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
@@ -246,7 +246,7 @@ def _observed(budget, steps=40, step_seconds=0.1, hook=0.001, histogram_hook=0.0
 
 
 def test_budget_spacing_rules_without_a_trainer():
-    from lightning_gradwatch._budget import FLOOR_SECONDS, OverheadBudget
+    from lightning_gradwatch.write.budget import FLOOR_SECONDS, OverheadBudget
 
     # nothing is known before a few steps: nothing changes
     early = _observed(OverheadBudget(0.03, 4, explicit=False, pictures=True), steps=3, histogram_hook=1.0)

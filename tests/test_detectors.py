@@ -41,7 +41,7 @@ def test_single_spike_is_counted_not_alerted():
     assert verdict.spike
     assert verdict.alerts == []
     assert feed(det, range(51, 80)) == []
-    assert det.counts["spikes"] == 1
+    assert det.state_dict()["counts"]["spikes"] == 1
 
 
 def test_sustained_spikes_alert_once_per_episode():
@@ -77,7 +77,7 @@ def test_consecutive_spikes_below_the_runs_ceiling_are_counted_not_alerted():
     assert [v.spike for v in verdicts] == [True, True]
     assert [v.alerts for v in verdicts] == [[], []]
     assert feed(det, range(102, 150), make=converging) == []
-    assert det.counts["spikes"] == 2
+    assert det.state_dict()["counts"]["spikes"] == 2
 
 
 def test_consecutive_spikes_beyond_the_runs_ceiling_are_an_explosion():
@@ -117,7 +117,7 @@ def test_steady_growth_with_rising_loss_is_an_explosion_before_any_spike():
     alerts = feed(det, range(40, 48), make=rising, loss=lambda s: 1.2 ** (s - 39))
     assert [a.kind for a in alerts] == ["exploding"]
     assert "has risen for 4 consecutive steps while the loss rose too" in alerts[0].message
-    assert det.counts["spikes"] == 0  # no single step was extreme yet
+    assert det.state_dict()["counts"]["spikes"] == 0  # no single step was extreme yet
 
 
 def test_steady_growth_with_falling_loss_is_training_taking_off():
@@ -139,9 +139,9 @@ def test_nonfinite_alert_once_per_episode_naming_layers():
 def test_nonfinite_steps_stay_out_of_the_history():
     det = GradientDetector()
     feed(det, range(30))
-    before = (det.steps, det.mean, det.var)
+    before = {k: det.state_dict()[k] for k in ("steps", "mean", "var")}
     feed(det, range(30, 35), make=lambda s: stats(math.nan, 1.0, 1.0))
-    assert (det.steps, det.mean, det.var) == before
+    assert {k: det.state_dict()[k] for k in ("steps", "mean", "var")} == before
 
 
 def test_vanishing_after_patience_names_the_layers():
@@ -233,9 +233,10 @@ def test_state_dict_round_trip_continues_exactly(split):
 def test_old_state_with_missing_keys_loads_with_defaults():
     det = GradientDetector()
     det.load_state_dict({"steps": 12, "mean": 0.1})  # written before the ceiling existed
-    assert det.steps == 12
-    assert det.spike_run == 0
-    assert det.ceiling is None
+    state = det.state_dict()
+    assert (state["steps"], state["mean"]) == (12, 0.1)
+    assert state["spike_run"] == 0
+    assert state["ceiling"] is None
     assert det.update(12, healthy(12)).alerts == []
 
 
@@ -247,7 +248,7 @@ def test_state_dict_of_a_fresh_detector_equals_one_loaded_from_nothing():
     assert fresh.state_dict()["counts"] == {"spikes": 0, "nonfinite_steps": 0}
     det = GradientDetector()
     det.load_state_dict({"counts": {"spikes": 3}, "vanishing_episode": ["b", "a"]})  # counts merge with defaults
-    assert det.counts == {"spikes": 3, "nonfinite_steps": 0}
+    assert det.state_dict()["counts"] == {"spikes": 3, "nonfinite_steps": 0}
     assert det.state_dict()["vanishing_episode"] == ["a", "b"]
 
 

@@ -27,9 +27,10 @@ Example:
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from typing import Any
+
+from lightning_gradwatch.history import Ema, Window
 
 __all__ = ["FLOOR_SECONDS", "OverheadBudget"]
 
@@ -42,18 +43,6 @@ _MAX_EVERY = 10**9
 #: GradWatch's hook may always take this much per step: on steps of a few milliseconds a budget of a few percent is
 #: tens of microseconds, less than timing noise, and would thin out a toy run's charts for nothing
 FLOOR_SECONDS = 0.002
-
-
-class _Mean:
-    """An exponential running average that starts at its first observation."""
-
-    def __init__(self) -> None:
-        self.value: float | None = None
-        self.count = 0
-
-    def add(self, x: float) -> None:
-        self.count += 1
-        self.value = x if self.value is None else (1 - _SMOOTHING) * self.value + _SMOOTHING * x
 
 
 class OverheadBudget:
@@ -76,18 +65,18 @@ class OverheadBudget:
         self.pictures_every = histogram_every  # in optimizer steps; a multiple of histogram_every
         self.histograms_break_budget = False
         self.pictures_left_out = 0
-        self._intervals: deque[float] = deque(maxlen=_STEP_WINDOW)
+        self._intervals = Window(_STEP_WINDOW)
         self._last_start: float | None = None
-        self._plain: deque[float] = deque(maxlen=_HOOK_WINDOW)  # hook time of steps without histograms
-        self._histogram: deque[float] = deque(maxlen=_HISTOGRAM_WINDOW)  # hook time of histogram steps
-        self._picture = _Mean()  # drawing (worker thread) and writing (training thread) time of one set of pictures
+        self._plain = Window(_HOOK_WINDOW)  # hook time of steps without histograms
+        self._histogram = Window(_HISTOGRAM_WINDOW)  # hook time of histogram steps
+        self._picture = Ema(_SMOOTHING)  # drawing (worker thread) and writing (training thread) time of one set
         self._picture_write = 0.0  # writing time waiting to be added to the next drawn set
         self._drawn = deque[float]()  # drawing times handed over by the worker thread
         # scalars at an interval GradWatch chose itself (from the run length) may be widened, up to `log_widest`
         self.log_asked = 0  # 0: the scalar interval is not the budget's to change
         self.log_every = 0
         self.log_widest = 0
-        self._log: deque[float] = deque(maxlen=_HISTOGRAM_WINDOW)  # hook time of log steps, when log_asked
+        self._log = Window(_HISTOGRAM_WINDOW)  # hook time of log steps, when log_asked
 
     def retime(self, histogram_every: int, log_every: int = 0, log_widest: int = 0) -> None:
         """Start from the intervals chosen for the run once its length is known (before its first step).
@@ -127,7 +116,7 @@ class OverheadBudget:
     @property
     def step_seconds(self) -> float | None:
         """The median time between consecutive optimizer-step hooks, once a few are known."""
-        return statistics.median(self._intervals) if len(self._intervals) >= _MIN_STEPS else None
+        return self._intervals.median() if len(self._intervals) >= _MIN_STEPS else None
 
     @property
     def picture_seconds(self) -> float | None:
@@ -138,17 +127,17 @@ class OverheadBudget:
         """Extra hook time of a histogram step over an ordinary one (a log step, when those are timed apart)."""
         if not self._histogram:
             return 0.0
-        return max(statistics.median(self._histogram) - self._base() - self._log_extra(), 0.0)
+        return max(self._histogram.median() - self._base() - self._log_extra(), 0.0)
 
     def _base(self) -> float:
         """Mean hook time of the recent ordinary steps (fixed log steps among them): what the budget cannot thin."""
-        return statistics.fmean(self._plain) if self._plain else 0.0
+        return self._plain.mean() if self._plain else 0.0
 
     def _log_extra(self) -> float:
         """Extra hook time of a log step over a plain one, when the scalar interval is the budget's (else 0)."""
         if not self.log_asked or not self._log:
             return 0.0
-        return max(statistics.median(self._log) - self._base(), 0.0)
+        return max(self._log.median() - self._base(), 0.0)
 
     def _per_step(self) -> float:
         """Hook time per step that histograms and pictures cannot change: plain steps and the scalars."""
@@ -156,41 +145,53 @@ class OverheadBudget:
 
     def update(self) -> None:
         """Take in the drawing times reported since the last call and choose the histogram and picture spacing."""
-        while self._drawn:
-            self._picture.add(self._drawn.popleft() + self._picture_write)
-            self._picture_write = 0.0
+        self._take_drawn()
         step = self.step_seconds
         if step is None:
             return
         allowed = max(self.fraction * step, FLOOR_SECONDS)
         if self.log_asked and self._log:  # scalars the run length asked for: first in line, within half the room
-            room = max(allowed - self._base(), allowed / 4)
-            share = room / 2 if self.asked > 0 else room
-            wanted = self.log_asked * _ceil(self._log_extra() / share / self.log_asked)
-            self.log_every = max(self.log_every, min(wanted, self.log_widest))  # never closer again: no see-saw
+            self._widen_scalars(allowed)
         if self.asked <= 0:
             return
         # what the budget leaves after the per-step work (and at least a quarter of it, when that alone is over)
         room = max(allowed - self._per_step(), allowed / 4)
         extra = self._histogram_extra()
         pictures = self.pictures and self._picture.value is not None
-        histogram_room = room / 2 if pictures else room
-        if self.explicit or extra / self.asked <= histogram_room:
-            histogram_every = self.asked
-        else:
-            histogram_every = self.asked * _ceil(extra / histogram_room / self.asked)
+        histogram_every = self._histogram_spacing(room / 2 if pictures else room, extra)
         # warned of only when the asked histograms alone take the whole budget, measured on a few of them
         self.histograms_break_budget = self.explicit and len(self._histogram) >= 3 and extra / self.asked > allowed
         self.histogram_every = histogram_every
-        if pictures:
-            assert self._picture.value is not None
-            # pictures cost seconds of matplotlib, measured, not hook times at the edge of timing noise: no floor
-            strict = self.fraction * step
-            picture_total = max(strict - self._per_step(), strict / 4) if strict < allowed else room
-            picture_room = max(picture_total - extra / histogram_every, picture_total / 4)
-            self.pictures_every = histogram_every * _ceil(self._picture.value / picture_room / histogram_every)
-        else:
-            self.pictures_every = histogram_every
+        self.pictures_every = self._picture_spacing(step, allowed, room, extra) if pictures else histogram_every
+
+    def _take_drawn(self) -> None:
+        """Average in the drawing times the worker thread handed over, with the writing time since."""
+        while self._drawn:
+            self._picture.add(self._drawn.popleft() + self._picture_write)
+            self._picture_write = 0.0
+
+    def _widen_scalars(self, allowed: float) -> None:
+        """Space out the scalars the run length asked for, within half the room (all of it without histograms)."""
+        room = max(allowed - self._base(), allowed / 4)
+        share = room / 2 if self.asked > 0 else room
+        wanted = self.log_asked * _ceil(self._log_extra() / share / self.log_asked)
+        self.log_every = max(self.log_every, min(wanted, self.log_widest))  # never closer again: no see-saw
+
+    def _histogram_spacing(self, room: float, extra: float) -> int:
+        """The histogram interval on the asked grid whose extra hook time fits ``room`` (as asked, when explicit)."""
+        if self.explicit or extra / self.asked <= room:
+            return self.asked
+        return self.asked * _ceil(extra / room / self.asked)
+
+    def _picture_spacing(self, step: float, allowed: float, room: float, extra: float) -> int:
+        """The picture interval, a multiple of the histogram interval, whose drawing fits what the budget leaves."""
+        assert self._picture.value is not None
+        histogram_every = self.histogram_every
+        # pictures cost seconds of matplotlib, measured, not hook times at the edge of timing noise: no floor
+        strict = self.fraction * step
+        picture_total = max(strict - self._per_step(), strict / 4) if strict < allowed else room
+        picture_room = max(picture_total - extra / histogram_every, picture_total / 4)
+        return histogram_every * _ceil(self._picture.value / picture_room / histogram_every)
 
     def overhead(self) -> float | None:
         """GradWatch's estimated amortized cost as a fraction of the step time, at the current spacing."""

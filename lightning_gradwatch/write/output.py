@@ -1,6 +1,6 @@
 """Internal. One fit's output on global rank 0: step scalars and histograms, pictures, alerts and the report.
 
-The callback hands each decision here; this module turns it into writes (through :class:`~.writers.Writers`), the
+The engine hands each decision here; this module turns it into writes (through :class:`~.writers.Writers`), the
 drawing thread's work, warnings, and ``gradwatch.json``.
 """
 
@@ -11,36 +11,61 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-from lightning_gradwatch import __version__
 from lightning_gradwatch import _names as names
-from lightning_gradwatch._budget import OverheadBudget
-from lightning_gradwatch._engine import Decision, StepEngine
-from lightning_gradwatch._environment import Environment
-from lightning_gradwatch._progress import beside_progress_bars
+from lightning_gradwatch._version import __version__
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning
-from lightning_gradwatch.pictures import (
+from lightning_gradwatch.engine.environment import Environment
+from lightning_gradwatch.judge.context import LARGEST_SHARE
+from lightning_gradwatch.judge.decision import Decision
+from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
+from lightning_gradwatch.measure.records import StepStats
+from lightning_gradwatch.report import RunSummary, build_report
+from lightning_gradwatch.write.budget import OverheadBudget
+from lightning_gradwatch.write.content import histogram_tags, step_scalars
+from lightning_gradwatch.write.pictures import (
     BackgroundDrawing,
     gradient_flow_png,
     gradient_heatmap_png,
     matplotlib_available,
 )
-from lightning_gradwatch.report import RunSummary, build_report, write_report
-from lightning_gradwatch.stats import StepStats
-from lightning_gradwatch.writers import Writers, histogram_tags, step_scalars
+from lightning_gradwatch.write.progress import beside_progress_bars
+from lightning_gradwatch.write.sinks import Sink
+from lightning_gradwatch.write.writers import Writers
 
-__all__ = ["MAX_ALERTS_KEPT", "RunOutput", "layer_health"]
+__all__ = ["MAX_ALERTS_KEPT", "LaneView", "RunOutput", "layer_health"]
 
 MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
 _BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
-_ACTIONS = {
-    "stop": 'GradWatch stops training after this step (on_{kind}="stop"); this step\'s update is skipped.',
-    "skip": 'GradWatch skips the updates of such steps (on_{kind}="skip").',
-    "clip": 'GradWatch clips such steps to the spike threshold (on_{kind}="clip").',
+_ACTIONS = {  # what a warning adds about the response, by response ({argument}: the kind's ``on_<kind>``)
+    Response.STOP: 'GradWatch stops training after this step ({argument}="stop"); this step\'s update is skipped.',
+    Response.SKIP: 'GradWatch skips the updates of such steps ({argument}="skip").',
+    Response.CLIP: 'GradWatch clips such steps to the spike threshold ({argument}="clip").',
 }
+
+
+class LaneView(Protocol):
+    """What the output reads of one optimizer's lane through the engine."""
+
+    index: int
+    suffix: str  # tells apart the run-level tags of several optimizers
+    ticks: int  # the optimizer's own step count
+
+    @property
+    def sharded(self) -> bool:
+        """Whether its statistics are collectives (every process measures the same steps)."""
+        ...
+
+    def spike_threshold(self) -> float:
+        """The total norm above which its next step is a spike."""
+        ...
+
+    def take_interval_max(self, default: float) -> float:
+        """The largest finite total norm since the last call."""
+        ...
 
 
 class RunOutput:
@@ -57,6 +82,7 @@ class RunOutput:
             TensorBoard output and report go to, and the prefix of its scalars in other loggers.
         budget: the overhead budget that spaces out histograms and pictures (``None``: none).
         log_name: the logger the budget's message goes to.
+        sinks: more outputs, beside the loggers' (see :mod:`~lightning_gradwatch.write.sinks`).
     """
 
     def __init__(
@@ -70,15 +96,15 @@ class RunOutput:
         namespace: str = "",
         budget: OverheadBudget | None = None,
         log_name: str = "lightning_gradwatch",
+        sinks: Iterable[Sink] = (),
     ) -> None:
         self.is_global_zero = env.is_global_zero
         self.schedule = {"log_every_n_steps": env.log_every, "histogram_every_n_steps": env.hist_every}
         self.log_dir = os.path.join(env.log_dir, namespace) if env.log_dir is not None and namespace else env.log_dir
-        self.writers = Writers(loggers, namespace) if env.is_global_zero else None
+        self.writers = Writers(loggers, namespace, self.log_dir, sinks) if env.is_global_zero else None
         self.summary = summary
         self.alerts = alerts
         self._config = config
-        self._report_failed = False
         self._warned_no_gradients = False
         self.drawing: BackgroundDrawing | None = None
         self.budget = budget if env.is_global_zero else None
@@ -103,6 +129,15 @@ class RunOutput:
         """Whether this process writes step data (rank 0 with at least one logger)."""
         return self.writers is not None and bool(self.writers)
 
+    def layers_merged(self, index: int, modules: int, layers: int, how: str, max_layers: int | None) -> None:
+        """Say once that an optimizer's layers were merged to respect ``max_layers``."""
+        if self.is_global_zero:
+            _warn(
+                f"GradWatch merges the {modules} layers of optimizer {index} into {layers}, {how}"
+                f" (max_layers={max_layers}), so TensorBoard stays readable. Pass a larger `max_layers`, or"
+                " `include`/`exclude`, to see more."
+            )
+
     def no_gradients(self, index: int, step: int) -> None:
         """Say once that an optimizer's watched parameters had no gradient."""
         if self.is_global_zero and not self._warned_no_gradients:
@@ -124,31 +159,32 @@ class RunOutput:
                 continue
             if self.writers:
                 self.writers.write_alert(alert)
-            if response != "raise":
+            if response != Response.RAISE:
                 action = _ACTIONS.get(response)
-                _warn(alert.message if action is None else f"{alert.message}\n{action.format(kind=alert.kind)}")
-            self.write_report("running")
+                argument = kind_spec(alert.kind).argument
+                _warn(alert.message if action is None else f"{alert.message}\n{action.format(argument=argument)}")
+            self.write_report(RunStatus.RUNNING)
 
     # ------------------------------------------------------------------ steps
-    def write_step(self, decision: Decision, engine: StepEngine, clip: tuple[float, float] | None) -> None:
+    def write_step(self, decision: Decision, lane: LaneView, clip: tuple[float, float] | None) -> None:
         """Write a log or histogram step's scalars, histograms and (handed to the drawing thread) pictures."""
         stats = decision.stats
         if stats is None or not self.writes or not (decision.log or decision.histograms):
             return
         assert self.writers is not None
-        scalars = self._scalars(stats, engine, clip) if decision.log else {}
+        scalars = self._scalars(stats, lane, clip) if decision.log else {}
         self.writers.write_step(decision.step, scalars, histogram_tags(stats))
         if decision.histograms and self.drawing is not None:
-            if self._pictures_due(engine):
-                self._submit_pictures(decision, engine.suffix)
+            if self._pictures_due(lane):
+                self._submit_pictures(decision, lane.suffix)
             else:  # drawn at the end of the fit, unless a later histogram step's pictures are drawn first
-                self._left_out[engine.suffix] = decision
+                self._left_out[lane.suffix] = decision
 
-    def _scalars(self, stats: StepStats, engine: StepEngine, clip: tuple[float, float] | None) -> dict[str, float]:
-        suffix = engine.suffix
+    def _scalars(self, stats: StepStats, lane: LaneView, clip: tuple[float, float] | None) -> dict[str, float]:
+        suffix = lane.suffix
         scalars = step_scalars(stats, suffix=suffix)
-        scalars[names.run_tag(names.TOTAL_NORM_MAX, suffix)] = engine.take_interval_max(stats.total_norm)
-        threshold = engine.detector.spike_threshold()
+        scalars[names.run_tag(names.TOTAL_NORM_MAX, suffix)] = lane.take_interval_max(stats.total_norm)
+        threshold = lane.spike_threshold()
         if math.isfinite(threshold):
             scalars[names.run_tag(names.SPIKE_THRESHOLD, suffix)] = threshold
         if clip is not None:
@@ -159,16 +195,16 @@ class RunOutput:
             scalars[f"{names.NAMESPACE}/{event}"] = float(self.summary.events.get(event, 0))
         return scalars
 
-    def _pictures_due(self, engine: StepEngine) -> bool:
+    def _pictures_due(self, lane: LaneView) -> bool:
         """Under a budget: the first histogram step, then every ``pictures_every`` steps, never while drawing."""
         if self.budget is None or self.drawing is None:
             return True
-        last = self._last_picture.get(engine.suffix)
-        if last is not None and (not self.drawing.idle or engine.ticks - last < self.budget.pictures_every):
+        last = self._last_picture.get(lane.suffix)
+        if last is not None and (not self.drawing.idle or lane.ticks - last < self.budget.pictures_every):
             self.budget.pictures_left_out += 1
             return False
-        self._last_picture[engine.suffix] = engine.ticks
-        self._left_out.pop(engine.suffix, None)
+        self._last_picture[lane.suffix] = lane.ticks
+        self._left_out.pop(lane.suffix, None)
         return True
 
     def _submit_pictures(self, decision: Decision, suffix: str) -> None:
@@ -224,25 +260,25 @@ class RunOutput:
         if self.budget is not None:
             self.budget.retime(hist_every, log_every, log_widest)
 
-    def log_every(self, engine: StepEngine) -> int:
-        """The scalar interval in force for this engine: the budget's, when the run length chose it, unless sharded.
+    def log_every(self, lane: LaneView) -> int:
+        """The scalar interval in force for this lane: the budget's, when the run length chose it, unless sharded.
 
         Sharded (FSDP) statistics of log steps are collectives, so there every rank keeps the interval chosen.
         """
         budget = self.budget
-        if budget is None or not budget.log_asked or (engine.collector is not None and engine.collector.sharded):
+        if budget is None or not budget.log_asked or lane.sharded:
             return self.schedule["log_every_n_steps"]
         return budget.log_every
 
-    def histogram_every(self, engine: StepEngine) -> int:
-        """The histogram interval in force for this engine: the budget's, unless its statistics are collectives.
+    def histogram_every(self, lane: LaneView) -> int:
+        """The histogram interval in force for this lane: the budget's, unless its statistics are collectives.
 
         Sharded (FSDP) histograms are computed by every rank together, so every rank must keep the same interval;
         only rank 0 times itself, so there the asked interval stays.
         """
         if self.budget is None:
             return self.schedule["histogram_every_n_steps"]
-        if engine.collector is not None and engine.collector.sharded:
+        if lane.sharded:
             self.budget.explicit = True  # kept as asked, and only the pictures are spaced out
             return self.schedule["histogram_every_n_steps"]
         return self.budget.histogram_every
@@ -278,31 +314,24 @@ class RunOutput:
             )
 
     # ------------------------------------------------------------------ the end
-    def write_report(self, status: str, error: str | None = None) -> None:
-        """Write ``gradwatch.json`` (a failure is reported once; training goes on)."""
-        if not self.is_global_zero or self.log_dir is None or self._report_failed:
+    def write_report(self, status: RunStatus, error: str | None = None) -> None:
+        """Write ``gradwatch.json`` through the sinks that keep it (a failure is reported once; training goes on)."""
+        if self.writers is None or not self.writers.reports:
             return
-        try:
-            doc = build_report(
-                version=__version__,
-                status=status,
-                config=self._config(),
-                summary=self.summary,
-                alerts=self.alerts,
-                error=error,
-            )
-            doc["schedule"] = dict(self.schedule)
-            if self.budget is not None:
-                doc["budget"] = self.budget.to_dict()
-            write_report(self.log_dir, doc)
-        except OSError as err:
-            self._report_failed = True
-            _warn(
-                f"GradWatch could not write gradwatch.json to {self.log_dir} ({err}). Training continues; the alerts"
-                " are still in `GradWatch.alerts` and the logs."
-            )
+        doc = build_report(
+            version=__version__,
+            status=status,
+            config=self._config(),
+            summary=self.summary,
+            alerts=self.alerts,
+            error=error,
+        )
+        doc["schedule"] = dict(self.schedule)
+        if self.budget is not None:
+            doc["budget"] = self.budget.to_dict()
+        self.writers.write_report(doc)
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: RunStatus, error: str | None = None) -> None:
         """Last pictures, flushed logs, the final report."""
         if not self.is_global_zero:
             return
@@ -358,19 +387,19 @@ def budget_message(budget: OverheadBudget) -> str:
     )
 
 
-def layer_health(stats: StepStats, decision: Decision) -> list[str]:
+def layer_health(stats: StepStats, decision: Decision) -> list[Health]:
     """Per layer: ``non-finite``, ``exploding`` (a large share of a spike step's norm), ``vanishing`` or ``ok``."""
     verdict = decision.verdict
     vanishing = set(verdict.vanishing_layers) if verdict is not None else set()
-    big = 0.1 * stats.total_norm**2 if verdict is not None and verdict.spike else math.inf
+    big = LARGEST_SHARE * stats.total_norm**2 if verdict is not None and verdict.spike else math.inf
     out = []
     for name, norm, bad in zip(stats.layers, stats.grad_norm, stats.nonfinite_count):
         if bad:
-            out.append("non-finite")
+            out.append(Health.NONFINITE)
         elif norm * norm >= big:
-            out.append("exploding")
+            out.append(Health.EXPLODING)
         else:
-            out.append("vanishing" if name in vanishing else "ok")
+            out.append(Health.VANISHING if name in vanishing else Health.OK)
     return out
 
 

@@ -1,0 +1,85 @@
+"""The actor: the one place that changes the training run.
+
+It carries out a decision under the flags every process agreed on: drops the step's gradients (skip or stop:
+optimizers leave parameters without a gradient untouched, state included), or scales them to the clip threshold
+(:mod:`~lightning_gradwatch.act.scaling`; a step below its threshold is not touched at all), asks the training loop
+to stop, or raises.
+
+The training loop is seen through a :class:`Host`: how the processes agree on flags, and how training is stopped.
+:class:`LocalHost` is one process's (a plain loop's).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from lightning_gradwatch.act.scaling import GradientSource, drop_gradients_, scale_gradients_
+from lightning_gradwatch.alerts import GradientAlertError
+from lightning_gradwatch.judge.clipping import clip_coefficient
+from lightning_gradwatch.judge.decision import Decision, Flags, failure_of
+
+__all__ = ["Host", "LocalHost", "act"]
+
+
+class Host(Protocol):
+    """What the engine needs of the training loop around it."""
+
+    def reduce(self, flags: Flags) -> Flags:
+        """The flags every process agrees on: a flag raised on any process holds on all of them."""
+        ...
+
+    def stop(self) -> None:
+        """End training after this step."""
+        ...
+
+
+class LocalHost:
+    """One process, no framework: flags hold as they are, and a stop is remembered in :attr:`stopped`.
+
+    Example:
+        >>> host = LocalHost()
+        >>> host.reduce(Flags(skip=True)), host.stopped
+        (Flags(skip=True, stop=False, fail=False), False)
+    """
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def reduce(self, flags: Flags) -> Flags:
+        """The flags themselves."""
+        return flags
+
+    def stop(self) -> None:
+        """Remember that training should stop."""
+        self.stopped = True
+
+
+def act(
+    decision: Decision,
+    flags: Flags,
+    optimizer: Any,
+    host: Host | None = None,
+    source: GradientSource | None = None,
+) -> Flags:
+    """Carry out a decision under the (reduced) ``flags``.
+
+    Drops the step's gradients (skip or stop), or scales the gradients of ``source`` (the measured parameters) to
+    the clip threshold; asks the ``host`` to stop on stop; raises :class:`GradientAlertError` on raise, with this
+    process's alert or, when another process raised, a stand-in.
+
+    Returns:
+        ``flags``, for chaining.
+    """
+    if flags.skip or flags.stop:
+        drop_gradients_(optimizer)
+    else:
+        clip = decision.clip(flags)
+        if clip is not None and decision.stats is not None:
+            coefficient = clip_coefficient(decision.stats.total_norm, clip[0])
+            if coefficient < 1.0 and source is not None:
+                scale_gradients_(source.params, coefficient, source.gradient_groups())
+    if flags.stop and host is not None:
+        host.stop()
+    if flags.fail:
+        raise GradientAlertError(failure_of(decision))
+    return flags

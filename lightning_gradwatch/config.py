@@ -1,0 +1,301 @@
+"""One source of configuration: each setting's default and check, written once, in small frozen groups.
+
+``GradWatch``'s flat, typed arguments (which LightningCLI reads from its signature) take their defaults from these
+groups, and a test holds the signature against them: every argument is a field of one group, with the same default
+and type. The groups:
+
+- :class:`ResponseConfig`: ``on_vanishing``, ``on_exploding``, ``on_nonfinite`` (defaults from the table of kinds);
+- :class:`ClipConfig`: ``clip`` and the adaptive threshold's ``clip_zscore``, ``clip_warmup_steps``,
+  ``clip_max_norm``;
+- :class:`MeasureConfig`: which parameters are watched and how they are measured (``granularity``, ``include``,
+  ``exclude``, ``histogram_bins``, ``histogram_sample_size``, ``max_layers``), and ``amp_overflow_patience``;
+- :class:`ScheduleConfig`: ``log_every_n_steps``, ``histogram_every_n_steps``;
+- :class:`OutputConfig`: ``progress_bar``, ``images``, ``overhead_budget``;
+- :class:`DetectionConfig`: the detection rules' thresholds, some of them arguments;
+
+and :class:`WatchConfig` holds one of each.
+
+Each field is declared with :func:`setting`: its default, its check (a wrong type raises ``TypeError``, a wrong value
+``ValueError``), and whether ``GradWatch`` takes it as an argument (the documentation of each is ``GradWatch``'s).
+
+Example:
+    >>> ClipConfig(clip="adaptive").clip_zscore
+    3.0
+    >>> MeasureConfig(max_layers=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: `max_layers` must be >= 1, got 0
+    >>> ResponseConfig(on_exploding="skip").response("exploding")
+    <Response.SKIP: 'skip'>
+"""
+
+from __future__ import annotations
+
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, ClassVar, Literal, Union
+
+from lightning_gradwatch._validation import (
+    Check,
+    Granularity,
+    above_one,
+    at_least_one,
+    check_bool,
+    check_budget,
+    check_clip,
+    check_pattern,
+    choice,
+    fraction,
+    integer,
+    number,
+)
+from lightning_gradwatch.kinds import (
+    KINDS,
+    AlertKind,
+    ExplodingResponse,
+    NonfiniteResponse,
+    Response,
+    VanishingResponse,
+    kind_spec,
+)
+
+__all__ = [
+    "ClipConfig",
+    "ConfigGroup",
+    "DetectionConfig",
+    "MeasureConfig",
+    "OutputConfig",
+    "ResponseConfig",
+    "ScheduleConfig",
+    "WatchConfig",
+    "setting",
+]
+
+
+def setting(default: Any, check: Check, *, argument: bool = True) -> Any:
+    """A configuration field: its default (the one place it is written), its check, and whether it is an argument.
+
+    Args:
+        default: the default value (an immutable one).
+        check: ``check(name, value)`` raises ``TypeError`` or ``ValueError`` for a value it refuses.
+        argument: ``GradWatch`` takes it as an argument of the same name (else it is a constant of the rules,
+            documented and settable on the configuration object only).
+    """
+    return field(default=default, metadata={"check": check, "argument": argument})
+
+
+class ConfigGroup:
+    """Base of the configuration dataclasses: checks every field on construction; plain values; argument names."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            check = f.metadata.get("check")
+            if check is not None:
+                check(f.name, getattr(self, f.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, in field order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def settings(cls) -> tuple[Field[Any], ...]:
+        """The fields declared with :func:`setting`."""
+        return tuple(f for f in fields(cls) if "check" in f.metadata)  # type: ignore[arg-type]
+
+    @classmethod
+    def argument_names(cls) -> tuple[str, ...]:
+        """The fields ``GradWatch`` takes as arguments."""
+        return tuple(f.name for f in cls.settings() if f.metadata["argument"])
+
+
+def _default(kind: AlertKind) -> Any:
+    return KINDS[kind].default.value
+
+
+@dataclass(frozen=True)
+class ResponseConfig(ConfigGroup):
+    """What GradWatch does about each kind of alert (``GradWatch``'s ``on_<kind>`` arguments)."""
+
+    on_vanishing: VanishingResponse = setting(_default(AlertKind.VANISHING), choice(VanishingResponse))
+    on_exploding: ExplodingResponse = setting(_default(AlertKind.EXPLODING), choice(ExplodingResponse))
+    on_nonfinite: NonfiniteResponse = setting(_default(AlertKind.NONFINITE), choice(NonfiniteResponse))
+
+    def response(self, kind: AlertKind | str) -> Response:
+        """The response chosen for ``kind``."""
+        return Response(getattr(self, kind_spec(kind).argument))
+
+
+@dataclass(frozen=True)
+class ClipConfig(ConfigGroup):
+    """Clipping: none, a fixed maximum norm, or the adaptive threshold and its settings."""
+
+    clip: Union[float, Literal["adaptive"], None] = setting(None, check_clip)
+    clip_zscore: float = setting(3.0, number())
+    clip_warmup_steps: int = setting(25, integer(minimum=0))
+    clip_max_norm: float | None = setting(None, number(optional=True))
+
+    ADAPTIVE: ClassVar[str] = "adaptive"
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the threshold is learnt (``clip="adaptive"``)."""
+        return self.clip == self.ADAPTIVE
+
+    @property
+    def fixed(self) -> float | None:
+        """The fixed maximum norm, when one is set."""
+        return None if self.clip is None or self.adaptive else float(self.clip)
+
+
+@dataclass(frozen=True)
+class MeasureConfig(ConfigGroup):
+    """Which parameters are watched, how layers are formed and histograms sampled, and fp16 overflow patience."""
+
+    granularity: Granularity = setting("module", choice(Granularity))
+    include: str | None = setting(None, check_pattern)
+    exclude: str | None = setting(None, check_pattern)
+    histogram_bins: int = setting(64, integer(minimum=1))
+    histogram_sample_size: int = setting(4096, integer(minimum=1))
+    max_layers: int | None = setting(256, integer(minimum=1, optional=True))
+    amp_overflow_patience: int = setting(20, integer(minimum=1))
+
+
+@dataclass(frozen=True)
+class ScheduleConfig(ConfigGroup):
+    """How often scalars and histograms are written (``None``: chosen from the Trainer and the run length)."""
+
+    log_every_n_steps: int | None = setting(None, integer(minimum=1, optional=True))
+    histogram_every_n_steps: int | None = setting(None, integer(minimum=0, optional=True))
+
+
+@dataclass(frozen=True)
+class OutputConfig(ConfigGroup):
+    """The progress bar items, the pictures, and the overhead budget."""
+
+    progress_bar: bool = setting(True, check_bool)
+    images: bool = setting(True, check_bool)
+    overhead_budget: float | None = setting(0.03, check_budget)
+
+
+@dataclass(frozen=True)
+class DetectionConfig(ConfigGroup):
+    """Thresholds of the detectors. Every field has a default calibrated to stay silent on healthy training.
+
+    Each field is owned by one part of the detector (a rule lists the fields it owns in its ``settings``); the ones
+    marked ``argument=False`` are the rules' constants, settable here and not through ``GradWatch``.
+
+    Args:
+        warmup_steps: steps whose statistics only build the history (no exploding or collapse verdict).
+        exploding_zscore: how many standard deviations of ``log10(total norm)`` above the mean make a spike.
+        exploding_min_factor: a spike is at least this many times the running (geometric) mean norm.
+        exploding_patience: consecutive spikes that make an explosion (a lone spike is only counted).
+        exploding_growth_steps: consecutive steps of a steady rise (each norm above the one before and above
+            mean + 2 std, while the loss rises too) that make an explosion before any single step is a spike.
+        exploding_threshold: optional absolute total-norm threshold; above it a step is always a spike (and
+            consecutive such spikes are an explosion whatever the ceiling).
+        exploding_ceiling_factor: consecutive spikes are an explosion only once the latest exceeds this many times
+            the run's ceiling (the largest norm of an ordinary step so far).
+        exploding_ceiling_memory: steps over which the ceiling forgets by a factor of 10 when no ordinary step
+            renews it (so early-training norms do not mask explosions for ever in a long run).
+        exploding_jump_factor: during the warm-up (before the history can tell a spike), a step whose norm is this
+            many times the largest norm so far is an explosion: a learning rate far too high blows up from step 0.
+        exploding_trend_loss_factor: an explosion by trend: the loss (median of the last 5 steps) has climbed to this
+            many times its best median, and above its first value, ...
+        exploding_trend_norm_factor: ... while the gradient norm (median of the last 5 steps) has grown this many
+            times since the loss was at its best. The slow divergence of Adam/AdamW at a too-high learning rate,
+            which may never produce a NaN.
+        ema_decay: weight of the newest step in the running mean and variance (about ``1 / decay`` steps of memory).
+        vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing.
+        vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
+        vanishing_patience: consecutive vanishing steps before an alert.
+        collapse_ratio: the whole network is vanishing when the total norm falls below this fraction of its level
+            just after warm-up while the loss stays above ``collapse_loss_fraction`` of its level then.
+        collapse_loss_fraction: see ``collapse_ratio``.
+
+    Example:
+        >>> DetectionConfig(vanishing_patience=10).vanishing_patience
+        10
+        >>> DetectionConfig(exploding_zscore=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: `exploding_zscore` must be a positive, finite number, got -1
+        >>> DetectionConfig(vanishing_patience=2.5)
+        Traceback (most recent call last):
+        ...
+        TypeError: `vanishing_patience` must be an int, got float 2.5
+    """
+
+    warmup_steps: int = setting(10, integer(minimum=0))
+    exploding_zscore: float = setting(4.0, number())
+    exploding_min_factor: float = setting(3.0, at_least_one)
+    exploding_patience: int = setting(2, integer(minimum=1))
+    exploding_growth_steps: int = setting(4, integer(minimum=2))
+    exploding_threshold: float | None = setting(None, number(optional=True))
+    exploding_ceiling_factor: float = setting(2.0, at_least_one, argument=False)
+    exploding_ceiling_memory: int = setting(10_000, integer(minimum=1), argument=False)
+    exploding_jump_factor: float = setting(10.0, above_one)
+    exploding_trend_loss_factor: float = setting(3.0, above_one)
+    exploding_trend_norm_factor: float = setting(3.0, above_one)
+    ema_decay: float = setting(0.05, fraction, argument=False)
+    vanishing_ratio: float = setting(1e-5, fraction)
+    vanishing_floor: float | None = setting(None, number(optional=True))
+    vanishing_patience: int = setting(50, integer(minimum=1))
+    collapse_ratio: float = setting(1e-4, number(), argument=False)
+    collapse_loss_fraction: float = setting(0.5, number(), argument=False)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """All of GradWatch's configuration, one group per part (each group holds its defaults and checks).
+
+    Example:
+        >>> config = WatchConfig.from_arguments(on_exploding="skip", clip="adaptive", vanishing_patience=20)
+        >>> config.responses.on_exploding, config.clipping.adaptive, config.detection.vanishing_patience
+        ('skip', True, 20)
+        >>> WatchConfig.from_arguments(clip_zscore=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `clip_zscore` must be a positive, finite number, got 0
+    """
+
+    responses: ResponseConfig = field(default_factory=ResponseConfig)
+    clipping: ClipConfig = field(default_factory=ClipConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+
+    @classmethod
+    def groups(cls) -> dict[str, type[ConfigGroup]]:
+        """The groups by field name, in order."""
+        return {f.name: f.default_factory for f in fields(cls)}  # type: ignore[misc]
+
+    @classmethod
+    def from_arguments(cls, **arguments: Any) -> WatchConfig:
+        """``GradWatch``'s flat arguments, each taken by its group (missing ones keep their defaults).
+
+        Raises:
+            TypeError: for a name that is no argument, or a value of the wrong type.
+            ValueError: for a value out of range.
+        """
+        parts = {}
+        for name, group in cls.groups().items():
+            parts[name] = group(**{k: arguments.pop(k) for k in group.argument_names() if k in arguments})
+        if arguments:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(arguments))}")
+        return cls(**parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting's plain value, flat, group after group (``gradwatch.json``'s ``config``)."""
+        return {k: v for name in self.groups() for k, v in getattr(self, name).to_dict().items()}
+
+    def argument(self, name: str) -> Any:
+        """The value of the ``GradWatch`` argument ``name``.
+
+        Raises:
+            AttributeError: for a name that is no argument.
+        """
+        for group in self.groups():
+            part = getattr(self, group)
+            if name in part.argument_names():
+                return getattr(part, name)
+        raise AttributeError(name)

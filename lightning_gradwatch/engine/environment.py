@@ -1,0 +1,118 @@
+"""One fit's environment as a plain record, and reading a model's parameters: nothing here knows Lightning.
+
+An adapter (the Lightning callback, or a plain loop) fills an :class:`Environment` once per fit; the engine reads
+only that record. The helpers name an optimizer's parameters after the module that owns them (without the parts
+wrappers add) and find the parameters exempt from the per-layer vanishing test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from lightning_gradwatch.remedies import ModelTraits
+
+__all__ = [
+    "HISTOGRAMS_PER_LOG",
+    "LIGHTNING_LOG_EVERY",
+    "MIN_POINTS",
+    "MIN_POINTS_UNDER_BUDGET",
+    "Environment",
+    "clean_name",
+    "exempt_parameters",
+    "histogram_interval",
+    "named_parameters",
+    "scale_of",
+]
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+#: a run of known length gets at least this many scalar points when the scalar interval is left to GradWatch
+MIN_POINTS = 100
+#: however tight the overhead budget, such a run keeps at least this many scalar points
+MIN_POINTS_UNDER_BUDGET = 25
+#: the Trainer's ``log_every_n_steps`` when none is given: taken as "not chosen", and shortened on short runs
+LIGHTNING_LOG_EVERY = 50
+#: histograms, when their interval is not given, come at this many times the scalar interval
+HISTOGRAMS_PER_LOG = 4
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One fit's environment: ranks, schedule, output directory, shard group, loss scaler, model traits.
+
+    Attributes:
+        is_global_zero: this process writes the logs and the report.
+        world_size: processes taking part (decisions are reduced across them when more than one).
+        log_every: scalar interval, in optimizer steps.
+        hist_every: histogram interval, in optimizer steps (0: none).
+        log_widest: the widest an overhead budget may spread ``log_every`` to (0: ``log_every`` is fixed).
+        log_dir: where ``gradwatch.json`` goes (``None``: nowhere).
+        plain_group: the process group plain-tensor gradients are sharded over (FSDP1), else ``None``.
+        scaler: the fp16 loss scaler, when one is enabled.
+        traits: what the model looks like, for remedy hints.
+    """
+
+    is_global_zero: bool = True
+    world_size: int = 1
+    log_every: int = LIGHTNING_LOG_EVERY
+    hist_every: int = HISTOGRAMS_PER_LOG * LIGHTNING_LOG_EVERY
+    log_widest: int = 0
+    log_dir: str | None = None
+    plain_group: Any = None
+    scaler: Any = None
+    traits: ModelTraits = field(default_factory=ModelTraits)
+
+
+def histogram_interval(log_every: int, histogram_every_n_steps: int | None) -> int:
+    """The histogram interval: as given, else :data:`HISTOGRAMS_PER_LOG` times the scalar interval."""
+    return HISTOGRAMS_PER_LOG * log_every if histogram_every_n_steps is None else histogram_every_n_steps
+
+
+def clean_name(name: str) -> str:
+    """A parameter or module name without the parts wrappers add (FSDP1, activation checkpointing, compile).
+
+    Example:
+        >>> clean_name("1._checkpoint_wrapped_module.0.weight")
+        '1.0.weight'
+        >>> clean_name("_orig_mod.encoder._fsdp_wrapped_module.fc.bias")
+        'encoder.fc.bias'
+    """
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def named_parameters(module: Any, optimizer: Any, index: int) -> list[tuple[str, Tensor]]:
+    """The optimizer's parameters with the module's cleaned names, in the module's order.
+
+    Parameters the module does not own (an optimizer built over extra tensors) are named
+    ``optimizer_<index>.param_<k>``.
+    """
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    named = [(clean_name(n), p) for n, p in module.named_parameters() if id(p) in in_optimizer]
+    known = {id(p) for _, p in named}
+    extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
+    return named + [(f"optimizer_{index}.param_{i}", p) for i, p in enumerate(extra)]
+
+
+def exempt_parameters(module: Any, granularity: str) -> set[int]:
+    """Ids of the parameters whose gradients are naturally small: normalisation layers' (and biases, per parameter).
+
+    Identified by object, not by name, so wrapper prefixes cannot make the names disagree with the layers'.
+    """
+    exempt = {id(p) for m in module.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)}
+    if granularity == "parameter":
+        exempt.update(id(p) for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] == "bias")
+    return exempt
+
+
+def scale_of(scaler: Any) -> float:
+    """The loss scaler's current scale (0 when it cannot tell: then only the patience rule applies)."""
+    get_scale = getattr(scaler, "get_scale", None)
+    try:
+        return float(get_scale()) if callable(get_scale) else 0.0
+    except (RuntimeError, TypeError, ValueError):
+        return 0.0

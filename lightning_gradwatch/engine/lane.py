@@ -1,0 +1,213 @@
+"""One optimizer's lane through the engine: measure (one transfer), judge (pure), count.
+
+A :class:`Lane` owns one optimizer's statistics collector, its :class:`~lightning_gradwatch.judge.decision.StepJudge`
+and its schedule (a step count of its own, for several optimizers). :meth:`Lane.decide` measures the step, hands
+the floats to the judge, and counts the result in the run summary; after the processes agreed on the flags,
+:meth:`Lane.settle` counts what they made of it.
+
+Example:
+    >>> import torch
+    >>> from lightning_gradwatch.config import WatchConfig
+    >>> model = torch.nn.Linear(4, 1)
+    >>> lane = Lane(WatchConfig.from_arguments(on_nonfinite="skip"))
+    >>> lane.watch(model.named_parameters(), exempt=set())
+    False
+    >>> model.weight.grad = torch.full((1, 4), float("nan"))
+    >>> model.bias.grad = torch.zeros(1)
+    >>> decision = lane.decide(step=0)
+    >>> decision.flags.skip, [a.kind for a, _ in decision.alerts], lane.summary.events
+    (True, ['nonfinite'], {'nonfinite_steps': 1})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+from torch import Tensor
+
+from lightning_gradwatch import _names as names
+from lightning_gradwatch.config import WatchConfig
+from lightning_gradwatch.engine.environment import Environment, scale_of
+from lightning_gradwatch.judge.decision import Decision, Flags, StepJudge
+from lightning_gradwatch.kinds import AlertKind, Response
+from lightning_gradwatch.measure.layers import layer_name
+from lightning_gradwatch.measure.stats import GradientStats
+from lightning_gradwatch.report import RunSummary
+
+__all__ = ["Lane"]
+
+
+class Lane:
+    """Measures, judges and counts the steps of one optimizer.
+
+    Args:
+        settings: the configuration.
+        index: the optimizer's index (recorded in alerts).
+        count: how many optimizers the run has (with more than one, its run-level tags and summary are its own).
+        environment: ranks, schedule, loss scaler and model traits of the fit.
+        summary: the run summary to update (shared by the lanes of one run).
+    """
+
+    def __init__(
+        self,
+        settings: WatchConfig,
+        index: int = 0,
+        count: int = 1,
+        environment: Environment | None = None,
+        summary: RunSummary | None = None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.suffix = names.optimizer_suffix(index) if count > 1 else ""  # of its run-level tags
+        self.key = names.optimizer_key(index) if count > 1 else ""  # of its total norm in the summary
+        self.env = environment or Environment(log_every=1, hist_every=0)
+        self.summary = summary if summary is not None else RunSummary()
+        self.judge = StepJudge(settings, index, self.env.traits)
+        self.collector: GradientStats | None = None
+        self.ticks = 0  # steps this optimizer took: its own cadence under manual optimization
+        self.hist_every = self.env.hist_every  # histogram interval in force (an overhead budget may widen it)
+        self.log_every = self.env.log_every  # scalar interval in force (likewise)
+        self.interval_max = 0.0
+        self._watched = -1
+        self._scale = None if self.env.scaler is None else partial(scale_of, self.env.scaler)
+
+    # ------------------------------------------------------------------ parameters
+    def needs_parameters(self, count: int) -> bool:
+        """Whether the watched parameters must be (re)read: first step, or the optimizer's count changed."""
+        return self.collector is None or count != self._watched
+
+    def watch(self, named_parameters: Iterable[tuple[str, Tensor]], exempt: set[int], plain_group: Any = None) -> bool:
+        """Watch these parameters (names already cleaned); ``exempt``: ids of parameters exempt from vanishing.
+
+        Returns:
+            Whether this first watch had to merge layers to respect ``max_layers`` (say so once).
+        """
+        s = self.settings.measure
+        named = list(named_parameters)
+        first = self.collector is None
+        self.collector = GradientStats(
+            named,
+            granularity=s.granularity,
+            include=s.include,
+            exclude=s.exclude,
+            histogram_bins=s.histogram_bins,
+            histogram_sample_size=s.histogram_sample_size,
+            max_layers=s.max_layers,
+            plain_group=plain_group,
+        )
+        self._watched = len(named)
+        self.judge.detector.exempt_layers = self.collector.layers_made_of(exempt)
+        return first and self.collector.aggregated is not None
+
+    def merge(self) -> tuple[int, int, str]:
+        """How layers were merged to respect ``max_layers``: ``(modules, layers, how)``."""
+        assert self.collector is not None
+        assert self.collector.aggregated is not None
+        granularity = self.settings.measure.granularity
+        modules = len({layer_name(n, granularity) for n in self.collector.param_names})
+        return modules, len(self.collector.layer_names), self.collector.aggregated
+
+    @property
+    def sharded(self) -> bool:
+        """Whether its statistics are collectives (sharded gradients: every process measures the same steps)."""
+        return self.collector is not None and self.collector.sharded
+
+    def spike_threshold(self) -> float:
+        """The total norm above which its next step is a spike."""
+        return self.judge.detector.spike_threshold()
+
+    # ------------------------------------------------------------------ the step
+    def decide(
+        self, step: int, loss: Tensor | None = None, own_cadence: bool = False, measure_all: bool = True
+    ) -> Decision:
+        """Measure this step's gradients, judge them, and count the decision in the run summary.
+
+        Args:
+            step: the trainer's global step (recorded in alerts and charts).
+            loss: the last training loss (a one-element tensor), read in the step's one transfer.
+            own_cadence: count the schedule in this optimizer's own steps (several optimizers), not ``step``.
+            measure_all: measure what the log and histogram steps write (False on processes that do not write,
+                unless the statistics are collectives).
+        """
+        assert self.collector is not None, "call watch() first"
+        log, hist = self._due(step, own_cadence)
+        measure_all = measure_all or self.collector.sharded  # sharded statistics are collectives
+        stats = self.collector.collect(
+            extended=(log or hist) and measure_all,
+            histograms=hist and measure_all,
+            extra=() if loss is None else (loss,),
+        )
+        if stats is None:
+            return Decision(step)
+        last_loss = stats.extra[0] if stats.extra else None
+        decision = self.judge.judge(step, stats, last_loss, self._scale, log, hist)
+        self.record(decision)
+        return decision
+
+    def _due(self, step: int, own_cadence: bool) -> tuple[bool, bool]:
+        """Count this optimizer's step; whether scalars and histograms are due at it."""
+        cadence = self.ticks if own_cadence else step
+        self.ticks += 1
+        return cadence % self.log_every == 0, self.hist_every > 0 and cadence % self.hist_every == 0
+
+    def record(self, decision: Decision) -> None:
+        """Count a judged step in the run summary: fp16 overflows, the step's norms, spikes, the interval maximum."""
+        stats = decision.stats
+        if decision.scaled_nonfinite:
+            self.summary.count(names.AMP_OVERFLOW_STEPS)
+        if stats is None or decision.verdict is None:
+            return
+        self.summary.add_step(decision.step, stats, key=self.key, logged=decision.log)
+        if stats.finite:
+            self.interval_max = max(self.interval_max, stats.total_norm)
+        if decision.verdict.spike:
+            self.summary.count(names.SPIKE_STEPS)
+
+    def settle(self, decision: Decision, flags: Flags, **where: Any) -> tuple[float, float] | None:
+        """Count what the (reduced) ``flags`` make of the decision; returns the clip applied, if any.
+
+        A step that is skipped, clipped as a spike or alerted is noted in the summary with ``where`` its batch came
+        from (``epoch``, ``batch_idx``).
+        """
+        skipped = flags.skip or flags.stop
+        clip = None if skipped else decision.clip(flags)
+        clipped = clip is not None and decision.stats is not None and clip[1] < decision.stats.total_norm
+        if skipped:
+            self.summary.count(names.SKIPPED_STEPS)
+        if clipped:
+            self.summary.count(names.CLIPPED_STEPS)
+        reasons = self._reasons(decision, skipped, clipped)
+        if reasons:
+            self.summary.note_batch(decision.step, reasons, optimizer=self.index, **where)
+        return clip
+
+    def _reasons(self, decision: Decision, skipped: bool, clipped: bool) -> list[str]:
+        """Why the report notes this step's batch: skipped, clipped as a spike, alerted (none: not noted)."""
+        clips_spikes = self.settings.responses.response(AlertKind.EXPLODING) == Response.CLIP
+        spike = clipped and decision.verdict is not None and decision.verdict.spike and clips_spikes
+        return ["skipped"] * skipped + ["clipped spike"] * spike + ["alert"] * bool(decision.alerts)
+
+    def take_interval_max(self, default: float) -> float:
+        """The largest finite total norm since the last call (``default`` when there was none)."""
+        value, self.interval_max = self.interval_max, 0.0
+        return value if value > 0 else default
+
+    # ------------------------------------------------------------------ state
+    def restore(self, pending: dict[str, dict[str, Any]]) -> None:
+        """Take this optimizer's part of a checkpoint's ``{"detectors"|"clippers"|"ticks": {index: state}}``."""
+        key = str(self.index)
+        detector = pending.get("detectors", {}).pop(key, None)
+        if detector is not None:
+            self.judge.detector.load_state_dict(detector)
+        clipper = pending.get("clippers", {}).pop(key, None)
+        if clipper is not None:
+            self.judge.clipper.load_state_dict(clipper)
+        self.ticks = int(pending.get("ticks", {}).pop(key, self.ticks))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["collector"] = None  # parameters belong to one fit
+        state["_watched"] = -1
+        return state

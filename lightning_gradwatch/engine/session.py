@@ -1,0 +1,243 @@
+"""The engine of one GradWatch, framework-free: a fit's setup and teardown, the per-step pipeline, the state.
+
+A training framework is adapted to it in a few lines: the Lightning callback (``callback.py``) reads the Trainer once
+per fit into an :class:`~lightning_gradwatch.engine.environment.Environment`, hands each optimizer step to
+:meth:`Session.step` with a :class:`~lightning_gradwatch.act.actor.Host` (how its processes agree on flags, how
+training stops), and ends the fit with :meth:`Session.end`. A Fabric or plain PyTorch loop does the same from its
+own objects.
+
+One optimizer step (:meth:`Session.step`), per optimizer lane:
+
+    measure (one transfer) -> judge (pure) -> record -> reduce flags (host) -> settle -> write -> act
+
+Example:
+    >>> import torch
+    >>> from lightning_gradwatch.act.actor import LocalHost
+    >>> from lightning_gradwatch.config import WatchConfig
+    >>> model = torch.nn.Linear(4, 1)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> session = Session(WatchConfig.from_arguments(on_nonfinite="skip", images=False))
+    >>> _ = session.begin(Environment(log_every=1, hist_every=0))
+    >>> model(torch.full((2, 4), float("nan"))).sum().backward()
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     session.step(LocalHost(), optimizer, model, step=0)
+    >>> [a.kind for a in session.alerts], model.weight.grad is None  # alerted, and the update was dropped
+    (['nonfinite'], True)
+    >>> session.end("finished")
+"""
+
+from __future__ import annotations
+
+import atexit
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from lightning_gradwatch.act.actor import Host, act
+from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.config import WatchConfig
+from lightning_gradwatch.engine.environment import Environment, exempt_parameters, named_parameters
+from lightning_gradwatch.engine.lane import Lane
+from lightning_gradwatch.judge.decision import failure_of
+from lightning_gradwatch.kinds import RunStatus
+from lightning_gradwatch.report import RunSummary
+from lightning_gradwatch.write.budget import OverheadBudget
+from lightning_gradwatch.write.output import RunOutput
+from lightning_gradwatch.write.progress import ProgressItems
+from lightning_gradwatch.write.sinks import Sink
+
+__all__ = ["STATE_FORMAT_VERSION", "Fit", "Session"]
+
+#: the version of :meth:`Session.state_dict`'s layout
+STATE_FORMAT_VERSION = 1
+
+
+@dataclass
+class Fit:
+    """What lives for one fit: released at its end, never pickled."""
+
+    env: Environment
+    output: RunOutput
+    progress: ProgressItems
+
+
+class Session:
+    """One GradWatch's engine: the optimizers' lanes, the run summary, the alerts, and each fit's output.
+
+    Args:
+        settings: the configuration.
+    """
+
+    def __init__(self, settings: WatchConfig) -> None:
+        self.settings = settings
+        self.alerts: list[GradientAlert] = []
+        self.summary = RunSummary()
+        self.lanes: dict[int, Lane] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+        self.fit: Fit | None = None
+
+    # ------------------------------------------------------------------ a fit
+    def begin(
+        self,
+        env: Environment,
+        loggers: Any = (),
+        namespace: str = "",
+        log_name: str = "lightning_gradwatch",
+        sinks: Iterable[Sink] = (),
+    ) -> Fit:
+        """A fit begins: fresh alerts, lanes and summary (a checkpoint may restore them next), and its output.
+
+        Args:
+            env: the fit's environment (every process calls this).
+            loggers: where scalars, histograms, pictures and alert text go (rank 0 writes).
+            namespace: for a second instance in one run: the subdirectory its output goes to.
+            log_name: the logger its messages go to.
+            sinks: more outputs beside the loggers' (a plain loop may have no logger at all).
+        """
+        s = self.settings
+        self.alerts, self.lanes, self._pending, self.summary = [], {}, {}, RunSummary()
+        images = s.output.images and env.hist_every > 0
+        budget = None
+        if s.output.overhead_budget is not None and env.is_global_zero:
+            explicit = s.schedule.histogram_every_n_steps is not None
+            budget = OverheadBudget(s.output.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
+        output = RunOutput(
+            env, loggers, self.summary, self.alerts, s.to_dict, images, namespace, budget, log_name, sinks
+        )
+        self.fit = Fit(env, output, ProgressItems())
+        if env.is_global_zero:
+            # a rank that dies under `ddp_spawn` never sees `on_exception` (the parent handles it): at least flush
+            # the logs and write the report when its interpreter exits
+            atexit.register(self._at_exit)
+        return self.fit
+
+    def retime(self, env: Environment) -> None:
+        """Take the fit's schedule, chosen once its length is known (before its first step)."""
+        if self.fit is not None and env is not self.fit.env:
+            self.fit.env = env
+            self.fit.output.retime(env.log_every, env.hist_every, env.log_widest)
+
+    def end(self, status: RunStatus | str, error: str | None = None) -> None:
+        """The fit ends (``status``: finished, interrupted, failed): last pictures, flushed logs, the report."""
+        fit, self.fit = self.fit, None
+        if fit is None:
+            return
+        atexit.unregister(self._at_exit)
+        fit.progress.detach()
+        fit.output.finish(RunStatus(status), error)
+
+    def _at_exit(self) -> None:
+        self.end(RunStatus.FAILED, error="the process exited during training")
+
+    # ------------------------------------------------------------------ the step
+    def step(
+        self,
+        host: Host,
+        optimizer: Any,
+        module: Any,
+        *,
+        step: int,
+        index: int = 0,
+        count: int = 1,
+        loss: Tensor | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Measure, judge, write and act on one optimizer step (its gradients final, before the optimizer steps).
+
+        Args:
+            host: the training loop: how its processes agree on flags, how it stops.
+            optimizer: the optimizer about to step.
+            module: the model that owns the optimizer's parameters (their names come from it).
+            step: the global step (recorded in alerts and charts).
+            index: the optimizer's index among the run's ``count`` optimizers.
+            count: how many optimizers the run has.
+            loss: the last training loss (a one-element tensor, read in the step's one transfer).
+            where: where the step's batch came from (``epoch``, ``batch_idx``), for the report's bad batches.
+        """
+        fit = self.fit
+        if fit is None:
+            return
+        started = time.perf_counter()
+        kind = (False, False)
+        try:
+            kind = self._step(fit, host, optimizer, module, step, index, count, loss, where or {})
+        finally:  # GradWatch's own time, for the overhead budget
+            fit.output.step_timed(started, time.perf_counter() - started, *kind)
+
+    def _step(
+        self,
+        fit: Fit,
+        host: Host,
+        optimizer: Any,
+        module: Any,
+        step: int,
+        index: int,
+        count: int,
+        loss: Tensor | None,
+        where: Mapping[str, Any],
+    ) -> tuple[bool, bool]:
+        """The pipeline of one step; returns whether it was a histogram and a log step."""
+        fit.output.write_drawn()
+        lane = self._lane(fit, index, count, optimizer, module)
+        lane.hist_every = fit.output.histogram_every(lane)
+        lane.log_every = fit.output.log_every(lane)
+        decision = lane.decide(step, loss, count > 1, fit.output.writes)  # measure, judge, record
+        if decision.stats is None:
+            fit.output.no_gradients(index, decision.step)
+        if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
+            return decision.histograms, decision.log
+        fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
+        fit.output.record(decision)
+        flags = host.reduce(decision.flags)
+        clip = lane.settle(decision, flags, **where)
+        fit.output.write_step(decision, lane, clip)
+        if flags.fail:
+            fit.output.finish(RunStatus.FAILED, error=failure_of(decision).message.splitlines()[0])
+        act(decision, flags, optimizer, host, lane.collector)
+        return decision.histograms, decision.log
+
+    def _lane(self, fit: Fit, index: int, count: int, optimizer: Any, module: Any) -> Lane:
+        """This optimizer's lane, watching the optimizer's current parameters under their cleaned names."""
+        lane = self.lanes.get(index)
+        if lane is None:
+            lane = self.lanes[index] = Lane(self.settings, index, count, fit.env, self.summary)
+            lane.restore(self._pending)
+        params = sum(len(g["params"]) for g in optimizer.param_groups)
+        if lane.needs_parameters(params):
+            named = named_parameters(module, optimizer, index)
+            exempt = exempt_parameters(module, self.settings.measure.granularity)
+            if lane.watch(named, exempt, fit.env.plain_group):
+                fit.output.layers_merged(lane.index, *lane.merge(), self.settings.measure.max_layers)
+        return lane
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The lanes' detectors, adaptive thresholds and step counts, the run summary and the alerts."""
+        lanes = self.lanes.items()
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "detectors": {str(k): lane.judge.detector.state_dict() for k, lane in lanes},
+            "clippers": {
+                str(k): lane.judge.clipper.state_dict() for k, lane in lanes if self.settings.clipping.adaptive
+            },
+            "ticks": {str(k): lane.ticks for k, lane in lanes},
+            "summary": self.summary.state_dict(),
+            "alerts": [a.to_dict() for a in self.alerts],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (lanes not built yet take theirs when their optimizer first steps)."""
+        self._pending = {part: dict(state.get(part, {})) for part in ("detectors", "clippers", "ticks")}
+        for lane in self.lanes.values():
+            lane.restore(self._pending)
+        self.summary.load_state_dict(state.get("summary", {}))  # in place: the fit's output holds both
+        self.alerts[:] = [GradientAlert.from_dict(a) for a in state.get("alerts", [])]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["fit"] = None  # loggers, event writers and parameters belong to one fit
+        return state

@@ -1,0 +1,222 @@
+"""The history toolkit: the few ways the package remembers a stream of numbers, each written once.
+
+Plain Python over floats, no torch. Used by detection (windows of recent losses and norms, the running moments of
+the log norm, the log-norm caps), the adaptive clipping threshold (a sorted window and its quantiles), the overhead
+budget (windows of timings, an exponential average) and the run report (medians).
+
+- :func:`median`, :func:`quantile`: of a window's values (``quantile`` interpolates linearly, as ``numpy.quantile``);
+- :class:`Window`: the last ``size`` values, in arrival order;
+- :class:`SortedWindow`: the same, also kept sorted, for quantiles at every step;
+- :class:`Ema`: an exponential average that starts at its first value;
+- :class:`RunningMoments`: the mean and variance of a stream, plain over a warm-up, then exponential and winsorised;
+- :func:`log10_or_none`, :func:`pow10_clamped`, :func:`pow10_or_inf`: to and from the log scale, with the cap
+  :data:`LOG10_CAP` past which ``10 ** x`` overflows a float.
+
+Example:
+    >>> window = Window(3)
+    >>> for x in [5.0, 1.0, 4.0, 2.0]:
+    ...     window.append(x)
+    >>> list(window), window.median()
+    ([1.0, 4.0, 2.0], 2.0)
+    >>> ordered = SortedWindow(4, [3.0, 1.0, 2.0, 4.0, 0.0])
+    >>> ordered.sorted, ordered.quantile(0.25)
+    ([0.0, 1.0, 2.0, 4.0], 0.75)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "LOG10_CAP",
+    "Ema",
+    "RunningMoments",
+    "SortedWindow",
+    "Window",
+    "log10_or_none",
+    "median",
+    "pow10_clamped",
+    "pow10_or_inf",
+    "quantile",
+]
+
+#: ``10 ** 300`` is close to the largest float (about ``1.8e308``): a log10 value past it stands for an overflow
+LOG10_CAP = 300.0
+
+#: the median of values (the middle one, or the mean of the two middle ones), ``statistics.median``
+median = statistics.median
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of a sorted, non-empty list, interpolated linearly (as ``numpy.quantile``).
+
+    Example:
+        >>> quantile([0.0, 1.0, 2.0, 3.0], 0.5)
+        1.5
+    """
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def log10_or_none(value: float) -> float | None:
+    """``log10(value)`` for a positive value, else ``None`` (a zero norm has no place on the log scale)."""
+    return math.log10(value) if value > 0 else None
+
+
+def pow10_clamped(x: float) -> float:
+    """``10 ** x``, at most ``10 ** LOG10_CAP`` (a finite threshold however far a log-scale level has run)."""
+    return 10 ** min(x, LOG10_CAP)
+
+
+def pow10_or_inf(x: float) -> float:
+    """``10 ** x``, or ``inf`` from ``LOG10_CAP`` on (a threshold that far out holds nothing back)."""
+    return 10**x if x < LOG10_CAP else math.inf
+
+
+class Window:
+    """The last ``size`` values, in arrival order.
+
+    Args:
+        size: how many values it keeps.
+        values: values to start with (the last ``size`` of them are kept).
+    """
+
+    def __init__(self, size: int, values: Iterable[float] = ()) -> None:
+        self._values: deque[float] = deque(values, maxlen=size)
+
+    def append(self, x: float) -> None:
+        """Add a value (the oldest leaves when the window is full)."""
+        self._values.append(x)
+
+    def clear(self) -> None:
+        """Forget every value."""
+        self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._values)
+
+    def median(self) -> float:
+        """The median of the values (the window must not be empty)."""
+        return median(self._values)
+
+    def mean(self) -> float:
+        """The mean of the values (the window must not be empty)."""
+        return statistics.fmean(self._values)
+
+
+class SortedWindow:
+    """The last ``size`` values, in arrival order and sorted: any quantile at every step, in ``O(size)`` per value.
+
+    Args:
+        size: how many values it keeps.
+        values: values to start with (the last ``size`` of them are kept).
+    """
+
+    def __init__(self, size: int, values: Iterable[float] = ()) -> None:
+        self.size = size
+        self._recent: deque[float] = deque()  # in arrival order
+        self.sorted: list[float] = []  # the same values, sorted
+        for x in values:
+            self.append(x)
+
+    def append(self, x: float) -> None:
+        """Add a value; the oldest leaves once more than ``size`` are held."""
+        self._recent.append(x)
+        bisect.insort(self.sorted, x)
+        while len(self._recent) > self.size:
+            old = self._recent.popleft()
+            del self.sorted[bisect.bisect_left(self.sorted, old)]
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._recent)
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile of the values (the window must not be empty)."""
+        return quantile(self.sorted, q)
+
+
+class Ema:
+    """An exponential average that starts at its first value: ``value = (1 - weight) * value + weight * x``.
+
+    Example:
+        >>> ema = Ema(weight=0.5)
+        >>> ema.value is None
+        True
+        >>> for x in (4.0, 2.0):
+        ...     ema.add(x)
+        >>> ema.value, ema.count
+        (3.0, 2)
+    """
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.value: float | None = None
+        self.count = 0
+
+    def add(self, x: float) -> None:
+        """Take in one value."""
+        self.count += 1
+        self.value = x if self.value is None else (1 - self.weight) * self.value + self.weight * x
+
+
+class RunningMoments:
+    """The running mean and variance of a stream, robust once warmed up.
+
+    Over the first ``warmup`` values they are the plain mean and (population) variance, updated one value at a time
+    (Welford). After that they are exponential averages with weight ``decay`` on the newest value, each value's
+    distance from the mean first clamped to ``winsor`` standard deviations (at least ``winsor * min_std``), so a trend
+    or an outlier drags them only slowly. ``learn(x, spread=False)`` moves the mean but leaves the variance as it is.
+
+    Attributes:
+        steps: values learnt.
+        mean: the running mean.
+        var: the running variance.
+
+    Example:
+        >>> moments = RunningMoments(warmup=2, decay=0.5)
+        >>> for x in (1.0, 3.0, 10.0):
+        ...     moments.learn(x)
+        >>> moments.steps, moments.mean, moments.var  # 10 is clamped to 2 + 2 * 1 before it counts
+        (3, 3.0, 1.5)
+    """
+
+    def __init__(self, warmup: int, decay: float, winsor: float = 2.0, min_std: float = 1e-3) -> None:
+        self.warmup = warmup
+        self.decay = decay
+        self.winsor = winsor
+        self.min_std = min_std
+        self.steps = 0
+        self.mean = 0.0
+        self.var = 0.0
+
+    @property
+    def std(self) -> float:
+        """The running standard deviation."""
+        return math.sqrt(max(self.var, 0.0))
+
+    def learn(self, x: float, spread: bool = True) -> None:
+        """Take in one value (``spread=False``: it moves the mean only)."""
+        self.steps += 1
+        if self.steps <= self.warmup:
+            delta = x - self.mean
+            self.mean += delta / self.steps
+            self.var += (delta * (x - self.mean) - self.var) / self.steps
+            return
+        bound = self.winsor * max(self.std, self.min_std)
+        delta = min(max(x - self.mean, -bound), bound)
+        a = self.decay
+        self.mean += a * delta
+        if spread:
+            self.var = (1 - a) * (self.var + a * delta * delta)

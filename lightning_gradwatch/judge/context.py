@@ -1,0 +1,322 @@
+"""What the detection rules share: the verdict they fill, the run's histories of the norm and the loss, the counts.
+
+One :class:`Context` per detector (per optimizer). Its histories are updated by the detector in a fixed order each
+step, and read by the rules; each is a :class:`~lightning_gradwatch.judge.state.Stateful` part of the checkpoint.
+
+- :class:`NormBaseline`: ``log10(total norm)``: running mean and variance (plain over the warm-up, then
+  exponential and winsorised), the *ceiling* (largest ordinary norm) and *peak* (largest norm), both slowly
+  forgetting, and the previous step's value.
+- :class:`LossTrack`: the loss: first and last value, medians over the last :data:`LOSS_WINDOW` steps of the loss
+  and of the log norm, and the loss at its best (with the norm then).
+- :class:`ExplodingEpisode`: whether an exploding episode lasts, and the best loss before the run's first one (the
+  vanishing rules wait for the loss to come back near it).
+- :class:`Counts`: spikes and non-finite steps, for the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lightning_gradwatch.alerts import REMEDIES_PLAIN, GradientAlert, ModelTraits, remedies
+from lightning_gradwatch.config import DetectionConfig
+from lightning_gradwatch.history import RunningMoments, Window, pow10_clamped
+from lightning_gradwatch.judge.state import Stateful, as_counts, as_optional_float, state
+from lightning_gradwatch.kinds import AlertKind, Cause
+
+if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
+    from lightning_gradwatch.measure.records import StepStats
+
+__all__ = [
+    "LARGEST_SHARE",
+    "LOSS_WINDOW",
+    "MIN_WARMUP",
+    "RECOVERED_LOSS_FACTOR",
+    "Context",
+    "Counts",
+    "ExplodingEpisode",
+    "LossTrack",
+    "NormBaseline",
+    "Verdict",
+]
+
+#: the warm-up lasts at least this many finite steps, whatever ``warmup_steps`` says (a spread needs two values)
+MIN_WARMUP = 2
+#: steps whose median loss and median log norm the loss-aware rules compare: one mini-batch loss against the next is
+#: noise
+LOSS_WINDOW = 5
+#: an exploding episode lasts, and vanishing verdicts wait after one, while the loss (median) is above this many
+#: times its best
+RECOVERED_LOSS_FACTOR = 2.0
+#: layers holding at least this share of a step's squared total norm are named as the largest (and drawn exploding)
+LARGEST_SHARE = 0.1
+
+
+@dataclass
+class Verdict:
+    """What the detectors concluded about one step.
+
+    Attributes:
+        alerts: alerts that fired at this step (at most one per kind; episodes are alerted once).
+        nonfinite: the step has NaN/Inf gradients.
+        spike: the total norm is above the spike threshold (alerted or not).
+        spike_threshold: the total norm above which a step is a spike (``inf`` during warm-up).
+        vanishing_layers: layers currently in a vanishing episode.
+        exploding: the run is in an exploding episode at this step (alerted now or earlier), whether or not this
+            step is a spike: a divergence found by its trend has no spike step.
+    """
+
+    alerts: list[GradientAlert] = field(default_factory=list)
+    nonfinite: bool = False
+    spike: bool = False
+    spike_threshold: float = math.inf
+    vanishing_layers: tuple[str, ...] = ()
+    exploding: bool = False
+
+    def alert(self, kind: AlertKind | str) -> GradientAlert | None:
+        """The alert of ``kind`` fired at this step, if any."""
+        return next((a for a in self.alerts if a.kind == kind), None)
+
+    def affected(self, kind: AlertKind | str) -> bool:
+        """Whether ``kind`` affects this step: the steps a dropping response keeps out of the weights.
+
+        Non-finite: every non-finite step. Exploding: every spike step, and the step an explosion is found at.
+        Vanishing: the step it is alerted at.
+        """
+        if kind == AlertKind.NONFINITE:
+            return self.nonfinite
+        if kind == AlertKind.EXPLODING:
+            return self.spike or self.alert(kind) is not None
+        return self.alert(kind) is not None
+
+    def in_episode(self, kind: AlertKind | str) -> bool:
+        """Whether an episode of ``kind`` holds at this step (what the health word shows)."""
+        if kind == AlertKind.NONFINITE:
+            return self.nonfinite
+        if kind == AlertKind.EXPLODING:
+            return self.exploding
+        return bool(self.vanishing_layers)
+
+
+@dataclass(eq=False)
+class NormBaseline(Stateful):
+    """The run's history of ``log10(total norm)`` (see the module docstring).
+
+    ``steps``, ``mean`` and ``var`` are those of its running moments (a
+    :class:`~lightning_gradwatch.history.RunningMoments`).
+    """
+
+    config: DetectionConfig = field(default_factory=DetectionConfig, repr=False)
+    # log10 of the largest ordinary total norm so far, slowly forgetting
+    ceiling: float | None = state(None, load=as_optional_float)
+    peak: float | None = state(None, load=as_optional_float)  # log10 of the largest total norm, forgetting
+    previous: float | None = state(None, load=as_optional_float)  # log10 of the previous finite step's norm
+
+    settings = ("warmup_steps", "ema_decay", "exploding_ceiling_memory")
+
+    def __post_init__(self) -> None:
+        self.moments = RunningMoments(warmup=self.warmup, decay=self.config.ema_decay)
+
+    @property
+    def warmup(self) -> int:
+        """Finite steps before the history can tell a spike."""
+        return max(self.config.warmup_steps, MIN_WARMUP)
+
+    @property
+    def warm(self) -> bool:
+        """Whether the warm-up is over."""
+        return self.moments.steps >= self.warmup
+
+    @property
+    def steps(self) -> int:
+        """Finite steps learnt."""
+        return self.moments.steps
+
+    @property
+    def mean(self) -> float:
+        """Running mean of ``log10(total norm)``."""
+        return self.moments.mean
+
+    @property
+    def std(self) -> float:
+        """Running standard deviation of ``log10(total norm)``."""
+        return self.moments.std
+
+    def forget(self) -> None:
+        """The ceiling and the peak forget by a factor 10 per ``exploding_ceiling_memory`` steps."""
+        forget = 1.0 / self.config.exploding_ceiling_memory
+        if self.ceiling is not None:
+            self.ceiling -= forget
+        if self.peak is not None:
+            self.peak -= forget
+
+    def learn(self, x: float, threshold: float, spike: bool) -> None:
+        """Learn one step's log norm: a spike moves the mean toward a lasting new level, but never widens the spread."""
+        self.moments.learn(min(x, math.log10(threshold)), spread=not spike)
+        if not spike:
+            self.ceiling = x if self.ceiling is None else max(self.ceiling, x)
+        self.peak = x if self.peak is None else max(self.peak, x)
+
+    def reset(self) -> None:
+        """Forget all history."""
+        super().reset()
+        self.moments = RunningMoments(warmup=self.warmup, decay=self.config.ema_decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The moments and the forgetting maxima."""
+        moments = self.moments
+        return {"steps": moments.steps, "mean": moments.mean, "var": moments.var, **super().state_dict()}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore :meth:`state_dict` output; missing keys keep their defaults."""
+        super().load_state_dict(state)
+        self.moments.steps = int(state.get("steps", 0))
+        self.moments.mean = float(state.get("mean", 0.0))
+        self.moments.var = float(state.get("var", 0.0))
+
+
+def _loss_window(values: Any = ()) -> Window:
+    return Window(LOSS_WINDOW, (float(v) for v in values))
+
+
+@dataclass(eq=False)
+class LossTrack(Stateful):
+    """The run's history of the training loss (see the module docstring).
+
+    :meth:`observe_norm` runs once per finite step and leaves in :attr:`compared` the step's ``(median loss, median
+    log norm)`` when they are comparable with the loss's best (``None`` before there is a loss, or when the loss is at
+    a new best this step).
+    """
+
+    last_loss: float | None = state(None, load=as_optional_float)
+    first_loss: float | None = state(None, load=as_optional_float)
+    recent_losses: Window = state(load=_loss_window, factory=_loss_window)  # the last few observed losses
+    recent_norms: Window = state(load=_loss_window, factory=_loss_window)  # log10 of the last few total norms
+    loss_floor: float | None = state(None, load=as_optional_float)  # the best median loss so far
+    norm_at_floor: float | None = state(None, load=as_optional_float)  # median log10 norm when the loss was best
+
+    def __post_init__(self) -> None:
+        self.compared: tuple[float, float] | None = None
+
+    def observe_loss(self, loss: float) -> None:
+        """Record the latest training loss (non-finite losses are ignored)."""
+        if math.isfinite(loss):
+            self.last_loss = loss
+            if self.first_loss is None:
+                self.first_loss = loss
+            self.recent_losses.append(loss)
+
+    def observe_norm(self, x: float | None) -> None:
+        """Take a finite step's log norm (``None``: a zero norm); keep the loss's best and the norm then."""
+        self.compared = None
+        if x is not None:
+            self.recent_norms.append(x)
+        if not len(self.recent_losses) or not len(self.recent_norms) or self.first_loss is None:
+            return
+        loss, level = self.recent_losses.median(), self.recent_norms.median()
+        if self.loss_floor is None or loss < self.loss_floor:
+            self.loss_floor, self.norm_at_floor = loss, level
+            return
+        self.compared = loss, level
+
+    def above(self, best: float | None) -> bool:
+        """Whether the loss (median) is still above :data:`RECOVERED_LOSS_FACTOR` times ``best`` (a best loss)."""
+        if not len(self.recent_losses) or best is None:
+            return False
+        return self.recent_losses.median() > RECOVERED_LOSS_FACTOR * best
+
+
+@dataclass(eq=False)
+class ExplodingEpisode(Stateful):
+    """Whether an exploding episode lasts, and what the first one left behind."""
+
+    exploding_episode: bool = state(False, load=bool)
+    exploded: bool = state(False, load=bool)  # an exploding alert has fired in this run
+    # the best median loss before the first exploding alert
+    exploded_floor: float | None = state(None, load=as_optional_float)
+
+    def start(self, loss_floor: float | None) -> None:
+        """An exploding episode begins; the first one of the run keeps the best loss from before it."""
+        self.exploding_episode = True
+        if not self.exploded:
+            self.exploded = True
+            self.exploded_floor = loss_floor
+
+
+@dataclass(eq=False)
+class Counts(Stateful):
+    """Events counted for the checkpoint: spike steps and non-finite steps."""
+
+    counts: dict[str, int] = state(load=as_counts, factory=as_counts)
+
+    def add(self, event: str) -> None:
+        """Count one ``event``."""
+        self.counts[event] = self.counts.get(event, 0) + 1
+
+
+@dataclass(eq=False)
+class Context:
+    """What every rule of one detector reads: configuration, model traits, the histories, the exploding episode.
+
+    Attributes:
+        config: the detection thresholds.
+        traits: what the model looks like, to pick remedy hints.
+        optimizer: the watched optimizer's index (recorded in alerts).
+        exempt_layers: layers left out of the per-layer vanishing test.
+    """
+
+    config: DetectionConfig
+    traits: ModelTraits
+    optimizer: int = 0
+    exempt_layers: frozenset[str] = frozenset()
+    norms: NormBaseline = field(init=False)
+    losses: LossTrack = field(default_factory=LossTrack)
+    episode: ExplodingEpisode = field(default_factory=ExplodingEpisode)
+    counts: Counts = field(default_factory=Counts)
+
+    def __post_init__(self) -> None:
+        self.norms = NormBaseline(self.config)
+
+    def parts(self) -> tuple[Stateful, ...]:
+        """The shared parts of the checkpoint."""
+        return (self.norms, self.losses, self.episode, self.counts)
+
+    def hints(self, kind: AlertKind, cause: Cause | None = None) -> str:
+        """The remedy hints of an alert message."""
+        return REMEDIES_PLAIN + "\n".join(f"  - {h}" for h in remedies(kind, self.traits, cause))
+
+    def largest_layers(self, stats: StepStats) -> tuple[str, ...]:
+        """The layers holding a large share (:data:`LARGEST_SHARE`) of the squared total norm, in forward order."""
+        ranked = sorted(zip(stats.layers, stats.grad_norm), key=lambda item: -item[1])
+        share = {n for n, g in ranked if g * g >= LARGEST_SHARE * stats.total_norm**2} or {ranked[0][0]}
+        return tuple(n for n in stats.layers if n in share)
+
+    def spike_threshold(self) -> float:
+        """The total norm above which the next step is a spike (``inf`` until warm-up ends, unless absolute).
+
+        ``exploding_zscore`` standard deviations of ``log10(total norm)`` over its running mean, and at least
+        ``exploding_min_factor`` times the running (geometric) mean; never above ``exploding_threshold``.
+        """
+        cfg = self.config
+        threshold = math.inf
+        if self.norms.warm:
+            margin = max(cfg.exploding_zscore * self.norms.std, math.log10(cfg.exploding_min_factor))
+            threshold = pow10_clamped(self.norms.mean + margin)
+        if cfg.exploding_threshold is not None:
+            threshold = min(threshold, cfg.exploding_threshold)
+        return threshold
+
+    def vanishing_suspended(self) -> bool:
+        """Whether vanishing verdicts wait: during an explosion, and after one until the loss is back near its best.
+
+        Layers small next to exploding ones are not vanishing. A run recovers from an explosion when its loss (median
+        of the last :data:`LOSS_WINDOW` steps) is back within :data:`RECOVERED_LOSS_FACTOR` times its best level from
+        before; until then it is still the explosion's run, already alerted.
+        """
+        episode = self.episode
+        if episode.exploding_episode:
+            return True
+        if not episode.exploded:
+            return False
+        return self.losses.above(episode.exploded_floor)

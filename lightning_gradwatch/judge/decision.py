@@ -1,0 +1,231 @@
+"""The pure judge: one optimizer step's statistics (floats) in, a frozen :class:`Decision` out.
+
+:class:`StepJudge` owns one optimizer's detector, adaptive clip threshold and loss-scaler bookkeeping. Its
+:meth:`~StepJudge.judge` reads nothing but its arguments and its own state: no tensor, no Trainer, no writer, no
+warning. Measuring before it, counting, writing and acting after it are the engine's (``engine/``) and the actor's
+(``act.py``).
+
+Example:
+    >>> from lightning_gradwatch.config import WatchConfig
+    >>> from lightning_gradwatch.measure.records import StepStats
+    >>> judge = StepJudge(WatchConfig.from_arguments(on_nonfinite="skip"))
+    >>> decision = judge.judge(0, StepStats(("fc",), (float("nan"),), float("nan"), (4,), (1,)))
+    >>> decision.flags, [(a.kind, str(r)) for a, r in decision.alerts], str(decision.health)
+    (Flags(skip=True, stop=False, fail=False), [('nonfinite', 'skip')], 'non-finite')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lightning_gradwatch.alerts import GradientAlert, format_layers
+from lightning_gradwatch.config import WatchConfig
+from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient
+from lightning_gradwatch.judge.context import Verdict
+from lightning_gradwatch.judge.detector import GradientDetector
+from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, by_severity
+from lightning_gradwatch.remedies import ModelTraits
+
+if TYPE_CHECKING:  # annotations only: judging is plain Python and imports no torch
+    from lightning_gradwatch.measure.records import StepStats
+
+__all__ = ["Decision", "Flags", "StepJudge", "failure_of"]
+
+
+@dataclass(frozen=True)
+class Flags:
+    """What to do with a step: drop its update, stop training after it, raise."""
+
+    skip: bool = False
+    stop: bool = False
+    fail: bool = False
+
+    def __or__(self, other: Flags) -> Flags:
+        return Flags(self.skip or other.skip, self.stop or other.stop, self.fail or other.fail)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one optimizer step was found to be, and what should happen to it.
+
+    Attributes:
+        step: the trainer's global step.
+        stats: the step's statistics (``None`` when nothing was measured).
+        verdict: the detectors' verdict (``None`` for an unmeasured or fp16-overflow step).
+        flags: this process's skip / stop / raise.
+        clip_threshold: the total norm this step is clipped to (``None``: no clipping applies).
+        alerts: the alerts to record, each with its response (``"ignore"``d ones are left out).
+        health: ``"ok"``, ``"vanishing"``, ``"exploding"`` or ``"non-finite"``.
+        log: scalars are due at this step; ``histograms``: histograms are.
+        overflow: an fp16 overflow the loss scaler skips by itself (not judged).
+        scaled_nonfinite: a non-finite step under an fp16 loss scaler (counted as an overflow, judged or not).
+    """
+
+    step: int
+    stats: StepStats | None = None
+    verdict: Verdict | None = None
+    flags: Flags = Flags()
+    clip_threshold: float | None = None
+    alerts: tuple[tuple[GradientAlert, Response], ...] = ()
+    health: Health = Health.OK
+    log: bool = False
+    histograms: bool = False
+    overflow: bool = False
+    scaled_nonfinite: bool = False
+
+    @property
+    def failure(self) -> GradientAlert | None:
+        """The alert whose response is ``"raise"``, if any."""
+        return next((a for a, response in self.alerts if response == Response.RAISE), None)
+
+    def clip(self, flags: Flags) -> tuple[float, float] | None:
+        """``(threshold, norm after clipping)`` when the step is clipped under the (reduced) ``flags``."""
+        if self.clip_threshold is None or self.stats is None or flags.skip or flags.stop or not self.stats.finite:
+            return None
+        return self.clip_threshold, self.stats.total_norm * clip_coefficient(self.stats.total_norm, self.clip_threshold)
+
+
+def failure_of(decision: Decision) -> GradientAlert:
+    """The alert a raising step raises: this process's, or a stand-in when another process raised."""
+    alert = decision.failure
+    if alert is None:
+        alert = GradientAlert(
+            AlertKind.NONFINITE, decision.step, (), math.nan, 0.0, "A gradient alert was raised on another rank"
+        )
+    return alert
+
+
+class StepJudge:
+    """Judges the steps of one optimizer: detection, responses, flags, the clip threshold, the health word.
+
+    Args:
+        settings: the configuration (responses, clipping, detection, fp16 overflow patience).
+        index: the optimizer's index (recorded in alerts).
+        traits: what the model looks like, for remedy hints.
+    """
+
+    def __init__(self, settings: WatchConfig, index: int = 0, traits: ModelTraits | None = None) -> None:
+        self.settings = settings
+        self.index = index
+        self.detector = GradientDetector(settings.detection, traits=traits, optimizer=index)
+        clipping = settings.clipping
+        self.clipper = AdaptiveClipThreshold(
+            zscore=clipping.clip_zscore, warmup_steps=clipping.clip_warmup_steps, max_norm=clipping.clip_max_norm
+        )
+        self._overflow_run = 0
+        self._scaled_finite = False  # the run has had a finite step under the loss scaler
+        self._weights_nonfinite = False
+
+    def judge(
+        self,
+        step: int,
+        stats: StepStats,
+        loss: float | None = None,
+        scale: Callable[[], float] | None = None,
+        log: bool = False,
+        histograms: bool = False,
+    ) -> Decision:
+        """Judge one measured step.
+
+        Args:
+            step: the trainer's global step (recorded in alerts).
+            stats: the step's statistics.
+            loss: the last training loss (``None``: not known).
+            scale: the fp16 loss scaler's current scale, read only when needed (``None``: no loss scaler).
+            log: scalars are due at this step (recorded in the decision).
+            histograms: histograms are due at this step (likewise).
+        """
+        scaled_nonfinite = scale is not None and not stats.finite
+        if self._overflowed(stats, scale):
+            return Decision(step, stats, overflow=True, scaled_nonfinite=True)  # nothing to write either
+        if loss is not None:
+            self.detector.observe_loss(loss)
+        verdict = self.detector.update(step, stats)
+        self._check_weights(step, stats, verdict)
+        respond = self.settings.responses.response
+        alerts = tuple((a, respond(a.kind)) for a in verdict.alerts)
+        alerts = tuple((a, r) for a, r in alerts if r != Response.IGNORE)
+        flags = self._flags(verdict, alerts)
+        threshold = None
+        if not (flags.skip or flags.stop) and stats.finite:
+            threshold = self._clip_threshold(stats.total_norm, verdict)
+        health = self._health(verdict)
+        return Decision(
+            step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite
+        )
+
+    def _overflowed(self, stats: StepStats, scale: Callable[[], float] | None) -> bool:
+        """An fp16 overflow step the scaler skips by itself (lowering its scale): not a failure, not a statistic.
+
+        Judged from the scaler's own state. Before the run's first finite step, a scale still above 1 is the scaler
+        searching down from a high start (``init_scale=2**24`` and up take dozens of overflows): recovery, however
+        long. Once the run has been finite, or at a scale of 1 or less (where fp16 cannot overflow from scaling),
+        ``amp_overflow_patience`` overflows in a row mean the gradients themselves are non-finite.
+        """
+        if scale is None or stats.finite:
+            self._overflow_run = 0
+            self._scaled_finite = self._scaled_finite or scale is not None
+            return False
+        if not self._scaled_finite and scale() > 1.0:
+            return True  # still falling from its initial scale
+        self._overflow_run += 1
+        return self._overflow_run < self.settings.measure.amp_overflow_patience
+
+    def _flags(self, verdict: Verdict, alerts: tuple[tuple[GradientAlert, Response], ...]) -> Flags:
+        # a kind's dropping responses drop every step it affects, not only the alerted one: every non-finite step;
+        # with on_exploding="skip", every spike step and the step an explosion is found at (a jump in the first steps,
+        # or a trend, has no spike step)
+        response = self.settings.responses.response
+        skip = any(verdict.affected(kind) and response(kind) in spec.drops for kind, spec in KINDS.items())
+        responses = {r for _, r in alerts}
+        return Flags(skip=skip, stop=Response.STOP in responses, fail=Response.RAISE in responses)
+
+    def _clip_threshold(self, total_norm: float, verdict: Verdict) -> float | None:
+        """The threshold this step is clipped to, when clipping is configured (the adaptive one learns the norm)."""
+        s = self.settings
+        threshold = math.inf
+        if s.clipping.adaptive:
+            threshold = self.clipper.update(total_norm)
+        elif s.clipping.fixed is not None:
+            threshold = s.clipping.fixed
+        if verdict.spike and s.responses.response(AlertKind.EXPLODING) == Response.CLIP:
+            threshold = min(threshold, verdict.spike_threshold)
+        if s.clipping.clip is None and not math.isfinite(threshold):
+            return None
+        return threshold
+
+    def _health(self, verdict: Verdict) -> Health:
+        """The most severe kind whose episode holds at this step, else ``ok``."""
+        return next((KINDS[k].health for k in by_severity() if verdict.in_episode(k)), Health.OK)
+
+    def _check_weights(self, step: int, stats: StepStats, verdict: Verdict) -> None:
+        """On steps that measure parameter norms: NaN/Inf in the weights themselves is a non-finite alert."""
+        if stats.param_norm is None:
+            return
+        bad = tuple(n for n, v in zip(stats.layers, stats.param_norm) if not math.isfinite(v))
+        if not bad or self._weights_nonfinite:
+            self._weights_nonfinite = bool(bad)
+            return
+        self._weights_nonfinite = True
+        verdict.alerts.append(self._weights_alert(step, bad))
+
+    def _weights_alert(self, step: int, bad: tuple[str, ...]) -> GradientAlert:
+        response = self.settings.responses.response(AlertKind.NONFINITE)
+        if response not in KINDS[AlertKind.NONFINITE].drops:
+            cause = (
+                f'An earlier non-finite gradient may have reached them (on_nonfinite="{response}" lets such updates'
+                " through), or they were loaded, initialised or changed that way."
+            )
+        else:
+            cause = (
+                f'Non-finite gradients of the watched parameters are kept out (on_nonfinite="{response}"), so they'
+                " were loaded, initialised or changed that way outside the optimizer's update."
+            )
+        message = (
+            f"Non-finite weights (NaN/Inf) at step {step} in {format_layers(bad)}: the parameters themselves are"
+            f" corrupted, not only a gradient. {cause}" + self.detector.ctx.hints(AlertKind.NONFINITE)
+        )
+        return GradientAlert(AlertKind.NONFINITE, step, bad, math.nan, 0.0, message, self.index, {"what": "weights"})

@@ -1,0 +1,273 @@
+"""Exploding gradients: four rules, and the watch that keeps the episode.
+
+An episode is alerted once, by whichever rule sees it first:
+
+- :class:`Jump`: during the warm-up, a total norm ``exploding_jump_factor`` (10) times the largest norm so far. A
+  learning rate far too high grows the norm by orders of magnitude within two or three steps, before any history
+  exists.
+- :class:`Spikes`: a step is a *spike* when its norm exceeds the spike threshold (``exploding_zscore`` standard
+  deviations of ``log10(total norm)`` over its running mean, at least ``exploding_min_factor`` times the mean, or the
+  absolute ``exploding_threshold``). Spikes move the mean toward a lasting new level (clipped to the spike threshold)
+  but never widen the variance, so an explosion cannot hide by inflating its own threshold. ``exploding_patience``
+  consecutive spikes that are not already falling back (the latest at least half the one before) and whose latest
+  exceeds ``exploding_ceiling_factor`` times the run's *ceiling* (the largest norm of an ordinary step so far,
+  forgetting by a factor 10 per ``exploding_ceiling_memory`` steps) are an explosion: a converged classifier's
+  hard-batch spikes stay below the norms of its early training, a divergence leaves its whole history behind. A lone
+  spike, or one that falls back at once, is counted and not alerted.
+- :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
+  while the training loss rises too (a rising norm with a falling loss is a model taking off, not diverging).
+- :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its best median
+  and above its first value, while the median norm has grown ``exploding_trend_norm_factor`` (3) times since the loss
+  was at its best: Adam/AdamW at a too-high learning rate, whose normalised updates make norm and loss climb together
+  over tens of steps, often without ever producing a NaN.
+
+An episode ends on a step that is no spike, once no rule sustains it (a steady rise in progress) and the loss
+(median) is back within 2x its best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from typing_extensions import override
+
+from lightning_gradwatch.alerts import GradientAlert, format_layers
+from lightning_gradwatch.history import log10_or_none
+from lightning_gradwatch.judge.context import LOSS_WINDOW, Context, Verdict
+from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch
+from lightning_gradwatch.judge.state import as_optional_float, state
+from lightning_gradwatch.kinds import AlertKind, Cause, Rule
+
+if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
+    from lightning_gradwatch.measure.records import StepStats
+
+__all__ = ["EXPLODING_RULES", "ExplodingWatch", "Growth", "Jump", "Spikes", "Trend"]
+
+#: a spike run whose latest step is more than this many decades below the step before (half of it) is falling back:
+#: a transient
+FALLING_BACK = math.log10(2.0)
+#: a steady rise counts steps above the running mean + this many standard deviations ...
+GROWTH_ZSCORE = 2.0
+#: ... and at least this share of the spike's least margin (``log10(exploding_min_factor)``) above the mean
+GROWTH_MARGIN_SHARE = 0.5
+#: the trend rule needs at least this many losses in its window
+TREND_MIN_LOSSES = 3
+
+
+@dataclass(eq=False)
+class Jump(ExplodingRule):
+    """Orders of magnitude within the first steps: no history is needed to see that."""
+
+    name: ClassVar[Rule] = Rule.JUMP
+    settings: ClassVar[tuple[str, ...]] = ("exploding_jump_factor",)
+
+    @override
+    def fires(self, step: NormStep) -> bool:
+        norms = self.ctx.norms
+        return (
+            not norms.warm
+            and step.x is not None
+            and norms.peak is not None
+            and step.x > norms.peak + math.log10(self.config.exploding_jump_factor)
+        )
+
+    @override
+    def describe(self, step: NormStep) -> Finding:
+        peak = 10 ** (self.ctx.norms.peak or 0.0)
+        what = (
+            f"total norm {step.norm:.4g} is {step.norm / peak:.3g}x the largest norm of the run's first steps"
+            f" ({peak:.4g}): it grew by orders of magnitude from the start"
+        )
+        return Finding(what, Cause.STARTUP, step.norm, self.config.exploding_jump_factor * peak)
+
+
+@dataclass(eq=False)
+class Spikes(ExplodingRule):
+    """Consecutive spikes are an explosion once they leave the run's whole history behind."""
+
+    spike_run: int = state(0, load=int)
+
+    name: ClassVar[Rule] = Rule.SPIKES
+    settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor")
+
+    def __post_init__(self) -> None:
+        self._falling_back = False  # this step's spike run already falls back
+
+    def observe(self, step: NormStep) -> None:
+        """Count a spike step (a step that is not a spike ends the run)."""
+        self._falling_back = False
+        if not step.spike:
+            self.spike_run = 0
+            return
+        self.ctx.counts.add("spikes")
+        self.spike_run += 1
+        previous = self.ctx.norms.previous
+        # a spike run that already falls back fast (below half its previous step) is a transient, not a trend
+        self._falling_back = step.x is not None and previous is not None and step.x < previous - FALLING_BACK
+
+    @override
+    def fires(self, step: NormStep) -> bool:
+        cfg, ceiling = self.config, self.ctx.norms.ceiling
+        absolute = cfg.exploding_threshold is not None and step.norm > cfg.exploding_threshold
+        beyond = ceiling is None or (step.x is not None and step.x > ceiling + math.log10(cfg.exploding_ceiling_factor))
+        return self.spike_run >= cfg.exploding_patience and not self._falling_back and (absolute or beyond)
+
+    @override
+    def describe(self, step: NormStep) -> Finding:
+        ceiling = self.ctx.norms.ceiling
+        what = (
+            f"total norm {step.norm:.4g} for {self.spike_run} consecutive steps above the spike threshold"
+            f" {step.threshold:.4g} (typical norm so far {10**self.ctx.norms.mean:.4g}"
+            + (f", largest ordinary norm {10**ceiling:.4g}" if ceiling is not None else "")
+            + ")"
+        )
+        return Finding(what, Cause.OUTLIER, step.norm, step.threshold)
+
+
+@dataclass(eq=False)
+class Growth(ExplodingRule):
+    """A steady rise of the norm, long enough, while the loss rose too."""
+
+    growth_run: int = state(0, load=int)
+    growth_loss: float | None = state(None, load=as_optional_float)  # the loss when the rise began
+
+    name: ClassVar[Rule] = Rule.GROWTH
+    settings: ClassVar[tuple[str, ...]] = ("exploding_growth_steps",)
+
+    def observe(self, step: NormStep) -> None:
+        """Count consecutive steps that each rise above the previous one while above mean + 2 std."""
+        norms, x = self.ctx.norms, step.x
+        margin = max(GROWTH_ZSCORE * norms.std, GROWTH_MARGIN_SHARE * math.log10(self.config.exploding_min_factor))
+        elevated = norms.mean + margin
+        if norms.warm and x is not None and norms.previous is not None and x > elevated and x > norms.previous:
+            if self.growth_run == 0:
+                self.growth_loss = self.ctx.losses.last_loss
+            self.growth_run += 1
+        else:
+            self.growth_run = 0
+            self.growth_loss = None
+
+    @override
+    def fires(self, step: NormStep) -> bool:
+        last_loss = self.ctx.losses.last_loss
+        return (
+            self.growth_run >= self.config.exploding_growth_steps
+            and last_loss is not None
+            and self.growth_loss is not None
+            and last_loss > self.growth_loss
+        )
+
+    @override
+    def sustains(self) -> bool:
+        return self.growth_run > 0
+
+    @override
+    def describe(self, step: NormStep) -> Finding:
+        what = (
+            f"total norm {step.norm:.4g} has risen for {self.growth_run} consecutive steps while the loss rose too"
+            f" (typical norm so far {10**self.ctx.norms.mean:.4g}; a single step becomes a spike above"
+            f" {step.threshold:.4g})"
+        )
+        return Finding(what, Cause.GROWTH, step.norm, step.threshold)
+
+
+@dataclass(eq=False)
+class Trend(ExplodingRule):
+    """The loss has climbed well above its best while the norm grew with it (medians of 5 steps)."""
+
+    name: ClassVar[Rule] = Rule.TREND
+    settings: ClassVar[tuple[str, ...]] = ("exploding_trend_loss_factor", "exploding_trend_norm_factor")
+
+    @override
+    def fires(self, step: NormStep) -> bool:
+        losses, cfg = self.ctx.losses, self.config
+        floor, first, start = losses.loss_floor, losses.first_loss, losses.norm_at_floor
+        if losses.compared is None or floor is None or first is None or start is None:
+            return False
+        loss, level = losses.compared
+        return (
+            len(losses.recent_losses) >= TREND_MIN_LOSSES
+            and loss >= cfg.exploding_trend_loss_factor * floor
+            and loss > first
+            and level >= start + math.log10(cfg.exploding_trend_norm_factor)
+        )
+
+    @override
+    def describe(self, step: NormStep) -> Finding:
+        losses = self.ctx.losses
+        loss, floor = losses.recent_losses.median(), losses.loss_floor or 0.0
+        ratio = loss / floor if floor > 0 else math.inf
+        level, start = 10 ** losses.recent_norms.median(), 10 ** (losses.norm_at_floor or 0.0)
+        what = (
+            f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its best level ({floor:.4g}) and above its first"
+            f" value, while the total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW}"
+            " steps)"
+        )
+        return Finding(what, Cause.GROWTH, ratio, self.config.exploding_trend_loss_factor)
+
+
+#: The exploding rules, in order of precedence: each observes every finite step in this order, and the first that
+#: fires names the alert.
+EXPLODING_RULES: tuple[type[ExplodingRule], ...] = (Jump, Spikes, Growth, Trend)
+
+
+class ExplodingWatch(RuleWatch):
+    """The exploding episode over the rules of :data:`EXPLODING_RULES` (see the module docstring).
+
+    Owns the spike settings (what a spike is: ``exploding_zscore``, ``exploding_min_factor``,
+    ``exploding_threshold``).
+    """
+
+    kind = AlertKind.EXPLODING
+    settings = ("exploding_zscore", "exploding_min_factor", "exploding_threshold")
+    rules: tuple[ExplodingRule, ...]
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx, EXPLODING_RULES)
+
+    def update(self, step: int, stats: StepStats, verdict: Verdict) -> bool:
+        """Judge one finite step: spikes, the rules, the episode, then learn the step's norm; judging goes on."""
+        ctx = self.ctx
+        threshold = ctx.spike_threshold()
+        x = log10_or_none(stats.total_norm)
+        now = NormStep(step, stats, x, threshold, stats.total_norm > threshold)
+        verdict.spike_threshold, verdict.spike = threshold, now.spike
+        ctx.norms.forget()
+        for rule in self.rules:
+            rule.observe(now)
+        ctx.losses.observe_norm(x)  # keeps the loss's best, for the trend and the episode
+        fired = next((rule for rule in self.rules if rule.fires(now)), None)
+        self._episode(now, fired, verdict)
+        ctx.norms.previous = x
+        if x is not None:
+            ctx.norms.learn(x, threshold, now.spike)
+        verdict.exploding = ctx.episode.exploding_episode
+        return True
+
+    def _episode(self, now: NormStep, fired: ExplodingRule | None, verdict: Verdict) -> None:
+        """An explosion found now starts an episode (alerted once); a quiet step may end one."""
+        episode = self.ctx.episode
+        if fired is not None:
+            if not episode.exploding_episode:
+                episode.start(self.ctx.losses.loss_floor)
+                verdict.alerts.append(self._alert(now, fired))
+        elif not now.spike and not any(rule.sustains() for rule in self.rules) and not self._loss_still_up():
+            episode.exploding_episode = False
+
+    def _loss_still_up(self) -> bool:
+        """Whether the loss (median of the last 5 steps) is still above 2x its best: an episode lasts that long."""
+        floor = self.ctx.losses.loss_floor
+        return self.ctx.losses.above(None if floor is None else max(floor, 0.0))
+
+    def _alert(self, now: NormStep, rule: ExplodingRule) -> GradientAlert:
+        ctx = self.ctx
+        found = rule.describe(now)
+        layers = ctx.largest_layers(now.stats)
+        message = (
+            f"Exploding gradients at step {now.step}: {found.what}. Largest in: {format_layers(layers)}."
+            + ctx.hints(self.kind, found.cause)
+        )
+        extra = {"rule": rule.name.value}
+        return GradientAlert(self.kind, now.step, layers, found.value, found.threshold, message, ctx.optimizer, extra)

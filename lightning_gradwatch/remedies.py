@@ -1,0 +1,129 @@
+"""Remedy hints: what to try, given what was seen and what the model looks like (``kinds.KINDS`` names them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lightning_gradwatch._enum import StrEnum
+
+__all__ = ["Cause", "ModelTraits", "exploding_remedies", "nonfinite_remedies", "vanishing_remedies"]
+
+_CLIP = 'clip gradients: GradWatch(clip="adaptive"), or GradWatch(on_exploding="clip") for the spike steps only'
+
+
+class Cause(StrEnum):
+    """What a detection rule saw, for the remedy hints.
+
+    Example:
+        >>> Cause.DEAD == "dead", f"{Cause.DEAD}"
+        (True, 'dead')
+    """
+
+    STARTUP = "startup"  # exploding: orders of magnitude within the first steps
+    GROWTH = "growth"  # exploding: norm and loss climbing together over many steps
+    OUTLIER = "outlier"  # exploding: spikes far beyond the run's history, as bad batches give
+    DEAD = "dead"  # vanishing: gradients exactly zero
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the remedy hints need to know about a model, read once from its modules.
+
+    Example:
+        >>> import torch
+        >>> ModelTraits.from_module(torch.nn.Sequential(torch.nn.RNN(2, 2), torch.nn.Tanh()))
+        ModelTraits(saturating_activations=True, vanilla_rnn=True, normalisation=False)
+    """
+
+    saturating_activations: bool = False
+    vanilla_rnn: bool = False
+    normalisation: bool = False
+
+    @classmethod
+    def from_module(cls, module: Any) -> ModelTraits:
+        """Inspect ``module.modules()`` by type name (no import of the classes needed)."""
+        names = {type(m).__name__ for m in module.modules()}
+        saturating = bool(names & {"Sigmoid", "Tanh", "Hardtanh", "Softsign", "LogSigmoid", "Hardsigmoid"})
+        rnn = "RNN" in names or "RNNCell" in names
+        norm = any(n.endswith(("Norm", "Norm1d", "Norm2d", "Norm3d")) or "Norm" in n for n in names)
+        return cls(saturating_activations=saturating, vanilla_rnn=rnn, normalisation=norm)
+
+
+def nonfinite_remedies(traits: ModelTraits, cause: Cause | str | None = None) -> list[str]:
+    """Hints for NaN/Inf gradients (whatever the model).
+
+    Example:
+        >>> nonfinite_remedies(ModelTraits())[0]
+        'look for NaN/Inf in the inputs, labels or loss of the batches at this step'
+    """
+    return [
+        "look for NaN/Inf in the inputs, labels or loss of the batches at this step",
+        "guard divisions, logs and square roots in the loss (add an epsilon)",
+        'lower the learning rate and clip gradients (GradWatch(clip="adaptive"))',
+        "with fp16, prefer bf16-mixed precision or keep the loss scaler enabled",
+    ]
+
+
+def vanishing_remedies(traits: ModelTraits, cause: Cause | str | None = None) -> list[str]:
+    """Hints for vanishing gradients; ``cause="dead"``: gradients exactly zero.
+
+    Example:
+        >>> vanishing_remedies(ModelTraits(vanilla_rnn=True))[0]
+        'replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long sequences)'
+    """
+    hints: list[str] = []
+    if cause == Cause.DEAD:
+        hints.append(
+            "lower the learning rate: one too-high step can push every ReLU unit negative for all inputs, and a dead"
+            " unit never recovers"
+        )
+        hints.append("use LeakyReLU or GELU, which keep a gradient for negative inputs")
+        hints.append("check that no part of the model is frozen, detached (.detach(), torch.no_grad) or unused")
+        return hints
+    if traits.vanilla_rnn:
+        hints.append(
+            "replace the vanilla nn.RNN with nn.LSTM or nn.GRU (gated cells keep gradients alive over long sequences)"
+        )
+    if traits.saturating_activations:
+        hints.append("replace sigmoid/tanh activations with a ReLU-family activation (ReLU, LeakyReLU, GELU)")
+    if not traits.normalisation:
+        hints.append("add normalisation layers (BatchNorm, LayerNorm)")
+    hints.append("add residual (skip) connections around deep stacks")
+    hints.append("use He (Kaiming) initialisation for ReLU-family layers, Xavier (Glorot) for tanh/sigmoid")
+    if not traits.saturating_activations and not traits.vanilla_rnn:
+        hints.append("check for dead ReLUs (LeakyReLU or GELU avoid them) and for frozen or detached layers")
+    return hints
+
+
+def exploding_remedies(traits: ModelTraits, cause: Cause | str | None = None) -> list[str]:
+    """Hints for exploding gradients; ``cause``: ``"startup"``, ``"growth"`` or ``"outlier"`` (the default).
+
+    Example:
+        >>> exploding_remedies(ModelTraits(), "outlier")[0]
+        'check the inputs and labels of the batches at this step for outliers or corruption'
+    """
+    hints: list[str] = []
+    if cause == Cause.STARTUP:
+        hints.append(
+            "lower the learning rate, by 10x or more: a gradient norm that grows by orders of magnitude within the"
+            " first steps means each update overshoots"
+        )
+        hints.append("add a learning-rate warm-up")
+        hints.append(_CLIP)
+    elif cause == Cause.GROWTH:
+        hints.append(
+            "lower the learning rate: a gradient norm and a loss that climb together over many steps are the mark of"
+            " a learning rate too high for the model (under Adam/AdamW such a run may never produce a NaN)"
+        )
+        hints.append("add a learning-rate warm-up, or lengthen it")
+        hints.append(_CLIP)
+    else:
+        hints.append("check the inputs and labels of the batches at this step for outliers or corruption")
+        hints.append(_CLIP)
+        hints.append("lower the learning rate, or add a learning-rate warm-up")
+    if traits.vanilla_rnn:
+        hints.append("replace the vanilla nn.RNN with nn.LSTM or nn.GRU")
+    if not traits.normalisation:
+        hints.append("add normalisation layers (BatchNorm, LayerNorm)")
+    return hints
