@@ -320,3 +320,32 @@ def test_fabric_ddp_stops_every_rank_together(tmp_path):
     report = json.loads(reports[0].read_text())
     assert [(a["kind"], a["step"]) for a in report["alerts"]] == [("nonfinite", 5)]  # DDP averaged the NaN in
     assert report["events"]["skipped_steps"] == 1
+
+
+# ---------------------------------------------------------------------------------------- the examples
+def _run_example(name: str, *argv: str) -> Any:
+    import runpy
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    return runpy.run_path(str(path))["main"](list(argv))
+
+
+def test_plain_loop_example(tmp_path):
+    outcome = _run_example("plain_loop", "--quick", "--out", str(tmp_path))
+    watched, clipped = outcome["watched"], outcome["clipped"]
+    assert watched["alerts"][:1] == [("exploding", 61)]
+    assert watched["steps"] <= 63
+    assert watched["finite_weights"]
+    assert clipped["alerts"] == []
+    assert clipped["steps"] == 100
+    assert clipped["last_loss"] < 0.5
+    assert gradwatch("check", str(tmp_path / "watched")).returncode == 1
+    assert gradwatch("check", str(tmp_path / "clipped")).returncode == 0
+
+
+def test_fabric_loop_example(tmp_path):
+    outcome = _run_example("fabric_loop", "--quick", "--out", str(tmp_path))
+    assert outcome["steps"] == 60
+    assert outcome["finite_weights"]
+    assert outcome["alerts"] == [("nonfinite", 30)]
+    assert gradwatch("check", str(tmp_path)).returncode == 1
