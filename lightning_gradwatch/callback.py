@@ -348,9 +348,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        # Ctrl+C, and SIGTERM (Lightning raises its SIGTERMException, a SystemExit), interrupt a run; the rest fail it
-        status = RunStatus.INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SystemExit)) else RunStatus.FAILED
-        self._session.end(status, error=f"{type(exception).__name__}: {exception}")
+        self._session.fail(exception)  # Lightning raises its SIGTERMException, a SystemExit: interrupted
 
     # ------------------------------------------------------------------ the step
     @override
