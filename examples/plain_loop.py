@@ -64,7 +64,7 @@ def train(watch: GradWatch, log_dir: str, steps: int) -> dict[str, Any]:
                 if loop.step(optimizer, loss):  # False: this step's update was dropped (skip or stop)
                     optimizer.step()
                 optimizer.zero_grad()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 if loop.should_stop or len(losses) == steps:
                     break
     return {
