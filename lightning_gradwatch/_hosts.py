@@ -84,6 +84,7 @@ class LoopHost(LocalHost):
         self.scaler = scaler
         self.loggers: list[Any] = []
         self.plain_group: Any = None
+        self.log_name = "lightning_gradwatch"  # the Python logger of GradWatch's messages
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.world_size = dist.get_world_size() if distributed else 1
         self.is_global_zero = dist.get_rank() == 0 if distributed else True
@@ -150,6 +151,8 @@ class FabricHost(LoopHost):
         self.is_global_zero = bool(fabric.is_global_zero)
         self.world_size = int(fabric.world_size)
         self.loggers = list(fabric.loggers)
+        root = "lightning.fabric" if type(fabric).__module__.startswith("lightning.fabric") else "lightning_fabric"
+        self.log_name = f"{root}.gradwatch"  # under Fabric's logger, whose INFO messages are shown
         self.plain_group = _plain_shard_group(fabric)
         scaler = getattr(getattr(fabric.strategy, "precision", None), "scaler", None)
         self.scaler = scaler if scaler is not None and _scaler_enabled(scaler) else None

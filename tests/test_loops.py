@@ -128,7 +128,7 @@ def test_plain_loop_gives_the_trainers_numbers_and_alerts(tmp_path):
             return _data()
 
     trainer_watch = GradWatch(on_nonfinite="skip", log_every_n_steps=1, images=False)
-    trainer = pl.Trainer(callbacks=[trainer_watch], **trainer_kwargs(tmp_path / "trainer"))
+    trainer = pl.Trainer(callbacks=[trainer_watch], **trainer_kwargs(tmp_path / "trainer", log_every_n_steps=1))
     with pytest.warns(GradientWarning):
         trainer.fit(Module())
     loop_watch = GradWatch(on_nonfinite="skip", log_every_n_steps=1, images=False)
