@@ -1,6 +1,7 @@
 """lightning-gradwatch: a gradient-health instrument for PyTorch Lightning.
 
-``GradWatch`` is imported lazily, so ``lightning_gradwatch.cli`` and the pure modules load without Lightning.
+``GradWatch`` (and ``WatchedLoop``, the loop ``watch.loop(model)`` watches) are imported lazily, so
+``lightning_gradwatch.cli`` and the pure modules load without Lightning.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 from lightning_gradwatch._version import __version__
 from lightning_gradwatch.alerts import GradientAlert, GradientAlertError, GradientWarning
 
-__all__ = ["GradWatch", "GradientAlert", "GradientAlertError", "GradientWarning", "__version__"]
+__all__ = ["GradWatch", "GradientAlert", "GradientAlertError", "GradientWarning", "WatchedLoop", "__version__"]
 
 if TYPE_CHECKING:
     from lightning_gradwatch.callback import GradWatch
+    from lightning_gradwatch.loop import WatchedLoop
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from lightning_gradwatch.callback import GradWatch
 
         return GradWatch
+    if name == "WatchedLoop":
+        from lightning_gradwatch.loop import WatchedLoop
+
+        return WatchedLoop
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

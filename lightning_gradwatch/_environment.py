@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lightning_gradwatch.act.actor import agree
 from lightning_gradwatch.engine.environment import (
     LIGHTNING_LOG_EVERY,
     MIN_POINTS,
@@ -145,9 +146,7 @@ def reduce_flags(trainer: Any, env: Environment, flags: Flags) -> Flags:
     if env.world_size <= 1:
         return flags
     device = getattr(trainer.strategy, "root_device", torch.device("cpu"))
-    values = torch.tensor([float(flags.skip), float(flags.stop), float(flags.fail)], device=device)
-    skip, stop, fail = (v > 0 for v in trainer.strategy.reduce(values, reduce_op="sum").tolist())
-    return replace(flags, skip=skip, stop=stop, fail=fail)
+    return agree(flags, lambda values: trainer.strategy.reduce(values, reduce_op="sum"), device)
 
 
 def log_name(trainer: Any) -> str:

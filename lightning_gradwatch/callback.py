@@ -8,6 +8,7 @@ Lightning's hooks tell: the last training loss and the batch index.
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Mapping
 from typing import Any, Literal, Union
 
@@ -23,7 +24,7 @@ from lightning_gradwatch._environment import (
     probe,
     run_cadence,
 )
-from lightning_gradwatch._lightning import CALLBACK_BASES, MISSING_LIGHTNING
+from lightning_gradwatch._lightning import CALLBACK_BASES
 from lightning_gradwatch._validation import Granularity
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.config import (
@@ -37,6 +38,7 @@ from lightning_gradwatch.config import (
 )
 from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, RunStatus, VanishingResponse
+from lightning_gradwatch.loop import WatchedLoop
 
 __all__ = ["ExplodingResponse", "GradWatch", "NonfiniteResponse", "VanishingResponse"]
 
@@ -69,6 +71,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     to ``None``, so the optimizer leaves weights and state such as Adam moments untouched); ``"ignore"`` does
     nothing. Every response except ``"ignore"`` records the alert in :attr:`alerts`, in TensorBoard
     (``gradwatch/alerts``) and in ``gradwatch.json``.
+
+    Without a Trainer, :meth:`loop` watches a training loop you write, plain PyTorch or Lightning Fabric, through the
+    same engine: the same charts, alerts, responses and report (this needs no Lightning installed for plain loops).
 
     Args:
         on_vanishing: response to sustained vanishing gradients: ``"warn"``, ``"raise"``, ``"stop"`` or
@@ -157,7 +162,6 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     Raises:
         ValueError: for an argument outside its allowed values (the message lists them).
         TypeError: for an argument of the wrong type.
-        ModuleNotFoundError: when neither ``lightning`` nor ``pytorch-lightning`` is installed.
 
     Example:
         >>> import os, tempfile, torch
@@ -209,8 +213,6 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         overhead_budget: float | None = OutputConfig.overhead_budget,
         progress_bar: bool = OutputConfig.progress_bar,
     ) -> None:
-        if not CALLBACK_BASES:
-            raise ModuleNotFoundError(MISSING_LIGHTNING)
         super().__init__()
         #: the configuration, one checked group per part; each argument also reads back as an attribute
         self.settings = WatchConfig(
@@ -308,6 +310,39 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         """The configuration as plain values (written to ``gradwatch.json``)."""
         return self.settings.to_dict()
 
+    def loop(
+        self,
+        model: torch.nn.Module,
+        *,
+        log_dir: str | os.PathLike[str] | None = None,
+        fabric: Any = None,
+        scaler: Any = None,
+    ) -> WatchedLoop:
+        """Watch a training loop you write, plain PyTorch or Lightning Fabric, with this GradWatch's settings.
+
+        Call ``loop.step(optimizer, loss)`` between ``backward`` and ``optimizer.step()``; see
+        :class:`~lightning_gradwatch.loop.WatchedLoop` for the output, fp16 and distributed behaviour.
+
+        Args:
+            model: the model being trained (layers are named after it, inside Fabric's or DDP's wrapper).
+            log_dir: a directory for TensorBoard event files and ``gradwatch.json``.
+            fabric: the loop's ``lightning.fabric.Fabric``: its loggers, ranks and precision plugin are used.
+            scaler: a plain loop's fp16 ``torch.amp.GradScaler``: gradients are unscaled before measuring.
+
+        Example:
+            >>> import torch
+            >>> model = torch.nn.Linear(4, 1)
+            >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> watch = GradWatch()
+            >>> with watch.loop(model) as loop:  # no log_dir: detection and responses only
+            ...     model(torch.randn(8, 4)).pow(2).mean().backward()
+            ...     if loop.step(optimizer):
+            ...         optimizer.step()
+            >>> loop.global_step, watch.alerts
+            (1, [])
+        """
+        return WatchedLoop(self._session, model, log_dir=log_dir, fabric=fabric, scaler=scaler)
+
     @property
     def alerts(self) -> list[GradientAlert]:
         """The alerts recorded so far (every response but ``"ignore"`` records them), in step order."""
@@ -348,9 +383,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        # Ctrl+C, and SIGTERM (Lightning raises its SIGTERMException, a SystemExit), interrupt a run; the rest fail it
-        status = RunStatus.INTERRUPTED if isinstance(exception, (KeyboardInterrupt, SystemExit)) else RunStatus.FAILED
-        self._session.end(status, error=f"{type(exception).__name__}: {exception}")
+        self._session.fail(exception)  # Lightning raises its SIGTERMException, a SystemExit: interrupted
 
     # ------------------------------------------------------------------ the step
     @override

@@ -31,6 +31,7 @@ def test_top_level_exports():
         "GradientAlert",
         "GradientAlertError",
         "GradientWarning",
+        "WatchedLoop",
         "__version__",
     }
     for name in lightning_gradwatch.__all__:

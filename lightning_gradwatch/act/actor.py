@@ -11,14 +11,18 @@ The training loop is seen through a :class:`Host`: how the processes agree on fl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
+
+import torch
+from torch import Tensor
 
 from lightning_gradwatch.act.scaling import GradientSource, drop_gradients_, scale_gradients_
 from lightning_gradwatch.alerts import GradientAlertError
 from lightning_gradwatch.judge.clipping import clip_coefficient
 from lightning_gradwatch.judge.decision import Decision, Flags, failure_of
 
-__all__ = ["Host", "LocalHost", "act"]
+__all__ = ["Host", "LocalHost", "act", "agree"]
 
 
 class Host(Protocol):
@@ -52,6 +56,23 @@ class LocalHost:
     def stop(self) -> None:
         """Remember that training should stop."""
         self.stopped = True
+
+
+def agree(flags: Flags, sum_over_processes: Callable[[Tensor], Tensor], device: Any = "cpu") -> Flags:
+    """The flags every process agrees on: a flag raised on any process holds on all of them.
+
+    Args:
+        flags: this process's flags.
+        sum_over_processes: sums a tensor over the processes (an all-reduce); every process calls it once.
+        device: where the collective wants its tensor (the process group's device).
+
+    Example:
+        >>> agree(Flags(stop=True), lambda t: t * 2)  # two processes, both saying stop
+        Flags(skip=False, stop=True, fail=False)
+    """
+    values = torch.tensor([float(flags.skip), float(flags.stop), float(flags.fail)], device=device)
+    skip, stop, fail = (v > 0 for v in sum_over_processes(values).tolist())
+    return Flags(skip=skip, stop=stop, fail=fail)
 
 
 def act(

@@ -21,9 +21,9 @@ Example:
     >>> model(torch.full((2, 4), float("nan"))).sum().backward()
     >>> import warnings
     >>> with warnings.catch_warnings(record=True):
-    ...     session.step(LocalHost(), optimizer, model, step=0)
-    >>> [a.kind for a in session.alerts], model.weight.grad is None  # alerted, and the update was dropped
-    (['nonfinite'], True)
+    ...     flags = session.step(LocalHost(), optimizer, model, step=0)
+    >>> [a.kind for a in session.alerts], flags.skip, model.weight.grad is None  # alerted, the update dropped
+    (['nonfinite'], True, True)
     >>> session.end("finished")
 """
 
@@ -42,7 +42,7 @@ from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.engine.environment import Environment, exempt_parameters, named_parameters
 from lightning_gradwatch.engine.lane import Lane
-from lightning_gradwatch.judge.decision import failure_of
+from lightning_gradwatch.judge.decision import Decision, Flags, failure_of
 from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import RunSummary
 from lightning_gradwatch.write.budget import OverheadBudget
@@ -130,6 +130,12 @@ class Session:
         fit.progress.detach()
         fit.output.finish(RunStatus(status), error)
 
+    def fail(self, exception: BaseException) -> None:
+        """The fit ends with ``exception``: interrupted by Ctrl+C or SIGTERM (a ``SystemExit``), else failed."""
+        interrupted = isinstance(exception, (KeyboardInterrupt, SystemExit))
+        status = RunStatus.INTERRUPTED if interrupted else RunStatus.FAILED
+        self.end(status, error=f"{type(exception).__name__}: {exception}")
+
     def _at_exit(self) -> None:
         self.end(RunStatus.FAILED, error="the process exited during training")
 
@@ -145,7 +151,7 @@ class Session:
         count: int = 1,
         loss: Tensor | None = None,
         where: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> Flags:
         """Measure, judge, write and act on one optimizer step (its gradients final, before the optimizer steps).
 
         Args:
@@ -157,16 +163,21 @@ class Session:
             count: how many optimizers the run has.
             loss: the last training loss (a one-element tensor, read in the step's one transfer).
             where: where the step's batch came from (``epoch``, ``batch_idx``), for the report's bad batches.
+
+        Returns:
+            The flags every process agreed on (no flag when the step was not judged): with ``skip`` or ``stop``,
+            the step's gradients were dropped.
         """
         fit = self.fit
         if fit is None:
-            return
+            return Flags()
         started = time.perf_counter()
-        kind = (False, False)
+        decision, flags = Decision(step), Flags()
         try:
-            kind = self._step(fit, host, optimizer, module, step, index, count, loss, where or {})
+            decision, flags = self._step(fit, host, optimizer, module, step, index, count, loss, where or {})
         finally:  # GradWatch's own time, for the overhead budget
-            fit.output.step_timed(started, time.perf_counter() - started, *kind)
+            fit.output.step_timed(started, time.perf_counter() - started, decision.histograms, decision.log)
+        return flags
 
     def _step(
         self,
@@ -179,8 +190,8 @@ class Session:
         count: int,
         loss: Tensor | None,
         where: Mapping[str, Any],
-    ) -> tuple[bool, bool]:
-        """The pipeline of one step; returns whether it was a histogram and a log step."""
+    ) -> tuple[Decision, Flags]:
+        """The pipeline of one step; returns the decision and the flags the processes agreed on."""
         fit.output.write_drawn()
         lane = self._lane(fit, index, count, optimizer, module)
         lane.hist_every = fit.output.histogram_every(lane)
@@ -189,7 +200,7 @@ class Session:
         if decision.stats is None:
             fit.output.no_gradients(index, decision.step)
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
-            return decision.histograms, decision.log
+            return decision, Flags()
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision)
         flags = host.reduce(decision.flags)
@@ -198,7 +209,7 @@ class Session:
         if flags.fail:
             fit.output.finish(RunStatus.FAILED, error=failure_of(decision).message.splitlines()[0])
         act(decision, flags, optimizer, host, lane.collector)
-        return decision.histograms, decision.log
+        return decision, flags
 
     def _lane(self, fit: Fit, index: int, count: int, optimizer: Any, module: Any) -> Lane:
         """This optimizer's lane, watching the optimizer's current parameters under their cleaned names."""
