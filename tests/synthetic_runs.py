@@ -18,7 +18,8 @@ from lightning_gradwatch._names import SPIKE_THRESHOLD, TOTAL_NORM_MAX
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.report import RunSummary, build_report, write_report
 from lightning_gradwatch.stats import StepStats
-from lightning_gradwatch.writers import _TensorBoardSink, alert_text, step_scalars
+from lightning_gradwatch.write.content import alert_text, step_scalars
+from lightning_gradwatch.write.tensorboard import TensorBoardSink
 
 
 def write_synthetic_run(
@@ -44,7 +45,7 @@ def write_synthetic_run(
         " 1e-05x the largest layer's.\nRemedies:\n  - add residual (skip) connections around deep stacks",
     )
     writer = SummaryWriter(str(directory))
-    sink = _TensorBoardSink(writer)
+    sink = TensorBoardSink(writer)
     for step in range(steps):
         scale = 30.0 if step == spike else 1.0
         norms = tuple(scale * 10 ** (d + rng.gauss(0, 0.1)) for d in decades)
