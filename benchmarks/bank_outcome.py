@@ -7,11 +7,12 @@
   total gradient norms; ``N_best``: the smoothed norm when the loss was at its best.
 - **nonfinite** / **diverged (NaN)**: the first step ``n`` with a non-finite loss or gradient (fp16 overflow steps
   that the loss scaler skips by itself, by GradWatch's own rule, do not count). If one of the 10 steps before ``n``
-  shows a climb (a loss at 2x or more of the best smoothed loss before it, or a total norm 10x or more the median
-  norm of the steps before the climb), the run **diverged** and its deadline is ``n - 2`` (an exploding alert must
-  come two steps before the first NaN); when even the climb's first step comes after ``n - 2``, the run is marked
-  *sudden* and its deadline is ``n - 1``. With no climb, the non-finite value came from nowhere (a NaN batch): the
-  verdict is **nonfinite**, deadline ``n``: the non-finite alert at that step, nothing before it.
+  shows a climb (a loss at 2x or more of the best smoothed loss before it and at least 0.1x the start, or a total
+  norm 10x or more the median norm of the steps before the climb), the run **diverged** and its deadline is
+  ``n - 2`` (an exploding alert must come two steps before the first NaN); when even the climb's first step comes
+  after ``n - 2``, the run is marked *sudden* and its deadline is ``n - 1``. With no climb, the non-finite value
+  came from nowhere (a NaN batch): the verdict is **nonfinite**, deadline ``n``: the non-finite alert at that step,
+  nothing before it.
 - **diverged** (no NaN): from some step ``t`` on, for 5 consecutive steps (or to the run's end), either the
   smoothed loss is 10x its best and (above its start, or at least 0.1x its start with the smoothed norm 10x
   ``N_best``: a near-zero loss wandering between 1e-5 and 1e-4 has not diverged), or the smoothed
@@ -105,10 +106,12 @@ def _climb_start(trace: Trace, n: int, norms: dict[int, float]) -> int | None:
     begin = max(0, n - CLIMB_LOOKBACK)
     before = [norms[s] for s in range(begin) if s in norms] or [norms[s] for s in range(min(2, n)) if s in norms]
     reference = statistics.median(before) if before else None
+    start = statistics.median(trace.losses[:SMOOTH]) if n >= SMOOTH else math.nan
     for t in range(begin, n):
         best = min((v for v in smooth[: max(t - 1, 0) + 1] if math.isfinite(v)), default=math.nan)
         loss = trace.losses[t]
-        if t > 0 and math.isfinite(best) and loss >= 2.0 * best:
+        near_zero = math.isfinite(start) and loss < NEAR_ZERO * start  # noise of a converged loss, not a climb
+        if t > 0 and math.isfinite(best) and loss >= 2.0 * best and not near_zero:
             return t
         if reference and norms.get(t, 0.0) >= 10.0 * reference:
             return t
