@@ -4,13 +4,14 @@
     python benchmarks/bank.py score [--traces FILE] [--rules NAME,...] [--failures] [--outcomes]
     python benchmarks/bank.py lightning [--traces FILE]    # each family through a real Trainer vs the plain loop
 
-``record`` trains every run of ``bank_runs.generate()`` (212 runs, about 10 minutes on one core; ``--quick``: 84
-of them) in plain loops measuring where GradWatch measures, and writes their traces. ``score`` replays the traces
-through today's detector (``baseline``) and the candidate rules of ``bank_rules`` and prints, for each, the tables
-by family, optimizer, schedule and event, and the leave-one-family-out table: for each family, the constants
-chosen from the detector's small grid on all the other families, scored on the left-out one. ``lightning`` trains
-the runs marked ``lightning`` (at least one per family, and the issue's two) through a real Trainer with
-``GradWatch(on_*="warn")`` and compares the callback's alerts with the replay of the plain loop's trace.
+``record`` trains every run of ``bank_runs.generate()`` (422 runs, 7-9 minutes on one core; ``--quick``: 82 of
+them, about 2 minutes) in plain loops measuring where GradWatch measures, and writes their traces. ``score``
+replays the traces through today's detector (``baseline``) and the candidate rules of ``bank_rules`` and prints,
+for each, the tables by family (``--all-tables``: also by optimizer, schedule and event), and the
+leave-one-family-out table: for each family, the constants chosen from the candidate's small grid on all the other
+families, scored on the left-out one. ``lightning`` trains the runs marked ``lightning`` (at least one per family,
+and the issue's two) through a real Trainer with ``GradWatch(on_*="warn")`` and compares the callback's alerts
+with the replay of the plain loop's trace. Trace files are a few MB: keep them out of the repository.
 """
 
 from __future__ import annotations
@@ -58,10 +59,10 @@ def _save(path: str, traces: dict[str, Trace]) -> None:
 
 def record(args: argparse.Namespace) -> None:
     specs = [s for s in generate() if (not args.quick or s.quick) and args.only in s.name]
-    traces: dict[str, Trace] = _load(args.traces) if os.path.exists(args.traces) and not args.fresh else {}
+    traces: dict[str, Trace] = _load(args.traces) if os.path.exists(args.traces) else {}
     started = time.perf_counter()
     for i, spec in enumerate(specs):
-        if spec.name in traces:
+        if spec.name in traces and not args.fresh:
             continue
         trace = train(spec)
         traces[spec.name] = trace
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=("record", "score", "lightning"))
     parser.add_argument("--traces", default=DEFAULT_TRACES, help="trace file (pickle)")
     parser.add_argument("--quick", action="store_true", help="record the quick subset only")
-    parser.add_argument("--fresh", action="store_true", help="record again runs already in the trace file")
+    parser.add_argument("--fresh", action="store_true", help="record the chosen runs again (others are kept)")
     parser.add_argument("--only", default="", help="runs whose name contains this text")
     parser.add_argument("--rules", default="", help="comma-separated candidate names (default: all)")
     parser.add_argument("--failures", action="store_true", help="list the runs each candidate gets wrong")

@@ -109,7 +109,6 @@ def train_lightning(spec: RunSpec) -> Trace:
     """Train ``spec`` with a real Trainer and GradWatch (every response ``"warn"``): the callback's alerts and
     what its detector saw."""
     torch.set_num_threads(1)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     module = BankModule(spec)
     watch = warn_only_gradwatch()
     callbacks: list[Any] = [watch]
@@ -126,9 +125,15 @@ def train_lightning(spec: RunSpec) -> Trace:
                              accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, callbacks=callbacks, **kwargs)  # fmt: skip
         started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit(module)
+        logger = logging.getLogger("lightning.pytorch")
+        level = logger.level
+        logger.setLevel(logging.ERROR)  # Lightning's banners, for this fit only
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trainer.fit(module)
+        finally:
+            logger.setLevel(level)
         trace.seconds = time.perf_counter() - started
     trace.records = recorder.records
     trace.exempt = recorder.exempt
