@@ -21,11 +21,14 @@ import logging
 import math
 import os
 import pickle
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,8 +80,25 @@ def _family(traces: dict[str, Trace]):
     return lambda name: traces[name].spec.family
 
 
+def old_package(where: str) -> Any:
+    """An older copy of the package, imported under another name: a directory holding one, or a git ref to take it
+    from (``git archive``)."""
+    from replay_check import load_old
+
+    path = Path(where)
+    if not (path / "__init__.py").is_file():
+        target = Path(tempfile.mkdtemp(prefix="gradwatch-before-"))
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", where, "lightning_gradwatch"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        path = target / "lightning_gradwatch"
+    return load_old(str(path))
+
+
 def score(args: argparse.Namespace) -> None:
     import bank_rules
+    from gradwatch_adapter import package_factory
 
     traces = _load(args.traces)
     if args.only:
@@ -91,19 +111,23 @@ def score(args: argparse.Namespace) -> None:
     for o in outcomes.values():
         counts[o.verdict] = counts.get(o.verdict, 0) + 1
     print(f"{len(traces)} runs; outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    names = args.rules.split(",") if args.rules else list(bank_rules.CANDIDATES)
+    names = args.rules.split(",")
+    before = package_factory(old_package(args.old)) if any(n.startswith("before") for n in names) else None
+    known = bank_rules.candidates(before)
     groupings = _groupings({n: t.spec for n, t in traces.items()})
     for rule in names:
-        candidate = bank_rules.CANDIDATES[rule]
+        candidate = known[rule]
         print(f"\n## {rule}: {candidate.doc}\n")
-        scores = evaluate(traces, outcomes, candidate.factory(**candidate.defaults))
+        scores = evaluate(traces, outcomes, candidate.factory(**candidate.defaults), candidate.current)
         for title, key in groupings.items():
             if title == "family" or args.all_tables:
                 print("\n".join(group_table(scores, key, title)) + "\n")
         if args.failures:
             print("\n".join(failures(scores)) + "\n")
         if not args.no_lofo:
-            folds = leave_one_family_out(traces, outcomes, candidate.factory, candidate.space, _family(traces))
+            folds = leave_one_family_out(
+                traces, outcomes, candidate.factory, candidate.space, _family(traces), candidate.current
+            )
             print(f"Leave one family out (grid: {dict(candidate.space)}):\n")
             print("\n".join(lofo_table(folds, candidate.space)) + "\n", flush=True)
 
@@ -128,7 +152,7 @@ def lightning(args: argparse.Namespace) -> None:
     from bank_trainer import train_lightning
     from gradwatch_adapter import baseline_factory
 
-    maker = baseline_factory()
+    maker = baseline_factory()  # the callback's detector, told the loss the callback tells it
     specs = [s for s in generate() if s.lightning and args.only in s.name]
     print("| run | callback's alerts | plain loop replayed | same | largest total-norm difference |")
     print("|---|---|---|---|---|")
@@ -159,7 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="record the quick subset only")
     parser.add_argument("--fresh", action="store_true", help="record the chosen runs again (others are kept)")
     parser.add_argument("--only", default="", help="runs whose name contains this text")
-    parser.add_argument("--rules", default="", help="comma-separated candidate names (default: all)")
+    parser.add_argument(
+        "--rules",
+        default="before,defaults",
+        help="comma-separated candidates (bank_rules.candidates; default: before,defaults)",
+    )
+    parser.add_argument("--old", default="main", help="the package before: a directory holding it, or a git ref")
     parser.add_argument("--failures", action="store_true", help="list the runs each candidate gets wrong")
     parser.add_argument("--outcomes", action="store_true", help="list every run's outcome")
     parser.add_argument("--all-tables", action="store_true", help="also by optimizer, schedule and event")

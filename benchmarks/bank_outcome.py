@@ -18,9 +18,10 @@
   ``N_best``: a near-zero loss wandering between 1e-5 and 1e-4 has not diverged), or the smoothed
   loss is 3x its start with the smoothed norm 3x ``N_best``. Deadline ``t``: the step the smoothed loss is 10x its
   best (or 3x its start).
-- **dead**: a layer (not a normalisation layer) whose gradient is exactly zero for 50 consecutive steps (steps
-  whose loss is exactly 0, a batch fitted exactly, do not count); deadline:
-  60 steps after its zeros began; the alert must name the dead layers.
+- **dead**: a layer (not a normalisation layer) whose gradient is exactly zero from some step to the end of the run,
+  for at least 50 steps: it never comes back (steps whose loss is exactly 0, a batch fitted exactly, do not count; a
+  layer used on some steps only is not dead); deadline: 60 steps after its zeros began; the alert must name the dead
+  layers.
 - **never_learned**: the loss still at its starting level at the end (the median of the last 20 losses at least
   0.9x the start) while the layers are decades apart: the median over the first 60 steps of
   ``log10(largest layer norm / smallest layer norm)`` (normalisation layers left out) is 3 or more. With 4 decades
@@ -48,7 +49,7 @@ DIVERGED_LOSS_FACTOR = 10.0  # the smoothed loss at this many times its best ...
 DIVERGED_START_FACTOR = 3.0  # ... or at this many times its start (with the norm 3x up)
 DIVERGED_SUSTAIN = 5  # for this many consecutive steps
 NEAR_ZERO = 0.1  # below this fraction of its start, a loss 10x its best is near-zero noise, not a divergence
-DEAD_STEPS = 50  # consecutive all-zero steps that make a layer dead
+DEAD_STEPS = 50  # all-zero steps, to the run's end, that make a layer dead
 NEVER_LEARNED_FRACTION = 0.9  # the end loss at least this fraction of the start
 SPREAD_DECADES = 3.0  # layers this many decades apart (median over the first 60 steps)
 DEADLINE_DECADES = 4.0  # from this spread, the vanishing alert is due by step 60
@@ -158,9 +159,9 @@ def layer_spread(trace: Trace) -> float:
 
 
 def dead_layers(trace: Trace) -> tuple[int, tuple[str, ...]] | None:
-    """The first step of a run of ``DEAD_STEPS`` all-zero gradients, and every layer that has such a run."""
-    runs: dict[str, int] = {}
-    first: dict[str, int] = {}
+    """The layers whose gradient is exactly zero from some step to the run's end, at least ``DEAD_STEPS`` steps
+    (never coming back: a layer used on some steps only is not dead), and the first step of the earliest such run."""
+    since: dict[str, int] = {}  # layer -> first step of its current run of zeros
     for r in trace.records:
         if r.step < len(trace.losses) and trace.losses[r.step] == 0.0:
             continue  # a model that fits its batch exactly has zero gradients: that is convergence
@@ -168,14 +169,14 @@ def dead_layers(trace: Trace) -> tuple[int, tuple[str, ...]] | None:
             if name in trace.exempt:
                 continue
             if g == 0.0:
-                runs[name] = runs.get(name, 0) + 1
-                if runs[name] == DEAD_STEPS and name not in first:
-                    first[name] = r.step - DEAD_STEPS + 1
+                since.setdefault(name, r.step)
             else:
-                runs[name] = 0
-    if not first:
+                since.pop(name, None)
+    last = trace.records[-1].step if trace.records else 0
+    dead = {n: s for n, s in since.items() if last - s + 1 >= DEAD_STEPS}
+    if not dead:
         return None
-    return min(first.values()), tuple(n for n in trace.layer_names if n in first)
+    return min(dead.values()), tuple(n for n in trace.layer_names if n in dead)
 
 
 def first_layer(trace: Trace) -> str:

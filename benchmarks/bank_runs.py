@@ -105,6 +105,11 @@ def dataset(name: str, seed: int) -> TensorDataset:
         stride = torch.randint(1, 4, (1024, 1), generator=g)
         seq = (start + stride * torch.arange(33)) % 64
         return TensorDataset(seq[:, :-1], seq[:, 1:])
+    if name == "shifted_blobs":  # issue 22's noisy classifier: four blobs, the input shifted by a fixed buffer
+        centres = torch.randn(4, 16, generator=g)
+        y = torch.randint(4, (2048,), generator=g)
+        shift = torch.randn(16, generator=_gen(1000 + seed))
+        return TensorDataset(centres[y] + torch.randn(2048, 16, generator=g) + shift, y)
     if name == "memory":
         y = torch.randint(4, (2048,), generator=g)
         x = 0.3 * torch.randn(2048, 20, 4, generator=g)
@@ -113,8 +118,8 @@ def dataset(name: str, seed: int) -> TensorDataset:
     raise ValueError(f"unknown data set {name!r}")
 
 
-CLASSES = {"digits": 10, "digit_images": 10, "blobs": 4, "quadrants": 4, "tokens": 64, "memory": 4}
-FEATURES = {"digits": 64, "blobs": 32}
+CLASSES = {"digits": 10, "digit_images": 10, "blobs": 4, "shifted_blobs": 4, "quadrants": 4, "tokens": 64, "memory": 4}
+FEATURES = {"digits": 64, "blobs": 32, "shifted_blobs": 16}
 
 
 # ---------------------------------------------------------------------------------------------------------- specs
@@ -240,9 +245,21 @@ def _spec(family: str, optimizer: str, schedule: str, event: str, seed: int, k: 
     return spec
 
 
+#: seeds of issue 22's noisy classifier (healthy runs whose single mini-batch losses are a coin flip)
+NOISY_CLASSIFIER_SEEDS = 32
+
+
 def issue_runs() -> list[RunSpec]:
-    """The two runs of the issue, as generated cases."""
-    return [
+    """The two runs of issue 23, and issue 22's noisy classifier on several seeds, as generated cases."""
+    noisy = [
+        # an MLP 16-32-32-4 (ReLU, dropout 0.1 on an input shifted by a fixed random buffer) on four blobs, SGD lr 0.05
+        # with momentum 0.9, batch 32, two epochs: the loss falls from 1.3 to 0.6, single batches jump up and down
+        RunSpec(f"mlp_relu/momentum/constant/issue22-noisy-classifier/s{seed}", "mlp_relu", "momentum", "constant",
+                "none", seed, 0.05, steps=128, batch_size=32, data="shifted_blobs", depth=3, width=32,
+                noise=("input_dropout",), quick=seed < 2, origin="issue")
+        for seed in range(NOISY_CLASSIFIER_SEEDS)
+    ]  # fmt: skip
+    return [  # noqa: RUF005 (the two of issue 23 listed first)
         # a digits CNN fine-tuned with BackboneFinetuning: backbone frozen two epochs, then unfrozen; Adam; an
         # auxiliary head no loss uses (every bank model has one)
         RunSpec("cnn/adam/constant/issue-backbone-finetuning/s0", "cnn", "adam", "constant", "unfreeze", 0, 3e-3,
@@ -252,7 +269,7 @@ def issue_runs() -> list[RunSpec]:
         RunSpec("mlp_tanh/momentum/constant/issue-24-tanh-layers/s0", "mlp_tanh", "momentum", "constant",
                 "bad_init", 0, 0.01, steps=200, batch_size=32, data="digits", depth=24, width=64, activation="tanh",
                 lightning=True, quick=True, origin="issue"),
-    ]  # fmt: skip
+    ] + noisy  # fmt: skip
 
 
 #: in each family, the event run also trained through a real Trainer (varied over families)
@@ -360,7 +377,7 @@ def _backbone(spec: RunSpec, dropout: float) -> tuple[nn.Module, int]:
     """The family's backbone and its feature width."""
     f, width = spec.family, spec.width
     if f.startswith("mlp"):
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Dropout(0.1)] if "input_dropout" in spec.noise else []
         features = FEATURES[spec.data]
         for _ in range(spec.depth - 1):
             layers += [nn.Linear(features, width), _act(spec.activation)]
@@ -702,6 +719,7 @@ def train(spec: RunSpec) -> Trace:
     accum = accumulation(spec)
     state: dict[str, float] = {}
     observed: Tensor | None = None
+    current: Tensor | None = None
     step, epoch_seen, bad_after = 0, -1, None
     started = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -728,13 +746,16 @@ def train(spec: RunSpec) -> Trace:
         if nan_loss_now(spec, step):
             loss = loss * math.nan
         scaled = loss / accum
+        current = scaled.detach() if current is None else current + scaled.detach()  # this step's micro-batches
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if (batch_idx + 1) % accum and not last:  # Lightning steps at an epoch's last batch whatever the count
             observed = scaled.detach()
             continue
         if scaler is not None:
             scaler.unscale_(optimizer)
-        record = watcher.measure(step, observed, None if scaler is None else float(scaler.get_scale()))
+        scale = None if scaler is None else float(scaler.get_scale())
+        record = watcher.measure(step, observed, scale, current)
+        current = None
         if record is not None:
             trace.records.append(record)
         if scaler is not None:

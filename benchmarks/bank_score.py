@@ -48,9 +48,10 @@ class Score:
         return self.status == "ok"
 
 
-def alerts_of(trace: Trace, maker: DetectorMaker) -> list[Alert]:
-    """The alerts ``maker``'s detector gives on ``trace``."""
-    return [(a.kind, a.step, tuple(a.layers)) for a in replay(trace.records, maker(trace.exempt))]
+def alerts_of(trace: Trace, maker: DetectorMaker, current: bool = True) -> list[Alert]:
+    """The alerts ``maker``'s detector gives on ``trace`` (``current``: told each step's own loss, else the previous
+    batch's)."""
+    return [(a.kind, a.step, tuple(a.layers)) for a in replay(trace.records, maker(trace.exempt), current)]
 
 
 def judge(name: str, out: Outcome, alerts: Sequence[Alert]) -> Score:
@@ -83,8 +84,10 @@ def judge(name: str, out: Outcome, alerts: Sequence[Alert]) -> Score:
     return Score(name, v, "ok", hit[1], deadline)
 
 
-def evaluate(traces: Mapping[str, Trace], outcomes: Mapping[str, Outcome], maker: DetectorMaker) -> dict[str, Score]:
-    return {name: judge(name, outcomes[name], alerts_of(t, maker)) for name, t in traces.items()}
+def evaluate(
+    traces: Mapping[str, Trace], outcomes: Mapping[str, Outcome], maker: DetectorMaker, current: bool = True
+) -> dict[str, Score]:
+    return {name: judge(name, outcomes[name], alerts_of(t, maker, current)) for name, t in traces.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------- tables
@@ -146,10 +149,11 @@ def leave_one_family_out(
     factory: Factory,
     space: Mapping[str, Sequence[Any]],
     family_of: Callable[[str], str],
+    current: bool = True,
 ) -> list[Fold]:
     """For each family, the constants (from ``space``) of least cost on all other families, scored on it."""
     configs = grid(space)
-    per_config = [evaluate(traces, outcomes, factory(**c)) for c in configs]
+    per_config = [evaluate(traces, outcomes, factory(**c), current) for c in configs]
     families = sorted({family_of(n) for n in traces})
     folds = []
     for family in families:

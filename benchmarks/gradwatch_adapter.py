@@ -2,15 +2,16 @@
 
 What the bank uses, and from where:
 
-- measuring: :class:`~lightning_gradwatch.stats.GradientStats` over the optimizer's parameters, grouped by module, at
-  the point GradWatch measures (after backward, accumulation and unscaling, before the optimizer step), with the
-  observed loss read in the same transfer (``extra``);
-- judging: :class:`~lightning_gradwatch.detectors.GradientDetector` and
-  :class:`~lightning_gradwatch.detectors.DetectionConfig`, fed as the engine feeds them (the loss of the previous
-  batch before each step's statistics; fp16 overflow steps kept out by the engine's own rule, copied here as
-  :func:`overflow_steps`; normalisation layers exempt from the per-layer vanishing test);
-- the real callback: :class:`~lightning_gradwatch.GradWatch` (public), and a recording detector patched into the
-  engine, to show that replaying a plain loop's trace gives the callback's alerts.
+- measuring: :class:`~lightning_gradwatch.measure.stats.GradientStats` over the optimizer's parameters, grouped by
+  module, at the point GradWatch measures (after backward, accumulation and unscaling, before the optimizer step),
+  with the losses read in the same transfer (``extra``);
+- judging: the package's own pure judge, :class:`~lightning_gradwatch.judge.decision.StepJudge` (its fp16 overflow
+  rule, its detector :class:`~lightning_gradwatch.judge.detector.GradientDetector` built from a
+  :class:`~lightning_gradwatch.config.DetectionConfig`), fed as the engine feeds it: each step's statistics with the
+  loss the engine hands it, the loss scaler's scale, normalisation layers exempt from the per-layer vanishing test;
+- the real callback: :class:`~lightning_gradwatch.GradWatch` (public), and a recording judge patched into the
+  engine's lane (``engine/lane.py``), to show that replaying a plain loop's trace gives the callback's alerts;
+- an older copy of the package (``--old DIR``): imported under another name, its detector judged the same way.
 
 Everything else in the bank works on plain tuples and floats.
 """
@@ -20,43 +21,43 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-import lightning_gradwatch._engine as _engine_module
+import lightning_gradwatch.engine.lane as _lane_module
 from lightning_gradwatch import GradWatch
 from lightning_gradwatch.alerts import GradientAlert
-from lightning_gradwatch.detectors import DetectionConfig, GradientDetector
-from lightning_gradwatch.stats import GradientStats, StepStats
+from lightning_gradwatch.config import DetectionConfig, WatchConfig
+from lightning_gradwatch.judge.decision import StepJudge
+from lightning_gradwatch.judge.detector import GradientDetector
+from lightning_gradwatch.measure.records import StepStats
+from lightning_gradwatch.measure.stats import GradientStats
 
 __all__ = [
-    "AMP_OVERFLOW_PATIENCE",
     "DetectionConfig",
     "Detector",
     "GradWatch",
     "GradientAlert",
     "GradientDetector",
-    "HookedDetector",
     "Recorder",
     "StepRecord",
     "StepStats",
     "Watcher",
     "baseline_factory",
-    "config_and_rest",
     "exempt_module_params",
     "overflow_steps",
+    "package_factory",
     "recording_detector",
+    "replay",
     "to_stats",
-    "vanishing_alert",
 ]
-
-AMP_OVERFLOW_PATIENCE = 20  # GradWatch's default ``amp_overflow_patience``
 
 
 class Detector(Protocol):
-    """What the scorer needs of a detector: the engine's two calls."""
+    """What the judge needs of a detector: the engine's two calls."""
 
     def observe_loss(self, loss: float) -> None: ...
 
@@ -68,18 +69,31 @@ DetectorMaker = Callable[[frozenset[str]], Detector]
 
 
 def baseline_factory(**constants: Any) -> DetectorMaker:
-    """Today's detector with ``constants`` (DetectionConfig fields; none: GradWatch's defaults)."""
+    """The package's detector with ``constants`` (DetectionConfig fields; none: GradWatch's defaults)."""
     config = DetectionConfig(**constants)
     return lambda exempt: GradientDetector(config, exempt_layers=exempt)
 
 
+def package_factory(package: ModuleType) -> Callable[..., DetectorMaker]:
+    """The same for another copy of the package (``replay_check.load_old``): its detector with ``constants``."""
+    config_module = __import__(f"{package.__name__}.config", fromlist=["DetectionConfig"])
+    detector_module = __import__(f"{package.__name__}.judge.detector", fromlist=["GradientDetector"])
+
+    def factory(**constants: Any) -> DetectorMaker:
+        config = config_module.DetectionConfig(**constants)
+        return lambda exempt: detector_module.GradientDetector(config, exempt_layers=exempt)
+
+    return factory
+
+
 @dataclass(frozen=True)
 class StepRecord:
-    """One optimizer step as the detector sees it, in plain values (no package class is pickled).
+    """One optimizer step as the judge sees it, in plain values (no package class is pickled).
 
-    ``observed``: the loss the engine hands the detector before this step (the previous batch's, as Lightning's
-    ``on_train_batch_end`` gives it: divided by the accumulation factor), ``None`` at the first step.
-    ``scale``: the fp16 loss scaler's scale when measured (``None`` without a scaler).
+    ``observed``: the previous batch's loss, as Lightning's ``on_train_batch_end`` gives it (divided by the
+    accumulation factor), ``None`` at the first step. ``current``: this step's loss, as ``on_before_backward`` gives
+    it: the sum of its micro-batches' losses, each divided by the accumulation factor (``None`` in traces recorded
+    before it was kept). ``scale``: the fp16 loss scaler's scale when measured (``None`` without a scaler).
     """
 
     step: int
@@ -90,6 +104,7 @@ class StepRecord:
     numel: tuple[int, ...]
     nonfinite_count: tuple[int, ...]
     scale: float | None = None
+    current: float | None = None
 
     @property
     def finite(self) -> bool:
@@ -101,9 +116,19 @@ def to_stats(record: StepRecord) -> StepStats:
     return StepStats(record.layers, record.grad_norm, record.total_norm, record.numel, record.nonfinite_count)
 
 
-def _record(step: int, observed: float | None, stats: StepStats, scale: float | None) -> StepRecord:
+def _record(
+    step: int, observed: float | None, stats: StepStats, scale: float | None, current: float | None = None
+) -> StepRecord:
     return StepRecord(
-        step, observed, stats.layers, stats.grad_norm, stats.total_norm, stats.numel, stats.nonfinite_count, scale
+        step,
+        observed,
+        stats.layers,
+        stats.grad_norm,
+        stats.total_norm,
+        stats.numel,
+        stats.nonfinite_count,
+        scale,
+        current,
     )
 
 
@@ -135,44 +160,61 @@ class Watcher:
         self.exempt |= set(self.collector.layers_made_of(exempt_module_params(self.module)))
         self.layer_names += [n for n in self.collector.layer_names if n not in self.layer_names]
 
-    def measure(self, step: int, observed: torch.Tensor | None, scale: float | None = None) -> StepRecord | None:
+    def measure(
+        self,
+        step: int,
+        observed: torch.Tensor | None,
+        scale: float | None = None,
+        current: torch.Tensor | None = None,
+    ) -> StepRecord | None:
         """This step's record (``None`` when no watched parameter has a gradient)."""
         if self.collector is None or sum(len(g["params"]) for g in self.optimizer.param_groups) != self.count:
             self._rewatch()
         assert self.collector is not None
-        stats = self.collector.collect(extended=False, histograms=False, extra=() if observed is None else (observed,))
+        nothing = torch.tensor(math.nan)
+        losses = (nothing if observed is None else observed, nothing if current is None else current)
+        stats = self.collector.collect(extended=False, histograms=False, extra=losses)
         if stats is None:
             return None
-        return _record(step, stats.extra[0] if stats.extra else None, stats, scale)
+        seen, now = (None if math.isnan(v) else v for v in stats.extra[:2])
+        return _record(step, seen, stats, scale, now)
 
 
-def overflow_steps(records: Iterable[StepRecord], patience: int = AMP_OVERFLOW_PATIENCE) -> Iterator[bool]:
+def _judge(detector: Detector) -> StepJudge:
+    """The package's step judge around ``detector`` (its fp16 overflow rule at GradWatch's defaults)."""
+    judge = StepJudge(WatchConfig())
+    judge.detector = detector  # type: ignore[assignment]
+    return judge
+
+
+def overflow_steps(records: Iterable[StepRecord]) -> Iterator[bool]:
     """For each record, whether the engine keeps it out as an fp16 overflow the loss scaler skips by itself.
 
-    The engine's rule: before the run's first finite step, a non-finite step at a scale above 1 is the scaler
-    searching down from its initial scale; afterwards, fewer than ``patience`` non-finite steps in a row are.
+    Asked of the package's judge itself (``StepJudge``: before the run's first finite step, a non-finite step at a
+    scale above 1 is the scaler searching down from its initial scale; afterwards, fewer than
+    ``amp_overflow_patience`` non-finite steps in a row are).
     """
-    run, scaled_finite = 0, False
+    judge = StepJudge(WatchConfig())
     for r in records:
-        if r.scale is None or r.finite:
-            run, scaled_finite = 0, scaled_finite or r.scale is not None
-            yield False
-        elif not scaled_finite and r.scale > 1.0:
-            yield True
-        else:
-            run += 1
-            yield run < patience
+        yield judge._overflowed(to_stats(r), None if r.scale is None else (lambda s=r.scale: s))
 
 
-def replay(records: list[StepRecord], detector: Detector) -> list[GradientAlert]:
-    """The alerts ``detector`` gives on a recorded run, fed as the engine feeds it."""
+def replay(records: list[StepRecord], detector: Detector, current: bool = False) -> list[GradientAlert]:
+    """The alerts ``detector`` gives on a recorded run, judged by the package's step judge as the engine feeds it.
+
+    Args:
+        records: the run's steps.
+        detector: a fresh detector.
+        current: tell the detector each step's own loss (``StepRecord.current``), not the previous batch's.
+    """
+    judge = _judge(detector)
     alerts: list[GradientAlert] = []
-    for record, overflow in zip(records, overflow_steps(records)):
-        if overflow:
-            continue
-        if record.observed is not None:
-            detector.observe_loss(record.observed)
-        alerts += detector.update(record.step, to_stats(record)).alerts
+    for record in records:
+        loss = record.current if current else record.observed
+        scale = None if record.scale is None else (lambda s=record.scale: s)
+        decision = judge.judge(record.step, to_stats(record), loss, scale)
+        if decision.verdict is not None:
+            alerts += decision.verdict.alerts
     return alerts
 
 
@@ -180,7 +222,7 @@ def replay(records: list[StepRecord], detector: Detector) -> list[GradientAlert]
 
 
 class Recorder:
-    """Collects what the callback's detector saw during one real fit (see :func:`recording_detector`)."""
+    """Collects what the callback's judge saw during one real fit (see :func:`recording_detector`)."""
 
     def __init__(self) -> None:
         self.records: list[StepRecord] = []
@@ -190,36 +232,36 @@ class Recorder:
 _RECORDERS: list[Recorder] = []
 
 
-class _RecordingDetector(GradientDetector):
-    """The detector the engine builds, recording each step's input before judging it."""
+class _RecordingJudge(StepJudge):
+    """The judge the engine's lane builds, recording each step's input before judging it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._recorder = _RECORDERS[-1]
-        self._observed: float | None = None
 
-    def observe_loss(self, loss: float) -> None:
-        self._observed = float(loss)
-        super().observe_loss(loss)
-
-    def update(self, step: int, stats: StepStats) -> Any:
-        self._recorder.exempt = frozenset(self.exempt_layers)
-        self._recorder.records.append(_record(step, self._observed, stats, None))
-        self._observed = None
-        return super().update(step, stats)
+    def judge(self, step: int, stats: StepStats, loss: float | None = None, scale: Any = None, *args: Any,
+              **kwargs: Any) -> Any:  # fmt: skip
+        self._recorder.exempt = frozenset(self.detector.exempt_layers)
+        value = None if scale is None else float(scale())
+        self._recorder.records.append(_record(step, loss, stats, value, loss))
+        return super().judge(step, stats, loss, scale, *args, **kwargs)
 
 
 class recording_detector:  # noqa: N801 (a context manager used as a statement)
-    """Within this context, every GradWatch engine built records its detector's input into the yielded Recorder."""
+    """Within this context, every GradWatch lane built records its judge's input into the yielded Recorder.
+
+    The loss the callback handed the judge is recorded as both ``observed`` and ``current``: whichever the package
+    feeds, a replay of the record with either reading gives the callback's alerts.
+    """
 
     def __enter__(self) -> Recorder:
         self.recorder = Recorder()
         _RECORDERS.append(self.recorder)
-        _engine_module.GradientDetector = _RecordingDetector  # type: ignore[misc]
+        _lane_module.StepJudge = _RecordingJudge  # type: ignore[misc]
         return self.recorder
 
     def __exit__(self, *exc: object) -> None:
-        _engine_module.GradientDetector = GradientDetector  # type: ignore[misc]
+        _lane_module.StepJudge = StepJudge  # type: ignore[misc]
         _RECORDERS.remove(self.recorder)
 
 
@@ -235,32 +277,3 @@ def warn_only_gradwatch() -> GradWatch:
         progress_bar=False,
         overhead_budget=None,
     )
-
-
-class HookedDetector(GradientDetector):
-    """Today's detector with one point a prototype rule may change: which exploding rule, if any, fires at a step.
-
-    :meth:`judge_exploding` gets the rule today's detector found (``"jump"``, ``"spikes"``, ``"growth"``,
-    ``"trend"`` or ``None``) and this step's ``log10(total norm)``; it returns the rule that fires (``None``: none).
-    The only use of the detector's private ``_exploding_rule``.
-    """
-
-    def _exploding_rule(self, x: float | None, norm: float, falling_back: bool) -> str | None:
-        return self.judge_exploding(super()._exploding_rule(x, norm, falling_back), x)
-
-    def judge_exploding(self, rule: str | None, x: float | None) -> str | None:
-        return rule
-
-
-def config_and_rest(constants: dict[str, Any]) -> tuple[DetectionConfig, dict[str, Any]]:
-    """Split constants into a DetectionConfig and the rest (a prototype rule's own constants)."""
-    known = set(DetectionConfig.__dataclass_fields__)
-    return (
-        DetectionConfig(**{k: v for k, v in constants.items() if k in known}),
-        {k: v for k, v in constants.items() if k not in known},
-    )
-
-
-def vanishing_alert(step: int, layers: tuple[str, ...], value: float, threshold: float, message: str) -> GradientAlert:
-    """A vanishing alert of a prototype rule."""
-    return GradientAlert("vanishing", step, layers, value, threshold, message)

@@ -205,17 +205,19 @@ class Stall(VanishingRule):
         named = tuple(n for n in stats.layers if depth.get(n, -math.inf) >= small)
         self.stall_episode = list(named)
         verdict.vanishing_layers = named
-        return self._alert(step, stats, named, deepest, start)
+        return self._alert(step, stats, named, (min(depth[n] for n in named), deepest), start)
 
     def _alert(
-        self, step: int, stats: StepStats, named: tuple[str, ...], deepest: float, start: float
+        self, step: int, stats: StepStats, named: tuple[str, ...], depths: tuple[float, float], start: float
     ) -> GradientAlert:
         cfg, losses = self.config, self.ctx.losses
         top_layer = stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)]
+        shallow, deepest = depths
+        how_deep = f"{deepest:.1f}" if round(shallow, 1) == round(deepest, 1) else f"{shallow:.1f} to {deepest:.1f}"
         message = (
             f"Vanishing gradients at step {step}: the loss has not come down from where training started"
             f" ({losses.level:.4g} against {start:.4g}, medians of {LOSS_WINDOW} steps, after {losses.losses_seen}"
-            f" steps) while {format_layers(named)} lie {deepest:.1f} decades below the largest layer ({top_layer},"
+            f" steps) while {format_layers(named)} lie {how_deep} decades below the largest layer ({top_layer},"
             f" medians over {STALL_WINDOW} steps): the first layers are not learning." + self.ctx.hints(self.kind)
         )
         return GradientAlert(
