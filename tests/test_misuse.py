@@ -143,9 +143,7 @@ def _adapter_module(pl_: Any, nan_in_b_at: int | None = None) -> Any:
             return nn.functional.mse_loss(head(torch.relu(self.trunk(x))), y)
 
         def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(
-                [{"params": self.trunk.parameters()}, {"params": self.ad_a.parameters()}], lr=0.05
-            )
+            return torch.optim.SGD([{"params": self.trunk.parameters()}, {"params": self.ad_a.parameters()}], lr=0.05)
 
         def train_dataloader(self) -> DataLoader:
             return regression_data(768, batch_size=16)  # 48 steps
@@ -161,7 +159,9 @@ def test_swapped_parameters_are_watched_from_the_step_they_join(tmp_path):
         trainer.fit(model)
     acc = events(trainer.logger.log_dir)
     b_steps = [e.step for e in acc.Scalars("grad_norm/ad_b")]
-    assert b_steps and min(b_steps) <= 32 and max(b_steps) >= 46
+    assert b_steps
+    assert min(b_steps) <= 32
+    assert max(b_steps) >= 46
     assert max(e.step for e in acc.Scalars("grad_norm/ad_a")) < 30  # the stale adapter is not charted
     assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 40)]
     assert _finite(model)
@@ -225,9 +225,7 @@ def test_budget_says_when_the_unthinnable_work_alone_exceeds_it(tmp_path):
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x = batch[0][:, :2]
-            return sum(layer(x).sum() for layer in self.layers[:: 100]) + 0 * sum(
-                p.sum() for p in self.parameters()
-            )
+            return sum(layer(x).sum() for layer in self.layers[::100]) + 0 * sum(p.sum() for p in self.parameters())
 
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=1e-3)
@@ -242,7 +240,9 @@ def test_budget_says_when_the_unthinnable_work_alone_exceeds_it(tmp_path):
         trainer.fit(Many())
     said = [str(w.message) for w in caught if issubclass(w.category, GradientWarning) and "budget" in str(w.message)]
     assert len(said) == 1, said
-    assert "log_every_n_steps" in said[0] and "include" in said[0] and "granularity" in said[0]
+    assert "log_every_n_steps" in said[0]
+    assert "include" in said[0]
+    assert "granularity" in said[0]
     budget = _report(trainer.logger.log_dir)["budget"]
     assert budget["exceeded_by_per_step_work"] is True
     assert budget["estimated_overhead"] > 0.03
@@ -260,14 +260,17 @@ def test_fp16_weights_made_nonfinite_by_the_optimizer_blame_the_update(tmp_path)
     weights = [a for a in watch.alerts if a.extra.get("what") == "weights"]
     assert weights, [a.message for a in watch.alerts]
     message = weights[0].message
-    assert "optimizer" in message and "update" in message
+    assert "optimizer" in message
+    assert "update" in message
     assert "outside the optimizer" not in message
     assert "16-true" in message or "half precision" in message
 
 
 # ---------------------------------------------------------------------------------------- smaller
 def test_numpy_integers_are_accepted_as_intervals():
-    watch = GradWatch(log_every_n_steps=np.int64(5), histogram_every_n_steps=np.int32(20), vanishing_patience=np.int64(7))
+    watch = GradWatch(
+        log_every_n_steps=np.int64(5), histogram_every_n_steps=np.int32(20), vanishing_patience=np.int64(7)
+    )
     assert watch.config()["log_every_n_steps"] == 5
     assert type(watch.config()["log_every_n_steps"]) is int
 
