@@ -371,7 +371,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         check_trainer(trainer, clip=s.clipping.clip, on_exploding=s.responses.on_exploding)
         env = probe(trainer, pl_module, s.schedule.log_every_n_steps, s.schedule.histogram_every_n_steps)  # every rank
         namespace = instance_namespace(self, trainer.callbacks)
-        fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer))
+        fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer), owner=id(trainer))
         self._loss = self._batch_idx = None
         if s.output.progress_bar and env.is_global_zero:
             fit.progress.attach(trainer)

@@ -246,6 +246,8 @@ def _check(
                     "unreadable": run.unreadable,
                     "partial": run.partial,
                     "alerts": [_json_alert(a) for a in run.alerts],
+                    "fits": run.fits,
+                    "earlier_alerts": [_json_alert(a) for a in run.earlier_alerts],
                 }
                 for run in runs
             ],
@@ -302,6 +304,10 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
     facts = [f"{len(run.layers)} layers"]
     if isinstance(last, int):
         facts.append(f"{last + 1} steps")
+    if len(run.fits) > 1:
+        facts.append(f"{len(run.fits)} fits")
+    if run.earlier_alerts:
+        facts.append(f"resumed after {len(run.earlier_alerts)} alert(s) of an earlier run, judged there")
     if run_verdict == "alerts" and not run.finished:
         facts.append(run.status or "no gradwatch.json")
     if run.partial:

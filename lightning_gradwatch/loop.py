@@ -158,7 +158,7 @@ class WatchedLoop:
             loggers.insert(0, self._directory)
         self._report_dir = self._log_dir or (host.log_dir() if host.is_global_zero else None)
         env = loop_environment(self._session.settings, self.module, host, self._report_dir)
-        self._session.begin(env, loggers, log_name=host.log_name)
+        self._session.begin(env, loggers, log_name=host.log_name, owner=id(self))
         self._alerts = self._session.alerts
         self._state = _OPEN
         if self._restore is not None:

@@ -59,6 +59,9 @@ class RunRecord:
     ``total_norm`` key; ``config`` is ``gradwatch.json``'s configuration (empty from event files); ``series`` holds
     every GradWatch scalar of the event files by tag (``grad_norm/<layer>``, ``gradwatch/total_norm``,
     ``gradwatch/clip_threshold``, ...) as ``(step, value)`` points, when the run was loaded with ``series=True``.
+    ``fits`` lists the run's fits (``first_step``, ``last_step``, ``status``: a second ``trainer.fit`` continues a
+    run), and ``status`` is the last one's; ``earlier_alerts`` are alerts a resumed checkpoint brought from the run
+    they happened in (judged there, not here).
     """
 
     path: Path
@@ -76,6 +79,8 @@ class RunRecord:
     total_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    earlier_alerts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -188,6 +193,8 @@ def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
         raw_layers = _as_list(doc.get("layers"))
         layers = [_layer_entry(entry) for entry in raw_layers]
         alerts = [_alert_entry(a) for a in _as_list(doc.get("alerts"))]
+        earlier = [_alert_entry(a) for a in _as_list(doc.get("earlier_alerts"))]
+        fits = [_fit_entry(f) for f in _as_list(doc.get("fits"))]
         events = {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()}
         steps = {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)}
         raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
@@ -211,7 +218,18 @@ def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
         history=history,
         total_history=total_history,
         config=config,
+        fits=fits,
+        earlier_alerts=earlier,
     )
+
+
+def _fit_entry(entry: Any) -> dict[str, Any]:
+    """One fit of a run: its first and last step (``None`` when it measured none) and its status."""
+    fit = _as_dict(entry)
+    steps = {k: fit.get(k) for k in ("first_step", "last_step")}
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in steps.values()):
+        raise TypeError("a fit's steps are not integers")
+    return {**steps, "status": _text(fit, "status"), "error": _text(fit, "error")}
 
 
 def _history(entry: dict[str, Any]) -> list[tuple[int, float]]:

@@ -18,11 +18,12 @@ from lightning_gradwatch import _names as names
 from lightning_gradwatch._version import __version__
 from lightning_gradwatch.alerts import GradientAlert, GradientWarning
 from lightning_gradwatch.engine.environment import Environment
+from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.context import LARGEST_SHARE
 from lightning_gradwatch.judge.decision import Decision
 from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.measure.records import StepStats
-from lightning_gradwatch.report import RunSummary, build_report
+from lightning_gradwatch.report import RunSummary, build_report, json_safe
 from lightning_gradwatch.write.budget import OverheadBudget
 from lightning_gradwatch.write.content import histogram_tags, step_scalars
 from lightning_gradwatch.write.pictures import (
@@ -35,9 +36,8 @@ from lightning_gradwatch.write.progress import beside_progress_bars
 from lightning_gradwatch.write.sinks import Sink
 from lightning_gradwatch.write.writers import Writers
 
-__all__ = ["MAX_ALERTS_KEPT", "LaneView", "RunOutput", "layer_health"]
+__all__ = ["LaneView", "RunOutput", "layer_health"]
 
-MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
 _BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
 _ACTIONS = {  # what a warning adds about the response, by response ({argument}: the kind's ``on_<kind>``)
@@ -76,6 +76,7 @@ class RunOutput:
         loggers: the trainer's loggers.
         summary: the run summary (for the report and the heat map).
         alerts: the list recorded alerts are kept in (the callback's ``alerts``).
+        ledger: the run directory's record across fits (its fits and alerts go into the report).
         config: the configuration, for the report.
         images: draw gradient-flow pictures at histogram steps (when a logger shows images).
         namespace: for the second and later GradWatch of one Trainer: the subdirectory of the log directory its
@@ -91,6 +92,7 @@ class RunOutput:
         loggers: Any,
         summary: RunSummary,
         alerts: list[GradientAlert],
+        ledger: RunLedger,
         config: Callable[[], dict[str, Any]],
         images: bool,
         namespace: str = "",
@@ -104,6 +106,7 @@ class RunOutput:
         self.writers = Writers(loggers, namespace, self.log_dir, sinks) if env.is_global_zero else None
         self.summary = summary
         self.alerts = alerts
+        self.ledger = ledger
         self._config = config
         self._warned_no_gradients = False
         self.drawing: BackgroundDrawing | None = None
@@ -151,7 +154,7 @@ class RunOutput:
     def record(self, decision: Decision) -> None:
         """Keep the decision's alerts (bounded), write them, warn, and update the report."""
         for alert, response in decision.alerts:
-            if len(self.alerts) < MAX_ALERTS_KEPT:
+            if self.ledger.record(alert):
                 self.alerts.append(alert)
             else:  # a run that alerts without end keeps its first alerts, and counts the rest
                 self.summary.count(names.ALERTS_NOT_KEPT)
@@ -323,9 +326,10 @@ class RunOutput:
             status=status,
             config=self._config(),
             summary=self.summary,
-            alerts=self.alerts,
+            alerts=(),
             error=error,
         )
+        doc.update(json_safe(self.ledger.to_report()))
         doc["schedule"] = dict(self.schedule)
         if self.budget is not None:
             doc["budget"] = self.budget.to_dict()
