@@ -36,6 +36,7 @@ from lightning_gradwatch.config import (
     ScheduleConfig,
     WatchConfig,
 )
+from lightning_gradwatch.engine.environment import check_selection
 from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, RunStatus, VanishingResponse
 from lightning_gradwatch.loop import WatchedLoop
@@ -403,6 +404,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         fit = self._session.fit
         if fit is not None:
+            measure = self.settings.measure
+            check_selection(pl_module, measure.include, measure.exclude)  # the model is built by now
             schedule = self.settings.schedule
             env = run_cadence(fit.env, trainer, schedule.log_every_n_steps, schedule.histogram_every_n_steps)
             self._session.retime(env)  # every rank

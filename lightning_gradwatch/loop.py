@@ -21,7 +21,12 @@ from lightning_gradwatch._environment import _scaler_enabled
 from lightning_gradwatch._hosts import FabricHost, LoopHost, check_fabric, user_module
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.config import WatchConfig
-from lightning_gradwatch.engine.environment import LIGHTNING_LOG_EVERY, Environment, histogram_interval
+from lightning_gradwatch.engine.environment import (
+    LIGHTNING_LOG_EVERY,
+    Environment,
+    check_selection,
+    histogram_interval,
+)
 from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.remedies import ModelTraits
@@ -151,6 +156,8 @@ class WatchedLoop:
             raise RuntimeError(
                 "This GradWatch is already watching a run (a Trainer fit or another loop): use one GradWatch per run."
             )
+        measure = self._session.settings.measure
+        check_selection(self.module, measure.include, measure.exclude)
         host = self._host
         loggers = list(host.loggers)
         if self._log_dir is not None:

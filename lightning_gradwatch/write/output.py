@@ -141,10 +141,16 @@ class RunOutput:
                 " `include`/`exclude`, to see more."
             )
 
-    def no_gradients(self, index: int, step: int) -> None:
-        """Say once that an optimizer's watched parameters had no gradient."""
+    def no_gradients(self, index: int, step: int, watched: int = 1) -> None:
+        """Say once that an optimizer's watched parameters had no gradient (``watched``: how many it watches)."""
         if self.is_global_zero and not self._warned_no_gradients:
             self._warned_no_gradients = True
+            if watched == 0:
+                _warn(
+                    f"GradWatch watches none of optimizer {index}'s parameters: `include`/`exclude` leave none of"
+                    " them. Its steps are not measured, checked or clipped."
+                )
+                return
             _warn(
                 f"GradWatch found no gradient on the watched parameters of optimizer {index} at step {step}"
                 " (all frozen or unused, or the step skipped its backward). Such steps are not measured."
