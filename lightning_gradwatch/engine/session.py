@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from torch import Tensor
@@ -211,7 +212,7 @@ class Session:
         lane.log_every = fit.output.log_every(lane)
         decision = lane.decide(step, loss, count > 1, fit.output.writes)  # measure, judge, record
         if decision.stats is None:
-            fit.output.no_gradients(index, decision.step)
+            fit.output.no_gradients(index, decision.step, len(lane.collector or ()))
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
             return decision, Flags()
         self.ledger.saw(decision.step)
@@ -233,11 +234,11 @@ class Session:
         if lane is None:
             lane = self.lanes[index] = Lane(self.settings, index, count, fit.env, self.summary)
             lane.restore(self._pending)
-        params = sum(len(g["params"]) for g in optimizer.param_groups)
-        if lane.needs_parameters(params):
+        identity = tuple(map(id, chain.from_iterable(g["params"] for g in optimizer.param_groups)))
+        if lane.needs_parameters(identity):
             named = named_parameters(module, optimizer, index)
             exempt = exempt_parameters(module, self.settings.measure.granularity)
-            if lane.watch(named, exempt, fit.env.plain_group):
+            if lane.watch(named, exempt, fit.env.plain_group, identity):
                 fit.output.layers_merged(lane.index, *lane.merge(), self.settings.measure.max_layers)
         return lane
 
