@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lightning_gradwatch import _names as names
@@ -37,6 +38,8 @@ from lightning_gradwatch.measure.stats import GradientStats
 from lightning_gradwatch.report import RunSummary
 
 __all__ = ["Lane"]
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class Lane:
@@ -111,6 +114,7 @@ class Lane:
             plain_group=plain_group,
         )
         self.judge.detector.exempt_layers = self.collector.layers_made_of(exempt)
+        self.judge.half_weights = any(p.dtype in _HALF for p in self.collector.params)
         return first and self.collector.aggregated is not None
 
     def merge(self) -> tuple[int, int, str]:
