@@ -216,16 +216,16 @@ def test_noisy_healthy_classifier_is_never_stopped(tmp_path, seed):
 
 # ---------------------------------------------------------------------------------------- the budget's truth
 def test_budget_says_when_the_unthinnable_work_alone_exceeds_it(tmp_path):
-    """1000 tiny layers on tiny batches: measuring every step costs far more than 3% and cannot be thinned."""
+    """3000 tiny layers on tiny batches: measuring every step costs far more than 3% and cannot be thinned."""
 
     class Many(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.layers = nn.ModuleList(nn.Linear(2, 2) for _ in range(1000))
+            self.layers = nn.ModuleList(nn.Linear(2, 2) for _ in range(3000))
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x = batch[0][:, :2]
-            return sum(layer(x).sum() for layer in self.layers[::100]) + 0 * sum(p.sum() for p in self.parameters())
+            return sum(layer(x).sum() for layer in self.layers[::300]) + 0 * sum(p.sum() for p in self.parameters())
 
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=1e-3)

@@ -36,7 +36,7 @@ from lightning_gradwatch.write.progress import beside_progress_bars
 from lightning_gradwatch.write.sinks import Sink
 from lightning_gradwatch.write.writers import Writers
 
-__all__ = ["LaneView", "RunOutput", "layer_health"]
+__all__ = ["LaneView", "RunOutput", "layer_health", "per_step_message"]
 
 _BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
@@ -115,6 +115,7 @@ class RunOutput:
         self._timed_steps = 0
         self._said_thinned = False
         self._warned_budget = False
+        self._warned_per_step = False
         self._last_picture: dict[str, int] = {}  # per optimizer: the engine tick of its last pictures
         self._left_out: dict[str, Decision] = {}  # per optimizer: the last histogram step whose pictures were not drawn
         if images and self.writers is not None and self.writers.wants_images:
@@ -312,6 +313,9 @@ class RunOutput:
         if budget.thinned and not self._said_thinned:
             self._said_thinned = True
             self._log.info(f"GradWatch: {budget_message(budget)}")
+        if budget.per_step_far_over and not self._warned_per_step:
+            self._warned_per_step = True
+            _warn(per_step_message(budget))
         if budget.histograms_break_budget and not self._warned_budget:
             self._warned_budget = True
             _warn(
@@ -394,6 +398,30 @@ def budget_message(budget: OverheadBudget) -> str:
         f"to stay within overhead_budget={budget.fraction} of the training time (steps of about {b['step_seconds']}"
         f" s), it writes {listed}. gradwatch.json records the spacing under `budget`;"
         " `overhead_budget=None` turns the budget off."
+    )
+
+
+def per_step_message(budget: OverheadBudget) -> str:
+    """The warning given once when what GradWatch never thins alone takes more than its budget.
+
+    Example:
+        >>> budget = OverheadBudget(0.03, histogram_every=0, explicit=False, pictures=False)
+        >>> for i in range(12):
+        ...     budget.step_done(started=0.04 * i, hook_seconds=0.02, histograms=False)
+        >>> budget.update()
+        >>> budget.per_step_far_over, per_step_message(budget).split(" (")[0]
+        (True, "GradWatch's work at every step takes about 20 ms of each 40 ms step")
+    """
+    step = budget.step_seconds or math.nan
+    hook = budget.per_step_seconds
+    return (
+        f"GradWatch's work at every step takes about {1e3 * hook:.3g} ms of each {1e3 * step:.3g} ms step"
+        f" ({hook / step:.0%}), more than overhead_budget={budget.fraction} allows. It cannot be thinned: measuring"
+        " and judging every step is what lets GradWatch skip, clip or stop a bad step, and the scalars are written"
+        " at the interval you gave. Its cost grows with the number of parameter tensors watched. To bring it down:"
+        " watch fewer parameters (`include`/`exclude`), chart modules rather than single parameters"
+        ' (`granularity="module"`, a smaller `max_layers`), or write scalars less often (a larger'
+        " `log_every_n_steps`). gradwatch.json records the figures under `budget`."
     )
 
 
