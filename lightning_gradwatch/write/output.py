@@ -10,13 +10,12 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from lightning_gradwatch import _names as names
 from lightning_gradwatch._version import __version__
-from lightning_gradwatch.alerts import GradientAlert, GradientWarning
+from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.engine.environment import Environment
 from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.context import LARGEST_SHARE
@@ -32,7 +31,7 @@ from lightning_gradwatch.write.pictures import (
     gradient_heatmap_png,
     matplotlib_available,
 )
-from lightning_gradwatch.write.progress import beside_progress_bars
+from lightning_gradwatch.write.progress import warn
 from lightning_gradwatch.write.sinks import Sink
 from lightning_gradwatch.write.writers import Writers
 
@@ -122,7 +121,7 @@ class RunOutput:
             if matplotlib_available():
                 self.drawing = BackgroundDrawing()
             else:
-                _warn(
+                warn(
                     "GradWatch draws its gradient-flow images with matplotlib, which is not installed: `pip install"
                     " matplotlib` (or `lightning-gradwatch[images]`), or pass `images=False`. Everything else works"
                     " without it."
@@ -136,7 +135,7 @@ class RunOutput:
     def layers_merged(self, index: int, modules: int, layers: int, how: str, max_layers: int | None) -> None:
         """Say once that an optimizer's layers were merged to respect ``max_layers``."""
         if self.is_global_zero:
-            _warn(
+            warn(
                 f"GradWatch merges the {modules} layers of optimizer {index} into {layers}, {how}"
                 f" (max_layers={max_layers}), so TensorBoard stays readable. Pass a larger `max_layers`, or"
                 " `include`/`exclude`, to see more."
@@ -147,12 +146,12 @@ class RunOutput:
         if self.is_global_zero and not self._warned_no_gradients:
             self._warned_no_gradients = True
             if watched == 0:
-                _warn(
+                warn(
                     f"GradWatch watches none of optimizer {index}'s parameters: `include`/`exclude` leave none of"
                     " them. Its steps are not measured, checked or clipped."
                 )
                 return
-            _warn(
+            warn(
                 f"GradWatch found no gradient on the watched parameters of optimizer {index} at step {step}"
                 " (all frozen or unused, or the step skipped its backward). Such steps are not measured."
             )
@@ -172,7 +171,7 @@ class RunOutput:
             if response != Response.RAISE:
                 action = _ACTIONS.get(response)
                 argument = kind_spec(alert.kind).argument
-                _warn(alert.message if action is None else f"{alert.message}\n{action.format(argument=argument)}")
+                warn(alert.message if action is None else f"{alert.message}\n{action.format(argument=argument)}")
             self.write_report(RunStatus.RUNNING)
 
     # ------------------------------------------------------------------ steps
@@ -255,7 +254,7 @@ class RunOutput:
             err = self.drawing.error
             self.drawing.close(timeout=0)
             self.drawing = None
-            _warn(
+            warn(
                 f"GradWatch could not draw its gradient-flow images ({type(err).__name__}: {err}); it stops drawing"
                 " them for this run."
             )
@@ -315,10 +314,10 @@ class RunOutput:
             self._log.info(f"GradWatch: {budget_message(budget)}")
         if budget.per_step_far_over and not self._warned_per_step:
             self._warned_per_step = True
-            _warn(per_step_message(budget))
+            warn(per_step_message(budget))
         if budget.histograms_break_budget and not self._warned_budget:
             self._warned_budget = True
-            _warn(
+            warn(
                 f"GradWatch's histograms every {budget.asked} steps (histogram_every_n_steps={budget.asked}) alone"
                 f" take more than overhead_budget={budget.fraction} of the training time"
                 f" (about {budget.to_dict()['histogram_extra_seconds']} s each on"
@@ -361,7 +360,7 @@ class RunOutput:
                 self.budget.update()  # the last pictures' time, for the report
                 self._say_budget()
             if drawing.dropped:
-                _warn(
+                warn(
                     f"GradWatch left out {drawing.dropped} gradient-flow picture(s): they were asked for faster"
                     " than matplotlib draws them. A larger `histogram_every_n_steps`, or `images=False`, avoids"
                     " this."
@@ -439,8 +438,3 @@ def layer_health(stats: StepStats, decision: Decision) -> list[Health]:
         else:
             out.append(Health.VANISHING if name in vanishing else Health.OK)
     return out
-
-
-def _warn(message: str) -> None:
-    with beside_progress_bars():
-        warnings.warn(message, GradientWarning, stacklevel=4)
