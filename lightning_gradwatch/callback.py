@@ -318,6 +318,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         log_dir: str | os.PathLike[str] | None = None,
         fabric: Any = None,
         scaler: Any = None,
+        steps: int | None = None,
     ) -> WatchedLoop:
         """Watch a training loop you write, plain PyTorch or Lightning Fabric, with this GradWatch's settings.
 
@@ -329,6 +330,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             log_dir: a directory for TensorBoard event files and ``gradwatch.json``.
             fabric: the loop's ``lightning.fabric.Fabric``: its loggers, ranks and precision plugin are used.
             scaler: a plain loop's fp16 ``torch.amp.GradScaler``: gradients are unscaled before measuring.
+            steps: how many optimizer steps the loop will take, when known: with ``log_every_n_steps`` left to
+                GradWatch, a short run then charts at least 100 points, as under a Trainer (else every 50 steps).
 
         Example:
             >>> import torch
@@ -342,7 +345,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             >>> loop.global_step, watch.alerts
             (1, [])
         """
-        return WatchedLoop(self._session, model, log_dir=log_dir, fabric=fabric, scaler=scaler)
+        return WatchedLoop(self._session, model, log_dir=log_dir, fabric=fabric, scaler=scaler, steps=steps)
 
     @property
     def alerts(self) -> list[GradientAlert]:

@@ -7,7 +7,8 @@ wrappers add) and find the parameters exempt from the per-layer vanishing test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import Tensor
@@ -21,6 +22,7 @@ __all__ = [
     "MIN_POINTS",
     "MIN_POINTS_UNDER_BUDGET",
     "Environment",
+    "cadence_for_length",
     "check_selection",
     "clean_name",
     "exempt_parameters",
@@ -98,6 +100,33 @@ def named_parameters(module: Any, optimizer: Any, index: int) -> list[tuple[str,
     known = {id(p) for _, p in named}
     extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
     return named + [(f"optimizer_{index}.param_{i}", p) for i, p in enumerate(extra)]
+
+
+def cadence_for_length(env: Environment, total: float, histogram_every_n_steps: int | None) -> Environment:
+    """The schedule of a run of ``total`` optimizer steps whose scalar interval was left to GradWatch.
+
+    ``env.log_every`` is the widest interval (Lightning's default, 50); a run too short to get :data:`MIN_POINTS`
+    points from it gets a closer one (a 145-step run: every step). An overhead budget may spread it out again up to
+    ``log_widest``: never past ``env.log_every``, nor below :data:`MIN_POINTS_UNDER_BUDGET` points a run. Histograms
+    follow at four times the scalar interval unless ``histogram_every_n_steps`` is given. A length that is not a
+    positive, finite number keeps ``env``.
+
+    Example:
+        >>> env = Environment(log_every=50, hist_every=200)
+        >>> short = cadence_for_length(env, 145, None)
+        >>> short.log_every, short.hist_every, short.log_widest
+        (1, 4, 5)
+        >>> cadence_for_length(env, 10_000, None) is env
+        True
+    """
+    if not math.isfinite(total) or total <= 0:
+        return env
+    log_every = max(1, min(env.log_every, int(total // MIN_POINTS)))
+    if log_every == env.log_every:
+        return env
+    hist_every = histogram_interval(log_every, histogram_every_n_steps)
+    widest = max(log_every, min(env.log_every, int(total // MIN_POINTS_UNDER_BUDGET)))
+    return replace(env, log_every=log_every, hist_every=hist_every, log_widest=widest)
 
 
 def check_selection(module: Any, include: str | None, exclude: str | None) -> None:
