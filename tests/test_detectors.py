@@ -515,7 +515,7 @@ def test_a_loss_that_never_moved_with_layers_decades_apart_is_vanishing_within_t
     alerts = feed(det, range(60), make=deep_stack, loss=lambda s: 2.30 + 0.02 * math.sin(2.1 * s))
     assert [(a.kind, a.step, a.layers, a.extra) for a in alerts] == [("vanishing", 19, ("l0",), {"rule": "stall"})]
     assert "the loss has not come down from where training started" in alerts[0].message
-    assert "l0 lie 5.1 decades below the largest layer (l2" in alerts[0].message
+    assert "l0 lies 5.1 decades below the largest layer (l2" in alerts[0].message
     assert feed(det, range(60, 200), make=deep_stack, loss=lambda s: 2.30) == []  # one alert for the episode
 
 

@@ -186,26 +186,41 @@ class Stall(VanishingRule):
 
     @override
     def judge(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> GradientAlert | None:
-        cfg, losses = self.config, self.ctx.losses
-        start, level = losses.start, losses.level
-        if self.ctx.episode.exploded or start is None or level is None or losses.losses_seen < cfg.stall_steps:
+        start = self.ctx.losses.start
+        if not self._judged() or start is None:
             return None
-        self.stall_best = level if self.stall_best is None else min(self.stall_best, level)
-        if moved(self.stall_best, start, cfg.stall_tolerance):  # it learns, or learned: never a stall again
+        if self._learned(start):  # it learns, or learned: never a stall again
             self.stall_episode = []
             return None
         if self.stall_episode:
             verdict.vanishing_layers = tuple(n for n in stats.layers if n in self.stall_episode)
             return None
+        return self._name(step, stats, verdict, start)
+
+    def _name(self, step: int, stats: StepStats, verdict: Verdict, start: float) -> GradientAlert | None:
+        """Alert when layers lie ``stall_decades`` or more below the largest, naming those below the per-layer ratio."""
         depth = {n: median(w) for n, w in self.stall_depths.items() if len(w) == STALL_WINDOW}
         deepest = max(depth.values(), default=0.0)
-        if deepest < cfg.stall_decades:
+        if deepest < self.config.stall_decades:
             return None
-        small = min(-math.log10(cfg.vanishing_ratio), deepest)  # the per-layer test's depth, the deepest at least
+        # every layer below vanishing_ratio; when none is that deep, the layers within a decade of the deepest
+        small = min(max(self.config.stall_decades, deepest - 1.0), -math.log10(self.config.vanishing_ratio))
         named = tuple(n for n in stats.layers if depth.get(n, -math.inf) >= small)
         self.stall_episode = list(named)
         verdict.vanishing_layers = named
         return self._alert(step, stats, named, (min(depth[n] for n in named), deepest), start)
+
+    def _judged(self) -> bool:
+        """Whether the stall is judged at this step: no explosion, and the loss known for ``stall_steps`` steps."""
+        losses = self.ctx.losses
+        seen_enough = losses.level is not None and losses.losses_seen >= self.config.stall_steps
+        return seen_enough and not self.ctx.episode.exploded
+
+    def _learned(self, start: float) -> bool:
+        """Whether the loss's lowest median so far has moved from its start (kept as ``stall_best``)."""
+        level = self.ctx.losses.level
+        self.stall_best = level if self.stall_best is None else min(self.stall_best, level)
+        return moved(self.stall_best, start, self.config.stall_tolerance)
 
     def _alert(
         self, step: int, stats: StepStats, named: tuple[str, ...], depths: tuple[float, float], start: float
@@ -213,11 +228,12 @@ class Stall(VanishingRule):
         cfg, losses = self.config, self.ctx.losses
         top_layer = stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)]
         shallow, deepest = depths
+        verb = "lies" if len(named) == 1 else "lie"
         how_deep = f"{deepest:.1f}" if round(shallow, 1) == round(deepest, 1) else f"{shallow:.1f} to {deepest:.1f}"
         message = (
             f"Vanishing gradients at step {step}: the loss has not come down from where training started"
             f" ({losses.level:.4g} against {start:.4g}, medians of {LOSS_WINDOW} steps, after {losses.losses_seen}"
-            f" steps) while {format_layers(named)} lie {how_deep} decades below the largest layer ({top_layer},"
+            f" steps) while {format_layers(named)} {verb} {how_deep} decades below the largest layer ({top_layer},"
             f" medians over {STALL_WINDOW} steps): the first layers are not learning." + self.ctx.hints(self.kind)
         )
         return GradientAlert(
@@ -361,7 +377,6 @@ class VanishingWatch(RuleWatch):
         ongoing = [rule.ongoing() for rule in self.rules]  # an episode alerted already, by one rule or another
         for i, rule in enumerate(self.rules):
             alert = rule.judge(step, stats, top, verdict)
-            others = any(o for j, o in enumerate(ongoing) if j != i)
-            if alert is not None and verdict.alert(self.kind) is None and not others:
+            if alert is not None and verdict.alert(self.kind) is None and not any(ongoing[:i] + ongoing[i + 1 :]):
                 verdict.alerts.append(alert)
         return True
