@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lightning_gradwatch.act.actor import agree
+from lightning_gradwatch.act.actor import agree, averaged
 from lightning_gradwatch.engine.environment import (
     LIGHTNING_LOG_EVERY,
     Environment,
@@ -167,6 +167,14 @@ class TrainerHost:
     def reduce(self, flags: Flags) -> Flags:
         """Every rank takes the same decision."""
         return reduce_flags(self.trainer, self.env, flags)
+
+    def average(self, loss: torch.Tensor | None) -> torch.Tensor | None:
+        """The loss averaged over the Trainer's processes (one collective of one number when there are several)."""
+        if self.env.world_size <= 1:
+            return loss
+        strategy = self.trainer.strategy
+        device = getattr(strategy, "root_device", torch.device("cpu"))
+        return averaged(loss, lambda value: strategy.reduce(value, reduce_op="mean"), device)
 
     def stop(self) -> None:
         """Training ends after this step (on every rank: the flag was reduced)."""

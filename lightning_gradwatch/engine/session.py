@@ -175,7 +175,9 @@ class Session:
             step: the global step (recorded in alerts and charts).
             index: the optimizer's index among the run's ``count`` optimizers.
             count: how many optimizers the run has.
-            loss: the last training loss (a one-element tensor, read in the step's one transfer).
+            loss: this step's training loss (a one-element tensor, unscaled; under gradient accumulation the sum of
+                the micro-batches' losses, each divided by their number), averaged over the processes and read in
+                the step's one transfer.
             where: where the step's batch came from (``epoch``, ``batch_idx``), for the report's bad batches.
 
         Returns:
@@ -210,6 +212,7 @@ class Session:
         lane = self._lane(fit, index, count, optimizer, module)
         lane.hist_every = fit.output.histogram_every(lane)
         lane.log_every = fit.output.log_every(lane)
+        loss = host.average(loss)  # every process's detector sees the same loss
         decision = lane.decide(step, loss, count > 1, fit.output.writes)  # measure, judge, record
         if decision.stats is None:
             fit.output.no_gradients(index, decision.step, len(lane.collector or ()))
