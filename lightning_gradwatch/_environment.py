@@ -69,15 +69,17 @@ def run_cadence(
     the scalar interval unless set. An overhead budget may spread such a chosen interval out again, up to
     ``log_widest``: never past the Trainer's, nor so far that the run has fewer than
     :data:`MIN_POINTS_UNDER_BUDGET` points. Called once the training data is loaded (the run's length is
-    ``trainer.estimated_stepping_batches``); a run of unknown length keeps the Trainer's interval.
+    ``trainer.estimated_stepping_batches``, kept as ``run_steps`` whatever the intervals); a run of unknown length
+    keeps the Trainer's interval.
     """
-    if log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY:
-        return env
     try:
         total = float(trainer.estimated_stepping_batches)
     except Exception:  # an iterable dataset of unknown length, or a Trainer stand-in
         return env
     if not math.isfinite(total) or total <= 0:
+        return env
+    env = replace(env, run_steps=int(total))
+    if log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY:
         return env
     log_every = max(1, min(env.log_every, int(total // MIN_POINTS)))
     if log_every == env.log_every:

@@ -49,6 +49,7 @@ class Environment:
         log_every: scalar interval, in optimizer steps.
         hist_every: histogram interval, in optimizer steps (0: none).
         log_widest: the widest an overhead budget may spread ``log_every`` to (0: ``log_every`` is fixed).
+        run_steps: the run's length in optimizer steps, when known (0: unknown).
         log_dir: where ``gradwatch.json`` goes (``None``: nowhere).
         plain_group: the process group plain-tensor gradients are sharded over (FSDP1), else ``None``.
         scaler: the fp16 loss scaler, when one is enabled.
@@ -60,6 +61,7 @@ class Environment:
     log_every: int = LIGHTNING_LOG_EVERY
     hist_every: int = HISTOGRAMS_PER_LOG * LIGHTNING_LOG_EVERY
     log_widest: int = 0
+    run_steps: int = 0
     log_dir: str | None = None
     plain_group: Any = None
     scaler: Any = None

@@ -119,7 +119,7 @@ class Session:
         """Take the fit's schedule, chosen once its length is known (before its first step)."""
         if self.fit is not None and env is not self.fit.env:
             self.fit.env = env
-            self.fit.output.retime(env.log_every, env.hist_every, env.log_widest)
+            self.fit.output.retime(env.log_every, env.hist_every, env.log_widest, env.run_steps)
 
     def end(self, status: RunStatus | str, error: str | None = None) -> None:
         """The fit ends (``status``: finished, interrupted, failed): last pictures, flushed logs, the report."""
