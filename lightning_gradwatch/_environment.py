@@ -7,10 +7,8 @@ record: the Trainer's own checks, the optimizer's index, agreeing on flags acros
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -18,9 +16,8 @@ import torch
 from lightning_gradwatch.act.actor import agree
 from lightning_gradwatch.engine.environment import (
     LIGHTNING_LOG_EVERY,
-    MIN_POINTS,
-    MIN_POINTS_UNDER_BUDGET,
     Environment,
+    cadence_for_length,
     histogram_interval,
 )
 from lightning_gradwatch.judge.decision import Flags
@@ -76,17 +73,8 @@ def run_cadence(
         total = float(trainer.estimated_stepping_batches)
     except Exception:  # an iterable dataset of unknown length, or a Trainer stand-in
         return env
-    if not math.isfinite(total) or total <= 0:
-        return env
-    env = replace(env, run_steps=int(total))
-    if log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY:
-        return env
-    log_every = max(1, min(env.log_every, int(total // MIN_POINTS)))
-    if log_every == env.log_every:
-        return env
-    hist_every = histogram_interval(log_every, histogram_every_n_steps)
-    widest = max(log_every, min(env.log_every, int(total // MIN_POINTS_UNDER_BUDGET)))
-    return replace(env, log_every=log_every, hist_every=hist_every, log_widest=widest)
+    chosen = log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY
+    return cadence_for_length(env, total, histogram_every_n_steps, keep_interval=chosen)
 
 
 def optimizer_index(trainer: Any, optimizer: Any) -> tuple[int, int]:

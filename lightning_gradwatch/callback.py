@@ -36,6 +36,7 @@ from lightning_gradwatch.config import (
     ScheduleConfig,
     WatchConfig,
 )
+from lightning_gradwatch.engine.environment import check_selection
 from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, RunStatus, VanishingResponse
 from lightning_gradwatch.loop import WatchedLoop
@@ -319,6 +320,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         log_dir: str | os.PathLike[str] | None = None,
         fabric: Any = None,
         scaler: Any = None,
+        steps: int | None = None,
     ) -> WatchedLoop:
         """Watch a training loop you write, plain PyTorch or Lightning Fabric, with this GradWatch's settings.
 
@@ -330,6 +332,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             log_dir: a directory for TensorBoard event files and ``gradwatch.json``.
             fabric: the loop's ``lightning.fabric.Fabric``: its loggers, ranks and precision plugin are used.
             scaler: a plain loop's fp16 ``torch.amp.GradScaler``: gradients are unscaled before measuring.
+            steps: how many optimizer steps the loop will take, when known: with ``log_every_n_steps`` left to
+                GradWatch, a short run then charts at least 100 points, as under a Trainer (else every 50 steps).
 
         Example:
             >>> import torch
@@ -343,7 +347,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             >>> loop.global_step, watch.alerts
             (1, [])
         """
-        return WatchedLoop(self._session, model, log_dir=log_dir, fabric=fabric, scaler=scaler)
+        return WatchedLoop(self._session, model, log_dir=log_dir, fabric=fabric, scaler=scaler, steps=steps)
 
     @property
     def alerts(self) -> list[GradientAlert]:
@@ -373,7 +377,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         check_trainer(trainer, clip=s.clipping.clip, on_exploding=s.responses.on_exploding)
         env = probe(trainer, pl_module, s.schedule.log_every_n_steps, s.schedule.histogram_every_n_steps)  # every rank
         namespace = instance_namespace(self, trainer.callbacks)
-        fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer))
+        fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer), owner=id(trainer))
         self._loss = self._batch_idx = None
         if s.output.progress_bar and env.is_global_zero:
             fit.progress.attach(trainer)
@@ -405,6 +409,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         fit = self._session.fit
         if fit is not None:
+            measure = self.settings.measure
+            check_selection(pl_module, measure.include, measure.exclude)  # the model is built by now
             schedule = self.settings.schedule
             env = run_cadence(fit.env, trainer, schedule.log_every_n_steps, schedule.histogram_every_n_steps)
             self._session.retime(env)  # every rank

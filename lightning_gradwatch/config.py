@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Union
 
@@ -88,9 +89,11 @@ class ConfigGroup:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
+            value = _plain_number(getattr(self, f.name))
+            object.__setattr__(self, f.name, value)  # a NumPy integer is kept as the int it stands for
             check = f.metadata.get("check")
             if check is not None:
-                check(f.name, getattr(self, f.name))
+                check(f.name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, in field order."""
@@ -105,6 +108,20 @@ class ConfigGroup:
     def argument_names(cls) -> tuple[str, ...]:
         """The fields ``GradWatch`` takes as arguments."""
         return tuple(f.name for f in cls.settings() if f.metadata["argument"])
+
+
+def _plain_number(value: Any) -> Any:
+    """A number of another library (``numpy.int64(5)``, ``numpy.float32(0.1)``) as Python's ``int`` or ``float``.
+
+    Example:
+        >>> import numpy as np
+        >>> five = _plain_number(np.int64(5))
+        >>> five, type(five).__name__, _plain_number(True), _plain_number("5")
+        (5, 'int', True, '5')
+    """
+    if isinstance(value, (bool, int, float)) or not isinstance(value, numbers.Real):
+        return value  # Python's own numbers (and bools) as they are; anything else is the check's to refuse
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _default(kind: AlertKind) -> Any:

@@ -19,9 +19,16 @@ from torch import Tensor, nn
 
 from lightning_gradwatch._environment import _scaler_enabled
 from lightning_gradwatch._hosts import FabricHost, LoopHost, check_fabric, user_module
+from lightning_gradwatch._validation import check_int
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.config import WatchConfig
-from lightning_gradwatch.engine.environment import LIGHTNING_LOG_EVERY, Environment, histogram_interval
+from lightning_gradwatch.engine.environment import (
+    LIGHTNING_LOG_EVERY,
+    Environment,
+    cadence_for_length,
+    check_selection,
+    histogram_interval,
+)
 from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.remedies import ModelTraits
@@ -83,6 +90,8 @@ class WatchedLoop:
         log_dir: a directory for TensorBoard event files and ``gradwatch.json``.
         fabric: the loop's ``lightning.fabric.Fabric``.
         scaler: a plain loop's fp16 ``torch.amp.GradScaler`` (under Fabric, its precision plugin's is used).
+        steps: the loop's length in optimizer steps, when known: with ``log_every_n_steps`` left to GradWatch, a
+            short run charts at least 100 points (a 145-step loop: every step), as under a Trainer.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, ``fabric`` not a Fabric, ``scaler`` not a loss scaler,
@@ -117,7 +126,9 @@ class WatchedLoop:
         log_dir: str | os.PathLike[str] | None = None,
         fabric: Any = None,
         scaler: Any = None,
+        steps: int | None = None,
     ) -> None:
+        check_int("steps", steps, minimum=1, optional=True)
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module (the model being trained), got {type(model).__name__}.")
         settings = session.settings
@@ -142,6 +153,7 @@ class WatchedLoop:
         self._restore: dict[str, Any] | None = None
         self._directory: TensorBoardDirectory | None = None
         self._report_dir: str | None = None
+        self._steps = steps
 
     # ------------------------------------------------------------------ the run
     def __enter__(self) -> WatchedLoop:
@@ -151,6 +163,8 @@ class WatchedLoop:
             raise RuntimeError(
                 "This GradWatch is already watching a run (a Trainer fit or another loop): use one GradWatch per run."
             )
+        measure = self._session.settings.measure
+        check_selection(self.module, measure.include, measure.exclude)
         host = self._host
         loggers = list(host.loggers)
         if self._log_dir is not None:
@@ -158,7 +172,13 @@ class WatchedLoop:
             loggers.insert(0, self._directory)
         self._report_dir = self._log_dir or (host.log_dir() if host.is_global_zero else None)
         env = loop_environment(self._session.settings, self.module, host, self._report_dir)
-        self._session.begin(env, loggers, log_name=host.log_name)
+        self._session.begin(env, loggers, log_name=host.log_name, owner=id(self))
+        schedule = self._session.settings.schedule
+        if self._steps is not None:  # a run of known length: its floor of pictures, and its cadence unless chosen
+            chosen = schedule.log_every_n_steps is not None
+            self._session.retime(
+                cadence_for_length(env, self._steps, schedule.histogram_every_n_steps, keep_interval=chosen)
+            )
         self._alerts = self._session.alerts
         self._state = _OPEN
         if self._restore is not None:
@@ -309,8 +329,9 @@ class TensorBoardDirectory:
 def loop_environment(settings: WatchConfig, module: nn.Module, host: LoopHost, log_dir: str | None) -> Environment:
     """A loop's environment: the host's ranks, shard group and scaler, GradWatch's schedule, the model's traits.
 
-    A loop's length is not known: scalars every ``log_every_n_steps`` steps, ``None`` taken as Lightning's default
-    (50); histograms as the callback (four times that, unless given).
+    Scalars every ``log_every_n_steps`` steps, ``None`` taken as Lightning's default (50) until the loop's length
+    is known (see :func:`~lightning_gradwatch.engine.environment.cadence_for_length`); histograms as the callback
+    (four times that, unless given).
     """
     schedule = settings.schedule
     log_every = schedule.log_every_n_steps or LIGHTNING_LOG_EVERY

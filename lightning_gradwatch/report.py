@@ -26,6 +26,7 @@ __all__ = [
     "RunSummary",
     "Series",
     "build_report",
+    "json_safe",
     "read_report",
     "write_report",
 ]
@@ -304,17 +305,23 @@ def build_report(
     if error:
         doc["error"] = error
     doc.update(summary.to_dict())
-    doc["alerts"] = [_json_safe(a.to_dict()) for a in alerts]
+    doc["alerts"] = [json_safe(a.to_dict()) for a in alerts]
     return doc
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as its ``repr`` (JSON has no NaN), containers copied.
+
+    Example:
+        >>> json_safe({"value": float("nan"), "layers": ("fc",)})
+        {'value': 'nan', 'layers': ['fc']}
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -331,7 +338,7 @@ def write_report(directory: str | os.PathLike[str], doc: Mapping[str, Any]) -> P
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it private: 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_json_safe(dict(doc)), fh, indent=1, allow_nan=False)
+            json.dump(json_safe(dict(doc)), fh, indent=1, allow_nan=False)
             fh.write("\n")
         os.replace(tmp, path)
     except BaseException:

@@ -59,6 +59,9 @@ class RunRecord:
     ``total_norm`` key; ``config`` is ``gradwatch.json``'s configuration (empty from event files); ``series`` holds
     every GradWatch scalar of the event files by tag (``grad_norm/<layer>``, ``gradwatch/total_norm``,
     ``gradwatch/clip_threshold``, ...) as ``(step, value)`` points, when the run was loaded with ``series=True``.
+    ``fits`` lists the run's fits (``first_step``, ``last_step``, ``status``: a second ``trainer.fit`` continues a
+    run), and ``status`` is the last one's; ``earlier_alerts`` are alerts a resumed checkpoint brought from the run
+    they happened in (judged there, not here).
     """
 
     path: Path
@@ -76,6 +79,8 @@ class RunRecord:
     total_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    earlier_alerts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -185,33 +190,40 @@ def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
 
 def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
     try:
-        raw_layers = _as_list(doc.get("layers"))
-        layers = [_layer_entry(entry) for entry in raw_layers]
-        alerts = [_alert_entry(a) for a in _as_list(doc.get("alerts"))]
-        events = {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()}
-        steps = {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)}
-        raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
-        total = {str(k): _summary(v) for k, v in raw_total}
-        history = {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)}
-        total_history = {str(k): _history({"grad_norm": v}) for k, v in raw_total}
-        config = _as_dict(doc.get("config"))
-        status, error = _text(doc, "status"), _text(doc, "error")
+        fields = _report_fields(doc)
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise RunReadError(f"{directory / REPORT_FILE}: unexpected content ({_one_line(err)})") from err
-    return RunRecord(
-        directory,
-        "json",
-        status,
-        steps,
-        layers,
-        alerts,
-        events,
-        total,
-        error,
-        history=history,
-        total_history=total_history,
-        config=config,
-    )
+    return RunRecord(directory, "json", **fields)
+
+
+def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """A ``gradwatch.json`` document's fields of :class:`RunRecord`, each checked for its type."""
+    raw_layers = _as_list(doc.get("layers"))
+    layers = [_layer_entry(entry) for entry in raw_layers]
+    raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
+    return {
+        "status": _text(doc, "status"),
+        "steps": {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)},
+        "layers": layers,
+        "alerts": [_alert_entry(a) for a in _as_list(doc.get("alerts"))],
+        "events": {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()},
+        "total_norm": {str(k): _summary(v) for k, v in raw_total},
+        "error": _text(doc, "error"),
+        "history": {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)},
+        "total_history": {str(k): _history({"grad_norm": v}) for k, v in raw_total},
+        "config": _as_dict(doc.get("config")),
+        "fits": [_fit_entry(f) for f in _as_list(doc.get("fits"))],
+        "earlier_alerts": [_alert_entry(a) for a in _as_list(doc.get("earlier_alerts"))],
+    }
+
+
+def _fit_entry(entry: Any) -> dict[str, Any]:
+    """One fit of a run: its first and last step (``None`` when it measured none) and its status."""
+    fit = _as_dict(entry)
+    steps = {k: fit.get(k) for k in ("first_step", "last_step")}
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in steps.values()):
+        raise TypeError("a fit's steps are not integers")
+    return {**steps, "status": _text(fit, "status"), "error": _text(fit, "error")}
 
 
 def _history(entry: dict[str, Any]) -> list[tuple[int, float]]:

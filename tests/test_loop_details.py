@@ -360,3 +360,20 @@ def test_a_plain_loop_needs_no_lightning(tmp_path):
     assert result.stdout.strip() == "[('nonfinite', 2)] []"
     assert json.loads((tmp_path / "gradwatch.json").read_text())["status"] == "finished"
     assert sorted(scalars(events(tmp_path), "gradwatch/total_norm")) == list(range(6))
+
+
+def test_a_loop_of_known_length_charts_as_a_trainer_run_of_that_length(tmp_path):
+    """145 steps told to GradWatch: a point every step, as a Trainer run of 145 steps gets (else one every 50)."""
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for steps, where in ((145, tmp_path / "known"), (None, tmp_path / "unknown")):
+        with GradWatch(images=False).loop(model, log_dir=where, steps=steps) as loop:
+            for _ in range(145):
+                model(torch.randn(8, 4)).pow(2).mean().backward()
+                if loop.step(optimizer):
+                    optimizer.step()
+                optimizer.zero_grad()
+    assert sorted(scalars(events(tmp_path / "known"), "gradwatch/total_norm")) == list(range(145))
+    assert sorted(scalars(events(tmp_path / "unknown"), "gradwatch/total_norm")) == [0, 50, 100]
+    with pytest.raises(ValueError, match="`steps` must be >= 1"):
+        GradWatch().loop(model, steps=0)

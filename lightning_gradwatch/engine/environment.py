@@ -7,11 +7,13 @@ wrappers add) and find the parameters exempt from the per-layer vanishing test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import Tensor
 
+from lightning_gradwatch.measure.layers import watched_parameters
 from lightning_gradwatch.remedies import ModelTraits
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "MIN_POINTS",
     "MIN_POINTS_UNDER_BUDGET",
     "Environment",
+    "cadence_for_length",
+    "check_selection",
     "clean_name",
     "exempt_parameters",
     "histogram_interval",
@@ -98,6 +102,71 @@ def named_parameters(module: Any, optimizer: Any, index: int) -> list[tuple[str,
     known = {id(p) for _, p in named}
     extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
     return named + [(f"optimizer_{index}.param_{i}", p) for i, p in enumerate(extra)]
+
+
+def cadence_for_length(
+    env: Environment, total: float, histogram_every_n_steps: int | None, keep_interval: bool = False
+) -> Environment:
+    """The schedule of a run of ``total`` optimizer steps: its length, and its intervals when left to GradWatch.
+
+    The length is kept as ``run_steps`` (a short run's floor of pictures spreads over it). ``env.log_every`` is the
+    widest interval (Lightning's default, 50); unless ``keep_interval`` (the user chose the interval), a run too
+    short to get :data:`MIN_POINTS` points from it gets a closer one (a 145-step run: every step). An overhead
+    budget may spread it out again up to ``log_widest``: never past ``env.log_every``, nor below
+    :data:`MIN_POINTS_UNDER_BUDGET` points a run. Histograms follow at four times the scalar interval unless
+    ``histogram_every_n_steps`` is given. A length that is not a positive, finite number keeps ``env``.
+
+    Example:
+        >>> env = Environment(log_every=50, hist_every=200)
+        >>> short = cadence_for_length(env, 145, None)
+        >>> short.log_every, short.hist_every, short.log_widest, short.run_steps
+        (1, 4, 5, 145)
+        >>> long = cadence_for_length(env, 10_000, None)
+        >>> long.log_every, long.hist_every, long.log_widest, long.run_steps
+        (50, 200, 0, 10000)
+        >>> cadence_for_length(env, float("inf"), None) is env
+        True
+    """
+    if not math.isfinite(total) or total <= 0:
+        return env
+    env = replace(env, run_steps=int(total))
+    log_every = max(1, min(env.log_every, int(total // MIN_POINTS)))
+    if keep_interval or log_every == env.log_every:
+        return env
+    hist_every = histogram_interval(log_every, histogram_every_n_steps)
+    widest = max(log_every, min(env.log_every, int(total // MIN_POINTS_UNDER_BUDGET)))
+    return replace(env, log_every=log_every, hist_every=hist_every, log_widest=widest)
+
+
+def check_selection(module: Any, include: str | None, exclude: str | None) -> None:
+    """Refuse an ``include``/``exclude`` that leaves none of the model's parameters: a watch that watches nothing.
+
+    Such a watch would chart nothing and catch no NaN, and a gate reading its logs would call the run healthy.
+    Checked once the model is built (a model with no parameters at all is left to the per-step warning).
+
+    Example:
+        >>> import torch
+        >>> check_selection(torch.nn.Linear(2, 1), include="weight", exclude=None)
+        >>> check_selection(torch.nn.Linear(2, 1), include="^model", exclude=None)
+        Traceback (most recent call last):
+        ...
+        ValueError: `include='^model'` matches none of the model's 2 parameters (weight, bias): ...
+    """
+    if include is None and exclude is None:
+        return
+    names = [clean_name(n) for n, _ in module.named_parameters()]
+    if not names or watched_parameters(module.named_parameters(), include, exclude)[0]:
+        return
+    shown = ", ".join(names[:6]) + (f", ... (+{len(names) - 6} more)" if len(names) > 6 else "")
+    if include is not None and not watched_parameters(module.named_parameters(), include, None)[0]:
+        what = f"`include={include!r}` matches none of the model's {len(names)} parameters ({shown})"
+    else:
+        given = f"`include={include!r}` and `exclude={exclude!r}`" if include is not None else f"`exclude={exclude!r}`"
+        what = f"{given} leaves none of the model's {len(names)} parameters ({shown})"
+    raise ValueError(
+        f"{what}: GradWatch would watch nothing, chart nothing and catch no NaN/Inf. The patterns are matched with"
+        " re.search against the full parameter names above; fix them, or leave both None to watch every parameter."
+    )
 
 
 def exempt_parameters(module: Any, granularity: str) -> set[int]:

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lightning_gradwatch import _names as names
@@ -37,6 +38,8 @@ from lightning_gradwatch.measure.stats import GradientStats
 from lightning_gradwatch.report import RunSummary
 
 __all__ = ["Lane"]
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class Lane:
@@ -70,16 +73,28 @@ class Lane:
         self.hist_every = self.env.hist_every  # histogram interval in force (an overhead budget may widen it)
         self.log_every = self.env.log_every  # scalar interval in force (likewise)
         self.interval_max = 0.0
-        self._watched = -1
+        self._watched: tuple[int, ...] = ()
         self._scale = None if self.env.scaler is None else partial(scale_of, self.env.scaler)
 
     # ------------------------------------------------------------------ parameters
-    def needs_parameters(self, count: int) -> bool:
-        """Whether the watched parameters must be (re)read: first step, or the optimizer's count changed."""
-        return self.collector is None or count != self._watched
+    def needs_parameters(self, identity: tuple[int, ...]) -> bool:
+        """Whether the watched parameters must be (re)read: first step, or the optimizer holds other parameters.
 
-    def watch(self, named_parameters: Iterable[tuple[str, Tensor]], exempt: set[int], plain_group: Any = None) -> bool:
+        ``identity`` is the optimizer's parameters' ids in order: a parameter group swapped for another of the same
+        size (adapters exchanged mid-run) is a change, as much as an added group.
+        """
+        return self.collector is None or identity != self._watched
+
+    def watch(
+        self,
+        named_parameters: Iterable[tuple[str, Tensor]],
+        exempt: set[int],
+        plain_group: Any = None,
+        identity: tuple[int, ...] = (),
+    ) -> bool:
         """Watch these parameters (names already cleaned); ``exempt``: ids of parameters exempt from vanishing.
+
+        ``identity`` is what :meth:`needs_parameters` compares the optimizer's parameters with next.
 
         Returns:
             Whether this first watch had to merge layers to respect ``max_layers`` (say so once).
@@ -87,6 +102,7 @@ class Lane:
         s = self.settings.measure
         named = list(named_parameters)
         first = self.collector is None
+        self._watched = identity
         self.collector = GradientStats(
             named,
             granularity=s.granularity,
@@ -97,8 +113,8 @@ class Lane:
             max_layers=s.max_layers,
             plain_group=plain_group,
         )
-        self._watched = len(named)
         self.judge.detector.exempt_layers = self.collector.layers_made_of(exempt)
+        self.judge.half_weights = any(p.dtype in _HALF for p in self.collector.params)
         return first and self.collector.aggregated is not None
 
     def merge(self) -> tuple[int, int, str]:
@@ -209,5 +225,5 @@ class Lane:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["collector"] = None  # parameters belong to one fit
-        state["_watched"] = -1
+        state["_watched"] = ()
         return state

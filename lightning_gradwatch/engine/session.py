@@ -30,9 +30,11 @@ Example:
 from __future__ import annotations
 
 import atexit
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from torch import Tensor
@@ -42,6 +44,7 @@ from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.engine.environment import Environment, exempt_parameters, named_parameters
 from lightning_gradwatch.engine.lane import Lane
+from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.decision import Decision, Flags, failure_of
 from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import RunSummary
@@ -78,6 +81,7 @@ class Session:
         self.summary = RunSummary()
         self.lanes: dict[int, Lane] = {}
         self._pending: dict[str, dict[str, Any]] = {}
+        self.ledger = RunLedger()
         self.fit: Fit | None = None
 
     # ------------------------------------------------------------------ a fit
@@ -88,8 +92,13 @@ class Session:
         namespace: str = "",
         log_name: str = "lightning_gradwatch",
         sinks: Iterable[Sink] = (),
+        owner: Any = None,
     ) -> Fit:
-        """A fit begins: fresh alerts, lanes and summary (a checkpoint may restore them next), and its output.
+        """A fit begins, with its output: a new run, or the next fit of the run it continues.
+
+        A fit that writes to the directory of the previous fit (a second ``trainer.fit``) continues its run: the
+        alerts, the detectors' history and the summary go on, and the report lists both fits. Any other fit starts
+        fresh (a checkpoint may restore the state next), taking over an earlier ``gradwatch.json`` in its directory.
 
         Args:
             env: the fit's environment (every process calls this).
@@ -97,16 +106,20 @@ class Session:
             namespace: for a second instance in one run: the subdirectory its output goes to.
             log_name: the logger its messages go to.
             sinks: more outputs beside the loggers' (a plain loop may have no logger at all).
+            owner: the training loop (the Trainer): fits that write no report continue a run only under the same one.
         """
         s = self.settings
-        self.alerts, self.lanes, self._pending, self.summary = [], {}, {}, RunSummary()
+        directory = os.path.join(env.log_dir, namespace) if env.log_dir is not None and namespace else env.log_dir
+        if not self.ledger.begin_fit(directory, owner, read_earlier=env.is_global_zero):
+            # a new run; a fit that continues the run keeps its alerts, its detectors' history and its summary
+            self.alerts, self.lanes, self._pending, self.summary = [], {}, {}, RunSummary()
         images = s.output.images and env.hist_every > 0
         budget = None
         if s.output.overhead_budget is not None and env.is_global_zero:
             explicit = s.schedule.histogram_every_n_steps is not None
             budget = OverheadBudget(s.output.overhead_budget, env.hist_every, explicit=explicit, pictures=images)
         output = RunOutput(
-            env, loggers, self.summary, self.alerts, s.to_dict, images, namespace, budget, log_name, sinks
+            env, loggers, self.summary, self.alerts, self.ledger, s.to_dict, images, namespace, budget, log_name, sinks
         )
         self.fit = Fit(env, output, ProgressItems())
         if env.is_global_zero:
@@ -128,6 +141,7 @@ class Session:
             return
         atexit.unregister(self._at_exit)
         fit.progress.detach()
+        self.ledger.end_fit(status, error)
         fit.output.finish(RunStatus(status), error)
 
     def fail(self, exception: BaseException) -> None:
@@ -198,16 +212,19 @@ class Session:
         lane.log_every = fit.output.log_every(lane)
         decision = lane.decide(step, loss, count > 1, fit.output.writes)  # measure, judge, record
         if decision.stats is None:
-            fit.output.no_gradients(index, decision.step)
+            fit.output.no_gradients(index, decision.step, len(lane.collector or ()))
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
             return decision, Flags()
+        self.ledger.saw(decision.step)
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision)
         flags = host.reduce(decision.flags)
         clip = lane.settle(decision, flags, **where)
         fit.output.write_step(decision, lane, clip)
         if flags.fail:
-            fit.output.finish(RunStatus.FAILED, error=failure_of(decision).message.splitlines()[0])
+            error = failure_of(decision).message.splitlines()[0]
+            self.ledger.end_fit(RunStatus.FAILED, error)
+            fit.output.finish(RunStatus.FAILED, error=error)
         act(decision, flags, optimizer, host, lane.collector)
         return decision, flags
 
@@ -217,11 +234,11 @@ class Session:
         if lane is None:
             lane = self.lanes[index] = Lane(self.settings, index, count, fit.env, self.summary)
             lane.restore(self._pending)
-        params = sum(len(g["params"]) for g in optimizer.param_groups)
-        if lane.needs_parameters(params):
+        identity = tuple(map(id, chain.from_iterable(g["params"] for g in optimizer.param_groups)))
+        if lane.needs_parameters(identity):
             named = named_parameters(module, optimizer, index)
             exempt = exempt_parameters(module, self.settings.measure.granularity)
-            if lane.watch(named, exempt, fit.env.plain_group):
+            if lane.watch(named, exempt, fit.env.plain_group, identity):
                 fit.output.layers_merged(lane.index, *lane.merge(), self.settings.measure.max_layers)
         return lane
 
@@ -247,6 +264,7 @@ class Session:
             lane.restore(self._pending)
         self.summary.load_state_dict(state.get("summary", {}))  # in place: the fit's output holds both
         self.alerts[:] = [GradientAlert.from_dict(a) for a in state.get("alerts", [])]
+        self.ledger.carry(self.alerts)  # those this run did not record belong to the run they happened in
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -118,6 +118,7 @@ class StepJudge:
         self._overflow_run = 0
         self._scaled_finite = False  # the run has had a finite step under the loss scaler
         self._weights_nonfinite = False
+        self.half_weights = False  # the watched weights are fp16/bf16 (the optimizer updates them in half precision)
 
     def judge(
         self,
@@ -217,12 +218,22 @@ class StepJudge:
         if response not in KINDS[AlertKind.NONFINITE].drops:
             cause = (
                 f'An earlier non-finite gradient may have reached them (on_nonfinite="{response}" lets such updates'
-                " through), or they were loaded, initialised or changed that way."
+                " through), or the optimizer's update itself overflowed, or they were loaded or initialised that way."
             )
         else:
+            seen = self.detector.ctx.counts.counts.get("nonfinite_steps", 0)
+            kept_out = "were kept out" if seen else "have all been finite"
             cause = (
-                f'Non-finite gradients of the watched parameters are kept out (on_nonfinite="{response}"), so they'
-                " were loaded, initialised or changed that way outside the optimizer's update."
+                f'The gradients of the watched parameters {kept_out} (on_nonfinite="{response}"), so the optimizer\'s'
+                " update itself made the weights non-finite from finite gradients (an overflow, or a division by zero"
+                " in its arithmetic), unless something besides the optimizer changed them (a load, an in-place edit)."
+            )
+        if self.half_weights:
+            cause += (
+                ' The weights are in half precision (as precision="16-true" or "bf16-true" makes them), so the'
+                " optimizer computes in half precision too: fp16 overflows above 65504, and Adam's eps of 1e-8 rounds"
+                ' to 0, so a zero second moment divides by zero. Train with precision="16-mixed" or "bf16-mixed"'
+                " (float32 weights, half-precision compute), or raise the optimizer's eps (1e-4 in fp16)."
             )
         message = (
             f"Non-finite weights (NaN/Inf) at step {step} in {format_layers(bad)}: the parameters themselves are"

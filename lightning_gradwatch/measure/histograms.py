@@ -180,10 +180,7 @@ class HistogramSampler:
         bins, log_bins = self.bins, self.log_bins
         lo, hi, log_lo = fields["hist_lo"], fields["hist_hi"], fields["hist_log_lo"]
         log_hi = [math.log10(m) if m > 0 else -math.inf for m in map(max, map(abs, lo), map(abs, hi))]
-        drawn = [0] * len(plan.layer_index)
-        for shard in plan.shards:
-            for _, lid, k in shard.hist_positions:
-                drawn[lid] += k
+        drawn = _drawn_per_layer(plan)
         edges, log_edges = _right_edges(lo, hi, bins), _right_edges(log_lo, log_hi, log_bins)
         counts, log_counts = fields["hist_counts"], fields["hist_log_counts"]
         values: list[LayerHistogram | None] = []
@@ -204,6 +201,15 @@ class HistogramSampler:
             sums = _sums(log_lo[k], log_hi[k], log_bins, *moments)
             magnitudes.append(_histogram(log_lo[k], log_hi[k], nonzero, log_edges[k], bucket, drawn[k], sums))
         return tuple(values), tuple(magnitudes)
+
+
+def _drawn_per_layer(plan: Plan) -> list[int]:
+    """How many values each layer's histogram sample drew, over all its shards."""
+    drawn = [0] * len(plan.layer_index)
+    for shard in plan.shards:
+        for _, lid, k in shard.hist_positions:
+            drawn[lid] += k
+    return drawn
 
 
 def _histogram(

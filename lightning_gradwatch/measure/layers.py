@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_gradwatch._validation import Granularity, check_choice, choices
 
-__all__ = ["GRANULARITIES", "Granularity", "LayerMap", "layer_name", "merge_layers"]
+__all__ = ["GRANULARITIES", "Granularity", "LayerMap", "layer_name", "merge_layers", "watched_parameters"]
 
 GRANULARITIES: tuple[str, ...] = choices(Granularity)
 
@@ -75,7 +75,7 @@ class LayerMap:
             ('0', '2')
         """
         check_choice("granularity", granularity, Granularity)
-        names, params = _watched(named_parameters, include, exclude)
+        names, params = watched_parameters(named_parameters, include, exclude)
         owners = [layer_name(name, granularity) for name in names]
         aggregated = None
         if max_layers is not None and len(set(owners)) > max_layers:
@@ -85,10 +85,17 @@ class LayerMap:
         return cls(names, params, layer_of, tuple(index), aggregated)
 
 
-def _watched(
+def watched_parameters(
     named_parameters: Iterable[tuple[str, Tensor]], include: str | None, exclude: str | None
 ) -> tuple[list[str], list[Tensor]]:
-    """The parameters ``include`` and ``exclude`` leave, each once (a parameter shared between modules)."""
+    """The parameters ``include`` and ``exclude`` leave, each once (a parameter shared between modules).
+
+    Example:
+        >>> import torch
+        >>> names, _ = watched_parameters(torch.nn.Linear(2, 1).named_parameters(), include="weight", exclude=None)
+        >>> names
+        ['weight']
+    """
     inc = re.compile(include) if include else None
     exc = re.compile(exclude) if exclude else None
     names: list[str] = []

@@ -41,6 +41,10 @@ __all__ = ["FLOOR_SECONDS", "MIN_PICTURES", "PICTURES_FLOOR_SECONDS", "OverheadB
 
 _STEP_WINDOW = 64  # step intervals kept for the median step time
 _MIN_STEPS = 4  # intervals needed before the budget judges anything
+_MIN_JUDGED = 8  # plain steps timed before the per-step work is said to break the budget
+#: the per-step work is warned of when over twice its budget and over this much a step (below, a toy model's
+#: millisecond is timing noise on a shared machine; the report records any excess all the same)
+_FAR_OVER_SECONDS = 0.01
 _HOOK_WINDOW = 256  # hook times of ordinary steps kept (log steps among them) for their amortized mean
 _HISTOGRAM_WINDOW = 16  # hook times of histogram steps kept: their median is robust to one slow step
 _SMOOTHING = 0.2  # weight of a new observation in the running averages
@@ -76,6 +80,8 @@ class OverheadBudget:
         self.run_steps = 0  # the run's length in optimizer steps, when known (0: unknown)
         self.pictures_floor_every = 0  # the short-run floor's picture interval (0: none applies)
         self.histograms_break_budget = False
+        self.per_step_breaks_budget = False  # what is never thinned (measuring, judging, asked scalars) is over
+        self.per_step_far_over = False  # ... by far: worth a warning
         self.pictures_left_out = 0
         self._intervals = Window(_STEP_WINDOW)
         self._last_start: float | None = None
@@ -166,8 +172,14 @@ class OverheadBudget:
         allowed = max(self.fraction * step, FLOOR_SECONDS)
         if self.log_asked and self._log:  # scalars the run length asked for: first in line, within half the room
             self._widen_scalars(allowed)
-        if self.asked <= 0:
-            return
+        judged = len(self._plain) >= _MIN_JUDGED
+        self.per_step_breaks_budget = judged and self._base() > allowed
+        self.per_step_far_over = judged and self._base() > max(2 * allowed, _FAR_OVER_SECONDS)
+        if self.asked > 0:
+            self._space_histograms(step, allowed)
+
+    def _space_histograms(self, step: float, allowed: float) -> None:
+        """Choose the histogram and picture spacing within ``allowed`` seconds a step (``step``: the step time)."""
         # what the budget leaves after the per-step work (and at least a quarter of it, when that alone is over)
         room = max(allowed - self._per_step(), allowed / 4)
         extra = self._histogram_extra()
@@ -251,6 +263,11 @@ class OverheadBudget:
         return cost / step
 
     @property
+    def per_step_seconds(self) -> float:
+        """GradWatch's time per step that nothing can thin: measuring and judging, and scalars at a fixed interval."""
+        return self._base()
+
+    @property
     def thinned(self) -> bool:
         """Whether scalars, histograms or pictures are spaced out wider than asked."""
         wider_pictures = self.pictures and self.pictures_every > self.asked
@@ -281,6 +298,7 @@ class OverheadBudget:
                 "pictures_every_n_steps": self.pictures_floor_every or None,
             },
             "histograms_break_budget": self.histograms_break_budget,
+            "exceeded_by_per_step_work": self.per_step_breaks_budget,
             "step_seconds": rounded(self.step_seconds),
             "hook_seconds": rounded(self._per_step() if self._plain else None),
             "histogram_extra_seconds": rounded(self._histogram_extra() if self._histogram else None),

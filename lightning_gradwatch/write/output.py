@@ -10,19 +10,19 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from lightning_gradwatch import _names as names
 from lightning_gradwatch._version import __version__
-from lightning_gradwatch.alerts import GradientAlert, GradientWarning
+from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.engine.environment import Environment
+from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.context import LARGEST_SHARE
 from lightning_gradwatch.judge.decision import Decision
 from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.measure.records import StepStats
-from lightning_gradwatch.report import RunSummary, build_report
+from lightning_gradwatch.report import RunSummary, build_report, json_safe
 from lightning_gradwatch.write.budget import MIN_PICTURES, OverheadBudget
 from lightning_gradwatch.write.content import histogram_tags, step_scalars
 from lightning_gradwatch.write.picture_schedule import Draw, PictureSchedule
@@ -32,13 +32,12 @@ from lightning_gradwatch.write.pictures import (
     gradient_heatmap_png,
     matplotlib_available,
 )
-from lightning_gradwatch.write.progress import beside_progress_bars
+from lightning_gradwatch.write.progress import warn
 from lightning_gradwatch.write.sinks import Sink
 from lightning_gradwatch.write.writers import Writers
 
-__all__ = ["MAX_ALERTS_KEPT", "LaneView", "RunOutput", "layer_health"]
+__all__ = ["LaneView", "RunOutput", "layer_health", "per_step_message"]
 
-MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
 _BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
 _ACTIONS = {  # what a warning adds about the response, by response ({argument}: the kind's ``on_<kind>``)
@@ -77,6 +76,7 @@ class RunOutput:
         loggers: the trainer's loggers.
         summary: the run summary (for the report and the heat map).
         alerts: the list recorded alerts are kept in (the callback's ``alerts``).
+        ledger: the run directory's record across fits (its fits and alerts go into the report).
         config: the configuration, for the report.
         images: draw gradient-flow pictures at histogram steps (when a logger shows images).
         namespace: for the second and later GradWatch of one Trainer: the subdirectory of the log directory its
@@ -92,6 +92,7 @@ class RunOutput:
         loggers: Any,
         summary: RunSummary,
         alerts: list[GradientAlert],
+        ledger: RunLedger,
         config: Callable[[], dict[str, Any]],
         images: bool,
         namespace: str = "",
@@ -105,6 +106,7 @@ class RunOutput:
         self.writers = Writers(loggers, namespace, self.log_dir, sinks) if env.is_global_zero else None
         self.summary = summary
         self.alerts = alerts
+        self.ledger = ledger
         self._config = config
         self._warned_no_gradients = False
         self.drawing: BackgroundDrawing | None = None
@@ -113,13 +115,14 @@ class RunOutput:
         self._timed_steps = 0
         self._said_thinned = False
         self._warned_budget = False
+        self._warned_per_step = False
         self.pictures: PictureSchedule | None = None  # which histogram steps get pictures
         if images and self.writers is not None and self.writers.wants_images:
             if matplotlib_available():
                 self.drawing = BackgroundDrawing(max_waiting=MIN_PICTURES + 2)  # a short run's floor, all queued
                 self.pictures = PictureSchedule(self.drawing, self.budget)
             else:
-                _warn(
+                warn(
                     "GradWatch draws its gradient-flow images with matplotlib, which is not installed: `pip install"
                     " matplotlib` (or `lightning-gradwatch[images]`), or pass `images=False`. Everything else works"
                     " without it."
@@ -133,17 +136,23 @@ class RunOutput:
     def layers_merged(self, index: int, modules: int, layers: int, how: str, max_layers: int | None) -> None:
         """Say once that an optimizer's layers were merged to respect ``max_layers``."""
         if self.is_global_zero:
-            _warn(
+            warn(
                 f"GradWatch merges the {modules} layers of optimizer {index} into {layers}, {how}"
                 f" (max_layers={max_layers}), so TensorBoard stays readable. Pass a larger `max_layers`, or"
                 " `include`/`exclude`, to see more."
             )
 
-    def no_gradients(self, index: int, step: int) -> None:
-        """Say once that an optimizer's watched parameters had no gradient."""
+    def no_gradients(self, index: int, step: int, watched: int = 1) -> None:
+        """Say once that an optimizer's watched parameters had no gradient (``watched``: how many it watches)."""
         if self.is_global_zero and not self._warned_no_gradients:
             self._warned_no_gradients = True
-            _warn(
+            if watched == 0:
+                warn(
+                    f"GradWatch watches none of optimizer {index}'s parameters: `include`/`exclude` leave none of"
+                    " them. Its steps are not measured, checked or clipped."
+                )
+                return
+            warn(
                 f"GradWatch found no gradient on the watched parameters of optimizer {index} at step {step}"
                 " (all frozen or unused, or the step skipped its backward). Such steps are not measured."
             )
@@ -152,7 +161,7 @@ class RunOutput:
     def record(self, decision: Decision) -> None:
         """Keep the decision's alerts (bounded), write them, warn, and update the report."""
         for alert, response in decision.alerts:
-            if len(self.alerts) < MAX_ALERTS_KEPT:
+            if self.ledger.record(alert):
                 self.alerts.append(alert)
             else:  # a run that alerts without end keeps its first alerts, and counts the rest
                 self.summary.count(names.ALERTS_NOT_KEPT)
@@ -163,7 +172,7 @@ class RunOutput:
             if response != Response.RAISE:
                 action = _ACTIONS.get(response)
                 argument = kind_spec(alert.kind).argument
-                _warn(alert.message if action is None else f"{alert.message}\n{action.format(argument=argument)}")
+                warn(alert.message if action is None else f"{alert.message}\n{action.format(argument=argument)}")
             self.write_report(RunStatus.RUNNING)
 
     # ------------------------------------------------------------------ steps
@@ -235,7 +244,7 @@ class RunOutput:
             err = self.drawing.error
             self.drawing.close(timeout=0)
             self.drawing = self.pictures = None
-            _warn(
+            warn(
                 f"GradWatch could not draw its gradient-flow images ({type(err).__name__}: {err}); it stops drawing"
                 " them for this run."
             )
@@ -294,9 +303,12 @@ class RunOutput:
         if budget.thinned and not self._said_thinned:
             self._said_thinned = True
             self._log.info(f"GradWatch: {budget_message(budget)}")
+        if budget.per_step_far_over and not self._warned_per_step:
+            self._warned_per_step = True
+            warn(per_step_message(budget))
         if budget.histograms_break_budget and not self._warned_budget:
             self._warned_budget = True
-            _warn(
+            warn(
                 f"GradWatch's histograms every {budget.asked} steps (histogram_every_n_steps={budget.asked}) alone"
                 f" take more than overhead_budget={budget.fraction} of the training time"
                 f" (about {budget.to_dict()['histogram_extra_seconds']} s each on"
@@ -314,9 +326,10 @@ class RunOutput:
             status=status,
             config=self._config(),
             summary=self.summary,
-            alerts=self.alerts,
+            alerts=(),
             error=error,
         )
+        doc.update(json_safe(self.ledger.to_report()))
         doc["schedule"] = dict(self.schedule)
         if self.budget is not None:
             doc["budget"] = self.budget.to_dict()
@@ -333,7 +346,7 @@ class RunOutput:
                 self.budget.update()  # the last pictures' time, for the report
                 self._say_budget()
             if drawing.dropped:
-                _warn(
+                warn(
                     f"GradWatch left out {drawing.dropped} gradient-flow picture(s): they were asked for faster"
                     " than matplotlib draws them. A larger `histogram_every_n_steps`, or `images=False`, avoids"
                     " this."
@@ -376,6 +389,30 @@ def budget_message(budget: OverheadBudget) -> str:
     )
 
 
+def per_step_message(budget: OverheadBudget) -> str:
+    """The warning given once when what GradWatch never thins alone takes more than its budget.
+
+    Example:
+        >>> budget = OverheadBudget(0.03, histogram_every=0, explicit=False, pictures=False)
+        >>> for i in range(12):
+        ...     budget.step_done(started=0.04 * i, hook_seconds=0.02, histograms=False)
+        >>> budget.update()
+        >>> budget.per_step_far_over, per_step_message(budget).split(" (")[0]
+        (True, "GradWatch's work at every step takes about 20 ms of each 40 ms step")
+    """
+    step = budget.step_seconds or math.nan
+    hook = budget.per_step_seconds
+    return (
+        f"GradWatch's work at every step takes about {1e3 * hook:.3g} ms of each {1e3 * step:.3g} ms step"
+        f" ({hook / step:.0%}), more than overhead_budget={budget.fraction} allows. It cannot be thinned: measuring"
+        " and judging every step is what lets GradWatch skip, clip or stop a bad step, and the scalars are written"
+        " at the interval you gave. Its cost grows with the number of parameter tensors watched. To bring it down:"
+        " watch fewer parameters (`include`/`exclude`), chart modules rather than single parameters"
+        ' (`granularity="module"`, a smaller `max_layers`), or write scalars less often (a larger'
+        " `log_every_n_steps`). gradwatch.json records the figures under `budget`."
+    )
+
+
 def layer_health(stats: StepStats, decision: Decision) -> list[Health]:
     """Per layer: ``non-finite``, ``exploding`` (a large share of a spike step's norm), ``vanishing`` or ``ok``."""
     verdict = decision.verdict
@@ -390,8 +427,3 @@ def layer_health(stats: StepStats, decision: Decision) -> list[Health]:
         else:
             out.append(Health.VANISHING if name in vanishing else Health.OK)
     return out
-
-
-def _warn(message: str) -> None:
-    with beside_progress_bars():
-        warnings.warn(message, GradientWarning, stacklevel=4)

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["ProgressItems", "beside_progress_bars"]
+from lightning_gradwatch.alerts import GradientWarning
+
+__all__ = ["ProgressItems", "beside_progress_bars", "warn"]
 
 
 class ProgressItems:
@@ -77,3 +81,20 @@ def beside_progress_bars() -> Iterator[None]:
         return
     with tqdm.external_write_mode():
         yield
+
+
+#: modules whose frames a warning skips to point at the line of the user's code that led to it
+_LIBRARY_PREFIXES = ("lightning_gradwatch", "lightning", "pytorch_lightning", "torch", "contextlib")
+
+
+def warn(message: str) -> None:
+    """Emit a :class:`GradientWarning` on its own lines beside the progress bars, pointing at the user's code.
+
+    The warning's location is the first frame outside GradWatch, Lightning and torch: the ``loop.step(...)`` of a
+    plain loop, the ``trainer.fit(...)`` of a Trainer run, instead of a line of GradWatch's own.
+    """
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (frame.f_globals.get("__name__") or "").split(".")[0] in _LIBRARY_PREFIXES:
+        level, frame = level + 1, frame.f_back
+    with beside_progress_bars():
+        warnings.warn(message, GradientWarning, stacklevel=level + 1 if frame is not None else 2)

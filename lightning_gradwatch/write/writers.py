@@ -11,12 +11,11 @@ full disk) is reported once and then left alone, so a monitoring problem never e
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lightning_gradwatch._names import ALERTS_TAG, HISTOGRAM_PREFIX, LAYER_SCALARS, TOTAL_NORM
-from lightning_gradwatch.alerts import GradientAlert, GradientWarning
+from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.measure.records import LayerHistogram
 from lightning_gradwatch.write.content import (
     alert_text,
@@ -26,7 +25,7 @@ from lightning_gradwatch.write.content import (
     step_scalars,
 )
 from lightning_gradwatch.write.logger import LoggerSink
-from lightning_gradwatch.write.progress import beside_progress_bars
+from lightning_gradwatch.write.progress import warn
 from lightning_gradwatch.write.report_file import ReportFile
 from lightning_gradwatch.write.sinks import Sink, failure_message
 from lightning_gradwatch.write.tensorboard import tensorboard_experiment, tensorboard_sink
@@ -87,7 +86,7 @@ class Writers:
             try:
                 sink = sink_for(logger, namespace)
             except Exception as err:  # an unwritable directory: reported like any failed write
-                _warn(failure_message(type(logger).__name__, err))
+                warn(failure_message(type(logger).__name__, err))
                 continue
             self._sinks.append(sink)
         for sink in sinks:
@@ -115,7 +114,7 @@ class Writers:
         self._failed.add(i)
         sink = self._sinks[i]
         sink.release()
-        _warn(sink.failure_message(err))
+        warn(sink.failure_message(err))
 
     def write_step(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
         """Write a step's scalars and histograms (the layout goes out with the first write)."""
@@ -167,8 +166,3 @@ class Writers:
             getattr(sink, method)()
         except sink.failures as err:
             self._fail(i, err)
-
-
-def _warn(message: str) -> None:
-    with beside_progress_bars():
-        warnings.warn(message, GradientWarning, stacklevel=5)

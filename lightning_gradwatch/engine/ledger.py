@@ -1,0 +1,137 @@
+"""The record of one run directory across its fits, and of the alerts a resumed checkpoint brought with it.
+
+A *run* is a log directory (where ``gradwatch.json`` goes). Its record must say everything that happened there, so
+that ``gradwatch check`` judges the whole:
+
+- **Several fits, one record.** A second ``trainer.fit`` on the same Trainer (or any later fit writing into the same
+  directory) continues the run: its fits are listed one after another (``fits``: first and last step, status), and
+  the alerts of every fit stay in ``alerts``. A fit by another process that writes into a directory holding an
+  earlier ``gradwatch.json`` (a logger with a fixed version, a job re-run in place) takes that record's fits and
+  alerts over, so nothing earlier is lost when the file is rewritten.
+- **Alerts counted once.** A run resumed from a checkpoint into a *new* directory gets the checkpoint's alerts back in
+  ``GradWatch.alerts`` (its history is kept), but they happened in the earlier run and are judged there: this record
+  lists them under ``earlier_alerts``, apart from ``alerts``.
+
+Example:
+    >>> from lightning_gradwatch.alerts import GradientAlert
+    >>> ledger = RunLedger()
+    >>> ledger.begin_fit(None)  # a first fit: nothing to continue
+    False
+    >>> ledger.saw(0); ledger.saw(15)
+    >>> ledger.end_fit("finished")
+    >>> ledger.begin_fit(None)  # the same directory again: the run goes on
+    True
+    >>> ledger.carry([GradientAlert("nonfinite", 5, ("fc",), 1.0, 0.0, "NaN")])  # from a checkpoint of another run
+    >>> ledger.saw(16)
+    >>> [(f["first_step"], f["last_step"], f["status"]) for f in ledger.to_report()["fits"]]
+    [(0, 15, 'finished'), (16, 16, 'running')]
+    >>> [a["step"] for a in ledger.to_report()["earlier_alerts"]]
+    [5]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.kinds import RunStatus
+from lightning_gradwatch.report import REPORT_FILE, read_report
+
+__all__ = ["MAX_ALERTS_KEPT", "RunLedger", "alert_key"]
+
+MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
+_UNSET = object()  # no fit yet: the first directory is never a continuation
+
+
+def alert_key(alert: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What tells two records of one alert apart from two alerts: kind, step, optimizer and layers."""
+    return (str(alert.get("kind")), alert.get("step"), alert.get("optimizer") or 0, tuple(alert.get("layers") or ()))
+
+
+class RunLedger:
+    """The fits and alerts of the run directory a session writes to (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.directory: Any = _UNSET
+        self.owner: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.fits: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []  # alerts that happened in this directory, in order
+        self.earlier: list[dict[str, Any]] = []  # alerts a checkpoint brought from another run
+        self.unreadable: str | None = None  # why an earlier gradwatch.json could not be taken over
+
+    def begin_fit(
+        self, directory: str | os.PathLike[str] | None, owner: Any = None, read_earlier: bool = False
+    ) -> bool:
+        """A fit begins writing to ``directory``; returns whether it continues the run of the previous fit.
+
+        A fit into another directory starts a new record; with ``read_earlier`` (the process that writes the
+        report), an earlier ``gradwatch.json`` found there is taken over. Fits that write no report (no directory)
+        continue a run only under the same ``owner`` (the same Trainer).
+        """
+        directory = None if directory is None else os.fspath(directory)
+        continuing = directory == self.directory and (directory is not None or owner == self.owner)
+        self.owner = owner
+        if not continuing:
+            self._reset()
+            self.directory = directory
+            if read_earlier and directory is not None:
+                self._take_over(Path(directory) / REPORT_FILE)
+        self.fits.append({"first_step": None, "last_step": None, "status": str(RunStatus.RUNNING)})
+        return continuing
+
+    def _take_over(self, path: Path) -> None:
+        if not path.is_file():
+            return
+        try:
+            doc = read_report(path)
+        except (OSError, ValueError) as err:
+            self.unreadable = str(err)
+            return
+        fits = doc.get("fits")
+        if not isinstance(fits, list):  # a report from before several fits were recorded: one fit
+            steps = doc.get("steps") if isinstance(doc.get("steps"), dict) else {}
+            fits = [{"first_step": steps.get("first"), "last_step": steps.get("last"), "status": doc.get("status")}]
+        self.fits = [dict(f) for f in fits if isinstance(f, dict)]
+        self.alerts = [dict(a) for a in doc.get("alerts", []) if isinstance(a, dict)]
+        self.earlier = [dict(a) for a in doc.get("earlier_alerts", []) if isinstance(a, dict)]
+
+    def saw(self, step: int) -> None:
+        """The current fit measured ``step``."""
+        fit = self.fits[-1]
+        if fit["first_step"] is None:
+            fit["first_step"] = step
+        fit["last_step"] = step
+
+    def record(self, alert: GradientAlert) -> bool:
+        """An alert happened in this run; returns whether it was kept (the first :data:`MAX_ALERTS_KEPT` are)."""
+        if len(self.alerts) >= MAX_ALERTS_KEPT:
+            return False
+        self.alerts.append(alert.to_dict())
+        return True
+
+    def carry(self, alerts: Iterable[GradientAlert]) -> None:
+        """A checkpoint brought these alerts; those this run did not record happened in the run it came from."""
+        here = {alert_key(a) for a in self.alerts}
+        known = here | {alert_key(a) for a in self.earlier}
+        for alert in alerts:
+            entry = alert.to_dict()
+            if alert_key(entry) not in known:
+                self.earlier.append(entry)
+                known.add(alert_key(entry))
+
+    def end_fit(self, status: RunStatus | str, error: str | None = None) -> None:
+        """The current fit ended."""
+        if self.fits:
+            self.fits[-1]["status"] = str(status)
+            if error:
+                self.fits[-1]["error"] = error
+
+    def to_report(self) -> dict[str, Any]:
+        """The record's part of ``gradwatch.json``: ``fits``, ``alerts`` and ``earlier_alerts``."""
+        return {"fits": [dict(f) for f in self.fits], "alerts": list(self.alerts), "earlier_alerts": list(self.earlier)}

@@ -1,0 +1,228 @@
+"""The misuse matrix: situations outside the fault matrix where a gate could pass a broken run or fail a healthy one.
+
+Each case is a real Trainer run (and, where the gate is concerned, the real ``gradwatch`` command afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
+from tests.helpers import events, flavour, make_mlp_module, regression_data, trainer_kwargs
+
+pl = flavour("lightning.pytorch")
+
+
+def gradwatch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_gradwatch", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def _report(log_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(log_dir) / "gradwatch.json").read_text())
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------- several fits, one record
+def test_second_fit_on_the_same_trainer_keeps_the_first_fits_alerts(tmp_path):
+    """A NaN batch in the first fit; a second fit continues the run: the record, and the gate, keep the alert."""
+    model = make_mlp_module(pl, nan_at_step=20, record=False)
+    loader = regression_data(256, batch_size=16)  # 16 steps an epoch
+    watch = GradWatch(on_nonfinite="skip", log_every_n_steps=4)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=2))
+    with pytest.warns(GradientWarning, match="Non-finite gradients"):
+        trainer.fit(model, loader)
+    assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 20)]
+    assert gradwatch("check", trainer.logger.log_dir).returncode == 1
+
+    trainer.fit_loop.max_epochs = 4
+    trainer.fit(model, loader)
+    assert trainer.global_step == 64
+    assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 20)]
+    report = _report(trainer.logger.log_dir)
+    assert [(a["kind"], a["step"]) for a in report["alerts"]] == [("nonfinite", 20)]
+    assert [(f["first_step"], f["last_step"], f["status"]) for f in report["fits"]] == [
+        (0, 31, "finished"),
+        (32, 63, "finished"),
+    ]
+    result = gradwatch("check", trainer.logger.log_dir)
+    assert result.returncode == 1, result.stdout
+    assert "nonfinite" in result.stdout
+
+
+def test_resumed_run_does_not_count_the_alerts_from_before_the_resume_twice(tmp_path):
+    """Run 1 alerts at step 5 and saves a checkpoint; run 2 resumes from it into a new log directory.
+
+    Checking both runs together counts the alert once, in the run it happened in; run 2 still names it as earlier.
+    """
+    model = make_mlp_module(pl, nan_at_step=5, record=False)
+    first = pl.Trainer(
+        callbacks=[GradWatch(on_nonfinite="skip", log_every_n_steps=4)],
+        **trainer_kwargs(tmp_path, max_epochs=1, enable_checkpointing=True),
+    )
+    with pytest.warns(GradientWarning):
+        first.fit(model)
+    ckpt = next(Path(first.logger.log_dir).rglob("*.ckpt"))
+
+    second_watch = GradWatch(on_nonfinite="skip", log_every_n_steps=4)
+    second = pl.Trainer(callbacks=[second_watch], **trainer_kwargs(tmp_path, max_epochs=2))
+    second.fit(make_mlp_module(pl, record=False), ckpt_path=str(ckpt))
+    assert Path(second.logger.log_dir) != Path(first.logger.log_dir)
+    report = _report(second.logger.log_dir)
+    assert report["alerts"] == []
+    assert [(a["kind"], a["step"]) for a in report["earlier_alerts"]] == [("nonfinite", 5)]
+    assert gradwatch("check", second.logger.log_dir).returncode == 0
+    both = gradwatch("check", str(tmp_path), "--format", "json")
+    doc = json.loads(both.stdout)
+    assert sorted(r["verdict"] for r in doc["runs"]) == ["alerts", "healthy"]
+    assert sum(len(r["alerts"]) for r in doc["runs"]) == 1
+
+
+# ---------------------------------------------------------------------------------------- selections that select
+def test_include_matching_no_parameter_is_an_error_at_setup(tmp_path):
+    model = make_mlp_module(pl, nan_at_step=5, record=False)
+    trainer = pl.Trainer(callbacks=[GradWatch(include=r"^model\.", on_nonfinite="raise")], **trainer_kwargs(tmp_path))
+    with pytest.raises(ValueError, match=r"`include=.*\^model.*` .*matches none of the model's .*parameters.*net\.0"):
+        trainer.fit(model)
+    assert trainer.global_step == 0  # no step was trained unwatched
+
+
+def test_exclude_matching_every_parameter_is_an_error_at_setup(tmp_path):
+    trainer = pl.Trainer(callbacks=[GradWatch(exclude=".*", clip="adaptive")], **trainer_kwargs(tmp_path))
+    with pytest.raises(ValueError, match=r"`exclude=.*` leaves none of the model's .*parameters"):
+        trainer.fit(make_mlp_module(pl, record=False))
+
+
+def test_include_of_one_part_still_watches_it(tmp_path):
+    """A selection that matches part of the model watches that part, and its NaN is still caught."""
+    model = make_mlp_module(pl, nan_at_step=5, record=False)
+    watch = GradWatch(include=r"^head\.", on_nonfinite="raise")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with pytest.raises(GradientAlertError, match="step 5"):
+        trainer.fit(model)
+    assert _finite(model)
+
+
+# ---------------------------------------------------------------------------------------- parameters swapped
+def _adapter_module(pl_: Any, nan_in_b_at: int | None = None) -> Any:
+    class Adapters(pl_.LightningModule):
+        """A trunk and two adapters; the optimizer's second group switches from ``ad_a`` to ``ad_b`` at step 30."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.trunk = nn.Linear(8, 16)
+            self.ad_a = nn.Linear(16, 1)
+            self.ad_b = nn.Linear(16, 1)
+            self.use_b = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.global_step == 30 and not self.use_b:
+                opt = self.trainer.optimizers[0]
+                opt.param_groups[1]["params"] = list(self.ad_b.parameters())  # same count as before
+                self.use_b = True
+            x, y = batch
+            if nan_in_b_at is not None and self.global_step == nan_in_b_at:
+                x = x * float("nan")
+            head = self.ad_b if self.use_b else self.ad_a
+            return nn.functional.mse_loss(head(torch.relu(self.trunk(x))), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD([{"params": self.trunk.parameters()}, {"params": self.ad_a.parameters()}], lr=0.05)
+
+        def train_dataloader(self) -> DataLoader:
+            return regression_data(768, batch_size=16)  # 48 steps
+
+    return Adapters()
+
+
+def test_swapped_parameters_are_watched_from_the_step_they_join(tmp_path):
+    watch = GradWatch(log_every_n_steps=2, on_nonfinite="skip")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    model = _adapter_module(pl, nan_in_b_at=40)
+    with pytest.warns(GradientWarning, match="Non-finite"):
+        trainer.fit(model)
+    acc = events(trainer.logger.log_dir)
+    b_steps = [e.step for e in acc.Scalars("grad_norm/ad_b")]
+    assert b_steps
+    assert min(b_steps) <= 32
+    assert max(b_steps) >= 46
+    assert max(e.step for e in acc.Scalars("grad_norm/ad_a")) < 30  # the stale adapter is not charted
+    assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 40)]
+    assert _finite(model)
+
+
+# ---------------------------------------------------------------------------------------- the budget's truth
+def test_budget_says_when_the_unthinnable_work_alone_exceeds_it(tmp_path):
+    """3000 tiny layers on tiny batches: measuring every step costs far more than 3% and cannot be thinned."""
+
+    class Many(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(2, 2) for _ in range(3000))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x = batch[0][:, :2]
+            return sum(layer(x).sum() for layer in self.layers[::300]) + 0 * sum(p.sum() for p in self.parameters())
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+        def train_dataloader(self) -> DataLoader:
+            return regression_data(64, batch_size=2)  # 32 steps
+
+    watch = GradWatch(log_every_n_steps=50, histogram_every_n_steps=0, images=False, max_layers=None)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Many())
+    said = [str(w.message) for w in caught if issubclass(w.category, GradientWarning) and "budget" in str(w.message)]
+    assert len(said) == 1, said
+    assert "log_every_n_steps" in said[0]
+    assert "include" in said[0]
+    assert "granularity" in said[0]
+    budget = _report(trainer.logger.log_dir)["budget"]
+    assert budget["exceeded_by_per_step_work"] is True
+    assert budget["estimated_overhead"] > 0.03
+
+
+# ---------------------------------------------------------------------------------------- messages that blame right
+def test_fp16_weights_made_nonfinite_by_the_optimizer_blame_the_update(tmp_path):
+    """``precision="16-true"`` with Adam: the update itself makes fp16 weights non-finite from finite gradients."""
+    model = make_mlp_module(pl, optimizer="adam", lr=1e-3, record=False)
+    watch = GradWatch(log_every_n_steps=1, on_nonfinite="stop")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, precision="16-true", max_steps=20))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    weights = [a for a in watch.alerts if a.extra.get("what") == "weights"]
+    assert weights, [a.message for a in watch.alerts]
+    message = weights[0].message
+    assert "optimizer" in message
+    assert "update" in message
+    assert "outside the optimizer" not in message
+    assert "16-true" in message or "half precision" in message
+
+
+# ---------------------------------------------------------------------------------------- smaller
+def test_numpy_integers_are_accepted_as_intervals():
+    watch = GradWatch(
+        log_every_n_steps=np.int64(5), histogram_every_n_steps=np.int32(20), vanishing_patience=np.int64(7)
+    )
+    assert watch.config()["log_every_n_steps"] == 5
+    assert type(watch.config()["log_every_n_steps"]) is int
