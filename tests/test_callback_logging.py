@@ -208,7 +208,8 @@ def test_gradwatch_without_logger_still_measures(tmp_path):
     model = make_mlp_module(pl, nan_at_step=5)
     watch = GradWatch(on_nonfinite="skip")
     trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path))
-    trainer.fit(model)
+    with pytest.warns(GradientWarning, match="Non-finite gradients .* at step 5"):  # said without a logger too
+        trainer.fit(model)
     assert [a.kind for a in watch.alerts] == ["nonfinite"]
     report = json.loads((tmp_path / "gradwatch.json").read_text())
     assert report["steps"]["measured"] == 16
@@ -330,7 +331,9 @@ def test_gradwatch_manual_optimization_two_optimizers(tmp_path):
 def test_gradwatch_charts_each_of_two_alternating_optimizers_at_its_own_cadence(tmp_path):
     """A GAN steps D then G: global_step puts D on even steps and G on odd ones; each is charted all the same."""
     pl = flavour("lightning.pytorch")
-    watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=2, images=False)
+    # no budget: on steps of a few milliseconds, histograms every 2 steps may be found to break one (a warning that
+    # depends on the machine's load); the cadence is the point here, and it is the same either way
+    watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=2, images=False, overhead_budget=None)
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     trainer.fit(_gan(pl))
     assert trainer.global_step == 8
