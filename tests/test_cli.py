@@ -520,7 +520,7 @@ def test_alerts_read_back_from_event_files_whole(tmp_path):
     watch = GradWatch(log_every_n_steps=1, on_nonfinite="skip")
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # the alert is read back from the event files and gradwatch.json below
         trainer.fit(_TwoOptimizers())
     (alert,) = watch.alerts
     assert (alert.optimizer, len(alert.layers)) == (1, 25)

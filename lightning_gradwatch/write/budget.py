@@ -173,8 +173,9 @@ class OverheadBudget:
         if self.log_asked and self._log:  # scalars the run length asked for: first in line, within half the room
             self._widen_scalars(allowed)
         judged = len(self._plain) >= _MIN_JUDGED
-        self.per_step_breaks_budget = judged and self._base() > allowed
-        self.per_step_far_over = judged and self._base() > max(2 * allowed, _FAR_OVER_SECONDS)
+        typical = self.per_step_seconds  # a median, like the step time: one stalled step does not make it over
+        self.per_step_breaks_budget = judged and typical > allowed
+        self.per_step_far_over = judged and typical > max(2 * allowed, _FAR_OVER_SECONDS)
         if self.asked > 0:
             self._space_histograms(step, allowed)
 
@@ -264,8 +265,12 @@ class OverheadBudget:
 
     @property
     def per_step_seconds(self) -> float:
-        """GradWatch's time per step that nothing can thin: measuring and judging, and scalars at a fixed interval."""
-        return self._base()
+        """GradWatch's time per step that nothing can thin: measuring and judging, and scalars at a fixed interval.
+
+        The median over the recent ordinary steps, as the step time is: what a typical step pays, which a stall of
+        the machine during one hook does not change (the amortized cost, :meth:`overhead`, takes the mean).
+        """
+        return self._plain.median() if self._plain else 0.0
 
     @property
     def thinned(self) -> bool:
