@@ -17,8 +17,10 @@ written to TensorBoard as ``eval/accuracy``.
     tensorboard --logdir runs/deep_sigmoid_vs_relu
 
 In TensorBoard: *Custom Scalars* (one chart per metric, a line per layer: ``grad_norm`` shows the sigmoid net's
-first layers far below its last), *Histograms* (``grad_hist/<layer>``), *Images* (``gradwatch/gradient_flow``: mean
-and max |gradient| per layer; ``gradwatch/gradient_heatmap``: layer x step) and *Text* (the alert and its remedies).
+first layers far below its last), *Histograms* and *Distributions* (``grad_hist/<layer>``: the gradient values;
+``grad_hist_log10/<layer>``: their log10 magnitudes, the sigmoid net's first layer decades below its last), *Images*
+(``gradwatch/gradient_flow``: mean and max |gradient| per layer; ``gradwatch/gradient_heatmap``: layer x step) and
+*Text* (the alert and its remedies).
 Each run also leaves a ``gradwatch.json`` report (``gradwatch report runs/deep_sigmoid_vs_relu``).
 """
 

@@ -66,15 +66,15 @@ def run_cadence(
     the scalar interval unless set. An overhead budget may spread such a chosen interval out again, up to
     ``log_widest``: never past the Trainer's, nor so far that the run has fewer than
     :data:`MIN_POINTS_UNDER_BUDGET` points. Called once the training data is loaded (the run's length is
-    ``trainer.estimated_stepping_batches``); a run of unknown length keeps the Trainer's interval.
+    ``trainer.estimated_stepping_batches``, kept as ``run_steps`` whatever the intervals); a run of unknown length
+    keeps the Trainer's interval.
     """
-    if log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY:
-        return env
     try:
         total = float(trainer.estimated_stepping_batches)
     except Exception:  # an iterable dataset of unknown length, or a Trainer stand-in
         return env
-    return cadence_for_length(env, total, histogram_every_n_steps)
+    chosen = log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY
+    return cadence_for_length(env, total, histogram_every_n_steps, keep_interval=chosen)
 
 
 def optimizer_index(trainer: Any, optimizer: Any) -> tuple[int, int]:

@@ -59,7 +59,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     ``gradwatch/total_norm``, ``gradwatch/total_norm_max`` (the largest since the previous log step) and event
     counts. Every ``histogram_every_n_steps`` steps: ``grad_hist/<layer>`` histograms, estimated from a uniform
     random sample of at most ``histogram_sample_size`` values per layer (exact for smaller layers) so their cost
-    stays bounded on huge layers. A custom-scalars layout shows each per-layer metric as one multi-line chart.
+    stays bounded on huge layers, and from the same sample ``grad_hist_log10/<layer>``, histograms of ``log10 |g|``
+    over the non-zero values (how many decades apart the layers are). A custom-scalars layout shows each per-layer
+    metric as one multi-line chart.
     TensorBoard loggers get all of this as one event per step; any other logger gets the scalars through
     ``log_metrics``. ``gradwatch.json`` (configuration, per-layer summaries, alerts, and the epoch and batch index
     of every skipped, spike-clipped or alerting step) is written beside the event files (the TensorBoard logger's

@@ -104,7 +104,8 @@ class WatchedLoop:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
         >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> watch = GradWatch(on_nonfinite="skip", log_every_n_steps=1, images=False)
-        >>> with watch.loop(model, log_dir=tempfile.mkdtemp()) as loop, warnings.catch_warnings(record=True):
+        >>> with watch.loop(model, log_dir=tempfile.mkdtemp()) as loop, warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")  # GradWatch's warning kept in `caught` instead of printed
         ...     for step in range(5):
         ...         x = torch.randn(16, 4) * (float("nan") if step == 3 else 1.0)
         ...         loss = model(x).pow(2).mean()
@@ -116,6 +117,8 @@ class WatchedLoop:
         ([('nonfinite', 3)], 5)
         >>> all(bool(p.isfinite().all()) for p in model.parameters())  # step 3's update was skipped
         True
+        >>> [str(w.message).split(" (")[0] for w in caught]  # and said so
+        ['Non-finite gradients']
     """
 
     def __init__(
@@ -173,8 +176,11 @@ class WatchedLoop:
         env = loop_environment(self._session.settings, self.module, host, self._report_dir)
         self._session.begin(env, loggers, log_name=host.log_name, owner=id(self))
         schedule = self._session.settings.schedule
-        if self._steps is not None and schedule.log_every_n_steps is None:  # the cadence of a run of known length
-            self._session.retime(cadence_for_length(env, self._steps, schedule.histogram_every_n_steps))
+        if self._steps is not None:  # a run of known length: its floor of pictures, and its cadence unless chosen
+            chosen = schedule.log_every_n_steps is not None
+            self._session.retime(
+                cadence_for_length(env, self._steps, schedule.histogram_every_n_steps, keep_interval=chosen)
+            )
         self._alerts = self._session.alerts
         self._state = _OPEN
         if self._restore is not None:
