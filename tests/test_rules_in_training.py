@@ -138,7 +138,7 @@ def _noisy_classifier(pl_: Any, seed: int) -> Any:
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
             loss = nn.functional.cross_entropy(self.net(x + self.shift), y)
-            self.losses.append(float(loss))
+            self.losses.append(float(loss.detach()))
             return loss
 
         def configure_optimizers(self) -> Any:
