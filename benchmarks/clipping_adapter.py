@@ -19,10 +19,15 @@ if str(ROOT) not in sys.path:
 
 from lightning_gradwatch import GradWatch  # noqa: E402
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient  # noqa: E402
+from lightning_gradwatch.config import ClipConfig  # noqa: E402
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector  # noqa: E402
 from lightning_gradwatch.stats import GradientStats, StepStats  # noqa: E402
 
-__all__ = ["Measure", "SpikeDetector", "StepStats", "gradwatch", "shipped_adaptive"]
+__all__ = ["LOSS_OF_THIS_STEP", "Measure", "SpikeDetector", "StepStats", "adaptive", "constants", "gradwatch"]
+
+#: the loss GradWatch's judge is given at a step: this step's training loss (True), or the previous step's (False:
+#: the loss returned by ``training_step`` travels with the next step's statistics transfer)
+LOSS_OF_THIS_STEP = False
 
 
 class Measure:
@@ -43,9 +48,14 @@ class Measure:
         return False
 
 
-def shipped_adaptive(**kwargs: Any) -> AdaptiveClipThreshold:
-    """``clip="adaptive"`` as the callback builds it today."""
+def adaptive(**kwargs: Any) -> AdaptiveClipThreshold:
+    """``clip="adaptive"``: the package's rule, with GradWatch's defaults unless ``kwargs`` change a setting."""
     return AdaptiveClipThreshold(**kwargs)
+
+
+def constants() -> dict[str, Any]:
+    """The package rule's constants and their defaults (names as ``adaptive`` takes them)."""
+    return ClipConfig().constants()
 
 
 class SpikeDetector:

@@ -7,9 +7,11 @@ no clipping fails: lost, or more than 3x the best fixed threshold):
   least ``SHARE`` of them were clipped while the loss median of their second half is no better than ``STALL`` times
   that of their first half (clipping on most steps of a run that does not learn), or the norm before clipping of the
   clipped steps rose by ``RISE`` decades from the first half to the second (the clipped norm keeps rising);
-- *ceiling*, for a rule with a loss-driven ceiling (``GuardedClipThreshold``): the ceiling has been in force (it
-  was lowered because the loss got worse and has not been lifted) for ``WINDOW`` consecutive steps. In a run that
-  learns, the ceiling is never lowered, so the notice costs nothing to decide and says exactly what happened.
+- *ceiling*, for a rule with a loss-driven ceiling (the package's ``AdaptiveClipThreshold``): the ceiling has been in
+  force (it was lowered because the loss got worse and has not been lifted) for ``WINDOW`` consecutive steps. In a
+  run that learns, the ceiling is never lowered, so the notice costs nothing to decide and says exactly what
+  happened;
+- *package*: the step at which the package's rule itself says its notice (``notice_due``: what GradWatch warns).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from clipping_rules import is_ours
 from clipping_scores import CellResults
 
 WINDOW, SHARE, STALL, RISE = 50, 0.5, 0.9, 1.0
@@ -51,7 +54,13 @@ def fires_ceiling(trace: dict[str, list[float]], window: int = WINDOW) -> int | 
     return None
 
 
-NOTICES = {"generic": fires_generic, "ceiling": fires_ceiling}
+def fires_package(trace: dict[str, list[float]]) -> int | None:
+    """The step at which the package's rule said its notice, or ``None``."""
+    notice = trace.get("notice")
+    return int(notice[0]) if notice else None
+
+
+NOTICES = {"generic": fires_generic, "ceiling": fires_ceiling, "package": fires_package}
 
 
 def failing(report: CellResults) -> bool:
@@ -73,6 +82,8 @@ def table(by_family: dict[str, list[CellResults]], rules: Sequence[str]) -> list
             groups = [*by_family.items(), ("**all**", [r for rs in by_family.values() for r in rs])]
             for name, reports in groups:
                 counts = [0] * 6
+                if notice != "generic" and not is_ours(rule):
+                    continue
                 for r in reports:
                     trace = r.results[rule].trace if rule in r.results else {}
                     if not trace:

@@ -2,8 +2,8 @@
 
 The plain loop runs the package's per-step path (``clipping_adapter.Measure``: one fused measurement, one host
 transfer, ``clip_coefficient`` and ``GradientStats.scale_``). A threshold rule sees what the callback would give it:
-the step's total norm and per-layer norms, and the *previous* step's training loss (the callback reads the loss
-returned by ``training_step`` with the next step's statistics).
+the step's total norm and per-layer norms, and the training loss GradWatch's judge is given
+(``clipping_adapter.LOSS_OF_THIS_STEP``: this step's, or the previous step's).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from clipping_adapter import Measure, gradwatch
+from clipping_adapter import LOSS_OF_THIS_STEP, Measure, gradwatch
 from clipping_families import Setup
 from clipping_rules import ActingRule, Rule
 from torch import Tensor
@@ -80,7 +80,8 @@ def train(setup: Setup, rule: Rule, trace: bool = False) -> Result:
         else:
             stats = measure.collect()
             norm = stats.total_norm
-            threshold = rule.update(norm, loss=previous_loss, layer_norms=stats.grad_norm, stats=stats)
+            given = float(loss.detach()) if LOSS_OF_THIS_STEP else previous_loss
+            threshold = rule.update(norm, loss=given, layer_norms=stats.grad_norm, stats=stats)
             clipped = math.isfinite(norm) and measure.clip_(norm, threshold)
         optimizer.step()
         if scheduler is not None:
@@ -105,6 +106,9 @@ def train(setup: Setup, rule: Rule, trace: bool = False) -> Result:
         result.trace = {"norm": norms, "threshold": thresholds, "loss": losses}
         if any(math.isfinite(c) for c in ceilings):
             result.trace["ceiling"] = ceilings
+        notice = getattr(rule, "notice_step", None)
+        if notice is not None:
+            result.trace["notice"] = [notice]
     return result
 
 

@@ -12,6 +12,7 @@ weights on the same batches. ``--quick``: one seed, a third of the steps (a few 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -29,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import clipping_families as families
 import clipping_notice as notice
 import clipping_scores as scores
-from clipping_rules import ABLATIONS, CANDIDATES, NO_LOSS, OURS, PEERS, Rule, guarded
+from clipping_adapter import LOSS_OF_THIS_STEP
+from clipping_rules import ABLATIONS, CANDIDATES, NO_LOSS, OURS, PEERS, PREVIOUS, Rule, is_ours, ours
 from clipping_run import Result, train, train_with_trainer
 
-TRACED = ("none", "adaptive (today)", OURS)
-INTS = ("window", "warmup_steps", "loss_window", "hold")
+TRACED = ("none", PREVIOUS, OURS)
+INTS = ("window", "warmup_steps", "short_window", "loss_window", "first_losses", "cut_every", "notice_steps")
 SHOWN = (
     "none",
     "ZClip defaults",
@@ -44,7 +46,7 @@ SHOWN = (
     "AGC 0.16",
     "mean+2.5std (previous)",
     'on_exploding="clip"',
-    "adaptive (today)",
+    PREVIOUS,
     NO_LOSS,
     OURS,
 )
@@ -85,9 +87,22 @@ class Cache:
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
-    """``"quantile=0.1,hold=5"`` -> keyword arguments of ``GuardedClipThreshold``."""
+    """``"quantile=0.1,cut_every=5"`` -> keyword arguments of the package's ``AdaptiveClipThreshold``."""
     pairs = (item.split("=") for item in spec.split(",") if item)
-    return {k: int(v) if k in INTS else float(v) for k, v in pairs}
+    return {k: (v == "1") if k == "use_loss" else int(v) if k in INTS else float(v) for k, v in pairs}
+
+
+def package_version() -> str:
+    """What our rule's results depend on: the package's clipping policy and its configuration, and the loss timing.
+
+    Part of the cache key of our rule's cells, so a cached result never outlives the code that produced it.
+    """
+    root = Path(__file__).resolve().parents[1] / "lightning_gradwatch"
+    digest = hashlib.sha1()
+    for part in ("judge/clipping.py", "config.py", "history.py"):
+        digest.update((root / part).read_bytes())
+    digest.update(b"this step" if LOSS_OF_THIS_STEP else b"previous step")
+    return digest.hexdigest()[:10]
 
 
 def run_cells(
@@ -100,6 +115,8 @@ def run_cells(
         report = scores.CellResults(cell)
         for name, factory in rules.items():
             key = f"{'quick' if quick else 'full'}|{cell.key}|{name}"
+            if is_ours(name):
+                key += f"|{package_version()}"
             result = cache.get(key)
             if result is None:
                 setup = setup or families.setup(cell, quick)
@@ -111,7 +128,7 @@ def run_cells(
         print(
             f"  {cell.key:44s} {cell.kind:8s} none {scores.fmt(report.metric('none')):>8s}"
             f"  best fixed {scores.fmt(best):>8s} ({best_name})"
-            f"  today {scores.fmt(report.ratio('adaptive (today)')):>6s}x"
+            f"  previous {scores.fmt(report.ratio(PREVIOUS)):>6s}x"
             f"  ours {scores.fmt(report.ratio(OURS)):>6s}x  [{time.perf_counter() - started:.0f} s]",
             flush=True,
         )
@@ -129,7 +146,7 @@ def trainer_check(by_family: dict[str, list[scores.CellResults]], quick: bool) -
         if report is None:
             continue
         setup = families.setup(report.cell, quick)
-        for rule, kwargs in (("adaptive (today)", {"clip": "adaptive"}), ("fixed 1", {"clip": 1.0})):
+        for rule, kwargs in ((OURS, {"clip": "adaptive"}), ("fixed 1", {"clip": 1.0})):
             loop = report.results[rule].metric
             real = train_with_trainer(setup, kwargs).metric
             diff = abs(real - loop) / abs(loop) if math.isfinite(loop) and math.isfinite(real) else math.nan
@@ -150,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     parser.add_argument("--no-candidates", action="store_true", help="only the peers and our default")
     parser.add_argument("--cells", action="store_true", help="also print every cell's ratios")
     parser.add_argument(
-        "--candidates", default="", help='instead of the built-in grid: "quantile=0.1,zscore=3;quantile=0.25" (guarded)'
+        "--candidates", default="", help='instead of the built-in grid: "quantile=0.1,zscore=3;quantile=0.25" (ours)'
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -162,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     seeds = (0,) if args.quick else families.SEEDS
     candidates = dict(CANDIDATES)
     if args.candidates:
-        candidates = dict(guarded(**parse_spec(spec)) for spec in args.candidates.split(";"))
+        candidates = dict(ours(**parse_spec(spec)) for spec in args.candidates.split(";"))
     rules: dict[str, Callable[[], Rule]] = {**PEERS, **({} if args.no_candidates else {**candidates, **ABLATIONS})}
     rules.setdefault(OURS, CANDIDATES[OURS])
     cache = Cache(args.cache)
@@ -199,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         out("\n### Every candidate on every family (for the record: not a selection)\n")
         out(*scores.overview(by_family, candidates))
     out("\n## The notice: clipping is hiding a failing run\n")
-    out(*notice.table(by_family, ("adaptive (today)", OURS)))
+    out(*notice.table(by_family, (PREVIOUS, OURS)))
     if not args.no_trainer:
         out("\n## The callback path: one cell per family through a real Trainer with GradWatch\n")
         lines += trainer_check(by_family, args.quick)

@@ -71,4 +71,4 @@ def test_config_report_keeps_its_keys_in_order():
     keys = list(GradWatch().config())
     assert keys[:3] == ["on_vanishing", "on_exploding", "on_nonfinite"]
     assert keys[-2:] == ["collapse_ratio", "collapse_loss_fraction"]
-    assert len(keys) == len(set(keys)) == 36
+    assert len(keys) == len(set(keys)) == 55

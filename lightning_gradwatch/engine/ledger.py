@@ -63,6 +63,7 @@ class RunLedger:
         self.fits: list[dict[str, Any]] = []
         self.alerts: list[dict[str, Any]] = []  # alerts that happened in this directory, in order
         self.earlier: list[dict[str, Any]] = []  # alerts a checkpoint brought from another run
+        self.notices: list[dict[str, Any]] = []  # what GradWatch said once that is no alert (clipping held a run back)
         self.unreadable: str | None = None  # why an earlier gradwatch.json could not be taken over
 
     def begin_fit(
@@ -100,6 +101,7 @@ class RunLedger:
         self.fits = [dict(f) for f in fits if isinstance(f, dict)]
         self.alerts = [dict(a) for a in doc.get("alerts", []) if isinstance(a, dict)]
         self.earlier = [dict(a) for a in doc.get("earlier_alerts", []) if isinstance(a, dict)]
+        self.notices = [dict(n) for n in doc.get("notices", []) if isinstance(n, dict)]
 
     def saw(self, step: int) -> None:
         """The current fit measured ``step``."""
@@ -114,6 +116,10 @@ class RunLedger:
             return False
         self.alerts.append(alert.to_dict())
         return True
+
+    def note(self, kind: str, step: int, message: str, optimizer: int = 0) -> None:
+        """A notice (no alert: nothing fails on it) was said at ``step``."""
+        self.notices.append({"kind": kind, "step": step, "optimizer": optimizer, "message": message})
 
     def carry(self, alerts: Iterable[GradientAlert]) -> None:
         """A checkpoint brought these alerts; those this run did not record happened in the run it came from."""
@@ -133,5 +139,10 @@ class RunLedger:
                 self.fits[-1]["error"] = error
 
     def to_report(self) -> dict[str, Any]:
-        """The record's part of ``gradwatch.json``: ``fits``, ``alerts`` and ``earlier_alerts``."""
-        return {"fits": [dict(f) for f in self.fits], "alerts": list(self.alerts), "earlier_alerts": list(self.earlier)}
+        """The record's part of ``gradwatch.json``: ``fits``, ``alerts``, ``earlier_alerts`` and ``notices``."""
+        return {
+            "fits": [dict(f) for f in self.fits],
+            "alerts": list(self.alerts),
+            "earlier_alerts": list(self.earlier),
+            "notices": list(self.notices),
+        }
