@@ -98,10 +98,10 @@ class RunLedger:
         if not isinstance(fits, list):  # a report from before several fits were recorded: one fit
             steps = doc.get("steps") if isinstance(doc.get("steps"), dict) else {}
             fits = [{"first_step": steps.get("first"), "last_step": steps.get("last"), "status": doc.get("status")}]
-        self.fits = [dict(f) for f in fits if isinstance(f, dict)]
-        self.alerts = [dict(a) for a in doc.get("alerts", []) if isinstance(a, dict)]
-        self.earlier = [dict(a) for a in doc.get("earlier_alerts", []) if isinstance(a, dict)]
-        self.notices = [dict(n) for n in doc.get("notices", []) if isinstance(n, dict)]
+        self.fits = _records(fits)
+        self.alerts = _records(doc.get("alerts", []))
+        self.earlier = _records(doc.get("earlier_alerts", []))
+        self.notices = _records(doc.get("notices", []))
 
     def saw(self, step: int) -> None:
         """The current fit measured ``step``."""
@@ -146,3 +146,8 @@ class RunLedger:
             "earlier_alerts": list(self.earlier),
             "notices": list(self.notices),
         }
+
+
+def _records(items: Any) -> list[dict[str, Any]]:
+    """The records (dicts) of a list read back from ``gradwatch.json``, copied; anything else is dropped."""
+    return [dict(item) for item in items if isinstance(item, dict)] if isinstance(items, list) else []

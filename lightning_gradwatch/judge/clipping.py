@@ -98,7 +98,7 @@ class AdaptiveClipThreshold:
         0.95
         >>> round(clip.update(1.2, loss=1.0), 2)  # an ordinary step is left alone: the threshold it was held to
         1.9
-        >>> for _ in range(3):  # the loss doubles: the ceiling drops below the outlier threshold
+        >>> for _ in range(10):  # the loss doubles: once its level has, the ceiling drops below the norm, by 3x
         ...     ceiling = clip.update(1.0, loss=2.0)
         >>> round(ceiling, 2)
         0.33
