@@ -1,8 +1,8 @@
 """Replay check: the detector and the step engine of an older copy of the package, against the package as it is now,
 fed the same recorded steps. It proves a restructuring changed nothing that a run can see.
 
-    python benchmarks/detection.py --full --save traces.pkl        # record, with the OLD code checked out
-    cp -r lightning_gradwatch /somewhere/old/lightning_gradwatch     # keep the OLD package
+    python benchmarks/bank.py record --traces traces.pkl           # the generated bank's traces (or --quick)
+    git archive main lightning_gradwatch | tar -x -C /somewhere/old # keep the OLD package
     python benchmarks/replay_check.py traces.pkl --old /somewhere/old/lightning_gradwatch [--only NAME]
 
 The old package is imported under another name (a copy whose imports are renamed), so both run in one process.
@@ -43,6 +43,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the bank's traces are made of its classes
 
 import lightning_gradwatch  # noqa: E402
 from lightning_gradwatch.stats import StepStats  # noqa: E402
@@ -54,7 +55,7 @@ WEIGHTS_EVERY = 37  # in the "weights" variant, every this many log steps carrie
 
 
 class Trace:
-    """Stands in for ``benchmarks/detection.py``'s ``Trace`` when unpickling (only its attributes are read)."""
+    """One recorded run as the replay feeds it: each step's statistics and the loss the detector is told."""
 
     exempt: frozenset[str]
     traits: Any
@@ -69,9 +70,22 @@ class _Unpickler(pickle.Unpickler):
 
 
 def load_traces(path: str) -> dict[str, Trace]:
-    """The traces ``benchmarks/detection.py --save`` wrote, by scenario name."""
+    """The traces ``benchmarks/bank.py record`` wrote, by run name (or the older scenario bank's ``--save``)."""
     with open(path, "rb") as f:
-        return _Unpickler(f).load()
+        raw = _Unpickler(f).load()
+    return {name: _from_bank(t) if hasattr(t, "records") else t for name, t in raw.items()}
+
+
+def _from_bank(bank_trace: Any) -> Trace:
+    """A bank trace: each step's statistics and its own loss (the previous batch's in traces that lack it)."""
+    from gradwatch_adapter import to_stats
+
+    from lightning_gradwatch.remedies import ModelTraits
+
+    trace = Trace()
+    trace.exempt, trace.traits = bank_trace.exempt, ModelTraits()
+    trace.steps = [(r.step, r.observed if r.current is None else r.current, to_stats(r)) for r in bank_trace.records]
+    return trace
 
 
 def load_old(path: str) -> ModuleType:
@@ -318,9 +332,9 @@ def check_engine(old: ModuleType, new: ModuleType, trace: Trace, say: Callable[[
 # ---------------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("traces", help="the traces benchmarks/detection.py --save wrote")
+    parser.add_argument("traces", help="the traces benchmarks/bank.py record wrote")
     parser.add_argument("--old", required=True, help="the directory of the old lightning_gradwatch package")
-    parser.add_argument("--only", default="", help="comma-separated substrings of scenario names")
+    parser.add_argument("--only", default="", help="comma-separated substrings of run names")
     parser.add_argument("--no-engine", action="store_true", help="the detector check only")
     args = parser.parse_args(argv)
     old = load_old(args.old)

@@ -26,6 +26,8 @@ from tests.test_tensorboard_server import CHROMIUM, chromium  # noqa: E402
 VIEWS = {
     "custom_scalars": "#custom_scalars",
     "histograms": "#histograms&tagFilter=grad_hist%2Fnet%5C.(0%7C10%7C20)%24",
+    "histograms_log10": "#histograms&tagFilter=grad_hist_log10%2Fnet%5C.(0%7C10%7C20)%24",
+    "distributions_log10": "#distributions&tagFilter=grad_hist_log10%2Fnet%5C.(0%7C10%7C20)%24",
     "images": "#images",
     "alerts": "#text",
     "scalars": "#scalars&tagFilter=gradwatch%2Ftotal_norm",

@@ -6,7 +6,7 @@ so any trouble comes from the network), with the same optimizer (SGD with moment
 What it shows (300 steps, the default):
 
 - ``sigmoid``: every sigmoid multiplies the backward signal by at most 0.25, so the first layers' gradients shrink to
-  about 1e-8 of the last layer's. GradWatch raises a *vanishing* alert at step 49 that names them (``net.0, net.2,
+  about 1e-8 of the last layer's. GradWatch raises a *vanishing* alert at step 19 that names them (``net.0, net.2,
   net.4, net.6``) and lists the remedies; the net stays at chance, 25% accuracy.
 - ``relu_batchnorm``: no alert, 100% accuracy.
 
@@ -17,8 +17,10 @@ written to TensorBoard as ``eval/accuracy``.
     tensorboard --logdir runs/deep_sigmoid_vs_relu
 
 In TensorBoard: *Custom Scalars* (one chart per metric, a line per layer: ``grad_norm`` shows the sigmoid net's
-first layers far below its last), *Histograms* (``grad_hist/<layer>``), *Images* (``gradwatch/gradient_flow``: mean
-and max |gradient| per layer; ``gradwatch/gradient_heatmap``: layer x step) and *Text* (the alert and its remedies).
+first layers far below its last), *Histograms* and *Distributions* (``grad_hist/<layer>``: the gradient values;
+``grad_hist_log10/<layer>``: their log10 magnitudes, the sigmoid net's first layer decades below its last), *Images*
+(``gradwatch/gradient_flow``: mean and max |gradient| per layer; ``gradwatch/gradient_heatmap``: layer x step) and
+*Text* (the alert and its remedies).
 Each run also leaves a ``gradwatch.json`` report (``gradwatch report runs/deep_sigmoid_vs_relu``).
 """
 

@@ -72,24 +72,41 @@ def crc32c_many(messages: Sequence[bytes]) -> list[int]:
     out = [crc32c(m) if len(m) < 4 else 0 for m in messages]
     if not long:
         return out
-    table, (s0, s1, s2, s3) = _numpy_tables()
     lengths = np.array([len(messages[i]) for i in long], dtype=np.int64)
     blocks = -(-lengths // BLOCK)
+    crc = _block_crcs(np, [messages[i] for i in long], lengths, blocks)
+    for i, value in zip(long, _fold_blocks(np, crc, blocks).tolist()):
+        out[i] = value
+    return out
+
+
+def _block_crcs(np: Any, messages: list[bytes], lengths: Any, blocks: Any) -> Any:
+    """The CRC register after each ``BLOCK``-byte block of every message, messages left-padded to whole blocks.
+
+    A message's first four bytes are inverted (CRC-32C's initial register of all ones), so each block's CRC can
+    start from zero; the blocks of all messages are computed at once, a byte column at a time.
+    """
+    table, _ = _numpy_tables()
     pads = blocks * BLOCK - lengths
     pieces = []
-    for i, pad in zip(long, pads.tolist()):
-        pieces += [bytes(pad), messages[i]]
+    for message, pad in zip(messages, pads.tolist()):
+        pieces += [bytes(pad), message]
     data = np.frombuffer(b"".join(pieces), dtype=np.uint8).copy()
     first_byte = np.concatenate(([0], np.cumsum(blocks * BLOCK)[:-1])) + pads
     for k in range(4):
         data[first_byte + k] ^= 0xFF
     columns = np.ascontiguousarray(data.reshape(-1, BLOCK).T)  # row j: byte j of every block
     crc = np.zeros(columns.shape[1], dtype=np.uint32)
-    low = np.uint32(0xFF)
-    eight = np.uint32(8)
+    low, eight = np.uint32(0xFF), np.uint32(8)
     for j in range(BLOCK):
         crc = table[(crc ^ columns[j]) & low] ^ (crc >> eight)
-    # fold each message's blocks, longest messages first: at fold step j the active ones are a prefix
+    return crc
+
+
+def _fold_blocks(np: Any, crc: Any, blocks: Any) -> Any:
+    """Each message's CRC-32C from its blocks' CRCs, longest messages first (the active ones are a prefix)."""
+    _, (s0, s1, s2, s3) = _numpy_tables()
+    low, eight = np.uint32(0xFF), np.uint32(8)
     order = np.argsort(-blocks, kind="stable")
     sorted_blocks = blocks[order]
     first_block = np.concatenate(([0], np.cumsum(blocks)[:-1]))[order]
@@ -105,6 +122,4 @@ def crc32c_many(messages: Sequence[bytes]) -> list[int]:
         register[:active] = shifted ^ crc[index]
     result = np.empty(len(order), dtype=np.uint32)
     result[order] = register ^ np.uint32(0xFFFFFFFF)
-    for i, value in zip(long, result.tolist()):
-        out[i] = value
-    return out
+    return result

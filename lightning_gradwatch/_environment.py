@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lightning_gradwatch.act.actor import agree
+from lightning_gradwatch.act.actor import agree, averaged
 from lightning_gradwatch.engine.environment import (
     LIGHTNING_LOG_EVERY,
     Environment,
@@ -66,15 +66,15 @@ def run_cadence(
     the scalar interval unless set. An overhead budget may spread such a chosen interval out again, up to
     ``log_widest``: never past the Trainer's, nor so far that the run has fewer than
     :data:`MIN_POINTS_UNDER_BUDGET` points. Called once the training data is loaded (the run's length is
-    ``trainer.estimated_stepping_batches``); a run of unknown length keeps the Trainer's interval.
+    ``trainer.estimated_stepping_batches``, kept as ``run_steps`` whatever the intervals); a run of unknown length
+    keeps the Trainer's interval.
     """
-    if log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY:
-        return env
     try:
         total = float(trainer.estimated_stepping_batches)
     except Exception:  # an iterable dataset of unknown length, or a Trainer stand-in
         return env
-    return cadence_for_length(env, total, histogram_every_n_steps)
+    chosen = log_every_n_steps is not None or env.log_every != LIGHTNING_LOG_EVERY
+    return cadence_for_length(env, total, histogram_every_n_steps, keep_interval=chosen)
 
 
 def optimizer_index(trainer: Any, optimizer: Any) -> tuple[int, int]:
@@ -167,6 +167,14 @@ class TrainerHost:
     def reduce(self, flags: Flags) -> Flags:
         """Every rank takes the same decision."""
         return reduce_flags(self.trainer, self.env, flags)
+
+    def average(self, loss: torch.Tensor | None) -> torch.Tensor | None:
+        """The loss averaged over the Trainer's processes (one collective of one number when there are several)."""
+        if self.env.world_size <= 1:
+            return loss
+        strategy = self.trainer.strategy
+        device = getattr(strategy, "root_device", torch.device("cpu"))
+        return averaged(loss, lambda value: strategy.reduce(value, reduce_op="mean"), device)
 
     def stop(self) -> None:
         """Training ends after this step (on every rank: the flag was reduced)."""

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_gradwatch._environment import _plain_shard_group, _scaler_enabled, check_trainer
-from lightning_gradwatch.act.actor import LocalHost, agree
+from lightning_gradwatch.act.actor import LocalHost, agree, averaged
 from lightning_gradwatch.judge.decision import Flags
 
 __all__ = ["FabricHost", "LoopHost", "check_fabric", "is_fabric", "unscale", "user_module"]
@@ -97,9 +97,14 @@ class LoopHost(LocalHost):
         """The flags every process agrees on (one all-reduce of three numbers under ``torch.distributed``)."""
         if self.world_size <= 1:
             return flags
-        backend = dist.get_backend()
-        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        return agree(flags, _summed, device)
+        return agree(flags, _summed, _device())
+
+    def average(self, loss: Tensor | None) -> Tensor | None:
+        """The loss averaged over the world (one all-reduce of one number under ``torch.distributed``)."""
+        if self.world_size <= 1:
+            return loss
+        world = self.world_size
+        return averaged(loss, lambda value: _summed(value) / world, _device())
 
     def unscale(self, optimizer: Any) -> None:
         """Unscale the optimizer's gradients in place when the loop scales its loss (``scaler.unscale_``)."""
@@ -112,6 +117,11 @@ class LoopHost(LocalHost):
 
     def dropped(self, optimizer: Any) -> None:
         """The step's update was dropped. A plain loop calls ``scaler.update()`` itself, every step."""
+
+
+def _device() -> torch.device:
+    """Where the world's collectives want their tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def _summed(values: Tensor) -> Tensor:
@@ -172,6 +182,13 @@ class FabricHost(LoopHost):
             return flags
         strategy = self.fabric.strategy
         return agree(flags, lambda values: strategy.all_reduce(values, reduce_op="sum"), self.fabric.device)
+
+    def average(self, loss: Tensor | None) -> Tensor | None:
+        """The loss averaged over Fabric's processes (one all-reduce of one number when there are several)."""
+        if self.world_size <= 1:
+            return loss
+        strategy = self.fabric.strategy
+        return averaged(loss, lambda value: strategy.all_reduce(value, reduce_op="mean"), self.fabric.device)
 
     def unscale(self, optimizer: Any) -> None:
         """Unscale through the precision plugin (on the optimizer Fabric wraps, as ``fabric.clip_gradients``)."""

@@ -29,6 +29,7 @@ __all__ = [
     "GRAD_ZERO_FRACTION",
     "HISTOGRAM_PREFIX",
     "LAYER_SCALARS",
+    "LOG10_HISTOGRAM_PREFIX",
     "NAMESPACE",
     "NONFINITE_STEPS",
     "NONFINITE_VALUES",
@@ -57,6 +58,8 @@ LAYER_SCALARS: tuple[str, ...] = (GRAD_NORM, GRAD_TO_WEIGHT, PARAM_NORM, GRAD_MA
 #: log10 of ``grad_norm`` (layers whose norms span many decades are flat lines at 0 on a linear axis)
 GRAD_NORM_LOG10 = "grad_norm_log10"
 HISTOGRAM_PREFIX = "grad_hist"
+#: histograms of ``log10 |g|``: how many decades a layer's gradients sit below the others' (exact zeros left out)
+LOG10_HISTOGRAM_PREFIX = "grad_hist_log10"
 
 # run-level scalars
 TOTAL_NORM = f"{NAMESPACE}/total_norm"

@@ -2,14 +2,14 @@
 
 The callback reads the Trainer once per fit (``_environment.py``), hands each optimizer step to the session with the
 Trainer as its host (flags reduced over its processes, a stop through ``trainer.should_stop``), and keeps what only
-Lightning's hooks tell: the last training loss and the batch index.
+Lightning's hooks tell: the step's training loss (``on_before_backward``: summed over the micro-batches of an
+accumulated step, unscaled under an fp16 loss scaler) and the batch index.
 """
 
 from __future__ import annotations
 
 import ast
 import os
-from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 import torch
@@ -59,7 +59,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     ``gradwatch/total_norm``, ``gradwatch/total_norm_max`` (the largest since the previous log step) and event
     counts. Every ``histogram_every_n_steps`` steps: ``grad_hist/<layer>`` histograms, estimated from a uniform
     random sample of at most ``histogram_sample_size`` values per layer (exact for smaller layers) so their cost
-    stays bounded on huge layers. A custom-scalars layout shows each per-layer metric as one multi-line chart.
+    stays bounded on huge layers, and from the same sample ``grad_hist_log10/<layer>``, histograms of ``log10 |g|``
+    over the non-zero values (how many decades apart the layers are). A custom-scalars layout shows each per-layer
+    metric as one multi-line chart.
     TensorBoard loggers get all of this as one event per step; any other logger gets the scalars through
     ``log_metrics``. ``gradwatch.json`` (configuration, per-layer summaries, alerts, and the epoch and batch index
     of every skipped, spike-clipped or alerting step) is written beside the event files (the TensorBoard logger's
@@ -119,16 +121,17 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         warmup_steps: steps that only build the gradient-norm history.
         exploding_zscore: standard deviations of ``log10(total norm)`` above its running mean that make a spike.
         exploding_min_factor: a spike is at least this many times the running (geometric) mean of the total norm.
-        exploding_patience: consecutive spike steps that make an explosion (unless they already fall back fast); a
-            lone spike is counted, not alerted.
+        exploding_patience: consecutive spike steps that make an explosion (unless they already fall back, or the
+            training loss does not rise with them: median of the last 3 steps against the median 5 to 10 steps
+            before); a lone spike is counted, not alerted.
         exploding_growth_steps: consecutive steps of a steady rise (each norm above the one before and above its
-            running mean + 2 std, while the training loss rises too) that make an explosion before any single step
-            is extreme: this warns of a divergence several steps before the first NaN.
+            running mean + 2 std, while the training loss rises too, by medians) that make an explosion before any
+            single step is extreme: this warns of a divergence several steps before the first NaN.
         exploding_threshold: optional absolute total norm above which a step is always a spike.
         exploding_jump_factor: during the warm-up, before the history can tell a spike, a step whose total norm is
             this many times the largest so far is an explosion (a learning rate far too high blows up from step 0).
         exploding_trend_loss_factor: an explosion by trend: the training loss (median of the last 5 steps) has
-            climbed to this many times its best median, and above its first value, ...
+            climbed to this many times its best median, and to twice where training started, ...
         exploding_trend_norm_factor: ... while the total norm (median of the last 5 steps) has grown this many
             times since the loss was at its best: how Adam/AdamW diverge at a too-high learning rate, often without
             ever producing a NaN.
@@ -266,7 +269,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             ),
         )
         self._session = Session(self.settings)
-        self._loss: torch.Tensor | None = None  # the last training loss, read with the next step's statistics
+        self._loss: torch.Tensor | None = None  # this step's loss so far (its micro-batches'), read with its statistics
         self._batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
 
     # ------------------------------------------------------------------ identity and state
@@ -415,9 +418,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         where = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
         host = TrainerHost(trainer, fit.env)
         step = int(trainer.global_step)
-        self._session.step(
-            host, optimizer, pl_module, step=step, index=index, count=count, loss=self._loss, where=where
-        )
+        loss, self._loss = self._loss, None
+        if loss is not None and fit.env.scaler is not None:  # the loss backward saw was scaled; no sync to unscale it
+            loss = loss / fit.env.scaler.scale(torch.ones((), device=loss.device))
+        self._session.step(host, optimizer, pl_module, step=step, index=index, count=count, loss=loss, where=where)
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -434,10 +438,12 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self._batch_idx = batch_idx
 
     @override
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+        # the loss about to be backpropagated: under accumulation each micro-batch's, divided by their number (their
+        # sum is the step's loss); no sync here, it travels with the step's statistics
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._loss = loss.detach()  # no sync here: it travels with the next step's statistics
+            loss = loss.detach().reshape(())
+            self._loss = loss if self._loss is None else self._loss + loss
 
 
 def _ended(trainer: Any) -> RunStatus:

@@ -22,25 +22,26 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NamedTuple, TextIO
+from typing import Any, TextIO
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch._names import optimizer_key
 from lightning_gradwatch.alerts import ALERT_KINDS
-from lightning_gradwatch.html_report import build_html, write_html
+from lightning_gradwatch.github import SummaryError, github_output
+from lightning_gradwatch.html_report import HtmlFile, build_html, write_html
 from lightning_gradwatch.kinds import KINDS, AlertKind, Health, by_severity
 from lightning_gradwatch.layer_state import LARGE_FACTOR, layer_states, marks, named_in, total_states
 from lightning_gradwatch.runs import RunReadError, RunRecord, read_runs
 from lightning_gradwatch.verdicts import (
     EXIT_ERROR,
     EXIT_OK,
-    UNFINISHED_VERDICTS,
-    Gate,
     fails_gate,
     first_line,
     gate,
+    gate_line,
     reason,
     verdict,
+    where,
 )
 
 __all__ = ["main"]
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _check(runs, fail_on, args.format, out, allow_unfinished=allow_unfinished, html=html)
         else:
             code = _report(runs, args.format, out, html=html)
-    except (RunReadError, _UsageError) as err:
+    except (RunReadError, SummaryError, _UsageError) as err:
         _write(sys.stderr, f"gradwatch: error: {err}\n")
         return EXIT_ERROR
     for run in runs:  # each on stdout with the other runs' verdicts; on stderr too, as an error
@@ -179,21 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-class _HtmlFile(NamedTuple):
-    """The HTML report written, as the outputs name it: ``report.html (312 kB)``."""
-
-    path: str
-    size: int
-
-    @property
-    def kilobytes(self) -> str:
-        return f"{self.size / 1000:.0f} kB"
-
-    def __str__(self) -> str:
-        return f"{self.path} ({self.kilobytes})"
-
-
-def _html(path: str, runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool) -> _HtmlFile:
+def _html(path: str, runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool) -> HtmlFile:
     """Write the HTML report to ``path``.
 
     Raises:
@@ -201,10 +188,9 @@ def _html(path: str, runs: list[RunRecord], fail_on: set[str], allow_unfinished:
     """
     page = build_html(runs, fail_on, allow_unfinished)
     try:
-        size = write_html(path, page)
+        return write_html(path, page)
     except OSError as err:
         raise _UsageError(f"--html {path}: cannot write the HTML report ({err.strerror or err})") from err
-    return _HtmlFile(path, size)
 
 
 def _write(stream: TextIO, text: str) -> None:
@@ -224,7 +210,7 @@ def _check(
     out: TextIO,
     *,
     allow_unfinished: bool = False,
-    html: _HtmlFile | None = None,
+    html: HtmlFile | None = None,
 ) -> int:
     outcome = gate(runs, fail_on, allow_unfinished)
     if fmt == "json":
@@ -256,35 +242,17 @@ def _check(
             doc["html"] = html.path
         out.write(json.dumps(doc, indent=2) + "\n")
     elif fmt == "github":
-        _github(runs, fail_on, allow_unfinished, out, html)
+        github_output(runs, fail_on, allow_unfinished, out, html)
     else:
         for run in runs:
             out.write(_run_line(run, fail_on) + "\n")
             for alert in run.alerts:
                 flag = "FAIL" if alert["kind"] in fail_on else "note"
                 out.write(f"  [{flag}] {_alert_line(alert)}\n")
-        out.write(_gate_line(outcome, len(runs), fail_on, allow_unfinished) + "\n")
+        out.write(gate_line(outcome, len(runs), fail_on, allow_unfinished) + "\n")
         if html is not None:
             out.write(f"HTML report: {html}\n")
     return outcome.code
-
-
-def _gate_line(outcome: Gate, n_runs: int, fail_on: set[str], allow_unfinished: bool) -> str:
-    counts = outcome.counts
-    head = outcome.result.upper()
-    line = f"{head}: {counts['alerts']} of {n_runs} run(s) with alerts of kind {', '.join(sorted(fail_on))}"
-    unfinished = [f"{counts[v]} {v}" for v in UNFINISHED_VERDICTS if counts[v]]
-    if unfinished:
-        allowed = " (allowed by --allow-unfinished)" if allow_unfinished else ""
-        line += f"; did not finish: {', '.join(unfinished)}{allowed}"
-    if counts["unreadable"]:
-        line += f"; could not be read: {counts['unreadable']}"
-    return line
-
-
-def _where(alert: dict[str, Any]) -> str:
-    optimizer = alert.get("optimizer") or 0
-    return f"step {alert['step']}" + (f" (optimizer {optimizer})" if optimizer else "")
 
 
 def _alert_line(alert: dict[str, Any]) -> str:
@@ -292,7 +260,7 @@ def _alert_line(alert: dict[str, Any]) -> str:
     text = first_line(alert["message"])
     optimizer = alert.get("optimizer") or 0
     if f"step {alert['step']}" not in text:
-        return f"{_where(alert)}: {text}"
+        return f"{where(alert)}: {text}"
     return f"optimizer {optimizer}: {text}" if optimizer else text
 
 
@@ -300,6 +268,17 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
     run_verdict = verdict(run, fail_on)
     if run_verdict == "unreadable":
         return f"{run.path}: unreadable: {reason(run, run_verdict)}"
+    detail = f" ({', '.join(_run_facts(run, run_verdict))})"
+    if run_verdict == "healthy":
+        return f"{run.path}: healthy{detail}"
+    if run_verdict == "alerts":
+        kinds = sorted({a["kind"] for a in run.alerts})
+        return f"{run.path}: {len(run.alerts)} alert(s): {', '.join(kinds)}{detail}"
+    return f"{run.path}: {run_verdict}: {reason(run, run_verdict)}{detail}"
+
+
+def _run_facts(run: RunRecord, run_verdict: str) -> list[str]:
+    """What a run's line says about it: layers, steps, fits, earlier alerts, how it ended, a half record."""
     last = run.steps.get("last")
     facts = [f"{len(run.layers)} layers"]
     if isinstance(last, int):
@@ -312,106 +291,11 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
         facts.append(run.status or "no gradwatch.json")
     if run.partial:
         facts.append(run.partial)
-    detail = f" ({', '.join(facts)})"
-    if run_verdict == "healthy":
-        return f"{run.path}: healthy{detail}"
-    if run_verdict == "alerts":
-        kinds = sorted({a["kind"] for a in run.alerts})
-        return f"{run.path}: {len(run.alerts)} alert(s): {', '.join(kinds)}{detail}"
-    return f"{run.path}: {run_verdict}: {reason(run, run_verdict)}{detail}"
+    return facts
 
 
 def _json_alert(alert: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in alert.items()}
-
-
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def _github(
-    runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool, out: TextIO, html: _HtmlFile | None = None
-) -> None:
-    """Workflow commands (one annotation per alert, per unfinished and per unreadable run) and a job summary.
-
-    Raises:
-        _UsageError: ``$GITHUB_STEP_SUMMARY`` names a file that cannot be appended to (checked before any output).
-    """
-    summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
-    summary = None
-    if summary_path:
-        try:
-            summary = open(summary_path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
-        except OSError as err:
-            why = err.strerror or type(err).__name__
-            raise _UsageError(f"GITHUB_STEP_SUMMARY={summary_path}: cannot append the job summary ({why})") from err
-    outcome = gate(runs, fail_on, allow_unfinished)
-    try:
-        for run in runs:
-            _annotate(run, fail_on, allow_unfinished, out)
-        if outcome.code == EXIT_OK:
-            kinds = ", ".join(sorted(fail_on))
-            out.write(f"::notice title=GradWatch::{len(runs)} run(s) checked, no alerts of kind {kinds}\n")
-        if html is not None:
-            out.write(f"::notice title=GradWatch HTML report::{_escape_data(str(html))}\n")
-        if summary is not None:
-            summary.write(_markdown_summary(runs, fail_on, allow_unfinished, html))
-    except OSError as err:
-        raise _UsageError(f"GITHUB_STEP_SUMMARY={summary_path}: cannot write the job summary ({err})") from err
-    finally:
-        if summary is not None:
-            summary.close()
-
-
-def _annotate(run: RunRecord, fail_on: set[str], allow_unfinished: bool, out: TextIO) -> None:
-    """A run's workflow commands: one annotation per alert, and one when it did not finish or cannot be read."""
-    for alert in run.alerts:
-        level = "error" if alert["kind"] in fail_on else "warning"
-        title = _escape_property(f"GradWatch {alert['kind']} gradients at {_where(alert)} ({run.path})")
-        out.write(f"::{level} title={title}::{_escape_data(alert['message'].strip())}\n")
-    run_verdict = verdict(run, fail_on)
-    if run_verdict in (*UNFINISHED_VERDICTS, "unreadable"):
-        level = "error" if fails_gate(run_verdict, allow_unfinished) else "warning"
-        title = _escape_property(f"GradWatch run {run_verdict} ({run.path})")
-        out.write(f"::{level} title={title}::{_escape_data(reason(run, run_verdict))}\n")
-
-
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _markdown_summary(
-    runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool = False, html: _HtmlFile | None = None
-) -> str:
-    outcome = gate(runs, fail_on, allow_unfinished)
-    lines = [
-        "## GradWatch gradient health",
-        "",
-        f"**{_gate_line(outcome, len(runs), fail_on, allow_unfinished).replace(': ', '**: ', 1)}.",
-        "",
-        "| run | verdict | alerts | first alert |",
-        "|---|---|---|---|",
-    ]
-    for run in runs:
-        run_verdict = verdict(run, fail_on)
-        first = run.alerts[0] if run.alerts else None
-        detail = f"{first['kind']} at {_where(first)}: {', '.join(first['layers'][:4])}" if first else "none"
-        if run_verdict == "unreadable":
-            detail = _markdown_cell(reason(run, run_verdict))
-        count = "-" if run_verdict == "unreadable" else str(len(run.alerts))
-        lines.append(f"| `{run.path}` | {run_verdict} | {count} | {detail} |")
-    if html is not None:
-        lines += [
-            "",
-            f"**Pictures of each run**: `{_markdown_cell(html.path)}` ({html.kilobytes}, one self-contained HTML file:"
-            " gradient flow per layer and step, each layer's norm by depth, the total norm with its clipping and"
-            " spike thresholds, the alerts on the timeline with their remedies). Open it from this run's artifacts.",
-        ]
-    return "\n".join(lines) + "\n\n"
 
 
 # ---------------------------------------------------------------------- report
@@ -442,7 +326,7 @@ def _count(value: float) -> str:
     return "-" if value is None or math.isnan(value) else str(int(value))
 
 
-def _report(runs: list[RunRecord], fmt: str, out: TextIO, html: _HtmlFile | None = None) -> int:
+def _report(runs: list[RunRecord], fmt: str, out: TextIO, html: HtmlFile | None = None) -> int:
     code = EXIT_ERROR if any(run.unreadable is not None for run in runs) else EXIT_OK
     if fmt == "json":
         out.write(json.dumps(_finite_or_none([_report_doc(run) for run in runs]), indent=2, default=lambda v: None))

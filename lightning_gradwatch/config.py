@@ -278,10 +278,16 @@ class DetectionConfig(ConfigGroup):
         exploding_jump_factor: during the warm-up (before the history can tell a spike), a step whose norm is this
             many times the largest norm so far is an explosion: a learning rate far too high blows up from step 0.
         exploding_trend_loss_factor: an explosion by trend: the loss (median of the last 5 steps) has climbed to this
-            many times its best median, and above its first value, ...
+            many times its best median, and ``exploding_trend_start_factor`` times where training started (the
+            median of the first 5), ...
         exploding_trend_norm_factor: ... while the gradient norm (median of the last 5 steps) has grown this many
             times since the loss was at its best. The slow divergence of Adam/AdamW at a too-high learning rate,
             which may never produce a NaN.
+        exploding_trend_start_factor: see ``exploding_trend_loss_factor``.
+        exploding_rise_margin: spikes and a steady rise are an explosion only while the loss rises: the median of
+            its last 3 values above ``1 + margin`` times the median of the 5 values 5 to 10 steps before.
+        exploding_climb_factor: the loss (median of the last 5 steps) at this many times where training started
+            (the median of its first 5), two steps in a row, is an explosion whatever the norm does.
         ema_decay: weight of the newest step in the running mean and variance (about ``1 / decay`` steps of memory).
         vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing.
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
@@ -289,6 +295,12 @@ class DetectionConfig(ConfigGroup):
         collapse_ratio: the whole network is vanishing when the total norm falls below this fraction of its level
             just after warm-up while the loss stays above ``collapse_loss_fraction`` of its level then.
         collapse_loss_fraction: see ``collapse_ratio``.
+        stall_steps: the loss-aware vanishing rule judges a run once this many losses have been seen: ...
+        stall_decades: ... a run whose loss has not moved from where it started (its lowest median within
+            ``stall_tolerance`` of the start) while layers lie this many decades (or more) below the largest one
+            (medians over 10 steps) is vanishing, naming the layers below ``vanishing_ratio`` times the largest (when
+            none is that far below, those within a decade of the deepest).
+        stall_tolerance: see ``stall_decades``.
 
     Example:
         >>> DetectionConfig(vanishing_patience=10).vanishing_patience
@@ -307,19 +319,25 @@ class DetectionConfig(ConfigGroup):
     exploding_zscore: float = setting(4.0, number())
     exploding_min_factor: float = setting(3.0, at_least_one)
     exploding_patience: int = setting(2, integer(minimum=1))
-    exploding_growth_steps: int = setting(4, integer(minimum=2))
+    exploding_growth_steps: int = setting(5, integer(minimum=2))
     exploding_threshold: float | None = setting(None, number(optional=True))
     exploding_ceiling_factor: float = setting(2.0, at_least_one, argument=False)
     exploding_ceiling_memory: int = setting(10_000, integer(minimum=1), argument=False)
     exploding_jump_factor: float = setting(10.0, above_one)
     exploding_trend_loss_factor: float = setting(3.0, above_one)
     exploding_trend_norm_factor: float = setting(3.0, above_one)
+    exploding_trend_start_factor: float = setting(2.0, at_least_one, argument=False)
+    exploding_rise_margin: float = setting(0.25, number(zero=True), argument=False)
+    exploding_climb_factor: float = setting(10.0, above_one, argument=False)
     ema_decay: float = setting(0.05, fraction, argument=False)
     vanishing_ratio: float = setting(1e-5, fraction)
     vanishing_floor: float | None = setting(None, number(optional=True))
     vanishing_patience: int = setting(50, integer(minimum=1))
     collapse_ratio: float = setting(1e-4, number(), argument=False)
     collapse_loss_fraction: float = setting(0.5, number(), argument=False)
+    stall_steps: int = setting(20, integer(minimum=10), argument=False)
+    stall_decades: float = setting(4.0, number(), argument=False)
+    stall_tolerance: float = setting(0.05, fraction, argument=False)
 
 
 @dataclass(frozen=True)

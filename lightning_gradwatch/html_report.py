@@ -40,7 +40,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lightning_gradwatch import __version__
 from lightning_gradwatch._names import CLIP_THRESHOLD, SPIKE_THRESHOLD, TOTAL_NORM, TOTAL_NORM_MAX
@@ -49,7 +49,7 @@ from lightning_gradwatch.layer_state import LayerState, layer_states, marks, nam
 from lightning_gradwatch.runs import RunRecord
 from lightning_gradwatch.verdicts import gate, reason, verdict
 
-__all__ = ["MAX_COLUMNS", "build_html", "run_data", "write_html"]
+__all__ = ["MAX_COLUMNS", "HtmlFile", "build_html", "run_data", "write_html"]
 
 #: The most columns (steps, or bins of steps) a run's charts have.
 MAX_COLUMNS = 500
@@ -78,12 +78,7 @@ def _binned(
     n = len(starts)
     sums, counts, zeros, bad = [0.0] * n, [0] * n, [0] * n, [False] * n
     peaks = [-math.inf] * n
-    column = 0
-    for step, value in points:
-        if not n or step < starts[0]:
-            continue
-        while column + 1 < n and step >= starts[column + 1]:
-            column += 1
+    for column, value in _placed(points, starts):
         if not math.isfinite(value):
             bad[column] = True
         elif value > 0:
@@ -93,13 +88,29 @@ def _binned(
             peaks[column] = max(peaks[column], log)
         else:
             zeros[column] += 1
-    means: list[float | None] = []
-    maxima: list[float | None] = []
-    for i in range(n):
-        empty = None if not zeros[i] else -math.inf
-        means.append(math.nan if bad[i] else sums[i] / counts[i] if counts[i] else empty)
-        maxima.append(math.nan if bad[i] else peaks[i] if counts[i] else empty)
+    means = [_column_value(sums[i] / counts[i] if counts[i] else 0.0, counts[i], zeros[i], bad[i]) for i in range(n)]
+    maxima = [_column_value(peaks[i], counts[i], zeros[i], bad[i]) for i in range(n)]
     return means, maxima
+
+
+def _placed(points: Sequence[tuple[int, float]], starts: Sequence[int]) -> Iterable[tuple[int, float]]:
+    """``(column, value)`` for each point at or after the first column's start (points in step order)."""
+    column = 0
+    for step, value in points:
+        if not starts or step < starts[0]:
+            continue
+        while column + 1 < len(starts) and step >= starts[column + 1]:
+            column += 1
+        yield column, value
+
+
+def _column_value(value: float, counts: int, zeros: int, bad: bool) -> float | None:
+    """A column's value: NaN with a non-finite norm, ``value`` with positive norms, -inf with zeros only, or None."""
+    if bad:
+        return math.nan
+    if counts:
+        return value
+    return -math.inf if zeros else None
 
 
 def _larger(a: float | None, b: float | None) -> float | None:
@@ -154,16 +165,7 @@ def run_data(run: RunRecord) -> dict[str, Any]:
     steps = sorted({s for points in (*layer_points.values(), *total_points.values()) for s, _ in points})
     starts = _columns(steps)
     rows = [_binned(layer_points[name], starts)[0] for name in layer_points]
-    totals: dict[str, dict[str, list[float | None]]] = {}
-    for key, points in total_points.items():
-        mean, peak = _binned(points, starts)
-        logged_peak = _binned(run.series.get(TOTAL_NORM_MAX + _suffix(key), []), starts)[1]
-        totals[key] = {"mean": mean, "max": [_larger(a, b) for a, b in zip(peak, logged_peak)]}
-        for name, tag in (("clip", CLIP_THRESHOLD), ("spike", SPIKE_THRESHOLD)):
-            if run.series.get(tag + _suffix(key)):
-                totals[key][name] = _binned(run.series[tag + _suffix(key)], starts)[0]
     low, high = _range(v for row in rows for v in row)
-    total_low, total_high = _range(v for t in totals.values() for line in t.values() for v in line)
     states = layer_states(run)
     return {
         "columns": starts,
@@ -173,14 +175,33 @@ def run_data(run: RunRecord) -> dict[str, Any]:
         "layers": list(layer_points),
         "marked": [_marked(states[name], named_in(name, run.alerts)) for name in layer_points],
         "norms": _encode(rows, low, high),
-        "total_low": total_low,
-        "total_high": total_high,
-        "totals": {
-            key: {name: _encode([line], total_low, total_high) for name, line in t.items()} for key, t in totals.items()
-        },
+        **_encoded_totals(run, total_points, starts),
         "alerts": [{"step": a["step"], "kind": a["kind"]} for a in run.alerts],
         "source": "event files" if run.series else "gradwatch.json history",
     }
+
+
+def _encoded_totals(
+    run: RunRecord, total_points: dict[str, list[tuple[int, float]]], starts: Sequence[int]
+) -> dict[str, Any]:
+    """The total norms' lines per column, encoded on one shared range (``total_low`` to ``total_high``)."""
+    totals = {key: _total_lines(run, key, points, starts) for key, points in total_points.items()}
+    low, high = _range(v for lines in totals.values() for line in lines.values() for v in line)
+    encoded = {key: {name: _encode([line], low, high) for name, line in lines.items()} for key, lines in totals.items()}
+    return {"total_low": low, "total_high": high, "totals": encoded}
+
+
+def _total_lines(
+    run: RunRecord, key: str, points: Sequence[tuple[int, float]], starts: Sequence[int]
+) -> dict[str, list[float | None]]:
+    """One total norm's lines per column: mean, maximum (the logged largest too), and the thresholds logged."""
+    mean, peak = _binned(points, starts)
+    logged_peak = _binned(run.series.get(TOTAL_NORM_MAX + _suffix(key), []), starts)[1]
+    lines = {"mean": mean, "max": [_larger(a, b) for a, b in zip(peak, logged_peak)]}
+    for name, tag in (("clip", CLIP_THRESHOLD), ("spike", SPIKE_THRESHOLD)):
+        if run.series.get(tag + _suffix(key)):
+            lines[name] = _binned(run.series[tag + _suffix(key)], starts)[0]
+    return lines
 
 
 def _range(values: Iterable[float | None]) -> tuple[int, int]:
@@ -352,8 +373,23 @@ def _table(run: RunRecord) -> str:
     )
 
 
-def write_html(path: str | os.PathLike[str], page: str) -> int:
-    """Write ``page`` to ``path`` atomically (a reader never sees half a file); returns its size in bytes.
+class HtmlFile(NamedTuple):
+    """An HTML report written, as the outputs name it: ``report.html (312 kB)``."""
+
+    path: str
+    size: int
+
+    @property
+    def kilobytes(self) -> str:
+        """Its size in kB, rounded."""
+        return f"{self.size / 1000:.0f} kB"
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.kilobytes})"
+
+
+def write_html(path: str | os.PathLike[str], page: str) -> HtmlFile:
+    """Write ``page`` to ``path`` atomically (a reader never sees half a file); returns what was written.
 
     Raises:
         OSError: the file cannot be written.
@@ -369,4 +405,4 @@ def write_html(path: str | os.PathLike[str], page: str) -> int:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return len(data)
+    return HtmlFile(os.fspath(path), len(data))

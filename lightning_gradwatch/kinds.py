@@ -85,7 +85,9 @@ class Rule(StrEnum):
     SPIKES = "spikes"
     GROWTH = "growth"
     TREND = "trend"
+    CLIMB = "climb"
     COLLAPSE = "collapse"
+    STALL = "stall"
     LAYERS = "layers"
 
 

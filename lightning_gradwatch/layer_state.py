@@ -121,21 +121,33 @@ def state_of(
     recent = _median([v for _, v in window])
     first_step, last_step = (window[0][0], window[-1][0]) if window else (None, None)
     last = points[-1][1] if last is None and points else last
+    earlier = points[: len(points) - len(window)]
+    state = _state(recent, last, earlier, top, ratio, floor)
+    return LayerState(state, recent, first_step, last_step, len(window))
 
-    def made(state: str) -> LayerState:
-        return LayerState(state, recent, first_step, last_step, len(window))
 
+def _state(
+    recent: float,
+    last: float | None,
+    earlier: Sequence[tuple[int, float]],
+    top: float | None,
+    ratio: float,
+    floor: float | None,
+) -> str:
+    """The state word, from the window's median ``recent``, the last norm and the points before the window."""
     if last is not None and not math.isfinite(last):
-        return made("non-finite")
+        return "non-finite"
     if recent == 0.0:
-        return made("zero")
-    below = top is not None and ((top > 0 and recent < ratio * top) or (floor is not None and recent < floor))
-    if below and math.isfinite(recent):
-        return made("small")
-    earlier = _median([v for _, v in points[: len(points) - len(window)]])
-    if earlier > 0 and recent >= LARGE_FACTOR * earlier:
-        return made("large")
-    return made("ok")
+        return "zero"
+    if top is not None and math.isfinite(recent) and _below(recent, top, ratio, floor):
+        return "small"
+    before = _median([v for _, v in earlier])
+    return "large" if before > 0 and recent >= LARGE_FACTOR * before else "ok"
+
+
+def _below(recent: float, top: float, ratio: float, floor: float | None) -> bool:
+    """Below ``ratio`` times the largest layer's recent median, or below the absolute ``floor``."""
+    return (top > 0 and recent < ratio * top) or (floor is not None and recent < floor)
 
 
 def _config_number(config: dict[str, Any], key: str) -> float | None:

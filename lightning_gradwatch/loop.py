@@ -36,8 +36,8 @@ from lightning_gradwatch.remedies import ModelTraits
 __all__ = ["TensorBoardDirectory", "WatchedLoop", "loop_environment"]
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
-# beside the session's state in ``WatchedLoop.state_dict()``: the loop's step count, each optimizer's last loss
-_STEP_KEY, _LOSSES_KEY = "loop_step", "loop_losses"
+# beside the session's state in ``WatchedLoop.state_dict()``: the loop's step count
+_STEP_KEY = "loop_step"
 
 
 class WatchedLoop:
@@ -104,7 +104,8 @@ class WatchedLoop:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
         >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> watch = GradWatch(on_nonfinite="skip", log_every_n_steps=1, images=False)
-        >>> with watch.loop(model, log_dir=tempfile.mkdtemp()) as loop, warnings.catch_warnings(record=True):
+        >>> with watch.loop(model, log_dir=tempfile.mkdtemp()) as loop, warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")  # GradWatch's warning kept in `caught` instead of printed
         ...     for step in range(5):
         ...         x = torch.randn(16, 4) * (float("nan") if step == 3 else 1.0)
         ...         loss = model(x).pow(2).mean()
@@ -116,6 +117,8 @@ class WatchedLoop:
         ([('nonfinite', 3)], 5)
         >>> all(bool(p.isfinite().all()) for p in model.parameters())  # step 3's update was skipped
         True
+        >>> [str(w.message).split(" (")[0] for w in caught]  # and said so
+        ['Non-finite gradients']
     """
 
     def __init__(
@@ -148,7 +151,6 @@ class WatchedLoop:
         self._state = _NEW
         self._step = 0
         self._optimizers: list[Any] = []
-        self._losses: dict[int, Tensor | None] = {}  # per optimizer: its previous step's loss, for the detector
         self._alerts: list[GradientAlert] = []
         self._restore: dict[str, Any] | None = None
         self._directory: TensorBoardDirectory | None = None
@@ -174,8 +176,11 @@ class WatchedLoop:
         env = loop_environment(self._session.settings, self.module, host, self._report_dir)
         self._session.begin(env, loggers, log_name=host.log_name, owner=id(self))
         schedule = self._session.settings.schedule
-        if self._steps is not None and schedule.log_every_n_steps is None:  # the cadence of a run of known length
-            self._session.retime(cadence_for_length(env, self._steps, schedule.histogram_every_n_steps))
+        if self._steps is not None:  # a run of known length: its floor of pictures, and its cadence unless chosen
+            chosen = schedule.log_every_n_steps is not None
+            self._session.retime(
+                cadence_for_length(env, self._steps, schedule.histogram_every_n_steps, keep_interval=chosen)
+            )
         self._alerts = self._session.alerts
         self._state = _OPEN
         if self._restore is not None:
@@ -202,10 +207,12 @@ class WatchedLoop:
             optimizer: the optimizer about to step (its parameters are the ones watched). Several optimizers are
                 numbered in the order they first step, and each keeps its own schedule; the run-level tags of the
                 second and later ones end in ``/optimizer_<i>``, the first one's are the plain tags.
-            loss: this step's training loss (one number, unscaled; ``None``: not known). The exploding rules that
-                tell a divergence from a model taking off read it, with the next step's statistics (in that step's
-                one device-to-host transfer), as under a Trainer, where GradWatch learns a batch's loss after its
-                optimizer step: a loop and a Trainer give the same alerts on the same run.
+            loss: this step's training loss (one number, unscaled; under gradient accumulation the sum of the
+                micro-batches' losses, each divided by their number; ``None``: not known). The rules that tell a
+                divergence from a model taking off, and a stalled run from a slowly learning one, read it (medians
+                over several steps), in the step's one device-to-host transfer, averaged over the processes of a
+                distributed job; a Trainer hands them the same loss, so a loop and a Trainer give the same alerts
+                on the same run.
 
         Returns:
             ``False`` when GradWatch dropped this step's update (``"skip"``, ``"stop"``): its gradients are gone,
@@ -219,12 +226,12 @@ class WatchedLoop:
         """
         self._check_open()
         index, count = self._index(optimizer)
-        previous, self._losses[index] = self._losses.get(index), _loss_tensor(loss)
+        step_loss = _loss_tensor(loss)
         host = self._host
         host.unscale(optimizer)
         try:
             flags = self._session.step(
-                host, optimizer, self.module, step=self._step, index=index, count=count, loss=previous
+                host, optimizer, self.module, step=self._step, index=index, count=count, loss=step_loss
             )
         finally:
             self._step += 1
@@ -274,8 +281,7 @@ class WatchedLoop:
 
         Plain values (``torch.load(..., weights_only=True)`` reads them back).
         """
-        losses = {str(i): None if loss is None else float(loss) for i, loss in self._losses.items()}
-        return {**self._session.state_dict(), _STEP_KEY: self._step, _LOSSES_KEY: losses}
+        return {**self._session.state_dict(), _STEP_KEY: self._step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` output: before the ``with`` block, or inside it before the first step.
@@ -288,8 +294,6 @@ class WatchedLoop:
         self._check_open()
         self._session.load_state_dict(state)
         self._step = int(state.get(_STEP_KEY, self._step))
-        losses = state.get(_LOSSES_KEY) or {}
-        self._losses = {int(i): None if v is None else torch.tensor(float(v)) for i, v in losses.items()}
 
 
 class TensorBoardDirectory:

@@ -106,8 +106,8 @@ def exploding_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
     hints: list[str] = []
     if cause == Cause.STARTUP:
         hints.append(
-            "lower the learning rate, by 10x or more: a gradient norm that grows by orders of magnitude within the"
-            " first steps means each update overshoots"
+            "lower the learning rate, by 10x or more: a gradient norm that grows tenfold or more within the first"
+            " steps means each update overshoots"
         )
         hints.append("add a learning-rate warm-up")
         hints.append(_CLIP)

@@ -190,37 +190,31 @@ def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
 
 def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
     try:
-        raw_layers = _as_list(doc.get("layers"))
-        layers = [_layer_entry(entry) for entry in raw_layers]
-        alerts = [_alert_entry(a) for a in _as_list(doc.get("alerts"))]
-        earlier = [_alert_entry(a) for a in _as_list(doc.get("earlier_alerts"))]
-        fits = [_fit_entry(f) for f in _as_list(doc.get("fits"))]
-        events = {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()}
-        steps = {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)}
-        raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
-        total = {str(k): _summary(v) for k, v in raw_total}
-        history = {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)}
-        total_history = {str(k): _history({"grad_norm": v}) for k, v in raw_total}
-        config = _as_dict(doc.get("config"))
-        status, error = _text(doc, "status"), _text(doc, "error")
+        fields = _report_fields(doc)
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise RunReadError(f"{directory / REPORT_FILE}: unexpected content ({_one_line(err)})") from err
-    return RunRecord(
-        directory,
-        "json",
-        status,
-        steps,
-        layers,
-        alerts,
-        events,
-        total,
-        error,
-        history=history,
-        total_history=total_history,
-        config=config,
-        fits=fits,
-        earlier_alerts=earlier,
-    )
+    return RunRecord(directory, "json", **fields)
+
+
+def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """A ``gradwatch.json`` document's fields of :class:`RunRecord`, each checked for its type."""
+    raw_layers = _as_list(doc.get("layers"))
+    layers = [_layer_entry(entry) for entry in raw_layers]
+    raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
+    return {
+        "status": _text(doc, "status"),
+        "steps": {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)},
+        "layers": layers,
+        "alerts": [_alert_entry(a) for a in _as_list(doc.get("alerts"))],
+        "events": {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()},
+        "total_norm": {str(k): _summary(v) for k, v in raw_total},
+        "error": _text(doc, "error"),
+        "history": {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)},
+        "total_history": {str(k): _history({"grad_norm": v}) for k, v in raw_total},
+        "config": _as_dict(doc.get("config")),
+        "fits": [_fit_entry(f) for f in _as_list(doc.get("fits"))],
+        "earlier_alerts": [_alert_entry(a) for a in _as_list(doc.get("earlier_alerts"))],
+    }
 
 
 def _fit_entry(entry: Any) -> dict[str, Any]:

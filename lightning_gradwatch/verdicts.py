@@ -43,8 +43,10 @@ __all__ = [
     "fails_gate",
     "first_line",
     "gate",
+    "gate_line",
     "reason",
     "verdict",
+    "where",
 ]
 
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
@@ -139,3 +141,29 @@ def reason(run: RunRecord, run_verdict: str) -> str:
 def first_line(text: str) -> str:
     """The first line of ``text`` (stripped), or ``""``."""
     return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def gate_line(outcome: Gate, n_runs: int, fail_on: set[str], allow_unfinished: bool) -> str:
+    """The check's outcome in one line: ``PASS: 0 of 3 run(s) with alerts of kind ...; did not finish: ...``.
+
+    Example:
+        >>> gate_line(Gate(1, {"alerts": 1, "unfinished": 0, "interrupted": 0, "failed": 0, "unreadable": 0}), 2,
+        ...           {"nonfinite"}, False)
+        'FAIL: 1 of 2 run(s) with alerts of kind nonfinite'
+    """
+    counts = outcome.counts
+    line = f"{outcome.result.upper()}: {counts['alerts']} of {n_runs} run(s) with alerts of kind"
+    line += f" {', '.join(sorted(fail_on))}"
+    unfinished = [f"{counts[v]} {v}" for v in UNFINISHED_VERDICTS if counts[v]]
+    if unfinished:
+        allowed = " (allowed by --allow-unfinished)" if allow_unfinished else ""
+        line += f"; did not finish: {', '.join(unfinished)}{allowed}"
+    if counts["unreadable"]:
+        line += f"; could not be read: {counts['unreadable']}"
+    return line
+
+
+def where(alert: dict[str, Any]) -> str:
+    """Where an alert fired: ``step 12``, or ``step 12 (optimizer 1)``."""
+    optimizer = alert.get("optimizer") or 0
+    return f"step {alert['step']}" + (f" (optimizer {optimizer})" if optimizer else "")

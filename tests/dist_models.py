@@ -24,7 +24,8 @@ def dataset(n: int = 256, features: int = 8, seed: int = 0) -> TensorDataset:
 class DistMLP(pl.LightningModule):
     """Regression MLP; ``nan_at`` = (step, rank) injects NaN into that rank's batch only.
 
-    ``sigmoid_depth`` > 0 builds a deep sigmoid stack instead (vanishing gradients).
+    ``sigmoid_depth`` > 0 builds a deep sigmoid stack instead (vanishing gradients). ``loss_offset`` = (step, rank,
+    offset) adds a constant to that rank's loss from that step on: its loss differs, its gradients do not.
     """
 
     def __init__(
@@ -34,9 +35,11 @@ class DistMLP(pl.LightningModule):
         sigmoid_depth: int = 0,
         lr: float = 0.05,
         fail_at_step: int | None = None,
+        loss_offset: tuple[int, int, float] | None = None,
     ) -> None:
         super().__init__()
         self.batch_size, self.nan_at, self.lr, self.fail_at_step = batch_size, nan_at, lr, fail_at_step
+        self.loss_offset = loss_offset
         if sigmoid_depth:
             layers: list[nn.Module] = []
             for i in range(sigmoid_depth):
@@ -56,7 +59,12 @@ class DistMLP(pl.LightningModule):
             raise RuntimeError(f"boom at step {self.global_step} on rank {self.global_rank}")
         if self.nan_at is not None and (self.global_step, self.global_rank) == tuple(self.nan_at):
             x = x * float("nan")
-        return nn.functional.mse_loss(self(x), y)
+        loss = nn.functional.mse_loss(self(x), y)
+        if self.loss_offset is not None:
+            step, rank, offset = self.loss_offset
+            if self.global_step >= step and self.global_rank == rank:
+                loss = loss + offset
+        return loss
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         self.reference[self.global_step] = reference_norms(self)
@@ -88,6 +96,8 @@ class Recorder(pl.Callback):
             "finite": all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()),
             "reference": {str(k): v for k, v in getattr(pl_module, "reference", {}).items()},
             "world_size": trainer.world_size,
+            "alerts": [[a.kind, a.step, a.extra.get("rule")] for a in _watch(trainer).alerts],
+            "losses": _watch(trainer).state_dict().get("detectors", {}).get("0", {}).get("recent_losses"),
         }
         with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as fh:
             json.dump(result, fh)
@@ -99,6 +109,11 @@ class Recorder(pl.Callback):
         if type(exception).__name__ == "ProcessRaisedException":
             return  # the ddp_spawn parent relaying a rank's failure: the rank wrote its own record
         self._dump(trainer, pl_module, f"failed: {type(exception).__name__}: {exception}")
+
+
+def _watch(trainer: Any) -> Any:
+    """The Trainer's GradWatch (this rank's own copy)."""
+    return next(cb for cb in trainer.callbacks if type(cb).__name__ == "GradWatch")
 
 
 def read_ranks(out_dir: str, world_size: int = 2) -> list[dict[str, Any]]:

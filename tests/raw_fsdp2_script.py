@@ -41,12 +41,17 @@ def main(out_dir: str) -> None:
     for name, p in net.named_parameters():
         layer = name.rpartition(".")[0]
         full = p.grad.full_tensor().double()
-        entry = reference.setdefault(layer, {"sq": 0.0, "numel": 0, "max_abs": 0.0, "zeros": 0, "param_sq": 0.0})
+        entry = reference.setdefault(
+            layer, {"sq": 0.0, "numel": 0, "max_abs": 0.0, "zeros": 0, "param_sq": 0.0, "log_lo": 99.0, "log_hi": -99.0}
+        )
         entry["sq"] += float(full.pow(2).sum())
         entry["numel"] += full.numel()
         entry["max_abs"] = max(entry["max_abs"], float(full.abs().max()))
         entry["zeros"] += int((full == 0).sum())
         entry["param_sq"] += float(p.full_tensor().double().pow(2).sum())
+        magnitudes = full[full != 0].abs().log10()  # the histogram of log10 |g| leaves exact zeros out
+        entry["log_lo"] = min(entry["log_lo"], float(magnitudes.min()))
+        entry["log_hi"] = max(entry["log_hi"], float(magnitudes.max()))
     result = {
         "layers": list(stats.layers),
         "grad_norm": list(stats.grad_norm),
@@ -57,6 +62,7 @@ def main(out_dir: str) -> None:
         "numel": list(stats.numel),
         "hist_num": [h.num if h else None for h in stats.histograms],
         "hist_count": [sum(h.bucket_counts) if h else None for h in stats.histograms],
+        "log_hist": [(h.num, sum(h.bucket_counts), h.min, h.max) if h else None for h in stats.log_histograms],
         "local_numel": {n: p.grad.to_local().numel() for n, p in net.named_parameters()},
         "reference": reference,
     }

@@ -38,14 +38,32 @@ def test_overhead_budget_accepts_fractions_and_none(value):
     assert GradWatch(overhead_budget=value).config()["overhead_budget"] == value
 
 
-def _fit(tmp_path, watch, epochs=4):
-    """A real fit (16 steps an epoch); returns the trainer, its GradientWarnings and GradWatch's log messages."""
+class _StopAt(pl.Callback):
+    """Ends the fit after ``steps`` optimizer steps: the first steps of a run whose length says it is long."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+
+def _fit(tmp_path, watch, epochs=4, long_run=False):
+    """A real fit (16 steps an epoch); returns the trainer, its GradientWarnings and GradWatch's log messages.
+
+    ``long_run``: the same steps as the first of a run of 100 000 steps (a run too long for the floor of pictures).
+    """
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     logger = logging.getLogger(MESSAGES)
     logger.addHandler(handler)
-    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=epochs))
+    if long_run:
+        kwargs = trainer_kwargs(tmp_path, max_steps=100_000, max_epochs=-1)
+        trainer = pl.Trainer(callbacks=[watch, _StopAt(16 * epochs)], **kwargs)
+    else:
+        trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=epochs))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -62,9 +80,10 @@ def _report(trainer):
 
 
 def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
-    """Pictures that take 0.1 s each on steps of a few ms: after the first, they are spaced far apart.
+    """Pictures that take 0.1 s each on steps of a few ms, in a long run: after the first, they are spaced far apart.
 
-    Without the budget, 16 are asked for and most of them drawn (the drawing thread queues up to 8).
+    Without the budget, 16 are asked for and most of them drawn (the drawing thread queues up to 8). The run is
+    the first 64 steps of a run of 100 000: too long for the floor of pictures a short run has.
     """
     draw = output.gradient_flow_png
 
@@ -74,7 +93,8 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
 
     monkeypatch.setattr(output, "gradient_flow_png", slow_flow)
     watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=4, overhead_budget=0.05)
-    trainer, ours, messages = _fit(tmp_path, watch)
+    trainer, ours, messages = _fit(tmp_path, watch, long_run=True)
+    assert trainer.global_step == 64
     acc = events(trainer.logger.log_dir)
     pictures = [i.step for i in acc.Images("gradwatch/gradient_flow")]
     assert pictures[0] == 0
@@ -155,6 +175,52 @@ def test_budget_default_run_keeps_what_was_asked(tmp_path):
     assert budget["overhead_budget"] == 0.03
     assert budget["histogram_every_n_steps"] == 4
     assert budget["pictures_every_n_steps"] == 0
+
+
+def test_short_run_gets_pictures_spread_over_it(tmp_path, monkeypatch):
+    """A toy run of 64 steps of a few ms: the budget alone would leave it its first and last pictures (0.03 of a
+    few ms is far less than a picture takes); the floor of a short run spreads about 8 sets over it, drawn on the
+    worker thread, and the report says so.
+
+    The floor's bound is raised to 60 s here, so that how long this machine takes to draw cannot change what is
+    drawn (the 2 s bound is tested below and in the rules' test).
+    """
+    from lightning_gradwatch.write import budget as budget_module
+    from lightning_gradwatch.write.budget import MIN_PICTURES
+
+    monkeypatch.setattr(budget_module, "PICTURES_FLOOR_SECONDS", 60.0)
+    trainer, ours, _ = _fit(tmp_path, GradWatch(histogram_every_n_steps=4), epochs=4)
+    acc = events(trainer.logger.log_dir)
+    pictures = [i.step for i in acc.Images("gradwatch/gradient_flow")]
+    budget = _report(trainer)["budget"]
+    assert budget["run_steps"] == 64
+    assert budget["pictures_floor"]["pictures_every_n_steps"] == budget["pictures_every_n_steps"] == 8  # 64 / 8
+    assert pictures == [0, 8, 16, 24, 32, 40, 48, 56, 60]  # and the last histogram step's, at the end of the fit
+    assert [i.step for i in acc.Images("gradwatch/gradient_heatmap")] == pictures[1:]
+    assert budget["pictures_left_out"] == 16 - len(pictures)
+    assert budget["pictures_floor"] == {"pictures": MIN_PICTURES, "seconds": 60.0, "pictures_every_n_steps": 8}
+    assert not [w for w in ours if "picture" in w]  # none dropped (the histograms every 4 may break the budget)
+
+
+def test_short_run_floor_of_pictures_is_bounded_in_seconds(tmp_path, monkeypatch):
+    """Pictures that take 0.5 s or more each: the floor pays for at most 4 sets (2 s), the first and last among them."""
+    draw = output.gradient_flow_png
+
+    def slow_flow(*args, **kwargs):
+        time.sleep(0.5)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(output, "gradient_flow_png", slow_flow)
+    trainer, ours, _ = _fit(tmp_path, GradWatch(histogram_every_n_steps=4), epochs=4)
+    pictures = [i.step for i in events(trainer.logger.log_dir).Images("gradwatch/gradient_flow")]
+    budget = _report(trainer)["budget"]
+    assert budget["picture_seconds"] >= 0.5
+    assert pictures[0] == 0
+    assert pictures[-1] == 60
+    assert len(pictures) <= 4  # 4 x 0.5 s: the floor's 2 s
+    floor = budget["pictures_floor"]["pictures_every_n_steps"]
+    assert floor is None or floor >= 24  # 0, 24, 48 and 60 at most
+    assert not [w for w in ours if "picture" in w]
 
 
 def test_all_defaults_short_run_gets_a_point_every_step_and_its_first_pictures(tmp_path):
@@ -279,3 +345,68 @@ def test_budget_spacing_rules_without_a_trainer():
     toy.update()
     assert toy.histogram_every == 4  # the histograms' hook time is within the floor
     assert 0.17 / toy.pictures_every <= 0.03 * 0.002
+
+
+def test_short_run_floor_of_pictures_without_a_trainer():
+    """A run of known length gets about 8 sets of pictures over it while their drawing stays within 2 s in all."""
+    from lightning_gradwatch.write.budget import MIN_PICTURES, PICTURES_FLOOR_SECONDS, OverheadBudget
+    from lightning_gradwatch.write.output import budget_message
+
+    assert (MIN_PICTURES, PICTURES_FLOOR_SECONDS) == (8, 2.0)
+
+    def toy(run_steps, seconds, hist_every=12):
+        budget = OverheadBudget(0.03, hist_every, explicit=False, pictures=True)
+        budget.retime(hist_every, run_steps=run_steps)
+        budget = _observed(budget, step_seconds=0.002, hook=0.0003, histogram_hook=0.0006, every=hist_every)
+        budget.picture_done(seconds)
+        budget.update()
+        return budget
+
+    # the demo: 300 steps of 2 ms, histograms every 12, 0.17 s pictures: every 36 steps (0, 36, ..., 288: 9 sets)
+    demo = toy(300, 0.17)
+    assert (demo.pictures_floor_every, demo.pictures_every) == (36, 36)
+    said = "gradient-flow pictures every 36 steps instead of 12 (about 0.17 s each to draw; about 8 over this run's"
+    assert f"{said} 300 steps)" in budget_message(demo)
+    assert (len(range(0, 300, 36)) + 1) * 0.17 <= PICTURES_FLOOR_SECONDS  # counting a last set at the end
+    # slower pictures: fewer of them, so that their drawing stays within the bound
+    slow = toy(300, 0.5)  # 4 sets in 2 s: the first, the last, and 2 between
+    assert slow.pictures_floor_every == 108
+    assert (len(range(0, 300, 108)) + 1) * 0.5 <= PICTURES_FLOOR_SECONDS
+    # pictures of 1 s: the floor pays for no more than the first and last sets, which are drawn anyway
+    assert toy(300, 1.0).pictures_floor_every == 0
+    assert toy(300, 1.0).pictures_every > 10_000
+    # a run of unknown length has no floor: the budget alone
+    unknown = toy(0, 0.17)
+    assert unknown.pictures_floor_every == 0
+    assert 0.17 / unknown.pictures_every <= 0.03 * 0.002
+    # a long run (10 000 steps of 100 ms): its budget already spaces pictures closer than an eighth of the run
+    long = OverheadBudget(0.03, 12, explicit=False, pictures=True)
+    long.retime(12, run_steps=10_000)
+    long = _observed(long, every=12)
+    long.picture_done(0.17)
+    long.update()
+    assert long.pictures_floor_every == 1248  # about 10 000 / 8, on the grid of 12
+    assert long.pictures_every < long.pictures_floor_every  # the budget's own spacing, within its fraction:
+    assert 0.17 / long.pictures_every <= 0.03 * 0.1
+    assert long.to_dict()["pictures_floor"] == {"pictures": 8, "seconds": 2.0, "pictures_every_n_steps": 1248}
+
+
+def test_one_stalled_hook_does_not_make_the_per_step_work_over_budget():
+    """The per-step work is judged on its median, as the step time is: a hook stalled by the machine (another
+    process, a page fault) once in a toy run of 3 ms steps is not "GradWatch's work at every step"."""
+    from lightning_gradwatch.write.budget import OverheadBudget
+
+    def run(hooks: list[float]) -> OverheadBudget:
+        budget = OverheadBudget(0.03, histogram_every=0, explicit=False, pictures=False)
+        started = 0.0
+        for hook in hooks:
+            budget.step_done(started=started, hook_seconds=hook, histograms=False)
+            started += 0.003 + hook
+        budget.update()
+        return budget
+
+    stalled = run([0.0003] * 5 + [0.5] + [0.0003] * 6)
+    assert (stalled.per_step_far_over, stalled.per_step_breaks_budget) == (False, False)
+    assert stalled.per_step_seconds == pytest.approx(0.0003)
+    slow = run([0.02] * 12)  # every step: far over
+    assert (slow.per_step_far_over, slow.per_step_breaks_budget) == (True, True)

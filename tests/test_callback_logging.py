@@ -56,7 +56,8 @@ def test_gradwatch_histograms_at_their_interval(tmp_path):
     )
     trainer.fit(make_mlp_module(pl))
     acc = events(trainer.logger.log_dir)
-    assert set(acc.Tags()["histograms"]) == {f"grad_hist/{layer}" for layer in LAYERS}
+    families = ("grad_hist", "grad_hist_log10")  # the values, and their log10 magnitudes
+    assert set(acc.Tags()["histograms"]) == {f"{family}/{layer}" for family in families for layer in LAYERS}
     for layer in LAYERS:
         hist = acc.Histograms(f"grad_hist/{layer}")
         assert [h.step for h in hist] == [0, 5, 10, 15]
@@ -207,7 +208,8 @@ def test_gradwatch_without_logger_still_measures(tmp_path):
     model = make_mlp_module(pl, nan_at_step=5)
     watch = GradWatch(on_nonfinite="skip")
     trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path))
-    trainer.fit(model)
+    with pytest.warns(GradientWarning, match="Non-finite gradients .* at step 5"):  # said without a logger too
+        trainer.fit(model)
     assert [a.kind for a in watch.alerts] == ["nonfinite"]
     report = json.loads((tmp_path / "gradwatch.json").read_text())
     assert report["steps"]["measured"] == 16
@@ -329,7 +331,9 @@ def test_gradwatch_manual_optimization_two_optimizers(tmp_path):
 def test_gradwatch_charts_each_of_two_alternating_optimizers_at_its_own_cadence(tmp_path):
     """A GAN steps D then G: global_step puts D on even steps and G on odd ones; each is charted all the same."""
     pl = flavour("lightning.pytorch")
-    watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=2, images=False)
+    # no budget: on steps of a few milliseconds, histograms every 2 steps may be found to break one (a warning that
+    # depends on the machine's load); the cadence is the point here, and it is the same either way
+    watch = GradWatch(log_every_n_steps=2, histogram_every_n_steps=2, images=False, overhead_budget=None)
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     trainer.fit(_gan(pl))
     assert trainer.global_step == 8
@@ -376,7 +380,7 @@ def test_two_instances_in_one_trainer_write_their_own_runs(tmp_path):
 
 
 def test_failed_writes_leave_the_loggers_own_writer_working(tmp_path):
-    """From step 4 no file may grow past 20 kB: GradWatch's writes fail, it warns once, and fit ends normally, the
+    """From step 4 no file may grow past 40 kB: GradWatch's writes fail, it warns once, and fit ends normally, the
     logger's own writer starting a fresh event file instead of inheriting GradWatch's failure."""
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(

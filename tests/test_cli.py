@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_gradwatch import GradientAlert, GradWatch
+from lightning_gradwatch import GradientAlert, GradientWarning, GradWatch
 from lightning_gradwatch.alerts import alert_markdown
 from tests.helpers import events, flavour, make_mlp_module, regression_data, trainer_kwargs
 
@@ -41,6 +41,11 @@ def _train(root: Path, **model_kwargs) -> Path:
     return Path(trainer.logger.log_dir)
 
 
+def _alerting(root: Path) -> Path:
+    with pytest.warns(GradientWarning, match="Non-finite gradients .* at step 5"):  # the alert the checks read back
+        return _train(root, nan_at_step=5)
+
+
 def _train_failing(root: Path) -> Path:
     watch = GradWatch(log_every_n_steps=2)
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(root))
@@ -55,7 +60,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {
         "root": root,
         "healthy": _train(root / "healthy"),
-        "nan": _train(root / "nan", nan_at_step=5),
+        "nan": _alerting(root / "nan"),
         "failed": _train_failing(tmp_path_factory.mktemp("failed")),
     }
 
@@ -461,7 +466,8 @@ def test_report_shows_total_norm_over_every_measured_step(tmp_path, seeded):
 
     model = Spiky(lr=0.005)  # small steps: the spike's own update does not set off a divergence that outgrows it
     trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=4)], **trainer_kwargs(tmp_path))
-    trainer.fit(model)
+    with pytest.warns(GradientWarning, match="Exploding gradients at step 7"):  # the spike, seen as it happens
+        trainer.fit(model)
     spike = model.reference[7]["__total__"]
     norms = [model.reference[s]["__total__"] for s in range(16)]
     result = gradwatch("report", trainer.logger.log_dir)
@@ -514,7 +520,7 @@ def test_alerts_read_back_from_event_files_whole(tmp_path):
     watch = GradWatch(log_every_n_steps=1, on_nonfinite="skip")
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # the alert is read back from the event files and gradwatch.json below
         trainer.fit(_TwoOptimizers())
     (alert,) = watch.alerts
     assert (alert.optimizer, len(alert.layers)) == (1, 25)

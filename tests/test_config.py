@@ -73,5 +73,5 @@ def test_the_parts_take_their_defaults_from_the_configuration():
 def test_config_report_keeps_its_keys_in_order():
     keys = list(GradWatch().config())
     assert keys[:3] == ["on_vanishing", "on_exploding", "on_nonfinite"]
-    assert keys[-2:] == ["collapse_ratio", "collapse_loss_fraction"]
-    assert len(keys) == len(set(keys)) == 55
+    assert keys[-5:] == ["collapse_ratio", "collapse_loss_fraction", "stall_steps", "stall_decades", "stall_tolerance"]
+    assert len(keys) == len(set(keys)) == 61

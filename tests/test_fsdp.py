@@ -44,6 +44,11 @@ def test_lightning_model_parallel_fully_shard(tmp_path):
         for hist in acc.Histograms(f"grad_hist/{layer}"):
             assert hist.histogram_value.num == numel
             assert sum(hist.histogram_value.bucket) == pytest.approx(numel)
+        magnitudes = acc.Histograms(f"grad_hist_log10/{layer}")  # the non-zero values, on edges both ranks agreed on
+        assert [h.step for h in magnitudes] == [h.step for h in acc.Histograms(f"grad_hist/{layer}")]
+        for hist in magnitudes:
+            assert 0 < hist.histogram_value.num <= numel
+            assert sum(hist.histogram_value.bucket) == pytest.approx(hist.histogram_value.num, abs=0.5)
     assert ranks[0]["alerts"] == ranks[1]["alerts"] == 0
 
 
@@ -69,5 +74,10 @@ def test_raw_fsdp2_under_torchrun(tmp_path):
             assert rank["zero_fraction"][i] == pytest.approx(ref["zeros"] / ref["numel"])
             assert rank["numel"][i] == rank["hist_num"][i] == ref["numel"]
             assert rank["hist_count"][i] == pytest.approx(ref["numel"])
+            num, count, lo, hi = rank["log_hist"][i]  # log10 |g| of the non-zero values, edges agreed across ranks
+            assert num == ref["numel"] - ref["zeros"]
+            assert count == pytest.approx(num)
+            assert (lo, hi) == (pytest.approx(ref["log_lo"], abs=1e-5), pytest.approx(ref["log_hi"], abs=1e-5))
     assert ranks[0]["grad_norm"] == ranks[1]["grad_norm"]
+    assert ranks[0]["log_hist"] == ranks[1]["log_hist"]
     assert ranks[0]["total_norm"] == ranks[1]["total_norm"]

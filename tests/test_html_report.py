@@ -58,7 +58,7 @@ def test_html_report_is_one_self_contained_file(runs, tmp_path):
     text = page.read_text(encoding="utf-8")
     assert not re.search(r"https?:|<link|\bsrc=|@import|url\(|fetch\(|XMLHttpRequest", text)  # nothing fetched
     assert text.count('<section class="run"') == 2
-    for phrase in ("Vanishing gradients at step 49", "Remedies:", "add residual (skip) connections", "net.0"):
+    for phrase in ("Vanishing gradients at step 19", "Remedies:", "add residual (skip) connections", "net.0"):
         assert phrase in text
     assert '<span class="verdict alerts">alerts</span>' in text
     assert "Gradient flow" in text
@@ -72,9 +72,9 @@ def test_sigmoid_run_data_shows_the_ladder_of_decades(runs):
     codes = np.frombuffer(__import__("base64").b64decode(data["norms"]), dtype="<u2").reshape(11, -1)
     log10 = data["low"] + codes / 65000 * (data["high"] - data["low"])
     assert log10[-1].mean() - log10[0].mean() > 6  # the first layer is more than 6 decades below the last
-    assert [bool(m) for m in data["marked"]] == [True] * 4 + [False] * 7
-    assert data["marked"][0] == "small; vanishing@49"
-    assert data["alerts"] == [{"step": 49, "kind": "vanishing"}]
+    assert [bool(m) for m in data["marked"]] == [True] * 5 + [False] * 6  # net.8: alerted at step 19, at 1e-5x
+    assert data["marked"][0] == "small; vanishing@19"
+    assert data["alerts"] == [{"step": 19, "kind": "vanishing"}]
 
 
 def test_thresholds_and_nonfinite_steps_are_drawn_from_the_event_files(runs):
@@ -154,7 +154,7 @@ def test_browser_shows_the_sigmoid_failure_at_a_glance(runs, tmp_path):
     dom = chromium("--virtual-time-budget=5000", "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-drawn="true"' in dom.stdout  # the script ran to its end
-    assert "vanishing</b>: Vanishing gradients at step 49" in dom.stdout
+    assert "vanishing</b>: Vanishing gradients at step 19" in dom.stdout
     shot = tmp_path / "sigmoid.png"
     result = chromium(
         "--virtual-time-budget=5000",

@@ -295,7 +295,7 @@ def _plain_distributed_worker(rank: int, root: str, port: int) -> None:
         watch = GradWatch(on_nonfinite="stop", log_every_n_steps=1, images=False)
         steps = 0
         with watch.loop(model, log_dir=Path(root, "logs")) as loop, warnings.catch_warnings():
-            warnings.simplefilter("ignore", GradientWarning)
+            warnings.simplefilter("ignore", GradientWarning)  # a spawned rank: its alert is read back from its logs
             for step, (x, y) in enumerate(_data(seed=rank)):
                 if step == 5 and rank == 1:
                     x = x * float("nan")
@@ -340,7 +340,7 @@ model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Lin
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 watch = GradWatch(on_nonfinite="skip", log_every_n_steps=1)
 with watch.loop(model, log_dir=sys.argv[1]) as loop, warnings.catch_warnings():
-    warnings.simplefilter("ignore", GradientWarning)
+    warnings.simplefilter("ignore", GradientWarning)  # its own process; the test reads its logs
     for step in range(6):
         loss = model(torch.randn(8, 4) * (float("nan") if step == 2 else 1.0)).pow(2).mean()
         loss.backward()

@@ -282,7 +282,7 @@ def _fabric_ddp_worker(fabric: Any, root: str) -> None:
     model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.05))
     steps = 0
     with watch.loop(model, fabric=fabric) as loop, warnings.catch_warnings():
-        warnings.simplefilter("ignore", GradientWarning)
+        warnings.simplefilter("ignore", GradientWarning)  # a spawned rank: its alert is read back from its logs
         for step, (x, y) in enumerate(_data(seed=fabric.global_rank)):
             if step == 5 and fabric.global_rank == 1:
                 x = x * float("nan")

@@ -10,7 +10,7 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lightning_gradwatch import GradWatch
@@ -60,6 +60,7 @@ ARGUMENTS = [
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kwargs=st.dictionaries(st.sampled_from(ARGUMENTS), ANY_VALUE, min_size=1, max_size=2))
+@example(kwargs={"include": "warn"})  # matches none of the parameters: refused at fit, not at construction
 def test_any_argument_is_usable_or_refused_clearly(tmp_path_factory, kwargs):
     try:
         watch = GradWatch(**kwargs)
@@ -70,9 +71,14 @@ def test_any_argument_is_usable_or_refused_clearly(tmp_path_factory, kwargs):
         assert "got" in message or "must be" in message, message
         return
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path_factory.mktemp("fit"), max_steps=3, logger=False))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(make_mlp_module(pl, record=False))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd values may set off any of GradWatch's warnings: usable is the point
+            trainer.fit(make_mlp_module(pl, record=False))
+    except ValueError as err:  # an include/exclude that selects none of the parameters, refused once the model is built
+        message = str(err)
+        assert [name for name in ("include", "exclude") if name in kwargs and f"`{name}=" in message], message
+        return
     assert trainer.global_step == 3
 
 

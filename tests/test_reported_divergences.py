@@ -108,7 +108,7 @@ def fit(model: Trained, steps: int, root: Path, **watch_kwargs):
         callbacks=[watch],
     )
     with single_thread(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", GradientWarning)
+        warnings.simplefilter("ignore", GradientWarning)  # the alerts are asserted from watch.alerts by each test
         trainer.fit(model)
     return watch, trainer
 

@@ -159,7 +159,7 @@ def test_fp16_persistent_overflow_becomes_a_nonfinite_alert(tmp_path):
         **trainer_kwargs(tmp_path),
     )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GradientWarning)
+        warnings.simplefilter("ignore", GradientWarning)  # the overflow alert is asserted from watch.alerts below
         trainer.fit(model)
     assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 7)]  # the 5th overflow step in a row
     assert trainer.global_step == 8  # the default response stops training
@@ -208,7 +208,7 @@ def test_nonfinite_weights_message_names_only_the_response_in_use(tmp_path):
     watch = GradWatch(log_every_n_steps=1, on_vanishing="ignore")  # on_nonfinite left at its default
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GradientWarning)
+        warnings.simplefilter("ignore", GradientWarning)  # asserted from watch.alerts, message included
         trainer.fit(_Poisoned(poison_at_step=2, samples=128))
     (alert,) = watch.alerts
     assert alert.extra == {"what": "weights"}
@@ -250,7 +250,7 @@ def test_report_records_the_batches_of_skipped_clipped_and_alerting_steps(tmp_pa
     watch = GradWatch(on_nonfinite="skip", clip=1e-3)
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=2))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GradientWarning)
+        warnings.simplefilter("ignore", GradientWarning)  # the NaN step's alert; the report's batches are the point
         trainer.fit(model)
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
     bad = {b["step"]: b for b in report["bad_batches"]}

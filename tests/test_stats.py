@@ -134,7 +134,8 @@ def test_stats_histograms_cover_every_value_and_do_not_touch_the_global_rng():
     for h, numel, layer in zip(stats.histograms, stats.numel, (model[0], model[2], model[4])):
         assert h.num == numel
         assert sum(h.bucket_counts) == pytest.approx(numel, rel=1e-9)
-        assert len(h.bucket_limits) == len(h.bucket_counts) == 16
+        assert len(h.bucket_limits) == len(h.bucket_counts) <= 16  # of 16 buckets, each run of empty ones merged
+        assert not any(a == b == 0 for a, b in zip(h.bucket_counts, h.bucket_counts[1:]))
         values = torch.cat([layer.weight.grad.flatten(), layer.bias.grad])
         assert values.min().item() <= h.min <= h.max <= values.max().item()
         assert h.sample_size <= numel

@@ -27,7 +27,7 @@ def logdir(tmp_path_factory) -> Path:
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # the NaN run TensorBoard serves; the alert is not the point
         trainer.fit(make_mlp_module(pl, nan_at_step=9))
     return Path(trainer.logger.log_dir)
 

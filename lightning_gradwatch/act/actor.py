@@ -11,6 +11,7 @@ The training loop is seen through a :class:`Host`: how the processes agree on fl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ from lightning_gradwatch.alerts import GradientAlertError
 from lightning_gradwatch.judge.clipping import clip_coefficient
 from lightning_gradwatch.judge.decision import Decision, Flags, failure_of
 
-__all__ = ["Host", "LocalHost", "act", "agree"]
+__all__ = ["Host", "LocalHost", "act", "agree", "averaged"]
 
 
 class Host(Protocol):
@@ -30,6 +31,14 @@ class Host(Protocol):
 
     def reduce(self, flags: Flags) -> Flags:
         """The flags every process agrees on: a flag raised on any process holds on all of them."""
+        ...
+
+    def average(self, loss: Tensor | None) -> Tensor | None:
+        """The step's training loss averaged over the processes, so every process's detector sees the same one.
+
+        Every process calls it at each step (with ``None`` when it has no loss: the average is then NaN, and no
+        process judges the step by its loss).
+        """
         ...
 
     def stop(self) -> None:
@@ -53,6 +62,10 @@ class LocalHost:
         """The flags themselves."""
         return flags
 
+    def average(self, loss: Tensor | None) -> Tensor | None:
+        """The loss itself."""
+        return loss
+
     def stop(self) -> None:
         """Remember that training should stop."""
         self.stopped = True
@@ -73,6 +86,22 @@ def agree(flags: Flags, sum_over_processes: Callable[[Tensor], Tensor], device: 
     values = torch.tensor([float(flags.skip), float(flags.stop), float(flags.fail)], device=device)
     skip, stop, fail = (v > 0 for v in sum_over_processes(values).tolist())
     return Flags(skip=skip, stop=stop, fail=fail)
+
+
+def averaged(loss: Tensor | None, mean_over_processes: Callable[[Tensor], Tensor], device: Any = "cpu") -> Tensor:
+    """The mean of the processes' losses (one collective of one number; a process without a loss gives NaN).
+
+    Args:
+        loss: this process's loss (a one-element tensor), or ``None``.
+        mean_over_processes: averages a tensor over the processes (an all-reduce); every process calls it once.
+        device: where the collective wants its tensor (the process group's device).
+
+    Example:
+        >>> averaged(torch.tensor(3.0), lambda t: (t + 1.0) / 2)  # two processes: 3.0 here, 1.0 there
+        tensor(2.)
+    """
+    value = torch.full((), math.nan) if loss is None else loss.detach().reshape(())
+    return mean_over_processes(value.to(device=device, dtype=torch.float32, copy=True))  # collectives work in place
 
 
 def act(

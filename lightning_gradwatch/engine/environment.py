@@ -53,6 +53,7 @@ class Environment:
         log_every: scalar interval, in optimizer steps.
         hist_every: histogram interval, in optimizer steps (0: none).
         log_widest: the widest an overhead budget may spread ``log_every`` to (0: ``log_every`` is fixed).
+        run_steps: the run's length in optimizer steps, when known (0: unknown).
         log_dir: where ``gradwatch.json`` goes (``None``: nowhere).
         plain_group: the process group plain-tensor gradients are sharded over (FSDP1), else ``None``.
         scaler: the fp16 loss scaler, when one is enabled.
@@ -64,6 +65,7 @@ class Environment:
     log_every: int = LIGHTNING_LOG_EVERY
     hist_every: int = HISTOGRAMS_PER_LOG * LIGHTNING_LOG_EVERY
     log_widest: int = 0
+    run_steps: int = 0
     log_dir: str | None = None
     plain_group: Any = None
     scaler: Any = None
@@ -102,27 +104,34 @@ def named_parameters(module: Any, optimizer: Any, index: int) -> list[tuple[str,
     return named + [(f"optimizer_{index}.param_{i}", p) for i, p in enumerate(extra)]
 
 
-def cadence_for_length(env: Environment, total: float, histogram_every_n_steps: int | None) -> Environment:
-    """The schedule of a run of ``total`` optimizer steps whose scalar interval was left to GradWatch.
+def cadence_for_length(
+    env: Environment, total: float, histogram_every_n_steps: int | None, keep_interval: bool = False
+) -> Environment:
+    """The schedule of a run of ``total`` optimizer steps: its length, and its intervals when left to GradWatch.
 
-    ``env.log_every`` is the widest interval (Lightning's default, 50); a run too short to get :data:`MIN_POINTS`
-    points from it gets a closer one (a 145-step run: every step). An overhead budget may spread it out again up to
-    ``log_widest``: never past ``env.log_every``, nor below :data:`MIN_POINTS_UNDER_BUDGET` points a run. Histograms
-    follow at four times the scalar interval unless ``histogram_every_n_steps`` is given. A length that is not a
-    positive, finite number keeps ``env``.
+    The length is kept as ``run_steps`` (a short run's floor of pictures spreads over it). ``env.log_every`` is the
+    widest interval (Lightning's default, 50); unless ``keep_interval`` (the user chose the interval), a run too
+    short to get :data:`MIN_POINTS` points from it gets a closer one (a 145-step run: every step). An overhead
+    budget may spread it out again up to ``log_widest``: never past ``env.log_every``, nor below
+    :data:`MIN_POINTS_UNDER_BUDGET` points a run. Histograms follow at four times the scalar interval unless
+    ``histogram_every_n_steps`` is given. A length that is not a positive, finite number keeps ``env``.
 
     Example:
         >>> env = Environment(log_every=50, hist_every=200)
         >>> short = cadence_for_length(env, 145, None)
-        >>> short.log_every, short.hist_every, short.log_widest
-        (1, 4, 5)
-        >>> cadence_for_length(env, 10_000, None) is env
+        >>> short.log_every, short.hist_every, short.log_widest, short.run_steps
+        (1, 4, 5, 145)
+        >>> long = cadence_for_length(env, 10_000, None)
+        >>> long.log_every, long.hist_every, long.log_widest, long.run_steps
+        (50, 200, 0, 10000)
+        >>> cadence_for_length(env, float("inf"), None) is env
         True
     """
     if not math.isfinite(total) or total <= 0:
         return env
+    env = replace(env, run_steps=int(total))
     log_every = max(1, min(env.log_every, int(total // MIN_POINTS)))
-    if log_every == env.log_every:
+    if keep_interval or log_every == env.log_every:
         return env
     hist_every = histogram_interval(log_every, histogram_every_n_steps)
     widest = max(log_every, min(env.log_every, int(total // MIN_POINTS_UNDER_BUDGET)))

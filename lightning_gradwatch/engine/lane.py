@@ -142,7 +142,7 @@ class Lane:
 
         Args:
             step: the trainer's global step (recorded in alerts and charts).
-            loss: the last training loss (a one-element tensor), read in the step's one transfer.
+            loss: this step's training loss (a one-element tensor), read in the step's one transfer.
             own_cadence: count the schedule in this optimizer's own steps (several optimizers), not ``step``.
             measure_all: measure what the log and histogram steps write (False on processes that do not write,
                 unless the statistics are collectives).
@@ -157,8 +157,8 @@ class Lane:
         )
         if stats is None:
             return Decision(step)
-        last_loss = stats.extra[0] if stats.extra else None
-        decision = self.judge.judge(step, stats, last_loss, self._scale, log, hist)
+        step_loss = stats.extra[0] if stats.extra else None
+        decision = self.judge.judge(step, stats, step_loss, self._scale, log, hist)
         self.record(decision)
         return decision
 

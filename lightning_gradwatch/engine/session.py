@@ -20,10 +20,13 @@ Example:
     >>> _ = session.begin(Environment(log_every=1, hist_every=0))
     >>> model(torch.full((2, 4), float("nan"))).sum().backward()
     >>> import warnings
-    >>> with warnings.catch_warnings(record=True):
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")  # kept in `caught` instead of printed
     ...     flags = session.step(LocalHost(), optimizer, model, step=0)
     >>> [a.kind for a in session.alerts], flags.skip, model.weight.grad is None  # alerted, the update dropped
     (['nonfinite'], True, True)
+    >>> [type(w.message).__name__ for w in caught]  # and warned
+    ['GradientWarning']
     >>> session.end("finished")
 """
 
@@ -132,7 +135,7 @@ class Session:
         """Take the fit's schedule, chosen once its length is known (before its first step)."""
         if self.fit is not None and env is not self.fit.env:
             self.fit.env = env
-            self.fit.output.retime(env.log_every, env.hist_every, env.log_widest)
+            self.fit.output.retime(env.log_every, env.hist_every, env.log_widest, env.run_steps)
 
     def end(self, status: RunStatus | str, error: str | None = None) -> None:
         """The fit ends (``status``: finished, interrupted, failed): last pictures, flushed logs, the report."""
@@ -175,7 +178,9 @@ class Session:
             step: the global step (recorded in alerts and charts).
             index: the optimizer's index among the run's ``count`` optimizers.
             count: how many optimizers the run has.
-            loss: the last training loss (a one-element tensor, read in the step's one transfer).
+            loss: this step's training loss (a one-element tensor, unscaled; under gradient accumulation the sum of
+                the micro-batches' losses, each divided by their number), averaged over the processes and read in
+                the step's one transfer.
             where: where the step's batch came from (``epoch``, ``batch_idx``), for the report's bad batches.
 
         Returns:
@@ -210,6 +215,7 @@ class Session:
         lane = self._lane(fit, index, count, optimizer, module)
         lane.hist_every = fit.output.histogram_every(lane)
         lane.log_every = fit.output.log_every(lane)
+        loss = host.average(loss)  # every process's detector sees the same loss
         decision = lane.decide(step, loss, count > 1, fit.output.writes)  # measure, judge, record
         if decision.stats is None:
             fit.output.no_gradients(index, decision.step, len(lane.collector or ()))

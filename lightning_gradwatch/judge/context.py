@@ -3,11 +3,22 @@
 One :class:`Context` per detector (per optimizer). Its histories are updated by the detector in a fixed order each
 step, and read by the rules; each is a :class:`~lightning_gradwatch.judge.state.Stateful` part of the checkpoint.
 
-- :class:`NormBaseline`: ``log10(total norm)``: running mean and variance (plain over the warm-up, then
-  exponential and winsorised), the *ceiling* (largest ordinary norm) and *peak* (largest norm), both slowly
-  forgetting, and the previous step's value.
-- :class:`LossTrack`: the loss: first and last value, medians over the last :data:`LOSS_WINDOW` steps of the loss
-  and of the log norm, and the loss at its best (with the norm then).
+- :class:`NormBaseline`: ``log10`` of the *chained* total norm (see below): running mean and variance (plain over
+  the warm-up, then exponential and winsorised), the *ceiling* (largest ordinary norm) and *peak* (largest norm),
+  both slowly forgetting, and the previous step's value.
+- :class:`LossTrack`: the loss, always smoothed (one mini-batch loss against the next is noise): its *start* (the
+  median of the first :data:`LOSS_WINDOW` losses), medians over the last :data:`LOSS_WINDOW` steps of the loss and
+  of the log norm, the loss at its best (with the norm then), and whether it is rising (the median of the last
+  3 losses against the median of the 5 losses 5 to 10 steps before).
+
+**Like with like.** The set of layers with a gradient changes in ordinary runs: a backbone unfrozen mid-run, an
+adapter added with ``add_param_group``, a branch used on some batches, layers frozen. A total norm over a grown set
+jumps without anything being wrong. Every run-level baseline therefore reads a *chained* total norm: while the set of
+layers with a non-zero gradient stays the same it is the total norm itself (up to a constant factor); when the set
+changes, it moves by the growth of the norm over the layers present at both steps,
+``I_t = I_(t-1) * |g_t|_C / |g_(t-1)|_C``. The change of set itself is never a jump; layers that join are judged by
+the per-layer tests from their first step. Messages report real norms: a level of the history is shown as it reads
+over the current set of layers.
 - :class:`ExplodingEpisode`: whether an exploding episode lasts, and the best loss before the run's first one (the
   vanishing rules wait for the loss to come back near it).
 - :class:`Counts`: spikes and non-finite steps, for the checkpoint.
@@ -21,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, GradientAlert, ModelTraits, remedies
 from lightning_gradwatch.config import DetectionConfig
-from lightning_gradwatch.history import RunningMoments, Window, pow10_clamped
-from lightning_gradwatch.judge.state import Stateful, as_counts, as_optional_float, state
+from lightning_gradwatch.history import RunningMoments, Window, log10_or_none, median, pow10_clamped
+from lightning_gradwatch.judge.state import Stateful, as_counts, as_float_map, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
@@ -33,6 +44,8 @@ __all__ = [
     "LOSS_WINDOW",
     "MIN_WARMUP",
     "RECOVERED_LOSS_FACTOR",
+    "RISE_RECENT",
+    "RISE_WINDOW",
     "Context",
     "Counts",
     "ExplodingEpisode",
@@ -51,6 +64,10 @@ LOSS_WINDOW = 5
 RECOVERED_LOSS_FACTOR = 2.0
 #: layers holding at least this share of a step's squared total norm are named as the largest (and drawn exploding)
 LARGEST_SHARE = 0.1
+#: the loss is rising when the median of its last RISE_RECENT values is above the median of the first LOSS_WINDOW of
+#: its last RISE_WINDOW values (5 to 10 steps before)
+RISE_WINDOW = 10
+RISE_RECENT = 3
 
 
 @dataclass
@@ -112,11 +129,39 @@ class NormBaseline(Stateful):
     ceiling: float | None = state(None, load=as_optional_float)
     peak: float | None = state(None, load=as_optional_float)  # log10 of the largest total norm, forgetting
     previous: float | None = state(None, load=as_optional_float)  # log10 of the previous finite step's norm
+    # log10(chained norm / total norm) at the latest finite step: 0 until the set of layers first changes
+    offset: float = state(0.0, load=float)
+    # the latest finite step's layers with a non-zero gradient, and their norms
+    present: dict[str, float] = state(load=as_float_map, factory=dict)
 
     settings = ("warmup_steps", "ema_decay", "exploding_ceiling_memory")
 
     def __post_init__(self) -> None:
         self.moments = RunningMoments(warmup=self.warmup, decay=self.config.ema_decay)
+        self.current: float | None = None  # log10 of this step's chained norm (None: a zero norm)
+
+    def chain(self, stats: StepStats) -> float | None:
+        """Take a finite step: ``log10`` of its chained total norm (``None`` for a zero norm), kept in :attr:`current`.
+
+        While the set of layers with a non-zero gradient is the one of the step before, the offset stays as it is
+        (the chained norm is the total norm times a constant); when it changes, the chained norm moves by the growth
+        of the norm over the layers the two steps share (no common layer: it does not move).
+        """
+        present = {name: norm for name, norm in zip(stats.layers, stats.grad_norm) if norm > 0.0}
+        x = log10_or_none(stats.total_norm)
+        if self.present and present.keys() != self.present.keys() and self.previous is not None and x is not None:
+            common = present.keys() & self.present.keys()
+            now = math.sqrt(sum(present[name] ** 2 for name in common))
+            before = math.sqrt(sum(self.present[name] ** 2 for name in common))
+            growth = math.log10(now / before) if now > 0.0 and before > 0.0 else 0.0
+            self.offset = self.previous + growth - x  # I_t = I_(t-1) * |g_t|_C / |g_(t-1)|_C
+        self.present = present
+        self.current = None if x is None else x + self.offset
+        return self.current
+
+    def real(self, level: float) -> float:
+        """A level of the chained history (``log10``) as a norm over the current set of layers."""
+        return pow10_clamped(level - self.offset)
 
     @property
     def warmup(self) -> int:
@@ -151,9 +196,12 @@ class NormBaseline(Stateful):
         if self.peak is not None:
             self.peak -= forget
 
-    def learn(self, x: float, threshold: float, spike: bool) -> None:
-        """Learn one step's log norm: a spike moves the mean toward a lasting new level, but never widens the spread."""
-        self.moments.learn(min(x, math.log10(threshold)), spread=not spike)
+    def learn(self, x: float, cap: float, spike: bool) -> None:
+        """Learn one step's log norm, at most ``cap`` (the spike threshold's, chained).
+
+        A spike moves the mean toward a lasting new level, but never widens the spread.
+        """
+        self.moments.learn(min(x, cap), spread=not spike)
         if not spike:
             self.ceiling = x if self.ceiling is None else max(self.ceiling, x)
         self.peak = x if self.peak is None else max(self.peak, x)
@@ -180,19 +228,24 @@ def _loss_window(values: Any = ()) -> Window:
     return Window(LOSS_WINDOW, (float(v) for v in values))
 
 
+def _rise_window(values: Any = ()) -> Window:
+    return Window(RISE_WINDOW, (float(v) for v in values))
+
+
 @dataclass(eq=False)
 class LossTrack(Stateful):
-    """The run's history of the training loss (see the module docstring).
+    """The run's history of the training loss, smoothed (see the module docstring).
 
     :meth:`observe_norm` runs once per finite step and leaves in :attr:`compared` the step's ``(median loss, median
     log norm)`` when they are comparable with the loss's best (``None`` before there is a loss, or when the loss is at
     a new best this step).
     """
 
-    last_loss: float | None = state(None, load=as_optional_float)
-    first_loss: float | None = state(None, load=as_optional_float)
+    start_losses: Window = state(load=_loss_window, factory=_loss_window)  # the first few observed losses
     recent_losses: Window = state(load=_loss_window, factory=_loss_window)  # the last few observed losses
-    recent_norms: Window = state(load=_loss_window, factory=_loss_window)  # log10 of the last few total norms
+    rise_losses: Window = state(load=_rise_window, factory=_rise_window)  # the last RISE_WINDOW observed losses
+    losses_seen: int = state(0, load=int)  # finite losses observed
+    recent_norms: Window = state(load=_loss_window, factory=_loss_window)  # log10 of the last few chained norms
     loss_floor: float | None = state(None, load=as_optional_float)  # the best median loss so far
     norm_at_floor: float | None = state(None, load=as_optional_float)  # median log10 norm when the loss was best
 
@@ -202,18 +255,40 @@ class LossTrack(Stateful):
     def observe_loss(self, loss: float) -> None:
         """Record the latest training loss (non-finite losses are ignored)."""
         if math.isfinite(loss):
-            self.last_loss = loss
-            if self.first_loss is None:
-                self.first_loss = loss
+            self.losses_seen += 1
+            if len(self.start_losses) < LOSS_WINDOW:
+                self.start_losses.append(loss)
             self.recent_losses.append(loss)
+            self.rise_losses.append(loss)
+
+    @property
+    def start(self) -> float | None:
+        """Where training started: the median of the first :data:`LOSS_WINDOW` losses (``None`` before any)."""
+        return self.start_losses.median() if len(self.start_losses) else None
+
+    @property
+    def level(self) -> float | None:
+        """The loss now: the median of the last :data:`LOSS_WINDOW` losses (``None`` before any)."""
+        return self.recent_losses.median() if len(self.recent_losses) else None
+
+    def rising(self, margin: float) -> bool | None:
+        """Whether the loss rises (``None`` until :data:`RISE_WINDOW` losses have been seen).
+
+        Rising: the median of its last :data:`RISE_RECENT` values is above ``1 + margin`` times the median of the
+        :data:`LOSS_WINDOW` values 5 to 10 steps before.
+        """
+        if len(self.rise_losses) < RISE_WINDOW:
+            return None
+        values = list(self.rise_losses)
+        return median(values[-RISE_RECENT:]) > (1.0 + margin) * median(values[:LOSS_WINDOW])
 
     def observe_norm(self, x: float | None) -> None:
         """Take a finite step's log norm (``None``: a zero norm); keep the loss's best and the norm then."""
         self.compared = None
         if x is not None:
             self.recent_norms.append(x)
-        if not len(self.recent_losses) or not len(self.recent_norms) or self.first_loss is None:
-            return
+        if len(self.recent_losses) < LOSS_WINDOW or not len(self.recent_norms):
+            return  # a best level is a median of LOSS_WINDOW losses, never a single one
         loss, level = self.recent_losses.median(), self.recent_norms.median()
         if self.loss_floor is None or loss < self.loss_floor:
             self.loss_floor, self.norm_at_floor = loss, level
@@ -235,10 +310,13 @@ class ExplodingEpisode(Stateful):
     exploded: bool = state(False, load=bool)  # an exploding alert has fired in this run
     # the best median loss before the first exploding alert
     exploded_floor: float | None = state(None, load=as_optional_float)
+    # the best median loss before this episode (the start so far, when it began within the first steps)
+    episode_floor: float | None = state(None, load=as_optional_float)
 
     def start(self, loss_floor: float | None) -> None:
         """An exploding episode begins; the first one of the run keeps the best loss from before it."""
         self.exploding_episode = True
+        self.episode_floor = loss_floor
         if not self.exploded:
             self.exploded = True
             self.exploded_floor = loss_floor
@@ -293,16 +371,18 @@ class Context:
         return tuple(n for n in stats.layers if n in share)
 
     def spike_threshold(self) -> float:
-        """The total norm above which the next step is a spike (``inf`` until warm-up ends, unless absolute).
+        """The total norm above which a step over the current set of layers is a spike.
 
-        ``exploding_zscore`` standard deviations of ``log10(total norm)`` over its running mean, and at least
-        ``exploding_min_factor`` times the running (geometric) mean; never above ``exploding_threshold``.
+        ``inf`` until warm-up ends, unless absolute.
+        ``exploding_zscore`` standard deviations of ``log10`` of the chained norm over its running mean, and at least
+        ``exploding_min_factor`` times the running (geometric) mean, as a total norm over the current set of layers;
+        never above ``exploding_threshold`` (a total norm).
         """
         cfg = self.config
         threshold = math.inf
         if self.norms.warm:
             margin = max(cfg.exploding_zscore * self.norms.std, math.log10(cfg.exploding_min_factor))
-            threshold = pow10_clamped(self.norms.mean + margin)
+            threshold = self.norms.real(self.norms.mean + margin)
         if cfg.exploding_threshold is not None:
             threshold = min(threshold, cfg.exploding_threshold)
         return threshold

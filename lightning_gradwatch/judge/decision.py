@@ -135,7 +135,7 @@ class StepJudge:
         Args:
             step: the trainer's global step (recorded in alerts).
             stats: the step's statistics.
-            loss: the last training loss (``None``: not known).
+            loss: this step's training loss (``None``: not known).
             scale: the fp16 loss scaler's current scale, read only when needed (``None``: no loss scaler).
             log: scalars are due at this step (recorded in the decision).
             histograms: histograms are due at this step (likewise).

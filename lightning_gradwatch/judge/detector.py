@@ -7,17 +7,19 @@ Each step goes through the watches of :data:`WATCHES` in order, each composing t
 
 - non-finite (``judge/nonfinite.py``): any NaN/Inf gradient value, alerted once per episode; such a step is judged by
   nothing else;
-- exploding (``judge/exploding.py``): the rules of ``EXPLODING_RULES`` (*jump*, *spikes*, *growth*, *trend*),
-  alerted once per episode by whichever sees it first;
-- vanishing (``judge/vanishing.py``): the rules of ``VANISHING_RULES`` (the whole network's *collapse*, then each
-  layer), waiting while an explosion lasts.
+- exploding (``judge/exploding.py``): the rules of ``EXPLODING_RULES`` (*jump*, *spikes*, *growth*, *trend*,
+  *climb*), alerted once per episode by whichever sees it first;
+- vanishing (``judge/vanishing.py``): the rules of ``VANISHING_RULES`` (the whole network's *collapse*, the *stall*
+  of a run that does not learn, then each layer), waiting while an explosion lasts.
 
-The rules share the run's histories (``judge/context.py``): the running moments, ceiling and peak of
-``log10(total norm)``, and the loss's medians and best. Every piece of state is declared once, by the part that owns
+The rules share the run's histories (``judge/context.py``): the running moments, ceiling and peak of the log of the
+*chained* total norm (comparing like with like when the set of layers with a gradient changes), and the loss's
+medians, start and best. Every piece of state is declared once, by the part that owns
 it; the detector's checkpoint is the union of its parts', as flat as it always was, so older checkpoints load.
 
-``benchmarks/detection.py`` runs the scenario bank of ``benchmarks/scenarios.py`` (real training runs, a calibration
-half on which the defaults were chosen and a held-out half) and prints how they fare on each.
+``benchmarks/bank.py`` scores the detector on a generated bank of training runs (model families x optimizers x
+schedules x events, seeds varied), each judged by its outcome, per family and with every constant chosen on the other
+families (leave one family out).
 """
 
 from __future__ import annotations

@@ -1,25 +1,37 @@
-"""Exploding gradients: four rules, and the watch that keeps the episode.
+"""Exploding gradients: five rules, and the watch that keeps the episode.
 
-An episode is alerted once, by whichever rule sees it first:
+An episode is alerted once, by whichever rule sees it first. Every norm below is the *chained* total norm of
+``judge/context.py`` (the total norm, compared like with like when the set of layers with a gradient changes), and
+every loss a median over several steps (one mini-batch loss against the next is noise):
 
 - :class:`Jump`: during the warm-up, a total norm ``exploding_jump_factor`` (10) times the largest norm so far. A
-  learning rate far too high grows the norm by orders of magnitude within two or three steps, before any history
-  exists.
+  learning rate far too high grows the norm tenfold or more within two or three steps, before any history exists.
 - :class:`Spikes`: a step is a *spike* when its norm exceeds the spike threshold (``exploding_zscore`` standard
   deviations of ``log10(total norm)`` over its running mean, at least ``exploding_min_factor`` times the mean, or the
   absolute ``exploding_threshold``). Spikes move the mean toward a lasting new level (clipped to the spike threshold)
   but never widen the variance, so an explosion cannot hide by inflating its own threshold. ``exploding_patience``
-  consecutive spikes that are not already falling back (the latest at least half the one before) and whose latest
+  consecutive spikes that are not already falling back (the latest at least 3/4 of the one before), whose latest
   exceeds ``exploding_ceiling_factor`` times the run's *ceiling* (the largest norm of an ordinary step so far,
-  forgetting by a factor 10 per ``exploding_ceiling_memory`` steps) are an explosion: a converged classifier's
-  hard-batch spikes stay below the norms of its early training, a divergence leaves its whole history behind. A lone
-  spike, or one that falls back at once, is counted and not alerted.
+  forgetting by a factor 10 per ``exploding_ceiling_memory`` steps), while the loss rises, are an explosion: a
+  converged classifier's hard-batch spikes stay below the norms of its early training, a divergence leaves its whole
+  history behind, and raises the loss with it. A lone spike, one that falls back at once, or spikes while the loss
+  does not rise (a plateau breaking: the norm leads, the loss follows down; a bad batch the run absorbs) are counted
+  and not alerted.
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
-  while the training loss rises too (a rising norm with a falling loss is a model taking off, not diverging).
+  while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging).
 - :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its best median
-  and above its first value, while the median norm has grown ``exploding_trend_norm_factor`` (3) times since the loss
-  was at its best: Adam/AdamW at a too-high learning rate, whose normalised updates make norm and loss climb together
-  over tens of steps, often without ever producing a NaN.
+  and ``exploding_trend_start_factor`` (2) times where training started (the median of its first 5), while the median
+  norm has grown ``exploding_trend_norm_factor`` (3) times since the loss was at its best: Adam/AdamW at a too-high
+  learning rate, whose normalised updates make norm and loss climb together over tens of steps, often without ever
+  producing a NaN. A converged model's loss wandering, or a fine-tune's near where it started, is not a trend: batch
+  by batch, a hard batch raises the loss and the norm together, and medians of both wander together with them.
+- :class:`Climb`: the loss (median of the last 5 steps) ``exploding_climb_factor`` (10) times where training started
+  (the median of its first 5), on :data:`CLIMB_PATIENCE` steps in a row, whatever the norm does: a divergence whose
+  norm stays flat (dead units under a diverging head).
+
+*The loss rises* (Spikes, Growth): the median of the last 3 losses is above ``1 + exploding_rise_margin`` times the
+median of the 5 losses 5 to 10 steps before. Without a loss (a loop that gives none) spikes are judged by the norm
+alone, and a steady rise is not judged.
 
 An episode ends on a step that is no spike, once no rule sustains it (a steady rise in progress) and the loss
 (median) is back within 2x its best.
@@ -34,26 +46,32 @@ from typing import TYPE_CHECKING, ClassVar
 from typing_extensions import override
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
-from lightning_gradwatch.history import log10_or_none
-from lightning_gradwatch.judge.context import LOSS_WINDOW, Context, Verdict
+from lightning_gradwatch.history import median
+from lightning_gradwatch.judge.context import LOSS_WINDOW, RISE_RECENT, RISE_WINDOW, Context, Verdict
 from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch
-from lightning_gradwatch.judge.state import as_optional_float, state
+from lightning_gradwatch.judge.state import state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
     from lightning_gradwatch.measure.records import StepStats
 
-__all__ = ["EXPLODING_RULES", "ExplodingWatch", "Growth", "Jump", "Spikes", "Trend"]
+__all__ = ["EXPLODING_RULES", "Climb", "ExplodingWatch", "Growth", "Jump", "Spikes", "Trend"]
 
-#: a spike run whose latest step is more than this many decades below the step before (half of it) is falling back:
-#: a transient
-FALLING_BACK = math.log10(2.0)
+#: a spike run whose latest step is more than this many decades below the step before (below 3/4 of it) is falling
+#: back: a transient (a bad batch's spike is the largest, the damage it did is smaller; a divergence grows)
+FALLING_BACK = math.log10(4.0 / 3.0)
 #: a steady rise counts steps above the running mean + this many standard deviations ...
 GROWTH_ZSCORE = 2.0
 #: ... and at least this share of the spike's least margin (``log10(exploding_min_factor)``) above the mean
 GROWTH_MARGIN_SHARE = 0.5
 #: the trend rule needs at least this many losses in its window
 TREND_MIN_LOSSES = 3
+#: a jump of at least this factor is said to be of orders of magnitude
+ORDERS_OF_MAGNITUDE = 100.0
+#: the climb rule waits for this many losses (the start's 5 and a few more) ...
+CLIMB_MIN_LOSSES = 8
+#: ... and fires on this many consecutive steps at its factor
+CLIMB_PATIENCE = 2
 
 
 @dataclass(eq=False)
@@ -75,10 +93,12 @@ class Jump(ExplodingRule):
 
     @override
     def describe(self, step: NormStep) -> Finding:
-        peak = 10 ** (self.ctx.norms.peak or 0.0)
+        peak = self.ctx.norms.real(self.ctx.norms.peak or 0.0)
+        ratio = step.norm / peak
+        grew = "by orders of magnitude" if ratio >= ORDERS_OF_MAGNITUDE else f"{ratio:.3g}x"
         what = (
-            f"total norm {step.norm:.4g} is {step.norm / peak:.3g}x the largest norm of the run's first steps"
-            f" ({peak:.4g}): it grew by orders of magnitude from the start"
+            f"total norm {step.norm:.4g} is {ratio:.3g}x the largest norm of the run's first steps ({peak:.4g}):"
+            f" it grew {grew} from the start"
         )
         return Finding(what, Cause.STARTUP, step.norm, self.config.exploding_jump_factor * peak)
 
@@ -90,7 +110,7 @@ class Spikes(ExplodingRule):
     spike_run: int = state(0, load=int)
 
     name: ClassVar[Rule] = Rule.SPIKES
-    settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor")
+    settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor", "exploding_rise_margin")
 
     def __post_init__(self) -> None:
         self._falling_back = False  # this step's spike run already falls back
@@ -104,7 +124,7 @@ class Spikes(ExplodingRule):
         self.ctx.counts.add("spikes")
         self.spike_run += 1
         previous = self.ctx.norms.previous
-        # a spike run that already falls back fast (below half its previous step) is a transient, not a trend
+        # a spike run that already falls back (below 3/4 of its previous step) is a transient, not a trend
         self._falling_back = step.x is not None and previous is not None and step.x < previous - FALLING_BACK
 
     @override
@@ -112,26 +132,27 @@ class Spikes(ExplodingRule):
         cfg, ceiling = self.config, self.ctx.norms.ceiling
         absolute = cfg.exploding_threshold is not None and step.norm > cfg.exploding_threshold
         beyond = ceiling is None or (step.x is not None and step.x > ceiling + math.log10(cfg.exploding_ceiling_factor))
-        return self.spike_run >= cfg.exploding_patience and not self._falling_back and (absolute or beyond)
+        rising = self.ctx.losses.rising(cfg.exploding_rise_margin) is not False  # no loss known: the norm alone
+        return self.spike_run >= cfg.exploding_patience and not self._falling_back and (absolute or beyond) and rising
 
     @override
     def describe(self, step: NormStep) -> Finding:
-        ceiling = self.ctx.norms.ceiling
+        norms = self.ctx.norms
         what = (
             f"total norm {step.norm:.4g} for {self.spike_run} consecutive steps above the spike threshold"
-            f" {step.threshold:.4g} (typical norm so far {10**self.ctx.norms.mean:.4g}"
-            + (f", largest ordinary norm {10**ceiling:.4g}" if ceiling is not None else "")
+            f" {step.threshold:.4g} (typical norm so far {norms.real(norms.mean):.4g}"
+            + (f", largest ordinary norm {norms.real(norms.ceiling):.4g}" if norms.ceiling is not None else "")
             + ")"
+            + _rise(self.ctx)
         )
         return Finding(what, Cause.OUTLIER, step.norm, step.threshold)
 
 
 @dataclass(eq=False)
 class Growth(ExplodingRule):
-    """A steady rise of the norm, long enough, while the loss rose too."""
+    """A steady rise of the norm, long enough, while the loss rises (medians)."""
 
     growth_run: int = state(0, load=int)
-    growth_loss: float | None = state(None, load=as_optional_float)  # the loss when the rise began
 
     name: ClassVar[Rule] = Rule.GROWTH
     settings: ClassVar[tuple[str, ...]] = ("exploding_growth_steps",)
@@ -142,22 +163,14 @@ class Growth(ExplodingRule):
         margin = max(GROWTH_ZSCORE * norms.std, GROWTH_MARGIN_SHARE * math.log10(self.config.exploding_min_factor))
         elevated = norms.mean + margin
         if norms.warm and x is not None and norms.previous is not None and x > elevated and x > norms.previous:
-            if self.growth_run == 0:
-                self.growth_loss = self.ctx.losses.last_loss
             self.growth_run += 1
         else:
             self.growth_run = 0
-            self.growth_loss = None
 
     @override
     def fires(self, step: NormStep) -> bool:
-        last_loss = self.ctx.losses.last_loss
-        return (
-            self.growth_run >= self.config.exploding_growth_steps
-            and last_loss is not None
-            and self.growth_loss is not None
-            and last_loss > self.growth_loss
-        )
+        rising = self.ctx.losses.rising(self.config.exploding_rise_margin)
+        return self.growth_run >= self.config.exploding_growth_steps and rising is True
 
     @override
     def sustains(self) -> bool:
@@ -166,11 +179,20 @@ class Growth(ExplodingRule):
     @override
     def describe(self, step: NormStep) -> Finding:
         what = (
-            f"total norm {step.norm:.4g} has risen for {self.growth_run} consecutive steps while the loss rose too"
-            f" (typical norm so far {10**self.ctx.norms.mean:.4g}; a single step becomes a spike above"
-            f" {step.threshold:.4g})"
+            f"total norm {step.norm:.4g} has risen for {self.growth_run} consecutive steps"
+            f" (typical norm so far {self.ctx.norms.real(self.ctx.norms.mean):.4g}; a single step becomes a spike"
+            f" above {step.threshold:.4g})" + _rise(self.ctx)
         )
         return Finding(what, Cause.GROWTH, step.norm, step.threshold)
+
+
+def _rise(ctx: Context) -> str:
+    """How the loss rose (medians), for a message; empty when no loss is known."""
+    values = list(ctx.losses.rise_losses)
+    if len(values) < RISE_WINDOW:
+        return ""
+    now, before = median(values[-RISE_RECENT:]), median(values[:LOSS_WINDOW])
+    return f", while the loss rose from {before:.4g} to {now:.4g} (medians 5 to 10 steps back and of the last 3)"
 
 
 @dataclass(eq=False)
@@ -178,39 +200,81 @@ class Trend(ExplodingRule):
     """The loss has climbed well above its best while the norm grew with it (medians of 5 steps)."""
 
     name: ClassVar[Rule] = Rule.TREND
-    settings: ClassVar[tuple[str, ...]] = ("exploding_trend_loss_factor", "exploding_trend_norm_factor")
+    settings: ClassVar[tuple[str, ...]] = (
+        "exploding_trend_loss_factor",
+        "exploding_trend_norm_factor",
+        "exploding_trend_start_factor",
+    )
 
     @override
     def fires(self, step: NormStep) -> bool:
         losses, cfg = self.ctx.losses, self.config
-        floor, first, start = losses.loss_floor, losses.first_loss, losses.norm_at_floor
+        floor, first, start = losses.loss_floor, losses.start, losses.norm_at_floor
         if losses.compared is None or floor is None or first is None or start is None:
             return False
         loss, level = losses.compared
         return (
             len(losses.recent_losses) >= TREND_MIN_LOSSES
             and loss >= cfg.exploding_trend_loss_factor * floor
-            and loss > first
+            and loss >= cfg.exploding_trend_start_factor * first
             and level >= start + math.log10(cfg.exploding_trend_norm_factor)
         )
 
     @override
     def describe(self, step: NormStep) -> Finding:
-        losses = self.ctx.losses
+        losses, norms = self.ctx.losses, self.ctx.norms
         loss, floor = losses.recent_losses.median(), losses.loss_floor or 0.0
         ratio = loss / floor if floor > 0 else math.inf
-        level, start = 10 ** losses.recent_norms.median(), 10 ** (losses.norm_at_floor or 0.0)
+        level, start = norms.real(losses.recent_norms.median()), norms.real(losses.norm_at_floor or 0.0)
         what = (
-            f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its best level ({floor:.4g}) and above its first"
-            f" value, while the total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW}"
-            " steps)"
+            f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its best level ({floor:.4g}) and"
+            f" {loss / (losses.start or loss):.3g}x where training started, while the total norm grew from"
+            f" {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
         )
         return Finding(what, Cause.GROWTH, ratio, self.config.exploding_trend_loss_factor)
 
 
+@dataclass(eq=False)
+class Climb(ExplodingRule):
+    """The loss far above where training started (medians), whatever the norm does."""
+
+    climb_run: int = state(0, load=int)
+
+    name: ClassVar[Rule] = Rule.CLIMB
+    settings: ClassVar[tuple[str, ...]] = ("exploding_climb_factor",)
+
+    def observe(self, step: NormStep) -> None:
+        """Count consecutive steps whose loss (median) is at the climb factor times the start."""
+        losses = self.ctx.losses
+        start, level = losses.start, losses.level
+        up = (
+            losses.losses_seen >= CLIMB_MIN_LOSSES
+            and start is not None
+            and level is not None
+            and start > 0.0
+            and level >= self.config.exploding_climb_factor * start
+        )
+        self.climb_run = self.climb_run + 1 if up else 0
+
+    @override
+    def fires(self, step: NormStep) -> bool:
+        return self.climb_run >= CLIMB_PATIENCE
+
+    @override
+    def describe(self, step: NormStep) -> Finding:
+        losses = self.ctx.losses
+        level, start = losses.level or 0.0, losses.start or 0.0
+        ratio = level / start if start > 0 else math.inf
+        what = (
+            f"the loss has climbed to {level:.4g}, {ratio:.3g}x where training started ({start:.4g}; medians of"
+            f" {LOSS_WINDOW} steps), with a total norm of {step.norm:.4g}"
+        )
+        return Finding(what, Cause.GROWTH, ratio, self.config.exploding_climb_factor)
+
+
 #: The exploding rules, in order of precedence: each observes every finite step in this order, and the first that
 #: fires names the alert.
-EXPLODING_RULES: tuple[type[ExplodingRule], ...] = (Jump, Spikes, Growth, Trend)
+EXPLODING_RULES: tuple[type[ExplodingRule], ...] = (Jump, Spikes, Growth, Trend, Climb)
 
 
 class ExplodingWatch(RuleWatch):
@@ -230,8 +294,8 @@ class ExplodingWatch(RuleWatch):
     def update(self, step: int, stats: StepStats, verdict: Verdict) -> bool:
         """Judge one finite step: spikes, the rules, the episode, then learn the step's norm; judging goes on."""
         ctx = self.ctx
-        threshold = ctx.spike_threshold()
-        x = log10_or_none(stats.total_norm)
+        x = ctx.norms.chain(stats)  # log10 of the chained norm: like with like when the set of layers changes
+        threshold = ctx.spike_threshold()  # for this step's set of layers
         now = NormStep(step, stats, x, threshold, stats.total_norm > threshold)
         verdict.spike_threshold, verdict.spike = threshold, now.spike
         ctx.norms.forget()
@@ -242,7 +306,7 @@ class ExplodingWatch(RuleWatch):
         self._episode(now, fired, verdict)
         ctx.norms.previous = x
         if x is not None:
-            ctx.norms.learn(x, threshold, now.spike)
+            ctx.norms.learn(x, math.log10(threshold) + ctx.norms.offset, now.spike)
         verdict.exploding = ctx.episode.exploding_episode
         return True
 
@@ -251,15 +315,19 @@ class ExplodingWatch(RuleWatch):
         episode = self.ctx.episode
         if fired is not None:
             if not episode.exploding_episode:
-                episode.start(self.ctx.losses.loss_floor)
+                losses = self.ctx.losses
+                episode.start(losses.loss_floor if losses.loss_floor is not None else losses.start)
                 verdict.alerts.append(self._alert(now, fired))
         elif not now.spike and not any(rule.sustains() for rule in self.rules) and not self._loss_still_up():
             episode.exploding_episode = False
 
     def _loss_still_up(self) -> bool:
-        """Whether the loss (median of the last 5 steps) is still above 2x its best: an episode lasts that long."""
-        floor = self.ctx.losses.loss_floor
-        return self.ctx.losses.above(None if floor is None else max(floor, 0.0))
+        """Whether the loss (median of the last 5 steps) is still above 2x its best: an episode lasts that long.
+
+        Its best: the lower of its best before the episode and its best since.
+        """
+        floors = [f for f in (self.ctx.losses.loss_floor, self.ctx.episode.episode_floor) if f is not None]
+        return self.ctx.losses.above(max(min(floors), 0.0) if floors else None)
 
     def _alert(self, now: NormStep, rule: ExplodingRule) -> GradientAlert:
         ctx = self.ctx

@@ -120,6 +120,10 @@ class VanishingRule(DetectionRule):
         """Vanishing verdicts wait at this step: forget what is running."""
         raise NotImplementedError
 
+    def ongoing(self) -> bool:
+        """Whether an episode this rule alerted still lasts (the other rules then add no alert of their own)."""
+        return False
+
     def judge(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> GradientAlert | None:
         """Judge one step (``top``: the largest layer norm); returns the alert it fires, if any."""
         raise NotImplementedError

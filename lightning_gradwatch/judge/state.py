@@ -30,6 +30,7 @@ __all__ = [
     "Stateful",
     "as_counts",
     "as_float_list",
+    "as_float_map",
     "as_int_map",
     "as_optional_float",
     "plain",
@@ -45,13 +46,15 @@ def state(default: Any = None, *, load: Callable[[Any], Any], factory: Callable[
 
 
 def plain(value: Any) -> Any:
-    """A state value as a checkpoint keeps it: copies of containers, a set as a sorted list, a window as a list."""
+    """A state value as a checkpoint keeps it: plain copies of containers, a set sorted, a window as a list."""
     if isinstance(value, set):
         return sorted(value)
     if isinstance(value, Window):
         return list(value)
-    if isinstance(value, (dict, list)):
-        return type(value)(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
     return value
 
 
@@ -63,6 +66,11 @@ def as_optional_float(value: Any) -> float | None:
 def as_int_map(value: Mapping[Any, Any]) -> dict[str, int]:
     """A mapping of names to counts."""
     return {str(k): int(v) for k, v in value.items()}
+
+
+def as_float_map(value: Mapping[Any, Any]) -> dict[str, float]:
+    """A mapping of names to floats."""
+    return {str(k): float(v) for k, v in value.items()}
 
 
 def as_float_list(value: Any) -> list[float]:

@@ -1,36 +1,60 @@
-"""Vanishing gradients: the whole network, then each layer; both wait while an explosion lasts.
+"""Vanishing gradients: the whole network, a run that does not learn, each layer; all wait while an explosion lasts.
 
-- :class:`Collapse`: the whole network is vanishing when every gradient is exactly zero, or when the total norm has
-  fallen below ``collapse_ratio`` times its post-warm-up level, while the loss has not come down (a model that
-  converges shrinks its gradients and its loss together; one that fits its data exactly has loss 0 and zero
-  gradients), for ``vanishing_patience`` consecutive steps.
+- :class:`Collapse`: the whole network is vanishing when every gradient is exactly zero, or when the (chained) total
+  norm has fallen below ``collapse_ratio`` times its post-warm-up level, while the loss (median of 5 steps) has not
+  come down (a model that converges shrinks its gradients and its loss together; one that fits its data exactly has
+  loss 0 and zero gradients), for ``vanishing_patience`` consecutive steps.
+- :class:`Stall`: vanishing judged with the loss. Once ``stall_steps`` losses have been seen, a run whose loss has not
+  moved from where it started (its lowest median of 5 within ``stall_tolerance`` of the median of its first 5) while
+  layers lie ``stall_decades`` (4) or more decades below the largest one (each layer's median over the last 10 steps)
+  is vanishing: its first layers are not learning. It names the layers below ``vanishing_ratio`` times the largest
+  (the ones the per-layer test and ``gradwatch report`` call small), the deepest one at least. A slowly
+  learning deep net has a loss that moved, a converged one a loss far below its start: both stay silent; a stack
+  whose first layers get a millionth of the last one's gradient, with a loss at chance, is named within tens of steps.
 - :class:`Layers`: a layer is vanishing on a step when its norm is below ``vanishing_ratio`` times the largest layer
   norm, or below the absolute ``vanishing_floor``; it is alerted when that lasts ``vanishing_patience`` consecutive
   steps, once per episode (an episode lasts while any layer stays vanishing; layers that join it are reported in
   ``Verdict.vanishing_layers``). Normalisation layers and biases are exempt: their gradients are naturally small.
+  A layer whose gradient is exactly *zero* is a dead one only when that follows from how training fails: its zeros
+  last ``vanishing_patience`` steps while the loss has not improved since they began (the units give no gradient and
+  nothing else makes up for them), and longer than any zeros it came back from before (a branch used on some batches
+  only, with gradients zeroed rather than set to ``None`` between its uses, comes back after as long every time: it
+  is intermittent, not dead).
 
-No vanishing verdict is given during an exploding episode, nor after one until the loss is back within 2x of its
-best level from before (a layer small next to an exploding one is not vanishing); layers whose gradients are
-exactly zero after an explosion are its aftermath (dead units), not a new diagnosis.
+A run is alerted once per vanishing episode, whichever rule sees it first: while one rule's episode lasts, the others
+add no alert of their own. No vanishing verdict is given during an exploding episode, nor after one until the loss is
+back within 2x of its best level from before (a layer small next to an exploding one is not vanishing); layers whose
+gradients are exactly zero after an explosion are its aftermath (dead units), not a new diagnosis, and a run that
+exploded is not judged by :class:`Stall`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from typing_extensions import override
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
-from lightning_gradwatch.judge.context import Context, Verdict
+from lightning_gradwatch.history import Window, median
+from lightning_gradwatch.judge.context import LOSS_WINDOW, Context, Verdict
 from lightning_gradwatch.judge.rule import RuleWatch, VanishingRule
-from lightning_gradwatch.judge.state import as_int_map, as_optional_float, state
+from lightning_gradwatch.judge.state import as_float_map, as_int_map, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
     from lightning_gradwatch.measure.records import StepStats
 
-__all__ = ["VANISHING_RULES", "Collapse", "Layers", "VanishingWatch"]
+__all__ = ["STALL_WINDOW", "VANISHING_RULES", "Collapse", "Layers", "Stall", "VanishingWatch", "moved"]
+
+#: each layer's depth below the largest is the median over this many steps (at all of which it had a gradient)
+STALL_WINDOW = 10
+
+
+def moved(level: float, reference: float, tolerance: float) -> bool:
+    """Whether a loss ``level`` has come down from ``reference`` by more than ``tolerance`` of its size."""
+    return level < reference - tolerance * abs(reference)
 
 
 @dataclass(eq=False)
@@ -42,8 +66,8 @@ class Collapse(VanishingRule):
 
     collapse_run: int = state(0, load=int)
     collapse_episode: bool = state(False, load=bool)
-    reference_norm: float | None = state(None, load=as_optional_float)  # the total norm just after warm-up
-    reference_loss: float | None = state(None, load=as_optional_float)  # the loss then
+    reference_norm: float | None = state(None, load=as_optional_float)  # the (chained) total norm just after warm-up
+    reference_loss: float | None = state(None, load=as_optional_float)  # the loss (median) then
 
     name: ClassVar[Rule] = Rule.COLLAPSE
     settings: ClassVar[tuple[str, ...]] = ("collapse_ratio", "collapse_loss_fraction")
@@ -51,29 +75,33 @@ class Collapse(VanishingRule):
     def observe(self, stats: StepStats) -> None:
         """The first step after warm-up sets the reference levels."""
         if self.reference_norm is None and self.ctx.norms.warm:
-            self.reference_norm = stats.total_norm
-            self.reference_loss = self.ctx.losses.last_loss
+            self.reference_norm = _chained(self.ctx)
+            self.reference_loss = self.ctx.losses.level
 
     @override
     def suspend(self) -> None:
         self.collapse_run = 0
 
+    @override
+    def ongoing(self) -> bool:
+        return self.collapse_episode
+
     def _converged(self) -> bool:
-        """Whether the loss has come down: to 0.0, or below ``collapse_loss_fraction`` of its post-warm-up level."""
-        last_loss = self.ctx.losses.last_loss
-        return last_loss is not None and (
-            last_loss == 0.0
+        """Whether the loss (median) has come down: to 0.0, or below ``collapse_loss_fraction`` of its level then."""
+        level = self.ctx.losses.level
+        return level is not None and (
+            level == 0.0
             or (
                 self.reference_loss is not None
                 and self.reference_loss > 0
-                and last_loss <= self.config.collapse_loss_fraction * self.reference_loss
+                and level <= self.config.collapse_loss_fraction * self.reference_loss
             )
         )
 
     @override
     def judge(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> GradientAlert | None:
         cfg = self.config
-        collapsed = self._collapsed(stats, top)
+        collapsed = self._collapsed(top)
         self.collapse_run = self.collapse_run + 1 if collapsed else 0
         if self.collapse_run >= cfg.vanishing_patience and not self.collapse_episode:
             self.collapse_episode = True
@@ -82,14 +110,14 @@ class Collapse(VanishingRule):
             self.collapse_episode = False
         return None
 
-    def _collapsed(self, stats: StepStats, top: float) -> bool:
+    def _collapsed(self, top: float) -> bool:
         """Whether the network has collapsed at this step.
 
-        All-zero gradients, or a total norm far below the reference, while the loss has not come down.
+        All-zero gradients, or a (chained) total norm far below the reference, while the loss has not come down.
         """
         converged = self._converged()
         if top > 0.0 and self.reference_norm:
-            below = stats.total_norm < self.config.collapse_ratio * self.reference_norm
+            below = _chained(self.ctx) < self.config.collapse_ratio * self.reference_norm
             loss_stuck = self.reference_loss is not None and self.reference_loss > 0 and not converged
             return below and loss_stuck
         return top == 0.0 and not converged
@@ -97,7 +125,7 @@ class Collapse(VanishingRule):
     def _alert(self, step: int, stats: StepStats) -> GradientAlert:
         cfg = self.config
         ref = self.reference_norm or 0.0
-        ratio = stats.total_norm / ref if ref else 0.0
+        ratio = _chained(self.ctx) / ref if ref else 0.0
         cause = None
         if stats.total_norm == 0:
             what, cause = "every gradient is exactly zero", Cause.DEAD
@@ -113,15 +141,130 @@ class Collapse(VanishingRule):
         return GradientAlert(self.kind, step, stats.layers, ratio, cfg.collapse_ratio, message, self.ctx.optimizer)
 
 
+def _chained(ctx: Context) -> float:
+    """This step's chained total norm (0.0 for a zero norm)."""
+    current = ctx.norms.current
+    return 0.0 if current is None else 10**current
+
+
+def _as_windows(value: Any) -> dict[str, Window]:
+    return {str(k): Window(STALL_WINDOW, (float(x) for x in v)) for k, v in value.items()}
+
+
+@dataclass(eq=False)
+class Stall(VanishingRule):
+    """A loss that has not moved from its start while layers lie decades below the largest: nothing learns there."""
+
+    # per layer present (non-zero) at each of its last steps: its decades below the largest layer, over STALL_WINDOW
+    stall_depths: dict[str, Window] = state(load=_as_windows, factory=dict)
+    stall_best: float | None = state(None, load=as_optional_float)  # the loss's lowest median while judged
+    stall_episode: list[str] = state(load=list, factory=list)  # the layers named, while the stall lasts
+
+    name: ClassVar[Rule] = Rule.STALL
+    settings: ClassVar[tuple[str, ...]] = ("stall_steps", "stall_decades", "stall_tolerance")
+
+    def observe(self, stats: StepStats) -> None:
+        """Keep each layer's depth below the largest layer (layers exempt, or with a zero gradient, are left out)."""
+        top = max(stats.grad_norm, default=0.0)
+        if top <= 0.0:
+            self.stall_depths.clear()
+            return
+        exempt = self.ctx.exempt_layers
+        depths = {n: math.log10(top / g) for n, g in zip(stats.layers, stats.grad_norm) if g > 0 and n not in exempt}
+        kept = {n: w for n, w in self.stall_depths.items() if n in depths}
+        for name, depth in depths.items():
+            kept.setdefault(name, Window(STALL_WINDOW)).append(depth)
+        self.stall_depths = kept
+
+    @override
+    def suspend(self) -> None:
+        """Nothing to forget: the depths are kept through an explosion (a run that exploded is not judged)."""
+
+    @override
+    def ongoing(self) -> bool:
+        return bool(self.stall_episode)
+
+    @override
+    def judge(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> GradientAlert | None:
+        start = self.ctx.losses.start
+        if not self._judged() or start is None:
+            return None
+        if self._learned(start):  # it learns, or learned: never a stall again
+            self.stall_episode = []
+            return None
+        if self.stall_episode:
+            verdict.vanishing_layers = tuple(n for n in stats.layers if n in self.stall_episode)
+            return None
+        return self._name(step, stats, verdict, start)
+
+    def _name(self, step: int, stats: StepStats, verdict: Verdict, start: float) -> GradientAlert | None:
+        """Alert when layers lie ``stall_decades`` or more below the largest, naming those below the per-layer ratio."""
+        depth = {n: median(w) for n, w in self.stall_depths.items() if len(w) == STALL_WINDOW}
+        deepest = max(depth.values(), default=0.0)
+        if deepest < self.config.stall_decades:
+            return None
+        # every layer below vanishing_ratio; when none is that deep, the layers within a decade of the deepest
+        small = min(max(self.config.stall_decades, deepest - 1.0), -math.log10(self.config.vanishing_ratio))
+        named = tuple(n for n in stats.layers if depth.get(n, -math.inf) >= small)
+        self.stall_episode = list(named)
+        verdict.vanishing_layers = named
+        return self._alert(step, stats, named, (min(depth[n] for n in named), deepest), start)
+
+    def _judged(self) -> bool:
+        """Whether the stall is judged at this step: no explosion, and the loss known for ``stall_steps`` steps."""
+        losses = self.ctx.losses
+        seen_enough = losses.level is not None and losses.losses_seen >= self.config.stall_steps
+        return seen_enough and not self.ctx.episode.exploded
+
+    def _learned(self, start: float) -> bool:
+        """Whether the loss's lowest median so far has moved from its start (kept as ``stall_best``)."""
+        level = self.ctx.losses.level
+        self.stall_best = level if self.stall_best is None else min(self.stall_best, level)
+        return moved(self.stall_best, start, self.config.stall_tolerance)
+
+    def _alert(
+        self, step: int, stats: StepStats, named: tuple[str, ...], depths: tuple[float, float], start: float
+    ) -> GradientAlert:
+        cfg, losses = self.config, self.ctx.losses
+        top_layer = stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)]
+        shallow, deepest = depths
+        verb = "lies" if len(named) == 1 else "lie"
+        how_deep = f"{deepest:.1f}" if round(shallow, 1) == round(deepest, 1) else f"{shallow:.1f} to {deepest:.1f}"
+        message = (
+            f"Vanishing gradients at step {step}: the loss has not come down from where training started"
+            f" ({losses.level:.4g} against {start:.4g}, medians of {LOSS_WINDOW} steps, after {losses.losses_seen}"
+            f" steps) while {format_layers(named)} {verb} {how_deep} decades below the largest layer ({top_layer},"
+            f" medians over {STALL_WINDOW} steps): the first layers are not learning." + self.ctx.hints(self.kind)
+        )
+        return GradientAlert(
+            self.kind, step, named, 10**-deepest, 10**-cfg.stall_decades, message, self.ctx.optimizer, {"rule": "stall"}
+        )
+
+
 @dataclass(eq=False)
 class Layers(VanishingRule):
-    """Per layer, relative to the largest layer (or below an absolute floor)."""
+    """Per layer, relative to the largest layer (or below an absolute floor); exactly zero: dead, when it matters."""
 
     vanishing_run: dict[str, int] = state(load=as_int_map, factory=dict)  # consecutive vanishing steps per layer
     vanishing_episode: set[str] = state(load=set, factory=set)  # layers in the ongoing episode
+    zero_run: dict[str, int] = state(load=as_int_map, factory=dict)  # layers exactly zero now: for how many steps
+    zero_loss: dict[str, float] = state(load=as_float_map, factory=dict)  # the loss (median) when their zeros began
+    came_back: dict[str, int] = state(load=as_int_map, factory=dict)  # the longest zero run a layer came back from
 
     name: ClassVar[Rule] = Rule.LAYERS
     settings: ClassVar[tuple[str, ...]] = ("vanishing_ratio", "vanishing_floor")
+
+    def observe(self, stats: StepStats) -> None:
+        """Follow each layer's zeros: how long, the loss when they began, the longest it came back from."""
+        level, runs = self.ctx.losses.level, self.zero_run
+        for name, norm in zip(stats.layers, stats.grad_norm):
+            if norm == 0.0:
+                if name not in runs and level is not None:
+                    self.zero_loss[name] = level
+                runs[name] = runs.get(name, 0) + 1
+            elif name in runs:
+                self.came_back[name] = max(self.came_back.get(name, 0), runs.pop(name))
+                self.zero_loss.pop(name, None)
 
     @override
     def suspend(self) -> None:
@@ -129,14 +272,19 @@ class Layers(VanishingRule):
         self.vanishing_episode.clear()
 
     @override
+    def ongoing(self) -> bool:
+        return bool(self.vanishing_episode)
+
+    @override
     def judge(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> GradientAlert | None:
         ongoing = bool(self.vanishing_episode)  # layers joining an ongoing episode are not alerted again
         limit = self.config.vanishing_ratio * top
         newly = [name for name, norm in zip(stats.layers, stats.grad_norm) if self._layer_step(name, norm, top, limit)]
-        verdict.vanishing_layers = tuple(n for n in stats.layers if n in self.vanishing_episode)
+        named = set(verdict.vanishing_layers) | self.vanishing_episode
+        verdict.vanishing_layers = tuple(n for n in stats.layers if n in named)
         if not newly or ongoing:
             return None
-        ordered = verdict.vanishing_layers
+        ordered = tuple(n for n in stats.layers if n in self.vanishing_episode)
         worst = min(stats.grad_norm[stats.layers.index(n)] for n in ordered)
         return self._alert(step, ordered, worst / top if top else 0.0, stats)
 
@@ -144,19 +292,33 @@ class Layers(VanishingRule):
         """Count one layer's step; returns whether the layer starts a vanishing episode now."""
         runs, floor = self.vanishing_run, self.config.vanishing_floor
         # units an explosion killed (gradients exactly zero after it) are its aftermath, not a new diagnosis
-        if name in self.ctx.exempt_layers or (self.ctx.episode.exploded and norm == 0.0):
+        zero = norm == 0.0
+        if name in self.ctx.exempt_layers or (zero and self.ctx.episode.exploded):
             runs.pop(name, None)
             self.vanishing_episode.discard(name)
             return False
         if top > 0 and (norm < limit or _below(norm, floor)):
             runs[name] = runs.get(name, 0) + 1
-            if runs[name] >= self.config.vanishing_patience and name not in self.vanishing_episode:
+            ready = runs[name] >= self.config.vanishing_patience and (not zero or self._dead(name))
+            if ready and name not in self.vanishing_episode:
                 self.vanishing_episode.add(name)
                 return True
         elif name in runs:
             del runs[name]
             self.vanishing_episode.discard(name)
         return False
+
+    def _dead(self, name: str) -> bool:
+        """Whether a layer's zeros make it dead.
+
+        They last longer than any the layer came back from (a branch used on some steps only comes back after as
+        long, every time), and the loss has not improved since they began (or no loss is known): nothing else makes
+        up for the units that give no gradient.
+        """
+        if self.zero_run.get(name, 0) <= self.came_back.get(name, 0):
+            return False
+        level, then = self.ctx.losses.level, self.zero_loss.get(name)
+        return level is None or then is None or not moved(level, then, self.config.stall_tolerance)
 
     def _alert(self, step: int, layers: tuple[str, ...], ratio: float, stats: StepStats) -> GradientAlert:
         cfg = self.config
@@ -165,9 +327,9 @@ class Layers(VanishingRule):
         if all(norms.get(n, 1.0) == 0.0 for n in layers):
             message = (
                 f"Vanishing gradients at step {step}: {format_layers(layers)} had gradients exactly zero for"
-                f" {cfg.vanishing_patience} consecutive steps while {top_layer} still learns: their units give no"
-                " gradient for any input (dead ReLUs, saturated units, or a part of the graph cut off)."
-                + self.ctx.hints(self.kind, Cause.DEAD)
+                f" {cfg.vanishing_patience} or more consecutive steps, while the loss did not improve and"
+                f" {top_layer} still learns: their units give no gradient for any input (dead ReLUs, saturated units,"
+                " or a part of the graph cut off)." + self.ctx.hints(self.kind, Cause.DEAD)
             )
         else:
             message = (
@@ -185,14 +347,15 @@ def _below(norm: float, floor: float | None) -> bool:
     return floor is not None and norm < floor
 
 
-#: The vanishing rules, in order: each judges every step it is not suspended on; the first alert of a step is kept.
-VANISHING_RULES: tuple[type[VanishingRule], ...] = (Collapse, Layers)
+#: The vanishing rules, in order: each judges every step it is not suspended on; the first alert of a step is kept,
+#: and none while another rule's episode lasts.
+VANISHING_RULES: tuple[type[VanishingRule], ...] = (Collapse, Stall, Layers)
 
 
 class VanishingWatch(RuleWatch):
     """The vanishing rules of :data:`VANISHING_RULES`, suspended during and after an explosion.
 
-    Owns ``vanishing_patience``, which every vanishing rule waits for.
+    Owns ``vanishing_patience``, which every vanishing rule but the stall waits for.
     """
 
     kind = AlertKind.VANISHING
@@ -211,8 +374,9 @@ class VanishingWatch(RuleWatch):
             for rule in self.rules:
                 rule.suspend()
             return True
-        for rule in self.rules:
+        ongoing = [rule.ongoing() for rule in self.rules]  # an episode alerted already, by one rule or another
+        for i, rule in enumerate(self.rules):
             alert = rule.judge(step, stats, top, verdict)
-            if alert is not None and verdict.alert(self.kind) is None:
+            if alert is not None and verdict.alert(self.kind) is None and not any(ongoing[:i] + ongoing[i + 1 :]):
                 verdict.alerts.append(alert)
         return True

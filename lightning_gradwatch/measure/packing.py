@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_gradwatch.measure.histograms import log10_bins
+
 __all__ = ["Packed", "histogram_layout", "step_layout", "to_host", "unpack"]
 
 
@@ -43,12 +45,22 @@ def step_layout(extended: bool, histograms: bool) -> tuple[Packed, ...]:
 
 
 def histogram_layout(bins: int) -> tuple[Packed, ...]:
-    """The histogram tail: agreed bin edges first, then sums and weighted counts (two phases when sharded)."""
+    """The histogram tail: agreed bin edges first, then sums and weighted counts (two phases when sharded).
+
+    The histogram of ``log10 |g|`` adds its smallest value (its range runs from there to ``log10`` of the largest
+    ``|g|``, ``max(|hist_lo|, |hist_hi|)``), its counts (the exact zeros first, then ``log10_bins(bins)``
+    buckets), and the number of non-zero values with the sums of their bucket centres and of their squares.
+    """
     return (
         Packed("hist_lo", "min"),
+        Packed("hist_log_lo", "min"),
         Packed("hist_hi", "max"),
         Packed("hist_sum"),
         Packed("hist_counts", width=bins),
+        Packed("hist_log_counts", width=log10_bins(bins) + 1),
+        Packed("hist_log_num"),
+        Packed("hist_log_m1"),
+        Packed("hist_log_m2"),
         Packed("hist_numel"),
     )
 
@@ -57,9 +69,8 @@ def unpack(layout: Sequence[Packed], values: Sequence[float], layers: int) -> di
     """Split a step's transferred values into its fields (values past the layout are left out).
 
     Example:
-        >>> unpack(step_layout(False, False) + histogram_layout(2), [4.0, 0.0, 1.0, 2.0, 5.0, 6.0, 4.0, 9.0], 1)
-        {'grad_sq': [4.0], 'hist_lo': [0.0], 'hist_hi': [1.0], 'hist_sum': [2.0], 'hist_counts': [5.0, 6.0], \
-'hist_numel': [4.0]}
+        >>> unpack(step_layout(False, False) + (Packed("lo", "min"), Packed("counts", width=2)), [4, 0, 5, 6, 9], 1)
+        {'grad_sq': [4], 'lo': [0], 'counts': [5, 6]}
     """
     out, offset = {}, 0
     for field in layout:

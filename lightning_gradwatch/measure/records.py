@@ -14,10 +14,13 @@ __all__ = ["LayerHistogram", "StepStats"]
 
 @dataclass(frozen=True)
 class LayerHistogram:
-    """A histogram of one layer's gradient values, ready for TensorBoard's ``HistogramProto``.
+    """A histogram of one layer's gradient values, or of their ``log10 |g|``, for TensorBoard's ``HistogramProto``.
 
     ``bucket_limits`` are right edges; ``bucket_counts`` are estimated counts over the whole layer: each sampled
-    value stands for ``size / samples`` values of the tensor it was drawn from.
+    value stands for ``size / samples`` values of the tensor it was drawn from. Runs of empty buckets are merged
+    into one. ``sample_size`` is the number of
+    values drawn. A histogram of magnitudes counts the non-zero values only (``num`` is their estimated number;
+    exact zeros have no logarithm).
     """
 
     min: float
@@ -36,7 +39,8 @@ class StepStats:
 
     ``layers`` holds the layers that had a gradient this step, in forward (registration) order. Fields other than
     ``grad_norm``, ``total_norm`` and ``numel`` are filled only on steps measured with ``extended=True``
-    (``histograms`` and ``mean_abs``, the mean ``|g|``, with ``histograms=True``); ``nonfinite_count`` is exact
+    (``histograms``, ``log_histograms`` (of ``log10 |g|``) and ``mean_abs``, the mean ``|g|``, with
+    ``histograms=True``); ``nonfinite_count`` is exact
     on every step (it is computed only when a norm is not finite). ``numel`` counts the values measured on this
     process until an extended or histogram step combines it across shards.
     """
@@ -50,6 +54,7 @@ class StepStats:
     max_abs: tuple[float, ...] | None = None
     zero_fraction: tuple[float, ...] | None = None
     histograms: tuple[LayerHistogram | None, ...] | None = None
+    log_histograms: tuple[LayerHistogram | None, ...] | None = None
     mean_abs: tuple[float, ...] | None = None
     extra: tuple[float, ...] = ()
 

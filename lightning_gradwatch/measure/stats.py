@@ -64,9 +64,10 @@ class GradientStats:
     Histograms are estimated from a uniform random sample of at most ``histogram_sample_size`` values per layer
     (exact when the layer is smaller), drawn with a private random generator so the training run's own random
     stream is untouched; each sampled value is weighted by how many values of its tensor it stands for. Sampling
-    keeps the cost bounded on huge layers while showing the same shape. With sharded gradients every process
-    samples its own shards; the bin edges are agreed first (one min/max reduction), then the weighted counts are
-    summed.
+    keeps the cost bounded on huge layers while showing the same shape. The same samples give a second histogram,
+    of ``log10 |g|`` (exact zeros left out), which shows how many decades apart the layers' gradients are. With
+    sharded gradients every process samples its own shards; the bin edges of both are agreed first (one min/max
+    reduction), then the weighted counts are summed.
 
     Args:
         named_parameters: ``(name, parameter)`` pairs to watch, in forward order.
@@ -177,7 +178,8 @@ class GradientStats:
 
         Args:
             extended: also measure parameter norms, max ``|g|`` and the fraction of exact zeros.
-            histograms: also build one histogram per layer (and the mean ``|g|``).
+            histograms: also build per layer a histogram of its values and one of their ``log10 |g|`` (and the
+                mean ``|g|``).
             extra: one-element tensors (such as the last loss) to bring to the host in the same transfer; their
                 values come back in ``StepStats.extra``. They are not combined across processes.
         """
@@ -287,10 +289,10 @@ class GradientStats:
         grad_norm, nonfinite, total_norm = norms_from_squares(plan, grads, fields["grad_sq"], self._layer_of)
         numel = tuple(round(v) for v in fields["numel"]) if "numel" in fields else tuple(plan.local_numel)
         extended = self._unpack_extended(plan, fields, numel) if "param_sq" in fields else {}
-        mean_abs = hists = None
+        mean_abs = hists = log_hists = None
         if "l1" in fields:
             mean_abs = tuple(v / size if size else 0.0 for v, size in zip(fields["l1"], numel))
-            hists = self._sampler.unpack(plan, fields, grad_norm, nonfinite)
+            hists, log_hists = self._sampler.unpack(plan, fields, grad_norm, nonfinite)
         return StepStats(
             layers=names,
             grad_norm=tuple(grad_norm),
@@ -298,6 +300,7 @@ class GradientStats:
             numel=numel,
             nonfinite_count=tuple(nonfinite),
             histograms=hists,
+            log_histograms=log_hists,
             mean_abs=mean_abs,
             **extended,
         )

@@ -7,10 +7,15 @@ same cores). :class:`OverheadBudget` keeps the observed step time (the median ti
 optimizer-step hooks, GradWatch's own work included), the average hook time of ordinary steps, the extra hook time of
 a histogram step and the time to draw and write one set of pictures; from these it chooses the closest spacing of
 histograms and pictures that keeps GradWatch's amortized cost within ``fraction`` of the step time (and hook costs
-under :data:`FLOOR_SECONDS` a step within any budget; pictures, whose seconds of drawing are measured, get no such
-floor). It only ever widens what was asked for: histograms stay on the grid
+under :data:`FLOOR_SECONDS` a step within any budget; pictures, whose seconds of drawing are measured, are held to
+the fraction itself). It only ever widens what was asked for: histograms stay on the grid
 of the asked interval (an explicit ``histogram_every_n_steps`` is never changed), and pictures are drawn at histogram
 steps.
+
+A short run has a floor of its own for pictures: a run of known length gets about :data:`MIN_PICTURES` sets spread
+over it (at least one every ``1 / MIN_PICTURES`` of the run, on the histogram grid) whatever the fraction allows, as
+long as drawing all of them takes at most :data:`PICTURES_FLOOR_SECONDS`; a long run's pictures are held to the
+fraction, as its budget spaces them closer than that anyway.
 
 Example:
     >>> budget = OverheadBudget(0.03, histogram_every=4, explicit=False, pictures=True)
@@ -32,7 +37,7 @@ from typing import Any
 
 from lightning_gradwatch.history import Ema, Window
 
-__all__ = ["FLOOR_SECONDS", "OverheadBudget"]
+__all__ = ["FLOOR_SECONDS", "MIN_PICTURES", "PICTURES_FLOOR_SECONDS", "OverheadBudget"]
 
 _STEP_WINDOW = 64  # step intervals kept for the median step time
 _MIN_STEPS = 4  # intervals needed before the budget judges anything
@@ -47,6 +52,11 @@ _MAX_EVERY = 10**9
 #: GradWatch's hook may always take this much per step: on steps of a few milliseconds a budget of a few percent is
 #: tens of microseconds, less than timing noise, and would thin out a toy run's charts for nothing
 FLOOR_SECONDS = 0.002
+#: a run of known length gets about this many sets of gradient-flow pictures spread over it, whatever the fraction
+#: allows (a toy run of 2 ms steps would otherwise get its first and last only) ...
+MIN_PICTURES = 8
+#: ... as long as drawing all of them (on the worker thread) takes at most this many seconds
+PICTURES_FLOOR_SECONDS = 2.0
 
 
 class OverheadBudget:
@@ -67,6 +77,8 @@ class OverheadBudget:
         self.pictures = pictures
         self.histogram_every = histogram_every
         self.pictures_every = histogram_every  # in optimizer steps; a multiple of histogram_every
+        self.run_steps = 0  # the run's length in optimizer steps, when known (0: unknown)
+        self.pictures_floor_every = 0  # the short-run floor's picture interval (0: none applies)
         self.histograms_break_budget = False
         self.per_step_breaks_budget = False  # what is never thinned (measuring, judging, asked scalars) is over
         self.per_step_far_over = False  # ... by far: worth a warning
@@ -84,15 +96,17 @@ class OverheadBudget:
         self.log_widest = 0
         self._log = Window(_HISTOGRAM_WINDOW)  # hook time of log steps, when log_asked
 
-    def retime(self, histogram_every: int, log_every: int = 0, log_widest: int = 0) -> None:
+    def retime(self, histogram_every: int, log_every: int = 0, log_widest: int = 0, run_steps: int = 0) -> None:
         """Start from the intervals chosen for the run once its length is known (before its first step).
 
         ``log_every`` (when not 0) is a scalar interval GradWatch chose itself, closer than the Trainer's
-        ``log_widest``: the budget may widen it again, on its own grid, up to ``log_widest``.
+        ``log_widest``: the budget may widen it again, on its own grid, up to ``log_widest``. ``run_steps`` is the
+        run's length in optimizer steps (0: unknown), for the short-run floor of pictures.
         """
         self.asked = self.histogram_every = self.pictures_every = histogram_every
         self.log_asked = self.log_every = log_every
         self.log_widest = max(log_widest, log_every)
+        self.run_steps = max(int(run_steps), 0)
 
     # ------------------------------------------------------------------ observations
     def step_done(self, started: float, hook_seconds: float, histograms: bool, log: bool = False) -> None:
@@ -151,7 +165,7 @@ class OverheadBudget:
 
     def update(self) -> None:
         """Take in the drawing times reported since the last call and choose the histogram and picture spacing."""
-        self._take_drawn()
+        self.take_drawn()
         step = self.step_seconds
         if step is None:
             return
@@ -159,10 +173,14 @@ class OverheadBudget:
         if self.log_asked and self._log:  # scalars the run length asked for: first in line, within half the room
             self._widen_scalars(allowed)
         judged = len(self._plain) >= _MIN_JUDGED
-        self.per_step_breaks_budget = judged and self._base() > allowed
-        self.per_step_far_over = judged and self._base() > max(2 * allowed, _FAR_OVER_SECONDS)
-        if self.asked <= 0:
-            return
+        typical = self.per_step_seconds  # a median, like the step time: one stalled step does not make it over
+        self.per_step_breaks_budget = judged and typical > allowed
+        self.per_step_far_over = judged and typical > max(2 * allowed, _FAR_OVER_SECONDS)
+        if self.asked > 0:
+            self._space_histograms(step, allowed)
+
+    def _space_histograms(self, step: float, allowed: float) -> None:
+        """Choose the histogram and picture spacing within ``allowed`` seconds a step (``step``: the step time)."""
         # what the budget leaves after the per-step work (and at least a quarter of it, when that alone is over)
         room = max(allowed - self._per_step(), allowed / 4)
         extra = self._histogram_extra()
@@ -172,8 +190,11 @@ class OverheadBudget:
         self.histograms_break_budget = self.explicit and len(self._histogram) >= 3 and extra / self.asked > allowed
         self.histogram_every = histogram_every
         self.pictures_every = self._picture_spacing(step, allowed, room, extra) if pictures else histogram_every
+        self.pictures_floor_every = self.floor_every
+        if self.pictures_floor_every:
+            self.pictures_every = min(self.pictures_every, self.pictures_floor_every)
 
-    def _take_drawn(self) -> None:
+    def take_drawn(self) -> None:
         """Average in the drawing times the worker thread handed over, with the writing time since."""
         while self._drawn:
             self._picture.add(self._drawn.popleft() + self._picture_write)
@@ -202,6 +223,34 @@ class OverheadBudget:
         picture_room = max(picture_total - extra / histogram_every, picture_total / 4)
         return histogram_every * _ceil(self._picture.value / picture_room / histogram_every)
 
+    @property
+    def floor_spread(self) -> int:
+        """The picture interval that spreads about :data:`MIN_PICTURES` sets over a run of known length.
+
+        On the histogram grid, before their cost is counted (0: the run's length is not known, or no pictures).
+        """
+        every, steps = self.histogram_every, self.run_steps
+        if not steps or not self.pictures or every <= 0:
+            return 0
+        return every * max(1, round(steps / MIN_PICTURES / every))
+
+    @property
+    def floor_every(self) -> int:
+        """The picture interval of a short run's floor (0: the floor gives nothing, or the picture time is not known).
+
+        :attr:`floor_spread`, or wider so that all of its sets take at most :data:`PICTURES_FLOOR_SECONDS` to draw.
+        The sets counted: the first, one every interval, and the last histogram step's, drawn at the end of the fit.
+        """
+        seconds, every, spread = self._picture.value, self.histogram_every, self.floor_spread
+        if not spread or not seconds:
+            return 0
+        affordable = min(int(PICTURES_FLOOR_SECONDS // seconds), MIN_PICTURES + 2)
+        if affordable < 3:  # the first and the last sets are drawn anyway
+            return 0
+        # (run_steps - 1) // interval + 2 sets (the last one's included) must stay within what the floor pays for
+        fewest = (self.run_steps - 1) // (affordable - 1) + 1
+        return max(spread, every * _ceil(fewest / every))
+
     def overhead(self) -> float | None:
         """GradWatch's estimated amortized cost as a fraction of the step time, at the current spacing."""
         step = self.step_seconds
@@ -216,8 +265,12 @@ class OverheadBudget:
 
     @property
     def per_step_seconds(self) -> float:
-        """GradWatch's time per step that nothing can thin: measuring and judging, and scalars at a fixed interval."""
-        return self._base()
+        """GradWatch's time per step that nothing can thin: measuring and judging, and scalars at a fixed interval.
+
+        The median over the recent ordinary steps, as the step time is: what a typical step pays, which a stall of
+        the machine during one hook does not change (the amortized cost, :meth:`overhead`, takes the mean).
+        """
+        return self._plain.median() if self._plain else 0.0
 
     @property
     def thinned(self) -> bool:
@@ -243,6 +296,12 @@ class OverheadBudget:
             "histogram_every_n_steps": self.histogram_every,
             "pictures_every_n_steps": self.pictures_every if self.pictures else 0,
             "pictures_left_out": self.pictures_left_out,
+            "run_steps": self.run_steps or None,
+            "pictures_floor": {
+                "pictures": MIN_PICTURES,
+                "seconds": PICTURES_FLOOR_SECONDS,
+                "pictures_every_n_steps": self.pictures_floor_every or None,
+            },
             "histograms_break_budget": self.histograms_break_budget,
             "exceeded_by_per_step_work": self.per_step_breaks_budget,
             "step_seconds": rounded(self.step_seconds),

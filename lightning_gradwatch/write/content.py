@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning_gradwatch import _names as names
-from lightning_gradwatch._names import ALERT_DATA_FENCE, HISTOGRAM_PREFIX, LAYER_SCALARS, TOTAL_NORM
+from lightning_gradwatch._names import (
+    ALERT_DATA_FENCE,
+    HISTOGRAM_PREFIX,
+    LAYER_SCALARS,
+    LOG10_HISTOGRAM_PREFIX,
+    TOTAL_NORM,
+)
 from lightning_gradwatch.alerts import GradientAlert, alert_markdown
 from lightning_gradwatch.measure.records import LayerHistogram, StepStats
 
@@ -117,11 +123,23 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 
 def histogram_tags(stats: StepStats) -> dict[str, LayerHistogram]:
-    """``{grad_hist/<layer>: histogram}`` for the layers that have one this step."""
-    if stats.histograms is None:
-        return {}
-    return {
-        names.layer_tag(HISTOGRAM_PREFIX, layer): h
-        for layer, h in zip(stats.layers, stats.histograms)
-        if h is not None and math.isfinite(h.min) and math.isfinite(h.max)
-    }
+    """``{grad_hist/<layer>: histogram, grad_hist_log10/<layer>: histogram of log10 |g|}`` for the layers that have one.
+
+    A layer's histogram of magnitudes counts its non-zero values only (exact zeros have no logarithm; their share is
+    the ``grad_zero_fraction/<layer>`` scalar); a layer whose sampled values are all zeros has none.
+
+    Example:
+        >>> from lightning_gradwatch.measure.records import LayerHistogram
+        >>> h = LayerHistogram(-1e-8, 1e-8, 10, 0.0, 1e-16, (0.0, 1e-8), (5.0, 5.0), 10)
+        >>> log = LayerHistogram(-9.0, -8.0, 10, -85.0, 725.0, (-8.5, -8.0), (5.0, 5.0), 10)
+        >>> s = StepStats(("fc",), (1e-8,), 1e-8, (10,), (0,), histograms=(h,), log_histograms=(log,))
+        >>> list(histogram_tags(s))
+        ['grad_hist/fc', 'grad_hist_log10/fc']
+    """
+    out: dict[str, LayerHistogram] = {}
+    families = ((HISTOGRAM_PREFIX, stats.histograms), (LOG10_HISTOGRAM_PREFIX, stats.log_histograms))
+    for family, histograms in families:
+        for layer, h in zip(stats.layers, histograms or ()):
+            if h is not None and math.isfinite(h.min) and math.isfinite(h.max):
+                out[names.layer_tag(family, layer)] = h
+    return out

@@ -23,8 +23,9 @@ from lightning_gradwatch.judge.decision import Decision
 from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.measure.records import StepStats
 from lightning_gradwatch.report import RunSummary, build_report, json_safe
-from lightning_gradwatch.write.budget import OverheadBudget
+from lightning_gradwatch.write.budget import MIN_PICTURES, OverheadBudget
 from lightning_gradwatch.write.content import histogram_tags, step_scalars
+from lightning_gradwatch.write.picture_schedule import Draw, PictureSchedule
 from lightning_gradwatch.write.pictures import (
     BackgroundDrawing,
     gradient_flow_png,
@@ -115,11 +116,11 @@ class RunOutput:
         self._said_thinned = False
         self._warned_budget = False
         self._warned_per_step = False
-        self._last_picture: dict[str, int] = {}  # per optimizer: the engine tick of its last pictures
-        self._left_out: dict[str, Decision] = {}  # per optimizer: the last histogram step whose pictures were not drawn
+        self.pictures: PictureSchedule | None = None  # which histogram steps get pictures
         if images and self.writers is not None and self.writers.wants_images:
             if matplotlib_available():
-                self.drawing = BackgroundDrawing()
+                self.drawing = BackgroundDrawing(max_waiting=MIN_PICTURES + 2)  # a short run's floor, all queued
+                self.pictures = PictureSchedule(self.drawing, self.budget)
             else:
                 warn(
                     "GradWatch draws its gradient-flow images with matplotlib, which is not installed: `pip install"
@@ -188,11 +189,9 @@ class RunOutput:
         assert self.writers is not None
         scalars = self._scalars(stats, lane, clip) if decision.log else {}
         self.writers.write_step(decision.step, scalars, histogram_tags(stats))
-        if decision.histograms and self.drawing is not None:
-            if self._pictures_due(lane):
-                self._submit_pictures(decision, lane.suffix)
-            else:  # drawn at the end of the fit, unless a later histogram step's pictures are drawn first
-                self._left_out[lane.suffix] = decision
+        if decision.histograms and self.pictures is not None:
+            suffix = lane.suffix
+            self.pictures.offer(suffix, lane.ticks, decision.step, lambda: self._picture_job(decision, suffix))
 
     def _scalars(self, stats: StepStats, lane: LaneView, clip: tuple[float, float] | None) -> dict[str, float]:
         suffix = lane.suffix
@@ -209,23 +208,14 @@ class RunOutput:
             scalars[f"{names.NAMESPACE}/{event}"] = float(self.summary.events.get(event, 0))
         return scalars
 
-    def _pictures_due(self, lane: LaneView) -> bool:
-        """Under a budget: the first histogram step, then every ``pictures_every`` steps, never while drawing."""
-        if self.budget is None or self.drawing is None:
-            return True
-        last = self._last_picture.get(lane.suffix)
-        if last is not None and (not self.drawing.idle or lane.ticks - last < self.budget.pictures_every):
-            self.budget.pictures_left_out += 1
-            return False
-        self._last_picture[lane.suffix] = lane.ticks
-        self._left_out.pop(lane.suffix, None)
-        return True
+    def _picture_job(self, decision: Decision, suffix: str) -> Draw | None:
+        """This step's picture data, taken now, and what draws it on the worker thread (``None``: nothing to draw).
 
-    def _submit_pictures(self, decision: Decision, suffix: str) -> None:
-        """Hand this step's picture data to the drawing thread (matplotlib never runs on the training thread)."""
+        Matplotlib never runs on the training thread.
+        """
         stats, step = decision.stats, decision.step
-        if stats is None or stats.mean_abs is None or stats.max_abs is None or self.drawing is None:
-            return
+        if stats is None or stats.mean_abs is None or stats.max_abs is None:
+            return None
         layers, mean_abs, max_abs = stats.layers, stats.mean_abs, stats.max_abs
         health = layer_health(stats, decision)
         rows, steps, norms = self.summary.norm_grid(layers)
@@ -242,7 +232,7 @@ class RunOutput:
                 budget.picture_done(time.perf_counter() - started)
             return images
 
-        self.drawing.submit(step, draw)
+        return draw
 
     def write_drawn(self, drawn: list[tuple[int, dict[str, bytes]]] | None = None) -> None:
         """Write the pictures the drawing thread has finished; report its failure once."""
@@ -258,21 +248,22 @@ class RunOutput:
         if self.drawing.error is not None:
             err = self.drawing.error
             self.drawing.close(timeout=0)
-            self.drawing = None
+            self.drawing = self.pictures = None
             warn(
                 f"GradWatch could not draw its gradient-flow images ({type(err).__name__}: {err}); it stops drawing"
                 " them for this run."
             )
 
     # ------------------------------------------------------------------ the overhead budget
-    def retime(self, log_every: int, hist_every: int, log_widest: int) -> None:
+    def retime(self, log_every: int, hist_every: int, log_widest: int, run_steps: int = 0) -> None:
         """Take the run's intervals, chosen once its length is known (before the first step).
 
         ``log_every`` is closer than the Trainer's ``log_widest``; under a budget it may be widened again.
+        ``run_steps``: the run's length in optimizer steps (0: unknown), for the short-run floor of pictures.
         """
         self.schedule = {"log_every_n_steps": log_every, "histogram_every_n_steps": hist_every}
-        if self.budget is not None:
-            self.budget.retime(hist_every, log_every, log_widest)
+        if self.budget is not None:  # a scalar interval the run length did not choose is not the budget's to widen
+            self.budget.retime(hist_every, log_every if log_widest else 0, log_widest, run_steps)
 
     def log_every(self, lane: LaneView) -> int:
         """The scalar interval in force for this lane: the budget's, when the run length chose it, unless sharded.
@@ -353,14 +344,9 @@ class RunOutput:
         """Last pictures, flushed logs, the final report."""
         if not self.is_global_zero:
             return
-        if self.drawing is not None:
+        if self.drawing is not None and self.pictures is not None:
             drawing = self.drawing
-            for suffix, decision in self._left_out.items():  # the run's last state, and its whole heat map
-                self._submit_pictures(decision, suffix)
-                if self.budget is not None:
-                    self.budget.pictures_left_out -= 1
-            self._left_out.clear()
-            self.write_drawn(drawing.close(timeout=_DRAWING_TIMEOUT))
+            self.write_drawn(self.pictures.finish(timeout=_DRAWING_TIMEOUT))  # held, and the last step's pictures
             if self.budget is not None:
                 self.budget.update()  # the last pictures' time, for the report
                 self._say_budget()
@@ -395,7 +381,10 @@ def budget_message(budget: OverheadBudget) -> str:
         what = "histograms" if own_pictures or not budget.pictures else "histograms and their pictures"
         parts.append(f"{what} every {budget.histogram_every} steps instead of {budget.asked}")
     if own_pictures:
-        drawing = f" (about {b['picture_seconds']} s each to draw)" if b["picture_seconds"] is not None else ""
+        notes = [] if b["picture_seconds"] is None else [f"about {b['picture_seconds']} s each to draw"]
+        if budget.pictures_floor_every and budget.pictures_every == budget.pictures_floor_every:
+            notes.append(f"about {MIN_PICTURES} over this run's {budget.run_steps} steps")
+        drawing = f" ({'; '.join(notes)})" if notes else ""
         parts.append(f"gradient-flow pictures every {budget.pictures_every} steps instead of {budget.asked}{drawing}")
     listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     return (

@@ -222,6 +222,11 @@ class BackgroundDrawing:
                 self._thread.start()
             self._cond.notify_all()
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until nothing is being drawn or waits to be; whether that came."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.idle or self.error is not None, timeout)
+
     def collect(self) -> list[tuple[int, dict[str, bytes]]]:
         """The pictures finished since the last call, as ``(step, {tag: png})`` in step order."""
         with self._cond:

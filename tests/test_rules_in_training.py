@@ -1,0 +1,241 @@
+"""The detection rules in real training: runs whose set of layers changes, runs that never learn, noisy healthy runs,
+intermittent branches, and the loss the detector reads (a Trainer, with accumulation and fp16)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import BackboneFinetuning
+from lightning.pytorch.plugins import MixedPrecision
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from examples.harness import single_thread
+from lightning_gradwatch import GradWatch
+from tests.helpers import events, flavour, regression_data, scalars, trainer_kwargs
+
+pl = flavour("lightning.pytorch")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+def digits(images: bool, seed: int = 0, batch_size: int = 32) -> DataLoader:
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    x = x.reshape(-1, 1, 8, 8) if images else x
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(x, torch.tensor(data.target)), batch_size=batch_size, shuffle=True, generator=g)
+
+
+# ---------------------------------------------------------------------------------------- layers that join
+class FineTune(pl.LightningModule):
+    """A digits CNN (2 conv layers, 32 and 64 channels) whose backbone ``BackboneFinetuning`` unfreezes at epoch 2;
+    an auxiliary head no loss uses; Adam."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(64 * 16, 10)
+        self.aux = nn.Linear(64 * 16, 10)  # never used by a loss
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.head(self.backbone(x)), y)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=3e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        return digits(images=True)
+
+
+def test_backbone_finetuning_is_silent_and_the_backbone_is_charted_from_the_step_it_joins(tmp_path):
+    watch = GradWatch(on_exploding="stop", on_vanishing="stop", log_every_n_steps=1, histogram_every_n_steps=0)
+    unfreeze = BackboneFinetuning(unfreeze_backbone_at_epoch=2)
+    trainer = pl.Trainer(callbacks=[unfreeze, watch], **trainer_kwargs(tmp_path, max_steps=200, max_epochs=-1))
+    model = FineTune()
+    trainer.fit(model)
+    assert watch.alerts == []
+    assert trainer.global_step == 200  # never stopped
+    joined = 2 * len(model.train_dataloader())  # the first step of epoch 2: 114
+    acc = events(trainer.logger.log_dir)
+    backbone = scalars(acc, "grad_norm/backbone.0")
+    assert min(backbone) == joined
+    assert sorted(backbone) == list(range(joined, 200))
+    total = scalars(acc, "gradwatch/total_norm")
+    assert total[joined] > 2 * total[joined - 1]  # the total norm jumps when the backbone joins, and that is fine
+    assert np.mean(model.losses[-20:]) < np.mean(model.losses[joined - 20 : joined])  # and the loss keeps falling
+
+
+# ---------------------------------------------------------------------------------------- a run that never learns
+class TanhStack(pl.LightningModule):
+    """24 tanh layers at PyTorch's default initialisation on digits; SGD with momentum 0.9."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        layers: list[nn.Module] = []
+        for _ in range(23):
+            layers += [nn.Linear(64, 64), nn.Tanh()]
+        self.backbone = nn.Sequential(*layers)
+        self.head = nn.Linear(64, 10)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.head(self.backbone(x)), y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    def train_dataloader(self) -> DataLoader:
+        return digits(images=False)
+
+
+def test_a_24_layer_tanh_stack_is_vanishing_within_60_steps_naming_its_first_layers(tmp_path):
+    watch = GradWatch(on_vanishing="stop", log_every_n_steps=10)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=100, max_epochs=-1))
+    with pytest.warns(UserWarning, match="Vanishing gradients"):
+        trainer.fit(TanhStack())
+    (alert,) = watch.alerts
+    assert alert.kind == "vanishing"
+    assert alert.step < 60
+    assert alert.layers[:2] == ("backbone.0", "backbone.2")
+    assert alert.extra == {"rule": "stall"}
+    assert "the loss has not come down from where training started" in alert.message
+    assert trainer.global_step == alert.step + 1  # "stop" ends the run after the alerted step
+
+
+# ---------------------------------------------------------------------------------------- noisy healthy runs
+def _noisy_classifier(pl_: Any, seed: int) -> Any:
+    class Noisy(pl_.LightningModule):
+        """An MLP 16-32-32-4 (ReLU, dropout 0.1 on an input shifted by a fixed random buffer) on four blobs."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(seed)
+            g = torch.Generator().manual_seed(1000 + seed)
+            self.register_buffer("shift", torch.randn(16, generator=g))
+            self.net = nn.Sequential(
+                nn.Dropout(0.1), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
+            )
+            self.losses: list[float] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x + self.shift), y)
+            self.losses.append(float(loss))
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+        def train_dataloader(self) -> DataLoader:
+            g = torch.Generator().manual_seed(seed)
+            centers = torch.randn(4, 16, generator=g)
+            y = torch.randint(0, 4, (2048,), generator=g)
+            x = centers[y] + torch.randn(2048, 16, generator=g)
+            return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=g)
+
+    return Noisy()
+
+
+# seeds 0 and 12 were stopped by a false "exploding" (a steady rise judged by single mini-batch losses, and two spikes)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5, 12])
+def test_noisy_healthy_classifier_is_never_stopped(tmp_path, seed):
+    """Dropout and batch 32 make single mini-batch losses a coin flip; the run learns, and nothing stops it."""
+    watch = GradWatch(on_exploding="stop", on_vanishing="stop", log_every_n_steps=8)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=2))
+    model = _noisy_classifier(pl, seed)
+    trainer.fit(model)
+    assert watch.alerts == []
+    assert trainer.global_step == 128
+    assert np.mean(model.losses[-10:]) < 0.5 * np.mean(model.losses[:10])
+
+
+# ---------------------------------------------------------------------------------------- intermittent, not dead
+def _rare_branch_module(pl_: Any) -> Any:
+    class RareBranch(pl_.LightningModule):
+        """A trunk trained every step and a branch used once every 70 steps; gradients zeroed, not set to None."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.trunk = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+            self.branch = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            out = self.trunk(x)
+            if self.global_step % 70 == 0:
+                out = out + self.branch(x)
+            return nn.functional.mse_loss(out, y)
+
+        def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+            optimizer.zero_grad(set_to_none=False)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self) -> DataLoader:
+            return regression_data(256, batch_size=8)  # 32 steps an epoch
+
+    return RareBranch()
+
+
+def test_rarely_used_branch_with_zeroed_gradients_is_not_called_dead(tmp_path):
+    watch = GradWatch(on_vanishing="stop", log_every_n_steps=10)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=7))
+    trainer.fit(_rare_branch_module(pl))
+    assert trainer.global_step == 224
+    assert watch.alerts == []
+
+
+# ---------------------------------------------------------------------------------------- the loss the detector reads
+class Accumulating(pl.LightningModule):
+    """A regression MLP that records each micro-batch's loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self) -> DataLoader:
+        return regression_data(256, batch_size=8)
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_the_detector_reads_each_step_s_own_loss_summed_over_its_micro_batches_and_unscaled(tmp_path, fp16):
+    watch = GradWatch(log_every_n_steps=50)
+    plugins = [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))] if fp16 else []
+    kwargs = trainer_kwargs(tmp_path, max_steps=16, max_epochs=-1, accumulate_grad_batches=4)
+    trainer = pl.Trainer(callbacks=[watch], plugins=plugins, **kwargs)
+    model = Accumulating()
+    trainer.fit(model)
+    steps = np.mean(np.reshape(model.losses, (16, 4)), axis=1)  # each step's loss: the mean of its 4 micro-batches
+    seen = watch.state_dict()["detectors"]["0"]["recent_losses"]
+    assert seen == pytest.approx(list(steps[-5:]), rel=1e-3)
