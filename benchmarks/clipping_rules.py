@@ -290,5 +290,5 @@ CANDIDATES: dict[str, Callable[[], Rule]] = {}
 for _spec in GRID:
     _name, _factory = ours(**{k: v for k, v in _spec.items() if v != adaptive().settings.constants()[k]})
     CANDIDATES[_name] = _factory
-NO_LOSS, _no_loss = ours(use_loss=False)
-ABLATIONS: dict[str, Callable[[], Rule]] = {NO_LOSS: _no_loss}
+USE_LOSS, _use_loss = ours(use_loss=True)  # the loss-driven ceiling, an option (clip_use_loss=True)
+ABLATIONS: dict[str, Callable[[], Rule]] = {USE_LOSS: _use_loss}

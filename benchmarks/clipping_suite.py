@@ -31,7 +31,7 @@ import clipping_families as families
 import clipping_notice as notice
 import clipping_scores as scores
 from clipping_adapter import LOSS_OF_THIS_STEP
-from clipping_rules import ABLATIONS, CANDIDATES, NO_LOSS, OURS, PEERS, PREVIOUS, Rule, is_ours, ours
+from clipping_rules import ABLATIONS, CANDIDATES, OURS, PEERS, PREVIOUS, USE_LOSS, Rule, is_ours, ours
 from clipping_run import Result, train, train_with_trainer
 
 TRACED = ("none", PREVIOUS, OURS)
@@ -47,7 +47,7 @@ SHOWN = (
     "mean+2.5std (previous)",
     'on_exploding="clip"',
     PREVIOUS,
-    NO_LOSS,
+    USE_LOSS,
     OURS,
 )
 

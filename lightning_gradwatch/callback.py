@@ -89,20 +89,21 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             ``"ignore"``. A non-finite gradient reaches the weights only with ``"warn"`` or ``"ignore"``.
         clip: clip the total gradient norm of every step: a number is a fixed maximum norm (as
             ``torch.nn.utils.clip_grad_norm_``); ``"adaptive"`` learns the threshold from the run's own gradient
-            norms and training loss, and is the lower of two parts. The *outlier threshold*: over the last 100
-            learnt steps of ``log10(total norm)``, the typical level is the 25th percentile (at least the lowest of
-            the last 20) and the spread the distance from the 5th to the 25th; a step more than ``clip_zscore``
-            spreads (at least 0.1 decade each) above the typical level is an outlier and is scaled down to the
-            typical norm, other steps are held to the threshold (during the first ``clip_warmup_steps``, only norms
-            over twice the typical one are clipped). The *ceiling*: when the training loss gets worse (its level, the
-            20th percentile of the last 10 losses, 10% above where the run started, or back up by half of its
+            norms. The *outlier threshold*: over the last 100 learnt steps of ``log10(total norm)``, the typical
+            level is the 25th percentile (at least the lowest of the last 20) and the spread the distance from the
+            5th to the 25th; a step more than ``clip_zscore`` spreads (at least 0.1 decade each) above the typical
+            level is an outlier and is scaled down to the typical norm, other steps are held to the threshold
+            (during the first ``clip_warmup_steps``, only norms over twice the typical one are clipped). With
+            ``clip_use_loss=True``, a *ceiling* from the training loss is added: when the loss gets worse (its level,
+            the 20th percentile of the last 10 losses, 10% above where the run started, or back up by half of its
             progress), the ceiling drops below the step's norm by 3x or more, at most every 3 steps while the loss
-            keeps rising, never below a tenth of the typical norm; every new best of the loss raises it a little, and
-            it is lifted once far above the outlier threshold. Norms of steps whose loss is worse are not learnt, so
-            a norm that grows with the loss from the first step (a recurrent net whose gradients explode) never
-            becomes typical. A ceiling in force for 50 steps in a row is said once (a :class:`GradientWarning` and
-            ``notices`` in ``gradwatch.json``, not an alert): clipping is then holding back a run whose learning
-            rate is likely too high. ``gradwatch/clip_threshold`` is the norm a step was held to.
+            keeps rising, never below a tenth of the typical norm; every new best of the loss raises it a little,
+            and it is lifted once far above the outlier threshold; norms of steps whose loss is worse are not
+            learnt, so a norm that grows with the loss from the first step (a recurrent net whose gradients
+            explode) never becomes typical. A ceiling in force for 50 steps in a row is said once (a
+            :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): clipping is then holding
+            back a run whose learning rate is likely too high. ``gradwatch/clip_threshold`` is the norm a step was
+            held to.
             ``None``: no clipping. Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the
             watched parameters, before the optimizer step; ``gradwatch/total_norm`` is the norm before (the
             exploding detector judges it), ``gradwatch/clipped_norm`` after. It cannot be combined with
@@ -143,9 +144,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         clip_warmup_steps: for ``clip="adaptive"``, first steps during which only norms over twice the typical one
             are clipped as outliers.
         clip_max_norm: for ``clip="adaptive"``, an optional fixed cap that applies on every step, warm-up included.
-        clip_use_loss: for ``clip="adaptive"``, let a worsening training loss lower the ceiling. ``False``: the
-            outlier threshold alone, for runs whose loss rises by design (a curriculum of harder data, a loss term
-            whose weight grows).
+        clip_use_loss: for ``clip="adaptive"``, add the ceiling a worsening training loss lowers (see ``clip``):
+            it keeps runs whose gradients explode from the first step finite (a vanilla RNN with a recurrent gain
+            above 1), but on a run whose mini-batch losses are noisy (small batches, regression) an early noisy
+            rise can cut it and hold a healthy run back. Off by default; never for runs whose loss rises by design
+            (a curriculum of harder data, a loss term whose weight grows).
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
             failures; this many consecutive ones mean the run itself has gone non-finite. Before the run's first
             finite step, a scaler still lowering its scale from a high start (above 1) is recovering, not failing.

@@ -186,7 +186,7 @@ class ClipConfig(ConfigGroup):
     clip_zscore: float = setting(3.0, number())
     clip_warmup_steps: int = setting(25, integer(minimum=0))
     clip_max_norm: float | None = setting(None, number(optional=True))
-    clip_use_loss: bool = setting(True, check_bool)
+    clip_use_loss: bool = setting(False, check_bool)
     clip_window: int = setting(100, integer(minimum=1), argument=False)
     clip_quantile: float = setting(0.25, fraction, argument=False)
     clip_low_quantile: float = setting(0.05, fraction, argument=False)

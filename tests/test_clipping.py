@@ -53,7 +53,7 @@ def test_scale_gradients_sparse_and_missing():
 
 
 def test_adaptive_threshold_follows_history_and_ignores_a_single_spike():
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     g = torch.Generator().manual_seed(0)
     norms = (1.0 + 0.1 * torch.randn(200, generator=g)).abs().tolist()
     for norm in norms[:100]:
@@ -69,14 +69,14 @@ def test_adaptive_threshold_follows_history_and_ignores_a_single_spike():
 
 def test_adaptive_threshold_leaves_a_healthy_stream_alone_after_the_first_steps():
     """A decaying norm with batch noise (+-10%), as in a healthy run: nothing clipped, warm-up included."""
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     g = torch.Generator().manual_seed(1)
     noise = (0.2 * torch.rand(1000, generator=g) - 0.1).tolist()
     norms = [5.0 * math.exp(-i / 300) * (1 + e) for i, e in enumerate(noise)]
     clipped = [i for i, n in enumerate(norms) if n > clip.update(n)]
     assert clipped == []
     # log-normal noise of 0.15 decade: only its upper tail (3.5% here) is clipped
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     norms = (10 ** (0.15 * torch.randn(2000, generator=g))).tolist()
     share = sum(n > clip.update(n) for n in norms) / len(norms)
     assert 0 < share < 0.05
@@ -89,7 +89,7 @@ def test_adaptive_threshold_clips_frequent_outliers(batch_share):
     clean = (10 ** (0.1 * torch.randn(1000, generator=g))).tolist()
     outlier = (torch.rand(1000, generator=g) < batch_share).tolist()
     norms = [n * 30 if o else n for n, o in zip(clean, outlier)]
-    rule, previous = AdaptiveClipThreshold(), _MeanStdLog()
+    rule, previous = AdaptiveClipThreshold(use_loss=True), _MeanStdLog()
     kept, kept_before = [], []
     for n, o in zip(norms, outlier):
         applied, old = rule.update(n), previous.update(n)
@@ -126,7 +126,7 @@ class _MeanStdLog:
 def test_adaptive_threshold_clips_from_the_second_step_and_caps():
     clip = AdaptiveClipThreshold(max_norm=0.5)
     assert [clip.update(n) for n in (1.0, 2.0, 10.0)] == [0.5, 0.5, 0.5]
-    uncapped = AdaptiveClipThreshold()
+    uncapped = AdaptiveClipThreshold(use_loss=True)
     assert math.isinf(uncapped.update(1.0))  # nothing known yet
     assert uncapped.update(1.0) == pytest.approx(10**0.3)  # warm-up: only twice the typical norm is clipped
     assert uncapped.update(1000.0) == pytest.approx(1.0)  # a gross outlier is scaled down to the typical norm
@@ -134,22 +134,22 @@ def test_adaptive_threshold_clips_from_the_second_step_and_caps():
 
 
 def test_adaptive_threshold_state_round_trip():
-    a = AdaptiveClipThreshold()
+    a = AdaptiveClipThreshold(use_loss=True)
     for n in (1.0, 1.2, 0.8, 1.1, 5.0) * 30:
         a.update(n)
-    b = AdaptiveClipThreshold()
+    b = AdaptiveClipThreshold(use_loss=True)
     b.load_state_dict(a.state_dict())
     assert b.threshold() == a.threshold()
     assert [b.update(n) for n in (1.0, 50.0, 2.0)] == [a.update(n) for n in (1.0, 50.0, 2.0)]
     assert len(a.state_dict()["log_norms"]) == 100  # the window, not the whole history
-    empty = AdaptiveClipThreshold()
+    empty = AdaptiveClipThreshold(use_loss=True)
     empty.load_state_dict({})  # an empty (older) state loads with defaults
     assert math.isinf(empty.threshold())
 
 
 def test_adaptive_threshold_loads_the_previous_rules_state():
     """A checkpoint of the mean + z std rule resumes near its typical level, clipping the same spikes."""
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     clip.load_state_dict({"steps": 500, "mean": 0.0, "var": 0.01})  # log10 norm ~ N(0, 0.1)
     assert 1.5 < clip.threshold() < 3.0
     assert clip.update(100.0) < 1.0
@@ -327,11 +327,11 @@ NOISY_START = pytest.mark.xfail(
 @pytest.mark.parametrize(
     "clip_kwargs",
     [
-        pytest.param({"clip": "adaptive"}, marks=NOISY_START),
-        {"clip": "adaptive", "clip_use_loss": False},
+        {"clip": "adaptive"},
+        pytest.param({"clip": "adaptive", "clip_use_loss": True}, marks=NOISY_START),
         {"on_exploding": "clip"},
     ],
-    ids=["adaptive", "adaptive-no-loss", "spikes"],
+    ids=["adaptive", "adaptive-use-loss", "spikes"],
 )
 def test_clipping_rescues_corrupted_labels_without_a_tuned_number(tmp_path, clip_kwargs):
     model, watch, trainer = _fit_divergence(tmp_path, "clipped", 100, **clip_kwargs)
@@ -461,7 +461,7 @@ RISING = [1.2**k for k in range(1, 16)]  # a loss that gets worse, step after st
 
 
 def test_a_worsening_loss_lowers_the_ceiling_below_the_norm():
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     _steady(clip, 40)
     before = clip.threshold()
     assert math.isinf(clip.ceiling)
@@ -476,7 +476,7 @@ def test_a_worsening_loss_lowers_the_ceiling_below_the_norm():
 
 
 def test_new_bests_of_the_loss_lift_the_ceiling():
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     _steady(clip, 40)
     for loss in RISING:
         clip.update(1.0, loss)
@@ -495,7 +495,7 @@ def test_a_norm_growing_with_the_loss_from_the_first_step_is_not_learnt():
     """A recurrent net whose gradients explode: norm x1.2 and loss x1.1 per step, from step 1."""
     norms = [1.2**i for i in range(60)]
     losses = [1.1**i for i in range(60)]
-    guarded, outliers_only = AdaptiveClipThreshold(), AdaptiveClipThreshold(use_loss=False)
+    guarded, outliers_only = AdaptiveClipThreshold(use_loss=True), AdaptiveClipThreshold(use_loss=False)
     kept = [min(n, guarded.update(n, loss)) for n, loss in zip(norms, losses)]
     followed = [min(n, outliers_only.update(n, loss)) for n, loss in zip(norms, losses)]
     assert max(kept) < 2.5
@@ -505,21 +505,21 @@ def test_a_norm_growing_with_the_loss_from_the_first_step_is_not_learnt():
 
 
 def test_adaptive_state_round_trip_with_a_ceiling_and_older_states():
-    a = AdaptiveClipThreshold()
+    a = AdaptiveClipThreshold(use_loss=True)
     _steady(a, 40)
     for loss in RISING:
         a.update(1.0, loss)
     state = a.state_dict()
     assert math.isfinite(state["ceiling"])
     assert len(state["losses"]) == 10
-    b = AdaptiveClipThreshold()
+    b = AdaptiveClipThreshold(use_loss=True)
     b.load_state_dict(state)
     assert b.state_dict() == state
     more = [(1.0, 30.0), (5.0, 2.0), (1.1, 0.5), (0.9, 0.4)]
     assert [b.update(n, loss) for n, loss in more] == [a.update(n, loss) for n, loss in more]
-    fresh = AdaptiveClipThreshold()
+    fresh = AdaptiveClipThreshold(use_loss=True)
     _steady(fresh, 40)
-    older = AdaptiveClipThreshold()  # the previous adaptive rule's state: no losses, no ceiling
+    older = AdaptiveClipThreshold(use_loss=True)  # the previous adaptive rule's state: no losses, no ceiling
     older.load_state_dict({"steps": 40, "log_norms": fresh.state_dict()["log_norms"]})
     assert math.isinf(older.ceiling)
     assert older.threshold() == pytest.approx(fresh.threshold())
@@ -553,7 +553,7 @@ def test_the_ceiling_is_cut_on_a_noisy_slow_regression():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    clip, previous, held = AdaptiveClipThreshold(), None, 0
+    clip, previous, held = AdaptiveClipThreshold(use_loss=True), None, 0
     from tests.helpers import regression_data
 
     for x, y in regression_data(1024):
@@ -626,7 +626,7 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
         unclipped, _, _ = _fit_rnn(tmp_path / "none")
     assert not finite_weights(unclipped)
     with pytest.warns(GradientWarning) as record:
-        model, _watch, _trainer = _fit_rnn(tmp_path / "adaptive", clip="adaptive")
+        model, _watch, _trainer = _fit_rnn(tmp_path / "adaptive", clip="adaptive", clip_use_loss=True)
     assert finite_weights(model)
     said = _gradwatch_warnings(record, "Clipping has held this run back")
     assert len(said) == 1
@@ -646,7 +646,7 @@ def test_adaptive_clip_says_nothing_on_a_healthy_run(tmp_path):
     import json
 
     model = make_mlp_module(pl, lr=0.05, batches=1024, batch_size=256)
-    watch = GradWatch(clip="adaptive", log_every_n_steps=1)
+    watch = GradWatch(clip="adaptive", clip_use_loss=True, log_every_n_steps=1)
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=12))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

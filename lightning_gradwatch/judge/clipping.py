@@ -38,9 +38,10 @@ def clip_coefficient(total_norm: float, max_norm: float) -> float:
 
 
 class AdaptiveClipThreshold:
-    """``clip="adaptive"``: outliers clipped to the norm of learning steps, under a ceiling a worsening loss lowers.
+    """``clip="adaptive"``: outliers clipped to the norm of learning steps; optionally, a ceiling from the loss.
 
-    The threshold of a step is the lower of two parts, both on ``log10(total norm)``:
+    The threshold of a step is the outlier threshold, or (with ``use_loss``) the lower of two parts, both on
+    ``log10(total norm)``:
 
     - **The outlier threshold.** Over the last ``window`` *learnt* norms (below), the *typical* level is their
       ``quantile`` (25th percentile) and the *spread* the distance from their ``low_quantile`` (5th) up to it: both
@@ -76,8 +77,9 @@ class AdaptiveClipThreshold:
         zscore: how many spreads above the typical level a norm must be to be an outlier.
         warmup_steps: during this many first steps, the outlier margin is at least ``warmup_margin`` decades.
         max_norm: optional fixed cap applied on every step.
-        use_loss: let a worsening loss lower the ceiling (``False``: the outlier threshold alone, for runs whose
-            loss rises by design, such as a curriculum of harder batches).
+        use_loss: add the ceiling a worsening loss lowers (off by default: on runs with noisy mini-batch losses an
+            early noisy rise can cut it and hold a healthy run back; never for runs whose loss rises by design,
+            such as a curriculum of harder batches).
         **constants: the rule's constants by name (``window=50``): the fields of
             :class:`~lightning_gradwatch.config.ClipConfig` that are no ``GradWatch`` argument, without their
             ``clip_`` prefix, documented there.
@@ -98,8 +100,11 @@ class AdaptiveClipThreshold:
         0.95
         >>> round(clip.update(1.2, loss=1.0), 2)  # an ordinary step is left alone: the threshold it was held to
         1.9
+        >>> guarded = AdaptiveClipThreshold(use_loss=True)
+        >>> for norm in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95] * 5:
+        ...     _ = guarded.update(norm, loss=1.0)
         >>> for _ in range(10):  # the loss doubles: once its level has, the ceiling drops below the norm, by 3x
-        ...     ceiling = clip.update(1.0, loss=2.0)
+        ...     ceiling = guarded.update(1.0, loss=2.0)
         >>> round(ceiling, 2)
         0.33
     """
