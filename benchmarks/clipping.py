@@ -2,9 +2,13 @@
 rule side by side), what the rules do to runs that diverge and to healthy ones, and what clipping costs per step next
 to a bare ``torch.nn.utils.clip_grad_norm_``.
 
-    python benchmarks/clipping.py [--quick] [--part grid|scenarios|cost|all]
+    python benchmarks/clipping.py [--quick] [--part grid|families|scenarios|cost|all]
 
 Grid: see ``benchmarks/clipping_grid.py`` (about 4 minutes on one core; ``--quick``: 1 epoch per run).
+
+Families: see ``benchmarks/clipping_suite.py`` (every rule on 8 families of runs that misbehave in different ways,
+3 seeds each, per-family tables against the targets of issue 24, leave-one-family-out; about an hour of one core,
+``--quick``: one seed and a third of the steps, a few minutes).
 
 Scenarios: each scenario is trained with each clipping variant (same seed, same data order). Every variant uses
 ``on_*="warn"`` for the alert kinds it does not test, so nothing but the clipping changes training; the table shows
@@ -190,7 +194,7 @@ def bench_cost(model_name: str, repeats: int) -> tuple[float, float]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs and fewer timing repeats")
-    parser.add_argument("--part", choices=("grid", "scenarios", "cost", "all"), default="all")
+    parser.add_argument("--part", choices=("grid", "families", "scenarios", "cost", "all"), default="all")
     args = parser.parse_args(argv)
     quiet()
     torch.set_num_threads(1)
@@ -199,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(env)
     if args.part in ("grid", "all"):
         clipping_grid.main(["--quick"] if args.quick else [])
+    if args.part in ("families", "all"):
+        import clipping_suite
+
+        clipping_suite.main(["--quick"] if args.quick else [])
     steps = {s.name: s.quick_steps if args.quick else s.steps for s in SCENARIOS}
     if args.part in ("scenarios", "all"):
         print("\n## Scenarios (responses not under test: warn)")

@@ -88,18 +88,27 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         on_nonfinite: response to NaN/Inf gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"`` or
             ``"ignore"``. A non-finite gradient reaches the weights only with ``"warn"`` or ``"ignore"``.
         clip: clip the total gradient norm of every step: a number is a fixed maximum norm (as
-            ``torch.nn.utils.clip_grad_norm_``); ``"adaptive"`` learns the threshold from the run's own norm history,
-            robustly: over the last 100 steps of ``log10(total norm)``, the typical level is the 25th percentile and
-            the spread the distance from the 5th to the 25th, both out of reach of outliers (always high) until they
-            fill three quarters of the window. A step above ``clip_zscore`` spreads (at least 0.1 decade each) over
-            the typical level is an outlier and is scaled down to the typical norm; other steps are not touched.
-            Clipping starts at the second step, with a margin of at least ten times the typical norm during the first
-            ``clip_warmup_steps``. ``gradwatch/clip_threshold`` is the norm a step was held to: the typical norm on
-            a clipped step, the outlier threshold on the others. ``None``: no clipping.
-            Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the watched parameters,
-            before the optimizer step; ``gradwatch/total_norm`` is the norm before, ``gradwatch/clipped_norm``
-            after. It cannot be combined with ``Trainer(gradient_clip_val=...)``. Under manual optimization it
-            works when you step through the optimizers Lightning gives you (``self.optimizers()``).
+            ``torch.nn.utils.clip_grad_norm_``); ``"adaptive"`` learns the threshold from the run's own gradient
+            norms. The *outlier threshold*: over the last 100 learnt steps of ``log10(total norm)``, the typical
+            level is the 25th percentile (at least the lowest of the last 20) and the spread the distance from the
+            5th to the 25th; a step more than ``clip_zscore`` spreads (at least 0.1 decade each) above the typical
+            level is an outlier and is scaled down to the typical norm, other steps are held to the threshold
+            (during the first ``clip_warmup_steps``, only norms over twice the typical one are clipped). With
+            ``clip_use_loss=True``, a *ceiling* from the training loss is added: when the loss gets worse (its level,
+            the 20th percentile of the last 10 losses, 10% above where the run started, or back up by half of its
+            progress), the ceiling drops below the step's norm by 3x or more, at most every 3 steps while the loss
+            keeps rising, never below a tenth of the typical norm; every new best of the loss raises it a little,
+            and it is lifted once far above the outlier threshold; norms of steps whose loss is worse are not
+            learnt, so a norm that grows with the loss from the first step (a recurrent net whose gradients
+            explode) never becomes typical. A ceiling in force for 50 steps in a row is said once (a
+            :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): clipping is then holding
+            back a run whose learning rate is likely too high. ``gradwatch/clip_threshold`` is the norm a step was
+            held to.
+            ``None``: no clipping. Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the
+            watched parameters, before the optimizer step; ``gradwatch/total_norm`` is the norm before (the
+            exploding detector judges it), ``gradwatch/clipped_norm`` after. It cannot be combined with
+            ``Trainer(gradient_clip_val=...)``. Under manual optimization it works when you step through the
+            optimizers Lightning gives you (``self.optimizers()``).
         log_every_n_steps: write scalars every this many optimizer steps (at steps 0, n, 2n, ...).
             ``None``: the Trainer's ``log_every_n_steps``; when that is Lightning's default (50), closer on a run
             too short to get 100 points from it (a 145-step run: every step), which the overhead budget may spread
@@ -132,9 +141,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         vanishing_patience: consecutive vanishing steps before an alert.
         clip_zscore: for ``clip="adaptive"``, how many spreads of the log norm above its typical level a step is
             an outlier.
-        clip_warmup_steps: for ``clip="adaptive"``, first steps during which only norms over ten times the typical
-            one are clipped.
+        clip_warmup_steps: for ``clip="adaptive"``, first steps during which only norms over twice the typical one
+            are clipped as outliers.
         clip_max_norm: for ``clip="adaptive"``, an optional fixed cap that applies on every step, warm-up included.
+        clip_use_loss: for ``clip="adaptive"``, add the ceiling a worsening training loss lowers (see ``clip``):
+            it keeps runs whose gradients explode from the first step finite (a vanilla RNN with a recurrent gain
+            above 1), but on a run whose mini-batch losses are noisy (small batches, regression) an early noisy
+            rise can cut it and hold a healthy run back. Off by default; never for runs whose loss rises by design
+            (a curriculum of harder data, a loss term whose weight grows).
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
             failures; this many consecutive ones mean the run itself has gone non-finite. Before the run's first
             finite step, a scaler still lowering its scale from a high start (above 1) is recovering, not failing.
@@ -209,6 +223,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         clip_zscore: float = ClipConfig.clip_zscore,
         clip_warmup_steps: int = ClipConfig.clip_warmup_steps,
         clip_max_norm: float | None = ClipConfig.clip_max_norm,
+        clip_use_loss: bool = ClipConfig.clip_use_loss,
         amp_overflow_patience: int = MeasureConfig.amp_overflow_patience,
         histogram_bins: int = MeasureConfig.histogram_bins,
         histogram_sample_size: int = MeasureConfig.histogram_sample_size,
@@ -222,7 +237,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self.settings = WatchConfig(
             responses=ResponseConfig(on_vanishing=on_vanishing, on_exploding=on_exploding, on_nonfinite=on_nonfinite),
             clipping=ClipConfig(
-                clip=clip, clip_zscore=clip_zscore, clip_warmup_steps=clip_warmup_steps, clip_max_norm=clip_max_norm
+                clip=clip,
+                clip_zscore=clip_zscore,
+                clip_warmup_steps=clip_warmup_steps,
+                clip_max_norm=clip_max_norm,
+                clip_use_loss=clip_use_loss,
             ),
             measure=MeasureConfig(
                 granularity=granularity,

@@ -6,7 +6,7 @@ and type. The groups:
 
 - :class:`ResponseConfig`: ``on_vanishing``, ``on_exploding``, ``on_nonfinite`` (defaults from the table of kinds);
 - :class:`ClipConfig`: ``clip`` and the adaptive threshold's ``clip_zscore``, ``clip_warmup_steps``,
-  ``clip_max_norm``;
+  ``clip_max_norm``, ``clip_use_loss``, and its constants;
 - :class:`MeasureConfig`: which parameters are watched and how they are measured (``granularity``, ``include``,
   ``exclude``, ``histogram_bins``, ``histogram_sample_size``, ``max_layers``), and ``amp_overflow_patience``;
 - :class:`ScheduleConfig`: ``log_every_n_steps``, ``histogram_every_n_steps``;
@@ -143,14 +143,71 @@ class ResponseConfig(ConfigGroup):
 
 @dataclass(frozen=True)
 class ClipConfig(ConfigGroup):
-    """Clipping: none, a fixed maximum norm, or the adaptive threshold and its settings."""
+    """Clipping: none, a fixed maximum norm, or the adaptive threshold and its settings.
+
+    ``clip``, ``clip_zscore``, ``clip_warmup_steps``, ``clip_max_norm`` and ``clip_use_loss`` are ``GradWatch``
+    arguments (documented there). The others are the adaptive rule's constants (``argument=False``: settable here,
+    and as keyword arguments of :class:`~lightning_gradwatch.judge.clipping.AdaptiveClipThreshold` without the
+    ``clip_`` prefix). Norms are judged on the log scale: a *decade* is a factor of 10.
+
+    Args:
+        clip_window: learnt norms the outlier statistics cover.
+        clip_quantile: the typical level is this quantile of the learnt log norms (outliers, always high, do not
+            reach it until they fill three quarters of the window).
+        clip_low_quantile: the spread is the distance from this quantile up to the typical level.
+        clip_min_spread: the least spread, in decades (a very steady run is not clipped at its ordinary level).
+        clip_short_window: the typical level is at least the lowest of this many last learnt norms (a model
+            taking off, whose norm rises for good, is followed within this many steps).
+        clip_warmup_margin: during the first ``clip_warmup_steps``, the least margin of the outlier threshold above
+            the typical level, in decades (0.3: twice the typical norm).
+        clip_loss_window: losses the loss level is taken over.
+        clip_loss_quantile: the loss level is this quantile of the last ``clip_loss_window`` losses: the level of
+            the clean batches, which batches with outliers (high losses) do not move until they fill most of it.
+        clip_first_losses: losses known before the first loss level (the run's starting point) is taken.
+        clip_worse_by: the loss gets *worse* when its level is this much (relative) above its first level, or
+            this much above its best level while also having given back ``clip_give_back`` of the progress made.
+        clip_give_back: see ``clip_worse_by``.
+        clip_cut: the least factor a worsening loss lowers the ceiling by (below the step's norm and the outlier
+            threshold); the cut deepens with how much worse the loss got, ...
+        clip_max_cut: ... up to this many decades at once.
+        clip_cut_every: steps between two cuts; a cut needs the loss level still rising since the last one.
+        clip_floor: the ceiling goes at most this many decades below the typical level.
+        clip_rise: decades the ceiling rises on each step whose loss level is a new best ...
+        clip_release: ... until it is this many decades above the outlier threshold, where it is lifted.
+        clip_notice_steps: a ceiling in force this many steps in a row is said once (a ``GradientWarning``, and
+            ``notices`` in ``gradwatch.json``): clipping is holding back a run whose loss got worse.
+
+    Example:
+        >>> ClipConfig(clip="adaptive").constants()["floor"]
+        1.0
+    """
 
     clip: Union[float, Literal["adaptive"], None] = setting(None, check_clip)
     clip_zscore: float = setting(3.0, number())
     clip_warmup_steps: int = setting(25, integer(minimum=0))
     clip_max_norm: float | None = setting(None, number(optional=True))
+    clip_use_loss: bool = setting(False, check_bool)
+    clip_window: int = setting(100, integer(minimum=1), argument=False)
+    clip_quantile: float = setting(0.25, fraction, argument=False)
+    clip_low_quantile: float = setting(0.05, fraction, argument=False)
+    clip_min_spread: float = setting(0.1, number(zero=True), argument=False)
+    clip_short_window: int = setting(20, integer(minimum=1), argument=False)
+    clip_warmup_margin: float = setting(0.3, number(zero=True), argument=False)
+    clip_loss_window: int = setting(10, integer(minimum=1), argument=False)
+    clip_loss_quantile: float = setting(0.2, fraction, argument=False)
+    clip_first_losses: int = setting(3, integer(minimum=1), argument=False)
+    clip_worse_by: float = setting(0.1, number(zero=True), argument=False)
+    clip_give_back: float = setting(0.5, fraction, argument=False)
+    clip_cut: float = setting(3.0, above_one, argument=False)
+    clip_max_cut: float = setting(2.0, number(), argument=False)
+    clip_cut_every: int = setting(3, integer(minimum=1), argument=False)
+    clip_floor: float = setting(1.0, number(zero=True), argument=False)
+    clip_rise: float = setting(0.01, number(), argument=False)
+    clip_release: float = setting(1.0, number(zero=True), argument=False)
+    clip_notice_steps: int = setting(50, integer(minimum=1), argument=False)
 
     ADAPTIVE: ClassVar[str] = "adaptive"
+    PREFIX: ClassVar[str] = "clip_"
 
     @property
     def adaptive(self) -> bool:
@@ -161,6 +218,11 @@ class ClipConfig(ConfigGroup):
     def fixed(self) -> float | None:
         """The fixed maximum norm, when one is set."""
         return None if self.clip is None or self.adaptive else float(self.clip)
+
+    def constants(self) -> dict[str, Any]:
+        """The adaptive rule's constants (the fields that are no argument), by name without the ``clip_`` prefix."""
+        constants = (f for f in self.settings() if not f.metadata["argument"])
+        return {f.name.removeprefix(self.PREFIX): getattr(self, f.name) for f in constants}
 
 
 @dataclass(frozen=True)

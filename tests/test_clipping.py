@@ -53,7 +53,7 @@ def test_scale_gradients_sparse_and_missing():
 
 
 def test_adaptive_threshold_follows_history_and_ignores_a_single_spike():
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     g = torch.Generator().manual_seed(0)
     norms = (1.0 + 0.1 * torch.randn(200, generator=g)).abs().tolist()
     for norm in norms[:100]:
@@ -69,14 +69,14 @@ def test_adaptive_threshold_follows_history_and_ignores_a_single_spike():
 
 def test_adaptive_threshold_leaves_a_healthy_stream_alone_after_the_first_steps():
     """A decaying norm with batch noise (+-10%), as in a healthy run: nothing clipped, warm-up included."""
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     g = torch.Generator().manual_seed(1)
     noise = (0.2 * torch.rand(1000, generator=g) - 0.1).tolist()
     norms = [5.0 * math.exp(-i / 300) * (1 + e) for i, e in enumerate(noise)]
     clipped = [i for i, n in enumerate(norms) if n > clip.update(n)]
     assert clipped == []
     # log-normal noise of 0.15 decade: only its upper tail (3.5% here) is clipped
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     norms = (10 ** (0.15 * torch.randn(2000, generator=g))).tolist()
     share = sum(n > clip.update(n) for n in norms) / len(norms)
     assert 0 < share < 0.05
@@ -89,7 +89,7 @@ def test_adaptive_threshold_clips_frequent_outliers(batch_share):
     clean = (10 ** (0.1 * torch.randn(1000, generator=g))).tolist()
     outlier = (torch.rand(1000, generator=g) < batch_share).tolist()
     norms = [n * 30 if o else n for n, o in zip(clean, outlier)]
-    rule, previous = AdaptiveClipThreshold(), _MeanStdLog()
+    rule, previous = AdaptiveClipThreshold(use_loss=True), _MeanStdLog()
     kept, kept_before = [], []
     for n, o in zip(norms, outlier):
         applied, old = rule.update(n), previous.update(n)
@@ -124,32 +124,32 @@ class _MeanStdLog:
 
 
 def test_adaptive_threshold_clips_from_the_second_step_and_caps():
-    clip = AdaptiveClipThreshold(max_norm=3.0)
-    assert [clip.update(n) for n in (1.0, 2.0, 10.0)] == [3.0, 3.0, 3.0]
-    uncapped = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(max_norm=0.5)
+    assert [clip.update(n) for n in (1.0, 2.0, 10.0)] == [0.5, 0.5, 0.5]
+    uncapped = AdaptiveClipThreshold(use_loss=True)
     assert math.isinf(uncapped.update(1.0))  # nothing known yet
-    assert uncapped.update(1.0) == pytest.approx(10.0)  # warm-up: only ten times the typical norm is clipped
+    assert uncapped.update(1.0) == pytest.approx(10**0.3)  # warm-up: only twice the typical norm is clipped
     assert uncapped.update(1000.0) == pytest.approx(1.0)  # a gross outlier is scaled down to the typical norm
-    assert uncapped.update(5.0) > 5.0  # a warm-up step five times the typical one is not
+    assert uncapped.update(1.5) > 1.5  # a warm-up step 1.5 times the typical one is not
 
 
 def test_adaptive_threshold_state_round_trip():
-    a = AdaptiveClipThreshold()
+    a = AdaptiveClipThreshold(use_loss=True)
     for n in (1.0, 1.2, 0.8, 1.1, 5.0) * 30:
         a.update(n)
-    b = AdaptiveClipThreshold()
+    b = AdaptiveClipThreshold(use_loss=True)
     b.load_state_dict(a.state_dict())
     assert b.threshold() == a.threshold()
     assert [b.update(n) for n in (1.0, 50.0, 2.0)] == [a.update(n) for n in (1.0, 50.0, 2.0)]
     assert len(a.state_dict()["log_norms"]) == 100  # the window, not the whole history
-    empty = AdaptiveClipThreshold()
+    empty = AdaptiveClipThreshold(use_loss=True)
     empty.load_state_dict({})  # an empty (older) state loads with defaults
     assert math.isinf(empty.threshold())
 
 
 def test_adaptive_threshold_loads_the_previous_rules_state():
     """A checkpoint of the mean + z std rule resumes near its typical level, clipping the same spikes."""
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(use_loss=True)
     clip.load_state_dict({"steps": 500, "mean": 0.0, "var": 0.01})  # log10 norm ~ N(0, 0.1)
     assert 1.5 < clip.threshold() < 3.0
     assert clip.update(100.0) < 1.0
@@ -184,8 +184,10 @@ def test_fixed_clip_bounds_norm_and_keeps_direction(tmp_path, accumulate):
 
 
 def test_adaptive_clip_in_training_learns_threshold_and_logs(tmp_path):
+    # the outlier threshold alone: on this slow, noisy regression the loss-driven ceiling would be cut (see
+    # test_the_ceiling_is_cut_on_a_noisy_slow_regression)
     model = make_mlp_module(pl, lr=0.01, batches=1024)
-    watch = GradWatch(clip="adaptive", clip_warmup_steps=10, log_every_n_steps=1)
+    watch = GradWatch(clip="adaptive", clip_warmup_steps=10, clip_use_loss=False, log_every_n_steps=1)
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     trainer.fit(model)
     acc = events(trainer.logger.log_dir)
@@ -194,7 +196,7 @@ def test_adaptive_clip_in_training_learns_threshold_and_logs(tmp_path):
     before, after = scalars(acc, "gradwatch/total_norm"), scalars(acc, "gradwatch/clipped_norm")
     for step, threshold in thresholds.items():
         assert after[step] <= threshold * (1 + 1e-6)
-        assert after[step] == pytest.approx(min(before[step], threshold), rel=1e-6)
+        assert after[step] == pytest.approx(min(before[step], threshold), rel=1e-5)  # float32, eps 1e-6
         assert model.reference[step]["__total__"] == pytest.approx(after[step], rel=1e-5)
     clipped = sum(before[s] > thresholds[s] for s in thresholds)
     assert watch.state_dict()["summary"]["events"].get("clipped_steps", 0) == clipped
@@ -317,7 +319,20 @@ def test_corrupted_labels_diverge_to_nan_without_clipping(tmp_path):
     assert {a.kind for a in watch.alerts} >= {"exploding", "nonfinite"}
 
 
-@pytest.mark.parametrize("clip_kwargs", [{"clip": "adaptive"}, {"on_exploding": "clip"}], ids=["adaptive", "spikes"])
+NOISY_START = pytest.mark.xfail(
+    strict=True, reason="the loss-driven ceiling is cut on this regression's noisy start, long before the corruption"
+)
+
+
+@pytest.mark.parametrize(
+    "clip_kwargs",
+    [
+        {"clip": "adaptive"},
+        pytest.param({"clip": "adaptive", "clip_use_loss": True}, marks=NOISY_START),
+        {"on_exploding": "clip"},
+    ],
+    ids=["adaptive", "adaptive-use-loss", "spikes"],
+)
 def test_clipping_rescues_corrupted_labels_without_a_tuned_number(tmp_path, clip_kwargs):
     model, watch, trainer = _fit_divergence(tmp_path, "clipped", 100, **clip_kwargs)
     assert trainer.global_step == 100
@@ -433,3 +448,209 @@ def test_adaptive_threshold_accepts_zero_margins():
     clip = AdaptiveClipThreshold(min_spread=0.0, warmup_margin=0)
     assert clip.update(1.0) == math.inf  # nothing known before the first step
     assert clip.threshold() == 1.0  # no margin at all above the typical norm
+
+
+# ---------------------------------------------------------------------------------------------------------- the loss
+def _steady(clip: AdaptiveClipThreshold, steps: int, loss: float = 1.0) -> None:
+    g = torch.Generator().manual_seed(3)
+    for norm in (1.0 + 0.05 * torch.randn(steps, generator=g)).tolist():
+        clip.update(norm, loss)
+
+
+RISING = [1.2**k for k in range(1, 16)]  # a loss that gets worse, step after step
+
+
+def test_a_worsening_loss_lowers_the_ceiling_below_the_norm():
+    clip = AdaptiveClipThreshold(use_loss=True)
+    _steady(clip, 40)
+    before = clip.threshold()
+    assert math.isinf(clip.ceiling)
+    assert before > 1.5
+    applied = [clip.update(1.0, loss) for loss in RISING]
+    assert applied[:7] == pytest.approx([before] * 7, rel=0.01)  # the level (20th percentile) waits for a real rise
+    assert applied[7] == pytest.approx(1 / 3)  # then cut below the step's norm, by 3x
+    assert applied[-1] == pytest.approx(0.1 / 0.9, rel=0.01)  # deeper while the loss keeps rising, to a decade below
+    without = AdaptiveClipThreshold(use_loss=False)
+    _steady(without, 40)
+    assert [without.update(1.0, loss) for loss in RISING] == pytest.approx([before] * len(RISING), rel=0.01)
+
+
+def test_new_bests_of_the_loss_lift_the_ceiling():
+    clip = AdaptiveClipThreshold(use_loss=True)
+    _steady(clip, 40)
+    for loss in RISING:
+        clip.update(1.0, loss)
+    cut = clip.ceiling
+    losses = [0.9 * 0.99**i for i in range(300)]  # the loss falls: a new best on most steps
+    for loss in losses[:100]:
+        clip.update(1.0, loss)
+    assert cut + 0.5 < clip.ceiling < math.inf  # risen, 0.01 decade per new best
+    for loss in losses[100:]:
+        clip.update(1.0, loss)
+    assert math.isinf(clip.ceiling)  # lifted once a decade above the outlier threshold
+    assert clip.update(1.0, losses[-1]) > 1.5
+
+
+def test_a_norm_growing_with_the_loss_from_the_first_step_is_not_learnt():
+    """A recurrent net whose gradients explode: norm x1.2 and loss x1.1 per step, from step 1."""
+    norms = [1.2**i for i in range(60)]
+    losses = [1.1**i for i in range(60)]
+    guarded, outliers_only = AdaptiveClipThreshold(use_loss=True), AdaptiveClipThreshold(use_loss=False)
+    kept = [min(n, guarded.update(n, loss)) for n, loss in zip(norms, losses)]
+    followed = [min(n, outliers_only.update(n, loss)) for n, loss in zip(norms, losses)]
+    assert max(kept) < 2.5
+    assert kept[-1] < 0.2
+    assert followed[-1] > 1e4  # the outlier threshold alone follows: every step is within its recent past
+    assert len(guarded.state_dict()["log_norms"]) < 10  # only the first steps, before the loss rose, were learnt
+
+
+def test_adaptive_state_round_trip_with_a_ceiling_and_older_states():
+    a = AdaptiveClipThreshold(use_loss=True)
+    _steady(a, 40)
+    for loss in RISING:
+        a.update(1.0, loss)
+    state = a.state_dict()
+    assert math.isfinite(state["ceiling"])
+    assert len(state["losses"]) == 10
+    b = AdaptiveClipThreshold(use_loss=True)
+    b.load_state_dict(state)
+    assert b.state_dict() == state
+    more = [(1.0, 30.0), (5.0, 2.0), (1.1, 0.5), (0.9, 0.4)]
+    assert [b.update(n, loss) for n, loss in more] == [a.update(n, loss) for n, loss in more]
+    fresh = AdaptiveClipThreshold(use_loss=True)
+    _steady(fresh, 40)
+    older = AdaptiveClipThreshold(use_loss=True)  # the previous adaptive rule's state: no losses, no ceiling
+    older.load_state_dict({"steps": 40, "log_norms": fresh.state_dict()["log_norms"]})
+    assert math.isinf(older.ceiling)
+    assert older.threshold() == pytest.approx(fresh.threshold())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"use_loss": "yes"}, TypeError, r"`use_loss` must be"),
+        ({"quantile": 1.5}, ValueError, r"`quantile`"),
+        ({"cut": 1.0}, ValueError, r"`cut`"),
+        ({"no_such_constant": 1}, TypeError, r"has no constant no_such_constant"),
+    ],
+)
+def test_adaptive_threshold_rejects_bad_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AdaptiveClipThreshold(**kwargs)
+
+
+def test_gradwatch_rejects_a_bad_clip_use_loss():
+    with pytest.raises(TypeError, match=r"`clip_use_loss` must be"):
+        GradWatch(clip="adaptive", clip_use_loss="no")
+
+
+def test_the_ceiling_is_cut_on_a_noisy_slow_regression():
+    """Known limit: a slowly learning regression (batch 16, its batch losses +-40%) looks "worse" to the rule.
+
+    The loss level's first value comes from 3 noisy losses; a level 10% above it later is noise, not a worse run,
+    yet the ceiling is cut and holds the run back. When the rule learns to tell noise from a rise, this fails.
+    """
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    clip, previous, held = AdaptiveClipThreshold(use_loss=True), None, 0
+    from tests.helpers import regression_data
+
+    for x, y in regression_data(1024):
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters()]).item()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip.update(norm, previous))
+        opt.step()
+        previous, held = loss.item(), held + math.isfinite(clip.ceiling)
+    assert held > 32  # held back on most of its 64 steps
+
+
+# ---------------------------------------------------------------------------------------------------------- Trainer
+def _tanh_rnn_module():
+    """A vanilla tanh RNN, recurrent weights orthogonal x1.3, SGD momentum 0.9 on the adding problem (length 100)."""
+
+    class TanhRNN(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.RNN(2, 32, batch_first=True)
+            torch.nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=1.3)
+            self.head = torch.nn.Linear(32, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            out, _ = self.rnn(x)
+            return torch.nn.functional.mse_loss(self.head(out[:, -1]), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            n, length = 32 * 90, 100
+            values, marks = torch.rand(n, length, generator=g), torch.zeros(n, length)
+            marks[torch.arange(n), torch.randint(length // 2, (n,), generator=g)] = 1.0
+            marks[torch.arange(n), torch.randint(length // 2, length, (n,), generator=g)] = 1.0
+            x, y = torch.stack([values, marks], dim=2), (values * marks).sum(1, keepdim=True)
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+
+    torch.manual_seed(0)
+    return TanhRNN()
+
+
+def _fit_rnn(tmp_path, **watch_kwargs):
+    responses = {"on_vanishing": "warn", "on_exploding": "warn", "on_nonfinite": "warn"}
+    model = _tanh_rnn_module()
+    watch = GradWatch(**{**responses, **watch_kwargs})
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    return model, watch, trainer
+
+
+def _gradwatch_warnings(record, text: str) -> list[str]:
+    from lightning_gradwatch import GradientWarning
+
+    return [str(w.message) for w in record if issubclass(w.category, GradientWarning) and text in str(w.message)]
+
+
+@single_thread()
+def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_start(tmp_path):
+    import json
+
+    from lightning_gradwatch import GradientWarning
+    from lightning_gradwatch.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unclipped, _, _ = _fit_rnn(tmp_path / "none")
+    assert not finite_weights(unclipped)
+    with pytest.warns(GradientWarning) as record:
+        model, _watch, _trainer = _fit_rnn(tmp_path / "adaptive", clip="adaptive", clip_use_loss=True)
+    assert finite_weights(model)
+    said = _gradwatch_warnings(record, "Clipping has held this run back")
+    assert len(said) == 1
+    assert "gated cell (nn.LSTM or nn.GRU" in said[0]
+    path = tmp_path / "adaptive" / "lightning_logs" / "version_0" / "gradwatch.json"
+    report = json.loads(path.read_text())
+    assert [n["kind"] for n in report["notices"]] == ["clipping"]
+    # the exploding detector judges the norm before clipping: the explosion is an alert, and fails the check
+    assert {a["kind"] for a in report["alerts"]} == {"exploding"}
+    assert main(["check", str(path.parent)]) == 1
+    path.write_text(json.dumps({**report, "alerts": []}))  # the notice alone: no alert, the check passes
+    assert main(["check", str(path.parent)]) == 0
+
+
+@single_thread()
+def test_adaptive_clip_says_nothing_on_a_healthy_run(tmp_path):
+    import json
+
+    model = make_mlp_module(pl, lr=0.05, batches=1024, batch_size=256)
+    watch = GradWatch(clip="adaptive", clip_use_loss=True, log_every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=12))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    assert _gradwatch_warnings(record, "Clipping has held") == []
+    assert json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())["notices"] == []
+    assert watch.state_dict()["clippers"]["0"]["ceiling"] == math.inf

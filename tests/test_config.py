@@ -61,6 +61,9 @@ def test_the_parts_take_their_defaults_from_the_configuration():
     clipper = inspect.signature(AdaptiveClipThreshold).parameters
     assert clipper["zscore"].default == ClipConfig.clip_zscore
     assert clipper["warmup_steps"].default == ClipConfig.clip_warmup_steps
+    assert clipper["use_loss"].default == ClipConfig.clip_use_loss
+    built = AdaptiveClipThreshold.from_config(ClipConfig(clip="adaptive", clip_use_loss=False, clip_window=7))
+    assert (built.use_loss, built.settings.clip_window) == (False, 7)
     stats = inspect.signature(GradientStats).parameters
     assert stats["histogram_bins"].default == MeasureConfig.histogram_bins
     assert stats["histogram_sample_size"].default == MeasureConfig.histogram_sample_size
@@ -71,4 +74,4 @@ def test_config_report_keeps_its_keys_in_order():
     keys = list(GradWatch().config())
     assert keys[:3] == ["on_vanishing", "on_exploding", "on_nonfinite"]
     assert keys[-5:] == ["collapse_ratio", "collapse_loss_fraction", "stall_steps", "stall_decades", "stall_tolerance"]
-    assert len(keys) == len(set(keys)) == 42
+    assert len(keys) == len(set(keys)) == 61

@@ -50,6 +50,7 @@ ARGUMENTS = [
     "clip_zscore",
     "clip_warmup_steps",
     "clip_max_norm",
+    "clip_use_loss",
     "amp_overflow_patience",
     "histogram_bins",
     "histogram_sample_size",

@@ -63,6 +63,7 @@ class RunLedger:
         self.fits: list[dict[str, Any]] = []
         self.alerts: list[dict[str, Any]] = []  # alerts that happened in this directory, in order
         self.earlier: list[dict[str, Any]] = []  # alerts a checkpoint brought from another run
+        self.notices: list[dict[str, Any]] = []  # what GradWatch said once that is no alert (clipping held a run back)
         self.unreadable: str | None = None  # why an earlier gradwatch.json could not be taken over
 
     def begin_fit(
@@ -97,9 +98,10 @@ class RunLedger:
         if not isinstance(fits, list):  # a report from before several fits were recorded: one fit
             steps = doc.get("steps") if isinstance(doc.get("steps"), dict) else {}
             fits = [{"first_step": steps.get("first"), "last_step": steps.get("last"), "status": doc.get("status")}]
-        self.fits = [dict(f) for f in fits if isinstance(f, dict)]
-        self.alerts = [dict(a) for a in doc.get("alerts", []) if isinstance(a, dict)]
-        self.earlier = [dict(a) for a in doc.get("earlier_alerts", []) if isinstance(a, dict)]
+        self.fits = _records(fits)
+        self.alerts = _records(doc.get("alerts", []))
+        self.earlier = _records(doc.get("earlier_alerts", []))
+        self.notices = _records(doc.get("notices", []))
 
     def saw(self, step: int) -> None:
         """The current fit measured ``step``."""
@@ -114,6 +116,10 @@ class RunLedger:
             return False
         self.alerts.append(alert.to_dict())
         return True
+
+    def note(self, kind: str, step: int, message: str, optimizer: int = 0) -> None:
+        """A notice (no alert: nothing fails on it) was said at ``step``."""
+        self.notices.append({"kind": kind, "step": step, "optimizer": optimizer, "message": message})
 
     def carry(self, alerts: Iterable[GradientAlert]) -> None:
         """A checkpoint brought these alerts; those this run did not record happened in the run it came from."""
@@ -133,5 +139,15 @@ class RunLedger:
                 self.fits[-1]["error"] = error
 
     def to_report(self) -> dict[str, Any]:
-        """The record's part of ``gradwatch.json``: ``fits``, ``alerts`` and ``earlier_alerts``."""
-        return {"fits": [dict(f) for f in self.fits], "alerts": list(self.alerts), "earlier_alerts": list(self.earlier)}
+        """The record's part of ``gradwatch.json``: ``fits``, ``alerts``, ``earlier_alerts`` and ``notices``."""
+        return {
+            "fits": [dict(f) for f in self.fits],
+            "alerts": list(self.alerts),
+            "earlier_alerts": list(self.earlier),
+            "notices": list(self.notices),
+        }
+
+
+def _records(items: Any) -> list[dict[str, Any]]:
+    """The records (dicts) of a list read back from ``gradwatch.json``, copied; anything else is dropped."""
+    return [dict(item) for item in items if isinstance(item, dict)] if isinstance(items, list) else []

@@ -223,7 +223,7 @@ class Session:
             return decision, Flags()
         self.ledger.saw(decision.step)
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
-        fit.output.record(decision)
+        fit.output.record(decision, lane.index)
         flags = host.reduce(decision.flags)
         clip = lane.settle(decision, flags, **where)
         fit.output.write_step(decision, lane, clip)

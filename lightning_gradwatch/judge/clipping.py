@@ -1,8 +1,9 @@
-"""Clipping policy: a step's clip threshold, fixed or learnt from the run's own gradient-norm history.
+"""Clipping policy: a step's clip threshold, fixed or learnt from the run's own gradient norms and training loss.
 
 Plain Python over floats. Deciding and scaling are separate, as in ``torch.nn.utils.clip_grad``: this module turns a
-step's total norm (already on the host, from the step's one statistics transfer) into a threshold and a coefficient;
-the actor (:mod:`lightning_gradwatch.act`) multiplies the gradients in place on their device.
+step's total norm and the training loss (already on the host, from the step's one statistics transfer) into a
+threshold and a coefficient; the actor (:mod:`lightning_gradwatch.act`) multiplies the gradients in place on their
+device.
 """
 
 from __future__ import annotations
@@ -12,18 +13,12 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_gradwatch._validation import check_int, check_number
 from lightning_gradwatch.config import ClipConfig
-from lightning_gradwatch.history import SortedWindow, pow10_or_inf
+from lightning_gradwatch.history import SortedWindow, Window, pow10_or_inf
 
-__all__ = ["LOW_QUANTILE", "TYPICAL_QUANTILE", "AdaptiveClipThreshold", "clip_coefficient"]
+__all__ = ["AdaptiveClipThreshold", "clip_coefficient", "clipping_notice"]
 
 _EPS = 1e-6  # torch's clip_grad_norm_ divides by total_norm + 1e-6
-#: the quantile of the window's log norms taken as the typical level (outliers, always high, do not reach it until
-#: they fill three quarters of the window)
-TYPICAL_QUANTILE = 0.25
-#: the spread is the distance from this quantile up to the typical level
-LOW_QUANTILE = 0.05
 
 
 def clip_coefficient(total_norm: float, max_norm: float) -> float:
@@ -43,57 +38,75 @@ def clip_coefficient(total_norm: float, max_norm: float) -> float:
 
 
 class AdaptiveClipThreshold:
-    """A clipping threshold learned from the run's own total-norm history, robust to frequent outliers.
+    """``clip="adaptive"``: outliers clipped to the norm of learning steps; optionally, a ceiling from the loss.
 
-    The rule works on ``log10(total norm)`` over a window of the last ``window`` steps, every finite step included.
-    Its *typical* level is the window's 25th percentile and its *spread* the distance from the 5th to the 25th
-    percentile: both come from the lower part of the distribution, which outliers (always high) do not reach until
-    they fill three quarters of the window. A step is an outlier when its norm exceeds
-    ``10 ** (typical + zscore * max(spread, min_spread))``; an outlier is scaled down to the typical norm (not merely
-    to the threshold: an outlier's direction is mostly the outlier's, so the less of it the better), and an ordinary
-    step is not touched. Clipping starts at the second step: during the first ``warmup_steps`` steps the margin
-    above the typical level is at least ``warmup_margin`` decades (only gross outliers are clipped while the history
-    is short). A lasting change of scale is followed once it fills three quarters of the window. ``max_norm``, when
-    given, is a fixed cap that applies on every step.
+    The threshold of a step is the outlier threshold, or (with ``use_loss``) the lower of two parts, both on
+    ``log10(total norm)``:
 
-    The price: a healthy run's own upper tail is clipped too, a few percent of its steps (up to 5% in the benchmark's
-    healthy cells, at no measurable cost there), and many more where rare large gradients are the signal itself (a
-    classifier near zero loss, whose few hard batches carry most of the gradient).
+    - **The outlier threshold.** Over the last ``window`` *learnt* norms (below), the *typical* level is their
+      ``quantile`` (25th percentile) and the *spread* the distance from their ``low_quantile`` (5th) up to it: both
+      sit in the lower part of the distribution, which outliers (always high) do not reach until they fill three
+      quarters of the window. The typical level is at least the lowest of the last ``short_window`` learnt norms, so
+      a model taking off (its norm up for good) is followed within that many steps. A step above ``typical +
+      zscore * max(spread, min_spread)`` is an outlier and is scaled down to the typical norm (an outlier's
+      direction is mostly the outlier's own: the less of it the better); any other step is held to the outlier
+      threshold. During the first ``warmup_steps`` the margin is at least ``warmup_margin`` decades.
+    - **The ceiling, from the training loss** (with ``use_loss``). The loss *level* is the ``loss_quantile`` of the
+      last ``loss_window`` losses: the clean batches' level, which batches with outliers (high losses) do not move.
+      Its first value is the run's starting point. The run *gets worse* when the level is ``worse_by`` above its
+      start, or ``worse_by`` above its best while having given back ``give_back`` of the progress made. Then, at
+      most every ``cut_every`` steps and only while the level keeps rising, the ceiling drops below the lower of the
+      step's norm and the outlier threshold, by a factor that grows with how much worse the loss got (``cut`` to
+      ``10 ** max_cut``), never below ``floor`` decades under the typical level. It rises by ``rise`` decades on
+      each step whose loss level is a new best, and is lifted once ``release`` decades above the outlier threshold.
 
-    Why not mean + z * std of the log norm (z-score clipping, as ZClip and this class's previous rule): when about
-    one batch in eight carries an outlier, the outliers' own share inflates the mean and the spread, so the
-    threshold climbs to let them through; and a warm-up that only watches lets the first ones reach the weights.
-    ``benchmarks/clipping_grid.py`` measures both on a grid of outlier rates, magnitudes, optimizers and tasks.
+    A norm is *learnt* only on steps where the run is not getting worse: a norm that grows with the loss, from the
+    first step on (a recurrent net whose gradients explode, a learning rate too high), never becomes the typical
+    level. That is the memory the failure cannot rewrite; the ceiling is what holds such a run back.
 
-    The threshold is a deterministic function of the total-norm history, which is identical on every rank, so all
-    ranks clip alike without communicating. The state is the window (``state_dict``), so a resumed run continues.
+    A ceiling in force for ``notice_steps`` steps in a row is said once (:attr:`notice_due`): the loss got worse and
+    clipping has been holding the run back since; clipping hides such a failure, it does not fix it.
+
+    Inputs per step: the total norm (before clipping) and the training loss the judge is given (this step's or the
+    previous step's: the rule judges levels over ``loss_window`` steps, so a step of lag does not matter). The
+    threshold is a deterministic function of their history: every rank computes the same one, without communicating,
+    when the loss is the same on every rank. The state (:meth:`state_dict`) is plain values, so a resumed run
+    continues with the threshold it had. ``max_norm``, when given, is a fixed cap on every step.
 
     Args:
-        zscore: how many spreads (5th to 25th percentile of the log norm, in decades) above the typical level a
-            norm must be to be clipped.
-        warmup_steps: during this many first steps, the margin is at least ``warmup_margin``.
+        zscore: how many spreads above the typical level a norm must be to be an outlier.
+        warmup_steps: during this many first steps, the outlier margin is at least ``warmup_margin`` decades.
         max_norm: optional fixed cap applied on every step.
-        window: how many recent steps the statistics cover.
-        min_spread: floor of the spread, in decades, so a very steady run is not clipped at its ordinary level.
-        warmup_margin: the least margin, in decades, during warm-up (1.0: ten times the typical norm).
+        use_loss: add the ceiling a worsening loss lowers (off by default: on runs with noisy mini-batch losses an
+            early noisy rise can cut it and hold a healthy run back; never for runs whose loss rises by design,
+            such as a curriculum of harder batches).
+        **constants: the rule's constants by name (``window=50``): the fields of
+            :class:`~lightning_gradwatch.config.ClipConfig` that are no ``GradWatch`` argument, without their
+            ``clip_`` prefix, documented there.
 
     Raises:
-        TypeError: an argument of the wrong type (``window=2.5``).
-        ValueError: a value out of range (a ``zscore`` or ``max_norm`` that is not positive, a negative
-            ``min_spread``).
+        TypeError: an argument of the wrong type (``window=2.5``), or a constant the rule does not have.
+        ValueError: a value out of range (a ``zscore`` or ``max_norm`` that is not positive).
 
     Example:
         >>> clip = AdaptiveClipThreshold()
         >>> clip.threshold()  # nothing seen yet
         inf
         >>> for norm in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95] * 5:
-        ...     _ = clip.update(norm)
+        ...     _ = clip.update(norm, loss=1.0)
         >>> round(clip.threshold(), 2)  # typical norm 0.95 (25th percentile), times 10 ** (3 * 0.1)
         1.9
-        >>> clip.update(1000.0)  # an outlier is scaled down to the typical norm
+        >>> clip.update(1000.0, loss=1.0)  # an outlier is scaled down to the typical norm
         0.95
-        >>> round(clip.update(1.2), 2)  # an ordinary step is left alone: the threshold it was held to
+        >>> round(clip.update(1.2, loss=1.0), 2)  # an ordinary step is left alone: the threshold it was held to
         1.9
+        >>> guarded = AdaptiveClipThreshold(use_loss=True)
+        >>> for norm in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95] * 5:
+        ...     _ = guarded.update(norm, loss=1.0)
+        >>> for _ in range(10):  # the loss doubles: once its level has, the ceiling drops below the norm, by 3x
+        ...     ceiling = guarded.update(1.0, loss=2.0)
+        >>> round(ceiling, 2)
+        0.33
     """
 
     def __init__(
@@ -101,72 +114,229 @@ class AdaptiveClipThreshold:
         zscore: float = ClipConfig.clip_zscore,
         warmup_steps: int = ClipConfig.clip_warmup_steps,
         max_norm: float | None = ClipConfig.clip_max_norm,
-        window: int = 100,
-        min_spread: float = 0.1,
-        warmup_margin: float = 1.0,
+        use_loss: bool = ClipConfig.clip_use_loss,
+        **constants: Any,
     ) -> None:
-        check_number("zscore", zscore)
-        check_int("warmup_steps", warmup_steps, minimum=0)
-        check_number("max_norm", max_norm, optional=True)
-        check_int("window", window, minimum=1)
-        check_number("min_spread", min_spread, zero=True)
-        check_number("warmup_margin", warmup_margin, zero=True)
-        self.zscore = zscore
-        self.warmup_steps = warmup_steps
-        self.max_norm = max_norm
-        self.window = window
-        self.min_spread = min_spread
-        self.warmup_margin = warmup_margin
-        self.steps = 0  # finite, non-zero norms learnt
-        self._window = SortedWindow(window)  # their log10, the last `window` of them
+        known = ClipConfig().constants()
+        unknown = sorted(set(constants) - set(known))
+        if unknown:
+            raise TypeError(f"AdaptiveClipThreshold has no constant {', '.join(unknown)}; it has {', '.join(known)}")
+        prefix = ClipConfig.PREFIX
+        try:
+            #: every setting of the rule, checked once (``settings.constants()``: the constants)
+            self.settings = ClipConfig(
+                clip=ClipConfig.ADAPTIVE,
+                clip_zscore=zscore,
+                clip_warmup_steps=warmup_steps,
+                clip_max_norm=max_norm,
+                clip_use_loss=use_loss,
+                **{prefix + name: value for name, value in constants.items()},
+            )
+        except (TypeError, ValueError) as err:  # named as this class takes them: `zscore`, not `clip_zscore`
+            raise type(err)(str(err).replace(f"`{prefix}", "`")) from None
+        c = self.settings
+        self.zscore, self.warmup_steps, self.max_norm, self.use_loss = zscore, warmup_steps, max_norm, use_loss
+        self._c = c.constants()
+        self.steps = 0  # finite, non-zero norms seen
+        self._norms = SortedWindow(c.clip_window)  # learnt log10 norms: the last `window` of them
+        self._recent = Window(c.clip_short_window)  # the last `short_window` learnt log10 norms
+        self._losses = SortedWindow(c.clip_loss_window)  # the last `loss_window` finite losses
+        self.first_level: float | None = None  # the loss level when it was first known
+        self.best_level = math.inf
+        self.level = math.nan  # the loss level now
+        self._level_at_cut = -math.inf  # the loss level at the last cut, while the run stays worse
+        self.ceiling = math.inf  # log10 norm; inf: not in force
+        self._since_cut = 0
+        self.ceiling_steps = 0  # consecutive steps the ceiling has been in force
+        self.noticed = False  # the notice was due once (it is said once per run)
+        self.notice_due = False  # the notice is due at the step just learnt
 
+    @classmethod
+    def from_config(cls, settings: ClipConfig) -> AdaptiveClipThreshold:
+        """The rule with a configuration's settings and constants.
+
+        Example:
+            >>> AdaptiveClipThreshold.from_config(ClipConfig(clip="adaptive", clip_window=50)).settings.clip_window
+            50
+        """
+        return cls(
+            settings.clip_zscore,
+            settings.clip_warmup_steps,
+            settings.clip_max_norm,
+            settings.clip_use_loss,
+            **settings.constants(),
+        )
+
+    # ------------------------------------------------------------------ the outlier threshold
     def _levels(self) -> tuple[float, float]:
-        """(typical, threshold) as log10 norms; ``inf`` before any norm is known."""
-        if not len(self._window):
+        """(typical, outlier threshold) as log10 norms; ``inf`` before any norm is learnt."""
+        if not len(self._norms):
             return math.inf, math.inf
-        typical = self._window.quantile(TYPICAL_QUANTILE)
-        margin = self.zscore * max(typical - self._window.quantile(LOW_QUANTILE), self.min_spread)
+        c = self._c
+        typical = self._norms.quantile(c["quantile"])
+        spread = typical - self._norms.quantile(c["low_quantile"])
+        if len(self._recent) >= c["short_window"]:  # a level every recent step reached: a model taking off
+            typical = max(typical, min(self._recent))
+        margin = self.zscore * max(spread, c["min_spread"])
         if self.steps < self.warmup_steps:
-            margin = max(margin, self.warmup_margin)
+            margin = max(margin, c["warmup_margin"])
         return typical, typical + margin
+
+    # ------------------------------------------------------------------ the loss
+    def _observe(self, loss: float | None) -> tuple[bool, bool]:
+        """Learn the loss; (the run is getting worse, the loss level is a new best)."""
+        if loss is None or not self.use_loss or math.isnan(loss):
+            return False, False
+        if not math.isfinite(loss):  # an overflowing loss is as bad as it gets
+            return self.first_level is not None, False
+        c = self._c
+        self._losses.append(loss)
+        if len(self._losses) < min(c["first_losses"], c["loss_window"]):
+            return False, False
+        self.level = level = self._losses.quantile(c["loss_quantile"])
+        if self.first_level is None:
+            self.first_level = level
+        first, new_best = self.first_level, level < self.best_level
+        best = self.best_level = min(self.best_level, level)
+        by = c["worse_by"]
+        worse = level > first + by * abs(first) or (
+            level > best + by * abs(best) and level > best + c["give_back"] * (first - best)
+        )
+        return worse, new_best
+
+    def _lower_ceiling(self, x: float, limit: float, typical: float) -> None:
+        """The run got worse: the ceiling drops below this step's norm (or the outlier threshold, if lower)."""
+        c = self._c
+        reference = min(self.best_level, self.first_level if self.first_level is not None else self.best_level)
+        depth = math.log10(self.level / reference) if reference > 0 and self.level > 0 else 0.0
+        cut = min(max(math.log10(c["cut"]), depth), c["max_cut"])
+        self.ceiling = min(self.ceiling, x, limit) - cut
+        if math.isfinite(typical):
+            self.ceiling = max(self.ceiling, typical - c["floor"])
+        self._since_cut, self._level_at_cut = 0, self.level
+
+    # ------------------------------------------------------------------ a step
+    def update(self, total_norm: float, loss: float | None = None) -> float:
+        """Learn one step; returns the threshold that applies to it (the norm to clip it to).
+
+        For an outlier that is the typical norm, for any other step the outlier threshold; either way at most the
+        ceiling and ``max_norm``. Non-finite and zero norms are not learnt.
+
+        Args:
+            total_norm: the step's total gradient norm, before clipping.
+            loss: the training loss the judge is given (``None`` or NaN: not known; the ceiling then stays as it
+                is).
+        """
+        worse, new_best = self._observe(loss)
+        typical, limit = self._levels()
+        finite = math.isfinite(total_norm) and total_norm > 0
+        x = math.log10(total_norm) if finite else math.inf
+        self._move_ceiling(x, limit, typical, worse, new_best)
+        if finite:
+            self.steps += 1
+            if not worse:
+                self._norms.append(x)
+                self._recent.append(x)
+        self._count_ceiling()
+        threshold = math.inf if not len(self._norms) else typical if finite and x > limit else limit
+        return self._cap(min(threshold, self.ceiling))
+
+    def _move_ceiling(self, x: float, limit: float, typical: float, worse: bool, new_best: bool) -> None:
+        """Lower the ceiling on a worse step, raise it on a new best of the loss, lift it once far above the limit."""
+        c = self._c
+        self._since_cut += 1
+        if worse and math.isfinite(x) and self._since_cut > c["cut_every"] and self.level >= self._level_at_cut:
+            self._lower_ceiling(x, limit, typical)
+        elif new_best and math.isfinite(self.ceiling):
+            self.ceiling += c["rise"]
+            if self.ceiling > limit + c["release"]:
+                self.ceiling = math.inf
+        if not worse:
+            self._level_at_cut = -math.inf
+
+    def _count_ceiling(self) -> None:
+        self.ceiling_steps = self.ceiling_steps + 1 if math.isfinite(self.ceiling) else 0
+        self.notice_due = not self.noticed and self.ceiling_steps >= self._c["notice_steps"]
+        self.noticed = self.noticed or self.notice_due
 
     def _cap(self, log_norm: float) -> float:
         threshold = pow10_or_inf(log_norm)
         return threshold if self.max_norm is None else min(threshold, self.max_norm)
 
     def threshold(self) -> float:
-        """The total norm above which the next step is clipped (``inf`` before the first step, without a cap)."""
-        return self._cap(self._levels()[1])
+        """The norm the next step is held to unless it is an outlier (``inf`` before the first step, without a cap)."""
+        return self._cap(min(self._levels()[1], self.ceiling))
 
-    def update(self, total_norm: float) -> float:
-        """Learn from one step's total norm; returns the threshold that applies to it (the norm to clip it to).
-
-        For an outlier that is the typical norm, for any other step the outlier threshold (or ``max_norm``, if lower).
-        Non-finite and zero norms are not learnt.
-        """
-        typical, limit = self._levels()
-        if not math.isfinite(total_norm) or total_norm <= 0:
-            return self._cap(limit)
-        x = math.log10(total_norm)
-        self.steps += 1
-        self._window.append(x)
-        return self._cap(typical if x > limit else limit)
-
+    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Plain values that let a resumed run continue with the same threshold."""
-        return {"steps": self.steps, "log_norms": list(self._window)}
+        return {
+            "steps": self.steps,
+            "log_norms": list(self._norms),
+            "losses": list(self._losses),
+            "first_level": self.first_level,
+            "best_level": self.best_level,
+            "level": self.level,
+            "level_at_cut": self._level_at_cut,
+            "ceiling": self.ceiling,
+            "since_cut": self._since_cut,
+            "ceiling_steps": self.ceiling_steps,
+            "noticed": self.noticed,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output; missing keys keep their defaults.
 
-        A state saved by the previous rule (``mean`` and ``var`` of the log norm) becomes a window of evenly spaced
-        quantiles of that normal distribution, so an older checkpoint resumes near the threshold it had.
+        A state saved by an earlier rule loads: the previous adaptive rule's window of log norms (``steps``,
+        ``log_norms``) becomes the learnt norms, with no loss history (the ceiling starts lifted); the rule before it
+        (``mean`` and ``var`` of the log norm) becomes a window of evenly spaced quantiles of that normal
+        distribution, so an older checkpoint resumes near the threshold it had.
         """
         self.steps = int(state.get("steps", 0))
         log_norms = state.get("log_norms")
         if log_norms is None and "mean" in state and self.steps > 0:
             mean, std = float(state["mean"]), math.sqrt(max(float(state.get("var", 0.0)), 0.0))
-            count = min(self.steps, self.window)
+            count = min(self.steps, self.settings.clip_window)
             normal = statistics.NormalDist()
             log_norms = [mean + std * normal.inv_cdf((i + 0.5) / count) for i in range(count)]
-        self._window = SortedWindow(self.window, (float(x) for x in log_norms or () if math.isfinite(float(x))))
+        learnt = [float(x) for x in log_norms or () if math.isfinite(float(x))]
+        self._norms = SortedWindow(self.settings.clip_window, learnt)
+        # the last learnt norms, in their order (none from quantiles standing for the mean + std rule's state)
+        self._recent = Window(self.settings.clip_short_window, learnt if "log_norms" in state else ())
+        self._losses = SortedWindow(self.settings.clip_loss_window, (float(x) for x in state.get("losses", ())))
+        first = state.get("first_level")
+        self.first_level = None if first is None else float(first)
+        self.best_level = float(state.get("best_level", math.inf))
+        self.level = float(state.get("level", math.nan))
+        self._level_at_cut = float(state.get("level_at_cut", -math.inf))
+        self.ceiling = float(state.get("ceiling", math.inf))
+        self._since_cut = int(state.get("since_cut", 0))
+        self.ceiling_steps = int(state.get("ceiling_steps", 0))
+        self.noticed = bool(state.get("noticed", False))
+        self.notice_due = False
+
+
+def clipping_notice(step: int, steps: int, vanilla_rnn: bool = False) -> str:
+    """What GradWatch says, once, when clipping has been holding back a run whose loss got worse.
+
+    Args:
+        step: the step it is said at.
+        steps: how many steps in a row the loss-driven ceiling has been in force.
+        vanilla_rnn: the model has a vanilla ``nn.RNN`` (the remedy names gated cells and the recurrent gain).
+
+    Example:
+        >>> clipping_notice(120, 50).split(":")[0]
+        'Clipping has held this run back for 50 steps (to step 120) because its training loss got worse'
+    """
+    remedy = "lower the learning rate (by 3-10x), or add a learning-rate warm-up"
+    if vanilla_rnn:
+        remedy += (
+            "; for the recurrent net, a gated cell (nn.LSTM or nn.GRU instead of nn.RNN) or recurrent weights"
+            " initialised with a gain below 1"
+        )
+    return (
+        f"Clipping has held this run back for {steps} steps (to step {step}) because its training loss got worse:"
+        ' clip="adaptive" lowered its ceiling and the loss has not recovered enough to lift it. The learning rate is'
+        f" likely too high for this model. Clipping hides such a failure, it does not fix it: {remedy}."
+        " GradWatch says this once per run; gradwatch.json lists it under `notices`."
+    )

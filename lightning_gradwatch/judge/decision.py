@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
 from lightning_gradwatch.config import WatchConfig
-from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient
+from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient, clipping_notice
 from lightning_gradwatch.judge.context import Verdict
 from lightning_gradwatch.judge.detector import GradientDetector
 from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, by_severity
@@ -62,6 +62,8 @@ class Decision:
         log: scalars are due at this step; ``histograms``: histograms are.
         overflow: an fp16 overflow the loss scaler skips by itself (not judged).
         scaled_nonfinite: a non-finite step under an fp16 loss scaler (counted as an overflow, judged or not).
+        notice: said once per run (not an alert): ``clip="adaptive"`` has been holding back a run whose loss got
+            worse for ``clip_notice_steps`` steps.
     """
 
     step: int
@@ -75,6 +77,7 @@ class Decision:
     histograms: bool = False
     overflow: bool = False
     scaled_nonfinite: bool = False
+    notice: str | None = None
 
     @property
     def failure(self) -> GradientAlert | None:
@@ -111,10 +114,8 @@ class StepJudge:
         self.settings = settings
         self.index = index
         self.detector = GradientDetector(settings.detection, traits=traits, optimizer=index)
-        clipping = settings.clipping
-        self.clipper = AdaptiveClipThreshold(
-            zscore=clipping.clip_zscore, warmup_steps=clipping.clip_warmup_steps, max_norm=clipping.clip_max_norm
-        )
+        self.traits = traits or ModelTraits()
+        self.clipper = AdaptiveClipThreshold.from_config(settings.clipping)
         self._overflow_run = 0
         self._scaled_finite = False  # the run has had a finite step under the loss scaler
         self._weights_nonfinite = False
@@ -150,12 +151,14 @@ class StepJudge:
         alerts = tuple((a, respond(a.kind)) for a in verdict.alerts)
         alerts = tuple((a, r) for a, r in alerts if r != Response.IGNORE)
         flags = self._flags(verdict, alerts)
-        threshold = None
+        threshold = notice = None
         if not (flags.skip or flags.stop) and stats.finite:
-            threshold = self._clip_threshold(stats.total_norm, verdict)
+            threshold = self._clip_threshold(stats.total_norm, verdict, loss)
+            if self.clipper.notice_due and self.settings.clipping.adaptive:
+                notice = clipping_notice(step, self.clipper.ceiling_steps, self.traits.vanilla_rnn)
         health = self._health(verdict)
         return Decision(
-            step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite
+            step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite, notice
         )
 
     def _overflowed(self, stats: StepStats, scale: Callable[[], float] | None) -> bool:
@@ -184,12 +187,12 @@ class StepJudge:
         responses = {r for _, r in alerts}
         return Flags(skip=skip, stop=Response.STOP in responses, fail=Response.RAISE in responses)
 
-    def _clip_threshold(self, total_norm: float, verdict: Verdict) -> float | None:
-        """The threshold this step is clipped to, when clipping is configured (the adaptive one learns the norm)."""
+    def _clip_threshold(self, total_norm: float, verdict: Verdict, loss: float | None) -> float | None:
+        """The threshold this step is clipped to, when clipping is configured (the adaptive one learns from it)."""
         s = self.settings
         threshold = math.inf
         if s.clipping.adaptive:
-            threshold = self.clipper.update(total_norm)
+            threshold = self.clipper.update(total_norm, loss)
         elif s.clipping.fixed is not None:
             threshold = s.clipping.fixed
         if verdict.spike and s.responses.response(AlertKind.EXPLODING) == Response.CLIP:

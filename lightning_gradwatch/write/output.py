@@ -158,8 +158,13 @@ class RunOutput:
             )
 
     # ------------------------------------------------------------------ alerts
-    def record(self, decision: Decision) -> None:
-        """Keep the decision's alerts (bounded), write them, warn, and update the report."""
+    def record(self, decision: Decision, optimizer: int = 0) -> None:
+        """Keep the decision's alerts (bounded), write them, warn, and update the report; say its notice, if any."""
+        if decision.notice is not None:
+            self.ledger.note("clipping", decision.step, decision.notice, optimizer)
+            if self.is_global_zero:
+                warn(decision.notice)
+                self.write_report(RunStatus.RUNNING)
         for alert, response in decision.alerts:
             if self.ledger.record(alert):
                 self.alerts.append(alert)

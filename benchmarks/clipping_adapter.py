@@ -1,0 +1,77 @@
+"""The one place the clipping families benchmark touches the package: measuring, scaling, the shipped rules, GradWatch.
+
+Re-point these few names when the package's modules move; nothing else in ``clipping_families.py`` or
+``clipping_rules.py`` imports ``lightning_gradwatch``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lightning_gradwatch import GradWatch  # noqa: E402
+from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient  # noqa: E402
+from lightning_gradwatch.config import ClipConfig  # noqa: E402
+from lightning_gradwatch.detectors import DetectionConfig, GradientDetector  # noqa: E402
+from lightning_gradwatch.stats import GradientStats, StepStats  # noqa: E402
+
+__all__ = ["LOSS_OF_THIS_STEP", "Measure", "SpikeDetector", "StepStats", "adaptive", "constants", "gradwatch"]
+
+#: the loss GradWatch's judge is given at a step: this step's training loss (True), or the previous step's (False:
+#: the loss returned by ``training_step`` travels with the next step's statistics transfer)
+LOSS_OF_THIS_STEP = False
+
+
+class Measure:
+    """The package's per-step path: one fused measurement (one host transfer), then clipping on the device."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stats = GradientStats(model.named_parameters())
+
+    def collect(self) -> StepStats:
+        return self.stats.collect()
+
+    def clip_(self, total_norm: float, threshold: float) -> bool:
+        """Scale the gradients down to ``threshold`` (as ``clip_grad_norm_``); whether they were scaled."""
+        coefficient = clip_coefficient(total_norm, threshold)
+        if coefficient < 1.0:
+            self.stats.scale_(coefficient)
+            return True
+        return False
+
+
+def adaptive(**kwargs: Any) -> AdaptiveClipThreshold:
+    """``clip="adaptive"``: the package's rule, with GradWatch's defaults unless ``kwargs`` change a setting."""
+    return AdaptiveClipThreshold(**kwargs)
+
+
+def constants() -> dict[str, Any]:
+    """The package rule's constants and their defaults (names as ``adaptive`` takes them)."""
+    return ClipConfig().constants()
+
+
+class SpikeDetector:
+    """``on_exploding="clip"``: the exploding detector with GradWatch's defaults; spike steps go to its threshold."""
+
+    def __init__(self) -> None:
+        self.detector = GradientDetector(DetectionConfig())
+        self.step = 0
+
+    def threshold(self, stats: StepStats) -> float:
+        verdict = self.detector.update(self.step, stats)
+        self.step += 1
+        return verdict.spike_threshold if verdict.spike else math.inf
+
+
+def gradwatch(**kwargs: Any) -> Any:
+    """A GradWatch that only clips: every alert response is ``ignore``, logging sparse."""
+    responses = {"on_vanishing": "ignore", "on_exploding": "ignore", "on_nonfinite": "ignore", **kwargs}
+    return GradWatch(**responses, log_every_n_steps=50)
