@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -117,7 +118,9 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
     assert budget["pictures_left_out"] == 16 - len(pictures)
     assert len(messages) == 1, messages
     assert "gradient-flow pictures every" in messages[0]
-    assert ours == []  # an information, not a GradientWarning
+    # spacing pictures out is an information, not a GradientWarning (on a loaded machine the explicit histograms
+    # alone may break the budget, and that one is said)
+    assert not [w for w in ours if "picture" in w]
 
 
 @pytest.fixture
@@ -195,7 +198,14 @@ def test_short_run_gets_pictures_spread_over_it(tmp_path, monkeypatch):
     budget = _report(trainer)["budget"]
     assert budget["run_steps"] == 64
     assert budget["pictures_floor"]["pictures_every_n_steps"] == budget["pictures_every_n_steps"] == 8  # 64 / 8
-    assert pictures == [0, 8, 16, 24, 32, 40, 48, 56, 60]  # and the last histogram step's, at the end of the fit
+    # about 8 sets spread over the run, the first step's and the last histogram step's among them (drawn at the end
+    # of the fit). Where the grid starts depends on when the first picture's drawing time becomes known (while the
+    # first set is still being drawn, the next histogram step may start one): [0, 8, ..., 56, 60] or [0, 4, 12, ...].
+    assert pictures[0] == 0
+    assert pictures[-1] == 60
+    assert MIN_PICTURES <= len(pictures) <= MIN_PICTURES + 2
+    gaps = [b - a for a, b in itertools.pairwise(pictures)]
+    assert all(4 <= gap <= 8 for gap in gaps), pictures
     assert [i.step for i in acc.Images("gradwatch/gradient_heatmap")] == pictures[1:]
     assert budget["pictures_left_out"] == 16 - len(pictures)
     assert budget["pictures_floor"] == {"pictures": MIN_PICTURES, "seconds": 60.0, "pictures_every_n_steps": 8}
