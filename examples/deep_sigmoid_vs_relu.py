@@ -7,7 +7,7 @@ What it shows (300 steps, the default):
 
 - ``sigmoid``: every sigmoid multiplies the backward signal by at most 0.25, so the first layers' gradients shrink to
   about 1e-8 of the last layer's. GradWatch raises a *vanishing* alert at step 19 that names them (``net.0, net.2,
-  net.4, net.6``) and lists the remedies; the net stays at chance, 25% accuracy.
+  net.4, net.6, net.8``) and lists the remedies; the net stays at chance, 25% accuracy.
 - ``relu_batchnorm``: no alert, 100% accuracy.
 
 Accuracy is ``torchmetrics`` ``MulticlassAccuracy`` over the training data after training, printed side by side and
