@@ -35,7 +35,16 @@ from clipping_rules import ABLATIONS, CANDIDATES, OURS, PEERS, PREVIOUS, USE_LOS
 from clipping_run import Result, train, train_with_trainer
 
 TRACED = ("none", PREVIOUS, OURS)
-INTS = ("window", "warmup_steps", "short_window", "loss_window", "first_losses", "cut_every", "notice_steps")
+INTS = (
+    "window",
+    "warmup_steps",
+    "short_window",
+    "loss_window",
+    "first_losses",
+    "cut_every",
+    "notice_steps",
+    "norm_window",
+)
 SHOWN = (
     "none",
     "ZClip defaults",

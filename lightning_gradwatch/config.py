@@ -167,6 +167,12 @@ class ClipConfig(ConfigGroup):
         clip_worse_by: the loss gets *worse* when its level is this much (relative) above its first level, or
             this much above its best level while also having given back ``clip_give_back`` of the progress made.
         clip_give_back: see ``clip_worse_by``.
+        clip_norm_rise: ... and only while the gradient norm (before clipping) is up too: the lowest of the last
+            ``clip_norm_window`` norms this many decades above the norm at the reference (at the first loss level:
+            the lowest of the last ``clip_norm_window`` norms then; at the best: the median of the last
+            ``clip_loss_window`` norms then). A divergence raises the loss and the norm together; a noisy mini-batch
+            loss over a flat norm is not worse.
+        clip_norm_window: see ``clip_norm_rise``.
         clip_cut: the least factor a worsening loss lowers the ceiling by (below the step's norm and the outlier
             threshold); the cut deepens with how much worse the loss got, ...
         clip_max_cut: ... up to this many decades at once.
@@ -198,6 +204,8 @@ class ClipConfig(ConfigGroup):
     clip_first_losses: int = setting(3, integer(minimum=1), argument=False)
     clip_worse_by: float = setting(0.1, number(zero=True), argument=False)
     clip_give_back: float = setting(0.5, fraction, argument=False)
+    clip_norm_rise: float = setting(0.3, number(zero=True), argument=False)
+    clip_norm_window: int = setting(3, integer(minimum=1), argument=False)
     clip_cut: float = setting(3.0, above_one, argument=False)
     clip_max_cut: float = setting(2.0, number(), argument=False)
     clip_cut_every: int = setting(3, integer(minimum=1), argument=False)

@@ -54,7 +54,9 @@ class AdaptiveClipThreshold:
     - **The ceiling, from the training loss** (with ``use_loss``). The loss *level* is the ``loss_quantile`` of the
       last ``loss_window`` losses: the clean batches' level, which batches with outliers (high losses) do not move.
       Its first value is the run's starting point. The run *gets worse* when the level is ``worse_by`` above its
-      start, or ``worse_by`` above its best while having given back ``give_back`` of the progress made. Then, at
+      start, or ``worse_by`` above its best while having given back ``give_back`` of the progress made, and the
+      gradient norm has risen with it (the lowest of the last ``norm_window`` norms ``norm_rise`` decades above the
+      norm at that start or best): a noisy mini-batch loss over a flat norm is not a worse run. Then, at
       most every ``cut_every`` steps and only while the level keeps rising, the ceiling drops below the lower of the
       step's norm and the outlier threshold, by a factor that grows with how much worse the loss got (``cut`` to
       ``10 ** max_cut``), never below ``floor`` decades under the typical level. It rises by ``rise`` decades on
@@ -103,10 +105,14 @@ class AdaptiveClipThreshold:
         >>> guarded = AdaptiveClipThreshold(use_loss=True)
         >>> for norm in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95] * 5:
         ...     _ = guarded.update(norm, loss=1.0)
-        >>> for _ in range(10):  # the loss doubles: once its level has, the ceiling drops below the norm, by 3x
+        >>> for _ in range(10):  # the loss doubles over a flat norm: batch-loss noise, not a worse run
         ...     ceiling = guarded.update(1.0, loss=2.0)
+        >>> round(ceiling, 2)  # the outlier threshold, no ceiling
+        1.94
+        >>> for _ in range(4):  # the norm rises too (0.4 decade), 3 steps in a row: the ceiling drops below the
+        ...     ceiling = guarded.update(2.5, loss=2.0)  # outlier threshold, by 3x
         >>> round(ceiling, 2)
-        0.33
+        0.67
     """
 
     def __init__(
@@ -141,8 +147,11 @@ class AdaptiveClipThreshold:
         self._norms = SortedWindow(c.clip_window)  # learnt log10 norms: the last `window` of them
         self._recent = Window(c.clip_short_window)  # the last `short_window` learnt log10 norms
         self._losses = SortedWindow(c.clip_loss_window)  # the last `loss_window` finite losses
+        self._loss_norms = Window(c.clip_loss_window)  # the last `loss_window` finite log10 norms (all steps)
         self.first_level: float | None = None  # the loss level when it was first known
         self.best_level = math.inf
+        self.first_norm_level = math.nan  # the norm level when the loss level was first known
+        self.best_norm_level = math.nan  # the norm level at the best loss level
         self.level = math.nan  # the loss level now
         self._level_at_cut = -math.inf  # the loss level at the last cut, while the run stays worse
         self.ceiling = math.inf  # log10 norm; inf: not in force
@@ -183,8 +192,10 @@ class AdaptiveClipThreshold:
         return typical, typical + margin
 
     # ------------------------------------------------------------------ the loss
-    def _observe(self, loss: float | None) -> tuple[bool, bool]:
-        """Learn the loss; (the run is getting worse, the loss level is a new best)."""
+    def _observe(self, loss: float | None, x: float) -> tuple[bool, bool]:
+        """Learn the loss and the log norm ``x``; (the run is getting worse, the loss level is a new best)."""
+        if self.use_loss and math.isfinite(x):
+            self._loss_norms.append(x)
         if loss is None or not self.use_loss or math.isnan(loss):
             return False, False
         if not math.isfinite(loss):  # an overflowing loss is as bad as it gets
@@ -194,15 +205,39 @@ class AdaptiveClipThreshold:
         if len(self._losses) < min(c["first_losses"], c["loss_window"]):
             return False, False
         self.level = level = self._losses.quantile(c["loss_quantile"])
+        norm = self._norm_level(start=self.first_level is None, new_best=level < self.best_level)
         if self.first_level is None:
             self.first_level = level
-        first, new_best = self.first_level, level < self.best_level
-        best = self.best_level = min(self.best_level, level)
+        new_best = level < self.best_level
+        self.best_level = min(self.best_level, level)
+        return self._worse(level, norm), new_best
+
+    def _worse(self, level: float, norm: float) -> bool:
+        """The loss level is worse than at the start or at the best, and the norm has risen since then."""
+        c, first, best = self._c, self.first_level, self.best_level
+        assert first is not None
         by = c["worse_by"]
-        worse = level > first + by * abs(first) or (
-            level > best + by * abs(best) and level > best + c["give_back"] * (first - best)
-        )
-        return worse, new_best
+        above_first = level > first + by * abs(first) and self._risen(norm, self.first_norm_level)
+        above_best = level > best + by * abs(best) and level > best + c["give_back"] * (first - best)
+        return above_first or (above_best and self._risen(norm, self.best_norm_level))
+
+    def _norm_level(self, start: bool, new_best: bool) -> float:
+        """The norm's level now: a level each of the last ``norm_window`` steps reached.
+
+        Kept as the reference at the start (the lowest of the first norms: a norm rising from step 1 counts) and, as
+        the median norm, at a new best of the loss (the typical norm then, not one low draw of a noisy run's norm).
+        """
+        norms = list(self._loss_norms)
+        norm = min(norms[-self._c["norm_window"] :], default=math.nan)
+        if start:
+            self.first_norm_level = norm
+        if new_best:
+            self.best_norm_level = statistics.median(norms) if norms else math.nan
+        return norm
+
+    def _risen(self, norm: float, reference: float) -> bool:
+        """The norm is ``norm_rise`` above the reference (or either is not known: a state kept before the norm was)."""
+        return not norm <= reference + self._c["norm_rise"]
 
     def _lower_ceiling(self, x: float, limit: float, typical: float) -> None:
         """The run got worse: the ceiling drops below this step's norm (or the outlier threshold, if lower)."""
@@ -227,10 +262,10 @@ class AdaptiveClipThreshold:
             loss: the training loss the judge is given (``None`` or NaN: not known; the ceiling then stays as it
                 is).
         """
-        worse, new_best = self._observe(loss)
-        typical, limit = self._levels()
         finite = math.isfinite(total_norm) and total_norm > 0
         x = math.log10(total_norm) if finite else math.inf
+        worse, new_best = self._observe(loss, x)
+        typical, limit = self._levels()
         self._move_ceiling(x, limit, typical, worse, new_best)
         if finite:
             self.steps += 1
@@ -276,6 +311,9 @@ class AdaptiveClipThreshold:
             "losses": list(self._losses),
             "first_level": self.first_level,
             "best_level": self.best_level,
+            "loss_norms": list(self._loss_norms),
+            "first_norm_level": _known(self.first_norm_level),
+            "best_norm_level": _known(self.best_norm_level),
             "level": self.level,
             "level_at_cut": self._level_at_cut,
             "ceiling": self.ceiling,
@@ -307,6 +345,9 @@ class AdaptiveClipThreshold:
         first = state.get("first_level")
         self.first_level = None if first is None else float(first)
         self.best_level = float(state.get("best_level", math.inf))
+        self._loss_norms = Window(self.settings.clip_loss_window, (float(x) for x in state.get("loss_norms", ())))
+        self.first_norm_level = _level(state.get("first_norm_level"))
+        self.best_norm_level = _level(state.get("best_norm_level"))
         self.level = float(state.get("level", math.nan))
         self._level_at_cut = float(state.get("level_at_cut", -math.inf))
         self.ceiling = float(state.get("ceiling", math.inf))
@@ -314,6 +355,15 @@ class AdaptiveClipThreshold:
         self.ceiling_steps = int(state.get("ceiling_steps", 0))
         self.noticed = bool(state.get("noticed", False))
         self.notice_due = False
+
+
+def _known(level: float) -> float | None:
+    """A level for the state: ``None`` while not known (a state compares equal to its reloaded copy)."""
+    return None if math.isnan(level) else level
+
+
+def _level(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def clipping_notice(step: int, steps: int, vanilla_rnn: bool = False) -> str:
