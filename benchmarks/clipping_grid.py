@@ -341,6 +341,30 @@ def train(cell: Cell, rule: Rule, epochs: int, data: Data | None = None) -> Resu
 
 
 # ---------------------------------------------------------------------------------------------------------- trainer
+def fit_one_epoch(module: Any, watch: Any, prefix: str) -> int:
+    """Fit ``module`` for one epoch on the CPU with ``watch`` as its only callback; the optimizer steps taken.
+
+    Quietly (no logger, checkpoint, summary, progress bar or warnings), in a temporary directory.
+    """
+    import lightning.pytorch as pl
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as root, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            devices=1,
+            default_root_dir=root,
+            logger=False,
+            callbacks=[watch],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+        )
+        trainer.fit(module)
+    return int(trainer.global_step)
+
+
 def train_with_trainer(cell: Cell, watch_kwargs: dict[str, Any], epochs: int) -> Result:
     """The same cell through a real Trainer with GradWatch: same weights, same batch order, same optimizer."""
     import lightning.pytorch as pl
@@ -368,20 +392,7 @@ def train_with_trainer(cell: Cell, watch_kwargs: dict[str, Any], epochs: int) ->
     module = Module()
     responses = {"on_vanishing": "ignore", "on_exploding": "ignore", "on_nonfinite": "ignore", **watch_kwargs}
     watch = GradWatch(**responses, log_every_n_steps=50)
-    with tempfile.TemporaryDirectory(prefix="gradwatch-grid-") as root, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            devices=1,
-            default_root_dir=root,
-            logger=False,
-            callbacks=[watch],
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-        )
-        trainer.fit(module)
+    fit_one_epoch(module, watch, "gradwatch-grid-")
     finite = all(bool(torch.isfinite(p).all()) for p in module.net.parameters())
     metric, acc = evaluate(cell, module.net, data) if finite else (math.nan, math.nan)
     clipped = watch.state_dict()["summary"]["events"].get("clipped_steps", 0)

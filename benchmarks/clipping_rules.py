@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import clipping_grid
 import torch
 from clipping_adapter import SpikeDetector, StepStats, adaptive
 from torch import nn
@@ -154,32 +155,19 @@ class Package(ThresholdRule):
 
 
 class MeanStdLog(ThresholdRule):
-    """The rule before it: 10 ** (mean + 2.5 std) of log10 norm (EMA 0.03), after a 25-step warm-up."""
+    """The rule before it: 10 ** (mean + 2.5 std) of log10 norm (EMA 0.03), after a 25-step warm-up.
+
+    The arithmetic is the grid's peer (``clipping_grid.MeanStdLog``), behind this interface.
+    """
 
     def __init__(self, zscore: float = 2.5, warmup_steps: int = 25, ema_decay: float = 0.03) -> None:
-        self.zscore, self.warmup, self.decay = zscore, warmup_steps, ema_decay
-        self.steps, self.mean, self.var = 0, 0.0, 0.0
+        self.rule = clipping_grid.MeanStdLog(zscore, warmup_steps, ema_decay)
 
     def update(self, total_norm: float, loss: float | None = None, layer_norms: Sequence[float] = (), stats=None):
-        threshold = math.inf
-        if self.steps >= max(self.warmup, 2):
-            std = max(math.sqrt(max(self.var, 0.0)), 0.02)
-            threshold = 10 ** min(self.mean + self.zscore * std, 300.0)
-        if not math.isfinite(total_norm) or total_norm <= 0:
-            return threshold
-        x = math.log10(min(total_norm, threshold))
-        self.steps += 1
-        delta = x - self.mean
-        if self.steps <= max(self.warmup, 2):
-            self.mean += delta / self.steps
-            self.var += (delta * (x - self.mean) - self.var) / self.steps
-        else:
-            self.mean += self.decay * delta
-            self.var = (1 - self.decay) * (self.var + self.decay * delta * delta)
-        return threshold
+        return self.rule.threshold(total_norm, stats)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "mean": self.mean, "var": self.var}
+        return {"steps": self.rule.steps, "mean": self.rule.mean, "var": self.rule.var}
 
 
 class SpikeClip(ThresholdRule):

@@ -9,14 +9,13 @@ the step's total norm and per-layer norms, and the training loss GradWatch's jud
 from __future__ import annotations
 
 import math
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from clipping_adapter import LOSS_OF_THIS_STEP, Measure, gradwatch
 from clipping_families import Setup
+from clipping_grid import fit_one_epoch
 from clipping_rules import ActingRule, Rule
 from torch import Tensor
 
@@ -136,19 +135,6 @@ def train_with_trainer(setup: Setup, watch_kwargs: dict[str, Any]) -> Result:
 
     module = Module()
     watch = gradwatch(**watch_kwargs)
-    with tempfile.TemporaryDirectory(prefix="gradwatch-families-") as root, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            devices=1,
-            default_root_dir=root,
-            logger=False,
-            callbacks=[watch],
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-        )
-        trainer.fit(module)
+    steps = fit_one_epoch(module, watch, "gradwatch-families-")
     clipped = int(watch.state_dict()["summary"]["events"].get("clipped_steps", 0))
-    return Result(setup.evaluate(module.net), int(trainer.global_step), clipped)
+    return Result(setup.evaluate(module.net), steps, clipped)
