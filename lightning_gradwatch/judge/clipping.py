@@ -232,7 +232,7 @@ class AdaptiveClipThreshold:
         if start:
             self.first_norm_level = norm
         if new_best:
-            self.best_norm_level = statistics.median(norms) if norms else math.nan
+            self.best_norm_level = self._loss_norms.median() if norms else math.nan
         return norm
 
     def _risen(self, norm: float, reference: float) -> bool:
