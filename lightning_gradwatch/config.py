@@ -180,8 +180,14 @@ class ClipConfig(ConfigGroup):
         clip_floor: the ceiling goes at most this many decades below the typical level.
         clip_rise: decades the ceiling rises on each step whose loss level is a new best ...
         clip_release: ... until it is this many decades above the outlier threshold, where it is lifted.
-        clip_notice_steps: a ceiling in force this many steps in a row is said once (a ``GradientWarning``, and
-            ``notices`` in ``gradwatch.json``): clipping is holding back a run whose loss got worse.
+        clip_notice_steps: clipping that hides a failing run is said once (a ``GradientWarning``, and ``notices``
+            in ``gradwatch.json``), judged over this many steps: a ceiling in force this many steps in a row (the
+            loss got worse and clipping is holding the run back), or, over the last this many steps, ...
+        clip_notice_share: ... at least this share of them clipped while the training loss did not fall (the median
+            of their second half not below ``clip_notice_stall`` times the median of their first half), ...
+        clip_notice_stall: see ``clip_notice_share``.
+        clip_notice_rise: ... or the norm of the clipped steps (before clipping) up this many decades from their
+            first half to their second (clipping keeps scaling down a norm that keeps growing).
 
     Example:
         >>> ClipConfig(clip="adaptive").constants()["floor"]
@@ -212,7 +218,10 @@ class ClipConfig(ConfigGroup):
     clip_floor: float = setting(1.0, number(zero=True), argument=False)
     clip_rise: float = setting(0.01, number(), argument=False)
     clip_release: float = setting(1.0, number(zero=True), argument=False)
-    clip_notice_steps: int = setting(50, integer(minimum=1), argument=False)
+    clip_notice_steps: int = setting(50, integer(minimum=2), argument=False)
+    clip_notice_share: float = setting(0.5, fraction, argument=False)
+    clip_notice_stall: float = setting(0.9, number(), argument=False)
+    clip_notice_rise: float = setting(1.0, number(), argument=False)
 
     ADAPTIVE: ClassVar[str] = "adaptive"
     PREFIX: ClassVar[str] = "clip_"

@@ -632,7 +632,7 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
     with pytest.warns(GradientWarning) as record:
         model, _watch, _trainer = _fit_rnn(tmp_path / "adaptive", clip="adaptive", clip_use_loss=True)
     assert finite_weights(model)
-    said = _gradwatch_warnings(record, "Clipping has held this run back")
+    said = _gradwatch_warnings(record, "Clipping hides such a failure")
     assert len(said) == 1
     assert "gated cell (nn.LSTM or nn.GRU" in said[0]
     path = tmp_path / "adaptive" / "lightning_logs" / "version_0" / "gradwatch.json"
@@ -643,6 +643,58 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
     assert main(["check", str(path.parent)]) == 1
     path.write_text(json.dumps({**report, "alerts": []}))  # the notice alone: no alert, the check passes
     assert main(["check", str(path.parent)]) == 0
+
+
+def test_the_notice_says_clipping_on_most_steps_of_a_run_that_does_not_learn():
+    """The default rule (no loss ceiling) says once when it scales down most steps while the loss does not fall."""
+    from lightning_gradwatch.judge.clipping import NOTICE_CLIPPING
+
+    clip, said = AdaptiveClipThreshold(), []
+    for step in range(200):
+        norm = 1.0 if step < 60 else (5.0 if step % 3 else 1.0)  # from step 60, two steps in three far above
+        clip.update(norm, loss=1.0)
+        if clip.notice_due:
+            said.append((step, clip.notice_reason, clip.notice(step)))
+    assert len(said) == 1
+    step, reason, text = said[0]
+    assert reason == NOTICE_CLIPPING
+    assert 90 <= step < 130
+    assert text.startswith("Clipping scaled down")
+    assert "of the last 50 steps" in text
+
+
+def test_the_notice_says_a_clipped_norm_that_keeps_rising():
+    from lightning_gradwatch.judge.clipping import NOTICE_RISING
+
+    clip, said = AdaptiveClipThreshold(), []
+    for step in range(200):
+        norm = 10 ** (0.04 * max(step - 40, 0))  # flat, then up 0.04 decade a step (clipped steps follow it up)
+        clip.update(norm, loss=1.0 / (1 + step))  # a falling loss: not "does not learn"
+        if clip.notice_due:
+            said.append((step, clip.notice_reason))
+    assert [reason for _, reason in said] == [NOTICE_RISING]
+
+
+def test_the_notice_stays_silent_on_a_learning_run_with_outliers():
+    clip = AdaptiveClipThreshold()
+    for step in range(400):
+        clip.update(100.0 if step % 4 == 0 else 1.0, loss=1.0 / (1 + step))  # an outlier in one step of four
+        assert not clip.notice_due
+    assert not clip.noticed
+
+
+def test_the_notice_survives_a_checkpoint():
+    clip = AdaptiveClipThreshold()
+    for step in range(80):
+        clip.update(1.0 if step < 40 else 5.0 if step % 3 else 1.0, loss=1.0)
+    resumed = AdaptiveClipThreshold()
+    resumed.load_state_dict(clip.state_dict())
+    assert resumed.state_dict() == clip.state_dict()
+    for step in range(80, 160):
+        norm = 5.0 if step % 3 else 1.0
+        clip.update(norm, loss=1.0)
+        resumed.update(norm, loss=1.0)
+        assert resumed.notice_due == clip.notice_due
 
 
 @single_thread()

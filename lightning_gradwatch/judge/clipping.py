@@ -16,7 +16,18 @@ from typing import Any
 from lightning_gradwatch.config import ClipConfig
 from lightning_gradwatch.history import SortedWindow, Window, pow10_or_inf
 
-__all__ = ["AdaptiveClipThreshold", "clip_coefficient", "clipping_notice"]
+__all__ = [
+    "NOTICE_CEILING",
+    "NOTICE_CLIPPING",
+    "NOTICE_RISING",
+    "AdaptiveClipThreshold",
+    "clip_coefficient",
+    "clipping_notice",
+]
+
+#: why the notice was said: the loss-driven ceiling held the run back; clipping acted on most steps of a run whose
+#: loss did not fall; the norm clipping scales down kept rising
+NOTICE_CEILING, NOTICE_CLIPPING, NOTICE_RISING = "ceiling", "clipping", "rising"
 
 _EPS = 1e-6  # torch's clip_grad_norm_ divides by total_norm + 1e-6
 
@@ -66,8 +77,12 @@ class AdaptiveClipThreshold:
     first step on (a recurrent net whose gradients explode, a learning rate too high), never becomes the typical
     level. That is the memory the failure cannot rewrite; the ceiling is what holds such a run back.
 
-    A ceiling in force for ``notice_steps`` steps in a row is said once (:attr:`notice_due`): the loss got worse and
-    clipping has been holding the run back since; clipping hides such a failure, it does not fix it.
+    **The notice: clipping that hides a failing run** is said once (:attr:`notice_due`, :attr:`notice_reason`),
+    judged over the last ``notice_steps`` steps: the ceiling in force all of them (the loss got worse and clipping
+    has been holding the run back since); or at least ``notice_share`` of them clipped while the training loss did
+    not fall (the median of their second half not below ``notice_stall`` times that of their first half); or the
+    clipped steps' norm (before clipping) up ``notice_rise`` decades from the first half to the second. Clipping
+    hides such a failure, it does not fix it.
 
     Inputs per step: the total norm (before clipping) and the training loss the judge is given (this step's or the
     previous step's: the rule judges levels over ``loss_window`` steps, so a step of lag does not matter). The
@@ -159,6 +174,12 @@ class AdaptiveClipThreshold:
         self.ceiling_steps = 0  # consecutive steps the ceiling has been in force
         self.noticed = False  # the notice was due once (it is said once per run)
         self.notice_due = False  # the notice is due at the step just learnt
+        self.notice_reason = ""  # why it was due: NOTICE_CEILING, NOTICE_CLIPPING or NOTICE_RISING
+        self.notice_amount = 0.0  # ... and by how much: steps clipped, or decades the clipped norm rose
+        n = c.clip_notice_steps
+        self._clipped = Window(n)  # the last `notice_steps` steps: 1.0 clipped, 0.0 not
+        self._step_losses = Window(n)  # ... their training loss (NaN: not known)
+        self._step_norms = Window(n)  # ... their log10 norm before clipping
 
     @classmethod
     def from_config(cls, settings: ClipConfig) -> AdaptiveClipThreshold:
@@ -272,9 +293,12 @@ class AdaptiveClipThreshold:
             if not worse:
                 self._norms.append(x)
                 self._recent.append(x)
+        threshold = self._cap(
+            min(math.inf if not len(self._norms) else typical if finite and x > limit else limit, self.ceiling)
+        )
         self._count_ceiling()
-        threshold = math.inf if not len(self._norms) else typical if finite and x > limit else limit
-        return self._cap(min(threshold, self.ceiling))
+        self._watch_clipping(x, loss, finite and total_norm > threshold)
+        return threshold
 
     def _move_ceiling(self, x: float, limit: float, typical: float, worse: bool, new_best: bool) -> None:
         """Lower the ceiling on a worse step, raise it on a new best of the loss, lift it once far above the limit."""
@@ -291,12 +315,46 @@ class AdaptiveClipThreshold:
 
     def _count_ceiling(self) -> None:
         self.ceiling_steps = self.ceiling_steps + 1 if math.isfinite(self.ceiling) else 0
-        self.notice_due = not self.noticed and self.ceiling_steps >= self._c["notice_steps"]
-        self.noticed = self.noticed or self.notice_due
+        self._say(NOTICE_CEILING, self.ceiling_steps >= self._c["notice_steps"])
+
+    def _say(self, reason: str, due: bool) -> None:
+        self.notice_due = due and not self.noticed
+        if self.notice_due:
+            self.noticed, self.notice_reason = True, reason
+
+    def _watch_clipping(self, x: float, loss: float | None, clipped: bool) -> None:
+        """Keep the step (clipped, loss, norm); say the notice when clipping acts on a run that does not learn."""
+        self._clipped.append(1.0 if clipped else 0.0)
+        self._step_losses.append(math.nan if loss is None else float(loss))
+        self._step_norms.append(x)
+        c, n = self._c, len(self._clipped)
+        if self.noticed or n < c["notice_steps"]:
+            return
+        half, flags = n // 2, list(self._clipped)
+        if sum(flags) >= c["notice_share"] * n:
+            losses = list(self._step_losses)
+            early, late = _finite_median(losses[:half]), _finite_median(losses[half:])
+            self._say(NOTICE_CLIPPING, late >= c["notice_stall"] * early)  # False while a loss is not known
+            if self.notice_due:
+                self.notice_amount = sum(flags)
+                return
+        norms = list(self._step_norms)
+        early_norms = [v for v, f in zip(norms[:half], flags[:half]) if f and math.isfinite(v)]
+        late_norms = [v for v, f in zip(norms[half:], flags[half:]) if f and math.isfinite(v)]
+        if min(len(early_norms), len(late_norms)) >= half // 2:
+            rise = statistics.median(late_norms) - statistics.median(early_norms)
+            self._say(NOTICE_RISING, rise >= c["notice_rise"])
+            self.notice_amount = rise
 
     def _cap(self, log_norm: float) -> float:
         threshold = pow10_or_inf(log_norm)
         return threshold if self.max_norm is None else min(threshold, self.max_norm)
+
+    def notice(self, step: int, vanilla_rnn: bool = False) -> str:
+        """The notice's text, once it was due (:func:`clipping_notice` with this rule's reason and numbers)."""
+        reason = self.notice_reason or NOTICE_CEILING
+        steps = self.ceiling_steps if reason == NOTICE_CEILING else self._c["notice_steps"]
+        return clipping_notice(step, steps, vanilla_rnn, reason, self.notice_amount)
 
     def threshold(self) -> float:
         """The norm the next step is held to unless it is an outlier (``inf`` before the first step, without a cap)."""
@@ -320,6 +378,11 @@ class AdaptiveClipThreshold:
             "since_cut": self._since_cut,
             "ceiling_steps": self.ceiling_steps,
             "noticed": self.noticed,
+            "notice_reason": self.notice_reason,
+            "notice_amount": self.notice_amount,
+            "clipped": list(self._clipped),
+            "step_losses": list(self._step_losses),
+            "step_norms": list(self._step_norms),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -355,6 +418,18 @@ class AdaptiveClipThreshold:
         self.ceiling_steps = int(state.get("ceiling_steps", 0))
         self.noticed = bool(state.get("noticed", False))
         self.notice_due = False
+        self.notice_reason = str(state.get("notice_reason", NOTICE_CEILING if self.noticed else ""))
+        self.notice_amount = float(state.get("notice_amount", 0.0))
+        n = self.settings.clip_notice_steps
+        self._clipped = Window(n, (float(v) for v in state.get("clipped", ())))
+        self._step_losses = Window(n, (float(v) for v in state.get("step_losses", ())))
+        self._step_norms = Window(n, (float(v) for v in state.get("step_norms", ())))
+
+
+def _finite_median(values: list[float]) -> float:
+    """The median of the finite values (NaN when none is): a loss not known or overflowing does not count."""
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
 
 
 def _known(level: float) -> float | None:
@@ -366,17 +441,25 @@ def _level(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def clipping_notice(step: int, steps: int, vanilla_rnn: bool = False) -> str:
-    """What GradWatch says, once, when clipping has been holding back a run whose loss got worse.
+def clipping_notice(
+    step: int, steps: int, vanilla_rnn: bool = False, reason: str = NOTICE_CEILING, amount: float = 0.0
+) -> str:
+    """What GradWatch says, once, when clipping hides a failing run.
 
     Args:
         step: the step it is said at.
-        steps: how many steps in a row the loss-driven ceiling has been in force.
+        steps: over how many steps it was judged (for the ceiling: how many steps in a row it has been in force).
         vanilla_rnn: the model has a vanilla ``nn.RNN`` (the remedy names gated cells and the recurrent gain).
+        reason: :data:`NOTICE_CEILING`, :data:`NOTICE_CLIPPING` or :data:`NOTICE_RISING`.
+        amount: for ``NOTICE_CLIPPING`` the steps clipped, for ``NOTICE_RISING`` the decades the norm rose.
 
     Example:
         >>> clipping_notice(120, 50).split(":")[0]
         'Clipping has held this run back for 50 steps (to step 120) because its training loss got worse'
+        >>> clipping_notice(120, 50, reason=NOTICE_CLIPPING, amount=41).split(":")[0]
+        'Clipping scaled down 41 of the last 50 steps (to step 120) while the training loss did not fall'
+        >>> clipping_notice(120, 50, reason=NOTICE_RISING, amount=1.5).split(":")[0]
+        'The gradient norm clipping scales down rose 1.5 decades (32x) over the last 50 steps (to step 120)'
     """
     remedy = "lower the learning rate (by 3-10x), or add a learning-rate warm-up"
     if vanilla_rnn:
@@ -384,9 +467,22 @@ def clipping_notice(step: int, steps: int, vanilla_rnn: bool = False) -> str:
             "; for the recurrent net, a gated cell (nn.LSTM or nn.GRU instead of nn.RNN) or recurrent weights"
             " initialised with a gain below 1"
         )
+    if reason == NOTICE_CLIPPING:
+        what = (
+            f"Clipping scaled down {amount:.0f} of the last {steps} steps (to step {step}) while the training loss"
+            " did not fall: the threshold is doing the learning rate's work."
+        )
+    elif reason == NOTICE_RISING:
+        what = (
+            f"The gradient norm clipping scales down rose {amount:.1f} decades ({10**amount:.0f}x) over the last"
+            f" {steps} steps (to step {step}): the gradients are growing and clipping only holds the steps back."
+        )
+    else:
+        what = (
+            f"Clipping has held this run back for {steps} steps (to step {step}) because its training loss got"
+            ' worse: clip="adaptive" lowered its ceiling and the loss has not recovered enough to lift it.'
+        )
     return (
-        f"Clipping has held this run back for {steps} steps (to step {step}) because its training loss got worse:"
-        ' clip="adaptive" lowered its ceiling and the loss has not recovered enough to lift it. The learning rate is'
-        f" likely too high for this model. Clipping hides such a failure, it does not fix it: {remedy}."
-        " GradWatch says this once per run; gradwatch.json lists it under `notices`."
+        f"{what} The learning rate is likely too high for this model. Clipping hides such a failure, it does not fix"
+        f" it: {remedy}. GradWatch says this once per run; gradwatch.json lists it under `notices`."
     )

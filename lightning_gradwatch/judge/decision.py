@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
 from lightning_gradwatch.config import WatchConfig
-from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient, clipping_notice
+from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient
 from lightning_gradwatch.judge.context import Verdict
 from lightning_gradwatch.judge.detector import GradientDetector
 from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, by_severity
@@ -155,7 +155,7 @@ class StepJudge:
         if not (flags.skip or flags.stop) and stats.finite:
             threshold = self._clip_threshold(stats.total_norm, verdict, loss)
             if self.clipper.notice_due and self.settings.clipping.adaptive:
-                notice = clipping_notice(step, self.clipper.ceiling_steps, self.traits.vanilla_rnn)
+                notice = self.clipper.notice(step, self.traits.vanilla_rnn)
         health = self._health(verdict)
         return Decision(
             step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite, notice
