@@ -19,7 +19,7 @@ from typing import Any
 
 import clipping_grid
 import torch
-from clipping_adapter import SpikeDetector, StepStats, adaptive
+from clipping_adapter import Measure, SpikeDetector, StepStats, adaptive
 from torch import nn
 
 
@@ -230,6 +230,33 @@ class AGC(ActingRule):
         return norm
 
 
+class LayerWeightCap(ActingRule):
+    """The package's ``clip="adaptive"``, then each parameter tensor's gradient held to ``ratio`` times its weight norm
+    (AGC per tensor rather than per unit; eps 1e-3, every tensor, biases included): a research row, not shipped.
+
+    The weight norm is a scale the run's own gradient norms cannot give when they grow from the first step.
+    """
+
+    def __init__(self, ratio: float, eps: float = 1e-3) -> None:
+        self.rule, self.ratio, self.eps = Package(), ratio, eps
+        self.measure: Measure | None = None
+
+    @torch.no_grad()
+    def apply_(self, model: nn.Module) -> float:
+        if self.measure is None:
+            self.measure = Measure(model)
+        norm = self.measure.collect().total_norm
+        threshold = self.rule.update(norm)
+        if not math.isfinite(norm):
+            return norm
+        self.measure.clip_(norm, threshold)
+        for p in model.parameters():
+            if p.grad is not None:
+                limit = p.norm().clamp(min=self.eps) * self.ratio
+                p.grad.mul_((limit / p.grad.norm().clamp(min=1e-12)).clamp(max=1.0))
+        return norm
+
+
 Rule = ThresholdRule | ActingRule
 
 PREVIOUS = "percentiles (previous adaptive)"
@@ -279,4 +306,5 @@ for _spec in GRID:
     _name, _factory = ours(**{k: v for k, v in _spec.items() if v != adaptive().settings.constants()[k]})
     CANDIDATES[_name] = _factory
 USE_LOSS, _use_loss = ours(use_loss=True)  # the loss-driven ceiling, an option (clip_use_loss=True)
-ABLATIONS: dict[str, Callable[[], Rule]] = {USE_LOSS: _use_loss}
+WEIGHT_CAP = 'clip="adaptive" + layer cap 0.1x weight norm (not shipped)'
+ABLATIONS: dict[str, Callable[[], Rule]] = {USE_LOSS: _use_loss, WEIGHT_CAP: lambda: LayerWeightCap(0.1)}

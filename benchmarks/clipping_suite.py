@@ -31,7 +31,7 @@ import clipping_families as families
 import clipping_notice as notice
 import clipping_scores as scores
 from clipping_adapter import LOSS_OF_THIS_STEP
-from clipping_rules import ABLATIONS, CANDIDATES, OURS, PEERS, PREVIOUS, USE_LOSS, Rule, is_ours, ours
+from clipping_rules import ABLATIONS, CANDIDATES, OURS, PEERS, PREVIOUS, USE_LOSS, WEIGHT_CAP, Rule, is_ours, ours
 from clipping_run import Result, train, train_with_trainer
 
 TRACED = ("none", PREVIOUS, OURS)
@@ -58,6 +58,7 @@ SHOWN = (
     PREVIOUS,
     USE_LOSS,
     OURS,
+    WEIGHT_CAP,
 )
 
 # one cell per family through a real Trainer: GradWatch(clip=...) against the plain loop
@@ -124,7 +125,7 @@ def run_cells(
         report = scores.CellResults(cell)
         for name, factory in rules.items():
             key = f"{'quick' if quick else 'full'}|{cell.key}|{name}"
-            if is_ours(name):
+            if is_ours(name) or name in ABLATIONS:  # results that depend on the package's code
                 key += f"|{package_version()}"
             result = cache.get(key)
             if result is None:
