@@ -710,3 +710,67 @@ def test_adaptive_clip_says_nothing_on_a_healthy_run(tmp_path):
     assert _gradwatch_warnings(record, "Clipping has held") == []
     assert json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())["notices"] == []
     assert watch.state_dict()["clippers"]["0"]["ceiling"] == math.inf
+
+
+def _digits_with_outliers_module(seed: int = 0):
+    """scikit-learn's digits, an MLP 64-128-128-10 under SGD (lr 0.05, momentum 0.9, batch 32); 5% of the training
+    images multiplied by 50, so about four batches in five carry one (the issue's reported classifier)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).reshape(-1, 64) / 16.0
+    y = torch.tensor(data.target)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x), generator=g)
+    val, train = perm[:400], perm[400:]
+    x_train = x[train].clone()
+    x_train[torch.randperm(len(train), generator=g)[: len(train) // 20]] *= 50.0
+
+    class Digits(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(seed)
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(64, 128),
+                torch.nn.ReLU(),
+                torch.nn.Linear(128, 128),
+                torch.nn.ReLU(),
+                torch.nn.Linear(128, 10),
+            )
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+        def train_dataloader(self):
+            data = torch.utils.data.TensorDataset(x_train, y[train])
+            return torch.utils.data.DataLoader(
+                data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed)
+            )
+
+        def validation_loss(self) -> float:
+            with torch.no_grad():
+                return torch.nn.functional.cross_entropy(self.net(x[val]), y[val]).item()
+
+    return Digits()
+
+
+@single_thread()
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 24, not met: when most batches carry an outlier, the outlier level is the typical level the rule"
+    " learns, so clip='adaptive' ends several times above the best fixed threshold (benchmarks/clipping.py --part"
+    " families, cell issue/digits mlp 5% x50)",
+)
+def test_adaptive_clip_on_a_classifier_whose_batches_mostly_carry_outliers(tmp_path):
+    losses = {}
+    for name, clip in (("fixed 1", 1.0), ("adaptive", "adaptive")):
+        model = _digits_with_outliers_module()
+        watch = GradWatch(clip=clip, on_exploding="ignore", on_vanishing="ignore", on_nonfinite="ignore")
+        trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path / name, max_epochs=3))
+        trainer.fit(model)
+        assert finite_weights(model)
+        losses[name] = model.validation_loss()
+    assert losses["adaptive"] <= 2 * losses["fixed 1"], losses
