@@ -23,6 +23,7 @@ __all__ = [
     "ModelTraits",
     "RemedyCause",
     "alert_markdown",
+    "display_layer",
     "format_layers",
     "parse_alert_markdown",
     "remedies",
@@ -121,14 +122,30 @@ class GradientAlertError(RuntimeError):
         return (type(self), (self.alert,))
 
 
+def display_layer(name: str) -> str:
+    """A layer's name as a message shows it: a child of a bare container by its index (``model[0]``), else as is.
+
+    A model that is itself an ``nn.Sequential`` names its layers ``0``, ``2``, ...; in a sentence those read as
+    numbers, so they are shown the way the layer is reached in Python.
+
+    Example:
+        >>> display_layer("0"), display_layer("3.conv"), display_layer("net.0")
+        ('model[0]', 'model[3].conv', 'net.0')
+    """
+    head, dot, rest = name.partition(".")
+    return f"model[{head}]{dot}{rest}" if head.isdigit() else name
+
+
 def format_layers(layers: tuple[str, ...] | list[str], limit: int = 6) -> str:
-    """``a, b, c`` with a count of the rest when there are many.
+    """``a, b, c`` with a count of the rest when there are many (names as :func:`display_layer` shows them).
 
     Example:
         >>> format_layers(["l0", "l1", "l2"], limit=2)
         'l0, l1 (+1 more)'
+        >>> format_layers(["0", "2"])
+        'model[0], model[2]'
     """
-    shown = ", ".join(layers[:limit])
+    shown = ", ".join(display_layer(layer) for layer in layers[:limit])
     return shown if len(layers) <= limit else f"{shown} (+{len(layers) - limit} more)"
 
 

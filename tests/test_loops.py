@@ -101,6 +101,9 @@ def test_plain_loop_skips_a_nan_step_and_the_gate_fails(tmp_path):
         model, _, _ = _plain_loop(watch, tmp_path, nan_at=10)
     assert _finite(model)
     assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 10)]
+    # the layers of a bare nn.Sequential keep their names ("0", "2", "4") and read as Python reaches them
+    assert watch.alerts[0].layers == ("0", "2", "4")
+    assert "in model[0], model[2], model[4]." in watch.alerts[0].message
     assert [t.step for t in events(tmp_path).Tensors("gradwatch/alerts")] == [10]
     result = gradwatch("check", str(tmp_path))
     assert result.returncode == 1

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from typing_extensions import override
 
-from lightning_gradwatch.alerts import GradientAlert, format_layers
+from lightning_gradwatch.alerts import GradientAlert, display_layer, format_layers
 from lightning_gradwatch.history import Window, median
 from lightning_gradwatch.judge.context import LOSS_WINDOW, Context, Verdict
 from lightning_gradwatch.judge.rule import RuleWatch, VanishingRule
@@ -226,7 +226,7 @@ class Stall(VanishingRule):
         self, step: int, stats: StepStats, named: tuple[str, ...], depths: tuple[float, float], start: float
     ) -> GradientAlert:
         cfg, losses = self.config, self.ctx.losses
-        top_layer = stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)]
+        top_layer = display_layer(stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)])
         shallow, deepest = depths
         verb = "lies" if len(named) == 1 else "lie"
         how_deep = f"{deepest:.1f}" if round(shallow, 1) == round(deepest, 1) else f"{shallow:.1f} to {deepest:.1f}"
@@ -322,7 +322,7 @@ class Layers(VanishingRule):
 
     def _alert(self, step: int, layers: tuple[str, ...], ratio: float, stats: StepStats) -> GradientAlert:
         cfg = self.config
-        top_layer = stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)]
+        top_layer = display_layer(stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)])
         norms = dict(zip(stats.layers, stats.grad_norm))
         if all(norms.get(n, 1.0) == 0.0 for n in layers):
             message = (
