@@ -160,6 +160,10 @@ class ClipConfig(ConfigGroup):
             taking off, whose norm rises for good, is followed within this many steps).
         clip_warmup_margin: during the first ``clip_warmup_steps``, the least margin of the outlier threshold above
             the typical level, in decades (0.3: twice the typical norm).
+        clip_first_norms: the run's start is the lowest of its first this many learnt norms: a step no larger is
+            never clipped, and an outlier is scaled to the typical norm but not below it (steps the size of those
+            the run began with are safe, however far the recent norms have fallen: a classifier near zero loss,
+            whose rare hard batches carry its gradient); 0 turns this off.
         clip_loss_window: losses the loss level is taken over.
         clip_loss_quantile: the loss level is this quantile of the last ``clip_loss_window`` losses: the level of
             the clean batches, which batches with outliers (high losses) do not move until they fill most of it.
@@ -205,6 +209,7 @@ class ClipConfig(ConfigGroup):
     clip_min_spread: float = setting(0.1, number(zero=True), argument=False)
     clip_short_window: int = setting(20, integer(minimum=1), argument=False)
     clip_warmup_margin: float = setting(0.3, number(zero=True), argument=False)
+    clip_first_norms: int = setting(10, integer(minimum=0), argument=False)
     clip_loss_window: int = setting(10, integer(minimum=1), argument=False)
     clip_loss_quantile: float = setting(0.2, fraction, argument=False)
     clip_first_losses: int = setting(3, integer(minimum=1), argument=False)

@@ -774,3 +774,50 @@ def test_adaptive_clip_on_a_classifier_whose_batches_mostly_carry_outliers(tmp_p
         assert finite_weights(model)
         losses[name] = model.validation_loss()
     assert losses["adaptive"] <= 2 * losses["fixed 1"], losses
+
+
+def test_steps_the_size_of_the_runs_first_ones_are_never_clipped():
+    """Near zero loss the easy batches' norms fall by decades; a hard batch as large as the run's first steps is no
+    outlier, and a real outlier is scaled down to the start, not to the easy batches' typical norm."""
+    clip = AdaptiveClipThreshold()
+    for step in range(10):
+        clip.update(1.0 + 0.1 * step, loss=1.0)  # the start: the lowest of the first 10 norms, 1.0
+    for step in range(200):
+        clip.update(10 ** (-3 - (step % 5) * 0.05), loss=1e-4)  # then the easy batches, 3 decades lower
+    typical, limit = clip._levels()
+    assert 10**typical < 1.5e-3  # the typical norm follows the easy batches...
+    assert limit == pytest.approx(0.0)  # ... the threshold does not go below the start (10 ** 0)
+    assert clip.update(0.8, loss=1e-4) >= 1.0  # a hard batch no larger than the start is left alone
+    assert clip.update(500.0, loss=1e-4) == pytest.approx(1.0)  # an outlier is scaled to the start, not to 1e-3
+
+
+def test_the_start_is_kept_in_the_checkpoint_and_unknown_in_an_older_one():
+    clip = AdaptiveClipThreshold()
+    for step in range(30):
+        clip.update(2.0 + step, loss=1.0)
+    state = clip.state_dict()
+    assert state["first_norms"] == pytest.approx([math.log10(2.0 + s) for s in range(10)])
+    resumed = AdaptiveClipThreshold()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+    older = AdaptiveClipThreshold()
+    older.load_state_dict({k: v for k, v in state.items() if k != "first_norms"})
+    assert older.state_dict()["first_norms"] is None  # not guessed from later norms: no start, as before
+
+
+@single_thread()
+@pytest.mark.parametrize("seed", [0, 1])
+def test_adaptive_clip_leaves_a_classifier_near_zero_loss_alone(tmp_path, seed):
+    """A deep ReLU + BatchNorm classifier trained to near-zero loss (the issue's healthy case): its rare hard batches
+    carry the gradient; clip="adaptive" must not end above 1.1x the training loss of no clipping."""
+    from examples.harness import train_demo
+    from lightning_gradwatch.demos import DeepMLP
+
+    final = {}
+    for name, clip in (("none", None), ("adaptive", "adaptive")):
+        model = DeepMLP("relu", batchnorm=True, seed=seed)
+        watch = GradWatch(clip=clip, on_exploding="warn", on_vanishing="warn", on_nonfinite="warn")
+        train_demo(model, watch, str(tmp_path), name, 400, log_every_n_steps=50)
+        assert watch.alerts == []
+        final[name] = statistics.fmean(model.losses[-20:])
+    assert final["adaptive"] <= 1.1 * final["none"], final

@@ -61,7 +61,11 @@ class AdaptiveClipThreshold:
       a model taking off (its norm up for good) is followed within that many steps. A step above ``typical +
       zscore * max(spread, min_spread)`` is an outlier and is scaled down to the typical norm (an outlier's
       direction is mostly the outlier's own: the less of it the better); any other step is held to the outlier
-      threshold. During the first ``warmup_steps`` the margin is at least ``warmup_margin`` decades.
+      threshold. During the first ``warmup_steps`` the margin is at least ``warmup_margin`` decades. The run's
+      *start* is the lowest of its first ``first_norms`` learnt norms: a step no larger is never clipped, and an
+      outlier is scaled down to the typical norm but not below the start. Steps the size of those the run began
+      with are safe however far the recent norms have fallen (near zero loss, the rare hard batches carry the
+      gradient: scaling them to the typical norm of the easy ones stalls the run).
     - **The ceiling, from the training loss** (with ``use_loss``). The loss *level* is the ``loss_quantile`` of the
       last ``loss_window`` losses: the clean batches' level, which batches with outliers (high losses) do not move.
       Its first value is the run's starting point. The run *gets worse* when the level is ``worse_by`` above its
@@ -159,6 +163,7 @@ class AdaptiveClipThreshold:
         self.zscore, self.warmup_steps, self.max_norm, self.use_loss = zscore, warmup_steps, max_norm, use_loss
         self._c = c.constants()
         self.steps = 0  # finite, non-zero norms seen
+        self._first: list[float] | None = []  # the run's first `first_norms` learnt log10 norms (None: not known)
         self._norms = SortedWindow(c.clip_window)  # learnt log10 norms: the last `window` of them
         self._recent = Window(c.clip_short_window)  # the last `short_window` learnt log10 norms
         self._losses = SortedWindow(c.clip_loss_window)  # the last `loss_window` finite losses
@@ -210,7 +215,12 @@ class AdaptiveClipThreshold:
         margin = self.zscore * max(spread, c["min_spread"])
         if self.steps < self.warmup_steps:
             margin = max(margin, c["warmup_margin"])
-        return typical, typical + margin
+        return typical, max(typical + margin, self._start())
+
+    def _start(self) -> float:
+        """The lowest of the run's first ``first_norms`` learnt norms, once known (``-inf`` before, or when off)."""
+        first, count = self._first, self._c["first_norms"]
+        return min(first) if first and count and len(first) >= count else -math.inf
 
     # ------------------------------------------------------------------ the loss
     def _observe(self, loss: float | None, x: float) -> tuple[bool, bool]:
@@ -293,8 +303,11 @@ class AdaptiveClipThreshold:
             if not worse:
                 self._norms.append(x)
                 self._recent.append(x)
+                if self._first is not None and len(self._first) < self._c["first_norms"]:
+                    self._first.append(x)
+        outlier = finite and x > limit
         threshold = self._cap(
-            min(math.inf if not len(self._norms) else typical if finite and x > limit else limit, self.ceiling)
+            min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
         self._count_ceiling()
         self._watch_clipping(x, loss, finite and total_norm > threshold)
@@ -365,6 +378,7 @@ class AdaptiveClipThreshold:
         """Plain values that let a resumed run continue with the same threshold."""
         return {
             "steps": self.steps,
+            "first_norms": None if self._first is None else list(self._first),
             "log_norms": list(self._norms),
             "losses": list(self._losses),
             "first_level": self.first_level,
@@ -394,6 +408,8 @@ class AdaptiveClipThreshold:
         distribution, so an older checkpoint resumes near the threshold it had.
         """
         self.steps = int(state.get("steps", 0))
+        first = state.get("first_norms", None if self.steps else [])  # a state from before: the start is not known
+        self._first = None if first is None else [float(x) for x in first]
         log_norms = state.get("log_norms")
         if log_norms is None and "mean" in state and self.steps > 0:
             mean, std = float(state["mean"]), math.sqrt(max(float(state.get("var", 0.0)), 0.0))
