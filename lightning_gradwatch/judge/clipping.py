@@ -340,24 +340,33 @@ class AdaptiveClipThreshold:
         self._clipped.append(1.0 if clipped else 0.0)
         self._step_losses.append(math.nan if loss is None else float(loss))
         self._step_norms.append(x)
-        c, n = self._c, len(self._clipped)
-        if self.noticed or n < c["notice_steps"]:
+        if self.noticed or len(self._clipped) < self._c["notice_steps"]:
             return
-        half, flags = n // 2, list(self._clipped)
-        if sum(flags) >= c["notice_share"] * n:
-            losses = list(self._step_losses)
-            early, late = _finite_median(losses[:half]), _finite_median(losses[half:])
-            self._say(NOTICE_CLIPPING, late >= c["notice_stall"] * early)  # False while a loss is not known
+        for reason, amount in ((NOTICE_CLIPPING, self._stalled_clipping()), (NOTICE_RISING, self._clipped_rise())):
+            self._say(reason, amount is not None)
             if self.notice_due:
-                self.notice_amount = sum(flags)
+                self.notice_amount = float(amount)
                 return
-        norms = list(self._step_norms)
-        early_norms = [v for v, f in zip(norms[:half], flags[:half]) if f and math.isfinite(v)]
-        late_norms = [v for v, f in zip(norms[half:], flags[half:]) if f and math.isfinite(v)]
-        if min(len(early_norms), len(late_norms)) >= half // 2:
-            rise = statistics.median(late_norms) - statistics.median(early_norms)
-            self._say(NOTICE_RISING, rise >= c["notice_rise"])
-            self.notice_amount = rise
+
+    def _stalled_clipping(self) -> int | None:
+        """How many steps were clipped, when at least ``notice_share`` of them were and the loss did not fall."""
+        c, flags, losses = self._c, list(self._clipped), list(self._step_losses)
+        half, clipped = len(flags) // 2, int(sum(flags))
+        if clipped < c["notice_share"] * len(flags):
+            return None
+        early, late = _finite_median(losses[:half]), _finite_median(losses[half:])
+        return clipped if late >= c["notice_stall"] * early else None  # not while a loss is not known
+
+    def _clipped_rise(self) -> float | None:
+        """Decades the clipped steps' norm rose from the first half to the second, when ``notice_rise`` or more."""
+        flags, norms = list(self._clipped), list(self._step_norms)
+        half = len(flags) // 2
+        early = [v for v, f in zip(norms[:half], flags[:half]) if f and math.isfinite(v)]
+        late = [v for v, f in zip(norms[half:], flags[half:]) if f and math.isfinite(v)]
+        if min(len(early), len(late)) < half // 2:
+            return None
+        rise = statistics.median(late) - statistics.median(early)
+        return rise if rise >= self._c["notice_rise"] else None
 
     def _cap(self, log_norm: float) -> float:
         threshold = pow10_or_inf(log_norm)
@@ -408,18 +417,7 @@ class AdaptiveClipThreshold:
         distribution, so an older checkpoint resumes near the threshold it had.
         """
         self.steps = int(state.get("steps", 0))
-        first = state.get("first_norms", None if self.steps else [])  # a state from before: the start is not known
-        self._first = None if first is None else [float(x) for x in first]
-        log_norms = state.get("log_norms")
-        if log_norms is None and "mean" in state and self.steps > 0:
-            mean, std = float(state["mean"]), math.sqrt(max(float(state.get("var", 0.0)), 0.0))
-            count = min(self.steps, self.settings.clip_window)
-            normal = statistics.NormalDist()
-            log_norms = [mean + std * normal.inv_cdf((i + 0.5) / count) for i in range(count)]
-        learnt = [float(x) for x in log_norms or () if math.isfinite(float(x))]
-        self._norms = SortedWindow(self.settings.clip_window, learnt)
-        # the last learnt norms, in their order (none from quantiles standing for the mean + std rule's state)
-        self._recent = Window(self.settings.clip_short_window, learnt if "log_norms" in state else ())
+        self._load_norms(state)
         self._losses = SortedWindow(self.settings.clip_loss_window, (float(x) for x in state.get("losses", ())))
         first = state.get("first_level")
         self.first_level = None if first is None else float(first)
@@ -432,6 +430,25 @@ class AdaptiveClipThreshold:
         self.ceiling = float(state.get("ceiling", math.inf))
         self._since_cut = int(state.get("since_cut", 0))
         self.ceiling_steps = int(state.get("ceiling_steps", 0))
+        self._load_notice(state)
+
+    def _load_norms(self, state: Mapping[str, Any]) -> None:
+        """The learnt norms' part of :meth:`load_state_dict` (``steps`` already loaded)."""
+        first = state.get("first_norms", None if self.steps else [])  # a state from before: the start is not known
+        self._first = None if first is None else [float(x) for x in first]
+        log_norms = state.get("log_norms")
+        if log_norms is None and "mean" in state and self.steps > 0:
+            mean, std = float(state["mean"]), math.sqrt(max(float(state.get("var", 0.0)), 0.0))
+            count = min(self.steps, self.settings.clip_window)
+            normal = statistics.NormalDist()
+            log_norms = [mean + std * normal.inv_cdf((i + 0.5) / count) for i in range(count)]
+        learnt = [float(x) for x in log_norms or () if math.isfinite(float(x))]
+        self._norms = SortedWindow(self.settings.clip_window, learnt)
+        # the last learnt norms, in their order (none from quantiles standing for the mean + std rule's state)
+        self._recent = Window(self.settings.clip_short_window, learnt if "log_norms" in state else ())
+
+    def _load_notice(self, state: Mapping[str, Any]) -> None:
+        """The notice's part of :meth:`load_state_dict`."""
         self.noticed = bool(state.get("noticed", False))
         self.notice_due = False
         self.notice_reason = str(state.get("notice_reason", NOTICE_CEILING if self.noticed else ""))
