@@ -69,6 +69,7 @@ def main(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(result, fh)
+    dist.barrier()  # both ranks done before either tears gloo down (a rank leaving early aborted the other, seen once)
     dist.destroy_process_group()
 
 
