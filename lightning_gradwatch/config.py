@@ -190,6 +190,8 @@ class ClipConfig(ConfigGroup):
         clip_notice_share: ... at least this share of them clipped while the training loss did not fall (the median
             of their second half not below ``clip_notice_stall`` times the median of their first half), ...
         clip_notice_stall: see ``clip_notice_share``.
+        clip_notice_depth: a step counts as clipped for the notice when it was scaled down by this many decades or
+            more (0.3: by half), so a norm held a little below where it was does not count.
         clip_notice_rise: ... or the norm of the clipped steps (before clipping) up this many decades from their
             first half to their second (clipping keeps scaling down a norm that keeps growing).
 
@@ -225,7 +227,8 @@ class ClipConfig(ConfigGroup):
     clip_release: float = setting(1.0, number(zero=True), argument=False)
     clip_notice_steps: int = setting(50, integer(minimum=2), argument=False)
     clip_notice_share: float = setting(0.5, fraction, argument=False)
-    clip_notice_stall: float = setting(0.9, number(), argument=False)
+    clip_notice_stall: float = setting(1.0, number(), argument=False)
+    clip_notice_depth: float = setting(0.3, number(zero=True), argument=False)
     clip_notice_rise: float = setting(1.0, number(), argument=False)
 
     ADAPTIVE: ClassVar[str] = "adaptive"

@@ -83,10 +83,10 @@ class AdaptiveClipThreshold:
 
     **The notice: clipping that hides a failing run** is said once (:attr:`notice_due`, :attr:`notice_reason`),
     judged over the last ``notice_steps`` steps: the ceiling in force all of them (the loss got worse and clipping
-    has been holding the run back since); or at least ``notice_share`` of them clipped while the training loss did
-    not fall (the median of their second half not below ``notice_stall`` times that of their first half); or the
-    clipped steps' norm (before clipping) up ``notice_rise`` decades from the first half to the second. Clipping
-    hides such a failure, it does not fix it.
+    has been holding the run back since); or at least ``notice_share`` of them clipped (scaled down by
+    ``notice_depth`` decades or more) while the training loss did not fall (the median of their second half not
+    below ``notice_stall`` times that of their first half); or the clipped steps' norm (before clipping) up
+    ``notice_rise`` decades from the first half to the second. Clipping hides such a failure, it does not fix it.
 
     Inputs per step: the total norm (before clipping) and the training loss the judge is given (this step's or the
     previous step's: the rule judges levels over ``loss_window`` steps, so a step of lag does not matter). The
@@ -310,7 +310,7 @@ class AdaptiveClipThreshold:
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
         self._count_ceiling()
-        self._watch_clipping(x, loss, finite and total_norm > threshold)
+        self._watch_clipping(x, loss, x - math.log10(threshold) if finite and total_norm > threshold else 0.0)
         return threshold
 
     def _move_ceiling(self, x: float, limit: float, typical: float, worse: bool, new_best: bool) -> None:
@@ -335,9 +335,13 @@ class AdaptiveClipThreshold:
         if self.notice_due:
             self.noticed, self.notice_reason = True, reason
 
-    def _watch_clipping(self, x: float, loss: float | None, clipped: bool) -> None:
-        """Keep the step (clipped, loss, norm); say the notice when clipping acts on a run that does not learn."""
-        self._clipped.append(1.0 if clipped else 0.0)
+    def _watch_clipping(self, x: float, loss: float | None, depth: float) -> None:
+        """Keep the step (clipped by ``depth`` decades, loss, norm); say the notice when clipping hides a failure.
+
+        A step counts as clipped for the notice when it was scaled down by ``notice_depth`` decades or more: a norm
+        held a little below where it was is no sign of anything.
+        """
+        self._clipped.append(1.0 if depth >= self._c["notice_depth"] else 0.0)
         self._step_losses.append(math.nan if loss is None else float(loss))
         self._step_norms.append(x)
         if self.noticed or len(self._clipped) < self._c["notice_steps"]:
