@@ -93,17 +93,20 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             level is the 25th percentile (at least the lowest of the last 20) and the spread the distance from the
             5th to the 25th; a step more than ``clip_zscore`` spreads (at least 0.1 decade each) above the typical
             level is an outlier and is scaled down to the typical norm, other steps are held to the threshold
-            (during the first ``clip_warmup_steps``, only norms over twice the typical one are clipped). With
+            (during the first ``clip_warmup_steps``, only norms over twice the typical one are clipped); a step no
+            larger than the lowest of the run's first 10 norms is never clipped, and an outlier is scaled no lower
+            than that (near zero loss, the rare hard batches carry the gradient). With
             ``clip_use_loss=True``, a *ceiling* from the training loss is added: when the loss gets worse (its level,
             the 20th percentile of the last 10 losses, 10% above where the run started, or back up by half of its
             progress), the ceiling drops below the step's norm by 3x or more, at most every 3 steps while the loss
             keeps rising, never below a tenth of the typical norm; every new best of the loss raises it a little,
             and it is lifted once far above the outlier threshold; norms of steps whose loss is worse are not
             learnt, so a norm that grows with the loss from the first step (a recurrent net whose gradients
-            explode) never becomes typical. A ceiling in force for 50 steps in a row is said once (a
-            :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): clipping is then holding
-            back a run whose learning rate is likely too high. ``gradwatch/clip_threshold`` is the norm a step was
-            held to.
+            explode) never becomes typical. Clipping that hides a failing run is said once (a
+            :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): over the last 50 steps,
+            half or more scaled down 2x or more while the loss did not fall, or the clipped norm up a decade, or the
+            ceiling in force all 50; the learning rate is then likely too high. ``gradwatch/clip_threshold`` is the
+            norm a step was held to.
             ``None``: no clipping. Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the
             watched parameters, before the optimizer step; ``gradwatch/total_norm`` is the norm before (the
             exploding detector judges it), ``gradwatch/clipped_norm`` after. It cannot be combined with

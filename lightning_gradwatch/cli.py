@@ -234,6 +234,7 @@ def _check(
                     "alerts": [_json_alert(a) for a in run.alerts],
                     "fits": run.fits,
                     "earlier_alerts": [_json_alert(a) for a in run.earlier_alerts],
+                    "notices": run.notices,
                 }
                 for run in runs
             ],
@@ -249,6 +250,8 @@ def _check(
             for alert in run.alerts:
                 flag = "FAIL" if alert["kind"] in fail_on else "note"
                 out.write(f"  [{flag}] {_alert_line(alert)}\n")
+            for notice in run.notices:  # said once, no alert: never fails the check
+                out.write(f"  [info] {_alert_line(notice)}\n")
         out.write(gate_line(outcome, len(runs), fail_on, allow_unfinished) + "\n")
         if html is not None:
             out.write(f"HTML report: {html}\n")

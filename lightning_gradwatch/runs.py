@@ -81,6 +81,7 @@ class RunRecord:
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     fits: list[dict[str, Any]] = field(default_factory=list)
     earlier_alerts: list[dict[str, Any]] = field(default_factory=list)
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -205,7 +206,6 @@ def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "status": _text(doc, "status"),
         "steps": {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)},
         "layers": layers,
-        "alerts": [_alert_entry(a) for a in _as_list(doc.get("alerts"))],
         "events": {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()},
         "total_norm": {str(k): _summary(v) for k, v in raw_total},
         "error": _text(doc, "error"),
@@ -213,7 +213,16 @@ def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "total_history": {str(k): _history({"grad_norm": v}) for k, v in raw_total},
         "config": _as_dict(doc.get("config")),
         "fits": [_fit_entry(f) for f in _as_list(doc.get("fits"))],
+        **_said(doc),
+    }
+
+
+def _said(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """What the run said: ``alerts``, ``earlier_alerts`` (of a resumed run) and ``notices``."""
+    return {
+        "alerts": [_alert_entry(a) for a in _as_list(doc.get("alerts"))],
         "earlier_alerts": [_alert_entry(a) for a in _as_list(doc.get("earlier_alerts"))],
+        "notices": [_notice_entry(n) for n in _as_list(doc.get("notices"))],
     }
 
 
@@ -279,6 +288,17 @@ def _float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise TypeError(f"expected a number, got {type(value).__name__}")
     return float(value)  # a string is "inf" or "nan", as written for non-finite values
+
+
+def _notice_entry(notice: Any) -> dict[str, Any]:
+    """What GradWatch said once that is no alert (clipping hiding a failing run)."""
+    notice = _as_dict(notice)
+    return {
+        "kind": str(notice.get("kind", "")),
+        "step": int(notice["step"]),
+        "message": str(notice.get("message", "")),
+        "optimizer": int(notice.get("optimizer") or 0),
+    }
 
 
 def _alert_entry(alert: dict[str, Any]) -> dict[str, Any]:

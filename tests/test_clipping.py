@@ -619,7 +619,7 @@ def _gradwatch_warnings(record, text: str) -> list[str]:
 
 
 @single_thread()
-def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_start(tmp_path):
+def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_start(tmp_path, capsys):
     import json
 
     from lightning_gradwatch import GradientWarning
@@ -642,7 +642,9 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
     assert {a["kind"] for a in report["alerts"]} == {"exploding"}
     assert main(["check", str(path.parent)]) == 1
     path.write_text(json.dumps({**report, "alerts": []}))  # the notice alone: no alert, the check passes
+    capsys.readouterr()
     assert main(["check", str(path.parent)]) == 0
+    assert "  [info] Clipping" in capsys.readouterr().out  # ... and says it
 
 
 def test_the_notice_says_clipping_on_most_steps_of_a_run_that_does_not_learn():
