@@ -85,6 +85,9 @@ def _fill(path: str) -> None:
 
 
 def main(out_dir: str, scenario: str) -> None:
+    # Ctrl+C as a terminal delivers it: a parent that ignores SIGINT (Lightning sets SIG_IGN after a KeyboardInterrupt
+    # in the test process, and an ignored signal is inherited) would otherwise make this run deaf to it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     histograms = 0 if scenario in SHORT else 1  # the matrix's runs stay quick: no histograms, no pictures
     watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=histograms, on_nonfinite="skip")
     model = make_mlp_module(
