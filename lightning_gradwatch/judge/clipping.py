@@ -346,25 +346,30 @@ class AdaptiveClipThreshold:
         self._step_norms.append(x)
         if self.noticed or len(self._clipped) < self._c["notice_steps"]:
             return
-        for reason, amount in ((NOTICE_CLIPPING, self._stalled_clipping()), (NOTICE_RISING, self._clipped_rise())):
+        flags = list(self._clipped)
+        if sum(flags) < min(self._c["notice_share"] * len(flags), 2 * (len(flags) // 4)):
+            return  # too few clipped steps for either test (the common case, judged without building more lists)
+        for reason, amount in (
+            (NOTICE_CLIPPING, self._stalled_clipping(flags)),
+            (NOTICE_RISING, self._clipped_rise(flags)),
+        ):
             self._say(reason, amount is not None)
             if self.notice_due:
                 self.notice_amount = float(amount)
                 return
 
-    def _stalled_clipping(self) -> int | None:
+    def _stalled_clipping(self, flags: list[float]) -> int | None:
         """How many steps were clipped, when at least ``notice_share`` of them were and the loss did not fall."""
-        c, flags, losses = self._c, list(self._clipped), list(self._step_losses)
         half, clipped = len(flags) // 2, int(sum(flags))
-        if clipped < c["notice_share"] * len(flags):
+        if clipped < self._c["notice_share"] * len(flags):
             return None
+        losses = list(self._step_losses)
         early, late = _finite_median(losses[:half]), _finite_median(losses[half:])
-        return clipped if late >= c["notice_stall"] * early else None  # not while a loss is not known
+        return clipped if late >= self._c["notice_stall"] * early else None  # not while a loss is not known
 
-    def _clipped_rise(self) -> float | None:
+    def _clipped_rise(self, flags: list[float]) -> float | None:
         """Decades the clipped steps' norm rose from the first half to the second, when ``notice_rise`` or more."""
-        flags, norms = list(self._clipped), list(self._step_norms)
-        half = len(flags) // 2
+        norms, half = list(self._step_norms), len(flags) // 2
         early = [v for v, f in zip(norms[:half], flags[:half]) if f and math.isfinite(v)]
         late = [v for v, f in zip(norms[half:], flags[half:]) if f and math.isfinite(v)]
         if min(len(early), len(late)) < half // 2:
