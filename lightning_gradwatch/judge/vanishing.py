@@ -141,6 +141,11 @@ class Collapse(VanishingRule):
         return GradientAlert(self.kind, step, stats.layers, ratio, cfg.collapse_ratio, message, self.ctx.optimizer)
 
 
+def _largest_layer(stats: StepStats) -> str:
+    """The layer with the largest gradient norm this step, as messages name it."""
+    return display_layer(stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)])
+
+
 def _chained(ctx: Context) -> float:
     """This step's chained total norm (0.0 for a zero norm)."""
     current = ctx.norms.current
@@ -226,7 +231,7 @@ class Stall(VanishingRule):
         self, step: int, stats: StepStats, named: tuple[str, ...], depths: tuple[float, float], start: float
     ) -> GradientAlert:
         cfg, losses = self.config, self.ctx.losses
-        top_layer = display_layer(stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)])
+        top_layer = _largest_layer(stats)
         shallow, deepest = depths
         verb = "lies" if len(named) == 1 else "lie"
         how_deep = f"{deepest:.1f}" if round(shallow, 1) == round(deepest, 1) else f"{shallow:.1f} to {deepest:.1f}"
@@ -322,7 +327,7 @@ class Layers(VanishingRule):
 
     def _alert(self, step: int, layers: tuple[str, ...], ratio: float, stats: StepStats) -> GradientAlert:
         cfg = self.config
-        top_layer = display_layer(stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)])
+        top_layer = _largest_layer(stats)
         norms = dict(zip(stats.layers, stats.grad_norm))
         if all(norms.get(n, 1.0) == 0.0 for n in layers):
             message = (
