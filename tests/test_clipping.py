@@ -823,3 +823,15 @@ def test_adaptive_clip_leaves_a_classifier_near_zero_loss_alone(tmp_path, seed):
         assert watch.alerts == []
         final[name] = statistics.fmean(model.losses[-20:])
     assert final["adaptive"] <= 1.1 * final["none"], final
+
+
+def test_the_notice_ignores_shallow_clipping_and_a_loss_that_falls_slowly():
+    """Most steps held a little below their norm (under 2x) is no sign of a failure, nor is heavy clipping on a run
+    whose loss still falls, however slowly (a healthy CNN taking off lost 9% in 50 steps)."""
+    shallow, slow = AdaptiveClipThreshold(), AdaptiveClipThreshold()
+    for step in range(300):
+        rising = 10 ** (0.004 * step)  # a norm rising for good: the threshold lags it a little
+        shallow.update(rising, loss=1.0)
+        slow.update(1.0 if step < 60 else (5.0 if step % 3 else 1.0), loss=1.0 - 0.002 * step)  # -0.2% a step
+    assert not shallow.noticed
+    assert not slow.noticed
