@@ -296,15 +296,15 @@ def is_ours(name: str) -> bool:
 
 # the leave-one-family-out grid: the constants the selection may change, the others at their defaults
 GRID = [
-    {"quantile": q, "low_quantile": q / 5, "warmup_margin": w, "floor": f}
+    {"quantile": q, "low_quantile": q / 5, "warmup_margin": w, "relax": r}
     for q in (0.1, 0.25)
     for w in (0.3, 1.0)
-    for f in (1.0, 2.0)
+    for r in (0.01, 0.02, 0.05)
 ]
 CANDIDATES: dict[str, Callable[[], Rule]] = {}
 for _spec in GRID:
     _name, _factory = ours(**{k: v for k, v in _spec.items() if v != adaptive().settings.constants()[k]})
     CANDIDATES[_name] = _factory
-USE_LOSS, _use_loss = ours(use_loss=True)  # the loss-driven ceiling, an option (clip_use_loss=True)
+USE_LOSS, _use_loss = ours(use_loss=False)  # without the loss-driven ceiling (clip_use_loss=False)
 WEIGHT_CAP = 'clip="adaptive" + layer cap 0.1x weight norm (not shipped)'
 ABLATIONS: dict[str, Callable[[], Rule]] = {USE_LOSS: _use_loss, WEIGHT_CAP: lambda: LayerWeightCap(0.1)}

@@ -95,14 +95,15 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             level is an outlier and is scaled down to the typical norm, other steps are held to the threshold
             (during the first ``clip_warmup_steps``, only norms over twice the typical one are clipped); a step no
             larger than the lowest of the run's first 10 norms is never clipped, and an outlier is scaled no lower
-            than that (near zero loss, the rare hard batches carry the gradient). With
-            ``clip_use_loss=True``, a *ceiling* from the training loss is added: when the loss gets worse (its level,
-            the 20th percentile of the last 10 losses, 10% above where the run started, or back up by half of its
-            progress), the ceiling drops below the step's norm by 3x or more, at most every 3 steps while the loss
-            keeps rising, never below a tenth of the typical norm; every new best of the loss raises it a little,
-            and it is lifted once far above the outlier threshold; norms of steps whose loss is worse are not
-            learnt, so a norm that grows with the loss from the first step (a recurrent net whose gradients
-            explode) never becomes typical. Clipping that hides a failing run is said once (a
+            than that (near zero loss, the rare hard batches carry the gradient). A
+            *ceiling* from the training loss (``clip_use_loss``, on by default) holds a run that gets worse: when
+            the loss level (the 20th percentile of the last 10 losses) is 10% above where the run started, or back
+            up by half of its progress, while the norm has risen with it, the ceiling drops below the step's norm
+            by 3x or more, at most every 3 steps while the loss keeps rising, never below a tenth of the typical
+            norm; on every step the run is not worse it rises back by 0.02 decade (a decade in 50 steps; more on a
+            new best of the loss), and it is lifted once far above the outlier threshold. Norms of steps whose loss
+            is worse are not learnt, so a norm that grows with the loss from the first step (a recurrent net whose
+            gradients explode) never becomes typical. Clipping that hides a failing run is said once (a
             :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): over the last 50 steps,
             half or more scaled down 2x or more while the loss did not fall, or the clipped norm up a decade, or the
             ceiling in force all 50; the learning rate is then likely too high. ``gradwatch/clip_threshold`` is the
@@ -147,11 +148,12 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         clip_warmup_steps: for ``clip="adaptive"``, first steps during which only norms over twice the typical one
             are clipped as outliers.
         clip_max_norm: for ``clip="adaptive"``, an optional fixed cap that applies on every step, warm-up included.
-        clip_use_loss: for ``clip="adaptive"``, add the ceiling a worsening training loss lowers (see ``clip``):
-            it keeps runs whose gradients explode from the first step finite (a vanilla RNN with a recurrent gain
-            above 1), but on a run whose mini-batch losses are noisy (small batches, regression) an early noisy
-            rise can cut it and hold a healthy run back. Off by default; never for runs whose loss rises by design
-            (a curriculum of harder data, a loss term whose weight grows).
+        clip_use_loss: for ``clip="adaptive"``, the ceiling a worsening training loss lowers (see ``clip``): it
+            keeps runs whose gradients explode from the first step finite (a vanilla RNN with a recurrent gain
+            above 1), where the outlier threshold alone follows the norm up. A noisy early rise of a healthy run's
+            loss and norm (small batches) can cut it: the run gets its step size back within about 50 steps of
+            its loss being no worse than at its start. Set ``False`` for runs whose loss rises by design (a
+            curriculum of harder data, a loss term whose weight grows).
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
             failures; this many consecutive ones mean the run itself has gone non-finite. Before the run's first
             finite step, a scaler still lowering its scale from a high start (above 1) is recovering, not failing.

@@ -182,11 +182,14 @@ class ClipConfig(ConfigGroup):
         clip_max_cut: ... up to this many decades at once.
         clip_cut_every: steps between two cuts; a cut needs the loss level still rising since the last one.
         clip_floor: the ceiling goes at most this many decades below the typical level.
-        clip_rise: decades the ceiling rises on each step whose loss level is a new best ...
+        clip_relax: decades the ceiling rises back on each step the run is not getting worse (a new best or not):
+            a run the ceiling held back gets its step size back once its loss is no longer worse ...
+        clip_rise: ... and this many more on a step whose loss level is a new best ...
         clip_release: ... until it is this many decades above the outlier threshold, where it is lifted.
         clip_notice_steps: clipping that hides a failing run is said once (a ``GradientWarning``, and ``notices``
-            in ``gradwatch.json``), judged over this many steps: a ceiling in force this many steps in a row (the
-            loss got worse and clipping is holding the run back), or, over the last this many steps, ...
+            in ``gradwatch.json``), judged over this many steps: a ceiling below the outlier threshold this many
+            steps in a row (the loss got worse and clipping is holding the run back), or, over the last this many
+            steps, ...
         clip_notice_share: ... at least this share of them clipped while the training loss did not fall (the median
             of their second half not below ``clip_notice_stall`` times the median of their first half), ...
         clip_notice_stall: see ``clip_notice_share``.
@@ -204,7 +207,7 @@ class ClipConfig(ConfigGroup):
     clip_zscore: float = setting(3.0, number())
     clip_warmup_steps: int = setting(25, integer(minimum=0))
     clip_max_norm: float | None = setting(None, number(optional=True))
-    clip_use_loss: bool = setting(False, check_bool)
+    clip_use_loss: bool = setting(True, check_bool)
     clip_window: int = setting(100, integer(minimum=1), argument=False)
     clip_quantile: float = setting(0.25, fraction, argument=False)
     clip_low_quantile: float = setting(0.05, fraction, argument=False)
@@ -223,6 +226,7 @@ class ClipConfig(ConfigGroup):
     clip_max_cut: float = setting(2.0, number(), argument=False)
     clip_cut_every: int = setting(3, integer(minimum=1), argument=False)
     clip_floor: float = setting(1.0, number(zero=True), argument=False)
+    clip_relax: float = setting(0.02, number(zero=True), argument=False)
     clip_rise: float = setting(0.01, number(), argument=False)
     clip_release: float = setting(1.0, number(zero=True), argument=False)
     clip_notice_steps: int = setting(50, integer(minimum=2), argument=False)

@@ -482,20 +482,52 @@ def test_a_worsening_loss_over_a_flat_norm_leaves_the_ceiling_alone():
     assert math.isinf(clip.ceiling)
 
 
-def test_new_bests_of_the_loss_lift_the_ceiling():
-    clip = AdaptiveClipThreshold(use_loss=True)
+def _cut(clip: AdaptiveClipThreshold) -> float:
     _steady(clip, 40)
     for loss in RISING:
         clip.update(RISEN, loss)
-    cut = clip.ceiling
-    losses = [0.9 * 0.99**i for i in range(300)]  # the loss falls: a new best on most steps
-    for loss in losses[:100]:
-        clip.update(1.0, loss)
-    assert cut + 0.5 < clip.ceiling < math.inf  # risen, 0.01 decade per new best
-    for loss in losses[100:]:
-        clip.update(1.0, loss)
+    return clip.ceiling
+
+
+def test_the_ceiling_rises_back_while_the_run_is_not_getting_worse():
+    """Additive increase after the multiplicative cut: the run need not beat its best to get its step size back."""
+    clip, stuck = AdaptiveClipThreshold(use_loss=True), AdaptiveClipThreshold(use_loss=True, relax=0.0)
+    cut = _cut(clip)
+    assert _cut(stuck) == cut
+    for _ in range(20):  # the loss back at its start and flat: not worse, and no new best
+        clip.update(1.0, 1.0)
+        stuck.update(1.0, 1.0)
+    assert clip.ceiling == pytest.approx(cut + 20 * 0.02)  # 0.02 decade a step
+    assert stuck.ceiling == cut  # without it the ceiling waits for new bests of the loss: a run it holds back
+    for _ in range(200):  # may never make them
+        clip.update(1.0, 1.0)
     assert math.isinf(clip.ceiling)  # lifted once a decade above the outlier threshold
-    assert clip.update(1.0, losses[-1]) > 1.5
+    assert clip.update(1.0, 1.0) > 1.5
+
+
+def test_new_bests_of_the_loss_lift_the_ceiling_faster():
+    falling, flat = AdaptiveClipThreshold(use_loss=True), AdaptiveClipThreshold(use_loss=True)
+    cut = _cut(falling)
+    _cut(flat)
+    for loss in [0.9 * 0.99**i for i in range(30)]:  # once the level is back below 1: a new best on each step
+        falling.update(1.0, loss)
+        flat.update(1.0, 1.0)
+    assert cut < flat.ceiling < falling.ceiling < math.inf
+    assert 0.1 < falling.ceiling - flat.ceiling < 0.3 + 1e-9  # 0.01 decade more per new best (at most 30 of them)
+
+
+def test_the_ceiling_counts_as_in_force_only_below_the_outlier_threshold():
+    """A ceiling rising back above the outlier threshold holds nothing: those steps do not count for the notice."""
+    clip = AdaptiveClipThreshold(use_loss=True)
+    _cut(clip)
+    counts, above = [], 0
+    while math.isfinite(clip.ceiling):
+        clip.update(1.0, 1.0)
+        counts.append(clip.ceiling_steps)
+        above += clip.ceiling > math.log10(clip.threshold()) + 1e-9
+    assert max(counts) > 10  # counted while it held the steps below the outlier threshold
+    assert above > 10
+    assert counts[-above:] == [0] * above  # not once it rose above it, still in place
 
 
 def test_a_norm_growing_with_the_loss_from_the_first_step_is_not_learnt():
@@ -629,8 +661,12 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
         warnings.simplefilter("ignore")
         unclipped, _, _ = _fit_rnn(tmp_path / "none")
     assert not finite_weights(unclipped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outliers_only, _, _ = _fit_rnn(tmp_path / "outliers only", clip="adaptive", clip_use_loss=False)
+    assert not finite_weights(outliers_only)  # the outlier threshold alone follows the norm up
     with pytest.warns(GradientWarning) as record:
-        model, _watch, _trainer = _fit_rnn(tmp_path / "adaptive", clip="adaptive", clip_use_loss=True)
+        model, _watch, _trainer = _fit_rnn(tmp_path / "adaptive", clip="adaptive")  # the loss ceiling: default
     assert finite_weights(model)
     said = _gradwatch_warnings(record, "Clipping hides such a failure")
     assert len(said) == 1
@@ -835,3 +871,62 @@ def test_the_notice_ignores_shallow_clipping_and_a_loss_that_falls_slowly():
         slow.update(1.0 if step < 60 else (5.0 if step % 3 else 1.0), loss=1.0 - 0.002 * step)  # -0.2% a step
     assert not shallow.noticed
     assert not slow.noticed
+
+
+class _NoisyRegression(pl.LightningModule):
+    """A slowly learning regression with batches of 16 (batch losses +-60%), SGD lr 0.01: its loss level and its
+    gradient norm both rise in the first 50 steps, by noise, and the loss ceiling is cut."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.seed, self.losses = seed, []
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)
+        )
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.losses.append(loss.item())
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        from tests.helpers import regression_data
+
+        return regression_data(1024, seed=self.seed, batch_size=16)
+
+
+class _CeilingLook(pl.Callback):
+    """Records the first step after which the adaptive rule's loss ceiling is in place (read from GradWatch's state)."""
+
+    def __init__(self, watch: GradWatch, name: str, cut_at: dict[str, int]) -> None:
+        self.watch, self.name, self.cut_at = watch, name, cut_at
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        (clipper,) = self.watch.state_dict()["clippers"].values()
+        if math.isfinite(clipper["ceiling"]):
+            self.cut_at.setdefault(self.name, trainer.global_step)
+
+
+@single_thread()
+def test_a_noisy_run_the_loss_ceiling_was_cut_on_gets_its_step_size_back(tmp_path):
+    """The ceiling rises back while the run is not getting worse: cut by noise, this run ended at 16x the training
+    loss of clipping without the ceiling (3.6 vs 0.22) when only new bests of the loss could lift it."""
+    final, cut_at = {}, {}
+    for name, use_loss in (("ceiling", True), ("outliers only", False)):
+        model = _NoisyRegression(seed=5)
+        watch = GradWatch(clip="adaptive", clip_use_loss=use_loss, on_exploding="warn", log_every_n_steps=50)
+
+        trainer = pl.Trainer(
+            callbacks=[watch, _CeilingLook(watch, name, cut_at)], **trainer_kwargs(tmp_path / name, max_epochs=3)
+        )
+        trainer.fit(model)
+        assert watch.alerts == []
+        final[name] = statistics.fmean(model.losses[-32:])
+    assert list(cut_at) == ["ceiling"]
+    assert cut_at["ceiling"] < 100  # the path under test: cut early
+    assert final["ceiling"] <= 1.5 * final["outliers only"], final

@@ -51,7 +51,7 @@ def clip_coefficient(total_norm: float, max_norm: float) -> float:
 class AdaptiveClipThreshold:
     """``clip="adaptive"``: outliers clipped to the norm of learning steps; optionally, a ceiling from the loss.
 
-    The threshold of a step is the outlier threshold, or (with ``use_loss``) the lower of two parts, both on
+    The threshold of a step is the lower of two parts (the first alone without ``use_loss``), both on
     ``log10(total norm)``:
 
     - **The outlier threshold.** Over the last ``window`` *learnt* norms (below), the *typical* level is their
@@ -66,27 +66,30 @@ class AdaptiveClipThreshold:
       outlier is scaled down to the typical norm but not below the start. Steps the size of those the run began
       with are safe however far the recent norms have fallen (near zero loss, the rare hard batches carry the
       gradient: scaling them to the typical norm of the easy ones stalls the run).
-    - **The ceiling, from the training loss** (with ``use_loss``). The loss *level* is the ``loss_quantile`` of the
-      last ``loss_window`` losses: the clean batches' level, which batches with outliers (high losses) do not move.
-      Its first value is the run's starting point. The run *gets worse* when the level is ``worse_by`` above its
-      start, or ``worse_by`` above its best while having given back ``give_back`` of the progress made, and the
-      gradient norm has risen with it (the lowest of the last ``norm_window`` norms ``norm_rise`` decades above the
-      norm at that start or best): a noisy mini-batch loss over a flat norm is not a worse run. Then, at
-      most every ``cut_every`` steps and only while the level keeps rising, the ceiling drops below the lower of the
-      step's norm and the outlier threshold, by a factor that grows with how much worse the loss got (``cut`` to
-      ``10 ** max_cut``), never below ``floor`` decades under the typical level. It rises by ``rise`` decades on
-      each step whose loss level is a new best, and is lifted once ``release`` decades above the outlier threshold.
+    - **The ceiling, from the training loss** (``use_loss``, on by default). The loss *level* is the ``loss_quantile``
+      of the last ``loss_window`` losses: the clean batches' level, which batches with outliers (high losses) do not
+      move. Its first value is the run's starting point. The run *gets worse* when the level is ``worse_by`` above its
+      start, or ``worse_by`` above its best while having given back ``give_back`` of the progress made, and the gradient
+      norm has risen with it (the lowest of the last ``norm_window`` norms ``norm_rise`` decades above the norm at that
+      start or best): a noisy mini-batch loss over a flat norm is not a worse run. Then, at most every ``cut_every``
+      steps and only while the level keeps rising, the ceiling drops below the lower of the step's norm and the outlier
+      threshold, by a factor that grows with how much worse the loss got (``cut`` to ``10 ** max_cut``), never below
+      ``floor`` decades under the typical level. It rises back by ``relax`` decades on each step the run is not worse
+      (``rise`` more when the loss level is a new best: a run the ceiling holds back need not beat its best to get its
+      step size back), and is lifted once ``release`` decades above the outlier threshold. Cut on trouble, raised while
+      there is none: a noisy rise of a healthy run costs it a few dozen slower steps, a run that keeps getting worse
+      stays held.
 
     A norm is *learnt* only on steps where the run is not getting worse: a norm that grows with the loss, from the
     first step on (a recurrent net whose gradients explode, a learning rate too high), never becomes the typical
     level. That is the memory the failure cannot rewrite; the ceiling is what holds such a run back.
 
-    **The notice: clipping that hides a failing run** is said once (:attr:`notice_due`, :attr:`notice_reason`),
-    judged over the last ``notice_steps`` steps: the ceiling in force all of them (the loss got worse and clipping
-    has been holding the run back since); or at least ``notice_share`` of them clipped (scaled down by
-    ``notice_depth`` decades or more) while the training loss did not fall (the median of their second half not
-    below ``notice_stall`` times that of their first half); or the clipped steps' norm (before clipping) up
-    ``notice_rise`` decades from the first half to the second. Clipping hides such a failure, it does not fix it.
+    **The notice: clipping that hides a failing run** is said once (:attr:`notice_due`, :attr:`notice_reason`), judged
+    over the last ``notice_steps`` steps: the ceiling below the outlier threshold on all of them (the loss got worse and
+    clipping has been holding the run back since); or at least ``notice_share`` of them clipped (scaled down by
+    ``notice_depth`` decades or more) while the training loss did not fall (the median of their second half not below
+    ``notice_stall`` times that of their first half); or the clipped steps' norm (before clipping) up ``notice_rise``
+    decades from the first half to the second. Clipping hides such a failure, it does not fix it.
 
     Inputs per step: the total norm (before clipping) and the training loss the judge is given (this step's or the
     previous step's: the rule judges levels over ``loss_window`` steps, so a step of lag does not matter). The
@@ -98,9 +101,8 @@ class AdaptiveClipThreshold:
         zscore: how many spreads above the typical level a norm must be to be an outlier.
         warmup_steps: during this many first steps, the outlier margin is at least ``warmup_margin`` decades.
         max_norm: optional fixed cap applied on every step.
-        use_loss: add the ceiling a worsening loss lowers (off by default: on runs with noisy mini-batch losses an
-            early noisy rise can cut it and hold a healthy run back; never for runs whose loss rises by design,
-            such as a curriculum of harder batches).
+        use_loss: add the ceiling a worsening loss lowers (on by default; ``False`` for runs whose loss rises by
+            design, such as a curriculum of harder batches).
         **constants: the rule's constants by name (``window=50``): the fields of
             :class:`~lightning_gradwatch.config.ClipConfig` that are no ``GradWatch`` argument, without their
             ``clip_`` prefix, documented there.
@@ -121,7 +123,7 @@ class AdaptiveClipThreshold:
         0.95
         >>> round(clip.update(1.2, loss=1.0), 2)  # an ordinary step is left alone: the threshold it was held to
         1.9
-        >>> guarded = AdaptiveClipThreshold(use_loss=True)
+        >>> guarded = AdaptiveClipThreshold()
         >>> for norm in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95] * 5:
         ...     _ = guarded.update(norm, loss=1.0)
         >>> for _ in range(10):  # the loss doubles over a flat norm: batch-loss noise, not a worse run
@@ -309,7 +311,7 @@ class AdaptiveClipThreshold:
         threshold = self._cap(
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
-        self._count_ceiling()
+        self._count_ceiling(limit)
         self._watch_clipping(x, loss, x - math.log10(threshold) if finite and total_norm > threshold else 0.0)
         return threshold
 
@@ -319,15 +321,16 @@ class AdaptiveClipThreshold:
         self._since_cut += 1
         if worse and math.isfinite(x) and self._since_cut > c["cut_every"] and self.level >= self._level_at_cut:
             self._lower_ceiling(x, limit, typical)
-        elif new_best and math.isfinite(self.ceiling):
-            self.ceiling += c["rise"]
+        elif not worse and math.isfinite(self.ceiling):
+            self.ceiling += c["relax"] + (c["rise"] if new_best else 0.0)
             if self.ceiling > limit + c["release"]:
                 self.ceiling = math.inf
         if not worse:
             self._level_at_cut = -math.inf
 
-    def _count_ceiling(self) -> None:
-        self.ceiling_steps = self.ceiling_steps + 1 if math.isfinite(self.ceiling) else 0
+    def _count_ceiling(self, limit: float) -> None:
+        """Count the steps in a row the ceiling held below the outlier threshold (a ceiling above it holds nothing)."""
+        self.ceiling_steps = self.ceiling_steps + 1 if self.ceiling < limit else 0
         self._say(NOTICE_CEILING, self.ceiling_steps >= self._c["notice_steps"])
 
     def _say(self, reason: str, due: bool) -> None:
