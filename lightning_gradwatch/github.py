@@ -73,11 +73,15 @@ def github_output(
 
 
 def _annotate(run: RunRecord, fail_on: set[str], allow_unfinished: bool, out: TextIO) -> None:
-    """A run's workflow commands: one annotation per alert, and one when it did not finish or cannot be read."""
+    """A run's workflow commands: one annotation per alert and per notice, and one when it did not finish or cannot
+    be read. A notice (clipping that hides a failing run) is a ``::notice``, never a failure."""
     for alert in run.alerts:
         level = "error" if alert["kind"] in fail_on else "warning"
         title = _escape_property(f"GradWatch {alert['kind']} gradients at {where(alert)} ({run.path})")
         out.write(f"::{level} title={title}::{escape_data(alert['message'].strip())}\n")
+    for notice in run.notices:
+        title = _escape_property(f"GradWatch {notice['kind']} notice at {where(notice)} ({run.path})")
+        out.write(f"::notice title={title}::{escape_data(notice['message'].strip())}\n")
     run_verdict = verdict(run, fail_on)
     if run_verdict in (*UNFINISHED_VERDICTS, "unreadable"):
         level = "error" if fails_gate(run_verdict, allow_unfinished) else "warning"
@@ -99,8 +103,8 @@ def markdown_summary(
         "",
         f"**{gate_line(outcome, len(runs), fail_on, allow_unfinished).replace(': ', '**: ', 1)}.",
         "",
-        "| run | verdict | alerts | first alert |",
-        "|---|---|---|---|",
+        "| run | verdict | alerts | first alert | notices |",
+        "|---|---|---|---|---|",
     ]
     for run in runs:
         run_verdict = verdict(run, fail_on)
@@ -109,7 +113,8 @@ def markdown_summary(
         if run_verdict == "unreadable":
             detail = _markdown_cell(reason(run, run_verdict))
         count = "-" if run_verdict == "unreadable" else str(len(run.alerts))
-        lines.append(f"| `{run.path}` | {run_verdict} | {count} | {detail} |")
+        said = "; ".join(f"{n['kind']} at {where(n)}" for n in run.notices) or "-"
+        lines.append(f"| `{run.path}` | {run_verdict} | {count} | {detail} | {_markdown_cell(said)} |")
     if html is not None:
         lines += [
             "",

@@ -681,6 +681,15 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
     capsys.readouterr()
     assert main(["check", str(path.parent)]) == 0
     assert "  [info] Clipping" in capsys.readouterr().out  # ... and says it
+    summary = tmp_path / "summary.md"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GITHUB_STEP_SUMMARY", str(summary))
+        assert main(["check", str(path.parent), "--format", "github"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "clipping notice" in line]
+    assert len(said) == 1
+    assert said[0].startswith("::notice title=GradWatch clipping notice at step ")
+    assert "Clipping hides such a failure" in said[0]
+    assert "| clipping at step " in summary.read_text()  # the job summary's notices column
 
 
 def test_the_notice_says_clipping_on_most_steps_of_a_run_that_does_not_learn():
