@@ -25,9 +25,9 @@ from lightning_gradwatch.stats import GradientStats, StepStats  # noqa: E402
 
 __all__ = ["LOSS_OF_THIS_STEP", "Measure", "SpikeDetector", "StepStats", "adaptive", "constants", "gradwatch"]
 
-#: the loss GradWatch's judge is given at a step: this step's training loss (True), or the previous step's (False:
-#: the loss returned by ``training_step`` travels with the next step's statistics transfer)
-LOSS_OF_THIS_STEP = False
+#: the loss GradWatch's judge is given at a step: this step's training loss (True: the callback adds up the losses
+#: it sees in ``on_before_backward`` and they travel with this step's statistics transfer), or the previous step's
+LOSS_OF_THIS_STEP = True
 
 
 class Measure:

@@ -178,9 +178,10 @@ def evaluate(cell: Cell, model: nn.Module, data: Data) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------------------------- rules
 class Rule:
-    """A clipping rule: ``threshold(norm, stats)`` is the threshold for this step (``inf``: no clipping)."""
+    """A clipping rule: ``threshold(norm, stats, loss)`` is the threshold for this step (``inf``: no clipping); the
+    loss is the step's training loss, as the callback gives it to its rule."""
 
-    def threshold(self, norm: float, stats: StepStats) -> float:
+    def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
         return math.inf
 
 
@@ -188,7 +189,7 @@ class Fixed(Rule):
     def __init__(self, value: float) -> None:
         self.value = value
 
-    def threshold(self, norm: float, stats: StepStats) -> float:
+    def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
         return self.value
 
 
@@ -199,7 +200,7 @@ class AutoClip(Rule):
         self.p = percentile
         self.history: list[float] = []
 
-    def threshold(self, norm: float, stats: StepStats) -> float:
+    def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
         if math.isfinite(norm):
             bisect.insort(self.history, norm)
         if not self.history:
@@ -216,16 +217,16 @@ class Adaptive(Rule):
     def __init__(self, **kwargs: Any) -> None:
         self.clipper = AdaptiveClipThreshold(**kwargs)
 
-    def threshold(self, norm: float, stats: StepStats) -> float:
-        return self.clipper.update(norm)
+    def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
+        return self.clipper.update(norm, loss)
 
 
 class AdaptiveToThreshold(Adaptive):
     """Ablation: the same outlier test, but an outlier is clipped to the threshold instead of the typical norm."""
 
-    def threshold(self, norm: float, stats: StepStats) -> float:
+    def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
         limit = self.clipper.threshold()
-        self.clipper.update(norm)
+        self.clipper.update(norm, loss)
         return limit
 
 
@@ -236,7 +237,7 @@ class MeanStdLog(Rule):
         self.zscore, self.warmup, self.decay = zscore, warmup_steps, ema_decay
         self.steps, self.mean, self.var = 0, 0.0, 0.0
 
-    def threshold(self, norm: float, stats: StepStats) -> float:
+    def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
         threshold = math.inf
         if self.steps >= max(self.warmup, 2):
             std = max(math.sqrt(max(self.var, 0.0)), 0.02)
@@ -262,7 +263,7 @@ class SpikeClip(Rule):
         self.detector = GradientDetector(DetectionConfig())
         self.step = 0
 
-    def threshold(self, norm: float, stats: StepStats) -> float:
+    def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
         verdict = self.detector.update(self.step, stats)
         self.step += 1
         return verdict.spike_threshold if verdict.spike else math.inf
@@ -320,7 +321,7 @@ def train(cell: Cell, rule: Rule, epochs: int, data: Data | None = None) -> Resu
         else:
             step_stats = stats.collect()
             norm = step_stats.total_norm
-            threshold = rule.threshold(norm, step_stats)
+            threshold = rule.threshold(norm, step_stats, float(loss.detach()))
             coefficient = clip_coefficient(norm, threshold)
             if coefficient < 1.0:
                 stats.scale_(coefficient)

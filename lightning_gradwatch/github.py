@@ -73,8 +73,10 @@ def github_output(
 
 
 def _annotate(run: RunRecord, fail_on: set[str], allow_unfinished: bool, out: TextIO) -> None:
-    """A run's workflow commands: one annotation per alert and per notice, and one when it did not finish or cannot
-    be read. A notice (clipping that hides a failing run) is a ``::notice``, never a failure."""
+    """A run's workflow commands: one per alert and per notice, and one when it did not finish or cannot be read.
+
+    A notice (clipping that hides a failing run) is a ``::notice``, never a failure.
+    """
     for alert in run.alerts:
         level = "error" if alert["kind"] in fail_on else "warning"
         title = _escape_property(f"GradWatch {alert['kind']} gradients at {where(alert)} ({run.path})")
