@@ -210,9 +210,10 @@ class WatchedLoop:
             loss: this step's training loss (one number, unscaled; under gradient accumulation the sum of the
                 micro-batches' losses, each divided by their number; ``None``: not known). The rules that tell a
                 divergence from a model taking off, and a stalled run from a slowly learning one, read it (medians
-                over several steps), in the step's one device-to-host transfer, averaged over the processes of a
+                over several steps), and so does the loss ceiling of ``clip="adaptive"`` (without a loss it clips
+                outliers only), in the step's one device-to-host transfer, averaged over the processes of a
                 distributed job; a Trainer hands them the same loss, so a loop and a Trainer give the same alerts
-                on the same run.
+                and thresholds on the same run.
 
         Returns:
             ``False`` when GradWatch dropped this step's update (``"skip"``, ``"stop"``): its gradients are gone,
