@@ -106,8 +106,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             gradients explode) never becomes typical. Clipping that hides a failing run is said once (a
             :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): over the last 50 steps,
             half or more scaled down 2x or more while the loss did not fall, or the clipped norm up a decade, or the
-            ceiling in force all 50; the learning rate is then likely too high. ``gradwatch/clip_threshold`` is the
-            norm a step was held to.
+            ceiling below the outlier threshold on all 50; the learning rate is then likely too high.
+            ``gradwatch/clip_threshold`` is the norm a step was held to.
             ``None``: no clipping. Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the
             watched parameters, before the optimizer step; ``gradwatch/total_norm`` is the norm before (the
             exploding detector judges it), ``gradwatch/clipped_norm`` after. It cannot be combined with
