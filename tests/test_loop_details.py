@@ -309,6 +309,7 @@ def _plain_distributed_worker(rank: int, root: str, port: int) -> None:
                     break
         outcome = {"steps": steps, "finite": _finite(model), "alerts": [(a.kind, a.step) for a in watch.alerts]}
         Path(root, f"rank{rank}.json").write_text(json.dumps(outcome))
+        dist.barrier()  # both ranks done before either tears gloo down (a rank leaving early can abort the other)
     finally:
         dist.destroy_process_group()
 

@@ -299,6 +299,10 @@ def _fabric_ddp_worker(fabric: Any, root: str) -> None:
                 break
     finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     Path(root, f"rank{fabric.global_rank}.json").write_text(json.dumps({"steps": steps, "finite": finite}))
+    # both ranks done before either tears gloo down, and torn down before the process exits: a rank leaving early, or
+    # a process exiting with gloo's threads still running, aborted a rank at exit (SIGABRT, seen under load)
+    fabric.barrier()
+    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.distributed
