@@ -49,7 +49,7 @@ def clip_coefficient(total_norm: float, max_norm: float) -> float:
 
 
 class AdaptiveClipThreshold:
-    """``clip="adaptive"``: outliers clipped to the norm of learning steps; optionally, a ceiling from the loss.
+    """``clip="adaptive"``: outliers clipped to the norm of learning steps, under a ceiling from the loss.
 
     The threshold of a step is the lower of two parts (the first alone without ``use_loss``), both on
     ``log10(total norm)``:
