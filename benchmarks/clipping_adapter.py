@@ -21,9 +21,19 @@ from lightning_gradwatch import GradWatch  # noqa: E402
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient  # noqa: E402
 from lightning_gradwatch.config import ClipConfig  # noqa: E402
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector  # noqa: E402
+from lightning_gradwatch.judge.context import NormBaseline  # noqa: E402
 from lightning_gradwatch.stats import GradientStats, StepStats  # noqa: E402
 
-__all__ = ["LOSS_OF_THIS_STEP", "Measure", "SpikeDetector", "StepStats", "adaptive", "constants", "gradwatch"]
+__all__ = [
+    "LOSS_OF_THIS_STEP",
+    "ChainOffset",
+    "Measure",
+    "SpikeDetector",
+    "StepStats",
+    "adaptive",
+    "constants",
+    "gradwatch",
+]
 
 #: the loss GradWatch's judge is given at a step: this step's training loss (True: the callback adds up the losses
 #: it sees in ``on_before_backward`` and they travel with this step's statistics transfer), or the previous step's
@@ -46,6 +56,21 @@ class Measure:
             self.stats.scale_(coefficient)
             return True
         return False
+
+
+class ChainOffset:
+    """The chain offset GradWatch's detector gives ``clip="adaptive"`` at each step (``log10(chained / total)``).
+
+    It moves only when the set of layers with a non-zero gradient changes (as when every unit of a layer dies).
+    """
+
+    def __init__(self) -> None:
+        self.norms = NormBaseline()
+
+    def __call__(self, stats: StepStats) -> float:
+        if stats.finite:  # the detector chains finite steps only
+            self.norms.previous = self.norms.chain(stats)
+        return self.norms.offset
 
 
 def adaptive(**kwargs: Any) -> AdaptiveClipThreshold:

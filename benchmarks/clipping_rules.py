@@ -19,7 +19,7 @@ from typing import Any
 
 import clipping_grid
 import torch
-from clipping_adapter import Measure, SpikeDetector, StepStats, adaptive
+from clipping_adapter import ChainOffset, Measure, SpikeDetector, StepStats, adaptive
 from torch import nn
 
 
@@ -133,6 +133,7 @@ class Package(ThresholdRule):
 
     def __init__(self, **kwargs: Any) -> None:
         self.clipper = adaptive(**kwargs)
+        self.offset = ChainOffset()
         self.notice_step: int | None = None
         self.steps = 0
 
@@ -141,7 +142,8 @@ class Package(ThresholdRule):
         return self.clipper.ceiling
 
     def update(self, total_norm: float, loss: float | None = None, layer_norms: Sequence[float] = (), stats=None):
-        threshold = self.clipper.update(total_norm, loss)
+        offset = self.offset(stats) if stats is not None else 0.0
+        threshold = self.clipper.update(total_norm, loss, offset)
         if self.clipper.notice_due:
             self.notice_step = self.steps
         self.steps += 1

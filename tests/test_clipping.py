@@ -939,3 +939,58 @@ def test_a_noisy_run_the_loss_ceiling_was_cut_on_gets_its_step_size_back(tmp_pat
     assert list(cut_at) == ["ceiling"]
     assert cut_at["ceiling"] < 100  # the path under test: cut early
     assert final["ceiling"] <= 1.5 * final["outliers only"], final
+
+
+def test_adaptive_threshold_judges_the_chained_norm():
+    # a head alone at norm ~1, then a backbone joins: the total norm triples at once, the layers the two steps share
+    # do not grow (offset -log10(3)); the chained norm is the one judged, the threshold is a total norm again
+    steady = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95] * 5
+    chained, unchained = AdaptiveClipThreshold(), AdaptiveClipThreshold()
+    for norm in steady:
+        assert chained.update(norm, loss=1.0) == unchained.update(norm, loss=1.0)  # offset 0: the same rule
+    offset = -math.log10(3.0)
+    assert unchained.update(3.0, loss=1.0) < 1.0  # without the chain: an outlier, scaled to the typical norm
+    threshold = chained.update(3.0, loss=1.0, offset=offset)
+    assert threshold == pytest.approx(3 * unchained.threshold())  # the outlier threshold over the grown set
+    assert threshold > 3.0  # not clipped
+    for norm in steady:  # the grown set keeps its own level
+        assert chained.update(3 * norm, loss=1.0, offset=offset) >= 3 * norm
+
+
+def test_adaptive_clip_does_not_take_an_unfrozen_backbone_for_an_outlier(tmp_path):
+    # Lightning's usual fine-tuning: a frozen backbone joins at epoch 2 (BackboneFinetuning does the same); its
+    # gradients nearly triple the total norm at once, which is no outlier: GradWatch judges the chained norm
+    class Finetune(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Sequential(
+                torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU()
+            )
+            self.head = torch.nn.Linear(32, 1)
+            self.backbone.requires_grad_(False)
+
+        def on_train_epoch_start(self) -> None:
+            if self.current_epoch == 2:
+                self.backbone.requires_grad_(True)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.head(self.backbone(x)), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 8, generator=g)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :2].sum(1, keepdim=True)), batch_size=16)
+    torch.manual_seed(0)
+    watch = GradWatch(clip="adaptive", log_every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=3))
+    with single_thread():
+        trainer.fit(Finetune(), data)
+    acc = events(trainer.logger.log_dir)
+    before, after = scalars(acc, "gradwatch/total_norm"), scalars(acc, "gradwatch/clipped_norm")
+    head_only = statistics.median(before[s] for s in range(10, 20))
+    assert before[20] > 2 * head_only  # the backbone's first step: the total norm jumps
+    assert after[20] == pytest.approx(before[20], rel=1e-6)  # ... and is left alone
+    assert not watch.alerts

@@ -92,10 +92,15 @@ class AdaptiveClipThreshold:
     decades from the first half to the second. Clipping hides such a failure, it does not fix it.
 
     Inputs per step: the total norm (before clipping) and the training loss the judge is given (this step's or the
-    previous step's: the rule judges levels over ``loss_window`` steps, so a step of lag does not matter). The
-    threshold is a deterministic function of their history: every rank computes the same one, without communicating,
-    when the loss is the same on every rank. The state (:meth:`state_dict`) is plain values, so a resumed run
-    continues with the threshold it had. ``max_norm``, when given, is a fixed cap on every step.
+    previous step's: the rule judges levels over ``loss_window`` steps, so a step of lag does not matter), and the
+    detector's chain offset. **Like with like**: the norms learnt and judged are the detector's *chained* total norm,
+    which moves only by the growth of the layers two steps share when the set of layers with a gradient changes (a
+    backbone unfrozen mid-run, a branch used on some batches); the threshold is returned as a total norm over the
+    step's own layers. A backbone joining is thus no outlier, and the layers it brings are not scaled down to the
+    head's typical norm. The threshold is a deterministic function of this history: every rank computes the same
+    one, without communicating, when the loss is the same on every rank. The state (:meth:`state_dict`) is plain
+    values, so a resumed run continues with the threshold it had. ``max_norm``, when given, is a fixed cap on every
+    step.
 
     Args:
         zscore: how many spreads above the typical level a norm must be to be an outlier.
@@ -178,6 +183,7 @@ class AdaptiveClipThreshold:
         self._level_at_cut = -math.inf  # the loss level at the last cut, while the run stays worse
         self.ceiling = math.inf  # log10 norm; inf: not in force
         self._since_cut = 0
+        self._offset = 0.0  # the latest step's log10(chained norm / total norm)
         self.ceiling_steps = 0  # consecutive steps the ceiling has been in force
         self.noticed = False  # the notice was due once (it is said once per run)
         self.notice_due = False  # the notice is due at the step just learnt
@@ -284,7 +290,7 @@ class AdaptiveClipThreshold:
         self._since_cut, self._level_at_cut = 0, self.level
 
     # ------------------------------------------------------------------ a step
-    def update(self, total_norm: float, loss: float | None = None) -> float:
+    def update(self, total_norm: float, loss: float | None = None, offset: float = 0.0) -> float:
         """Learn one step; returns the threshold that applies to it (the norm to clip it to).
 
         For an outlier that is the typical norm, for any other step the outlier threshold; either way at most the
@@ -294,9 +300,14 @@ class AdaptiveClipThreshold:
             total_norm: the step's total gradient norm, before clipping.
             loss: the training loss the judge is given (``None`` or NaN: not known; the ceiling then stays as it
                 is).
+            offset: ``log10(chained norm / total norm)`` at this step (the detector's, 0 while the set of layers
+                with a gradient has not changed): the rule learns and judges the chained norm, so a backbone
+                unfrozen mid-run (more layers, a larger total norm) is not taken for an outlier; the threshold it
+                returns is a total norm over this step's layers.
         """
         finite = math.isfinite(total_norm) and total_norm > 0
-        x = math.log10(total_norm) if finite else math.inf
+        self._offset = offset
+        x = math.log10(total_norm) + offset if finite else math.inf
         worse, new_best = self._observe(loss, x)
         typical, limit = self._levels()
         self._move_ceiling(x, limit, typical, worse, new_best)
@@ -312,7 +323,8 @@ class AdaptiveClipThreshold:
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
         self._count_ceiling(limit)
-        self._watch_clipping(x, loss, x - math.log10(threshold) if finite and total_norm > threshold else 0.0)
+        depth = math.log10(total_norm) - math.log10(threshold) if finite and total_norm > threshold else 0.0
+        self._watch_clipping(x, loss, depth)
         return threshold
 
     def _move_ceiling(self, x: float, limit: float, typical: float, worse: bool, new_best: bool) -> None:
@@ -381,7 +393,8 @@ class AdaptiveClipThreshold:
         return rise if rise >= self._c["notice_rise"] else None
 
     def _cap(self, log_norm: float) -> float:
-        threshold = pow10_or_inf(log_norm)
+        """A chained ``log10`` level as a total norm over the latest step's layers, at most ``max_norm``."""
+        threshold = pow10_or_inf(log_norm - self._offset)
         return threshold if self.max_norm is None else min(threshold, self.max_norm)
 
     def notice(self, step: int, vanilla_rnn: bool = False) -> str:

@@ -79,6 +79,8 @@ class Verdict:
         nonfinite: the step has NaN/Inf gradients.
         spike: the total norm is above the spike threshold (alerted or not).
         spike_threshold: the total norm above which a step is a spike (``inf`` during warm-up).
+        chain_offset: ``log10(chained norm / total norm)`` at this step (0 until the set of layers with a gradient
+            first changes): what puts this step's norm on the run's history, like with like.
         vanishing_layers: layers currently in a vanishing episode.
         exploding: the run is in an exploding episode at this step (alerted now or earlier), whether or not this
             step is a spike: a divergence found by its trend has no spike step.
@@ -88,6 +90,7 @@ class Verdict:
     nonfinite: bool = False
     spike: bool = False
     spike_threshold: float = math.inf
+    chain_offset: float = 0.0
     vanishing_layers: tuple[str, ...] = ()
     exploding: bool = False
 

@@ -192,7 +192,7 @@ class StepJudge:
         s = self.settings
         threshold = math.inf
         if s.clipping.adaptive:
-            threshold = self.clipper.update(total_norm, loss)
+            threshold = self.clipper.update(total_norm, loss, offset=verdict.chain_offset)
         elif s.clipping.fixed is not None:
             threshold = s.clipping.fixed
         if verdict.spike and s.responses.response(AlertKind.EXPLODING) == Response.CLIP:

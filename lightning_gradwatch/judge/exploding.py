@@ -298,6 +298,7 @@ class ExplodingWatch(RuleWatch):
         threshold = ctx.spike_threshold()  # for this step's set of layers
         now = NormStep(step, stats, x, threshold, stats.total_norm > threshold)
         verdict.spike_threshold, verdict.spike = threshold, now.spike
+        verdict.chain_offset = ctx.norms.offset
         ctx.norms.forget()
         for rule in self.rules:
             rule.observe(now)
