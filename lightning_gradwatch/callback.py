@@ -40,6 +40,7 @@ from lightning_gradwatch.engine.environment import check_selection
 from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, RunStatus, VanishingResponse
 from lightning_gradwatch.loop import WatchedLoop
+from lightning_gradwatch.write.progress import warn
 
 __all__ = ["ExplodingResponse", "GradWatch", "NonfiniteResponse", "VanishingResponse"]
 
@@ -279,6 +280,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self._session = Session(self.settings)
         self._loss: torch.Tensor | None = None  # this step's loss so far (its micro-batches'), read with its statistics
         self._batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
+        self._batches = self._measured = 0  # training batches and measured optimizer steps of this fit
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -404,12 +406,15 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         namespace = instance_namespace(self, trainer.callbacks)
         fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer), owner=id(trainer))
         self._loss = self._batch_idx = None
+        self._batches = self._measured = 0
         if s.output.progress_bar and env.is_global_zero:
             fit.progress.attach(trainer)
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
+            if self._batches and not self._measured and trainer.is_global_zero:
+                warn(NO_STEP_MEASURED.format(batches=self._batches))
             self._session.end(_ended(trainer))
 
     @override
@@ -422,6 +427,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         fit = self._session.fit
         if fit is None:
             return
+        self._measured += 1
         index, count = optimizer_index(trainer, optimizer)
         where = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
         host = TrainerHost(trainer, fit.env)
@@ -444,6 +450,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._batch_idx = batch_idx
+        self._batches += 1
 
     @override
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
@@ -452,6 +459,15 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             loss = loss.detach().reshape(())
             self._loss = loss if self._loss is None else self._loss + loss
+
+
+#: said once at the end of a fit whose training batches never reached an optimizer step GradWatch could measure
+NO_STEP_MEASURED = (
+    "GradWatch measured no optimizer step in this fit ({batches} training batches ran): Lightning never called "
+    "on_before_optimizer_step, so no gradient was watched, judged or clipped. Under manual optimization, step the "
+    "optimizer self.optimizers() returns (opt.step()), not the torch optimizer inside it (opt.optimizer.step()). "
+    "`gradwatch check` gives such a run the verdict `unmeasured` (exit code 3)."
+)
 
 
 def _ended(trainer: Any) -> RunStatus:

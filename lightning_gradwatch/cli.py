@@ -8,9 +8,11 @@ Exit codes of ``gradwatch check`` (each run's verdict, and how they combine: :mo
   ``unreadable``, the other runs' verdicts are printed too; this wins over 1 and 3), or bad usage (a missing path,
   an unwritable ``$GITHUB_STEP_SUMMARY``: one line on stderr, nothing on stdout);
 - 3: no such alert, but a run did not finish: killed (no ``gradwatch.json``, or one still saying ``"running"``),
-  interrupted (Ctrl+C, SIGTERM) or failed (an exception). ``--allow-unfinished`` turns this into 0.
+  interrupted (Ctrl+C, SIGTERM) or failed (an exception); or it finished without GradWatch measuring a single
+  optimizer step (``unmeasured``). ``--allow-unfinished`` turns this into 0.
 
-Each run gets a verdict: ``healthy``, ``alerts``, ``unfinished``, ``interrupted``, ``failed`` or ``unreadable``.
+Each run gets a verdict: ``healthy``, ``alerts``, ``unfinished``, ``interrupted``, ``failed``, ``unmeasured`` or
+``unreadable``.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ _CHECK_EXIT_CODES = """exit codes:
   1  a run has an alert of a --fail-on kind (wins over 3)
   2  a run could not be read (its verdict is 'unreadable'; wins over 1 and 3; the other runs are printed too),
      or bad usage (a missing PATH, an unwritable $GITHUB_STEP_SUMMARY): one line on stderr
-  3  a run did not finish: killed, interrupted or failed (--allow-unfinished turns this into 0)
+  3  a run did not finish: killed, interrupted or failed; or no step of it was measured ('unmeasured')
+     (--allow-unfinished turns this into 0)
 """
 _REPORT_EXIT_CODES = """exit codes:
   0  every run was read and reported (alerts do not change it: gate on them with `gradwatch check`)
@@ -96,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="exit 0 healthy, 1 gradient alerts, 2 unreadable input, 3 a run did not finish",
         description="Check the runs under each PATH for gradient alerts, and that they finished: one verdict per\n"
-        "run (healthy, alerts, unfinished, interrupted, failed, unreadable), and an exit code for all of them.",
+        "run (healthy, alerts, unfinished, interrupted, failed, unmeasured, unreadable), and an exit code for all of\n"
+        "them.",
         epilog=_CHECK_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -111,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--allow-unfinished",
         action="store_true",
-        help="gate on alerts only: a run that was killed, interrupted or failed passes when it has no alerts",
+        help="gate on alerts only: a run that was killed, interrupted, failed or unmeasured passes when it has no"
+        " alerts",
     )
     check.add_argument(
         "--format",

@@ -7,6 +7,7 @@
 | ``unfinished`` | no ``gradwatch.json``, or one still saying ``"running"`` (killed) | 3 |
 | ``interrupted`` | Ctrl+C or SIGTERM ended training | 3 |
 | ``failed`` | an exception ended training | 3 |
+| ``unmeasured`` | finished, but GradWatch measured no optimizer step: nothing was judged | 3 |
 | ``unreadable`` | its ``gradwatch.json`` or an event file is corrupt, truncated or cannot be read | 2 |
 
 The exit code is the most serious verdict's: 2 (an unreadable run: the gate cannot vouch for what it could not read)
@@ -50,8 +51,9 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
-#: Verdicts of runs that did not finish, by ``status`` (``None``: no ``gradwatch.json``).
-UNFINISHED_VERDICTS = ("unfinished", "interrupted", "failed")
+#: Verdicts of runs the gate cannot vouch for: they did not finish (by ``status``; ``None``: no ``gradwatch.json``),
+#: or finished without a measured step.
+UNFINISHED_VERDICTS = ("unfinished", "interrupted", "failed", "unmeasured")
 VERDICTS = ("healthy", "alerts", *UNFINISHED_VERDICTS, "unreadable")
 #: ``gradwatch check --format json``'s ``result`` for each exit code.
 RESULTS = {EXIT_OK: "pass", EXIT_ALERT: "fail", EXIT_ERROR: "unreadable", EXIT_UNFINISHED: "unfinished"}
@@ -60,6 +62,8 @@ _WHY = {
     "unfinished": "training did not finish (killed, or still running)",
     "interrupted": "training was interrupted (Ctrl+C or SIGTERM)",
     "failed": "training ended with an exception",
+    "unmeasured": "GradWatch measured no optimizer step, so nothing was judged (under manual optimization, step the"
+    " optimizer self.optimizers() returns, not the torch optimizer inside it)",
 }
 
 
@@ -83,7 +87,7 @@ def verdict(run: RunRecord, fail_on: set[str]) -> str:
     if failing_alerts(run, fail_on):
         return "alerts"
     if run.finished:
-        return "healthy"
+        return "unmeasured" if run.source == "json" and run.steps.get("measured") == 0 else "healthy"
     if run.status in ("interrupted", "failed"):
         return run.status
     return "unfinished"
@@ -126,6 +130,8 @@ def reason(run: RunRecord, run_verdict: str) -> str:
     """Why a run is unreadable or did not finish, in one line."""
     if run_verdict == "unreadable":
         return run.unreadable or "cannot be read"
+    if run_verdict == "unmeasured":
+        return _WHY[run_verdict]
     if run.status is None:
         return "no gradwatch.json (killed before writing it, or it could not be written, or was not copied)"
     if run.status == "running":
@@ -154,10 +160,12 @@ def gate_line(outcome: Gate, n_runs: int, fail_on: set[str], allow_unfinished: b
     counts = outcome.counts
     line = f"{outcome.result.upper()}: {counts['alerts']} of {n_runs} run(s) with alerts of kind"
     line += f" {', '.join(sorted(fail_on))}"
-    unfinished = [f"{counts[v]} {v}" for v in UNFINISHED_VERDICTS if counts[v]]
+    allowed = " (allowed by --allow-unfinished)" if allow_unfinished else ""
+    unfinished = [f"{counts[v]} {v}" for v in UNFINISHED_VERDICTS if v != "unmeasured" and counts.get(v)]
     if unfinished:
-        allowed = " (allowed by --allow-unfinished)" if allow_unfinished else ""
         line += f"; did not finish: {', '.join(unfinished)}{allowed}"
+    if counts.get("unmeasured"):
+        line += f"; no step measured: {counts['unmeasured']}{allowed}"
     if counts["unreadable"]:
         line += f"; could not be read: {counts['unreadable']}"
     return line

@@ -202,6 +202,7 @@ def test_check_unreadable_run_is_one_verdict_among_the_others(five_runs, allow):
         "unfinished": 0,
         "interrupted": 0,
         "failed": 0,
+        "unmeasured": 0,
         "unreadable": 1,
     }
     by_path = {Path(r["path"]): r for r in doc["runs"]}
@@ -350,6 +351,7 @@ def test_check_alerts_win_over_unfinished(runs, tmp_path):
         "unfinished": 0,
         "interrupted": 0,
         "failed": 1,
+        "unmeasured": 0,
         "unreadable": 0,
     }
     # the alert's kind is not gated on: the run that did not finish decides

@@ -226,3 +226,47 @@ def test_numpy_integers_are_accepted_as_intervals():
     )
     assert watch.config()["log_every_n_steps"] == 5
     assert type(watch.config()["log_every_n_steps"]) is int
+
+
+# ---------------------------------------------------------------------------------------- a run nothing was seen of
+def test_manual_optimization_stepping_the_raw_optimizer_is_no_silent_pass(tmp_path):
+    """The torch optimizer inside ``self.optimizers()`` stepped directly: Lightning never calls
+    ``on_before_optimizer_step``, GradWatch measures nothing. It says so, and the gate does not pass the run."""
+
+    class RawStep(pl.LightningModule):
+        def __init__(self, raw: bool) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+            self.raw = raw
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            x, y = batch
+            loss = nn.functional.mse_loss(self.net(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            (opt.optimizer if self.raw else opt).step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    for raw in (True, False):
+        trainer = pl.Trainer(
+            callbacks=[GradWatch()], **trainer_kwargs(tmp_path / str(raw), max_steps=8, log_every_n_steps=1)
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(RawStep(raw), regression_data(64, batch_size=8))
+        said = [str(w.message) for w in caught if issubclass(w.category, GradientWarning)]
+        result = gradwatch("check", trainer.logger.log_dir)
+        if raw:
+            assert any("measured no optimizer step" in m and "opt.optimizer.step()" in m for m in said), said
+            assert _report(trainer.logger.log_dir)["steps"]["measured"] == 0
+            assert result.returncode == 3, result.stdout
+            assert "unmeasured: GradWatch measured no optimizer step" in result.stdout
+            assert gradwatch("check", "--allow-unfinished", trainer.logger.log_dir).returncode == 0
+        else:  # the LightningOptimizer's step: measured as usual
+            assert not said
+            assert _report(trainer.logger.log_dir)["steps"]["measured"] == 8
+            assert result.returncode == 0, result.stdout
