@@ -50,7 +50,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
     Gradients are measured in ``on_before_optimizer_step``, the one hook where they are final (accumulated,
     all-reduced, AMP-unscaled, not yet clipped), once per optimizer step, for the parameters of the optimizer being
-    stepped. Parameters are grouped into layers by owning module (``encoder.layers.3.self_attn``), so TensorBoard
+    stepped (an optimizer whose closure runs several times a step, such as LBFGS's line search, calls the hook after
+    each evaluation: the step's first, the gradient at its starting weights, is the one measured, judged and
+    clipped). Parameters are grouped into layers by owning module (``encoder.layers.3.self_attn``), so TensorBoard
     gets one chart line per layer, not one per weight and bias.
 
     Every step: per-layer gradient L2 norms and the total norm, in one fused pass with one device-to-host transfer;
@@ -281,6 +283,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self._loss: torch.Tensor | None = None  # this step's loss so far (its micro-batches'), read with its statistics
         self._batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
         self._batches = self._measured = 0  # training batches and measured optimizer steps of this fit
+        self._last_measured: tuple[int, int] | None = None  # (global step, optimizer index) of the last measured step
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -405,7 +408,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         env = probe(trainer, pl_module, s.schedule.log_every_n_steps, s.schedule.histogram_every_n_steps)  # every rank
         namespace = instance_namespace(self, trainer.callbacks)
         fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer), owner=id(trainer))
-        self._loss = self._batch_idx = None
+        self._loss = self._batch_idx = self._last_measured = None
         self._batches = self._measured = 0
         if s.output.progress_bar and env.is_global_zero:
             fit.progress.attach(trainer)
@@ -427,12 +430,15 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         fit = self._session.fit
         if fit is None:
             return
-        self._measured += 1
         index, count = optimizer_index(trainer, optimizer)
-        where = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
-        host = TrainerHost(trainer, fit.env)
         step = int(trainer.global_step)
         loss, self._loss = self._loss, None
+        if (step, index) == self._last_measured:
+            return  # LBFGS: a further closure evaluation of the step's line search (only the step's first is judged)
+        self._last_measured = (step, index)
+        self._measured += 1
+        where = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
+        host = TrainerHost(trainer, fit.env)
         if loss is not None and fit.env.scaler is not None:  # the loss backward saw was scaled; no sync to unscale it
             loss = loss / fit.env.scaler.scale(torch.ones((), device=loss.device))
         self._session.step(host, optimizer, pl_module, step=step, index=index, count=count, loss=loss, where=where)

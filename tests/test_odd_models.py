@@ -60,6 +60,41 @@ def test_all_parameters_frozen(tmp_path):
     assert watch.state_dict()["summary"]["measured_steps"] == 0
 
 
+def test_lbfgs_line_search_is_one_step(tmp_path):
+    """LBFGS evaluates its closure several times a step, and Lightning calls ``on_before_optimizer_step`` after each:
+    GradWatch measures, judges and writes the step once, at its first evaluation (the step's starting weights)."""
+
+    class Lbfgs(Base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+            self.calls: dict[int, int] = {}
+
+        def on_before_optimizer_step(self, optimizer):
+            self.calls[self.global_step] = self.calls.get(self.global_step, 0) + 1
+            if self.calls[self.global_step] == 1:
+                self.reference[self.global_step] = reference_norms(self)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.LBFGS(self.parameters(), lr=0.5, max_iter=6)
+
+    model = Lbfgs()
+    watch, trainer, ours = _fit(tmp_path, model, clip="adaptive")
+    assert trainer.global_step == 8
+    assert sum(model.calls.values()) > 8  # several evaluations a step
+    assert watch.state_dict()["summary"]["measured_steps"] == 8
+    totals = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
+    assert sorted(totals) == list(range(8))
+    for step, total in totals.items():
+        assert total == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
+    assert ours == []
+    assert watch.alerts == []
+
+
 def test_layer_unused_on_some_steps(tmp_path):
     class Branchy(Base):
         def __init__(self) -> None:
