@@ -284,6 +284,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self._batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
         self._batches = self._measured = 0  # training batches and measured optimizer steps of this fit
         self._last_measured: tuple[int, int] | None = None  # (global step, optimizer index) of the last measured step
+        self._clipping_module: Any = None  # a manual-optimization module whose clip_gradients GradWatch watches
+        self._user_clipped = self._said_user_clipped = False  # it clipped before this step was measured (said once)
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -410,15 +412,36 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer), owner=id(trainer))
         self._loss = self._batch_idx = self._last_measured = None
         self._batches = self._measured = 0
+        if not getattr(pl_module, "automatic_optimization", True):
+            self._watch_user_clipping(pl_module)
         if s.output.progress_bar and env.is_global_zero:
             fit.progress.attach(trainer)
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
+            if self._clipping_module is not None:
+                self._clipping_module.__dict__.pop("clip_gradients", None)
+                self._clipping_module = None
             if self._batches and not self._measured and trainer.is_global_zero:
                 warn(NO_STEP_MEASURED.format(batches=self._batches))
             self._session.end(_ended(trainer))
+
+    def _watch_user_clipping(self, pl_module: Any) -> None:
+        """Under manual optimization, know when ``self.clip_gradients`` runs before a step is measured.
+
+        Lightning calls ``on_before_optimizer_step`` inside ``opt.step()``, after any clipping of the user's own:
+        GradWatch would see clipped gradients. The module's ``clip_gradients`` is wrapped for the fit (an instance
+        attribute, removed at its end) to say so once.
+        """
+        original = pl_module.clip_gradients
+
+        def clip_gradients(*args: Any, **kwargs: Any) -> Any:
+            self._user_clipped = True
+            return original(*args, **kwargs)
+
+        pl_module.__dict__["clip_gradients"] = clip_gradients
+        self._clipping_module = pl_module
 
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
@@ -437,6 +460,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             return  # LBFGS: a further closure evaluation of the step's line search (only the step's first is judged)
         self._last_measured = (step, index)
         self._measured += 1
+        if self._user_clipped and not self._said_user_clipped and trainer.is_global_zero:
+            warn(CLIPPED_BEFORE_MEASURED)
+            self._said_user_clipped = True
+        self._user_clipped = False
         where = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
         host = TrainerHost(trainer, fit.env)
         if loss is not None and fit.env.scaler is not None:  # the loss backward saw was scaled; no sync to unscale it
@@ -473,6 +500,16 @@ NO_STEP_MEASURED = (
     "on_before_optimizer_step, so no gradient was watched, judged or clipped. Under manual optimization, step the "
     "optimizer self.optimizers() returns (opt.step()), not the torch optimizer inside it (opt.optimizer.step()). "
     "`gradwatch check` gives such a run the verdict `unmeasured` (exit code 3)."
+)
+
+
+#: said once when, under manual optimization, ``self.clip_gradients`` ran before GradWatch measured the step
+CLIPPED_BEFORE_MEASURED = (
+    "self.clip_gradients(...) ran before GradWatch measured this step: under manual optimization Lightning calls "
+    "on_before_optimizer_step inside opt.step(), after your clipping, so GradWatch sees clipped gradients (its norms "
+    "are the clipped ones, and exploding gradients are hidden from its detector). Let GradWatch clip instead: "
+    'GradWatch(clip=<max norm>) or GradWatch(clip="adaptive") measures the gradients first, then clips them at '
+    "the same point."
 )
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
-from tests.helpers import events, flavour, make_mlp_module, regression_data, trainer_kwargs
+from tests.helpers import events, flavour, make_mlp_module, regression_data, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
 
@@ -270,3 +270,45 @@ def test_manual_optimization_stepping_the_raw_optimizer_is_no_silent_pass(tmp_pa
             assert not said
             assert _report(trainer.logger.log_dir)["steps"]["measured"] == 8
             assert result.returncode == 0, result.stdout
+
+
+def test_manual_optimization_clipping_before_the_step_is_said(tmp_path):
+    """``self.clip_gradients`` before ``opt.step()`` (Lightning's manual-optimization pattern) runs before GradWatch
+    measures, so GradWatch would see clipped gradients: it says so once, naming its own clipping instead."""
+
+    class ManualClip(pl.LightningModule):
+        def __init__(self, clip: bool) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+            self.clip = clip
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            x, y = batch
+            opt.zero_grad()
+            self.manual_backward(nn.functional.mse_loss(self.net(x), y))
+            if self.clip:
+                self.clip_gradients(opt, gradient_clip_val=1e-3, gradient_clip_algorithm="norm")
+            opt.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    for clip in (True, False):
+        model = ManualClip(clip)
+        trainer = pl.Trainer(
+            callbacks=[GradWatch()], **trainer_kwargs(tmp_path / str(clip), max_steps=6, log_every_n_steps=1)
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, regression_data(64, batch_size=8))
+        said = [str(w.message) for w in caught if issubclass(w.category, GradientWarning)]
+        totals = list(scalars(events(trainer.logger.log_dir), "gradwatch/total_norm").values())
+        assert "clip_gradients" not in vars(model)  # the module is left as it was
+        if clip:
+            assert len([m for m in said if "self.clip_gradients(...) ran before GradWatch measured" in m]) == 1, said
+            assert max(totals) <= 1e-3 * (1 + 1e-5)  # what GradWatch saw: the clipped gradients
+        else:
+            assert not said
+            assert min(totals) > 1e-2
