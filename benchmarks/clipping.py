@@ -186,6 +186,114 @@ def near_zero_table(steps: int) -> list[str]:
     return [*lines, summary]
 
 
+UNFREEZE_SEEDS = (0, 1, 2, 3, 4)
+UNCHAINED = 'clip="adaptive" on the raw total norm (before)'
+UNFREEZE_VARIANTS = ("no clipping", "clip=1.0", 'clip="adaptive"', UNCHAINED, "ZClip z-score", "AutoClip p10")
+
+
+class Finetune(pl.LightningModule):
+    """A regression head trained alone for 3 epochs (a frozen 2-layer backbone), then with its backbone, 10 epochs."""
+
+    JOIN_EPOCH, EPOCHS = 3, 10
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = torch.nn.Sequential(
+            torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU()
+        )
+        self.head = torch.nn.Linear(64, 1)
+        self.backbone.requires_grad_(False)
+        self.x, self.y = self.data(seed)
+        self.x_val, self.y_val = self.data(1000 + seed)
+
+    @staticmethod
+    def data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(1024, 8, generator=g)
+        return x, torch.sin(x[:, :2].sum(1, keepdim=True)) + 0.5 * x[:, 2:3] * x[:, 3:4]
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == self.JOIN_EPOCH:
+            self.backbone.requires_grad_(True)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.head(self.backbone(x)), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+    def train_dataloader(self) -> Any:
+        dataset = torch.utils.data.TensorDataset(self.x, self.y)
+        return torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True)
+
+    def validation_mse(self) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(self.head(self.backbone(self.x_val)), self.y_val))
+
+
+def _unchained() -> Any:
+    """The rule as it was before it judged the chained norm: the chain offset ignored (an ablation, patched in)."""
+    import contextlib
+
+    import lightning_gradwatch.judge.clipping as rule
+
+    @contextlib.contextmanager
+    def patched() -> Any:
+        update = rule.AdaptiveClipThreshold.update
+        rule.AdaptiveClipThreshold.update = lambda self, norm, loss=None, offset=0.0: update(self, norm, loss)
+        try:
+            yield
+        finally:
+            rule.AdaptiveClipThreshold.update = update
+
+    return patched()
+
+
+def unfreeze_table(epochs: int) -> list[str]:
+    """A backbone joining a head mid-run (a healthy fine-tuning): each variant's validation MSE, its ratio to no
+    clipping (the target: within 1.1x), and GradWatch's clipped steps."""
+    lines = [
+        f"\n### healthy: a backbone unfrozen at epoch {Finetune.JOIN_EPOCH} of {epochs}, {len(UNFREEZE_SEEDS)} seeds"
+        " (validation MSE, ratio to no clipping, steps clipped of 320)\n",
+        "| seed | " + " | ".join(UNFREEZE_VARIANTS) + " |",
+        "|---|" + "---:|" * len(UNFREEZE_VARIANTS),
+    ]
+    print("\n".join(lines), flush=True)
+    within = dict.fromkeys(UNFREEZE_VARIANTS[1:], 0)
+    for seed in UNFREEZE_SEEDS:
+        cells = []
+        for name in UNFREEZE_VARIANTS:
+            variant = dict(VARIANTS[name if name != UNCHAINED else 'clip="adaptive"'])
+            peer = variant.pop("extra", None)
+            extra = extra_callback(peer)
+            watch = GradWatch(**{**WARN, **variant})
+            model = Finetune(seed)
+            trainer = pl.Trainer(
+                max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, callbacks=[watch, *extra],
+            )  # fmt: skip
+            torch.manual_seed(seed)
+            if name == UNCHAINED:
+                with _unchained():
+                    trainer.fit(model)
+            else:
+                trainer.fit(model)
+            mse = model.validation_mse()
+            clipped = int(watch.state_dict()["summary"]["events"].get("clipped_steps", 0))
+            cells.append((mse, "-" if peer else str(clipped)))
+        base = cells[0][0]
+        for name, (mse, _) in zip(UNFREEZE_VARIANTS[1:], cells[1:]):
+            within[name] += mse <= 1.1 * base
+        row = [f"{base:.4f}"] + [f"{m:.4f} ({m / base:.2f}x, {c})" for m, c in cells[1:]]
+        lines.append(f"| {seed} | " + " | ".join(row) + " |")
+        print(lines[-1], flush=True)
+    summary = "within 1.1x of no clipping: " + ", ".join(f"{k} {v}/{len(UNFREEZE_SEEDS)}" for k, v in within.items())
+    print(summary, flush=True)
+    return [*lines, summary]
+
+
 def bench_cost(model_name: str, repeats: int) -> tuple[float, float, float]:
     """Median seconds of GradWatch's measure + clip, of the same with the ``clip="adaptive"`` policy deciding the
     threshold (fed a loss, so its ceiling's bookkeeping runs), and of a bare ``clip_grad_norm_``, interleaved."""
@@ -250,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\n## Scenarios (responses not under test: warn)")
         outcome_table(steps)
         near_zero_table(steps[SCENARIOS[2].name])
+        unfreeze_table(5 if args.quick else Finetune.EPOCHS)
     if args.part not in ("cost", "all"):
         print(f"\n{env}; total {time.perf_counter() - started:.0f} s")
         return
