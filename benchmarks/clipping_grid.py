@@ -212,21 +212,27 @@ class AutoClip(Rule):
 
 
 class Adaptive(Rule):
-    """``clip="adaptive"``: the package's AdaptiveClipThreshold, as the callback builds it."""
+    """``clip="adaptive"``: the package's AdaptiveClipThreshold, as the callback builds and feeds it (the chain offset
+    of the detector included)."""
 
     def __init__(self, **kwargs: Any) -> None:
+        from clipping_adapter import ChainOffset
+
         self.clipper = AdaptiveClipThreshold(**kwargs)
+        self.offset = ChainOffset()
 
     def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
-        return self.clipper.update(norm, loss)
+        return self.clipper.update(norm, loss, self.offset(stats))
 
 
 class AdaptiveToThreshold(Adaptive):
     """Ablation: the same outlier test, but an outlier is clipped to the threshold instead of the typical norm."""
 
     def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
+        offset = self.offset(stats)
+        self.clipper._offset = offset  # the threshold before this step is learnt, as a norm over its layers
         limit = self.clipper.threshold()
-        self.clipper.update(norm, loss)
+        self.clipper.update(norm, loss, offset)
         return limit
 
 
