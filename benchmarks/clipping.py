@@ -270,16 +270,18 @@ def unfreeze_table(epochs: int) -> list[str]:
             extra = extra_callback(peer)
             watch = GradWatch(**{**WARN, **variant})
             model = Finetune(seed)
-            trainer = pl.Trainer(
-                max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, callbacks=[watch, *extra],
-            )  # fmt: skip
-            torch.manual_seed(seed)
-            if name == UNCHAINED:
-                with _unchained():
+            with tempfile.TemporaryDirectory(prefix="gradwatch-unfreeze-") as root:
+                trainer = pl.Trainer(
+                    max_epochs=epochs, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    callbacks=[watch, *extra],
+                )  # fmt: skip
+                torch.manual_seed(seed)
+                if name == UNCHAINED:
+                    with _unchained():
+                        trainer.fit(model)
+                else:
                     trainer.fit(model)
-            else:
-                trainer.fit(model)
             mse = model.validation_mse()
             clipped = int(watch.state_dict()["summary"]["events"].get("clipped_steps", 0))
             cells.append((mse, "-" if peer else str(clipped)))
