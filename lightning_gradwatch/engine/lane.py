@@ -158,7 +158,7 @@ class Lane:
         if stats is None:
             return Decision(step)
         step_loss = stats.extra[0] if stats.extra else None
-        decision = self.judge.judge(step, stats, step_loss, self._scale, log, hist)
+        decision = self.judge.judge(step, stats, step_loss, self._scale, log, hist, several=own_cadence)
         self.record(decision)
         return decision
 

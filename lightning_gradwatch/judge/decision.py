@@ -129,6 +129,7 @@ class StepJudge:
         scale: Callable[[], float] | None = None,
         log: bool = False,
         histograms: bool = False,
+        several: bool = False,
     ) -> Decision:
         """Judge one measured step.
 
@@ -139,6 +140,9 @@ class StepJudge:
             scale: the fp16 loss scaler's current scale, read only when needed (``None``: no loss scaler).
             log: scalars are due at this step (recorded in the decision).
             histograms: histograms are due at this step (likewise).
+            several: the run steps several optimizers. Each one's loss is then its own objective against the others
+                (a GAN's generator loss rises as its discriminator learns), no measure of the run's progress: the
+                adaptive clip threshold is not given it (no loss ceiling, no notice of a loss that does not fall).
         """
         scaled_nonfinite = scale is not None and not stats.finite
         if self._overflowed(stats, scale):
@@ -153,7 +157,7 @@ class StepJudge:
         flags = self._flags(verdict, alerts)
         threshold = notice = None
         if not (flags.skip or flags.stop) and stats.finite:
-            threshold = self._clip_threshold(stats.total_norm, verdict, loss)
+            threshold = self._clip_threshold(stats.total_norm, verdict, None if several else loss)
             if self.clipper.notice_due and self.settings.clipping.adaptive:
                 notice = self.clipper.notice(step, self.traits.vanilla_rnn)
         health = self._health(verdict)
