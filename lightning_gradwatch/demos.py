@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - the other flavour
 __all__ = [
     "DeepMLP",
     "Divergence",
+    "RingGan",
     "SequenceMemory",
     "SmallCNN",
     "TinyTransformerLM",
@@ -354,3 +355,75 @@ class Divergence(_Demo):
         growth = self.lr_growth
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: growth**step)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+#: the eight modes of :class:`RingGan`'s data, on a circle of radius 2
+RING = torch.stack([torch.tensor([math.cos(math.pi * k / 4), math.sin(math.pi * k / 4)]) * 2 for k in range(8)])
+
+
+class RingGan(LightningModule):
+    """A GAN on a ring of 8 Gaussians: manual optimization, two Adam optimizers (generator, discriminator).
+
+    A player's loss rises as its opponent learns: the generator's loss is no measure of the run's progress.
+    :meth:`distance` is: how far samples lie from their nearest mode plus how far each mode lies from its nearest
+    sample (lower is better; a collapsed generator covers few modes).
+
+    Args:
+        seed: seeds the weights, the data and the fixed noise :meth:`distance` samples from.
+        batches: training batches of 64 in one epoch.
+        lr: both optimizers' learning rate.
+
+    Example:
+        >>> gan = RingGan(seed=0, batches=4)
+        >>> len(gan.configure_optimizers()), gan.automatic_optimization
+        (2, False)
+        >>> gan.distance() > 0
+        True
+    """
+
+    def __init__(self, seed: int = 0, batches: int = 300, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.seed, self.lr = seed, lr
+        torch.manual_seed(seed)
+        g = _generator(seed)
+        self.x = RING[torch.randint(0, 8, (batches * 64,), generator=g)] + 0.1 * torch.randn(
+            batches * 64, 2, generator=g
+        )
+        self.gen = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+        self.disc = nn.Sequential(
+            nn.Linear(2, 64), nn.LeakyReLU(0.2), nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1)
+        )
+        self.z = torch.randn(2000, 4, generator=g)
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        (x,) = batch
+        bce = nn.functional.binary_cross_entropy_with_logits
+        opt_gen, opt_disc = self.optimizers()  # type: ignore[misc]
+        fake = self.gen(torch.randn(len(x), 4))
+        ones, zeros = torch.ones(len(x), 1), torch.zeros(len(x), 1)
+        opt_disc.zero_grad()
+        self.manual_backward(bce(self.disc(x), ones) + bce(self.disc(fake.detach()), zeros))
+        opt_disc.step()
+        opt_gen.zero_grad()
+        self.manual_backward(bce(self.disc(fake), ones))
+        opt_gen.step()
+
+    @override
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        betas = (0.5, 0.999)
+        return [
+            torch.optim.Adam(self.gen.parameters(), self.lr, betas),
+            torch.optim.Adam(self.disc.parameters(), self.lr, betas),
+        ]
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.x), batch_size=64, shuffle=True, generator=_generator(0))
+
+    def distance(self) -> float:
+        """Samples to their nearest mode plus modes to their nearest sample (mean distances)."""
+        with torch.no_grad():
+            d = torch.cdist(self.gen(self.z), RING)
+        return float(d.min(1).values.mean() + d.min(0).values.mean())

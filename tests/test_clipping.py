@@ -14,6 +14,7 @@ import torch
 from examples.harness import finite_weights, single_thread
 from lightning_gradwatch import GradWatch
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
+from lightning_gradwatch.demos import RingGan
 from tests.helpers import events, flavour, make_mlp_module, reference_norms, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
@@ -998,67 +999,6 @@ def test_adaptive_clip_does_not_take_an_unfrozen_backbone_for_an_outlier(tmp_pat
     assert not watch.alerts
 
 
-RING = torch.stack([torch.tensor([math.cos(math.pi * k / 4), math.sin(math.pi * k / 4)]) * 2 for k in range(8)])
-
-
-def _gan_module(seed: int):
-    """A GAN on a ring of 8 Gaussians (manual optimization, two Adam optimizers, one pass of 300 batches)."""
-
-    class Gan(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.automatic_optimization = False
-            torch.manual_seed(seed)
-            g = torch.Generator().manual_seed(seed)
-            self.x = RING[torch.randint(0, 8, (300 * 64,), generator=g)] + 0.1 * torch.randn(300 * 64, 2, generator=g)
-            self.gen = torch.nn.Sequential(
-                torch.nn.Linear(4, 64),
-                torch.nn.ReLU(),
-                torch.nn.Linear(64, 64),
-                torch.nn.ReLU(),
-                torch.nn.Linear(64, 2),
-            )
-            self.disc = torch.nn.Sequential(
-                torch.nn.Linear(2, 64), torch.nn.LeakyReLU(0.2), torch.nn.Linear(64, 64), torch.nn.LeakyReLU(0.2),
-                torch.nn.Linear(64, 1),
-            )  # fmt: skip
-            self.z = torch.randn(2000, 4, generator=g)
-
-        def training_step(self, batch, batch_idx):
-            (x,) = batch
-            bce = torch.nn.functional.binary_cross_entropy_with_logits
-            og, od = self.optimizers()
-            fake = self.gen(torch.randn(len(x), 4))
-            ones, zeros = torch.ones(len(x), 1), torch.zeros(len(x), 1)
-            od.zero_grad()
-            self.manual_backward(bce(self.disc(x), ones) + bce(self.disc(fake.detach()), zeros))
-            od.step()
-            og.zero_grad()
-            self.manual_backward(bce(self.disc(fake), ones))  # rises as the discriminator learns
-            og.step()
-
-        def configure_optimizers(self):
-            adam = torch.optim.Adam
-            return [
-                adam(self.gen.parameters(), 1e-3, betas=(0.5, 0.999)),
-                adam(self.disc.parameters(), 1e-3, betas=(0.5, 0.999)),
-            ]
-
-        def train_dataloader(self):
-            data = torch.utils.data.TensorDataset(self.x)
-            return torch.utils.data.DataLoader(
-                data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
-            )
-
-        def distance(self) -> float:
-            """Mean distance of samples to their nearest mode plus of each mode to its nearest sample."""
-            with torch.no_grad():
-                d = torch.cdist(self.gen(self.z), RING)
-            return float(d.min(1).values.mean() + d.min(0).values.mean())
-
-    return Gan()
-
-
 @pytest.mark.parametrize("seed", [0, 5])
 def test_adaptive_clip_leaves_a_gan_to_its_game(tmp_path, seed):
     # a player's loss rises as its opponent learns: no measure of progress for the loss ceiling. With the ceiling fed
@@ -1066,7 +1006,7 @@ def test_adaptive_clip_leaves_a_gan_to_its_game(tmp_path, seed):
     # 0.74 and 0.87); with several optimizers the ceiling is not given a loss
     distances = []
     for clip in (None, "adaptive"):
-        model = _gan_module(seed)
+        model = RingGan(seed)
         watch = GradWatch(clip=clip, on_exploding="warn", log_every_n_steps=50)
         trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path / str(clip)))
         with single_thread(), warnings.catch_warnings():
