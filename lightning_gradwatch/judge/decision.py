@@ -157,9 +157,7 @@ class StepJudge:
         flags = self._flags(verdict, alerts)
         threshold = notice = None
         if not (flags.skip or flags.stop) and stats.finite:
-            threshold = self._clip_threshold(stats.total_norm, verdict, None if several else loss)
-            if self.clipper.notice_due and self.settings.clipping.adaptive:
-                notice = self.clipper.notice(step, self.traits.vanilla_rnn)
+            threshold, notice = self._clip(step, stats.total_norm, verdict, None if several else loss)
         health = self._health(verdict)
         return Decision(
             step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite, notice
@@ -190,6 +188,14 @@ class StepJudge:
         skip = any(verdict.affected(kind) and response(kind) in spec.drops for kind, spec in KINDS.items())
         responses = {r for _, r in alerts}
         return Flags(skip=skip, stop=Response.STOP in responses, fail=Response.RAISE in responses)
+
+    def _clip(
+        self, step: int, total_norm: float, verdict: Verdict, loss: float | None
+    ) -> tuple[float | None, str | None]:
+        """The step's clip threshold, and the adaptive rule's notice when it is due at this step."""
+        threshold = self._clip_threshold(total_norm, verdict, loss)
+        due = self.clipper.notice_due and self.settings.clipping.adaptive
+        return threshold, self.clipper.notice(step, self.traits.vanilla_rnn) if due else None
 
     def _clip_threshold(self, total_norm: float, verdict: Verdict, loss: float | None) -> float | None:
         """The threshold this step is clipped to, when clipping is configured (the adaptive one learns from it)."""
