@@ -302,19 +302,22 @@ GAN_VARIANTS = ("no clipping", "clip=1.0", 'clip="adaptive"', WITH_LOSS, "ZClip 
 
 
 def _fed_the_loss() -> Any:
-    """The judge as it was before several optimizers kept their losses from the rule (an ablation, patched in)."""
+    """The judge as it was before several optimizers kept their losses from the rule and the detector judged the
+    game's loss: each optimizer's own loss, to both (an ablation, patched in)."""
     import contextlib
 
+    import lightning_gradwatch.engine.session as session
     import lightning_gradwatch.judge.decision as decision
 
     @contextlib.contextmanager
     def patched() -> Any:
-        judge = decision.StepJudge.judge
+        judge, others = decision.StepJudge.judge, session.Session._others
         decision.StepJudge.judge = lambda self, *args, several=False, **kwargs: judge(self, *args, **kwargs)
+        session.Session._others = lambda self, index: None
         try:
             yield
         finally:
-            decision.StepJudge.judge = judge
+            decision.StepJudge.judge, session.Session._others = judge, others
 
     return patched()
 
@@ -331,6 +334,7 @@ def gan_table() -> list[str]:
     print("\n".join(lines), flush=True)
     ratios: dict[str, list[float]] = {name: [] for name in GAN_VARIANTS[1:]}
     alerted = []  # seeds whose run without clipping got an alert (GradWatch's defaults, on_*="warn")
+    alerted_before = []  # ... when the detector judged each optimizer's own loss
     for seed in GAN_SEEDS:
         distances = []
         for name in GAN_VARIANTS:
@@ -352,6 +356,9 @@ def gan_table() -> list[str]:
             distances.append(model.distance())
             if name == "no clipping" and watch.alerts:
                 alerted.append(f"{seed} ({', '.join(f'{a.kind}@{a.step}' for a in watch.alerts)})")
+        before = _gan_alerts(seed)
+        if before:
+            alerted_before.append(f"{seed} ({before})")
         for name, d in zip(GAN_VARIANTS[1:], distances[1:]):
             ratios[name].append(d / distances[0])
         row = [f"{distances[0]:.2f}"] + [f"{d:.2f} ({d / distances[0]:.2f}x)" for d in distances[1:]]
@@ -361,8 +368,23 @@ def gan_table() -> list[str]:
         f"{k} {min(v):.2f}-{max(v):.2f}x ({sum(r > 1.5 for r in v)})" for k, v in ratios.items()
     )
     said = f"alerts on the runs without clipping: {len(alerted)} of {len(GAN_SEEDS)} seeds: {', '.join(alerted) or '-'}"
+    said += (
+        f"; judged on each optimizer's own loss (before): {len(alerted_before)} of {len(GAN_SEEDS)}:"
+        f" {', '.join(alerted_before) or '-'}"
+    )
     print(summary, said, sep="\n", flush=True)
     return [*lines, summary, said]
+
+
+def _gan_alerts(seed: int) -> str:
+    """The alerts of ``RingGan(seed)`` without clipping when the detector judges each optimizer's own loss."""
+    watch = GradWatch(**WARN)
+    with tempfile.TemporaryDirectory(prefix="gradwatch-gan-") as root, _fed_the_loss():
+        pl.Trainer(
+            max_epochs=1, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[watch],
+        ).fit(RingGan(seed))  # fmt: skip
+    return ", ".join(f"{a.kind}@{a.step}" for a in watch.alerts)
 
 
 def bench_cost(model_name: str, repeats: int) -> tuple[float, float, float]:

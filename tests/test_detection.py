@@ -15,7 +15,7 @@ import torch
 
 from examples.harness import single_thread
 from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
-from lightning_gradwatch.demos import DeepMLP, Divergence, SequenceMemory, SmallCNN, TinyTransformerLM
+from lightning_gradwatch.demos import DeepMLP, Divergence, RingGan, SequenceMemory, SmallCNN, TinyTransformerLM
 from tests.helpers import flavour
 
 pl = flavour("lightning.pytorch")
@@ -124,3 +124,19 @@ def test_skip_keeps_a_corrupted_batch_out_of_the_weights():
     assert watch.state_dict()["summary"]["events"]["skipped_steps"] >= 1
     assert math.isfinite(model.losses[-1])
     assert model.losses[-1] < 1.0  # the run carried on learning
+
+
+@pytest.mark.parametrize("seed", [6, 9])
+def test_a_gan_is_judged_by_the_games_loss(seed):
+    """A GAN's generator loss rises by design as its discriminator catches up, and its gradient settles several times
+    higher: judged on the generator's own loss, that read as an explosion (both seeds were alerted). With several
+    optimizers the detector judges the game's loss, every player's latest loss summed."""
+    watch, trainer, ours = fit(RingGan(seed), 600, on_vanishing="warn", on_exploding="warn")
+    assert trainer.global_step == 600  # 300 batches, two optimizer steps each
+    assert watch.alerts == []
+    assert ours == []
+
+
+def test_a_gan_at_fifty_times_its_learning_rate_is_still_alerted():
+    watch, _, _ = fit(RingGan(0, lr=5e-2), 40, on_vanishing="warn", on_exploding="warn")
+    assert [(a.kind, a.step) for a in watch.alerts][:1] == [("exploding", 2)]  # its first steps jump tenfold

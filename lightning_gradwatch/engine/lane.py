@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -70,6 +71,7 @@ class Lane:
         self.judge = StepJudge(settings, index, self.env.traits)
         self.collector: GradientStats | None = None
         self.ticks = 0  # steps this optimizer took: its own cadence under manual optimization
+        self.loss: float | None = None  # the latest finite loss of this optimizer's steps (its player's, in a game)
         self.hist_every = self.env.hist_every  # histogram interval in force (an overhead budget may widen it)
         self.log_every = self.env.log_every  # scalar interval in force (likewise)
         self.interval_max = 0.0
@@ -136,7 +138,12 @@ class Lane:
 
     # ------------------------------------------------------------------ the step
     def decide(
-        self, step: int, loss: Tensor | None = None, own_cadence: bool = False, measure_all: bool = True
+        self,
+        step: int,
+        loss: Tensor | None = None,
+        own_cadence: bool = False,
+        measure_all: bool = True,
+        others: float | None = None,
     ) -> Decision:
         """Measure this step's gradients, judge them, and count the decision in the run summary.
 
@@ -146,6 +153,9 @@ class Lane:
             own_cadence: count the schedule in this optimizer's own steps (several optimizers), not ``step``.
             measure_all: measure what the log and histogram steps write (False on processes that do not write,
                 unless the statistics are collectives).
+            others: with several optimizers, the sum of the other optimizers' latest losses (``None``: none known).
+                The detector judges the *game's* loss, this step's plus theirs: one player's loss rises by design
+                as its opponent learns (a GAN's generator against its discriminator), the sum does not.
         """
         assert self.collector is not None, "call watch() first"
         log, hist = self._due(step, own_cadence)
@@ -158,6 +168,10 @@ class Lane:
         if stats is None:
             return Decision(step)
         step_loss = stats.extra[0] if stats.extra else None
+        if step_loss is not None and math.isfinite(step_loss):
+            self.loss = step_loss
+            if own_cadence and others is not None:
+                step_loss += others  # the game's loss
         decision = self.judge.judge(step, stats, step_loss, self._scale, log, hist, several=own_cadence)
         self.record(decision)
         return decision

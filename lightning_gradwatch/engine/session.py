@@ -216,7 +216,7 @@ class Session:
         lane.hist_every = fit.output.histogram_every(lane)
         lane.log_every = fit.output.log_every(lane)
         loss = host.average(loss)  # every process's detector sees the same loss
-        decision = lane.decide(step, loss, count > 1, fit.output.writes)  # measure, judge, record
+        decision = lane.decide(step, loss, count > 1, fit.output.writes, self._others(index))  # measure, judge
         if decision.stats is None:
             fit.output.no_gradients(index, decision.step, len(lane.collector or ()))
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
@@ -233,6 +233,11 @@ class Session:
             fit.output.finish(RunStatus.FAILED, error=error)
         act(decision, flags, optimizer, host, lane.collector)
         return decision, flags
+
+    def _others(self, index: int) -> float | None:
+        """The sum of the other optimizers' latest losses (``None`` when none is known): the rest of the game."""
+        known = [lane.loss for i, lane in self.lanes.items() if i != index and lane.loss is not None]
+        return sum(known) if known else None
 
     def _lane(self, fit: Fit, index: int, count: int, optimizer: Any, module: Any) -> Lane:
         """This optimizer's lane, watching the optimizer's current parameters under their cleaned names."""
