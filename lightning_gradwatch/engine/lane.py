@@ -167,14 +167,17 @@ class Lane:
         )
         if stats is None:
             return Decision(step)
-        step_loss = stats.extra[0] if stats.extra else None
-        if step_loss is not None and math.isfinite(step_loss):
-            self.loss = step_loss
-            if own_cadence and others is not None:
-                step_loss += others  # the game's loss
+        step_loss = self._judged_loss(stats.extra[0] if stats.extra else None, own_cadence, others)
         decision = self.judge.judge(step, stats, step_loss, self._scale, log, hist, several=own_cadence)
         self.record(decision)
         return decision
+
+    def _judged_loss(self, loss: float | None, several: bool, others: float | None) -> float | None:
+        """Keep this optimizer's latest finite loss; the loss its step is judged on (with several, the game's)."""
+        if loss is None or not math.isfinite(loss):
+            return loss
+        self.loss = loss
+        return loss + others if several and others is not None else loss
 
     def _due(self, step: int, own_cadence: bool) -> tuple[bool, bool]:
         """Count this optimizer's step; whether scalars and histograms are due at it."""
