@@ -229,36 +229,43 @@ def test_numpy_integers_are_accepted_as_intervals():
 
 
 # ---------------------------------------------------------------------------------------- a run nothing was seen of
+class ManualRegression(pl.LightningModule):
+    """Manual optimization on a small regression. ``raw``: step the torch optimizer inside ``self.optimizers()``;
+    ``clip``: clip with Lightning's ``self.clip_gradients`` to this norm before stepping."""
+
+    def __init__(self, raw: bool = False, clip: float | None = None) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+        self.raw, self.clip = raw, clip
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        opt.zero_grad()
+        self.manual_backward(nn.functional.mse_loss(self.net(x), y))
+        if self.clip is not None:
+            self.clip_gradients(opt, gradient_clip_val=self.clip, gradient_clip_algorithm="norm")
+        (opt.optimizer if self.raw else opt).step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit_manual(root: Path, model: ManualRegression, steps: int) -> tuple[Any, list[str]]:
+    """Fit ``model`` with ``GradWatch()``, every step logged; the Trainer and GradWatch's warnings."""
+    trainer = pl.Trainer(callbacks=[GradWatch()], **trainer_kwargs(root, max_steps=steps, log_every_n_steps=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, regression_data(64, batch_size=8))
+    return trainer, [str(w.message) for w in caught if issubclass(w.category, GradientWarning)]
+
+
 def test_manual_optimization_stepping_the_raw_optimizer_is_no_silent_pass(tmp_path):
     """The torch optimizer inside ``self.optimizers()`` stepped directly: Lightning never calls
     ``on_before_optimizer_step``, GradWatch measures nothing. It says so, and the gate does not pass the run."""
-
-    class RawStep(pl.LightningModule):
-        def __init__(self, raw: bool) -> None:
-            super().__init__()
-            self.automatic_optimization = False
-            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
-            self.raw = raw
-
-        def training_step(self, batch, batch_idx):
-            opt = self.optimizers()
-            x, y = batch
-            loss = nn.functional.mse_loss(self.net(x), y)
-            opt.zero_grad()
-            self.manual_backward(loss)
-            (opt.optimizer if self.raw else opt).step()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
     for raw in (True, False):
-        trainer = pl.Trainer(
-            callbacks=[GradWatch()], **trainer_kwargs(tmp_path / str(raw), max_steps=8, log_every_n_steps=1)
-        )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            trainer.fit(RawStep(raw), regression_data(64, batch_size=8))
-        said = [str(w.message) for w in caught if issubclass(w.category, GradientWarning)]
+        trainer, said = _fit_manual(tmp_path / str(raw), ManualRegression(raw=raw), 8)
         result = gradwatch("check", trainer.logger.log_dir)
         if raw:
             assert any("measured no optimizer step" in m and "opt.optimizer.step()" in m for m in said), said
@@ -275,35 +282,9 @@ def test_manual_optimization_stepping_the_raw_optimizer_is_no_silent_pass(tmp_pa
 def test_manual_optimization_clipping_before_the_step_is_said(tmp_path):
     """``self.clip_gradients`` before ``opt.step()`` (Lightning's manual-optimization pattern) runs before GradWatch
     measures, so GradWatch would see clipped gradients: it says so once, naming its own clipping instead."""
-
-    class ManualClip(pl.LightningModule):
-        def __init__(self, clip: bool) -> None:
-            super().__init__()
-            self.automatic_optimization = False
-            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
-            self.clip = clip
-
-        def training_step(self, batch, batch_idx):
-            opt = self.optimizers()
-            x, y = batch
-            opt.zero_grad()
-            self.manual_backward(nn.functional.mse_loss(self.net(x), y))
-            if self.clip:
-                self.clip_gradients(opt, gradient_clip_val=1e-3, gradient_clip_algorithm="norm")
-            opt.step()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    for clip in (True, False):
-        model = ManualClip(clip)
-        trainer = pl.Trainer(
-            callbacks=[GradWatch()], **trainer_kwargs(tmp_path / str(clip), max_steps=6, log_every_n_steps=1)
-        )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            trainer.fit(model, regression_data(64, batch_size=8))
-        said = [str(w.message) for w in caught if issubclass(w.category, GradientWarning)]
+    for clip in (1e-3, None):
+        model = ManualRegression(clip=clip)
+        trainer, said = _fit_manual(tmp_path / str(clip), model, 6)
         totals = list(scalars(events(trainer.logger.log_dir), "gradwatch/total_norm").values())
         assert "clip_gradients" not in vars(model)  # the module is left as it was
         if clip:
