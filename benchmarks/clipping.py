@@ -27,6 +27,7 @@ Targets are printed with PASS/MISS and never asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -36,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import lightning.pytorch as pl
 import torch
@@ -51,6 +53,8 @@ from examples.harness import finite_weights, train_demo  # noqa: E402
 from lightning_gradwatch import GradWatch  # noqa: E402
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_  # noqa: E402
 from lightning_gradwatch.demos import DeepMLP, Divergence, RingGan  # noqa: E402
+from lightning_gradwatch.engine.session import Session  # noqa: E402
+from lightning_gradwatch.judge.decision import StepJudge  # noqa: E402
 from lightning_gradwatch.report import read_report  # noqa: E402
 from lightning_gradwatch.stats import GradientStats  # noqa: E402
 
@@ -235,20 +239,19 @@ class Finetune(pl.LightningModule):
 
 def _unchained() -> Any:
     """The rule as it was before it judged the chained norm: the chain offset ignored (an ablation, patched in)."""
-    import contextlib
+    update = AdaptiveClipThreshold.update
+    return mock.patch.object(
+        AdaptiveClipThreshold, "update", lambda self, norm, loss=None, offset=0.0: update(self, norm, loss)
+    )
 
-    import lightning_gradwatch.judge.clipping as rule
 
-    @contextlib.contextmanager
-    def patched() -> Any:
-        update = rule.AdaptiveClipThreshold.update
-        rule.AdaptiveClipThreshold.update = lambda self, norm, loss=None, offset=0.0: update(self, norm, loss)
-        try:
-            yield
-        finally:
-            rule.AdaptiveClipThreshold.update = update
-
-    return patched()
+def _fit(model: pl.LightningModule, callbacks: list[Any], epochs: int = 1, ablation: Any = None) -> None:
+    """Train ``model`` quietly for ``epochs`` (logs in a temporary directory), under ``ablation`` when given."""
+    with tempfile.TemporaryDirectory(prefix="gradwatch-scenario-") as root, ablation or contextlib.nullcontext():
+        pl.Trainer(
+            max_epochs=epochs, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+        ).fit(model)  # fmt: skip
 
 
 def unfreeze_table(epochs: int) -> list[str]:
@@ -270,18 +273,8 @@ def unfreeze_table(epochs: int) -> list[str]:
             extra = extra_callback(peer)
             watch = GradWatch(**{**WARN, **variant})
             model = Finetune(seed)
-            with tempfile.TemporaryDirectory(prefix="gradwatch-unfreeze-") as root:
-                trainer = pl.Trainer(
-                    max_epochs=epochs, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
-                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                    callbacks=[watch, *extra],
-                )  # fmt: skip
-                torch.manual_seed(seed)
-                if name == UNCHAINED:
-                    with _unchained():
-                        trainer.fit(model)
-                else:
-                    trainer.fit(model)
+            torch.manual_seed(seed)
+            _fit(model, [watch, *extra], epochs, _unchained() if name == UNCHAINED else None)
             mse = model.validation_mse()
             clipped = int(watch.state_dict()["summary"]["events"].get("clipped_steps", 0))
             cells.append((mse, "-" if peer else str(clipped)))
@@ -304,22 +297,13 @@ GAN_VARIANTS = ("no clipping", "clip=1.0", 'clip="adaptive"', WITH_LOSS, "ZClip 
 def _fed_the_loss() -> Any:
     """The judge as it was before several optimizers kept their losses from the rule and the detector judged the
     game's loss: each optimizer's own loss, to both (an ablation, patched in)."""
-    import contextlib
-
-    import lightning_gradwatch.engine.session as session
-    import lightning_gradwatch.judge.decision as decision
-
-    @contextlib.contextmanager
-    def patched() -> Any:
-        judge, others = decision.StepJudge.judge, session.Session._others
-        decision.StepJudge.judge = lambda self, *args, several=False, **kwargs: judge(self, *args, **kwargs)
-        session.Session._others = lambda self, index: None
-        try:
-            yield
-        finally:
-            decision.StepJudge.judge, session.Session._others = judge, others
-
-    return patched()
+    judge = StepJudge.judge
+    patches = contextlib.ExitStack()
+    patches.enter_context(
+        mock.patch.object(StepJudge, "judge", lambda self, *args, several=False, **kwargs: judge(self, *args, **kwargs))
+    )
+    patches.enter_context(mock.patch.object(Session, "_others", return_value=None))
+    return patches
 
 
 def gan_table() -> list[str]:
@@ -342,17 +326,7 @@ def gan_table() -> list[str]:
             extra = extra_callback(variant.pop("extra", None))
             model = RingGan(seed)
             watch = GradWatch(**{**WARN, **variant})
-            with tempfile.TemporaryDirectory(prefix="gradwatch-gan-") as root:
-                trainer = pl.Trainer(
-                    max_epochs=1, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
-                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                    callbacks=[watch, *extra],
-                )  # fmt: skip
-                if name == WITH_LOSS:
-                    with _fed_the_loss():
-                        trainer.fit(model)
-                else:
-                    trainer.fit(model)
+            _fit(model, [watch, *extra], ablation=_fed_the_loss() if name == WITH_LOSS else None)
             distances.append(model.distance())
             if name == "no clipping" and watch.alerts:
                 alerted.append(f"{seed} ({', '.join(f'{a.kind}@{a.step}' for a in watch.alerts)})")
@@ -379,11 +353,7 @@ def gan_table() -> list[str]:
 def _gan_alerts(seed: int) -> str:
     """The alerts of ``RingGan(seed)`` without clipping when the detector judges each optimizer's own loss."""
     watch = GradWatch(**WARN)
-    with tempfile.TemporaryDirectory(prefix="gradwatch-gan-") as root, _fed_the_loss():
-        pl.Trainer(
-            max_epochs=1, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[watch],
-        ).fit(RingGan(seed))  # fmt: skip
+    _fit(RingGan(seed), [watch], ablation=_fed_the_loss())
     return ", ".join(f"{a.kind}@{a.step}" for a in watch.alerts)
 
 
