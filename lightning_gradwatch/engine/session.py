@@ -216,7 +216,8 @@ class Session:
         lane.hist_every = fit.output.histogram_every(lane)
         lane.log_every = fit.output.log_every(lane)
         loss = host.average(loss)  # every process's detector sees the same loss
-        decision = lane.decide(step, loss, count > 1, fit.output.writes, self._others(index))  # measure, judge
+        others = self._others(index) if count > 1 else None  # the rest of a game of several optimizers
+        decision = lane.decide(step, loss, count > 1, fit.output.writes, others)  # measure, judge, record
         if decision.stats is None:
             fit.output.no_gradients(index, decision.step, len(lane.collector or ()))
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself

@@ -307,7 +307,8 @@ class AdaptiveClipThreshold:
         """
         finite = math.isfinite(total_norm) and total_norm > 0
         self._offset = offset
-        x = math.log10(total_norm) + offset if finite else math.inf
+        log_norm = math.log10(total_norm) if finite else math.inf
+        x = log_norm + offset  # the chained norm, which the rule learns and judges
         worse, new_best = self._observe(loss, x)
         typical, limit = self._levels()
         self._move_ceiling(x, limit, typical, worse, new_best)
@@ -323,7 +324,7 @@ class AdaptiveClipThreshold:
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
         self._count_ceiling(limit)
-        depth = math.log10(total_norm) - math.log10(threshold) if finite and total_norm > threshold else 0.0
+        depth = log_norm - math.log10(threshold) if finite and total_norm > threshold else 0.0
         self._watch_clipping(x, loss, depth)
         return threshold
 
