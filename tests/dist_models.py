@@ -87,6 +87,7 @@ class Recorder(pl.Callback):
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
+        self.finished = False  # this rank's fit reached on_train_end
 
     def _dump(self, trainer: Any, pl_module: Any, status: str) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
@@ -104,6 +105,15 @@ class Recorder(pl.Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._dump(trainer, pl_module, "finished")
+        self.finished = True
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # after a fit every rank finished: meet, and tear gloo down before the process exits. A rank that left while
+        # its peer's gloo threads still ran aborted that peer at exit (SIGABRT, "terminate called without an active
+        # exception", seen under load); ddp_spawn's workers exit without running atexit hooks
+        if self.finished and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if type(exception).__name__ == "ProcessRaisedException":
