@@ -291,6 +291,9 @@ def _run_facts(run: RunRecord, run_verdict: str) -> list[str]:
     facts = [f"{len(run.layers)} layers"]
     if isinstance(last, int):
         facts.append(f"{last + 1} steps")
+    resumed_at = _resumed_at(run)
+    if resumed_at is not None:
+        facts.append(f"resumed at step {resumed_at}: steps {resumed_at}-{last} written here")
     if len(run.fits) > 1:
         facts.append(f"{len(run.fits)} fits")
     if run.earlier_alerts:
@@ -300,6 +303,15 @@ def _run_facts(run: RunRecord, run_verdict: str) -> list[str]:
     if run.partial:
         facts.append(run.partial)
     return facts
+
+
+def _resumed_at(run: RunRecord) -> int | None:
+    """The step a run resumed from a checkpoint at, when it began in another directory (its record counts from 0)."""
+    first_fit = run.fits[0].get("first_step") if run.fits else None
+    first = run.steps.get("first")
+    if isinstance(first_fit, int) and isinstance(first, int) and first_fit > first:
+        return first_fit
+    return None
 
 
 def _json_alert(alert: dict[str, Any]) -> dict[str, Any]:

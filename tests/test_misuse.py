@@ -86,7 +86,12 @@ def test_resumed_run_does_not_count_the_alerts_from_before_the_resume_twice(tmp_
     report = _report(second.logger.log_dir)
     assert report["alerts"] == []
     assert [(a["kind"], a["step"]) for a in report["earlier_alerts"]] == [("nonfinite", 5)]
-    assert gradwatch("check", second.logger.log_dir).returncode == 0
+    alone = gradwatch("check", second.logger.log_dir)
+    assert alone.returncode == 0
+    resumed_at = report["fits"][0]["first_step"]
+    assert resumed_at == first.global_step > 0
+    assert report["steps"]["first"] == 0  # the record is the whole run's
+    assert f"resumed at step {resumed_at}: steps {resumed_at}-{second.global_step - 1} written here" in alone.stdout
     both = gradwatch("check", str(tmp_path), "--format", "json")
     doc = json.loads(both.stdout)
     assert sorted(r["verdict"] for r in doc["runs"]) == ["alerts", "healthy"]
