@@ -28,17 +28,18 @@ class Cause(StrEnum):
 
 @dataclass(frozen=True)
 class ModelTraits:
-    """What the remedy hints need to know about a model, read once from its modules.
+    """What the remedy hints need to know about a model, read once from its modules, and the clipping it has.
 
     Example:
         >>> import torch
         >>> ModelTraits.from_module(torch.nn.Sequential(torch.nn.RNN(2, 2), torch.nn.Tanh()))
-        ModelTraits(saturating_activations=True, vanilla_rnn=True, normalisation=False)
+        ModelTraits(saturating_activations=True, vanilla_rnn=True, normalisation=False, clipping='')
     """
 
     saturating_activations: bool = False
     vanilla_rnn: bool = False
     normalisation: bool = False
+    clipping: str = ""  # the clipping the run already has (``'clip="adaptive"'``), not to be suggested again
 
     @classmethod
     def from_module(cls, module: Any) -> ModelTraits:
@@ -102,25 +103,30 @@ def exploding_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
     Example:
         >>> exploding_remedies(ModelTraits(), "outlier")[0]
         'check the inputs and labels of the batches at this step for outliers or corruption'
+        >>> exploding_remedies(ModelTraits(clipping='clip="adaptive"'), "outlier")[1]
+        'clipping is already on (clip="adaptive"): it bounds each step, not the cause; try the others'
     """
     hints: list[str] = []
+    clip = _CLIP
+    if traits.clipping:
+        clip = f"clipping is already on ({traits.clipping}): it bounds each step, not the cause; try the others"
     if cause == Cause.STARTUP:
         hints.append(
             "lower the learning rate, by 10x or more: a gradient norm that grows tenfold or more within the first"
             " steps means each update overshoots"
         )
         hints.append("add a learning-rate warm-up")
-        hints.append(_CLIP)
+        hints.append(clip)
     elif cause == Cause.GROWTH:
         hints.append(
             "lower the learning rate: a gradient norm and a loss that climb together over many steps are the mark of"
             " a learning rate too high for the model (under Adam/AdamW such a run may never produce a NaN)"
         )
         hints.append("add a learning-rate warm-up, or lengthen it")
-        hints.append(_CLIP)
+        hints.append(clip)
     else:
         hints.append("check the inputs and labels of the batches at this step for outliers or corruption")
-        hints.append(_CLIP)
+        hints.append(clip)
         hints.append("lower the learning rate, or add a learning-rate warm-up")
     if traits.vanilla_rnn:
         hints.append("replace the vanilla nn.RNN with nn.LSTM or nn.GRU")

@@ -1020,3 +1020,34 @@ def test_adaptive_clip_leaves_a_gan_to_its_game(tmp_path, seed):
             report = json.loads((Path(trainer.logger.log_dir) / "gradwatch.json").read_text())
             assert report["notices"] == []  # nor told a loss that did not fall
     assert distances[1] < 1.5 * distances[0], distances
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        ({}, 'clip gradients: GradWatch(clip="adaptive")'),
+        ({"clip": "adaptive"}, 'clipping is already on (clip="adaptive")'),
+        ({"clip": 1.0}, "clipping is already on (clip=1.0)"),
+        ({"on_exploding": "clip"}, 'clipping is already on (on_exploding="clip")'),
+    ],
+)
+def test_an_exploding_alert_does_not_suggest_the_clipping_the_run_already_has(arguments, said):
+    """Adam whose learning rate grows 8% a step from step 50: the same explosion, alerted with or without clipping
+    (the detector judges the norm before clipping); the remedies suggest clipping only to a run without it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    watch = GradWatch(**{"on_exploding": "warn", **arguments})
+    with warnings.catch_warnings(), watch.loop(model) as loop:
+        warnings.simplefilter("ignore")
+        for i in range(200):
+            optimizer.param_groups[0]["lr"] = 1e-3 * 1.08 ** max(0, i - 50)
+            x = torch.randn(16, 4)
+            loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+            loss.backward()
+            if loop.step(optimizer, loss):
+                optimizer.step()
+            optimizer.zero_grad()
+    alert = next(a for a in watch.alerts if a.kind == "exploding")
+    assert said in alert.message
+    assert ("clip gradients:" in alert.message) == (not arguments)

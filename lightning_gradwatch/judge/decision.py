@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,15 @@ def failure_of(decision: Decision) -> GradientAlert:
     return alert
 
 
+def _clipping_on(settings: WatchConfig) -> str:
+    """The clipping a run already has, as its argument reads (empty: none), for the remedy hints."""
+    if settings.clipping.clip is not None:
+        return f"clip={settings.clipping.clip!r}".replace("'", '"')
+    if settings.responses.on_exploding == "clip":
+        return 'on_exploding="clip"'
+    return ""
+
+
 class StepJudge:
     """Judges the steps of one optimizer: detection, responses, flags, the clip threshold, the health word.
 
@@ -113,8 +123,9 @@ class StepJudge:
     def __init__(self, settings: WatchConfig, index: int = 0, traits: ModelTraits | None = None) -> None:
         self.settings = settings
         self.index = index
+        traits = dataclasses.replace(traits or ModelTraits(), clipping=_clipping_on(settings))
         self.detector = GradientDetector(settings.detection, traits=traits, optimizer=index)
-        self.traits = traits or ModelTraits()
+        self.traits = traits
         self.clipper = AdaptiveClipThreshold.from_config(settings.clipping)
         self._overflow_run = 0
         self._scaled_finite = False  # the run has had a finite step under the loss scaler
