@@ -150,16 +150,16 @@ def first_line(text: str) -> str:
 
 
 def gate_line(outcome: Gate, n_runs: int, fail_on: set[str], allow_unfinished: bool) -> str:
-    """The check's outcome in one line: ``PASS: 0 of 3 run(s) with alerts of kind ...; did not finish: ...``.
+    """The check's outcome in one line: ``PASS: 0 of 3 run(s) with alerts (failing kinds: ...); did not finish: ...``.
 
     Example:
         >>> gate_line(Gate(1, {"alerts": 1, "unfinished": 0, "interrupted": 0, "failed": 0, "unreadable": 0}), 2,
         ...           {"nonfinite"}, False)
-        'FAIL: 1 of 2 run(s) with alerts of kind nonfinite'
+        'FAIL: 1 of 2 run(s) with alerts (failing kinds: nonfinite)'
     """
     counts = outcome.counts
-    line = f"{outcome.result.upper()}: {counts['alerts']} of {n_runs} run(s) with alerts of kind"
-    line += f" {', '.join(sorted(fail_on))}"
+    line = f"{outcome.result.upper()}: {counts['alerts']} of {n_runs} run(s) with alerts"
+    line += f" (failing kinds: {', '.join(sorted(fail_on))})"
     allowed = " (allowed by --allow-unfinished)" if allow_unfinished else ""
     unfinished = [f"{counts[v]} {v}" for v in UNFINISHED_VERDICTS if v != "unmeasured" and counts.get(v)]
     if unfinished:

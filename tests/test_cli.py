@@ -79,7 +79,7 @@ def test_check_healthy_run_exits_0(runs):
     result = gradwatch("check", str(runs["healthy"]))
     assert result.returncode == 0, result.stderr
     assert "healthy" in result.stdout
-    assert result.stdout.strip().endswith("with alerts of kind exploding, nonfinite, vanishing")
+    assert result.stdout.strip().endswith("with alerts (failing kinds: exploding, nonfinite, vanishing)")
     assert result.stdout.splitlines()[-1].startswith("PASS")
 
 
@@ -189,7 +189,9 @@ def test_check_unreadable_run_is_one_verdict_among_the_others(five_runs, allow):
     assert f"{runs['nan']}: 1 alert(s): nonfinite (3 layers, 16 steps)" in lines
     assert any(line.startswith("  [FAIL] Non-finite gradients (NaN/Inf) at step 5") for line in lines)
     assert f"{runs['truncated']}: unreadable: {truncated} is not valid JSON" in result.stdout
-    assert lines[-1].startswith("UNREADABLE: 1 of 5 run(s) with alerts of kind exploding, nonfinite, vanishing")
+    assert lines[-1].startswith(
+        "UNREADABLE: 1 of 5 run(s) with alerts (failing kinds: exploding, nonfinite, vanishing)"
+    )
     assert lines[-1].endswith("could not be read: 1")
 
     as_json = gradwatch("check", str(runs["parent"]), "--format", "json", *allow)
