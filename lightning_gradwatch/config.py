@@ -315,8 +315,8 @@ class DetectionConfig(ConfigGroup):
         exploding_trend_start_factor: see ``exploding_trend_loss_factor``.
         exploding_rise_margin: spikes and a steady rise are an explosion only while the loss rises: the median of
             its last 3 values above ``1 + margin`` times the median of the 5 values 5 to 10 steps before.
-        exploding_climb_factor: the loss (median of the last 5 steps) at this many times where training started
-            (the median of its first 5), two steps in a row, is an explosion whatever the norm does.
+        exploding_climb_factor: every one of the last 5 losses at this many times the highest of the first 10, two
+            steps in a row, is an explosion whatever the norm does.
         ema_decay: weight of the newest step in the running mean and variance (about ``1 / decay`` steps of memory).
         vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing.
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.

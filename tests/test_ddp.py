@@ -74,19 +74,20 @@ def test_ddp_nan_on_one_rank_stops_both_with_finite_weights(tmp_path):
 
 
 def test_ddp_ranks_with_different_losses_judge_the_same_loss_and_stop_together(tmp_path):
-    """Rank 1's loss is 100 higher from step 30 (a constant: the gradients are the same): each detector reads the
+    """Rank 1's loss is 1000 higher from step 30 (a constant: the gradients are the same): each detector reads the
     losses averaged over the ranks, so both see the same climb at the same step, keep the same history, and the
     report of rank 0 holds the alert."""
     trainer = _trainer(tmp_path, GradWatch(on_exploding="stop"), max_epochs=4)
-    trainer.fit(DistMLP(loss_offset=(30, 1, 100.0)))
+    trainer.fit(DistMLP(loss_offset=(30, 1, 1000.0)))
     ranks = read_ranks(str(tmp_path / "ranks"))
-    assert ranks[0]["alerts"] == ranks[1]["alerts"] == [["exploding", 33, "climb"]]
+    # every loss of steps 30-34 climbed (the climb's two steps in a row: 34 and 35)
+    assert ranks[0]["alerts"] == ranks[1]["alerts"] == [["exploding", 35, "climb"]]
     assert ranks[0]["losses"] == ranks[1]["losses"]
-    assert sorted(ranks[0]["losses"])[1] > 50  # the mean of (loss, loss + 100), since step 30
-    assert [r["global_step"] for r in ranks] == [34, 34]
+    assert sorted(ranks[0]["losses"])[1] > 500  # the mean of (loss, loss + 1000), since step 30
+    assert [r["global_step"] for r in ranks] == [36, 36]
     (run_dir,) = glob.glob(str(tmp_path / "lightning_logs" / "*"))
     report = json.loads(Path(run_dir, "gradwatch.json").read_text())
-    assert [(a["kind"], a["step"]) for a in report["alerts"]] == [("exploding", 33)]
+    assert [(a["kind"], a["step"]) for a in report["alerts"]] == [("exploding", 35)]
 
 
 def test_ddp_spawn_vanishing_raise_fails_cleanly(tmp_path):

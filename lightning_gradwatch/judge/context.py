@@ -67,6 +67,9 @@ LARGEST_SHARE = 0.1
 #: the loss is rising when the median of its last RISE_RECENT values is above the median of the first LOSS_WINDOW of
 #: its last RISE_WINDOW values (5 to 10 steps before)
 RISE_WINDOW = 10
+#: how many first losses the highest first loss is taken over (the climb rule's reference): enough that a run whose
+#: batches are mostly outlier batches almost surely shows one there
+START_HIGH_WINDOW = 10
 RISE_RECENT = 3
 
 
@@ -251,6 +254,7 @@ class LossTrack(Stateful):
     recent_norms: Window = state(load=_loss_window, factory=_loss_window)  # log10 of the last few chained norms
     loss_floor: float | None = state(None, load=as_optional_float)  # the best median loss so far
     norm_at_floor: float | None = state(None, load=as_optional_float)  # median log10 norm when the loss was best
+    first_high: float | None = state(None, load=as_optional_float)  # the highest of the first START_HIGH_WINDOW losses
 
     def __post_init__(self) -> None:
         self.compared: tuple[float, float] | None = None
@@ -261,6 +265,8 @@ class LossTrack(Stateful):
             self.losses_seen += 1
             if len(self.start_losses) < LOSS_WINDOW:
                 self.start_losses.append(loss)
+            if self.losses_seen <= START_HIGH_WINDOW:
+                self.first_high = loss if self.first_high is None else max(self.first_high, loss)
             self.recent_losses.append(loss)
             self.rise_losses.append(loss)
 
@@ -268,6 +274,18 @@ class LossTrack(Stateful):
     def start(self) -> float | None:
         """Where training started: the median of the first :data:`LOSS_WINDOW` losses (``None`` before any)."""
         return self.start_losses.median() if len(self.start_losses) else None
+
+    @property
+    def start_high(self) -> float | None:
+        """The highest of the first :data:`START_HIGH_WINDOW` losses (``None`` before any)."""
+        if self.first_high is None and len(self.start_losses):  # a state saved before it was kept
+            return max(self.start_losses)
+        return self.first_high
+
+    @property
+    def recent_low(self) -> float | None:
+        """The lowest of the last :data:`LOSS_WINDOW` losses (``None`` before any)."""
+        return min(self.recent_losses) if len(self.recent_losses) else None
 
     @property
     def level(self) -> float | None:

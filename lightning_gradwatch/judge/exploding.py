@@ -25,9 +25,10 @@ every loss a median over several steps (one mini-batch loss against the next is 
   learning rate, whose normalised updates make norm and loss climb together over tens of steps, often without ever
   producing a NaN. A converged model's loss wandering, or a fine-tune's near where it started, is not a trend: batch
   by batch, a hard batch raises the loss and the norm together, and medians of both wander together with them.
-- :class:`Climb`: the loss (median of the last 5 steps) ``exploding_climb_factor`` (10) times where training started
-  (the median of its first 5), on :data:`CLIMB_PATIENCE` steps in a row, whatever the norm does: a divergence whose
-  norm stays flat (dead units under a diverging head).
+- :class:`Climb`: every one of the last 5 losses ``exploding_climb_factor`` (10) times the highest of the first 10,
+  on :data:`CLIMB_PATIENCE` steps in a row, whatever the norm does: a divergence whose norm stays flat (dead units
+  under a diverging head) raises the loss of every batch. A run whose batch losses are heavy-tailed (outlier targets
+  in some batches) has batches far above a median of its first losses all along, and clean batches among them.
 
 *The loss rises* (Spikes, Growth): the median of the last 3 losses is above ``1 + exploding_rise_margin`` times the
 median of the 5 losses 5 to 10 steps before. Without a loss (a loop that gives none) spikes are judged by the norm
@@ -47,7 +48,7 @@ from typing_extensions import override
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
 from lightning_gradwatch.history import median
-from lightning_gradwatch.judge.context import LOSS_WINDOW, RISE_RECENT, RISE_WINDOW, Context, Verdict
+from lightning_gradwatch.judge.context import LOSS_WINDOW, RISE_RECENT, RISE_WINDOW, START_HIGH_WINDOW, Context, Verdict
 from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch
 from lightning_gradwatch.judge.state import state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
@@ -68,8 +69,8 @@ GROWTH_MARGIN_SHARE = 0.5
 TREND_MIN_LOSSES = 3
 #: a jump of at least this factor is said to be of orders of magnitude
 ORDERS_OF_MAGNITUDE = 100.0
-#: the climb rule waits for this many losses (the start's 5 and a few more) ...
-CLIMB_MIN_LOSSES = 8
+#: the climb rule waits for this many losses (the first 10 it compares with, and a few more) ...
+CLIMB_MIN_LOSSES = 12
 #: ... and fires on this many consecutive steps at its factor
 CLIMB_PATIENCE = 2
 
@@ -236,7 +237,7 @@ class Trend(ExplodingRule):
 
 @dataclass(eq=False)
 class Climb(ExplodingRule):
-    """The loss far above where training started (medians), whatever the norm does."""
+    """Every recent loss far above every one of the first losses, whatever the norm does."""
 
     climb_run: int = state(0, load=int)
 
@@ -244,15 +245,15 @@ class Climb(ExplodingRule):
     settings: ClassVar[tuple[str, ...]] = ("exploding_climb_factor",)
 
     def observe(self, step: NormStep) -> None:
-        """Count consecutive steps whose loss (median) is at the climb factor times the start."""
+        """Count consecutive steps whose lowest recent loss is at the climb factor times the highest first one."""
         losses = self.ctx.losses
-        start, level = losses.start, losses.level
+        start, low = losses.start_high, losses.recent_low
         up = (
             losses.losses_seen >= CLIMB_MIN_LOSSES
             and start is not None
-            and level is not None
+            and low is not None
             and start > 0.0
-            and level >= self.config.exploding_climb_factor * start
+            and low >= self.config.exploding_climb_factor * start
         )
         self.climb_run = self.climb_run + 1 if up else 0
 
@@ -263,11 +264,11 @@ class Climb(ExplodingRule):
     @override
     def describe(self, step: NormStep) -> Finding:
         losses = self.ctx.losses
-        level, start = losses.level or 0.0, losses.start or 0.0
-        ratio = level / start if start > 0 else math.inf
+        low, start = losses.recent_low or 0.0, losses.start_high or 0.0
+        ratio = low / start if start > 0 else math.inf
         what = (
-            f"the loss has climbed to {level:.4g}, {ratio:.3g}x where training started ({start:.4g}; medians of"
-            f" {LOSS_WINDOW} steps), with a total norm of {step.norm:.4g}"
+            f"the loss has climbed: each of the last {LOSS_WINDOW} losses is {low:.4g} or more, {ratio:.3g}x the"
+            f" highest of the first {START_HIGH_WINDOW} ({start:.4g}), with a total norm of {step.norm:.4g}"
         )
         return Finding(what, Cause.GROWTH, ratio, self.config.exploding_climb_factor)
 
