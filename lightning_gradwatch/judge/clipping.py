@@ -542,6 +542,7 @@ def clipping_notice(
             ' worse: clip="adaptive" lowered its ceiling and the loss has not recovered enough to lift it.'
         )
     return (
-        f"{what} The learning rate is likely too high for this model. Clipping hides such a failure, it does not fix"
-        f" it: {remedy}. GradWatch says this once per run; gradwatch.json lists it under `notices`."
+        f"{what} The learning rate is likely too high for this model, or many of its batches carry outliers."
+        f" Clipping hides such a failure, it does not fix it: {remedy}; check the data for corrupted rows or labels."
+        " GradWatch says this once per run; gradwatch.json lists it under `notices`."
     )
