@@ -43,7 +43,8 @@ class GradientAlert:
         kind: ``"vanishing"``, ``"exploding"`` or ``"nonfinite"`` (an :class:`~lightning_gradwatch.kinds.AlertKind`
             is kept as its value).
         step: the trainer's ``global_step`` when the alert fired.
-        layers: names of the layers at fault, in forward order.
+        layers: names of the layers at fault, in the model's order (the order its parameters are registered: the
+            forward order of a sequential stack, not necessarily of a model that defines its modules out of order).
         value: the measured quantity that crossed the threshold (its meaning depends on ``kind``; see ``message``).
         threshold: the threshold it crossed.
         message: a human-readable explanation with remedy hints.
