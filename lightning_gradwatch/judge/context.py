@@ -46,6 +46,7 @@ __all__ = [
     "RECOVERED_LOSS_FACTOR",
     "RISE_RECENT",
     "RISE_WINDOW",
+    "START_HIGH_WINDOW",
     "Context",
     "Counts",
     "ExplodingEpisode",
