@@ -90,6 +90,11 @@ def vanishing_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
         hints.append("replace sigmoid/tanh activations with a ReLU-family activation (ReLU, LeakyReLU, GELU)")
     if not traits.normalisation:
         hints.append("add normalisation layers (BatchNorm, LayerNorm)")
+    else:
+        hints.append(
+            "lower the learning rate or add a warm-up: in a normalised model (a transformer) a learning rate too high"
+            " early can saturate the normalised layers or collapse attention, starving the layers before them"
+        )
     hints.append("add residual (skip) connections around deep stacks")
     hints.append("use He (Kaiming) initialisation for ReLU-family layers, Xavier (Glorot) for tanh/sigmoid")
     if not traits.saturating_activations and not traits.vanilla_rnn:
