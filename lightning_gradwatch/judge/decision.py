@@ -16,10 +16,9 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
@@ -104,8 +103,9 @@ def failure_of(decision: Decision) -> GradientAlert:
 
 def _clipping_on(settings: WatchConfig) -> str:
     """The clipping a run already has, as its argument reads (empty: none), for the remedy hints."""
-    if settings.clipping.clip is not None:
-        return f"clip={settings.clipping.clip!r}".replace("'", '"')
+    clip = settings.clipping.clip
+    if clip is not None:
+        return f'clip="{clip}"' if isinstance(clip, str) else f"clip={clip}"
     if settings.responses.on_exploding == "clip":
         return 'on_exploding="clip"'
     return ""
@@ -123,7 +123,7 @@ class StepJudge:
     def __init__(self, settings: WatchConfig, index: int = 0, traits: ModelTraits | None = None) -> None:
         self.settings = settings
         self.index = index
-        traits = dataclasses.replace(traits or ModelTraits(), clipping=_clipping_on(settings))
+        traits = replace(traits or ModelTraits(), clipping=_clipping_on(settings))
         self.detector = GradientDetector(settings.detection, traits=traits, optimizer=index)
         self.traits = traits
         self.clipper = AdaptiveClipThreshold.from_config(settings.clipping)
