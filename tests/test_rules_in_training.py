@@ -239,3 +239,39 @@ def test_the_detector_reads_each_step_s_own_loss_summed_over_its_micro_batches_a
     steps = np.mean(np.reshape(model.losses, (16, 4)), axis=1)  # each step's loss: the mean of its 4 micro-batches
     seen = watch.state_dict()["detectors"]["0"]["recent_losses"]
     assert seen == pytest.approx(list(steps[-5:]), rel=1e-3)
+
+
+class _Huber(pl.LightningModule):
+    """A regression MLP under the Huber loss; 3% of its training targets are +-300 (outliers in most batches)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(2048, 16, generator=g)
+        self.y = torch.sin(self.x @ torch.randn(16, 1, generator=g) / 2)
+        outliers = torch.rand(2048, generator=g) < 0.03
+        self.y[outliers] = (torch.randint(0, 2, (int(outliers.sum()), 1), generator=g).float() * 2 - 1) * 300.0
+        self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.huber_loss(self.net(x), y, delta=1.0)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=32, shuffle=True)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_robust_regression_with_outlier_targets_in_most_batches_is_not_stopped(tmp_path, seed):
+    """Its batch losses are 30x the clean ones whenever an outlier is in the batch, all run long: a few such batches
+    in a row are no climb of the loss (a divergence raises every batch's loss, well above all of its first ten)."""
+    pl.seed_everything(seed, verbose=False)
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_epochs=5))
+    with single_thread():
+        trainer.fit(_Huber(seed))
+    assert watch.alerts == []
+    assert trainer.global_step == 5 * 64
