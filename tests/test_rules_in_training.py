@@ -275,3 +275,89 @@ def test_a_robust_regression_with_outlier_targets_in_most_batches_is_not_stopped
         trainer.fit(_Huber(seed))
     assert watch.alerts == []
     assert trainer.global_step == 5 * 64
+
+
+class _Imbalanced(pl.LightningModule):
+    """A 1:50 imbalanced binary classifier, its rare class weighted 50x in the cross-entropy, batches of 16, Adam.
+
+    About one batch in four holds a rare sample, with several times the loss and the norm of the others: when a few
+    such batches come in a row, the medians of 5 of both jump past their best (a lucky low window) together.
+    """
+
+    def __init__(self, seed: int) -> None:
+        from sklearn.datasets import make_classification
+
+        super().__init__()
+        x, y = make_classification(
+            n_samples=10200, n_features=20, n_informative=6, n_redundant=2, weights=[50 / 51], class_sep=1.0,
+            flip_y=0.0, random_state=3000 + seed,
+        )  # fmt: skip
+        self.x, self.y = torch.tensor(x[:6000], dtype=torch.float32), torch.tensor(y[:6000])
+        self.seed = seed
+        self.net = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y, weight=torch.tensor([1.0, 50.0]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=16, shuffle=True, generator=g, drop_last=True)
+
+
+@pytest.mark.parametrize("seed", [1, 5])
+def test_an_imbalanced_classifier_whose_rare_batches_come_in_a_row_is_not_stopped(tmp_path, seed):
+    """Alerted by the trend rule at steps 48 and 63 when one median of 5 sufficed; a trend now lasts 5 steps, or
+    raises every batch's loss."""
+    pl.seed_everything(seed, verbose=False)
+    module = _Imbalanced(seed)
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=100))
+    trainer.fit(module)
+    assert watch.alerts == []
+    assert trainer.global_step == 100
+
+
+class _MultiTask(pl.LightningModule):
+    """A shared trunk with two heads; the second head's loss term is weighted 0 for the first 100 steps (a task
+    switched on later): its gradients are exactly zero by design, while the first task's loss falls slowly."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(4000 + seed)
+        x = torch.randn(4000, 10, generator=g)
+        ya = (x[:, 0] * x[:, 1] + torch.sin(x[:, 2]) + 0.3 * torch.randn(4000, generator=g))[:, None]
+        yb = (x[:, 3] > 0).long() * 2 + (x[:, 4] + x[:, 5] > 0).long()
+        self.data, self.seed = (x[:3000], ya[:3000], yb[:3000]), seed
+        self.trunk = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.head_a, self.head_b = nn.Linear(64, 1), nn.Linear(64, 4)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, ya, yb = batch
+        h = self.trunk(x)
+        weight = min(max((self.global_step - 100) / 50.0, 0.0), 1.0)
+        mse = nn.functional.mse_loss(self.head_a(h), ya)
+        return mse + weight * nn.functional.cross_entropy(self.head_b(h), yb)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TensorDataset(*self.data), batch_size=32, shuffle=True, generator=g, drop_last=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_head_whose_loss_term_is_weighted_zero_for_a_while_is_not_called_dead(tmp_path, seed):
+    """Its zeros last 100 steps; it was called dead at step 49 or 60, the loss when its zeros began being one batch's
+    (step 0). Now the loss's median of 5 then, against its lowest median since: the loss fell, nothing is dead."""
+    pl.seed_everything(seed, verbose=False)
+    module = _MultiTask(seed)
+    watch = GradWatch(on_vanishing="stop", on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=120, max_epochs=2))
+    trainer.fit(module)
+    assert watch.alerts == []
+    assert trainer.global_step == 120

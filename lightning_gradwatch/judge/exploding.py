@@ -24,7 +24,11 @@ every loss a median over several steps (one mini-batch loss against the next is 
   norm has grown ``exploding_trend_norm_factor`` (3) times since the loss was at its best: Adam/AdamW at a too-high
   learning rate, whose normalised updates make norm and loss climb together over tens of steps, often without ever
   producing a NaN. A converged model's loss wandering, or a fine-tune's near where it started, is not a trend: batch
-  by batch, a hard batch raises the loss and the norm together, and medians of both wander together with them.
+  by batch, a hard batch raises the loss and the norm together, and medians of both wander together with them. The
+  trend must hold on :data:`TREND_PATIENCE` (5) consecutive steps, unless every one of the last 5 losses is at the
+  trend's factors above the best and above the highest of the first 10 (a divergence raises the loss of every
+  batch): in a noisy run (batches of 2, a rare class weighted 50x) a few high batch losses in a row lift a median
+  of 5 past the best, itself a lucky low one, while low batch losses remain among them.
 - :class:`Climb`: every one of the last 5 losses ``exploding_climb_factor`` (10) times the highest of the first 10,
   on :data:`CLIMB_PATIENCE` steps in a row, whatever the norm does: a divergence whose norm stays flat (dead units
   under a diverging head) raises the loss of every batch. A run whose batch losses are heavy-tailed (outlier targets
@@ -65,8 +69,11 @@ FALLING_BACK = math.log10(4.0 / 3.0)
 GROWTH_ZSCORE = 2.0
 #: ... and at least this share of the spike's least margin (``log10(exploding_min_factor)``) above the mean
 GROWTH_MARGIN_SHARE = 0.5
-#: the trend rule needs at least this many losses in its window
+#: the trend rule needs at least this many losses in its window ...
 TREND_MIN_LOSSES = 3
+#: ... and the loss and the norm up together on this many consecutive steps: a trend lasts (medians over 9 losses),
+#: where a run of high batch losses in a noisy run (batches of 2, a rare class weighted 50x) lifts one median of 5
+TREND_PATIENCE = LOSS_WINDOW
 #: a jump of at least this factor is said to be of orders of magnitude
 ORDERS_OF_MAGNITUDE = 100.0
 #: the climb rule waits for this many losses (the first 10 it compares with, and a few more) ...
@@ -200,6 +207,8 @@ def _rise(ctx: Context) -> str:
 class Trend(ExplodingRule):
     """The loss has climbed well above its best while the norm grew with it (medians of 5 steps)."""
 
+    trend_run: int = state(0, load=int)  # consecutive steps with the loss and the norm up together
+
     name: ClassVar[Rule] = Rule.TREND
     settings: ClassVar[tuple[str, ...]] = (
         "exploding_trend_loss_factor",
@@ -207,8 +216,12 @@ class Trend(ExplodingRule):
         "exploding_trend_start_factor",
     )
 
-    @override
-    def fires(self, step: NormStep) -> bool:
+    def observe(self, step: NormStep) -> None:
+        """Count consecutive steps on which the loss and the norm are up together."""
+        self.trend_run = self.trend_run + 1 if self._up() else 0
+
+    def _up(self) -> bool:
+        """The loss (median) at the trend factors above its best and its start, the norm (median) up with it."""
         losses, cfg = self.ctx.losses, self.config
         floor, first, start = losses.loss_floor, losses.start, losses.norm_at_floor
         if losses.compared is None or floor is None or first is None or start is None:
@@ -220,6 +233,22 @@ class Trend(ExplodingRule):
             and loss >= cfg.exploding_trend_start_factor * first
             and level >= start + math.log10(cfg.exploding_trend_norm_factor)
         )
+
+    @override
+    def fires(self, step: NormStep) -> bool:
+        return self.trend_run >= TREND_PATIENCE or (self.trend_run > 0 and self._every_batch_up())
+
+    def _every_batch_up(self) -> bool:
+        """Every one of the last 5 losses at the trend's factors above the best and above the highest first loss.
+
+        A divergence raises the loss of every batch: then there is no need to wait. A noisy run's median is lifted
+        by some of its batches, with low ones among them.
+        """
+        losses, cfg = self.ctx.losses, self.config
+        floor, low, high = losses.loss_floor, losses.recent_low, losses.start_high
+        if floor is None or low is None or high is None:
+            return False
+        return low >= cfg.exploding_trend_loss_factor * floor and low >= cfg.exploding_trend_start_factor * high
 
     @override
     def describe(self, step: NormStep) -> Finding:
@@ -301,9 +330,9 @@ class ExplodingWatch(RuleWatch):
         verdict.spike_threshold, verdict.spike = threshold, now.spike
         verdict.chain_offset = ctx.norms.offset
         ctx.norms.forget()
+        ctx.losses.observe_norm(x)  # keeps the loss's best, for the trend and the episode
         for rule in self.rules:
             rule.observe(now)
-        ctx.losses.observe_norm(x)  # keeps the loss's best, for the trend and the episode
         fired = next((rule for rule in self.rules if rule.fires(now)), None)
         self._episode(now, fired, verdict)
         ctx.norms.previous = x

@@ -16,10 +16,12 @@
   steps, once per episode (an episode lasts while any layer stays vanishing; layers that join it are reported in
   ``Verdict.vanishing_layers``). Normalisation layers and biases are exempt: their gradients are naturally small.
   A layer whose gradient is exactly *zero* is a dead one only when that follows from how training fails: its zeros
-  last ``vanishing_patience`` steps while the loss has not improved since they began (the units give no gradient and
-  nothing else makes up for them), and longer than any zeros it came back from before (a branch used on some batches
-  only, with gradients zeroed rather than set to ``None`` between its uses, comes back after as long every time: it
-  is intermittent, not dead).
+  last ``vanishing_patience`` steps while the loss has not improved since they began (its lowest median of 5 since
+  then not ``stall_tolerance`` below its median of 5 when they began, or its first 5 for zeros from the first step:
+  the units give no gradient and nothing else makes up for them; a head whose loss term is weighted 0 for a while
+  gives exact zeros too, in a run whose loss falls), and longer than any zeros it came back from before (a branch
+  used on some batches only, with gradients zeroed rather than set to ``None`` between its uses, comes back after as
+  long every time: it is intermittent, not dead).
 
 A run is alerted once per vanishing episode, whichever rule sees it first: while one rule's episode lasts, the others
 add no alert of their own. No vanishing verdict is given during an exploding episode, nor after one until the loss is
@@ -254,6 +256,7 @@ class Layers(VanishingRule):
     vanishing_episode: set[str] = state(load=set, factory=set)  # layers in the ongoing episode
     zero_run: dict[str, int] = state(load=as_int_map, factory=dict)  # layers exactly zero now: for how many steps
     zero_loss: dict[str, float] = state(load=as_float_map, factory=dict)  # the loss (median) when their zeros began
+    zero_low: dict[str, float] = state(load=as_float_map, factory=dict)  # ... and its lowest (median) since
     came_back: dict[str, int] = state(load=as_int_map, factory=dict)  # the longest zero run a layer came back from
 
     name: ClassVar[Rule] = Rule.LAYERS
@@ -261,15 +264,20 @@ class Layers(VanishingRule):
 
     def observe(self, stats: StepStats) -> None:
         """Follow each layer's zeros: how long, the loss when they began, the longest it came back from."""
-        level, runs = self.ctx.losses.level, self.zero_run
+        losses, runs = self.ctx.losses, self.zero_run
+        # the loss when the zeros began: a median of LOSS_WINDOW losses (the first ones, for zeros from the start)
+        level = losses.level if len(losses.recent_losses) >= LOSS_WINDOW else None
         for name, norm in zip(stats.layers, stats.grad_norm):
             if norm == 0.0:
-                if name not in runs and level is not None:
+                if name not in self.zero_loss and level is not None:
                     self.zero_loss[name] = level
+                if level is not None:
+                    self.zero_low[name] = min(self.zero_low.get(name, level), level)
                 runs[name] = runs.get(name, 0) + 1
             elif name in runs:
                 self.came_back[name] = max(self.came_back.get(name, 0), runs.pop(name))
                 self.zero_loss.pop(name, None)
+                self.zero_low.pop(name, None)
 
     @override
     def suspend(self) -> None:
@@ -317,13 +325,14 @@ class Layers(VanishingRule):
         """Whether a layer's zeros make it dead.
 
         They last longer than any the layer came back from (a branch used on some steps only comes back after as
-        long, every time), and the loss has not improved since they began (or no loss is known): nothing else makes
-        up for the units that give no gradient.
+        long, every time), and the loss has not improved since they began (its lowest median since then within
+        ``stall_tolerance`` of its median then; or no loss is known): nothing else makes up for the units that give
+        no gradient.
         """
         if self.zero_run.get(name, 0) <= self.came_back.get(name, 0):
             return False
-        level, then = self.ctx.losses.level, self.zero_loss.get(name)
-        return level is None or then is None or not moved(level, then, self.config.stall_tolerance)
+        low, then = self.zero_low.get(name), self.zero_loss.get(name)
+        return low is None or then is None or not moved(low, then, self.config.stall_tolerance)
 
     def _alert(self, step: int, layers: tuple[str, ...], ratio: float, stats: StepStats) -> GradientAlert:
         cfg = self.config
