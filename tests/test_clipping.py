@@ -542,7 +542,7 @@ def test_a_norm_growing_with_the_loss_from_the_first_step_is_not_learnt():
     followed = [min(n, outliers_only.update(n, loss)) for n, loss in zip(norms, losses)]
     assert max(kept) < 2.5
     assert kept[-1] < 0.2
-    assert followed[-1] > 1e4  # the outlier threshold alone follows: every step is within its recent past
+    assert followed[-1] > 1e3  # the outlier threshold alone follows (the short window): a norm up 1.2x a step
     assert len(guarded.state_dict()["log_norms"]) < 10  # only the first steps, before the loss rose, were learnt
 
 
@@ -664,10 +664,6 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
         warnings.simplefilter("ignore")
         unclipped, _, _ = _fit_rnn(tmp_path / "none")
     assert not finite_weights(unclipped)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        outliers_only, _, _ = _fit_rnn(tmp_path / "outliers only", clip="adaptive", clip_use_loss=False)
-    assert not finite_weights(outliers_only)  # the outlier threshold alone follows the norm up
     with pytest.warns(GradientWarning) as record:
         model, _watch, _trainer = _fit_rnn(tmp_path / "adaptive", clip="adaptive")  # the loss ceiling: default
     assert finite_weights(model)
@@ -808,13 +804,10 @@ def _digits_with_outliers_module(seed: int = 0):
 
 
 @single_thread()
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 24, not met: when most batches carry an outlier, the outlier level is the typical level the rule"
-    " learns, so clip='adaptive' ends several times above the best fixed threshold (benchmarks/clipping.py --part"
-    " families, cell issue/digits mlp 5% x50)",
-)
 def test_adaptive_clip_on_a_classifier_whose_batches_mostly_carry_outliers(tmp_path):
+    """Four batches in five carry an image x50: learnt, those outliers widened the spread until the threshold stood
+    20x above the typical norm (2.6x fixed 1 here; 1.03x now); not learnt, they are scaled down to the ordinary
+    steps' level."""
     losses = {}
     for name, clip in (("fixed 1", 1.0), ("adaptive", "adaptive")):
         model = _digits_with_outliers_module()

@@ -56,9 +56,9 @@ class AdaptiveClipThreshold:
 
     - **The outlier threshold.** Over the last ``window`` *learnt* norms (below), the *typical* level is their
       ``quantile`` (25th percentile) and the *spread* the distance from their ``low_quantile`` (5th) up to it: both
-      sit in the lower part of the distribution, which outliers (always high) do not reach until they fill three
-      quarters of the window. The typical level is at least the lowest of the last ``short_window`` learnt norms, so
-      a model taking off (its norm up for good) is followed within that many steps. A step above ``typical +
+      sit in the lower part of the distribution, and outliers are not learnt. The typical level is at least the
+      lowest of the last ``short_window`` norms, so a model taking off (its norm up for good) is followed within that
+      many steps. A step above ``typical +
       zscore * max(spread, min_spread)`` is an outlier and is scaled down to the typical norm (an outlier's
       direction is mostly the outlier's own: the less of it the better); any other step is held to the outlier
       threshold. During the first ``warmup_steps`` the margin is at least ``warmup_margin`` decades. The run's
@@ -80,9 +80,12 @@ class AdaptiveClipThreshold:
       there is none: a noisy rise of a healthy run costs it a few dozen slower steps, a run that keeps getting worse
       stays held.
 
-    A norm is *learnt* only on steps where the run is not getting worse: a norm that grows with the loss, from the
-    first step on (a recurrent net whose gradients explode, a learning rate too high), never becomes the typical
-    level. That is the memory the failure cannot rewrite; the ceiling is what holds such a run back.
+    A norm is *learnt* only on steps where the run is not getting worse, and only when it is no outlier: a norm that
+    grows with the loss, from the first step on (a recurrent net whose gradients explode, a learning rate too high),
+    never becomes the typical level, and outliers in most batches (an image x50 in four batches of five) do not
+    raise the threshold that scales them down. That is the memory the failure cannot rewrite; the ceiling is what
+    holds such a run back. The short window takes every step's norm, outliers included: a norm that every recent step
+    reaches is the model's new level, not an outlier.
 
     **The notice: clipping that hides a failing run** is said once (:attr:`notice_due`, :attr:`notice_reason`), judged
     over the last ``notice_steps`` steps: the ceiling below the outlier threshold on all of them (the loss got worse and
@@ -138,7 +141,7 @@ class AdaptiveClipThreshold:
         >>> for _ in range(4):  # the norm rises too (0.4 decade), 3 steps in a row: the ceiling drops below the
         ...     ceiling = guarded.update(2.5, loss=2.0)  # outlier threshold, by 3x
         >>> round(ceiling, 2)
-        0.67
+        0.66
     """
 
     def __init__(
@@ -312,14 +315,11 @@ class AdaptiveClipThreshold:
         worse, new_best = self._observe(loss, x)
         typical, limit = self._levels()
         self._move_ceiling(x, limit, typical, worse, new_best)
+        outlier = finite and x > limit
         if finite:
             self.steps += 1
             if not worse:
-                self._norms.append(x)
-                self._recent.append(x)
-                if self._first is not None and len(self._first) < self._c["first_norms"]:
-                    self._first.append(x)
-        outlier = finite and x > limit
+                self._learn(x, outlier)
         threshold = self._cap(
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
@@ -327,6 +327,14 @@ class AdaptiveClipThreshold:
         depth = log_norm - math.log10(threshold) if finite and total_norm > threshold else 0.0
         self._watch_clipping(x, loss, depth)
         return threshold
+
+    def _learn(self, x: float, outlier: bool) -> None:
+        """Learn the chained log norm of a step where the run is not getting worse."""
+        if not outlier:  # the typical level and the spread are the ordinary steps'
+            self._norms.append(x)
+        self._recent.append(x)  # a level every recent step reaches, outliers included: a model taking off
+        if self._first is not None and len(self._first) < self._c["first_norms"]:
+            self._first.append(x)
 
     def _move_ceiling(self, x: float, limit: float, typical: float, worse: bool, new_best: bool) -> None:
         """Lower the ceiling on a worse step, raise it on a new best of the loss, lift it once far above the limit."""
