@@ -1044,3 +1044,18 @@ def test_an_exploding_alert_does_not_suggest_the_clipping_the_run_already_has(ar
     alert = next(a for a in watch.alerts if a.kind == "exploding")
     assert said in alert.message
     assert ("clip gradients:" in alert.message) == (not arguments)
+
+
+def test_a_resumed_run_keeps_the_outliers_of_its_short_window():
+    """Outliers are not learnt but the short window takes them (a norm up for good is followed within 20 steps): a
+    run resumed 10 steps after its norm rose 10x for good clips as the uninterrupted run does."""
+    norms = [1.0 + 0.05 * (i % 3) for i in range(60)] + [10.0 + 0.5 * (i % 3) for i in range(40)]
+    straight = AdaptiveClipThreshold()
+    before = [straight.update(n, loss=1.0) for n in norms]
+    first = AdaptiveClipThreshold()
+    for n in norms[:70]:
+        first.update(n, loss=1.0)
+    resumed = AdaptiveClipThreshold()
+    resumed.load_state_dict(first.state_dict())
+    after = [resumed.update(n, loss=1.0) for n in norms[70:]]
+    assert after == pytest.approx(before[70:])

@@ -423,6 +423,7 @@ class AdaptiveClipThreshold:
             "steps": self.steps,
             "first_norms": None if self._first is None else list(self._first),
             "log_norms": list(self._norms),
+            "recent_norms": list(self._recent),
             "losses": list(self._losses),
             "first_level": self.first_level,
             "best_level": self.best_level,
@@ -479,7 +480,11 @@ class AdaptiveClipThreshold:
         learnt = [float(x) for x in log_norms or () if math.isfinite(float(x))]
         self._norms = SortedWindow(self.settings.clip_window, learnt)
         # the last learnt norms, in their order (none from quantiles standing for the mean + std rule's state)
-        self._recent = Window(self.settings.clip_short_window, learnt if "log_norms" in state else ())
+        recent = state.get("recent_norms")  # outliers included; before they were kept, the last learnt norms
+        if recent is not None:
+            self._recent = Window(self.settings.clip_short_window, (float(x) for x in recent))
+        else:
+            self._recent = Window(self.settings.clip_short_window, learnt if "log_norms" in state else ())
 
     def _load_notice(self, state: Mapping[str, Any]) -> None:
         """The notice's part of :meth:`load_state_dict`."""

@@ -246,8 +246,8 @@ class Trend(ExplodingRule):
         """
         losses, cfg = self.ctx.losses, self.config
         floor, low, high = losses.loss_floor, losses.recent_low, losses.start_high
-        if floor is None or low is None or high is None:
-            return False
+        if floor is None or low is None or high is None or floor <= 0.0 or high <= 0.0:
+            return False  # factors of a loss that can be zero or negative (a Gaussian NLL) say nothing
         return low >= cfg.exploding_trend_loss_factor * floor and low >= cfg.exploding_trend_start_factor * high
 
     @override

@@ -263,7 +263,7 @@ class Layers(VanishingRule):
     settings: ClassVar[tuple[str, ...]] = ("vanishing_ratio", "vanishing_floor")
 
     def observe(self, stats: StepStats) -> None:
-        """Follow each layer's zeros: how long, the loss when they began, the longest it came back from."""
+        """Follow each layer's zeros: how long, the loss then and its lowest since, the longest it came back from."""
         losses, runs = self.ctx.losses, self.zero_run
         # the loss when the zeros began: a median of LOSS_WINDOW losses (the first ones, for zeros from the start)
         level = losses.level if len(losses.recent_losses) >= LOSS_WINDOW else None
@@ -271,6 +271,9 @@ class Layers(VanishingRule):
             if norm == 0.0:
                 if name not in self.zero_loss and level is not None:
                     self.zero_loss[name] = level
+                elif name in self.zero_loss and name not in self.zero_low:  # a checkpoint kept before the lowest was
+                    floor = losses.loss_floor  # the best of the run: its lowest since the zeros began is not known
+                    self.zero_low[name] = min(self.zero_loss[name], self.zero_loss[name] if floor is None else floor)
                 if level is not None:
                     self.zero_low[name] = min(self.zero_low.get(name, level), level)
                 runs[name] = runs.get(name, 0) + 1
