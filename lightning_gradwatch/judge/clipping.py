@@ -480,11 +480,7 @@ class AdaptiveClipThreshold:
         learnt = [float(x) for x in log_norms or () if math.isfinite(float(x))]
         self._norms = SortedWindow(self.settings.clip_window, learnt)
         # the last learnt norms, in their order (none from quantiles standing for the mean + std rule's state)
-        recent = state.get("recent_norms")  # outliers included; before they were kept, the last learnt norms
-        if recent is not None:
-            self._recent = Window(self.settings.clip_short_window, (float(x) for x in recent))
-        else:
-            self._recent = Window(self.settings.clip_short_window, learnt if "log_norms" in state else ())
+        self._recent = Window(self.settings.clip_short_window, _recent_norms(state, learnt))
 
     def _load_notice(self, state: Mapping[str, Any]) -> None:
         """The notice's part of :meth:`load_state_dict`."""
@@ -496,6 +492,14 @@ class AdaptiveClipThreshold:
         self._clipped = Window(n, (float(v) for v in state.get("clipped", ())))
         self._step_losses = Window(n, (float(v) for v in state.get("step_losses", ())))
         self._step_norms = Window(n, (float(v) for v in state.get("step_norms", ())))
+
+
+def _recent_norms(state: Mapping[str, Any], learnt: list[float]) -> list[float]:
+    """The short window of a state: its own (outliers included), or the last learnt norms of an older state."""
+    recent = state.get("recent_norms")
+    if recent is not None:
+        return [float(x) for x in recent]
+    return learnt if "log_norms" in state else []
 
 
 def _finite_median(values: list[float]) -> float:
