@@ -205,22 +205,40 @@ class Spec:
     variant: str | None = None
 
 
-class Classifier(Base):
-    """Cross-entropy on ``net``, with the optimizer (and scheduler) the factories make."""
+class Supervised(Base):
+    """``loss_fn`` on ``net``, with the optimizer (and scheduler) the factories make; ``log_loss`` logs the epoch's
+    training loss (for a plateau monitor)."""
 
-    def __init__(self, net: nn.Module, opt_fn: Callable | None, sched_fn: Callable | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        opt_fn: Callable | None,
+        sched_fn: Callable | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+        log_loss: bool = False,
+    ) -> None:
         super().__init__()
-        self.net, self.opt_fn, self.sched_fn = net, opt_fn, sched_fn
+        self.net, self.opt_fn, self.sched_fn, self.loss_fn, self.log_loss = net, opt_fn, sched_fn, loss_fn, log_loss
 
     def compute_loss(self, batch: Any) -> Tensor:
         x, y = batch
-        return F.cross_entropy(self.net(x), y)
+        loss = self.loss_fn(self.net(x), y)
+        if self.log_loss:
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
 
     def configure_optimizers(self) -> Any:
         opt = self.opt_fn(self.parameters())
         if self.sched_fn is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": self.sched_fn(opt)}
+
+
+class Classifier(Supervised):
+    """Cross-entropy on ``net``."""
+
+    def __init__(self, net: nn.Module, opt_fn: Callable | None, sched_fn: Callable | None = None) -> None:
+        super().__init__(net, opt_fn, sched_fn)
 
 
 # --- 1. SGDR: cosine annealing with warm restarts ---------------------------------------------------------------
@@ -401,7 +419,7 @@ def noisy_regression(seed: int, n: int = 3000, d: int = 8, noise: float = 0.7) -
     return x[:2000], y[:2000, None], x[2000:], y[2000:, None]
 
 
-class Regressor(Base):
+class Regressor(Supervised):
     """``loss_fn`` (MSE by default) on ``net``; ``log_loss`` logs the epoch's training loss (for a plateau monitor)."""
 
     def __init__(
@@ -412,21 +430,7 @@ class Regressor(Base):
         loss_fn: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
         log_loss: bool = False,
     ) -> None:
-        super().__init__()
-        self.net, self.opt_fn, self.sched_fn, self.loss_fn, self.log_loss = net, opt_fn, sched_fn, loss_fn, log_loss
-
-    def compute_loss(self, batch: Any) -> Tensor:
-        x, y = batch
-        loss = self.loss_fn(self.net(x), y)
-        if self.log_loss:
-            self.log("train_loss", loss, on_step=False, on_epoch=True)
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        opt = self.opt_fn(self.parameters())
-        if self.sched_fn is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": self.sched_fn(opt)}
+        super().__init__(net, opt_fn, sched_fn, loss_fn, log_loss)
 
 
 def fam_plateau(seed: int) -> Spec:

@@ -273,7 +273,7 @@ class Layers(VanishingRule):
                     self.zero_loss[name] = level
                 elif name in self.zero_loss and name not in self.zero_low:  # a checkpoint kept before the lowest was
                     floor = losses.loss_floor  # the best of the run: its lowest since the zeros began is not known
-                    self.zero_low[name] = min(self.zero_loss[name], self.zero_loss[name] if floor is None else floor)
+                    self.zero_low[name] = self.zero_loss[name] if floor is None else min(self.zero_loss[name], floor)
                 if level is not None:
                     self.zero_low[name] = min(self.zero_low.get(name, level), level)
                 runs[name] = runs.get(name, 0) + 1
