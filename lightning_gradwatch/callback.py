@@ -105,7 +105,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             up by half of its progress, while the norm has risen with it, the ceiling drops below the step's norm
             by 3x or more, at most every 3 steps while the loss keeps rising, never below a tenth of the typical
             norm; on every step the run is not worse it rises back by 0.02 decade (a decade in 50 steps; more on a
-            new best of the loss), and it is lifted once far above the outlier threshold. Norms of steps whose loss
+            new best of the loss), and it is lifted once far above the outlier threshold; after a divergence (the
+            loss level 3x up), only up to half the step size the run diverged at, and ten times slower above it
+            until the loss makes new bests. Norms of steps whose loss
             is worse are not learnt, so a norm that grows with the loss from the first step (a recurrent net whose
             gradients explode) never becomes typical. Clipping that hides a failing run is said once (a
             :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): over the last 50 steps,

@@ -152,8 +152,9 @@ class ClipConfig(ConfigGroup):
 
     Args:
         clip_window: learnt norms the outlier statistics cover.
-        clip_quantile: the typical level is this quantile of the learnt log norms (outliers, always high, do not
-            reach it until they fill three quarters of the window).
+        clip_quantile: the typical level is this quantile of the learnt log norms (outliers are not learnt; norms a
+            little above the outlier threshold, learnt, do not reach it until they fill three quarters of the
+            window).
         clip_low_quantile: the spread is the distance from this quantile up to the typical level.
         clip_min_spread: the least spread, in decades (a very steady run is not clipped at its ordinary level).
         clip_short_window: the typical level is at least the lowest of this many last learnt norms (a model
@@ -186,6 +187,13 @@ class ClipConfig(ConfigGroup):
             a run the ceiling held back gets its step size back once its loss is no longer worse ...
         clip_rise: ... and this many more on a step whose loss level is a new best ...
         clip_release: ... until it is this many decades above the outlier threshold, where it is lifted.
+        clip_trouble_depth: a cut whose loss level is this many decades above the start or the best (0.5: about
+            3x) is a divergence: the size of the steps before the run began getting worse (the median norm after
+            clipping of the last ``clip_loss_window`` steps) is remembered as the level it diverged at, ...
+        clip_trouble_margin: ... and the ceiling rises back at the full ``clip_relax`` only up to this many decades
+            below it (0.3: half that step size), ...
+        clip_trouble_relax: ... and this fraction of ``clip_relax`` above it; a new best of the loss level lifts
+            the memory along with the ceiling (1.0: no memory, the ceiling rises back as fast everywhere).
         clip_notice_steps: clipping that hides a failing run is said once (a ``GradientWarning``, and ``notices``
             in ``gradwatch.json``), judged over this many steps: a ceiling below the outlier threshold this many
             steps in a row (the loss got worse and clipping is holding the run back), or, over the last this many
@@ -229,6 +237,9 @@ class ClipConfig(ConfigGroup):
     clip_relax: float = setting(0.02, number(zero=True), argument=False)
     clip_rise: float = setting(0.01, number(), argument=False)
     clip_release: float = setting(1.0, number(zero=True), argument=False)
+    clip_trouble_margin: float = setting(0.3, number(zero=True), argument=False)
+    clip_trouble_relax: float = setting(0.1, number(zero=True), argument=False)
+    clip_trouble_depth: float = setting(0.5, number(zero=True), argument=False)
     clip_notice_steps: int = setting(50, integer(minimum=2), argument=False)
     clip_notice_share: float = setting(0.5, fraction, argument=False)
     clip_notice_stall: float = setting(1.0, number(), argument=False)
@@ -311,7 +322,9 @@ class DetectionConfig(ConfigGroup):
             median of the first 5), ...
         exploding_trend_norm_factor: ... while the gradient norm (median of the last 5 steps) has grown this many
             times since the loss was at its best. The slow divergence of Adam/AdamW at a too-high learning rate,
-            which may never produce a NaN.
+            which may never produce a NaN. Both must hold 5 steps in a row (a noisy healthy run's loss spans a
+            decade from batch to batch), unless every one of the last 5 losses is at these factors above the best
+            and above the highest of the first 10 (a divergence raises every batch's loss).
         exploding_trend_start_factor: see ``exploding_trend_loss_factor``.
         exploding_rise_margin: spikes and a steady rise are an explosion only while the loss rises: the median of
             its last 3 values above ``1 + margin`` times the median of the 5 values 5 to 10 steps before.

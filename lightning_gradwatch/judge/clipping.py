@@ -78,14 +78,20 @@ class AdaptiveClipThreshold:
       (``rise`` more when the loss level is a new best: a run the ceiling holds back need not beat its best to get its
       step size back), and is lifted once ``release`` decades above the outlier threshold. Cut on trouble, raised while
       there is none: a noisy rise of a healthy run costs it a few dozen slower steps, a run that keeps getting worse
-      stays held.
+      stays held. **A divergence is remembered**: when the loss level of a cut is ``trouble_depth`` decades (3x) or
+      more above the start or the best, the size of the steps before the run began getting worse (the median norm
+      after clipping of the last ``loss_window`` steps) is kept as the level it diverged at. The ceiling then rises
+      back at the full rate only up to ``trouble_margin`` decades below that level (half its step size), and
+      ``trouble_relax`` times as fast above it, unless the loss level makes new bests (each one lifts the memory
+      too). Without it, a recurrent net at the edge of stability climbs back to the step size that made it blow up,
+      and blows up again; a noisy rise of the loss (less than 3x) leaves no memory.
 
     A norm is *learnt* only on steps where the run is not getting worse, and only when it is no outlier: a norm that
     grows with the loss, from the first step on (a recurrent net whose gradients explode, a learning rate too high),
     never becomes the typical level, and outliers in most batches (an image x50 in four batches of five) do not
     raise the threshold that scales them down. That is the memory the failure cannot rewrite; the ceiling is what
-    holds such a run back. The short window takes every step's norm, outliers included: a norm that every recent step
-    reaches is the model's new level, not an outlier.
+    holds such a run back. The short window takes the norm of every step learnt from, outliers included: a norm that
+    every recent step reaches is the model's new level, not an outlier.
 
     **The notice: clipping that hides a failing run** is said once (:attr:`notice_due`, :attr:`notice_reason`), judged
     over the last ``notice_steps`` steps: the ceiling below the outlier threshold on all of them (the loss got worse and
@@ -185,6 +191,9 @@ class AdaptiveClipThreshold:
         self.level = math.nan  # the loss level now
         self._level_at_cut = -math.inf  # the loss level at the last cut, while the run stays worse
         self.ceiling = math.inf  # log10 norm; inf: not in force
+        self.trouble = math.inf  # log10 norm: the level the run got worse at (the ceiling rises slowly above it)
+        self._episode_held = math.inf  # log10 norm: the steps' size when the run began getting worse
+        self._applied = Window(c.clip_loss_window)  # the last `loss_window` steps' chained log10 norms after clipping
         self._since_cut = 0
         self._offset = 0.0  # the latest step's log10(chained norm / total norm)
         self.ceiling_steps = 0  # consecutive steps the ceiling has been in force
@@ -287,7 +296,12 @@ class AdaptiveClipThreshold:
         reference = min(self.best_level, self.first_level if self.first_level is not None else self.best_level)
         depth = math.log10(self.level / reference) if reference > 0 and self.level > 0 else 0.0
         cut = min(max(math.log10(c["cut"]), depth), c["max_cut"])
-        self.ceiling = min(self.ceiling, x, limit) - cut
+        held = min(self.ceiling, x, limit)
+        if self._level_at_cut == -math.inf:  # the run begins getting worse (again): the steps' size until now
+            self._episode_held = self._applied.median() if len(self._applied) else held
+        if depth >= c["trouble_depth"]:  # ... and diverges: its loss level 3x up or more
+            self.trouble = min(self.trouble, self._episode_held)
+        self.ceiling = held - cut
         if math.isfinite(typical):
             self.ceiling = max(self.ceiling, typical - c["floor"])
         self._since_cut, self._level_at_cut = 0, self.level
@@ -324,6 +338,8 @@ class AdaptiveClipThreshold:
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
         self._count_ceiling(limit)
+        if finite:
+            self._applied.append(min(log_norm, math.log10(threshold)) + offset)
         depth = log_norm - math.log10(threshold) if finite and total_norm > threshold else 0.0
         self._watch_clipping(x, loss, depth)
         return threshold
@@ -337,17 +353,30 @@ class AdaptiveClipThreshold:
             self._first.append(x)
 
     def _move_ceiling(self, x: float, limit: float, typical: float, worse: bool, new_best: bool) -> None:
-        """Lower the ceiling on a worse step, raise it on a new best of the loss, lift it once far above the limit."""
+        """Lower the ceiling on a worse step, raise it on any other, lift it once far above the limit."""
         c = self._c
         self._since_cut += 1
         if worse and math.isfinite(x) and self._since_cut > c["cut_every"] and self.level >= self._level_at_cut:
             self._lower_ceiling(x, limit, typical)
         elif not worse and math.isfinite(self.ceiling):
-            self.ceiling += c["relax"] + (c["rise"] if new_best else 0.0)
+            self._raise_ceiling(new_best)
             if self.ceiling > limit + c["release"]:
-                self.ceiling = math.inf
+                self.ceiling = self.trouble = math.inf
         if not worse:
             self._level_at_cut = -math.inf
+
+    def _raise_ceiling(self, new_best: bool) -> None:
+        """Raise the ceiling on a step the run is not worse.
+
+        ``relax`` decades up to half the step size the run diverged at (``trouble``), ``trouble_relax`` of that above
+        it; ``rise`` more on a new best of the loss, which lifts that memory too.
+        """
+        c = self._c
+        below = self.trouble - c["trouble_margin"]
+        self.ceiling = max(min(self.ceiling + c["relax"], below), self.ceiling + c["relax"] * c["trouble_relax"])
+        if new_best:  # the run learns at this step size: above the level it diverged at too
+            self.ceiling += c["rise"]
+            self.trouble = max(self.trouble, self.ceiling + c["trouble_margin"])
 
     def _count_ceiling(self, limit: float) -> None:
         """Count the steps in a row the ceiling held below the outlier threshold (a ceiling above it holds nothing)."""
@@ -433,6 +462,9 @@ class AdaptiveClipThreshold:
             "level": self.level,
             "level_at_cut": self._level_at_cut,
             "ceiling": self.ceiling,
+            "trouble": self.trouble,
+            "episode_held": self._episode_held,
+            "applied": list(self._applied),
             "since_cut": self._since_cut,
             "ceiling_steps": self.ceiling_steps,
             "noticed": self.noticed,
@@ -463,6 +495,9 @@ class AdaptiveClipThreshold:
         self.level = float(state.get("level", math.nan))
         self._level_at_cut = float(state.get("level_at_cut", -math.inf))
         self.ceiling = float(state.get("ceiling", math.inf))
+        self.trouble = float(state.get("trouble", math.inf))
+        self._episode_held = float(state.get("episode_held", math.inf))
+        self._applied = Window(self.settings.clip_loss_window, (float(x) for x in state.get("applied", ())))
         self._since_cut = int(state.get("since_cut", 0))
         self.ceiling_steps = int(state.get("ceiling_steps", 0))
         self._load_notice(state)
