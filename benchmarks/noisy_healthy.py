@@ -205,6 +205,11 @@ class Spec:
     variant: str | None = None
 
 
+def digits_spec(model: Base, xte: Tensor, yte: Tensor, **fields: Any) -> Spec:
+    """A run of a digits classifier: judged by its cross-entropy on the held-out digits, against the class prior's."""
+    return Spec(model=model, metric=lambda m: eval_ce(m.net, xte, yte), baseline=prior_ce(yte, 10), **fields)
+
+
 class Supervised(Base):
     """``loss_fn`` on ``net``, with the optimizer (and scheduler) the factories make; ``log_loss`` logs the epoch's
     training loss (for a plateau monitor)."""
@@ -253,13 +258,7 @@ def fam_sgdr(seed: int) -> Spec:
             "interval": "step",
         },
     )
-    return Spec(
-        model=model,
-        train=loader(xtr, ytr, batch_size=32, seed=seed),
-        max_steps=300,
-        metric=lambda m: eval_ce(m.net, xte, yte),
-        baseline=prior_ce(yte, 10),
-    )
+    return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=32, seed=seed), max_steps=300)
 
 
 # --- 2. mixup / cutmix --------------------------------------------------------------------------------------------
@@ -288,13 +287,7 @@ class MixClassifier(Classifier):
 def fam_mixup(seed: int) -> Spec:
     xtr, xte, ytr, yte = digits()
     model = MixClassifier(SmallCNN(), lambda p: torch.optim.Adam(p, lr=2e-3))
-    return Spec(
-        model=model,
-        train=loader(xtr, ytr, batch_size=32, seed=seed),
-        max_steps=300,
-        metric=lambda m: eval_ce(m.net, xte, yte),
-        baseline=prior_ce(yte, 10),
-    )
+    return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=32, seed=seed), max_steps=300)
 
 
 # --- 3. REINFORCE on a contextual bandit --------------------------------------------------------------------------
@@ -401,13 +394,7 @@ class Distill(Base):
 def fam_distill(seed: int) -> Spec:
     xtr, xte, ytr, yte = digits()
     model = Distill(teacher())
-    return Spec(
-        model=model,
-        train=loader(xtr, ytr, batch_size=32, seed=seed),
-        max_steps=300,
-        metric=lambda m: eval_ce(m.net, xte, yte),
-        baseline=prior_ce(yte, 10),
-    )
+    return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=32, seed=seed), max_steps=300)
 
 
 # --- 5. ReduceLROnPlateau, noisy regression -----------------------------------------------------------------------
@@ -468,22 +455,6 @@ def weighted_ce(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y, weight=torch.tensor([1.0, 50.0]))
 
 
-class ImbClassifier(Base):
-    """An MLP binary classifier under ``loss_fn``, Adam."""
-
-    def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__()
-        self.net = mlp([20, 64, 64, 2])
-        self.loss_fn = loss_fn
-
-    def compute_loss(self, batch: Any) -> Tensor:
-        x, y = batch
-        return self.loss_fn(self.net(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
 def const_baseline(loss_fn: Callable[[Tensor, Tensor], Tensor], y: Tensor) -> float:
     """The best loss of a constant logit difference (a grid over [-6, 6])."""
     best = float("inf")
@@ -510,7 +481,7 @@ def fam_imbalanced(seed: int) -> Spec:
     y = torch.tensor(y_np, dtype=torch.int64)
     xtr, ytr, xte, yte = x[:6000], y[:6000], x[6000:], y[6000:]
     loss_fn = focal_loss if seed % 2 == 0 else weighted_ce
-    model = ImbClassifier(loss_fn)
+    model = Supervised(mlp([20, 64, 64, 2]), lambda p: torch.optim.Adam(p, lr=1e-3), loss_fn=loss_fn)
     return Spec(
         model=model,
         train=loader(xtr, ytr, batch_size=16, seed=seed),
@@ -655,13 +626,13 @@ def fam_accum(seed: int) -> Spec:
     xtr, xte, ytr, yte = digits()
     acc = 4 if seed % 12 < 6 else 8
     model = Classifier(mlp([64, 128, 128, 10]), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
-    return Spec(
-        model=model,
+    return digits_spec(
+        model,
+        xte,
+        yte,
         train=loader(xtr, ytr, batch_size=16, seed=seed),
         max_steps=200,
         trainer_kw={"accumulate_grad_batches": acc},
-        metric=lambda m: eval_ce(m.net, xte, yte),
-        baseline=prior_ce(yte, 10),
         variant=f"accum{acc}",
     )
 
@@ -767,13 +738,7 @@ def fam_resume(seed: int) -> Spec:
         return m2, [w for w in (w1, w2) if w]
 
     start_model = ResumeClassifier(mlp([64, 128, 128, 10]), opt_name, lr)
-    return Spec(
-        model=start_model,
-        fit=fit,
-        metric=lambda m: eval_ce(m.net, xte, yte),
-        baseline=prior_ce(yte, 10),
-        variant=opt_name,
-    )
+    return digits_spec(start_model, xte, yte, fit=fit, variant=opt_name)
 
 
 # --- 14. wildly different feature scales --------------------------------------------------------------------------
@@ -911,14 +876,14 @@ def fam_swa(seed: int) -> Spec:
     xtr, xte, ytr, yte = digits()
     model = Classifier(mlp([64, 128, 128, 10], dropout=0.2), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
     # 960 rows / 32 = 30 steps per epoch, 10 epochs = 300 steps; SWA from epoch 6 at lr 0.02
-    return Spec(
-        model=model,
+    return digits_spec(
+        model,
+        xte,
+        yte,
         train=loader(xtr[:960], ytr[:960], batch_size=32, seed=seed),
         max_steps=-1,
         trainer_kw={"max_epochs": 10},
         extra_callbacks=lambda: [StochasticWeightAveraging(swa_lrs=0.02, swa_epoch_start=0.6, annealing_epochs=2)],
-        metric=lambda m: eval_ce(m.net, xte, yte),
-        baseline=prior_ce(yte, 10),
     )
 
 
