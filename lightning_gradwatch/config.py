@@ -319,7 +319,7 @@ class DetectionConfig(ConfigGroup):
             many times the largest norm so far is an explosion: a learning rate far too high blows up from step 0.
         exploding_trend_loss_factor: an explosion by trend: the loss (median of the last 5 steps) has climbed to this
             many times its best median, and ``exploding_trend_start_factor`` times where training started (the
-            median of the first 5), ...
+            highest of the first 10 losses), ...
         exploding_trend_norm_factor: ... while the gradient norm (median of the last 5 steps) has grown this many
             times since the loss was at its best. The slow divergence of Adam/AdamW at a too-high learning rate,
             which may never produce a NaN. Both must hold 5 steps in a row (a noisy healthy run's loss spans a

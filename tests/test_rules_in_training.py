@@ -321,6 +321,50 @@ def test_an_imbalanced_classifier_whose_rare_batches_come_in_a_row_is_not_stoppe
     assert trainer.global_step == 100
 
 
+class _TinyBatch(pl.LightningModule):
+    """Friedman #1 regression with noise (targets standardised), batches of 2, dropout 0.3, Adam.
+
+    A batch of 2 has an exponential-like loss: the median of its first 5 losses can be 6x below an untrained model's
+    loss, and its best median of 5 is 40x below the typical one; medians of 5 wander by 10x with the norm.
+    """
+
+    def __init__(self, seed: int) -> None:
+        from sklearn.datasets import make_friedman1
+
+        super().__init__()
+        x, y = make_friedman1(n_samples=1000, n_features=10, noise=1.0, random_state=6000 + seed)
+        self.x = torch.tensor((x - x.mean(0)) / x.std(0), dtype=torch.float32)
+        self.y = torch.tensor((y - y.mean()) / y.std(), dtype=torch.float32)[:, None]
+        self.seed = seed
+        self.net = nn.Sequential(
+            nn.Linear(10, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.3),
+            nn.Linear(64, 1),
+        )  # fmt: skip
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=2, shuffle=True, generator=g, drop_last=True)
+
+
+@pytest.mark.parametrize("seed", [8, 9, 11])
+def test_a_regression_in_batches_of_two_is_not_stopped(tmp_path, seed):
+    """Alerted by the trend rule (at steps 40-350) when "where training started" was the median of the first 5 losses,
+    a lucky low one; it is now the highest of the first 10."""
+    pl.seed_everything(seed, verbose=False)
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=400))
+    trainer.fit(_TinyBatch(seed))
+    assert watch.alerts == []
+    assert trainer.global_step == 400
+
+
 class _MultiTask(pl.LightningModule):
     """A shared trunk with two heads; the second head's loss term is weighted 0 for the first 100 steps (a task
     switched on later): its gradients are exactly zero by design, while the first task's loss falls slowly."""

@@ -20,15 +20,16 @@ every loss a median over several steps (one mini-batch loss against the next is 
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging).
 - :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its best median
-  and ``exploding_trend_start_factor`` (2) times where training started (the median of its first 5), while the median
-  norm has grown ``exploding_trend_norm_factor`` (3) times since the loss was at its best: Adam/AdamW at a too-high
-  learning rate, whose normalised updates make norm and loss climb together over tens of steps, often without ever
-  producing a NaN. A converged model's loss wandering, or a fine-tune's near where it started, is not a trend: batch
-  by batch, a hard batch raises the loss and the norm together, and medians of both wander together with them. The
-  trend must hold on :data:`TREND_PATIENCE` (5) consecutive steps, unless every one of the last 5 losses is at the
-  trend's factors above the best and above the highest of the first 10 (a divergence raises the loss of every
-  batch): in a noisy run (batches of 2, a rare class weighted 50x) a few high batch losses in a row lift a median
-  of 5 past the best, itself a lucky low one, while low batch losses remain among them.
+  and ``exploding_trend_start_factor`` (2) times the highest of its first 10 losses (where training started: with
+  batches of 2 the median of the first 5 was a lucky low one, 6x below the loss of an untrained model, on 3 of 30
+  seeds), while the median norm has grown ``exploding_trend_norm_factor`` (3) times since the loss was at its best:
+  Adam/AdamW at a too-high learning rate, whose normalised updates make norm and loss climb together over tens of
+  steps, often without ever producing a NaN. A converged model's loss wandering, or a fine-tune's near where it
+  started, is not a trend: batch by batch, a hard batch raises the loss and the norm together, and medians of both
+  wander together with them. The trend must hold on :data:`TREND_PATIENCE` (5) consecutive steps, unless every one
+  of the last 5 losses is at the trend's factors above the best and above the highest of the first 10 (a divergence
+  raises the loss of every batch): in a noisy run (batches of 2, a rare class weighted 50x) a few high batch losses
+  in a row lift a median of 5 past the best, itself a lucky low one, while low batch losses remain among them.
 - :class:`Climb`: every one of the last 5 losses ``exploding_climb_factor`` (10) times the highest of the first 10,
   on :data:`CLIMB_PATIENCE` steps in a row, whatever the norm does: a divergence whose norm stays flat (dead units
   under a diverging head) raises the loss of every batch. A run whose batch losses are heavy-tailed (outlier targets
@@ -223,7 +224,7 @@ class Trend(ExplodingRule):
     def _up(self) -> bool:
         """The loss (median) at the trend factors above its best and its start, the norm (median) up with it."""
         losses, cfg = self.ctx.losses, self.config
-        floor, first, start = losses.loss_floor, losses.start, losses.norm_at_floor
+        floor, first, start = losses.loss_floor, losses.start_high, losses.norm_at_floor
         if losses.compared is None or floor is None or first is None or start is None:
             return False
         loss, level = losses.compared
@@ -258,8 +259,8 @@ class Trend(ExplodingRule):
         level, start = norms.real(losses.recent_norms.median()), norms.real(losses.norm_at_floor or 0.0)
         what = (
             f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its best level ({floor:.4g}) and"
-            f" {loss / (losses.start or loss):.3g}x where training started, while the total norm grew from"
-            f" {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
+            f" {loss / (losses.start_high or loss):.3g}x the highest of the first {START_HIGH_WINDOW} losses, while the"
+            f" total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
         )
         return Finding(what, Cause.GROWTH, ratio, self.config.exploding_trend_loss_factor)
 
