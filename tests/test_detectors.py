@@ -96,6 +96,29 @@ def test_the_ceiling_forgets_slowly():
     assert [(a.kind, a.step) for a in alerts] == [("exploding", 401)]
 
 
+def test_a_spike_run_the_run_came_back_from_raises_the_ceiling():
+    """A catapult (SGD at the peak of a warm-up): the norm jumps for a few steps and the run settles by itself."""
+    det = GradientDetector()
+    feed(det, range(50))
+    assert feed(det, range(50, 52), make=lambda s: healthy(s, scale=8.0 if s == 50 else 5.0)) == []  # falls back
+    feed(det, range(52, 100))
+    # the next excursion, a little larger: the run's own (above twice the largest ordinary norm, it was alerted)
+    assert feed(det, range(100, 102), make=lambda s: healthy(s, scale=6.0 if s == 100 else 12.0)) == []
+    feed(det, range(102, 150))
+    # twice as far as the largest the run came back from: an explosion
+    alerts = feed(det, range(150, 152), make=lambda s: healthy(s, scale=50.0 if s == 150 else 100.0))
+    assert [(a.kind, a.step) for a in alerts] == [("exploding", 151)]
+
+
+def test_bad_batches_in_a_row_raise_the_ceiling_by_a_decade_at_most():
+    det = GradientDetector()
+    feed(det, range(50))
+    assert feed(det, range(50, 52), make=lambda s: healthy(s, scale=1000.0 if s == 50 else 300.0)) == []
+    feed(det, range(52, 100))
+    alerts = feed(det, range(100, 102), make=lambda s: healthy(s, scale=50.0 if s == 100 else 100.0))
+    assert [(a.kind, a.step) for a in alerts] == [("exploding", 101)]
+
+
 def test_absolute_threshold_spikes_are_an_explosion_whatever_the_ceiling():
     det = GradientDetector(DetectionConfig(exploding_threshold=1.0))
     feed(det, range(100), make=converging)

@@ -365,6 +365,62 @@ def test_a_regression_in_batches_of_two_is_not_stopped(tmp_path, seed):
     assert trainer.global_step == 400
 
 
+class _WarmUpCNN(pl.LightningModule):
+    """A digits CNN, SGD Nesterov at 0.1 in batches of 256, a linear warm-up over 30 steps then cosine decay.
+
+    Near the warm-up's peak the loss and the norm jump for 2-4 steps (a catapult: the norm 5-15x the steps before,
+    the loss above where training started) and the run settles by itself, sometimes several times.
+    """
+
+    def __init__(self, seed: int, steps: int = 300, warm: int = 30) -> None:
+        super().__init__()
+        data = load_digits()
+        self.x = torch.tensor(data.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+        self.y = torch.tensor(data.target)
+        self.seed, self.steps, self.warm = seed, steps, warm
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 16, 10),
+        )  # fmt: skip
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        warm, steps = self.warm, self.steps
+
+        def factor(s: int) -> float:
+            return (s + 1) / warm if s < warm else 0.5 * (1 + np.cos(np.pi * (s - warm) / (steps - warm)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=256, shuffle=True, generator=g, drop_last=True)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_sgd_catapulting_at_the_peak_of_its_warm_up_is_not_stopped(tmp_path, seed):
+    """Alerted by the spike rule at a second or third catapult when the ceiling was the largest ordinary norm only;
+    a run of spikes the run came back from now raises it. The run trains fine: its last loss is a small fraction of
+    the first."""
+    pl.seed_everything(seed, verbose=False)
+    module = _WarmUpCNN(seed)
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=300, max_epochs=-1))
+    trainer.fit(module)
+    assert watch.alerts == []
+    assert trainer.global_step == 300
+    assert max(module.losses[20:60]) > module.losses[0]  # the catapult: above where training started
+    assert np.median(module.losses[-10:]) < 0.1 * module.losses[0]
+
+
 class _MultiTask(pl.LightningModule):
     """A shared trunk with two heads; the second head's loss term is weighted 0 for the first 100 steps (a task
     switched on later): its gradients are exactly zero by design, while the first task's loss falls slowly."""

@@ -16,7 +16,9 @@ every loss a median over several steps (one mini-batch loss against the next is 
   converged classifier's hard-batch spikes stay below the norms of its early training, a divergence leaves its whole
   history behind, and raises the loss with it. A lone spike, one that falls back at once, or spikes while the loss
   does not rise (a plateau breaking: the norm leads, the loss follows down; a bad batch the run absorbs) are counted
-  and not alerted.
+  and not alerted. A run of spikes the run comes back from unalerted raises the ceiling to its largest norm (by at
+  most a decade): SGD at the peak of a warm-up catapults its loss and norm for a few steps, again and again, and
+  settles each time.
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging).
 - :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its best median
@@ -55,7 +57,7 @@ from lightning_gradwatch.alerts import GradientAlert, format_layers
 from lightning_gradwatch.history import median
 from lightning_gradwatch.judge.context import LOSS_WINDOW, RISE_RECENT, RISE_WINDOW, START_HIGH_WINDOW, Context, Verdict
 from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch
-from lightning_gradwatch.judge.state import state
+from lightning_gradwatch.judge.state import as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
@@ -70,6 +72,10 @@ FALLING_BACK = math.log10(4.0 / 3.0)
 GROWTH_ZSCORE = 2.0
 #: ... and at least this share of the spike's least margin (``log10(exploding_min_factor)``) above the mean
 GROWTH_MARGIN_SHARE = 0.5
+#: a run of at least this many spikes the run came back from raises the ceiling to its largest norm ...
+SURVIVED_RUN = 2
+#: ... by at most this many decades (two bad batches in a row, 1000x the others, do not blind the rule)
+SURVIVED_RAISE = 1.0
 #: the trend rule needs at least this many losses in its window ...
 TREND_MIN_LOSSES = 3
 #: ... and the loss and the norm up together on this many consecutive steps: a trend lasts (medians over 9 losses),
@@ -117,6 +123,7 @@ class Spikes(ExplodingRule):
     """Consecutive spikes are an explosion once they leave the run's whole history behind."""
 
     spike_run: int = state(0, load=int)
+    run_peak: float | None = state(None, load=as_optional_float)  # log10 of the current spike run's largest norm
 
     name: ClassVar[Rule] = Rule.SPIKES
     settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor", "exploding_rise_margin")
@@ -128,13 +135,32 @@ class Spikes(ExplodingRule):
         """Count a spike step (a step that is not a spike ends the run)."""
         self._falling_back = False
         if not step.spike:
-            self.spike_run = 0
+            self._survived()
+            self.spike_run, self.run_peak = 0, None
             return
         self.ctx.counts.add("spikes")
         self.spike_run += 1
+        if step.x is not None:
+            self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
         previous = self.ctx.norms.previous
         # a spike run that already falls back (below 3/4 of its previous step) is a transient, not a trend
         self._falling_back = step.x is not None and previous is not None and step.x < previous - FALLING_BACK
+
+    def _survived(self) -> None:
+        """A run of spikes the run came back from on its own (no explosion alerted): its norms are the run's own.
+
+        The run's dynamics made them, not one batch (a catapult at the peak of a learning-rate warm-up: the loss and
+        the norm jump for a few steps and the run settles by itself): the ceiling rises to the spike run's largest
+        norm, by at most :data:`SURVIVED_RAISE` decades, so the next such excursion is no explosion unless it goes
+        twice as far.
+        """
+        norms = self.ctx.norms
+        if self.spike_run < SURVIVED_RUN or self.run_peak is None or self.ctx.episode.exploding_episode:
+            return
+        if norms.ceiling is None:
+            norms.ceiling = self.run_peak
+        else:
+            norms.ceiling = max(norms.ceiling, min(self.run_peak, norms.ceiling + SURVIVED_RAISE))
 
     @override
     def fires(self, step: NormStep) -> bool:
