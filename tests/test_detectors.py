@@ -110,6 +110,23 @@ def test_a_spike_run_the_run_came_back_from_raises_the_ceiling():
     assert [(a.kind, a.step) for a in alerts] == [("exploding", 151)]
 
 
+def test_a_steady_rise_below_a_norm_the_run_came_back_from_is_no_explosion():
+    """A catapult's slow build-up: the norm up 6 steps in a row with the loss, to less than a catapult it survived."""
+    det = GradientDetector()
+    loss = lambda s: 1.0 if s < 100 or s >= 110 else 1.0 + 0.5 * (s - 99)  # noqa: E731
+    feed(det, range(50), loss=loss)
+    assert feed(det, range(50, 52), make=lambda s: healthy(s, scale=8.0 if s == 50 else 5.0), loss=loss) == []
+    feed(det, range(52, 100), loss=loss)
+    rise = [2.0, 2.5, 3.2, 4.0, 5.0, 6.0]
+    assert feed(det, range(100, 106), make=lambda s: healthy(s, scale=rise[s - 100]), loss=loss) == []
+    feed(det, range(106, 150), loss=loss)
+    # the same rise, on to norms the run never had: an explosion
+    loss = lambda s: 1.0 + 0.5 * max(0, s - 149)  # noqa: E731
+    rise = [2.0, 2.5, 3.2, 4.0, 5.0, 6.0, 9.0, 14.0, 20.0, 30.0]
+    alerts = feed(det, range(150, 160), make=lambda s: healthy(s, scale=rise[s - 150]), loss=loss)
+    assert [a.kind for a in alerts] == ["exploding"]
+
+
 def test_bad_batches_in_a_row_raise_the_ceiling_by_a_decade_at_most():
     det = GradientDetector()
     feed(det, range(50))

@@ -20,7 +20,8 @@ every loss a median over several steps (one mini-batch loss against the next is 
   most a decade): SGD at the peak of a warm-up catapults its loss and norm for a few steps, again and again, and
   settles each time.
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
-  while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging).
+  while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
+  above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence).
 - :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its best median
   and ``exploding_trend_start_factor`` (2) times the highest of its first 10 losses (where training started: with
   batches of 2 the median of the first 5 was a lucky low one, 6x below the loss of an untrained model, on 3 of 30
@@ -205,7 +206,9 @@ class Growth(ExplodingRule):
     @override
     def fires(self, step: NormStep) -> bool:
         rising = self.ctx.losses.rising(self.config.exploding_rise_margin)
-        return self.growth_run >= self.config.exploding_growth_steps and rising is True
+        ceiling = self.ctx.norms.ceiling  # to norms the run has not had before (it came back from its spike runs)
+        beyond = ceiling is None or (step.x is not None and step.x > ceiling)
+        return self.growth_run >= self.config.exploding_growth_steps and rising is True and beyond
 
     @override
     def sustains(self) -> bool:
