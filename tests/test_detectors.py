@@ -127,6 +127,21 @@ def test_a_steady_rise_below_a_norm_the_run_came_back_from_is_no_explosion():
     assert [a.kind for a in alerts] == ["exploding"]
 
 
+def test_spikes_that_slow_down_and_turn_are_a_catapult_and_spikes_that_compound_are_an_explosion():
+    """SGD at the peak of a warm-up: the norm jumps, its growth dies out, it turns; the loss follows a step behind."""
+    loss = lambda s: 3.0 if 51 <= s < 55 else 1.0  # noqa: E731
+    catapult = GradientDetector()
+    feed(catapult, range(50), loss=loss)
+    norms = {50: 4.0, 51: 10.0, 52: 12.0, 53: 9.0, 54: 5.0}  # rises of 0.4, then 0.08 decades; then down
+    assert feed(catapult, range(50, 55), make=lambda s: healthy(s, scale=norms[s]), loss=loss) == []
+    assert feed(catapult, range(55, 80), loss=loss) == []
+    diverging = GradientDetector()
+    feed(diverging, range(50), loss=loss)
+    norms = {50: 4.0, 51: 10.0, 52: 25.0, 53: 60.0, 54: 150.0}  # 0.4 decades at every step
+    alerts = feed(diverging, range(50, 55), make=lambda s: healthy(s, scale=norms[s]), loss=loss)
+    assert [(a.kind, a.step, a.extra["rule"]) for a in alerts] == [("exploding", 52, "spikes")]
+
+
 def test_bad_batches_in_a_row_raise_the_ceiling_by_a_decade_at_most():
     det = GradientDetector()
     feed(det, range(50))

@@ -405,11 +405,12 @@ class _WarmUpCNN(pl.LightningModule):
         return DataLoader(TensorDataset(self.x, self.y), batch_size=256, shuffle=True, generator=g, drop_last=True)
 
 
-@pytest.mark.parametrize("seed", [4, 5])
+@pytest.mark.parametrize("seed", [3, 4, 5, 23])
 def test_sgd_catapulting_at_the_peak_of_its_warm_up_is_not_stopped(tmp_path, seed):
-    """Alerted by the spike rule at a second or third catapult when the ceiling was the largest ordinary norm only;
-    a run of spikes the run came back from now raises it. The run trains fine: its last loss is a small fraction of
-    the first."""
+    """Alerted by the spike rule: at a second or third catapult (seeds 4, 5) when the ceiling was the largest ordinary
+    norm only (a run of spikes the run came back from now raises it); at the first, on its way down (seeds 3, 23:
+    8.8, 8.1, 2.8, 2.2 and 9.1, 6.2, 5.4) when only a fall to 3/4 of the step before was a turn. The run trains
+    fine: its last loss is a small fraction of the first."""
     pl.seed_everything(seed, verbose=False)
     module = _WarmUpCNN(seed)
     watch = GradWatch(on_exploding="stop")

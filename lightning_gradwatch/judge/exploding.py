@@ -10,7 +10,9 @@ every loss a median over several steps (one mini-batch loss against the next is 
   deviations of ``log10(total norm)`` over its running mean, at least ``exploding_min_factor`` times the mean, or the
   absolute ``exploding_threshold``). Spikes move the mean toward a lasting new level (clipped to the spike threshold)
   but never widen the variance, so an explosion cannot hide by inflating its own threshold. ``exploding_patience``
-  consecutive spikes that are not already falling back (the latest at least 3/4 of the one before), whose latest
+  consecutive spikes that are not already falling back (the latest at least 3/4 of the one before; from the third
+  on, above it and rising at least half as much as the one before: a divergence compounds, a catapult at the peak of
+  a warm-up slows and turns), whose latest
   exceeds ``exploding_ceiling_factor`` times the run's *ceiling* (the largest norm of an ordinary step so far,
   forgetting by a factor 10 per ``exploding_ceiling_memory`` steps), while the loss rises, are an explosion: a
   converged classifier's hard-batch spikes stay below the norms of its early training, a divergence leaves its whole
@@ -21,7 +23,8 @@ every loss a median over several steps (one mini-batch loss against the next is 
   settles each time.
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
-  above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence).
+  above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence), and
+  not slowing down (the latest rise at least half the one before).
 - :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its best median
   and ``exploding_trend_start_factor`` (2) times the highest of its first 10 losses (where training started: with
   batches of 2 the median of the first 5 was a lucky low one, 6x below the loss of an untrained model, on 3 of 30
@@ -77,6 +80,8 @@ GROWTH_MARGIN_SHARE = 0.5
 SURVIVED_RUN = 2
 #: ... by at most this many decades (two bad batches in a row, 1000x the others, do not blind the rule)
 SURVIVED_RAISE = 1.0
+#: a rise of the norm less than this share of the rise before is slowing down (a catapult turning)
+SLOWING = 0.5
 #: the trend rule needs at least this many losses in its window ...
 TREND_MIN_LOSSES = 3
 #: ... and the loss and the norm up together on this many consecutive steps: a trend lasts (medians over 9 losses),
@@ -125,27 +130,34 @@ class Spikes(ExplodingRule):
 
     spike_run: int = state(0, load=int)
     run_peak: float | None = state(None, load=as_optional_float)  # log10 of the current spike run's largest norm
+    run_rise: float | None = state(None, load=as_optional_float)  # decades its latest step rose over the one before
 
     name: ClassVar[Rule] = Rule.SPIKES
     settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor", "exploding_rise_margin")
 
     def __post_init__(self) -> None:
         self._falling_back = False  # this step's spike run already falls back
+        self._slowing = False  # ... or its growth is dying out
 
     def observe(self, step: NormStep) -> None:
         """Count a spike step (a step that is not a spike ends the run)."""
-        self._falling_back = False
+        self._falling_back = self._slowing = False
         if not step.spike:
             self._survived()
-            self.spike_run, self.run_peak = 0, None
+            self.spike_run, self.run_peak, self.run_rise = 0, None, None
             return
         self.ctx.counts.add("spikes")
         self.spike_run += 1
         if step.x is not None:
             self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
         previous = self.ctx.norms.previous
-        # a spike run that already falls back (below 3/4 of its previous step) is a transient, not a trend
-        self._falling_back = step.x is not None and previous is not None and step.x < previous - FALLING_BACK
+        rise = None if step.x is None or previous is None else step.x - previous
+        # a spike run that already falls back (below 3/4 of its previous step) is a transient, not a trend; from its
+        # third spike on, one that goes down at all, or grows less than half as much as at the step before, is turning
+        # (a catapult): a divergence compounds, step after step
+        self._falling_back = rise is not None and rise < (0.0 if self.spike_run >= 3 else -FALLING_BACK)
+        self._slowing = self.spike_run >= 3 and _slowing(rise, self.run_rise)
+        self.run_rise = rise
 
     def _survived(self) -> None:
         """A run of spikes the run came back from on its own (no explosion alerted): its norms are the run's own.
@@ -169,7 +181,8 @@ class Spikes(ExplodingRule):
         absolute = cfg.exploding_threshold is not None and step.norm > cfg.exploding_threshold
         beyond = ceiling is None or (step.x is not None and step.x > ceiling + math.log10(cfg.exploding_ceiling_factor))
         rising = self.ctx.losses.rising(cfg.exploding_rise_margin) is not False  # no loss known: the norm alone
-        return self.spike_run >= cfg.exploding_patience and not self._falling_back and (absolute or beyond) and rising
+        settled = self._falling_back or self._slowing
+        return self.spike_run >= cfg.exploding_patience and not settled and (absolute or beyond) and rising
 
     @override
     def describe(self, step: NormStep) -> Finding:
@@ -189,26 +202,35 @@ class Growth(ExplodingRule):
     """A steady rise of the norm, long enough, while the loss rises (medians)."""
 
     growth_run: int = state(0, load=int)
+    growth_rise: float | None = state(None, load=as_optional_float)  # decades the latest step of the rise rose
 
     name: ClassVar[Rule] = Rule.GROWTH
     settings: ClassVar[tuple[str, ...]] = ("exploding_growth_steps",)
+
+    def __post_init__(self) -> None:
+        self._slowing = False  # this step's rise is dying out
 
     def observe(self, step: NormStep) -> None:
         """Count consecutive steps that each rise above the previous one while above mean + 2 std."""
         norms, x = self.ctx.norms, step.x
         margin = max(GROWTH_ZSCORE * norms.std, GROWTH_MARGIN_SHARE * math.log10(self.config.exploding_min_factor))
         elevated = norms.mean + margin
+        self._slowing = False
         if norms.warm and x is not None and norms.previous is not None and x > elevated and x > norms.previous:
             self.growth_run += 1
+            rise = x - norms.previous
+            self._slowing = self.growth_run >= 2 and _slowing(rise, self.growth_rise)
+            self.growth_rise = rise
         else:
-            self.growth_run = 0
+            self.growth_run, self.growth_rise = 0, None
 
     @override
     def fires(self, step: NormStep) -> bool:
         rising = self.ctx.losses.rising(self.config.exploding_rise_margin)
         ceiling = self.ctx.norms.ceiling  # to norms the run has not had before (it came back from its spike runs)
         beyond = ceiling is None or (step.x is not None and step.x > ceiling)
-        return self.growth_run >= self.config.exploding_growth_steps and rising is True and beyond
+        steady = self.growth_run >= self.config.exploding_growth_steps and not self._slowing
+        return steady and rising is True and beyond
 
     @override
     def sustains(self) -> bool:
@@ -222,6 +244,15 @@ class Growth(ExplodingRule):
             f" above {step.threshold:.4g})" + _rise(self.ctx)
         )
         return Finding(what, Cause.GROWTH, step.norm, step.threshold)
+
+
+def _slowing(rise: float | None, before: float | None) -> bool:
+    """A rise of the norm (decades) less than :data:`SLOWING` of the rise the step before: the growth dies out.
+
+    A divergence compounds (each step multiplies the norm by as much as the one before, or more); a catapult at the
+    peak of a warm-up turns by itself, its growth slowing before the norm falls back.
+    """
+    return rise is not None and before is not None and before > 0.0 and rise < SLOWING * before
 
 
 def _rise(ctx: Context) -> str:
