@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from examples.harness import single_thread
-from lightning_gradwatch import GradWatch
+from lightning_gradwatch import GradientWarning, GradWatch
 from tests.helpers import events, flavour, regression_data, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
@@ -420,6 +420,45 @@ def test_sgd_catapulting_at_the_peak_of_its_warm_up_is_not_stopped(tmp_path, see
     assert trainer.global_step == 300
     assert max(module.losses[20:60]) > module.losses[0]  # the catapult: above where training started
     assert np.median(module.losses[-10:]) < 0.1 * module.losses[0]
+
+
+class _DyingCNN(pl.LightningModule):
+    """A digits CNN whose warm-up climbs to SGD Nesterov at 3.0: one blow-up near step 30 (unalerted, the norm back
+    down at once) kills both convolutions, their gradients exactly zero from then on, and the loss goes back to
+    chance (ln 10), where it started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        data = load_digits()
+        self.x = torch.tensor(data.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+        self.y = torch.tensor(data.target)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10),
+        )  # fmt: skip
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=3.0, momentum=0.9, nesterov=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 40))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=128, shuffle=True)
+
+
+def test_convolutions_killed_by_a_blow_up_are_called_dead(tmp_path):
+    """The loss's median was highest where the zeros began (just after the blow-up), and its coming back to chance
+    counted as an improvement: no alert in 400 steps. Compared with the best before, the layers are named."""
+    pl.seed_everything(1, verbose=False)
+    watch = GradWatch()
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=120, max_epochs=-1))
+    with pytest.warns(GradientWarning, match="Vanishing gradients at step"):
+        trainer.fit(_DyingCNN())
+    assert [(a.kind, a.layers) for a in watch.alerts] == [("vanishing", ("net.0", "net.2"))]
+    assert "exactly zero" in watch.alerts[0].message
 
 
 class _MultiTask(pl.LightningModule):

@@ -17,7 +17,9 @@
   ``Verdict.vanishing_layers``). Normalisation layers and biases are exempt: their gradients are naturally small.
   A layer whose gradient is exactly *zero* is a dead one only when that follows from how training fails: its zeros
   last ``vanishing_patience`` steps while the loss has not improved since they began (its lowest median of 5 since
-  then not ``stall_tolerance`` below its median of 5 when they began, or its first 5 for zeros from the first step:
+  then not ``stall_tolerance`` below its median of 5 when they began, or the best median before if lower: a blow-up
+  that kills units lifts the loss where they die, and its coming back down is no improvement; its first 5 for zeros
+  from the first step:
   the units give no gradient and nothing else makes up for them; a head whose loss term is weighted 0 for a while
   gives exact zeros too, in a run whose loss falls), and longer than any zeros it came back from before (a branch
   used on some batches only, with gradients zeroed rather than set to ``None`` between its uses, comes back after as
@@ -270,7 +272,10 @@ class Layers(VanishingRule):
         for name, norm in zip(stats.layers, stats.grad_norm):
             if norm == 0.0:
                 if name not in self.zero_loss and level is not None:
-                    self.zero_loss[name] = level
+                    # the loss then: at most the best the run had before (a blow-up that kills units lifts the loss
+                    # where they die; the loss coming back down from it is no improvement)
+                    floor = losses.loss_floor
+                    self.zero_loss[name] = level if floor is None else min(level, floor)
                 elif name in self.zero_loss and name not in self.zero_low:  # a checkpoint kept before the lowest was
                     floor = losses.loss_floor  # the best of the run: its lowest since the zeros began is not known
                     self.zero_low[name] = self.zero_loss[name] if floor is None else min(self.zero_loss[name], floor)
