@@ -136,6 +136,7 @@ class NormBaseline(Stateful):
     ceiling: float | None = state(None, load=as_optional_float)
     peak: float | None = state(None, load=as_optional_float)  # log10 of the largest total norm, forgetting
     previous: float | None = state(None, load=as_optional_float)  # log10 of the previous finite step's norm
+    rise: float | None = state(None, load=as_optional_float)  # decades that step's norm rose over the one before it
     # log10(chained norm / total norm) at the latest finite step: 0 until the set of layers first changes
     offset: float = state(0.0, load=float)
     # the latest finite step's layers with a non-zero gradient, and their norms

@@ -130,7 +130,6 @@ class Spikes(ExplodingRule):
 
     spike_run: int = state(0, load=int)
     run_peak: float | None = state(None, load=as_optional_float)  # log10 of the current spike run's largest norm
-    run_rise: float | None = state(None, load=as_optional_float)  # decades its latest step rose over the one before
 
     name: ClassVar[Rule] = Rule.SPIKES
     settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor", "exploding_rise_margin")
@@ -144,7 +143,7 @@ class Spikes(ExplodingRule):
         self._falling_back = self._slowing = False
         if not step.spike:
             self._survived()
-            self.spike_run, self.run_peak, self.run_rise = 0, None, None
+            self.spike_run, self.run_peak = 0, None
             return
         self.ctx.counts.add("spikes")
         self.spike_run += 1
@@ -156,8 +155,7 @@ class Spikes(ExplodingRule):
         # third spike on, one that goes down at all, or grows less than half as much as at the step before, is turning
         # (a catapult): a divergence compounds, step after step
         self._falling_back = rise is not None and rise < (0.0 if self.spike_run >= 3 else -FALLING_BACK)
-        self._slowing = self.spike_run >= 3 and _slowing(rise, self.run_rise)
-        self.run_rise = rise
+        self._slowing = self.spike_run >= 3 and _slowing(rise, self.ctx.norms.rise)
 
     def _survived(self) -> None:
         """A run of spikes the run came back from on its own (no explosion alerted): its norms are the run's own.
@@ -202,7 +200,6 @@ class Growth(ExplodingRule):
     """A steady rise of the norm, long enough, while the loss rises (medians)."""
 
     growth_run: int = state(0, load=int)
-    growth_rise: float | None = state(None, load=as_optional_float)  # decades the latest step of the rise rose
 
     name: ClassVar[Rule] = Rule.GROWTH
     settings: ClassVar[tuple[str, ...]] = ("exploding_growth_steps",)
@@ -218,11 +215,9 @@ class Growth(ExplodingRule):
         self._slowing = False
         if norms.warm and x is not None and norms.previous is not None and x > elevated and x > norms.previous:
             self.growth_run += 1
-            rise = x - norms.previous
-            self._slowing = self.growth_run >= 2 and _slowing(rise, self.growth_rise)
-            self.growth_rise = rise
+            self._slowing = self.growth_run >= 2 and _slowing(x - norms.previous, norms.rise)
         else:
-            self.growth_run, self.growth_rise = 0, None
+            self.growth_run = 0
 
     @override
     def fires(self, step: NormStep) -> bool:
@@ -396,6 +391,8 @@ class ExplodingWatch(RuleWatch):
             rule.observe(now)
         fired = next((rule for rule in self.rules if rule.fires(now)), None)
         self._episode(now, fired, verdict)
+        previous = ctx.norms.previous
+        ctx.norms.rise = None if x is None or previous is None else x - previous
         ctx.norms.previous = x
         if x is not None:
             ctx.norms.learn(x, math.log10(threshold) + ctx.norms.offset, now.spike)
