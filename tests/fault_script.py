@@ -4,7 +4,7 @@
 
 Scenarios (a 16-step MLP run, or 32 steps for the first three; GradWatch logs every step):
 
-- ``disk_full``: from step 4 no file may grow past 40 kB (``RLIMIT_FSIZE``: writes fail with "File too large");
+- ``disk_full``: at step 4 the logs are flushed, then no file may grow past 40 kB (``RLIMIT_FSIZE``: writes fail with "File too large");
 - ``report_unwritable``: the same with 1 kB, so ``gradwatch.json`` cannot be written;
 - ``keyboard_interrupt``: ``KeyboardInterrupt`` raised at step 7 (NaN at step 3);
 - ``sigkill_before_alert``: the logs are flushed, then the process SIGKILLs itself at step 6;
@@ -52,6 +52,7 @@ class Fault(pl.Callback):
             raise KeyboardInterrupt
         if step == 4 and scenario in ("disk_full", "report_unwritable"):
             limit = 40_000 if scenario == "disk_full" else 1_000  # room for the first 4 steps' histograms
+            trainer.logger.experiment.flush()  # steps 0-3 on disk before the fault, whatever the writer's timing
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         if (scenario, step) in (("sigkill_before_alert", 6), ("sigkill_after_alert", 8)):
