@@ -140,7 +140,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             single step is extreme: this warns of a divergence several steps before the first NaN.
         exploding_threshold: optional absolute total norm above which a step is always a spike.
         exploding_jump_factor: during the warm-up, before the history can tell a spike, a step whose total norm is
-            this many times the largest so far is an explosion (a learning rate far too high blows up from step 0).
+            this many times the largest so far is an explosion, and so are two steps in a row at this many times the
+            first step's norm while their loss is 3 times the first loss (a learning rate far too high blows up from
+            step 0).
         exploding_trend_loss_factor: an explosion by trend: the training loss (median of the last 5 steps) has
             climbed to this many times its best median, and to twice where training started, ...
         exploding_trend_norm_factor: ... while the total norm (median of the last 5 steps) has grown this many

@@ -104,6 +104,14 @@ class Window:
     def __iter__(self) -> Iterator[float]:
         return iter(self._values)
 
+    def first(self) -> float:
+        """The oldest value (the window must not be empty)."""
+        return self._values[0]
+
+    def last(self) -> float:
+        """The latest value (the window must not be empty)."""
+        return self._values[-1]
+
     def median(self) -> float:
         """The median of the values (the window must not be empty)."""
         return median(self._values)

@@ -142,6 +142,22 @@ def test_spikes_that_slow_down_and_turn_are_a_catapult_and_spikes_that_compound_
     assert [(a.kind, a.step, a.extra["rule"]) for a in alerts] == [("exploding", 52, "spikes")]
 
 
+def test_a_norm_grown_tenfold_from_the_start_with_the_loss_on_two_steps_is_an_explosion_in_the_warm_up():
+    """4x per step: no step is ten times the largest before it. A bad batch (one step), or a norm taking off while the
+    loss does not grow, is not an explosion."""
+    growing = {0: 1.0, 1: 4.0, 2: 16.0, 3: 64.0, 4: 256.0}
+    blowing_up = GradientDetector()
+    alerts = feed(blowing_up, range(5), make=lambda s: healthy(0, scale=growing[s]), loss=lambda s: 2.0 * growing[s])
+    assert [(a.kind, a.step, a.extra["rule"]) for a in alerts] == [("exploding", 3, "jump")]
+    assert "from the start" in alerts[0].message
+    taking_off = GradientDetector()
+    assert feed(taking_off, range(5), make=lambda s: healthy(0, scale=growing[s]), loss=lambda s: 2.0) == []
+    bad_batch = GradientDetector()
+    one = {0: 1.0, 1: 4.0, 2: 16.0, 3: 2.0, 4: 20.0, 5: 2.0}
+    loss = lambda s: 2.0 * one[s]  # noqa: E731
+    assert feed(bad_batch, range(6), make=lambda s: healthy(0, scale=one[s]), loss=loss) == []
+
+
 def test_bad_batches_in_a_row_raise_the_ceiling_by_a_decade_at_most():
     det = GradientDetector()
     feed(det, range(50))

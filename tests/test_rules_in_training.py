@@ -461,6 +461,36 @@ def test_convolutions_killed_by_a_blow_up_are_called_dead(tmp_path):
     assert "exactly zero" in watch.alerts[0].message
 
 
+class _SummedLoss(pl.LightningModule):
+    """A digits MLP whose loss is summed over its batches of 128 where it should be averaged, SGD momentum at 0.05 (a
+    learning rate 128 times too high): norm and loss grow 3-5x per step for three steps (no step ten times the one
+    before), fall back, and the run ends at chance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(batch[0]), batch[1], reduction="sum")
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_loss_summed_where_it_should_be_averaged_is_exploding_from_the_start(tmp_path, seed):
+    """No step was ten times the largest before it, and by the end of the warm-up the blow-up was history: nothing
+    was said. Grown tenfold from the first norm on two steps in a row, the loss threefold with it, it is named."""
+    pl.seed_everything(seed, verbose=False)
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=100, max_epochs=-1))
+    with pytest.warns(GradientWarning, match="from the start"):
+        trainer.fit(_SummedLoss(), digits(images=False, seed=seed, batch_size=128))
+    assert [(a.kind, (a.extra or {}).get("rule")) for a in watch.alerts] == [("exploding", "jump")]
+    assert watch.alerts[0].step <= 5
+    assert trainer.global_step <= 6  # stopped
+
+
 class _MultiTask(pl.LightningModule):
     """A shared trunk with two heads; the second head's loss term is weighted 0 for the first 100 steps (a task
     switched on later): its gradients are exactly zero by design, while the first task's loss falls slowly."""

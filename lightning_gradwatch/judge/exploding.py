@@ -4,8 +4,10 @@ An episode is alerted once, by whichever rule sees it first. Every norm below is
 ``judge/context.py`` (the total norm, compared like with like when the set of layers with a gradient changes), and
 every loss a median over several steps (one mini-batch loss against the next is noise):
 
-- :class:`Jump`: during the warm-up, a total norm ``exploding_jump_factor`` (10) times the largest norm so far. A
-  learning rate far too high grows the norm tenfold or more within two or three steps, before any history exists.
+- :class:`Jump`: during the warm-up, a total norm ``exploding_jump_factor`` (10) times the largest norm so far, or
+  that many times the first norm on :data:`JUMP_STEPS` (2) steps in a row while their loss is :data:`JUMP_LOSS_FACTOR`
+  (3) times the first loss. A learning rate far too high grows the norm tenfold or more within two or three steps,
+  before any history exists, at times 3-5x per step with no single step tenfold.
 - :class:`Spikes`: a step is a *spike* when its norm exceeds the spike threshold (``exploding_zscore`` standard
   deviations of ``log10(total norm)`` over its running mean, at least ``exploding_min_factor`` times the mean, or the
   absolute ``exploding_threshold``). Spikes move the mean toward a lasting new level (clipped to the spike threshold)
@@ -89,6 +91,10 @@ TREND_MIN_LOSSES = 3
 TREND_PATIENCE = LOSS_WINDOW
 #: a jump of at least this factor is said to be of orders of magnitude
 ORDERS_OF_MAGNITUDE = 100.0
+#: grown from the start (:class:`Jump`): the loss this many times its first value ...
+JUMP_LOSS_FACTOR = 3.0
+#: ... on this many steps in a row (a bad batch is one step; a divergence compounds)
+JUMP_STEPS = 2
 #: the climb rule waits for this many losses (the first 10 it compares with, and a few more) ...
 CLIMB_MIN_LOSSES = 12
 #: ... and fires on this many consecutive steps at its factor
@@ -97,31 +103,75 @@ CLIMB_PATIENCE = 2
 
 @dataclass(eq=False)
 class Jump(ExplodingRule):
-    """Orders of magnitude within the first steps: no history is needed to see that."""
+    """Orders of magnitude within the first steps: no history is needed to see that.
+
+    A norm ``exploding_jump_factor`` times the largest so far; or, step after step, that many times the first norm
+    while the loss is :data:`JUMP_LOSS_FACTOR` times the first loss (a learning rate far too high multiplies both a
+    few times per step: no single step is a tenfold jump, three in a row are a hundredfold).
+    """
+
+    first_norm: float | None = state(None, load=as_optional_float)  # log10 of the first finite non-zero norm
+    grown_steps: int = state(0, load=int)  # consecutive steps grown from the start, the loss with it
 
     name: ClassVar[Rule] = Rule.JUMP
     settings: ClassVar[tuple[str, ...]] = ("exploding_jump_factor",)
 
+    def __post_init__(self) -> None:
+        self._from_start = False  # this step fires as grown from the start (not as a jump over the largest so far)
+
+    def observe(self, step: NormStep) -> None:
+        """Keep the first norm; count the steps in a row grown from it, with the loss."""
+        if step.x is not None and self.first_norm is None:
+            self.first_norm = step.x
+        grown = (
+            not self.ctx.norms.warm
+            and step.x is not None
+            and self.first_norm is not None
+            and step.x >= self.first_norm + math.log10(self.config.exploding_jump_factor)
+            and self._loss_grown()
+        )
+        self.grown_steps = self.grown_steps + 1 if grown else 0
+
+    def _loss_grown(self) -> bool:
+        """This step's loss is :data:`JUMP_LOSS_FACTOR` times the first (both known, the first positive)."""
+        losses = self.ctx.losses
+        if not len(losses.start_losses) or not len(losses.recent_losses):
+            return False
+        first, latest = losses.start_losses.first(), losses.recent_losses.last()
+        return first > 0 and latest >= JUMP_LOSS_FACTOR * first
+
     @override
     def fires(self, step: NormStep) -> bool:
         norms = self.ctx.norms
-        return (
+        over_peak = (
             not norms.warm
             and step.x is not None
             and norms.peak is not None
             and step.x > norms.peak + math.log10(self.config.exploding_jump_factor)
         )
+        self._from_start = not over_peak and self.grown_steps >= JUMP_STEPS
+        return over_peak or self._from_start
 
     @override
     def describe(self, step: NormStep) -> Finding:
-        peak = self.ctx.norms.real(self.ctx.norms.peak or 0.0)
+        norms, factor = self.ctx.norms, self.config.exploding_jump_factor
+        if self._from_start and self.first_norm is not None:
+            first = norms.real(self.first_norm)
+            ratio = step.norm / first
+            what = (
+                f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({first:.4g}), {self.grown_steps} steps in a"
+                f" row, while the training loss grew {JUMP_LOSS_FACTOR:g}x or more from its first value: it grew"
+                f" {'by orders of magnitude' if ratio >= ORDERS_OF_MAGNITUDE else f'{ratio:.3g}x'} from the start"
+            )
+            return Finding(what, Cause.STARTUP, step.norm, factor * first)
+        peak = norms.real(norms.peak or 0.0)
         ratio = step.norm / peak
         grew = "by orders of magnitude" if ratio >= ORDERS_OF_MAGNITUDE else f"{ratio:.3g}x"
         what = (
             f"total norm {step.norm:.4g} is {ratio:.3g}x the largest norm of the run's first steps ({peak:.4g}):"
             f" it grew {grew} from the start"
         )
-        return Finding(what, Cause.STARTUP, step.norm, self.config.exploding_jump_factor * peak)
+        return Finding(what, Cause.STARTUP, step.norm, factor * peak)
 
 
 @dataclass(eq=False)
