@@ -4,7 +4,8 @@
 
 Scenarios (a 16-step MLP run, or 32 steps for the first three; GradWatch logs every step):
 
-- ``disk_full``: at step 4 the logs are flushed, then no file may grow past 40 kB (``RLIMIT_FSIZE``: writes fail with "File too large");
+- ``disk_full``: at step 4 the logs are flushed, then no file may grow past 40 kB (``RLIMIT_FSIZE``: writes fail
+  with "File too large");
 - ``report_unwritable``: the same with 1 kB, so ``gradwatch.json`` cannot be written;
 - ``keyboard_interrupt``: ``KeyboardInterrupt`` raised at step 7 (NaN at step 3);
 - ``sigkill_before_alert``: the logs are flushed, then the process SIGKILLs itself at step 6;

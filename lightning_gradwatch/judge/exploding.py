@@ -158,10 +158,11 @@ class Jump(ExplodingRule):
         if self._from_start and self.first_norm is not None:
             first = norms.real(self.first_norm)
             ratio = step.norm / first
+            grew = "by orders of magnitude" if ratio >= ORDERS_OF_MAGNITUDE else f"{ratio:.3g}x"
             what = (
-                f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({first:.4g}), {self.grown_steps} steps in a"
-                f" row, while the training loss grew {JUMP_LOSS_FACTOR:g}x or more from its first value: it grew"
-                f" {'by orders of magnitude' if ratio >= ORDERS_OF_MAGNITUDE else f'{ratio:.3g}x'} from the start"
+                f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({first:.4g}),"
+                f" {self.grown_steps} steps in a row, while the training loss grew {JUMP_LOSS_FACTOR:g}x or more"
+                f" from its first value: it grew {grew} from the start"
             )
             return Finding(what, Cause.STARTUP, step.norm, factor * first)
         peak = norms.real(norms.peak or 0.0)
