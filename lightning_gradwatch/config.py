@@ -362,7 +362,7 @@ class DetectionConfig(ConfigGroup):
     warmup_steps: int = setting(10, integer(minimum=0))
     exploding_zscore: float = setting(4.0, number())
     exploding_min_factor: float = setting(3.0, at_least_one)
-    exploding_patience: int = setting(2, integer(minimum=1))
+    exploding_patience: int = setting(3, integer(minimum=1))
     exploding_growth_steps: int = setting(5, integer(minimum=2))
     exploding_threshold: float | None = setting(None, number(optional=True))
     exploding_ceiling_factor: float = setting(2.0, at_least_one, argument=False)

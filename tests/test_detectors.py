@@ -98,7 +98,7 @@ def test_the_ceiling_forgets_slowly():
 
 def test_a_spike_run_the_run_came_back_from_raises_the_ceiling():
     """A catapult (SGD at the peak of a warm-up): the norm jumps for a few steps and the run settles by itself."""
-    det = GradientDetector()
+    det = GradientDetector(DetectionConfig(exploding_patience=2))  # two spikes: the ceiling is the point
     feed(det, range(50))
     assert feed(det, range(50, 52), make=lambda s: healthy(s, scale=8.0 if s == 50 else 5.0)) == []  # falls back
     feed(det, range(52, 100))
@@ -159,7 +159,7 @@ def test_a_norm_grown_tenfold_from_the_start_with_the_loss_on_two_steps_is_an_ex
 
 
 def test_bad_batches_in_a_row_raise_the_ceiling_by_a_decade_at_most():
-    det = GradientDetector()
+    det = GradientDetector(DetectionConfig(exploding_patience=2))  # two spikes: the ceiling is the point
     feed(det, range(50))
     assert feed(det, range(50, 52), make=lambda s: healthy(s, scale=1000.0 if s == 50 else 300.0)) == []
     feed(det, range(52, 100))
@@ -168,7 +168,7 @@ def test_bad_batches_in_a_row_raise_the_ceiling_by_a_decade_at_most():
 
 
 def test_absolute_threshold_spikes_are_an_explosion_whatever_the_ceiling():
-    det = GradientDetector(DetectionConfig(exploding_threshold=1.0))
+    det = GradientDetector(DetectionConfig(exploding_patience=2, exploding_threshold=1.0))
     feed(det, range(100), make=converging)
     alerts = feed(det, range(100, 102), make=lambda s: healthy(s, scale=3.0))
     assert [(a.kind, a.step) for a in alerts] == [("exploding", 101)]
@@ -562,8 +562,8 @@ def test_layers_that_join_are_no_spike_and_an_explosion_after_they_joined_still_
     assert det.state_dict()["offset"] == pytest.approx(-1.0, abs=0.1)  # the total is 10x the norm it chains
     exploding = feed(det, range(120, 130), make=lambda s: named({"backbone": 3.0 * 10 ** (s - 119), "head": 0.3}),
                      loss=lambda s: 1.4 * 3 ** (s - 119))  # fmt: skip
-    assert [(a.kind, a.step) for a in exploding][:1] == [("exploding", 121)]  # the loss (median of 3) rises too
-    assert "total norm 300 for 2 consecutive steps" in exploding[0].message  # real norms in the message
+    assert [(a.kind, a.step) for a in exploding][:1] == [("exploding", 122)]  # third spike; the loss rises too
+    assert "total norm 3000 for 3 consecutive steps" in exploding[0].message  # real norms in the message
 
 
 def test_layers_that_leave_and_come_back_or_branches_used_on_some_steps_are_no_spike():

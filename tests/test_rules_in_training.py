@@ -491,6 +491,34 @@ def test_a_loss_summed_where_it_should_be_averaged_is_exploding_from_the_start(t
     assert trainer.global_step <= 6  # stopped
 
 
+class _LearningRateRaised(pl.LightningModule):
+    """A digits MLP under Adam at 1e-3 whose scheduler multiplies the learning rate by 30 from step 100 (a bug in a
+    schedule): the loss 5-8x and the norm 9x for two steps, then Adam's second moments catch up and it trains on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=1e-3)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 100 else 30.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@pytest.mark.parametrize("seed", [2, 3, 5])
+def test_a_learning_rate_raised_30x_that_adam_absorbs_is_not_stopped(tmp_path, seed):
+    """Two spikes alerted these seeds (on_exploding="stop" ended them at step 102); the third step falls back."""
+    pl.seed_everything(seed, verbose=False)
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=160, max_epochs=-1))
+    trainer.fit(_LearningRateRaised(), digits(images=False, seed=seed))
+    assert watch.alerts == []
+    assert trainer.global_step == 160
+
+
 class _MultiTask(pl.LightningModule):
     """A shared trunk with two heads; the second head's loss term is weighted 0 for the first 100 steps (a task
     switched on later): its gradients are exactly zero by design, while the first task's loss falls slowly."""

@@ -149,7 +149,8 @@ class Jump(ExplodingRule):
             and norms.peak is not None
             and step.x > norms.peak + math.log10(self.config.exploding_jump_factor)
         )
-        self._from_start = not over_peak and self.grown_steps >= JUMP_STEPS
+        # grown from the start: the run's first blow-up (one already alerted, by a jump over the peak, is this one)
+        self._from_start = not over_peak and self.grown_steps >= JUMP_STEPS and not self.ctx.episode.exploded
         return over_peak or self._from_start
 
     @override
@@ -231,7 +232,18 @@ class Spikes(ExplodingRule):
         beyond = ceiling is None or (step.x is not None and step.x > ceiling + math.log10(cfg.exploding_ceiling_factor))
         rising = self.ctx.losses.rising(cfg.exploding_rise_margin) is not False  # no loss known: the norm alone
         settled = self._falling_back or self._slowing
-        return self.spike_run >= cfg.exploding_patience and not settled and (absolute or beyond) and rising
+        return self.spike_run >= self._patience(step) and not settled and (absolute or beyond) and rising
+
+    def _patience(self, step: NormStep) -> int:
+        """``exploding_patience`` spikes, one fewer when the latest is orders of magnitude beyond the ceiling.
+
+        A learning rate raised 30x mid-run may lift loss and norm 8-9x for two steps, and an optimizer like Adam
+        absorbs it: a third spike tells. A step :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm of the run,
+        right after a spike, is a run already thrown off (a corrupted batch's update: 4e3, then 5e7, then NaN).
+        """
+        patience, ceiling = self.config.exploding_patience, self.ctx.norms.ceiling
+        extreme = step.x is not None and ceiling is not None and step.x > ceiling + math.log10(ORDERS_OF_MAGNITUDE)
+        return min(patience, max(patience - 1, 2)) if extreme else patience
 
     @override
     def describe(self, step: NormStep) -> Finding:
