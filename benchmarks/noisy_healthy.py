@@ -1,12 +1,12 @@
 """False alarms of GradWatch's detector on healthy, noisy training runs of the kinds users train.
 
-    python benchmarks/noisy_healthy.py                                   # 17 families, default seeds
+    python benchmarks/noisy_healthy.py                                   # 35 families, default seeds
     python benchmarks/noisy_healthy.py --families tinybatch,imbalanced --seeds 0-29
     python benchmarks/noisy_healthy.py --families sgdr --seeds 0,1 --out runs.jsonl   # one JSON line per run
 
 Every run is a real ``lightning.pytorch.Trainer`` fit with ``GradWatch(on_exploding="warn", on_vanishing="warn")``
 attached (public API only): alerts are recorded and listed, never acted on. Runs that trained fine (the outcome
-below) and got an alert are false alarms. The 26 families (a few hundred optimizer steps each, CPU):
+below) and got an alert are false alarms. The 35 families (a few hundred optimizer steps each, CPU):
 
 - ``sgdr``: scikit-learn's 8x8 digits, an MLP (even seeds) or a small CNN (odd), SGD momentum at lr 0.1 with cosine
   warm restarts every 50 steps;
@@ -48,11 +48,28 @@ below) and got an alert are false alarms. The 26 families (a few hundred optimiz
 - ``warmup_bigbatch``: the small CNN on digits, SGD Nesterov at 0.1 in batches of 256, 30 linear warm-up steps then
   cosine decay (near the peak the run catapults: its loss and norm jump for a few steps, and it settles);
 - ``embedding_bag``: bag-of-tokens classification, a mean ``EmbeddingBag`` over 5000 Zipf-distributed tokens (most
-  rows get no gradient in a batch), batches of 16, Adam.
+  rows get no gradient in a batch), batches of 16, Adam;
+- ``gauss_nll``: heteroscedastic regression, a mean and a learned variance under Gaussian negative log-likelihood
+  (the loss goes negative; gradients grow as the variance shrinks), Adam;
+- ``triplet``: a digits embedding under the triplet margin loss (triplets past the margin give no gradient), SGD
+  momentum;
+- ``infonce``: a SimCLR-like encoder, InfoNCE at temperature 0.1 between two noisy shifted views, batches of 64, Adam;
+- ``cyclic_bn``: a BatchNorm MLP in batches of 16, SGD momentum under ``CyclicLR`` (triangular2, 0.001-0.2);
+- ``hinge``: a digits MLP under the multi-class hinge loss (zero gradient past the margin), SGD momentum;
+- ``cosine_temp``: a cosine-similarity head with a learnable logit scale (CLIP-style), AdamW;
+- ``manual_opt``: manual optimization, two ``manual_backward`` per batch and one step, SGD momentum under StepLR;
+- ``lr_raised``: a digits MLP under Adam at 1e-3 whose scheduler multiplies the learning rate by 30, 60 or 90 at
+  step 100 (an event: most seeds absorb it and train on, some do not; the outcome decides);
+- ``summed_loss``: a digits MLP whose cross-entropy is summed over batches of 128 where it should be averaged, SGD
+  momentum at 0.05 (an event that fails: the norm grows 3-5x per step, falls back, and the run ends at chance).
 
 The last nine were written after the detector's constants were chosen and first run as they are here, 20 seeds
 each: 5 false alarms, all on ``warmup_bigbatch`` (its catapults), which then led to the spike rule's memory of the
-spike runs a run came back from. The other eight are held out from the detector's design.
+spike runs a run came back from. The other eight are held out from the detector's design. The nine after them
+were written and first run as they are here, 20 seeds each of the first seven (0 false alarms on 140 runs, all
+healthy) and 6 of the last two: ``summed_loss`` failed on 6 of 6 with no alert, which led to the jump rule's
+growth from the first step; ``lr_raised`` trained fine on 5 of 6 and was alerted on 4 of those at its second spike,
+which led to three spikes, not two.
 
 Outcome (decided before looking at any alert; one function, ``outcome`` below):
     Every family defines ``metric(model)``: a held-out, deterministic (eval mode, no grad) loss where LOWER IS BETTER
@@ -66,7 +83,7 @@ Outcome (decided before looking at any alert; one function, ``outcome`` below):
           trivial predictor).
 
 Default seeds: 0-5 for every family, 0-11 for ``accum`` (both accumulation lengths 6 times); ``--seeds`` (a list
-and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (162 runs, 0.5-10 s
+and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (216 runs, 0.3-10 s
 each) takes about 5 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
 by family, then every healthy run that got an alert (a false alarm) and every run that did not train fine.
 ``--no-watch`` trains the same runs without GradWatch (outcomes only: the runs do not depend on the callback).
@@ -1205,6 +1222,250 @@ def fam_embedding_bag(seed: int) -> Spec:
     )
 
 
+# --- 27. heteroscedastic regression, Gaussian NLL with a learned variance, Adam ---------------------------------------
+class GaussNLL(Base):
+    """A mean and a variance (softplus) per input, Gaussian negative log-likelihood: gradients grow as the variance
+    learns to shrink."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp([4, 64, 64, 2])
+
+    def compute_loss(self, batch: Any) -> Tensor:
+        x, y = batch
+        out = self.net(x)
+        mu, var = out[:, :1], F.softplus(out[:, 1:]) + 1e-6
+        return F.gaussian_nll_loss(mu, y, var)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def fam_gauss_nll(seed: int) -> Spec:
+    g = torch.Generator().manual_seed(9700 + seed)
+    n = 3000
+    x = torch.rand(n, 4, generator=g) * 4 - 2
+    f = torch.sin(2 * x[:, :1]) + x[:, 1:2] * x[:, 2:3]
+    sigma = 0.05 + 0.5 * (x[:, 3:4] + 2) / 4  # 0.05 to 0.55
+    y = f + sigma * torch.randn(n, 1, generator=g)
+    model = GaussNLL()
+    return Spec(
+        model=model,
+        train=loader(x[:2500], y[:2500], batch_size=32, seed=seed),
+        max_steps=400,
+        metric=lambda m: float(F.mse_loss(m.net(x[2500:])[:, :1], f[2500:])),
+        baseline=float(f[2500:].var()),
+    )
+
+
+# --- 28. triplet margin loss on digits embeddings, SGD momentum -----------------------------------------------------
+def triplets(y: Tensor, g: torch.Generator, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` (anchor, positive, negative) index triplets: the positive of the anchor's class, the negative not."""
+    a = torch.randint(0, len(y), (n,), generator=g)
+    pos, neg = torch.empty_like(a), torch.empty_like(a)
+    by = {int(c): (y == c).nonzero().flatten() for c in y.unique()}
+    other = {int(c): (y != c).nonzero().flatten() for c in y.unique()}
+    for i, ai in enumerate(a.tolist()):
+        c = int(y[ai])
+        pos[i] = by[c][torch.randint(0, len(by[c]), (1,), generator=g)]
+        neg[i] = other[c][torch.randint(0, len(other[c]), (1,), generator=g)]
+    return a, pos, neg
+
+
+class Triplet(Base):
+    """An MLP embedding of the digits, triplet margin loss: a triplet past the margin gives no gradient."""
+
+    def __init__(self, x: Tensor) -> None:
+        super().__init__()
+        self.x = x
+        self.net = mlp([64, 128, 32])
+
+    def compute_loss(self, batch: Any) -> Tensor:
+        a, p, n = batch
+        return F.triplet_margin_loss(self.net(self.x[a]), self.net(self.x[p]), self.net(self.x[n]), margin=1.0)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def fam_triplet(seed: int) -> Spec:
+    xtr, xte, ytr, yte = digits()
+    g = torch.Generator().manual_seed(9800 + seed)
+    a, p, n = triplets(ytr, g, 9600)
+    ta, tp, tn = triplets(yte, torch.Generator().manual_seed(9899), 2000)
+    model = Triplet(xtr)
+
+    def metric(m: Triplet) -> float:
+        e = m.net(xte)
+        return float(F.triplet_margin_loss(e[ta], e[tp], e[tn], margin=1.0))
+
+    return Spec(
+        model=model, train=loader(a, p, n, batch_size=32, seed=seed), max_steps=300, metric=metric, baseline=1.0
+    )
+
+
+# --- 29. InfoNCE (SimCLR-like) on two noisy shifted views of digits, temperature 0.1, Adam --------------------------
+def view(x: Tensor, g: torch.Generator | None = None) -> Tensor:
+    """A view of 8x8 images: shifted by up to a pixel, with Gaussian noise (std 0.15)."""
+    img = x.view(-1, 8, 8)
+    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
+    img = torch.roll(img, shifts=(dx, dy), dims=(1, 2)) + 0.15 * torch.randn(img.shape, generator=g)
+    return img.reshape(-1, 64)
+
+
+def info_nce(z1: Tensor, z2: Tensor, t: float = 0.1) -> Tensor:
+    """Symmetric InfoNCE: each view must pick its pair among the batch's other views."""
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    logits = z1 @ z2.T / t
+    target = torch.arange(len(z1))
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class Contrastive(Base):
+    """An MLP encoder, InfoNCE between two views of each image of the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp([64, 128, 64])
+
+    def compute_loss(self, batch: Any) -> Tensor:
+        (x,) = batch
+        return info_nce(self.net(view(x)), self.net(view(x)))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def fam_infonce(seed: int) -> Spec:
+    xtr, xte, _, _ = digits()
+    g = torch.Generator().manual_seed(9900)
+    v1, v2 = view(xte[:256], g), view(xte[:256], g)
+    model = Contrastive()
+    return Spec(
+        model=model,
+        train=loader(xtr, batch_size=64, seed=seed),
+        max_steps=300,
+        metric=lambda m: float(info_nce(m.net(v1), m.net(v2))),
+        baseline=math.log(256),
+    )
+
+
+# --- 30. BatchNorm MLP in batches of 16, SGD under CyclicLR (triangular2, 0.001-0.2, 25 steps up) --------------------
+def fam_cyclic_bn(seed: int) -> Spec:
+    xtr, xte, ytr, yte = digits()
+    net = nn.Sequential(
+        nn.Linear(64, 128),
+        nn.BatchNorm1d(128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.BatchNorm1d(128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    model = Classifier(
+        net,
+        lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+        lambda o: {
+            "scheduler": torch.optim.lr_scheduler.CyclicLR(o, 0.001, 0.2, step_size_up=25, mode="triangular2"),
+            "interval": "step",
+        },
+    )
+    return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=16, seed=seed), max_steps=300)
+
+
+# --- 31. multi-class hinge loss (zero gradient on samples past the margin), SGD -------------------------------------
+def fam_hinge(seed: int) -> Spec:
+    xtr, xte, ytr, yte = digits()
+    model = Supervised(
+        mlp([64, 64, 10]), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), loss_fn=nn.MultiMarginLoss()
+    )
+    return Spec(
+        model=model,
+        train=loader(xtr, ytr, batch_size=32, seed=seed),
+        max_steps=400,
+        metric=lambda m: float(F.multi_margin_loss(m.net(xte), yte)),
+        baseline=0.9,
+    )
+
+
+# --- 32. cosine-similarity head with a learnable logit scale (CLIP-style), AdamW --------------------------------------
+class CosineHead(nn.Module):
+    """Cosine similarity to 10 class vectors, times a learnable scale (from 1/0.07, at most 100)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = mlp([64, 128, 64])
+        self.w = nn.Parameter(torch.randn(10, 64) * 0.1)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.log_scale.exp().clamp(max=100) * F.normalize(self.body(x), dim=1) @ F.normalize(self.w, dim=1).T
+
+
+def fam_cosine_temp(seed: int) -> Spec:
+    xtr, xte, ytr, yte = digits()
+    model = Classifier(CosineHead(), lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05))
+    return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=32, seed=seed), max_steps=300)
+
+
+# --- 33. manual optimization: backward per half-batch, one step per batch, a StepLR ---------------------------------
+class Manual(Classifier):
+    """Manual optimization: two ``manual_backward`` per batch (its halves), one ``opt.step()``, a StepLR."""
+
+    def __init__(self) -> None:
+        super().__init__(mlp([64, 128, 10], dropout=0.1), None)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        opt = self.optimizers()
+        x, y = batch
+        opt.zero_grad()
+        total = 0.0
+        for xs, ys in zip(x.chunk(2), y.chunk(2)):
+            loss = F.cross_entropy(self.net(xs), ys) / 2
+            self.manual_backward(loss)
+            total += float(loss.detach())
+        self._acc = total
+        opt.step()
+        sch = self.lr_schedulers()
+        sch.step()
+        return torch.tensor(total)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, 100, 0.3)]
+
+
+def fam_manual(seed: int) -> Spec:
+    xtr, xte, ytr, yte = digits()
+    return digits_spec(Manual(), xte, yte, train=loader(xtr, ytr, batch_size=32, seed=seed), max_steps=300)
+
+
+# --- 34. a scheduler bug: the learning rate x30, x60 or x90 from step 100 (Adam, a digits MLP) ---------------------
+def fam_lr_raised(seed: int) -> Spec:
+    xtr, xte, ytr, yte = digits()
+    model = Classifier(
+        mlp([64, 128, 128, 10]),
+        lambda p: torch.optim.Adam(p, lr=1e-3),
+        lambda o: {
+            "scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0 if s < 100 else 30.0 * (1 + seed % 3)),
+            "interval": "step",
+        },
+    )
+    return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=32, seed=seed), max_steps=300)
+
+
+# --- 35. the loss summed over batches of 128 where it should be averaged, SGD momentum at 0.05 ------------------
+def fam_summed_loss(seed: int) -> Spec:
+    xtr, xte, ytr, yte = digits()
+    model = Supervised(
+        mlp([64, 128, 10]),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+        loss_fn=lambda o, y: F.cross_entropy(o, y, reduction="sum"),
+    )
+    return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=128, seed=seed), max_steps=200)
+
+
 FAMILIES: dict[str, Callable[[int], Spec]] = {
     "sgdr": fam_sgdr,
     "mixup_cutmix": fam_mixup,
@@ -1232,6 +1493,15 @@ FAMILIES: dict[str, Callable[[int], Spec]] = {
     "bf16": fam_bf16,
     "warmup_bigbatch": fam_warmup_bigbatch,
     "embedding_bag": fam_embedding_bag,
+    "gauss_nll": fam_gauss_nll,
+    "triplet": fam_triplet,
+    "infonce": fam_infonce,
+    "cyclic_bn": fam_cyclic_bn,
+    "hinge": fam_hinge,
+    "cosine_temp": fam_cosine_temp,
+    "manual_opt": fam_manual,
+    "lr_raised": fam_lr_raised,
+    "summed_loss": fam_summed_loss,
 }
 SEEDS: dict[str, list[int]] = {name: list(range(6)) for name in FAMILIES}
 SEEDS["accum"] = list(range(12))  # both accumulation lengths (4 on seeds 0-5, 8 on 6-11)
