@@ -158,6 +158,22 @@ def test_a_norm_grown_tenfold_from_the_start_with_the_loss_on_two_steps_is_an_ex
     assert feed(bad_batch, range(6), make=lambda s: healthy(0, scale=one[s]), loss=loss) == []
 
 
+def test_a_run_that_gives_back_what_it_learned_while_its_norm_falls_is_a_stall_again():
+    """Learned from 2.3 to 1.0, then back to 2.2 with its first layer 4 decades below the last: a collapse. The same
+    loss with a growing norm is a divergence, not a vanishing run."""
+    learning = lambda s: 2.3 - 1.3 * min(s, 60) / 60  # noqa: E731
+    back = lambda s: learning(s) if s < 80 else 2.2  # noqa: E731
+    collapsed = GradientDetector()
+    feed(collapsed, range(80), make=lambda s: stats(1.0, 1.0, 1.0), loss=back)
+    alerts = feed(collapsed, range(80, 140), make=lambda s: stats(2e-5, 0.01, 0.3), loss=back)
+    assert [(a.kind, a.extra["rule"]) for a in alerts] == [("vanishing", "stall")]
+    assert "given back most of what it learned" in alerts[0].message
+    diverging = GradientDetector()
+    feed(diverging, range(80), make=lambda s: stats(1.0, 1.0, 1.0), loss=back)
+    alerts = feed(diverging, range(80, 140), make=lambda s: stats(1e-4, 1.0, 3.0), loss=back)
+    assert [a for a in alerts if a.kind == "vanishing"] == []
+
+
 def test_bad_batches_in_a_row_raise_the_ceiling_by_a_decade_at_most():
     det = GradientDetector(DetectionConfig(exploding_patience=2))  # two spikes: the ceiling is the point
     feed(det, range(50))

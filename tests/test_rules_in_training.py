@@ -519,6 +519,39 @@ def test_a_learning_rate_raised_30x_that_adam_absorbs_is_not_stopped(tmp_path, s
     assert trainer.global_step == 160
 
 
+class _PostLN(pl.LightningModule):
+    """Eight post-LayerNorm residual MLP blocks on the digits under Adam at 1e-2 with no warm-up: the loss falls to
+    about 1, then the stack collapses back to chance, its first layers' gradients 5 decades below the head's, not zero
+    (the per-layer test, at a ratio of 1e-5, flickers at its edge)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, 64)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)) for _ in range(8))
+        self.norms = nn.ModuleList(nn.LayerNorm(64) for _ in range(8))
+        self.out = nn.Linear(64, 10)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        h = self.inp(batch[0])
+        for block, norm in zip(self.blocks, self.norms):
+            h = norm(h + block(h))
+        return nn.functional.cross_entropy(self.out(h), batch[1])
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5])
+def test_a_stack_that_learned_then_collapsed_to_chance_is_vanishing(tmp_path, seed):
+    """The stall test judged only runs whose loss never moved: one that learned was never judged again."""
+    pl.seed_everything(seed, verbose=False)
+    watch = GradWatch()
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=300, max_epochs=-1))
+    with pytest.warns(GradientWarning, match="Vanishing gradients at step"):
+        trainer.fit(_PostLN(), digits(images=False, seed=seed))
+    assert [a.kind for a in watch.alerts] == ["vanishing"]
+
+
 class _MultiTask(pl.LightningModule):
     """A shared trunk with two heads; the second head's loss term is weighted 0 for the first 100 steps (a task
     switched on later): its gradients are exactly zero by design, while the first task's loss falls slowly."""

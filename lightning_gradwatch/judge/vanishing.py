@@ -7,7 +7,9 @@
 - :class:`Stall`: vanishing judged with the loss. Once ``stall_steps`` losses have been seen, a run whose loss has not
   moved from where it started (its lowest median of 5 within ``stall_tolerance`` of the median of its first 5) while
   layers lie ``stall_decades`` (4) or more decades below the largest one (each layer's median over the last 10 steps)
-  is vanishing: its first layers are not learning. It names the layers below ``vanishing_ratio`` times the largest
+  is vanishing: its first layers are not learning. So is a run that learned and gave back :data:`GAVE_BACK` of it
+  while its total norm fell below the norm at the loss's best (a collapse: a divergence gives its progress back with
+  a growing norm), until it has learnt half of it back. It names the layers below ``vanishing_ratio`` times the largest
   (the ones the per-layer test and ``gradwatch report`` call small), the deepest one at least. A slowly
   learning deep net has a loss that moved, a converged one a loss far below its start: both stay silent; a stack
   whose first layers get a millionth of the last one's gradient, with a loss at chance, is named within tens of steps.
@@ -54,6 +56,10 @@ __all__ = ["STALL_WINDOW", "VANISHING_RULES", "Collapse", "Layers", "Stall", "Va
 
 #: each layer's depth below the largest is the median over this many steps (at all of which it had a gradient)
 STALL_WINDOW = 10
+#: a run whose loss (median) has given back this share of what it learned is judged as a stall again ...
+GAVE_BACK = 0.75
+#: ... and such a stall lasts while it has given back this share
+KEEPS_STALL = 0.5
 
 
 def moved(level: float, reference: float, tolerance: float) -> bool:
@@ -198,7 +204,11 @@ class Stall(VanishingRule):
         start = self.ctx.losses.start
         if not self._judged() or start is None:
             return None
-        if self._learned(start):  # it learns, or learned: never a stall again
+        learned = self._learned(start)
+        # judged again when the loss gave back most of what it learned (a collapse after learning), until it has
+        # learnt half of it back
+        back = learned and self._gave_back(start, KEEPS_STALL if self.stall_episode else GAVE_BACK)
+        if learned and not back:  # it learns, or learned and keeps what it learned
             self.stall_episode = []
             return None
         if self.stall_episode:
@@ -225,6 +235,19 @@ class Stall(VanishingRule):
         seen_enough = losses.level is not None and losses.losses_seen >= self.config.stall_steps
         return seen_enough and not self.ctx.episode.exploded
 
+    def _gave_back(self, start: float, share: float) -> bool:
+        """Whether the loss has given back ``share`` of what it learned while the gradient shrank (medians).
+
+        The loss on its way back to its start, the total norm below what it was at the loss's best: a divergence gives
+        its progress back with a growing norm. Not all the way back: a collapse to chance may end below the loss of an
+        untrained model (its outputs were not uniform).
+        """
+        losses, best = self.ctx.losses, self.stall_best
+        if losses.level is None or best is None or losses.level - best < share * (start - best):
+            return False
+        floor_norm, norms = losses.norm_at_floor, losses.recent_norms
+        return floor_norm is not None and len(norms) > 0 and norms.median() < floor_norm
+
     def _learned(self, start: float) -> bool:
         """Whether the loss's lowest median so far has moved from its start (kept as ``stall_best``)."""
         level = self.ctx.losses.level
@@ -239,11 +262,21 @@ class Stall(VanishingRule):
         shallow, deepest = depths
         verb = "lies" if len(named) == 1 else "lie"
         how_deep = f"{deepest:.1f}" if round(shallow, 1) == round(deepest, 1) else f"{shallow:.1f} to {deepest:.1f}"
+        if self.stall_best is not None and moved(self.stall_best, start, cfg.stall_tolerance):
+            where = (
+                f"the loss has given back most of what it learned ({losses.level:.4g}; it started at {start:.4g}, its"
+                f" best was {self.stall_best:.4g}; medians of {LOSS_WINDOW} steps)"
+            )
+            what = "the first layers have stopped learning"
+        else:
+            where = (
+                f"the loss has not come down from where training started ({losses.level:.4g} against {start:.4g},"
+                f" medians of {LOSS_WINDOW} steps, after {losses.losses_seen} steps)"
+            )
+            what = "the first layers are not learning"
         message = (
-            f"Vanishing gradients at step {step}: the loss has not come down from where training started"
-            f" ({losses.level:.4g} against {start:.4g}, medians of {LOSS_WINDOW} steps, after {losses.losses_seen}"
-            f" steps) while {format_layers(named)} {verb} {how_deep} decades below the largest layer ({top_layer},"
-            f" medians over {STALL_WINDOW} steps): the first layers are not learning." + self.ctx.hints(self.kind)
+            f"Vanishing gradients at step {step}: {where} while {format_layers(named)} {verb} {how_deep} decades below"
+            f" the largest layer ({top_layer}, medians over {STALL_WINDOW} steps): {what}." + self.ctx.hints(self.kind)
         )
         return GradientAlert(
             self.kind, step, named, 10**-deepest, 10**-cfg.stall_decades, message, self.ctx.optimizer, {"rule": "stall"}
