@@ -1,12 +1,12 @@
 """False alarms of GradWatch's detector on healthy, noisy training runs of the kinds users train.
 
-    python benchmarks/noisy_healthy.py                                   # 35 families, default seeds
+    python benchmarks/noisy_healthy.py                                   # 36 families, default seeds
     python benchmarks/noisy_healthy.py --families tinybatch,imbalanced --seeds 0-29
     python benchmarks/noisy_healthy.py --families sgdr --seeds 0,1 --out runs.jsonl   # one JSON line per run
 
 Every run is a real ``lightning.pytorch.Trainer`` fit with ``GradWatch(on_exploding="warn", on_vanishing="warn")``
 attached (public API only): alerts are recorded and listed, never acted on. Runs that trained fine (the outcome
-below) and got an alert are false alarms. The 35 families (a few hundred optimizer steps each, CPU):
+below) and got an alert are false alarms. The 36 families (a few hundred optimizer steps each, CPU):
 
 - ``sgdr``: scikit-learn's 8x8 digits, an MLP (even seeds) or a small CNN (odd), SGD momentum at lr 0.1 with cosine
   warm restarts every 50 steps;
@@ -61,7 +61,9 @@ below) and got an alert are false alarms. The 35 families (a few hundred optimiz
 - ``lr_raised``: a digits MLP under Adam at 1e-3 whose scheduler multiplies the learning rate by 30, 60 or 90 at
   step 100 (an event: most seeds absorb it and train on, some do not; the outcome decides);
 - ``summed_loss``: a digits MLP whose cross-entropy is summed over batches of 128 where it should be averaged, SGD
-  momentum at 0.05 (an event that fails: the norm grows 3-5x per step, falls back, and the run ends at chance).
+  momentum at 0.05 (an event that fails: the norm grows 3-5x per step, falls back, and the run ends at chance);
+- ``postln_collapse``: eight post-LayerNorm residual MLP blocks on the digits under Adam at 1e-2 to 3e-2 with no
+  warm-up (an event that fails: the loss falls, then the stack collapses back to chance).
 
 The last nine were written after the detector's constants were chosen and first run as they are here, 20 seeds
 each: 5 false alarms, all on ``warmup_bigbatch`` (its catapults), which then led to the spike rule's memory of the
@@ -69,7 +71,9 @@ spike runs a run came back from. The other eight are held out from the detector'
 were written and first run as they are here, 20 seeds each of the first seven (0 false alarms on 140 runs, all
 healthy) and 6 of the last two: ``summed_loss`` failed on 6 of 6 with no alert, which led to the jump rule's
 growth from the first step; ``lr_raised`` trained fine on 5 of 6 and was alerted on 4 of those at its second spike,
-which led to three spikes, not two.
+which led to three spikes, not two. ``postln_collapse``, written with them, failed on 6 of 6, 5 alerted (dead or
+small layers) and one not (its loss back at chance, its first layers' gradients 5 decades below the head's, at the
+edge of the per-layer ratio), which led to the stall test judging again a run that gave back what it learned.
 
 Outcome (decided before looking at any alert; one function, ``outcome`` below):
     Every family defines ``metric(model)``: a held-out, deterministic (eval mode, no grad) loss where LOWER IS BETTER
@@ -83,7 +87,7 @@ Outcome (decided before looking at any alert; one function, ``outcome`` below):
           trivial predictor).
 
 Default seeds: 0-5 for every family, 0-11 for ``accum`` (both accumulation lengths 6 times); ``--seeds`` (a list
-and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (216 runs, 0.3-10 s
+and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (222 runs, 0.3-10 s
 each) takes about 5 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
 by family, then every healthy run that got an alert (a false alarm) and every run that did not train fine.
 ``--no-watch`` trains the same runs without GradWatch (outcomes only: the runs do not depend on the callback).
@@ -1466,6 +1470,32 @@ def fam_summed_loss(seed: int) -> Spec:
     return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=128, seed=seed), max_steps=200)
 
 
+# --- 36. eight post-LayerNorm residual MLP blocks under Adam at 1e-2 to 3e-2, no warm-up ----------------------------
+class PostLN(nn.Module):
+    """Post-LayerNorm residual MLP blocks (``h = norm(h + block(h))``) between an input and a 10-class layer."""
+
+    def __init__(self, d: int = 64, blocks: int = 8) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, d)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, d * 2), nn.GELU(), nn.Linear(d * 2, d)) for _ in range(blocks)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(blocks))
+        self.out = nn.Linear(d, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        for block, norm in zip(self.blocks, self.norms):
+            h = norm(h + block(h))
+        return self.out(h)
+
+
+def fam_postln(seed: int) -> Spec:
+    xtr, xte, ytr, yte = digits()
+    model = Classifier(PostLN(), lambda p: torch.optim.Adam(p, lr=1e-2 * (1 + seed % 3)))
+    return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=32, seed=seed), max_steps=300)
+
+
 FAMILIES: dict[str, Callable[[int], Spec]] = {
     "sgdr": fam_sgdr,
     "mixup_cutmix": fam_mixup,
@@ -1502,6 +1532,7 @@ FAMILIES: dict[str, Callable[[int], Spec]] = {
     "manual_opt": fam_manual,
     "lr_raised": fam_lr_raised,
     "summed_loss": fam_summed_loss,
+    "postln_collapse": fam_postln,
 }
 SEEDS: dict[str, list[int]] = {name: list(range(6)) for name in FAMILIES}
 SEEDS["accum"] = list(range(12))  # both accumulation lengths (4 on seeds 0-5, 8 on 6-11)
