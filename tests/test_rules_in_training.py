@@ -549,7 +549,7 @@ def test_a_stack_that_learned_then_collapsed_to_chance_is_vanishing(tmp_path, se
     trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=300, max_epochs=-1))
     with pytest.warns(GradientWarning, match="Vanishing gradients at step"):
         trainer.fit(_PostLN(), digits(images=False, seed=seed))
-    assert [a.kind for a in watch.alerts] == ["vanishing"]
+    assert {a.kind for a in watch.alerts} == {"vanishing"}  # its first layers named (once, or again after a relapse)
 
 
 class _MultiTask(pl.LightningModule):
