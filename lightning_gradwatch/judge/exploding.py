@@ -155,25 +155,23 @@ class Jump(ExplodingRule):
 
     @override
     def describe(self, step: NormStep) -> Finding:
-        norms, factor = self.ctx.norms, self.config.exploding_jump_factor
-        if self._from_start and self.first_norm is not None:
-            first = norms.real(self.first_norm)
-            ratio = step.norm / first
-            grew = "by orders of magnitude" if ratio >= ORDERS_OF_MAGNITUDE else f"{ratio:.3g}x"
+        norms = self.ctx.norms
+        first = self.first_norm if self._from_start else None  # grown from the first norm, or a jump over the peak
+        reference = norms.real(first if first is not None else norms.peak or 0.0)
+        ratio = step.norm / reference
+        grew = "by orders of magnitude" if ratio >= ORDERS_OF_MAGNITUDE else f"{ratio:.3g}x"
+        if first is not None:
             what = (
-                f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({first:.4g}),"
+                f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({reference:.4g}),"
                 f" {self.grown_steps} steps in a row, while the training loss grew {JUMP_LOSS_FACTOR:g}x or more"
                 f" from its first value: it grew {grew} from the start"
             )
-            return Finding(what, Cause.STARTUP, step.norm, factor * first)
-        peak = norms.real(norms.peak or 0.0)
-        ratio = step.norm / peak
-        grew = "by orders of magnitude" if ratio >= ORDERS_OF_MAGNITUDE else f"{ratio:.3g}x"
-        what = (
-            f"total norm {step.norm:.4g} is {ratio:.3g}x the largest norm of the run's first steps ({peak:.4g}):"
-            f" it grew {grew} from the start"
-        )
-        return Finding(what, Cause.STARTUP, step.norm, factor * peak)
+        else:
+            what = (
+                f"total norm {step.norm:.4g} is {ratio:.3g}x the largest norm of the run's first steps"
+                f" ({reference:.4g}): it grew {grew} from the start"
+            )
+        return Finding(what, Cause.STARTUP, step.norm, self.config.exploding_jump_factor * reference)
 
 
 @dataclass(eq=False)
