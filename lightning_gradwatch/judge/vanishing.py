@@ -214,9 +214,9 @@ class Stall(VanishingRule):
         if self.stall_episode:
             verdict.vanishing_layers = tuple(n for n in stats.layers if n in self.stall_episode)
             return None
-        return self._name(step, stats, verdict, start)
+        return self._name(step, stats, verdict, start, learned)
 
-    def _name(self, step: int, stats: StepStats, verdict: Verdict, start: float) -> GradientAlert | None:
+    def _name(self, step: int, stats: StepStats, verdict: Verdict, start: float, learned: bool) -> GradientAlert | None:
         """Alert when layers lie ``stall_decades`` or more below the largest, naming those below the per-layer ratio."""
         depth = {n: median(w) for n, w in self.stall_depths.items() if len(w) == STALL_WINDOW}
         deepest = max(depth.values(), default=0.0)
@@ -227,7 +227,7 @@ class Stall(VanishingRule):
         named = tuple(n for n in stats.layers if depth.get(n, -math.inf) >= small)
         self.stall_episode = list(named)
         verdict.vanishing_layers = named
-        return self._alert(step, stats, named, (min(depth[n] for n in named), deepest), start)
+        return self._alert(step, stats, named, (min(depth[n] for n in named), deepest), start, learned)
 
     def _judged(self) -> bool:
         """Whether the stall is judged at this step: no explosion, and the loss known for ``stall_steps`` steps."""
@@ -255,14 +255,20 @@ class Stall(VanishingRule):
         return moved(self.stall_best, start, self.config.stall_tolerance)
 
     def _alert(
-        self, step: int, stats: StepStats, named: tuple[str, ...], depths: tuple[float, float], start: float
+        self,
+        step: int,
+        stats: StepStats,
+        named: tuple[str, ...],
+        depths: tuple[float, float],
+        start: float,
+        learned: bool,
     ) -> GradientAlert:
         cfg, losses = self.config, self.ctx.losses
         top_layer = _largest_layer(stats)
         shallow, deepest = depths
         verb = "lies" if len(named) == 1 else "lie"
         how_deep = f"{deepest:.1f}" if round(shallow, 1) == round(deepest, 1) else f"{shallow:.1f} to {deepest:.1f}"
-        if self.stall_best is not None and moved(self.stall_best, start, cfg.stall_tolerance):
+        if learned:  # ... and gave it back
             where = (
                 f"the loss has given back most of what it learned ({losses.level:.4g}; it started at {start:.4g}, its"
                 f" best was {self.stall_best:.4g}; medians of {LOSS_WINDOW} steps)"
