@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+from collections.abc import Sequence
 from typing import Any, Literal, Union
 
 import torch
@@ -358,6 +359,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         fabric: Any = None,
         scaler: Any = None,
         steps: int | None = None,
+        optimizers: Sequence[Any] | None = None,
     ) -> WatchedLoop:
         """Watch a training loop you write, plain PyTorch or Lightning Fabric, with this GradWatch's settings.
 
@@ -371,6 +373,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             scaler: a plain loop's fp16 ``torch.amp.GradScaler``: gradients are unscaled before measuring.
             steps: how many optimizer steps the loop will take, when known: with ``log_every_n_steps`` left to
                 GradWatch, a short run then charts at least 100 points, as under a Trainer (else every 50 steps).
+            optimizers: every optimizer the loop steps, when it steps several: their run-level tags are then
+                ``/optimizer_0``, ``/optimizer_1``, ... from the first step, as under a Trainer (without it, the
+                first optimizer's tags are the plain ones: a second optimizer is not known before it steps).
 
         Example:
             >>> import torch
@@ -384,7 +389,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             >>> loop.global_step, watch.alerts
             (1, [])
         """
-        return WatchedLoop(self._session, model, log_dir=log_dir, fabric=fabric, scaler=scaler, steps=steps)
+        return WatchedLoop(
+            self._session, model, log_dir=log_dir, fabric=fabric, scaler=scaler, steps=steps, optimizers=optimizers
+        )
 
     @property
     def alerts(self) -> list[GradientAlert]:

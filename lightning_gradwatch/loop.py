@@ -11,6 +11,7 @@ together (``_hosts.py``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -92,11 +93,16 @@ class WatchedLoop:
         scaler: a plain loop's fp16 ``torch.amp.GradScaler`` (under Fabric, its precision plugin's is used).
         steps: the loop's length in optimizer steps, when known: with ``log_every_n_steps`` left to GradWatch, a
             short run charts at least 100 points (a 145-step loop: every step), as under a Trainer.
+        optimizers: every optimizer the loop steps, when it steps several (a GAN's discriminator and generator):
+            each is then numbered by its place in this list and all their run-level tags end in
+            ``/optimizer_<i>`` from the first step, as under a Trainer. Without it, optimizers are numbered as they
+            first step, and the first one's tags, written before a second one is seen, are the plain ones.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, ``fabric`` not a Fabric, ``scaler`` not a loss scaler,
-            ``log_dir`` not a path.
-        ValueError: ``log_dir`` is a file; ``scaler`` given with ``fabric``.
+            ``log_dir`` not a path, ``optimizers`` not a list of optimizers.
+        ValueError: ``log_dir`` is a file; ``scaler`` given with ``fabric``; an optimizer in ``optimizers`` trains
+            none of the model's parameters, or is listed twice.
 
     Example:
         >>> import tempfile, warnings, torch
@@ -130,6 +136,7 @@ class WatchedLoop:
         fabric: Any = None,
         scaler: Any = None,
         steps: int | None = None,
+        optimizers: Sequence[Any] | None = None,
     ) -> None:
         check_int("steps", steps, minimum=1, optional=True)
         if not isinstance(model, nn.Module):
@@ -150,7 +157,8 @@ class WatchedLoop:
         self.module = user_module(model)
         self._state = _NEW
         self._step = 0
-        self._optimizers: list[Any] = []
+        self._optimizers: list[Any] = _checked_optimizers(optimizers, self.module)
+        self._known = optimizers is not None  # every optimizer named up front: numbered as under a Trainer
         self._alerts: list[GradientAlert] = []
         self._restore: dict[str, Any] | None = None
         self._directory: TensorBoardDirectory | None = None
@@ -204,9 +212,11 @@ class WatchedLoop:
         """Measure, judge, write and act on this step's gradients: after ``backward``, before ``optimizer.step()``.
 
         Args:
-            optimizer: the optimizer about to step (its parameters are the ones watched). Several optimizers are
-                numbered in the order they first step, and each keeps its own schedule; the run-level tags of the
-                second and later ones end in ``/optimizer_<i>``, the first one's are the plain tags.
+            optimizer: the optimizer about to step (its parameters are the ones watched). Several optimizers each
+                keep their own schedule; named up front (``watch.loop(..., optimizers=[...])``) they are numbered by
+                their place in that list and all their run-level tags end in ``/optimizer_<i>``; else they are
+                numbered in the order they first step, the second and later ones' tags suffixed, the first one's
+                the plain tags.
             loss: this step's training loss (one number, unscaled; under gradient accumulation the sum of the
                 micro-batches' losses, each divided by their number; ``None``: not known). The rules that tell a
                 divergence from a model taking off, and a stalled run from a slowly learning one, read it (medians
@@ -223,7 +233,8 @@ class WatchedLoop:
             GradientAlertError: an alert whose response is ``"raise"`` (on every rank).
             RuntimeError: outside the loop's ``with`` block.
             TypeError: ``optimizer`` is not an optimizer; ``loss`` is not a number.
-            ValueError: ``optimizer`` trains none of the model's parameters; ``loss`` holds several numbers.
+            ValueError: ``optimizer`` trains none of the model's parameters, or is not one of the ``optimizers`` the
+                loop named; ``loss`` holds several numbers.
         """
         self._check_open()
         index, count = self._index(optimizer)
@@ -247,10 +258,15 @@ class WatchedLoop:
             raise RuntimeError(f"This loop {when}: use it inside `with watch.loop(model, ...) as loop:`.")
 
     def _index(self, optimizer: Any) -> tuple[int, int]:
-        """The optimizer's index (in the order optimizers first step) and how many there are so far."""
+        """(index, count): its place in ``optimizers`` and their number, else in the order optimizers first step."""
         for i, known in enumerate(self._optimizers):
             if known is optimizer:
                 return i, len(self._optimizers)
+        if self._known:
+            raise ValueError(
+                f"This optimizer is none of the {len(self._optimizers)} given to `watch.loop(..., optimizers=...)`:"
+                " pass every optimizer the loop steps, the same objects `loop.step` is given."
+            )
         _check_optimizer(optimizer, self.module)
         self._optimizers.append(optimizer)
         return len(self._optimizers) - 1, len(self._optimizers)
@@ -374,14 +390,28 @@ def _checked_scaler(scaler: Any) -> Any:
     return scaler if _scaler_enabled(scaler) else None
 
 
-def _check_optimizer(optimizer: Any, module: nn.Module) -> None:
+def _checked_optimizers(optimizers: Sequence[Any] | None, module: nn.Module) -> list[Any]:
+    """The optimizers a loop names up front (an empty list when it does not): each an optimizer of the model's."""
+    if optimizers is None:
+        return []
+    if isinstance(optimizers, (str, bytes)) or not isinstance(optimizers, Sequence) or not optimizers:
+        raise TypeError(
+            f"`optimizers` must be a non-empty list of the loop's optimizers, got {type(optimizers).__name__}:"
+            " `watch.loop(model, optimizers=[opt_d, opt_g])`."
+        )
+    for i, optimizer in enumerate(optimizers):
+        _check_optimizer(optimizer, module, f"`optimizers[{i}]`")
+        if any(optimizer is other for other in optimizers[:i]):
+            raise ValueError(f"`optimizers[{i}]` is listed twice: name each optimizer the loop steps once.")
+    return list(optimizers)
+
+
+def _check_optimizer(optimizer: Any, module: nn.Module, name: str = "`optimizer`") -> None:
     """An optimizer, over at least one of the model's parameters (the layers are named after the model)."""
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, list):
-        raise TypeError(
-            f"`optimizer` must be a torch optimizer (with `param_groups`), got {type(optimizer).__name__}:"
-            " call `loop.step(optimizer, loss)`."
-        )
+        how = " call `loop.step(optimizer, loss)`." if name == "`optimizer`" else " pass the loop's optimizers."
+        raise TypeError(f"{name} must be a torch optimizer (with `param_groups`), got {type(optimizer).__name__}:{how}")
     params = [p for group in groups for p in group["params"]]
     owned = {id(p) for p in module.parameters()}
     if params and not any(id(p) in owned for p in params):

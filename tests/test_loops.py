@@ -238,6 +238,71 @@ def test_loop_rejects_a_step_before_entering_and_a_bad_log_dir(tmp_path):
         watch.loop(_net(), log_dir=tmp_path / "file")
 
 
+
+def _gan_loop(watch: GradWatch, log_dir: Path, *, name_them: bool, steps: int = 30) -> None:
+    """A 2-D GAN in a plain loop: a discriminator step, then a generator step, each with its own optimizer."""
+    torch.manual_seed(0)
+    gan = nn.ModuleDict(
+        {
+            "g": nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2)),
+            "d": nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1)),
+        }
+    )
+    opt_d = torch.optim.Adam(gan["d"].parameters(), lr=1e-3)
+    opt_g = torch.optim.Adam(gan["g"].parameters(), lr=1e-3)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    with watch.loop(gan, log_dir=log_dir, optimizers=[opt_d, opt_g] if name_them else None) as loop:
+        for _ in range(steps):
+            real, fake = torch.randn(32, 2) + 3.0, gan["g"](torch.randn(32, 2))
+            d_loss = bce(gan["d"](real), torch.ones(32, 1)) + bce(gan["d"](fake.detach()), torch.zeros(32, 1))
+            d_loss.backward()
+            if loop.step(opt_d, d_loss):
+                opt_d.step()
+            opt_d.zero_grad()
+            g_loss = bce(gan["d"](gan["g"](torch.randn(32, 2))), torch.ones(32, 1))
+            g_loss.backward()
+            if loop.step(opt_g, g_loss):
+                opt_g.step()
+            opt_g.zero_grad()
+            opt_d.zero_grad()
+
+
+def test_a_loop_that_names_its_optimizers_charts_them_as_a_trainer_does(tmp_path):
+    """Named up front, two optimizers' run-level charts are ``/optimizer_0`` and ``/optimizer_1`` from the first
+    step, as under a Trainer; met one after the other, the first one's were already written plain."""
+    _gan_loop(GradWatch(log_every_n_steps=1, images=False), tmp_path / "named", name_them=True)
+    tags = set(events(tmp_path / "named").Tags()["scalars"])
+    assert {"gradwatch/total_norm/optimizer_0", "gradwatch/total_norm/optimizer_1"} <= tags
+    assert "gradwatch/total_norm" not in tags
+    assert {t for t in tags if t.startswith("grad_norm/")} >= {"grad_norm/d.0", "grad_norm/g.0"}
+    (report,) = json.loads(gradwatch("report", str(tmp_path / "named"), "--format", "json").stdout)
+    assert set(report["total_norm"]) == {"optimizer_0", "optimizer_1"}
+
+    _gan_loop(GradWatch(log_every_n_steps=1, images=False), tmp_path / "met", name_them=False)
+    tags = set(events(tmp_path / "met").Tags()["scalars"])
+    assert {"gradwatch/total_norm", "gradwatch/total_norm/optimizer_1"} <= tags
+    assert "gradwatch/total_norm/optimizer_0" not in tags
+
+
+def test_a_loop_refuses_optimizers_it_was_not_given(tmp_path):
+    net = _net()
+    optimizer, other = torch.optim.SGD(net.parameters(), lr=0.1), torch.optim.SGD(net.parameters(), lr=0.1)
+    watch = GradWatch()
+    with pytest.raises(TypeError, match="non-empty list"):
+        watch.loop(net, optimizers=optimizer)
+    with pytest.raises(TypeError, match=r"`optimizers\[1\]` must be a torch optimizer"):
+        watch.loop(net, optimizers=[optimizer, net])
+    with pytest.raises(ValueError, match=r"`optimizers\[1\]` is listed twice"):
+        watch.loop(net, optimizers=[optimizer, optimizer])
+    with pytest.raises(ValueError, match="none of the model's"):
+        watch.loop(net, optimizers=[torch.optim.SGD(_net().parameters(), lr=0.1)])
+    with watch.loop(net, optimizers=[optimizer]) as loop:
+        net(torch.randn(4, 8)).pow(2).mean().backward()
+        with pytest.raises(ValueError, match="none of the 1 given"):
+            loop.step(other)
+        assert loop.step(optimizer)
+
+
 # ---------------------------------------------------------------------------------------- Lightning Fabric
 def _fabric_loop(fabric: Any, watch: GradWatch, nan_at: int | None = None) -> tuple[nn.Module, list[int]]:
     net = _net()
