@@ -10,6 +10,7 @@ import pytest
 
 from lightning_gradwatch.alerts import ModelTraits, remedies
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector
+from lightning_gradwatch.judge.context import LossTrack
 from lightning_gradwatch.stats import StepStats
 
 LAYERS = ("l0", "l1", "l2")
@@ -675,3 +676,45 @@ def test_a_jump_is_said_to_be_of_orders_of_magnitude_only_from_100x():
         (alert,) = det.update(1, stats(*(0.25 * factor,) * 3)).alerts
         assert said in alert.message
         assert f"is {factor:.3g}x the largest norm of the run's first steps" in alert.message
+
+
+def _shock(scales: dict[int, float], losses: dict[int, float], end: int) -> list:
+    """50 ordinary steps, the loss learnt from 2.3 (chance for 10 classes) to 0.2, then the given norm scales and
+    losses (ordinary ones in between)."""
+    det = GradientDetector()
+    feed(det, range(50), loss=lambda s: max(0.2, 2.3 - 0.07 * s) + 0.01 * math.sin(s))
+    return feed(
+        det, range(50, end), make=lambda s: healthy(s, scale=scales.get(s, 1.0)), loss=lambda s: losses.get(s, 0.2)
+    )
+
+
+def test_a_shock_the_run_learns_from_is_no_explosion():
+    """New data (a task switched, labels renamed): loss and norm jump at once and stay up for a while, the norm
+    flat, the loss coming down; a divergence's norm compounds, or its loss does not come down."""
+    flat = {s: 6.0 for s in range(50, 62)}
+    falling = {s: 8.0 - 0.4 * (s - 50) for s in range(50, 62)}
+    assert _shock(flat, falling, 70) == []
+    # the same plateau of spikes whose loss stays up: an explosion, judged on twice the patience (6 spikes)
+    stuck = {s: 8.0 + 0.3 * math.sin(3 * s) for s in range(50, 62)}
+    assert [(a.kind, a.step) for a in _shock(flat, stuck, 70)] == [("exploding", 55)]
+    # a bad batch's spike that falls back to a level from which the norm compounds again: at its third spike
+    thrown = {50: 700.0, 51: 20.0, 52: 34.0, 53: 35.0, 54: 39.0}
+    losses = {50: 26.0, 51: 4.9, 52: 10.0, 53: 10.9, 54: 11.8}
+    assert [(a.kind, a.step) for a in _shock(thrown, losses, 60)] == [("exploding", 52)]
+
+
+def test_a_negative_loss_rises_against_the_progress_the_run_made():
+    """A Gaussian NLL with a learnt variance goes below zero: -0.26 to -0.25 is no rise (x1.25 of a negative number
+    would say so); a positive loss keeps its relative margin."""
+    track = LossTrack()
+    for loss in [1.5, 1.2, 0.9, 0.5, 0.2, -0.1, -0.2, -0.26, -0.27, -0.25, -0.26]:
+        track.observe_loss(loss)
+        track.observe_norm(0.0)
+    for loss in [-0.25, -0.2, -0.18]:
+        track.observe_loss(loss)
+    assert track.rising(0.25) is False
+    positive = LossTrack()
+    for loss in [2.3, 1.0, 0.5, 0.3] + [0.2] * 6 + [0.3, 0.3, 0.3]:
+        positive.observe_loss(loss)
+        positive.observe_norm(0.0)
+    assert positive.rising(0.25) is True

@@ -592,3 +592,84 @@ def test_a_head_whose_loss_term_is_weighted_zero_for_a_while_is_not_called_dead(
     trainer.fit(module)
     assert watch.alerts == []
     assert trainer.global_step == 120
+
+
+# ---------------------------------------------------------------------------------------- new data, a loss below zero
+def _switched_digits(seed: int, steps: int = 400, switch: int = 200, batch_size: int = 32) -> tuple[DataLoader, Any]:
+    """Digits for ``switch`` steps, then the same images with every class renamed (a cycle over the ten): a stream of
+    ``steps`` batches in order; and the renamed held-out task (x, y)."""
+    data = load_digits()
+    x, y = torch.tensor(data.data, dtype=torch.float32) / 16.0, torch.tensor(data.target)
+    g = torch.Generator().manual_seed(13000 + seed)
+    order = torch.randperm(10, generator=g)
+    rename = torch.empty(10, dtype=torch.long)
+    rename[order] = order.roll(1)
+    idx = torch.cat([torch.randperm(len(y), generator=g) for _ in range(steps * batch_size // len(y) + 1)])
+    idx = idx[: steps * batch_size]
+    labels = torch.cat([y[idx[: switch * batch_size]], rename[y[idx[switch * batch_size :]]]])
+    return DataLoader(TensorDataset(x[idx], labels), batch_size=batch_size), (x, rename[y])
+
+
+class _Classifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 9])
+def test_a_task_switch_the_model_learns_is_not_stopped(tmp_path, seed):
+    """Continual learning: at step 200 every class is renamed, the loss jumps 0.2 -> 8 and the norm 6x, flat, for a
+    dozen steps while the loss comes down; these seeds were stopped at step 202-204 (spikes), then at 204-210
+    (trend, growth) when spikes were judged on their growth."""
+    pl.seed_everything(seed, verbose=False)
+    stream, (x, y) = _switched_digits(seed)
+    watch, model = GradWatch(on_exploding="stop"), _Classifier()
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=400, max_epochs=-1))
+    trainer.fit(model, stream)
+    assert watch.alerts == []
+    assert trainer.global_step == 400
+    with torch.no_grad():
+        assert nn.functional.cross_entropy(model.net(x), y) < 0.5  # the renamed task learnt (chance: 2.3)
+
+
+class _MixtureDensity(pl.LightningModule):
+    """A mixture density network (K Gaussians, learnt log-sigmas) on Bishop's inverted sinusoid: the NLL goes below
+    zero as the sigmas shrink, and the norm grows 10x with it while the loss keeps falling."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.body = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
+        self.head = nn.Linear(64, 3 * k)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, t = batch
+        logits, mu, log_sigma = self.head(self.body(x)).split(self.k, 1)
+        z = (t - mu) / log_sigma.exp()
+        logp = -0.5 * z * z - log_sigma - 0.5 * np.log(2 * np.pi)
+        return -torch.logsumexp(nn.functional.log_softmax(logits, 1) + logp, 1).mean()
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_a_mixture_density_network_whose_loss_goes_below_zero_is_not_stopped(tmp_path, seed):
+    """Stopped at step 20-29 (spikes) on these seeds: a loss from -0.26 to -0.25 counted as rising (by 25% of a
+    negative number)."""
+    g = torch.Generator().manual_seed(15000 + seed)
+    t = torch.rand(3000, 1, generator=g)
+    x = t + 0.3 * torch.sin(2 * np.pi * t) + (torch.rand(3000, 1, generator=g) * 0.2 - 0.1)
+    pl.seed_everything(seed, verbose=False)
+    loader = DataLoader(TensorDataset(x, t), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=600, max_epochs=-1))
+    trainer.fit(_MixtureDensity(3 + seed % 3), loader)
+    assert watch.alerts == []
+    assert trainer.global_step == 600

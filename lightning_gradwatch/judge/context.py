@@ -298,12 +298,55 @@ class LossTrack(Stateful):
         """Whether the loss rises (``None`` until :data:`RISE_WINDOW` losses have been seen).
 
         Rising: the median of its last :data:`RISE_RECENT` values is above ``1 + margin`` times the median of the
-        :data:`LOSS_WINDOW` values 5 to 10 steps before.
+        :data:`LOSS_WINDOW` values 5 to 10 steps before. A loss that has gone to zero or below (a negative
+        log-likelihood with a learnt variance) has no natural zero to be a multiple of: it rises by ``margin`` of
+        the larger of its size and the progress the run made (the highest of its first losses down to its best).
         """
         if len(self.rise_losses) < RISE_WINDOW:
             return None
         values = list(self.rise_losses)
-        return median(values[-RISE_RECENT:]) > (1.0 + margin) * median(values[:LOSS_WINDOW])
+        now, before = median(values[-RISE_RECENT:]), median(values[:LOSS_WINDOW])
+        scale = abs(before)
+        if min(values) <= 0.0 or (self.loss_floor is not None and self.loss_floor <= 0.0):
+            high, floor = self.start_high, self.loss_floor
+            if high is not None and floor is not None:
+                scale = max(scale, high - floor)
+        return now - before > margin * scale and not self.coming_down()
+
+    def coming_down(self) -> bool:
+        """Whether the loss is coming down: the median of its last 3 values below the median of the 3 before them.
+
+        A divergence raises the loss step after step; a loss that jumped with new data (a task switched, labels
+        renamed) and is being learnt comes down from its jump.
+        """
+        values = list(self.rise_losses)
+        if len(values) < 2 * RISE_RECENT:
+            return False
+        return median(values[-RISE_RECENT:]) < median(values[-2 * RISE_RECENT : -RISE_RECENT])
+
+    def climbing(self, margin: float) -> bool:
+        """Whether the loss still climbs: the median of its last 3 values ``margin`` above the median of the 3 before.
+
+        The margin is of the earlier median's size (a share of it).
+        """
+        values = list(self.rise_losses)
+        if len(values) < 2 * RISE_RECENT:
+            return False
+        now, before = median(values[-RISE_RECENT:]), median(values[-2 * RISE_RECENT : -RISE_RECENT])
+        return now - before > margin * abs(before)
+
+    def down_since(self, seen: int) -> bool:
+        """Whether the loss has come down since the step ``losses_seen`` was ``seen`` (that step's loss included).
+
+        The median of the last 3 of those losses below the median of their first 3 (of the last
+        :data:`RISE_WINDOW`); with fewer than 6 of them, :meth:`coming_down`. A divergence's loss ends higher than it
+        began, however noisy; a loss that jumped with new data and is being learnt ends lower.
+        """
+        count = min(self.losses_seen - seen + 1, RISE_WINDOW)
+        if count < 2 * RISE_RECENT:
+            return self.coming_down()
+        values = list(self.rise_losses)[-count:]
+        return median(values[-RISE_RECENT:]) < median(values[:RISE_RECENT])
 
     def observe_norm(self, x: float | None) -> None:
         """Take a finite step's log norm (``None``: a zero norm); keep the loss's best and the norm then."""

@@ -89,6 +89,10 @@ TREND_MIN_LOSSES = 3
 #: ... and the loss and the norm up together on this many consecutive steps: a trend lasts (medians over 9 losses),
 #: where a run of high batch losses in a noisy run (batches of 2, a rare class weighted 50x) lifts one median of 5
 TREND_PATIENCE = LOSS_WINDOW
+#: a spike run whose latest norm is this many times its first compounds (a divergence); one that does not ...
+COMPOUNDING = 1.5
+#: ... is an explosion only after this many times the patience, and not while the loss comes down since it began
+PLATEAU_PATIENCE = 2
 #: a jump of at least this factor is said to be of orders of magnitude
 ORDERS_OF_MAGNITUDE = 100.0
 #: grown from the start (:class:`Jump`): the loss this many times its first value ...
@@ -180,12 +184,16 @@ class Spikes(ExplodingRule):
 
     spike_run: int = state(0, load=int)
     run_peak: float | None = state(None, load=as_optional_float)  # log10 of the current spike run's largest norm
+    run_before: float | None = state(None, load=as_optional_float)  # log10 of its step before the latest one's ...
+    run_last: float | None = state(None, load=as_optional_float)  # ... and of its latest step's norm
+    run_seen: int = state(0, load=int)  # losses seen at its first spike
 
     name: ClassVar[Rule] = Rule.SPIKES
     settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor", "exploding_rise_margin")
 
     def __post_init__(self) -> None:
         self._falling_back = False  # this step's spike run already falls back
+        self._grown = True  # ... or grows (compounds) at this step
         self._slowing = False  # ... or its growth is dying out
 
     def observe(self, step: NormStep) -> None:
@@ -197,8 +205,13 @@ class Spikes(ExplodingRule):
             return
         self.ctx.counts.add("spikes")
         self.spike_run += 1
+        if self.spike_run == 1:
+            self.run_before = self.run_last = None
+            self.run_seen = self.ctx.losses.losses_seen
+        self._grown = self._compounding(step)
         if step.x is not None:
             self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
+            self.run_before, self.run_last = self.run_last, step.x
         previous = self.ctx.norms.previous
         rise = None if step.x is None or previous is None else step.x - previous
         # a spike run that already falls back (below 3/4 of its previous step) is a transient, not a trend; from its
@@ -206,6 +219,16 @@ class Spikes(ExplodingRule):
         # (a catapult): a divergence compounds, step after step
         self._falling_back = rise is not None and rise < (0.0 if self.spike_run >= 3 else -FALLING_BACK)
         self._slowing = self.spike_run >= 3 and _slowing(rise, self.ctx.norms.rise)
+
+    def _compounding(self, step: NormStep) -> bool:
+        """The spike run grows: this step's norm :data:`COMPOUNDING` times the lower of the run's two steps before.
+
+        A divergence multiplies the norm step after step (a corrupted batch's 4e3, then 5e7; a run thrown off by a
+        bad batch climbing again from where the batch's spike fell back to). A shock the run absorbs (a new task, new
+        data, a raised learning rate) lifts the norm once, to a level it then stays at or comes down from.
+        """
+        before = [x for x in (self.run_before, self.run_last) if x is not None]
+        return step.x is None or not before or step.x > min(before) + math.log10(COMPOUNDING)
 
     def _survived(self) -> None:
         """A run of spikes the run came back from on its own (no explosion alerted): its norms are the run's own.
@@ -230,7 +253,14 @@ class Spikes(ExplodingRule):
         beyond = ceiling is None or (step.x is not None and step.x > ceiling + math.log10(cfg.exploding_ceiling_factor))
         rising = self.ctx.losses.rising(cfg.exploding_rise_margin) is not False  # no loss known: the norm alone
         settled = self._falling_back or self._slowing
-        return self.spike_run >= self._patience(step) and not settled and (absolute or beyond) and rising
+        if not (self.spike_run >= self._patience(step) and not settled and (absolute or beyond) and rising):
+            return False
+        # a run of spikes that neither grows nor is orders of magnitude out is judged on twice as many steps, and not
+        # while the loss comes down
+        if absolute or self._extreme(step) or self._grown:
+            return True
+        plateau = self.spike_run >= PLATEAU_PATIENCE * self._patience(step)
+        return plateau and not self.ctx.losses.down_since(self.run_seen)
 
     def _patience(self, step: NormStep) -> int:
         """``exploding_patience`` spikes, one fewer when the latest is orders of magnitude beyond the ceiling.
@@ -239,9 +269,13 @@ class Spikes(ExplodingRule):
         absorbs it: a third spike tells. A step :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm of the run,
         right after a spike, is a run already thrown off (a corrupted batch's update: 4e3, then 5e7, then NaN).
         """
-        patience, ceiling = self.config.exploding_patience, self.ctx.norms.ceiling
-        extreme = step.x is not None and ceiling is not None and step.x > ceiling + math.log10(ORDERS_OF_MAGNITUDE)
-        return min(patience, max(patience - 1, 2)) if extreme else patience
+        patience = self.config.exploding_patience
+        return min(patience, max(patience - 1, 2)) if self._extreme(step) else patience
+
+    def _extreme(self, step: NormStep) -> bool:
+        """This step is :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm of the run."""
+        ceiling = self.ctx.norms.ceiling
+        return step.x is not None and ceiling is not None and step.x > ceiling + math.log10(ORDERS_OF_MAGNITUDE)
 
     @override
     def describe(self, step: NormStep) -> Finding:
@@ -325,6 +359,7 @@ class Trend(ExplodingRule):
     """The loss has climbed well above its best while the norm grew with it (medians of 5 steps)."""
 
     trend_run: int = state(0, load=int)  # consecutive steps with the loss and the norm up together
+    trend_seen: int = state(0, load=int)  # losses seen at the first of them
 
     name: ClassVar[Rule] = Rule.TREND
     settings: ClassVar[tuple[str, ...]] = (
@@ -336,6 +371,8 @@ class Trend(ExplodingRule):
     def observe(self, step: NormStep) -> None:
         """Count consecutive steps on which the loss and the norm are up together."""
         self.trend_run = self.trend_run + 1 if self._up() else 0
+        if self.trend_run == 1:
+            self.trend_seen = self.ctx.losses.losses_seen
 
     def _up(self) -> bool:
         """The loss (median) at the trend factors above its best and its start, the norm (median) up with it."""
@@ -353,7 +390,14 @@ class Trend(ExplodingRule):
 
     @override
     def fires(self, step: NormStep) -> bool:
-        return self.trend_run >= TREND_PATIENCE or (self.trend_run > 0 and self._every_batch_up())
+        losses = self.ctx.losses
+        if losses.down_since(self.trend_seen):  # a loss that jumped with new data, being learnt down
+            return False
+        if self.trend_run >= TREND_PATIENCE + 1:  # its direction judged on its own losses: 3 first, 3 last
+            return True
+        # no need to wait when every batch is up and the loss still climbs (new data lifts it once, then it stays)
+        climbing = losses.climbing(self.config.exploding_rise_margin)
+        return self.trend_run > 0 and self._every_batch_up() and climbing
 
     def _every_batch_up(self) -> bool:
         """Every one of the last 5 losses at the trend's factors above the best and above the highest first loss.
