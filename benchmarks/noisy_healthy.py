@@ -1534,8 +1534,19 @@ FAMILIES: dict[str, Callable[[int], Spec]] = {
     "summed_loss": fam_summed_loss,
     "postln_collapse": fam_postln,
 }
-SEEDS: dict[str, list[int]] = {name: list(range(6)) for name in FAMILIES}
-SEEDS["accum"] = list(range(12))  # both accumulation lengths (4 on seeds 0-5, 8 on 6-11)
+
+
+def all_families() -> dict[str, Callable[[int], Spec]]:
+    """The families above, then those of ``noisy_objectives.py`` (other objectives and data streams, built on this
+    module's pieces)."""
+    import noisy_objectives  # here: it imports this module
+
+    return {**FAMILIES, **noisy_objectives.FAMILIES}
+
+
+def default_seeds(family: str) -> list[int]:
+    """0-5; ``accum`` 0-11 (both accumulation lengths: 4 on seeds 0-5, 8 on 6-11)."""
+    return list(range(12 if family == "accum" else 6))
 
 
 # ---------------------------------------------------------------------------------------------------- runner
@@ -1566,7 +1577,7 @@ def eval_metric(spec: Spec, model: Base) -> float:
 def run(family: str, seed: int, watch: bool = True) -> dict[str, Any]:
     """Train one run of ``family`` with ``seed``; its record: outcome, metrics, norms, GradWatch's alerts."""
     pl.seed_everything(seed, verbose=False)
-    spec = FAMILIES[family](seed)
+    spec = all_families()[family](seed)
     start = eval_metric(spec, spec.model)
 
     def watch_factory() -> GradWatch | None:
@@ -1653,17 +1664,18 @@ def quiet() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default="all", help=f"comma-separated, from {', '.join(FAMILIES)} (default all)")
+    known = all_families()
+    parser.add_argument("--families", default="all", help=f"comma-separated, from {', '.join(known)} (default all)")
     parser.add_argument(
         "--seeds", default=None, help="seeds for every chosen family, e.g. 0-29 or 0,3,8-10 (default 0-5; accum 0-11)"
     )
     parser.add_argument("--out", default=None, help="append one JSON line per run to this file")
     parser.add_argument("--no-watch", action="store_true", help="train without GradWatch: outcomes only")
     args = parser.parse_args(argv)
-    families = list(FAMILIES) if args.families == "all" else [f.strip() for f in args.families.split(",")]
-    unknown = [f for f in families if f not in FAMILIES]
+    families = list(known) if args.families == "all" else [f.strip() for f in args.families.split(",")]
+    unknown = [f for f in families if f not in known]
     if unknown:
-        parser.error(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; choose from {list(FAMILIES)}")
+        parser.error(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; choose from {list(known)}")
     try:
         seeds = parse_seeds(args.seeds) if args.seeds else None
     except ValueError:
@@ -1674,7 +1686,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
     for family in families:
-        for seed in seeds if seeds is not None else SEEDS[family]:
+        for seed in seeds if seeds is not None else default_seeds(family):
             rec = run(family, seed, watch=not args.no_watch)
             records.append(rec)
             if args.out:

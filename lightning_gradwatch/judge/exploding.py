@@ -22,7 +22,13 @@ every loss a median over several steps (one mini-batch loss against the next is 
   does not rise (a plateau breaking: the norm leads, the loss follows down; a bad batch the run absorbs) are counted
   and not alerted. A run of spikes the run comes back from unalerted raises the ceiling to its largest norm (by at
   most a decade): SGD at the peak of a warm-up catapults its loss and norm for a few steps, again and again, and
-  settles each time.
+  settles each time. *A shock the run learns from* is no explosion: new data (a task switched, classes renamed or
+  added), or a learning rate raised that the optimizer absorbs, lifts loss and norm at once, to a level the norm
+  then stays at while the loss comes down. So the spikes fire at the patience only while they *compound* (the
+  latest norm :data:`COMPOUNDING` (1.5) times the lower of the run's two steps before: a corrupted batch's 4e3,
+  then 5e7; a run a bad batch threw off climbing again from where its spike fell back to) or are
+  :data:`ORDERS_OF_MAGNITUDE` beyond the ceiling; a flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2)
+  times the patience, and not while its loss comes down (the median of its last 3 losses below that of its first 3).
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
   above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence), and
@@ -34,17 +40,22 @@ every loss a median over several steps (one mini-batch loss against the next is 
   Adam/AdamW at a too-high learning rate, whose normalised updates make norm and loss climb together over tens of
   steps, often without ever producing a NaN. A converged model's loss wandering, or a fine-tune's near where it
   started, is not a trend: batch by batch, a hard batch raises the loss and the norm together, and medians of both
-  wander together with them. The trend must hold on :data:`TREND_PATIENCE` (5) consecutive steps, unless every one
-  of the last 5 losses is at the trend's factors above the best and above the highest of the first 10 (a divergence
-  raises the loss of every batch): in a noisy run (batches of 2, a rare class weighted 50x) a few high batch losses
-  in a row lift a median of 5 past the best, itself a lucky low one, while low batch losses remain among them.
+  wander together with them. The trend must hold on :data:`TREND_PATIENCE` + 1 (6) consecutive steps, over which
+  the loss does not come down (a loss that jumped with new data and is being learnt is no trend), unless every one
+  of the last 5 losses is at the trend's factors above the best and above the highest of the first 10 and the loss
+  still climbs (a divergence raises the loss of every batch, step after step): in a noisy run (batches of 2, a rare
+  class weighted 50x) a few high batch losses in a row lift a median of 5 past the best, itself a lucky low one,
+  while low batch losses remain among them.
 - :class:`Climb`: every one of the last 5 losses ``exploding_climb_factor`` (10) times the highest of the first 10,
   on :data:`CLIMB_PATIENCE` steps in a row, whatever the norm does: a divergence whose norm stays flat (dead units
   under a diverging head) raises the loss of every batch. A run whose batch losses are heavy-tailed (outlier targets
   in some batches) has batches far above a median of its first losses all along, and clean batches among them.
 
 *The loss rises* (Spikes, Growth): the median of the last 3 losses is above ``1 + exploding_rise_margin`` times the
-median of the 5 losses 5 to 10 steps before. Without a loss (a loop that gives none) spikes are judged by the norm
+median of the 5 losses 5 to 10 steps before, and not below the median of the 3 before them (a loss coming down from
+a jump does not rise). A loss that has gone to zero or below (a negative log-likelihood with a learnt variance) rises
+by that margin of the progress the run made (its highest first loss down to its best), not of its own size. Without
+a loss (a loop that gives none) spikes are judged by the norm
 alone, and a steady rise is not judged.
 
 An episode ends on a step that is no spike, once no rule sustains it (a steady rise in progress) and the loss
