@@ -694,9 +694,12 @@ def test_a_shock_the_run_learns_from_is_no_explosion():
     flat = {s: 6.0 for s in range(50, 62)}
     falling = {s: 8.0 - 0.4 * (s - 50) for s in range(50, 62)}
     assert _shock(flat, falling, 70) == []
-    # the same plateau of spikes whose loss stays up: an explosion, judged on twice the patience (6 spikes)
+    # the same plateau of spikes whose loss stays up: an explosion, once judged on its own losses (a trend of 6)
     stuck = {s: 8.0 + 0.3 * math.sin(3 * s) for s in range(50, 62)}
-    assert [(a.kind, a.step) for a in _shock(flat, stuck, 70)] == [("exploding", 55)]
+    assert [(a.kind, a.step) for a in _shock(flat, stuck, 70)] == [("exploding", 57)]
+    # a blow-up far past where training started (10x its highest first loss) is no shock new data makes: at once
+    blown = {s: 300.0 - 20.0 * (s - 50) for s in range(50, 62)}
+    assert [(a.kind, a.step) for a in _shock(flat, blown, 70)] == [("exploding", 52)]
     # a bad batch's spike that falls back to a level from which the norm compounds again: at its third spike
     thrown = {50: 700.0, 51: 20.0, 52: 34.0, 53: 35.0, 54: 39.0}
     losses = {50: 26.0, 51: 4.9, 52: 10.0, 53: 10.9, 54: 11.8}

@@ -294,13 +294,26 @@ class LossTrack(Stateful):
         """The loss now: the median of the last :data:`LOSS_WINDOW` losses (``None`` before any)."""
         return self.recent_losses.median() if len(self.recent_losses) else None
 
-    def rising(self, margin: float) -> bool | None:
+    def within(self, factor: float) -> bool:
+        """Whether every one of the last 10 losses is below ``factor`` times the highest of the first ones.
+
+        That is a jump new data can make (a trained model confidently wrong on renamed classes: 3-7x where an
+        untrained one started); a blow-up's losses go tens to thousands of times past it. A loss whose start is not
+        positive has no such scale: within.
+        """
+        high = self.start_high
+        if high is None or high <= 0.0 or not len(self.rise_losses):
+            return True
+        return max(self.rise_losses) < factor * high
+
+    def rising(self, margin: float, shock: float | None = None) -> bool | None:
         """Whether the loss rises (``None`` until :data:`RISE_WINDOW` losses have been seen).
 
         Rising: the median of its last :data:`RISE_RECENT` values is above ``1 + margin`` times the median of the
         :data:`LOSS_WINDOW` values 5 to 10 steps before. A loss that has gone to zero or below (a negative
         log-likelihood with a learnt variance) has no natural zero to be a multiple of: it rises by ``margin`` of
         the larger of its size and the progress the run made (the highest of its first losses down to its best).
+        With ``shock``, a loss coming down (:meth:`coming_down`) from a jump :meth:`within` that factor does not rise.
         """
         if len(self.rise_losses) < RISE_WINDOW:
             return None
@@ -311,7 +324,8 @@ class LossTrack(Stateful):
             high, floor = self.start_high, self.loss_floor
             if high is not None and floor is not None:
                 scale = max(scale, high - floor)
-        return now - before > margin * scale and not self.coming_down()
+        shocked = shock is not None and self.coming_down() and self.within(shock)
+        return now - before > margin * scale and not shocked
 
     def coming_down(self) -> bool:
         """Whether the loss is coming down: the median of its last 3 values below the median of the 3 before them.

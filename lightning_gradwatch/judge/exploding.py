@@ -262,13 +262,13 @@ class Spikes(ExplodingRule):
         cfg, ceiling = self.config, self.ctx.norms.ceiling
         absolute = cfg.exploding_threshold is not None and step.norm > cfg.exploding_threshold
         beyond = ceiling is None or (step.x is not None and step.x > ceiling + math.log10(cfg.exploding_ceiling_factor))
-        rising = self.ctx.losses.rising(cfg.exploding_rise_margin) is not False  # no loss known: the norm alone
-        settled = self._falling_back or self._slowing
+        rising = self.ctx.losses.rising(cfg.exploding_rise_margin, cfg.exploding_climb_factor) is not False
+        settled = self._falling_back or self._slowing  # (no loss known: rising, the norm alone judges)
         if not (self.spike_run >= self._patience(step) and not settled and (absolute or beyond) and rising):
             return False
         # a run of spikes that neither grows nor is orders of magnitude out is judged on twice as many steps, and not
         # while the loss comes down
-        if absolute or self._extreme(step) or self._grown:
+        if absolute or self._extreme(step) or self._grown or not self.ctx.losses.within(cfg.exploding_climb_factor):
             return True
         plateau = self.spike_run >= PLATEAU_PATIENCE * self._patience(step)
         return plateau and not self.ctx.losses.down_since(self.run_seen)
@@ -327,7 +327,7 @@ class Growth(ExplodingRule):
 
     @override
     def fires(self, step: NormStep) -> bool:
-        rising = self.ctx.losses.rising(self.config.exploding_rise_margin)
+        rising = self.ctx.losses.rising(self.config.exploding_rise_margin, self.config.exploding_climb_factor)
         ceiling = self.ctx.norms.ceiling  # to norms the run has not had before (it came back from its spike runs)
         beyond = ceiling is None or (step.x is not None and step.x > ceiling)
         steady = self.growth_run >= self.config.exploding_growth_steps and not self._slowing
@@ -401,13 +401,14 @@ class Trend(ExplodingRule):
 
     @override
     def fires(self, step: NormStep) -> bool:
-        losses = self.ctx.losses
-        if losses.down_since(self.trend_seen):  # a loss that jumped with new data, being learnt down
+        losses, cfg = self.ctx.losses, self.config
+        shock = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
+        if shock and losses.down_since(self.trend_seen):  # a loss that jumped with new data, being learnt down
             return False
-        if self.trend_run >= TREND_PATIENCE + 1:  # its direction judged on its own losses: 3 first, 3 last
+        if self.trend_run >= TREND_PATIENCE + (1 if shock else 0):  # a shock's direction on its own 6 losses
             return True
-        # no need to wait when every batch is up and the loss still climbs (new data lifts it once, then it stays)
-        climbing = losses.climbing(self.config.exploding_rise_margin)
+        # no need to wait when every batch is up and (after a shock) the loss still climbs
+        climbing = not shock or losses.climbing(cfg.exploding_rise_margin)
         return self.trend_run > 0 and self._every_batch_up() and climbing
 
     def _every_batch_up(self) -> bool:
