@@ -691,7 +691,7 @@ def _shock(scales: dict[int, float], losses: dict[int, float], end: int) -> list
 def test_a_shock_the_run_learns_from_is_no_explosion():
     """New data (a task switched, labels renamed): loss and norm jump at once and stay up for a while, the norm
     flat, the loss coming down; a divergence's norm compounds, or its loss does not come down."""
-    flat = {s: 6.0 for s in range(50, 62)}
+    flat = dict.fromkeys(range(50, 62), 6.0)
     falling = {s: 8.0 - 0.4 * (s - 50) for s in range(50, 62)}
     assert _shock(flat, falling, 70) == []
     # the same plateau of spikes whose loss stays up: an explosion, once judged on its own losses (a trend of 6)
