@@ -238,7 +238,6 @@ def test_loop_rejects_a_step_before_entering_and_a_bad_log_dir(tmp_path):
         watch.loop(_net(), log_dir=tmp_path / "file")
 
 
-
 def _gan_loop(watch: GradWatch, log_dir: Path, *, name_them: bool, steps: int = 30) -> None:
     """A 2-D GAN in a plain loop: a discriminator step, then a generator step, each with its own optimizer."""
     torch.manual_seed(0)

@@ -266,12 +266,18 @@ class Spikes(ExplodingRule):
         settled = self._falling_back or self._slowing  # (no loss known: rising, the norm alone judges)
         if not (self.spike_run >= self._patience(step) and not settled and (absolute or beyond) and rising):
             return False
-        # a run of spikes that neither grows nor is orders of magnitude out is judged on twice as many steps, and not
-        # while the loss comes down
-        if absolute or self._extreme(step) or self._grown or not self.ctx.losses.within(cfg.exploding_climb_factor):
-            return True
-        plateau = self.spike_run >= PLATEAU_PATIENCE * self._patience(step)
-        return plateau and not self.ctx.losses.down_since(self.run_seen)
+        return absolute or not self._a_shock(step)
+
+    def _a_shock(self, step: NormStep) -> bool:
+        """Whether this run of spikes is, so far, a shock the run learns from.
+
+        It neither grows nor is orders of magnitude out, its losses stay within the climb factor of where training
+        started, and it is short of twice the patience, or its loss comes down since it began.
+        """
+        cfg, losses = self.config, self.ctx.losses
+        if self._extreme(step) or self._grown or not losses.within(cfg.exploding_climb_factor):
+            return False
+        return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or losses.down_since(self.run_seen)
 
     def _patience(self, step: NormStep) -> int:
         """``exploding_patience`` spikes, one fewer when the latest is orders of magnitude beyond the ceiling.
