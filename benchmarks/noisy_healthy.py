@@ -1,13 +1,14 @@
 """False alarms of GradWatch's detector on healthy, noisy training runs of the kinds users train.
 
-    python benchmarks/noisy_healthy.py                                   # 43 families, default seeds
+    python benchmarks/noisy_healthy.py                                   # 51 families, default seeds
     python benchmarks/noisy_healthy.py --families tinybatch,imbalanced --seeds 0-29
     python benchmarks/noisy_healthy.py --families sgdr --seeds 0,1 --out runs.jsonl   # one JSON line per run
 
 Every run is a real ``lightning.pytorch.Trainer`` fit with ``GradWatch(on_exploding="warn", on_vanishing="warn")``
 attached (public API only): alerts are recorded and listed, never acted on. Runs that trained fine (the outcome
 below) and got an alert are false alarms. The 36 families of this module (a few hundred optimizer steps each, CPU),
-and the 7 of ``noisy_objectives.py`` (diffusion, curriculum, task switch, CTC, mixture density, PINN, quantile):
+the 7 of ``noisy_objectives.py`` (diffusion, curriculum, task switch, CTC, mixture density, PINN, quantile) and the 8
+of ``noisy_shocks.py`` (runs that take a shock mid-run: four healthy, four failing):
 
 - ``sgdr``: scikit-learn's 8x8 digits, an MLP (even seeds) or a small CNN (odd), SGD momentum at lr 0.1 with cosine
   warm restarts every 50 steps;
@@ -88,8 +89,8 @@ Outcome (decided before looking at any alert; one function, ``outcome`` below):
           trivial predictor).
 
 Default seeds: 0-5 for every family, 0-11 for ``accum`` (both accumulation lengths 6 times); ``--seeds`` (a list
-and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (264 runs, 0.3-10 s
-each) takes about 5 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
+and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (312 runs, 0.3-10 s
+each) takes about 6 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
 by family, then every healthy run that got an alert (a false alarm) and every run that did not train fine.
 ``--no-watch`` trains the same runs without GradWatch (outcomes only: the runs do not depend on the callback).
 """
