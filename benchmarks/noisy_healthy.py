@@ -1544,7 +1544,9 @@ def all_families() -> dict[str, Callable[[int], Spec]]:
     import noisy_objectives  # here: they import this module
     import noisy_shocks
 
-    return {**FAMILIES, **noisy_objectives.FAMILIES, **noisy_shocks.FAMILIES}
+    merged = {**FAMILIES, **noisy_objectives.FAMILIES, **noisy_shocks.FAMILIES}
+    assert len(merged) == len(FAMILIES) + len(noisy_objectives.FAMILIES) + len(noisy_shocks.FAMILIES), "a name twice"
+    return merged
 
 
 def default_seeds(family: str) -> list[int]:

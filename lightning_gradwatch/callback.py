@@ -373,9 +373,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             scaler: a plain loop's fp16 ``torch.amp.GradScaler``: gradients are unscaled before measuring.
             steps: how many optimizer steps the loop will take, when known: with ``log_every_n_steps`` left to
                 GradWatch, a short run then charts at least 100 points, as under a Trainer (else every 50 steps).
-            optimizers: every optimizer the loop steps, when it steps several: their run-level tags are then
-                ``/optimizer_0``, ``/optimizer_1``, ... from the first step, as under a Trainer (without it, the
-                first optimizer's tags are the plain ones: a second optimizer is not known before it steps).
+            optimizers: every optimizer the loop steps, when it steps several (under Fabric, those ``fabric.setup``
+                returned or those it wrapped): their run-level tags are then ``/optimizer_0``, ``/optimizer_1``, ...
+                from the first step, as under a Trainer (without it, the first optimizer's tags are the plain ones:
+                a second optimizer is not known before it steps).
 
         Example:
             >>> import torch

@@ -93,16 +93,17 @@ class WatchedLoop:
         scaler: a plain loop's fp16 ``torch.amp.GradScaler`` (under Fabric, its precision plugin's is used).
         steps: the loop's length in optimizer steps, when known: with ``log_every_n_steps`` left to GradWatch, a
             short run charts at least 100 points (a 145-step loop: every step), as under a Trainer.
-        optimizers: every optimizer the loop steps, when it steps several (a GAN's discriminator and generator):
-            each is then numbered by its place in this list and all their run-level tags end in
-            ``/optimizer_<i>`` from the first step, as under a Trainer. Without it, optimizers are numbered as they
-            first step, and the first one's tags, written before a second one is seen, are the plain ones.
+        optimizers: every optimizer the loop steps, when it steps several (a GAN's discriminator and generator; under
+            Fabric, the ones ``fabric.setup`` returned, or those it wrapped): each is then numbered by its place in
+            this list and, with two or more, their run-level tags end in ``/optimizer_<i>`` from the first step, as
+            under a Trainer. Without it, optimizers are numbered as they first step, and the first one's tags,
+            written before a second one is seen, are the plain ones.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, ``fabric`` not a Fabric, ``scaler`` not a loss scaler,
             ``log_dir`` not a path, ``optimizers`` not a list of optimizers.
-        ValueError: ``log_dir`` is a file; ``scaler`` given with ``fabric``; an optimizer in ``optimizers`` trains
-            none of the model's parameters, or is listed twice.
+        ValueError: ``log_dir`` is a file; ``scaler`` given with ``fabric``; ``optimizers`` is empty, or one of them
+            trains none of the model's parameters, or is listed twice.
 
     Example:
         >>> import tempfile, warnings, torch
@@ -214,7 +215,7 @@ class WatchedLoop:
         Args:
             optimizer: the optimizer about to step (its parameters are the ones watched). Several optimizers each
                 keep their own schedule; named up front (``watch.loop(..., optimizers=[...])``) they are numbered by
-                their place in that list and all their run-level tags end in ``/optimizer_<i>``; else they are
+                their place in that list and (two or more) their run-level tags end in ``/optimizer_<i>``; else they are
                 numbered in the order they first step, the second and later ones' tags suffixed, the first one's
                 the plain tags.
             loss: this step's training loss (one number, unscaled; under gradient accumulation the sum of the
@@ -260,14 +261,14 @@ class WatchedLoop:
     def _index(self, optimizer: Any) -> tuple[int, int]:
         """(index, count): its place in ``optimizers`` and their number, else in the order optimizers first step."""
         for i, known in enumerate(self._optimizers):
-            if known is optimizer:
+            if _same_optimizer(known, optimizer):
                 return i, len(self._optimizers)
+        _check_optimizer(optimizer, self.module)
         if self._known:
             raise ValueError(
                 f"This optimizer is none of the {len(self._optimizers)} given to `watch.loop(..., optimizers=...)`:"
-                " pass every optimizer the loop steps, the same objects `loop.step` is given."
+                " list every optimizer the loop steps."
             )
-        _check_optimizer(optimizer, self.module)
         self._optimizers.append(optimizer)
         return len(self._optimizers) - 1, len(self._optimizers)
 
@@ -394,29 +395,39 @@ def _checked_optimizers(optimizers: Sequence[Any] | None, module: nn.Module) -> 
     """The optimizers a loop names up front (an empty list when it does not): each an optimizer of the model's."""
     if optimizers is None:
         return []
-    if isinstance(optimizers, (str, bytes)) or not isinstance(optimizers, Sequence) or not optimizers:
+    if isinstance(optimizers, (str, bytes)) or not isinstance(optimizers, Sequence):
         raise TypeError(
-            f"`optimizers` must be a non-empty list of the loop's optimizers, got {type(optimizers).__name__}:"
+            f"`optimizers` must be a list of the loop's optimizers, got {type(optimizers).__name__}:"
             " `watch.loop(model, optimizers=[opt_d, opt_g])`."
         )
+    if not optimizers:
+        raise ValueError("`optimizers` is empty: list the optimizers the loop steps, or leave it out.")
     for i, optimizer in enumerate(optimizers):
-        _check_optimizer(optimizer, module, f"`optimizers[{i}]`")
-        if any(optimizer is other for other in optimizers[:i]):
+        _check_optimizer(optimizer, module, f"`optimizers[{i}]`", "list the loop's optimizers")
+        if any(_same_optimizer(optimizer, other) for other in optimizers[:i]):
             raise ValueError(f"`optimizers[{i}]` is listed twice: name each optimizer the loop steps once.")
     return list(optimizers)
 
 
-def _check_optimizer(optimizer: Any, module: nn.Module, name: str = "`optimizer`") -> None:
+def _same_optimizer(a: Any, b: Any) -> bool:
+    """The same optimizer, either of them maybe wrapped by Fabric (``fabric.setup`` returns a wrapper)."""
+    return a is b or getattr(a, "optimizer", a) is getattr(b, "optimizer", b)
+
+
+def _check_optimizer(
+    optimizer: Any, module: nn.Module, name: str = "`optimizer`", how: str = "call `loop.step(optimizer, loss)`"
+) -> None:
     """An optimizer, over at least one of the model's parameters (the layers are named after the model)."""
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, list):
-        how = " call `loop.step(optimizer, loss)`." if name == "`optimizer`" else " pass the loop's optimizers."
-        raise TypeError(f"{name} must be a torch optimizer (with `param_groups`), got {type(optimizer).__name__}:{how}")
+        raise TypeError(
+            f"{name} must be a torch optimizer (with `param_groups`), got {type(optimizer).__name__}: {how}."
+        )
     params = [p for group in groups for p in group["params"]]
     owned = {id(p) for p in module.parameters()}
     if params and not any(id(p) in owned for p in params):
         raise ValueError(
-            f"The optimizer's {len(params)} parameters are none of the model's: GradWatch watches the parameters"
+            f"{name} steps {len(params)} parameters, none of them the model's: GradWatch watches the parameters"
             " the optimizer steps and names them after the model, so pass the model it trains to `watch.loop`."
         )
 

@@ -721,3 +721,33 @@ def test_a_negative_loss_rises_against_the_progress_the_run_made():
         positive.observe_loss(loss)
         positive.observe_norm(0.0)
     assert positive.rising(0.25) is True
+
+
+def test_without_a_loss_a_run_of_spikes_is_judged_by_the_norm_alone_as_before():
+    """No loss known (a loop that gives none): no shock can be told, spikes alert at the patience."""
+    det = GradientDetector()
+    feed(det, range(50))
+    alerts = feed(det, range(50, 60), make=lambda s: healthy(s, scale=10.0))
+    assert [(a.kind, a.step) for a in alerts] == [("exploding", 52)]
+
+
+def test_a_shock_whose_norm_dips_and_comes_back_does_not_compound():
+    """A jittery flat norm (5.5, 7.4, 5.2, 6.6, ...: a task switch's) while the loss comes down: no growth. A rise of
+    1.5x over one step after a dip (6, 4, 6.5) would count as growing: a divergence thrown off by a bad batch climbs
+    just so from where its spike fell back to (79, 2.2, 3.4)."""
+    falling = {s: 8.0 - 0.4 * (s - 50) for s in range(50, 62)}
+    jitter = {s: (5.5, 7.4, 5.2, 6.6, 6.2, 5.5, 6.3, 4.3, 4.4, 4.0, 4.4, 3.6)[s - 50] for s in range(50, 62)}
+    assert _shock(jitter, falling, 70) == []
+    dip = {s: (6.0, 4.0, 6.5)[(s - 50) % 3] for s in range(50, 62)}
+    assert [(a.kind, a.step) for a in _shock(dip, falling, 70)] == [("exploding", 52)]
+
+
+def test_one_batch_loss_of_exactly_zero_leaves_the_relative_rise():
+    """A hinge or triplet loss hits 0 on a batch: the loss is not one that goes below zero, its rise is relative."""
+    track = LossTrack()
+    for loss in [2.3, 1.5, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.02, 0.0, 0.02, 0.02]:
+        track.observe_loss(loss)
+        track.observe_norm(0.0)
+    for loss in [0.3, 0.4, 0.5, 0.5, 0.6]:
+        track.observe_loss(loss)
+    assert track.rising(0.25) is True

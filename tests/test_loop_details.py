@@ -223,7 +223,7 @@ def test_loop_refuses_what_it_cannot_watch(tmp_path):
     with watch.loop(model) as loop:
         with pytest.raises(RuntimeError, match="already watching"), watch.loop(_net()):
             pass
-        with pytest.raises(ValueError, match="none of the model's"):
+        with pytest.raises(ValueError, match="none of them the model's"):
             loop.step(torch.optim.SGD(_net().parameters(), lr=0.1))
         with pytest.raises(TypeError, match="optimizer"):
             loop.step(model)

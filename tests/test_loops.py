@@ -287,18 +287,22 @@ def test_a_loop_refuses_optimizers_it_was_not_given(tmp_path):
     net = _net()
     optimizer, other = torch.optim.SGD(net.parameters(), lr=0.1), torch.optim.SGD(net.parameters(), lr=0.1)
     watch = GradWatch()
-    with pytest.raises(TypeError, match="non-empty list"):
+    with pytest.raises(TypeError, match="must be a list"):
         watch.loop(net, optimizers=optimizer)
+    with pytest.raises(ValueError, match="is empty"):
+        watch.loop(net, optimizers=[])
     with pytest.raises(TypeError, match=r"`optimizers\[1\]` must be a torch optimizer"):
         watch.loop(net, optimizers=[optimizer, net])
     with pytest.raises(ValueError, match=r"`optimizers\[1\]` is listed twice"):
         watch.loop(net, optimizers=[optimizer, optimizer])
-    with pytest.raises(ValueError, match="none of the model's"):
+    with pytest.raises(ValueError, match="none of them the model's"):
         watch.loop(net, optimizers=[torch.optim.SGD(_net().parameters(), lr=0.1)])
     with watch.loop(net, optimizers=[optimizer]) as loop:
         net(torch.randn(4, 8)).pow(2).mean().backward()
         with pytest.raises(ValueError, match="none of the 1 given"):
             loop.step(other)
+        with pytest.raises(TypeError, match="must be a torch optimizer"):
+            loop.step(net)
         assert loop.step(optimizer)
 
 
@@ -340,6 +344,30 @@ def test_fabric_loop_writes_through_fabrics_logger(tmp_path):
     assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 6)]
     assert json.loads((log_dir / "gradwatch.json").read_text())["status"] == "finished"
     assert gradwatch("check", str(log_dir)).returncode == 1
+
+
+def test_a_fabric_loop_names_its_wrapped_optimizers(tmp_path):
+    """``fabric.setup`` returns wrappers: listing those, or the optimizers they wrap, names the same two."""
+    from lightning.fabric import Fabric
+
+    for listed in ("wrapped", "plain"):
+        fabric = Fabric(accelerator="cpu", devices=1)
+        torch.manual_seed(0)
+        net = nn.ModuleDict({"a": nn.Linear(8, 8), "b": nn.Linear(8, 1)})
+        plain = [torch.optim.SGD(net["a"].parameters(), lr=0.01), torch.optim.SGD(net["b"].parameters(), lr=0.01)]
+        model, *wrapped = fabric.setup(net, *plain)
+        log_dir = tmp_path / listed
+        names = wrapped if listed == "wrapped" else plain
+        with GradWatch(log_every_n_steps=1, images=False).loop(model, log_dir=log_dir, optimizers=names) as loop:
+            for x, y in _data():
+                for optimizer in wrapped:
+                    fabric.backward(nn.functional.mse_loss(net["b"](net["a"](x)), y))
+                    if loop.step(optimizer):
+                        optimizer.step()
+                    for o in wrapped:
+                        o.zero_grad()
+        tags = set(events(log_dir).Tags()["scalars"])
+        assert {"gradwatch/total_norm/optimizer_0", "gradwatch/total_norm/optimizer_1"} <= tags, listed
 
 
 def _fabric_ddp_worker(fabric: Any, root: str) -> None:

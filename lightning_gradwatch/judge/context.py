@@ -295,37 +295,48 @@ class LossTrack(Stateful):
         return self.recent_losses.median() if len(self.recent_losses) else None
 
     def within(self, factor: float) -> bool:
-        """Whether every one of the last 10 losses is below ``factor`` times the highest of the first ones.
+        """Whether every one of the last :data:`RISE_WINDOW` losses is below ``factor`` times the highest first one.
 
         That is a jump new data can make (a trained model confidently wrong on renamed classes: 3-7x where an
         untrained one started); a blow-up's losses go tens to thousands of times past it. A loss whose start is not
-        positive has no such scale: within.
+        positive has no such scale: within. No loss known: not within (the norm alone judges, as it did).
         """
         high = self.start_high
-        if high is None or high <= 0.0 or not len(self.rise_losses):
-            return True
-        return max(self.rise_losses) < factor * high
+        if not len(self.rise_losses) or high is None:
+            return False
+        return high <= 0.0 or max(self.rise_losses) < factor * high
 
-    def rising(self, margin: float, shock: float | None = None) -> bool | None:
+    def _medians(self, count: int) -> tuple[float, float] | None:
+        """The medians of the last 3 losses and of the first 3 of the last ``count`` (at most :data:`RISE_WINDOW`).
+
+        ``None`` with fewer than 6 of them.
+        """
+        count = min(count, RISE_WINDOW, len(self.rise_losses))
+        if count < 2 * RISE_RECENT:
+            return None
+        values = list(self.rise_losses)[-count:]
+        return median(values[-RISE_RECENT:]), median(values[:RISE_RECENT])
+
+    def rising(self, margin: float, climb_factor: float | None = None) -> bool | None:
         """Whether the loss rises (``None`` until :data:`RISE_WINDOW` losses have been seen).
 
         Rising: the median of its last :data:`RISE_RECENT` values is above ``1 + margin`` times the median of the
-        :data:`LOSS_WINDOW` values 5 to 10 steps before. A loss that has gone to zero or below (a negative
+        :data:`LOSS_WINDOW` values 5 to 10 steps before. A loss whose median has gone to zero or below (a negative
         log-likelihood with a learnt variance) has no natural zero to be a multiple of: it rises by ``margin`` of
         the larger of its size and the progress the run made (the highest of its first losses down to its best).
-        With ``shock``, a loss coming down (:meth:`coming_down`) from a jump :meth:`within` that factor does not rise.
+        With ``climb_factor``, a loss coming down (:meth:`coming_down`) while :meth:`within` that factor of where
+        training started does not rise (new data lifted it once, and it is being learnt).
         """
         if len(self.rise_losses) < RISE_WINDOW:
             return None
         values = list(self.rise_losses)
         now, before = median(values[-RISE_RECENT:]), median(values[:LOSS_WINDOW])
         scale = abs(before)
-        if min(values) <= 0.0 or (self.loss_floor is not None and self.loss_floor <= 0.0):
-            high, floor = self.start_high, self.loss_floor
-            if high is not None and floor is not None:
-                scale = max(scale, high - floor)
-        shocked = shock is not None and self.coming_down() and self.within(shock)
-        return now - before > margin * scale and not shocked
+        high, floor = self.start_high, self.loss_floor
+        if (before <= 0.0 or (floor is not None and floor <= 0.0)) and high is not None and floor is not None:
+            scale = max(scale, high - floor)
+        settling = climb_factor is not None and self.coming_down() and self.within(climb_factor)
+        return now - before > margin * scale and not settling
 
     def coming_down(self) -> bool:
         """Whether the loss is coming down: the median of its last 3 values below the median of the 3 before them.
@@ -333,21 +344,16 @@ class LossTrack(Stateful):
         A divergence raises the loss step after step; a loss that jumped with new data (a task switched, labels
         renamed) and is being learnt comes down from its jump.
         """
-        values = list(self.rise_losses)
-        if len(values) < 2 * RISE_RECENT:
-            return False
-        return median(values[-RISE_RECENT:]) < median(values[-2 * RISE_RECENT : -RISE_RECENT])
+        medians = self._medians(2 * RISE_RECENT)
+        return medians is not None and medians[0] < medians[1]
 
     def climbing(self, margin: float) -> bool:
         """Whether the loss still climbs: the median of its last 3 values ``margin`` above the median of the 3 before.
 
         The margin is of the earlier median's size (a share of it).
         """
-        values = list(self.rise_losses)
-        if len(values) < 2 * RISE_RECENT:
-            return False
-        now, before = median(values[-RISE_RECENT:]), median(values[-2 * RISE_RECENT : -RISE_RECENT])
-        return now - before > margin * abs(before)
+        medians = self._medians(2 * RISE_RECENT)
+        return medians is not None and medians[0] - medians[1] > margin * abs(medians[1])
 
     def down_since(self, seen: int) -> bool:
         """Whether the loss has come down since the step ``losses_seen`` was ``seen`` (that step's loss included).
@@ -356,11 +362,8 @@ class LossTrack(Stateful):
         :data:`RISE_WINDOW`); with fewer than 6 of them, :meth:`coming_down`. A divergence's loss ends higher than it
         began, however noisy; a loss that jumped with new data and is being learnt ends lower.
         """
-        count = min(self.losses_seen - seen + 1, RISE_WINDOW)
-        if count < 2 * RISE_RECENT:
-            return self.coming_down()
-        values = list(self.rise_losses)[-count:]
-        return median(values[-RISE_RECENT:]) < median(values[:RISE_RECENT])
+        medians = self._medians(self.losses_seen - seen + 1)
+        return self.coming_down() if medians is None else medians[0] < medians[1]
 
     def observe_norm(self, x: float | None) -> None:
         """Take a finite step's log norm (``None``: a zero norm); keep the loss's best and the norm then."""

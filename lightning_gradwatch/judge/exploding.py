@@ -25,10 +25,11 @@ every loss a median over several steps (one mini-batch loss against the next is 
   settles each time. *A shock the run learns from* is no explosion: new data (a task switched, classes renamed or
   added), or a learning rate raised that the optimizer absorbs, lifts loss and norm at once, to a level the norm
   then stays at while the loss comes down. So the spikes fire at the patience only while they *compound* (the
-  latest norm :data:`COMPOUNDING` (1.5) times the lower of the run's two steps before: a corrupted batch's 4e3,
-  then 5e7; a run a bad batch threw off climbing again from where its spike fell back to) or are
+  latest norm :data:`COMPOUNDING` (1.5) times the step's before, or the one before that while still rising: a
+  corrupted batch's 4e3, then 5e7; a run a bad batch threw off climbing again from where its spike fell back to) or are
   :data:`ORDERS_OF_MAGNITUDE` beyond the ceiling; a flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2)
-  times the patience, and not while its loss comes down (the median of its last 3 losses below that of its first 3).
+  times the patience, and not while its loss comes down (the median of its last 3 losses below that of its first 3),
+  all of this only while its losses stay within ``exploding_climb_factor`` (10) times the highest first one.
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
   above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence), and
@@ -52,8 +53,9 @@ every loss a median over several steps (one mini-batch loss against the next is 
   in some batches) has batches far above a median of its first losses all along, and clean batches among them.
 
 *The loss rises* (Spikes, Growth): the median of the last 3 losses is above ``1 + exploding_rise_margin`` times the
-median of the 5 losses 5 to 10 steps before, and not below the median of the 3 before them (a loss coming down from
-a jump does not rise). A loss that has gone to zero or below (a negative log-likelihood with a learnt variance) rises
+median of the 5 losses 5 to 10 steps before, and, while the last 10 losses are within ``exploding_climb_factor``
+(10) times the highest first one, not below the median of the 3 before them (a loss coming down from a jump new data
+made does not rise). A loss that has gone to zero or below (a negative log-likelihood with a learnt variance) rises
 by that margin of the progress the run made (its highest first loss down to its best), not of its own size. Without
 a loss (a loop that gives none) spikes are judged by the norm
 alone, and a steady rise is not judged.
@@ -100,7 +102,8 @@ TREND_MIN_LOSSES = 3
 #: ... and the loss and the norm up together on this many consecutive steps: a trend lasts (medians over 9 losses),
 #: where a run of high batch losses in a noisy run (batches of 2, a rare class weighted 50x) lifts one median of 5
 TREND_PATIENCE = LOSS_WINDOW
-#: a spike run whose latest norm is this many times its first compounds (a divergence); one that does not ...
+#: a spike run whose norm grows this many times over one step (or two, still rising) compounds (a divergence); one
+#: that does not ...
 COMPOUNDING = 1.5
 #: ... is an explosion only after this many times the patience, and not while the loss comes down since it began
 PLATEAU_PATIENCE = 2
@@ -204,12 +207,12 @@ class Spikes(ExplodingRule):
 
     def __post_init__(self) -> None:
         self._falling_back = False  # this step's spike run already falls back
-        self._grown = True  # ... or grows (compounds) at this step
+        self._compounds = False  # ... or grows (compounds) at this step
         self._slowing = False  # ... or its growth is dying out
 
     def observe(self, step: NormStep) -> None:
         """Count a spike step (a step that is not a spike ends the run)."""
-        self._falling_back = self._slowing = False
+        self._falling_back = self._slowing = self._compounds = False
         if not step.spike:
             self._survived()
             self.spike_run, self.run_peak = 0, None
@@ -219,7 +222,7 @@ class Spikes(ExplodingRule):
         if self.spike_run == 1:
             self.run_before = self.run_last = None
             self.run_seen = self.ctx.losses.losses_seen
-        self._grown = self._compounding(step)
+        self._compounds = self._compounding(step)
         if step.x is not None:
             self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
             self.run_before, self.run_last = self.run_last, step.x
@@ -232,14 +235,17 @@ class Spikes(ExplodingRule):
         self._slowing = self.spike_run >= 3 and _slowing(rise, self.ctx.norms.rise)
 
     def _compounding(self, step: NormStep) -> bool:
-        """The spike run grows: this step's norm :data:`COMPOUNDING` times the lower of the run's two steps before.
+        """The spike run grows at this step: :data:`COMPOUNDING` times over the step before, or over two, still rising.
 
-        A divergence multiplies the norm step after step (a corrupted batch's 4e3, then 5e7; a run thrown off by a
-        bad batch climbing again from where the batch's spike fell back to). A shock the run absorbs (a new task, new
-        data, a raised learning rate) lifts the norm once, to a level it then stays at or comes down from.
+        A divergence multiplies the norm step after step (a corrupted batch's 4e3, then 5e7; a run a bad batch threw
+        off, climbing again from where the batch's spike fell back to). A shock the run absorbs (a new task, new data,
+        a raised learning rate) lifts the norm once, to a level it then stays at (a noisy one) or comes down from.
         """
-        before = [x for x in (self.run_before, self.run_last) if x is not None]
-        return step.x is None or not before or step.x > min(before) + math.log10(COMPOUNDING)
+        last, before = self.run_last, self.run_before
+        if step.x is None or last is None:
+            return True
+        grow = math.log10(COMPOUNDING)
+        return step.x > last + grow or (before is not None and step.x > before + grow and step.x >= last)
 
     def _survived(self) -> None:
         """A run of spikes the run came back from on its own (no explosion alerted): its norms are the run's own.
@@ -275,7 +281,7 @@ class Spikes(ExplodingRule):
         started, and it is short of twice the patience, or its loss comes down since it began.
         """
         cfg, losses = self.config, self.ctx.losses
-        if self._extreme(step) or self._grown or not losses.within(cfg.exploding_climb_factor):
+        if self._extreme(step) or self._compounds or not losses.within(cfg.exploding_climb_factor):
             return False
         return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or losses.down_since(self.run_seen)
 
@@ -408,13 +414,13 @@ class Trend(ExplodingRule):
     @override
     def fires(self, step: NormStep) -> bool:
         losses, cfg = self.ctx.losses, self.config
-        shock = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
-        if shock and losses.down_since(self.trend_seen):  # a loss that jumped with new data, being learnt down
+        near_start = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
+        if near_start and losses.down_since(self.trend_seen):  # a loss that jumped with new data, being learnt down
             return False
-        if self.trend_run >= TREND_PATIENCE + (1 if shock else 0):  # a shock's direction on its own 6 losses
+        if self.trend_run >= TREND_PATIENCE + (1 if near_start else 0):  # its direction on its own 6 steps' losses
             return True
-        # no need to wait when every batch is up and (after a shock) the loss still climbs
-        climbing = not shock or losses.climbing(cfg.exploding_rise_margin)
+        # no need to wait when every batch is up and (near where training started) the loss still climbs
+        climbing = not near_start or losses.climbing(cfg.exploding_rise_margin)
         return self.trend_run > 0 and self._every_batch_up() and climbing
 
     def _every_batch_up(self) -> bool:
