@@ -335,8 +335,9 @@ class LossTrack(Stateful):
         high, floor = self.start_high, self.loss_floor
         if (before <= 0.0 or (floor is not None and floor <= 0.0)) and high is not None and floor is not None:
             scale = max(scale, high - floor)
-        settling = climb_factor is not None and self.coming_down() and self.within(climb_factor)
-        return now - before > margin * scale and not settling
+        if now - before <= margin * scale:
+            return False
+        return climb_factor is None or not (self.coming_down() and self.within(climb_factor))  # else: settling
 
     def coming_down(self) -> bool:
         """Whether the loss is coming down: the median of its last 3 values below the median of the 3 before them.

@@ -198,8 +198,6 @@ class Spikes(ExplodingRule):
 
     spike_run: int = state(0, load=int)
     run_peak: float | None = state(None, load=as_optional_float)  # log10 of the current spike run's largest norm
-    run_before: float | None = state(None, load=as_optional_float)  # log10 of its step before the latest one's ...
-    run_last: float | None = state(None, load=as_optional_float)  # ... and of its latest step's norm
     run_seen: int = state(0, load=int)  # losses seen at its first spike
 
     name: ClassVar[Rule] = Rule.SPIKES
@@ -207,12 +205,11 @@ class Spikes(ExplodingRule):
 
     def __post_init__(self) -> None:
         self._falling_back = False  # this step's spike run already falls back
-        self._compounds = False  # ... or grows (compounds) at this step
         self._slowing = False  # ... or its growth is dying out
 
     def observe(self, step: NormStep) -> None:
         """Count a spike step (a step that is not a spike ends the run)."""
-        self._falling_back = self._slowing = self._compounds = False
+        self._falling_back = self._slowing = False
         if not step.spike:
             self._survived()
             self.spike_run, self.run_peak = 0, None
@@ -220,12 +217,9 @@ class Spikes(ExplodingRule):
         self.ctx.counts.add("spikes")
         self.spike_run += 1
         if self.spike_run == 1:
-            self.run_before = self.run_last = None
             self.run_seen = self.ctx.losses.losses_seen
-        self._compounds = self._compounding(step)
         if step.x is not None:
             self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
-            self.run_before, self.run_last = self.run_last, step.x
         previous = self.ctx.norms.previous
         rise = None if step.x is None or previous is None else step.x - previous
         # a spike run that already falls back (below 3/4 of its previous step) is a transient, not a trend; from its
@@ -241,9 +235,11 @@ class Spikes(ExplodingRule):
         off, climbing again from where the batch's spike fell back to). A shock the run absorbs (a new task, new data,
         a raised learning rate) lifts the norm once, to a level it then stays at (a noisy one) or comes down from.
         """
-        last, before = self.run_last, self.run_before
+        norms = self.ctx.norms  # the step before's norm and its rise: spikes of this run from its second on
+        last = norms.previous if self.spike_run >= 2 else None
         if step.x is None or last is None:
             return True
+        before = last - norms.rise if self.spike_run >= 3 and norms.rise is not None else None
         grow = math.log10(COMPOUNDING)
         return step.x > last + grow or (before is not None and step.x > before + grow and step.x >= last)
 
@@ -281,7 +277,7 @@ class Spikes(ExplodingRule):
         started, and it is short of twice the patience, or its loss comes down since it began.
         """
         cfg, losses = self.config, self.ctx.losses
-        if self._extreme(step) or self._compounds or not losses.within(cfg.exploding_climb_factor):
+        if self._extreme(step) or self._compounding(step) or not losses.within(cfg.exploding_climb_factor):
             return False
         return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or losses.down_since(self.run_seen)
 
