@@ -163,6 +163,11 @@ def loader(*tensors: Tensor, batch_size: int = 32, shuffle: bool = True, seed: i
     return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=True)
 
 
+def stream_loader(*tensors: Tensor) -> DataLoader:
+    """A pre-drawn stream of batches (first dimension: the step), served in order, one batch per optimizer step."""
+    return DataLoader(TensorDataset(*tensors), batch_size=None, shuffle=False)
+
+
 def prior_ce(y: Tensor, k: int) -> float:
     """Cross-entropy of the class prior: the constant predictor's loss."""
     p = torch.bincount(y, minlength=k).float() / len(y)

@@ -32,14 +32,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from noisy_healthy import Base, Spec, Supervised, digits, loader, mlp, prior_ce
+from noisy_healthy import Base, Spec, Supervised, digits, loader, mlp, prior_ce, stream_loader
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
-
-
-def stream_loader(*tensors: Tensor) -> DataLoader:
-    """A pre-drawn stream of batches (first dim = step), served in order, one batch per step."""
-    return DataLoader(TensorDataset(*tensors), batch_size=None, shuffle=False)
 
 
 # --- a. diffusion: DDPM noise prediction on a 2-D mixture of 8 Gaussians ---------------------------------------------
@@ -121,23 +115,6 @@ def fam_diffusion(seed: int) -> Spec:
 
 
 # --- b. curriculum: digits 0-4 first, all ten from step 150 ----------------------------------------------------------
-class StreamClassifier(Base):
-    """Cross-entropy of ``net`` on a pre-drawn stream of (x, y) batches; SGD momentum or Adam."""
-
-    def __init__(self, net: nn.Module, opt: str, lr: float) -> None:
-        super().__init__()
-        self.net, self.opt, self.lr = net, opt, lr
-
-    def compute_loss(self, batch: Any) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self) -> Any:
-        if self.opt == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-
 def fam_curriculum(seed: int) -> Spec:
     """Curriculum learning: a digits MLP (64-128-128-10) sees only the easy classes 0-4 for the first 150 steps, then
     batches drawn from all ten classes for 250 more (batches of 32, SGD momentum 0.9 at lr 0.05). Expected: the loss
@@ -152,7 +129,7 @@ def fam_curriculum(seed: int) -> Spec:
     idx = torch.empty(steps, bs, dtype=torch.long)
     idx[:widen] = easy[torch.randint(0, len(easy), (widen, bs), generator=g)]
     idx[widen:] = torch.randint(0, len(ytr), (steps - widen, bs), generator=g)
-    model = StreamClassifier(mlp([64, 128, 128, 10]), "sgd", 0.05)
+    model = Supervised(mlp([64, 128, 128, 10]), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
     return Spec(
         model=model,
         train=stream_loader(xtr[idx], ytr[idx]),
@@ -188,7 +165,7 @@ def fam_task_switch(seed: int) -> Spec:
     idx = idx.view(steps, bs)
     xs = torch.cat([xtr[idx[:switch]], xb_tr[idx[switch:]]])
     ys = torch.cat([ytr[idx[:switch]], yb_tr[idx[switch:]]])
-    model = StreamClassifier(mlp([64, 128, 128, 10]), "adam", 1e-3)
+    model = Supervised(mlp([64, 128, 128, 10]), lambda p: torch.optim.Adam(p, lr=1e-3))
     return Spec(
         model=model,
         train=stream_loader(xs, ys),

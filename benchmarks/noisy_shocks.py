@@ -22,51 +22,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from noisy_healthy import Base, SmallCNN, Spec, digits, mlp, prior_ce
+from noisy_healthy import SmallCNN, Spec, Supervised, digits, mlp, prior_ce, stream_loader
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def stream(*tensors: Tensor) -> DataLoader:
-    """A pre-drawn stream of batches (first dim = step), served in order, one batch per optimizer step."""
-    return DataLoader(TensorDataset(*tensors), batch_size=None, shuffle=False)
-
-
 def epochs_idx(n: int, steps: int, bs: int, g: torch.Generator) -> Tensor:
     """(steps, bs) indices into n rows: successive shuffled passes over the data."""
     reps = steps * bs // n + 1
     return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[: steps * bs].view(steps, bs)
 
 
-def step_lambda(at: int, factor: float) -> Callable[[int], float]:
-    return lambda s: 1.0 if s < at else factor
-
-
-class StreamModel(Base):
-    """``loss_fn(net(x), y)`` on a stream of (x, y) batches; the optimizer (and optional per-step LambdaLR factor)
-    from the factories."""
-
-    def __init__(
-        self,
-        net: nn.Module,
-        opt_fn: Callable[[Any], torch.optim.Optimizer],
-        loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-        lr_lambda: Callable[[int], float] | None = None,
-    ) -> None:
-        super().__init__()
-        self.net, self.opt_fn, self.loss_fn, self.lr_lambda = net, opt_fn, loss_fn, lr_lambda
-
-    def compute_loss(self, batch: Any) -> Tensor:
-        x, y = batch
-        return self.loss_fn(self.net(x), y)
-
-    def configure_optimizers(self) -> Any:
-        opt = self.opt_fn(self.parameters())
-        if self.lr_lambda is None:
-            return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def raised_at(at: int, factor: float) -> Callable[[torch.optim.Optimizer], dict[str, Any]]:
+    """A per-step schedule (``Supervised``'s ``sched_fn``) multiplying the learning rate by ``factor`` from ``at``."""
+    return lambda opt: {
+        "scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < at else factor),
+        "interval": "step",
+    }
 
 
 def sgd(lr: float, wd: float = 0.0) -> Callable[[Any], torch.optim.Optimizer]:
@@ -77,7 +49,7 @@ def adam(lr: float) -> Callable[[Any], torch.optim.Optimizer]:
     return lambda p: torch.optim.Adam(p, lr=lr)
 
 
-def ce_metric(xte: Tensor, yte: Tensor) -> Callable[[StreamModel], float]:
+def ce_metric(xte: Tensor, yte: Tensor) -> Callable[[Supervised], float]:
     return lambda m: float(F.cross_entropy(m.net(xte), yte))
 
 
@@ -118,10 +90,10 @@ def fam_drift_regression(seed: int) -> Spec:
     y[switch:] = fb(x[switch:]) + 0.5 * torch.randn(steps - switch, bs, 1, generator=g)
     xte = torch.randn(2000, 8, generator=g)
     yte = fb(xte)
-    model = StreamModel(mlp([8, 64, 64, 1]), sgd(0.005), loss_fn=F.mse_loss)
+    model = Supervised(mlp([8, 64, 64, 1]), sgd(0.005), loss_fn=F.mse_loss)
     return Spec(
         model=model,
-        train=stream(x, y),
+        train=stream_loader(x, y),
         max_steps=steps,
         metric=lambda m: float(F.mse_loss(m.net(xte), yte)),
         baseline=float(yte.var(unbiased=False)),
@@ -143,10 +115,10 @@ def fam_class_incremental(seed: int) -> Spec:
     idx = torch.empty(steps, bs, dtype=torch.long)
     idx[:widen] = old[epochs_idx(len(old), widen, bs, g)]
     idx[widen:] = epochs_idx(len(ytr), steps - widen, bs, g)
-    model = StreamModel(SmallCNN(), lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.01))
+    model = Supervised(SmallCNN(), lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.01))
     return Spec(
         model=model,
-        train=stream(xtr[idx], ytr[idx]),
+        train=stream_loader(xtr[idx], ytr[idx]),
         max_steps=steps,
         metric=ce_metric(xte, yte),
         baseline=prior_ce(yte, 10),
@@ -176,10 +148,10 @@ def fam_domain_shift_images(seed: int) -> Spec:
     x = xtr[idx].clone()
     x[switch:] = shift_invert(x[switch:].reshape(-1, 64)).view(steps - switch, bs, 64)
     xte_b = shift_invert(xte)
-    model = StreamModel(SmallCNN(), sgd(0.03, 5e-4))
+    model = Supervised(SmallCNN(), sgd(0.03, 5e-4))
     return Spec(
         model=model,
-        train=stream(x, ytr[idx]),
+        train=stream_loader(x, ytr[idx]),
         max_steps=steps,
         metric=ce_metric(xte_b, yte),
         baseline=prior_ce(yte, 10),
@@ -213,8 +185,10 @@ def fam_seq_switch(seed: int) -> Spec:
     y = torch.cat([s[:switch].argmax(-1), s[switch:].argmin(-1)])
     xte = torch.randn(2000, length, 3, generator=g)
     yte = xte.sum(1).argmin(-1)
-    model = StreamModel(GRUClassifier(), adam(3e-3))
-    return Spec(model=model, train=stream(x, y), max_steps=steps, metric=ce_metric(xte, yte), baseline=prior_ce(yte, 3))
+    model = Supervised(GRUClassifier(), adam(3e-3))
+    return Spec(
+        model=model, train=stream_loader(x, y), max_steps=steps, metric=ce_metric(xte, yte), baseline=prior_ce(yte, 3)
+    )
 
 
 # ================================================================================================ failing shocks
@@ -236,9 +210,13 @@ def fam_corrupt_then_diverge(seed: int) -> Spec:
     idx = epochs_idx(len(ytr), steps, bs, g)
     x = xtr[idx].clone()
     x[at] = x[at] * CORRUPT
-    model = StreamModel(mlp([64, 128, 128, 10]), sgd(0.2))
+    model = Supervised(mlp([64, 128, 128, 10]), sgd(0.2))
     return Spec(
-        model=model, train=stream(x, ytr[idx]), max_steps=steps, metric=ce_metric(xte, yte), baseline=prior_ce(yte, 10)
+        model=model,
+        train=stream_loader(x, ytr[idx]),
+        max_steps=steps,
+        metric=ce_metric(xte, yte),
+        baseline=prior_ce(yte, 10),
     )
 
 
@@ -255,10 +233,10 @@ def fam_lr_blowup(seed: int) -> Spec:
     steps, bs = 300, 32
     idx = epochs_idx(len(ytr), steps, bs, g)
     factor = [300.0, 500.0, 700.0, 1000.0][seed % 4]
-    model = StreamModel(mlp([64, 128, 128, 10]), adam(1e-3), lr_lambda=step_lambda(100, factor))
+    model = Supervised(mlp([64, 128, 128, 10]), adam(1e-3), sched_fn=raised_at(100, factor))
     return Spec(
         model=model,
-        train=stream(xtr[idx], ytr[idx]),
+        train=stream_loader(xtr[idx], ytr[idx]),
         max_steps=steps,
         variant=f"x{factor:.0f}",
         metric=ce_metric(xte, yte),
@@ -283,10 +261,10 @@ def fam_switch_plus_high_lr(seed: int) -> Spec:
     y = ytr[idx].clone()
     y[switch:] = (y[switch:] + k) % 10
     yte_b = (yte + k) % 10
-    model = StreamModel(mlp([64, 128, 128, 10]), adam(3e-3), lr_lambda=step_lambda(switch, 100.0))
+    model = Supervised(mlp([64, 128, 128, 10]), adam(3e-3), sched_fn=raised_at(switch, 100.0))
     return Spec(
         model=model,
-        train=stream(xtr[idx], y),
+        train=stream_loader(xtr[idx], y),
         max_steps=steps,
         variant=f"k{k}",
         metric=ce_metric(xte, yte_b),
@@ -313,9 +291,9 @@ def fam_poisoned_stream(seed: int) -> Spec:
     for s in bad.nonzero().flatten().tolist():
         x[s] = x[s] * 30
         y[s] = y[s][torch.randperm(bs, generator=g)]
-    model = StreamModel(mlp([64, 128, 128, 10]), sgd(0.05))
+    model = Supervised(mlp([64, 128, 128, 10]), sgd(0.05))
     return Spec(
-        model=model, train=stream(x, y), max_steps=steps, metric=ce_metric(xte, yte), baseline=prior_ce(yte, 10)
+        model=model, train=stream_loader(x, y), max_steps=steps, metric=ce_metric(xte, yte), baseline=prior_ce(yte, 10)
     )
 
 

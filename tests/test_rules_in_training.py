@@ -491,9 +491,8 @@ def test_a_loss_summed_where_it_should_be_averaged_is_exploding_from_the_start(t
     assert trainer.global_step <= 6  # stopped
 
 
-class _LearningRateRaised(pl.LightningModule):
-    """A digits MLP under Adam at 1e-3 whose scheduler multiplies the learning rate by 30 from step 100 (a bug in a
-    schedule): the loss 5-8x and the norm 9x for two steps, then Adam's second moments catch up and it trains on."""
+class _Classifier(pl.LightningModule):
+    """A digits MLP (64-128-128-10), cross-entropy, Adam at 1e-3."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -501,6 +500,14 @@ class _LearningRateRaised(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class _LearningRateRaised(_Classifier):
+    """The digits MLP whose scheduler multiplies the learning rate by 30 from step 100 (a bug in a schedule): the
+    loss 5-8x and the norm 9x for two steps, then Adam's second moments catch up and it trains on."""
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.parameters(), lr=1e-3)
@@ -608,18 +615,6 @@ def _switched_digits(seed: int, steps: int = 400, switch: int = 200, batch_size:
     idx = idx[: steps * batch_size]
     labels = torch.cat([y[idx[: switch * batch_size]], rename[y[idx[switch * batch_size :]]]])
     return DataLoader(TensorDataset(x[idx], labels), batch_size=batch_size), (x, rename[y])
-
-
-class _Classifier(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
 @pytest.mark.parametrize("seed", [1, 3, 9])
