@@ -145,9 +145,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             first step's norm while their loss is 3 times the first loss (a learning rate far too high blows up from
             step 0).
         exploding_trend_loss_factor: an explosion by trend: the training loss (median of the last 5 steps) has
-            climbed to this many times its best median, and to twice where training started, ...
+            climbed to this many times its lowest median of the last 75-100 steps, and to twice where training
+            started, ...
         exploding_trend_norm_factor: ... while the total norm (median of the last 5 steps) has grown this many
-            times since the loss was at its best: how Adam/AdamW diverge at a too-high learning rate, often without
+            times since the loss was at that low: how Adam/AdamW diverge at a too-high learning rate, often without
             ever producing a NaN.
         vanishing_ratio: a layer whose norm stays below this fraction of the largest layer's norm is vanishing.
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.

@@ -320,10 +320,10 @@ class DetectionConfig(ConfigGroup):
             first step's norm while their loss is 3 times the first loss: a learning rate far too high blows up from
             step 0.
         exploding_trend_loss_factor: an explosion by trend: the loss (median of the last 5 steps) has climbed to this
-            many times its best median, and ``exploding_trend_start_factor`` times where training started (the
-            highest of the first 10 losses), ...
+            many times its lowest median of the last 75-100 steps, and ``exploding_trend_start_factor`` times where
+            training started (the highest of the first 10 losses), ...
         exploding_trend_norm_factor: ... while the gradient norm (median of the last 5 steps) has grown this many
-            times since the loss was at its best. The slow divergence of Adam/AdamW at a too-high learning rate,
+            times since the loss was at that low. The slow divergence of Adam/AdamW at a too-high learning rate,
             which may never produce a NaN. Both must hold 5 steps in a row (a noisy healthy run's loss spans a
             decade from batch to batch), unless every one of the last 5 losses is at these factors above the best
             and above the highest of the first 10 (a divergence raises every batch's loss).

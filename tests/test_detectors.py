@@ -688,6 +688,35 @@ def _shock(scales: dict[int, float], losses: dict[int, float], end: int) -> list
     )
 
 
+def _creeping(step: int) -> float:
+    """A TD loss: down from 0.045 to 0.013 in 30 steps, then up 0.6% a step as the targets grow, batches +-30%."""
+    level = 0.045 - 0.001 * step if step < 32 else 0.013 * 1.006 ** (step - 32)
+    return level * (1.0 + 0.3 * math.sin(2.3 * step))
+
+
+def test_a_loss_that_creeps_up_over_hundreds_of_steps_is_no_trend():
+    """The trend climbs from the loss's lowest level of the last 75-100 steps: a loss 17x its best after 470 steps,
+    the norm 10x with it, never 3x in 100 steps, is a loss whose scale grows (a TD loss), not a divergence."""
+    alerts = feed(
+        GradientDetector(), range(500), make=lambda s: healthy(s, scale=1.005 ** max(0, s - 32)), loss=_creeping
+    )
+    assert alerts == []
+
+
+def test_a_late_divergence_climbs_from_where_the_run_just_was():
+    """A run converged for 300 steps that then diverges is alerted as soon after it begins as one diverging at step 30
+    (the lowest level of the last 100 steps is the converged one)."""
+    early = feed(GradientDetector(), range(80), make=adam_divergence, loss=adam_loss)
+    late = feed(
+        GradientDetector(),
+        range(350),
+        make=lambda s: adam_divergence(s - 270) if s >= 270 else healthy(s),
+        loss=lambda s: adam_loss(s - 270) if s >= 270 else max(3.4, 4.0 - 0.02 * s),
+    )
+    assert [(a.kind, a.extra["rule"]) for a in late] == [("exploding", "trend")]
+    assert late[0].step - 270 == early[0].step
+
+
 def test_a_shock_the_run_learns_from_is_no_explosion():
     """New data (a task switched, labels renamed): loss and norm jump at once and stay up for a while, the norm
     flat, the loss coming down; a divergence's norm compounds, or its loss does not come down."""

@@ -668,3 +668,54 @@ def test_a_mixture_density_network_whose_loss_goes_below_zero_is_not_stopped(tmp
     trainer.fit(_MixtureDensity(3 + seed % 3), loader)
     assert watch.alerts == []
     assert trainer.global_step == 600
+
+
+class _ChainDQN(pl.LightningModule):
+    """DQN on a 12-state chain (slip 0.2, discount 0.9; reward 1 at the right end, 0.2 at the left), one-hot states, an
+    MLP 12-64-64-2, Huber loss on an offline replay buffer of random transitions, Adam 3e-3, the target network synced
+    every 30 steps: its targets grow as the values are learnt (Q* up to 10), so the TD loss climbs 8-20x over
+    hundreds of steps while the values get better."""
+
+    n, slip, gamma = 12, 0.2, 0.9
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(self.n, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+        self.target = nn.Sequential(nn.Linear(self.n, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+
+    @classmethod
+    def buffer(cls, seed: int, count: int = 20000) -> TensorDataset:
+        g = torch.Generator().manual_seed(31000 + seed)
+        s = torch.randint(0, cls.n, (count,), generator=g)
+        a = torch.randint(0, 2, (count,), generator=g)
+        step = torch.where(torch.rand(count, generator=g) < cls.slip, 1 - a, a) * 2 - 1  # a slip goes the other way
+        s2 = (s + step).clamp(0, cls.n - 1)
+        r = torch.where(s2 == cls.n - 1, 1.0, torch.where(s2 == 0, 0.2, 0.0))
+        return TensorDataset(s, a, r, s2)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        s, a, r, s2 = batch
+        if self.global_step % 30 == 0:
+            self.target.load_state_dict(self.net.state_dict())
+        with torch.no_grad():
+            y = r + self.gamma * self.target(nn.functional.one_hot(s2, self.n).float()).max(1).values
+        q = self.net(nn.functional.one_hot(s, self.n).float()).gather(1, a[:, None]).squeeze(1)
+        return nn.functional.smooth_l1_loss(q, y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.net.parameters(), lr=3e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 7])
+def test_a_td_loss_that_climbs_as_the_values_grow_is_not_stopped(tmp_path, seed):
+    """Stopped at step 200-500 (trend) on these seeds: the loss 8-20x its best of the first 50 steps, where the
+    targets were still near zero; it climbs over hundreds of steps, not from where the run just was."""
+    pl.seed_everything(seed, verbose=False)
+    loader = DataLoader(
+        _ChainDQN.buffer(seed), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=600, max_epochs=-1))
+    trainer.fit(_ChainDQN(), loader)
+    assert watch.alerts == []
+    assert trainer.global_step == 600

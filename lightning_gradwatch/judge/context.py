@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no 
     from lightning_gradwatch.measure.records import StepStats
 
 __all__ = [
+    "FLOOR_BLOCK",
+    "FLOOR_BLOCKS",
     "LARGEST_SHARE",
     "LOSS_WINDOW",
     "MIN_WARMUP",
@@ -72,6 +74,11 @@ RISE_WINDOW = 10
 #: batches are mostly outlier batches almost surely shows one there
 START_HIGH_WINDOW = 10
 RISE_RECENT = 3
+#: the trend climbs from the lowest median loss of the last FLOOR_BLOCKS blocks of FLOOR_BLOCK steps (the last 75 to
+#: 100 steps): a divergence climbs from where the run just was, within tens of steps (6-70 on the detection bank); a
+#: loss that creeps up over hundreds of steps (a TD loss whose targets grow as the values are learnt) is not one
+FLOOR_BLOCK = 25
+FLOOR_BLOCKS = 3
 
 
 @dataclass
@@ -240,6 +247,10 @@ def _rise_window(values: Any = ()) -> Window:
     return Window(RISE_WINDOW, (float(v) for v in values))
 
 
+def _floor_window(values: Any = ()) -> Window:
+    return Window(FLOOR_BLOCKS, (float(v) for v in values))
+
+
 @dataclass(eq=False)
 class LossTrack(Stateful):
     """The run's history of the training loss, smoothed (see the module docstring).
@@ -257,6 +268,11 @@ class LossTrack(Stateful):
     loss_floor: float | None = state(None, load=as_optional_float)  # the best median loss so far
     norm_at_floor: float | None = state(None, load=as_optional_float)  # median log10 norm when the loss was best
     first_high: float | None = state(None, load=as_optional_float)  # the highest of the first START_HIGH_WINDOW losses
+    block_floors: Window = state(load=_floor_window, factory=_floor_window)  # the lowest median loss of each past block
+    block_norms: Window = state(load=_floor_window, factory=_floor_window)  # ... the median log10 norm then
+    block_floor: float | None = state(None, load=as_optional_float)  # the lowest median loss of the current block
+    block_norm: float | None = state(None, load=as_optional_float)  # ... the median log10 norm then
+    block_steps: int = state(0, load=int)  # medians taken in the current block
 
     def __post_init__(self) -> None:
         self.compared: tuple[float, float] | None = None
@@ -283,6 +299,27 @@ class LossTrack(Stateful):
         if self.first_high is None and len(self.start_losses):  # a state saved before it was kept
             return max(self.start_losses)
         return self.first_high
+
+    @property
+    def recent_floor(self) -> tuple[float, float] | None:
+        """The lowest median loss of the last 75-100 steps, and the median log10 norm then (``None`` before any).
+
+        Kept per block of :data:`FLOOR_BLOCK` steps: the last :data:`FLOOR_BLOCKS` blocks and the current one.
+        """
+        lows = list(zip(self.block_floors, self.block_norms))
+        if self.block_floor is not None and self.block_norm is not None:
+            lows.append((self.block_floor, self.block_norm))
+        return min(lows) if lows else None
+
+    def _block(self, loss: float, norm: float) -> None:
+        """Take a median loss and norm into the current block; a full block is kept by its lowest loss."""
+        if self.block_floor is None or loss < self.block_floor:
+            self.block_floor, self.block_norm = loss, norm
+        self.block_steps += 1
+        if self.block_steps == FLOOR_BLOCK and self.block_norm is not None:
+            self.block_floors.append(self.block_floor)
+            self.block_norms.append(self.block_norm)
+            self.block_floor, self.block_norm, self.block_steps = None, None, 0
 
     @property
     def recent_low(self) -> float | None:
@@ -374,6 +411,7 @@ class LossTrack(Stateful):
         if len(self.recent_losses) < LOSS_WINDOW or not len(self.recent_norms):
             return  # a best level is a median of LOSS_WINDOW losses, never a single one
         loss, level = self.recent_losses.median(), self.recent_norms.median()
+        self._block(loss, level)
         if self.loss_floor is None or loss < self.loss_floor:
             self.loss_floor, self.norm_at_floor = loss, level
             return

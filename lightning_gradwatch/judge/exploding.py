@@ -34,10 +34,12 @@ every loss a median over several steps (one mini-batch loss against the next is 
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
   above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence), and
   not slowing down (the latest rise at least half the one before).
-- :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its best median
-  and ``exploding_trend_start_factor`` (2) times the highest of its first 10 losses (where training started: with
-  batches of 2 the median of the first 5 was a lucky low one, 6x below the loss of an untrained model, on 3 of 30
-  seeds), while the median norm has grown ``exploding_trend_norm_factor`` (3) times since the loss was at its best:
+- :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its lowest
+  median of the last 75-100 steps and ``exploding_trend_start_factor`` (2) times the highest of its first 10 losses
+  (where training started: with batches of 2 the median of the first 5 was a lucky low one, 6x below the loss of an
+  untrained model, on 3 of 30 seeds), while the median norm has grown ``exploding_trend_norm_factor`` (3) times since
+  the loss was at that low (a divergence climbs from where the run just was, within tens of steps; a loss that creeps
+  up over hundreds, a TD loss whose targets grow as the values are learnt, does not):
   Adam/AdamW at a too-high learning rate, whose normalised updates make norm and loss climb together over tens of
   steps, often without ever producing a NaN. A converged model's loss wandering, or a fine-tune's near where it
   started, is not a trend: batch by batch, a hard batch raises the loss and the norm together, and medians of both
@@ -74,7 +76,16 @@ from typing_extensions import override
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
 from lightning_gradwatch.history import median
-from lightning_gradwatch.judge.context import LOSS_WINDOW, RISE_RECENT, RISE_WINDOW, START_HIGH_WINDOW, Context, Verdict
+from lightning_gradwatch.judge.context import (
+    FLOOR_BLOCK,
+    FLOOR_BLOCKS,
+    LOSS_WINDOW,
+    RISE_RECENT,
+    RISE_WINDOW,
+    START_HIGH_WINDOW,
+    Context,
+    Verdict,
+)
 from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch
 from lightning_gradwatch.judge.state import as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
@@ -396,9 +407,10 @@ class Trend(ExplodingRule):
     def _up(self) -> bool:
         """The loss (median) at the trend factors above its best and its start, the norm (median) up with it."""
         losses, cfg = self.ctx.losses, self.config
-        floor, first, start = losses.loss_floor, losses.start_high, losses.norm_at_floor
-        if losses.compared is None or floor is None or first is None or start is None:
+        recent, first = losses.recent_floor, losses.start_high
+        if losses.compared is None or recent is None or first is None:
             return False
+        floor, start = recent
         loss, level = losses.compared
         return (
             len(losses.recent_losses) >= TREND_MIN_LOSSES
@@ -426,7 +438,8 @@ class Trend(ExplodingRule):
         by some of its batches, with low ones among them.
         """
         losses, cfg = self.ctx.losses, self.config
-        floor, low, high = losses.loss_floor, losses.recent_low, losses.start_high
+        recent, low, high = losses.recent_floor, losses.recent_low, losses.start_high
+        floor = None if recent is None else recent[0]
         if floor is None or low is None or high is None or floor <= 0.0 or high <= 0.0:
             return False  # factors of a loss that can be zero or negative (a Gaussian NLL) say nothing
         return low >= cfg.exploding_trend_loss_factor * floor and low >= cfg.exploding_trend_start_factor * high
@@ -434,11 +447,13 @@ class Trend(ExplodingRule):
     @override
     def describe(self, step: NormStep) -> Finding:
         losses, norms = self.ctx.losses, self.ctx.norms
-        loss, floor = losses.recent_losses.median(), losses.loss_floor or 0.0
+        floor, start = losses.recent_floor or (0.0, 0.0)
+        loss = losses.recent_losses.median()
         ratio = loss / floor if floor > 0 else math.inf
-        level, start = norms.real(losses.recent_norms.median()), norms.real(losses.norm_at_floor or 0.0)
+        level, start = norms.real(losses.recent_norms.median()), norms.real(start)
         what = (
-            f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its best level ({floor:.4g}) and"
+            f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its lowest level of the last"
+            f" {FLOOR_BLOCK * FLOOR_BLOCKS}-{FLOOR_BLOCK * (FLOOR_BLOCKS + 1)} steps ({floor:.4g}) and"
             f" {loss / (losses.start_high or loss):.3g}x the highest of the first {START_HIGH_WINDOW} losses, while the"
             f" total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
         )
