@@ -129,6 +129,11 @@ def exploding_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
         )
         hints.append("add a learning-rate warm-up, or lengthen it")
         hints.append(clip)
+        hints.append(
+            "if the loss rises by design (temporal-difference targets that grow as the values are learnt, a curriculum"
+            ' of harder data), the climb is expected: keep the alert as a note with on_exploding="warn" and'
+            " `gradwatch check --fail-on nonfinite,vanishing`"
+        )
     else:
         hints.append("check the inputs and labels of the batches at this step for outliers or corruption")
         hints.append(clip)
