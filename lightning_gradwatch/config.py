@@ -325,7 +325,7 @@ class DetectionConfig(ConfigGroup):
         exploding_trend_norm_factor: ... while the gradient norm (median of the last 5 steps) has grown this many
             times since the loss was at that low. The slow divergence of Adam/AdamW at a too-high learning rate,
             which may never produce a NaN. Both must hold 5 steps in a row (a noisy healthy run's loss spans a
-            decade from batch to batch), unless every one of the last 5 losses is at these factors above the best
+            decade from batch to batch), unless every one of the last 5 losses is at these factors above that low
             and above the highest of the first 10 (a divergence raises every batch's loss).
         exploding_trend_start_factor: see ``exploding_trend_loss_factor``.
         exploding_rise_margin: spikes and a steady rise are an explosion only while the loss rises: the median of

@@ -405,7 +405,7 @@ class Trend(ExplodingRule):
             self.trend_seen = self.ctx.losses.losses_seen
 
     def _up(self) -> bool:
-        """The loss (median) at the trend factors above its best and its start, the norm (median) up with it."""
+        """The loss (median) at the trend factors above its recent low and its start, the norm (median) up with it."""
         losses, cfg = self.ctx.losses, self.config
         recent, first = losses.recent_floor, losses.start_high
         if losses.compared is None or recent is None or first is None:
@@ -432,7 +432,7 @@ class Trend(ExplodingRule):
         return self.trend_run > 0 and self._every_batch_up() and climbing
 
     def _every_batch_up(self) -> bool:
-        """Every one of the last 5 losses at the trend's factors above the best and above the highest first loss.
+        """Every one of the last 5 losses at the trend's factors above its recent low and above the highest first loss.
 
         A divergence raises the loss of every batch: then there is no need to wait. A noisy run's median is lifted
         by some of its batches, with low ones among them.
