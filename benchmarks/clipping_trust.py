@@ -13,6 +13,7 @@ trained here (about 20 minutes more).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import warnings
@@ -23,39 +24,40 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clipping_families as families
-from clipping_adapter import Measure
-from clipping_rules import PEERS, ours
+from clipping_rules import PEERS, ThresholdRule, ours
 from clipping_run import train
 from clipping_suite import Cache
 
 FIXED = ("fixed 0.03", "fixed 0.1", "fixed 0.3", "fixed 1", "fixed 3", "fixed 10")
 
 
+class TrustCap(ThresholdRule):
+    """``clip="adaptive"``, its threshold held to ``cap * ||w|| / lr`` (``cap`` 0: the package's rule alone)."""
+
+    def __init__(self, cap: float) -> None:
+        self.rule, self.cap = ours()[1](), cap
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def bind(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Keep the run's model and optimizer (the weights and the step's learning rate); returns the optimizer."""
+        self.model, self.optimizer = model, optimizer
+        return optimizer
+
+    def update(self, total_norm: float, loss: float | None = None, layer_norms=(), stats=None) -> float:
+        threshold = self.rule.update(total_norm, loss=loss, layer_norms=layer_norms, stats=stats)
+        if self.cap <= 0 or self.model is None or self.optimizer is None:
+            return threshold
+        weights = torch.stack([p.detach().norm() for p in self.model.parameters() if p.grad is not None]).norm()
+        return min(threshold, self.cap * float(weights) / self.optimizer.param_groups[0]["lr"])
+
+
 def run(cell: families.Cell, cap: float) -> float:
     """The cell's final metric under ``clip="adaptive"`` with the step cap ``cap`` (0: none); NaN when lost."""
-    setup = families.setup(cell)
-    model = setup.model()
-    optimizer = setup.optimizer(model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, setup.schedule) if setup.schedule else None
-    rule, measure = ours()[1](), Measure(model)
-    for x, y in (batch for batch, _ in zip(setup.batches, setup.outlier)):
-        loss = setup.loss(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        stats = measure.collect()
-        norm = stats.total_norm
-        threshold = rule.update(norm, loss=float(loss.detach()), layer_norms=stats.grad_norm, stats=stats)
-        if cap > 0:
-            weights = torch.stack([p.detach().norm() for p in model.parameters() if p.grad is not None]).norm()
-            threshold = min(threshold, cap * float(weights) / optimizer.param_groups[0]["lr"])
-        if math.isfinite(norm):
-            measure.clip_(norm, threshold)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if not (math.isfinite(float(loss)) and math.isfinite(norm)):
-            return math.nan
-    return setup.evaluate(model)
+    setup, rule = families.setup(cell), TrustCap(cap)
+    made = setup.optimizer
+    setup = dataclasses.replace(setup, optimizer=lambda model: rule.bind(model, made(model)))
+    return train(setup, rule).metric
 
 
 def main() -> None:
