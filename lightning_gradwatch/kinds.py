@@ -78,7 +78,7 @@ class Health(StrEnum):
 
 
 class Rule(StrEnum):
-    """The detection rules; an exploding alert names the rule that found it in ``extra["rule"]``."""
+    """The detection rules; an alert names the rule that found it in ``extra["rule"]``."""
 
     NONFINITE = "nonfinite"
     JUMP = "jump"

@@ -80,6 +80,11 @@ def vanishing_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
             " unit never recovers"
         )
         hints.append("use LeakyReLU or GELU, which keep a gradient for negative inputs")
+        hints.append(
+            "check the output for certainty: a softmax or sigmoid whose probabilities reached exactly 1 (a policy or"
+            " classifier collapsed onto one action or class, its logits hundreds apart) gives zero gradients too; an"
+            " entropy bonus or label smoothing, a lower learning rate or bounded logits prevent it"
+        )
         hints.append("check that no part of the model is frozen, detached (.detach(), torch.no_grad) or unused")
         return hints
     if traits.vanilla_rnn:

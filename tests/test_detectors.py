@@ -228,7 +228,7 @@ def test_nonfinite_alert_once_per_episode_naming_layers():
     det = GradientDetector()
     feed(det, range(20))
     bad = feed(det, range(20, 23), make=lambda s: stats(0.5, math.nan, 0.8))
-    assert [(a.kind, a.step, a.layers) for a in bad] == [("nonfinite", 20, ("l1",))]
+    assert [(a.kind, a.step, a.layers, a.extra) for a in bad] == [("nonfinite", 20, ("l1",), {"rule": "nonfinite"})]
     assert feed(det, range(23, 25)) == []
     again = feed(det, range(25, 26), make=lambda s: stats(math.inf, 1.0, 0.8))
     assert [(a.kind, a.layers) for a in again] == [("nonfinite", ("l0",))]
@@ -245,7 +245,7 @@ def test_nonfinite_steps_stay_out_of_the_history():
 def test_vanishing_after_patience_names_the_layers():
     det = GradientDetector(DetectionConfig(vanishing_patience=10))
     alerts = feed(det, range(30), make=lambda s: stats(1e-9, 1e-3, 1.0))
-    assert [(a.kind, a.step, a.layers) for a in alerts] == [("vanishing", 9, ("l0",))]
+    assert [(a.kind, a.step, a.layers, a.extra) for a in alerts] == [("vanishing", 9, ("l0",), {"rule": "layers"})]
     assert "below 1e-05x the largest layer's (l2)" in alerts[0].message
 
 
@@ -283,12 +283,14 @@ def test_converged_model_is_not_vanishing():
 def test_collapse_with_a_stuck_loss_is_vanishing():
     det = GradientDetector(DetectionConfig(vanishing_patience=10))
     alerts = feed(det, range(100), make=lambda s: healthy(s, scale=1.0 if s < 20 else 1e-6), loss=lambda s: 1.3)
-    assert [a.kind for a in alerts] == ["vanishing"]
+    assert [(a.kind, a.extra) for a in alerts] == [("vanishing", {"rule": "collapse"})]
     assert "fell to" in alerts[0].message
     dead = GradientDetector(DetectionConfig(vanishing_patience=10))
     alerts = feed(dead, range(30), make=lambda s: stats(0.0, 0.0, 0.0))
     assert [a.kind for a in alerts] == ["vanishing"]
     assert "every gradient is exactly zero" in alerts[0].message
+    assert alerts[0].extra == {"rule": "collapse"}
+    assert "a softmax or sigmoid whose probabilities reached exactly 1" in alerts[0].message  # not only dead ReLUs
 
 
 def eventful(step: int) -> StepStats:

@@ -200,7 +200,7 @@ def test_nonfinite_weights_are_reported_even_with_finite_gradients(tmp_path):
     with pytest.warns(GradientWarning, match=r"Non-finite weights \(NaN/Inf\) at step 6 in scale"):
         trainer.fit(_Poisoned(poison_at_step=5, samples=256))
     assert [(a.kind, a.step, a.layers) for a in watch.alerts] == [("nonfinite", 6, ("scale",))]  # once per episode
-    assert watch.alerts[0].extra == {"what": "weights"}
+    assert watch.alerts[0].extra == {"rule": "nonfinite", "what": "weights"}
     assert 'on_nonfinite="warn" lets such updates through' in watch.alerts[0].message
 
 
@@ -211,7 +211,7 @@ def test_nonfinite_weights_message_names_only_the_response_in_use(tmp_path):
         warnings.simplefilter("ignore", GradientWarning)  # asserted from watch.alerts, message included
         trainer.fit(_Poisoned(poison_at_step=2, samples=128))
     (alert,) = watch.alerts
-    assert alert.extra == {"what": "weights"}
+    assert alert.extra == {"rule": "nonfinite", "what": "weights"}
     assert 'on_nonfinite="warn"' not in alert.message  # the user did not choose it
     assert 'on_nonfinite="stop"' in alert.message
 

@@ -26,7 +26,7 @@ from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient
 from lightning_gradwatch.judge.context import Verdict
 from lightning_gradwatch.judge.detector import GradientDetector
-from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, by_severity
+from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, Rule, by_severity
 from lightning_gradwatch.remedies import ModelTraits
 
 if TYPE_CHECKING:  # annotations only: judging is plain Python and imports no torch
@@ -263,4 +263,13 @@ class StepJudge:
             f"Non-finite weights (NaN/Inf) at step {step} in {format_layers(bad)}: the parameters themselves are"
             f" corrupted, not only a gradient. {cause}" + self.detector.ctx.hints(AlertKind.NONFINITE)
         )
-        return GradientAlert(AlertKind.NONFINITE, step, bad, math.nan, 0.0, message, self.index, {"what": "weights"})
+        return GradientAlert(
+            AlertKind.NONFINITE,
+            step,
+            bad,
+            math.nan,
+            0.0,
+            message,
+            self.index,
+            {"rule": Rule.NONFINITE.value, "what": "weights"},
+        )

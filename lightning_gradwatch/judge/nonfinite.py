@@ -49,7 +49,8 @@ class NonFinite(DetectionRule):
             f"Non-finite gradients (NaN/Inf) at step {step}: {values} value(s) in {format_layers(layers)}."
             + self.ctx.hints(self.kind)
         )
-        return GradientAlert(self.kind, step, tuple(layers), float(values), 0.0, message, self.ctx.optimizer)
+        extra = {"rule": self.name.value}
+        return GradientAlert(self.kind, step, tuple(layers), float(values), 0.0, message, self.ctx.optimizer, extra)
 
 
 class NonfiniteWatch:

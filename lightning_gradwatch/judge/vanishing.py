@@ -148,7 +148,10 @@ class Collapse(VanishingRule):
             f"Vanishing gradients at step {step}: {what}, for {cfg.vanishing_patience} consecutive steps."
             + self.ctx.hints(self.kind, cause)
         )
-        return GradientAlert(self.kind, step, stats.layers, ratio, cfg.collapse_ratio, message, self.ctx.optimizer)
+        extra = {"rule": self.name.value}
+        return GradientAlert(
+            self.kind, step, stats.layers, ratio, cfg.collapse_ratio, message, self.ctx.optimizer, extra
+        )
 
 
 def _largest_layer(stats: StepStats) -> str:
@@ -285,7 +288,14 @@ class Stall(VanishingRule):
             f" the largest layer ({top_layer}, medians over {STALL_WINDOW} steps): {what}." + self.ctx.hints(self.kind)
         )
         return GradientAlert(
-            self.kind, step, named, 10**-deepest, 10**-cfg.stall_decades, message, self.ctx.optimizer, {"rule": "stall"}
+            self.kind,
+            step,
+            named,
+            10**-deepest,
+            10**-cfg.stall_decades,
+            message,
+            self.ctx.optimizer,
+            {"rule": self.name.value},
         )
 
 
@@ -400,7 +410,8 @@ class Layers(VanishingRule):
                 + f" for {cfg.vanishing_patience} consecutive steps (smallest ratio {ratio:.3g})."
                 + self.ctx.hints(self.kind)
             )
-        return GradientAlert(self.kind, step, layers, ratio, cfg.vanishing_ratio, message, self.ctx.optimizer)
+        extra = {"rule": self.name.value}
+        return GradientAlert(self.kind, step, layers, ratio, cfg.vanishing_ratio, message, self.ctx.optimizer, extra)
 
 
 def _below(norm: float, floor: float | None) -> bool:
