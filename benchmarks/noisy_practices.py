@@ -33,9 +33,12 @@ from torch.nn.utils import prune
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def digits_stream(seed: int, base: int, steps: int, bs: int = 32) -> tuple[Tensor, Tensor]:
-    """(steps, bs, 64) images and (steps, bs) labels: shuffled passes over the digits' training split."""
+def digits_stream(seed: int, base: int, steps: int, bs: int = 32, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(steps, bs, 64) images and (steps, bs) labels: shuffled passes over the digits' training split (or its rows
+    ``keep``)."""
     xtr, _, ytr, _ = digits()
+    if keep is not None:
+        xtr, ytr = xtr[keep], ytr[keep]
     idx = epochs_idx(len(ytr), steps, bs, torch.Generator().manual_seed(base + seed))
     return xtr[idx], ytr[idx]
 
