@@ -6,7 +6,6 @@ Re-point these few names when the package's modules move; nothing else in ``clip
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,16 +83,20 @@ def constants() -> dict[str, Any]:
 
 
 class SpikeDetector:
-    """``on_exploding="clip"``: the exploding detector with GradWatch's defaults; spike steps go to its threshold."""
+    """``on_exploding="clip"``: the exploding detector with GradWatch's defaults, given the step's loss as the callback
+    gives it; spike steps go to its spike threshold, an exploding episode's steps to the largest ordinary norm before
+    it (``Verdict.exploding_clip``)."""
 
     def __init__(self) -> None:
         self.detector = GradientDetector(DetectionConfig())
         self.step = 0
 
-    def threshold(self, stats: StepStats) -> float:
+    def threshold(self, stats: StepStats, loss: float | None = None) -> float:
+        if loss is not None:
+            self.detector.observe_loss(loss)
         verdict = self.detector.update(self.step, stats)
         self.step += 1
-        return verdict.spike_threshold if verdict.spike else math.inf
+        return verdict.exploding_clip()
 
 
 def gradwatch(**kwargs: Any) -> Any:

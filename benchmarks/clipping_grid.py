@@ -23,8 +23,9 @@ Rules: no clipping; fixed thresholds (0.1 ... 100; "best fixed" is the best of t
 norm so far, Seetharaman et al. 2020); the previous adaptive rule (mean + 2.5 std of log10 norm after a 25-step
 warm-up); ``clip="adaptive"`` (``AdaptiveClipThreshold`` with GradWatch's defaults) and, as an ablation, the same
 rule clipping outliers to its threshold instead of the typical norm; ``on_exploding="clip"`` (the
-exploding detector's spike threshold, from ``GradientDetector`` with GradWatch's defaults fed the same statistics,
-applied on spike steps only, as the callback does).
+exploding detector's spike threshold, from ``GradientDetector`` with GradWatch's defaults fed the same statistics
+and loss, applied on spike steps, and the largest ordinary norm before an exploding episode on its steps, as the
+callback does).
 
 The cells are split before any tuning into a calibration half and a held-out half (a checkerboard over the four
 axes, so each half holds every rate, magnitude, optimizer and task); the rule's constants were chosen on the
@@ -55,7 +56,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient  # noqa: E402
-from lightning_gradwatch.detectors import DetectionConfig, GradientDetector  # noqa: E402
 from lightning_gradwatch.stats import GradientStats, StepStats  # noqa: E402
 
 N_TRAIN, N_VAL, FEATURES, CLASSES, BATCH = 8192, 2048, 32, 4, 64
@@ -263,16 +263,16 @@ class MeanStdLog(Rule):
 
 
 class SpikeClip(Rule):
-    """``on_exploding="clip"``: the exploding detector (GradWatch's defaults); spike steps go to its spike threshold."""
+    """``on_exploding="clip"``: the exploding detector (GradWatch's defaults, given the loss); spike steps go to its
+    spike threshold, an exploding episode's steps to the largest ordinary norm before it."""
 
     def __init__(self) -> None:
-        self.detector = GradientDetector(DetectionConfig())
-        self.step = 0
+        from clipping_adapter import SpikeDetector  # here: it imports this module's siblings
+
+        self.detector = SpikeDetector()
 
     def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
-        verdict = self.detector.update(self.step, stats)
-        self.step += 1
-        return verdict.spike_threshold if verdict.spike else math.inf
+        return self.detector.threshold(stats, loss)
 
 
 class ZClipRule(Rule):

@@ -180,7 +180,7 @@ class SpikeClip(ThresholdRule):
 
     def update(self, total_norm: float, loss: float | None = None, layer_norms: Sequence[float] = (), stats=None):
         assert stats is not None
-        return self.detector.threshold(stats)
+        return self.detector.threshold(stats, loss)
 
 
 # ---------------------------------------------------------------------------------------------------------- acting

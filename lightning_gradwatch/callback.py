@@ -87,8 +87,10 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             ``"ignore"``.
         on_exploding: response to exploding gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"``,
             ``"clip"`` or ``"ignore"``. With ``"skip"``, every spike step, and the step an explosion is found
-            at, is skipped; with ``"clip"``, every spike step is clipped to the spike threshold and ordinary
-            steps are left alone. Either way the alert is recorded once the explosion is sustained.
+            at, is skipped; with ``"clip"``, every spike step is clipped to the spike threshold and, once an
+            explosion is found, every step of its episode to the largest ordinary norm before it (an explosion in
+            the first steps comes before any spike threshold); the ordinary steps of a run that does not explode
+            are left alone. Either way the alert is recorded once the explosion is sustained.
         on_nonfinite: response to NaN/Inf gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"`` or
             ``"ignore"``. A non-finite gradient reaches the weights only with ``"warn"`` or ``"ignore"``.
         clip: clip the total gradient norm of every step: a number is a fixed maximum norm (as

@@ -9,7 +9,10 @@ from lightning_gradwatch._enum import StrEnum
 
 __all__ = ["Cause", "ModelTraits", "exploding_remedies", "nonfinite_remedies", "vanishing_remedies"]
 
-_CLIP = 'clip gradients: GradWatch(clip="adaptive"), or GradWatch(on_exploding="clip") for the spike steps only'
+_CLIP = (
+    'clip gradients: GradWatch(clip="adaptive"), or GradWatch(on_exploding="clip") for the spike steps and explosions'
+    " only"
+)
 
 
 class Cause(StrEnum):
@@ -33,13 +36,19 @@ class ModelTraits:
     Example:
         >>> import torch
         >>> ModelTraits.from_module(torch.nn.Sequential(torch.nn.RNN(2, 2), torch.nn.Tanh()))
-        ModelTraits(saturating_activations=True, vanilla_rnn=True, normalisation=False, clipping='')
+        ModelTraits(saturating_activations=True, vanilla_rnn=True, normalisation=False, clipping='', optimizer='')
     """
 
     saturating_activations: bool = False
     vanilla_rnn: bool = False
     normalisation: bool = False
     clipping: str = ""  # the clipping the run already has (``'clip="adaptive"'``), not to be suggested again
+    optimizer: str = ""  # the watched optimizer's class name (``"Lion"``), when known
+
+    @property
+    def scale_free_steps(self) -> bool:
+        """Whether the optimizer's step does not grow with the gradient (its size is the learning rate's)."""
+        return self.optimizer.lower() in SCALE_FREE_OPTIMIZERS
 
     @classmethod
     def from_module(cls, module: Any) -> ModelTraits:
@@ -49,6 +58,12 @@ class ModelTraits:
         rnn = "RNN" in names or "RNNCell" in names
         norm = any(n.endswith(("Norm", "Norm1d", "Norm2d", "Norm3d")) or "Norm" in n for n in names)
         return cls(saturating_activations=saturating, vanilla_rnn=rnn, normalisation=norm)
+
+
+#: optimizers (class names, lower case) whose step is the same for a gradient scaled by any factor: the sign of a
+#: momentum (Lion, signSGD, Signum, Rprop's sign rule) or an orthogonalised update (Muon); clipping the gradient's norm
+#: does not shorten it
+SCALE_FREE_OPTIMIZERS = frozenset({"lion", "muon", "signsgd", "signum", "rprop", "tiger"})
 
 
 def nonfinite_remedies(traits: ModelTraits, cause: Cause | str | None = None) -> list[str]:
@@ -118,7 +133,12 @@ def exploding_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
     """
     hints: list[str] = []
     clip = _CLIP
-    if traits.clipping:
+    if traits.scale_free_steps:
+        clip = (
+            f"clipping will not help: {traits.optimizer} takes a step of the learning rate's size whatever the"
+            " gradient's norm, so only a lower learning rate shortens it"
+        )
+    elif traits.clipping:
         clip = f"clipping is already on ({traits.clipping}): it bounds each step, not the cause; try the others"
     if cause == Cause.STARTUP:
         hints.append(
@@ -130,7 +150,8 @@ def exploding_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
     elif cause == Cause.GROWTH:
         hints.append(
             "lower the learning rate: a gradient norm and a loss that climb together over many steps are the mark of"
-            " a learning rate too high for the model (under Adam/AdamW such a run may never produce a NaN)"
+            " a learning rate too high for the model (under an optimizer that normalises its steps, such as Adam, such"
+            " a run may never produce a NaN)"
         )
         hints.append("add a learning-rate warm-up, or lengthen it")
         hints.append(clip)

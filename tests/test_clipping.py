@@ -1145,6 +1145,51 @@ def test_an_exploding_alert_does_not_suggest_the_clipping_the_run_already_has(ar
     assert ("clip gradients:" in alert.message) == (not arguments)
 
 
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023): the sign of an interpolated momentum, a step of the learning rate's size."""
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99)) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                momentum = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                p.add_(torch.sign(beta1 * momentum + (1 - beta1) * p.grad), alpha=-group["lr"])
+                momentum.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+        return loss
+
+
+@pytest.mark.parametrize("optimizer", ["lion", "sgd"])
+def test_an_exploding_alert_under_a_sign_optimizer_says_clipping_will_not_help(tmp_path, optimizer):
+    """Lion at a learning rate of 1 (100-1000x what it takes) blows up at once; its step is the learning rate's size
+    whatever the gradient's norm, so the remedy is a lower learning rate, not clipping (SGD is told to clip). The
+    optimizer's class is read inside Lightning's wrapper."""
+    pl = flavour("lightning.pytorch")
+    torch.manual_seed(0)
+    model = make_mlp_module(pl, record=False, lr=1.0 if optimizer == "lion" else 3.0)
+    if optimizer == "lion":
+        model.configure_optimizers = lambda: Lion(model.parameters(), lr=1.0)
+    watch = GradWatch(images=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=40)).fit(model)
+    alert = next(a for a in watch.alerts if a.kind == "exploding")
+    assert ("clipping will not help: Lion takes a step of the learning rate's size" in alert.message) == (
+        optimizer == "lion"
+    )
+    assert ("clip gradients:" in alert.message) == (optimizer == "sgd")
+    assert "lower the learning rate" in alert.message
+
+
 def test_a_resumed_run_keeps_the_outliers_of_its_short_window():
     """Outliers are not learnt but the short window takes them (a norm up for good is followed within 20 steps): a
     run resumed 10 steps after its norm rose 10x for good clips as the uninterrupted run does."""

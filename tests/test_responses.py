@@ -274,3 +274,33 @@ def test_report_records_spikes_clipped_by_the_exploding_response(tmp_path):
     assert report["bad_batches"] == [
         {"step": 12, "reasons": ["clipped spike"], "optimizer": 0, "epoch": 0, "batch_idx": 12}
     ]
+
+
+@pytest.mark.parametrize("response", ["clip", "warn"])
+def test_the_clip_response_holds_an_explosion_in_the_first_steps_to_the_norms_before_it(tmp_path, response):
+    """SGD at a learning rate of 50 on a 3-layer ReLU MLP: the norm grows 1000x at step 1, before the detector has a
+    spike threshold (its warm-up would learn the explosion's norms as the run's own). With ``on_exploding="clip"``
+    every step from the alert on is held to the largest norm before it, and the run stays finite; without, it is
+    NaN within four steps."""
+    from lightning_gradwatch.demos import DeepMLP
+
+    pl = flavour("lightning.pytorch")
+    model = DeepMLP(activation="relu", depth=3, lr=50.0, optimizer="sgd", seed=0)
+    watch = GradWatch(on_exploding=response, on_nonfinite="warn", log_every_n_steps=1, images=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=30, log_every_n_steps=1)).fit(model)
+    exploding = [(a.step, a.extra["rule"]) for a in watch.alerts if a.kind == "exploding"]
+    assert exploding == [(1, "jump")]  # alerted once
+    acc = events(tmp_path / "lightning_logs" / "version_0")
+    total = scalars(acc, "gradwatch/total_norm")
+    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    if response == "warn":
+        assert not finite
+        return
+    clipped = scalars(acc, "gradwatch/clipped_norm")
+    assert finite
+    assert [a.kind for a in watch.alerts] == ["exploding"]
+    above = [s for s in range(1, 30) if total[s] > total[0]]  # the explosion's steps (some have dead-unit zeros)
+    assert len(above) >= 10
+    assert [clipped[s] for s in above] == pytest.approx([total[0]] * len(above), rel=1e-3)  # held to step 0's

@@ -28,6 +28,7 @@ __all__ = [
     "exempt_parameters",
     "histogram_interval",
     "named_parameters",
+    "optimizer_class_name",
     "scale_of",
 ]
 
@@ -102,6 +103,22 @@ def named_parameters(module: Any, optimizer: Any, index: int) -> list[tuple[str,
     known = {id(p) for _, p in named}
     extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
     return named + [(f"optimizer_{index}.param_{i}", p) for i, p in enumerate(extra)]
+
+
+def optimizer_class_name(optimizer: Any) -> str:
+    """The class name of the torch optimizer inside Lightning's and Fabric's wrappers (``"AdamW"``).
+
+    Example:
+        >>> import torch
+        >>> optimizer_class_name(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+        'SGD'
+    """
+    for _ in range(4):  # LightningOptimizer keeps it as `_optimizer`, Fabric's wrapper as `optimizer`
+        inner = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer or not hasattr(inner, "param_groups"):
+            break
+        optimizer = inner
+    return type(optimizer).__name__
 
 
 def cadence_for_length(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -52,6 +53,7 @@ class Lane:
         count: how many optimizers the run has (with more than one, its run-level tags and summary are its own).
         environment: ranks, schedule, loss scaler and model traits of the fit.
         summary: the run summary to update (shared by the lanes of one run).
+        optimizer: the optimizer's class name (``"AdamW"``), for the remedy hints.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Lane:
         count: int = 1,
         environment: Environment | None = None,
         summary: RunSummary | None = None,
+        optimizer: str = "",
     ) -> None:
         self.settings = settings
         self.index = index
@@ -68,7 +71,7 @@ class Lane:
         self.key = names.optimizer_key(index) if count > 1 else ""  # of its total norm in the summary
         self.env = environment or Environment(log_every=1, hist_every=0)
         self.summary = summary if summary is not None else RunSummary()
-        self.judge = StepJudge(settings, index, self.env.traits)
+        self.judge = StepJudge(settings, index, replace(self.env.traits, optimizer=optimizer))
         self.collector: GradientStats | None = None
         self.ticks = 0  # steps this optimizer took: its own cadence under manual optimization
         self.loss: float | None = None  # the latest finite loss of this optimizer's steps (its player's, in a game)

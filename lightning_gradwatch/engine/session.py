@@ -45,7 +45,12 @@ from torch import Tensor
 from lightning_gradwatch.act.actor import Host, act
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.config import WatchConfig
-from lightning_gradwatch.engine.environment import Environment, exempt_parameters, named_parameters
+from lightning_gradwatch.engine.environment import (
+    Environment,
+    exempt_parameters,
+    named_parameters,
+    optimizer_class_name,
+)
 from lightning_gradwatch.engine.lane import Lane
 from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.decision import Decision, Flags, failure_of
@@ -244,7 +249,8 @@ class Session:
         """This optimizer's lane, watching the optimizer's current parameters under their cleaned names."""
         lane = self.lanes.get(index)
         if lane is None:
-            lane = self.lanes[index] = Lane(self.settings, index, count, fit.env, self.summary)
+            name = optimizer_class_name(optimizer)
+            lane = self.lanes[index] = Lane(self.settings, index, count, fit.env, self.summary, name)
             lane.restore(self._pending)
         identity = tuple(map(id, chain.from_iterable(g["params"] for g in optimizer.param_groups)))
         if lane.needs_parameters(identity):

@@ -95,6 +95,9 @@ class Verdict:
         vanishing_layers: layers currently in a vanishing episode.
         exploding: the run is in an exploding episode at this step (alerted now or earlier), whether or not this
             step is a spike: a divergence found by its trend has no spike step.
+        held_norm: from an exploding alert on, the largest ordinary norm before it, as a total norm over this step's
+            layers, until a step's norm is back under it (``inf`` otherwise): what ``on_exploding="clip"`` holds the
+            explosion's steps to.
     """
 
     alerts: list[GradientAlert] = field(default_factory=list)
@@ -104,6 +107,16 @@ class Verdict:
     chain_offset: float = 0.0
     vanishing_layers: tuple[str, ...] = ()
     exploding: bool = False
+    held_norm: float = math.inf
+
+    def exploding_clip(self) -> float:
+        """The total norm ``on_exploding="clip"`` holds this step to (``inf``: none).
+
+        A spike step goes to the spike threshold; from an exploding alert on, every step goes to the largest ordinary
+        norm before the alert, until a step's norm is back under it (an explosion in the first steps comes before any
+        spike threshold, and its norms would otherwise become the run's history).
+        """
+        return min(self.spike_threshold if self.spike else math.inf, self.held_norm)
 
     def alert(self, kind: AlertKind | str) -> GradientAlert | None:
         """The alert of ``kind`` fired at this step, if any."""
@@ -434,6 +447,9 @@ class ExplodingEpisode(Stateful):
     exploded_floor: float | None = state(None, load=as_optional_float)
     # the best median loss before this episode (the start so far, when it began within the first steps)
     episode_floor: float | None = state(None, load=as_optional_float)
+    # the largest ordinary (chained, log10) norm before an exploding alert, while the steps' norms stay above it:
+    # what on_exploding="clip" holds them to
+    held_norm: float | None = state(None, load=as_optional_float)
 
     def start(self, loss_floor: float | None) -> None:
         """An exploding episode begins; the first one of the run keeps the best loss from before it."""

@@ -216,8 +216,8 @@ class StepJudge:
             threshold = self.clipper.update(total_norm, loss, offset=verdict.chain_offset)
         elif s.clipping.fixed is not None:
             threshold = s.clipping.fixed
-        if verdict.spike and s.responses.response(AlertKind.EXPLODING) == Response.CLIP:
-            threshold = min(threshold, verdict.spike_threshold)
+        if s.responses.response(AlertKind.EXPLODING) == Response.CLIP:
+            threshold = min(threshold, verdict.exploding_clip())
         if s.clipping.clip is None and not math.isfinite(threshold):
             return None
         return threshold

@@ -531,6 +531,7 @@ class ExplodingWatch(RuleWatch):
             rule.observe(now)
         fired = next((rule for rule in self.rules if rule.fires(now)), None)
         self._episode(now, fired, verdict)
+        self._hold(now, verdict)
         previous = ctx.norms.previous
         ctx.norms.rise = None if x is None or previous is None else x - previous
         ctx.norms.previous = x
@@ -538,6 +539,22 @@ class ExplodingWatch(RuleWatch):
             ctx.norms.learn(x, math.log10(threshold) + ctx.norms.offset, now.spike)
         verdict.exploding = ctx.episode.exploding_episode
         return True
+
+    def _hold(self, now: NormStep, verdict: Verdict) -> None:
+        """From an exploding alert on, the largest ordinary norm before it, until a step's norm is back under it.
+
+        What ``on_exploding="clip"`` holds the explosion's steps to (:meth:`Verdict.exploding_clip`). Read before
+        this step is learnt: the ceiling is the norms' before the alert. A second alert while one is held keeps the
+        lower.
+        """
+        episode, norms = self.ctx.episode, self.ctx.norms
+        if verdict.alert(self.kind) is not None and norms.ceiling is not None:
+            held = episode.held_norm
+            episode.held_norm = norms.ceiling if held is None else min(held, norms.ceiling)
+        elif episode.held_norm is not None and now.x is not None and now.x <= episode.held_norm:
+            episode.held_norm = None
+        if episode.held_norm is not None:
+            verdict.held_norm = norms.real(episode.held_norm)
 
     def _episode(self, now: NormStep, fired: ExplodingRule | None, verdict: Verdict) -> None:
         """An explosion found now starts an episode (alerted once); a quiet step may end one."""

@@ -43,7 +43,10 @@ _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-
 _ACTIONS = {  # what a warning adds about the response, by response ({argument}: the kind's ``on_<kind>``)
     Response.STOP: 'GradWatch stops training after this step ({argument}="stop"); this step\'s update is skipped.',
     Response.SKIP: 'GradWatch skips the updates of such steps ({argument}="skip").',
-    Response.CLIP: 'GradWatch clips such steps to the spike threshold ({argument}="clip").',
+    Response.CLIP: (
+        "GradWatch clips spike steps to the spike threshold, and the steps of this episode to the largest ordinary"
+        ' norm before it ({argument}="clip").'
+    ),
 }
 
 
