@@ -45,6 +45,7 @@ INTS = (
     "notice_steps",
     "norm_window",
 )
+SPIKE_CLIP = 'on_exploding="clip"'
 SHOWN = (
     "none",
     "ZClip defaults",
@@ -54,7 +55,7 @@ SHOWN = (
     "AGC 0.02",
     "AGC 0.16",
     "mean+2.5std (previous)",
-    'on_exploding="clip"',
+    SPIKE_CLIP,
     PREVIOUS,
     USE_LOSS,
     OURS,
@@ -102,14 +103,18 @@ def parse_spec(spec: str) -> dict[str, Any]:
     return {k: (v == "1") if k == "use_loss" else int(v) if k in INTS else float(v) for k, v in pairs}
 
 
-def package_version() -> str:
-    """What our rule's results depend on: the package's clipping policy and its configuration, and the loss timing.
+def package_version(detector: bool = False) -> str:
+    """What our rule's results depend on: the package's clipping policy and its configuration, and the loss timing;
+    with ``detector``, the whole judge (``on_exploding="clip"`` clips what the exploding detector finds).
 
     Part of the cache key of our rule's cells, so a cached result never outlives the code that produced it.
     """
     root = Path(__file__).resolve().parents[1] / "lightning_gradwatch"
     digest = hashlib.sha1()
-    for part in ("judge/clipping.py", "config.py", "history.py"):
+    parts = ["judge/clipping.py", "config.py", "history.py"]
+    if detector:
+        parts += sorted(str(p.relative_to(root)) for p in (root / "judge").glob("*.py") if p.name != "clipping.py")
+    for part in parts:
         digest.update((root / part).read_bytes())
     digest.update(b"this step" if LOSS_OF_THIS_STEP else b"previous step")
     return digest.hexdigest()[:10]
@@ -127,6 +132,8 @@ def run_cells(
             key = f"{'quick' if quick else 'full'}|{cell.key}|{name}"
             if is_ours(name) or name in ABLATIONS:  # results that depend on the package's code
                 key += f"|{package_version()}"
+            elif name == SPIKE_CLIP:  # ... and on its detector's
+                key += f"|{package_version(detector=True)}"
             result = cache.get(key)
             if result is None:
                 setup = setup or families.setup(cell, quick)
