@@ -1,6 +1,6 @@
 """False alarms of GradWatch's detector on healthy, noisy training runs of the kinds users train.
 
-    python benchmarks/noisy_healthy.py                                   # 67 families, default seeds
+    python benchmarks/noisy_healthy.py                                   # 81 families, default seeds
     python benchmarks/noisy_healthy.py --families tinybatch,imbalanced --seeds 0-29
     python benchmarks/noisy_healthy.py --families sgdr --seeds 0,1 --out runs.jsonl   # one JSON line per run
 
@@ -12,9 +12,13 @@ optimizer steps each, CPU), the 7 of ``noisy_objectives.py`` (diffusion, curricu
 density, PINN, quantile), the 8 of ``noisy_shocks.py`` (runs that take a shock mid-run: four healthy, four failing)
 and the 8 of ``noisy_practices.py`` (training practices that make the loss or the norm jump or drift by design: DQN
 with a target network, BYOL, scheduled sampling, progressive resizing, pruning, adversarial training; two failing
-twins, DQN with no target network and SimSiam without its stop-gradient), and the 8 of ``noisy_recipes.py`` (recipes
+twins, DQN with no target network and SimSiam without its stop-gradient), the 8 of ``noisy_recipes.py`` (recipes
 copied from papers and libraries: LoRA, ReZero / zero-init residuals, SAM, a top-1 mixture of experts, RealNVP, PPO;
-two failing twins, the flow with unconstrained scales and PPO without its clip):
+two failing twins, the flow with unconstrained scales and PPO without its clip), and the 14 of
+``noisy_optimizers.py`` (optimizers and learning-rate schedules none of the others use: Muon, Lion, Adafactor,
+Adagrad, RAdam / NAdam / Adamax, Rprop, ASGD / Adadelta, warmup-stable-decay, inverse square root, polynomial,
+chained and sequential schedules, cosine with hard restarts; three failing twins, Muon at 50x its learning rate,
+Lion at SGD's, Rprop on mini-batches):
 
 - ``sgdr``: scikit-learn's 8x8 digits, an MLP (even seeds) or a small CNN (odd), SGD momentum at lr 0.1 with cosine
   warm restarts every 50 steps;
@@ -95,8 +99,8 @@ Outcome (decided before looking at any alert; one function, ``outcome`` below):
           trivial predictor).
 
 Default seeds: 0-5 for every family, 0-11 for ``accum`` (both accumulation lengths 6 times); ``--seeds`` (a list
-and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (408 runs, 0.3-10 s
-each) takes about 8.5 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
+and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (492 runs, 0.3-10 s
+each) takes about 11 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
 by family, then every healthy run that got an alert (a false alarm) and every run that did not train fine.
 ``--no-watch`` trains the same runs without GradWatch (outcomes only: the runs do not depend on the callback).
 """
@@ -1552,14 +1556,16 @@ FAMILIES: dict[str, Callable[[int], Spec]] = {
 def all_families() -> dict[str, Callable[[int], Spec]]:
     """The families above, then those of ``noisy_objectives.py`` (other objectives and data streams), of
     ``noisy_shocks.py`` (runs that take a shock mid-run), of ``noisy_practices.py`` (training practices that make
-    the loss or the norm jump or drift by design) and of ``noisy_recipes.py`` (recipes copied from papers and
-    libraries: LoRA, ReZero, SAM, mixture of experts, RealNVP, PPO), all built on this module's pieces."""
+    the loss or the norm jump or drift by design), of ``noisy_recipes.py`` (recipes copied from papers and
+    libraries: LoRA, ReZero, SAM, mixture of experts, RealNVP, PPO) and of ``noisy_optimizers.py`` (optimizers and
+    learning-rate schedules the others do not use), all built on this module's pieces."""
     import noisy_objectives  # here: they import this module
+    import noisy_optimizers
     import noisy_practices
     import noisy_recipes
     import noisy_shocks
 
-    modules = (noisy_objectives, noisy_shocks, noisy_practices, noisy_recipes)
+    modules = (noisy_objectives, noisy_shocks, noisy_practices, noisy_recipes, noisy_optimizers)
     merged = {**FAMILIES, **{k: v for m in modules for k, v in m.FAMILIES.items()}}
     assert len(merged) == len(FAMILIES) + sum(len(m.FAMILIES) for m in modules), "a name twice"
     return merged
