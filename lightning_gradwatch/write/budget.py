@@ -159,6 +159,10 @@ class OverheadBudget:
             return 0.0
         return max(self._log.median() - self._base(), 0.0)
 
+    def histogram_seconds(self) -> float:
+        """The histograms' extra hook time per step, at their spacing."""
+        return self._histogram_extra() / self.histogram_every if self.histogram_every > 0 else 0.0
+
     def _per_step(self) -> float:
         """Hook time per step that histograms and pictures cannot change: plain steps and the scalars."""
         return self._base() + (self._log_extra() / self.log_every if self.log_asked else 0.0)

@@ -308,9 +308,9 @@ class RunOutput:
         budget = self.budget
         if budget is None:
             return
-        if budget.thinned and not self._said_thinned:
+        if budget.thinned and not self._said_thinned:  # within the budget: what was thinned, for whoever looks
             self._said_thinned = True
-            self._log.info(f"GradWatch: {budget_message(budget)}")
+            self._log.debug(f"GradWatch: {budget_message(budget)}")
         if budget.per_step_far_over and not self._warned_per_step:
             self._warned_per_step = True
             warn(per_step_message(budget))
@@ -353,6 +353,8 @@ class RunOutput:
             if self.budget is not None:
                 self.budget.update()  # the last pictures' time, for the report
                 self._say_budget()
+                if over_budget(self.budget) and not self._warned_per_step:  # beyond the budget: said plainly
+                    self._log.info(overhead_message(self.budget, self._timed_steps))
             if drawing.dropped:
                 warn(
                     f"GradWatch left out {drawing.dropped} gradient-flow picture(s): they were asked for faster"
@@ -391,10 +393,74 @@ def budget_message(budget: OverheadBudget) -> str:
         parts.append(f"gradient-flow pictures every {budget.pictures_every} steps instead of {budget.asked}{drawing}")
     listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     return (
-        f"to stay within overhead_budget={budget.fraction} of the training time (steps of about {b['step_seconds']}"
-        f" s), it writes {listed}. gradwatch.json records the spacing under `budget`;"
+        f"to stay within overhead_budget={budget.fraction} of the training time (steps of about"
+        f" {_duration(b['step_seconds'])}), it writes {listed}. gradwatch.json records the spacing under `budget`;"
         " `overhead_budget=None` turns the budget off."
     )
+
+
+def over_budget(budget: OverheadBudget) -> bool:
+    """Whether GradWatch's estimated cost, at the spacing the run ended with, is more than twice its budget.
+
+    What a short run of small steps pays: its floor of pictures, and the per-step measuring that no budget thins.
+    """
+    overhead = budget.overhead()
+    return overhead is not None and overhead > 2 * budget.fraction
+
+
+def overhead_message(budget: OverheadBudget, steps: int) -> str:
+    """What GradWatch cost a run of ``steps`` steps whose cost went past its budget, by part, and what brings it down.
+
+    Example:
+        >>> budget = OverheadBudget(0.03, histogram_every=12, explicit=False, pictures=True)
+        >>> budget.retime(12, run_steps=100)
+        >>> for i in range(16):
+        ...     budget.step_done(started=0.005 * i, hook_seconds=0.001, histograms=i % 12 == 0)
+        >>> budget.picture_done(0.25)
+        >>> budget.update()
+        >>> said = overhead_message(budget, steps=100)
+        >>> over_budget(budget), said.split(", beyond")[0]
+        (True, 'GradWatch cost about 228% of the training time of this run (100 steps of about 5 ms)')
+        >>> [part.split(" (")[0] for part in said.split(": ")[1].split("), ")][:2]
+        ['its gradient-flow pictures 208%', 'its measuring and judging at every step 20%']
+    """
+    b = budget.to_dict()
+    step = b["step_seconds"] or math.nan
+    parts = []
+    pictures = _pictures_share(budget)
+    if pictures >= 0.01:
+        parts.append(
+            f"its gradient-flow pictures {pictures:.0%} ({_duration(b['picture_seconds'])} each to draw, on a worker"
+            " thread the end of the fit waits for)"
+        )
+    histograms = budget.histogram_seconds() / step
+    if histograms >= 0.01:
+        parts.append(f"its histograms {histograms:.0%} (every {budget.histogram_every} steps)")
+    per_step = budget.per_step_seconds
+    parts.append(f"its measuring and judging at every step {per_step / step:.0%} ({_duration(per_step)} a step)")
+    return (
+        f"GradWatch cost about {(budget.overhead() or 0.0):.0%} of the training time of this run ({steps} steps of"
+        f" about {_duration(b['step_seconds'])}), beyond overhead_budget={budget.fraction}: {', '.join(parts)}."
+        " `images=False` turns the pictures off, a larger `histogram_every_n_steps` spaces out the histograms; the"
+        " per-step work is about 1 ms whatever the step, a few percent of a step of 50 ms or more. gradwatch.json"
+        " records the costs under `budget`."
+    )
+
+
+def _pictures_share(budget: OverheadBudget) -> float:
+    """The pictures' drawing time as a fraction of the training time, at their spacing (0.0 when not known)."""
+    b = budget.to_dict()
+    picture, step = b["picture_seconds"], b["step_seconds"]
+    if not budget.pictures or not picture or not step or budget.pictures_every <= 0:
+        return 0.0
+    return picture / budget.pictures_every / step
+
+
+def _duration(seconds: float | None) -> str:
+    """``0.00773`` -> ``"7.7 ms"``; ``0.26`` -> ``"0.26 s"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "? s"
+    return f"{seconds * 1e3:.2g} ms" if seconds < 0.1 else f"{seconds:.2g} s"
 
 
 def per_step_message(budget: OverheadBudget) -> str:
