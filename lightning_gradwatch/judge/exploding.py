@@ -188,17 +188,19 @@ class Jump(ExplodingRule):
         first = self.first_norm if self._from_start else None  # grown from the first norm, or a jump over the peak
         reference = norms.real(first if first is not None else norms.peak or 0.0)
         ratio = step.norm / reference
-        grew = "by orders of magnitude" if ratio >= ORDERS_OF_MAGNITUDE else f"{ratio:.3g}x"
         if first is not None:
+            losses = self.ctx.losses
+            loss_first, loss_now = losses.start_losses.first(), losses.recent_losses.last()
             what = (
-                f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({reference:.4g}),"
-                f" {self.grown_steps} steps in a row, while the training loss grew {JUMP_LOSS_FACTOR:g}x or more"
-                f" from its first value: it grew {grew} from the start"
+                f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({reference:.4g}) on"
+                f" {self.grown_steps} steps in a row, and the training loss {loss_now / loss_first:.3g}x its first"
+                f" value ({loss_first:.4g} to {loss_now:.4g}): both grew from the start"
             )
         else:
+            orders = ": orders of magnitude within the first steps" if ratio >= ORDERS_OF_MAGNITUDE else ""
             what = (
                 f"total norm {step.norm:.4g} is {ratio:.3g}x the largest norm of the run's first steps"
-                f" ({reference:.4g}): it grew {grew} from the start"
+                f" ({reference:.4g}){orders}"
             )
         return Finding(what, Cause.STARTUP, step.norm, self.config.exploding_jump_factor * reference)
 
