@@ -88,6 +88,14 @@ def digits_run(model: Supervised, seed: int, base: int, steps: int, bs: int = 32
     )
 
 
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """Run an optimizer's closure (Lightning's: forward and backward) with gradients on; its loss, or ``None``."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Lion(torch.optim.Optimizer):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the update is the sign of an
     interpolation of the momentum and the gradient (beta1), the momentum an EMA of the gradient (beta2), with
@@ -104,10 +112,7 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, wd, (b1, b2) = group["lr"], group["weight_decay"], group["betas"]
             for p in group["params"]:
@@ -138,10 +143,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         self.muon.step()
         self.adamw.step()
         return loss
