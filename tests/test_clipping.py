@@ -1190,6 +1190,28 @@ def test_an_exploding_alert_under_a_sign_optimizer_says_clipping_will_not_help(t
     assert "lower the learning rate" in alert.message
 
 
+def test_a_fabric_wrapped_sign_optimizer_is_read_through_its_wrapper():
+    """Fabric wraps the optimizer in a class of its own (``FabricLion``): the remedies still read a Lion."""
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator="cpu", devices=1)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    model, optimizer = fabric.setup(net, Lion(net.parameters(), lr=1.0))
+    assert type(optimizer).__name__ != "Lion"
+    watch = GradWatch(images=False)
+    with warnings.catch_warnings(), watch.loop(model) as loop:
+        warnings.simplefilter("ignore")
+        for _ in range(20):
+            x = torch.randn(16, 8)
+            fabric.backward((model(x) - x.sum(1, keepdim=True)).pow(2).mean())
+            if loop.step(optimizer):
+                optimizer.step()
+            optimizer.zero_grad()
+    alert = next(a for a in watch.alerts if a.kind == "exploding")
+    assert "clipping will not help: Lion takes a step" in alert.message
+
+
 def test_a_resumed_run_keeps_the_outliers_of_its_short_window():
     """Outliers are not learnt but the short window takes them (a norm up for good is followed within 20 steps): a
     run resumed 10 steps after its norm rose 10x for good clips as the uninterrupted run does."""
