@@ -285,6 +285,7 @@ def test_the_clip_response_holds_an_explosion_in_the_first_steps_to_the_norms_be
     from lightning_gradwatch.demos import DeepMLP
 
     pl = flavour("lightning.pytorch")
+    torch.manual_seed(0)  # the weights' initialisation (the data and its order are the demo's own, seeded)
     model = DeepMLP(activation="relu", depth=3, lr=50.0, optimizer="sgd", seed=0)
     watch = GradWatch(on_exploding=response, on_nonfinite="warn", log_every_n_steps=1, images=False)
     with warnings.catch_warnings():
