@@ -585,5 +585,4 @@ class ExplodingWatch(RuleWatch):
             f"Exploding gradients at step {now.step}: {found.what}. Largest in: {format_layers(layers)}."
             + ctx.hints(self.kind, found.cause)
         )
-        extra = {"rule": rule.name.value}
-        return GradientAlert(self.kind, now.step, layers, found.value, found.threshold, message, ctx.optimizer, extra)
+        return rule.alert(now.step, layers, found.value, found.threshold, message)

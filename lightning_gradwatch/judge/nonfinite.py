@@ -49,8 +49,7 @@ class NonFinite(DetectionRule):
             f"Non-finite gradients (NaN/Inf) at step {step}: {values} value(s) in {format_layers(layers)}."
             + self.ctx.hints(self.kind)
         )
-        extra = {"rule": self.name.value}
-        return GradientAlert(self.kind, step, tuple(layers), float(values), 0.0, message, self.ctx.optimizer, extra)
+        return self.alert(step, layers, float(values), 0.0, message)
 
 
 class NonfiniteWatch:

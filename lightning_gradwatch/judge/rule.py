@@ -16,13 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
+from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.config import DetectionConfig
 from lightning_gradwatch.judge.context import Context, Verdict
 from lightning_gradwatch.judge.state import Stateful
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
-    from lightning_gradwatch.alerts import GradientAlert
+    from collections.abc import Sequence
+
     from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["DetectionRule", "ExplodingRule", "Finding", "NormStep", "RuleWatch", "VanishingRule"]
@@ -75,6 +77,11 @@ class DetectionRule(Stateful):
     def config(self) -> DetectionConfig:
         """The detection thresholds."""
         return self.ctx.config
+
+    def alert(self, step: int, layers: Sequence[str], value: float, threshold: float, message: str) -> GradientAlert:
+        """This rule's alert: its kind, the watched optimizer, and its own name in ``extra["rule"]``."""
+        extra = {"rule": self.name.value}
+        return GradientAlert(self.kind, step, tuple(layers), value, threshold, message, self.ctx.optimizer, extra)
 
 
 @dataclass(eq=False)

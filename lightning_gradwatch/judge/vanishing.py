@@ -148,10 +148,7 @@ class Collapse(VanishingRule):
             f"Vanishing gradients at step {step}: {what}, for {cfg.vanishing_patience} consecutive steps."
             + self.ctx.hints(self.kind, cause)
         )
-        extra = {"rule": self.name.value}
-        return GradientAlert(
-            self.kind, step, stats.layers, ratio, cfg.collapse_ratio, message, self.ctx.optimizer, extra
-        )
+        return self.alert(step, stats.layers, ratio, cfg.collapse_ratio, message)
 
 
 def _largest_layer(stats: StepStats) -> str:
@@ -287,16 +284,7 @@ class Stall(VanishingRule):
             f"Vanishing gradients at step {step}: {where} while {format_layers(named)} {verb} {how_deep} decades below"
             f" the largest layer ({top_layer}, medians over {STALL_WINDOW} steps): {what}." + self.ctx.hints(self.kind)
         )
-        return GradientAlert(
-            self.kind,
-            step,
-            named,
-            10**-deepest,
-            10**-cfg.stall_decades,
-            message,
-            self.ctx.optimizer,
-            {"rule": self.name.value},
-        )
+        return self.alert(step, named, 10**-deepest, 10**-cfg.stall_decades, message)
 
 
 @dataclass(eq=False)
@@ -410,8 +398,7 @@ class Layers(VanishingRule):
                 + f" for {cfg.vanishing_patience} consecutive steps (smallest ratio {ratio:.3g})."
                 + self.ctx.hints(self.kind)
             )
-        extra = {"rule": self.name.value}
-        return GradientAlert(self.kind, step, layers, ratio, cfg.vanishing_ratio, message, self.ctx.optimizer, extra)
+        return self.alert(step, layers, ratio, cfg.vanishing_ratio, message)
 
 
 def _below(norm: float, floor: float | None) -> bool:
