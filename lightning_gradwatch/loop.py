@@ -29,6 +29,7 @@ from lightning_gradwatch.engine.environment import (
     cadence_for_length,
     check_selection,
     histogram_interval,
+    inner_optimizer,
 )
 from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import RunStatus
@@ -411,7 +412,7 @@ def _checked_optimizers(optimizers: Sequence[Any] | None, module: nn.Module) -> 
 
 def _same_optimizer(a: Any, b: Any) -> bool:
     """The same optimizer, either of them maybe wrapped by Fabric (``fabric.setup`` returns a wrapper)."""
-    return a is b or getattr(a, "optimizer", a) is getattr(b, "optimizer", b)
+    return a is b or inner_optimizer(a) is inner_optimizer(b)
 
 
 def _check_optimizer(

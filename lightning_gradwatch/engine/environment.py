@@ -27,6 +27,7 @@ __all__ = [
     "clean_name",
     "exempt_parameters",
     "histogram_interval",
+    "inner_optimizer",
     "named_parameters",
     "optimizer_class_name",
     "scale_of",
@@ -105,6 +106,16 @@ def named_parameters(module: Any, optimizer: Any, index: int) -> list[tuple[str,
     return named + [(f"optimizer_{index}.param_{i}", p) for i, p in enumerate(extra)]
 
 
+def inner_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside Lightning's (``_optimizer``) and Fabric's (``optimizer``) wrappers, or itself."""
+    for _ in range(4):
+        inner = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer or not hasattr(inner, "param_groups"):
+            break
+        optimizer = inner
+    return optimizer
+
+
 def optimizer_class_name(optimizer: Any) -> str:
     """The class name of the torch optimizer inside Lightning's and Fabric's wrappers (``"AdamW"``).
 
@@ -113,12 +124,7 @@ def optimizer_class_name(optimizer: Any) -> str:
         >>> optimizer_class_name(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
         'SGD'
     """
-    for _ in range(4):  # LightningOptimizer keeps it as `_optimizer`, Fabric's wrapper as `optimizer`
-        inner = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
-        if inner is None or inner is optimizer or not hasattr(inner, "param_groups"):
-            break
-        optimizer = inner
-    return type(optimizer).__name__
+    return type(inner_optimizer(optimizer)).__name__
 
 
 def cadence_for_length(
