@@ -159,9 +159,18 @@ class OverheadBudget:
             return 0.0
         return max(self._log.median() - self._base(), 0.0)
 
-    def histogram_seconds(self) -> float:
-        """The histograms' extra hook time per step, at their spacing."""
-        return self._histogram_extra() / self.histogram_every if self.histogram_every > 0 else 0.0
+    def costs(self) -> tuple[float, float, float]:
+        """GradWatch's seconds per step at the current spacing: per-step work, histograms, pictures.
+
+        The per-step work is the plain steps' and the scalars'; the histograms' is their extra hook time; the
+        pictures' is their drawing (0.0 while not known). :meth:`overhead` is their sum over the step time.
+        """
+        histograms = pictures = 0.0
+        if self.histogram_every > 0:
+            histograms = self._histogram_extra() / self.histogram_every
+            if self.pictures and self._picture.value is not None:
+                pictures = self._picture.value / self.pictures_every
+        return self._per_step(), histograms, pictures
 
     def _per_step(self) -> float:
         """Hook time per step that histograms and pictures cannot change: plain steps and the scalars."""
@@ -260,12 +269,7 @@ class OverheadBudget:
         step = self.step_seconds
         if step is None:
             return None
-        cost = self._per_step()
-        if self.histogram_every > 0:
-            cost += self._histogram_extra() / self.histogram_every
-            if self.pictures and self._picture.value is not None:
-                cost += self._picture.value / self.pictures_every
-        return cost / step
+        return sum(self.costs()) / step
 
     @property
     def per_step_seconds(self) -> float:

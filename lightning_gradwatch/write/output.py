@@ -425,18 +425,16 @@ def overhead_message(budget: OverheadBudget, steps: int) -> str:
         ['its gradient-flow pictures 208%', 'its measuring and judging at every step 20%']
     """
     b = budget.to_dict()
-    step = b["step_seconds"] or math.nan
+    step = budget.step_seconds or math.nan
+    per_step, histograms, pictures = budget.costs()
     parts = []
-    pictures = _pictures_share(budget)
-    if pictures >= 0.01:
+    if pictures / step >= 0.01:
         parts.append(
-            f"its gradient-flow pictures {pictures:.0%} ({_duration(b['picture_seconds'])} each to draw, on a worker"
-            " thread the end of the fit waits for)"
+            f"its gradient-flow pictures {pictures / step:.0%} ({_duration(b['picture_seconds'])} each to draw, on a"
+            " worker thread the end of the fit waits for)"
         )
-    histograms = budget.histogram_seconds() / step
-    if histograms >= 0.01:
-        parts.append(f"its histograms {histograms:.0%} (every {budget.histogram_every} steps)")
-    per_step = budget.per_step_seconds
+    if histograms / step >= 0.01:
+        parts.append(f"its histograms {histograms / step:.0%} (every {budget.histogram_every} steps)")
     parts.append(f"its measuring and judging at every step {per_step / step:.0%} ({_duration(per_step)} a step)")
     return (
         f"GradWatch cost about {(budget.overhead() or 0.0):.0%} of the training time of this run ({steps} steps of"
@@ -446,15 +444,6 @@ def overhead_message(budget: OverheadBudget, steps: int) -> str:
         " of a step of 50 ms or more. gradwatch.json"
         " records the costs under `budget`."
     )
-
-
-def _pictures_share(budget: OverheadBudget) -> float:
-    """The pictures' drawing time as a fraction of the training time, at their spacing (0.0 when not known)."""
-    b = budget.to_dict()
-    picture, step = b["picture_seconds"], b["step_seconds"]
-    if not budget.pictures or not picture or not step or budget.pictures_every <= 0:
-        return 0.0
-    return picture / budget.pictures_every / step
 
 
 def _duration(seconds: float | None) -> str:
