@@ -159,7 +159,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             an outlier.
         clip_warmup_steps: for ``clip="adaptive"``, first steps during which only norms over twice the typical one
             are clipped as outliers.
-        clip_max_norm: for ``clip="adaptive"``, an optional fixed cap that applies on every step, warm-up included.
+        clip_max_norm: for ``clip="adaptive"``, an optional fixed cap that applies on every step, warm-up included
+            (refused with any other ``clip``: a fixed maximum norm is ``clip`` itself).
         clip_use_loss: for ``clip="adaptive"``, the ceiling a worsening training loss lowers (see ``clip``): it
             keeps runs whose gradients explode from the first step finite (a vanilla RNN with a recurrent gain
             above 1), where the outlier threshold alone follows the norm up. A noisy early rise of a healthy run's

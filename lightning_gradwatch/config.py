@@ -249,6 +249,15 @@ class ClipConfig(ConfigGroup):
     ADAPTIVE: ClassVar[str] = "adaptive"
     PREFIX: ClassVar[str] = "clip_"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.clip_max_norm is not None and not self.adaptive:
+            instead = self.clip_max_norm if self.clip is None else min(float(self.clip), self.clip_max_norm)
+            raise ValueError(
+                f"`clip_max_norm` caps the adaptive threshold and needs clip='adaptive', got clip={self.clip!r}:"
+                f" for a fixed maximum norm on every step, give it as `clip` (clip={instead})"
+            )
+
     @property
     def adaptive(self) -> bool:
         """Whether the threshold is learnt (``clip="adaptive"``)."""

@@ -35,6 +35,8 @@ from lightning_gradwatch import GradWatch
         ({"histogram_sample_size": 0}, ValueError, r"`histogram_sample_size` must be >= 1, got 0"),
         ({"exploding_jump_factor": 1.0}, ValueError, r"`exploding_jump_factor` must be greater than 1, got 1.0"),
         ({"exploding_trend_loss_factor": "3"}, TypeError, r"`exploding_trend_loss_factor` must be a number"),
+        ({"clip": 1.0, "clip_max_norm": 0.05}, ValueError, r"`clip_max_norm` .* needs clip='adaptive'.*\(clip=0.05\)"),
+        ({"clip_max_norm": 0.05}, ValueError, r"`clip_max_norm` .* got clip=None"),
     ],
 )
 def test_gradwatch_rejects_bad_arguments(kwargs, error, match):
