@@ -470,7 +470,8 @@ def per_step_message(budget: OverheadBudget) -> str:
         f"GradWatch's work at every step takes about {1e3 * hook:.3g} ms of each {1e3 * step:.3g} ms step"
         f" ({hook / step:.0%}), more than overhead_budget={budget.fraction} allows. It cannot be thinned: measuring"
         " and judging every step is what lets GradWatch skip, clip or stop a bad step, and the scalars are written"
-        " at the interval you gave. Its cost grows with the number of parameter tensors watched. To bring it down:"
+        " at their interval (`log_every_n_steps`, or the Trainer's when it is not given). Its cost grows with the"
+        " number of parameter tensors watched. To bring it down:"
         " watch fewer parameters (`include`/`exclude`), chart modules rather than single parameters"
         ' (`granularity="module"`, a smaller `max_layers`), or write scalars less often (a larger'
         " `log_every_n_steps`). gradwatch.json records the figures under `budget`."
