@@ -62,8 +62,9 @@ _WHY = {
     "unfinished": "training did not finish (killed, or still running)",
     "interrupted": "training was interrupted (Ctrl+C or SIGTERM)",
     "failed": "training ended with an exception",
-    "unmeasured": "GradWatch measured no optimizer step, so nothing was judged (under manual optimization, step the"
-    " optimizer self.optimizers() returns, not the torch optimizer inside it)",
+    "unmeasured": "GradWatch measured no optimizer step, so nothing was judged: no training batch ran (an empty"
+    " dataloader, limit_train_batches=0), or, under manual optimization, the torch optimizer inside"
+    " self.optimizers() was stepped instead of the one it returns",
 }
 
 

@@ -298,3 +298,24 @@ def test_manual_optimization_clipping_before_the_step_is_said(tmp_path):
         else:
             assert not said
             assert min(totals) > 1e-2
+
+
+def test_a_fit_without_training_batches_is_unmeasured_and_says_why(tmp_path):
+    """``limit_train_batches=0``: no batch ran, so there is no step to measure. The gate does not pass the run as
+    healthy, and its reason names the empty data before the manual-optimization mistake (no warning: nothing ran)."""
+    model = ManualRegression(raw=False)
+    model.automatic_optimization = True
+
+    def training_step(batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(model.net(x), y)
+
+    model.training_step = training_step
+    trainer = pl.Trainer(callbacks=[GradWatch()], **trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, regression_data(64, batch_size=8))
+    assert not [w for w in caught if issubclass(w.category, GradientWarning)]
+    result = gradwatch("check", trainer.logger.log_dir)
+    assert result.returncode == 3, result.stdout
+    assert "no training batch ran (an empty dataloader, limit_train_batches=0)" in result.stdout
