@@ -147,9 +147,10 @@ def slow_histograms(monkeypatch):
 
 
 def test_budget_spaces_out_slow_default_histograms(tmp_path, slow_histograms):
-    """Histograms at their default interval that cost 50 ms each are spaced out; scalars stay at every step."""
+    """Histograms at their default interval that cost 50 ms each are spaced out (the first 64 steps of a long run);
+    scalars stay at every step."""
     watch = GradWatch(log_every_n_steps=1, overhead_budget=0.05, images=False)
-    trainer, ours, messages = _fit(tmp_path, watch)
+    trainer, ours, messages = _fit(tmp_path, watch, long_run=True)
     acc = events(trainer.logger.log_dir)
     assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(64))  # every step, as asked
     steps = [h.step for h in acc.Histograms("grad_hist/head")]
@@ -165,6 +166,17 @@ def test_budget_spaces_out_slow_default_histograms(tmp_path, slow_histograms):
     assert len(thinned) == 1, messages
     assert "histograms every" in thinned[0]
     assert ours == []
+
+
+def test_short_run_keeps_histograms_spread_over_it(tmp_path, slow_histograms):
+    """The same 50 ms histograms on a run of 64 steps: spaced out to an eighth of the run, not past its end (the
+    budget alone would leave it the first two)."""
+    trainer, _, _ = _fit(tmp_path, GradWatch(log_every_n_steps=1, overhead_budget=0.05, images=False))
+    steps = [h.step for h in events(trainer.logger.log_dir).Histograms("grad_hist/head")]
+    assert steps[:2] == [0, 4]
+    assert steps[-1] >= 56  # to the end of the run
+    assert all(b - a <= 8 for a, b in itertools.pairwise(steps)), steps
+    assert _report(trainer)["budget"]["histogram_every_n_steps"] == 8  # 64 / 8, on the grid of 4
 
 
 def test_budget_honours_explicit_histograms_and_warns_they_break_it(tmp_path, slow_histograms):

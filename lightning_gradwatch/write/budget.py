@@ -221,10 +221,19 @@ class OverheadBudget:
         self.log_every = max(self.log_every, min(wanted, self.log_widest))  # never closer again: no see-saw
 
     def _histogram_spacing(self, room: float, extra: float) -> int:
-        """The histogram interval on the asked grid whose extra hook time fits ``room`` (as asked, when explicit)."""
+        """The histogram interval on the asked grid whose extra hook time fits ``room`` (as asked, when explicit).
+
+        A run of known length keeps about :data:`MIN_PICTURES` histogram steps spread over it (one every eighth of
+        it, on the asked grid) as long as their extra time stays within :data:`PICTURES_FLOOR_SECONDS` in all: the
+        short-run floor's pictures are drawn on histogram steps, and a short run's histograms do not stop at its
+        first steps.
+        """
         if self.explicit or extra / self.asked <= room:
             return self.asked
-        return self.asked * _ceil(extra / room / self.asked)
+        every = self.asked * _ceil(extra / room / self.asked)
+        if self.run_steps and (MIN_PICTURES + 2) * extra <= PICTURES_FLOOR_SECONDS:
+            every = min(every, self.asked * max(1, round(self.run_steps / MIN_PICTURES / self.asked)))
+        return every
 
     def _picture_spacing(self, step: float, allowed: float, room: float, extra: float) -> int:
         """The picture interval, a multiple of the histogram interval, whose drawing fits what the budget leaves."""

@@ -230,7 +230,8 @@ class RunOutput:
                 names.run_tag(names.GRADIENT_FLOW, suffix): gradient_flow_png(layers, mean_abs, max_abs, health, step)
             }
             if len(steps) >= 2:
-                images[names.run_tag(names.GRADIENT_HEATMAP, suffix)] = gradient_heatmap_png(rows, steps, norms, step)
+                heatmap = gradient_heatmap_png(rows, steps, norms, steps[-1])  # the whole run's, when drawn at its end
+                images[names.run_tag(names.GRADIENT_HEATMAP, suffix)] = heatmap
             if budget is not None:
                 budget.picture_done(time.perf_counter() - started)
             return images

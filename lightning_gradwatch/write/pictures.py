@@ -160,7 +160,9 @@ def gradient_heatmap_png(
     ax.set_yticks(range(n_layers))
     ax.set_yticklabels(_labels(layers), fontsize=7 if n_layers > 20 else 8)
     if steps:
-        ticks = sorted({0, len(steps) - 1, *range(0, len(steps), max(1, len(steps) // 8))})
+        spacing, last = max(1, len(steps) // 8), len(steps) - 1
+        # every eighth column and the last, without a label crowding the last one
+        ticks = sorted({0, last, *(t for t in range(0, last, spacing) if last - t >= spacing / 2)})
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(steps[t]) for t in ticks], fontsize=8)
     ax.set_xlabel("step")
