@@ -1,6 +1,6 @@
 """False alarms of GradWatch's detector on healthy, noisy training runs of the kinds users train.
 
-    python benchmarks/noisy_healthy.py                                   # 89 families, default seeds
+    python benchmarks/noisy_healthy.py                                   # 103 families, default seeds
     python benchmarks/noisy_healthy.py --families tinybatch,imbalanced --seeds 0-29
     python benchmarks/noisy_healthy.py --families sgdr --seeds 0,1 --out runs.jsonl   # one JSON line per run
 
@@ -18,10 +18,14 @@ two failing twins, the flow with unconstrained scales and PPO without its clip),
 ``noisy_optimizers.py`` (optimizers and learning-rate schedules none of the others use: Muon, Lion, Adafactor,
 Adagrad, RAdam / NAdam / Adamax, Rprop, ASGD / Adadelta, warmup-stable-decay, inverse square root, polynomial,
 chained and sequential schedules, cosine with hard restarts; three failing twins, Muon at 50x its learning rate,
-Lion at SGD's, Rprop on mini-batches), and the 8 of ``noisy_architectures.py`` (model architectures none of the
+Lion at SGD's, Rprop on mini-batches), the 8 of ``noisy_architectures.py`` (model architectures none of the
 others use: a tiny ViT, a U-Net denoiser, a graph attention network, a TCN, a diagonal state-space model, a GRU
 encoder-decoder with attention; two failing twins, the ViT at 100x its learning rate and the state-space model with
-unstable eigenvalues):
+unstable eigenvalues), and the 14 of ``noisy_events.py`` (events mid-run: Adam's state lost, the batch size changed,
+Adam switched to SGD, a penalty switched on, dropout or label smoothing switched on, a small set memorised, the
+learning rate decayed to 0, inputs rescaled, an encoder unfrozen after linear probing, a sequence-length warm-up,
+gradient noise; three failing twins, Adam's fresh state at 100x, the SGD switch at a bad learning rate, the penalty
+at weight 1000):
 
 - ``sgdr``: scikit-learn's 8x8 digits, an MLP (even seeds) or a small CNN (odd), SGD momentum at lr 0.1 with cosine
   warm restarts every 50 steps;
@@ -102,7 +106,7 @@ Outcome (decided before looking at any alert; one function, ``outcome`` below):
           trivial predictor).
 
 Default seeds: 0-5 for every family, 0-11 for ``accum`` (both accumulation lengths 6 times); ``--seeds`` (a list
-and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (540 runs, 0.3-10 s
+and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (624 runs, 0.3-10 s
 each) takes about 13 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
 by family, then every healthy run that got an alert (a false alarm) and every run that did not train fine.
 ``--no-watch`` trains the same runs without GradWatch (outcomes only: the runs do not depend on the callback).
@@ -1564,13 +1568,22 @@ def all_families() -> dict[str, Callable[[int], Spec]]:
     learning-rate schedules the others do not use) and of ``noisy_architectures.py`` (model architectures the others
     do not use), all built on this module's pieces."""
     import noisy_architectures
+    import noisy_events
     import noisy_objectives  # here: they import this module
     import noisy_optimizers
     import noisy_practices
     import noisy_recipes
     import noisy_shocks
 
-    modules = (noisy_objectives, noisy_shocks, noisy_practices, noisy_recipes, noisy_optimizers, noisy_architectures)
+    modules = (
+        noisy_objectives,
+        noisy_shocks,
+        noisy_practices,
+        noisy_recipes,
+        noisy_optimizers,
+        noisy_architectures,
+        noisy_events,
+    )
     merged = {**FAMILIES, **{k: v for m in modules for k, v in m.FAMILIES.items()}}
     assert len(merged) == len(FAMILIES) + sum(len(m.FAMILIES) for m in modules), "a name twice"
     return merged
