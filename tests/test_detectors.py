@@ -764,14 +764,30 @@ def test_without_a_loss_a_run_of_spikes_is_judged_by_the_norm_alone_as_before():
 
 
 def test_a_shock_whose_norm_dips_and_comes_back_does_not_compound():
-    """A jittery flat norm (5.5, 7.4, 5.2, 6.6, ...: a task switch's) while the loss comes down: no growth. A rise of
-    1.5x over one step after a dip (6, 4, 6.5) would count as growing: a divergence thrown off by a bad batch climbs
-    just so from where its spike fell back to (79, 2.2, 3.4)."""
+    """A jittery flat norm (5.5, 7.4, 5.2, 6.6, ...: a task switch's) while the loss comes down: no growth. A norm
+    that dips and comes back 1.5x over one step (6, 4, 6.5: a sequence-length warm-up's 3.8, 9.1, 4.0, 11.7) compounds
+    only when every batch's loss climbs past where the shock put it: a divergence thrown off by a bad batch climbs
+    just so from where its spike fell back to (79, 2.2, 3.4, its loss 4.9, 10, 10.9)."""
     falling = {s: 8.0 - 0.4 * (s - 50) for s in range(50, 62)}
     jitter = {s: (5.5, 7.4, 5.2, 6.6, 6.2, 5.5, 6.3, 4.3, 4.4, 4.0, 4.4, 3.6)[s - 50] for s in range(50, 62)}
     assert _shock(jitter, falling, 70) == []
     dip = {s: (6.0, 4.0, 6.5)[(s - 50) % 3] for s in range(50, 62)}
-    assert [(a.kind, a.step) for a in _shock(dip, falling, 70)] == [("exploding", 52)]
+    assert _shock(dip, falling, 70) == []
+    climbing = {s: 8.0 + 3.0 * (s - 50) for s in range(50, 62)}
+    assert [(a.kind, a.step) for a in _shock(dip, climbing, 70)] == [("exploding", 52)]
+
+
+def test_spikes_whose_loss_did_not_jump_with_them_compound_as_before():
+    """A norm that leads and a loss that follows (Adam as its learning rate ramps past stability: the loss falling
+    when the spikes begin, then up and down between batches) is no shock: a dip and a 1.5x rise is growth."""
+    det = GradientDetector()
+    feed(det, range(50), loss=lambda s: max(0.2, 2.3 - 0.07 * s) + 0.01 * math.sin(s))
+    dip = {s: (6.0, 4.0, 6.5)[(s - 50) % 3] for s in range(50, 62)}
+    losses = {50: 0.2, 51: 0.5, 52: 0.3, 53: 0.55}
+    alerts = feed(
+        det, range(50, 60), make=lambda s: healthy(s, scale=dip.get(s, 1.0)), loss=lambda s: losses.get(s, 0.4)
+    )
+    assert [(a.kind, a.step) for a in alerts] == [("exploding", 52)]
 
 
 def test_one_batch_loss_of_exactly_zero_leaves_the_relative_rise():

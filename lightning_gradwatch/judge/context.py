@@ -416,6 +416,34 @@ class LossTrack(Stateful):
         medians = self._medians(self.losses_seen - seen + 1)
         return self.coming_down() if medians is None else medians[0] < medians[1]
 
+    def jumped(self, margin: float) -> bool:
+        """Whether the latest loss jumped: more than ``margin`` (a share of its size) above the median before it.
+
+        The median of the :data:`LOSS_WINDOW` losses before it; ``False`` with fewer than 3 of them.
+        """
+        values = list(self.rise_losses)
+        before = values[:-1][-LOSS_WINDOW:]
+        if len(before) < RISE_RECENT:
+            return False
+        level = median(before)
+        return values[-1] - level > margin * abs(level)
+
+    def climbing_since(self, seen: int, margin: float) -> bool:
+        """Whether the loss climbs past where a shock put it when ``losses_seen`` was ``seen`` (that step included).
+
+        Where the shock put the loss: the lower of that step's loss and the next (a corrupted batch's own loss is an
+        outlier; the run it threw off is at the next one). Climbing: every one of the last :data:`RISE_RECENT`
+        losses after it more than ``margin`` (a share of its size) above it. A divergence raises the loss of every
+        batch, step after step, with its norm; a shock (new data, longer sequences, smaller batches) lifts the loss
+        at once, and the loss stays there or comes down, batch by batch, while the optimizer adapts its steps to
+        the new norm. With no later loss: climbing (not known).
+        """
+        count = min(self.losses_seen - seen + 1, RISE_WINDOW, len(self.rise_losses))
+        values = list(self.rise_losses)[-count:] if count > 0 else []
+        at = 1 if len(values) > 2 and values[1] < values[0] else 0
+        later = values[at + 1 :][-RISE_RECENT:]
+        return not later or min(later) - values[at] > margin * abs(values[at])
+
     def observe_norm(self, x: float | None) -> None:
         """Take a finite step's log norm (``None``: a zero norm); keep the loss's best and the norm then."""
         self.compared = None

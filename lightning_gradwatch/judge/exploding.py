@@ -27,7 +27,13 @@ every loss a median over several steps (one mini-batch loss against the next is 
   then stays at while the loss comes down. So the spikes fire at the patience only while they *compound* (the
   latest norm :data:`COMPOUNDING` (1.5) times the step's before, or the one before that while still rising: a
   corrupted batch's 4e3, then 5e7; a run a bad batch threw off climbing again from where its spike fell back to) or are
-  :data:`ORDERS_OF_MAGNITUDE` beyond the ceiling; a flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2)
+  :data:`ORDERS_OF_MAGNITUDE` beyond the ceiling. When the loss jumped with the first spike (a shock's first step: its
+  loss ``exploding_rise_margin`` above the median of the 5 before), the norm compounds only while every one of the last
+  3 losses since climbs that margin past where the shock put it (the lower of its first two losses): longer
+  sequences, smaller batches or new data lift the loss at once and the norm may swing for a few steps (3.8, 9.1, 4.0,
+  11.7) while the optimizer adapts, with no batch's loss climbing; a divergence raises every batch's loss with its
+  norm. Spikes whose loss did not jump with them (the norm leading, the loss following) compound as the norm does.
+  A flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2)
   times the patience, and not while its loss comes down (the median of its last 3 losses below that of its first 3),
   all of this only while its losses stay within ``exploding_climb_factor`` (10) times the highest first one.
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
@@ -212,6 +218,7 @@ class Spikes(ExplodingRule):
     spike_run: int = state(0, load=int)
     run_peak: float | None = state(None, load=as_optional_float)  # log10 of the current spike run's largest norm
     run_seen: int = state(0, load=int)  # losses seen at its first spike
+    run_jumped: bool = state(False, load=bool)  # its first spike's loss jumped with the norm (a shock's first step)
 
     name: ClassVar[Rule] = Rule.SPIKES
     settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor", "exploding_rise_margin")
@@ -231,6 +238,7 @@ class Spikes(ExplodingRule):
         self.spike_run += 1
         if self.spike_run == 1:
             self.run_seen = self.ctx.losses.losses_seen
+            self.run_jumped = self.ctx.losses.jumped(self.config.exploding_rise_margin)
         if step.x is not None:
             self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
         previous = self.ctx.norms.previous
@@ -290,7 +298,11 @@ class Spikes(ExplodingRule):
         started, and it is short of twice the patience, or its loss comes down since it began.
         """
         cfg, losses = self.config, self.ctx.losses
-        if self._extreme(step) or self._compounding(step) or not losses.within(cfg.exploding_climb_factor):
+        if self._extreme(step) or not losses.within(cfg.exploding_climb_factor):
+            return False
+        if self._compounding(step) and (
+            not self.run_jumped or losses.climbing_since(self.run_seen, cfg.exploding_rise_margin)
+        ):
             return False
         return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or losses.down_since(self.run_seen)
 
