@@ -22,6 +22,11 @@ First run with GradWatch, 10 seeds each (140 runs, 154 s): every healthy-expecte
 ``spikes`` at 153-157 on 6, *vanishing* ``layers`` at 204-239 on 4); ``aux_ortho_hot`` failed on 10 of 10 (NaN),
 all alerted (*exploding* ``spikes`` at 201, then *nonfinite* at 203). Outcomes without GradWatch (seed 0 of each)
 are the same.
+
+Then the spike rule judged a shock on every batch's loss: when the loss jumps with the first spike, the norm
+compounds only while each of the last 3 losses climbs past where the jump put it. The same 140 runs: 2 false alarms
+(``seq_len_warmup`` seeds 1 and 8, at 206 and 205: a flat run of 7 spikes whose loss stays at the jump's level, and
+a loss that doubles over the 5 steps after the jump), every failing twin's alerts unchanged.
 """
 
 from __future__ import annotations
