@@ -98,6 +98,37 @@ def test_resumed_run_does_not_count_the_alerts_from_before_the_resume_twice(tmp_
     assert sum(len(r["alerts"]) for r in doc["runs"]) == 1
 
 
+def test_a_job_rerun_in_place_from_a_checkpoint_before_its_alert_records_the_alert_once(tmp_path):
+    """A job checkpointed at step 8, resumed in place and alerted at step 20, then pre-empted and re-run in place from
+    the same checkpoint: the re-run replays step 20 and its alert. The record, and the gate, count it once."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loader = regression_data(512, batch_size=16)  # 32 steps an epoch
+
+    def fit(steps: int, ckpt: str | None) -> pl.Trainer:
+        watch = GradWatch(on_nonfinite="skip", log_every_n_steps=4, images=False)
+        logger = TensorBoardLogger(tmp_path, name="job", version=0)
+        trainer = pl.Trainer(
+            callbacks=[watch], logger=logger, **trainer_kwargs(tmp_path, max_steps=steps, max_epochs=-1)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(make_mlp_module(pl, nan_at_step=20, record=False), loader, ckpt_path=ckpt)
+        return trainer
+
+    first = fit(8, None)
+    ckpt = str(tmp_path / "step8.ckpt")
+    first.save_checkpoint(ckpt)
+    fit(30, ckpt)
+    again = fit(30, ckpt)
+    report = _report(again.logger.log_dir)
+    assert [(a["kind"], a["step"]) for a in report["alerts"]] == [("nonfinite", 20)]
+    assert len(report["fits"]) == 3
+    result = gradwatch("check", again.logger.log_dir, "--format", "json")
+    assert result.returncode == 1
+    assert len(json.loads(result.stdout)["runs"][0]["alerts"]) == 1
+
+
 # ---------------------------------------------------------------------------------------- selections that select
 def test_include_matching_no_parameter_is_an_error_at_setup(tmp_path):
     model = make_mlp_module(pl, nan_at_step=5, record=False)

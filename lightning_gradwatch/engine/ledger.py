@@ -111,10 +111,17 @@ class RunLedger:
         fit["last_step"] = step
 
     def record(self, alert: GradientAlert) -> bool:
-        """An alert happened in this run; returns whether it was kept (the first :data:`MAX_ALERTS_KEPT` are)."""
+        """An alert happened in this run; returns whether it is kept (the first :data:`MAX_ALERTS_KEPT` are).
+
+        One this run already recorded (a fit resumed in place from a checkpoint taken before it replays its steps, and
+        the alert fires again at the same step) is kept once.
+        """
+        entry = alert.to_dict()
+        if any(alert_key(a) == alert_key(entry) for a in self.alerts):
+            return True
         if len(self.alerts) >= MAX_ALERTS_KEPT:
             return False
-        self.alerts.append(alert.to_dict())
+        self.alerts.append(entry)
         return True
 
     def note(self, kind: str, step: int, message: str, optimizer: int = 0) -> None:
