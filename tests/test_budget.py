@@ -451,3 +451,30 @@ def test_one_stalled_hook_does_not_make_the_per_step_work_over_budget():
     assert stalled.per_step_seconds == pytest.approx(0.0003)
     slow = run([0.02] * 12)  # every step: far over
     assert (slow.per_step_far_over, slow.per_step_breaks_budget) == (True, True)
+
+
+def test_a_fit_that_raises_at_a_step_is_finished_once_and_its_end_is_not_timed_as_a_step(tmp_path):
+    """``on_nonfinite="raise"`` finishes the fit at the NaN step (its last pictures drawn, the report written) before
+    the exception leaves it: the end-of-fit line is said once, and the pictures' drawing is not booked as the step's
+    hook time (it was: a second line gave 0.5 s a step, and gradwatch.json kept it)."""
+    from lightning_gradwatch import GradientAlertError
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(MESSAGES)
+    logger.addHandler(handler)
+    watch = GradWatch(on_nonfinite="raise")
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=4))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(GradientAlertError):
+                trainer.fit(make_mlp_module(pl, nan_at_step=30, record=False))
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records if r.getMessage().startswith("GradWatch cost about")]
+    assert len(lines) <= 1, lines
+    report = _report(trainer)
+    assert report["status"] == "failed"
+    assert report["budget"]["hook_seconds"] < 0.05  # a tiny MLP's hook: a millisecond or so

@@ -199,8 +199,9 @@ class Session:
         decision, flags = Decision(step), Flags()
         try:
             decision, flags = self._step(fit, host, optimizer, module, step, index, count, loss, where or {})
-        finally:  # GradWatch's own time, for the overhead budget
-            fit.output.step_timed(started, time.perf_counter() - started, decision.histograms, decision.log)
+        finally:  # GradWatch's own time, for the overhead budget (not the end of a fit that fails at this step)
+            if not fit.output.finished:
+                fit.output.step_timed(started, time.perf_counter() - started, decision.histograms, decision.log)
         return flags
 
     def _step(

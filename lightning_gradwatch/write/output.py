@@ -119,6 +119,7 @@ class RunOutput:
         self._said_thinned = False
         self._warned_budget = False
         self._warned_per_step = False
+        self.finished = False  # the fit's last pictures and report were written
         self.pictures: PictureSchedule | None = None  # which histogram steps get pictures
         if images and self.writers is not None and self.writers.wants_images:
             if matplotlib_available():
@@ -345,7 +346,13 @@ class RunOutput:
         self.writers.write_report(doc)
 
     def finish(self, status: RunStatus, error: str | None = None) -> None:
-        """Last pictures, flushed logs, the final report."""
+        """Last pictures, flushed logs, the final report.
+
+        Once: a fit that fails at a step (a ``"raise"`` response) is finished there, before its exception leaves it.
+        """
+        if self.finished:
+            return
+        self.finished = True
         if not self.is_global_zero:
             return
         if self.drawing is not None and self.pictures is not None:
