@@ -53,9 +53,10 @@
     var ctx = g.ctx, first = d.columns[0], last = d.last_step, span = Math.max(last - first, 1);
     var raw = span / 6, unit = Math.pow(10, Math.floor(Math.log10(raw)));
     var tick = [1, 2, 5, 10].map(function (m) { return m * unit; }).find(function (t) { return t >= raw; });
+    tick = Math.max(1, Math.round(tick));  // steps are whole numbers: a short run's ticks are 0, 1, 2, ...
     ctx.fillStyle = "#4a5568"; ctx.textAlign = "center"; ctx.textBaseline = "top";
-    for (var s = Math.ceil(first / tick) * tick; s <= last; s += tick) {
-      var x = stepX(d, g, s);
+    for (var k = Math.ceil(first / tick); k * tick <= last; k++) {
+      var s = k * tick, x = stepX(d, g, s);
       ctx.fillRect(x, y, 1, 4);
       ctx.fillText(String(s), x, y + 5);
     }
