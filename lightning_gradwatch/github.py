@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import TextIO
 
+from lightning_gradwatch.alerts import format_layers
 from lightning_gradwatch.html_report import HtmlFile
 from lightning_gradwatch.runs import RunRecord
 from lightning_gradwatch.verdicts import (
@@ -98,7 +99,15 @@ def _markdown_cell(text: str) -> str:
 def markdown_summary(
     runs: list[RunRecord], fail_on: set[str], allow_unfinished: bool = False, html: HtmlFile | None = None
 ) -> str:
-    """The job summary: the gate's line and a row per run (and where the HTML report is, when one was written)."""
+    """The job summary: the gate's line and a row per run (and where the HTML report is, when one was written).
+
+    Example:
+        >>> from pathlib import Path
+        >>> alert = {"kind": "vanishing", "step": 19, "layers": ["net.0", "net.2", "net.4", "net.6", "net.8"]}
+        >>> run = RunRecord(Path("run"), "json", status="finished", alerts=[alert])
+        >>> markdown_summary([run], {"vanishing"}).splitlines()[-2]
+        '| `run` | alerts | 1 | vanishing at step 19: net.0, net.2, net.4, net.6 (+1 more) | - |'
+    """
     outcome = gate(runs, fail_on, allow_unfinished)
     lines = [
         "## GradWatch gradient health",
@@ -111,7 +120,7 @@ def markdown_summary(
     for run in runs:
         run_verdict = verdict(run, fail_on)
         first = run.alerts[0] if run.alerts else None
-        detail = f"{first['kind']} at {where(first)}: {', '.join(first['layers'][:4])}" if first else "none"
+        detail = f"{first['kind']} at {where(first)}: {format_layers(first['layers'], limit=4)}" if first else "none"
         if run_verdict == "unreadable":
             detail = _markdown_cell(reason(run, run_verdict))
         count = "-" if run_verdict == "unreadable" else str(len(run.alerts))
