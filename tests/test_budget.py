@@ -464,7 +464,7 @@ def test_a_fit_that_raises_at_a_step_is_finished_once_and_its_end_is_not_timed_a
     handler.emit = records.append  # type: ignore[method-assign]
     logger = logging.getLogger(MESSAGES)
     logger.addHandler(handler)
-    watch = GradWatch(on_nonfinite="raise")
+    watch = GradWatch(on_nonfinite="raise", log_every_n_steps=4)  # a fixed interval: every other step is a plain one
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=4))
     try:
         with warnings.catch_warnings():
