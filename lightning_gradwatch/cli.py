@@ -42,6 +42,7 @@ from lightning_gradwatch.verdicts import (
     gate,
     gate_line,
     reason,
+    run_facts,
     verdict,
     where,
 )
@@ -276,42 +277,13 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
     run_verdict = verdict(run, fail_on)
     if run_verdict == "unreadable":
         return f"{run.path}: unreadable: {reason(run, run_verdict)}"
-    detail = f" ({', '.join(_run_facts(run, run_verdict))})"
+    detail = f" ({', '.join(run_facts(run, run_verdict))})"
     if run_verdict == "healthy":
         return f"{run.path}: healthy{detail}"
     if run_verdict == "alerts":
         kinds = sorted({a["kind"] for a in run.alerts})
         return f"{run.path}: {len(run.alerts)} alert(s): {', '.join(kinds)}{detail}"
     return f"{run.path}: {run_verdict}: {reason(run, run_verdict)}{detail}"
-
-
-def _run_facts(run: RunRecord, run_verdict: str) -> list[str]:
-    """What a run's line says about it: layers, steps, fits, earlier alerts, how it ended, a half record."""
-    last = run.steps.get("last")
-    facts = [f"{len(run.layers)} layers"]
-    if isinstance(last, int):
-        facts.append(f"{last + 1} steps")
-    resumed_at = _resumed_at(run)
-    if resumed_at is not None:
-        facts.append(f"resumed at step {resumed_at}: steps {resumed_at}-{last} written here")
-    if len(run.fits) > 1:
-        facts.append(f"{len(run.fits)} fits")
-    if run.earlier_alerts:
-        facts.append(f"resumed after {len(run.earlier_alerts)} alert(s) of an earlier run, judged there")
-    if run_verdict == "alerts" and not run.finished:
-        facts.append(run.status or "no gradwatch.json")
-    if run.partial:
-        facts.append(run.partial)
-    return facts
-
-
-def _resumed_at(run: RunRecord) -> int | None:
-    """The step a run resumed from a checkpoint at, when it began in another directory (its record counts from 0)."""
-    first_fit = run.fits[0].get("first_step") if run.fits else None
-    first = run.steps.get("first")
-    if isinstance(first_fit, int) and isinstance(first, int) and first_fit > first:
-        return first_fit
-    return None
 
 
 def _json_alert(alert: dict[str, Any]) -> dict[str, Any]:
@@ -383,6 +355,8 @@ def _report_doc(run: RunRecord) -> dict[str, Any]:
             for layer in run.layers
         ],
         "alerts": [_json_alert(a) for a in run.alerts],
+        "fits": run.fits,
+        "earlier_alerts": [_json_alert(a) for a in run.earlier_alerts],
     }
 
 
@@ -467,15 +441,20 @@ def _table_title(run: RunRecord) -> str:
 
 
 def _alert_lines(run: RunRecord) -> list[str]:
-    """The run's alerts, each with its whole message indented, or ``no alerts``."""
+    """The run's alerts, each with its whole message indented, or ``no alerts``.
+
+    And the alerts of an earlier run it resumed after (judged there).
+    """
+    earlier = ", ".join(f"{a['kind']}@{a['step']}" for a in run.earlier_alerts)
+    after = [f"resumed after {len(run.earlier_alerts)} alert(s) of an earlier run, judged there: {earlier}"]
     if not run.alerts:
-        return ["no alerts"]
+        return ["no alerts", *(after if earlier else [])]
     parts = ["", f"alerts ({len(run.alerts)}):"]
     for alert in run.alerts:
         head, *rest = alert["message"].strip().splitlines() or [""]
         parts.append(f"- {_alert_line({**alert, 'message': head})}")
         parts += [f"    {text}" for text in rest]
-    return parts
+    return parts + (after if earlier else [])
 
 
 if __name__ == "__main__":  # pragma: no cover

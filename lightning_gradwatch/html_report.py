@@ -47,7 +47,7 @@ from lightning_gradwatch._names import CLIP_THRESHOLD, SPIKE_THRESHOLD, TOTAL_NO
 from lightning_gradwatch.alerts import ALERT_KINDS
 from lightning_gradwatch.layer_state import LayerState, layer_states, marks, named_in
 from lightning_gradwatch.runs import RunRecord
-from lightning_gradwatch.verdicts import gate, reason, verdict
+from lightning_gradwatch.verdicts import gate, reason, run_facts, verdict
 
 __all__ = ["MAX_COLUMNS", "HtmlFile", "build_html", "run_data", "write_html"]
 
@@ -273,9 +273,9 @@ def _section(index: int, run: RunRecord, fail_on: set[str]) -> str:
     )
     if run_verdict == "unreadable":
         return head + f'<p class="why">{_e(reason(run, run_verdict))}</p></section>'
-    last = run.steps.get("last")
-    facts = [f"{len(run.layers)} layers"] + ([f"{last + 1} steps"] if isinstance(last, int) else [])
-    facts.append(run.status or "no gradwatch.json")
+    facts = run_facts(run, run_verdict)  # as gradwatch check gives them
+    if run_verdict != "alerts" or run.finished:
+        facts.append(run.status or "no gradwatch.json")
     parts = [head, f'<p class="facts">{_e(", ".join(facts))}</p>']
     if run_verdict == "alerts":
         kinds = sorted({a["kind"] for a in run.alerts if a["kind"] in fail_on})

@@ -46,6 +46,8 @@ __all__ = [
     "gate",
     "gate_line",
     "reason",
+    "resumed_at",
+    "run_facts",
     "verdict",
     "where",
 ]
@@ -176,3 +178,35 @@ def where(alert: dict[str, Any]) -> str:
     """Where an alert fired: ``step 12``, or ``step 12 (optimizer 1)``."""
     optimizer = alert.get("optimizer") or 0
     return f"step {alert['step']}" + (f" (optimizer {optimizer})" if optimizer else "")
+
+
+def run_facts(run: RunRecord, run_verdict: str) -> list[str]:
+    """What ``gradwatch check`` says about a run after its verdict, and the HTML report with it.
+
+    Its layers, steps, fits, the alerts of an earlier run it resumed after, how it ended, a half record.
+    """
+    last = run.steps.get("last")
+    facts = [f"{len(run.layers)} layers"]
+    if isinstance(last, int):
+        facts.append(f"{last + 1} steps")
+    resumed = resumed_at(run)
+    if resumed is not None:
+        facts.append(f"resumed at step {resumed}: steps {resumed}-{last} written here")
+    if len(run.fits) > 1:
+        facts.append(f"{len(run.fits)} fits")
+    if run.earlier_alerts:
+        facts.append(f"resumed after {len(run.earlier_alerts)} alert(s) of an earlier run, judged there")
+    if run_verdict == "alerts" and not run.finished:
+        facts.append(run.status or "no gradwatch.json")
+    if run.partial:
+        facts.append(run.partial)
+    return facts
+
+
+def resumed_at(run: RunRecord) -> int | None:
+    """The step a run resumed from a checkpoint at, when it began in another directory (its record counts from 0)."""
+    first_fit = run.fits[0].get("first_step") if run.fits else None
+    first = run.steps.get("first")
+    if isinstance(first_fit, int) and isinstance(first, int) and first_fit > first:
+        return first_fit
+    return None

@@ -92,6 +92,14 @@ def test_resumed_run_does_not_count_the_alerts_from_before_the_resume_twice(tmp_
     assert resumed_at == first.global_step > 0
     assert report["steps"]["first"] == 0  # the record is the whole run's
     assert f"resumed at step {resumed_at}: steps {resumed_at}-{second.global_step - 1} written here" in alone.stdout
+    # the per-layer report and the HTML page say it too
+    said = gradwatch("report", second.logger.log_dir).stdout
+    assert "resumed after 1 alert(s) of an earlier run, judged there: nonfinite@5" in said
+    doc = json.loads(gradwatch("report", second.logger.log_dir, "--format", "json").stdout)
+    assert [(a["kind"], a["step"]) for a in doc[0]["earlier_alerts"]] == [("nonfinite", 5)]
+    page = tmp_path / "report.html"
+    assert gradwatch("check", second.logger.log_dir, "--html", str(page)).returncode == 0
+    assert "resumed after 1 alert(s) of an earlier run, judged there" in page.read_text()
     both = gradwatch("check", str(tmp_path), "--format", "json")
     doc = json.loads(both.stdout)
     assert sorted(r["verdict"] for r in doc["runs"]) == ["alerts", "healthy"]
