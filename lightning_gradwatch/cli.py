@@ -431,6 +431,8 @@ def _table_title(run: RunRecord) -> str:
     """The run's path, where its numbers come from, how many steps it ran, its status and the window of ``now``."""
     steps = run.steps.get("last")
     source = "gradwatch.json" if run.source == "json" else "event files"
+    if run.numbers_from_events:
+        source = "gradwatch.json, older than the event files the numbers come from"
     title = f"{run.path}  ({source}"
     title += f", {steps + 1} steps" if isinstance(steps, int) else ""
     title += f", {run.status or 'no gradwatch.json: did not finish'}"

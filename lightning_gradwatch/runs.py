@@ -61,7 +61,9 @@ class RunRecord:
     ``gradwatch/clip_threshold``, ...) as ``(step, value)`` points, when the run was loaded with ``series=True``.
     ``fits`` lists the run's fits (``first_step``, ``last_step``, ``status``: a second ``trainer.fit`` continues a
     run), and ``status`` is the last one's; ``earlier_alerts`` are alerts a resumed checkpoint brought from the run
-    they happened in (judged there, not here).
+    they happened in (judged there, not here). ``numbers_from_events``: the report of an unfinished run is older than
+    its event files (written at its last alert, say, before the run was killed), so its steps, layers and total
+    norms are taken from the event files (its alerts and configuration stay the report's).
     """
 
     path: Path
@@ -82,6 +84,7 @@ class RunRecord:
     fits: list[dict[str, Any]] = field(default_factory=list)
     earlier_alerts: list[dict[str, Any]] = field(default_factory=list)
     notices: list[dict[str, Any]] = field(default_factory=list)
+    numbers_from_events: bool = False
 
     @property
     def finished(self) -> bool:
@@ -184,6 +187,10 @@ def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
     last, logged_last = run.steps.get("last"), logged.steps.get("last")
     if isinstance(logged_last, int) and (not isinstance(last, int) or logged_last > last):
         run.steps["last"] = logged_last
+        if logged.layers:  # the logs went on after the report was written: their numbers are the run's latest
+            run.layers, run.total_norm = logged.layers, logged.total_norm
+            run.history, run.total_history = logged.history, logged.total_history
+            run.numbers_from_events = True
     known = {(a["kind"], a["step"], a["optimizer"]) for a in run.alerts}
     run.alerts += [a for a in logged.alerts if (a["kind"], a["step"], a["optimizer"]) not in known]
     run.alerts.sort(key=lambda a: a["step"])

@@ -584,6 +584,12 @@ def test_unfinished_run_takes_steps_and_alerts_written_after_its_report(runs, tm
     (record,) = json.loads(result.stdout)["runs"]
     assert [(a["kind"], a["step"]) for a in record["alerts"]] == [("nonfinite", 5)]  # from the event files
     assert record["steps"]["last"] == 14  # the last logged step (every 2nd of 16)
+    # the per-layer report: the event files' numbers, which go on past the report, and it says so
+    said = gradwatch("report", str(run), "--format", "json")
+    (layers_doc,) = json.loads(said.stdout)
+    assert layers_doc["total_norm"]["all"]["recent"]["last_step"] == 14
+    title = gradwatch("report", str(run)).stdout
+    assert "gradwatch.json, older than the event files the numbers come from" in title
 
 
 # ---------------------------------------------------------------------- help and encodings
