@@ -107,7 +107,7 @@ Outcome (decided before looking at any alert; one function, ``outcome`` below):
 
 Default seeds: 0-5 for every family, 0-11 for ``accum`` (both accumulation lengths 6 times); ``--seeds`` (a list
 and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (624 runs, 0.3-10 s
-each) takes about 13 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
+each) takes about 16 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
 by family, then every healthy run that got an alert (a false alarm) and every run that did not train fine.
 ``--no-watch`` trains the same runs without GradWatch (outcomes only: the runs do not depend on the callback).
 """
