@@ -168,6 +168,33 @@ def test_plain_loop_raise_fails_the_run_and_records_it(tmp_path):
     assert gradwatch("check", str(tmp_path)).returncode == 1
 
 
+def test_plain_loop_that_catches_the_raise_and_goes_on_ends_finished(tmp_path):
+    """``"raise"`` finishes the fit at its step; a loop that catches the exception and trains on to its end leaves a
+    report that says so (status finished, the steps after it, both alerts), not the failure nor "running"."""
+    model = _net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    watch = GradWatch(on_nonfinite="raise", images=False)
+    caught = []
+    with watch.loop(model, log_dir=tmp_path) as loop:
+        for step, (x, y) in enumerate(_data()):
+            loss = nn.functional.mse_loss(model(x * float("nan") if step in (5, 12) else x), y)
+            loss.backward()
+            try:
+                if loop.step(optimizer, loss):
+                    optimizer.step()
+            except GradientAlertError:
+                caught.append(step)
+            optimizer.zero_grad()
+    assert caught == [5, 12]
+    report = json.loads((tmp_path / "gradwatch.json").read_text())
+    assert report["status"] == "finished"
+    assert [(f["first_step"], f["last_step"], f["status"], f.get("error")) for f in report["fits"]] == [
+        (0, step, "finished", None)
+    ]
+    assert [(a["kind"], a["step"]) for a in report["alerts"]] == [("nonfinite", 5), ("nonfinite", 12)]
+    assert gradwatch("check", str(tmp_path)).returncode == 1  # its alerts fail the gate, as any run's
+
+
 def test_plain_loop_adaptive_clipping_scales_the_gradients(tmp_path):
     """One batch with labels x1e4 at step 20: the adaptive threshold clips it, the run stays healthy."""
     model = _net()

@@ -144,6 +144,8 @@ class RunLedger:
             self.fits[-1]["status"] = str(status)
             if error:
                 self.fits[-1]["error"] = error
+            else:  # a loop that caught a step's exception and went on to its end
+                self.fits[-1].pop("error", None)
 
     def to_report(self) -> dict[str, Any]:
         """The record's part of ``gradwatch.json``: ``fits``, ``alerts``, ``earlier_alerts`` and ``notices``."""

@@ -348,9 +348,12 @@ class RunOutput:
     def finish(self, status: RunStatus, error: str | None = None) -> None:
         """Last pictures, flushed logs, the final report.
 
-        Once: a fit that fails at a step (a ``"raise"`` response) is finished there, before its exception leaves it.
+        A fit that fails at a step (a ``"raise"`` response) is finished there, before its exception leaves it; a
+        later call (the fit's end, or a loop that caught the exception and went on) only writes the report again,
+        with the status it ended with.
         """
         if self.finished:
+            self.write_report(status, error)
             return
         self.finished = True
         if not self.is_global_zero:
