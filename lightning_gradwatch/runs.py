@@ -62,8 +62,9 @@ class RunRecord:
     ``fits`` lists the run's fits (``first_step``, ``last_step``, ``status``: a second ``trainer.fit`` continues a
     run), and ``status`` is the last one's; ``earlier_alerts`` are alerts a resumed checkpoint brought from the run
     they happened in (judged there, not here). ``numbers_from_events``: the report of an unfinished run is older than
-    its event files (written at its last alert, say, before the run was killed), so its steps, layers and total
-    norms are taken from the event files (its alerts and configuration stay the report's).
+    its event files (written at its last alert, say, before the run was killed), so its steps, layers, total norms
+    and event counts are taken from the event files (logged steps only; its alerts and configuration stay the
+    report's).
     """
 
     path: Path
@@ -188,7 +189,7 @@ def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
     if isinstance(logged_last, int) and (not isinstance(last, int) or logged_last > last):
         run.steps["last"] = logged_last
         if logged.layers:  # the logs went on after the report was written: their numbers are the run's latest
-            run.layers, run.total_norm = logged.layers, logged.total_norm
+            run.layers, run.total_norm, run.events = logged.layers, logged.total_norm, logged.events
             run.history, run.total_history = logged.history, logged.total_history
             run.numbers_from_events = True
     known = {(a["kind"], a["step"], a["optimizer"]) for a in run.alerts}
