@@ -28,9 +28,10 @@ every loss a median over several steps (one mini-batch loss against the next is 
   latest norm :data:`COMPOUNDING` (1.5) times the step's before, or the one before that while still rising: a
   corrupted batch's 4e3, then 5e7; a run a bad batch threw off climbing again from where its spike fell back to) or are
   :data:`ORDERS_OF_MAGNITUDE` beyond the ceiling. When the loss jumped with the first spike (a shock's first step: its
-  loss ``exploding_rise_margin`` above the median of the 5 before), the norm compounds only while every one of the last
-  3 losses since climbs that margin past where the shock put it (the lower of its first two losses): longer
-  sequences, smaller batches or new data lift the loss at once and the norm may swing for a few steps (3.8, 9.1, 4.0,
+  loss ``exploding_rise_margin`` above the median of the 5 before), the norm compounds only while every one of the
+  losses since (the last 3 of them) climbs that margin past where the shock put it (the lower of its first two
+  losses): longer sequences, smaller batches or new data lift the loss at once and the norm may swing for a few
+  steps (3.8, 9.1, 4.0,
   11.7) while the optimizer adapts, with no batch's loss climbing; a divergence raises every batch's loss with its
   norm. Spikes whose loss did not jump with them (the norm leading, the loss following) compound as the norm does.
   A flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2)
