@@ -749,11 +749,12 @@ def _sequence_batches(seed: int, steps: int, switch: int) -> list[tuple[torch.Te
     return batches
 
 
-@pytest.mark.parametrize("seed", [3, 5])
+@pytest.mark.parametrize("seed", [1, 3, 5])
 def test_a_sequence_length_warm_up_is_not_stopped(tmp_path, seed):
     """At step 200 the sequences grow from 10 steps to 40: the loss jumps 0.1 -> 0.9 at once, with the norm 5-10x,
     and the norm goes on rising and falling for a few steps (9.1, 5.4, 6.0, 9.7) while no batch's loss climbs past
-    where the jump put it; the run learns the long sequences. These seeds were stopped at step 203 (spikes)."""
+    where the jump put it; the run learns the long sequences. These seeds were stopped at step 203 (spikes); seed 1,
+    whose loss then sits at the jump's level for 7 spikes, at 206 when the norm's swings were no longer growth."""
     pl.seed_everything(seed, verbose=False)
     steps = 300
     batches = _sequence_batches(seed, steps, 200)

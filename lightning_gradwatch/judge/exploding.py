@@ -35,8 +35,11 @@ every loss a median over several steps (one mini-batch loss against the next is 
   11.7) while the optimizer adapts, with no batch's loss climbing; a divergence raises every batch's loss with its
   norm. Spikes whose loss did not jump with them (the norm leading, the loss following) compound as the norm does.
   A flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2)
-  times the patience, and not while its loss comes down (the median of its last 3 losses below that of its first 3),
-  all of this only while its losses stay within ``exploding_climb_factor`` (10) times the highest first one.
+  times the patience, and not while its loss comes down (the median of its last 3 losses below that of its first 3)
+  nor, after a shock, while its losses do not climb past where the shock put them (a GRU's loss sat at the jump's
+  0.9 for 7 spikes, then came down: a loss that stays up far from where it started is the trend and climb rules'
+  to judge), all of this only while its losses stay within ``exploding_climb_factor`` (10) times the highest first
+  one.
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
   above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence), and
@@ -296,7 +299,8 @@ class Spikes(ExplodingRule):
         """Whether this run of spikes is, so far, a shock the run learns from.
 
         It neither grows nor is orders of magnitude out, its losses stay within the climb factor of where training
-        started, and it is short of twice the patience, or its loss comes down since it began.
+        started, and it is short of twice the patience, or its loss comes down since it began, or, after a shock,
+        does not climb past where the shock put it.
         """
         cfg, losses = self.config, self.ctx.losses
         if self._extreme(step) or not losses.within(cfg.exploding_climb_factor):
@@ -305,6 +309,8 @@ class Spikes(ExplodingRule):
             not self.run_jumped or losses.climbing_since(self.run_seen, cfg.exploding_rise_margin)
         ):
             return False
+        if self.run_jumped and not losses.climbing_since(self.run_seen, cfg.exploding_rise_margin):
+            return True  # a shock's loss that stays where it jumped to: the trend and climb rules judge its level
         return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or losses.down_since(self.run_seen)
 
     def _patience(self, step: NormStep) -> int:
