@@ -434,10 +434,10 @@ class LossTrack(Stateful):
         Where the shock put the loss: the lower of that step's loss and the next (a corrupted batch's own loss is an
         outlier; the run it threw off is at the next one). Climbing: every loss after it (the last
         :data:`RISE_RECENT` of them; one or two at the spike rule's patience) more than ``margin`` (a share of its
-        size) above it. A divergence raises the loss of every
-        batch, step after step, with its norm; a shock (new data, longer sequences, smaller batches) lifts the loss
-        at once, and the loss stays there or comes down, batch by batch, while the optimizer adapts its steps to
-        the new norm. With no later loss: climbing (not known).
+        size) above it. A divergence raises the loss of every batch, step after step, with its norm; a shock (new
+        data, longer sequences, smaller batches) lifts the loss at once, and the loss stays there or comes down,
+        batch by batch, while the optimizer adapts its steps to the new norm. With no later loss: climbing (not
+        known).
         """
         count = min(self.losses_seen - seen + 1, RISE_WINDOW, len(self.rise_losses))
         values = list(self.rise_losses)[-count:] if count > 0 else []

@@ -31,11 +31,10 @@ every loss a median over several steps (one mini-batch loss against the next is 
   loss ``exploding_rise_margin`` above the median of the 5 before), the norm compounds only while every one of the
   losses since (the last 3 of them) climbs that margin past where the shock put it (the lower of its first two
   losses): longer sequences, smaller batches or new data lift the loss at once and the norm may swing for a few
-  steps (3.8, 9.1, 4.0,
-  11.7) while the optimizer adapts, with no batch's loss climbing; a divergence raises every batch's loss with its
-  norm. Spikes whose loss did not jump with them (the norm leading, the loss following) compound as the norm does.
-  A flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2)
-  times the patience, and not while its loss comes down (the median of its last 3 losses below that of its first 3)
+  steps (3.8, 9.1, 4.0, 11.7) while the optimizer adapts, with no batch's loss climbing; a divergence raises every
+  batch's loss with its norm. Spikes whose loss did not jump with them (the norm leading, the loss following)
+  compound as the norm does. A flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2) times the patience,
+  and not while its loss comes down (the median of its last 3 losses below that of its first 3)
   nor, after a shock, while its losses do not climb past where the shock put them (a GRU's loss sat at the jump's
   0.9 for 7 spikes, then came down: a loss that stays up far from where it started is the trend and climb rules'
   to judge), all of this only while its losses stay within ``exploding_climb_factor`` (10) times the highest first
@@ -305,12 +304,10 @@ class Spikes(ExplodingRule):
         cfg, losses = self.config, self.ctx.losses
         if self._extreme(step) or not losses.within(cfg.exploding_climb_factor):
             return False
-        if self._compounding(step) and (
-            not self.run_jumped or losses.climbing_since(self.run_seen, cfg.exploding_rise_margin)
-        ):
-            return False
         if self.run_jumped and not losses.climbing_since(self.run_seen, cfg.exploding_rise_margin):
-            return True  # a shock's loss that stays where it jumped to: the trend and climb rules judge its level
+            return True  # no batch's loss climbs past the shock: no growth, and its level is the trend's to judge
+        if self._compounding(step):
+            return False
         return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or losses.down_since(self.run_seen)
 
     def _patience(self, step: NormStep) -> int:
