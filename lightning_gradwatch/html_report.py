@@ -273,9 +273,7 @@ def _section(index: int, run: RunRecord, fail_on: set[str]) -> str:
     )
     if run_verdict == "unreadable":
         return head + f'<p class="why">{_e(reason(run, run_verdict))}</p></section>'
-    facts = run_facts(run, run_verdict)  # as gradwatch check gives them
-    if run_verdict != "alerts" or run.finished:
-        facts.append(run.status or "no gradwatch.json")
+    facts = run_facts(run, run_verdict, status=True)  # as gradwatch check gives them, with how the run ended
     parts = [head, f'<p class="facts">{_e(", ".join(facts))}</p>']
     if run_verdict == "alerts":
         kinds = sorted({a["kind"] for a in run.alerts if a["kind"] in fail_on})

@@ -180,10 +180,11 @@ def where(alert: dict[str, Any]) -> str:
     return f"step {alert['step']}" + (f" (optimizer {optimizer})" if optimizer else "")
 
 
-def run_facts(run: RunRecord, run_verdict: str) -> list[str]:
+def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[str]:
     """What ``gradwatch check`` says about a run after its verdict, and the HTML report with it.
 
-    Its layers, steps, fits, the alerts of an earlier run it resumed after, how it ended, a half record.
+    Its layers, steps, fits, the alerts of an earlier run it resumed after, how it ended (only for a run with
+    alerts that did not finish, unless ``status``: always), a half record.
     """
     last = run.steps.get("last")
     facts = [f"{len(run.layers)} layers"]
@@ -196,7 +197,7 @@ def run_facts(run: RunRecord, run_verdict: str) -> list[str]:
         facts.append(f"{len(run.fits)} fits")
     if run.earlier_alerts:
         facts.append(f"resumed after {len(run.earlier_alerts)} alert(s) of an earlier run, judged there")
-    if run_verdict == "alerts" and not run.finished:
+    if status or (run_verdict == "alerts" and not run.finished):
         facts.append(run.status or "no gradwatch.json")
     if run.partial:
         facts.append(run.partial)

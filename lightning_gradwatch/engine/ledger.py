@@ -117,7 +117,8 @@ class RunLedger:
         the alert fires again at the same step) is kept once.
         """
         entry = alert.to_dict()
-        if any(alert_key(a) == alert_key(entry) for a in self.alerts):
+        key = alert_key(entry)
+        if any(alert_key(a) == key for a in self.alerts):
             return True
         if len(self.alerts) >= MAX_ALERTS_KEPT:
             return False
