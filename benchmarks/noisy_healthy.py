@@ -1,6 +1,6 @@
 """False alarms of GradWatch's detector on healthy, noisy training runs of the kinds users train.
 
-    python benchmarks/noisy_healthy.py                                   # 103 families, default seeds
+    python benchmarks/noisy_healthy.py                                   # 120 families, default seeds
     python benchmarks/noisy_healthy.py --families tinybatch,imbalanced --seeds 0-29
     python benchmarks/noisy_healthy.py --families sgdr --seeds 0,1 --out runs.jsonl   # one JSON line per run
 
@@ -25,7 +25,12 @@ unstable eigenvalues), and the 14 of ``noisy_events.py`` (events mid-run: Adam's
 Adam switched to SGD, a penalty switched on, dropout or label smoothing switched on, a small set memorised, the
 learning rate decayed to 0, inputs rescaled, an encoder unfrozen after linear probing, a sequence-length warm-up,
 gradient noise; three failing twins, Adam's fresh state at 100x, the SGD switch at a bad learning rate, the penalty
-at weight 1000):
+at weight 1000), and the 17 of ``noisy_tricks.py`` (training techniques and parametrisations none of the others use:
+weight norm, spectral norm, an orthogonal RNN, binary / ternary weights and fake quantisation through
+straight-through estimators, a VQ-VAE, gradient checkpointing, sparse embedding gradients under SparseAdam,
+alternating multitask heads, Lightning's EMA weight averaging and ModelPruning, a 5000-class softmax, a weight-tied
+iterative block, GroupNorm / LayerNorm in batches of 2; three failing twins, the binary net at lr 3, the
+discriminator without its spectral norm at a huge lr, the tied block with a diverging gain):
 
 - ``sgdr``: scikit-learn's 8x8 digits, an MLP (even seeds) or a small CNN (odd), SGD momentum at lr 0.1 with cosine
   warm restarts every 50 steps;
@@ -106,8 +111,8 @@ Outcome (decided before looking at any alert; one function, ``outcome`` below):
           trivial predictor).
 
 Default seeds: 0-5 for every family, 0-11 for ``accum`` (both accumulation lengths 6 times); ``--seeds`` (a list
-and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (624 runs, 0.3-10 s
-each) takes about 16 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
+and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (726 runs, 0.1-20 s
+each) takes about 25 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
 by family, then every healthy run that got an alert (a false alarm) and every run that did not train fine.
 ``--no-watch`` trains the same runs without GradWatch (outcomes only: the runs do not depend on the callback).
 """
@@ -1565,8 +1570,9 @@ def all_families() -> dict[str, Callable[[int], Spec]]:
     ``noisy_shocks.py`` (runs that take a shock mid-run), of ``noisy_practices.py`` (training practices that make
     the loss or the norm jump or drift by design), of ``noisy_recipes.py`` (recipes copied from papers and
     libraries: LoRA, ReZero, SAM, mixture of experts, RealNVP, PPO), of ``noisy_optimizers.py`` (optimizers and
-    learning-rate schedules the others do not use) and of ``noisy_architectures.py`` (model architectures the others
-    do not use), all built on this module's pieces."""
+    learning-rate schedules the others do not use), of ``noisy_architectures.py`` (model architectures the others
+    do not use), of ``noisy_events.py`` (events mid-run) and of ``noisy_tricks.py`` (training techniques and
+    parametrisations the others do not use), all built on this module's pieces."""
     import noisy_architectures
     import noisy_events
     import noisy_objectives  # here: they import this module
@@ -1574,6 +1580,7 @@ def all_families() -> dict[str, Callable[[int], Spec]]:
     import noisy_practices
     import noisy_recipes
     import noisy_shocks
+    import noisy_tricks
 
     modules = (
         noisy_objectives,
@@ -1583,6 +1590,7 @@ def all_families() -> dict[str, Callable[[int], Spec]]:
         noisy_optimizers,
         noisy_architectures,
         noisy_events,
+        noisy_tricks,
     )
     merged = {**FAMILIES, **{k: v for m in modules for k, v in m.FAMILIES.items()}}
     assert len(merged) == len(FAMILIES) + sum(len(m.FAMILIES) for m in modules), "a name twice"
