@@ -10,6 +10,8 @@ Scenarios (a 16-step MLP run, or 32 steps for the first three; GradWatch logs ev
 - ``keyboard_interrupt``: ``KeyboardInterrupt`` raised at step 7 (NaN at step 3);
 - ``sigkill_before_alert``: the logs are flushed, then the process SIGKILLs itself at step 6;
 - ``sigkill_after_alert``: NaN at step 3 (an alert, so ``gradwatch.json`` says "running"), SIGKILL at step 8;
+- ``sigkill_second_fit``: a first fit of 16 steps ends ("finished"), a second ``trainer.fit`` on the same Trainer
+  SIGKILLs itself at step 20 (no NaN);
 - ``sigterm``: the process sends itself SIGTERM at step 6 (Lightning stops at the next batch);
 - ``sigint``: the process sends itself SIGINT (Ctrl+C) at step 7;
 - ``exception``: the model raises ``RuntimeError`` at step 5;
@@ -36,8 +38,16 @@ import lightning.pytorch as pl
 from lightning_gradwatch import GradientWarning, GradWatch
 from tests.helpers import make_mlp_module, trainer_kwargs
 
-NAN_AT = {"keyboard_interrupt": 3, "sigkill_after_alert": 3, "unwritable_dir": 10}
-SHORT = {"sigkill_before_alert", "sigkill_after_alert", "sigterm", "sigint", "exception", "unwritable_dir"}
+NAN_AT = {"keyboard_interrupt": 3, "sigkill_after_alert": 3, "unwritable_dir": 10, "sigkill_second_fit": 10**6}
+SHORT = {
+    "sigkill_before_alert",
+    "sigkill_after_alert",
+    "sigkill_second_fit",
+    "sigterm",
+    "sigint",
+    "exception",
+    "unwritable_dir",
+}
 
 
 class Fault(pl.Callback):
@@ -56,7 +66,7 @@ class Fault(pl.Callback):
             trainer.logger.experiment.flush()  # steps 0-3 on disk before the fault, whatever the writer's timing
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        if (scenario, step) in (("sigkill_before_alert", 6), ("sigkill_after_alert", 8)):
+        if (scenario, step) in (("sigkill_before_alert", 6), ("sigkill_after_alert", 8), ("sigkill_second_fit", 20)):
             trainer.logger.experiment.flush()  # what reached the disk before the kill must stay readable
             os.kill(os.getpid(), signal.SIGKILL)
         if (scenario, step) in (("sigterm", 6), ("sigint", 7)):
@@ -103,6 +113,9 @@ def main(out_dir: str, scenario: str) -> None:
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         try:
+            if scenario == "sigkill_second_fit":
+                trainer.fit(model)  # steps 0-15: the report says "finished"
+                trainer.fit_loop.max_epochs = 2
             trainer.fit(model)
         except BaseException as err:  # Lightning's own logger may fail at its finalize, and Ctrl+C exits
             ended = f"{type(err).__name__}"

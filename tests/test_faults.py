@@ -80,6 +80,7 @@ def test_keyboard_interrupt_flushes_logs_and_writes_the_report(tmp_path):
 SINGLE = {
     "sigkill_before_alert": (3, "unfinished", None, range(6), []),
     "sigkill_after_alert": (1, "alerts", "running", range(8), [("nonfinite", 3)]),
+    "sigkill_second_fit": (3, "unfinished", "running", range(20), []),  # the first fit's "finished" is no pass
     "sigterm": (3, "interrupted", "interrupted", range(7), []),
     "sigint": (3, "interrupted", "interrupted", range(7), []),
     "exception": (3, "failed", "failed", range(5), []),

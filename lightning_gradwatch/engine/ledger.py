@@ -148,6 +148,11 @@ class RunLedger:
             else:  # a loop that caught a step's exception and went on to its end
                 self.fits[-1].pop("error", None)
 
+    def drop_fit(self) -> None:
+        """Forget the current fit: it trained nothing of the run (a learning-rate or batch-size search's fit)."""
+        if self.fits:
+            self.fits.pop()
+
     def to_report(self) -> dict[str, Any]:
         """The record's part of ``gradwatch.json``: ``fits``, ``alerts``, ``earlier_alerts`` and ``notices``."""
         return {

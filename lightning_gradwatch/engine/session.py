@@ -130,6 +130,8 @@ class Session:
             env, loggers, self.summary, self.alerts, self.ledger, s.to_dict, images, namespace, budget, log_name, sinks
         )
         self.fit = Fit(env, output, ProgressItems())
+        if len(self.ledger.fits) > 1:  # the report says "finished" for the earlier fits: not if this one is killed
+            output.write_report(RunStatus.RUNNING)
         if env.is_global_zero:
             # a rank that dies under `ddp_spawn` never sees `on_exception` (the parent handles it): at least flush
             # the logs and write the report when its interpreter exits
@@ -142,14 +144,20 @@ class Session:
             self.fit.env = env
             self.fit.output.retime(env.log_every, env.hist_every, env.log_widest, env.run_steps)
 
-    def end(self, status: RunStatus | str, error: str | None = None) -> None:
-        """The fit ends (``status``: finished, interrupted, failed): last pictures, flushed logs, the report."""
+    def end(self, status: RunStatus | str, error: str | None = None, tuning: bool = False) -> None:
+        """The fit ends (``status``: finished, interrupted, failed): last pictures, flushed logs, the report.
+
+        ``tuning``: the fit was a learning-rate or batch-size search (Lightning's ``Tuner``), which trains nothing
+        the run keeps: it is not listed among the run's fits (and a run of no other fit writes no report).
+        """
         fit, self.fit = self.fit, None
         if fit is None:
             return
         atexit.unregister(self._at_exit)
         fit.progress.detach()
         self.ledger.end_fit(status, error)
+        if tuning:
+            self.ledger.drop_fit()
         fit.output.finish(RunStatus(status), error)
 
     def fail(self, exception: BaseException) -> None:

@@ -329,8 +329,8 @@ class RunOutput:
     # ------------------------------------------------------------------ the end
     def write_report(self, status: RunStatus, error: str | None = None) -> None:
         """Write ``gradwatch.json`` through the sinks that keep it (a failure is reported once; training goes on)."""
-        if self.writers is None or not self.writers.reports:
-            return
+        if self.writers is None or not self.writers.reports or not self.ledger.fits:
+            return  # no fit: a tuner's search was all the run had
         doc = build_report(
             version=__version__,
             status=status,
