@@ -442,7 +442,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
                 self._clipping_module = None
             if self._batches and not self._measured and trainer.is_global_zero:
                 warn(NO_STEP_MEASURED.format(batches=self._batches))
-            self._session.end(_ended(trainer))
+            self._session.end(_ended(trainer), tuning=not self._batches and _tuning(trainer))
 
     def _watch_user_clipping(self, pl_module: Any) -> None:
         """Under manual optimization, know when ``self.clip_gradients`` runs before a step is measured.
@@ -468,8 +468,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         fit = self._session.fit
-        if fit is None:
-            return
+        if fit is None or getattr(getattr(trainer, "fit_loop", None), "_skip_backward", False):
+            return  # a step without backward (the batch-norm epoch StochasticWeightAveraging adds): nothing to watch
         index, count = optimizer_index(trainer, optimizer)
         step = int(trainer.global_step)
         loss, self._loss = self._loss, None
@@ -528,6 +528,16 @@ CLIPPED_BEFORE_MEASURED = (
     'GradWatch(clip=<max norm>) or GradWatch(clip="adaptive") measures the gradients first, then clips them at '
     "the same point."
 )
+
+
+#: Lightning's callbacks behind ``Tuner.lr_find`` and ``Tuner.scale_batch_size``: their search runs the fit loop with
+#: the Trainer's callbacks swapped out, then ends the fit
+_TUNERS = ("LearningRateFinder", "BatchSizeFinder")
+
+
+def _tuning(trainer: Any) -> bool:
+    """Whether the Trainer has a tuner's callback (a fit GradWatch saw no batch of was then its search)."""
+    return any(c.__name__ in _TUNERS for cb in getattr(trainer, "callbacks", ()) for c in type(cb).__mro__)
 
 
 def _ended(trainer: Any) -> RunStatus:

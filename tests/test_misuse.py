@@ -65,6 +65,71 @@ def test_second_fit_on_the_same_trainer_keeps_the_first_fits_alerts(tmp_path):
     assert "nonfinite" in result.stdout
 
 
+class Tunable(pl.LightningModule):
+    """A regression with the attributes Lightning's Tuner searches: ``lr`` and ``batch_size``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lr, self.batch_size = 0.01, 16
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def train_dataloader(self) -> DataLoader:
+        return regression_data(256, batch_size=self.batch_size)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def test_a_tuners_search_is_no_fit_of_the_run(tmp_path):
+    """``Tuner.lr_find`` and ``Tuner.scale_batch_size`` run the fit loop with GradWatch swapped out: their searches
+    are not measured, and they are no fits of the run (a search alone leaves no report: nothing was trained)."""
+    from lightning.pytorch.tuner import Tuner
+
+    torch.manual_seed(0)
+    model, watch = Tunable(), GradWatch(images=False)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path / "fit", max_epochs=1))
+    tuner = Tuner(trainer)
+    tuner.lr_find(model, num_training=20)  # its last learning rates diverge: no alert of the run
+    tuner.scale_batch_size(model, max_trials=2)
+    model.lr, model.batch_size = 0.01, 16
+    trainer.fit(model)
+    report = _report(trainer.logger.log_dir)
+    assert [(f["first_step"], f["last_step"], f["status"]) for f in report["fits"]] == [(0, 15, "finished")]
+    assert watch.alerts == []
+    assert report["alerts"] == []
+    result = gradwatch("check", trainer.logger.log_dir)
+    assert result.returncode == 0, result.stdout
+    assert "fits" not in result.stdout
+
+    alone = pl.Trainer(callbacks=[GradWatch(images=False)], **trainer_kwargs(tmp_path / "search", max_epochs=1))
+    Tuner(alone).lr_find(Tunable(), num_training=20)
+    assert not list((tmp_path / "search").rglob("gradwatch.json"))
+
+
+def test_stochastic_weight_averagings_batch_norm_epoch_is_no_step_without_gradients(tmp_path):
+    """``StochasticWeightAveraging`` ends with an epoch that only recomputes batch-norm statistics: Lightning skips its
+    backward, yet steps the optimizer at its end. No gradient to watch there, and nothing to warn about."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    torch.manual_seed(0)
+    model = Tunable()
+    model.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+    model.validation_step = model.training_step
+    model.val_dataloader = lambda: regression_data(64, batch_size=16)
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2)
+    trainer = pl.Trainer(callbacks=[GradWatch(images=False), swa], **trainer_kwargs(tmp_path, max_epochs=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    assert trainer.global_step == 4 * 16 + 1  # the batch-norm epoch's one optimizer step
+    assert [str(w.message) for w in caught if issubclass(w.category, GradientWarning)] == []
+    assert _report(trainer.logger.log_dir)["steps"]["last"] == 63
+
+
 def test_resumed_run_does_not_count_the_alerts_from_before_the_resume_twice(tmp_path):
     """Run 1 alerts at step 5 and saves a checkpoint; run 2 resumes from it into a new log directory.
 
