@@ -202,6 +202,33 @@ def test_a_job_rerun_in_place_from_a_checkpoint_before_its_alert_records_the_ale
     assert len(json.loads(result.stdout)["runs"][0]["alerts"]) == 1
 
 
+def test_a_new_run_from_step_0_in_an_old_directory_starts_a_new_record(tmp_path, caplog):
+    """``logger=False``: every run writes to ``default_root_dir``. A run that hit a NaN, then a new healthy run from
+    step 0 in the same directory (a new process, or a new Trainer): the new run's record is its own, and the gate
+    passes it; the earlier record is kept beside it as ``gradwatch.previous.json`` and the run says so."""
+    loader = regression_data(256, batch_size=16)
+
+    def fit(nan_at_step: int) -> GradWatch:
+        watch = GradWatch(on_nonfinite="skip", images=False)
+        trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, logger=False))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(make_mlp_module(pl, nan_at_step=nan_at_step, record=False), loader)
+        return watch
+
+    assert [a.step for a in fit(5).alerts] == [5]
+    assert gradwatch("check", str(tmp_path)).returncode == 1
+    with caplog.at_level("INFO"):
+        assert fit(10**6).alerts == []
+    assert "held the record of an earlier run (1 fit(s), 1 alert(s))" in caplog.text
+    report = _report(tmp_path)
+    assert (report["alerts"], [f["first_step"] for f in report["fits"]]) == ([], [0])
+    previous = json.loads((tmp_path / "gradwatch.previous.json").read_text())
+    assert [(a["kind"], a["step"]) for a in previous["alerts"]] == [("nonfinite", 5)]
+    result = gradwatch("check", str(tmp_path))
+    assert result.returncode == 0, result.stdout
+
+
 # ---------------------------------------------------------------------------------------- selections that select
 def test_include_matching_no_parameter_is_an_error_at_setup(tmp_path):
     model = make_mlp_module(pl, nan_at_step=5, record=False)

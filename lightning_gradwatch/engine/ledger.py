@@ -7,7 +7,9 @@ that ``gradwatch check`` judges the whole:
   directory) continues the run: its fits are listed one after another (``fits``: first and last step, status), and
   the alerts of every fit stay in ``alerts``. A fit by another process that writes into a directory holding an
   earlier ``gradwatch.json`` (a logger with a fixed version, a job re-run in place) takes that record's fits and
-  alerts over, so nothing earlier is lost when the file is rewritten.
+  alerts over when it resumes (its first step is past 0), so nothing earlier is lost when the file is rewritten. One
+  that trains from step 0 is a new run in an old directory (``logger=False`` runs all share ``default_root_dir``): it
+  starts a new record, and the earlier one is kept beside it as ``gradwatch.previous.json``.
 - **Alerts counted once.** A run resumed from a checkpoint into a *new* directory gets the checkpoint's alerts back in
   ``GradWatch.alerts`` (its history is kept), but they happened in the earlier run and are judged there: this record
   lists them under ``earlier_alerts``, apart from ``alerts``.
@@ -40,7 +42,10 @@ from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import REPORT_FILE, read_report
 
-__all__ = ["MAX_ALERTS_KEPT", "RunLedger", "alert_key"]
+__all__ = ["MAX_ALERTS_KEPT", "PREVIOUS_REPORT_FILE", "RunLedger", "alert_key"]
+
+#: where an earlier run's record goes when a new run, trained from step 0, starts in its directory
+PREVIOUS_REPORT_FILE = "gradwatch.previous.json"
 
 MAX_ALERTS_KEPT = 1000  # per run: the first ones are kept (the first failure matters most), the rest counted
 _UNSET = object()  # no fit yet: the first directory is never a continuation
@@ -65,6 +70,7 @@ class RunLedger:
         self.earlier: list[dict[str, Any]] = []  # alerts a checkpoint brought from another run
         self.notices: list[dict[str, Any]] = []  # what GradWatch said once that is no alert (clipping held a run back)
         self.unreadable: str | None = None  # why an earlier gradwatch.json could not be taken over
+        self._taken_over: str | None = None  # the text of the record taken over, until this run's first step
 
     def begin_fit(
         self, directory: str | os.PathLike[str] | None, owner: Any = None, read_earlier: bool = False
@@ -91,6 +97,7 @@ class RunLedger:
             return
         try:
             doc = read_report(path)
+            text = path.read_text(encoding="utf-8")
         except (OSError, ValueError) as err:
             self.unreadable = str(err)
             return
@@ -102,13 +109,38 @@ class RunLedger:
         self.alerts = _records(doc.get("alerts", []))
         self.earlier = _records(doc.get("earlier_alerts", []))
         self.notices = _records(doc.get("notices", []))
+        self._taken_over = text
 
-    def saw(self, step: int) -> None:
-        """The current fit measured ``step``."""
+    def saw(self, step: int) -> str | None:
+        """The current fit measured ``step``; returns what to say when a new record was started (else ``None``).
+
+        At the first step after taking an earlier record over: a fit that trains from step 0 is another run, so the
+        record starts anew and the earlier one is kept as :data:`PREVIOUS_REPORT_FILE`.
+        """
         fit = self.fits[-1]
         if fit["first_step"] is None:
             fit["first_step"] = step
         fit["last_step"] = step
+        earlier, self._taken_over = self._taken_over, None
+        return self._start_over(earlier) if earlier is not None and step == 0 else None
+
+    def _start_over(self, earlier: str) -> str | None:
+        """Keep the earlier run's record as :data:`PREVIOUS_REPORT_FILE` and start a new one with the current fit."""
+        directory = Path(self.directory)
+        kept = directory / PREVIOUS_REPORT_FILE
+        tmp = directory / f".gradwatch-previous-{os.getpid()}.json.tmp"
+        try:
+            tmp.write_text(earlier, encoding="utf-8")
+            os.replace(tmp, kept)
+        except OSError as err:  # the earlier record cannot be kept apart: it stays part of this one
+            tmp.unlink(missing_ok=True)
+            return f"GradWatch: could not keep the earlier run's record apart ({err}); it stays in {REPORT_FILE}."
+        fits, alerts = len(self.fits) - 1, len(self.alerts)
+        self.fits, self.alerts, self.earlier, self.notices = self.fits[-1:], [], [], []
+        return (
+            f"GradWatch: {directory} held the record of an earlier run ({fits} fit(s), {alerts} alert(s)); this fit"
+            f" trains from step 0, so it starts a new record. The earlier one is kept as {kept}."
+        )
 
     def record(self, alert: GradientAlert) -> bool:
         """An alert happened in this run; returns whether it is kept (the first :data:`MAX_ALERTS_KEPT` are).

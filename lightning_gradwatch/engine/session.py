@@ -236,7 +236,9 @@ class Session:
             fit.output.no_gradients(index, decision.step, len(lane.collector or ()))
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
             return decision, Flags()
-        self.ledger.saw(decision.step)
+        said = self.ledger.saw(decision.step)
+        if said is not None:
+            fit.output.say(said)
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision, lane.index)
         flags = host.reduce(decision.flags)

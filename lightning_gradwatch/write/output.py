@@ -161,6 +161,12 @@ class RunOutput:
                 " (all frozen or unused, or the step skipped its backward). Such steps are not measured."
             )
 
+    def say(self, message: str) -> None:
+        """Say ``message`` once, as an INFO line (rank 0), and write the report it changed."""
+        if self.is_global_zero:
+            self._log.info(message)
+            self.write_report(RunStatus.RUNNING)
+
     # ------------------------------------------------------------------ alerts
     def record(self, decision: Decision, optimizer: int = 0) -> None:
         """Keep the decision's alerts (bounded), write them, warn, and update the report; say its notice, if any."""
