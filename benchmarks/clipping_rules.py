@@ -309,4 +309,58 @@ for _spec in GRID:
     CANDIDATES[_name] = _factory
 USE_LOSS, _use_loss = ours(use_loss=False)  # without the loss-driven ceiling (clip_use_loss=False)
 WEIGHT_CAP = 'clip="adaptive" + layer cap 0.1x weight norm (not shipped)'
-ABLATIONS: dict[str, Callable[[], Rule]] = {USE_LOSS: _use_loss, WEIGHT_CAP: lambda: LayerWeightCap(0.1)}
+
+
+class StepCap(ThresholdRule):
+    """``clip="adaptive"``, and an SGD step held to ``ratio`` times the weights' norm: a research row, not shipped.
+
+    SGD with momentum ``m`` moves the weights by about ``lr / (1 - m)`` times the gradient once its velocity has
+    built up, so the threshold is at most ``ratio * ||W|| * (1 - m) / lr`` (``||W||``: every parameter with a
+    gradient; the first parameter group's learning rate, read at every step, so a schedule moves the cap). Optimizers
+    other than SGD are not capped: their step does not scale with the gradient (Adam) or is not this simple. A scale
+    the run's own norms cannot give: how far a step may move the weights.
+    """
+
+    def __init__(self, ratio: float, **kwargs: Any) -> None:
+        self.rule, self.ratio = Package(**kwargs), ratio
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def ceiling(self) -> float:
+        return self.rule.ceiling
+
+    @property
+    def notice_step(self) -> int | None:
+        return self.rule.notice_step
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """The model and optimizer of the run (the training loop calls this before the first step)."""
+        self.model, self.optimizer = model, optimizer
+
+    def cap(self) -> float:
+        assert self.model is not None, "attach() first"
+        assert self.optimizer is not None, "attach() first"
+        group = self.optimizer.param_groups[0]
+        if not isinstance(self.optimizer, torch.optim.SGD) or group["lr"] <= 0:
+            return math.inf
+        effective = group["lr"] / (1.0 - group.get("momentum", 0.0))
+        with torch.no_grad():
+            weights = [p.detach().norm() for p in self.model.parameters() if p.grad is not None]
+            norm = float(torch.linalg.vector_norm(torch.stack(weights)))
+        return self.ratio * norm / effective
+
+    def update(self, total_norm: float, loss: float | None = None, layer_norms: Sequence[float] = (), stats=None):
+        return min(self.rule.update(total_norm, loss, layer_norms, stats), self.cap())
+
+
+STEP_CAP_PREFIX = 'clip="adaptive" + SGD step cap'
+STEP_CAPS: dict[str, Callable[[], Rule]] = {
+    f"{STEP_CAP_PREFIX} {r:g}x weights (not shipped)": (lambda r=r: StepCap(r)) for r in (0.05, 0.1, 0.2)
+}
+STEP_CAP = f"{STEP_CAP_PREFIX} 0.1x weights (not shipped)"
+ABLATIONS: dict[str, Callable[[], Rule]] = {
+    USE_LOSS: _use_loss,
+    WEIGHT_CAP: lambda: LayerWeightCap(0.1),
+    **STEP_CAPS,
+}

@@ -63,6 +63,8 @@ def train(setup: Setup, rule: Rule, trace: bool = False) -> Result:
     optimizer = setup.optimizer(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, setup.schedule) if setup.schedule else None
     measure = Measure(model)
+    if hasattr(rule, "attach"):  # a rule that reads the optimizer's learning rate and the weights
+        rule.attach(model, optimizer)
     result = Result(math.nan, 0)
     norms: list[float] = []
     thresholds: list[float] = []

@@ -6,7 +6,9 @@
 included). Families and cells: ``clipping_families.py``; rules:
 ``clipping_rules.py``; scores and targets: ``clipping_scores.py``. Every rule of a cell trains from the same initial
 weights on the same batches. ``--quick``: one seed, a third of the steps (a few minutes). ``--cache FILE`` keeps each
-(cell, rule) result in a JSON-lines file and reuses it (a rule's name carries its constants).
+(cell, rule) result in a JSON-lines file and reuses it (a rule's name carries its constants). ``--step-caps``: only
+the peers, our default and ``clip="adaptive"`` with an SGD step held to 0.05, 0.1 or 0.2 times the weights' norm (a
+research row, not shipped), with the ratio (or none) chosen leaving one family out.
 """
 
 from __future__ import annotations
@@ -31,7 +33,20 @@ import clipping_families as families
 import clipping_notice as notice
 import clipping_scores as scores
 from clipping_adapter import LOSS_OF_THIS_STEP
-from clipping_rules import ABLATIONS, CANDIDATES, OURS, PEERS, PREVIOUS, USE_LOSS, WEIGHT_CAP, Rule, is_ours, ours
+from clipping_rules import (
+    ABLATIONS,
+    CANDIDATES,
+    OURS,
+    PEERS,
+    PREVIOUS,
+    STEP_CAP,
+    STEP_CAPS,
+    USE_LOSS,
+    WEIGHT_CAP,
+    Rule,
+    is_ours,
+    ours,
+)
 from clipping_run import Result, train, train_with_trainer
 
 TRACED = ("none", PREVIOUS, OURS)
@@ -60,6 +75,7 @@ SHOWN = (
     USE_LOSS,
     OURS,
     WEIGHT_CAP,
+    STEP_CAP,
 )
 
 # one cell per family through a real Trainer: GradWatch(clip=...) against the plain loop
@@ -182,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     parser.add_argument("--cache", type=Path, default=None, help="JSON-lines file of results to reuse and extend")
     parser.add_argument("--no-trainer", action="store_true", help="skip the real-Trainer cells")
     parser.add_argument("--no-candidates", action="store_true", help="only the peers and our default")
+    parser.add_argument(
+        "--step-caps",
+        action="store_true",
+        help="only the peers, our default and the SGD step caps (with their ratio chosen leaving one family out)",
+    )
     parser.add_argument("--cells", action="store_true", help="also print every cell's ratios")
     parser.add_argument(
         "--candidates", default="", help='instead of the built-in grid: "quantile=0.1,zscore=3;quantile=0.25" (ours)'
@@ -198,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     if args.candidates:
         candidates = dict(ours(**parse_spec(spec)) for spec in args.candidates.split(";"))
     rules: dict[str, Callable[[], Rule]] = {**PEERS, **({} if args.no_candidates else {**candidates, **ABLATIONS})}
+    if args.step_caps:
+        rules, candidates = {**PEERS, OURS: CANDIDATES[OURS], **STEP_CAPS}, {}
     rules.setdefault(OURS, CANDIDATES[OURS])
     cache = Cache(args.cache)
     by_family: dict[str, list[scores.CellResults]] = {}
@@ -232,6 +255,14 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         out("", f"pooled: {scores.verdict_line(scores.pooled_lofo(by_family, chosen))}")
         out("\n### Every candidate on every family (for the record: not a selection)\n")
         out(*scores.overview(by_family, candidates))
+    caps = [c for c in (OURS, *STEP_CAPS) if c in rules]  # our rule without a cap is a candidate too
+    if len(by_family) > 1 and len(caps) > 2:
+        out("\n## Leave-one-family-out: the SGD step cap's ratio (or none) chosen on the other families\n")
+        table, chosen = scores.lofo(by_family, caps)
+        out(*table)
+        out("", f"pooled: {scores.verdict_line(scores.pooled_lofo(by_family, chosen))}")
+        out("\n### Every ratio on every family\n")
+        out(*scores.overview(by_family, caps))
     out("\n## The notice: clipping is hiding a failing run\n")
     out(*notice.table(by_family, (PREVIOUS, OURS)))
     if not args.no_trainer:
