@@ -9,6 +9,7 @@ budget (windows of timings, an exponential average) and the run report (medians)
 - :class:`SortedWindow`: the same, also kept sorted, for quantiles at every step;
 - :class:`Ema`: an exponential average that starts at its first value;
 - :class:`RunningMoments`: the mean and variance of a stream, plain over a warm-up, then exponential and winsorised;
+- :class:`StepGrid`: several streams on one step axis that thins as it grows, each missing where it had no value;
 - :func:`log10_or_none`, :func:`pow10_clamped`, :func:`pow10_or_inf`: to and from the log scale, with the cap
   :data:`LOG10_CAP` past which ``10 ** x`` overflows a float.
 
@@ -28,14 +29,17 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
+from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "LOG10_CAP",
     "Ema",
     "RunningMoments",
     "SortedWindow",
+    "StepGrid",
     "Window",
     "log10_or_none",
     "median",
@@ -228,3 +232,89 @@ class RunningMoments:
         self.mean += a * delta
         if spread:
             self.var = (1 - a) * (self.var + a * delta * delta)
+
+
+class StepGrid:
+    """Several named streams on one step axis that thins as it grows: a value per stream and column, or none.
+
+    A column stands for ``width`` consecutive steps (one at first) and is named by the first step that filled it.
+    When ``2 * capacity`` columns are held, the width doubles and each pair of neighbouring columns becomes one,
+    keeping each stream's first value in it, so memory stays flat however long the run. All streams share the
+    columns: a stream is missing (``nan``) exactly in the columns whose steps gave it no value (a layer used on odd
+    steps only, frozen after a while, or added late), and nowhere else, however differently often the streams came.
+
+    Args:
+        capacity: half the most columns held.
+
+    Example:
+        >>> grid = StepGrid(capacity=2)
+        >>> for step in range(6):  # "branch" on odd steps only; "frozen" until step 2
+        ...     grid.add(step, [("trunk", 1.0 + step), ("branch", 10.0 + step)][: 1 + step % 2])
+        ...     grid.add(step, [("frozen", 0.5)] if step < 2 else [])
+        >>> grid.width, grid.steps, grid.names
+        (2, [0, 2, 4], ['trunk', 'frozen', 'branch'])
+        >>> grid.rows(["trunk", "branch", "frozen"])
+        [[1.0, 3.0, 5.0], [11.0, 13.0, 15.0], [0.5, nan, nan]]
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self.width = 1
+        self.steps: list[int] = []  # each column's first step
+        self._values: dict[str, array[float]] = {}  # per stream, a value per column (nan: none)
+
+    @property
+    def names(self) -> list[str]:
+        """The streams, in the order they first came."""
+        return list(self._values)
+
+    def add(self, step: int, values: Iterable[tuple[str, float]]) -> None:
+        """Add the ``(name, value)`` pairs of one step; a stream keeps its first value in a column (``nan``: none)."""
+        streams = self._values
+        new = not self.steps or step // self.width > self.steps[-1] // self.width
+        if new:
+            self.steps.append(step)
+            for row in streams.values():
+                row.append(math.nan)
+        column = len(self.steps) - 1
+        for name, value in values:
+            row = streams.get(name)
+            if row is None:
+                row = streams[name] = array("d", [math.nan]) * len(self.steps)
+            if new or math.isnan(row[column]):  # a new column holds nothing yet
+                row[column] = value
+        if len(self.steps) >= 2 * self.capacity:
+            self._thin()
+
+    def _thin(self) -> None:
+        """Double the width: neighbouring columns that now share one merge, each stream's first value kept."""
+        self.width = width = self.width * 2
+        keep = [i for i, step in enumerate(self.steps) if i == 0 or step // width > self.steps[i - 1] // width]
+        ends = [*keep[1:], len(self.steps)]
+        for name, row in self._values.items():
+            self._values[name] = array("d", (_first(row[a:b]) for a, b in zip(keep, ends)))
+        self.steps = [self.steps[i] for i in keep]
+
+    def rows(self, names: Sequence[str]) -> list[list[float]]:
+        """The values of these streams, one list per stream aligned with :attr:`steps` (all ``nan`` if unknown)."""
+        missing = [math.nan] * len(self.steps)
+        return [list(self._values[name]) if name in self._values else list(missing) for name in names]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values to continue the grid after a resume (``None`` where a stream has no value)."""
+        values = {name: [None if math.isnan(x) else x for x in row] for name, row in self._values.items()}
+        return {"width": self.width, "steps": list(self.steps), "values": values}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; missing keys keep their defaults."""
+        self.width = int(state.get("width", 1))
+        self.steps = [int(step) for step in state.get("steps", [])]
+        self._values = {
+            str(name): array("d", (math.nan if x is None else float(x) for x in row))
+            for name, row in state.get("values", {}).items()
+        }
+
+
+def _first(values: Iterable[float]) -> float:
+    """The first value that is not ``nan`` (``nan`` when there is none)."""
+    return next((x for x in values if not math.isnan(x)), math.nan)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_gradwatch._names import NONFINITE_STEPS
 from lightning_gradwatch.alerts import GradientAlert
-from lightning_gradwatch.history import median
+from lightning_gradwatch.history import StepGrid, median
 from lightning_gradwatch.kinds import RunStatus
 
 __all__ = [
@@ -148,12 +148,15 @@ class RunSummary:
     """Per-layer and run-level summaries of one training run, fed by :class:`~lightning_gradwatch.stats.StepStats`.
 
     The total norm and the per-layer norms are summarised on every measured step (a spike between log steps is in
-    the report); gradient-to-weight ratios on the steps that measure parameter norms.
+    the report); gradient-to-weight ratios on the steps that measure parameter norms. The per-layer norms are also
+    kept on one step axis per optimizer (``key``), for the heat map: every layer that had a gradient, on the steps
+    it had one.
     """
 
     def __init__(self) -> None:
         self.total_norm: dict[str, Series] = {}
         self.layers: dict[str, dict[str, Any]] = {}
+        self.grids: dict[str, StepGrid] = {}  # per optimizer key: the layers' norms on a shared step axis
         self.first_step: int | None = None
         self.last_step: int | None = None
         self.measured_steps = 0
@@ -190,6 +193,7 @@ class RunSummary:
         self.measured_steps += 1
         self.logged_steps += int(logged)
         self.total_norm.setdefault(key, Series()).add(step, stats.total_norm)
+        self.grids.setdefault(key, StepGrid()).add(step, zip(stats.layers, stats.grad_norm))
         if not stats.finite:
             self.count(NONFINITE_STEPS)
         ratios = stats.grad_to_weight or ()
@@ -208,12 +212,32 @@ class RunSummary:
             if stats.nonfinite_count[i]:
                 entry["nonfinite_steps"] += 1
 
-    def norm_grid(self, layers: Iterable[str]) -> tuple[list[str], list[int], list[list[float]]]:
-        """Per-layer gradient-norm history on a common step axis: ``(layers, steps, norms[layer][step])``."""
-        names = [name for name in layers if name in self.layers]
-        histories = [dict(self.layers[name]["grad_norm"].history) for name in names]
-        steps = sorted({step for history in histories for step in history})
-        return names, steps, [[history.get(step, math.nan) for step in steps] for history in histories]
+    def norm_grid(self, layers: Iterable[str], key: str = "") -> tuple[list[str], list[int], list[list[float]]]:
+        """One optimizer's per-layer gradient norms on a common step axis: ``(layers, steps, norms[layer][column])``.
+
+        Every layer that had a gradient in the run is a row, ``nan`` in the columns whose steps gave it none: in
+        the order of ``layers`` (the model's), then any other in the order they first had one.
+
+        Example:
+            >>> from types import SimpleNamespace
+            >>> def step(layers):
+            ...     return SimpleNamespace(
+            ...         layers=layers, grad_norm=[1.0] * len(layers), numel=[4] * len(layers),
+            ...         nonfinite_count=[0] * len(layers), total_norm=1.0, finite=True, grad_to_weight=None,
+            ...     )
+            >>> summary = RunSummary()
+            >>> for i, layers in enumerate([["fc1", "fc3"], ["fc1", "fc2", "fc3"], ["fc3"]]):
+            ...     summary.add_step(i, step(layers))
+            >>> summary.norm_grid(["fc1", "fc2", "fc3"])
+            (['fc1', 'fc2', 'fc3'], [0, 1, 2], [[1.0, 1.0, nan], [nan, 1.0, nan], [1.0, 1.0, 1.0]])
+        """
+        grid = self.grids.get(key)
+        if grid is None:
+            return [], [], []
+        order = list(dict.fromkeys(layers))
+        known, ordered = set(grid.names), set(order)
+        names = [name for name in order if name in known] + [name for name in grid.names if name not in ordered]
+        return names, list(grid.steps), grid.rows(names)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the report."""
@@ -249,6 +273,7 @@ class RunSummary:
             "events": dict(self.events),
             "bad_batches": [dict(b) for b in self.bad_batches],
             "total_norm": {k: s.state_dict() for k, s in self.total_norm.items()},
+            "grids": {k: grid.state_dict() for k, grid in self.grids.items()},
             "layers": {
                 name: {
                     "numel": e["numel"],
@@ -283,6 +308,23 @@ class RunSummary:
                 "grad_to_weight": ratio,
                 "nonfinite_steps": int(e.get("nonfinite_steps", 0)),
             }
+        self.grids = {}
+        for key, g in state.get("grids", {}).items():
+            self.grids[key] = StepGrid()
+            self.grids[key].load_state_dict(g)
+        if "grids" not in state and len(self.total_norm) == 1:  # saved before the grids: rebuilt from the histories
+            self.grids = {key: self._grid_from_histories() for key in self.total_norm}
+
+    def _grid_from_histories(self) -> StepGrid:
+        """The layers' thinned histories on one step axis (a run of one optimizer, saved without its grid)."""
+        points: dict[int, list[tuple[str, float]]] = {}
+        for name, entry in self.layers.items():
+            for step, value in entry["grad_norm"].history:
+                points.setdefault(step, []).append((name, value))
+        grid = StepGrid()
+        for step in sorted(points):
+            grid.add(step, points[step])
+        return grid
 
 
 def build_report(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import glob
 import importlib
+import io
 import os
 from collections.abc import Collection
 from typing import Any
 
+import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -130,3 +132,39 @@ def events(log_dir: os.PathLike[str] | str) -> EventAccumulator:
 
 def scalars(acc: EventAccumulator, tag: str) -> dict[int, float]:
     return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def _run_starts(changes: np.ndarray, length: int) -> list[int]:
+    """Where runs of equal pixels start, ignoring the one-pixel seams of antialiased edges."""
+    starts = [0]
+    for i in np.flatnonzero(changes) + 1:
+        if i - starts[-1] >= 2 and length - i >= 2:
+            starts.append(int(i))
+    return starts
+
+
+def _lines(dark: np.ndarray) -> list[int]:
+    """The positions of the long dark lines along an axis of ``dark`` (one per group of neighbouring pixels)."""
+    long = np.flatnonzero(dark >= 0.6 * dark.max())
+    return [int(g[0]) for g in np.split(long, np.flatnonzero(np.diff(long) > 1) + 1)]
+
+
+def heatmap_cells(png: bytes) -> list[list[bool]]:
+    """The cells of a ``gradwatch/gradient_heatmap`` picture, decoded: per row (top first), per column, whether the
+    cell is blank (no value), found from the pixels of the image itself.
+
+    The heat map is framed by the first two long vertical dark lines from the left (its axes; the colour bar's
+    frame comes next) and the first and last long horizontal ones between them. Rows and columns are where the
+    colour changes (adjacent cells of exactly the same colour in every row, or column, would count as one: real
+    gradient norms do not do that).
+    """
+    from matplotlib import image
+
+    img = image.imread(io.BytesIO(png), format="png")[..., :3]
+    dark = img.max(-1) < 0.35
+    left, right = _lines(dark.sum(0))[:2]
+    rows = _lines(dark[:, left : right + 1].sum(1))
+    area = img[rows[0] + 3 : rows[-1] - 1, left + 3 : right - 1]  # inside the frame and its antialiased edges
+    ys = _run_starts(np.abs(np.diff(area, axis=0)).max(axis=(1, 2)) > 1e-3, area.shape[0])
+    xs = _run_starts(np.abs(np.diff(area, axis=1)).max(axis=(0, 2)) > 1e-3, area.shape[1])
+    return [[bool(area[y + 1, x + 1].min() > 0.99) for x in xs] for y in ys]

@@ -8,7 +8,15 @@ import statistics
 
 import numpy
 
-from lightning_gradwatch.history import Ema, RunningMoments, SortedWindow, Window, pow10_clamped, pow10_or_inf
+from lightning_gradwatch.history import (
+    Ema,
+    RunningMoments,
+    SortedWindow,
+    StepGrid,
+    Window,
+    pow10_clamped,
+    pow10_or_inf,
+)
 
 
 def test_windows_keep_the_last_values_and_their_order_statistics():
@@ -41,3 +49,27 @@ def test_ema_starts_at_its_first_value_and_caps_on_the_log_scale():
     assert pow10_clamped(400.0) == 1e300
     assert pow10_or_inf(400.0) == math.inf
     assert pow10_or_inf(2.0) == pow10_clamped(2.0) == 100.0
+
+
+def test_step_grid_columns_hold_exactly_the_streams_measured_in_their_steps():
+    """However often each stream comes, a column holds a stream's first value within its steps, and is blank for a
+    stream only when none of its steps gave that stream a value: a thinned axis never makes a layer look absent."""
+    rng = random.Random(0)
+    every = {"trunk": 1, "odd": 2, "third": 3, "rare": 7}
+    frozen = {"frozen": 50, "late": 400}  # a value before step 50; from step 400 on
+    grid, seen = StepGrid(capacity=16), {}
+    for step in range(0, 1000, 1 + (rng.random() < 0.1)):  # now and then a step without any measurement
+        values = [(name, float(step)) for name, n in every.items() if (step + 1) % n == 0]
+        values += [("frozen", float(step))] * (step < frozen["frozen"]) + [("late", float(step))] * (step >= 400)
+        grid.add(step, values)
+        for name, _ in values:
+            seen.setdefault(name, []).append(step)
+    assert 16 <= len(grid.steps) < 32
+    names = ["trunk", "late", "odd", "third", "rare", "frozen"]
+    rows = grid.rows(names)
+    width = grid.width
+    for name, row in zip(names, rows):
+        for column, first in enumerate(grid.steps):
+            bucket = first // width
+            inside = [step for step in seen[name] if step // width == bucket]
+            assert (row[column] == inside[0]) if inside else math.isnan(row[column]), (name, first)

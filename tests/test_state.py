@@ -7,7 +7,7 @@ import torch
 
 from lightning_gradwatch import GradientWarning, GradWatch
 from lightning_gradwatch.detectors import GradientDetector
-from tests.helpers import events, flavour, make_mlp_module, scalars, trainer_kwargs
+from tests.helpers import events, flavour, heatmap_cells, make_mlp_module, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
 
@@ -88,6 +88,30 @@ def test_checkpoint_from_an_older_version_loads_with_defaults(tmp_path):
     detector = GradientDetector()
     detector.load_state_dict({})  # nothing at all: defaults
     assert detector.state_dict()["steps"] == 0
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["checkpoint", "checkpoint-without-heatmap-grid"])
+def test_resumed_heatmap_keeps_the_steps_before_the_resume(tmp_path, older):
+    """A resumed run's heat map starts at the run's first step: from the checkpointed grid, or, in a checkpoint of
+    an older version without one, rebuilt from the layers' histories."""
+    settings = {"on_nonfinite": "skip", "log_every_n_steps": 1, "histogram_every_n_steps": 8, "overhead_budget": None}
+    watch = GradWatch(**settings)
+    ckpt = _first_fit(tmp_path / "first", watch)
+    if older:
+        checkpoint = torch.load(ckpt, weights_only=False)
+        del checkpoint["callbacks"][watch.state_key]["summary"]["grids"]
+        ckpt = tmp_path / "older.ckpt"
+        torch.save(checkpoint, ckpt)
+    resumed = GradWatch(**settings)
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "second", max_epochs=2))
+    trainer.fit(make_mlp_module(pl, optimizer="adam", lr=0.01), ckpt_path=ckpt)
+    last = events(trainer.logger.log_dir).Images("gradwatch/gradient_heatmap")[-1]
+    assert last.step == 24
+    cells = heatmap_cells(last.encoded_image_string)
+    assert len(cells) == 3  # net.0, net.2, head
+    # steps 0 to 24, blank at step 2 (its NaN gradients were skipped); a layer's history kept no NaN: no column
+    steps = [step for step in range(25) if not (older and step == 2)]
+    assert all(row == [step == 2 for step in steps] for row in cells)
 
 
 def test_two_instances_keep_separate_state(tmp_path):

@@ -55,6 +55,8 @@ class LaneView(Protocol):
 
     index: int
     suffix: str  # tells apart the run-level tags of several optimizers
+    key: str  # its part of the run summary (its total norm, its layers' heat map)
+    layers: tuple[str, ...]  # every layer it has watched, in the model's order
     ticks: int  # the optimizer's own step count
 
     @property
@@ -200,8 +202,7 @@ class RunOutput:
         scalars = self._scalars(stats, lane, clip) if decision.log else {}
         self.writers.write_step(decision.step, scalars, histogram_tags(stats))
         if decision.histograms and self.pictures is not None:
-            suffix = lane.suffix
-            self.pictures.offer(suffix, lane.ticks, decision.step, lambda: self._picture_job(decision, suffix))
+            self.pictures.offer(lane.suffix, lane.ticks, decision.step, lambda: self._picture_job(decision, lane))
 
     def _scalars(self, stats: StepStats, lane: LaneView, clip: tuple[float, float] | None) -> dict[str, float]:
         suffix = lane.suffix
@@ -218,17 +219,18 @@ class RunOutput:
             scalars[f"{names.NAMESPACE}/{event}"] = float(self.summary.events.get(event, 0))
         return scalars
 
-    def _picture_job(self, decision: Decision, suffix: str) -> Draw | None:
+    def _picture_job(self, decision: Decision, lane: LaneView) -> Draw | None:
         """This step's picture data, taken now, and what draws it on the worker thread (``None``: nothing to draw).
 
+        The heat map's rows are every layer of the lane that had a gradient in the run, not only at this step.
         Matplotlib never runs on the training thread.
         """
-        stats, step = decision.stats, decision.step
+        stats, step, suffix = decision.stats, decision.step, lane.suffix
         if stats is None or stats.mean_abs is None or stats.max_abs is None:
             return None
         layers, mean_abs, max_abs = stats.layers, stats.mean_abs, stats.max_abs
         health = layer_health(stats, decision)
-        rows, steps, norms = self.summary.norm_grid(layers)
+        rows, steps, norms = self.summary.norm_grid(lane.layers, lane.key)
         budget = self.budget
 
         def draw() -> dict[str, bytes]:

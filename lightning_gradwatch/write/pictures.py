@@ -135,8 +135,8 @@ def gradient_heatmap_png(
 
     Args:
         layers: layer names in forward order (rows).
-        steps: logged steps (columns).
-        norms: ``norms[i][j]`` is layer ``i``'s gradient norm at ``steps[j]`` (``nan`` where absent).
+        steps: the step of each column (on a long run, the first of the steps a column stands for).
+        norms: ``norms[i][j]`` is layer ``i``'s gradient norm at ``steps[j]`` (``nan`` where absent: blank).
         step: the optimizer step shown in the title.
 
     Example:
