@@ -178,9 +178,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         images: at histogram steps, draw two gradient-flow pictures into TensorBoard's Images tab:
             ``gradwatch/gradient_flow`` (mean and max ``|gradient|`` per layer, log scale, layers in forward order,
             vanishing/exploding/non-finite layers coloured) and ``gradwatch/gradient_heatmap`` (log10 gradient norm,
-            layer by step, over the run so far: every layer that had a gradient in it, blank at the steps it had
-            none, as a branch taken now and then or a frozen layer). Needs matplotlib (``lightning-gradwatch[images]``);
-            without it, one warning and no images.
+            layer by step, over the run so far). Both show every layer that had a gradient in the run so far: one
+            without a gradient at a step (a branch taken now and then, a frozen layer) keeps its place, empty. Needs
+            matplotlib (``lightning-gradwatch[images]``); without it, one warning and no images.
         overhead_budget: the share of the training time GradWatch may take, a fraction in (0, 1] (``0.03``: 3%),
             or ``None`` for no budget. GradWatch times its own work (its hook on the training thread; drawing and
             writing each set of pictures) against the step time it observes (the median time between consecutive

@@ -168,3 +168,22 @@ def heatmap_cells(png: bytes) -> list[list[bool]]:
     ys = _run_starts(np.abs(np.diff(area, axis=0)).max(axis=(1, 2)) > 1e-3, area.shape[0])
     xs = _run_starts(np.abs(np.diff(area, axis=1)).max(axis=(0, 2)) > 1e-3, area.shape[1])
     return [[bool(area[y + 1, x + 1].min() > 0.99) for x in xs] for y in ys]
+
+
+def flow_bars(png: bytes) -> list[bool]:
+    """The layers' places in a ``gradwatch/gradient_flow`` picture, decoded: per tick of the x axis (left to right),
+    whether a bar stands on it.
+
+    The axes are framed by the first two long vertical dark lines from the left and, between them, the last long
+    horizontal one (the x axis); its tick marks hang below it, and a bar is coloured pixels right above it.
+    """
+    from matplotlib import image
+
+    img = image.imread(io.BytesIO(png), format="png")[..., :3]
+    dark = img.max(-1) < 0.35
+    left, right = _lines(dark.sum(0))[:2]
+    bottom = _lines(dark[:, left : right + 1].sum(1))[-1]
+    below = np.flatnonzero(dark[bottom + 3, left + 2 : right - 1]) + left + 2
+    ticks = [int(g.mean()) for g in np.split(below, np.flatnonzero(np.diff(below) > 1) + 1) if len(g)]
+    coloured = (img.max(-1) - img.min(-1)) > 0.08
+    return [bool(coloured[bottom - 3, x]) for x in ticks]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lightning_gradwatch import GradWatch
-from tests.helpers import events, flavour, heatmap_cells, regression_data, scalars, trainer_kwargs
+from tests.helpers import events, flavour, flow_bars, heatmap_cells, regression_data, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
 
@@ -78,3 +78,13 @@ def test_heatmap_keeps_every_layer_of_the_run_with_its_missing_steps_blank(chang
     earlier = heatmap_cells(heatmaps[0].encoded_image_string)
     assert len(earlier) == 4  # step 8: the late layer has had no gradient yet
     assert earlier[1] == [step % 2 == 0 for step in range(9)]
+
+
+def test_gradient_flow_keeps_a_place_for_every_layer_of_the_run(changing_run):
+    """The bar chart of a step shows every layer that had a gradient in the run so far, in the model's order; those
+    without one at the step keep their place, with no bar (the x axis does not shift from one picture to the next)."""
+    flows = {i.step: flow_bars(i.encoded_image_string) for i in changing_run.Images("gradwatch/gradient_flow")}
+    assert list(flows) == list(range(0, STEPS, 8))
+    assert flows[0] == [True, True, True]  # trunk, frozen, head: the branch has had no gradient yet
+    assert flows[8] == [True, False, True, True]  # trunk, branch (on odd steps), frozen, head
+    assert flows[56] == [True, True, False, False, True]  # trunk, late (from step 40), branch, frozen, head

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from lightning_gradwatch import _names as names
@@ -36,7 +36,7 @@ from lightning_gradwatch.write.progress import warn
 from lightning_gradwatch.write.sinks import Sink
 from lightning_gradwatch.write.writers import Writers
 
-__all__ = ["LaneView", "RunOutput", "layer_health", "per_step_message"]
+__all__ = ["LaneView", "RunOutput", "flow_rows", "layer_health", "per_step_message"]
 
 _BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
@@ -222,22 +222,23 @@ class RunOutput:
     def _picture_job(self, decision: Decision, lane: LaneView) -> Draw | None:
         """This step's picture data, taken now, and what draws it on the worker thread (``None``: nothing to draw).
 
-        The heat map's rows are every layer of the lane that had a gradient in the run, not only at this step.
+        Both pictures show every layer of the lane that had a gradient in the run, not only those that had one at
+        this step: the bar chart leaves the others' places empty, the heat map their cells.
         Matplotlib never runs on the training thread.
         """
         stats, step, suffix = decision.stats, decision.step, lane.suffix
         if stats is None or stats.mean_abs is None or stats.max_abs is None:
             return None
-        layers, mean_abs, max_abs = stats.layers, stats.mean_abs, stats.max_abs
-        health = layer_health(stats, decision)
         rows, steps, norms = self.summary.norm_grid(lane.layers, lane.key)
+        layers, mean_abs, max_abs, health, missing = flow_rows(
+            rows, stats.layers, stats.mean_abs, stats.max_abs, layer_health(stats, decision)
+        )
         budget = self.budget
 
         def draw() -> dict[str, bytes]:
             started = time.perf_counter()
-            images = {
-                names.run_tag(names.GRADIENT_FLOW, suffix): gradient_flow_png(layers, mean_abs, max_abs, health, step)
-            }
+            flow = gradient_flow_png(layers, mean_abs, max_abs, health, step, no_gradient=missing)
+            images = {names.run_tag(names.GRADIENT_FLOW, suffix): flow}
             if len(steps) >= 2:
                 heatmap = gradient_heatmap_png(rows, steps, norms, steps[-1])  # the whole run's, when drawn at its end
                 images[names.run_tag(names.GRADIENT_HEATMAP, suffix)] = heatmap
@@ -495,6 +496,36 @@ def per_step_message(budget: OverheadBudget) -> str:
         ' (`granularity="module"`, a smaller `max_layers`), or write scalars less often (a larger'
         " `log_every_n_steps`). gradwatch.json records the figures under `budget`."
     )
+
+
+def flow_rows(
+    rows: Sequence[str],
+    layers: Sequence[str],
+    mean_abs: Sequence[float],
+    max_abs: Sequence[float],
+    health: Sequence[Health],
+) -> tuple[list[str], list[float], list[float], list[Health], set[str]]:
+    """One step's per-layer values placed on the run's rows: ``(layers, mean_abs, max_abs, health, no_gradient)``.
+
+    A layer of ``rows`` without a value at this step gets ``nan`` and is listed in ``no_gradient``; a layer of this
+    step missing from ``rows`` is added after them.
+
+    Example:
+        >>> ok, low = Health.OK, Health.VANISHING
+        >>> layers, mean_abs, _, health, no_gradient = flow_rows(["fc1", "fc2", "fc3"], ["fc1", "fc3"], [0.1, 0.3],
+        ...                                                      [1.0, 3.0], [ok, low])
+        >>> layers, mean_abs, [str(h) for h in health], no_gradient
+        (['fc1', 'fc2', 'fc3'], [0.1, nan, 0.3], ['ok', 'ok', 'vanishing'], {'fc2'})
+    """
+    at = {name: i for i, name in enumerate(layers)}
+    known = set(rows)
+    order = [*rows, *(name for name in layers if name not in known)]
+    missing = {name for name in order if name not in at}
+
+    def placed(values: Sequence[Any], absent: Any) -> list[Any]:
+        return [values[at[name]] if name in at else absent for name in order]
+
+    return order, placed(mean_abs, math.nan), placed(max_abs, math.nan), placed(health, Health.OK), missing
 
 
 def layer_health(stats: StepStats, decision: Decision) -> list[Health]:

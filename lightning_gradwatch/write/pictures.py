@@ -12,7 +12,7 @@ import io
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from lightning_gradwatch.kinds import Health, health_colours
@@ -32,6 +32,7 @@ HEALTH_COLOURS: dict[Health, str] = health_colours()
 # Matplotlib is not thread-safe (its text parser and font caches are shared): two GradWatch instances, each with its
 # own drawing thread, once failed to parse a tick label while drawing at the same time. One picture at a time.
 _DRAWING_LOCK = threading.Lock()
+_NO_GRADIENT = "#9a9a9a"  # the name of a layer without a gradient at the step drawn
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,6 +86,7 @@ def gradient_flow_png(
     max_abs: Sequence[float],
     health: Sequence[str],
     step: int,
+    no_gradient: Collection[str] = (),
 ) -> bytes:
     """Bar chart of mean and max ``|gradient|`` per layer (log scale, forward order), unhealthy layers coloured.
 
@@ -94,6 +96,8 @@ def gradient_flow_png(
         max_abs: max ``|g|`` per layer.
         health: ``"ok"``, ``"vanishing"``, ``"exploding"`` or ``"non-finite"`` per layer.
         step: the optimizer step shown in the title.
+        no_gradient: layers (of ``layers``) without a gradient at this step: they keep their place, with no bars and
+            their names in grey.
 
     Example:
         >>> png = gradient_flow_png(["fc1", "fc2"], [1e-6, 1e-2], [1e-5, 1e-1], ["vanishing", "ok"], step=10)
@@ -110,6 +114,9 @@ def gradient_flow_png(
     ax.set_yscale("log")
     ax.set_xticks(xs)
     ax.set_xticklabels(_labels(layers), rotation=90, fontsize=7 if n > 20 else 8)
+    for label, name in zip(ax.get_xticklabels(), layers):
+        if name in no_gradient:
+            label.set_color(_NO_GRADIENT)
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylabel("|gradient| (log scale)")
     ax.set_title(f"Gradient flow at step {step} (layers in forward order)")
@@ -122,6 +129,9 @@ def gradient_flow_png(
         if name in health:
             handles.append(Patch(color=HEALTH_COLOURS[name]))
             labels.append(str(name))
+    if any(name in no_gradient for name in layers):
+        handles.append(Patch(color=_NO_GRADIENT))
+        labels.append("no gradient at this step (grey name)")
     ax.legend(handles, labels, loc="upper left", fontsize=8)
     fig.tight_layout()
     return _png(fig)
