@@ -454,6 +454,72 @@ def test_one_stalled_hook_does_not_make_the_per_step_work_over_budget():
     assert (slow.per_step_far_over, slow.per_step_breaks_budget) == (True, True)
 
 
+def test_end_of_fit_cost_line_names_only_what_costs_too_much():
+    """The end-of-fit line counts hook time as the budget does (under 2 ms a step it is within any budget) and gives
+    a remedy only for the parts that cost too much: no `images=False` when the pictures are cheap, no per-step
+    remedy when the per-step work is within the budget."""
+    from lightning_gradwatch.write.budget import OverheadBudget
+    from lightning_gradwatch.write.output import over_budget, overhead_message
+
+    def toy(step_seconds, hook, picture=None, histogram_hook=None, every=200):
+        budget = OverheadBudget(0.03, every, explicit=every != 200, pictures=True)
+        budget = _observed(budget, step_seconds=step_seconds, hook=hook, histogram_hook=histogram_hook or hook)
+        if picture is not None:
+            budget.picture_done(picture)
+            budget.update()
+        return budget
+
+    # 1 ms of measuring on 6 ms steps (17% of them), pictures spaced out to cost less than the budget: nothing to say
+    measuring = toy(0.006, 0.001, picture=0.3)
+    assert measuring.overhead() > 2 * 0.03
+    assert measuring.costs()[2] < 0.03 * 0.006
+    assert not over_budget(measuring)
+    # the same with a short run's floor of pictures (every 8 steps): the pictures, and only they, are advised
+    floor = toy(0.006, 0.001, picture=0.3)
+    floor.pictures_every = 8
+    said = overhead_message(floor, steps=64)
+    assert over_budget(floor)
+    assert "its gradient-flow pictures " in said
+    assert "its measuring and judging at every step 17% (1 ms a step)" in said
+    assert "GradWatch's hook (1 ms a step) is within the budget: hook costs under 2 ms a step are within any" in said
+    assert "`images=False` turns the pictures off." in said
+    assert "histogram_every_n_steps" not in said
+    assert "include" not in said
+    # 5 ms of measuring on 10 ms steps: beyond any budget, the per-step work is advised, not the pictures
+    heavy = toy(0.01, 0.005, picture=0.3)
+    said = overhead_message(heavy, steps=64)
+    assert over_budget(heavy)
+    assert "its measuring and judging at every step 50% (5 ms a step)" in said
+    assert "fewer parameters (`include`/`exclude`)" in said
+    assert "images=False" not in said
+    assert "within the budget" not in said
+    # histograms asked for every 4 steps that take 20 ms each on 10 ms steps: they are named and advised
+    histograms = toy(0.01, 0.0005, histogram_hook=0.0205, every=4)
+    said = overhead_message(histograms, steps=64)
+    assert over_budget(histograms)
+    assert "A larger `histogram_every_n_steps` spaces out the histograms." in said
+    assert "images=False" not in said
+    assert "include" not in said
+
+
+def test_toy_run_measuring_under_2_ms_a_step_is_not_called_over_budget(tmp_path):
+    """The first 64 steps of a long run (no floor of pictures: the budget holds them to its fraction) of a model
+    whose steps take a few ms: GradWatch's per-step measuring is a large share of them, but under 2 ms a step it is
+    within any budget. The end of the fit does not call it over the budget, nor blame the pictures for it."""
+    from lightning_gradwatch.write.budget import FLOOR_SECONDS
+
+    trainer, _, messages = _fit(tmp_path, GradWatch(), long_run=True)
+    budget = _report(trainer)["budget"]
+    said = [m for m in _said(messages, "INFO") if m.startswith("GradWatch cost about ")]
+    allowed = 0.03 * budget["step_seconds"]
+    pictures = budget["picture_seconds"] / budget["pictures_every_n_steps"]
+    assert pictures <= allowed  # held to the budget (no floor of pictures in a long run) ...
+    assert not [m for m in said if "images=False" in m]  # ... so they are not what costs too much
+    histograms = (budget["histogram_extra_seconds"] or 0.0) / budget["histogram_every_n_steps"]
+    if budget["hook_seconds"] + histograms <= FLOOR_SECONDS:  # a machine too loaded for that says it, with a remedy
+        assert said == []
+
+
 def test_a_fit_that_raises_at_a_step_is_finished_once_and_its_end_is_not_timed_as_a_step(tmp_path):
     """``on_nonfinite="raise"`` finishes the fit at the NaN step (its last pictures drawn, the report written) before
     the exception leaves it: the end-of-fit line is said once, and the pictures' drawing is not booked as the step's

@@ -179,10 +179,9 @@ class OverheadBudget:
     def update(self) -> None:
         """Take in the drawing times reported since the last call and choose the histogram and picture spacing."""
         self.take_drawn()
-        step = self.step_seconds
-        if step is None:
+        step, allowed = self.step_seconds, self.hook_allowance()
+        if step is None or allowed is None:
             return
-        allowed = max(self.fraction * step, FLOOR_SECONDS)
         if self.log_asked and self._log:  # scalars the run length asked for: first in line, within half the room
             self._widen_scalars(allowed)
         judged = len(self._plain) >= _MIN_JUDGED
@@ -279,6 +278,15 @@ class OverheadBudget:
         if step is None:
             return None
         return sum(self.costs()) / step
+
+    def hook_allowance(self) -> float | None:
+        """The hook time a step may take (per-step work and histograms together), as :meth:`update` spaces them.
+
+        The fraction of the step time, and at least :data:`FLOOR_SECONDS`: hook costs under 2 ms a step are within
+        any budget. Pictures, drawn on the worker thread, are held to the fraction itself.
+        """
+        step = self.step_seconds
+        return None if step is None else max(self.fraction * step, FLOOR_SECONDS)
 
     @property
     def per_step_seconds(self) -> float:

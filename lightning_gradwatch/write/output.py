@@ -23,7 +23,7 @@ from lightning_gradwatch.judge.decision import Decision
 from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.measure.records import StepStats
 from lightning_gradwatch.report import RunSummary, build_report, json_safe
-from lightning_gradwatch.write.budget import MIN_PICTURES, OverheadBudget
+from lightning_gradwatch.write.budget import FLOOR_SECONDS, MIN_PICTURES, OverheadBudget
 from lightning_gradwatch.write.content import histogram_tags, step_scalars
 from lightning_gradwatch.write.picture_schedule import Draw, PictureSchedule
 from lightning_gradwatch.write.pictures import (
@@ -422,14 +422,70 @@ def budget_message(budget: OverheadBudget) -> str:
 def over_budget(budget: OverheadBudget) -> bool:
     """Whether GradWatch's estimated cost, at the spacing the run ended with, is more than twice its budget.
 
-    What a short run of small steps pays: its floor of pictures, and the per-step measuring that no budget thins.
+    Counted as the budget counts it: hook time (the per-step work and the histograms) within what the budget allows
+    a step (:meth:`~.budget.OverheadBudget.hook_allowance`: hook costs under 2 ms a step are within any budget)
+    counts as no more than the budget; pictures count in full. What a short run of small steps pays past it: its
+    floor of pictures, or hook time of more than 2 ms a step.
     """
-    overhead = budget.overhead()
-    return overhead is not None and overhead > 2 * budget.fraction
+    costs = _Costs.of(budget)
+    return costs is not None and costs.charged > 2 * costs.budget
+
+
+class _Costs:
+    """GradWatch's seconds per step by part, against what the budget allows them."""
+
+    def __init__(self, budget: OverheadBudget, step: float, allowance: float) -> None:
+        self.step = step
+        self.budget = budget.fraction * step  # seconds a step
+        self.per_step, self.histograms, self.pictures = budget.costs()
+        self.hooks = self.per_step + self.histograms
+        self.allowance = allowance
+        self.hooks_allowed = self.hooks <= allowance
+
+    @classmethod
+    def of(cls, budget: OverheadBudget) -> _Costs | None:
+        """The budget's costs (``None`` before the step time is known)."""
+        step, allowance = budget.step_seconds, budget.hook_allowance()
+        return None if step is None or allowance is None else cls(budget, step, allowance)
+
+    @property
+    def charged(self) -> float:
+        """Seconds a step counted against the budget: hook time within its allowance as no more than the budget."""
+        return self.pictures + (min(self.hooks, self.budget) if self.hooks_allowed else self.hooks)
+
+    def costly(self) -> list[str]:
+        """The parts worth bringing down: over the budget by themselves (all the charged ones, when none is)."""
+        hooks = not self.hooks_allowed  # hook time within its allowance needs no remedy
+        alone = {
+            "pictures": self.pictures > self.budget,
+            "histograms": hooks and self.histograms > self.budget,
+            "per_step": hooks and self.per_step > self.allowance,
+        }
+        counted = {
+            "pictures": self.pictures / self.step >= _LISTED,
+            "histograms": hooks and self.histograms / self.step >= _LISTED,
+            "per_step": hooks,
+        }
+        parts = [part for part, over in alone.items() if over]
+        return parts or [part for part, named in counted.items() if named]
+
+
+_LISTED = 0.01  # a part of GradWatch's cost is named from this share of the step time on
+_ADVICE = {
+    "pictures": "`images=False` turns the pictures off",
+    "histograms": "a larger `histogram_every_n_steps` spaces out the histograms",
+    "per_step": (
+        "the per-step work grows with the number of parameter tensors, not the step (about 1.4 ms for 78), a few"
+        " percent of a step of 50 ms or more: watching fewer parameters (`include`/`exclude`) or modules rather than"
+        " single parameters (`granularity`) brings it down"
+    ),
+}
 
 
 def overhead_message(budget: OverheadBudget, steps: int) -> str:
-    """What GradWatch cost a run of ``steps`` steps whose cost went past its budget, by part, and what brings it down.
+    """What GradWatch cost a run of ``steps`` steps whose cost went past its budget, by part, and what helps.
+
+    Only the parts that cost too much are given a remedy: hook time within what any budget allows is said to be.
 
     Example:
         >>> budget = OverheadBudget(0.03, histogram_every=12, explicit=False, pictures=True)
@@ -443,27 +499,40 @@ def overhead_message(budget: OverheadBudget, steps: int) -> str:
         (True, 'GradWatch cost about 228% of the training time of this run (100 steps of about 5 ms)')
         >>> [part.split(" (")[0] for part in said.split(": ")[1].split("), ")][:2]
         ['its gradient-flow pictures 208%', 'its measuring and judging at every step 20%']
+        >>> for sentence in said.split(". ")[1:]:  # 1 ms of hook time a step is within any budget: pictures advised
+        ...     print(sentence)
+        GradWatch's hook (1 ms a step) is within the budget: hook costs under 2 ms a step are within any budget
+        `images=False` turns the pictures off
+        gradwatch.json records the costs under `budget`.
     """
     b = budget.to_dict()
-    step = budget.step_seconds or math.nan
-    per_step, histograms, pictures = budget.costs()
+    costs = _Costs.of(budget)
+    assert costs is not None, "no step time yet"
+    step = costs.step
     parts = []
-    if pictures / step >= 0.01:
+    if costs.pictures / step >= _LISTED:
         parts.append(
-            f"its gradient-flow pictures {pictures / step:.0%} ({_duration(b['picture_seconds'])} each to draw, on a"
-            " worker thread the end of the fit waits for)"
+            f"its gradient-flow pictures {costs.pictures / step:.0%} ({_duration(b['picture_seconds'])} each to draw,"
+            " on a worker thread the end of the fit waits for)"
         )
-    if histograms / step >= 0.01:
-        parts.append(f"its histograms {histograms / step:.0%} (every {budget.histogram_every} steps)")
-    parts.append(f"its measuring and judging at every step {per_step / step:.0%} ({_duration(per_step)} a step)")
-    return (
-        f"GradWatch cost about {(budget.overhead() or 0.0):.0%} of the training time of this run ({steps} steps of"
-        f" about {_duration(b['step_seconds'])}), beyond overhead_budget={budget.fraction}: {', '.join(parts)}."
-        " `images=False` turns the pictures off, a larger `histogram_every_n_steps` spaces out the histograms; the"
-        " per-step work grows with the number of parameter tensors, not the step (about 1.4 ms for 78), a few percent"
-        " of a step of 50 ms or more. gradwatch.json"
-        " records the costs under `budget`."
+    if costs.histograms / step >= _LISTED:
+        parts.append(f"its histograms {costs.histograms / step:.0%} (every {budget.histogram_every} steps)")
+    parts.append(
+        f"its measuring and judging at every step {costs.per_step / step:.0%} ({_duration(costs.per_step)} a step)"
     )
+    said = [
+        f"GradWatch cost about {(budget.overhead() or 0.0):.0%} of the training time of this run ({steps} steps of"
+        f" about {_duration(b['step_seconds'])}), beyond overhead_budget={budget.fraction}: {', '.join(parts)}"
+    ]
+    if costs.hooks_allowed:
+        within = f": hook costs under {_duration(FLOOR_SECONDS)} a step are within any budget"
+        said.append(
+            f"GradWatch's hook ({_duration(costs.hooks)} a step) is within the budget"
+            f"{within if costs.hooks <= FLOOR_SECONDS else ''}"
+        )
+    advice = "; ".join(_ADVICE[part] for part in costs.costly())
+    said.append(advice[:1].upper() + advice[1:])
+    return ". ".join(said) + ". gradwatch.json records the costs under `budget`."
 
 
 def _duration(seconds: float | None) -> str:
