@@ -53,8 +53,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     all-reduced, AMP-unscaled, not yet clipped), once per optimizer step, for the parameters of the optimizer being
     stepped (an optimizer whose closure runs several times a step, such as LBFGS's line search, calls the hook after
     each evaluation: the step's first, the gradient at its starting weights, is the one measured, judged and
-    clipped). Parameters are grouped into layers by owning module (``encoder.layers.3.self_attn``), so TensorBoard
-    gets one chart line per layer, not one per weight and bias.
+    clipped). Parameters are grouped into layers by owning module (``encoder.layers.3.self_attn``; a weight under
+    ``weight_norm`` or another parametrisation is its module's), so TensorBoard gets one chart line per layer, not
+    one per weight and bias.
 
     Every step: per-layer gradient L2 norms and the total norm, in one fused pass with one device-to-host transfer;
     detection runs on these. Every ``log_every_n_steps`` steps (global rank 0 writes): ``grad_norm/<layer>`` (and its

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
+from torch.nn.utils.parametrizations import orthogonal, spectral_norm, weight_norm
 
 from lightning_gradwatch import GradientWarning, GradWatch
 from tests.helpers import events, flavour, reference_norms, regression_data, scalars, trainer_kwargs
@@ -120,6 +124,65 @@ def test_layer_unused_on_some_steps(tmp_path):
         assert value == pytest.approx(model.reference[step]["__total__"], rel=1e-5)
 
 
+class Parametrised(Base):
+    """weight_norm, spectral_norm, orthogonal and pruning: each Linear's weight is made of other parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            weight_norm(nn.Linear(8, 16)),
+            nn.Tanh(),
+            spectral_norm(nn.Linear(16, 16)),
+            nn.Tanh(),
+            orthogonal(nn.Linear(16, 16)),
+            nn.Tanh(),
+            prune.l1_unstructured(nn.Linear(16, 1), "weight", amount=0.5),
+        )
+        self.grads: dict[int, dict[str, tuple[float, float]]] = {}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def on_before_optimizer_step(self, optimizer):
+        # float64, per Linear: every parameter it holds (bias, originals, weight_orig), its gradient and itself
+        self.grads[self.global_step] = {
+            f"net.{i}": tuple(
+                sum(float(t.double().square().sum()) for t in tensors) ** 0.5
+                for tensors in ([p.grad for p in m.parameters()], list(m.parameters()))
+            )
+            for i, m in enumerate(self.net)
+            if isinstance(m, nn.Linear)
+        }
+
+
+def test_parametrised_weight_is_its_modules_layer(tmp_path):
+    """A Linear under weight_norm keeps its weight in ``net.0.parametrizations.weight.original0``/``original1``:
+    still one layer, ``net.0``, whose norm and gradient-to-weight ratio take its bias and weight together."""
+    model = Parametrised()
+    _watch, trainer, ours = _fit(tmp_path, model)
+    assert ours == []
+    layers = json.loads((Path(trainer.logger.log_dir) / "gradwatch.json").read_text())["layers"]
+    sizes = {i: sum(p.numel() for p in model.net[i].parameters()) for i in (0, 2, 4, 6)}
+    assert [(layer["name"], layer["numel"]) for layer in layers] == [(f"net.{i}", n) for i, n in sizes.items()]
+    acc = events(trainer.logger.log_dir)
+    assert not [tag for tag in acc.Tags()["scalars"] if "parametrizations" in tag or "orig" in tag]
+    for name in ("net.0", "net.2", "net.4", "net.6"):
+        norms, ratios = scalars(acc, f"grad_norm/{name}"), scalars(acc, f"grad_to_weight/{name}")
+        assert sorted(norms) == sorted(ratios) == list(range(8))
+        for step, (grad, weight) in ((s, model.grads[s][name]) for s in norms):
+            assert norms[step] == pytest.approx(grad, rel=1e-5)
+            assert ratios[step] == pytest.approx(grad / weight, rel=1e-5)
+
+    _watch, trainer, ours = _fit(tmp_path / "per_parameter", Parametrised(), granularity="parameter")
+    layers = json.loads((Path(trainer.logger.log_dir) / "gradwatch.json").read_text())["layers"]
+    assert [layer["name"] for layer in layers] == [
+        *("net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight", "net.4.bias", "net.4.weight"),
+        *("net.6.bias", "net.6.weight_orig"),  # pruning's own parameter, on the module
+    ]
+    assert layers[1]["numel"] == 16 + 16 * 8  # weight_norm's magnitude and direction: the weight they make
+
+
 def test_zero_size_complex_and_non_contiguous_parameters(tmp_path):
     class Odd(Base):
         def __init__(self) -> None:
@@ -209,5 +272,16 @@ def test_normalisation_layer_exempt_under_activation_checkpointing(tmp_path, wra
     layers = scalars(events(trainer.logger.log_dir), "grad_norm/side.0")
     assert len(layers) == 8
     assert max(layers.values()) < 1e-6
+    assert watch.alerts == []
+    assert ours == []
+
+
+def test_parametrised_normalisation_layer_is_exempt(tmp_path):
+    def parametrise(side: nn.Sequential) -> nn.Sequential:
+        weight_norm(side[0], dim=None)  # the LayerNorm's weight is now side.0.parametrizations.weight.original*
+        return side
+
+    watch, trainer, ours = _fit(tmp_path, _side_norm_model(parametrise), vanishing_patience=3)
+    assert max(scalars(events(trainer.logger.log_dir), "grad_norm/side.0").values()) < 1e-6
     assert watch.alerts == []
     assert ours == []

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import Tensor
+from torch.nn.utils.parametrize import is_parametrized
 
-from lightning_gradwatch.measure.layers import watched_parameters
+from lightning_gradwatch.measure.layers import tensor_name, watched_parameters
 from lightning_gradwatch.remedies import ModelTraits
 
 __all__ = [
@@ -197,10 +198,18 @@ def exempt_parameters(module: Any, granularity: str) -> set[int]:
 
     Identified by object, not by name, so wrapper prefixes cannot make the names disagree with the layers'.
     """
-    exempt = {id(p) for m in module.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)}
+    exempt = {id(p) for m in module.modules() if "Norm" in type(m).__name__ for p in _own_parameters(m)}
     if granularity == "parameter":
-        exempt.update(id(p) for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] == "bias")
+        exempt.update(id(p) for n, p in module.named_parameters() if tensor_name(n).rsplit(".", 1)[-1] == "bias")
     return exempt
+
+
+def _own_parameters(module: Any) -> list[Tensor]:
+    """A module's own parameters, with those its parametrised tensors are made of (``torch.nn.utils.parametrize``)."""
+    own = list(module.parameters(recurse=False))
+    if is_parametrized(module):
+        own += list(module.parametrizations.parameters())
+    return own
 
 
 def scale_of(scaler: Any) -> float:

@@ -17,14 +17,45 @@ __all__ = [
     "layer_name",
     "merge_layers",
     "merged_order",
+    "tensor_name",
     "watched_parameters",
 ]
 
 GRANULARITIES: tuple[str, ...] = choices(Granularity)
 
+#: how ``torch.nn.utils.parametrize`` names what makes a parametrised tensor ``X.<tensor>``: its originals
+#: (``X.parametrizations.<tensor>.original``, or ``original0``, ``original1`` when it has several, as weight_norm's)
+#: and the parameters of its parametrisations (``X.parametrizations.<tensor>.<k>.<name>``); the outermost wins
+_PARAMETRIZED = re.compile(r"^(?:(.+?)\.)?parametrizations\.([^.]+)\.(?:original\d*|\d+\..+)$")
+
+
+def tensor_name(param_name: str) -> str:
+    """The tensor a parameter stands for: the parametrised tensor its module reads, else the parameter itself.
+
+    ``weight_norm``, ``spectral_norm``, ``orthogonal`` and every ``register_parametrization`` keep a module's weight
+    as parameters of the module's ``parametrizations`` (``net.0.parametrizations.weight.original0``); they make
+    ``net.0.weight``. ``torch.nn.utils.prune`` keeps its parameter on the module itself (``net.0.weight_orig``).
+
+    Example:
+        >>> tensor_name("net.0.parametrizations.weight.original0")
+        'net.0.weight'
+        >>> tensor_name("parametrizations.weight.original")  # a parametrised root module
+        'weight'
+        >>> tensor_name("net.0.weight_orig"), tensor_name("net.0.bias")
+        ('net.0.weight_orig', 'net.0.bias')
+    """
+    match = _PARAMETRIZED.match(param_name)
+    if match is None:
+        return param_name
+    owner, tensor = match.groups()
+    return f"{owner}.{tensor}" if owner else tensor
+
 
 def layer_name(param_name: str, granularity: Granularity = "module") -> str:
     """The layer a parameter belongs to: its owning module, or the parameter itself.
+
+    A parametrised tensor's parameters belong to the module that reads the tensor, and per parameter are the
+    tensor (weight_norm's ``original0`` and ``original1`` are one layer, ``net.0.weight``): see :func:`tensor_name`.
 
     Example:
         >>> layer_name("encoder.layers.3.self_attn.in_proj_weight")
@@ -33,11 +64,16 @@ def layer_name(param_name: str, granularity: Granularity = "module") -> str:
         'encoder.layers.3.self_attn.in_proj_weight'
         >>> layer_name("pos_embedding")  # a parameter of the root module is its own layer
         'pos_embedding'
+        >>> layer_name("net.0.parametrizations.weight.original1"), layer_name("net.0.bias")
+        ('net.0', 'net.0')
+        >>> layer_name("net.0.parametrizations.weight.original1", "parameter")
+        'net.0.weight'
     """
+    tensor = tensor_name(param_name)
     if granularity == "parameter":
-        return param_name
-    owner, _, _ = param_name.rpartition(".")
-    return owner or param_name
+        return tensor
+    owner, _, _ = tensor.rpartition(".")
+    return owner or tensor
 
 
 @dataclass
