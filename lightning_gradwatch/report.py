@@ -5,12 +5,14 @@ This module owns the file's format (writing it during training and reading it ba
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
 import tempfile
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ __all__ = [
     "RunSummary",
     "Series",
     "build_report",
+    "in_model_order",
     "json_safe",
     "read_report",
     "write_report",
@@ -38,6 +41,49 @@ REPORT_FILE = "gradwatch.json"
 REPORT_FORMAT = "gradwatch-report"
 REPORT_FORMAT_VERSION = 1
 MAX_BAD_BATCHES = 1000  # the first ones are kept, the rest counted
+
+
+def in_model_order(orders: Iterable[Sequence[str]]) -> list[str]:
+    """Layer names in the model's order, from lists that each hold some of them in that order.
+
+    Each list is one view of the model's (registration) order: the layers an optimizer watches, or those a step
+    measured (a frozen or unused layer is missing from it). The result keeps every list's order; names no list
+    places relative to each other keep the order they were first seen in.
+
+    Example:
+        >>> in_model_order([["net.2", "net.4"], ["net.0", "net.2", "net.4"]])  # net.0 unfrozen later
+        ['net.0', 'net.2', 'net.4']
+        >>> in_model_order([["generator.0", "generator.1"], ["critic.0"]])  # two optimizers' layers
+        ['generator.0', 'generator.1', 'critic.0']
+    """
+    names, after = _precedence(orders)
+    rank = {name: i for i, name in enumerate(names)}
+    waiting = dict.fromkeys(names, 0)  # how many names must still come before each
+    for name in chain.from_iterable(after.values()):
+        waiting[name] += 1
+    ready = [rank[name] for name, count in waiting.items() if count == 0]
+    out: list[str] = []
+    while waiting:
+        # the first-seen name nothing else must precede; should the lists disagree (a cycle), the first-seen left
+        name = names[heapq.heappop(ready)] if ready else next(iter(waiting))
+        del waiting[name]
+        out.append(name)
+        for later in after[name] & waiting.keys():
+            waiting[later] -= 1
+            if waiting[later] == 0:
+                heapq.heappush(ready, rank[later])
+    return out
+
+
+def _precedence(orders: Iterable[Sequence[str]]) -> tuple[list[str], dict[str, set[str]]]:
+    """The names in the order first seen, and the names that directly follow each in some list."""
+    after: dict[str, set[str]] = {}
+    for order in orders:
+        for name in order:
+            after.setdefault(name, set())
+        for before, name in pairwise(order):
+            after[before].add(name)
+    return list(after), after
 
 
 class Series:
@@ -148,15 +194,17 @@ class RunSummary:
     """Per-layer and run-level summaries of one training run, fed by :class:`~lightning_gradwatch.stats.StepStats`.
 
     The total norm and the per-layer norms are summarised on every measured step (a spike between log steps is in
-    the report); gradient-to-weight ratios on the steps that measure parameter norms. The per-layer norms are also
-    kept on one step axis per optimizer (``key``), for the heat map: every layer that had a gradient, on the steps
-    it had one.
+    the report); gradient-to-weight ratios on the steps that measure parameter norms. Layers are listed in the
+    model's order (:meth:`watch`), not in the order their first gradient came: a layer frozen for the first steps
+    is still listed where it sits in the model. The per-layer norms are also kept on one step axis per optimizer
+    (``key``), for the heat map: every layer that had a gradient, on the steps it had one.
     """
 
     def __init__(self) -> None:
         self.total_norm: dict[str, Series] = {}
         self.layers: dict[str, dict[str, Any]] = {}
         self.grids: dict[str, StepGrid] = {}  # per optimizer key: the layers' norms on a shared step axis
+        self.order: list[str] = []  # every watched layer, in the model's order
         self.first_step: int | None = None
         self.last_step: int | None = None
         self.measured_steps = 0
@@ -177,6 +225,16 @@ class RunSummary:
             self.bad_batches.append({"step": step, "reasons": list(reasons), **where})
         else:
             self.count("bad_batches_not_kept")
+
+    def watch(self, layers: Sequence[str]) -> None:
+        """The layers an optimizer watches, in the model's order (each optimizer's, and again when they change)."""
+        self.order = in_model_order([self.order, layers])
+
+    def ordered(self, layers: Iterable[str] | None = None) -> list[str]:
+        """The summarised layers (of ``layers`` when given) in the model's order; others, unwatched, after them."""
+        rank = {name: i for i, name in enumerate(self.order)}
+        names = self.layers if layers is None else [name for name in layers if name in self.layers]
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
     def count(self, event: str, n: int = 1) -> None:
         """Count a run event such as ``"amp_overflow_steps"`` or ``"skipped_steps"``."""
@@ -257,7 +315,7 @@ class RunSummary:
                     "grad_to_weight": entry["grad_to_weight"].to_dict(),
                     "nonfinite_steps": entry["nonfinite_steps"],
                 }
-                for name, entry in self.layers.items()
+                for name, entry in ((name, self.layers[name]) for name in self.ordered())
             ],
             "events": dict(self.events),
             "bad_batches": [dict(b) for b in self.bad_batches],
@@ -272,6 +330,7 @@ class RunSummary:
             "logged_steps": self.logged_steps,
             "events": dict(self.events),
             "bad_batches": [dict(b) for b in self.bad_batches],
+            "order": list(self.order),
             "total_norm": {k: s.state_dict() for k, s in self.total_norm.items()},
             "grids": {k: grid.state_dict() for k, grid in self.grids.items()},
             "layers": {
@@ -293,6 +352,7 @@ class RunSummary:
         self.logged_steps = int(state.get("logged_steps", 0))
         self.events = {str(k): int(v) for k, v in state.get("events", {}).items()}
         self.bad_batches = [dict(b) for b in state.get("bad_batches", [])]
+        self.order = in_model_order([[str(name) for name in state.get("order", [])], self.order])
         self.total_norm = {}
         for key, s in state.get("total_norm", {}).items():
             self.total_norm[key] = Series()

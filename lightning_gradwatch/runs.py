@@ -30,7 +30,7 @@ from lightning_gradwatch import _crc32c
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.kinds import RunStatus
-from lightning_gradwatch.report import REPORT_FILE, read_report
+from lightning_gradwatch.report import REPORT_FILE, in_model_order, read_report
 
 __all__ = ["RunReadError", "RunRecord", "find_runs", "load_run", "read_runs"]
 
@@ -48,23 +48,23 @@ class RunReadError(Exception):
 class RunRecord:
     """What the ``gradwatch`` command needs to know about one run.
 
-    ``layers`` entries hold ``name``, ``grad_norm`` and ``grad_to_weight`` summaries (``count``, ``last``,
-    ``median``, ``min``, ``max``) and ``nonfinite_steps``; ``total_norm`` maps ``"all"`` (or ``"optimizer_<i>"``
-    with several optimizers) to the same summary of the total norm; ``alerts`` entries hold ``kind``, ``step``,
-    ``layers``, ``value``, ``threshold``, ``message`` and ``optimizer``. ``status`` is described in the module's
-    docstring; ``error`` is the exception that ended a failed or interrupted run; ``partial`` names an event file
-    that ends in half a record; ``unreadable`` says why the run could not be read (its other fields are then empty).
-    ``history`` holds each layer's gradient norms as ``(step, norm)`` points (from ``gradwatch.json``: its thinned
-    history of finite norms; from event files: every logged step), ``total_history`` the same for each
-    ``total_norm`` key; ``config`` is ``gradwatch.json``'s configuration (empty from event files); ``series`` holds
-    every GradWatch scalar of the event files by tag (``grad_norm/<layer>``, ``gradwatch/total_norm``,
-    ``gradwatch/clip_threshold``, ...) as ``(step, value)`` points, when the run was loaded with ``series=True``.
-    ``fits`` lists the run's fits (``first_step``, ``last_step``, ``status``: a second ``trainer.fit`` continues a
-    run), and ``status`` is the last one's; ``earlier_alerts`` are alerts a resumed checkpoint brought from the run
-    they happened in (judged there, not here). ``numbers_from_events``: the report of an unfinished run is older than
-    its event files (written at its last alert, say, before the run was killed), so its steps, layers, total norms
-    and event counts are taken from the event files (logged steps only; its alerts and configuration stay the
-    report's).
+    ``layers`` entries, in the model's order, hold ``name``, ``grad_norm`` and ``grad_to_weight`` summaries
+    (``count``, ``last``, ``median``, ``min``, ``max``) and ``nonfinite_steps``; ``total_norm`` maps ``"all"`` (or
+    ``"optimizer_<i>"`` with several optimizers) to the same summary of the total norm; ``alerts`` entries hold
+    ``kind``, ``step``, ``layers``, ``value``, ``threshold``, ``message`` and ``optimizer``. ``status`` is described
+    in the module's docstring; ``error`` is the exception that ended a failed or interrupted run; ``partial`` names
+    an event file that ends in half a record; ``unreadable`` says why the run could not be read (its other fields
+    are then empty). ``history`` holds each layer's gradient norms as ``(step, norm)`` points (from
+    ``gradwatch.json``: its thinned history of finite norms; from event files: every logged step), ``total_history``
+    the same for each ``total_norm`` key; ``config`` is ``gradwatch.json``'s configuration (empty from event files);
+    ``series`` holds every GradWatch scalar of the event files by tag (``grad_norm/<layer>``,
+    ``gradwatch/total_norm``, ``gradwatch/clip_threshold``, ...) as ``(step, value)`` points, when the run was
+    loaded with ``series=True``. ``fits`` lists the run's fits (``first_step``, ``last_step``, ``status``: a second
+    ``trainer.fit`` continues a run), and ``status`` is the last one's; ``earlier_alerts`` are alerts a resumed
+    checkpoint brought from the run they happened in (judged there, not here). ``numbers_from_events``: the report
+    of an unfinished run is older than its event files (written at its last alert, say, before the run was killed),
+    so its steps, layers, total norms and event counts are taken from the event files (logged steps only; its alerts
+    and configuration stay the report's).
     """
 
     path: Path
@@ -208,7 +208,7 @@ def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
 def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
     """A ``gradwatch.json`` document's fields of :class:`RunRecord`, each checked for its type."""
     raw_layers = _as_list(doc.get("layers"))
-    layers = [_layer_entry(entry) for entry in raw_layers]
+    layers = [_layer_entry(entry) for entry in raw_layers]  # written in the model's order
     raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
     return {
         "status": _text(doc, "status"),
@@ -417,10 +417,10 @@ def _checked_at_once(data: bytes) -> list[bytes] | None:
 
 
 def _from_events(directory: Path, event_files: list[Path], keep_series: bool = False) -> RunRecord | None:
-    series, alerts, partial = _scan_events(event_files)
+    series, alerts, partial, orders = _scan_events(event_files)
     if not any(tag.startswith("grad_norm/") for tag in series) and not alerts:
         return None
-    layers = [_layer_from_series(tag[len("grad_norm/") :], series) for tag in series if tag.startswith("grad_norm/")]
+    layers = [_layer_from_series(name, series) for name in in_model_order(orders)]
     totals = _total_series(series)
     alerts.sort(key=lambda a: a["step"])
     total_norm = {key: _summarise(points) for key, points in sorted(totals.items(), key=_by_number)}
@@ -478,16 +478,19 @@ def _layer_from_series(name: str, series: dict[str, list[tuple[int, float]]]) ->
 
 def _scan_events(
     event_files: list[Path], partial_ok: bool = True
-) -> tuple[dict[str, list[tuple[int, float]]], list[dict[str, Any]], str | None]:
-    """GradWatch's scalar series ``{tag: [(step, value)]}``, its alerts, and a note on a file cut short.
+) -> tuple[dict[str, list[tuple[int, float]]], list[dict[str, Any]], str | None, list[tuple[str, ...]]]:
+    """GradWatch's scalar series ``{tag: [(step, value)]}``, its alerts, a note on a file cut short, and the orders.
 
-    ``partial_ok``: half a record at the end of a file is what a killed run leaves (else it is an error).
+    A step writes its layers in the model's order: each distinct order of a step's ``grad_norm/<layer>`` values is
+    kept (:func:`~lightning_gradwatch.report.in_model_order` puts them together). ``partial_ok``: half a record at
+    the end of a file is what a killed run leaves (else it is an error).
     """
     from tensorboard.compat.proto import event_pb2
 
     series: dict[str, list[tuple[int, float]]] = {}
     alerts: list[dict[str, Any]] = []
     partial = None
+    orders = _StepOrders()
     for path in event_files:
         records, note = _read_records(path, partial_ok=partial_ok)
         partial = partial or note
@@ -497,6 +500,7 @@ def _scan_events(
             except Exception as err:
                 raise RunReadError(f"{path}: corrupt event record ({_one_line(err)})") from err
             step = event.step
+            orders.at(step)
             for value in event.summary.value:
                 tag = value.tag
                 if not tag.startswith(_READ_PREFIXES):  # most values: other layer families, other loggers
@@ -512,10 +516,37 @@ def _scan_events(
                     if points is None:
                         points = series[tag] = []
                     points.append((step, number))
-    return series, alerts, partial
+                    orders.add(tag)
+    return series, alerts, partial, orders.distinct()
 
 
-_READ_PREFIXES = ("grad_norm/", "grad_to_weight/", "gradwatch/")
+_LAYER_NORM_PREFIX = "grad_norm/"
+_READ_PREFIXES = (_LAYER_NORM_PREFIX, "grad_to_weight/", "gradwatch/")
+
+
+class _StepOrders:
+    """The distinct orders of the layers each step wrote (its ``grad_norm/<layer>`` values, over its events)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, ...], None] = {}
+        self._step: int | None = None
+        self._layers: list[str] = []
+
+    def at(self, step: int) -> None:
+        """The next event's step: a new step closes the one before."""
+        if step != self._step:
+            self._seen[tuple(self._layers)] = None
+            self._step, self._layers = step, []
+
+    def add(self, tag: str) -> None:
+        """A scalar of the current step (a layer's norm is one of its layers, the others are ignored)."""
+        if tag.startswith(_LAYER_NORM_PREFIX):
+            self._layers.append(tag[len(_LAYER_NORM_PREFIX) :])
+
+    def distinct(self) -> list[tuple[str, ...]]:
+        """Every distinct order, the current step's included."""
+        self._seen[tuple(self._layers)] = None
+        return list(self._seen)
 
 
 def _scalar(value: Any, tag: str) -> float | None:

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from lightning_gradwatch import GradWatch
 from lightning_gradwatch.demos import DeepMLP
-from tests.helpers import flavour, make_mlp_module, trainer_kwargs
+from lightning_gradwatch.html_report import run_data
+from lightning_gradwatch.runs import load_run
+from tests.helpers import flavour, make_mlp_module, regression_data, trainer_kwargs
 from tests.test_cli import gradwatch
 
 pl = flavour("lightning.pytorch")
@@ -110,3 +113,59 @@ def test_report_heading_is_a_legend(runs):
     assert all(len(line) <= 100 for line in legend)
     title = lines[len(legend) + 1]
     assert title.endswith("(gradwatch.json, 120 steps, finished; now: steps 108-119)")
+
+
+class Refrozen(pl.LightningModule):
+    """``net.0`` frozen for the first 32 steps and trained after; ``net.2`` trained for 64 steps and frozen after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+        self.net[0].requires_grad_(False)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step == 32:
+            self.net[0].requires_grad_(True)
+        if self.global_step == 64:
+            self.net[2].requires_grad_(False)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return regression_data(256)
+
+
+@pytest.fixture(scope="module")
+def refrozen(tmp_path_factory) -> Path:
+    """A run of 96 steps: ``net.0`` trained from step 32, ``net.2`` until step 63; scalars every 2 steps."""
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=2, images=False)],
+        **trainer_kwargs(tmp_path_factory.mktemp("refrozen"), max_epochs=50, max_steps=96),
+    )
+    trainer.fit(Refrozen())
+    return Path(trainer.logger.log_dir)
+
+
+def _now(text: str) -> dict[str, str]:
+    """``{layer: now}`` from the text table, in its order (a state may be several words)."""
+    rows = (re.match(r"^(net\.\d)\s+\d+\s+(?:\S+\s+){5}(.+?)\s{2,}(\S.*)$", line) for line in text.splitlines())
+    return {row.group(1): row.group(2) for row in rows if row}
+
+
+def test_layers_are_listed_in_the_models_order(refrozen, tmp_path):
+    model_order = ["net.0", "net.2", "net.4"]  # net.0's first gradient came at step 32, after the others'
+    report = json.loads((refrozen / "gradwatch.json").read_text())
+    assert [layer["name"] for layer in report["layers"]] == model_order
+    assert list(_now(gradwatch("report", str(refrozen)).stdout)) == model_order
+    (doc,) = json.loads(gradwatch("report", str(refrozen), "--format", "json").stdout)
+    assert [layer["name"] for layer in doc["layers"]] == model_order
+    assert run_data(load_run(refrozen, series=True))["layers"] == model_order  # the HTML page: first layer on top
+
+    run = Path(shutil.copytree(refrozen, tmp_path / "run"))
+    (run / "gradwatch.json").unlink()  # from the event files alone: the order of each step's values
+    assert [layer["name"] for layer in load_run(run).layers] == model_order

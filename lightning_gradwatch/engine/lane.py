@@ -120,6 +120,7 @@ class Lane:
             plain_group=plain_group,
         )
         self.layers = merged_order(self.collector.layer_names, self.layers)
+        self.summary.watch(self.collector.layer_names)
         self.judge.detector.exempt_layers = self.collector.layers_made_of(exempt)
         self.judge.half_weights = any(p.dtype in _HALF for p in self.collector.params)
         return first and self.collector.aggregated is not None
