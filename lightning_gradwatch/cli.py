@@ -377,7 +377,8 @@ gradient health per layer; columns:
   grad/weight  median gradient-to-weight ratio
   now          the state over the last tenth of the steps (the run's title says which):
                ok; small: below the vanishing threshold (1e-05x the largest layer by default);
-               zero: no gradient; large: {LARGE_FACTOR:g}x or more its earlier median; non-finite: NaN/Inf
+               zero: no gradient; large: {LARGE_FACTOR:g}x or more its earlier median; non-finite: NaN/Inf;
+               no gradient since step N: none in the run's last steps (frozen, unused branch)
   alerts       the alerts that named the layer, as kind@step: then, not now
 """
 
@@ -399,7 +400,7 @@ def _table_rows(run: RunRecord) -> list[tuple[str, ...]]:
         g, r = layer["grad_norm"], layer["grad_to_weight"]
         values = [_fmt(g[k]) for k in ("last", "median", "min", "max")]
         alerts = marks(named_in(layer["name"], run.alerts), layer.get("nonfinite_steps") or 0)
-        now = states[layer["name"]].state
+        now = states[layer["name"]].label
         rows.append((layer["name"], _count(g.get("count", math.nan)), *values, _fmt(r["median"]), now, alerts))
     return rows
 

@@ -213,7 +213,7 @@ def _range(values: Iterable[float | None]) -> tuple[int, int]:
 
 def _marked(state: LayerState, alerts: list[str]) -> str:
     """A label for a layer to mark (``small; vanishing@49``), or ``""`` when it is ok and no alert named it."""
-    parts = ([state.state] if state.state != "ok" else []) + ([marks(alerts)] if alerts else [])
+    parts = ([state.label] if state.state != "ok" else []) + ([marks(alerts)] if alerts else [])
     return "; ".join(parts)
 
 
@@ -362,7 +362,7 @@ def _table(run: RunRecord) -> str:
         rows.append(
             f'<tr class="{state.state}"><td><code>{_e(layer["name"])}</code></td>'
             + "".join(f"<td>{c}</td>" for c in cells)
-            + f'<td>{_fmt(state.recent)}</td><td class="state">{state.state}</td><td>{_e(alerts)}</td></tr>'
+            + f'<td>{_fmt(state.recent)}</td><td class="state">{state.label}</td><td>{_e(alerts)}</td></tr>'
         )
     return (
         "<details><summary>Layer table: gradient norms, state now, alerts then</summary><table><thead><tr>"

@@ -7,6 +7,10 @@ gradient norms are at the end of the run, from the numbers alone:
 - **window**: the layer's norms in the last tenth of the steps it was measured over, and at least its last
   :data:`MIN_POINTS` points (``gradwatch.json`` keeps 64 to 128 points evenly spread over the run; event files hold
   every logged step). ``recent`` is their median.
+- ``no-gradient``: the layer was last measured before the run's own window began (the window of its total norm;
+  of the earliest, with several optimizers): frozen since, or a branch no longer used. It has no ``recent`` norm,
+  and ``since`` is the last step that measured it (from event files: that logged it); the report shows
+  ``no gradient since step <since>``;
 - ``non-finite``: the layer's last measured norm is NaN or Inf;
 - ``zero``: ``recent`` is exactly 0 (no gradient reaches the layer: dead units, a detached or unused branch);
 - ``small``: ``recent`` is below ``vanishing_ratio`` (the run's, 1e-5 by default) times the largest layer's
@@ -15,12 +19,13 @@ gradient norms are at the end of the run, from the numbers alone:
   layer's own earlier level);
 - ``ok``: none of these.
 
-The total norm gets the same states but ``small`` (it has no larger layer to be compared with).
+The total norm gets the same states but ``small`` and ``no-gradient`` (it has no larger layer to be compared with,
+and its window is the run's).
 
 Example:
     >>> points = [(step, 1.0) for step in range(90)] + [(step, 20.0) for step in range(90, 100)]
     >>> state_of(points, top=20.0)
-    LayerState(state='large', recent=20.0, first_step=90, last_step=99, points=10)
+    LayerState(state='large', recent=20.0, first_step=90, last_step=99, points=10, since=None)
     >>> named_in("fc2", [{"kind": "exploding", "step": 1, "layers": ["fc1", "fc2"]}])
     ['exploding@1']
 """
@@ -38,6 +43,7 @@ from lightning_gradwatch.runs import RunRecord
 __all__ = [
     "LARGE_FACTOR",
     "MIN_POINTS",
+    "NO_GRADIENT",
     "RECENT_FRACTION",
     "STATES",
     "LayerState",
@@ -49,7 +55,8 @@ __all__ = [
     "total_states",
 ]
 
-STATES = ("ok", "small", "zero", "large", "non-finite")
+NO_GRADIENT = "no-gradient"
+STATES = ("ok", "small", "zero", "large", "non-finite", NO_GRADIENT)
 RECENT_FRACTION = 0.1
 MIN_POINTS = 5
 LARGE_FACTOR = 10.0
@@ -59,18 +66,34 @@ MAX_STEPS_SHOWN = 3
 
 @dataclass(frozen=True)
 class LayerState:
-    """A layer's (or total's) state over its last steps: ``state``, the median norm ``recent`` and its window."""
+    """A layer's (or total's) state over its last steps: ``state``, the median norm ``recent`` and its window.
+
+    ``since``: for ``no-gradient``, the last step that measured the layer.
+    """
 
     state: str
     recent: float
     first_step: int | None
     last_step: int | None
     points: int
+    since: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The state as the reports show it: its word, or ``no gradient since step 63``.
+
+        Example:
+            >>> LayerState(NO_GRADIENT, math.nan, None, None, 0, since=63).label
+            'no gradient since step 63'
+        """
+        return f"no gradient since step {self.since}" if self.state == NO_GRADIENT else self.state
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values for JSON (a non-finite ``recent`` is ``None``)."""
+        """Plain values for JSON (a non-finite ``recent`` is ``None``; ``since`` only for ``no-gradient``)."""
+        since = {"since": self.since} if self.state == NO_GRADIENT else {}
         return {
             "state": self.state,
+            **since,
             "recent": {
                 "median": self.recent if math.isfinite(self.recent) else None,
                 "first_step": self.first_step,
@@ -161,10 +184,15 @@ def layer_states(run: RunRecord) -> dict[str, LayerState]:
     """Every layer's state at the end of ``run``, by layer name (``small``: against the run's largest layer)."""
     ratio = _config_number(run.config, "vanishing_ratio") or DEFAULT_VANISHING_RATIO
     floor = _config_number(run.config, "vanishing_floor")
-    recents = {name: _median([v for _, v in recent_window(points)]) for name, points in run.history.items()}
+    gone = _without_gradient(run)
+    recents = {
+        name: _median([v for _, v in recent_window(points)]) for name, points in run.history.items() if name not in gone
+    }
     top = max((v for v in recents.values() if math.isfinite(v)), default=math.nan)
     return {
-        layer["name"]: state_of(
+        layer["name"]: LayerState(NO_GRADIENT, math.nan, None, None, 0, since=gone[layer["name"]])
+        if layer["name"] in gone
+        else state_of(
             run.history.get(layer["name"], []),
             last=layer["grad_norm"].get("last"),
             top=top if math.isfinite(top) else None,
@@ -172,6 +200,18 @@ def layer_states(run: RunRecord) -> dict[str, LayerState]:
             floor=floor,
         )
         for layer in run.layers
+    }
+
+
+def _without_gradient(run: RunRecord) -> dict[str, int]:
+    """The layers last measured before the run's window (its total norm's; the earliest), with that last step."""
+    start = min((s.first_step for s in total_states(run).values() if s.first_step is not None), default=None)
+    if start is None:
+        return {}
+    return {
+        layer["name"]: layer["last_step"]
+        for layer in run.layers
+        if layer.get("last_step") is not None and layer["last_step"] < start
     }
 
 

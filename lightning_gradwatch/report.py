@@ -87,7 +87,7 @@ def _precedence(orders: Iterable[Sequence[str]]) -> tuple[list[str], dict[str, s
 
 
 class Series:
-    """A bounded summary of one scalar stream: count, first, last, min, max, and an evenly thinned history.
+    """A bounded summary of one scalar stream: count, first, last (and its step), min, max, a thinned history.
 
     The history keeps at most ``2 * capacity`` points spread over the whole run (every other point is dropped and
     the stride doubled when it fills), so memory stays flat however long training runs.
@@ -96,19 +96,32 @@ class Series:
         >>> s = Series(capacity=4)
         >>> for step in range(100):
         ...     s.add(step, float(step))
-        >>> s.count, s.min, s.max, s.last
-        (100, 0.0, 99.0, 99.0)
+        >>> s.count, s.min, s.max, s.last, s.last_step
+        (100, 0.0, 99.0, 99.0, 99)
         >>> len(s.history) <= 8
         True
     """
 
-    __slots__ = ("_seen", "_steps", "_stride", "_values", "capacity", "count", "first", "last", "max", "min")
+    __slots__ = (
+        "_seen",
+        "_steps",
+        "_stride",
+        "_values",
+        "capacity",
+        "count",
+        "first",
+        "last",
+        "last_step",
+        "max",
+        "min",
+    )
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
         self.count = 0
         self.first = math.nan
         self.last = math.nan
+        self.last_step: int | None = None  # exact, where the thinned history may end earlier
         self.min = math.inf
         self.max = -math.inf
         self._steps = array("q")  # compact: one Series per layer is updated on every step
@@ -129,7 +142,7 @@ class Series:
     def add(self, step: int, value: float) -> None:
         """Add one value (non-finite values count, but stay out of min, max and the history)."""
         self.count += 1
-        self.last = value
+        self.last, self.last_step = value, step
         if not math.isfinite(value):
             return
         if self.first != self.first:
@@ -155,6 +168,7 @@ class Series:
             "count": self.count,
             "first": _num(self.first),
             "last": _num(self.last),
+            "last_step": self.last_step,
             "min": _num(self.min),
             "max": _num(self.max),
             "median": _num(self.median),
@@ -167,6 +181,7 @@ class Series:
             "count": self.count,
             "first": self.first,
             "last": self.last,
+            "last_step": self.last_step,
             "min": self.min,
             "max": self.max,
             "history": [list(p) for p in self.history],
@@ -179,6 +194,8 @@ class Series:
         self.count = int(state.get("count", 0))
         self.first = float(state.get("first", math.nan))
         self.last = float(state.get("last", math.nan))
+        last_step = state.get("last_step")
+        self.last_step = None if last_step is None else int(last_step)
         self.min = float(state.get("min", math.inf))
         self.max = float(state.get("max", -math.inf))
         self.history = [(int(s), float(v)) for s, v in state.get("history", [])]

@@ -49,7 +49,8 @@ class RunRecord:
     """What the ``gradwatch`` command needs to know about one run.
 
     ``layers`` entries, in the model's order, hold ``name``, ``grad_norm`` and ``grad_to_weight`` summaries
-    (``count``, ``last``, ``median``, ``min``, ``max``) and ``nonfinite_steps``; ``total_norm`` maps ``"all"`` (or
+    (``count``, ``last``, ``median``, ``min``, ``max``), ``nonfinite_steps`` and ``last_step``, the last step that
+    measured the layer (from event files: logged it; ``None`` when unknown); ``total_norm`` maps ``"all"`` (or
     ``"optimizer_<i>"`` with several optimizers) to the same summary of the total norm; ``alerts`` entries hold
     ``kind``, ``step``, ``layers``, ``value``, ``threshold``, ``message`` and ``optimizer``. ``status`` is described
     in the module's docstring; ``error`` is the exception that ended a failed or interrupted run; ``partial`` names
@@ -207,8 +208,7 @@ def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
 
 def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
     """A ``gradwatch.json`` document's fields of :class:`RunRecord`, each checked for its type."""
-    raw_layers = _as_list(doc.get("layers"))
-    layers = [_layer_entry(entry) for entry in raw_layers]  # written in the model's order
+    layers, history = _layers(_as_list(doc.get("layers")))
     raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
     return {
         "status": _text(doc, "status"),
@@ -217,12 +217,22 @@ def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "events": {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()},
         "total_norm": {str(k): _summary(v) for k, v in raw_total},
         "error": _text(doc, "error"),
-        "history": {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)},
+        "history": history,
         "total_history": {str(k): _history({"grad_norm": v}) for k, v in raw_total},
         "config": _as_dict(doc.get("config")),
         "fits": [_fit_entry(f) for f in _as_list(doc.get("fits"))],
         **_said(doc),
     }
+
+
+def _layers(raw_layers: list[Any]) -> tuple[list[dict[str, Any]], dict[str, list[tuple[int, float]]]]:
+    """The report's layers (written in the model's order) and each one's history."""
+    layers = [_layer_entry(entry) for entry in raw_layers]
+    history = {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)}
+    for layer in layers:  # a report written before the last step was recorded: its history's last point
+        if layer["last_step"] is None and history[layer["name"]]:
+            layer["last_step"] = history[layer["name"]][-1][0]
+    return layers, history
 
 
 def _said(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -274,11 +284,15 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 def _layer_entry(entry: dict[str, Any]) -> dict[str, Any]:
     entry = _as_dict(entry)
+    last_step = _as_dict(entry.get("grad_norm")).get("last_step")
+    if last_step is not None and (isinstance(last_step, bool) or not isinstance(last_step, int)):
+        raise TypeError(f"last_step is {type(last_step).__name__}")
     return {
         "name": str(entry["name"]),
         "grad_norm": _summary(entry.get("grad_norm")),
         "grad_to_weight": _summary(entry.get("grad_to_weight")),
         "nonfinite_steps": int(entry.get("nonfinite_steps") or 0),
+        "last_step": last_step,
     }
 
 
@@ -473,6 +487,7 @@ def _layer_from_series(name: str, series: dict[str, list[tuple[int, float]]]) ->
         "grad_norm": _summarise(norms),
         "grad_to_weight": _summarise(sorted(series.get(f"grad_to_weight/{name}", []))),
         "nonfinite_steps": sum(1 for _, v in norms if not math.isfinite(v)),
+        "last_step": norms[-1][0] if norms else None,
     }
 
 

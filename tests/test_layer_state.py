@@ -15,6 +15,7 @@ from torch import nn
 from lightning_gradwatch import GradWatch
 from lightning_gradwatch.demos import DeepMLP
 from lightning_gradwatch.html_report import run_data
+from lightning_gradwatch.layer_state import layer_states
 from lightning_gradwatch.runs import load_run
 from tests.helpers import flavour, make_mlp_module, regression_data, trainer_kwargs
 from tests.test_cli import gradwatch
@@ -169,3 +170,20 @@ def test_layers_are_listed_in_the_models_order(refrozen, tmp_path):
     run = Path(shutil.copytree(refrozen, tmp_path / "run"))
     (run / "gradwatch.json").unlink()  # from the event files alone: the order of each step's values
     assert [layer["name"] for layer in load_run(run).layers] == model_order
+
+
+def test_layer_frozen_mid_run_has_no_gradient_now(refrozen, tmp_path):
+    lines = gradwatch("report", str(refrozen)).stdout.splitlines()
+    assert _now("\n".join(lines)) == {"net.0": "ok", "net.2": "no gradient since step 63", "net.4": "ok"}
+    assert lines[lines.index("") + 1].endswith("(gradwatch.json, 96 steps, finished; now: steps 86-95)")
+    (doc,) = json.loads(gradwatch("report", str(refrozen), "--format", "json").stdout)
+    assert [(layer["state"], layer.get("since")) for layer in doc["layers"]] == [
+        ("ok", None),
+        ("no-gradient", 63),
+        ("ok", None),
+    ]
+    assert run_data(load_run(refrozen, series=True))["marked"] == ["", "no gradient since step 63", ""]
+
+    run = Path(shutil.copytree(refrozen, tmp_path / "run"))
+    (run / "gradwatch.json").unlink()
+    assert layer_states(load_run(run))["net.2"].label == "no gradient since step 62"  # its last logged step
