@@ -5,6 +5,7 @@ Each case is a real Trainer run (and, where the gate is concerned, the real ``gr
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -87,7 +88,7 @@ class Tunable(pl.LightningModule):
 def test_a_tuners_search_is_no_fit_of_the_run(tmp_path):
     """``Tuner.lr_find`` and ``Tuner.scale_batch_size`` run the fit loop with GradWatch swapped out: their searches
     are not measured, and they are no fits of the run (a search alone leaves no report: nothing was trained)."""
-    from lightning.pytorch.tuner import Tuner
+    Tuner = importlib.import_module(f"{pl.__name__}.tuner").Tuner
 
     torch.manual_seed(0)
     model, watch = Tunable(), GradWatch(images=False)
@@ -110,10 +111,28 @@ def test_a_tuners_search_is_no_fit_of_the_run(tmp_path):
     assert not list((tmp_path / "search").rglob("gradwatch.json"))
 
 
+def test_a_tuners_search_leaves_an_earlier_record_as_it_was(tmp_path):
+    """A failed run, then a search alone in the same directory: the record still says the run failed."""
+    Tuner = importlib.import_module(f"{pl.__name__}.tuner").Tuner
+
+    failed = pl.Trainer(callbacks=[GradWatch(on_nonfinite="raise")], **trainer_kwargs(tmp_path, logger=False))
+    model = make_mlp_module(pl, nan_at_step=5, record=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(GradientAlertError):
+            failed.fit(model, regression_data(256, batch_size=16))
+    before = _report(tmp_path)
+    searching = pl.Trainer(callbacks=[GradWatch(images=False)], **trainer_kwargs(tmp_path, logger=False))
+    Tuner(searching).lr_find(Tunable(), num_training=20)
+    after = _report(tmp_path)
+    assert (after["status"], after["fits"], after["alerts"]) == (before["status"], before["fits"], before["alerts"])
+    assert after["status"] == "failed"
+
+
 def test_stochastic_weight_averagings_batch_norm_epoch_is_no_step_without_gradients(tmp_path):
     """``StochasticWeightAveraging`` ends with an epoch that only recomputes batch-norm statistics: Lightning skips its
     backward, yet steps the optimizer at its end. No gradient to watch there, and nothing to warn about."""
-    from lightning.pytorch.callbacks import StochasticWeightAveraging
+    StochasticWeightAveraging = pl.callbacks.StochasticWeightAveraging
 
     torch.manual_seed(0)
     model = Tunable()
@@ -450,3 +469,29 @@ def test_a_fit_without_training_batches_is_unmeasured_and_says_why(tmp_path):
     result = gradwatch("check", trainer.logger.log_dir)
     assert result.returncode == 3, result.stdout
     assert "no training batch ran (an empty dataloader, limit_train_batches=0)" in result.stdout
+
+
+class SkipsItsFirstBackward(ManualRegression):
+    """Steps the optimizer without a backward at step 0 (as a loss scaler's overflow leaves a step unmeasured)."""
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 0:
+            opt = self.optimizers()
+            opt.zero_grad()
+            opt.step()
+            return
+        super().training_step(batch, batch_idx)
+
+
+def test_a_new_run_whose_step_0_is_not_measured_still_starts_a_new_record(tmp_path):
+    """Whether a fit in an old directory is a new run is decided at its first step, measured or not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = pl.Trainer(callbacks=[GradWatch(on_nonfinite="skip")], **trainer_kwargs(tmp_path, logger=False))
+        first.fit(make_mlp_module(pl, nan_at_step=5, record=False), regression_data(256, batch_size=16))
+        second = pl.Trainer(callbacks=[GradWatch()], **trainer_kwargs(tmp_path, logger=False, max_steps=10))
+        second.fit(SkipsItsFirstBackward(), regression_data(256, batch_size=16))
+    assert (tmp_path / "gradwatch.previous.json").exists()
+    report = _report(tmp_path)
+    assert (report["alerts"], [f["first_step"] for f in report["fits"]]) == ([], [1])
+    assert gradwatch("check", str(tmp_path)).returncode == 0

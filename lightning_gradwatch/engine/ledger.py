@@ -111,16 +111,20 @@ class RunLedger:
         self.notices = _records(doc.get("notices", []))
         self._taken_over = text
 
-    def saw(self, step: int) -> str | None:
-        """The current fit measured ``step``; returns what to say when a new record was started (else ``None``).
-
-        At the first step after taking an earlier record over: a fit that trains from step 0 is another run, so the
-        record starts anew and the earlier one is kept as :data:`PREVIOUS_REPORT_FILE`.
-        """
+    def saw(self, step: int) -> None:
+        """The current fit measured ``step``."""
         fit = self.fits[-1]
         if fit["first_step"] is None:
             fit["first_step"] = step
         fit["last_step"] = step
+
+    def stepped(self, step: int) -> str | None:
+        """The current fit reached ``step`` (measured or not); returns what to say when a new record was started.
+
+        At the first step after taking an earlier record over: a fit that trains from step 0 is another run, so the
+        record starts anew and the earlier one is kept as :data:`PREVIOUS_REPORT_FILE`. Decided at the first step
+        whether it is measured or not (an fp16 overflow at step 0 is still step 0).
+        """
         earlier, self._taken_over = self._taken_over, None
         return self._start_over(earlier) if earlier is not None and step == 0 else None
 

@@ -158,6 +158,9 @@ class Session:
         self.ledger.end_fit(status, error)
         if tuning:
             self.ledger.drop_fit()
+            last = self.ledger.fits[-1] if self.ledger.fits else {}
+            if last.get("status") in {str(s) for s in RunStatus}:  # the report says how the run's last fit ended
+                status, error = last["status"], last.get("error")
         fit.output.finish(RunStatus(status), error)
 
     def fail(self, exception: BaseException) -> None:
@@ -232,13 +235,14 @@ class Session:
         loss = host.average(loss)  # every process's detector sees the same loss
         others = self._others(index) if count > 1 else None  # the rest of a game of several optimizers
         decision = lane.decide(step, loss, count > 1, fit.output.writes, others)  # measure, judge, record
+        said = self.ledger.stepped(decision.step)
+        if said is not None:
+            fit.output.say(said)
         if decision.stats is None:
             fit.output.no_gradients(index, decision.step, len(lane.collector or ()))
         if decision.verdict is None:  # nothing measured, or an fp16 overflow the scaler skips by itself
             return decision, Flags()
-        said = self.ledger.saw(decision.step)
-        if said is not None:
-            fit.output.say(said)
+        self.ledger.saw(decision.step)
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision, lane.index)
         flags = host.reduce(decision.flags)
