@@ -444,15 +444,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_report(directory: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
-    """Write ``doc`` to ``directory/gradwatch.json`` atomically (a reader never sees half a file).
+def write_report(directory: str | os.PathLike[str], doc: Mapping[str, Any], name: str = REPORT_FILE) -> Path:
+    """Write ``doc`` to ``directory/gradwatch.json`` (or ``name``) atomically (a reader never sees half a file).
 
     Raises:
         OSError: when the directory cannot be created or written.
     """
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    path = target / REPORT_FILE
+    path = target / name
     fd, tmp = tempfile.mkstemp(prefix=".gradwatch-", suffix=".json.tmp", dir=target)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it private: 0600)

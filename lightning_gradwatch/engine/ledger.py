@@ -40,7 +40,7 @@ from typing import Any
 
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.kinds import RunStatus
-from lightning_gradwatch.report import REPORT_FILE, read_report
+from lightning_gradwatch.report import REPORT_FILE, read_report, write_report
 
 __all__ = ["MAX_ALERTS_KEPT", "PREVIOUS_REPORT_FILE", "RunLedger", "alert_key"]
 
@@ -70,7 +70,7 @@ class RunLedger:
         self.earlier: list[dict[str, Any]] = []  # alerts a checkpoint brought from another run
         self.notices: list[dict[str, Any]] = []  # what GradWatch said once that is no alert (clipping held a run back)
         self.unreadable: str | None = None  # why an earlier gradwatch.json could not be taken over
-        self._taken_over: str | None = None  # the text of the record taken over, until this run's first step
+        self._taken_over: dict[str, Any] | None = None  # the record taken over, until this run's first step
 
     def begin_fit(
         self, directory: str | os.PathLike[str] | None, owner: Any = None, read_earlier: bool = False
@@ -97,7 +97,6 @@ class RunLedger:
             return
         try:
             doc = read_report(path)
-            text = path.read_text(encoding="utf-8")
         except (OSError, ValueError) as err:
             self.unreadable = str(err)
             return
@@ -109,7 +108,7 @@ class RunLedger:
         self.alerts = _records(doc.get("alerts", []))
         self.earlier = _records(doc.get("earlier_alerts", []))
         self.notices = _records(doc.get("notices", []))
-        self._taken_over = text
+        self._taken_over = doc
 
     def saw(self, step: int) -> None:
         """The current fit measured ``step``."""
@@ -128,16 +127,12 @@ class RunLedger:
         earlier, self._taken_over = self._taken_over, None
         return self._start_over(earlier) if earlier is not None and step == 0 else None
 
-    def _start_over(self, earlier: str) -> str | None:
+    def _start_over(self, earlier: dict[str, Any]) -> str | None:
         """Keep the earlier run's record as :data:`PREVIOUS_REPORT_FILE` and start a new one with the current fit."""
         directory = Path(self.directory)
-        kept = directory / PREVIOUS_REPORT_FILE
-        tmp = directory / f".gradwatch-previous-{os.getpid()}.json.tmp"
         try:
-            tmp.write_text(earlier, encoding="utf-8")
-            os.replace(tmp, kept)
+            kept = write_report(directory, earlier, PREVIOUS_REPORT_FILE)
         except OSError as err:  # the earlier record cannot be kept apart: it stays part of this one
-            tmp.unlink(missing_ok=True)
             return f"GradWatch: could not keep the earlier run's record apart ({err}); it stays in {REPORT_FILE}."
         fits, alerts = len(self.fits) - 1, len(self.alerts)
         self.fits, self.alerts, self.earlier, self.notices = self.fits[-1:], [], [], []
