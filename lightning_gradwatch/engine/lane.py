@@ -35,7 +35,7 @@ from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.engine.environment import Environment, scale_of
 from lightning_gradwatch.judge.decision import Decision, Flags, StepJudge
 from lightning_gradwatch.kinds import AlertKind, Response
-from lightning_gradwatch.measure.layers import layer_name, merged_order
+from lightning_gradwatch.measure.layers import layer_name
 from lightning_gradwatch.measure.stats import GradientStats
 from lightning_gradwatch.report import RunSummary
 
@@ -73,7 +73,6 @@ class Lane:
         self.summary = summary if summary is not None else RunSummary()
         self.judge = StepJudge(settings, index, replace(self.env.traits, optimizer=optimizer))
         self.collector: GradientStats | None = None
-        self.layers: tuple[str, ...] = ()  # every layer it has watched, in the model's order (the heat map's rows)
         self.ticks = 0  # steps this optimizer took: its own cadence under manual optimization
         self.loss: float | None = None  # the latest finite loss of this optimizer's steps (its player's, in a game)
         self.hist_every = self.env.hist_every  # histogram interval in force (an overhead budget may widen it)
@@ -119,7 +118,6 @@ class Lane:
             max_layers=s.max_layers,
             plain_group=plain_group,
         )
-        self.layers = merged_order(self.collector.layer_names, self.layers)
         self.summary.watch(self.collector.layer_names)
         self.judge.detector.exempt_layers = self.collector.layers_made_of(exempt)
         self.judge.half_weights = any(p.dtype in _HALF for p in self.collector.params)

@@ -16,7 +16,6 @@ __all__ = [
     "LayerMap",
     "layer_name",
     "merge_layers",
-    "merged_order",
     "tensor_name",
     "watched_parameters",
 ]
@@ -127,27 +126,6 @@ class LayerMap:
         index: dict[str, int] = {}
         layer_of = [index.setdefault(owner, len(index)) for owner in owners]
         return cls(names, params, layer_of, tuple(index), aggregated)
-
-
-def merged_order(current: Iterable[str], earlier: Iterable[str]) -> tuple[str, ...]:
-    """The layers of ``current`` in their order, and those only ``earlier`` had, each after its predecessor there.
-
-    What the layers of a model whose watched parameters changed (an optimizer given a new parameter group, or one
-    taken away) are shown in: the model's order, the layers no longer watched where they were.
-
-    Example:
-        >>> merged_order(["backbone", "neck", "head"], ["adapter", "neck", "probe", "head"])
-        ('adapter', 'backbone', 'neck', 'probe', 'head')
-    """
-    order = list(dict.fromkeys(current))
-    placed = set(order)
-    previous = None
-    for name in earlier:
-        if name not in placed:
-            order.insert(order.index(previous) + 1 if previous is not None else 0, name)
-            placed.add(name)
-        previous = name
-    return tuple(order)
 
 
 def watched_parameters(

@@ -56,7 +56,6 @@ class LaneView(Protocol):
     index: int
     suffix: str  # tells apart the run-level tags of several optimizers
     key: str  # its part of the run summary (its total norm, its layers' heat map)
-    layers: tuple[str, ...]  # every layer it has watched, in the model's order
     ticks: int  # the optimizer's own step count
 
     @property
@@ -229,7 +228,7 @@ class RunOutput:
         stats, step, suffix = decision.stats, decision.step, lane.suffix
         if stats is None or stats.mean_abs is None or stats.max_abs is None:
             return None
-        rows, steps, norms = self.summary.norm_grid(lane.layers, lane.key)
+        rows, steps, norms = self.summary.norm_grid(self.summary.order, lane.key)
         layers, mean_abs, max_abs, health, missing = flow_rows(
             rows, stats.layers, stats.mean_abs, stats.max_abs, layer_health(stats, decision)
         )
