@@ -247,22 +247,28 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     everything = [r for rs in by_family.values() for r in rs]
     out("\n## All families pooled\n")
     out(*scores.family_table(everything, shown))
-    candidates = [c for c in candidates if c in rules]
-    if len(by_family) > 1 and len(candidates) > 1:
-        out("\n## Leave-one-family-out: our rule's constants chosen on the other families\n")
-        table, chosen = scores.lofo(by_family, candidates)
-        out(*table)
-        out("", f"pooled: {scores.verdict_line(scores.pooled_lofo(by_family, chosen))}")
-        out("\n### Every candidate on every family (for the record: not a selection)\n")
-        out(*scores.overview(by_family, candidates))
-    caps = [c for c in (OURS, *STEP_CAPS) if c in rules]  # our rule without a cap is a candidate too
-    if len(by_family) > 1 and len(caps) > 2:
-        out("\n## Leave-one-family-out: the SGD step cap's ratio (or none) chosen on the other families\n")
-        table, chosen = scores.lofo(by_family, caps)
-        out(*table)
-        out("", f"pooled: {scores.verdict_line(scores.pooled_lofo(by_family, chosen))}")
-        out("\n### Every ratio on every family\n")
-        out(*scores.overview(by_family, caps))
+
+    def lofo(names: list[str], title: str, every: str) -> None:
+        """Leave-one-family-out over ``names`` (when there is a choice), then every one of them on every family."""
+        if len(by_family) > 1 and len(names) > 1:
+            out(f"\n## Leave-one-family-out: {title}\n")
+            table, chosen = scores.lofo(by_family, names)
+            out(*table)
+            out("", f"pooled: {scores.verdict_line(scores.pooled_lofo(by_family, chosen))}")
+            out(f"\n### {every}\n")
+            out(*scores.overview(by_family, names))
+
+    lofo(
+        [c for c in candidates if c in rules],
+        "our rule's constants chosen on the other families",
+        "Every candidate on every family (for the record: not a selection)",
+    )
+    caps = [c for c in STEP_CAPS if c in rules]
+    lofo(
+        [OURS, *caps] if len(caps) > 1 else [],  # our rule without a cap is a candidate too
+        "the SGD step cap's ratio (or none) chosen on the other families",
+        "Every ratio on every family",
+    )
     out("\n## The notice: clipping is hiding a failing run\n")
     out(*notice.table(by_family, (PREVIOUS, OURS)))
     if not args.no_trainer:
