@@ -432,14 +432,14 @@ def _checked_at_once(data: bytes) -> list[bytes] | None:
 
 def _from_events(directory: Path, event_files: list[Path], keep_series: bool = False) -> RunRecord | None:
     series, alerts, partial, orders = _scan_events(event_files)
-    if not any(tag.startswith("grad_norm/") for tag in series) and not alerts:
+    if not any(tag.startswith(_LAYER_NORM_PREFIX) for tag in series) and not alerts:
         return None
     layers = [_layer_from_series(name, series) for name in in_model_order(orders)]
     totals = _total_series(series)
     alerts.sort(key=lambda a: a["step"])
     total_norm = {key: _summarise(points) for key, points in sorted(totals.items(), key=_by_number)}
     steps, events = _logged_steps(totals), _event_counts(series)
-    history = {layer["name"]: sorted(series[f"grad_norm/{layer['name']}"]) for layer in layers}
+    history = {layer["name"]: sorted(series[_LAYER_NORM_PREFIX + layer["name"]]) for layer in layers}
     return RunRecord(
         directory,
         "events",
@@ -481,7 +481,7 @@ def _event_counts(series: dict[str, list[tuple[int, float]]]) -> dict[str, int]:
 
 
 def _layer_from_series(name: str, series: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
-    norms = sorted(series[f"grad_norm/{name}"])
+    norms = sorted(series[_LAYER_NORM_PREFIX + name])
     return {
         "name": name,
         "grad_norm": _summarise(norms),
