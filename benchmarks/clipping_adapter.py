@@ -17,9 +17,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lightning_gradwatch import GradWatch  # noqa: E402
-from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient  # noqa: E402
+from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, sgd_step_scale  # noqa: E402
 from lightning_gradwatch.config import ClipConfig  # noqa: E402
 from lightning_gradwatch.detectors import DetectionConfig, GradientDetector  # noqa: E402
+from lightning_gradwatch.engine.step_rates import StepRates  # noqa: E402
 from lightning_gradwatch.judge.context import NormBaseline  # noqa: E402
 from lightning_gradwatch.stats import GradientStats, StepStats  # noqa: E402
 
@@ -28,10 +29,13 @@ __all__ = [
     "ChainOffset",
     "Measure",
     "SpikeDetector",
+    "StepRates",
     "StepStats",
     "adaptive",
     "constants",
     "gradwatch",
+    "sgd_step_scale",
+    "step_rates",
 ]
 
 #: the loss GradWatch's judge is given at a step: this step's training loss (True: the callback adds up the losses
@@ -46,7 +50,7 @@ class Measure:
         self.stats = GradientStats(model.named_parameters())
 
     def collect(self) -> StepStats:
-        return self.stats.collect()
+        return self.stats.collect(weights=True)  # the weights' norm, for the adaptive rule's step-size cap
 
     def clip_(self, total_norm: float, threshold: float) -> bool:
         """Scale the gradients down to ``threshold`` (as ``clip_grad_norm_``); whether they were scaled."""
@@ -70,6 +74,12 @@ class ChainOffset:
         if stats.finite:  # the detector chains finite steps only
             self.norms.previous = self.norms.chain(stats)
         return self.norms.offset
+
+
+def step_rates(model: nn.Module) -> StepRates:
+    """The SGD rates of ``model``'s layers, as GradWatch reads them at every step (its step-size cap)."""
+    stats = GradientStats(model.named_parameters())
+    return StepRates(stats.params, stats.layer_of, stats.layer_names)
 
 
 def adaptive(**kwargs: Any) -> AdaptiveClipThreshold:

@@ -19,7 +19,16 @@ from typing import Any
 
 import clipping_grid
 import torch
-from clipping_adapter import ChainOffset, Measure, SpikeDetector, StepStats, adaptive
+from clipping_adapter import (
+    ChainOffset,
+    Measure,
+    SpikeDetector,
+    StepRates,
+    StepStats,
+    adaptive,
+    sgd_step_scale,
+    step_rates,
+)
 from torch import nn
 
 
@@ -129,21 +138,33 @@ class PercentileRule(ThresholdRule):
 
 class Package(ThresholdRule):
     """``clip="adaptive"``: the package's ``AdaptiveClipThreshold`` (``clipping_adapter.adaptive``), fed as the
-    judge feeds it: the step's total norm and the training loss the judge is given."""
+    judge feeds it: the step's total norm, the training loss the judge is given and, once :meth:`attach` gave it the
+    optimizer, the SGD rates and the weights' norm of the step-size cap."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.clipper = adaptive(**kwargs)
         self.offset = ChainOffset()
         self.notice_step: int | None = None
         self.steps = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.rates: StepRates | None = None
 
     @property
     def ceiling(self) -> float:
         return self.clipper.ceiling
 
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """The run's model and optimizer (the training loop calls this before the first step)."""
+        self.optimizer, self.rates = optimizer, step_rates(model)
+
     def update(self, total_norm: float, loss: float | None = None, layer_norms: Sequence[float] = (), stats=None):
         offset = self.offset(stats) if stats is not None else 0.0
-        threshold = self.clipper.update(total_norm, loss, offset)
+        scale = weight_norm = None
+        if self.rates is not None and stats is not None:
+            rates = self.rates(self.optimizer)
+            scale = None if rates is None else sgd_step_scale(rates, stats.layers, stats.grad_norm)
+            weight_norm = stats.weight_norm
+        threshold = self.clipper.update(total_norm, loss, offset, weight_norm, scale)
         if self.clipper.notice_due:
             self.notice_step = self.steps
         self.steps += 1
@@ -311,54 +332,12 @@ USE_LOSS, _use_loss = ours(use_loss=False)  # without the loss-driven ceiling (c
 WEIGHT_CAP = 'clip="adaptive" + layer cap 0.1x weight norm (not shipped)'
 
 
-class StepCap(ThresholdRule):
-    """``clip="adaptive"``, and an SGD step held to ``ratio`` times the weights' norm: a research row, not shipped.
-
-    SGD with momentum ``m`` moves the weights by about ``lr / (1 - m)`` times the gradient once its velocity has
-    built up, so the threshold is at most ``ratio * ||W|| * (1 - m) / lr`` (``||W||``: every parameter with a
-    gradient; the first parameter group's learning rate, read at every step, so a schedule moves the cap). Optimizers
-    other than SGD are not capped: their step does not scale with the gradient (Adam) or is not this simple. A scale
-    the run's own norms cannot give: how far a step may move the weights.
-    """
-
-    def __init__(self, ratio: float, **kwargs: Any) -> None:
-        self.rule, self.ratio = Package(**kwargs), ratio
-        self.model: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-
-    @property
-    def ceiling(self) -> float:
-        return self.rule.ceiling
-
-    @property
-    def notice_step(self) -> int | None:
-        return self.rule.notice_step
-
-    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """The model and optimizer of the run (the training loop calls this before the first step)."""
-        self.model, self.optimizer = model, optimizer
-
-    def cap(self) -> float:
-        assert self.model is not None, "attach() first"
-        assert self.optimizer is not None, "attach() first"
-        group = self.optimizer.param_groups[0]
-        if not isinstance(self.optimizer, torch.optim.SGD) or group["lr"] <= 0:
-            return math.inf
-        effective = group["lr"] / (1.0 - group.get("momentum", 0.0))
-        with torch.no_grad():
-            weights = [p.detach().norm() for p in self.model.parameters() if p.grad is not None]
-            norm = float(torch.linalg.vector_norm(torch.stack(weights)))
-        return self.ratio * norm / effective
-
-    def update(self, total_norm: float, loss: float | None = None, layer_norms: Sequence[float] = (), stats=None):
-        return min(self.rule.update(total_norm, loss, layer_norms, stats), self.cap())
-
-
-STEP_CAP_PREFIX = 'clip="adaptive" + SGD step cap'
+# the step-size cap's ratio (``clip_step_ratio``), and the rule without it: the shipped default is 0.1 (``OURS``)
+NO_STEP_CAP = f"{OURS_PREFIX} step_ratio=none"
 STEP_CAPS: dict[str, Callable[[], Rule]] = {
-    f"{STEP_CAP_PREFIX} {r:g}x weights (not shipped)": (lambda r=r: StepCap(r)) for r in (0.05, 0.1, 0.2)
+    NO_STEP_CAP: lambda: Package(step_ratio=None),
+    **dict(ours(step_ratio=r) for r in (0.05, 0.2)),
 }
-STEP_CAP = f"{STEP_CAP_PREFIX} 0.1x weights (not shipped)"
 ABLATIONS: dict[str, Callable[[], Rule]] = {
     USE_LOSS: _use_loss,
     WEIGHT_CAP: lambda: LayerWeightCap(0.1),

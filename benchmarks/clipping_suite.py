@@ -36,10 +36,10 @@ from clipping_adapter import LOSS_OF_THIS_STEP
 from clipping_rules import (
     ABLATIONS,
     CANDIDATES,
+    NO_STEP_CAP,
     OURS,
     PEERS,
     PREVIOUS,
-    STEP_CAP,
     STEP_CAPS,
     USE_LOSS,
     WEIGHT_CAP,
@@ -75,7 +75,7 @@ SHOWN = (
     USE_LOSS,
     OURS,
     WEIGHT_CAP,
-    STEP_CAP,
+    NO_STEP_CAP,
 )
 
 # one cell per family through a real Trainer: GradWatch(clip=...) against the plain loop
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     )
     caps = [c for c in STEP_CAPS if c in rules]
     lofo(
-        [OURS, *caps] if len(caps) > 1 else [],  # our rule without a cap is a candidate too
+        [OURS, *caps] if len(caps) > 1 else [],  # the shipped ratio (0.1), the others and none
         "the SGD step cap's ratio (or none) chosen on the other families",
         "Every ratio on every family",
     )

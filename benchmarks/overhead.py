@@ -38,8 +38,9 @@ images) in a short fit, and its cost per step averaged over the default schedule
 and histogram steps, this does not.
 
 Last, the statistics alone, on each model's real gradients after one backward pass: ``GradientStats.collect()`` (the
-per-step path), ``collect(extended=True)`` (log steps) and ``collect(extended=True, histograms=True)`` (histogram
-steps), each against a bare ``torch._foreach_norm(grads, 2)`` + one ``torch.stack(...).cpu()``, interleaved.
+per-step path), ``collect(weights=True)`` (the per-step path of ``clip="adaptive"`` under SGD, whose step-size cap
+reads the weights' norm), ``collect(extended=True)`` (log steps) and ``collect(extended=True, histograms=True)``
+(histogram steps), each against a bare ``torch._foreach_norm(grads, 2)`` + one ``torch.stack(...).cpu()``, interleaved.
 
 Targets are printed with PASS/MISS and never asserted: timings on a shared machine are noisy.
 """
@@ -439,7 +440,12 @@ def amortized_defaults(hook: dict[str, tuple[float, float]], log_every: int = 50
 
 
 # ---------------------------------------------------------------------------------------------------- statistics alone
-STATS_CALLS = ("collect()", "collect(extended=True)", "collect(extended=True, histograms=True)")
+STATS_CALLS = (
+    "collect()",
+    "collect(weights=True)",
+    "collect(extended=True)",
+    "collect(extended=True, histograms=True)",
+)
 
 
 def bench_stats(model_name: str, repeats: int) -> dict[str, float]:
@@ -457,8 +463,9 @@ def bench_stats(model_name: str, repeats: int) -> dict[str, float]:
     calls: dict[str, Callable[[], Any]] = {
         "bare": bare,
         STATS_CALLS[0]: stats.collect,
-        STATS_CALLS[1]: lambda: stats.collect(extended=True),
-        STATS_CALLS[2]: lambda: stats.collect(extended=True, histograms=True),
+        STATS_CALLS[1]: lambda: stats.collect(weights=True),
+        STATS_CALLS[2]: lambda: stats.collect(extended=True),
+        STATS_CALLS[3]: lambda: stats.collect(extended=True, histograms=True),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)

@@ -113,10 +113,15 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             loss level 3x up), only up to half the step size the run diverged at, and ten times slower above it
             until the loss makes new bests. Norms of steps whose loss
             is worse are not learnt, so a norm that grows with the loss from the first step (a recurrent net whose
-            gradients explode) never becomes typical. Clipping that hides a failing run is said once (a
-            :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): over the last 50 steps,
-            half or more scaled down 2x or more while the loss did not fall, or the clipped norm up a decade, or the
-            ceiling below the outlier threshold on all 50; the learning rate is then likely too high.
+            gradients explode) never becomes typical. Under ``torch.optim.SGD``, a *step-size cap* from the first step:
+            a step may move the weights by at most a tenth of their norm (the threshold at most ``0.1 * ||W|| * (1 -
+            momentum) / lr``, each parameter group's learning rate read at every step; ``clip_step_ratio``), the one
+            scale a run whose norm grows from the first step, or a schedule whose peak is too high, cannot talk itself
+            out of; other optimizers (Adam's step does not grow with the gradient) and weights that all start at zero
+            are not capped. Clipping that hides a failing run is said once (a :class:`GradientWarning` and ``notices``
+            in ``gradwatch.json``, not an alert): over the last 50 steps, half or more scaled down 2x or more while the
+            loss did not fall, or the clipped norm up a decade, or the ceiling below the outlier threshold on all 50;
+            the learning rate is then likely too high.
             ``gradwatch/clip_threshold`` is the norm a step was held to.
             ``None``: no clipping. Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the
             watched parameters, before the optimizer step; ``gradwatch/total_norm`` is the norm before (the
@@ -168,6 +173,12 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             loss and norm (small batches) can cut it: the run gets its step size back within about 50 steps of
             its loss being no worse than at its start. Set ``False`` for runs whose loss rises by design (a
             curriculum of harder data, a loss term whose weight grows).
+        clip_step_ratio: for ``clip="adaptive"`` under ``torch.optim.SGD``, the step-size cap: a step moves the
+            weights by at most this fraction of their norm (the threshold at most ``clip_step_ratio * ||W|| /
+            (lr * (1 - dampening) / (1 - momentum))``, ``||W||`` over the parameters with a gradient, each layer's
+            rate from its parameter group's learning rate, read at every step). A healthy SGD step moves the
+            weights by far less; 0.05 held healthy nets back on the clipping families, 0.2 let schedule peaks run
+            away. ``None`` turns it off.
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
             failures; this many consecutive ones mean the run itself has gone non-finite. Before the run's first
             finite step, a scaler still lowering its scale from a high start (above 1) is recovering, not failing.
@@ -244,6 +255,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         clip_warmup_steps: int = ClipConfig.clip_warmup_steps,
         clip_max_norm: float | None = ClipConfig.clip_max_norm,
         clip_use_loss: bool = ClipConfig.clip_use_loss,
+        clip_step_ratio: float | None = ClipConfig.clip_step_ratio,
         amp_overflow_patience: int = MeasureConfig.amp_overflow_patience,
         histogram_bins: int = MeasureConfig.histogram_bins,
         histogram_sample_size: int = MeasureConfig.histogram_sample_size,
@@ -262,6 +274,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
                 clip_warmup_steps=clip_warmup_steps,
                 clip_max_norm=clip_max_norm,
                 clip_use_loss=clip_use_loss,
+                clip_step_ratio=clip_step_ratio,
             ),
             measure=MeasureConfig(
                 granularity=granularity,

@@ -8,6 +8,6 @@ in :mod:`lightning_gradwatch.act.scaling`.
 from __future__ import annotations
 
 from lightning_gradwatch.act.scaling import scale_gradients_
-from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient
+from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient, sgd_step_scale
 
-__all__ = ["AdaptiveClipThreshold", "clip_coefficient", "scale_gradients_"]
+__all__ = ["AdaptiveClipThreshold", "clip_coefficient", "scale_gradients_", "sgd_step_scale"]

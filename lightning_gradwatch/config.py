@@ -6,7 +6,7 @@ and type. The groups:
 
 - :class:`ResponseConfig`: ``on_vanishing``, ``on_exploding``, ``on_nonfinite`` (defaults from the table of kinds);
 - :class:`ClipConfig`: ``clip`` and the adaptive threshold's ``clip_zscore``, ``clip_warmup_steps``,
-  ``clip_max_norm``, ``clip_use_loss``, and its constants;
+  ``clip_max_norm``, ``clip_use_loss``, ``clip_step_ratio``, and its constants;
 - :class:`MeasureConfig`: which parameters are watched and how they are measured (``granularity``, ``include``,
   ``exclude``, ``histogram_bins``, ``histogram_sample_size``, ``max_layers``), and ``amp_overflow_patience``;
 - :class:`ScheduleConfig`: ``log_every_n_steps``, ``histogram_every_n_steps``;
@@ -145,10 +145,10 @@ class ResponseConfig(ConfigGroup):
 class ClipConfig(ConfigGroup):
     """Clipping: none, a fixed maximum norm, or the adaptive threshold and its settings.
 
-    ``clip``, ``clip_zscore``, ``clip_warmup_steps``, ``clip_max_norm`` and ``clip_use_loss`` are ``GradWatch``
-    arguments (documented there). The others are the adaptive rule's constants (``argument=False``: settable here,
-    and as keyword arguments of :class:`~lightning_gradwatch.judge.clipping.AdaptiveClipThreshold` without the
-    ``clip_`` prefix). Norms are judged on the log scale: a *decade* is a factor of 10.
+    ``clip``, ``clip_zscore``, ``clip_warmup_steps``, ``clip_max_norm``, ``clip_use_loss`` and ``clip_step_ratio`` are
+    ``GradWatch`` arguments (documented there). The others are the adaptive rule's constants (``argument=False``:
+    settable here, and as keyword arguments of :class:`~lightning_gradwatch.judge.clipping.AdaptiveClipThreshold`
+    without the ``clip_`` prefix). Norms are judged on the log scale: a *decade* is a factor of 10.
 
     Args:
         clip_window: learnt norms the outlier statistics cover.
@@ -216,6 +216,7 @@ class ClipConfig(ConfigGroup):
     clip_warmup_steps: int = setting(25, integer(minimum=0))
     clip_max_norm: float | None = setting(None, number(optional=True))
     clip_use_loss: bool = setting(True, check_bool)
+    clip_step_ratio: float | None = setting(0.1, number(optional=True))
     clip_window: int = setting(100, integer(minimum=1), argument=False)
     clip_quantile: float = setting(0.25, fraction, argument=False)
     clip_low_quantile: float = setting(0.05, fraction, argument=False)

@@ -49,7 +49,7 @@ class Sharded(pl.LightningModule):
 
 
 class Reference(pl.Callback):
-    """Runs after GradWatch: gathers every gradient (test only) for the unsharded per-layer norms."""
+    """Runs before GradWatch: gathers every gradient and weight (test only) for the unsharded norms."""
 
     def __init__(self, out_dir: str, watch: GradWatch) -> None:
         self.out_dir, self.watch, self.steps = out_dir, watch, {}
@@ -64,7 +64,9 @@ class Reference(pl.Callback):
             norms[layer] = norms.get(layer, 0.0) + float(full.pow(2).sum())
             numel[layer] = numel.get(layer, 0) + full.numel()
             local[layer] = local.get(layer, 0) + p.grad.to_local().numel()
+        weights = sum(float(p.detach().full_tensor().double().pow(2).sum()) for p in pl_module.parameters())
         self.steps[trainer.global_step] = {
+            "weights": weights**0.5,
             "norms": {k: v**0.5 for k, v in norms.items()},
             "numel": numel,
             "local_numel": local,
@@ -75,7 +77,13 @@ class Reference(pl.Callback):
         summary = self.watch.state_dict()["summary"]
         with open(f"{self.out_dir}/ranks/rank{trainer.global_rank}.json", "w") as fh:
             json.dump(
-                {"steps": self.steps, "summary_total": summary["total_norm"], "alerts": len(self.watch.alerts)}, fh
+                {
+                    "steps": self.steps,
+                    "summary_total": summary["total_norm"],
+                    "clipped": summary["events"].get("clipped_steps", 0),
+                    "alerts": len(self.watch.alerts),
+                },
+                fh,
             )
 
 
@@ -83,14 +91,15 @@ def main(out_dir: str) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(64, 8), torch.randn(64, 1)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
-    watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=2)
+    # clip="adaptive" under SGD: its step-size cap reads the weights' norm, combined over the shards
+    watch = GradWatch(log_every_n_steps=1, histogram_every_n_steps=2, clip="adaptive")
     trainer = pl.Trainer(
         default_root_dir=out_dir,
         accelerator="cpu",
         devices=2,
         strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=timedelta(seconds=60)),
         max_steps=6,
-        callbacks=[watch, Reference(out_dir, watch)],
+        callbacks=[Reference(out_dir, watch), watch],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

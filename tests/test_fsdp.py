@@ -50,6 +50,11 @@ def test_lightning_model_parallel_fully_shard(tmp_path):
             assert 0 < hist.histogram_value.num <= numel
             assert sum(hist.histogram_value.bucket) == pytest.approx(hist.histogram_value.num, abs=0.5)
     assert ranks[0]["alerts"] == ranks[1]["alerts"] == 0
+    # clip="adaptive" under SGD (lr 0.05): the first step's threshold is the step-size cap, 0.1 of the unsharded
+    # weights' norm over the learning rate; both ranks clip alike
+    thresholds = scalars(acc, "gradwatch/clip_threshold")
+    assert thresholds[0] == pytest.approx(0.1 * ranks[0]["steps"]["0"]["weights"] / 0.05, rel=1e-5)
+    assert ranks[0]["clipped"] == ranks[1]["clipped"]
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")

@@ -6,6 +6,7 @@ The same charts, alerts, responses, ``gradwatch.json`` and ``gradwatch check`` v
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import warnings
@@ -477,3 +478,23 @@ def test_fabric_loop_example(tmp_path):
     assert outcome["finite_weights"]
     assert outcome["alerts"] == [("nonfinite", 30)]
     assert gradwatch("check", str(tmp_path)).returncode == 1
+
+
+@pytest.mark.parametrize("where", ["plain", "fabric"])
+def test_a_loop_caps_an_sgd_step_as_the_callback_does(tmp_path, where):
+    """``clip="adaptive"`` under SGD (lr 0.05) holds the first step to a tenth of the weights' norm over the learning
+    rate, read through Fabric's optimizer wrapper too."""
+    watch = GradWatch(clip="adaptive", log_every_n_steps=1, images=False)
+    weights = math.sqrt(sum(float(p.detach().norm()) ** 2 for p in _net().parameters()))
+    if where == "plain":
+        _plain_loop(watch, tmp_path)
+        log_dir = tmp_path
+    else:
+        from lightning.fabric import Fabric
+        from lightning.fabric.loggers import TensorBoardLogger
+
+        fabric = Fabric(accelerator="cpu", devices=1, loggers=TensorBoardLogger(str(tmp_path)))
+        _fabric_loop(fabric, watch)
+        log_dir = Path(fabric.logger.log_dir)
+    thresholds = scalars(events(log_dir), "gradwatch/clip_threshold")
+    assert thresholds[0] == pytest.approx(0.1 * weights / 0.05, rel=1e-5)

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -33,6 +33,7 @@ from torch import Tensor
 from lightning_gradwatch import _names as names
 from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.engine.environment import Environment, scale_of
+from lightning_gradwatch.engine.step_rates import StepRates
 from lightning_gradwatch.judge.decision import Decision, Flags, StepJudge
 from lightning_gradwatch.kinds import AlertKind, Response
 from lightning_gradwatch.measure.layers import layer_name
@@ -73,6 +74,7 @@ class Lane:
         self.summary = summary if summary is not None else RunSummary()
         self.judge = StepJudge(settings, index, replace(self.env.traits, optimizer=optimizer))
         self.collector: GradientStats | None = None
+        self._rates: StepRates | None = None  # its layers' SGD rates, for the adaptive threshold's step-size cap
         self.ticks = 0  # steps this optimizer took: its own cadence under manual optimization
         self.loss: float | None = None  # the latest finite loss of this optimizer's steps (its player's, in a game)
         self.hist_every = self.env.hist_every  # histogram interval in force (an overhead budget may widen it)
@@ -119,6 +121,7 @@ class Lane:
             plain_group=plain_group,
         )
         self.summary.watch(self.collector.layer_names)
+        self._rates = StepRates(self.collector.params, self.collector.layer_of, self.collector.layer_names)
         self.judge.detector.exempt_layers = self.collector.layers_made_of(exempt)
         self.judge.half_weights = any(p.dtype in _HALF for p in self.collector.params)
         return first and self.collector.aggregated is not None
@@ -148,6 +151,7 @@ class Lane:
         own_cadence: bool = False,
         measure_all: bool = True,
         others: float | None = None,
+        optimizer: Any = None,
     ) -> Decision:
         """Measure this step's gradients, judge them, and count the decision in the run summary.
 
@@ -160,21 +164,32 @@ class Lane:
             others: with several optimizers, the sum of the other optimizers' latest losses (``None``: none known).
                 The detector judges the *game's* loss, this step's plus theirs: one player's loss rises by design
                 as its opponent learns (a GAN's generator against its discriminator), the sum does not.
+            optimizer: the optimizer about to step: under ``clip="adaptive"``, an SGD optimizer's learning rates
+                and the weights' norm (measured in the same transfer) cap the step's size.
         """
         assert self.collector is not None, "call watch() first"
         log, hist = self._due(step, own_cadence)
         measure_all = measure_all or self.collector.sharded  # sharded statistics are collectives
+        rates = self._step_rates(optimizer)
         stats = self.collector.collect(
             extended=(log or hist) and measure_all,
             histograms=hist and measure_all,
             extra=() if loss is None else (loss,),
+            weights=rates is not None,
         )
         if stats is None:
             return Decision(step)
         step_loss = self._judged_loss(stats.extra[0] if stats.extra else None, own_cadence, others)
-        decision = self.judge.judge(step, stats, step_loss, self._scale, log, hist, several=own_cadence)
+        decision = self.judge.judge(step, stats, step_loss, self._scale, log, hist, several=own_cadence, rates=rates)
         self.record(decision)
         return decision
+
+    def _step_rates(self, optimizer: Any) -> float | Mapping[str, float] | None:
+        """The SGD rates the adaptive threshold's step-size cap reads (``None``: no cap, nothing more to measure)."""
+        clipping = self.settings.clipping
+        if optimizer is None or self._rates is None or not clipping.adaptive or clipping.clip_step_ratio is None:
+            return None
+        return self._rates(optimizer)
 
     def _judged_loss(self, loss: float | None, several: bool, others: float | None) -> float | None:
         """Keep this optimizer's latest finite loss; the loss its step is judged on (with several, the game's)."""

@@ -234,7 +234,7 @@ class Session:
         lane.log_every = fit.output.log_every(lane)
         loss = host.average(loss)  # every process's detector sees the same loss
         others = self._others(index) if count > 1 else None  # the rest of a game of several optimizers
-        decision = lane.decide(step, loss, count > 1, fit.output.writes, others)  # measure, judge, record
+        decision = lane.decide(step, loss, count > 1, fit.output.writes, others, optimizer)  # measure, judge, record
         said = self.ledger.stepped(decision.step)
         if said is not None:
             fit.output.say(said)

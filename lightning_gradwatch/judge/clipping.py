@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_gradwatch.config import ClipConfig
@@ -23,6 +23,7 @@ __all__ = [
     "AdaptiveClipThreshold",
     "clip_coefficient",
     "clipping_notice",
+    "sgd_step_scale",
 ]
 
 #: why the notice was said: the loss-driven ceiling held the run back; clipping acted on most steps of a run whose
@@ -86,6 +87,15 @@ class AdaptiveClipThreshold:
       too). Without it, a recurrent net at the edge of stability climbs back to the step size that made it blow up,
       and blows up again; a noisy rise of the loss (less than 3x) leaves no memory.
 
+    - **The step-size cap** (``step_ratio``, 0.1; SGD only, given ``weight_norm`` and ``step_scale``). A step may
+      move the weights by at most ``step_ratio`` of their norm: the threshold is at most ``step_ratio *
+      weight_norm / step_scale`` (``step_scale``: how far SGD moves the weights per unit of gradient norm, its
+      learning rate over ``1 - momentum``; :func:`sgd_step_scale`). Weights that all started at zero have no such
+      scale: that run is not capped. It is the one scale the run's own
+      norms cannot give: a recurrent net whose gradients grow from the first step has no calm past to learn a
+      threshold from, and a learning-rate schedule whose peak is too high multiplies every step by the same factor.
+      A healthy SGD step moves the weights by far less than a tenth of their norm.
+
     A norm is *learnt* only on steps where the run is not getting worse, and only when it is no outlier: a norm that
     grows with the loss, from the first step on (a recurrent net whose gradients explode, a learning rate too high),
     never becomes the typical level, and outliers in most batches (an image x50 in four batches of five) do not
@@ -117,6 +127,8 @@ class AdaptiveClipThreshold:
         max_norm: optional fixed cap applied on every step.
         use_loss: add the ceiling a worsening loss lowers (on by default; ``False`` for runs whose loss rises by
             design, such as a curriculum of harder batches).
+        step_ratio: the step-size cap: under SGD, a step moves the weights by at most this fraction of their norm
+            (``None``: no cap).
         **constants: the rule's constants by name (``window=50``): the fields of
             :class:`~lightning_gradwatch.config.ClipConfig` that are no ``GradWatch`` argument, without their
             ``clip_`` prefix, documented there.
@@ -156,6 +168,7 @@ class AdaptiveClipThreshold:
         warmup_steps: int = ClipConfig.clip_warmup_steps,
         max_norm: float | None = ClipConfig.clip_max_norm,
         use_loss: bool = ClipConfig.clip_use_loss,
+        step_ratio: float | None = ClipConfig.clip_step_ratio,
         **constants: Any,
     ) -> None:
         known = ClipConfig().constants()
@@ -171,14 +184,17 @@ class AdaptiveClipThreshold:
                 clip_warmup_steps=warmup_steps,
                 clip_max_norm=max_norm,
                 clip_use_loss=use_loss,
+                clip_step_ratio=step_ratio,
                 **{prefix + name: value for name, value in constants.items()},
             )
         except (TypeError, ValueError) as err:  # named as this class takes them: `zscore`, not `clip_zscore`
             raise type(err)(str(err).replace(f"`{prefix}", "`")) from None
         c = self.settings
         self.zscore, self.warmup_steps, self.max_norm, self.use_loss = zscore, warmup_steps, max_norm, use_loss
+        self.step_ratio = step_ratio
         self._c = c.constants()
         self.steps = 0  # finite, non-zero norms seen
+        self.start_weights: float | None = None  # the weights' norm at the first step capped (None: not known)
         self._first: list[float] | None = []  # the run's first `first_norms` learnt log10 norms (None: not known)
         self._norms = SortedWindow(c.clip_window)  # learnt log10 norms: the last `window` of them
         self._recent = Window(c.clip_short_window)  # the last `short_window` learnt log10 norms
@@ -219,6 +235,7 @@ class AdaptiveClipThreshold:
             settings.clip_warmup_steps,
             settings.clip_max_norm,
             settings.clip_use_loss,
+            settings.clip_step_ratio,
             **settings.constants(),
         )
 
@@ -307,11 +324,18 @@ class AdaptiveClipThreshold:
         self._since_cut, self._level_at_cut = 0, self.level
 
     # ------------------------------------------------------------------ a step
-    def update(self, total_norm: float, loss: float | None = None, offset: float = 0.0) -> float:
+    def update(
+        self,
+        total_norm: float,
+        loss: float | None = None,
+        offset: float = 0.0,
+        weight_norm: float | None = None,
+        step_scale: float | None = None,
+    ) -> float:
         """Learn one step; returns the threshold that applies to it (the norm to clip it to).
 
         For an outlier that is the typical norm, for any other step the outlier threshold; either way at most the
-        ceiling and ``max_norm``. Non-finite and zero norms are not learnt.
+        ceiling, ``max_norm`` and the step-size cap. Non-finite and zero norms are not learnt.
 
         Args:
             total_norm: the step's total gradient norm, before clipping.
@@ -321,6 +345,10 @@ class AdaptiveClipThreshold:
                 with a gradient has not changed): the rule learns and judges the chained norm, so a backbone
                 unfrozen mid-run (more layers, a larger total norm) is not taken for an outlier; the threshold it
                 returns is a total norm over this step's layers.
+            weight_norm: the norm of the weights of this step's layers (``None``: not known, no step-size cap).
+            step_scale: how far the optimizer moves those weights per unit of ``total_norm``
+                (:func:`sgd_step_scale`; ``None``: not an SGD step, no step-size cap). With both, the threshold is
+                at most ``step_ratio * weight_norm / step_scale``.
         """
         finite = math.isfinite(total_norm) and total_norm > 0
         self._offset = offset
@@ -338,10 +366,12 @@ class AdaptiveClipThreshold:
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
         self._count_ceiling(limit)
-        if finite:
+        if finite:  # the memory of a divergence keeps the rule's own step sizes, not the step-size cap's: a run the
+            # cap holds is not also held back by a divergence remembered at the capped size
             self._applied.append(min(log_norm, math.log10(threshold)) + offset)
+        threshold = min(threshold, self._step_cap(weight_norm, step_scale))
         depth = log_norm - math.log10(threshold) if finite and total_norm > threshold else 0.0
-        self._watch_clipping(x, loss, depth)
+        self._watch_clipping(x, loss, depth)  # the notice counts every clipped step, the cap's too
         return threshold
 
     def _learn(self, x: float, outlier: bool) -> None:
@@ -430,6 +460,20 @@ class AdaptiveClipThreshold:
         rise = statistics.median(late) - statistics.median(early)
         return rise if rise >= self._c["notice_rise"] else None
 
+    def _step_cap(self, weight_norm: float | None, step_scale: float | None) -> float:
+        """The largest total norm whose step moves the weights by ``step_ratio`` of their norm.
+
+        Weights that all started at zero (a linear model) have no scale to hold a step to: such a run is not capped.
+        """
+        ratio = self.step_ratio
+        if ratio is None or weight_norm is None or step_scale is None or not math.isfinite(weight_norm):
+            return math.inf
+        if self.start_weights is None:
+            self.start_weights = weight_norm
+        if not step_scale > 0 or not self.start_weights > 0 or not weight_norm > 0:
+            return math.inf
+        return ratio * weight_norm / step_scale
+
     def _cap(self, log_norm: float) -> float:
         """A chained ``log10`` level as a total norm over the latest step's layers, at most ``max_norm``."""
         threshold = pow10_or_inf(log_norm - self._offset)
@@ -442,7 +486,10 @@ class AdaptiveClipThreshold:
         return clipping_notice(step, steps, vanilla_rnn, reason, self.notice_amount)
 
     def threshold(self) -> float:
-        """The norm the next step is held to unless it is an outlier (``inf`` before the first step, without a cap)."""
+        """The norm the next step is held to unless it is an outlier (``inf`` before the first step, without a cap).
+
+        The step-size cap is not in it: it depends on the next step's weights and learning rate.
+        """
         return self._cap(min(self._levels()[1], self.ceiling))
 
     # ------------------------------------------------------------------ state
@@ -473,6 +520,7 @@ class AdaptiveClipThreshold:
             "clipped": list(self._clipped),
             "step_losses": list(self._step_losses),
             "step_norms": list(self._step_norms),
+            "start_weights": self.start_weights,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -500,6 +548,8 @@ class AdaptiveClipThreshold:
         self._applied = Window(self.settings.clip_loss_window, (float(x) for x in state.get("applied", ())))
         self._since_cut = int(state.get("since_cut", 0))
         self.ceiling_steps = int(state.get("ceiling_steps", 0))
+        start_weights = state.get("start_weights")
+        self.start_weights = None if start_weights is None else float(start_weights)
         self._load_notice(state)
 
     def _load_norms(self, state: Mapping[str, Any]) -> None:
@@ -550,6 +600,32 @@ def _known(level: float) -> float | None:
 
 def _level(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def sgd_step_scale(rates: float | Mapping[str, float], layers: Sequence[str], grad_norm: Sequence[float]) -> float:
+    """How far an SGD step moves the weights per unit of the step's total gradient norm.
+
+    Once its velocity has built up, SGD with momentum ``m`` and dampening ``d`` moves a parameter by about
+    ``lr * (1 - d) / (1 - m)`` times its gradient: its *rate*. With one rate for every layer that is the answer; with
+    several (parameter groups with learning rates of their own), the step's norm is the root of the sum of each
+    layer's ``(rate * gradient norm) ** 2``, per unit of the total gradient norm.
+
+    Args:
+        rates: one rate for every layer, or each layer's by name (a layer not named has rate 0).
+        layers: the step's layers.
+        grad_norm: their gradient norms.
+
+    Example:
+        >>> sgd_step_scale(0.5, ["a", "b"], [3.0, 4.0])
+        0.5
+        >>> round(sgd_step_scale({"a": 1.0, "b": 0.1}, ["a", "b"], [3.0, 4.0]), 4)  # a step of norm 3.027
+        0.6053
+    """
+    if not isinstance(rates, Mapping):
+        return float(rates)
+    total = math.sqrt(math.fsum(g * g for g in grad_norm))
+    step = math.sqrt(math.fsum((rates.get(name, 0.0) * g) ** 2 for name, g in zip(layers, grad_norm)))
+    return step / total if total > 0 else 0.0
 
 
 def clipping_notice(

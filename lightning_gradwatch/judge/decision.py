@@ -17,13 +17,13 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
 from lightning_gradwatch.config import WatchConfig
-from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient
+from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient, sgd_step_scale
 from lightning_gradwatch.judge.context import Verdict
 from lightning_gradwatch.judge.detector import GradientDetector
 from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, Rule, by_severity
@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # annotations only: judging is plain Python and imports no to
     from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["Decision", "Flags", "StepJudge", "failure_of"]
+
+#: an SGD optimizer's rate for every layer, or each layer's by name (``None``: not SGD)
+Rates = Union[float, Mapping[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class StepJudge:
         log: bool = False,
         histograms: bool = False,
         several: bool = False,
+        rates: Rates = None,
     ) -> Decision:
         """Judge one measured step.
 
@@ -154,6 +158,8 @@ class StepJudge:
             several: the run steps several optimizers. Each one's loss is then its own objective against the others
                 (a GAN's generator loss rises as its discriminator learns), no measure of the run's progress: the
                 adaptive clip threshold is not given it (no loss ceiling, no notice of a loss that does not fall).
+            rates: the SGD rate of every layer or of each (:class:`~lightning_gradwatch.engine.step_rates.StepRates`;
+                ``None``: not SGD): with ``stats.weight_norm``, the adaptive threshold's step-size cap.
         """
         scaled_nonfinite = scale is not None and not stats.finite
         if self._overflowed(stats, scale):
@@ -168,7 +174,7 @@ class StepJudge:
         flags = self._flags(verdict, alerts)
         threshold = notice = None
         if not (flags.skip or flags.stop) and stats.finite:
-            threshold, notice = self._clip(step, stats.total_norm, verdict, None if several else loss)
+            threshold, notice = self._clip(step, stats, verdict, None if several else loss, rates)
         health = self._health(verdict)
         return Decision(
             step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite, notice
@@ -201,19 +207,22 @@ class StepJudge:
         return Flags(skip=skip, stop=Response.STOP in responses, fail=Response.RAISE in responses)
 
     def _clip(
-        self, step: int, total_norm: float, verdict: Verdict, loss: float | None
+        self, step: int, stats: StepStats, verdict: Verdict, loss: float | None, rates: Rates
     ) -> tuple[float | None, str | None]:
         """The step's clip threshold, and the adaptive rule's notice when it is due at this step."""
-        threshold = self._clip_threshold(total_norm, verdict, loss)
+        threshold = self._clip_threshold(stats, verdict, loss, rates)
         due = self.clipper.notice_due and self.settings.clipping.adaptive
         return threshold, self.clipper.notice(step, self.traits.vanilla_rnn) if due else None
 
-    def _clip_threshold(self, total_norm: float, verdict: Verdict, loss: float | None) -> float | None:
+    def _clip_threshold(self, stats: StepStats, verdict: Verdict, loss: float | None, rates: Rates) -> float | None:
         """The threshold this step is clipped to, when clipping is configured (the adaptive one learns from it)."""
         s = self.settings
         threshold = math.inf
         if s.clipping.adaptive:
-            threshold = self.clipper.update(total_norm, loss, offset=verdict.chain_offset)
+            scale = None if rates is None else sgd_step_scale(rates, stats.layers, stats.grad_norm)
+            threshold = self.clipper.update(
+                stats.total_norm, loss, offset=verdict.chain_offset, weight_norm=stats.weight_norm, step_scale=scale
+            )
         elif s.clipping.fixed is not None:
             threshold = s.clipping.fixed
         if s.responses.response(AlertKind.EXPLODING) == Response.CLIP:

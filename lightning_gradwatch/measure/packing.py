@@ -32,11 +32,16 @@ class Packed:
     width: int = 1
 
 
-def step_layout(extended: bool, histograms: bool) -> tuple[Packed, ...]:
-    """The packed per-layer statistics of a step, in transfer order (the histogram tail comes after these)."""
+def step_layout(extended: bool, histograms: bool, weights: bool = False) -> tuple[Packed, ...]:
+    """The packed per-layer statistics of a step, in transfer order (the histogram tail comes after these).
+
+    ``weights``: the parameter norms alone (an extended step has them already).
+    """
     layout = [Packed("grad_sq")]
     if extended:
         layout += [Packed("param_sq"), Packed("nonzero"), Packed("max_abs", "max")]
+    elif weights:
+        layout.append(Packed("param_sq"))
     if extended or histograms:
         layout.append(Packed("numel"))
     if histograms:

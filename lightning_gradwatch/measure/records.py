@@ -42,7 +42,8 @@ class StepStats:
     (``histograms``, ``log_histograms`` (of ``log10 |g|``) and ``mean_abs``, the mean ``|g|``, with
     ``histograms=True``); ``nonfinite_count`` is exact
     on every step (it is computed only when a norm is not finite). ``numel`` counts the values measured on this
-    process until an extended or histogram step combines it across shards.
+    process until an extended or histogram step combines it across shards. ``weight_norm``, the norm of the weights
+    of ``layers``, is filled on extended steps and on steps measured with ``weights=True``.
     """
 
     layers: tuple[str, ...]
@@ -57,6 +58,7 @@ class StepStats:
     log_histograms: tuple[LayerHistogram | None, ...] | None = None
     mean_abs: tuple[float, ...] | None = None
     extra: tuple[float, ...] = ()
+    weight_norm: float | None = None
 
     @property
     def finite(self) -> bool:

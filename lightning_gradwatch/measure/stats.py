@@ -127,6 +127,11 @@ class GradientStats:
         self._full_plan: Plan | None = None
         self._sampler = HistogramSampler(self.histogram_bins, self.histogram_sample_size)
 
+    @property
+    def layer_of(self) -> Sequence[int]:
+        """Index into ``layer_names`` of each watched parameter's layer (aligned with ``params``)."""
+        return self._layer_of
+
     def __len__(self) -> int:
         return len(self.params)
 
@@ -169,7 +174,7 @@ class GradientStats:
     # ------------------------------------------------------------------ measuring
     @torch.no_grad()
     def collect(
-        self, extended: bool = False, histograms: bool = False, extra: Sequence[Tensor] = ()
+        self, extended: bool = False, histograms: bool = False, extra: Sequence[Tensor] = (), weights: bool = False
     ) -> StepStats | None:
         """Measure the current gradients; ``None`` when no watched parameter has a gradient.
 
@@ -182,6 +187,8 @@ class GradientStats:
                 mean ``|g|``).
             extra: one-element tensors (such as the last loss) to bring to the host in the same transfer; their
                 values come back in ``StepStats.extra``. They are not combined across processes.
+            weights: also measure the norm of the weights with a gradient (``StepStats.weight_norm``; an extended
+                step measures it anyway), in the same transfer.
         """
         grads = self._grads()
         plan = self._plan_for(grads)
@@ -189,8 +196,8 @@ class GradientStats:
             return None
         if not plan.plain:
             grads = [None if g is None else local(g) for g in grads]
-        layout = step_layout(extended, histograms)
-        parts = self._measure(plan, grads, layout, extended, histograms)
+        layout = step_layout(extended, histograms, weights)
+        parts = self._measure(plan, grads, layout, extended, histograms, weights)
         if histograms:
             parts += self._sampler.parts(plan, grads)
             layout += histogram_layout(self.histogram_bins)
@@ -205,12 +212,13 @@ class GradientStats:
         layout: tuple[Packed, ...],
         extended: bool,
         histograms: bool,
+        weights: bool = False,
     ) -> list[Tensor]:
         """The packed per-layer parts of every shard, combined over the shards' process groups."""
         params = self.params if plan.plain else [local(p.detach()) for p in self.params]
         parts: list[Tensor] | None = None
         for shard in plan.shards:
-            measured = self._shard_parts(plan, shard, grads, params, extended, histograms)
+            measured = self._shard_parts(plan, shard, grads, params, extended, histograms, weights)
             reduced = reduce_parts([(measured[f.name], f.op) for f in layout], shard.groups)
             parts = reduced if parts is None else [combine(a, b, f.op) for a, b, f in zip(parts, reduced, layout)]
         assert parts is not None
@@ -263,6 +271,7 @@ class GradientStats:
         params: Sequence[Tensor],
         extended: bool,
         histograms: bool,
+        weights: bool = False,
     ) -> dict[str, Tensor]:
         """This shard's per-layer partial results, by packed field name (see :func:`step_layout`)."""
         n, dev = len(plan.layer_index), plan.device
@@ -276,6 +285,9 @@ class GradientStats:
             parts.update(param_sq=zeros(), nonzero=zeros(), max_abs=zeros())
             accumulate_norms(shard, params, parts["param_sq"], ord=2)
             accumulate_counts(shard, grads, parts["nonzero"], parts["max_abs"])
+        elif weights:
+            parts["param_sq"] = zeros()
+            accumulate_norms(shard, params, parts["param_sq"], ord=2)
         if extended or histograms:
             parts["numel"] = shard.numel.clone()
         if histograms:
@@ -288,7 +300,12 @@ class GradientStats:
         names = tuple(self.layer_names[i] for i in plan.layer_index)
         grad_norm, nonfinite, total_norm = norms_from_squares(plan, grads, fields["grad_sq"], self._layer_of)
         numel = tuple(round(v) for v in fields["numel"]) if "numel" in fields else tuple(plan.local_numel)
-        extended = self._unpack_extended(plan, fields, numel) if "param_sq" in fields else {}
+        extended: dict[str, Any] = {}
+        if "param_sq" in fields:
+            param_norm = self._param_norms(plan, fields)
+            extended["weight_norm"] = math.sqrt(math.fsum(v * v for v in param_norm))
+            if "nonzero" in fields:
+                extended.update(self._unpack_extended(param_norm, fields, numel))
         mean_abs = hists = log_hists = None
         if "l1" in fields:
             mean_abs = tuple(v / size if size else 0.0 for v, size in zip(fields["l1"], numel))
@@ -305,14 +322,19 @@ class GradientStats:
             **extended,
         )
 
+    def _param_norms(self, plan: Plan, fields: dict[str, list[float]]) -> tuple[float, ...]:
+        """Per-layer parameter norms (exact where a square overflowed float32)."""
+        param_norm = tuple(math.sqrt(max(v, 0.0)) for v in fields["param_sq"])
+        return exact_param_norms(plan, param_norm, self.params, self._layer_of)
+
+    @staticmethod
     def _unpack_extended(
-        self, plan: Plan, fields: dict[str, list[float]], numel: tuple[int, ...]
+        param_norm: tuple[float, ...], fields: dict[str, list[float]], numel: tuple[int, ...]
     ) -> dict[str, tuple[float, ...]]:
         """Parameter norms, max ``|g|`` and zero fractions of an extended step."""
-        param_norm = tuple(math.sqrt(max(v, 0.0)) for v in fields["param_sq"])
         zero_fraction = tuple((1.0 - nz / size) if size else 0.0 for nz, size in zip(fields["nonzero"], numel))
         return {
-            "param_norm": exact_param_norms(plan, param_norm, self.params, self._layer_of),
+            "param_norm": param_norm,
             "max_abs": tuple(fields["max_abs"]),
             "zero_fraction": zero_fraction,
         }

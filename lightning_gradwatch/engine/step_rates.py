@@ -1,0 +1,94 @@
+"""How far an SGD optimizer moves each layer's weights per unit of gradient: the clip threshold's step-size cap.
+
+Read from the optimizer's parameter groups at every step (a schedule changes the learning rate), as plain floats:
+no tensor is read, so no host synchronisation. Other optimizers have no such rate (Adam's step does not grow with
+the gradient's norm): ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from lightning_gradwatch.engine.environment import inner_optimizer
+
+__all__ = ["StepRates"]
+
+
+class StepRates:
+    """The rate ``lr * (1 - dampening) / (1 - momentum)`` of each watched layer, under ``torch.optim.SGD``.
+
+    Args:
+        params: the watched parameters.
+        layer_of: index into ``layer_names`` of each parameter's layer.
+        layer_names: the watched layers.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> rates = StepRates(list(net.parameters()), [0, 0, 1, 1], ["0", "1"])
+        >>> rates(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
+        1.0000000000000002
+        >>> groups = [{"params": net[0].parameters(), "lr": 0.01}, {"params": net[1].parameters()}]
+        >>> rates(torch.optim.SGD(groups, lr=0.1))
+        {'0': 0.01, '1': 0.1}
+        >>> rates(torch.optim.Adam(net.parameters())) is None
+        True
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], layer_of: Sequence[int], layer_names: Sequence[str]) -> None:
+        self._layer_by_id = {id(p): layer_names[i] for p, i in zip(params, layer_of)}
+        self._groups_key: tuple[tuple[int, int], ...] = ()
+        self._group_layers: list[frozenset[str]] = []
+
+    def __call__(self, optimizer: Any) -> float | Mapping[str, float] | None:
+        """One rate for every layer, each layer's (groups with different rates), or ``None`` (not SGD).
+
+        Lightning's and Fabric's optimizer wrappers are read through.
+        """
+        optimizer = inner_optimizer(optimizer)
+        if not isinstance(optimizer, torch.optim.SGD):
+            return None
+        groups = optimizer.param_groups
+        rates = [_rate(group) for group in groups]
+        if any(r is None for r in rates):
+            return None
+        if len(set(rates)) == 1:
+            return rates[0]
+        layers = self._layers(groups)
+        by_layer: dict[str, float] = {}
+        for names, rate in zip(layers, rates):
+            for name in names:  # a layer whose parameters sit in several groups: the largest rate
+                by_layer[name] = max(by_layer.get(name, 0.0), rate)  # type: ignore[arg-type]
+        return by_layer
+
+    def _layers(self, groups: Sequence[Mapping[str, Any]]) -> list[frozenset[str]]:
+        """The watched layers of each parameter group (kept while the groups hold the same lists)."""
+        key = tuple((id(g["params"]), len(g["params"])) for g in groups)
+        if key != self._groups_key:
+            self._groups_key = key
+            layer = self._layer_by_id
+            self._group_layers = [frozenset(layer[id(p)] for p in g["params"] if id(p) in layer) for g in groups]
+        return self._group_layers
+
+
+def _rate(group: Mapping[str, Any]) -> float | None:
+    """``lr * (1 - dampening) / (1 - momentum)`` of a parameter group.
+
+    ``None`` when its learning rate is a tensor on a device (reading it would synchronise) or not a number.
+    """
+    lr = group.get("lr")
+    if isinstance(lr, torch.Tensor):
+        if lr.device.type != "cpu" or lr.numel() != 1:
+            return None
+        lr = lr.item()
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        return None
+    momentum = float(group.get("momentum", 0.0) or 0.0)
+    if momentum <= 0.0:
+        return float(lr)
+    if momentum >= 1.0:
+        return math.inf
+    return float(lr) * (1.0 - float(group.get("dampening", 0.0) or 0.0)) / (1.0 - momentum)
