@@ -220,9 +220,21 @@ class Adaptive(Rule):
 
         self.clipper = AdaptiveClipThreshold(**kwargs)
         self.offset = ChainOffset()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.rates: Any = None
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """The run's model and optimizer: under SGD, the step-size cap reads their rates and weights."""
+        from clipping_adapter import step_rates
+
+        self.optimizer, self.rates = optimizer, step_rates(model)
 
     def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
-        return self.clipper.update(norm, loss, self.offset(stats))
+        from clipping_adapter import sgd_step_scale
+
+        rates = None if self.rates is None else self.rates(self.optimizer)
+        scale = None if rates is None else sgd_step_scale(rates, stats.layers, stats.grad_norm)
+        return self.clipper.update(norm, loss, self.offset(stats), stats.weight_norm, scale)
 
 
 class AdaptiveToThreshold(Adaptive):
@@ -315,6 +327,8 @@ def train(cell: Cell, rule: Rule, epochs: int, data: Data | None = None) -> Resu
     model = make_model(cell)
     optimizer = make_optimizer(cell, model)
     stats = GradientStats(model.named_parameters())
+    if hasattr(rule, "attach"):  # the step-size cap of clip="adaptive" reads the optimizer and the weights
+        rule.attach(model, optimizer)
     result = Result(math.nan, math.nan, True)
     for idx in batch_order(cell, epochs):
         has_outlier = bool(data.outlier[idx].any())
@@ -325,7 +339,7 @@ def train(cell: Cell, rule: Rule, epochs: int, data: Data | None = None) -> Resu
             norm = rule.zclip.step(model)
             threshold = math.inf  # ZClip clipped already; its threshold is not exposed
         else:
-            step_stats = stats.collect()
+            step_stats = stats.collect(weights=True)
             norm = step_stats.total_norm
             threshold = rule.threshold(norm, step_stats, float(loss.detach()))
             coefficient = clip_coefficient(norm, threshold)

@@ -94,7 +94,9 @@ class AdaptiveClipThreshold:
       scale: that run is not capped. It is the one scale the run's own
       norms cannot give: a recurrent net whose gradients grow from the first step has no calm past to learn a
       threshold from, and a learning-rate schedule whose peak is too high multiplies every step by the same factor.
-      A healthy SGD step moves the weights by far less than a tenth of their norm.
+      A healthy SGD step moves the weights by far less than a tenth of their norm. The cap applies last: the memory
+      of a divergence keeps the rule's own step sizes (a run the cap holds is not also held back at the capped
+      size), and the notice counts the steps it clips.
 
     A norm is *learnt* only on steps where the run is not getting worse, and only when it is no outlier: a norm that
     grows with the loss, from the first step on (a recurrent net whose gradients explode, a learning rate too high),
@@ -366,8 +368,9 @@ class AdaptiveClipThreshold:
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
         self._count_ceiling(limit)
-        if finite:  # the memory of a divergence keeps the rule's own step sizes, not the step-size cap's: a run the
-            # cap holds is not also held back by a divergence remembered at the capped size
+        # the memory of a divergence keeps the rule's own step sizes, not the step-size cap's: a run the cap holds is
+        # not also held back by a divergence remembered at the capped size
+        if finite:
             self._applied.append(min(log_norm, math.log10(threshold)) + offset)
         threshold = min(threshold, self._step_cap(weight_norm, step_scale))
         depth = log_norm - math.log10(threshold) if finite and total_norm > threshold else 0.0
