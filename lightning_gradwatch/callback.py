@@ -114,14 +114,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             until the loss makes new bests. Norms of steps whose loss
             is worse are not learnt, so a norm that grows with the loss from the first step (a recurrent net whose
             gradients explode) never becomes typical. Under ``torch.optim.SGD``, a *step-size cap* from the first step:
-            a step may move the weights by at most a tenth of their norm (the threshold at most ``0.1 * ||W|| * (1 -
-            momentum) / lr``, each parameter group's learning rate read at every step; ``clip_step_ratio``), the one
-            scale a run whose norm grows from the first step, or a schedule whose peak is too high, cannot talk itself
-            out of; other optimizers (Adam's step does not grow with the gradient) and weights that all start at zero
-            are not capped. Clipping that hides a failing run is said once (a :class:`GradientWarning` and ``notices``
-            in ``gradwatch.json``, not an alert): over the last 50 steps, half or more scaled down 2x or more while the
-            loss did not fall, or the clipped norm up a decade, or the ceiling below the outlier threshold on all 50;
-            the learning rate is then likely too high.
+            a step may move the weights by at most a tenth of their norm (the threshold at most ``0.1 * ||W|| / (lr * (1
+            - dampening) / (1 - momentum))``, each parameter group's learning rate read at every step;
+            ``clip_step_ratio``), the one scale a run whose norm grows from the first step, or a schedule whose peak is
+            too high, cannot talk itself out of; other optimizers (Adam's step does not grow with the gradient) and
+            weights that all start at zero are not capped. Clipping that hides a failing run is said once (a
+            :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): over the last 50 steps, half
+            or more scaled down 2x or more while the loss did not fall, or the clipped norm up a decade, or the ceiling
+            below the outlier threshold on all 50; the learning rate is then likely too high.
             ``gradwatch/clip_threshold`` is the norm a step was held to.
             ``None``: no clipping. Clipping acts in ``on_before_optimizer_step`` on the unscaled gradients of the
             watched parameters, before the optimizer step; ``gradwatch/total_norm`` is the norm before (the
@@ -178,7 +178,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             (lr * (1 - dampening) / (1 - momentum))``, ``||W||`` over the parameters with a gradient, each layer's
             rate from its parameter group's learning rate, read at every step). A healthy SGD step moves the
             weights by far less; 0.05 held healthy nets back on the clipping families, 0.2 let schedule peaks run
-            away. ``None`` turns it off.
+            away. Linear models, whose weights must grow far past their start, are held back by it: give them
+            ``None``, which turns it off. A learning rate held in a tensor on a device is not read (no cap).
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
             failures; this many consecutive ones mean the run itself has gone non-finite. Before the run's first
             finite step, a scaler still lowering its scale from a high start (above 1) is recovering, not failing.

@@ -1309,3 +1309,25 @@ def test_the_step_size_cap_reads_each_parameter_groups_learning_rate(tmp_path, o
     total = float(recorder.before[0].norm())
     weights = math.sqrt(sum(w**2 for w in weights_at_start.values()))
     assert thresholds[0] == pytest.approx(0.1 * weights * total / step, rel=1e-5)
+
+
+def test_step_rates_of_a_layer_split_across_groups_and_of_momentum_one(tmp_path):
+    """A layer whose bias has 10x its weight's learning rate takes the mean rate over its values (mostly the
+    weight's, not the bias's 10x); SGD with momentum 1 has no steady step: not capped, and no crash."""
+    from lightning_gradwatch.engine.step_rates import StepRates
+
+    lin = torch.nn.Linear(4, 4)
+    rates = StepRates([lin.weight, lin.bias], [0, 0], ["lin"])
+    split = torch.optim.SGD([{"params": [lin.weight]}, {"params": [lin.bias], "lr": 1.0}], lr=0.1)
+    assert rates(split)["lin"] == pytest.approx((16 * 0.1 + 4 * 1.0) / 20)
+    assert rates(torch.optim.SGD(lin.parameters(), lr=0.1, momentum=1.0)) is None
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=1.0)
+    watch = GradWatch(clip="adaptive", log_every_n_steps=1, images=False)
+    with watch.loop(net, log_dir=tmp_path) as loop:
+        for _ in range(5):
+            net(torch.randn(16, 4)).pow(2).mean().backward()
+            if loop.step(optimizer):
+                optimizer.step()
+            optimizer.zero_grad()
+    assert 0 not in scalars(events(tmp_path), "gradwatch/clip_threshold")  # no cap; no outlier history yet

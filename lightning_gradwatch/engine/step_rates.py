@@ -8,6 +8,7 @@ the gradient's norm): ``None``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,9 @@ __all__ = ["StepRates"]
 
 class StepRates:
     """The rate ``lr * (1 - dampening) / (1 - momentum)`` of each watched layer, under ``torch.optim.SGD``.
+
+    A layer's rate is the mean of its values' rates (their parameter groups'); the lane hands it to the judge, which
+    turns the layers' rates and gradient norms into the step's size (``judge.clipping.sgd_step_scale``).
 
     Args:
         params: the watched parameters.
@@ -39,14 +43,16 @@ class StepRates:
     """
 
     def __init__(self, params: Sequence[torch.Tensor], layer_of: Sequence[int], layer_names: Sequence[str]) -> None:
-        self._layer_by_id = {id(p): layer_names[i] for p, i in zip(params, layer_of)}
+        self._layer_by_id = {id(p): (layer_names[i], p.numel()) for p, i in zip(params, layer_of)}
         self._groups_key: tuple[tuple[int, int], ...] = ()
-        self._group_layers: list[frozenset[str]] = []
+        self._group_layers: list[dict[str, int]] = []
 
     def __call__(self, optimizer: Any) -> float | Mapping[str, float] | None:
-        """One rate for every layer, each layer's (groups with different rates), or ``None`` (not SGD).
+        """One rate for every layer, each layer's (groups with different rates), or ``None`` (no cap).
 
-        Lightning's and Fabric's optimizer wrappers are read through.
+        Lightning's and Fabric's optimizer wrappers are read through. A layer whose values sit in groups with
+        different rates (biases at 10x the weights' learning rate) takes their mean over its values: mostly its
+        weights' rate.
         """
         optimizer = inner_optimizer(optimizer)
         if not isinstance(optimizer, torch.optim.SGD):
@@ -57,38 +63,49 @@ class StepRates:
             return None
         if len(set(rates)) == 1:
             return rates[0]
-        layers = self._layers(groups)
-        by_layer: dict[str, float] = {}
-        for names, rate in zip(layers, rates):
-            for name in names:  # a layer whose parameters sit in several groups: the largest rate
-                by_layer[name] = max(by_layer.get(name, 0.0), rate)  # type: ignore[arg-type]
-        return by_layer
+        weighted: dict[str, list[float]] = {}
+        for sizes, rate in zip(self._layers(groups), rates):
+            for name, numel in sizes.items():
+                total = weighted.setdefault(name, [0.0, 0.0])
+                total[0] += numel * rate  # type: ignore[operator]
+                total[1] += numel
+        return {name: rate / numel if numel else 0.0 for name, (rate, numel) in weighted.items()}
 
-    def _layers(self, groups: Sequence[Mapping[str, Any]]) -> list[frozenset[str]]:
-        """The watched layers of each parameter group (kept while the groups hold the same lists)."""
+    def _layers(self, groups: Sequence[Mapping[str, Any]]) -> list[dict[str, int]]:
+        """How many values of each watched layer every parameter group holds.
+
+        Kept while the groups hold the same lists.
+        """
         key = tuple((id(g["params"]), len(g["params"])) for g in groups)
         if key != self._groups_key:
             self._groups_key = key
-            layer = self._layer_by_id
-            self._group_layers = [frozenset(layer[id(p)] for p in g["params"] if id(p) in layer) for g in groups]
+            self._group_layers = []
+            for group in groups:
+                sizes: dict[str, int] = {}
+                for p in group["params"]:
+                    if id(p) in self._layer_by_id:
+                        name, numel = self._layer_by_id[id(p)]
+                        sizes[name] = sizes.get(name, 0) + numel
+                self._group_layers.append(sizes)
         return self._group_layers
 
 
 def _rate(group: Mapping[str, Any]) -> float | None:
     """``lr * (1 - dampening) / (1 - momentum)`` of a parameter group.
 
-    ``None`` when its learning rate is a tensor on a device (reading it would synchronise) or not a number.
+    Dampening applies only with momentum (as in ``torch.optim.SGD``). ``None`` (no cap) when its learning rate is a
+    tensor on a device (reading it would synchronise) or not a number, or its momentum is 1 or more (no steady step).
     """
     lr = group.get("lr")
     if isinstance(lr, torch.Tensor):
         if lr.device.type != "cpu" or lr.numel() != 1:
             return None
         lr = lr.item()
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
         return None
     momentum = float(group.get("momentum", 0.0) or 0.0)
     if momentum <= 0.0:
         return float(lr)
     if momentum >= 1.0:
-        return math.inf
+        return None
     return float(lr) * (1.0 - float(group.get("dampening", 0.0) or 0.0)) / (1.0 - momentum)

@@ -87,16 +87,15 @@ class AdaptiveClipThreshold:
       too). Without it, a recurrent net at the edge of stability climbs back to the step size that made it blow up,
       and blows up again; a noisy rise of the loss (less than 3x) leaves no memory.
 
-    - **The step-size cap** (``step_ratio``, 0.1; SGD only, given ``weight_norm`` and ``step_scale``). A step may
-      move the weights by at most ``step_ratio`` of their norm: the threshold is at most ``step_ratio *
-      weight_norm / step_scale`` (``step_scale``: how far SGD moves the weights per unit of gradient norm, its
-      learning rate over ``1 - momentum``; :func:`sgd_step_scale`). Weights that all started at zero have no such
-      scale: that run is not capped. It is the one scale the run's own
-      norms cannot give: a recurrent net whose gradients grow from the first step has no calm past to learn a
-      threshold from, and a learning-rate schedule whose peak is too high multiplies every step by the same factor.
-      A healthy SGD step moves the weights by far less than a tenth of their norm. The cap applies last: the memory
-      of a divergence keeps the rule's own step sizes (a run the cap holds is not also held back at the capped
-      size), and the notice counts the steps it clips.
+    - **The step-size cap** (``step_ratio``, 0.1; SGD only, given ``weight_norm`` and ``step_scale``). A step may move
+      the weights by at most ``step_ratio`` of their norm: the threshold is at most ``step_ratio * weight_norm /
+      step_scale`` (``step_scale``: how far SGD moves the weights per unit of gradient norm, its learning rate times
+      ``(1 - dampening) / (1 - momentum)``; :func:`sgd_step_scale`). Weights that all started at zero have no such
+      scale: that run is not capped. It is the one scale the run's own norms cannot give: a recurrent net whose
+      gradients grow from the first step has no calm past to learn a threshold from, and a learning-rate schedule whose
+      peak is too high multiplies every step by the same factor. A healthy SGD step moves the weights by far less than a
+      tenth of their norm. The cap applies last: the memory of a divergence keeps the rule's own step sizes (a run the
+      cap holds is not also held back at the capped size), and the notice counts the steps it clips.
 
     A norm is *learnt* only on steps where the run is not getting worse, and only when it is no outlier: a norm that
     grows with the loss, from the first step on (a recurrent net whose gradients explode, a learning rate too high),
@@ -347,7 +346,8 @@ class AdaptiveClipThreshold:
                 with a gradient has not changed): the rule learns and judges the chained norm, so a backbone
                 unfrozen mid-run (more layers, a larger total norm) is not taken for an outlier; the threshold it
                 returns is a total norm over this step's layers.
-            weight_norm: the norm of the weights of this step's layers (``None``: not known, no step-size cap).
+            weight_norm: the norm of the weights with a gradient at this step (``None``: not known, no step-size
+                cap).
             step_scale: how far the optimizer moves those weights per unit of ``total_norm``
                 (:func:`sgd_step_scale`; ``None``: not an SGD step, no step-size cap). With both, the threshold is
                 at most ``step_ratio * weight_norm / step_scale``.
@@ -373,7 +373,7 @@ class AdaptiveClipThreshold:
         if finite:
             self._applied.append(min(log_norm, math.log10(threshold)) + offset)
         threshold = min(threshold, self._step_cap(weight_norm, step_scale))
-        depth = log_norm - math.log10(threshold) if finite and total_norm > threshold else 0.0
+        depth = log_norm - math.log10(threshold) if finite and total_norm > threshold > 0 else 0.0
         self._watch_clipping(x, loss, depth)  # the notice counts every clipped step, the cap's too
         return threshold
 
@@ -609,7 +609,8 @@ def sgd_step_scale(rates: float | Mapping[str, float], layers: Sequence[str], gr
     """How far an SGD step moves the weights per unit of the step's total gradient norm.
 
     Once its velocity has built up, SGD with momentum ``m`` and dampening ``d`` moves a parameter by about
-    ``lr * (1 - d) / (1 - m)`` times its gradient: its *rate*. With one rate for every layer that is the answer; with
+    ``lr * (1 - d) / (1 - m)`` times its gradient (``lr`` without momentum, where dampening does nothing): its
+    *rate*. With one rate for every layer that is the answer; with
     several (parameter groups with learning rates of their own), the step's norm is the root of the sum of each
     layer's ``(rate * gradient norm) ** 2``, per unit of the total gradient norm.
 

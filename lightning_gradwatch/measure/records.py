@@ -43,7 +43,7 @@ class StepStats:
     ``histograms=True``); ``nonfinite_count`` is exact
     on every step (it is computed only when a norm is not finite). ``numel`` counts the values measured on this
     process until an extended or histogram step combines it across shards. ``weight_norm``, the norm of the weights
-    of ``layers``, is filled on extended steps and on steps measured with ``weights=True``.
+    with a gradient at this step, is filled on extended steps and on steps measured with ``weights=True``.
     """
 
     layers: tuple[str, ...]
