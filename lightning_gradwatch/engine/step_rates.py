@@ -63,13 +63,11 @@ class StepRates:
             return None
         if len(set(rates)) == 1:
             return rates[0]
-        weighted: dict[str, list[float]] = {}
+        shares: dict[str, list[tuple[int, float]]] = {}
         for sizes, rate in zip(self._layers(groups), rates):
             for name, numel in sizes.items():
-                total = weighted.setdefault(name, [0.0, 0.0])
-                total[0] += numel * rate  # type: ignore[operator]
-                total[1] += numel
-        return {name: rate / numel if numel else 0.0 for name, (rate, numel) in weighted.items()}
+                shares.setdefault(name, []).append((numel, rate))  # type: ignore[arg-type]
+        return {name: _mean_rate(parts) for name, parts in shares.items()}
 
     def _layers(self, groups: Sequence[Mapping[str, Any]]) -> list[dict[str, int]]:
         """How many values of each watched layer every parameter group holds.
@@ -88,6 +86,14 @@ class StepRates:
                         sizes[name] = sizes.get(name, 0) + numel
                 self._group_layers.append(sizes)
         return self._group_layers
+
+
+def _mean_rate(parts: Sequence[tuple[int, float]]) -> float:
+    """The mean rate over a layer's values, from ``(values, rate)`` of each group holding some (exact for one)."""
+    if len({rate for _, rate in parts}) == 1:
+        return parts[0][1]
+    values = sum(numel for numel, _ in parts)
+    return math.fsum(numel * rate for numel, rate in parts) / values if values else 0.0
 
 
 def _rate(group: Mapping[str, Any]) -> float | None:
