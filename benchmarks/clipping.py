@@ -47,19 +47,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import clipping_grid  # noqa: E402
+from clipping_adapter import StepCap  # noqa: E402
 from overhead import MODELS, cpu_name, quiet  # noqa: E402
 
 from examples.harness import finite_weights, train_demo  # noqa: E402
 from lightning_gradwatch import GradWatch  # noqa: E402
-from lightning_gradwatch.clipping import (  # noqa: E402
-    AdaptiveClipThreshold,
-    clip_coefficient,
-    scale_gradients_,
-    sgd_step_scale,
-)
+from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_  # noqa: E402
 from lightning_gradwatch.demos import DeepMLP, Divergence, RingGan  # noqa: E402
 from lightning_gradwatch.engine.session import Session  # noqa: E402
-from lightning_gradwatch.engine.step_rates import StepRates  # noqa: E402
 from lightning_gradwatch.judge.decision import StepJudge  # noqa: E402
 from lightning_gradwatch.report import read_report  # noqa: E402
 from lightning_gradwatch.stats import GradientStats  # noqa: E402
@@ -393,12 +388,11 @@ def bench_cost(model_name: str, repeats: int) -> tuple[float, float, float, floa
             stats.scale_(coefficient)
 
     sgd_policy, optimizer = AdaptiveClipThreshold(), torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    rates = StepRates(stats.params, stats.layer_of, stats.layer_names)
+    cap = StepCap(model, optimizer)  # what the judge gives the rule: rates read, step scale, the weights' norm
 
     def adaptive_sgd() -> None:
         measured = stats.collect(weights=True)
-        scale = sgd_step_scale(rates(optimizer), measured.layers, measured.grad_norm)  # type: ignore[arg-type]
-        threshold = sgd_policy.update(measured.total_norm, next(losses), 0.0, measured.weight_norm, scale)
+        threshold = sgd_policy.update(measured.total_norm, next(losses), 0.0, *cap(measured))
         coefficient = clip_coefficient(measured.total_norm, min(max_norm, threshold))
         if coefficient < 1.0:
             stats.scale_(coefficient)

@@ -29,13 +29,11 @@ __all__ = [
     "ChainOffset",
     "Measure",
     "SpikeDetector",
-    "StepRates",
+    "StepCap",
     "StepStats",
     "adaptive",
     "constants",
     "gradwatch",
-    "sgd_step_scale",
-    "step_rates",
 ]
 
 #: the loss GradWatch's judge is given at a step: this step's training loss (True: the callback adds up the losses
@@ -76,10 +74,19 @@ class ChainOffset:
         return self.norms.offset
 
 
-def step_rates(model: nn.Module) -> StepRates:
-    """The SGD rates of ``model``'s layers, as GradWatch reads them at every step (its step-size cap)."""
-    stats = GradientStats(model.named_parameters())
-    return StepRates(stats.params, stats.layer_of, stats.layer_names)
+class StepCap:
+    """What GradWatch's judge gives ``clip="adaptive"`` for its step-size cap: the step's weights' norm and how far
+    the optimizer moves them per unit of gradient norm (``(None, None)`` under an optimizer other than SGD)."""
+
+    def __init__(self, model: nn.Module, optimizer: Any) -> None:
+        stats = GradientStats(model.named_parameters())
+        self.optimizer, self.rates = optimizer, StepRates(stats.params, stats.layer_of, stats.layer_names)
+
+    def __call__(self, stats: StepStats) -> tuple[float | None, float | None]:
+        rates = self.rates(self.optimizer)
+        if rates is None:
+            return None, None
+        return stats.weight_norm, sgd_step_scale(rates, stats.layers, stats.grad_norm)
 
 
 def adaptive(**kwargs: Any) -> AdaptiveClipThreshold:

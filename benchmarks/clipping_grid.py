@@ -220,21 +220,17 @@ class Adaptive(Rule):
 
         self.clipper = AdaptiveClipThreshold(**kwargs)
         self.offset = ChainOffset()
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.rates: Any = None
+        self.cap: Any = None  # the step-size cap's inputs (clipping_adapter.StepCap), once attached
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """The run's model and optimizer: under SGD, the step-size cap reads their rates and weights."""
-        from clipping_adapter import step_rates
+        from clipping_adapter import StepCap
 
-        self.optimizer, self.rates = optimizer, step_rates(model)
+        self.cap = StepCap(model, optimizer)
 
     def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
-        from clipping_adapter import sgd_step_scale
-
-        rates = None if self.rates is None else self.rates(self.optimizer)
-        scale = None if rates is None else sgd_step_scale(rates, stats.layers, stats.grad_norm)
-        return self.clipper.update(norm, loss, self.offset(stats), stats.weight_norm, scale)
+        weight_norm, scale = self.cap(stats) if self.cap is not None else (None, None)
+        return self.clipper.update(norm, loss, self.offset(stats), weight_norm, scale)
 
 
 class AdaptiveToThreshold(Adaptive):

@@ -23,11 +23,9 @@ from clipping_adapter import (
     ChainOffset,
     Measure,
     SpikeDetector,
-    StepRates,
+    StepCap,
     StepStats,
     adaptive,
-    sgd_step_scale,
-    step_rates,
 )
 from torch import nn
 
@@ -146,8 +144,7 @@ class Package(ThresholdRule):
         self.offset = ChainOffset()
         self.notice_step: int | None = None
         self.steps = 0
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.rates: StepRates | None = None
+        self.cap: StepCap | None = None  # the step-size cap's inputs, once attached
 
     @property
     def ceiling(self) -> float:
@@ -155,15 +152,11 @@ class Package(ThresholdRule):
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """The run's model and optimizer (the training loop calls this before the first step)."""
-        self.optimizer, self.rates = optimizer, step_rates(model)
+        self.cap = StepCap(model, optimizer)
 
     def update(self, total_norm: float, loss: float | None = None, layer_norms: Sequence[float] = (), stats=None):
         offset = self.offset(stats) if stats is not None else 0.0
-        scale = weight_norm = None
-        if self.rates is not None and stats is not None:
-            rates = self.rates(self.optimizer)
-            scale = None if rates is None else sgd_step_scale(rates, stats.layers, stats.grad_norm)
-            weight_norm = stats.weight_norm
+        weight_norm, scale = self.cap(stats) if self.cap is not None and stats is not None else (None, None)
         threshold = self.clipper.update(total_norm, loss, offset, weight_norm, scale)
         if self.clipper.notice_due:
             self.notice_step = self.steps

@@ -38,10 +38,10 @@ def step_layout(extended: bool, histograms: bool, weights: bool = False) -> tupl
     ``weights``: the parameter norms alone (an extended step has them already).
     """
     layout = [Packed("grad_sq")]
-    if extended:
-        layout += [Packed("param_sq"), Packed("nonzero"), Packed("max_abs", "max")]
-    elif weights:
+    if extended or weights:
         layout.append(Packed("param_sq"))
+    if extended:
+        layout += [Packed("nonzero"), Packed("max_abs", "max")]
     if extended or histograms:
         layout.append(Packed("numel"))
     if histograms:

@@ -281,13 +281,12 @@ class GradientStats:
 
         parts = {"grad_sq": zeros()}
         accumulate_norms(shard, grads, parts["grad_sq"], ord=2)
-        if extended:
-            parts.update(param_sq=zeros(), nonzero=zeros(), max_abs=zeros())
-            accumulate_norms(shard, params, parts["param_sq"], ord=2)
-            accumulate_counts(shard, grads, parts["nonzero"], parts["max_abs"])
-        elif weights:
+        if extended or weights:
             parts["param_sq"] = zeros()
             accumulate_norms(shard, params, parts["param_sq"], ord=2)
+        if extended:
+            parts.update(nonzero=zeros(), max_abs=zeros())
+            accumulate_counts(shard, grads, parts["nonzero"], parts["max_abs"])
         if extended or histograms:
             parts["numel"] = shard.numel.clone()
         if histograms:
