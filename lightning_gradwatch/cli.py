@@ -3,7 +3,8 @@
 Exit codes of ``gradwatch check`` (each run's verdict, and how they combine: :mod:`lightning_gradwatch.verdicts`):
 
 - 0: every run finished, with no alert of a ``--fail-on`` kind;
-- 1: an alert of a ``--fail-on`` kind was found (this wins over 3);
+- 1: an alert of a ``--fail-on`` kind was found (this wins over 3); a notice (``clipping``: clipping that hides a
+  failing run) counts only when ``--fail-on`` names its kind;
 - 2: a run could not be read (a corrupt or truncated ``gradwatch.json`` or event file: that run's verdict is
   ``unreadable``, the other runs' verdicts are printed too; this wins over 1 and 3), or bad usage (a missing path,
   an unwritable ``$GITHUB_STEP_SUMMARY``: one line on stderr, nothing on stdout);
@@ -37,6 +38,7 @@ from lightning_gradwatch.runs import RunReadError, RunRecord, read_runs
 from lightning_gradwatch.verdicts import (
     EXIT_ERROR,
     EXIT_OK,
+    GATE_KINDS,
     fails_gate,
     first_line,
     gate,
@@ -57,10 +59,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in ALERT_KINDS]
+    unknown = [k for k in kinds if k not in GATE_KINDS]
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(
-            f"--fail-on takes a comma-separated list of {', '.join(ALERT_KINDS)}; got {text!r}"
+            f"--fail-on takes a comma-separated list of {', '.join(GATE_KINDS)}; got {text!r}"
         )
     return kinds
 
@@ -111,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_kinds,
         default=ALERT_KINDS,
         metavar="KINDS",
-        help="comma-separated alert kinds that fail the check (default: vanishing,exploding,nonfinite)",
+        help="comma-separated alert kinds that fail the check (default: vanishing,exploding,nonfinite); add"
+        " 'clipping' to fail on the notice that clipping hides a failing run (clip=\"adaptive\" scaling down most"
+        " steps of a run whose loss does not fall)",
     )
     check.add_argument(
         "--allow-unfinished",
@@ -256,9 +260,14 @@ def _check(
             for alert in run.alerts:
                 flag = "FAIL" if alert["kind"] in fail_on else "note"
                 out.write(f"  [{flag}] {_alert_line(alert)}\n")
-            for notice in run.notices:  # said once, no alert: never fails the check
-                out.write(f"  [info] {_alert_line(notice)}\n")
+            for notice in run.notices:  # said once; fails the check only when --fail-on names its kind
+                flag = "FAIL" if notice["kind"] in fail_on else "info"
+                out.write(f"  [{flag}] {_alert_line(notice)}\n")
         out.write(gate_line(outcome, len(runs), fail_on, allow_unfinished) + "\n")
+        passed = sorted({n["kind"] for run in runs for n in run.notices if n["kind"] not in fail_on})
+        if passed:
+            kinds = ",".join(k for k in GATE_KINDS if k in fail_on or k in passed)
+            out.write(f"(a {'/'.join(passed)} notice does not fail the check; --fail-on {kinds} fails on it)\n")
         if html is not None:
             out.write(f"HTML report: {html}\n")
     return outcome.code
@@ -281,8 +290,9 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
     if run_verdict == "healthy":
         return f"{run.path}: healthy{detail}"
     if run_verdict == "alerts":
-        kinds = sorted({a["kind"] for a in run.alerts})
-        return f"{run.path}: {len(run.alerts)} alert(s): {', '.join(kinds)}{detail}"
+        failing_notices = [n for n in run.notices if n["kind"] in fail_on]
+        kinds = sorted({a["kind"] for a in run.alerts}) + sorted({f"{n['kind']} notice" for n in failing_notices})
+        return f"{run.path}: {len(run.alerts) + len(failing_notices)} alert(s): {', '.join(kinds)}{detail}"
     return f"{run.path}: {run_verdict}: {reason(run, run_verdict)}{detail}"
 
 

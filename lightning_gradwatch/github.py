@@ -76,15 +76,16 @@ def github_output(
 def _annotate(run: RunRecord, fail_on: set[str], allow_unfinished: bool, out: TextIO) -> None:
     """A run's workflow commands: one per alert and per notice, and one when it did not finish or cannot be read.
 
-    A notice (clipping that hides a failing run) is a ``::notice``, never a failure.
+    A notice (clipping that hides a failing run) is a ``::notice``, or an ``::error`` when ``fail_on`` names its kind.
     """
     for alert in run.alerts:
         level = "error" if alert["kind"] in fail_on else "warning"
         title = _escape_property(f"GradWatch {alert['kind']} gradients at {where(alert)} ({run.path})")
         out.write(f"::{level} title={title}::{escape_data(alert['message'].strip())}\n")
     for notice in run.notices:
+        level = "error" if notice["kind"] in fail_on else "notice"
         title = _escape_property(f"GradWatch {notice['kind']} notice at {where(notice)} ({run.path})")
-        out.write(f"::notice title={title}::{escape_data(notice['message'].strip())}\n")
+        out.write(f"::{level} title={title}::{escape_data(notice['message'].strip())}\n")
     run_verdict = verdict(run, fail_on)
     if run_verdict in (*UNFINISHED_VERDICTS, "unreadable"):
         level = "error" if fails_gate(run_verdict, allow_unfinished) else "warning"

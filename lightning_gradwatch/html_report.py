@@ -47,7 +47,7 @@ from lightning_gradwatch._names import CLIP_THRESHOLD, SPIKE_THRESHOLD, TOTAL_NO
 from lightning_gradwatch.alerts import ALERT_KINDS
 from lightning_gradwatch.layer_state import LayerState, layer_states, marks, named_in
 from lightning_gradwatch.runs import RunRecord
-from lightning_gradwatch.verdicts import gate, reason, run_facts, verdict
+from lightning_gradwatch.verdicts import failing_alerts, gate, reason, run_facts, verdict
 
 __all__ = ["MAX_COLUMNS", "HtmlFile", "build_html", "run_data", "write_html"]
 
@@ -276,10 +276,11 @@ def _section(index: int, run: RunRecord, fail_on: set[str]) -> str:
     facts = run_facts(run, run_verdict, status=True)  # as gradwatch check gives them, with how the run ended
     parts = [head, f'<p class="facts">{_e(", ".join(facts))}</p>']
     if run_verdict == "alerts":
-        kinds = sorted({a["kind"] for a in run.alerts if a["kind"] in fail_on})
+        failing = failing_alerts(run, fail_on)
+        kinds = sorted({a["kind"] for a in failing})
         parts.append(
-            f'<p class="why">{len(run.alerts)} alert(s): {_e(", ".join(kinds))}; the first at step'
-            f" {run.alerts[0]['step']}.</p>"
+            f'<p class="why">{len(failing)} failing alert(s) or notice(s): {_e(", ".join(kinds))}; the first at step'
+            f" {min(a['step'] for a in failing)}.</p>"
         )
     elif run_verdict != "healthy":
         parts.append(f'<p class="why">{_e(reason(run, run_verdict))}</p>')
@@ -287,6 +288,7 @@ def _section(index: int, run: RunRecord, fail_on: set[str]) -> str:
     if data["columns"]:
         parts.append(_charts(index, data))
     parts.append(_alerts(run))
+    parts.append(_notices(run))
     parts.append(_table(run))
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str).replace("</", "<\\/")
     parts.append(f'<script type="application/json" class="gradwatch-data" data-run="{index}">{payload}</script>')
@@ -350,6 +352,19 @@ def _alerts(run: RunRecord) -> str:
             f" {_e(head)}{remedies}</li>"
         )
     return f'<h3>Alerts ({len(run.alerts)})</h3><ol class="alerts">{"".join(items)}</ol>'
+
+
+def _notices(run: RunRecord) -> str:
+    """What the run said once without alerting (clipping that hides a failing run), with its remedies."""
+    if not run.notices:
+        return ""
+    items = []
+    for notice in run.notices:
+        head, _, rest = notice["message"].strip().partition("\n")
+        where = "" if f"step {notice['step']}" in head else f" at step {notice['step']}"
+        remedies = f"<pre>{_e(rest)}</pre>" if rest.strip() else ""
+        items.append(f'<li class="notice"><b>{_e(notice["kind"])} notice</b>{where}: {_e(head)}{remedies}</li>')
+    return f'<h3>Notices ({len(run.notices)})</h3><ul class="alerts">{"".join(items)}</ul>'
 
 
 def _table(run: RunRecord) -> str:

@@ -3,7 +3,7 @@
 | verdict | the run | exit code |
 |---|---|---|
 | ``healthy`` | finished, no alert of a ``fail_on`` kind | 0 |
-| ``alerts`` | an alert of a ``fail_on`` kind, finished or not | 1 |
+| ``alerts`` | an alert of a ``fail_on`` kind (or a notice, when its kind is one), finished or not | 1 |
 | ``unfinished`` | no ``gradwatch.json``, or one still saying ``"running"`` (killed) | 3 |
 | ``interrupted`` | Ctrl+C or SIGTERM ended training | 3 |
 | ``failed`` | an exception ended training | 3 |
@@ -12,6 +12,9 @@
 
 The exit code is the most serious verdict's: 2 (an unreadable run: the gate cannot vouch for what it could not read)
 wins over 1, which wins over 3; ``allow_unfinished`` turns 3 into 0.
+
+A notice (``clipping``: clipping that hides a failing run) fails the gate only when its kind is among ``fail_on``
+(``gradwatch check --fail-on exploding,nonfinite,clipping``); by default it is said, never failed on.
 
 Example:
     >>> from pathlib import Path
@@ -29,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_gradwatch.alerts import ALERT_KINDS
 from lightning_gradwatch.runs import RunRecord
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_OK",
     "EXIT_UNFINISHED",
+    "GATE_KINDS",
+    "NOTICE_KINDS",
     "RESULTS",
     "UNFINISHED_VERDICTS",
     "VERDICTS",
@@ -53,6 +59,10 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
+#: Kinds of notice a run can say (``notices`` in ``gradwatch.json``): never failed on unless asked for.
+NOTICE_KINDS: tuple[str, ...] = ("clipping",)
+#: Every kind ``fail_on`` may name: the alert kinds (the default) and the notice kinds.
+GATE_KINDS: tuple[str, ...] = (*ALERT_KINDS, *NOTICE_KINDS)
 #: Verdicts of runs the gate cannot vouch for: they did not finish (by ``status``; ``None``: no ``gradwatch.json``),
 #: or finished without a measured step.
 UNFINISHED_VERDICTS = ("unfinished", "interrupted", "failed", "unmeasured")
@@ -71,8 +81,8 @@ _WHY = {
 
 
 def failing_alerts(run: RunRecord, fail_on: set[str]) -> list[dict[str, Any]]:
-    """The run's alerts of a ``fail_on`` kind."""
-    return [a for a in run.alerts if a["kind"] in fail_on]
+    """The run's alerts of a ``fail_on`` kind, then its notices of one (a notice kind named in ``fail_on``)."""
+    return [a for a in (*run.alerts, *run.notices) if a["kind"] in fail_on]
 
 
 def verdict(run: RunRecord, fail_on: set[str]) -> str:

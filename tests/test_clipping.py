@@ -769,7 +769,25 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
     assert report["alerts"] == []
     capsys.readouterr()
     assert main(["check", str(path.parent)]) == 0
-    assert "  [info] Clipping" in capsys.readouterr().out  # ... and says it
+    out = capsys.readouterr().out
+    assert "  [info] Clipping" in out  # ... and says it, and how to fail on it
+    assert "(a clipping notice does not fail the check; --fail-on vanishing,exploding,nonfinite,clipping" in out
+    # a CI gate that asks for it fails on the notice, in every format
+    assert main(["check", str(path.parent), "--fail-on", "exploding,nonfinite,clipping"]) == 1
+    out = capsys.readouterr().out
+    assert ": 1 alert(s): clipping notice (" in out
+    assert "  [FAIL] Clipping" in out
+    assert "does not fail the check" not in out
+    page = tmp_path / "report.html"
+    assert main(["check", str(path.parent), "--fail-on", "clipping", "--format", "json", "--html", str(page)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["result"], doc["runs"][0]["verdict"], doc["fail_on"]) == ("fail", "alerts", ["clipping"])
+    html = page.read_text()
+    assert "failing alert(s) or notice(s): clipping" in html
+    assert "<b>clipping notice</b>" in html
+    assert "Clipping hides such a failure" in html
+    assert main(["check", str(path.parent), "--fail-on", "clipping", "--format", "github"]) == 1
+    assert "::error title=GradWatch clipping notice at step " in capsys.readouterr().out
     summary = tmp_path / "summary.md"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GITHUB_STEP_SUMMARY", str(summary))
@@ -859,6 +877,9 @@ def test_adaptive_clip_says_nothing_on_a_healthy_run(tmp_path):
     assert _gradwatch_warnings(record, "Clipping has held") == []
     assert json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())["notices"] == []
     assert watch.state_dict()["clippers"]["0"]["ceiling"] == math.inf
+    from lightning_gradwatch.cli import main
+
+    assert main(["check", str(tmp_path), "--fail-on", "vanishing,exploding,nonfinite,clipping"]) == 0  # a CI gate
 
 
 def _digits_with_outliers_module(seed: int = 0):
