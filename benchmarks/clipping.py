@@ -6,7 +6,7 @@ to a bare ``torch.nn.utils.clip_grad_norm_``.
 
 Grid: see ``benchmarks/clipping_grid.py`` (about 4 minutes on one core; ``--quick``: 1 epoch per run).
 
-Families: see ``benchmarks/clipping_suite.py`` (every rule on 8 families of runs that misbehave in different ways,
+Families: see ``benchmarks/clipping_suite.py`` (every rule on 9 families of runs that misbehave in different ways,
 3 seeds each, per-family tables against the targets of issue 24, leave-one-family-out; about an hour of one core,
 ``--quick``: one seed and a third of the steps, a few minutes).
 
@@ -388,7 +388,7 @@ def bench_cost(model_name: str, repeats: int) -> tuple[float, float, float, floa
             stats.scale_(coefficient)
 
     sgd_policy, optimizer = AdaptiveClipThreshold(), torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    cap = StepCap(model, optimizer)  # what the judge gives the rule: rates read, step scale, the weights' norm
+    cap = StepCap(model, optimizer)  # what the judge gives the rule: the weights' norm, step scale, default-init norm
 
     def adaptive_sgd() -> None:
         measured = stats.collect(weights=True)

@@ -75,18 +75,20 @@ class ChainOffset:
 
 
 class StepCap:
-    """What GradWatch's judge gives ``clip="adaptive"`` for its step-size cap: the step's weights' norm and how far
-    the optimizer moves them per unit of gradient norm (``(None, None)`` under an optimizer other than SGD)."""
+    """What GradWatch's judge gives ``clip="adaptive"`` for its step-size cap: the step's weights' norm, how far
+    the optimizer moves them per unit of gradient norm, and the norm PyTorch's default initialisation gives them
+    (``(None, None, 0.0)`` under an optimizer other than SGD)."""
 
     def __init__(self, model: nn.Module, optimizer: Any) -> None:
         stats = GradientStats(model.named_parameters())
         self.optimizer, self.rates = optimizer, StepRates(stats.params, stats.layer_of, stats.layer_names)
 
-    def __call__(self, stats: StepStats) -> tuple[float | None, float | None]:
+    def __call__(self, stats: StepStats) -> tuple[float | None, float | None, float]:
         rates = self.rates(self.optimizer)
         if rates is None:
-            return None, None
-        return stats.weight_norm, sgd_step_scale(rates, stats.layers, stats.grad_norm)
+            return None, None, 0.0
+        scale = sgd_step_scale(rates, stats.layers, stats.grad_norm)
+        return stats.weight_norm, scale, self.rates.init_norm(stats.layers)
 
 
 def adaptive(**kwargs: Any) -> AdaptiveClipThreshold:

@@ -25,6 +25,10 @@ decayed linearly to zero over its last 20% of steps, so the metric measures wher
   or 30x a sane one;
 - ``finetune``: a noisy-digits CNN trained on digits 0-4, fine-tuned (all weights, new head) on 5-9: a sane learning
   rate, one 30x higher, and input outliers;
+- ``linear``: models whose weights must grow far past their start: logistic regression on the raw digits (SGD
+  momentum, lr 0.5; default or zero init; 5% of the images x50), linear regression on 32 Gaussian features (lr 0.05;
+  default init, weights drawn at std 0.001, zeros; Cauchy label noise; a learning rate 20x too high) and a one-hidden-
+  layer ReLU net from a small init (std 0.001) at lr 0.01 and 0.05 (which diverges without clipping);
 - ``issue``: the two runs of issue 24 (a vanilla tanh RNN with recurrent gain 1.3 on the adding problem over 100
   steps under SGD momentum at lr 0.1, which explodes from the first steps; an MLP on the raw digits with 5% of the
   images x50), the same MLP on clean digits, and a deep ReLU + BatchNorm classifier trained to near-zero loss.
@@ -517,6 +521,58 @@ def issue_setup(cell: Cell, steps: int) -> Setup:
     return _supervised(model, _sgd(0.1), x, y, none, x_val, y_val, _ce, 64, steps, cell.seed)
 
 
+# ---------------------------------------------------------------------------------------------------------- linear
+def _init(model: nn.Module, init: str) -> nn.Module:
+    """``default`` (torch's), ``zeros`` or ``small`` (every weight and bias drawn at std 0.001)."""
+    if init != "default":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_() if init == "zeros" else p.normal_(0.0, 1e-3)
+    return model
+
+
+def linear_setup(cell: Cell, steps: int) -> Setup:
+    init = cell.get("init", "default")
+    if cell.get("task") == "logreg":
+        x, y, x_val, y_val = digits_split(cell.seed)
+        x, corrupt = _image_outliers(x, cell.get("rate", 0.0), cell.get("magnitude", 1.0), cell.seed)
+        model = _seeded(3000 + cell.seed, lambda: _init(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), init))
+        return _supervised(model, _sgd(cell.get("lr")), x, y, corrupt, x_val, y_val, _ce, 32, steps, cell.seed)
+    g = _gen(9500 + cell.seed)
+    n, features = 4096, 32
+    x = torch.randn(n + 1024, features, generator=g)
+    w = 2.0 * torch.randn(features, 1, generator=g)
+    y = x @ w + 0.1 * torch.randn(n + 1024, 1, generator=g)
+    x, x_val, y, y_val = x[:n], x[n:], y[:n], y[n:]
+    noise = torch.zeros(n, 1)
+    if cell.get("noise") == "cauchy":
+        noise = torch.tan(math.pi * (torch.rand(n, 1, generator=g) - 0.5))
+    corrupt = noise.abs().squeeze(1) > 10
+    if cell.get("task") == "shallow":
+        build = lambda: _init(nn.Sequential(nn.Linear(features, 256), nn.ReLU(), nn.Linear(256, 1)), init)  # noqa: E731
+    else:
+        build = lambda: _init(nn.Linear(features, 1), init)  # noqa: E731
+    model = _seeded(3000 + cell.seed, build)
+    return _supervised(model, _sgd(cell.get("lr")), x, y + noise, corrupt, x_val, y_val, _mse, 64, steps, cell.seed)
+
+
+def _linear_configs() -> tuple[tuple[str, str, dict[str, Any]], ...]:
+    logreg = {"task": "logreg", "lr": 0.5}
+    linreg = {"task": "linreg", "lr": 0.05}
+    return (
+        ("logreg digits", "healthy", logreg),
+        ("logreg digits zeros", "healthy", logreg | {"init": "zeros"}),
+        ("logreg digits 5% x50", "outliers", logreg | {"rate": 0.05, "magnitude": 50.0}),
+        ("linreg", "healthy", linreg),
+        ("linreg init 1e-3", "healthy", linreg | {"init": "small"}),
+        ("linreg zeros", "healthy", linreg | {"init": "zeros"}),
+        ("linreg cauchy", "outliers", linreg | {"noise": "cauchy"}),
+        ("linreg lr 20x", "growth", linreg | {"lr": 1.0}),
+        ("shallow init 1e-3", "healthy", {"task": "shallow", "lr": 0.01, "init": "small"}),
+        ("shallow init 1e-3 lr 5x", "growth", {"task": "shallow", "lr": 0.05, "init": "small"}),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------- cells
 @dataclass(frozen=True)
 class Family:
@@ -612,6 +668,7 @@ FAMILIES = (
             ("10% x20", "outliers", {"lr": 0.01, "rate": 0.1, "magnitude": 20.0}),
         ),
     ),
+    Family("linear", linear_setup, 200, _linear_configs()),
     Family(
         "issue",
         issue_setup,

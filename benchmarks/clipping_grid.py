@@ -229,8 +229,8 @@ class Adaptive(Rule):
         self.cap = StepCap(model, optimizer)
 
     def threshold(self, norm: float, stats: StepStats, loss: float | None = None) -> float:
-        weight_norm, scale = self.cap(stats) if self.cap is not None else (None, None)
-        return self.clipper.update(norm, loss, self.offset(stats), weight_norm, scale)
+        weight_norm, scale, init_norm = self.cap(stats) if self.cap is not None else (None, None, 0.0)
+        return self.clipper.update(norm, loss, self.offset(stats), weight_norm, scale, init_norm)
 
 
 class AdaptiveToThreshold(Adaptive):

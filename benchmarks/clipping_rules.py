@@ -156,8 +156,9 @@ class Package(ThresholdRule):
 
     def update(self, total_norm: float, loss: float | None = None, layer_norms: Sequence[float] = (), stats=None):
         offset = self.offset(stats) if stats is not None else 0.0
-        weight_norm, scale = self.cap(stats) if self.cap is not None and stats is not None else (None, None)
-        threshold = self.clipper.update(total_norm, loss, offset, weight_norm, scale)
+        cap = self.cap(stats) if self.cap is not None and stats is not None else (None, None, 0.0)
+        weight_norm, scale, init_norm = cap
+        threshold = self.clipper.update(total_norm, loss, offset, weight_norm, scale, init_norm)
         if self.clipper.notice_due:
             self.notice_step = self.steps
         self.steps += 1
@@ -331,8 +332,11 @@ STEP_CAPS: dict[str, Callable[[], Rule]] = {
     NO_STEP_CAP: lambda: Package(step_ratio=None),
     **dict(ours(step_ratio=r) for r in (0.05, 0.2)),
 }
+#: the step-size cap's floor on the weights' size (times their default-initialisation norm): 0 is none
+WEIGHT_FLOORS: dict[str, Callable[[], Rule]] = dict(ours(weight_floor=f) for f in (0.0, 0.3, 3.0))
 ABLATIONS: dict[str, Callable[[], Rule]] = {
     USE_LOSS: _use_loss,
     WEIGHT_CAP: lambda: LayerWeightCap(0.1),
     **STEP_CAPS,
+    **WEIGHT_FLOORS,
 }

@@ -7,8 +7,8 @@ included). Families and cells: ``clipping_families.py``; rules:
 ``clipping_rules.py``; scores and targets: ``clipping_scores.py``. Every rule of a cell trains from the same initial
 weights on the same batches. ``--quick``: one seed, a third of the steps (a few minutes). ``--cache FILE`` keeps each
 (cell, rule) result in a JSON-lines file and reuses it (a rule's name carries its constants). ``--step-caps``: only
-the peers, our default and ``clip="adaptive"`` with an SGD step held to 0.05, 0.1 or 0.2 times the weights' norm (a
-research row, not shipped), with the ratio (or none) chosen leaving one family out.
+the peers, our default and ``clip="adaptive"`` with its SGD step-size cap at another ratio (0.05, 0.2, none) or another
+floor on the weights' size (0, 0.3 or 3 times their default-initialisation norm), each chosen leaving one family out.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from clipping_rules import (
     STEP_CAPS,
     USE_LOSS,
     WEIGHT_CAP,
+    WEIGHT_FLOORS,
     Rule,
     is_ours,
     ours,
@@ -87,6 +88,7 @@ TRAINER_CELLS = {
     "cauchy": "adamw cauchy 0.3",
     "schedule": "peak 3x",
     "finetune": "5% x50",
+    "linear": "linreg init 1e-3",
     "issue": "digits mlp 5% x50",
 }
 
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     parser.add_argument(
         "--step-caps",
         action="store_true",
-        help="only the peers, our default and the SGD step caps (with their ratio chosen leaving one family out)",
+        help="only the peers, our default and the SGD step cap's ratios and floors (each chosen leaving a family out)",
     )
     parser.add_argument("--cells", action="store_true", help="also print every cell's ratios")
     parser.add_argument(
@@ -220,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         candidates = dict(ours(**parse_spec(spec)) for spec in args.candidates.split(";"))
     rules: dict[str, Callable[[], Rule]] = {**PEERS, **({} if args.no_candidates else {**candidates, **ABLATIONS})}
     if args.step_caps:
-        rules, candidates = {**PEERS, OURS: CANDIDATES[OURS], **STEP_CAPS}, {}
+        rules, candidates = {**PEERS, OURS: CANDIDATES[OURS], **STEP_CAPS, **WEIGHT_FLOORS}, {}
     rules.setdefault(OURS, CANDIDATES[OURS])
     cache = Cache(args.cache)
     by_family: dict[str, list[scores.CellResults]] = {}
@@ -262,6 +264,13 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         [c for c in candidates if c in rules],
         "our rule's constants chosen on the other families",
         "Every candidate on every family (for the record: not a selection)",
+    )
+    floors = [c for c in WEIGHT_FLOORS if c in rules]
+    lofo(
+        [OURS, *floors] if len(floors) > 1 else [],  # the shipped floor (1x the default-initialisation norm) and others
+        "the step cap's floor on the weights' size (times their default-initialisation norm) chosen on the other"
+        " families",
+        "Every floor on every family",
     )
     caps = [c for c in STEP_CAPS if c in rules]
     lofo(

@@ -174,12 +174,15 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             its loss being no worse than at its start. Set ``False`` for runs whose loss rises by design (a
             curriculum of harder data, a loss term whose weight grows).
         clip_step_ratio: for ``clip="adaptive"`` under ``torch.optim.SGD``, the step-size cap: a step moves the
-            weights by at most this fraction of their norm (the threshold at most ``clip_step_ratio * ||W|| /
-            (lr * (1 - dampening) / (1 - momentum))``, ``||W||`` over the parameters with a gradient, each layer's
-            rate from its parameter group's learning rate, read at every step). A healthy SGD step moves the
-            weights by far less; 0.05 held healthy nets back on the clipping families, 0.2 let schedule peaks run
-            away. Linear models, whose weights must grow far past their start, are held back by it: give them
-            ``None``, which turns it off. A learning rate held in a tensor on a device is not read (no cap).
+            weights by at most this fraction of their size (the threshold at most ``clip_step_ratio * ||W|| /
+            (lr * (1 - dampening) / (1 - momentum))``, ``||W||`` over the parameters with a gradient, but at least
+            the norm PyTorch's default initialisation gives their weights, so weights drawn or decayed far below it
+            can grow; each layer's rate from its parameter group's learning rate, read at every step). A healthy SGD
+            step moves the weights by far less; 0.05 held healthy nets back on the clipping families, 0.2 let
+            schedule peaks run away. A linear model at a learning rate high enough to move its weights by more than
+            their own norm a step (logistic regression at lr 0.5, momentum 0.9) is held back by it, up to 1.12x its
+            final loss: give it ``None``, which turns it off. A learning rate held in a tensor on a device is not
+            read (no cap).
         amp_overflow_patience: with an fp16 loss scaler, overflow steps are skipped by the scaler and are not
             failures; this many consecutive ones mean the run itself has gone non-finite. Before the run's first
             finite step, a scaler still lowering its scale from a high start (above 1) is recovering, not failing.

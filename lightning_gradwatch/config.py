@@ -205,6 +205,10 @@ class ClipConfig(ConfigGroup):
             more (0.3: by half), so a norm held a little below where it was does not count.
         clip_notice_rise: ... or the norm of the clipped steps (before clipping) up this many decades from their
             first half to their second (clipping keeps scaling down a norm that keeps growing).
+        clip_weight_floor: the step-size cap (``clip_step_ratio``) takes the weights' size as at least this many
+            times the norm PyTorch's default initialisation gives them (``sqrt(out_features / 3)`` for each weight of
+            two or more dimensions: Linear, Conv, RNN), so weights initialised or decayed far below it are not held
+            to a step of a tenth of their own tiny norm; 0: the weights' norm alone.
 
     Example:
         >>> ClipConfig(clip="adaptive").constants()["floor"]
@@ -246,6 +250,7 @@ class ClipConfig(ConfigGroup):
     clip_notice_stall: float = setting(1.0, number(), argument=False)
     clip_notice_depth: float = setting(0.3, number(zero=True), argument=False)
     clip_notice_rise: float = setting(1.0, number(), argument=False)
+    clip_weight_floor: float = setting(1.0, number(zero=True), argument=False)
 
     ADAPTIVE: ClassVar[str] = "adaptive"
     PREFIX: ClassVar[str] = "clip_"

@@ -1287,6 +1287,69 @@ def test_weights_that_start_at_zero_are_not_capped_and_the_start_is_checkpointed
     assert resumed.update(3.0, loss=1.0, weight_norm=5.0, step_scale=1.0) == pytest.approx(0.5)
 
 
+def test_the_step_size_cap_takes_weights_below_their_default_initialisation_at_that_size():
+    """Weights far below the norm PyTorch's default initialisation gives them (drawn at 0.001, decayed) must grow:
+    the cap measures them at that norm, not at their own (which would hold each step to a tenth of almost nothing);
+    weights above it, at their own norm; ``weight_floor=0``: their own norm always."""
+    clip = AdaptiveClipThreshold()
+    assert clip.update(50.0, loss=1.0, weight_norm=0.002, step_scale=0.5, init_norm=2.0) == pytest.approx(0.4)
+    above = AdaptiveClipThreshold()
+    assert above.update(50.0, loss=1.0, weight_norm=10.0, step_scale=0.5, init_norm=2.0) == pytest.approx(2.0)
+    floorless = AdaptiveClipThreshold(weight_floor=0.0)
+    assert floorless.update(50.0, loss=1.0, weight_norm=0.002, step_scale=0.5, init_norm=2.0) == pytest.approx(4e-4)
+    zero = AdaptiveClipThreshold()  # weights that start at zero: still not capped
+    assert zero.update(50.0, loss=1.0, weight_norm=0.0, step_scale=0.5, init_norm=2.0) == math.inf
+
+
+class _SmallInitRegression(pl.LightningModule):
+    """Linear regression on 32 Gaussian features (targets of norm about 11), weights drawn at std 0.001, SGD lr 0.05
+    momentum 0.9, batch 64, 3 epochs (192 steps), the learning rate decayed to 0 over the last 40: a healthy run
+    whose weights must grow about 2000x from their start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(4096, 32, generator=g)
+        self.y = self.x @ (2.0 * torch.randn(32, 1, generator=g)) + 0.1 * torch.randn(4096, 1, generator=g)
+        self.net = torch.nn.Linear(32, 1)
+        with torch.no_grad():
+            self.net.weight.normal_(0.0, 1e-3, generator=g)
+            self.net.bias.normal_(0.0, 1e-3, generator=g)
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (192 - step) / 40))  # to 0
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(self.x, self.y)
+        order = torch.Generator().manual_seed(1)
+        return torch.utils.data.DataLoader(data, batch_size=64, shuffle=True, generator=order)
+
+    def mse(self) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(self.net(self.x), self.y))
+
+
+@single_thread()
+def test_a_linear_model_from_a_small_init_learns_as_fast_under_the_step_size_cap(tmp_path):
+    """Through a real Trainer: the first step's cap measures the weights at their default-initialisation norm
+    (``sqrt(1 / 3)`` for a Linear(32, 1)), not at their own 0.006; the run ends within 1.1x of no clipping."""
+    losses = {}
+    for clip in (None, "adaptive"):
+        model = _SmallInitRegression()
+        watch = GradWatch(clip=clip, log_every_n_steps=1, images=False)
+        trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path / str(clip), max_epochs=3))
+        trainer.fit(model)
+        losses[clip] = model.mse()
+    thresholds = scalars(events(trainer.logger.log_dir), "gradwatch/clip_threshold")
+    assert thresholds[0] == pytest.approx(0.1 * math.sqrt(1 / 3) / (0.05 / 0.1), rel=1e-5)
+    assert losses["adaptive"] <= 1.1 * losses[None], losses
+
+
 class _TwoRates(pl.LightningModule):
     """A 2-layer net under SGD whose second layer has its own learning rate (10x), or under Adam."""
 

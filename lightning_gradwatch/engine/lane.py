@@ -180,7 +180,10 @@ class Lane:
         if stats is None:
             return Decision(step)
         step_loss = self._judged_loss(stats.extra[0] if stats.extra else None, own_cadence, others)
-        decision = self.judge.judge(step, stats, step_loss, self._scale, log, hist, several=own_cadence, rates=rates)
+        init_norm = 0.0 if rates is None or self._rates is None else self._rates.init_norm(stats.layers)
+        decision = self.judge.judge(
+            step, stats, step_loss, self._scale, log, hist, several=own_cadence, rates=rates, init_norm=init_norm
+        )
         self.record(decision)
         return decision
 

@@ -2,7 +2,8 @@
 
 Read from the optimizer's parameter groups at every step (a schedule changes the learning rate), as plain floats:
 no tensor is read, so no host synchronisation. Other optimizers have no such rate (Adam's step does not grow with
-the gradient's norm): ``None``.
+the gradient's norm): ``None``. With them, the size the cap measures the weights against is at least the norm
+PyTorch's default initialisation gives them (:meth:`StepRates.init_norm`), from their shapes alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class StepRates:
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
         >>> rates = StepRates(list(net.parameters()), [0, 0, 1, 1], ["0", "1"])
+        >>> round(rates.init_norm(["0", "1"]), 3)  # sqrt(2 / 3 + 1 / 3): the weights' rows, biases not counted
+        1.0
         >>> rates(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
         1.0000000000000002
         >>> groups = [{"params": net[0].parameters(), "lr": 0.01}, {"params": net[1].parameters()}]
@@ -44,6 +47,12 @@ class StepRates:
 
     def __init__(self, params: Sequence[torch.Tensor], layer_of: Sequence[int], layer_names: Sequence[str]) -> None:
         self._layer_by_id = {id(p): (layer_names[i], p.numel()) for p, i in zip(params, layer_of)}
+        self._init_sq: dict[str, float] = {}  # each layer's squared norm under PyTorch's default initialisation
+        for p, i in zip(params, layer_of):
+            if p.dim() >= 2:
+                self._init_sq[layer_names[i]] = self._init_sq.get(layer_names[i], 0.0) + p.shape[0] / 3.0
+        self._init_key: tuple[str, ...] = ()
+        self._init_norm = 0.0
         self._groups_key: tuple[tuple[int, int], ...] = ()
         self._group_layers: list[dict[str, int]] = []
 
@@ -68,6 +77,20 @@ class StepRates:
             for name, numel in sizes.items():
                 shares.setdefault(name, []).append((numel, rate))  # type: ignore[arg-type]
         return {name: _mean_rate(parts) for name, parts in shares.items()}
+
+    def init_norm(self, layers: Sequence[str]) -> float:
+        """The norm PyTorch's default initialisation gives these layers' weights, from their shapes alone.
+
+        ``nn.Linear`` and ``nn.Conv*`` draw a weight's values uniformly within ``1 / sqrt(fan_in)`` (Kaiming uniform
+        with ``a = sqrt(5)``): a weight of ``out_features`` rows has norm ``sqrt(out_features / 3)`` whatever its
+        fan-in. Every tensor of two or more dimensions counts so (recurrent and attention weights too), biases and
+        normalisation weights not. Kept while the step's layers are the same.
+        """
+        key = tuple(layers)
+        if key != self._init_key:
+            self._init_key = key
+            self._init_norm = math.sqrt(math.fsum(self._init_sq.get(name, 0.0) for name in key))
+        return self._init_norm
 
     def _layers(self, groups: Sequence[Mapping[str, Any]]) -> list[dict[str, int]]:
         """How many values of each watched layer every parameter group holds.

@@ -88,10 +88,13 @@ class AdaptiveClipThreshold:
       and blows up again; a noisy rise of the loss (less than 3x) leaves no memory.
 
     - **The step-size cap** (``step_ratio``, 0.1; SGD only, given ``weight_norm`` and ``step_scale``). A step may move
-      the weights by at most ``step_ratio`` of their norm: the threshold is at most ``step_ratio * weight_norm /
+      the weights by at most ``step_ratio`` of their size: the threshold is at most ``step_ratio * size /
       step_scale`` (``step_scale``: how far SGD moves the weights per unit of gradient norm, its learning rate times
-      ``(1 - dampening) / (1 - momentum)``; :func:`sgd_step_scale`). Weights that all started at zero have no such
-      scale: that run is not capped. It is the one scale the run's own norms cannot give: a recurrent net whose
+      ``(1 - dampening) / (1 - momentum)``; :func:`sgd_step_scale`). Their size is their norm, but at least
+      ``weight_floor`` times ``init_norm``, the norm PyTorch's default initialisation gives them: weights drawn or
+      decayed far below it (a linear model from weights at 0.001, a net escaping a small initialisation) must grow,
+      and a tenth of their own tiny norm a step holds them back for good. Weights that all started at zero: that run
+      is not capped. It is the one scale the run's own norms cannot give: a recurrent net whose
       gradients grow from the first step has no calm past to learn a threshold from, and a learning-rate schedule whose
       peak is too high multiplies every step by the same factor. A healthy SGD step moves the weights by far less than a
       tenth of their norm. The cap applies last: the memory of a divergence keeps the rule's own step sizes (a run the
@@ -332,6 +335,7 @@ class AdaptiveClipThreshold:
         offset: float = 0.0,
         weight_norm: float | None = None,
         step_scale: float | None = None,
+        init_norm: float = 0.0,
     ) -> float:
         """Learn one step; returns the threshold that applies to it (the norm to clip it to).
 
@@ -351,6 +355,8 @@ class AdaptiveClipThreshold:
             step_scale: how far the optimizer moves those weights per unit of ``total_norm``
                 (:func:`sgd_step_scale`; ``None``: not an SGD step, no step-size cap). With both, the threshold is
                 at most ``step_ratio * weight_norm / step_scale``.
+            init_norm: the norm PyTorch's default initialisation gives those weights (``StepRates.init_norm``; 0:
+                not known): the cap takes their size as at least ``weight_floor`` times it.
         """
         finite = math.isfinite(total_norm) and total_norm > 0
         self._offset = offset
@@ -372,7 +378,7 @@ class AdaptiveClipThreshold:
         # not also held back by a divergence remembered at the capped size
         if finite:
             self._applied.append(min(log_norm, math.log10(threshold)) + offset)
-        threshold = min(threshold, self._step_cap(weight_norm, step_scale))
+        threshold = min(threshold, self._step_cap(weight_norm, step_scale, init_norm))
         depth = log_norm - math.log10(threshold) if finite and total_norm > threshold > 0 else 0.0
         self._watch_clipping(x, loss, depth)  # the notice counts every clipped step, the cap's too
         return threshold
@@ -463,10 +469,11 @@ class AdaptiveClipThreshold:
         rise = statistics.median(late) - statistics.median(early)
         return rise if rise >= self._c["notice_rise"] else None
 
-    def _step_cap(self, weight_norm: float | None, step_scale: float | None) -> float:
-        """The largest total norm whose step moves the weights by ``step_ratio`` of their norm.
+    def _step_cap(self, weight_norm: float | None, step_scale: float | None, init_norm: float = 0.0) -> float:
+        """The largest total norm whose step moves the weights by ``step_ratio`` of their size.
 
-        Weights that all started at zero (a linear model) have no scale to hold a step to: such a run is not capped.
+        Their size: their norm, at least ``weight_floor`` times ``init_norm``. Weights that all started at zero (a
+        linear model) have no scale to hold a step to: such a run is not capped.
         """
         ratio = self.step_ratio
         if ratio is None or weight_norm is None or step_scale is None or not math.isfinite(weight_norm):
@@ -475,7 +482,7 @@ class AdaptiveClipThreshold:
             self.start_weights = weight_norm
         if not step_scale > 0 or not self.start_weights > 0 or not weight_norm > 0:
             return math.inf
-        return ratio * weight_norm / step_scale
+        return ratio * max(weight_norm, self._c["weight_floor"] * init_norm) / step_scale
 
     def _cap(self, log_norm: float) -> float:
         """A chained ``log10`` level as a total norm over the latest step's layers, at most ``max_norm``."""

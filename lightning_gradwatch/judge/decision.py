@@ -145,6 +145,7 @@ class StepJudge:
         histograms: bool = False,
         several: bool = False,
         rates: Rates = None,
+        init_norm: float = 0.0,
     ) -> Decision:
         """Judge one measured step.
 
@@ -160,6 +161,8 @@ class StepJudge:
                 adaptive clip threshold is not given it (no loss ceiling, no notice of a loss that does not fall).
             rates: the SGD rate of every layer or of each (:class:`~lightning_gradwatch.engine.step_rates.StepRates`;
                 ``None``: not SGD): with ``stats.weight_norm``, the adaptive threshold's step-size cap.
+            init_norm: the norm PyTorch's default initialisation gives the step's weights (``StepRates.init_norm``):
+                the step-size cap takes the weights' size as at least ``clip_weight_floor`` times it.
         """
         scaled_nonfinite = scale is not None and not stats.finite
         if self._overflowed(stats, scale):
@@ -174,7 +177,7 @@ class StepJudge:
         flags = self._flags(verdict, alerts)
         threshold = notice = None
         if not (flags.skip or flags.stop) and stats.finite:
-            threshold, notice = self._clip(step, stats, verdict, None if several else loss, rates)
+            threshold, notice = self._clip(step, stats, verdict, None if several else loss, rates, init_norm)
         health = self._health(verdict)
         return Decision(
             step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite, notice
@@ -207,21 +210,28 @@ class StepJudge:
         return Flags(skip=skip, stop=Response.STOP in responses, fail=Response.RAISE in responses)
 
     def _clip(
-        self, step: int, stats: StepStats, verdict: Verdict, loss: float | None, rates: Rates
+        self, step: int, stats: StepStats, verdict: Verdict, loss: float | None, rates: Rates, init_norm: float
     ) -> tuple[float | None, str | None]:
         """The step's clip threshold, and the adaptive rule's notice when it is due at this step."""
-        threshold = self._clip_threshold(stats, verdict, loss, rates)
+        threshold = self._clip_threshold(stats, verdict, loss, rates, init_norm)
         due = self.clipper.notice_due and self.settings.clipping.adaptive
         return threshold, self.clipper.notice(step, self.traits.vanilla_rnn) if due else None
 
-    def _clip_threshold(self, stats: StepStats, verdict: Verdict, loss: float | None, rates: Rates) -> float | None:
+    def _clip_threshold(
+        self, stats: StepStats, verdict: Verdict, loss: float | None, rates: Rates, init_norm: float = 0.0
+    ) -> float | None:
         """The threshold this step is clipped to, when clipping is configured (the adaptive one learns from it)."""
         s = self.settings
         threshold = math.inf
         if s.clipping.adaptive:
             scale = None if rates is None else sgd_step_scale(rates, stats.layers, stats.grad_norm)
             threshold = self.clipper.update(
-                stats.total_norm, loss, offset=verdict.chain_offset, weight_norm=stats.weight_norm, step_scale=scale
+                stats.total_norm,
+                loss,
+                offset=verdict.chain_offset,
+                weight_norm=stats.weight_norm,
+                step_scale=scale,
+                init_norm=init_norm,
             )
         elif s.clipping.fixed is not None:
             threshold = s.clipping.fixed
