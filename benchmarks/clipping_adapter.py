@@ -81,14 +81,15 @@ class StepCap:
 
     def __init__(self, model: nn.Module, optimizer: Any) -> None:
         stats = GradientStats(model.named_parameters())
-        self.optimizer, self.rates = optimizer, StepRates(stats.params, stats.layer_of, stats.layer_names)
+        self.optimizer = optimizer
+        self.rates = StepRates(stats.params, stats.layer_of, stats.layer_names, stats.param_names)
 
     def __call__(self, stats: StepStats) -> tuple[float | None, float | None, float]:
         rates = self.rates(self.optimizer)
         if rates is None:
             return None, None, 0.0
         scale = sgd_step_scale(rates, stats.layers, stats.grad_norm)
-        return stats.weight_norm, scale, self.rates.init_norm(stats.layers)
+        return stats.weight_norm, scale, self.rates.init_norm()
 
 
 def adaptive(**kwargs: Any) -> AdaptiveClipThreshold:

@@ -114,10 +114,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             until the loss makes new bests. Norms of steps whose loss
             is worse are not learnt, so a norm that grows with the loss from the first step (a recurrent net whose
             gradients explode) never becomes typical. Under ``torch.optim.SGD``, a *step-size cap* from the first step:
-            a step may move the weights by at most a tenth of their norm (the threshold at most ``0.1 * ||W|| / (lr * (1
-            - dampening) / (1 - momentum))``, each parameter group's learning rate read at every step;
-            ``clip_step_ratio``), the one scale a run whose norm grows from the first step, or a schedule whose peak is
-            too high, cannot talk itself out of; other optimizers (Adam's step does not grow with the gradient) and
+            a step may move the weights by at most a tenth of their size (the threshold at most ``0.1 * ||W|| / (lr *
+            (1 - dampening) / (1 - momentum))``, ``||W||`` at least the norm PyTorch's default initialisation gives
+            the weights, each parameter group's learning rate read at every step; ``clip_step_ratio``), the one
+            scale a run whose norm grows from the first step, or a schedule whose peak is too high, cannot talk
+            itself out of; other optimizers (Adam's step does not grow with the gradient) and
             weights that all start at zero are not capped. Clipping that hides a failing run is said once (a
             :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): over the last 50 steps, half
             or more scaled down 2x or more while the loss did not fall, or the clipped norm up a decade, or the ceiling

@@ -39,6 +39,8 @@ from lightning_gradwatch.verdicts import (
     EXIT_ERROR,
     EXIT_OK,
     GATE_KINDS,
+    counted_alerts,
+    entry_kind,
     fails_gate,
     first_line,
     gate,
@@ -78,7 +80,8 @@ _HTML_HELP = (
 )
 _CHECK_EXIT_CODES = """exit codes:
   0  every run finished, with no alert of a --fail-on kind
-  1  a run has an alert of a --fail-on kind (wins over 3)
+  1  a run has an alert of a --fail-on kind (wins over 3); a notice counts when --fail-on names its kind
+     (clipping)
   2  a run could not be read (its verdict is 'unreadable'; wins over 1 and 3; the other runs are printed too),
      or bad usage (a missing PATH, an unwritable $GITHUB_STEP_SUMMARY): one line on stderr
   3  a run did not finish: killed, interrupted or failed; or no step of it was measured ('unmeasured')
@@ -290,9 +293,9 @@ def _run_line(run: RunRecord, fail_on: set[str]) -> str:
     if run_verdict == "healthy":
         return f"{run.path}: healthy{detail}"
     if run_verdict == "alerts":
-        failing_notices = [n for n in run.notices if n["kind"] in fail_on]
-        kinds = sorted({a["kind"] for a in run.alerts}) + sorted({f"{n['kind']} notice" for n in failing_notices})
-        return f"{run.path}: {len(run.alerts) + len(failing_notices)} alert(s): {', '.join(kinds)}{detail}"
+        counted = counted_alerts(run, fail_on)
+        kinds = sorted({entry_kind(a) for a in counted})
+        return f"{run.path}: {len(counted)} alert(s): {', '.join(kinds)}{detail}"
     return f"{run.path}: {run_verdict}: {reason(run, run_verdict)}{detail}"
 
 

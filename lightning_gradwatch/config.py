@@ -206,9 +206,10 @@ class ClipConfig(ConfigGroup):
         clip_notice_rise: ... or the norm of the clipped steps (before clipping) up this many decades from their
             first half to their second (clipping keeps scaling down a norm that keeps growing).
         clip_weight_floor: the step-size cap (``clip_step_ratio``) takes the weights' size as at least this many
-            times the norm PyTorch's default initialisation gives them (``sqrt(out_features / 3)`` for each weight of
-            two or more dimensions: Linear, Conv, RNN), so weights initialised or decayed far below it are not held
-            to a step of a tenth of their own tiny norm; 0: the weights' norm alone.
+            times the norm PyTorch's default initialisation gives them, from their shapes (``sqrt(out_features /
+            3)`` for a Linear or Conv weight, ``sqrt(numel / (3 hidden_size))`` for a recurrent one; see
+            ``StepRates.init_norm``), so weights initialised or decayed far below it are not held to a step of a
+            tenth of their own tiny norm; 0: the weights' norm alone.
 
     Example:
         >>> ClipConfig(clip="adaptive").constants()["floor"]

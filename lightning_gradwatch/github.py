@@ -15,6 +15,8 @@ from lightning_gradwatch.runs import RunRecord
 from lightning_gradwatch.verdicts import (
     EXIT_OK,
     UNFINISHED_VERDICTS,
+    counted_alerts,
+    entry_kind,
     fails_gate,
     gate,
     gate_line,
@@ -120,11 +122,14 @@ def markdown_summary(
     ]
     for run in runs:
         run_verdict = verdict(run, fail_on)
-        first = run.alerts[0] if run.alerts else None
-        detail = f"{first['kind']} at {where(first)}: {format_layers(first['layers'], limit=4)}" if first else "none"
+        counted = counted_alerts(run, fail_on)
+        first = counted[0] if counted else None
+        detail = "none" if first is None else f"{entry_kind(first)} at {where(first)}"
+        if first is not None and first.get("layers"):
+            detail += f": {format_layers(first['layers'], limit=4)}"
         if run_verdict == "unreadable":
             detail = _markdown_cell(reason(run, run_verdict))
-        count = "-" if run_verdict == "unreadable" else str(len(run.alerts))
+        count = "-" if run_verdict == "unreadable" else str(len(counted))
         said = "; ".join(f"{n['kind']} at {where(n)}" for n in run.notices) or "-"
         lines.append(f"| `{run.path}` | {run_verdict} | {count} | {detail} | {_markdown_cell(said)} |")
     if html is not None:

@@ -47,7 +47,7 @@ from lightning_gradwatch._names import CLIP_THRESHOLD, SPIKE_THRESHOLD, TOTAL_NO
 from lightning_gradwatch.alerts import ALERT_KINDS
 from lightning_gradwatch.layer_state import LayerState, layer_states, marks, named_in
 from lightning_gradwatch.runs import RunRecord
-from lightning_gradwatch.verdicts import failing_alerts, gate, reason, run_facts, verdict
+from lightning_gradwatch.verdicts import counted_alerts, entry_kind, failing_alerts, gate, reason, run_facts, verdict
 
 __all__ = ["MAX_COLUMNS", "HtmlFile", "build_html", "run_data", "write_html"]
 
@@ -276,11 +276,11 @@ def _section(index: int, run: RunRecord, fail_on: set[str]) -> str:
     facts = run_facts(run, run_verdict, status=True)  # as gradwatch check gives them, with how the run ended
     parts = [head, f'<p class="facts">{_e(", ".join(facts))}</p>']
     if run_verdict == "alerts":
-        failing = failing_alerts(run, fail_on)
-        kinds = sorted({a["kind"] for a in failing})
+        counted = counted_alerts(run, fail_on)
+        kinds = sorted({entry_kind(a) for a in failing_alerts(run, fail_on)})
         parts.append(
-            f'<p class="why">{len(failing)} failing alert(s) or notice(s): {_e(", ".join(kinds))}; the first at step'
-            f" {min(a['step'] for a in failing)}.</p>"
+            f'<p class="why">{len(counted)} alert(s): {_e(", ".join(kinds))}; the first at step'
+            f" {counted[0]['step']}.</p>"
         )
     elif run_verdict != "healthy":
         parts.append(f'<p class="why">{_e(reason(run, run_verdict))}</p>')
@@ -362,6 +362,7 @@ def _notices(run: RunRecord) -> str:
     for notice in run.notices:
         head, _, rest = notice["message"].strip().partition("\n")
         where = "" if f"step {notice['step']}" in head else f" at step {notice['step']}"
+        where += f" (optimizer {notice['optimizer']})" if notice.get("optimizer") else ""
         remedies = f"<pre>{_e(rest)}</pre>" if rest.strip() else ""
         items.append(f'<li class="notice"><b>{_e(notice["kind"])} notice</b>{where}: {_e(head)}{remedies}</li>')
     return f'<h3>Notices ({len(run.notices)})</h3><ul class="alerts">{"".join(items)}</ul>'

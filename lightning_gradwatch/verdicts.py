@@ -46,6 +46,8 @@ __all__ = [
     "UNFINISHED_VERDICTS",
     "VERDICTS",
     "Gate",
+    "counted_alerts",
+    "entry_kind",
     "failing_alerts",
     "fails_gate",
     "first_line",
@@ -83,6 +85,17 @@ _WHY = {
 def failing_alerts(run: RunRecord, fail_on: set[str]) -> list[dict[str, Any]]:
     """The run's alerts of a ``fail_on`` kind, then its notices of one (a notice kind named in ``fail_on``)."""
     return [a for a in (*run.alerts, *run.notices) if a["kind"] in fail_on]
+
+
+def counted_alerts(run: RunRecord, fail_on: set[str]) -> list[dict[str, Any]]:
+    """What a run's verdict counts as its alerts, in step order: every alert, and each notice of a ``fail_on`` kind."""
+    notices = [n for n in run.notices if n["kind"] in fail_on]
+    return sorted([*run.alerts, *notices], key=lambda entry: entry["step"])
+
+
+def entry_kind(entry: dict[str, Any]) -> str:
+    """An alert's kind (``exploding``), or a notice's (``clipping notice``)."""
+    return f"{entry['kind']} notice" if entry["kind"] in NOTICE_KINDS else str(entry["kind"])
 
 
 def verdict(run: RunRecord, fail_on: set[str]) -> str:

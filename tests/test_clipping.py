@@ -783,11 +783,16 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
     doc = json.loads(capsys.readouterr().out)
     assert (doc["result"], doc["runs"][0]["verdict"], doc["fail_on"]) == ("fail", "alerts", ["clipping"])
     html = page.read_text()
-    assert "failing alert(s) or notice(s): clipping" in html
+    assert "1 alert(s): clipping notice; the first at step" in html
     assert "<b>clipping notice</b>" in html
     assert "Clipping hides such a failure" in html
-    assert main(["check", str(path.parent), "--fail-on", "clipping", "--format", "github"]) == 1
+    gate_summary = tmp_path / "gate.md"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GITHUB_STEP_SUMMARY", str(gate_summary))
+        assert main(["check", str(path.parent), "--fail-on", "clipping", "--format", "github"]) == 1
     assert "::error title=GradWatch clipping notice at step " in capsys.readouterr().out
+    row = next(line for line in gate_summary.read_text().splitlines() if line.startswith("| `"))
+    assert "| alerts | 1 | clipping notice at step " in row  # the job summary counts and names the failing notice
     summary = tmp_path / "summary.md"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GITHUB_STEP_SUMMARY", str(summary))
@@ -1299,6 +1304,33 @@ def test_the_step_size_cap_takes_weights_below_their_default_initialisation_at_t
     assert floorless.update(50.0, loss=1.0, weight_norm=0.002, step_scale=0.5, init_norm=2.0) == pytest.approx(4e-4)
     zero = AdaptiveClipThreshold()  # weights that start at zero: still not capped
     assert zero.update(50.0, loss=1.0, weight_norm=0.0, step_scale=0.5, init_norm=2.0) == math.inf
+
+
+def test_the_default_initialisation_norm_counts_linear_conv_and_recurrent_weights_with_a_gradient():
+    """The cap's floor is the norm PyTorch's default initialisation gives the weights, from their shapes: Linear and
+    Conv (``out / 3`` squared), recurrent input and hidden weights (``numel / (3 hidden)``), close to the norm
+    freshly initialised weights have; a weight without a gradient (frozen, or in an unused branch) does not count, as
+    it does not in the weights' norm it is compared with."""
+    from lightning_gradwatch.engine.step_rates import StepRates
+
+    torch.manual_seed(0)
+    net = torch.nn.ModuleDict(
+        {
+            "lin": torch.nn.Linear(300, 200),
+            "conv": torch.nn.Conv2d(16, 64, 3),
+            "lstm": torch.nn.LSTM(2, 256),
+            "gru": torch.nn.GRU(1, 128, bidirectional=True),
+        }
+    )
+    names, params = zip(*net.named_parameters())
+    rates = StepRates(params, list(range(len(params))), names, names)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    weights = [p for p in params if p.dim() >= 2]
+    assert rates.init_norm() == pytest.approx(math.sqrt(sum(float(p.norm()) ** 2 for p in weights)), rel=0.05)
+    net["lin"].weight.grad = None  # frozen: no gradient
+    rest = [p for p in weights if p is not net["lin"].weight]
+    assert rates.init_norm() == pytest.approx(math.sqrt(sum(float(p.norm()) ** 2 for p in rest)), rel=0.05)
 
 
 class _SmallInitRegression(pl.LightningModule):

@@ -121,7 +121,8 @@ class Lane:
             plain_group=plain_group,
         )
         self.summary.watch(self.collector.layer_names)
-        self._rates = StepRates(self.collector.params, self.collector.layer_of, self.collector.layer_names)
+        c = self.collector
+        self._rates = StepRates(c.params, c.layer_of, c.layer_names, c.param_names)
         self.judge.detector.exempt_layers = self.collector.layers_made_of(exempt)
         self.judge.half_weights = any(p.dtype in _HALF for p in self.collector.params)
         return first and self.collector.aggregated is not None
@@ -180,7 +181,7 @@ class Lane:
         if stats is None:
             return Decision(step)
         step_loss = self._judged_loss(stats.extra[0] if stats.extra else None, own_cadence, others)
-        init_norm = 0.0 if rates is None or self._rates is None else self._rates.init_norm(stats.layers)
+        init_norm = 0.0 if rates is None or self._rates is None else self._rates.init_norm()
         decision = self.judge.judge(
             step, stats, step_loss, self._scale, log, hist, several=own_cadence, rates=rates, init_norm=init_norm
         )

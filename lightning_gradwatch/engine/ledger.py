@@ -157,7 +157,7 @@ class RunLedger:
         return True
 
     def note(self, kind: str, step: int, message: str, optimizer: int = 0) -> None:
-        """A notice (no alert: nothing fails on it) was said at ``step``."""
+        """A notice was said at ``step`` (no alert: ``gradwatch check`` fails on it only when asked, ``--fail-on``)."""
         self.notices.append({"kind": kind, "step": step, "optimizer": optimizer, "message": message})
 
     def carry(self, alerts: Iterable[GradientAlert]) -> None:

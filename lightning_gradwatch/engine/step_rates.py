@@ -2,7 +2,7 @@
 
 Read from the optimizer's parameter groups at every step (a schedule changes the learning rate), as plain floats:
 no tensor is read, so no host synchronisation. Other optimizers have no such rate (Adam's step does not grow with
-the gradient's norm): ``None``. With them, the size the cap measures the weights against is at least the norm
+the gradient's norm): ``None``. Under SGD, the size the cap measures the weights against is at least the norm
 PyTorch's default initialisation gives them (:meth:`StepRates.init_norm`), from their shapes alone.
 """
 
@@ -34,7 +34,8 @@ class StepRates:
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
         >>> rates = StepRates(list(net.parameters()), [0, 0, 1, 1], ["0", "1"])
-        >>> round(rates.init_norm(["0", "1"]), 3)  # sqrt(2 / 3 + 1 / 3): the weights' rows, biases not counted
+        >>> net(torch.randn(1, 2)).sum().backward()
+        >>> round(rates.init_norm(), 3)  # sqrt(2 / 3 + 1 / 3): the weights' rows, biases not counted
         1.0
         >>> rates(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
         1.0000000000000002
@@ -45,14 +46,18 @@ class StepRates:
         True
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], layer_of: Sequence[int], layer_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        layer_of: Sequence[int],
+        layer_names: Sequence[str],
+        param_names: Sequence[str] | None = None,
+    ) -> None:
+        names = list(param_names) if param_names is not None else [""] * len(params)
+        shapes = {name: tuple(p.shape) for p, name in zip(params, names) if name}
         self._layer_by_id = {id(p): (layer_names[i], p.numel()) for p, i in zip(params, layer_of)}
-        self._init_sq: dict[str, float] = {}  # each layer's squared norm under PyTorch's default initialisation
-        for p, i in zip(params, layer_of):
-            if p.dim() >= 2:
-                self._init_sq[layer_names[i]] = self._init_sq.get(layer_names[i], 0.0) + p.shape[0] / 3.0
-        self._init_key: tuple[str, ...] = ()
-        self._init_norm = 0.0
+        # each weight's squared norm under PyTorch's default initialisation (tensors of two or more dimensions)
+        self._init_sq = [(p, _default_init_sq(p, name, shapes)) for p, name in zip(params, names) if p.dim() >= 2]
         self._groups_key: tuple[tuple[int, int], ...] = ()
         self._group_layers: list[dict[str, int]] = []
 
@@ -78,19 +83,18 @@ class StepRates:
                 shares.setdefault(name, []).append((numel, rate))  # type: ignore[arg-type]
         return {name: _mean_rate(parts) for name, parts in shares.items()}
 
-    def init_norm(self, layers: Sequence[str]) -> float:
-        """The norm PyTorch's default initialisation gives these layers' weights, from their shapes alone.
+    def init_norm(self) -> float:
+        """The norm PyTorch's default initialisation gives the watched weights that have a gradient now.
 
-        ``nn.Linear`` and ``nn.Conv*`` draw a weight's values uniformly within ``1 / sqrt(fan_in)`` (Kaiming uniform
-        with ``a = sqrt(5)``): a weight of ``out_features`` rows has norm ``sqrt(out_features / 3)`` whatever its
-        fan-in. Every tensor of two or more dimensions counts so (recurrent and attention weights too), biases and
-        normalisation weights not. Kept while the step's layers are the same.
+        From their shapes alone. ``nn.Linear`` and ``nn.Conv*`` draw a weight's values uniformly within
+        ``1 / sqrt(fan_in)`` (Kaiming uniform with ``a = sqrt(5)``): a weight of ``out_features`` rows has norm
+        ``sqrt(out_features / 3)`` whatever its fan-in, and so counts any tensor of two or more dimensions; a
+        recurrent layer's (``weight_ih_l*``, ``weight_hh_l*`` of ``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) draws within
+        ``1 / sqrt(hidden_size)``: ``sqrt(numel / (3 hidden_size))``. Biases and normalisation weights do not count,
+        nor a weight without a gradient (frozen, or unused at this step), as in the weights' norm the cap compares
+        it with. Parameters GradWatch sees flattened (FSDP1's shards) have one dimension: they do not count.
         """
-        key = tuple(layers)
-        if key != self._init_key:
-            self._init_key = key
-            self._init_norm = math.sqrt(math.fsum(self._init_sq.get(name, 0.0) for name in key))
-        return self._init_norm
+        return math.sqrt(math.fsum(sq for p, sq in self._init_sq if p.grad is not None))
 
     def _layers(self, groups: Sequence[Mapping[str, Any]]) -> list[dict[str, int]]:
         """How many values of each watched layer every parameter group holds.
@@ -109,6 +113,16 @@ class StepRates:
                         sizes[name] = sizes.get(name, 0) + numel
                 self._group_layers.append(sizes)
         return self._group_layers
+
+
+def _default_init_sq(param: torch.Tensor, name: str, shapes: Mapping[str, tuple[int, ...]]) -> float:
+    """A weight's squared norm under PyTorch's default initialisation (see :meth:`StepRates.init_norm`)."""
+    head, _, tail = name.rpartition(".")
+    if tail.startswith(("weight_ih_l", "weight_hh_l")):  # a recurrent layer: within 1 / sqrt(hidden_size)
+        hidden = shapes.get(f"{head}.weight_hh{tail[len('weight_ih') :]}" if head else "weight_hh" + tail[9:])
+        if hidden is not None and len(hidden) == 2 and hidden[1] > 0:
+            return param.numel() / (3.0 * hidden[1])
+    return param.shape[0] / 3.0
 
 
 def _mean_rate(parts: Sequence[tuple[int, float]]) -> float:

@@ -131,8 +131,8 @@ class AdaptiveClipThreshold:
         max_norm: optional fixed cap applied on every step.
         use_loss: add the ceiling a worsening loss lowers (on by default; ``False`` for runs whose loss rises by
             design, such as a curriculum of harder batches).
-        step_ratio: the step-size cap: under SGD, a step moves the weights by at most this fraction of their norm
-            (``None``: no cap).
+        step_ratio: the step-size cap: under SGD, a step moves the weights by at most this fraction of their size
+            (their norm, at least ``weight_floor`` times ``init_norm``; ``None``: no cap).
         **constants: the rule's constants by name (``window=50``): the fields of
             :class:`~lightning_gradwatch.config.ClipConfig` that are no ``GradWatch`` argument, without their
             ``clip_`` prefix, documented there.
@@ -354,7 +354,7 @@ class AdaptiveClipThreshold:
                 cap).
             step_scale: how far the optimizer moves those weights per unit of ``total_norm``
                 (:func:`sgd_step_scale`; ``None``: not an SGD step, no step-size cap). With both, the threshold is
-                at most ``step_ratio * weight_norm / step_scale``.
+                at most ``step_ratio * max(weight_norm, weight_floor * init_norm) / step_scale``.
             init_norm: the norm PyTorch's default initialisation gives those weights (``StepRates.init_norm``; 0:
                 not known): the cap takes their size as at least ``weight_floor`` times it.
         """
