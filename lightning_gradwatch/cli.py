@@ -39,6 +39,7 @@ from lightning_gradwatch.verdicts import (
     EXIT_ERROR,
     EXIT_OK,
     GATE_KINDS,
+    Gate,
     counted_alerts,
     entry_kind,
     fails_gate,
@@ -227,53 +228,69 @@ def _check(
 ) -> int:
     outcome = gate(runs, fail_on, allow_unfinished)
     if fmt == "json":
-        doc = {
-            "result": outcome.result,
-            "exit_code": outcome.code,
-            "fail_on": sorted(fail_on),
-            "allow_unfinished": allow_unfinished,
-            "verdicts": outcome.counts,
-            "runs": [
-                {
-                    "path": str(run.path),
-                    "source": run.source,
-                    "status": run.status,
-                    "verdict": verdict(run, fail_on),
-                    "failing": fails_gate(verdict(run, fail_on), allow_unfinished),
-                    "steps": run.steps,
-                    "error": run.error,
-                    "unreadable": run.unreadable,
-                    "partial": run.partial,
-                    "alerts": [_json_alert(a) for a in run.alerts],
-                    "fits": run.fits,
-                    "earlier_alerts": [_json_alert(a) for a in run.earlier_alerts],
-                    "notices": run.notices,
-                }
-                for run in runs
-            ],
-        }
+        doc = _check_doc(runs, fail_on, outcome, allow_unfinished)
         if html is not None:
             doc["html"] = html.path
         out.write(json.dumps(doc, indent=2) + "\n")
     elif fmt == "github":
         github_output(runs, fail_on, allow_unfinished, out, html)
     else:
-        for run in runs:
-            out.write(_run_line(run, fail_on) + "\n")
-            for alert in run.alerts:
-                flag = "FAIL" if alert["kind"] in fail_on else "note"
-                out.write(f"  [{flag}] {_alert_line(alert)}\n")
-            for notice in run.notices:  # said once; fails the check only when --fail-on names its kind
-                flag = "FAIL" if notice["kind"] in fail_on else "info"
-                out.write(f"  [{flag}] {_alert_line(notice)}\n")
-        out.write(gate_line(outcome, len(runs), fail_on, allow_unfinished) + "\n")
-        passed = sorted({n["kind"] for run in runs for n in run.notices if n["kind"] not in fail_on})
-        if passed:
-            kinds = ",".join(k for k in GATE_KINDS if k in fail_on or k in passed)
-            out.write(f"(a {'/'.join(passed)} notice does not fail the check; --fail-on {kinds} fails on it)\n")
+        _check_text(runs, fail_on, outcome, out, allow_unfinished)
         if html is not None:
             out.write(f"HTML report: {html}\n")
     return outcome.code
+
+
+def _check_doc(runs: list[RunRecord], fail_on: set[str], outcome: Gate, allow_unfinished: bool) -> dict[str, Any]:
+    """``gradwatch check --format json``: the result, and each run's verdict and what it said."""
+    return {
+        "result": outcome.result,
+        "exit_code": outcome.code,
+        "fail_on": sorted(fail_on),
+        "allow_unfinished": allow_unfinished,
+        "verdicts": outcome.counts,
+        "runs": [
+            {
+                "path": str(run.path),
+                "source": run.source,
+                "status": run.status,
+                "verdict": verdict(run, fail_on),
+                "failing": fails_gate(verdict(run, fail_on), allow_unfinished),
+                "steps": run.steps,
+                "error": run.error,
+                "unreadable": run.unreadable,
+                "partial": run.partial,
+                "alerts": [_json_alert(a) for a in run.alerts],
+                "fits": run.fits,
+                "earlier_alerts": [_json_alert(a) for a in run.earlier_alerts],
+                "notices": run.notices,
+            }
+            for run in runs
+        ],
+    }
+
+
+def _check_text(runs: list[RunRecord], fail_on: set[str], outcome: Gate, out: TextIO, allow_unfinished: bool) -> None:
+    """A line per run and per alert or notice (``[FAIL]`` when of a ``--fail-on`` kind), then the result."""
+    for run in runs:
+        out.write(_run_line(run, fail_on) + "\n")
+        for alert in run.alerts:
+            out.write(f"  [{'FAIL' if alert['kind'] in fail_on else 'note'}] {_alert_line(alert)}\n")
+        for notice in run.notices:  # said once; fails the check only when --fail-on names its kind
+            out.write(f"  [{'FAIL' if notice['kind'] in fail_on else 'info'}] {_alert_line(notice)}\n")
+    out.write(gate_line(outcome, len(runs), fail_on, allow_unfinished) + "\n")
+    hint = _notice_hint(runs, fail_on)
+    if hint:
+        out.write(hint + "\n")
+
+
+def _notice_hint(runs: list[RunRecord], fail_on: set[str]) -> str:
+    """How to fail on the notices the check passed (``""``: none)."""
+    passed = sorted({n["kind"] for run in runs for n in run.notices if n["kind"] not in fail_on})
+    if not passed:
+        return ""
+    kinds = ",".join(k for k in GATE_KINDS if k in fail_on or k in passed)
+    return f"(a {'/'.join(passed)} notice does not fail the check; --fail-on {kinds} fails on it)"
 
 
 def _alert_line(alert: dict[str, Any]) -> str:
