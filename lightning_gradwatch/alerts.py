@@ -13,6 +13,7 @@ from lightning_gradwatch.remedies import ModelTraits
 
 __all__ = [
     "ALERT_KINDS",
+    "CLIPPING_NOTICE",
     "MARKDOWN_LAYERS",
     "REMEDIES_MARKDOWN",
     "REMEDIES_PLAIN",
@@ -31,6 +32,8 @@ __all__ = [
 
 #: the alert kinds' values, in the order of ``GradWatch``'s ``on_<kind>`` arguments
 ALERT_KINDS: tuple[str, ...] = tuple(kind.value for kind in AlertKind)
+#: the kind of the notice said once when clipping hides a failing run (``notices`` in ``gradwatch.json``; no alert)
+CLIPPING_NOTICE = "clipping"
 #: what a detection rule saw, which chooses the remedy hints (the enum :class:`~lightning_gradwatch.kinds.Cause`)
 RemedyCause = Cause
 

@@ -340,17 +340,10 @@ def _charts(index: int, data: dict[str, Any]) -> str:
 def _alerts(run: RunRecord) -> str:
     if not run.alerts:
         return '<p class="noalerts">No alerts.</p>'
-    items = []
-    for number, alert in enumerate(run.alerts, 1):
-        head, _, rest = alert["message"].strip().partition("\n")
-        kind = _KIND_NAMES.get(alert["kind"], alert["kind"])
-        where = "" if f"step {alert['step']}" in head else f" at step {alert['step']}"
-        where += f" (optimizer {alert['optimizer']})" if alert.get("optimizer") else ""
-        remedies = f"<pre>{_e(rest)}</pre>" if rest.strip() else ""
-        items.append(
-            f'<li class="{_e(alert["kind"])}"><span class="flag">{number}</span> <b>{_e(kind)}</b>{where}:'
-            f" {_e(head)}{remedies}</li>"
-        )
+    items = [
+        _item(alert, f'<span class="flag">{number}</span> <b>{_e(_KIND_NAMES.get(alert["kind"], alert["kind"]))}</b>')
+        for number, alert in enumerate(run.alerts, 1)
+    ]
     return f'<h3>Alerts ({len(run.alerts)})</h3><ol class="alerts">{"".join(items)}</ol>'
 
 
@@ -358,14 +351,17 @@ def _notices(run: RunRecord) -> str:
     """What the run said once without alerting (clipping that hides a failing run), with its remedies."""
     if not run.notices:
         return ""
-    items = []
-    for notice in run.notices:
-        head, _, rest = notice["message"].strip().partition("\n")
-        where = "" if f"step {notice['step']}" in head else f" at step {notice['step']}"
-        where += f" (optimizer {notice['optimizer']})" if notice.get("optimizer") else ""
-        remedies = f"<pre>{_e(rest)}</pre>" if rest.strip() else ""
-        items.append(f'<li class="notice"><b>{_e(notice["kind"])} notice</b>{where}: {_e(head)}{remedies}</li>')
+    items = [_item(notice, f"<b>{_e(notice['kind'])} notice</b>", "notice") for notice in run.notices]
     return f'<h3>Notices ({len(run.notices)})</h3><ul class="alerts">{"".join(items)}</ul>'
+
+
+def _item(entry: dict[str, Any], label: str, css: str | None = None) -> str:
+    """An alert or notice as a list item: its label, where (unless its message says), its first line, the rest."""
+    head, _, rest = entry["message"].strip().partition("\n")
+    where = "" if f"step {entry['step']}" in head else f" at step {entry['step']}"
+    where += f" (optimizer {entry['optimizer']})" if entry.get("optimizer") else ""
+    remedies = f"<pre>{_e(rest)}</pre>" if rest.strip() else ""
+    return f'<li class="{_e(css or entry["kind"])}">{label}{where}: {_e(head)}{remedies}</li>'
 
 
 def _table(run: RunRecord) -> str:

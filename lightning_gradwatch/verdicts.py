@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_gradwatch.alerts import ALERT_KINDS
+from lightning_gradwatch.alerts import ALERT_KINDS, CLIPPING_NOTICE
 from lightning_gradwatch.runs import RunRecord
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
 
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
 #: Kinds of notice a run can say (``notices`` in ``gradwatch.json``): never failed on unless asked for.
-NOTICE_KINDS: tuple[str, ...] = ("clipping",)
+NOTICE_KINDS: tuple[str, ...] = (CLIPPING_NOTICE,)
 #: Every kind ``fail_on`` may name: the alert kinds (the default) and the notice kinds.
 GATE_KINDS: tuple[str, ...] = (*ALERT_KINDS, *NOTICE_KINDS)
 #: Verdicts of runs the gate cannot vouch for: they did not finish (by ``status``; ``None``: no ``gradwatch.json``),

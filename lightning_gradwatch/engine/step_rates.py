@@ -117,9 +117,9 @@ class StepRates:
 
 def _default_init_sq(param: torch.Tensor, name: str, shapes: Mapping[str, tuple[int, ...]]) -> float:
     """A weight's squared norm under PyTorch's default initialisation (see :meth:`StepRates.init_norm`)."""
-    head, _, tail = name.rpartition(".")
+    tail = name.rpartition(".")[2]
     if tail.startswith(("weight_ih_l", "weight_hh_l")):  # a recurrent layer: within 1 / sqrt(hidden_size)
-        hidden = shapes.get(f"{head}.weight_hh{tail[len('weight_ih') :]}" if head else "weight_hh" + tail[9:])
+        hidden = shapes.get(name[: len(name) - len(tail)] + "weight_hh" + tail[len("weight_ih") :])
         if hidden is not None and len(hidden) == 2 and hidden[1] > 0:
             return param.numel() / (3.0 * hidden[1])
     return param.shape[0] / 3.0

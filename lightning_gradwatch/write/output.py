@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from lightning_gradwatch import _names as names
 from lightning_gradwatch._version import __version__
-from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.alerts import CLIPPING_NOTICE, GradientAlert
 from lightning_gradwatch.engine.environment import Environment
 from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.context import LARGEST_SHARE
@@ -172,7 +172,7 @@ class RunOutput:
     def record(self, decision: Decision, optimizer: int = 0) -> None:
         """Keep the decision's alerts (bounded), write them, warn, and update the report; say its notice, if any."""
         if decision.notice is not None:
-            self.ledger.note("clipping", decision.step, decision.notice, optimizer)
+            self.ledger.note(CLIPPING_NOTICE, decision.step, decision.notice, optimizer)
             if self.is_global_zero:
                 warn(decision.notice)
                 self.write_report(RunStatus.RUNNING)
