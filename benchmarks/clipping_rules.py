@@ -318,9 +318,27 @@ GRID = [
     for r in (0.01, 0.02, 0.05)
     for t in (0.1, 1.0)  # 1.0: the ceiling rises as fast above the level the run diverged at (no memory)
 ]
+# ... and one constant at a time, each from a failure it could answer: the outlier margin (``zscore``), how fast the
+# typical level follows a norm that rises for good (``short_window``), how wide the first steps' margin is
+# (``warmup_margin``), when the run is getting worse (``worse_by``, ``first_losses``, ``norm_rise``) and how deep the
+# ceiling may go (``floor``: 2 decades below the typical norm, for label noise whose best fixed threshold clips every
+# step)
+SINGLE = [
+    {"zscore": 2.0},
+    {"zscore": 4.0},
+    {"short_window": 10},
+    {"warmup_margin": 1.0},
+    {"worse_by": 0.3},
+    {"first_losses": 10},
+    {"norm_rise": 0.5},
+    {"floor": 2.0},
+    {"outlier_loss": 0.15},  # ... and how far above its level the loss of an outlier is (0.3: twice it)
+    {"outlier_loss": 0.5},
+]
 CANDIDATES: dict[str, Callable[[], Rule]] = {}
-for _spec in GRID:
-    _name, _factory = ours(**{k: v for k, v in _spec.items() if v != adaptive().settings.constants()[k]})
+for _spec in [*GRID, *SINGLE]:
+    _defaults = {**adaptive().settings.constants(), "zscore": adaptive().zscore}
+    _name, _factory = ours(**{k: v for k, v in _spec.items() if v != _defaults[k]})
     CANDIDATES[_name] = _factory
 USE_LOSS, _use_loss = ours(use_loss=False)  # without the loss-driven ceiling (clip_use_loss=False)
 WEIGHT_CAP = 'clip="adaptive" + layer cap 0.1x weight norm (not shipped)'

@@ -210,6 +210,9 @@ class ClipConfig(ConfigGroup):
             3)`` for a Linear or Conv weight, ``sqrt(numel / (3 hidden_size))`` for a recurrent one; see
             ``StepRates.init_norm``), so weights initialised or decayed far below it are not held to a step of a
             tenth of their own tiny norm; 0: the weights' norm alone.
+        clip_outlier_loss: a step above the outlier threshold is an outlier only when its training loss is this
+            many decades above the loss level too (0.3: twice it; when the loss is known): an outlier batch's loss is
+            high with its norm, a model leaving a plateau raises its norm over ordinary losses.
 
     Example:
         >>> ClipConfig(clip="adaptive").constants()["floor"]
@@ -252,6 +255,7 @@ class ClipConfig(ConfigGroup):
     clip_notice_depth: float = setting(0.3, number(zero=True), argument=False)
     clip_notice_rise: float = setting(1.0, number(), argument=False)
     clip_weight_floor: float = setting(1.0, number(zero=True), argument=False)
+    clip_outlier_loss: float = setting(0.3, number(zero=True), argument=False)
 
     ADAPTIVE: ClassVar[str] = "adaptive"
     PREFIX: ClassVar[str] = "clip_"

@@ -59,14 +59,17 @@ class AdaptiveClipThreshold:
       ``quantile`` (25th percentile) and the *spread* the distance from their ``low_quantile`` (5th) up to it: both
       sit in the lower part of the distribution, and outliers are not learnt. The typical level is at least the
       lowest of the last ``short_window`` norms, so a model taking off (its norm up for good) is followed within that
-      many steps. A step above ``typical +
-      zscore * max(spread, min_spread)`` is an outlier and is scaled down to the typical norm (an outlier's
-      direction is mostly the outlier's own: the less of it the better); any other step is held to the outlier
-      threshold. During the first ``warmup_steps`` the margin is at least ``warmup_margin`` decades. The run's
-      *start* is the lowest of its first ``first_norms`` learnt norms: a step no larger is never clipped, and an
-      outlier is scaled down to the typical norm but not below the start. Steps the size of those the run began
-      with are safe however far the recent norms have fallen (near zero loss, the rare hard batches carry the
-      gradient: scaling them to the typical norm of the easy ones stalls the run).
+      many steps. A step above ``typical + zscore * max(spread, min_spread)`` whose training loss is
+      ``outlier_loss`` decades (twice) above the loss level too (below), or not known, is an outlier and is scaled
+      down to the typical norm (an outlier's direction is mostly the outlier's own: the less of it the better). An
+      outlier batch's loss rises with its norm; a model leaving a plateau or escaping a small initialisation raises
+      its norm over ordinary losses: such a step is held to the outlier threshold and learnt, so the typical level
+      follows it. Any other step is held to the outlier threshold too. During the first ``warmup_steps`` the
+      margin is at least ``warmup_margin`` decades. The run's *start* is the lowest of its first ``first_norms``
+      learnt norms: a step no larger is never clipped, and an outlier is scaled down to the typical norm but not
+      below the start. Steps the size of those the run began with are safe however far the recent norms have fallen
+      (near zero loss, the rare hard batches carry the gradient: scaling them to the typical norm of the easy ones
+      stalls the run).
     - **The ceiling, from the training loss** (``use_loss``, on by default). The loss *level* is the ``loss_quantile``
       of the last ``loss_window`` losses: the clean batches' level, which batches with outliers (high losses) do not
       move. Its first value is the run's starting point. The run *gets worse* when the level is ``worse_by`` above its
@@ -345,7 +348,7 @@ class AdaptiveClipThreshold:
         Args:
             total_norm: the step's total gradient norm, before clipping.
             loss: the training loss the judge is given (``None`` or NaN: not known; the ceiling then stays as it
-                is).
+                is, and a norm above the outlier threshold is an outlier on its own).
             offset: ``log10(chained norm / total norm)`` at this step (the detector's, 0 while the set of layers
                 with a gradient has not changed): the rule learns and judges the chained norm, so a backbone
                 unfrozen mid-run (more layers, a larger total norm) is not taken for an outlier; the threshold it
@@ -365,7 +368,7 @@ class AdaptiveClipThreshold:
         worse, new_best = self._observe(loss, x)
         typical, limit = self._levels()
         self._move_ceiling(x, limit, typical, worse, new_best)
-        outlier = finite and x > limit
+        outlier = finite and x > limit and self._loss_is_high(loss)
         if finite:
             self.steps += 1
             if not worse:
@@ -382,6 +385,12 @@ class AdaptiveClipThreshold:
         depth = log_norm - math.log10(threshold) if finite and total_norm > threshold > 0 else 0.0
         self._watch_clipping(x, loss, depth)  # the notice counts every clipped step, the cap's too
         return threshold
+
+    def _loss_is_high(self, loss: float | None) -> bool:
+        """The step's loss is ``outlier_loss`` decades above the loss level, or not known (then the norm decides)."""
+        if loss is None or not self.use_loss or math.isnan(loss) or not self.level > 0:
+            return True
+        return not loss <= self.level * 10 ** self._c["outlier_loss"]
 
     def _learn(self, x: float, outlier: bool) -> None:
         """Learn the chained log norm of a step where the run is not getting worse."""
