@@ -100,8 +100,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             level is the 25th percentile (at least the lowest of the last 20) and the spread the distance from the
             5th to the 25th; a step more than ``clip_zscore`` spreads (at least 0.1 decade each) above the typical
             level whose training loss is twice the loss level (below) or more is an outlier and is scaled down to
-            the typical norm (and not learnt: outliers in most batches do not raise the threshold); as high a norm
-            over an ordinary loss (a model leaving a plateau) and other steps are held to the threshold (during the
+            the typical norm; as high a norm over an ordinary loss (a model leaving a plateau) and other steps are
+            held to the threshold (no norm above it is learnt: outliers in most batches do not raise it; during the
             first ``clip_warmup_steps``, only norms over twice the typical one are clipped); a step no larger than the
             lowest of the run's first 10 norms is never clipped, and an outlier is scaled no lower than that (near
             zero loss, the rare hard batches carry the gradient). A

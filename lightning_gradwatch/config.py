@@ -210,9 +210,10 @@ class ClipConfig(ConfigGroup):
             3)`` for a Linear or Conv weight, ``sqrt(numel / (3 hidden_size))`` for a recurrent one; see
             ``StepRates.init_norm``), so weights initialised or decayed far below it are not held to a step of a
             tenth of their own tiny norm; 0: the weights' norm alone.
-        clip_outlier_loss: a step above the outlier threshold is an outlier only when its training loss is this
-            many decades above the loss level too (0.3: twice it; when the loss is known): an outlier batch's loss is
-            high with its norm, a model leaving a plateau raises its norm over ordinary losses.
+        clip_outlier_loss: a step above the outlier threshold is an outlier (scaled down to the typical norm) only
+            when its training loss is this many decades above the loss level too (0.3: twice it; when the loss is
+            known); otherwise it is held to the threshold. An outlier batch's loss is high with its norm, a model
+            leaving a plateau raises its norm over ordinary losses. Neither is learnt.
 
     Example:
         >>> ClipConfig(clip="adaptive").constants()["floor"]

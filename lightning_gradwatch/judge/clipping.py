@@ -63,8 +63,10 @@ class AdaptiveClipThreshold:
       ``outlier_loss`` decades (twice) above the loss level too (below), or not known, is an outlier and is scaled
       down to the typical norm (an outlier's direction is mostly the outlier's own: the less of it the better). An
       outlier batch's loss rises with its norm; a model leaving a plateau or escaping a small initialisation raises
-      its norm over ordinary losses: such a step is held to the outlier threshold and learnt, so the typical level
-      follows it. Any other step is held to the outlier threshold too. During the first ``warmup_steps`` the
+      its norm over ordinary losses: such a step is only held to the outlier threshold. Any other step is held to
+      it too. No norm above the threshold is learnt, its loss up or not (a norm that climbs over a loss not yet
+      twice its level, as a recurrent net's whose gradients explode, does not raise the typical level: the short
+      window follows a level every recent step reaches). During the first ``warmup_steps`` the
       margin is at least ``warmup_margin`` decades. The run's *start* is the lowest of its first ``first_norms``
       learnt norms: a step no larger is never clipped, and an outlier is scaled down to the typical norm but not
       below the start. Steps the size of those the run began with are safe however far the recent norms have fallen
@@ -368,11 +370,12 @@ class AdaptiveClipThreshold:
         worse, new_best = self._observe(loss, x)
         typical, limit = self._levels()
         self._move_ceiling(x, limit, typical, worse, new_best)
-        outlier = finite and x > limit and self._loss_is_high(loss)
+        above = finite and x > limit
+        outlier = above and self._loss_is_high(loss)  # scaled down to the typical norm
         if finite:
             self.steps += 1
             if not worse:
-                self._learn(x, outlier)
+                self._learn(x, above)  # a norm above the threshold is not learnt, with its loss up or not
         threshold = self._cap(
             min(math.inf if not len(self._norms) else max(typical, self._start()) if outlier else limit, self.ceiling)
         )
@@ -392,9 +395,9 @@ class AdaptiveClipThreshold:
             return True
         return not loss <= self.level * 10 ** self._c["outlier_loss"]
 
-    def _learn(self, x: float, outlier: bool) -> None:
-        """Learn the chained log norm of a step where the run is not getting worse."""
-        if not outlier:  # the typical level and the spread are the ordinary steps'
+    def _learn(self, x: float, above: bool) -> None:
+        """Learn the chained log norm of a step where the run is not getting worse (``above`` the outlier threshold)."""
+        if not above:  # the typical level and the spread are the ordinary steps'
             self._norms.append(x)
         self._recent.append(x)  # a level every recent step reaches, outliers included: a model taking off
         if self._first is not None and len(self._first) < self._c["first_norms"]:
