@@ -1358,23 +1358,29 @@ def test_the_default_initialisation_norm_counts_linear_conv_and_recurrent_weight
 class _SmallInitRegression(pl.LightningModule):
     """Linear regression on 32 Gaussian features (targets of norm about 11), weights drawn at std 0.001, SGD lr 0.05
     momentum 0.9, batch 64, 3 epochs (192 steps), the learning rate decayed to 0 over the last 40: a healthy run
-    whose weights must grow about 2000x from their start."""
+    whose weights must grow about 2000x from their start. With ``hidden``: a one-hidden-layer ReLU net (32 -> hidden
+    -> 1) from weights at 0.001 instead, whose gradient norm rises about 30x over its first 60 steps while its noisy
+    loss stays level, before it falls."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: int | None = None, lr: float = 0.05) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(4096, 32, generator=g)
         self.y = self.x @ (2.0 * torch.randn(32, 1, generator=g)) + 0.1 * torch.randn(4096, 1, generator=g)
-        self.net = torch.nn.Linear(32, 1)
+        if hidden is None:
+            self.net: torch.nn.Module = torch.nn.Linear(32, 1)
+        else:
+            self.net = torch.nn.Sequential(torch.nn.Linear(32, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        self.lr = lr
         with torch.no_grad():
-            self.net.weight.normal_(0.0, 1e-3, generator=g)
-            self.net.bias.normal_(0.0, 1e-3, generator=g)
+            for p in self.net.parameters():
+                p.normal_(0.0, 1e-3, generator=g)
 
     def training_step(self, batch, batch_idx):
         return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
         decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (192 - step) / 40))  # to 0
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
 
@@ -1404,40 +1410,6 @@ def test_a_linear_model_from_a_small_init_learns_as_fast_under_the_step_size_cap
     assert losses["adaptive"] <= 1.1 * losses[None], losses
 
 
-class _TakeOff(pl.LightningModule):
-    """A one-hidden-layer ReLU net (32 -> 256 -> 1) from weights drawn at 0.001, regression on 32 Gaussian features,
-    SGD lr 0.01 momentum 0.9, batch 64, 3 epochs (192 steps), the learning rate decayed to 0 over the last 40: a
-    healthy run whose gradient norm rises about 30x over its first 60 steps while its noisy loss stays level, before it
-    falls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(4096, 32, generator=g)
-        self.y = self.x @ (2.0 * torch.randn(32, 1, generator=g)) + 0.1 * torch.randn(4096, 1, generator=g)
-        self.net = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
-        with torch.no_grad():
-            for p in self.net.parameters():
-                p.normal_(0.0, 1e-3, generator=g)
-
-    def training_step(self, batch, batch_idx):
-        return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
-        decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (192 - step) / 40))  # to 0
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
-
-    def train_dataloader(self):
-        data = torch.utils.data.TensorDataset(self.x, self.y)
-        order = torch.Generator().manual_seed(1)
-        return torch.utils.data.DataLoader(data, batch_size=64, shuffle=True, generator=order)
-
-    def mse(self) -> float:
-        with torch.no_grad():
-            return float(torch.nn.functional.mse_loss(self.net(self.x), self.y))
-
-
 @single_thread()
 def test_a_net_escaping_a_small_init_is_not_held_back_as_an_outlier(tmp_path):
     """Through a real Trainer: the rising norm of a net escaping a small initialisation comes over ordinary losses,
@@ -1445,7 +1417,7 @@ def test_a_net_escaping_a_small_init_is_not_held_back_as_an_outlier(tmp_path):
     1.1x of no clipping (1.13x when every norm above the outlier threshold was an outlier)."""
     losses = {}
     for clip in (None, "adaptive"):
-        model = _TakeOff()
+        model = _SmallInitRegression(hidden=256, lr=0.01)
         trainer = pl.Trainer(
             callbacks=[GradWatch(clip=clip, images=False)], **trainer_kwargs(tmp_path / str(clip), max_epochs=3)
         )
