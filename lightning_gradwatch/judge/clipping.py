@@ -154,8 +154,10 @@ class AdaptiveClipThreshold:
         ...     _ = clip.update(norm, loss=1.0)
         >>> round(clip.threshold(), 2)  # typical norm 0.95 (25th percentile), times 10 ** (3 * 0.1)
         1.9
-        >>> clip.update(1000.0, loss=1.0)  # an outlier is scaled down to the typical norm
+        >>> clip.update(1000.0, loss=5.0)  # an outlier (its loss up with it) is scaled down to the typical norm
         0.95
+        >>> round(clip.update(1000.0, loss=1.0), 2)  # as high a norm over an ordinary loss: held to the threshold
+        1.9
         >>> round(clip.update(1.2, loss=1.0), 2)  # an ordinary step is left alone: the threshold it was held to
         1.9
         >>> guarded = AdaptiveClipThreshold()
