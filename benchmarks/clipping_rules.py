@@ -336,8 +336,9 @@ SINGLE = [
     {"outlier_loss": 0.5},
 ]
 CANDIDATES: dict[str, Callable[[], Rule]] = {}
+_default = adaptive()
+_defaults = {**_default.settings.constants(), "zscore": _default.zscore}
 for _spec in [*GRID, *SINGLE]:
-    _defaults = {**adaptive().settings.constants(), "zscore": adaptive().zscore}
     _name, _factory = ours(**{k: v for k, v in _spec.items() if v != _defaults[k]})
     CANDIDATES[_name] = _factory
 USE_LOSS, _use_loss = ours(use_loss=False)  # without the loss-driven ceiling (clip_use_loss=False)

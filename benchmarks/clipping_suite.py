@@ -3,12 +3,13 @@
     python benchmarks/clipping_suite.py [--quick] [--families cnn,recurrent] [--cache FILE] [--no-trainer]
 
 (also ``python benchmarks/clipping.py --part families``; 29 minutes of CPU on one core, every rule and candidate
-included). Families and cells: ``clipping_families.py``; rules:
-``clipping_rules.py``; scores and targets: ``clipping_scores.py``. Every rule of a cell trains from the same initial
-weights on the same batches. ``--quick``: one seed, a third of the steps (a few minutes). ``--cache FILE`` keeps each
-(cell, rule) result in a JSON-lines file and reuses it (a rule's name carries its constants). ``--step-caps``: only
-the peers, our default and ``clip="adaptive"`` with its SGD step-size cap at another ratio (0.05, 0.2, none) or another
-floor on the weights' size (0, 0.3 or 3 times their default-initialisation norm), each chosen leaving one family out.
+included, before the one-constant candidates were added: each adds 2-3 minutes on the nine families). Families and
+cells: ``clipping_families.py``; rules: ``clipping_rules.py``; scores and targets: ``clipping_scores.py``. Every rule
+of a cell trains from the same initial weights on the same batches. ``--quick``: one seed, a third of the steps (a few
+minutes). ``--cache FILE`` keeps each (cell, rule) result in a JSON-lines file and reuses it (a rule's name carries
+its constants). ``--step-caps``: only the peers, our default and ``clip="adaptive"`` with its SGD step-size cap at
+another ratio (0.05, 0.2, none) or another floor on the weights' size (0, 0.3 or 3 times their default-initialisation
+norm), each chosen leaving one family out.
 """
 
 from __future__ import annotations

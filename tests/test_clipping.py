@@ -7,6 +7,7 @@ import math
 import statistics
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -1394,18 +1395,25 @@ class _SmallInitRegression(pl.LightningModule):
             return float(torch.nn.functional.mse_loss(self.net(self.x), self.y))
 
 
-@single_thread()
-def test_a_linear_model_from_a_small_init_learns_as_fast_under_the_step_size_cap(tmp_path):
-    """Through a real Trainer: the first step's cap measures the weights at their default-initialisation norm
-    (``sqrt(1 / 3)`` for a Linear(32, 1)), not at their own 0.006; the run ends within 1.1x of no clipping."""
-    losses = {}
+def _small_init_runs(tmp_path: Path, **model_kwargs: Any) -> tuple[dict[str | None, float], str]:
+    """``_SmallInitRegression(**model_kwargs)`` through a real Trainer without clipping and with ``clip="adaptive"``
+    (every step logged): the final training losses, and the adaptive run's log directory."""
+    losses: dict[str | None, float] = {}
     for clip in (None, "adaptive"):
-        model = _SmallInitRegression()
+        model = _SmallInitRegression(**model_kwargs)
         watch = GradWatch(clip=clip, log_every_n_steps=1, images=False)
         trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path / str(clip), max_epochs=3))
         trainer.fit(model)
         losses[clip] = model.mse()
-    thresholds = scalars(events(trainer.logger.log_dir), "gradwatch/clip_threshold")
+    return losses, trainer.logger.log_dir
+
+
+@single_thread()
+def test_a_linear_model_from_a_small_init_learns_as_fast_under_the_step_size_cap(tmp_path):
+    """Through a real Trainer: the first step's cap measures the weights at their default-initialisation norm
+    (``sqrt(1 / 3)`` for a Linear(32, 1)), not at their own 0.006; the run ends within 1.1x of no clipping."""
+    losses, log_dir = _small_init_runs(tmp_path)
+    thresholds = scalars(events(log_dir), "gradwatch/clip_threshold")
     assert thresholds[0] == pytest.approx(0.1 * math.sqrt(1 / 3) / (0.05 / 0.1), rel=1e-5)
     assert losses["adaptive"] <= 1.1 * losses[None], losses
 
@@ -1415,14 +1423,7 @@ def test_a_net_escaping_a_small_init_is_not_held_back_as_an_outlier(tmp_path):
     """Through a real Trainer: the rising norm of a net escaping a small initialisation comes over ordinary losses,
     so it is no outlier (held to the outlier threshold, not scaled down to the typical norm): the run ends within
     1.1x of no clipping (1.13x when every norm above the outlier threshold was an outlier)."""
-    losses = {}
-    for clip in (None, "adaptive"):
-        model = _SmallInitRegression(hidden=256, lr=0.01)
-        trainer = pl.Trainer(
-            callbacks=[GradWatch(clip=clip, images=False)], **trainer_kwargs(tmp_path / str(clip), max_epochs=3)
-        )
-        trainer.fit(model)
-        losses[clip] = model.mse()
+    losses, _ = _small_init_runs(tmp_path, hidden=256, lr=0.01)
     assert losses["adaptive"] <= 1.1 * losses[None], losses
 
 
