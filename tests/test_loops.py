@@ -5,6 +5,7 @@ The same charts, alerts, responses, ``gradwatch.json`` and ``gradwatch check`` v
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import math
 import subprocess
@@ -400,6 +401,9 @@ def test_a_fabric_loop_names_its_wrapped_optimizers(tmp_path):
 
 def _fabric_ddp_worker(fabric: Any, root: str) -> None:
     """Rank 1 alone meets a NaN at step 5: both ranks stop together after it."""
+    # a rank still alive after 120 s (stuck in training, or at its exit) prints where it is to the captured output and
+    # exits: the test fails with its stack, not at the test's timeout
+    faulthandler.dump_traceback_later(120, exit=True)
     watch = GradWatch(on_nonfinite="stop", log_every_n_steps=1, images=False)
     net = _net()
     model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.05))
