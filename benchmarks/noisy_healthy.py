@@ -1,13 +1,13 @@
 """False alarms of GradWatch's detector on healthy, noisy training runs of the kinds users train.
 
-    python benchmarks/noisy_healthy.py                                   # 120 families, default seeds
+    python benchmarks/noisy_healthy.py                                   # 121 families, default seeds
     python benchmarks/noisy_healthy.py --families tinybatch,imbalanced --seeds 0-29
     python benchmarks/noisy_healthy.py --families sgdr --seeds 0,1 --out runs.jsonl   # one JSON line per run
 
 Every run is a real ``lightning.pytorch.Trainer`` fit with ``GradWatch(on_exploding="warn", on_vanishing="warn")``
 attached (public API only): alerts are recorded and listed, never acted on (``on_nonfinite`` keeps its default,
 ``"stop"``: a run whose gradients turn NaN or Inf ends there, and it did not train fine either way). Runs that
-trained fine (the outcome below) and got an alert are false alarms. The 36 families of this module (a few hundred
+trained fine (the outcome below) and got an alert are false alarms. The 37 families of this module (a few hundred
 optimizer steps each, CPU), the 7 of ``noisy_objectives.py`` (diffusion, curriculum, task switch, CTC, mixture
 density, PINN, quantile), the 8 of ``noisy_shocks.py`` (runs that take a shock mid-run: four healthy, four failing)
 and the 8 of ``noisy_practices.py`` (training practices that make the loss or the norm jump or drift by design: DQN
@@ -111,7 +111,7 @@ Outcome (decided before looking at any alert; one function, ``outcome`` below):
           trivial predictor).
 
 Default seeds: 0-5 for every family, 0-11 for ``accum`` (both accumulation lengths 6 times); ``--seeds`` (a list
-and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (726 runs, 0.1-20 s
+and/or ranges, e.g. ``0-29`` or ``0,3,8-10``) applies to every chosen family. The default sweep (732 runs, 0.1-20 s
 each) takes about 25 minutes of one core (torch runs on one thread). Prints one line per run, then a markdown table
 by family, then every healthy run that got an alert (a false alarm) and every run that did not train fine.
 ``--no-watch`` trains the same runs without GradWatch (outcomes only: the runs do not depend on the callback).
@@ -1525,6 +1525,38 @@ def fam_postln(seed: int) -> Spec:
     return digits_spec(model, xte, yte, train=loader(xtr, ytr, batch_size=32, seed=seed), max_steps=300)
 
 
+# --- 37. a net leaving a small initialisation: weights drawn at 1e-3 or 1e-4, SGD momentum ----------------------------
+def fam_small_init(seed: int) -> Spec:
+    """Regression on 32 Gaussian features (targets of norm about 11) by a one-hidden-layer net (64, 256 or 1024
+    ReLU or tanh units, by the seed) whose every weight is drawn at std 1e-3 or 1e-4: its first gradients are batch
+    noise on tiny weights, and its norm grows 10-100x as the weights leave zero, while its loss stays level, then
+    falls. SGD momentum 0.9 at 0.01, batches of 64, 192 steps, the learning rate decayed to 0 over the last 40."""
+    g = torch.Generator().manual_seed(3000 + seed)
+    x = torch.randn(5120, 32, generator=g)
+    y = x @ (2.0 * torch.randn(32, 1, generator=g)) + 0.1 * torch.randn(5120, 1, generator=g)
+    width, std = (64, 256, 1024)[seed % 3], (1e-3, 1e-4)[(seed // 3) % 2]
+    net = mlp([32, width, 1], act=(nn.ReLU, nn.Tanh)[(seed // 6) % 2])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, std, generator=g)
+    model = Regressor(
+        net,
+        lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+        lambda o: {
+            "scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda step: min(1.0, (192 - step) / 40)),
+            "interval": "step",
+        },
+    )
+    return Spec(
+        model=model,
+        train=loader(x[:4096], y[:4096], batch_size=64, seed=seed),
+        max_steps=192,
+        metric=lambda m: eval_mse(m.net, x[4096:], y[4096:]),
+        baseline=float(y[4096:].var()),
+        variant=f"{width} {('relu', 'tanh')[(seed // 6) % 2]} {std:g}",
+    )
+
+
 FAMILIES: dict[str, Callable[[int], Spec]] = {
     "sgdr": fam_sgdr,
     "mixup_cutmix": fam_mixup,
@@ -1562,6 +1594,7 @@ FAMILIES: dict[str, Callable[[int], Spec]] = {
     "lr_raised": fam_lr_raised,
     "summed_loss": fam_summed_loss,
     "postln_collapse": fam_postln,
+    "small_init": fam_small_init,
 }
 
 

@@ -337,9 +337,10 @@ class DetectionConfig(ConfigGroup):
         exploding_ceiling_memory: steps over which the ceiling forgets by a factor of 10 when no ordinary step
             renews it (so early-training norms do not mask explosions for ever in a long run).
         exploding_jump_factor: during the warm-up (before the history can tell a spike), a step whose norm is this
-            many times the largest norm so far is an explosion, and so are two steps in a row at this many times the
+            many times the largest norm so far while its loss is twice the first loss (or whose norm is 100 times the
+            largest, or with no loss known) is an explosion, and so are two steps in a row at this many times the
             first step's norm while their loss is 3 times the first loss: a learning rate far too high blows up from
-            step 0.
+            step 0, its loss with its norm (a net leaving a small initialisation grows its norm, not its loss).
         exploding_trend_loss_factor: an explosion by trend: the loss (median of the last 5 steps) has climbed to this
             many times its lowest median of the last 75-100 steps, and ``exploding_trend_start_factor`` times where
             training started (the highest of the first 10 losses), ...

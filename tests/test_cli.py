@@ -469,9 +469,11 @@ def test_report_shows_total_norm_over_every_measured_step(tmp_path, seeded):
             return nn.functional.mse_loss(self(x), y)
 
     model = Spiky(lr=0.005)  # small steps: the spike's own update does not set off a divergence that outgrows it
-    trainer = pl.Trainer(callbacks=[GradWatch(log_every_n_steps=4)], **trainer_kwargs(tmp_path))
-    with pytest.warns(GradientWarning, match="Exploding gradients at step 7"):  # the spike, seen as it happens
-        trainer.fit(model)
+    watch = GradWatch(log_every_n_steps=4)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    # one bad batch in the warm-up, its norm 13x the steps' before, its loss 1.3x the first: a batch the run absorbs
+    assert watch.alerts == []
     spike = model.reference[7]["__total__"]
     norms = [model.reference[s]["__total__"] for s in range(16)]
     result = gradwatch("report", trainer.logger.log_dir)

@@ -1361,11 +1361,11 @@ class _SmallInitRegression(pl.LightningModule):
     momentum 0.9, batch 64, 3 epochs (192 steps), the learning rate decayed to 0 over the last 40: a healthy run
     whose weights must grow about 2000x from their start. With ``hidden``: a one-hidden-layer ReLU net (32 -> hidden
     -> 1) from weights at 0.001 instead, whose gradient norm rises about 30x over its first 60 steps while its noisy
-    loss stays level, before it falls."""
+    loss stays level, before it falls. ``seed`` draws the data and the weights."""
 
-    def __init__(self, hidden: int | None = None, lr: float = 0.05) -> None:
+    def __init__(self, hidden: int | None = None, lr: float = 0.05, seed: int = 0) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(4096, 32, generator=g)
         self.y = self.x @ (2.0 * torch.randn(32, 1, generator=g)) + 0.1 * torch.randn(4096, 1, generator=g)
         if hidden is None:
@@ -1425,6 +1425,21 @@ def test_a_net_escaping_a_small_init_is_not_held_back_as_an_outlier(tmp_path):
     1.1x of no clipping (1.13x when every norm above the outlier threshold was an outlier)."""
     losses, _ = _small_init_runs(tmp_path, hidden=256, lr=0.01)
     assert losses["adaptive"] <= 1.1 * losses[None], losses
+
+
+@single_thread()
+@pytest.mark.parametrize("seed", [2, 6])
+def test_a_net_escaping_a_small_init_is_not_stopped_as_exploding(tmp_path, seed):
+    """Through a real Trainer under ``on_exploding="stop"``: the net leaving weights at 0.001 grows its norm 10-30x
+    over a loss that stays level, then learns. Stopped before: seed 6 at step 2 (its norm 10x the first steps' over
+    a loss 1.4x its first), seed 2 at step 16 (a rise of 5 steps over a noisy loss, still within its first losses)."""
+    model = _SmallInitRegression(hidden=256, lr=0.01, seed=seed)
+    watch = GradWatch(on_exploding="stop", images=False)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=3))
+    trainer.fit(model)
+    assert watch.alerts == []
+    assert trainer.global_step == 192
+    assert model.mse() < 0.05  # from about 130: it learnt
 
 
 class _TwoRates(pl.LightningModule):

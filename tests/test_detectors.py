@@ -216,6 +216,29 @@ def test_steady_growth_with_falling_loss_is_training_taking_off():
     assert feed(det, range(40, 48), make=rising, loss=lambda s: 0.9 ** (s - 39)) == []
 
 
+def test_steady_growth_while_the_loss_has_not_left_its_start_is_a_take_off():
+    """A net leaving a small initialisation: within its first 50 losses, its norm rises step after step while its
+    noisy loss stays within its first losses (the median of the last 3 up 34% on the 5 before 5 steps back: a batch or
+    two). The same rise in a run whose loss had halved, one that lifts the loss past its first losses, or one later
+    in the run (a fine-tune that never halved its loss, climbing back toward where it started) is a divergence."""
+
+    def start(s: int) -> float:
+        return (1.0, 1.6, 0.8, 1.2, 1.1)[s % 5]  # the first losses: the highest 1.6
+
+    def growth(loss, at: int = 40) -> list:
+        det = GradientDetector()
+        feed(det, range(at), make=noisy, loss=loss)
+        rise = lambda s: rising(s - at + 40)  # noqa: E731
+        return [(a.kind, a.extra["rule"]) for a in feed(det, range(at, at + 8), make=rise, loss=loss)]
+
+    assert growth(lambda s: start(s) if s < 40 else 1.06 ** (s - 39)) == []  # 1.59 at step 47
+    learnt = growth(lambda s: start(s) if s < 10 else 0.4 * start(s) if s < 40 else 0.4 * 1.06 ** (s - 39))
+    assert learnt == [("exploding", "growth")]
+    assert growth(lambda s: start(s) if s < 40 else 1.2 ** (s - 37)) == [("exploding", "growth")]  # past 1.6
+    later = growth(lambda s: start(s) if s < 60 else 1.06 ** (s - 59), at=60)
+    assert later == [("exploding", "growth")]
+
+
 def test_steady_growth_judges_the_loss_by_medians_not_by_single_batches():
     """Dropout and small batches: one mini-batch loss against the next is a coin flip; the median does not rise."""
     det = GradientDetector()
@@ -395,7 +418,7 @@ def test_config_rejects_wrong_types_with_type_error(kwargs, match):
 def test_blow_up_from_step_0_is_exploding_without_warm_up():
     det = GradientDetector()  # warm-up 10 steps: no spike threshold yet
     norms = (0.25, 23.0, 6.6e3, 1.2e5)
-    losses = (2.3, 2.3, 20.6, 6.3e4)  # the loss observed at a step is the previous step's
+    losses = (2.3, 20.6, 6.3e4, 8.1e5)  # each step's own loss: an overshoot lifts it with the norm
     alerts = []
     for step, (norm, loss) in enumerate(zip(norms, losses)):
         det.observe_loss(loss)
@@ -491,10 +514,35 @@ def test_layers_small_next_to_an_exploding_layer_are_not_vanishing():
     assert [a.kind for a in alerts] == ["exploding"]
 
 
+def test_a_tenfold_first_norm_over_a_level_loss_is_a_take_off_not_a_jump():
+    """A net leaving a small initialisation: its first gradients are batch noise on tiny weights (0.38, then 3.8)
+    while its batch loss moves as batches do (81.5, then 114.6). A tenfold norm is a jump only with the loss at twice
+    its first value, or a hundredfold norm, or no loss to tell."""
+
+    def first_alert(norms, losses):
+        det = GradientDetector()
+        for step, (norm, loss) in enumerate(zip(norms, losses)):
+            if loss is not None:
+                det.observe_loss(loss)
+            alerts = det.update(step, stats(norm, norm, norm)).alerts
+            if alerts:
+                return alerts[0].step, alerts[0].extra["rule"]
+        return None
+
+    assert first_alert((0.38, 3.8, 1.5, 2.0), (81.5, 114.6, 81.7, 80.0)) is None  # a take-off
+    assert first_alert((0.38, 37.0, 1.5, 2.0), (81.5, 114.6, 81.7, 80.0)) is None  # 97x
+    assert first_alert((0.38, 3.8, 1.5, 2.0), (81.5, 170.0, 81.7, 80.0)) == (1, "jump")  # the loss doubled with it
+    assert first_alert((0.38, 50.0, 1.5, 2.0), (81.5, 114.6, 81.7, 80.0)) == (1, "jump")  # orders of magnitude
+    assert first_alert((0.38, 3.8, 1.5, 2.0), (None,) * 4) == (1, "jump")  # no loss: the norm alone
+    # a loss told on some steps only, or not finite: the step's own is not known, so the norm alone
+    assert first_alert((0.38, 3.8, 1.5, 2.0), (81.5, None, None, None)) == (1, "jump")
+    assert first_alert((0.38, 3.8, 1.5, 2.0), (81.5, math.inf, 81.7, 80.0)) == (1, "jump")
+
+
 def test_units_an_explosion_killed_are_its_aftermath_not_a_vanishing_diagnosis():
     det = GradientDetector(DetectionConfig(vanishing_patience=10))
-    for step, norm in enumerate((0.25, 23.0, 6.6e3)):
-        det.observe_loss(2.3)
+    for step, (norm, loss) in enumerate(zip((0.25, 23.0, 6.6e3), (2.3, 20.6, 6.3e4))):
+        det.observe_loss(loss)
         det.update(step, stats(norm, norm, norm))
     # every unit feeding l0 and l1 is dead: their gradients are exactly zero; the loss sits at chance
     after = feed(det, range(3, 100), make=lambda s: stats(0.0, 0.0, 0.9), loss=lambda s: 2.3)
@@ -533,7 +581,7 @@ def test_all_zero_gradients_at_zero_loss_are_a_perfect_fit_not_vanishing():
 
 def test_an_exploding_episode_lasts_while_the_loss_stays_up():
     det = GradientDetector()
-    for step, (norm, loss) in enumerate(zip((0.25, 23.0, 6.6e3), (2.3, 2.3, 20.6))):
+    for step, (norm, loss) in enumerate(zip((0.25, 23.0, 6.6e3), (2.3, 20.6, 6.3e4))):
         det.observe_loss(loss)
         assert det.update(step, stats(norm, norm, norm)).exploding == (step >= 1)
     verdicts = []

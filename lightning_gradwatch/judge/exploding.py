@@ -4,10 +4,13 @@ An episode is alerted once, by whichever rule sees it first. Every norm below is
 ``judge/context.py`` (the total norm, compared like with like when the set of layers with a gradient changes), and
 every loss a median over several steps (one mini-batch loss against the next is noise):
 
-- :class:`Jump`: during the warm-up, a total norm ``exploding_jump_factor`` (10) times the largest norm so far, or
-  that many times the first norm on :data:`JUMP_STEPS` (2) steps in a row while their loss is :data:`JUMP_LOSS_FACTOR`
-  (3) times the first loss. A learning rate far too high grows the norm tenfold or more within two or three steps,
-  before any history exists, at times 3-5x per step with no single step tenfold.
+- :class:`Jump`: during the warm-up, a total norm ``exploding_jump_factor`` (10) times the largest norm so far while
+  the step's loss is :data:`JUMP_PEAK_LOSS_FACTOR` (2) times the first loss (or :data:`ORDERS_OF_MAGNITUDE` times the
+  largest norm, or no loss known), or that many times the first norm on :data:`JUMP_STEPS` (2) steps in a row while
+  their loss is :data:`JUMP_LOSS_FACTOR` (3) times the first loss. A learning rate far too high grows the norm tenfold
+  or more within two or three steps, before any history exists, at times 3-5x per step with no single step tenfold,
+  and the loss with it (an overshoot); a net leaving a small initialisation grows its first norms tenfold over a
+  loss that stays level (its first gradients are batch noise on tiny weights).
 - :class:`Spikes`: a step is a *spike* when its norm exceeds the spike threshold (``exploding_zscore`` standard
   deviations of ``log10(total norm)`` over its running mean, at least ``exploding_min_factor`` times the mean, or the
   absolute ``exploding_threshold``). Spikes move the mean toward a lasting new level (clipped to the spike threshold)
@@ -42,7 +45,11 @@ every loss a median over several steps (one mini-batch loss against the next is 
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
   above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence), and
-  not slowing down (the latest rise at least half the one before).
+  not slowing down (the latest rise at least half the one before); and not while the run is taking off: within its
+  first :data:`TAKE_OFF_LOSSES` (50) losses, its loss not yet halved from its start (no median below :data:`LEARNT`
+  of it) and still within the highest of its first 10 losses (a net leaving a small initialisation grows its norm
+  10-100x while its noisy loss stays level: a rise of 25% between medians there is a batch or two; a divergence from
+  the start lifts the loss past its first ones).
 - :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its lowest
   median of the last 75-100 steps and ``exploding_trend_start_factor`` (2) times the highest of its first 10 losses
   (where training started: with batches of 2 the median of the first 5 was a lucky low one, 6x below the loss of an
@@ -133,6 +140,18 @@ ORDERS_OF_MAGNITUDE = 100.0
 JUMP_LOSS_FACTOR = 3.0
 #: ... on this many steps in a row (a bad batch is one step; a divergence compounds)
 JUMP_STEPS = 2
+#: a norm tenfold over the largest so far is a jump while the step's loss is this many times the first (an overshoot
+#: lifts the loss with the norm: a tanh net at lr 50, 3x at the tenfold step); short of :data:`ORDERS_OF_MAGNITUDE`,
+#: a tenfold norm over a loss that did not grow is a net leaving a small initialisation (its first gradients are
+#: batch noise on tiny weights: 0.38 then 3.8, its batch loss 1.4x)
+JUMP_PEAK_LOSS_FACTOR = 2.0
+#: a run whose best median loss is below this share of its start has learnt: a steady rise of its norm is judged
+#: (one that has not, with its loss still within its first losses' range, is taking off: :meth:`Growth._taking_off`)
+LEARNT = 0.5
+#: ... and so is any run past this many losses: a take-off is the start of training (a net leaving weights at 1e-3
+#: or 1e-4 rises for its first 10-25 steps); a run that learnt for longer without halving its loss (a fine-tune, a
+#: hard task) and then climbs back toward where it started is diverging
+TAKE_OFF_LOSSES = 50
 #: the climb rule waits for this many losses (the first 10 it compares with, and a few more) ...
 CLIMB_MIN_LOSSES = 12
 #: ... and fires on this many consecutive steps at its factor
@@ -143,22 +162,27 @@ CLIMB_PATIENCE = 2
 class Jump(ExplodingRule):
     """Orders of magnitude within the first steps: no history is needed to see that.
 
-    A norm ``exploding_jump_factor`` times the largest so far; or, step after step, that many times the first norm
-    while the loss is :data:`JUMP_LOSS_FACTOR` times the first loss (a learning rate far too high multiplies both a
-    few times per step: no single step is a tenfold jump, three in a row are a hundredfold).
+    A norm ``exploding_jump_factor`` times the largest so far while the loss is :data:`JUMP_PEAK_LOSS_FACTOR` times
+    the first (a hundredfold norm, or one without a loss, by itself); or, step after step, that many times the first
+    norm while the loss is :data:`JUMP_LOSS_FACTOR` times the first loss (a learning rate far too high multiplies both
+    a few times per step: no single step is a tenfold jump, three in a row are a hundredfold).
     """
 
     first_norm: float | None = state(None, load=as_optional_float)  # log10 of the first finite non-zero norm
     grown_steps: int = state(0, load=int)  # consecutive steps grown from the start, the loss with it
+    losses_at: int = state(0, load=int)  # finite losses seen at the step before (a fresh one since: this step's)
 
     name: ClassVar[Rule] = Rule.JUMP
     settings: ClassVar[tuple[str, ...]] = ("exploding_jump_factor",)
 
     def __post_init__(self) -> None:
         self._from_start = False  # this step fires as grown from the start (not as a jump over the largest so far)
+        self._fresh = False  # a finite loss was told for this step
 
     def observe(self, step: NormStep) -> None:
         """Keep the first norm; count the steps in a row grown from it, with the loss."""
+        seen = self.ctx.losses.losses_seen
+        self._fresh, self.losses_at = seen > self.losses_at, seen
         if step.x is not None and self.first_norm is None:
             self.first_norm = step.x
         grown = (
@@ -170,13 +194,22 @@ class Jump(ExplodingRule):
         )
         self.grown_steps = self.grown_steps + 1 if grown else 0
 
-    def _loss_grown(self) -> bool:
-        """This step's loss is :data:`JUMP_LOSS_FACTOR` times the first (both known, the first positive)."""
+    def _loss_known(self) -> bool:
+        """A finite loss was told for this step, and the first loss is positive.
+
+        Not known: a loop that passes no loss, or passes it on some steps only (the latest would be an older step's),
+        a non-finite loss, a first loss at or below zero (a negative log-likelihood has no scale to be a multiple of).
+        """
+        losses = self.ctx.losses
+        return self._fresh and bool(len(losses.start_losses)) and losses.start_losses.first() > 0
+
+    def _loss_grown(self, factor: float = JUMP_LOSS_FACTOR) -> bool:
+        """The latest loss is ``factor`` times the first (both known, the first positive)."""
         losses = self.ctx.losses
         if not len(losses.start_losses) or not len(losses.recent_losses):
             return False
-        first, latest = losses.start_losses.first(), losses.recent_losses.last()
-        return first > 0 and latest >= JUMP_LOSS_FACTOR * first
+        first = losses.start_losses.first()
+        return first > 0 and losses.recent_losses.last() >= factor * first
 
     @override
     def fires(self, step: NormStep) -> bool:
@@ -186,6 +219,11 @@ class Jump(ExplodingRule):
             and step.x is not None
             and norms.peak is not None
             and step.x > norms.peak + math.log10(self.config.exploding_jump_factor)
+            and (
+                not self._loss_known()  # the norm alone
+                or self._loss_grown(JUMP_PEAK_LOSS_FACTOR)
+                or step.x > norms.peak + math.log10(ORDERS_OF_MAGNITUDE)
+            )
         )
         # grown from the start: the run's first blow-up (one already alerted, by a jump over the peak, is this one)
         self._from_start = not over_peak and self.grown_steps >= JUMP_STEPS and not self.ctx.episode.exploded
@@ -207,9 +245,15 @@ class Jump(ExplodingRule):
             )
         else:
             orders = ": orders of magnitude within the first steps" if ratio >= ORDERS_OF_MAGNITUDE else ""
+            losses = self.ctx.losses
+            with_loss = (
+                f", the training loss {losses.recent_losses.last() / losses.start_losses.first():.3g}x its first value"
+                if self._loss_known()
+                else ""
+            )
             what = (
                 f"total norm {step.norm:.4g} is {ratio:.3g}x the largest norm of the run's first steps"
-                f" ({reference:.4g}){orders}"
+                f" ({reference:.4g}){with_loss}{orders}"
             )
         return Finding(what, Cause.STARTUP, step.norm, self.config.exploding_jump_factor * reference)
 
@@ -368,7 +412,24 @@ class Growth(ExplodingRule):
         ceiling = self.ctx.norms.ceiling  # to norms the run has not had before (it came back from its spike runs)
         beyond = ceiling is None or (step.x is not None and step.x > ceiling)
         steady = self.growth_run >= self.config.exploding_growth_steps and not self._slowing
-        return steady and rising is True and beyond
+        return steady and rising is True and beyond and not self._taking_off()
+
+    def _taking_off(self) -> bool:
+        """The run is taking off (``False`` without a positive start).
+
+        Within its first :data:`TAKE_OFF_LOSSES` losses, no median loss below :data:`LEARNT` of the start yet, and the
+        median of the last 3 losses within the highest of the first 10. A net leaving a small initialisation grows its
+        norm 10-100x step after step while its noisy loss stays where it started (a rise of 25% between medians is a
+        batch or two); a divergence from the start lifts the loss out of its first losses' range, and one later in
+        the run is judged as before.
+        """
+        losses = self.ctx.losses
+        high, start, best = losses.start_high, losses.start, losses.loss_floor
+        if high is None or start is None or high <= 0.0 or len(losses.rise_losses) < RISE_RECENT:
+            return False
+        now = median(list(losses.rise_losses)[-RISE_RECENT:])
+        young = losses.losses_seen <= TAKE_OFF_LOSSES
+        return young and now <= high and (best is None or best >= LEARNT * start)
 
     @override
     def sustains(self) -> bool:
