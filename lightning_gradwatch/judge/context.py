@@ -356,6 +356,23 @@ class LossTrack(Stateful):
             return False
         return high <= 0.0 or max(self.rise_losses) < factor * high
 
+    @property
+    def latest(self) -> float | None:
+        """The loss now, for a rise: the median of the last :data:`RISE_RECENT` losses (``None`` with fewer)."""
+        if len(self.rise_losses) < RISE_RECENT:
+            return None
+        return median(list(self.rise_losses)[-RISE_RECENT:])
+
+    def rise_medians(self) -> tuple[float, float] | None:
+        """The loss now and before a rise (``None`` until :data:`RISE_WINDOW` losses have been seen).
+
+        The median of the last :data:`RISE_RECENT` losses, and of the :data:`LOSS_WINDOW` losses 5 to 10 steps before.
+        """
+        if len(self.rise_losses) < RISE_WINDOW:
+            return None
+        values = list(self.rise_losses)
+        return median(values[-RISE_RECENT:]), median(values[:LOSS_WINDOW])
+
     def _medians(self, count: int) -> tuple[float, float] | None:
         """The medians of the last 3 losses and of the first 3 of the last ``count`` (at most :data:`RISE_WINDOW`).
 
@@ -377,10 +394,10 @@ class LossTrack(Stateful):
         With ``climb_factor``, a loss coming down (:meth:`coming_down`) while :meth:`within` that factor of where
         training started does not rise (new data lifted it once, and it is being learnt).
         """
-        if len(self.rise_losses) < RISE_WINDOW:
+        medians = self.rise_medians()
+        if medians is None:
             return None
-        values = list(self.rise_losses)
-        now, before = median(values[-RISE_RECENT:]), median(values[:LOSS_WINDOW])
+        now, before = medians
         scale = abs(before)
         high, floor = self.start_high, self.loss_floor
         if (before <= 0.0 or (floor is not None and floor <= 0.0)) and high is not None and floor is not None:

@@ -91,13 +91,10 @@ from typing import TYPE_CHECKING, ClassVar
 from typing_extensions import override
 
 from lightning_gradwatch.alerts import GradientAlert, format_layers
-from lightning_gradwatch.history import median
 from lightning_gradwatch.judge.context import (
     FLOOR_BLOCK,
     FLOOR_BLOCKS,
     LOSS_WINDOW,
-    RISE_RECENT,
-    RISE_WINDOW,
     START_HIGH_WINDOW,
     Context,
     Verdict,
@@ -424,10 +421,9 @@ class Growth(ExplodingRule):
         the run is judged as before.
         """
         losses = self.ctx.losses
-        high, start, best = losses.start_high, losses.start, losses.loss_floor
-        if high is None or start is None or high <= 0.0 or len(losses.rise_losses) < RISE_RECENT:
+        high, start, best, now = losses.start_high, losses.start, losses.loss_floor, losses.latest
+        if high is None or start is None or high <= 0.0 or now is None:
             return False
-        now = median(list(losses.rise_losses)[-RISE_RECENT:])
         young = losses.losses_seen <= TAKE_OFF_LOSSES
         return young and now <= high and (best is None or best >= LEARNT * start)
 
@@ -456,10 +452,10 @@ def _slowing(rise: float | None, before: float | None) -> bool:
 
 def _rise(ctx: Context) -> str:
     """How the loss rose (medians), for a message; empty when no loss is known."""
-    values = list(ctx.losses.rise_losses)
-    if len(values) < RISE_WINDOW:
+    medians = ctx.losses.rise_medians()
+    if medians is None:
         return ""
-    now, before = median(values[-RISE_RECENT:]), median(values[:LOSS_WINDOW])
+    now, before = medians
     return f", while the loss rose from {before:.4g} to {now:.4g} (medians 5 to 10 steps back and of the last 3)"
 
 
