@@ -117,7 +117,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             gradients explode) never becomes typical. Under ``torch.optim.SGD``, a *step-size cap* from the first step:
             a step may move the weights by at most a tenth of their size (the threshold at most ``0.1 * ||W|| / (lr *
             (1 - dampening) / (1 - momentum))``, ``||W||`` at least the norm PyTorch's default initialisation gives
-            the weights, each parameter group's learning rate read at every step; ``clip_step_ratio``), the one
+            the weights, each parameter group's learning rate read at every step, and the highest so far in the
+            run: a decaying schedule shrinks a capped step with every other; ``clip_step_ratio``), the one
             scale a run whose norm grows from the first step, or a schedule whose peak is too high, cannot talk
             itself out of; other optimizers (Adam's step does not grow with the gradient) and
             weights that all start at zero are not capped. Clipping that hides a failing run is said once (a
@@ -179,7 +180,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             weights by at most this fraction of their size (the threshold at most ``clip_step_ratio * ||W|| /
             (lr * (1 - dampening) / (1 - momentum))``, ``||W||`` over the parameters with a gradient, but at least
             the norm PyTorch's default initialisation gives their weights, so weights drawn or decayed far below it
-            can grow; each layer's rate from its parameter group's learning rate, read at every step). A healthy SGD
+            can grow; each layer's rate from its parameter group's learning rate, read at every step, and the step's
+            rate at least the highest of the run so far, so the cap does not rise as a schedule decays the learning
+            rate: it shrinks a capped step as it shrinks every other). A healthy SGD
             step moves the weights by far less; 0.05 held healthy nets back on the clipping families, 0.2 let
             schedule peaks run away. A linear model at a learning rate high enough to move its weights by more than
             their own norm a step (logistic regression at lr 0.5, momentum 0.9) is held back by it, up to 1.12x its

@@ -95,7 +95,13 @@ class AdaptiveClipThreshold:
     - **The step-size cap** (``step_ratio``, 0.1; SGD only, given ``weight_norm`` and ``step_scale``). A step may move
       the weights by at most ``step_ratio`` of their size: the threshold is at most ``step_ratio * size /
       step_scale`` (``step_scale``: how far SGD moves the weights per unit of gradient norm, its learning rate times
-      ``(1 - dampening) / (1 - momentum)``; :func:`sgd_step_scale`). Their size is their norm, but at least
+      ``(1 - dampening) / (1 - momentum)``; :func:`sgd_step_scale`), with ``step_scale`` at least the largest of the
+      run so far: the cap holds the gradient norm where the run's highest learning rate put it, so a schedule that
+      decays the rate shrinks a capped step as it shrinks every other (a cap at a tenth of the weights for each rate
+      would let a gradient 10x larger through once the rate is 10x lower, and the last steps of a run whose every
+      step is capped, under heavy-tailed label noise or a rate far too high, would move the weights as far as its
+      first: a linear regression under Cauchy label noise ended at 3-5x the loss of the best fixed threshold). A rate
+      that rises (a warm-up) lowers the cap with it. Their size is their norm, but at least
       ``weight_floor`` times ``init_norm``, the norm PyTorch's default initialisation gives them: weights drawn or
       decayed far below it (a linear model from weights at 0.001, a net escaping a small initialisation) must grow,
       and a tenth of their own tiny norm a step holds them back for good. Weights that all started at zero: that run
@@ -206,6 +212,7 @@ class AdaptiveClipThreshold:
         self._c = c.constants()
         self.steps = 0  # finite, non-zero norms seen
         self.start_weights: float | None = None  # the weights' norm at the first step capped (None: not known)
+        self.top_scale = 0.0  # the largest SGD step scale of the run so far (its highest learning rate)
         self._first: list[float] | None = []  # the run's first `first_norms` learnt log10 norms (None: not known)
         self._norms = SortedWindow(c.clip_window)  # learnt log10 norms: the last `window` of them
         self._recent = Window(c.clip_short_window)  # the last `short_window` learnt log10 norms
@@ -361,7 +368,8 @@ class AdaptiveClipThreshold:
                 cap).
             step_scale: how far the optimizer moves those weights per unit of ``total_norm``
                 (:func:`sgd_step_scale`; ``None``: not an SGD step, no step-size cap). With both, the threshold is
-                at most ``step_ratio * max(weight_norm, weight_floor * init_norm) / step_scale``.
+                at most ``step_ratio * max(weight_norm, weight_floor * init_norm) / max(step_scale, top)``, ``top``
+                the largest ``step_scale`` of the run so far.
             init_norm: the norm PyTorch's default initialisation gives those weights (``StepRates.init_norm``; 0:
                 not known): the cap takes their size as at least ``weight_floor`` times it.
         """
@@ -486,7 +494,8 @@ class AdaptiveClipThreshold:
     def _step_cap(self, weight_norm: float | None, step_scale: float | None, init_norm: float = 0.0) -> float:
         """The largest total norm whose step moves the weights by ``step_ratio`` of their size.
 
-        Their size: their norm, at least ``weight_floor`` times ``init_norm``. Weights that all started at zero (a
+        Their size: their norm, at least ``weight_floor`` times ``init_norm``; the step's scale: at least the largest
+        of the run so far (a decaying learning rate does not raise the cap). Weights that all started at zero (a
         linear model) have no scale to hold a step to: such a run is not capped.
         """
         ratio = self.step_ratio
@@ -494,9 +503,11 @@ class AdaptiveClipThreshold:
             return math.inf
         if self.start_weights is None:
             self.start_weights = weight_norm
+        if math.isfinite(step_scale):
+            self.top_scale = max(self.top_scale, step_scale)
         if not step_scale > 0 or not self.start_weights > 0 or not weight_norm > 0:
             return math.inf
-        return ratio * max(weight_norm, self._c["weight_floor"] * init_norm) / step_scale
+        return ratio * max(weight_norm, self._c["weight_floor"] * init_norm) / max(step_scale, self.top_scale)
 
     def _cap(self, log_norm: float) -> float:
         """A chained ``log10`` level as a total norm over the latest step's layers, at most ``max_norm``."""
@@ -545,6 +556,7 @@ class AdaptiveClipThreshold:
             "step_losses": list(self._step_losses),
             "step_norms": list(self._step_norms),
             "start_weights": self.start_weights,
+            "top_scale": self.top_scale,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -574,6 +586,7 @@ class AdaptiveClipThreshold:
         self.ceiling_steps = int(state.get("ceiling_steps", 0))
         start_weights = state.get("start_weights")
         self.start_weights = None if start_weights is None else float(start_weights)
+        self.top_scale = float(state.get("top_scale", 0.0))
         self._load_notice(state)
 
     def _load_norms(self, state: Mapping[str, Any]) -> None:
