@@ -364,7 +364,8 @@ class DetectionConfig(ConfigGroup):
         stall_steps: the loss-aware vanishing rule judges a run once this many losses have been seen: ...
         stall_decades: ... a run whose loss has not moved from where it started (its lowest median within
             ``stall_tolerance`` of the start), or has given back three quarters of what it learned while its norm
-            fell, while layers lie this many decades (or more) below the largest one (medians over 10 steps) is
+            fell, while layers before the largest one in the model's order lie this many decades (or more) below it
+            (medians over 10 steps) is
             vanishing, naming the layers below ``vanishing_ratio`` times the largest (when none is that far below,
             those within a decade of the deepest).
         stall_tolerance: see ``stall_decades``.

@@ -120,6 +120,56 @@ def test_a_24_layer_tanh_stack_is_vanishing_within_60_steps_naming_its_first_lay
     assert trainer.global_step == alert.step + 1  # "stop" ends the run after the alerted step
 
 
+class TwoHeads(pl.LightningModule):
+    """A shared trunk (20 -> 128 -> 128, ReLU) with a regression head on raw targets about 1500 (MSE about 3e6) and a
+    3-class head (cross-entropy about 1), one loss their sum, Adam 3e-3: the regression head's gradients are 4
+    decades above the class head's, and under Adam the loss needs about 60 steps to leave its start (each weight
+    moves by the learning rate a step, the targets are thousands away)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(2400, 20, generator=g)
+        self.y = (x @ torch.randn(20, generator=g)) * 300 + 1500
+        self.classes = (x[:, 3] + x[:, 4] ** 2 > 1).long() + (x[:, 5] * x[:, 6] > 0).long()
+        self.x = x
+        torch.manual_seed(seed)
+        self.trunk = nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
+        self.reg = nn.Linear(128, 1)
+        self.cls = nn.Linear(128, 3)
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, c = batch
+        h = self.trunk(x)
+        loss = nn.functional.mse_loss(self.reg(h).squeeze(1), y) + nn.functional.cross_entropy(self.cls(h), c)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(1)
+        return DataLoader(TensorDataset(self.x, self.y, self.classes), batch_size=32, shuffle=True, generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_head_whose_loss_term_is_small_is_no_stall(tmp_path, seed):
+    """Two heads on one trunk, one loss on targets in the thousands: the class head lies 4 decades below the
+    regression head while the loss has not yet left its start (under Adam it takes about 60 steps), but it comes after
+    the largest layer, not before it: gradients that vanish on their way back from the loss starve the layers before
+    the ones that have them. Alerted *vanishing* at step 19 before (the stall rule), and ``gradwatch check`` failed
+    the run; its loss falls 10x within 150 steps."""
+    model = TwoHeads(seed)
+    watch = GradWatch(on_vanishing="stop", log_every_n_steps=10)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=150, max_epochs=-1))
+    trainer.fit(model)
+    assert watch.alerts == []
+    assert trainer.global_step == 150
+    assert np.median(model.losses[-10:]) < 0.1 * np.median(model.losses[:10])
+
+
 # ---------------------------------------------------------------------------------------- noisy healthy runs
 def _noisy_classifier(pl_: Any, seed: int) -> Any:
     class Noisy(pl_.LightningModule):

@@ -6,13 +6,15 @@
   loss 0 and zero gradients), for ``vanishing_patience`` consecutive steps.
 - :class:`Stall`: vanishing judged with the loss. Once ``stall_steps`` losses have been seen, a run whose loss has not
   moved from where it started (its lowest median of 5 within ``stall_tolerance`` of the median of its first 5) while
-  layers lie ``stall_decades`` (4) or more decades below the largest one (each layer's median over the last 10 steps)
-  is vanishing: its first layers are not learning. So is a run that learned and gave back :data:`GAVE_BACK` of it
-  while its total norm fell below the norm at the loss's best (a collapse: a divergence gives its progress back with
-  a growing norm), until it has learnt half of it back. It names the layers below ``vanishing_ratio`` times the largest
-  (the ones the per-layer test and ``gradwatch report`` call small), the deepest one at least. A slowly
-  learning deep net has a loss that moved, a converged one a loss far below its start: both stay silent; a stack
-  whose first layers get a millionth of the last one's gradient, with a loss at chance, is named within tens of steps.
+  layers before the largest one in the model's order lie ``stall_decades`` (4) or more decades below it (each layer's
+  median over the last 10 steps) is vanishing: its first layers are not learning (gradients vanish on their way back
+  from the loss; a head after the largest layer, small beside another head's loss, is not that). So is a run that
+  learned and gave back :data:`GAVE_BACK` of it while its total norm fell below the norm at the loss's best (a
+  collapse: a divergence gives its progress back with a growing norm), until it has learnt half of it back. It names
+  the layers below ``vanishing_ratio`` times the largest (the ones the per-layer test and ``gradwatch report`` call
+  small), the deepest one at least. A slowly learning deep net has a loss that moved, a converged one a loss far below
+  its start: both stay silent; a stack whose first layers get a millionth of the last one's gradient, with a loss at
+  chance, is named within tens of steps.
 - :class:`Layers`: a layer is vanishing on a step when its norm is below ``vanishing_ratio`` times the largest layer
   norm, or below the absolute ``vanishing_floor``; it is alerted when that lasts ``vanishing_patience`` consecutive
   steps, once per episode (an episode lasts while any layer stays vanishing; layers that join it are reported in
@@ -217,8 +219,17 @@ class Stall(VanishingRule):
         return self._name(step, stats, verdict, start, learned)
 
     def _name(self, step: int, stats: StepStats, verdict: Verdict, start: float, learned: bool) -> GradientAlert | None:
-        """Alert when layers lie ``stall_decades`` or more below the largest, naming those below the per-layer ratio."""
-        depth = {n: median(w) for n, w in self.stall_depths.items() if len(w) == STALL_WINDOW}
+        """Alert when layers lie ``stall_decades`` or more below the largest, naming those below the per-layer ratio.
+
+        Only layers before the largest one in the model's order count: gradients vanish on their way back from the
+        loss, so the layers they starve come before the layers that have them. A layer after the largest (a head
+        whose loss term is small beside another head's, a loss on targets in the thousands) is small for its own
+        loss's reason, and does not stall the layers before it.
+        """
+        norms = stats.grad_norm
+        top_at = max(range(len(norms)), key=norms.__getitem__) if norms else -1
+        before = set(stats.layers[:top_at])
+        depth = {n: median(w) for n, w in self.stall_depths.items() if len(w) == STALL_WINDOW and n in before}
         deepest = max(depth.values(), default=0.0)
         if deepest < self.config.stall_decades:
             return None
