@@ -766,6 +766,10 @@ def test_a_late_divergence_climbs_from_where_the_run_just_was():
     )
     assert [(a.kind, a.extra["rule"]) for a in late] == [("exploding", "trend")]
     assert late[0].step - 270 == early[0].step
+    assert "its lowest level of the last 75-100 steps" in late[0].message
+    # ... which, within the first 75 steps, is the lowest so far: the message says so
+    assert [a.extra["rule"] for a in early] == ["trend"]
+    assert "its lowest level so far" in early[0].message
 
 
 def test_a_shock_the_run_learns_from_is_no_explosion():

@@ -526,9 +526,14 @@ class Trend(ExplodingRule):
         loss = losses.recent_losses.median()
         ratio = loss / floor if floor > 0 else math.inf
         level, start = norms.real(losses.recent_norms.median()), norms.real(start)
+        # the lowest of the last 75-100 steps once that many are kept, the lowest so far before
+        since = (
+            f"of the last {FLOOR_BLOCK * FLOOR_BLOCKS}-{FLOOR_BLOCK * (FLOOR_BLOCKS + 1)} steps"
+            if len(losses.block_floors) == FLOOR_BLOCKS
+            else "so far"
+        )
         what = (
-            f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its lowest level of the last"
-            f" {FLOOR_BLOCK * FLOOR_BLOCKS}-{FLOOR_BLOCK * (FLOOR_BLOCKS + 1)} steps ({floor:.4g}) and"
+            f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its lowest level {since} ({floor:.4g}) and"
             f" {loss / (losses.start_high or loss):.3g}x the highest of the first {START_HIGH_WINDOW} losses, while the"
             f" total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
         )
