@@ -170,6 +170,52 @@ def test_a_head_whose_loss_term_is_small_is_no_stall(tmp_path, seed):
     assert np.median(model.losses[-10:]) < 0.1 * np.median(model.losses[:10])
 
 
+class AuxiliaryHead(pl.LightningModule):
+    """A digits autoencoder (64 -> 64 -> 16 -> 64 -> 64, ReLU, MSE) whose classifier on the 16-d code (cross-entropy,
+    weight 1) is switched on at step 200, as a loss term started mid-run (a discriminator's start step); Adam 2e-3,
+    batches of 32, 480 steps. The loss jumps 100x (0.02 to 2.3) and the new head's gradients keep the norm 5-20x up
+    while the run learns the new loss down over a hundred noisy steps."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.enc = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16))
+        self.dec = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64))
+        self.cls = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.seed = seed
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        z = self.enc(x)
+        loss = nn.functional.mse_loss(self.dec(z), x)
+        if self.global_step >= 200:
+            loss = loss + nn.functional.cross_entropy(self.cls(z), y)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=2e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        return digits(images=False, seed=self.seed)
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_a_loss_term_switched_on_mid_run_is_no_explosion(tmp_path, seed):
+    """The auxiliary head's loss, switched on at step 200, is learnt down over the next hundred steps while its
+    gradients keep the norm up: some 10 losses on the way end higher than they began. Coming down is judged since
+    the climb began, not over the last 10 losses only: where the shock put the loss and where the trend began are
+    kept. Alerted exploding before (the trend or spikes, 50-120 steps after the switch), under ``"stop"``."""
+    model = AuxiliaryHead(seed)
+    watch = GradWatch(on_exploding="stop", log_every_n_steps=10)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=480, max_epochs=-1))
+    trainer.fit(model)
+    assert watch.alerts == []
+    assert trainer.global_step == 480
+    assert np.median(model.losses[-20:]) < 0.3 * np.median(model.losses[200:205])  # the new loss was learnt
+
+
 # ---------------------------------------------------------------------------------------- noisy healthy runs
 def _noisy_classifier(pl_: Any, seed: int) -> Any:
     class Noisy(pl_.LightningModule):

@@ -445,7 +445,7 @@ class LossTrack(Stateful):
         level = median(before)
         return values[-1] - level > margin * abs(level)
 
-    def climbing_since(self, seen: int, margin: float) -> bool:
+    def climbing_since(self, seen: int, margin: float, put: float | None = None) -> bool:
         """Whether the loss climbs past where a shock put it when ``losses_seen`` was ``seen`` (that step included).
 
         Where the shock put the loss: the lower of that step's loss and the next (a corrupted batch's own loss is an
@@ -454,13 +454,42 @@ class LossTrack(Stateful):
         size) above it. A divergence raises the loss of every batch, step after step, with its norm; a shock (new
         data, longer sequences, smaller batches) lifts the loss at once, and the loss stays there or comes down,
         batch by batch, while the optimizer adapts its steps to the new norm. With no later loss: climbing (not
-        known).
+        known). Once more than :data:`RISE_WINDOW` losses were seen since, where the shock put the loss is ``put``
+        (:meth:`shock_level` while it could be read; ``None``: climbing), against the last :data:`RISE_RECENT`
+        losses: a new loss term switched on mid-run keeps the norm up for a hundred steps while the run learns the
+        loss down, and 10 losses back is not where the shock put it.
         """
+        level = self.shock_level(seen)
+        if level is None:  # the shock's first losses have left the window: where it put the loss, as kept
+            level = put
+        later = list(self.rise_losses)[-RISE_RECENT:] if self.losses_seen - seen >= RISE_WINDOW else self._since(seen)
+        return level is None or not later or min(later) - level > margin * abs(level)
+
+    def below(self, level: float | None) -> bool:
+        """Whether the loss now (:attr:`latest`) is below ``level`` (``False`` when either is not known).
+
+        A divergence's loss does not come back below where its climb began.
+        """
+        latest = self.latest
+        return latest is not None and level is not None and latest < level
+
+    def shock_level(self, seen: int) -> float | None:
+        """Where a shock put the loss (see :meth:`climbing_since`), while the losses since are all in the window.
+
+        ``None`` before the shock's first loss, and once more than :data:`RISE_WINDOW` losses were seen since.
+        """
+        count = self.losses_seen - seen + 1
+        if count <= 0 or count > RISE_WINDOW or not len(self.rise_losses):
+            return None
+        values = list(self.rise_losses)[-min(count, len(self.rise_losses)) :]
+        return values[1] if len(values) > 2 and values[1] < values[0] else values[0]
+
+    def _since(self, seen: int) -> list[float]:
+        """The losses after where a shock put them (the last :data:`RISE_RECENT` of them), while in the window."""
         count = min(self.losses_seen - seen + 1, RISE_WINDOW, len(self.rise_losses))
         values = list(self.rise_losses)[-count:] if count > 0 else []
         at = 1 if len(values) > 2 and values[1] < values[0] else 0
-        later = values[at + 1 :][-RISE_RECENT:]
-        return not later or min(later) - values[at] > margin * abs(values[at])
+        return values[at + 1 :][-RISE_RECENT:]
 
     def observe_norm(self, x: float | None) -> None:
         """Take a finite step's log norm (``None``: a zero norm); keep the loss's best and the norm then."""

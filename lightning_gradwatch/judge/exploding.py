@@ -41,7 +41,10 @@ every loss a median over several steps (one mini-batch loss against the next is 
   nor, after a shock, while its losses do not climb past where the shock put them (a GRU's loss sat at the jump's
   0.9 for 7 spikes, then came down: a loss that stays up far from where it started is the trend and climb rules'
   to judge), all of this only while its losses stay within ``exploding_climb_factor`` (10) times the highest first
-  one.
+  one. Both are judged since the run began: where the shock put the loss is kept once its first losses have left the
+  10-loss window, and a loss now (median of 3) below where it put it has come down (a loss term switched on mid-run
+  keeps the norm up for a hundred steps while the run learns it down, and some 10 noisy losses on the way end higher
+  than they began).
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
   above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence), and
@@ -60,7 +63,8 @@ every loss a median over several steps (one mini-batch loss against the next is 
   steps, often without ever producing a NaN. A converged model's loss wandering, or a fine-tune's near where it
   started, is not a trend: batch by batch, a hard batch raises the loss and the norm together, and medians of both
   wander together with them. The trend must hold on :data:`TREND_PATIENCE` + 1 (6) consecutive steps, over which
-  the loss does not come down (a loss that jumped with new data and is being learnt is no trend), unless every one
+  the loss does not come down (a loss that jumped with new data and is being learnt is no trend: over its last 10
+  losses, or below where the trend began, median of 3), unless every one
   of the last 5 losses is at the trend's factors above the best and above the highest of the first 10 and the loss
   still climbs (a divergence raises the loss of every batch, step after step): in a noisy run (batches of 2, a rare
   class weighted 50x) a few high batch losses in a row lift a median of 5 past the best, itself a lucky low one,
@@ -263,6 +267,7 @@ class Spikes(ExplodingRule):
     run_peak: float | None = state(None, load=as_optional_float)  # log10 of the current spike run's largest norm
     run_seen: int = state(0, load=int)  # losses seen at its first spike
     run_jumped: bool = state(False, load=bool)  # its first spike's loss jumped with the norm (a shock's first step)
+    run_put: float | None = state(None, load=as_optional_float)  # where it put the loss (LossTrack.shock_level)
 
     name: ClassVar[Rule] = Rule.SPIKES
     settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor", "exploding_rise_margin")
@@ -283,6 +288,10 @@ class Spikes(ExplodingRule):
         if self.spike_run == 1:
             self.run_seen = self.ctx.losses.losses_seen
             self.run_jumped = self.ctx.losses.jumped(self.config.exploding_rise_margin)
+            self.run_put = None
+        put = self.ctx.losses.shock_level(self.run_seen)
+        if put is not None:  # kept for when the run's first losses have left the loss window
+            self.run_put = put
         if step.x is not None:
             self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
         previous = self.ctx.norms.previous
@@ -345,11 +354,12 @@ class Spikes(ExplodingRule):
         cfg, losses = self.config, self.ctx.losses
         if self._extreme(step) or not losses.within(cfg.exploding_climb_factor):
             return False
-        if self.run_jumped and not losses.climbing_since(self.run_seen, cfg.exploding_rise_margin):
+        if self.run_jumped and not losses.climbing_since(self.run_seen, cfg.exploding_rise_margin, self.run_put):
             return True  # no batch's loss climbs past the shock: no growth, and its level is the trend's to judge
         if self._compounding(step):
             return False
-        return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or losses.down_since(self.run_seen)
+        down = losses.down_since(self.run_seen) or losses.below(self.run_put)
+        return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or down
 
     def _patience(self, step: NormStep) -> int:
         """``exploding_patience`` spikes, one fewer when the latest is orders of magnitude beyond the ceiling.
@@ -465,6 +475,7 @@ class Trend(ExplodingRule):
 
     trend_run: int = state(0, load=int)  # consecutive steps with the loss and the norm up together
     trend_seen: int = state(0, load=int)  # losses seen at the first of them
+    trend_began: float | None = state(None, load=as_optional_float)  # the loss then (the median of its last 3)
 
     name: ClassVar[Rule] = Rule.TREND
     settings: ClassVar[tuple[str, ...]] = (
@@ -477,7 +488,7 @@ class Trend(ExplodingRule):
         """Count consecutive steps on which the loss and the norm are up together."""
         self.trend_run = self.trend_run + 1 if self._up() else 0
         if self.trend_run == 1:
-            self.trend_seen = self.ctx.losses.losses_seen
+            self.trend_seen, self.trend_began = self.ctx.losses.losses_seen, self.ctx.losses.latest
 
     def _up(self) -> bool:
         """The loss (median) at the trend factors above its recent low and its start, the norm (median) up with it."""
@@ -498,7 +509,9 @@ class Trend(ExplodingRule):
     def fires(self, step: NormStep) -> bool:
         losses, cfg = self.ctx.losses, self.config
         near_start = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
-        if near_start and losses.down_since(self.trend_seen):  # a loss that jumped with new data, being learnt down
+        # a loss that jumped with new data, being learnt down: over its last 10 losses, or below where the trend began
+        # (a loss term switched on mid-run is learnt down over a hundred noisy steps, some 10 of which end higher)
+        if near_start and (losses.down_since(self.trend_seen) or losses.below(self.trend_began)):
             return False
         if self.trend_run >= TREND_PATIENCE + (1 if near_start else 0):  # its direction on its own 6 steps' losses
             return True
