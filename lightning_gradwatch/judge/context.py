@@ -423,13 +423,18 @@ class LossTrack(Stateful):
         medians = self._medians(2 * RISE_RECENT)
         return medians is not None and medians[0] - medians[1] > margin * abs(medians[1])
 
-    def down_since(self, seen: int) -> bool:
+    def down_since(self, seen: int, began: float | None = None) -> bool:
         """Whether the loss has come down since the step ``losses_seen`` was ``seen`` (that step's loss included).
 
         The median of the last 3 of those losses below the median of their first 3 (of the last
-        :data:`RISE_WINDOW`); with fewer than 6 of them, :meth:`coming_down`. A divergence's loss ends higher than it
+        :data:`RISE_WINDOW`); with fewer than 6 of them, :meth:`coming_down`. Or the loss now (:attr:`latest`) below
+        ``began``, the loss kept from that step (a climb longer than the window: a loss term switched on mid-run is
+        learnt down over a hundred noisy steps, some 10 of which end higher). A divergence's loss ends higher than it
         began, however noisy; a loss that jumped with new data and is being learnt ends lower.
         """
+        latest = self.latest
+        if latest is not None and began is not None and latest < began:
+            return True
         medians = self._medians(self.losses_seen - seen + 1)
         return self.coming_down() if medians is None else medians[0] < medians[1]
 
@@ -459,37 +464,31 @@ class LossTrack(Stateful):
         losses: a new loss term switched on mid-run keeps the norm up for a hundred steps while the run learns the
         loss down, and 10 losses back is not where the shock put it.
         """
-        level = self.shock_level(seen)
-        if level is None:  # the shock's first losses have left the window: where it put the loss, as kept
-            level = put
-        later = list(self.rise_losses)[-RISE_RECENT:] if self.losses_seen - seen >= RISE_WINDOW else self._since(seen)
+        shock = self._shock(seen)
+        if shock is not None:
+            level, later = shock
+        elif self.losses_seen - seen >= RISE_WINDOW:  # its first losses have left the window: where it put the loss
+            level, later = put, list(self.rise_losses)[-RISE_RECENT:]
+        else:
+            return True  # no loss since the shock
         return level is None or not later or min(later) - level > margin * abs(level)
-
-    def below(self, level: float | None) -> bool:
-        """Whether the loss now (:attr:`latest`) is below ``level`` (``False`` when either is not known).
-
-        A divergence's loss does not come back below where its climb began.
-        """
-        latest = self.latest
-        return latest is not None and level is not None and latest < level
 
     def shock_level(self, seen: int) -> float | None:
         """Where a shock put the loss (see :meth:`climbing_since`), while the losses since are all in the window.
 
         ``None`` before the shock's first loss, and once more than :data:`RISE_WINDOW` losses were seen since.
         """
+        shock = self._shock(seen)
+        return None if shock is None else shock[0]
+
+    def _shock(self, seen: int) -> tuple[float, list[float]] | None:
+        """Where a shock put the loss and the losses after it (the last :data:`RISE_RECENT`): :meth:`shock_level`."""
         count = self.losses_seen - seen + 1
         if count <= 0 or count > RISE_WINDOW or not len(self.rise_losses):
             return None
         values = list(self.rise_losses)[-min(count, len(self.rise_losses)) :]
-        return values[1] if len(values) > 2 and values[1] < values[0] else values[0]
-
-    def _since(self, seen: int) -> list[float]:
-        """The losses after where a shock put them (the last :data:`RISE_RECENT` of them), while in the window."""
-        count = min(self.losses_seen - seen + 1, RISE_WINDOW, len(self.rise_losses))
-        values = list(self.rise_losses)[-count:] if count > 0 else []
         at = 1 if len(values) > 2 and values[1] < values[0] else 0
-        return values[at + 1 :][-RISE_RECENT:]
+        return values[at], values[at + 1 :][-RISE_RECENT:]
 
     def observe_norm(self, x: float | None) -> None:
         """Take a finite step's log norm (``None``: a zero norm); keep the loss's best and the norm then."""

@@ -358,8 +358,8 @@ class Spikes(ExplodingRule):
             return True  # no batch's loss climbs past the shock: no growth, and its level is the trend's to judge
         if self._compounding(step):
             return False
-        down = losses.down_since(self.run_seen) or losses.below(self.run_put)
-        return self.spike_run < PLATEAU_PATIENCE * self._patience(step) or down
+        plateau = self.spike_run < PLATEAU_PATIENCE * self._patience(step)
+        return plateau or losses.down_since(self.run_seen, self.run_put)
 
     def _patience(self, step: NormStep) -> int:
         """``exploding_patience`` spikes, one fewer when the latest is orders of magnitude beyond the ceiling.
@@ -510,8 +510,7 @@ class Trend(ExplodingRule):
         losses, cfg = self.ctx.losses, self.config
         near_start = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
         # a loss that jumped with new data, being learnt down: over its last 10 losses, or below where the trend began
-        # (a loss term switched on mid-run is learnt down over a hundred noisy steps, some 10 of which end higher)
-        if near_start and (losses.down_since(self.trend_seen) or losses.below(self.trend_began)):
+        if near_start and losses.down_since(self.trend_seen, self.trend_began):
             return False
         if self.trend_run >= TREND_PATIENCE + (1 if near_start else 0):  # its direction on its own 6 steps' losses
             return True

@@ -153,9 +153,14 @@ class Collapse(VanishingRule):
         return self.alert(step, stats.layers, ratio, cfg.collapse_ratio, message)
 
 
+def _largest_at(stats: StepStats) -> int:
+    """The index of the layer with the largest gradient norm this step (-1 with no layer)."""
+    return max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__, default=-1)
+
+
 def _largest_layer(stats: StepStats) -> str:
     """The layer with the largest gradient norm this step, as messages name it."""
-    return display_layer(stats.layers[max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__)])
+    return display_layer(stats.layers[_largest_at(stats)])
 
 
 def _chained(ctx: Context) -> float:
@@ -226,9 +231,7 @@ class Stall(VanishingRule):
         whose loss term is small beside another head's, a loss on targets in the thousands) is small for its own
         loss's reason, and does not stall the layers before it.
         """
-        norms = stats.grad_norm
-        top_at = max(range(len(norms)), key=norms.__getitem__) if norms else -1
-        before = set(stats.layers[:top_at])
+        before = set(stats.layers[: _largest_at(stats)])
         depth = {n: median(w) for n, w in self.stall_depths.items() if len(w) == STALL_WINDOW and n in before}
         deepest = max(depth.values(), default=0.0)
         if deepest < self.config.stall_decades:
