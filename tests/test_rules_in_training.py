@@ -120,6 +120,15 @@ def test_a_24_layer_tanh_stack_is_vanishing_within_60_steps_naming_its_first_lay
     assert trainer.global_step == alert.step + 1  # "stop" ends the run after the alerted step
 
 
+def _trains_silently(tmp_path: Any, model: Any, steps: int, **responses: str) -> None:
+    """``model`` through a real Trainer for ``steps`` steps with ``GradWatch(**responses)``: no alert, all steps run."""
+    watch = GradWatch(log_every_n_steps=10, **responses)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=steps, max_epochs=-1))
+    trainer.fit(model)
+    assert watch.alerts == []
+    assert trainer.global_step == steps
+
+
 class TwoHeads(pl.LightningModule):
     """A shared trunk (20 -> 128 -> 128, ReLU) with a regression head on raw targets about 1500 (MSE about 3e6) and a
     3-class head (cross-entropy about 1), one loss their sum, Adam 3e-3: the regression head's gradients are 4
@@ -162,11 +171,7 @@ def test_a_head_whose_loss_term_is_small_is_no_stall(tmp_path, seed):
     the ones that have them. Alerted *vanishing* at step 19 before (the stall rule), and ``gradwatch check`` failed
     the run; its loss falls 10x within 150 steps."""
     model = TwoHeads(seed)
-    watch = GradWatch(on_vanishing="stop", log_every_n_steps=10)
-    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=150, max_epochs=-1))
-    trainer.fit(model)
-    assert watch.alerts == []
-    assert trainer.global_step == 150
+    _trains_silently(tmp_path, model, 150, on_vanishing="stop")
     assert np.median(model.losses[-10:]) < 0.1 * np.median(model.losses[:10])
 
 
@@ -208,11 +213,7 @@ def test_a_loss_term_switched_on_mid_run_is_no_explosion(tmp_path, seed):
     the climb began, not over the last 10 losses only: where the shock put the loss and where the trend began are
     kept. Alerted exploding before (the trend or spikes, 50-120 steps after the switch), under ``"stop"``."""
     model = AuxiliaryHead(seed)
-    watch = GradWatch(on_exploding="stop", log_every_n_steps=10)
-    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=480, max_epochs=-1))
-    trainer.fit(model)
-    assert watch.alerts == []
-    assert trainer.global_step == 480
+    _trains_silently(tmp_path, model, 480, on_exploding="stop")
     assert np.median(model.losses[-20:]) < 0.3 * np.median(model.losses[200:205])  # the new loss was learnt
 
 
