@@ -790,6 +790,21 @@ def test_a_shock_the_run_learns_from_is_no_explosion():
     assert [(a.kind, a.step) for a in _shock(thrown, losses, 60)] == [("exploding", 52)]
 
 
+def test_where_new_data_put_the_loss_is_its_own_batch_unless_its_update_threw_the_run_off():
+    """Progressive resizing (8x8 images, then 16x16): the first batch at the new size lifts the loss 25x and the norm
+    25x, and batch by batch both swing (5.2, 2.1, 4.8) while the run learns the new size. Where the new data put the
+    loss is that first batch's loss: the next, lower one is a draw of the new level, not where the run fell back to,
+    and a later batch below the first has not climbed. A batch whose update was orders of magnitude beyond the run's
+    norms (a corrupted batch: 700x) throws the run off: where the run is then is the next batch's loss, and the same
+    losses climb from it."""
+    norms = {50: 25.0, 51: 8.4, 52: 28.0, 53: 11.0, 54: 7.0, 55: 4.1, 56: 8.0, 57: 3.8}
+    losses = {50: 5.2, 51: 2.1, 52: 4.8, 53: 3.4, 54: 2.5, 55: 2.1, 56: 2.4, 57: 2.0}
+    losses.update({s: 2.0 - 0.05 * (s - 57) for s in range(58, 70)})
+    assert _shock(norms, losses, 70) == []
+    thrown = {**norms, 50: 700.0}
+    assert [(a.kind, a.step) for a in _shock(thrown, losses, 70)] == [("exploding", 52)]
+
+
 def test_a_negative_loss_rises_against_the_progress_the_run_made():
     """A Gaussian NLL with a learnt variance goes below zero: -0.26 to -0.25 is no rise (x1.25 of a negative number
     would say so); a positive loss keeps its relative margin."""

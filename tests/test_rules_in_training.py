@@ -217,6 +217,47 @@ def test_a_loss_term_switched_on_mid_run_is_no_explosion(tmp_path, seed):
     assert np.median(model.losses[-20:]) < 0.3 * np.median(model.losses[200:205])  # the new loss was learnt
 
 
+class ProgressiveResize(pl.LightningModule):
+    """Progressive resizing: a global-average-pooling CNN (3x3 convolutions of 16, 32 and 64 channels, one 2x2 max
+    pool, a linear head) on the 8x8 digits for 200 steps, then on the same digits upsampled to 16x16; AdamW 3e-3,
+    batches of 32. At the resize every feature map sees strokes twice as wide: the loss jumps 10-25x (0.2 to 2-5) and
+    the norm 10-20x, and batch by batch both swing (a loss of 5.2, then 2.1, then 4.8) while the run learns the new
+    size, back to its 8x8 loss within about a hundred steps."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.c1, self.c2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.c3, self.fc = nn.Conv2d(32, 64, 3, padding=1), nn.Linear(64, 10)
+        self.seed = seed
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.global_step >= 200:
+            x = nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+        h = nn.functional.max_pool2d(torch.relu(self.c2(torch.relu(self.c1(x)))), 2)
+        loss = nn.functional.cross_entropy(self.fc(torch.relu(self.c3(h)).mean((2, 3))), y)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW(self.parameters(), lr=3e-3, weight_decay=0.01)
+
+    def train_dataloader(self) -> DataLoader:
+        return digits(images=True, seed=self.seed)
+
+
+def test_progressive_resizing_is_no_explosion(tmp_path):
+    """The resize lifts the loss of its first batch 15x (3.8, then 1.7, 2.9, 2.2) and the norm with it: where the new
+    size put the loss is that first batch's, and the batches after it swing below it. Alerted exploding at step 202
+    before (the second batch's 1.7 taken for where the run fell back to, the third's 2.9 for a climb), under
+    ``"stop"``."""
+    model = ProgressiveResize(0)
+    _trains_silently(tmp_path, model, 450, on_exploding="stop")
+    assert np.median(model.losses[-20:]) < 0.3 * np.median(model.losses[200:205])  # the new size was learnt
+
+
 # ---------------------------------------------------------------------------------------- noisy healthy runs
 def _noisy_classifier(pl_: Any, seed: int) -> Any:
     class Noisy(pl_.LightningModule):

@@ -450,11 +450,13 @@ class LossTrack(Stateful):
         level = median(before)
         return values[-1] - level > margin * abs(level)
 
-    def climbing_since(self, seen: int, margin: float, put: float | None = None) -> bool:
+    def climbing_since(self, seen: int, margin: float, put: float | None, thrown: bool) -> bool:
         """Whether the loss climbs past where a shock put it when ``losses_seen`` was ``seen`` (that step included).
 
-        Where the shock put the loss: the lower of that step's loss and the next (a corrupted batch's own loss is an
-        outlier; the run it threw off is at the next one). Climbing: every loss after it (the last
+        Where the shock put the loss: that step's loss, the new data's under the weights it found (the batches after
+        it swing about the new level: a resize's 5.2, then 2.1, then 4.8); ``thrown`` (the shock's update was orders
+        of magnitude beyond the run's norms), the lower of that step's loss and the next (a corrupted batch's own
+        loss is an outlier; the run its update threw off is at the next one). Climbing: every loss after it (the last
         :data:`RISE_RECENT` of them; one or two at the spike rule's patience) more than ``margin`` (a share of its
         size) above it. A divergence raises the loss of every batch, step after step, with its norm; a shock (new
         data, longer sequences, smaller batches) lifts the loss at once, and the loss stays there or comes down,
@@ -464,7 +466,7 @@ class LossTrack(Stateful):
         losses: a new loss term switched on mid-run keeps the norm up for a hundred steps while the run learns the
         loss down, and 10 losses back is not where the shock put it.
         """
-        shock = self._shock(seen)
+        shock = self._shock(seen, thrown)
         if shock is not None:
             level, later = shock
         elif self.losses_seen - seen >= RISE_WINDOW:  # its first losses have left the window: where it put the loss
@@ -473,21 +475,21 @@ class LossTrack(Stateful):
             return True  # no loss since the shock
         return level is None or not later or min(later) - level > margin * abs(level)
 
-    def shock_level(self, seen: int) -> float | None:
+    def shock_level(self, seen: int, thrown: bool) -> float | None:
         """Where a shock put the loss (see :meth:`climbing_since`), while the losses since are all in the window.
 
         ``None`` before the shock's first loss, and once more than :data:`RISE_WINDOW` losses were seen since.
         """
-        shock = self._shock(seen)
+        shock = self._shock(seen, thrown)
         return None if shock is None else shock[0]
 
-    def _shock(self, seen: int) -> tuple[float, list[float]] | None:
+    def _shock(self, seen: int, thrown: bool) -> tuple[float, list[float]] | None:
         """Where a shock put the loss and the losses after it (the last :data:`RISE_RECENT`): :meth:`shock_level`."""
         count = self.losses_seen - seen + 1
         if count <= 0 or count > RISE_WINDOW or not len(self.rise_losses):
             return None
         values = list(self.rise_losses)[-min(count, len(self.rise_losses)) :]
-        at = 1 if len(values) > 2 and values[1] < values[0] else 0
+        at = 1 if thrown and len(values) > 2 and values[1] < values[0] else 0
         return values[at], values[at + 1 :][-RISE_RECENT:]
 
     def observe_norm(self, x: float | None) -> None:

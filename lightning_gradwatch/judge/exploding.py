@@ -32,9 +32,11 @@ every loss a median over several steps (one mini-batch loss against the next is 
   corrupted batch's 4e3, then 5e7; a run a bad batch threw off climbing again from where its spike fell back to) or are
   :data:`ORDERS_OF_MAGNITUDE` beyond the ceiling. When the loss jumped with the first spike (a shock's first step: its
   loss ``exploding_rise_margin`` above the median of the 5 before), the norm compounds only while every one of the
-  losses since (the last 3 of them) climbs that margin past where the shock put it (the lower of its first two
-  losses): longer sequences, smaller batches or new data lift the loss at once and the norm may swing for a few
-  steps (3.8, 9.1, 4.0, 11.7) while the optimizer adapts, with no batch's loss climbing; a divergence raises every
+  losses since (the last 3 of them) climbs that margin past where the shock put it (its first loss, the new data's
+  under the weights it found; the lower of its first two when the run of spikes has been :data:`ORDERS_OF_MAGNITUDE`
+  beyond the ceiling: a corrupted batch's own loss is an outlier, and its update threw the run off to where the next
+  batch's loss is): longer sequences, smaller batches or new data lift the loss at once and the norm may swing for a
+  few steps (3.8, 9.1, 4.0, 11.7) while the optimizer adapts, with no batch's loss climbing; a divergence raises every
   batch's loss with its norm. Spikes whose loss did not jump with them (the norm leading, the loss following)
   compound as the norm does. A flat run of spikes is judged on :data:`PLATEAU_PATIENCE` (2) times the patience,
   and not while its loss comes down (the median of its last 3 losses below that of its first 3)
@@ -289,11 +291,11 @@ class Spikes(ExplodingRule):
             self.run_seen = self.ctx.losses.losses_seen
             self.run_jumped = self.ctx.losses.jumped(self.config.exploding_rise_margin)
             self.run_put = None
-        put = self.ctx.losses.shock_level(self.run_seen)
-        if put is not None:  # kept for when the run's first losses have left the loss window
-            self.run_put = put
         if step.x is not None:
             self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
+        put = self.ctx.losses.shock_level(self.run_seen, self._thrown())
+        if put is not None:  # kept for when the run's first losses have left the loss window
+            self.run_put = put
         previous = self.ctx.norms.previous
         rise = None if step.x is None or previous is None else step.x - previous
         # a spike run that already falls back (below 3/4 of its previous step) is a transient, not a trend; from its
@@ -354,12 +356,23 @@ class Spikes(ExplodingRule):
         cfg, losses = self.config, self.ctx.losses
         if self._extreme(step) or not losses.within(cfg.exploding_climb_factor):
             return False
-        if self.run_jumped and not losses.climbing_since(self.run_seen, cfg.exploding_rise_margin, self.run_put):
+        if self.run_jumped and not losses.climbing_since(
+            self.run_seen, cfg.exploding_rise_margin, self.run_put, self._thrown()
+        ):
             return True  # no batch's loss climbs past the shock: no growth, and its level is the trend's to judge
         if self._compounding(step):
             return False
         plateau = self.spike_run < PLATEAU_PATIENCE * self._patience(step)
         return plateau or losses.down_since(self.run_seen, self.run_put)
+
+    def _thrown(self) -> bool:
+        """This run of spikes was :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm (an update that size)."""
+        ceiling = self.ctx.norms.ceiling
+        return (
+            self.run_peak is not None
+            and ceiling is not None
+            and self.run_peak > ceiling + math.log10(ORDERS_OF_MAGNITUDE)
+        )
 
     def _patience(self, step: NormStep) -> int:
         """``exploding_patience`` spikes, one fewer when the latest is orders of magnitude beyond the ceiling.
