@@ -135,20 +135,21 @@ def test_budget_spaces_out_slow_pictures_and_says_so(tmp_path, monkeypatch):
 
 @pytest.fixture
 def slow_histograms(monkeypatch):
-    """Every histogram step's histograms take 150 ms more to write (far past a toy step's budget, even on a loaded
-    machine whose steps take ten times as long)."""
+    """Every histogram step's histograms take 100 ms more to write (far past a toy step's budget, even on a loaded
+    machine whose steps take ten times as long; within the 200 ms a histogram step may take for a short run's floor
+    of pictures, with room for the real writing on a loaded machine)."""
     tags = output.histogram_tags
 
     def slow(stats):
         if stats.histograms is not None:
-            time.sleep(0.15)
+            time.sleep(0.1)
         return tags(stats)
 
     monkeypatch.setattr(output, "histogram_tags", slow)
 
 
 def test_budget_spaces_out_slow_default_histograms(tmp_path, slow_histograms):
-    """Histograms at their default interval that cost 150 ms each are spaced out (the first 64 steps of a long run);
+    """Histograms at their default interval that cost 100 ms each are spaced out (the first 64 steps of a long run);
     scalars stay at every step."""
     watch = GradWatch(log_every_n_steps=1, overhead_budget=0.05, images=False)
     trainer, ours, messages = _fit(tmp_path, watch, long_run=True)
@@ -160,7 +161,7 @@ def test_budget_spaces_out_slow_default_histograms(tmp_path, slow_histograms):
     assert all(step % 4 == 0 for step in steps)  # on the grid of the asked interval
     budget = _report(trainer)["budget"]
     assert budget["asked"]["histogram_every_n_steps"] == 4
-    assert budget["histogram_every_n_steps"] >= 24  # 150 ms in a 2 ms allowance (the floor): every 76 steps or more
+    assert budget["histogram_every_n_steps"] >= 24  # 100 ms in a 2 ms allowance (the floor): every 52 steps or more
     assert budget["histogram_every_n_steps"] % 4 == 0
     assert budget["histogram_extra_seconds"] >= 0.04
     thinned = _said(messages, "DEBUG")
@@ -170,7 +171,7 @@ def test_budget_spaces_out_slow_default_histograms(tmp_path, slow_histograms):
 
 
 def test_short_run_keeps_histograms_spread_over_it(tmp_path, slow_histograms):
-    """The same 150 ms histograms on a run of 64 steps: spaced out to an eighth of the run, not past its end (the
+    """The same 100 ms histograms on a run of 64 steps: spaced out to an eighth of the run, not past its end (the
     budget alone would leave it the first two)."""
     trainer, _, _ = _fit(tmp_path, GradWatch(log_every_n_steps=1, overhead_budget=0.05, images=False))
     steps = [h.step for h in events(trainer.logger.log_dir).Histograms("grad_hist/head")]
@@ -192,12 +193,13 @@ def test_budget_honours_explicit_histograms_and_warns_they_break_it(tmp_path, sl
 
 
 def test_budget_default_run_keeps_what_was_asked(tmp_path):
-    """Default settings on a tiny model: every scalar, histogram and picture the 16 steps were due."""
+    """Default settings on a tiny model: every scalar, histogram and picture the 16 steps were due. On a busy machine
+    the histograms asked for may measure above the budget: they are kept, and the one warning says so."""
     trainer, ours, _ = _fit(tmp_path, GradWatch(log_every_n_steps=2, histogram_every_n_steps=4, images=False), 1)
     acc = events(trainer.logger.log_dir)
     assert sorted(scalars(acc, "gradwatch/total_norm")) == list(range(0, 16, 2))
     assert [h.step for h in acc.Histograms("grad_hist/head")] == [0, 4, 8, 12]
-    assert ours == []
+    assert all("histogram_every_n_steps=4) alone take more than overhead_budget" in m for m in ours), ours
     budget = _report(trainer)["budget"]
     assert budget["overhead_budget"] == 0.03
     assert budget["histogram_every_n_steps"] == 4
