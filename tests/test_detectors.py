@@ -239,6 +239,27 @@ def test_steady_growth_while_the_loss_has_not_left_its_start_is_a_take_off():
     assert later == [("exploding", "growth")]
 
 
+def _hump(top: float) -> list:
+    """A loss term far from its equilibrium at the start: from step 3 the norm rises 1.13-1.2x a step to ``top`` times
+    its first by step 21 and the loss (0.2) 8x with it, then both come back over the next 15 steps; 60 steps."""
+
+    def level(s: int) -> float:  # 0 -> 1 -> 0: up over steps 3-21, down over 21-36
+        return 0.0 if s < 3 else (s - 3) / 18 if s <= 21 else max(0.0, 1 - (s - 21) / 15)
+
+    det = GradientDetector()
+    make = lambda s: healthy(s, scale=top ** level(s))  # noqa: E731
+    return [(a.kind, a.extra["rule"]) for a in feed(det, range(60), make=make, loss=lambda s: 0.2 * 8 ** level(s))]
+
+
+def test_a_climb_within_the_first_norms_decade_in_the_first_steps_is_a_take_off():
+    """A VQ-VAE whose codebook starts at U(-1/K, 1/K), far below its encoder's outputs: over its first 20 steps the
+    codebook and commitment terms lift its loss 8x and its norm 9x, then the codebook catches up and both come back.
+    Within its first 50 losses, before it has learnt, a climb that keeps the norm within 10x its first is no
+    divergence yet; the same climb taking the norm 30x its first is one."""
+    assert _hump(9.0) == []
+    assert _hump(30.0) == [("exploding", "growth")]
+
+
 def test_steady_growth_judges_the_loss_by_medians_not_by_single_batches():
     """Dropout and small batches: one mini-batch loss against the next is a coin flip; the median does not rise."""
     det = GradientDetector()

@@ -258,6 +258,52 @@ def test_progressive_resizing_is_no_explosion(tmp_path):
     assert np.median(model.losses[-20:]) < 0.3 * np.median(model.losses[200:205])  # the new size was learnt
 
 
+class VectorQuantised(pl.LightningModule):
+    """A VQ-VAE on the digits (64 -> 128 -> 4 codes of 16, ReLU; a codebook of 32 at the usual U(-1/32, 1/32); the
+    decoder 64 -> 128 -> 64, sigmoid), straight-through, codebook loss plus 0.25 commitment, Adam 2e-3, batches of 32.
+    The encoder's outputs start 5x the codebook's norm and move away from it faster than the codebook follows: the
+    codebook and commitment terms lift the loss 8x and the norm 9x over the first 20 steps, until the codebook catches
+    up; then the reconstruction is learnt."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.enc = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64))
+        self.codebook = nn.Embedding(32, 16)
+        nn.init.uniform_(self.codebook.weight, -1 / 32, 1 / 32)
+        self.dec = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Sigmoid())
+        self.seed = seed
+        self.losses: list[float] = []
+        self.reconstruction: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        ze = self.enc(x).view(-1, 16)
+        zq = self.codebook(torch.cdist(ze, self.codebook.weight).argmin(1))
+        rec = nn.functional.mse_loss(self.dec((ze + (zq - ze).detach()).view(len(x), 64)), x)
+        loss = rec + nn.functional.mse_loss(zq, ze.detach()) + 0.25 * nn.functional.mse_loss(ze, zq.detach())
+        self.losses.append(float(loss.detach()))
+        self.reconstruction.append(float(rec.detach()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=2e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        return digits(images=False, seed=self.seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_vq_codebook_catching_up_with_its_encoder_is_no_explosion(tmp_path, seed):
+    """The VQ-VAE's loss climbs 7-8x and its norm 9x over its first 20 steps, then comes back: within its first 50
+    losses, its norm within 10x its first, a climb is no divergence yet. Alerted exploding at step 14 before (a
+    steady rise), under ``"stop"``."""
+    model = VectorQuantised(seed)
+    _trains_silently(tmp_path, model, 200, on_exploding="stop")
+    assert max(model.losses[:40]) > 5 * model.losses[0]  # the climb happened
+    assert np.median(model.reconstruction[-10:]) < 0.5 * np.median(model.reconstruction[:5])  # and it learnt
+
+
 # ---------------------------------------------------------------------------------------- noisy healthy runs
 def _noisy_classifier(pl_: Any, seed: int) -> Any:
     class Noisy(pl_.LightningModule):

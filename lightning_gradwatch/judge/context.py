@@ -161,6 +161,7 @@ class NormBaseline(Stateful):
     offset: float = state(0.0, load=float)
     # the latest finite step's layers with a non-zero gradient, and their norms
     present: dict[str, float] = state(load=as_float_map, factory=dict)
+    first_norm: float | None = state(None, load=as_optional_float)  # log10 of the first finite non-zero chained norm
 
     settings = ("warmup_steps", "ema_decay", "exploding_ceiling_memory")
 
@@ -230,6 +231,8 @@ class NormBaseline(Stateful):
         A spike moves the mean toward a lasting new level, but never widens the spread.
         """
         self.moments.learn(min(x, cap), spread=not spike)
+        if self.first_norm is None:
+            self.first_norm = x
         if not spike:
             self.ceiling = x if self.ceiling is None else max(self.ceiling, x)
         self.peak = x if self.peak is None else max(self.peak, x)

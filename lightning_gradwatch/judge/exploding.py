@@ -46,15 +46,21 @@ every loss a median over several steps (one mini-batch loss against the next is 
   one. Both are judged since the run began: where the shock put the loss is kept once its first losses have left the
   10-loss window, and a loss now (median of 3) below where it put it has come down (a loss term switched on mid-run
   keeps the norm up for a hundred steps while the run learns it down, and some 10 noisy losses on the way end higher
-  than they began).
+  than they began). Not while the run is taking off, as for :class:`Growth` (the VQ-VAE's climb crosses the spike
+  threshold on its way: a flat run of 6-7 spikes).
 - :class:`Growth`: ``exploding_growth_steps`` consecutive steps each above the one before and above mean + 2 std,
   while the loss rises (a rising norm with a loss that does not rise is a model taking off, not diverging), to a norm
   above the ceiling (a catapult's slow build-up below one the run already came back from is not a divergence), and
   not slowing down (the latest rise at least half the one before); and not while the run is taking off: within its
   first :data:`TAKE_OFF_LOSSES` (50) losses, its loss not yet halved from its start (no median below :data:`LEARNT`
   of it) and still within the highest of its first 10 losses (a net leaving a small initialisation grows its norm
-  10-100x while its noisy loss stays level: a rise of 25% between medians there is a batch or two; a divergence from
-  the start lifts the loss past its first ones).
+  10-100x while its noisy loss stays level: a rise of 25% between medians there is a batch or two); or, no median
+  loss yet below :data:`UNMOVED` (0.7) of the start, its norm within ``exploding_jump_factor`` (10) times its first
+  norm (a loss term far from its equilibrium at the start, a VQ-VAE's codebook at U(-1/K, 1/K) far below its
+  encoder's outputs, lifts the loss 8x and the norm 9x over 20 steps and comes back as the codebook catches up). A
+  divergence from the start does both, its loss past its first ones and its norm past its first's decade; a run
+  that had learnt first (AdamW far too high: a transformer's loss at half its start, then 9x back up, its norm 6x)
+  is judged as before.
 - :class:`Trend`: the loss (median of the last 5 steps) at ``exploding_trend_loss_factor`` (3) times its lowest
   median of the last 75-100 steps and ``exploding_trend_start_factor`` (2) times the highest of its first 10 losses
   (where training started: with batches of 2 the median of the first 5 was a lucky low one, 6x below the loss of an
@@ -70,7 +76,8 @@ every loss a median over several steps (one mini-batch loss against the next is 
   of the last 5 losses is at the trend's factors above the best and above the highest of the first 10 and the loss
   still climbs (a divergence raises the loss of every batch, step after step): in a noisy run (batches of 2, a rare
   class weighted 50x) a few high batch losses in a row lift a median of 5 past the best, itself a lucky low one,
-  while low batch losses remain among them.
+  while low batch losses remain among them. Not while the run is taking off, as for :class:`Growth` (the VQ-VAE's
+  climb is every batch's, 8x).
 - :class:`Climb`: every one of the last 5 losses ``exploding_climb_factor`` (10) times the highest of the first 10,
   on :data:`CLIMB_PATIENCE` steps in a row, whatever the norm does: a divergence whose norm stays flat (dead units
   under a diverging head) raises the loss of every batch. A run whose batch losses are heavy-tailed (outlier targets
@@ -110,6 +117,7 @@ from lightning_gradwatch.judge.state import as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
+    from lightning_gradwatch.config import DetectionConfig
     from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["EXPLODING_RULES", "Climb", "ExplodingWatch", "Growth", "Jump", "Spikes", "Trend"]
@@ -149,8 +157,12 @@ JUMP_STEPS = 2
 #: batch noise on tiny weights: 0.38 then 3.8, its batch loss 1.4x)
 JUMP_PEAK_LOSS_FACTOR = 2.0
 #: a run whose best median loss is below this share of its start has learnt: a steady rise of its norm is judged
-#: (one that has not, with its loss still within its first losses' range, is taking off: :meth:`Growth._taking_off`)
+#: (one that has not, with its loss within its first losses' range or its norm within 10x its first, is taking off:
+#: :func:`_taking_off`)
 LEARNT = 0.5
+#: a run whose best median loss has not gone below this share of its start has not moved: its norm's scale is its first
+#: norm's (:func:`_taking_off`; a held-out metric 30% down is how a run's outcome tells it learnt)
+UNMOVED = 0.7
 #: ... and so is any run past this many losses: a take-off is the start of training (a net leaving weights at 1e-3
 #: or 1e-4 rises for its first 10-25 steps); a run that learnt for longer without halving its loss (a fine-tune, a
 #: hard task) and then climbs back toward where it started is diverging
@@ -171,7 +183,6 @@ class Jump(ExplodingRule):
     a few times per step: no single step is a tenfold jump, three in a row are a hundredfold).
     """
 
-    first_norm: float | None = state(None, load=as_optional_float)  # log10 of the first finite non-zero norm
     grown_steps: int = state(0, load=int)  # consecutive steps grown from the start, the loss with it
     losses_at: int = state(0, load=int)  # finite losses seen at the step before (a fresh one since: this step's)
 
@@ -186,13 +197,12 @@ class Jump(ExplodingRule):
         """Keep the first norm; count the steps in a row grown from it, with the loss."""
         seen = self.ctx.losses.losses_seen
         self._fresh, self.losses_at = seen > self.losses_at, seen
-        if step.x is not None and self.first_norm is None:
-            self.first_norm = step.x
+        first = self.ctx.norms.first_norm
         grown = (
             not self.ctx.norms.warm
             and step.x is not None
-            and self.first_norm is not None
-            and step.x >= self.first_norm + math.log10(self.config.exploding_jump_factor)
+            and first is not None
+            and step.x >= first + math.log10(self.config.exploding_jump_factor)
             and self._loss_grown()
         )
         self.grown_steps = self.grown_steps + 1 if grown else 0
@@ -235,7 +245,7 @@ class Jump(ExplodingRule):
     @override
     def describe(self, step: NormStep) -> Finding:
         norms = self.ctx.norms
-        first = self.first_norm if self._from_start else None  # grown from the first norm, or a jump over the peak
+        first = norms.first_norm if self._from_start else None  # grown from the first norm, or a jump over the peak
         reference = norms.real(first if first is not None else norms.peak or 0.0)
         ratio = step.norm / reference
         if first is not None:
@@ -344,7 +354,7 @@ class Spikes(ExplodingRule):
         settled = self._falling_back or self._slowing  # (no loss known: rising, the norm alone judges)
         if not (self.spike_run >= self._patience(step) and not settled and (absolute or beyond) and rising):
             return False
-        return absolute or not self._a_shock(step)
+        return absolute or not (self._a_shock(step) or _taking_off(self.ctx, step, cfg))
 
     def _a_shock(self, step: NormStep) -> bool:
         """Whether this run of spikes is, so far, a shock the run learns from.
@@ -432,23 +442,7 @@ class Growth(ExplodingRule):
         ceiling = self.ctx.norms.ceiling  # to norms the run has not had before (it came back from its spike runs)
         beyond = ceiling is None or (step.x is not None and step.x > ceiling)
         steady = self.growth_run >= self.config.exploding_growth_steps and not self._slowing
-        return steady and rising is True and beyond and not self._taking_off()
-
-    def _taking_off(self) -> bool:
-        """The run is taking off (``False`` without a positive start).
-
-        Within its first :data:`TAKE_OFF_LOSSES` losses, no median loss below :data:`LEARNT` of the start yet, and the
-        median of the last 3 losses within the highest of the first 10. A net leaving a small initialisation grows its
-        norm 10-100x step after step while its noisy loss stays where it started (a rise of 25% between medians is a
-        batch or two); a divergence from the start lifts the loss out of its first losses' range, and one later in
-        the run is judged as before.
-        """
-        losses = self.ctx.losses
-        high, start, best, now = losses.start_high, losses.start, losses.loss_floor, losses.latest
-        if high is None or start is None or high <= 0.0 or now is None:
-            return False
-        young = losses.losses_seen <= TAKE_OFF_LOSSES
-        return young and now <= high and (best is None or best >= LEARNT * start)
+        return steady and rising is True and beyond and not _taking_off(self.ctx, step, self.config)
 
     @override
     def sustains(self) -> bool:
@@ -462,6 +456,38 @@ class Growth(ExplodingRule):
             f" above {step.threshold:.4g})" + _rise(self.ctx)
         )
         return Finding(what, Cause.GROWTH, step.norm, step.threshold)
+
+
+def _taking_off(ctx: Context, step: NormStep, config: DetectionConfig) -> bool:
+    """The run is taking off: a steady rise, a trend or a run of spikes is not judged yet (no positive start: not).
+
+    Within its first :data:`TAKE_OFF_LOSSES` losses, either no median loss below :data:`LEARNT` of the start yet and
+    the median of the last 3 losses within the highest of the first 10, or no median loss below :data:`UNMOVED` of
+    the start yet and the norm within ``exploding_jump_factor`` (10) times the run's first norm. A net leaving a small
+    initialisation grows its norm 10-100x step after step while its noisy loss stays where it started (a rise of 25%
+    between medians is a batch or two); a loss term that starts far from its equilibrium lifts the loss 8x and the
+    norm 9x over the first 20 steps and comes back (a VQ-VAE whose codebook starts at U(+-1/K), far below its
+    encoder's outputs, until the codebook catches up), its loss never below 0.95 of its start on the way. A divergence
+    from the start does both, its loss past its first losses' range and its norm past the first norm's decade (the
+    jump rule's factor); a run that has learnt (AdamW at a learning rate far too high brings a transformer's loss to
+    half its start in 14 steps, then climbs back 9x with the norm only 6x) is judged as before, and so is one later
+    in the run.
+    """
+    losses = ctx.losses
+    high, start, now = losses.start_high, losses.start, losses.latest
+    if high is None or start is None or high <= 0.0 or now is None or losses.losses_seen > TAKE_OFF_LOSSES:
+        return False
+    if now <= high and _not_below(ctx, LEARNT * start):
+        return True
+    first = ctx.norms.first_norm
+    near_first = first is not None and step.x is not None and step.x < first + math.log10(config.exploding_jump_factor)
+    return near_first and _not_below(ctx, UNMOVED * start)
+
+
+def _not_below(ctx: Context, level: float) -> bool:
+    """No median loss of the run (its best, over :data:`LOSS_WINDOW` steps) below ``level`` yet."""
+    best = ctx.losses.loss_floor
+    return best is None or best >= level
 
 
 def _slowing(rise: float | None, before: float | None) -> bool:
@@ -521,6 +547,8 @@ class Trend(ExplodingRule):
     @override
     def fires(self, step: NormStep) -> bool:
         losses, cfg = self.ctx.losses, self.config
+        if _taking_off(self.ctx, step, cfg):
+            return False
         near_start = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
         # a loss that jumped with new data, being learnt down: over its last 10 losses, or below where the trend began
         if near_start and losses.down_since(self.trend_seen, self.trend_began):
