@@ -364,7 +364,7 @@ class Spikes(ExplodingRule):
         does not climb past where the shock put it.
         """
         cfg, losses = self.config, self.ctx.losses
-        if self._extreme(step) or not losses.within(cfg.exploding_climb_factor):
+        if self._extreme(step.x) or not losses.within(cfg.exploding_climb_factor):
             return False
         if self.run_jumped and not losses.climbing_since(
             self.run_seen, cfg.exploding_rise_margin, self.run_put, self._thrown()
@@ -377,12 +377,7 @@ class Spikes(ExplodingRule):
 
     def _thrown(self) -> bool:
         """This run of spikes was :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm (an update that size)."""
-        ceiling = self.ctx.norms.ceiling
-        return (
-            self.run_peak is not None
-            and ceiling is not None
-            and self.run_peak > ceiling + math.log10(ORDERS_OF_MAGNITUDE)
-        )
+        return self._extreme(self.run_peak)
 
     def _patience(self, step: NormStep) -> int:
         """``exploding_patience`` spikes, one fewer when the latest is orders of magnitude beyond the ceiling.
@@ -392,12 +387,12 @@ class Spikes(ExplodingRule):
         right after a spike, is a run already thrown off (a corrupted batch's update: 4e3, then 5e7, then NaN).
         """
         patience = self.config.exploding_patience
-        return min(patience, max(patience - 1, 2)) if self._extreme(step) else patience
+        return min(patience, max(patience - 1, 2)) if self._extreme(step.x) else patience
 
-    def _extreme(self, step: NormStep) -> bool:
-        """This step is :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm of the run."""
+    def _extreme(self, x: float | None) -> bool:
+        """The log norm ``x`` is :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm of the run."""
         ceiling = self.ctx.norms.ceiling
-        return step.x is not None and ceiling is not None and step.x > ceiling + math.log10(ORDERS_OF_MAGNITUDE)
+        return x is not None and ceiling is not None and x > ceiling + math.log10(ORDERS_OF_MAGNITUDE)
 
     @override
     def describe(self, step: NormStep) -> Finding:
@@ -547,7 +542,7 @@ class Trend(ExplodingRule):
     @override
     def fires(self, step: NormStep) -> bool:
         losses, cfg = self.ctx.losses, self.config
-        if _taking_off(self.ctx, step, cfg):
+        if not self.trend_run or _taking_off(self.ctx, step, cfg):  # every firing needs a step of the trend
             return False
         near_start = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
         # a loss that jumped with new data, being learnt down: over its last 10 losses, or below where the trend began
