@@ -617,6 +617,39 @@ def test_an_exploding_episode_lasts_while_the_loss_stays_up():
     assert not verdict.exploding
 
 
+# SGD with Nesterov momentum at 40x its learning rate on a digits MLP (seeds 0 and 6 of a real run): the loss and the
+# norm blow up from step 1 for ten steps, with a step or two on the way where they fall back
+BLOW_UPS = {
+    "the best before it is the lowest loss told": (
+        (2.317, 7.238, 6.847, 25.17, 2199.0, 22133.0, 1.31e6, 3.3e17, 4.9e14, 9.4e14, 254.0, 13.1, 12.9, 14.0),
+        (0.527, 8.861, 11.40, 45.87, 1468.0, 23111.0, 9.7e6, 2.7e12, 9.6e15, 5.4e7, 1906.0, 0.547, 0.535, 0.445),
+    ),
+    "one quiet step is no recovery": (
+        (2.29, 5.216, 3.483, 20.97, 10.29, 5.555, 13406.0, 295.5, 1448.0, 29135.0, 13.09, 9.385, 8.234, 11.17),
+        (0.459, 6.359, 4.136, 19.74, 33.98, 29.72, 2590.0, 696.0, 147.6, 238.3, 0.913, 0.505, 0.407, 0.532),
+    ),
+}
+
+
+@pytest.mark.parametrize("why", BLOW_UPS)
+def test_a_blow_up_from_the_first_steps_is_one_episode(why):
+    """Alerted at step 1, then again three to five steps later as a second episode, because the episode ended at
+    step 2. In the first run the best loss before it was taken as the median of the run's first losses, the
+    blow-up's own among them (4.8, for a first loss of 2.3): the loss at step 2 was within 2x of that. The best before
+    an episode in the first steps is the lowest loss told. In the second the loss came back for one step (the median
+    of the run's three losses 3.48, within 2x of its first, 2.29; the norm still 9x its first): an episode ends after
+    five quiet steps in a row."""
+    losses, norms = BLOW_UPS[why]
+    det = GradientDetector()
+    alerts = []
+    for step, (loss, norm) in enumerate(zip(losses, norms)):
+        det.observe_loss(loss)
+        alerts += det.update(step, stats(norm, norm, norm)).alerts
+    assert [(a.kind, a.step) for a in alerts] == [("exploding", 1)]
+    det.observe_loss(losses[-1])
+    assert det.update(len(losses), stats(0.5, 0.5, 0.5)).exploding  # the loss is still 6x the first: not over
+
+
 # ---------------------------------------------------------------------------------------- layers that join or leave
 def named(norms: dict[str, float]) -> StepStats:
     """A step whose layers are the names given (the set of layers with a gradient changes from step to step)."""

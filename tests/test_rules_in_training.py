@@ -675,6 +675,34 @@ def test_a_loss_summed_where_it_should_be_averaged_is_exploding_from_the_start(t
     assert trainer.global_step <= 6  # stopped
 
 
+class _NesterovTooHigh(pl.LightningModule):
+    """A digits MLP (64-256-256-10, ReLU) under SGD with Nesterov momentum 0.9 at 4.0 (40x too high): the loss and the
+    norm blow up from step 1 for about ten steps, falling back near their start for a step or two on the way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=4.0, momentum=0.9, nesterov=True)
+
+
+@pytest.mark.parametrize("seed", [0, 6])
+def test_a_blow_up_from_the_first_steps_is_alerted_once(tmp_path, seed):
+    """Two alerts for one blow-up before (steps 1 and 6 on both seeds): the episode ended at step 2, its loss back
+    within 2x of a best lifted by the blow-up's own losses (seed 0), or near its start for one step (seed 6)."""
+    pl.seed_everything(seed, verbose=False)
+    watch = GradWatch(on_exploding="warn")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=60, max_epochs=-1))
+    with pytest.warns(GradientWarning, match="Exploding gradients at step 1"):
+        trainer.fit(_NesterovTooHigh(), digits(images=False, seed=seed))
+    assert [(a.kind, a.step, (a.extra or {}).get("rule")) for a in watch.alerts] == [("exploding", 1, "jump")]
+    assert trainer.global_step == 60
+
+
 class _Classifier(pl.LightningModule):
     """A digits MLP (64-128-128-10), cross-entropy, Adam at 1e-3."""
 

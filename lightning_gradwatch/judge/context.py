@@ -65,6 +65,9 @@ LOSS_WINDOW = 5
 #: an exploding episode lasts, and vanishing verdicts wait after one, while the loss (median) is above this many
 #: times its best
 RECOVERED_LOSS_FACTOR = 2.0
+#: an exploding episode ends after this many quiet steps in a row (no spike, no rule sustaining it, the loss back):
+#: one quiet step amid a blow-up is no recovery
+QUIET_STEPS = LOSS_WINDOW
 #: layers holding at least this share of a step's squared total norm are named as the largest (and drawn exploding)
 LARGEST_SHARE = 0.1
 #: the loss is rising when the median of its last RISE_RECENT values is above the median of the first LOSS_WINDOW of
@@ -310,6 +313,18 @@ class LossTrack(Stateful):
         return self.start_losses.median() if len(self.start_losses) else None
 
     @property
+    def best(self) -> float | None:
+        """The run's best loss so far: its best median (:attr:`loss_floor`), before that the lowest loss told.
+
+        Before :data:`LOSS_WINDOW` losses there is no median to be the best: the lowest single loss stands for it (an
+        explosion in the first steps lifts a median of the few losses told with its own; the lowest is from before).
+        ``None`` before any loss.
+        """
+        if self.loss_floor is not None:
+            return self.loss_floor
+        return min(self.start_losses) if len(self.start_losses) else None
+
+    @property
     def start_high(self) -> float | None:
         """The highest of the first :data:`START_HIGH_WINDOW` losses (``None`` before any)."""
         if self.first_high is None and len(self.start_losses):  # a state saved before it was kept
@@ -524,8 +539,9 @@ class ExplodingEpisode(Stateful):
     exploded: bool = state(False, load=bool)  # an exploding alert has fired in this run
     # the best median loss before the first exploding alert
     exploded_floor: float | None = state(None, load=as_optional_float)
-    # the best median loss before this episode (the start so far, when it began within the first steps)
+    # the best median loss before this episode (the lowest loss so far, when it began within the first steps)
     episode_floor: float | None = state(None, load=as_optional_float)
+    quiet_steps: int = state(0, load=int)  # quiet steps in a row in this episode
     # the largest ordinary (chained, log10) norm before an exploding alert, while the steps' norms stay above it:
     # what on_exploding="clip" holds them to
     held_norm: float | None = state(None, load=as_optional_float)
@@ -533,10 +549,15 @@ class ExplodingEpisode(Stateful):
     def start(self, loss_floor: float | None) -> None:
         """An exploding episode begins; the first one of the run keeps the best loss from before it."""
         self.exploding_episode = True
-        self.episode_floor = loss_floor
+        self.episode_floor, self.quiet_steps = loss_floor, 0
         if not self.exploded:
             self.exploded = True
             self.exploded_floor = loss_floor
+
+    def calm(self, quiet: bool) -> None:
+        """A step of the episode, ``quiet`` or not: :data:`QUIET_STEPS` quiet steps in a row end it."""
+        self.quiet_steps = self.quiet_steps + 1 if quiet else 0
+        self.exploding_episode = self.quiet_steps < QUIET_STEPS
 
 
 @dataclass(eq=False)

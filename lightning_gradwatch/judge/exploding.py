@@ -91,8 +91,10 @@ by that margin of the progress the run made (its highest first loss down to its 
 a loss (a loop that gives none) spikes are judged by the norm
 alone, and a steady rise is not judged.
 
-An episode ends on a step that is no spike, once no rule sustains it (a steady rise in progress) and the loss
-(median) is back within 2x its best.
+An episode ends after :data:`~lightning_gradwatch.judge.context.QUIET_STEPS` (5) quiet steps in a row: no spike, no
+rule sustaining it (a steady rise in progress), and the loss (median) back within 2x its best from before the episode
+(in the first steps, before a median of 5 losses exists, the lowest loss told). A blow-up that falls back near its
+start for a step on its way up is one episode.
 """
 
 from __future__ import annotations
@@ -685,15 +687,14 @@ class ExplodingWatch(RuleWatch):
             verdict.held_norm = norms.real(episode.held_norm)
 
     def _episode(self, now: NormStep, fired: ExplodingRule | None, verdict: Verdict) -> None:
-        """An explosion found now starts an episode (alerted once); a quiet step may end one."""
+        """An explosion found now starts an episode (alerted once); quiet steps in a row end it."""
         episode = self.ctx.episode
-        if fired is not None:
-            if not episode.exploding_episode:
-                losses = self.ctx.losses
-                episode.start(losses.loss_floor if losses.loss_floor is not None else losses.start)
-                verdict.alerts.append(self._alert(now, fired))
-        elif not now.spike and not any(rule.sustains() for rule in self.rules) and not self._loss_still_up():
-            episode.exploding_episode = False
+        if fired is not None and not episode.exploding_episode:
+            episode.start(self.ctx.losses.best)
+            verdict.alerts.append(self._alert(now, fired))
+        elif episode.exploding_episode:  # quiet: nothing found, no spike, no rule sustaining it, the loss back
+            quiet = fired is None and not now.spike and not any(rule.sustains() for rule in self.rules)
+            episode.calm(quiet and not self._loss_still_up())
 
     def _loss_still_up(self) -> bool:
         """Whether the loss (median of the last 5 steps) is still above 2x its best: an episode lasts that long.
