@@ -158,7 +158,7 @@ def check_pattern(name: str, pattern: Any) -> None:
     try:
         re.compile(pattern)
     except re.error as err:
-        raise ValueError(f"`{name}` is not a valid regular expression ({err}): {pattern!r}") from err
+        raise ValueError(f"`{name}` must be a valid regular expression ({err}), got {pattern!r}") from err
 
 
 def integer(minimum: int, optional: bool = False) -> Check:
