@@ -175,20 +175,33 @@ def test_a_head_whose_loss_term_is_small_is_no_stall(tmp_path, seed):
     assert np.median(model.losses[-10:]) < 0.1 * np.median(model.losses[:10])
 
 
-class AuxiliaryHead(pl.LightningModule):
+class _DigitsUnderAdam(pl.LightningModule):
+    """A model of the digits' pixels (batches of 32, shuffled by ``seed``) under Adam 2e-3, keeping its batch losses."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.seed = seed
+        self.losses: list[float] = []
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=2e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        return digits(images=False, seed=self.seed)
+
+
+class AuxiliaryHead(_DigitsUnderAdam):
     """A digits autoencoder (64 -> 64 -> 16 -> 64 -> 64, ReLU, MSE) whose classifier on the 16-d code (cross-entropy,
     weight 1) is switched on at step 200, as a loss term started mid-run (a discriminator's start step); Adam 2e-3,
     batches of 32, 480 steps. The loss jumps 100x (0.02 to 2.3) and the new head's gradients keep the norm 5-20x up
     while the run learns the new loss down over a hundred noisy steps."""
 
     def __init__(self, seed: int) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
+        super().__init__(seed)
         self.enc = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16))
         self.dec = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64))
         self.cls = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
-        self.seed = seed
-        self.losses: list[float] = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -198,12 +211,6 @@ class AuxiliaryHead(pl.LightningModule):
             loss = loss + nn.functional.cross_entropy(self.cls(z), y)
         self.losses.append(float(loss.detach()))
         return loss
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.parameters(), lr=2e-3)
-
-    def train_dataloader(self) -> DataLoader:
-        return digits(images=False, seed=self.seed)
 
 
 @pytest.mark.parametrize("seed", [0, 4])
@@ -258,7 +265,7 @@ def test_progressive_resizing_is_no_explosion(tmp_path):
     assert np.median(model.losses[-20:]) < 0.3 * np.median(model.losses[200:205])  # the new size was learnt
 
 
-class VectorQuantised(pl.LightningModule):
+class VectorQuantised(_DigitsUnderAdam):
     """A VQ-VAE on the digits (64 -> 128 -> 4 codes of 16, ReLU; a codebook of 32 at the usual U(-1/32, 1/32); the
     decoder 64 -> 128 -> 64, sigmoid), straight-through, codebook loss plus 0.25 commitment, Adam 2e-3, batches of 32.
     The encoder's outputs start 5x the codebook's norm and move away from it faster than the codebook follows: the
@@ -266,14 +273,11 @@ class VectorQuantised(pl.LightningModule):
     up; then the reconstruction is learnt."""
 
     def __init__(self, seed: int) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
+        super().__init__(seed)
         self.enc = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64))
         self.codebook = nn.Embedding(32, 16)
         nn.init.uniform_(self.codebook.weight, -1 / 32, 1 / 32)
         self.dec = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Sigmoid())
-        self.seed = seed
-        self.losses: list[float] = []
         self.reconstruction: list[float] = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -285,12 +289,6 @@ class VectorQuantised(pl.LightningModule):
         self.losses.append(float(loss.detach()))
         self.reconstruction.append(float(rec.detach()))
         return loss
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.parameters(), lr=2e-3)
-
-    def train_dataloader(self) -> DataLoader:
-        return digits(images=False, seed=self.seed)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -675,16 +673,28 @@ def test_a_loss_summed_where_it_should_be_averaged_is_exploding_from_the_start(t
     assert trainer.global_step <= 6  # stopped
 
 
-class _NesterovTooHigh(pl.LightningModule):
-    """A digits MLP (64-256-256-10, ReLU) under SGD with Nesterov momentum 0.9 at 4.0 (40x too high): the loss and the
-    norm blow up from step 1 for about ten steps, falling back near their start for a step or two on the way."""
+class _Classifier(pl.LightningModule):
+    """A digits MLP (64-128-128-10, or another ``width``), cross-entropy, Adam at 1e-3."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 128) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+        self.net = nn.Sequential(
+            nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class _NesterovTooHigh(_Classifier):
+    """The digits MLP at width 256 under SGD with Nesterov momentum 0.9 at 4.0 (40x too high): the loss and the norm
+    blow up from step 1 for about ten steps, falling back near their start for a step or two on the way."""
+
+    def __init__(self) -> None:
+        super().__init__(width=256)
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=4.0, momentum=0.9, nesterov=True)
@@ -701,20 +711,6 @@ def test_a_blow_up_from_the_first_steps_is_alerted_once(tmp_path, seed):
         trainer.fit(_NesterovTooHigh(), digits(images=False, seed=seed))
     assert [(a.kind, a.step, (a.extra or {}).get("rule")) for a in watch.alerts] == [("exploding", 1, "jump")]
     assert trainer.global_step == 60
-
-
-class _Classifier(pl.LightningModule):
-    """A digits MLP (64-128-128-10), cross-entropy, Adam at 1e-3."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
 class _LearningRateRaised(_Classifier):
