@@ -134,20 +134,28 @@ def read_runs(paths: list[str], series: bool = False) -> list[RunRecord]:
     ``series``: keep every scalar series of the event files in :attr:`RunRecord.series` (for pictures).
 
     Raises:
-        RunReadError: a path does not exist or cannot be listed, or no GradWatch run is found under any of them.
+        RunReadError: a path does not exist or cannot be listed, or no GradWatch run is found under one of them.
     """
-    runs = []
-    for directory in find_runs(paths):
-        try:
-            run = load_run(directory, series=series)
-        except RunReadError as err:
-            source = "json" if (directory / REPORT_FILE).exists() else "events"
-            run = RunRecord(directory, source, unreadable=str(err))
-        if run is not None:
-            runs.append(run)
-    if not runs:
-        raise RunReadError(f"no GradWatch run (gradwatch.json or GradWatch event files) under {', '.join(paths)}")
-    return runs
+    runs: dict[Path, RunRecord] = {}
+    for raw in paths:  # each path named must hold a run: one that does not is an error, not a silent pass
+        found = 0
+        for directory in find_runs([raw]):
+            run = runs.get(directory) or _load_or_unreadable(directory, series)
+            if run is not None:
+                runs[directory] = run
+                found += 1
+        if not found:
+            raise RunReadError(f"no GradWatch run (gradwatch.json or GradWatch event files) under {raw}")
+    return list(runs.values())
+
+
+def _load_or_unreadable(directory: Path, series: bool) -> RunRecord | None:
+    """:func:`load_run`, with a run that cannot be read kept as one with ``unreadable`` set."""
+    try:
+        return load_run(directory, series=series)
+    except RunReadError as err:
+        source = "json" if (directory / REPORT_FILE).exists() else "events"
+        return RunRecord(directory, source, unreadable=str(err))
 
 
 def load_run(directory: Path, series: bool = False) -> RunRecord | None:

@@ -130,6 +130,24 @@ def test_check_directory_without_runs_exits_2(tmp_path):
     assert "no GradWatch run" in result.stderr
 
 
+def test_check_a_named_path_without_runs_beside_a_healthy_run_exits_2(runs, tmp_path):
+    """Every path named must hold a run: one that holds none (a typo, a run logged elsewhere) is no silent pass."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    from torch.utils.tensorboard import SummaryWriter
+
+    foreign = tmp_path / "foreign"  # the event files of a run logged without GradWatch
+    with SummaryWriter(str(foreign)) as writer:
+        writer.add_scalar("train_loss", 0.5, 0)
+    for other in (empty, foreign):
+        result = gradwatch("check", str(runs["healthy"]), str(other))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"no GradWatch run (gradwatch.json or GradWatch event files) under {other}" in result.stderr
+    both = gradwatch("check", str(runs["healthy"]), str(runs["root"]))  # a run named twice is checked once
+    assert both.returncode == 1
+    assert both.stdout.count(str(runs["healthy"])) == 1
+
+
 def _unreadable(result: subprocess.CompletedProcess, run: Path, name: str) -> None:
     """Exit 2; the run's verdict on stdout with the reason; the reason on stderr too, in one line."""
     assert result.returncode == 2, result.stdout + result.stderr
