@@ -276,11 +276,12 @@ def test_report_records_spikes_clipped_by_the_exploding_response(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("response", ["clip", "warn"])
+@pytest.mark.parametrize("response", ["clip", "skip", "warn"])
 def test_the_clip_response_holds_an_explosion_in_the_first_steps_to_the_norms_before_it(tmp_path, response):
     """SGD at a learning rate of 50 on a 3-layer ReLU MLP: the norm grows 1000x at step 1, before the detector has a
     spike threshold (its warm-up would learn the explosion's norms as the run's own). With ``on_exploding="clip"``
-    every step from the alert on is held to the largest norm before it, and the run stays finite; without, it is
+    every step from the alert on is held to the largest norm before it, and the run stays finite; with ``"skip"``
+    every step 10x beyond that norm is skipped (not only the alerted one), and the run stays finite; without, it is
     NaN within four steps."""
     from lightning_gradwatch.demos import DeepMLP
 
@@ -298,6 +299,16 @@ def test_the_clip_response_holds_an_explosion_in_the_first_steps_to_the_norms_be
     finite = all(torch.isfinite(p).all() for p in model.parameters())
     if response == "warn":
         assert not finite
+        return
+    if response == "skip":
+        assert finite
+        assert [a.kind for a in watch.alerts] == ["exploding"]  # no NaN reached the weights
+        report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+        skipped = {b["step"] for b in report["bad_batches"] if "skipped" in b["reasons"]}
+        beyond = {s for s in range(1, 30) if total[s] >= 10 * total[0]}
+        assert len(beyond) >= 10
+        assert beyond <= skipped
+        assert skipped - beyond <= {1}  # the alerted step, and no step under 10x the norm before it
         return
     clipped = scalars(acc, "gradwatch/clipped_norm")
     assert finite

@@ -101,6 +101,9 @@ class Verdict:
         held_norm: from an exploding alert on, the largest ordinary norm before it, as a total norm over this step's
             layers, until a step's norm is back under it (``inf`` otherwise): what ``on_exploding="clip"`` holds the
             explosion's steps to.
+        beyond: while a norm is held, this step's is ``exploding_jump_factor`` (10) times that norm or more: a spike
+            by the first steps' measure, whether or not the run has a spike threshold yet (``on_exploding="skip"``
+            drops it).
     """
 
     alerts: list[GradientAlert] = field(default_factory=list)
@@ -111,6 +114,7 @@ class Verdict:
     vanishing_layers: tuple[str, ...] = ()
     exploding: bool = False
     held_norm: float = math.inf
+    beyond: bool = False
 
     def exploding_clip(self) -> float:
         """The total norm ``on_exploding="clip"`` holds this step to (``inf``: none).
@@ -128,13 +132,14 @@ class Verdict:
     def affected(self, kind: AlertKind | str) -> bool:
         """Whether ``kind`` affects this step: the steps a dropping response keeps out of the weights.
 
-        Non-finite: every non-finite step. Exploding: every spike step, and the step an explosion is found at.
-        Vanishing: the step it is alerted at.
+        Non-finite: every non-finite step. Exploding: every spike step, the step an explosion is found at, and
+        the steps after it ``exploding_jump_factor`` times beyond the largest ordinary norm before it (an explosion
+        in the first steps comes before any spike threshold). Vanishing: the step it is alerted at.
         """
         if kind == AlertKind.NONFINITE:
             return self.nonfinite
         if kind == AlertKind.EXPLODING:
-            return self.spike or self.alert(kind) is not None
+            return self.spike or self.beyond or self.alert(kind) is not None
         return self.alert(kind) is not None
 
     def in_episode(self, kind: AlertKind | str) -> bool:

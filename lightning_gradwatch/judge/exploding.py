@@ -685,6 +685,8 @@ class ExplodingWatch(RuleWatch):
             episode.held_norm = None
         if episode.held_norm is not None:
             verdict.held_norm = norms.real(episode.held_norm)
+            jump = math.log10(self.ctx.config.exploding_jump_factor)
+            verdict.beyond = now.x is not None and now.x >= episode.held_norm + jump
 
     def _episode(self, now: NormStep, fired: ExplodingRule | None, verdict: Verdict) -> None:
         """An explosion found now starts an episode (alerted once); quiet steps in a row end it."""

@@ -20,7 +20,7 @@ from lightning_gradwatch.engine.environment import Environment
 from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.context import LARGEST_SHARE
 from lightning_gradwatch.judge.decision import Decision
-from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
+from lightning_gradwatch.kinds import AlertKind, Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.measure.records import StepStats
 from lightning_gradwatch.report import RunSummary, build_report, json_safe
 from lightning_gradwatch.write.budget import FLOOR_SECONDS, MIN_PICTURES, OverheadBudget
@@ -48,6 +48,12 @@ _ACTIONS = {  # what a warning adds about the response, by response ({argument}:
         ' norm before it ({argument}="clip").'
     ),
 }
+
+
+_SKIP_EXPLODING = (  # which steps of an explosion "skip" drops (Verdict.affected)
+    "GradWatch skips this step's update, and those of the steps after it that are spikes or, while the explosion"
+    ' lasts, 10x beyond the largest ordinary norm before it ({argument}="skip").'
+)
 
 
 class LaneView(Protocol):
@@ -187,6 +193,8 @@ class RunOutput:
                 self.writers.write_alert(alert)
             if response != Response.RAISE:
                 action = _ACTIONS.get(response)
+                if response == Response.SKIP and alert.kind == AlertKind.EXPLODING:
+                    action = _SKIP_EXPLODING
                 argument = kind_spec(alert.kind).argument
                 warn(alert.message if action is None else f"{alert.message}\n{action.format(argument=argument)}")
             self.write_report(RunStatus.RUNNING)
