@@ -203,6 +203,26 @@ def test_gradwatch_tensorboard_and_csv_together(tmp_path):
     assert os.path.isfile(os.path.join(tb.log_dir, "gradwatch.json"))  # beside the event files
 
 
+@pytest.mark.parametrize(("response", "steps"), [("stop", [0, 5, 7]), ("skip", [0, 5, 7, 10, 15])])
+def test_a_nonfinite_step_between_log_steps_is_charted_at_its_own_step(tmp_path, response, steps):
+    """The step that alerts (and stops the run, or is skipped) is written whenever it falls: the charts never end at
+    the log step before it looking healthy, nor hide the NaN until the next log step."""
+    pl = flavour("lightning.pytorch")
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=5, on_nonfinite=response, images=False)], **trainer_kwargs(tmp_path)
+    )
+    with pytest.warns(GradientWarning, match="Non-finite gradients .* at step 7"):
+        trainer.fit(make_mlp_module(pl, nan_at_step=7))
+    acc = events(trainer.logger.log_dir)
+    total = scalars(acc, "gradwatch/total_norm")
+    assert sorted(total) == steps
+    assert math.isnan(total[7])
+    assert scalars(acc, "gradwatch/nonfinite_values")[7] > 0
+    assert scalars(acc, "gradwatch/skipped_steps")[7] == 1.0
+    assert {f"grad_nonfinite/{layer}" for layer in LAYERS} & set(acc.Tags()["scalars"])
+    assert all(scalars(acc, "gradwatch/nonfinite_values")[step] == 0 for step in steps if step != 7)
+
+
 def test_gradwatch_without_logger_still_measures(tmp_path):
     pl = flavour("lightning.pytorch")
     model = make_mlp_module(pl, nan_at_step=5)

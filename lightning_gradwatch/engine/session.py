@@ -247,7 +247,7 @@ class Session:
         fit.output.record(decision, lane.index)
         flags = host.reduce(decision.flags)
         clip = lane.settle(decision, flags, **where)
-        fit.output.write_step(decision, lane, clip)
+        fit.output.write_step(decision, lane, clip, flags)
         if flags.fail:
             error = failure_of(decision).message.splitlines()[0]
             self.ledger.end_fit(RunStatus.FAILED, error)

@@ -19,7 +19,7 @@ from lightning_gradwatch.alerts import CLIPPING_NOTICE, GradientAlert
 from lightning_gradwatch.engine.environment import Environment
 from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.context import LARGEST_SHARE
-from lightning_gradwatch.judge.decision import Decision
+from lightning_gradwatch.judge.decision import Decision, Flags
 from lightning_gradwatch.kinds import AlertKind, Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.measure.records import StepStats
 from lightning_gradwatch.report import RunSummary, build_report, json_safe
@@ -200,13 +200,23 @@ class RunOutput:
             self.write_report(RunStatus.RUNNING)
 
     # ------------------------------------------------------------------ steps
-    def write_step(self, decision: Decision, lane: LaneView, clip: tuple[float, float] | None) -> None:
-        """Write a log or histogram step's scalars, histograms and (handed to the drawing thread) pictures."""
+    def write_step(
+        self, decision: Decision, lane: LaneView, clip: tuple[float, float] | None, flags: Flags | None = None
+    ) -> None:
+        """Write a log or histogram step's scalars, histograms and (handed to the drawing thread) pictures.
+
+        A step that alerts, is not finite, or is skipped or stops the run (its ``flags``, as the processes agreed
+        on them) has its scalars written too, whenever it falls: the charts never end at the step before a run's
+        last, nor hide a NaN between two log steps.
+        """
         stats = decision.stats
-        if stats is None or not self.writes or not (decision.log or decision.histograms):
+        if stats is None or not self.writes:
+            return
+        log = decision.log or _remarkable(decision, stats, flags or decision.flags)
+        if not (log or decision.histograms):
             return
         assert self.writers is not None
-        scalars = self._scalars(stats, lane, clip) if decision.log else {}
+        scalars = self._scalars(stats, lane, clip) if log else {}
         self.writers.write_step(decision.step, scalars, histogram_tags(stats))
         if decision.histograms and self.pictures is not None:
             self.pictures.offer(lane.suffix, lane.ticks, decision.step, lambda: self._picture_job(decision, lane))
@@ -602,6 +612,16 @@ def flow_rows(
         return [values[at[name]] if name in at else absent for name in order]
 
     return order, placed(mean_abs, math.nan), placed(max_abs, math.nan), placed(health, Health.OK), missing
+
+
+def _remarkable(decision: Decision, stats: StepStats, flags: Flags) -> bool:
+    """Whether a step is charted wherever it falls.
+
+    It alerts, is not finite, or is skipped or stops the run; an fp16 overflow the loss scaler skips by itself is not.
+    """
+    if decision.overflow:
+        return False
+    return bool(decision.alerts) or not stats.finite or flags.skip or flags.stop or flags.fail
 
 
 def layer_health(stats: StepStats, decision: Decision) -> list[Health]:
