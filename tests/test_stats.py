@@ -123,7 +123,7 @@ def test_stats_float32_overflow_is_recomputed_not_reported_as_nonfinite():
     assert stats.total_norm == pytest.approx(1e30, rel=1e-6)
 
 
-def test_stats_histograms_cover_every_value_and_do_not_touch_the_global_rng():
+def test_stats_histograms_cover_every_value_with_their_exact_range_and_do_not_touch_the_global_rng():
     model = _model()
     collector = GradientStats(model.named_parameters(), histogram_bins=16, histogram_sample_size=500)
     torch.manual_seed(123)
@@ -137,7 +137,8 @@ def test_stats_histograms_cover_every_value_and_do_not_touch_the_global_rng():
         assert len(h.bucket_limits) == len(h.bucket_counts) <= 16  # of 16 buckets, each run of empty ones merged
         assert not any(a == b == 0 for a, b in zip(h.bucket_counts, h.bucket_counts[1:]))
         values = torch.cat([layer.weight.grad.flatten(), layer.bias.grad])
-        assert values.min().item() <= h.min <= h.max <= values.max().item()
+        assert (h.min, h.max) == (values.min().item(), values.max().item())  # exact, sampled or not
+        assert h.sum == pytest.approx(values.double().sum().item(), rel=1e-9, abs=1e-12)  # likewise
         assert h.sample_size <= numel
         assert h.sample_size == numel if numel <= 500 else abs(h.sample_size - 500) <= 4
     small = stats.histograms[2]  # 64*3 + 3 values < 500: exact

@@ -69,13 +69,20 @@ class HistogramSampler:
         represented]``.
         """
         n, bins, log_bins, dev = len(plan.layer_index), self.bins, self.log_bins, plan.device
-        x, seg, weight = self._samples(plan, grads)
+        extremes: list[tuple[int, Tensor]] = []
+        x, seg, weight = self._samples(plan, grads, extremes)
         decades = x.abs().log10_()  # log10 |g| in float32 (decades need no more); -inf at the exact zeros
         lows = torch.full((2 * n,), math.inf, device=dev)
         lows[:n].scatter_reduce_(0, seg, x, "amin")
         lows[n:].scatter_reduce_(0, seg, decades.nan_to_num(neginf=math.inf), "amin")
-        lows = lows.double()
-        hi = torch.full((n,), -math.inf, device=dev).scatter_reduce_(0, seg, x, "amax").double()
+        hi = torch.full((n,), -math.inf, device=dev).scatter_reduce_(0, seg, x, "amax")
+        ids = ends = None
+        if extremes:  # a sampled tensor's own min and max: the histogram's range is exact, not the sample's
+            ids = torch.tensor([lid for lid, _ in extremes], dtype=torch.long, device=dev)
+            ends = torch.stack([e for _, e in extremes]).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            lows[:n].scatter_reduce_(0, ids, ends[:, 0].float(), "amin")
+            hi.scatter_reduce_(0, ids, ends[:, 1].float(), "amax")
+        lows, hi = lows.double(), hi.double()
         if plan.sharded:  # agree on the bin edges before counting
             all_reduce_(lows, "min", plan.hist_groups)
             all_reduce_(hi, "max", plan.hist_groups)
@@ -84,6 +91,8 @@ class HistogramSampler:
         width = torch.where(hi > lo, hi - lo, one)
         x = x.double()  # a new tensor: the in-place steps below touch no gradient
         total = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, seg, x * weight)
+        if ids is not None and ends is not None:  # ... and its exact sum, for the estimate its samples gave
+            total.index_add_(0, ids, ends[:, 2])
         position = x.sub_(lo.index_select(0, seg)).div_(width.index_select(0, seg)).mul_(bins)
         position = position.floor_().clamp_(0, bins - 1).long().add_(seg, alpha=bins)
         counts = torch.bincount(position, weights=weight, minlength=n * bins)
@@ -109,39 +118,55 @@ class HistogramSampler:
             weights = self._moment_weights[device] = torch.stack([torch.ones_like(centre), centre, centre * centre], 1)
         return weights
 
-    def _samples(self, plan: Plan, grads: Sequence[Tensor | None]) -> tuple[Tensor, Tensor, Tensor]:
-        """Every sampled value (non-finite ones as 0), its local layer id and its weight."""
+    def _samples(
+        self, plan: Plan, grads: Sequence[Tensor | None], extremes: list[tuple[int, Tensor]]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Every sampled value (non-finite ones as 0), its local layer id and its weight.
+
+        ``extremes`` receives ``(layer id, [min, max, sum - estimate])`` of every tensor whose values were sampled,
+        not all taken: its exact range, and what makes its weighted samples' sum exact (in float64).
+        """
         dev = plan.device
-        samples = self._dense_samples(plan, grads)
+        samples = self._dense_samples(plan, grads, extremes)
         segments: list[Tensor] = [s.hist_layer_ids for s in plan.shards]  # type: ignore[misc]
         weights: list[Tensor] = [s.hist_weights for s in plan.shards]  # type: ignore[misc]
         for shard in plan.shards:
             for pos, lid in shard.sparse:
-                self._sparse_samples(grads[pos], lid, shard.replicas, dev, (samples, segments, weights))
+                self._sparse_samples(grads[pos], lid, shard.replicas, dev, (samples, segments, weights), extremes)
         seg = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=dev)
         weight = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64, device=dev)
         x = torch.cat(samples) if samples else torch.zeros(0, device=dev)
         return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), seg, weight
 
-    def _dense_samples(self, plan: Plan, grads: Sequence[Tensor | None]) -> list[Tensor]:
+    def _dense_samples(
+        self, plan: Plan, grads: Sequence[Tensor | None], extremes: list[tuple[int, Tensor]]
+    ) -> list[Tensor]:
         """Each dense gradient's histogram samples (their layer ids and weights are built once per plan)."""
         dev = plan.device
         gen = self._generator(dev)
         samples: list[Tensor] = []
         for shard in plan.shards:
-            for i, _, k in shard.hist_positions:
+            for i, lid, k in shard.hist_positions:
                 flat = grads[i].reshape(-1)  # type: ignore[union-attr]
                 if k >= flat.numel():
                     samples.append(flat.to(dev, torch.float32))
                 else:
                     idx = torch.randint(flat.numel(), (k,), generator=gen, device=flat.device)
-                    samples.append(flat[idx].to(dev, torch.float32))
+                    drawn = flat[idx].to(dev, torch.float32)
+                    samples.append(drawn)
+                    extremes.append((lid, _exact(flat, drawn, flat.numel() / k, shard.replicas, dev)))
             if shard.hist_layer_ids is None:
                 _sample_layout(shard, grads, dev)
         return samples
 
     def _sparse_samples(
-        self, grad: Tensor | None, lid: int, replicas: int, dev: torch.device, out: tuple[list[Tensor], ...]
+        self,
+        grad: Tensor | None,
+        lid: int,
+        replicas: int,
+        dev: torch.device,
+        out: tuple[list[Tensor], ...],
+        extremes: list[tuple[int, Tensor]],
     ) -> None:
         """A sparse gradient's histogram samples: its stored values, and its implicit zeros as one weighted zero.
 
@@ -152,7 +177,9 @@ class HistogramSampler:
         values = grad.coalesce().values().reshape(-1)
         stored, k = values.numel(), min(values.numel(), self.sample_size)
         if k < stored:
+            every = values
             values = values[torch.randint(stored, (k,), generator=self._generator(values.device), device=values.device)]
+            extremes.append((lid, _exact(every, values, stored / k, replicas, dev)))
         samples, segments, weights = out
         samples.append(torch.cat([values.to(dev, torch.float32), torch.zeros(1, device=dev)]))
         segments.append(torch.full((k + 1,), lid, dtype=torch.long, device=dev))
@@ -201,6 +228,17 @@ class HistogramSampler:
             sums = _sums(log_lo[k], log_hi[k], log_bins, *moments)
             magnitudes.append(_histogram(log_lo[k], log_hi[k], nonzero, log_edges[k], bucket, drawn[k], sums))
         return tuple(values), tuple(magnitudes)
+
+
+def _exact(values: Tensor, drawn: Tensor, weight: float, replicas: int, dev: torch.device) -> Tensor:
+    """``[min, max, sum - estimate]`` of a sampled tensor's ``values`` (float64, on ``dev``).
+
+    The estimate is what its ``drawn`` samples, each of ``weight``, add to the histogram's sum; both are divided
+    by ``replicas``, as the samples' weights are (the processes' sums are added).
+    """
+    low, high = values.aminmax()
+    exact = values.sum(dtype=torch.float64) - drawn.nan_to_num(0.0, 0.0, 0.0).sum(dtype=torch.float64) * weight
+    return torch.stack([low.double(), high.double(), exact / replicas]).to(dev)
 
 
 def _drawn_per_layer(plan: Plan) -> list[int]:
