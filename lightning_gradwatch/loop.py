@@ -305,10 +305,13 @@ class WatchedLoop:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` output: before the ``with`` block, or inside it before the first step.
 
-        The resumed loop continues the step count and the detectors as if it had not stopped.
+        The resumed loop continues the step count and the detectors as if it had not stopped; its
+        :attr:`global_step` and :attr:`alerts` read the restored ones at once.
         """
-        if self._state == _NEW:
+        if self._state == _NEW:  # applied on entering; read as it will be until then
             self._restore = dict(state)
+            self._step = int(state.get(_STEP_KEY, self._step))
+            self._alerts = [GradientAlert.from_dict(a) for a in state.get("alerts", [])]
             return
         self._check_open()
         self._session.load_state_dict(state)

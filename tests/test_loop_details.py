@@ -158,8 +158,12 @@ def test_a_resumed_loop_continues_its_steps_and_detectors(tmp_path):
     whole = GradWatch(on_nonfinite="skip", log_every_n_steps=1, images=False)
     model = _net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    whole_loop = whole.loop(model, log_dir=tmp_path / "whole")
     with pytest.warns(GradientWarning):
-        _train(whole.loop(model, log_dir=tmp_path / "whole"), model, optimizer, 40)
+        _train(whole_loop, model, optimizer, 40)
+    preview = GradWatch().loop(_net())
+    preview.load_state_dict(whole_loop.state_dict())  # read before the `with`, as after it
+    assert (preview.global_step, [(a.kind, a.step) for a in preview.alerts]) == (40, [("nonfinite", 30)])
 
     first = GradWatch(on_nonfinite="skip", log_every_n_steps=1, images=False)
     model = _net()
@@ -177,6 +181,7 @@ def test_a_resumed_loop_continues_its_steps_and_detectors(tmp_path):
     optimizer.load_state_dict(checkpoint["optimizer"])
     loop = resumed.loop(model, log_dir=tmp_path / "resumed")
     loop.load_state_dict(checkpoint["gradwatch"])
+    assert (loop.global_step, loop.alerts) == (20, [])
     with pytest.warns(GradientWarning):
         _train(loop, model, optimizer, 40)
     assert loop.global_step == 40

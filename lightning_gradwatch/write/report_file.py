@@ -36,5 +36,5 @@ class ReportFile(BaseSink):
     def failure_message(self, err: BaseException) -> str:
         return (
             f"GradWatch could not write gradwatch.json to {self.directory} ({err}). Training continues; the alerts"
-            " are still in `GradWatch.alerts` and the logs."
+            " are still in `GradWatch.alerts`, and in the event files wherever those can be written."
         )
