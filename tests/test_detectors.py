@@ -210,6 +210,15 @@ def test_steady_growth_with_rising_loss_is_an_explosion_before_any_spike():
     assert det.state_dict()["counts"]["spikes"] == 0  # no single step was extreme yet
 
 
+def test_a_loss_of_exactly_zero_has_not_climbed_whatever_the_norm_does():
+    """A model fitting its data exactly (a source stuck on one symbol): its loss is 0.0 and its gradient float noise,
+    until a change in the model lifts the norm by decades. 0 >= 2 x 0 is no climb (it was one, and the message's
+    ratio to the first losses, all 0, divided by zero inside the training step)."""
+    det = GradientDetector()
+    assert feed(det, range(40), make=lambda s: healthy(s, scale=1e-16), loss=lambda s: 0.0) == []
+    assert feed(det, range(40, 120), make=lambda s: healthy(s, scale=1e-16 * 1.6 ** (s - 39)), loss=lambda s: 0.0) == []
+
+
 def test_steady_growth_with_falling_loss_is_training_taking_off():
     det = GradientDetector()
     feed(det, range(40), make=noisy, loss=lambda s: 1.0)

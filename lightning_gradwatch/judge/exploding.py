@@ -249,20 +249,21 @@ class Jump(ExplodingRule):
         norms = self.ctx.norms
         first = norms.first_norm if self._from_start else None  # grown from the first norm, or a jump over the peak
         reference = norms.real(first if first is not None else norms.peak or 0.0)
-        ratio = step.norm / reference
+        ratio = _times(step.norm, reference)
         if first is not None:
             losses = self.ctx.losses
             loss_first, loss_now = losses.start_losses.first(), losses.recent_losses.last()
             what = (
                 f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({reference:.4g}) on"
-                f" {self.grown_steps} steps in a row, and the training loss {loss_now / loss_first:.3g}x its first"
-                f" value ({loss_first:.4g} to {loss_now:.4g}): both grew from the start"
+                f" {self.grown_steps} steps in a row, and the training loss {_times(loss_now, loss_first):.3g}x its"
+                f" first value ({loss_first:.4g} to {loss_now:.4g}): both grew from the start"
             )
         else:
             orders = ": orders of magnitude within the first steps" if ratio >= ORDERS_OF_MAGNITUDE else ""
             losses = self.ctx.losses
             with_loss = (
-                f", the training loss {losses.recent_losses.last() / losses.start_losses.first():.3g}x its first value"
+                f", the training loss {_times(losses.recent_losses.last(), losses.start_losses.first()):.3g}x its first"
+                " value"
                 if self._loss_known()
                 else ""
             )
@@ -536,6 +537,7 @@ class Trend(ExplodingRule):
         loss, level = losses.compared
         return (
             len(losses.recent_losses) >= TREND_MIN_LOSSES
+            and loss > floor  # a loss at zero, as low as it has been, has not climbed (0 >= 2 x 0 says nothing)
             and loss >= cfg.exploding_trend_loss_factor * floor
             and loss >= cfg.exploding_trend_start_factor * first
             and level >= start + math.log10(cfg.exploding_trend_norm_factor)
@@ -584,10 +586,20 @@ class Trend(ExplodingRule):
         )
         what = (
             f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its lowest level {since} ({floor:.4g}) and"
-            f" {loss / (losses.start_high or loss):.3g}x the highest of the first {START_HIGH_WINDOW} losses, while the"
-            f" total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
+            f" {_times(loss, losses.start_high or 0.0):.3g}x the highest of the first {START_HIGH_WINDOW} losses, while"
+            f" the total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
         )
         return Finding(what, Cause.GROWTH, ratio, self.config.exploding_trend_loss_factor)
+
+
+def _times(value: float, reference: float) -> float:
+    """``value / reference`` for a message, ``inf`` when the reference is not positive (a loss or a norm of 0).
+
+    Example:
+        >>> _times(6.0, 2.0), _times(1.0, 0.0)
+        (3.0, inf)
+    """
+    return value / reference if reference > 0 else math.inf
 
 
 @dataclass(eq=False)
