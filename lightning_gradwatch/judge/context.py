@@ -564,6 +564,20 @@ class ExplodingEpisode(Stateful):
         self.quiet_steps = self.quiet_steps + 1 if quiet else 0
         self.exploding_episode = self.quiet_steps < QUIET_STEPS
 
+    def hold(self, alerted: bool, ceiling: float | None, x: float | None) -> None:
+        """Hold the largest ordinary norm before an alert (``ceiling``), until a step's norm ``x`` is back under it.
+
+        A second alert while one is held keeps the lower.
+        """
+        if alerted and ceiling is not None:
+            self.held_norm = ceiling if self.held_norm is None else min(self.held_norm, ceiling)
+        elif self.held_norm is not None and x is not None and x <= self.held_norm:
+            self.held_norm = None
+
+    def beyond(self, x: float | None, factor: float) -> bool:
+        """While a norm is held: the step's (log10) norm ``x`` is ``factor`` times that norm or more."""
+        return self.held_norm is not None and x is not None and x >= self.held_norm + math.log10(factor)
+
 
 @dataclass(eq=False)
 class Counts(Stateful):

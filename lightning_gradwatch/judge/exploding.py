@@ -114,7 +114,7 @@ from lightning_gradwatch.judge.context import (
     Context,
     Verdict,
 )
-from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch
+from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch, times
 from lightning_gradwatch.judge.state import as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
@@ -249,20 +249,20 @@ class Jump(ExplodingRule):
         norms = self.ctx.norms
         first = norms.first_norm if self._from_start else None  # grown from the first norm, or a jump over the peak
         reference = norms.real(first if first is not None else norms.peak or 0.0)
-        ratio = _times(step.norm, reference)
+        ratio = times(step.norm, reference)
         if first is not None:
             losses = self.ctx.losses
             loss_first, loss_now = losses.start_losses.first(), losses.recent_losses.last()
             what = (
                 f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({reference:.4g}) on"
-                f" {self.grown_steps} steps in a row, and the training loss {_times(loss_now, loss_first):.3g}x its"
+                f" {self.grown_steps} steps in a row, and the training loss {times(loss_now, loss_first):.3g}x its"
                 f" first value ({loss_first:.4g} to {loss_now:.4g}): both grew from the start"
             )
         else:
             orders = ": orders of magnitude within the first steps" if ratio >= ORDERS_OF_MAGNITUDE else ""
             losses = self.ctx.losses
             with_loss = (
-                f", the training loss {_times(losses.recent_losses.last(), losses.start_losses.first()):.3g}x its first"
+                f", the training loss {times(losses.recent_losses.last(), losses.start_losses.first()):.3g}x its first"
                 " value"
                 if self._loss_known()
                 else ""
@@ -586,20 +586,10 @@ class Trend(ExplodingRule):
         )
         what = (
             f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its lowest level {since} ({floor:.4g}) and"
-            f" {_times(loss, losses.start_high or 0.0):.3g}x the highest of the first {START_HIGH_WINDOW} losses, while"
+            f" {times(loss, losses.start_high or 0.0):.3g}x the highest of the first {START_HIGH_WINDOW} losses, while"
             f" the total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
         )
         return Finding(what, Cause.GROWTH, ratio, self.config.exploding_trend_loss_factor)
-
-
-def _times(value: float, reference: float) -> float:
-    """``value / reference`` for a message, ``inf`` when the reference is not positive (a loss or a norm of 0).
-
-    Example:
-        >>> _times(6.0, 2.0), _times(1.0, 0.0)
-        (3.0, inf)
-    """
-    return value / reference if reference > 0 else math.inf
 
 
 @dataclass(eq=False)
@@ -685,20 +675,15 @@ class ExplodingWatch(RuleWatch):
     def _hold(self, now: NormStep, verdict: Verdict) -> None:
         """From an exploding alert on, the largest ordinary norm before it, until a step's norm is back under it.
 
-        What ``on_exploding="clip"`` holds the explosion's steps to (:meth:`Verdict.exploding_clip`). Read before
-        this step is learnt: the ceiling is the norms' before the alert. A second alert while one is held keeps the
-        lower.
+        What ``on_exploding="clip"`` holds the explosion's steps to (:meth:`Verdict.exploding_clip`), and the steps
+        ``exploding_jump_factor`` times beyond it that ``"skip"`` drops. Read before this step is learnt: the ceiling
+        is the norms' before the alert.
         """
         episode, norms = self.ctx.episode, self.ctx.norms
-        if verdict.alert(self.kind) is not None and norms.ceiling is not None:
-            held = episode.held_norm
-            episode.held_norm = norms.ceiling if held is None else min(held, norms.ceiling)
-        elif episode.held_norm is not None and now.x is not None and now.x <= episode.held_norm:
-            episode.held_norm = None
+        episode.hold(verdict.alert(self.kind) is not None, norms.ceiling, now.x)
         if episode.held_norm is not None:
             verdict.held_norm = norms.real(episode.held_norm)
-            jump = math.log10(self.ctx.config.exploding_jump_factor)
-            verdict.beyond = now.x is not None and now.x >= episode.held_norm + jump
+            verdict.beyond = episode.beyond(now.x, self.ctx.config.exploding_jump_factor)
 
     def _episode(self, now: NormStep, fired: ExplodingRule | None, verdict: Verdict) -> None:
         """An explosion found now starts an episode (alerted once); quiet steps in a row end it."""

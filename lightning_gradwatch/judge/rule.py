@@ -13,6 +13,7 @@ in its kind's list of rules (``EXPLODING_RULES``, ``VANISHING_RULES``); its name
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no 
 
     from lightning_gradwatch.measure.records import StepStats
 
-__all__ = ["DetectionRule", "ExplodingRule", "Finding", "NormStep", "RuleWatch", "VanishingRule"]
+__all__ = ["DetectionRule", "ExplodingRule", "Finding", "NormStep", "RuleWatch", "VanishingRule", "times"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,16 @@ class NormStep:
     def norm(self) -> float:
         """The total norm."""
         return self.stats.total_norm
+
+
+def times(value: float, reference: float) -> float:
+    """``value / reference`` for a finding's message, ``inf`` when the reference is not positive (a loss of 0).
+
+    Example:
+        >>> times(6.0, 2.0), times(1.0, 0.0)
+        (3.0, inf)
+    """
+    return value / reference if reference > 0 else math.inf
 
 
 class Finding(NamedTuple):
