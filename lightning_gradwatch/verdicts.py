@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_gradwatch import _names as names
 from lightning_gradwatch.alerts import ALERT_KINDS, CLIPPING_NOTICE
 from lightning_gradwatch.runs import RunRecord
 
@@ -206,8 +207,9 @@ def where(alert: dict[str, Any]) -> str:
 def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[str]:
     """What ``gradwatch check`` says about a run after its verdict, and the HTML report with it.
 
-    Its layers, steps, fits, the alerts of an earlier run it resumed after, how it ended (only for a run with
-    alerts that did not finish, unless ``status``: always), a half record.
+    Its layers, steps, fits, the alerts of an earlier run it resumed after, the steps a response skipped or
+    clipped, how it ended (only for a run with alerts that did not finish, unless ``status``: always), a half
+    record.
     """
     last = run.steps.get("last")
     facts = [f"{len(run.layers)} layers"]
@@ -220,10 +222,21 @@ def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[st
         facts.append(f"{len(run.fits)} fits")
     if run.earlier_alerts:
         facts.append(f"resumed after {len(run.earlier_alerts)} alert(s) of an earlier run, judged there")
+    facts += _responded(run)
     if status or (run_verdict == "alerts" and not run.finished):
         facts.append(run.status or "no gradwatch.json")
     if run.partial:
         facts.append(run.partial)
+    return facts
+
+
+def _responded(run: RunRecord) -> list[str]:
+    """The steps a response skipped or clipped (it changed training: a healthy verdict says so)."""
+    facts = []
+    for event, what in ((names.SKIPPED_STEPS, "skipped"), (names.CLIPPED_STEPS, "clipped")):
+        count = run.events.get(event, 0)
+        if isinstance(count, int) and count > 0:
+            facts.append(f"{count} step{'s' * (count != 1)} {what}")
     return facts
 
 

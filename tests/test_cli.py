@@ -83,6 +83,18 @@ def test_check_healthy_run_exits_0(runs):
     assert result.stdout.splitlines()[-1].startswith("PASS")
 
 
+def test_check_says_how_many_steps_a_response_clipped_in_a_healthy_run(tmp_path):
+    """A spike that ``on_exploding="clip"`` clipped is no alert: the run passes, and its line says it was clipped."""
+    model = make_mlp_module(pl, lr=1e-6)
+    plain_step = model.training_step
+    model.training_step = lambda *args: plain_step(*args) * (1e4 if model.global_step == 12 else 1.0)
+    trainer = pl.Trainer(callbacks=[GradWatch(on_exploding="clip", warmup_steps=5)], **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    result = gradwatch("check", trainer.logger.log_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{trainer.logger.log_dir}: healthy (3 layers, 16 steps, 1 step clipped)" in result.stdout.splitlines()
+
+
 def test_check_alerting_run_exits_1_with_readable_reason(runs):
     result = gradwatch("check", str(runs["nan"]))
     assert result.returncode == 1
@@ -204,7 +216,7 @@ def test_check_unreadable_run_is_one_verdict_among_the_others(five_runs, allow):
     lines = result.stdout.splitlines()
     for i in range(3):
         assert f"{runs[f'healthy{i}']}: healthy (3 layers, 16 steps)" in lines
-    assert f"{runs['nan']}: 1 alert(s): nonfinite (3 layers, 16 steps)" in lines
+    assert f"{runs['nan']}: 1 alert(s): nonfinite (3 layers, 16 steps, 1 step skipped)" in lines
     assert any(line.startswith("  [FAIL] Non-finite gradients (NaN/Inf) at step 5") for line in lines)
     assert f"{runs['truncated']}: unreadable: {truncated} is not valid JSON" in result.stdout
     assert lines[-1].startswith(
