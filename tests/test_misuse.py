@@ -495,3 +495,30 @@ def test_a_new_run_whose_step_0_is_not_measured_still_starts_a_new_record(tmp_pa
     report = _report(tmp_path)
     assert (report["alerts"], [f["first_step"] for f in report["fits"]]) == ([], [1])
     assert gradwatch("check", str(tmp_path)).returncode == 0
+
+
+def test_a_fault_of_the_detector_warns_once_and_training_and_its_charts_go_on(tmp_path, monkeypatch):
+    """A bug of GradWatch's own must not end the user's training. A bug cannot be had on demand, so the judge is
+    made to fail at step 5 (as the trend's message once divided by a first loss of 0): one warning naming the step
+    and the error, no more judging, and the fit and its charts run to the end."""
+    from lightning_gradwatch.judge.decision import StepJudge
+
+    judge = StepJudge.judge
+
+    def failing(self, step, *args, **kwargs):
+        if step == 5:
+            raise ZeroDivisionError("float division by zero")
+        return judge(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(StepJudge, "judge", failing)
+    watch = GradWatch(log_every_n_steps=2, images=False)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
+    failed = r"detector failed at step 5 \(ZeroDivisionError: float division by zero, at .*test_misuse.py:"
+    with pytest.warns(GradientWarning, match=failed) as seen:
+        trainer.fit(make_mlp_module(pl, nan_at_step=9))  # a NaN it no longer judges: no alert, no stop
+    assert len([w for w in seen if "detector failed" in str(w.message)]) == 1
+    assert trainer.global_step == 16
+    assert watch.alerts == []
+    total = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
+    # not judged, the NaN at step 9 reached the weights: every step from it is non-finite, and charted as such
+    assert sorted(total) == [0, 2, 4, 6, 8, *range(9, 16)]

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from functools import partial
@@ -34,11 +35,13 @@ from lightning_gradwatch import _names as names
 from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.engine.environment import Environment, scale_of
 from lightning_gradwatch.engine.step_rates import StepRates
+from lightning_gradwatch.judge.context import Verdict
 from lightning_gradwatch.judge.decision import Decision, Flags, StepJudge
 from lightning_gradwatch.kinds import AlertKind, Response
 from lightning_gradwatch.measure.layers import layer_name
 from lightning_gradwatch.measure.stats import GradientStats
 from lightning_gradwatch.report import RunSummary
+from lightning_gradwatch.write.progress import warn
 
 __all__ = ["Lane"]
 
@@ -80,6 +83,7 @@ class Lane:
         self.hist_every = self.env.hist_every  # histogram interval in force (an overhead budget may widen it)
         self.log_every = self.env.log_every  # scalar interval in force (likewise)
         self.interval_max = 0.0
+        self.judge_error: str | None = None  # the detector's own failure, once (its steps are then only measured)
         self._watched: tuple[int, ...] = ()
         self._scale = None if self.env.scaler is None else partial(scale_of, self.env.scaler)
 
@@ -181,12 +185,29 @@ class Lane:
         if stats is None:
             return Decision(step)
         step_loss = self._judged_loss(stats.extra[0] if stats.extra else None, own_cadence, others)
+        if self.judge_error is not None:  # measured and charted, no longer judged
+            return self._unjudged(step, stats, log, hist)
         init_norm = 0.0 if rates is None or self._rates is None else self._rates.init_norm()
-        decision = self.judge.judge(
-            step, stats, step_loss, self._scale, log, hist, several=own_cadence, rates=rates, init_norm=init_norm
-        )
+        try:
+            decision = self.judge.judge(
+                step, stats, step_loss, self._scale, log, hist, several=own_cadence, rates=rates, init_norm=init_norm
+            )
+        except Exception as err:  # a fault of GradWatch's own never ends the training it watches
+            frame = traceback.extract_tb(err.__traceback__)[-1]
+            self.judge_error = f"{type(err).__name__}: {err}, at {frame.filename}:{frame.lineno}"
+            warn(
+                f"GradWatch's detector failed at step {step} ({self.judge_error}); it judges no more steps of this run"
+                " (no alerts, responses or clipping from here on), while training and its charts go on. This is a"
+                " GradWatch bug: please report it with this message."
+            )
+            return self._unjudged(step, stats, log, hist)
         self.record(decision)
         return decision
+
+    @staticmethod
+    def _unjudged(step: int, stats: Any, log: bool, hist: bool) -> Decision:
+        """A step measured and charted, not judged: an empty verdict, so every process takes the same path."""
+        return Decision(step, stats, Verdict(), log=log, histograms=hist)
 
     def _step_rates(self, optimizer: Any) -> float | Mapping[str, float] | None:
         """The SGD rates the adaptive threshold's step-size cap reads (``None``: no cap, nothing more to measure)."""
