@@ -185,28 +185,33 @@ class Lane:
         if stats is None:
             return Decision(step)
         step_loss = self._judged_loss(stats.extra[0] if stats.extra else None, own_cadence, others)
-        if self.judge_error is not None:  # measured and charted, no longer judged
-            return self._unjudged(step, stats, log, hist)
-        init_norm = 0.0 if rates is None or self._rates is None else self._rates.init_norm()
-        try:
-            decision = self.judge.judge(
-                step, stats, step_loss, self._scale, log, hist, several=own_cadence, rates=rates, init_norm=init_norm
-            )
-        except Exception as err:  # a fault of GradWatch's own never ends the training it watches
-            frame = traceback.extract_tb(err.__traceback__)[-1]
-            self.judge_error = f"{type(err).__name__}: {err}, at {frame.filename}:{frame.lineno}"
-            warn(
-                f"GradWatch's detector failed at step {step} ({self.judge_error}); it judges no more steps of this run"
-                " (no alerts, responses or clipping from here on), while training and its charts go on. This is a"
-                " GradWatch bug: please report it with this message."
-            )
-            return self._unjudged(step, stats, log, hist)
+        decision = self._judge(step, stats, step_loss, (log, hist), own_cadence, rates)
         self.record(decision)
         return decision
 
-    @staticmethod
-    def _unjudged(step: int, stats: Any, log: bool, hist: bool) -> Decision:
-        """A step measured and charted, not judged: an empty verdict, so every process takes the same path."""
+    def _judge(
+        self, step: int, stats: Any, loss: float | None, due: tuple[bool, bool], several: bool, rates: Any
+    ) -> Decision:
+        """The judge's decision on a measured step; a fault of GradWatch's own never ends the training it watches.
+
+        An exception inside the judge is warned once; from then on the lane's steps are measured and charted, not
+        judged: an empty verdict, so every process still takes the same path (the step's flag reduction).
+        """
+        log, hist = due
+        if self.judge_error is None:
+            init_norm = 0.0 if rates is None or self._rates is None else self._rates.init_norm()
+            try:
+                return self.judge.judge(
+                    step, stats, loss, self._scale, log, hist, several=several, rates=rates, init_norm=init_norm
+                )
+            except Exception as err:
+                frame = traceback.extract_tb(err.__traceback__)[-1]
+                self.judge_error = f"{type(err).__name__}: {err}, at {frame.filename}:{frame.lineno}"
+                warn(
+                    f"GradWatch's detector failed at step {step} ({self.judge_error}); it judges no more steps of"
+                    " this run (no alerts, responses or clipping from here on), while training and its charts go on."
+                    " This is a GradWatch bug: please report it with this message."
+                )
         return Decision(step, stats, Verdict(), log=log, histograms=hist)
 
     def _step_rates(self, optimizer: Any) -> float | Mapping[str, float] | None:
