@@ -52,7 +52,8 @@ _ACTIONS = {  # what a warning adds about the response, by response ({argument}:
 
 _SKIP_EXPLODING = (  # which steps of an explosion "skip" drops (Verdict.affected)
     "GradWatch skips this step's update, and those of the steps after it that are spikes or, while the explosion"
-    ' lasts, 10x beyond the largest ordinary norm before it ({argument}="skip").'
+    " lasts, `exploding_jump_factor` times beyond the largest ordinary norm before it"
+    ' ({argument}="skip").'
 )
 
 
