@@ -576,7 +576,7 @@ class Trend(ExplodingRule):
         losses, norms = self.ctx.losses, self.ctx.norms
         floor, start = losses.recent_floor or (0.0, 0.0)
         loss = losses.recent_losses.median()
-        ratio = loss / floor if floor > 0 else math.inf
+        ratio = times(loss, floor)
         level, start = norms.real(losses.recent_norms.median()), norms.real(start)
         # the lowest of the last 75-100 steps once that many are kept, the lowest so far before
         since = (
@@ -622,7 +622,7 @@ class Climb(ExplodingRule):
     def describe(self, step: NormStep) -> Finding:
         losses = self.ctx.losses
         low, start = losses.recent_low or 0.0, losses.start_high or 0.0
-        ratio = low / start if start > 0 else math.inf
+        ratio = times(low, start)
         what = (
             f"the loss has climbed: each of the last {LOSS_WINDOW} losses is {low:.4g} or more, {ratio:.3g}x the"
             f" highest of the first {START_HIGH_WINDOW} ({start:.4g}), with a total norm of {step.norm:.4g}"

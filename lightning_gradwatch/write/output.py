@@ -201,9 +201,7 @@ class RunOutput:
             self.write_report(RunStatus.RUNNING)
 
     # ------------------------------------------------------------------ steps
-    def write_step(
-        self, decision: Decision, lane: LaneView, clip: tuple[float, float] | None, flags: Flags | None = None
-    ) -> None:
+    def write_step(self, decision: Decision, lane: LaneView, clip: tuple[float, float] | None, flags: Flags) -> None:
         """Write a log or histogram step's scalars, histograms and (handed to the drawing thread) pictures.
 
         A step that alerts, is not finite, or is skipped or stops the run (its ``flags``, as the processes agreed
@@ -213,7 +211,7 @@ class RunOutput:
         stats = decision.stats
         if stats is None or not self.writes:
             return
-        log = decision.log or _remarkable(decision, stats, flags or decision.flags)
+        log = decision.log or _remarkable(decision, stats, flags)
         if not (log or decision.histograms):
             return
         assert self.writers is not None
