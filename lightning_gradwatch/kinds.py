@@ -5,8 +5,9 @@ is the plain string ``"exploding"``, ``gradwatch.json`` and checkpoints hold pla
 equal to its value (``AlertKind.EXPLODING == "exploding"``), so code decides by members and data stays plain.
 
 :data:`KINDS` says, for each alert kind, everything the rest of the package needs to know about it: the responses
-its ``on_<kind>`` argument allows and its default, which responses keep an affected step's update out, its health
-word and colour, how it ranks against the others, and its remedy hints. A new alert kind is one member of
+its ``on_<kind>`` argument allows and its default, which responses keep an affected step's update out, what an
+alert's warning says each response does, its health word and colour, how it ranks against the others, and its remedy
+hints. A new alert kind is one member of
 :class:`AlertKind` and one entry here (its detection rules are listed in ``detectors``).
 
 Example:
@@ -18,12 +19,14 @@ Example:
     ['nonfinite', 'exploding', 'vanishing']
     >>> kind_spec("exploding").argument
     'on_exploding'
+    >>> kind_spec("vanishing").says(Response.STOP)[:33]
+    'GradWatch stops training after th'
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from lightning_gradwatch._enum import StrEnum
@@ -107,6 +110,24 @@ NonfiniteResponse = Literal["warn", "raise", "stop", "skip", "ignore"]
 #: the colour of a healthy layer in the gradient-flow picture
 OK_COLOUR = "#4C72B0"
 
+#: what an alert's warning adds about its response ({argument}: the kind's ``on_<kind>``); a kind may say more
+ACTIONS: Mapping[Response, str] = {
+    Response.STOP: 'GradWatch stops training after this step ({argument}="stop"); this step\'s update is skipped.',
+    Response.SKIP: 'GradWatch skips the updates of such steps ({argument}="skip").',
+}
+#: ... an explosion's: which of its steps "skip" drops (``Verdict.beyond``), and what "clip" holds them to
+EXPLODING_ACTIONS: Mapping[Response, str] = {
+    Response.SKIP: (
+        "GradWatch skips this step's update, and those of the steps after it that are spikes or, while the explosion"
+        " lasts, `exploding_jump_factor` times beyond the largest ordinary norm before it"
+        ' ({argument}="skip").'
+    ),
+    Response.CLIP: (
+        "GradWatch clips spike steps to the spike threshold, and the steps of this episode to the largest ordinary"
+        ' norm before it ({argument}="clip").'
+    ),
+}
+
 
 @dataclass(frozen=True)
 class KindSpec:
@@ -122,6 +143,7 @@ class KindSpec:
         colour: its colour in the gradient-flow picture.
         severity: its rank when several hold at once (0 first): a step both non-finite and exploding is non-finite.
         remedies: the hints for ``(traits, cause)``, most specific first.
+        actions: what an alert's warning says a response does, where the kind says more than :data:`ACTIONS`.
     """
 
     kind: AlertKind
@@ -132,6 +154,7 @@ class KindSpec:
     colour: str
     severity: int
     remedies: Callable[[ModelTraits, Cause | str | None], list[str]]
+    actions: Mapping[Response, str] = field(default_factory=dict)
 
     @property
     def argument(self) -> str:
@@ -142,6 +165,11 @@ class KindSpec:
     def choices(self) -> tuple[Response, ...]:
         """The responses its argument allows, in the order of its ``Literal`` type."""
         return tuple(Response(r) for r in get_args(self.responses))
+
+    def says(self, response: Response) -> str | None:
+        """What an alert's warning adds about ``response`` (``None``: nothing, as for "warn"), its argument named."""
+        action = self.actions.get(response, ACTIONS.get(response))
+        return None if action is None else action.format(argument=self.argument)
 
 
 #: The table of alert kinds, in the order of ``GradWatch``'s ``on_<kind>`` arguments.
@@ -165,6 +193,7 @@ KINDS: Mapping[AlertKind, KindSpec] = {
         colour="#C44E52",
         severity=1,
         remedies=exploding_remedies,
+        actions=EXPLODING_ACTIONS,
     ),
     AlertKind.NONFINITE: KindSpec(
         AlertKind.NONFINITE,

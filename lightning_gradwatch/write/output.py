@@ -20,7 +20,7 @@ from lightning_gradwatch.engine.environment import Environment
 from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.context import LARGEST_SHARE
 from lightning_gradwatch.judge.decision import Decision, Flags
-from lightning_gradwatch.kinds import AlertKind, Health, Response, RunStatus, kind_spec
+from lightning_gradwatch.kinds import Health, Response, RunStatus, kind_spec
 from lightning_gradwatch.measure.records import StepStats
 from lightning_gradwatch.report import RunSummary, build_report, json_safe
 from lightning_gradwatch.write.budget import FLOOR_SECONDS, MIN_PICTURES, OverheadBudget
@@ -40,21 +40,6 @@ __all__ = ["LaneView", "RunOutput", "flow_rows", "layer_health", "per_step_messa
 
 _BUDGET_EVERY = 8  # optimizer steps between two revisions of the budget's spacing
 _DRAWING_TIMEOUT = 60.0  # seconds the end of a fit waits for the last gradient-flow pictures
-_ACTIONS = {  # what a warning adds about the response, by response ({argument}: the kind's ``on_<kind>``)
-    Response.STOP: 'GradWatch stops training after this step ({argument}="stop"); this step\'s update is skipped.',
-    Response.SKIP: 'GradWatch skips the updates of such steps ({argument}="skip").',
-    Response.CLIP: (
-        "GradWatch clips spike steps to the spike threshold, and the steps of this episode to the largest ordinary"
-        ' norm before it ({argument}="clip").'
-    ),
-}
-
-
-_SKIP_EXPLODING = (  # which steps of an explosion "skip" drops (Verdict.affected)
-    "GradWatch skips this step's update, and those of the steps after it that are spikes or, while the explosion"
-    " lasts, `exploding_jump_factor` times beyond the largest ordinary norm before it"
-    ' ({argument}="skip").'
-)
 
 
 class LaneView(Protocol):
@@ -193,11 +178,8 @@ class RunOutput:
             if self.writers:
                 self.writers.write_alert(alert)
             if response != Response.RAISE:
-                action = _ACTIONS.get(response)
-                if response == Response.SKIP and alert.kind == AlertKind.EXPLODING:
-                    action = _SKIP_EXPLODING
-                argument = kind_spec(alert.kind).argument
-                warn(alert.message if action is None else f"{alert.message}\n{action.format(argument=argument)}")
+                action = kind_spec(alert.kind).says(response)
+                warn(alert.message if action is None else f"{alert.message}\n{action}")
             self.write_report(RunStatus.RUNNING)
 
     # ------------------------------------------------------------------ steps
