@@ -31,7 +31,7 @@ from lightning_gradwatch.engine.environment import (
     histogram_interval,
     inner_optimizer,
 )
-from lightning_gradwatch.engine.session import Session
+from lightning_gradwatch.engine.session import Session, saved_alerts
 from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.remedies import ModelTraits
 
@@ -311,7 +311,7 @@ class WatchedLoop:
         if self._state == _NEW:  # applied on entering; read as it will be until then
             self._restore = dict(state)
             self._step = int(state.get(_STEP_KEY, self._step))
-            self._alerts = [GradientAlert.from_dict(a) for a in state.get("alerts", [])]
+            self._alerts = saved_alerts(state)
             return
         self._check_open()
         self._session.load_state_dict(state)

@@ -61,7 +61,7 @@ from lightning_gradwatch.write.output import RunOutput
 from lightning_gradwatch.write.progress import ProgressItems
 from lightning_gradwatch.write.sinks import Sink
 
-__all__ = ["STATE_FORMAT_VERSION", "Fit", "Session"]
+__all__ = ["STATE_FORMAT_VERSION", "Fit", "Session", "saved_alerts"]
 
 #: the version of :meth:`Session.state_dict`'s layout
 STATE_FORMAT_VERSION = 1
@@ -296,10 +296,15 @@ class Session:
         for lane in self.lanes.values():
             lane.restore(self._pending)
         self.summary.load_state_dict(state.get("summary", {}))  # in place: the fit's output holds both
-        self.alerts[:] = [GradientAlert.from_dict(a) for a in state.get("alerts", [])]
+        self.alerts[:] = saved_alerts(state)
         self.ledger.carry(self.alerts)  # those this run did not record belong to the run they happened in
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["fit"] = None  # loggers, event writers and parameters belong to one fit
         return state
+
+
+def saved_alerts(state: Mapping[str, Any]) -> list[GradientAlert]:
+    """The alerts a :meth:`Session.state_dict` holds, in step order."""
+    return [GradientAlert.from_dict(a) for a in state.get("alerts", [])]
