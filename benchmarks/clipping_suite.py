@@ -9,7 +9,10 @@ of a cell trains from the same initial weights on the same batches. ``--quick``:
 minutes). ``--cache FILE`` keeps each (cell, rule) result in a JSON-lines file and reuses it (a rule's name carries
 its constants). ``--step-caps``: only the peers, our default and ``clip="adaptive"`` with its SGD step-size cap at
 another ratio (0.05, 0.2, none) or another floor on the weights' size (0, 0.3 or 3 times their default-initialisation
-norm), each chosen leaving one family out.
+norm), each chosen leaving one family out. ``--candidates "k=v;..."``: those settings of our rule instead of the
+built-in grid, chosen leaving one family out among them and the default; ``--no-ablations``: without the ablations.
+``--threads N``: torch threads (1 by default; another count rounds differently, and its results are cached apart:
+``clipping_chaos.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -149,6 +152,8 @@ def run_cells(
         report = scores.CellResults(cell)
         for name, factory in rules.items():
             key = f"{'quick' if quick else 'full'}|{cell.key}|{name}"
+            if torch.get_num_threads() != 1:  # another rounding: a result of its own
+                key = f"threads {torch.get_num_threads()}|{key}"
             if is_ours(name) or name in ABLATIONS:  # results that depend on the package's code
                 key += f"|{package_version()}"
             elif name == SPIKE_CLIP:  # ... and on its detector's
@@ -201,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     parser.add_argument("--cache", type=Path, default=None, help="JSON-lines file of results to reuse and extend")
     parser.add_argument("--no-trainer", action="store_true", help="skip the real-Trainer cells")
     parser.add_argument("--no-candidates", action="store_true", help="only the peers and our default")
+    parser.add_argument("--no-ablations", action="store_true", help="without the ablations of our rule")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (another count rounds differently: a run's chaos)"
+    )
     parser.add_argument(
         "--step-caps",
         action="store_true",
@@ -211,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         "--candidates", default="", help='instead of the built-in grid: "quantile=0.1,zscore=3;quantile=0.25" (ours)'
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)  # Lightning's banners, in the Trainer cells
@@ -221,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     candidates = dict(CANDIDATES)
     if args.candidates:
         candidates = dict(ours(**parse_spec(spec)) for spec in args.candidates.split(";"))
-    rules: dict[str, Callable[[], Rule]] = {**PEERS, **({} if args.no_candidates else {**candidates, **ABLATIONS})}
+    ablations = {} if args.no_ablations else ABLATIONS
+    rules: dict[str, Callable[[], Rule]] = {**PEERS, **({} if args.no_candidates else {**candidates, **ablations})}
     if args.step_caps:
         rules, candidates = {**PEERS, OURS: CANDIDATES[OURS], **STEP_CAPS, **WEIGHT_FLOORS}, {}
     rules.setdefault(OURS, CANDIDATES[OURS])
@@ -262,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
             out(*scores.overview(by_family, names))
 
     lofo(
-        [c for c in candidates if c in rules],
+        [*([] if OURS in candidates else [OURS]), *(c for c in candidates if c in rules)],  # the default among them
         "our rule's constants chosen on the other families",
         "Every candidate on every family (for the record: not a selection)",
     )
