@@ -755,12 +755,18 @@ def test_adaptive_clip_holds_a_recurrent_net_whose_gradients_explode_from_the_st
     with pytest.warns(GradientWarning) as record:
         model, _watch, _trainer = _fit_rnn(tmp_path / "adaptive", clip="adaptive")  # the loss ceiling: default
     assert finite_weights(model)
-    fixed = []
-    for threshold in (0.1, 0.3, 1.0):
+    # within 2x of the best fixed threshold (0.3 or 1: 0.1 is never the best here) on 4 seeds of 5 or more. The run
+    # is chaotic: held at the step-size cap, a seed that ends at 1.01x on one CPU ends at 11.5x on another, where a
+    # late blow-up comes before the ceiling (README, "A run's chaos"); no single draw is the rule's measure
+    ratios = []
+    for seed in range(5):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fixed.append(_fit_rnn(tmp_path / f"fixed {threshold}", clip=threshold)[0].validation_mse())
-    assert model.validation_mse() <= 2 * min(fixed), (model.validation_mse(), fixed)  # within 2x of the best
+            adaptive = model if seed == 0 else _fit_rnn(tmp_path / f"adaptive {seed}", seed, clip="adaptive")[0]
+            fixed = [_fit_rnn(tmp_path / f"fixed {t} {seed}", seed, clip=t)[0].validation_mse() for t in (0.3, 1.0)]
+        assert finite_weights(adaptive)
+        ratios.append(adaptive.validation_mse() / min(fixed))
+    assert sum(r <= 2 for r in ratios) >= 4, ratios
     said = _gradwatch_warnings(record, "Clipping hides such a failure")
     assert len(said) == 1
     assert "gated cell (nn.LSTM or nn.GRU" in said[0]
