@@ -3,6 +3,8 @@ intermittent branches, and the loss the detector reads (a Trainer, with accumula
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,54 @@ def digits(images: bool, seed: int = 0, batch_size: int = 32) -> DataLoader:
     x = x.reshape(-1, 1, 8, 8) if images else x
     g = torch.Generator().manual_seed(seed)
     return DataLoader(TensorDataset(x, torch.tensor(data.target)), batch_size=batch_size, shuffle=True, generator=g)
+
+
+class AttentionBags(pl.LightningModule):
+    """Attention-based multiple-instance learning (Ilse et al. 2018) on the digits, one bag a step: bags of 3-30 images,
+    positive when they hold a zero; a gated attention (``V``, ``U``, ``w``) weighs the encoded instances, declared
+    before the head. Adam 1e-3. At the start the attention scores are near uniform, so the gate's gradients lie
+    about 4.6 decades below the head's while the loss stays at its start for tens of steps; the encoder before the gate
+    lies 0.4 decade below."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        data = load_digits()
+        x, y = torch.tensor(data.data, dtype=torch.float32) / 16.0, torch.tensor(data.target)
+        g = torch.Generator().manual_seed(seed)
+        positives, negatives = torch.nonzero(y == 0).squeeze(1), torch.nonzero(y != 0).squeeze(1)
+        self.bags = []
+        for _ in range(150):
+            n = int(torch.randint(3, 31, (1,), generator=g))
+            idx = negatives[torch.randint(len(negatives), (n,), generator=g)]
+            positive = bool(torch.rand(1, generator=g) < 0.5)
+            if positive:
+                k = min(int(torch.randint(1, 4, (1,), generator=g)), n)
+                idx[torch.randperm(n, generator=g)[:k]] = positives[torch.randint(len(positives), (k,), generator=g)]
+            self.bags.append((x[idx], torch.tensor(float(positive))))
+        torch.manual_seed(seed)
+        self.enc = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU())
+        self.V, self.U, self.w = nn.Linear(32, 16), nn.Linear(32, 16), nn.Linear(16, 1)
+        self.head = nn.Linear(32, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        bag, label = batch
+        h = self.enc(bag)
+        attention = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).softmax(0)
+        return nn.functional.binary_cross_entropy_with_logits(self.head((attention * h).sum(0)).squeeze(-1), label)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.bags, batch_size=None)
+
+
+@pytest.mark.parametrize("seed", [0, 4, 5])
+def test_an_attention_gate_far_below_its_head_is_no_stall_when_the_encoder_learns(tmp_path, seed):
+    """The gate lies 4.6 decades below the head while the loss is at its start, and the stall rule named it at step
+    19 ("the first layers are not learning") on 12 of 16 seeds of such runs, which all learned; the first layers, the
+    encoder, lie 0.4 decade below: the gradient reaches them, nothing vanishes on its way back."""
+    _trains_silently(tmp_path, AttentionBags(seed), 150, on_vanishing="stop")
 
 
 # ---------------------------------------------------------------------------------------- layers that join
@@ -756,15 +806,33 @@ class _PostLN(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 5])
-def test_a_stack_that_learned_then_collapsed_to_chance_is_vanishing(tmp_path, seed):
-    """The stall test judged only runs whose loss never moved: one that learned was never judged again."""
-    pl.seed_everything(seed, verbose=False)
-    watch = GradWatch()
-    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=300, max_epochs=-1))
-    with pytest.warns(GradientWarning, match="Vanishing gradients at step"):
-        trainer.fit(_PostLN(), digits(images=False, seed=seed))
-    assert {a.kind for a in watch.alerts} == {"vanishing"}  # its first layers named (once, or again after a relapse)
+def test_a_stack_that_learned_then_collapsed_to_chance_is_vanishing(tmp_path):
+    """The stall test judged only runs whose loss never moved: one that learned was never judged again.
+
+    Whether a seed collapses is chaotic (the same seed collapses on one CPU and not on another, the sums rounded
+    differently), so each of eight seeds is judged by its outcome: every run that ends back near chance (a loss above
+    0.9 ln 10 on the whole set, where it had learnt to about 1) is alerted vanishing, and at least three of them do."""
+    collapsed = 0
+    for seed in range(8):
+        pl.seed_everything(seed, verbose=False)
+        watch = GradWatch()
+        trainer = pl.Trainer(
+            callbacks=[watch], logger=False, **trainer_kwargs(tmp_path / str(seed), max_steps=300, max_epochs=-1)
+        )
+        model, data = _PostLN(), digits(images=False, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GradientWarning)
+            trainer.fit(model, data)
+        x, y = data.dataset.tensors
+        with torch.no_grad():
+            h = model.inp(x)
+            for block, norm in zip(model.blocks, model.norms):
+                h = norm(h + block(h))
+            at_chance = nn.functional.cross_entropy(model.out(h), y).item() > 0.9 * math.log(10)
+        if at_chance:
+            collapsed += 1  # its first layers named (once, or again after a relapse)
+            assert {a.kind for a in watch.alerts} == {"vanishing"}, (seed, watch.alerts)
+    assert collapsed >= 3
 
 
 class _MultiTask(pl.LightningModule):

@@ -7,7 +7,8 @@
 - :class:`Stall`: vanishing judged with the loss. Once ``stall_steps`` losses have been seen, a run whose loss has not
   moved from where it started (its lowest median of 5 within ``stall_tolerance`` of the median of its first 5) while
   layers before the largest one in the model's order lie ``stall_decades`` (4) or more decades below it (each layer's
-  median over the last 10 steps) is vanishing: its first layers are not learning (gradients vanish on their way back
+  median over the last 10 steps), the first of them :data:`REACHED` (2) or more, is vanishing: its first layers are
+  not learning (gradients vanish on their way back
   from the loss; a head after the largest layer, small beside another head's loss, is not that). So is a run that
   learned and gave back :data:`GAVE_BACK` of it while its total norm fell below the norm at the loss's best (a
   collapse: a divergence gives its progress back with a growing norm), until it has learnt half of it back. It names
@@ -58,6 +59,10 @@ __all__ = ["STALL_WINDOW", "VANISHING_RULES", "Collapse", "Layers", "Stall", "Va
 
 #: each layer's depth below the largest is the median over this many steps (at all of which it had a gradient)
 STALL_WINDOW = 10
+#: a first layer (in the model's order) less than this many decades below the largest is reached by the gradient:
+#: nothing vanishes on the way back to it, and a layer after it that lies far below (an attention gate, a branch) is
+#: small for its own reason
+REACHED = 2.0
 #: a run whose loss (median) has given back this share of what it learned is judged as a stall again ...
 GAVE_BACK = 0.75
 #: ... and such a stall lasts while it has given back this share
@@ -229,12 +234,16 @@ class Stall(VanishingRule):
         Only layers before the largest one in the model's order count: gradients vanish on their way back from the
         loss, so the layers they starve come before the layers that have them. A layer after the largest (a head
         whose loss term is small beside another head's, a loss on targets in the thousands) is small for its own
-        loss's reason, and does not stall the layers before it.
+        loss's reason, and does not stall the layers before it. Nor does a layer far below while the first layer
+        lies less than :data:`REACHED` decades below the largest: the gradient reaches the input, so nothing
+        vanishes on its way back (an attention gate whose scores start near uniform, in a bag-of-instances model
+        trained one bag a step, lies 4.6 decades below its head while its encoder lies 0.4 below).
         """
         before = set(stats.layers[: _largest_at(stats)])
         depth = {n: median(w) for n, w in self.stall_depths.items() if len(w) == STALL_WINDOW and n in before}
         deepest = max(depth.values(), default=0.0)
-        if deepest < self.config.stall_decades:
+        first = next((depth[n] for n in stats.layers if n in depth), 0.0)
+        if deepest < self.config.stall_decades or first < REACHED:
             return None
         # every layer below vanishing_ratio; when none is that deep, the layers within a decade of the deepest
         small = min(max(self.config.stall_decades, deepest - 1.0), -math.log10(self.config.vanishing_ratio))
