@@ -8,9 +8,9 @@
   moved from where it started (its lowest median of 5 within ``stall_tolerance`` of the median of its first 5) while
   layers before the largest one in the model's order lie ``stall_decades`` (4) or more decades below it (each layer's
   median over the last 10 steps), the first of them :data:`REACHED` (2) or more, is vanishing: its first layers are
-  not learning (gradients vanish on their way back
-  from the loss; a head after the largest layer, small beside another head's loss, is not that). So is a run that
-  learned and gave back :data:`GAVE_BACK` of it while its total norm fell below the norm at the loss's best (a
+  not learning (gradients vanish on their way back from the loss; a head after the largest layer, small beside
+  another head's loss, is not that; nor is a layer far below between first layers the gradient reaches). So is a run
+  that learned and gave back :data:`GAVE_BACK` of it while its total norm fell below the norm at the loss's best (a
   collapse: a divergence gives its progress back with a growing norm), until it has learnt half of it back. It names
   the layers below ``vanishing_ratio`` times the largest (the ones the per-layer test and ``gradwatch report`` call
   small), the deepest one at least. A slowly learning deep net has a loss that moved, a converged one a loss far below
