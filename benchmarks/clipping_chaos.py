@@ -74,7 +74,7 @@ def main() -> None:
                 runs[threads][fam.name] = run_cells(families.cells((fam.name,), seeds), rules, args.quick, cache)
     one, other = runs[1], runs[args.threads]
     pairs = [(a, b) for name in one for a, b in zip(one[name], other[name])]
-    trouble = [(a, b) for a, b in pairs if not a.cell.healthy and math.isfinite(a.best_fixed[1])]
+    trouble = [(a, b) for a, b in pairs if a.scored_trouble]
     healthy = [(a, b) for a, b in pairs if a.cell.healthy]
     moved_best = sum(a.best_fixed[0] != b.best_fixed[0] for a, b in trouble)
     print(f"\n## Every cell twice: 1 thread and {args.threads}\n")
@@ -97,7 +97,7 @@ def main() -> None:
     print(f"\n### {OURS}, per family: verdicts flipped (trouble within 2x, healthy within 1.1x)\n")
     for name in one:
         fam = list(zip(one[name], other[name]))
-        t = [(a, b) for a, b in fam if not a.cell.healthy and math.isfinite(a.best_fixed[1])]
+        t = [(a, b) for a, b in fam if a.scored_trouble]
         h = [(a, b) for a, b in fam if a.cell.healthy]
         flips = [a.cell.key for a, b in t if _within(a, OURS) != _within(b, OURS)]
         flips += [a.cell.key for a, b in h if _healthy(a, OURS) != _healthy(b, OURS)]

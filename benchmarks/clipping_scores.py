@@ -44,6 +44,11 @@ class CellResults:
         return min(scores, key=lambda s: s[1]) if scores else ("-", math.nan)
 
     @property
+    def scored_trouble(self) -> bool:
+        """A cell with outliers or growth that some fixed threshold kept finite: its ratio counts toward the targets."""
+        return not self.cell.healthy and math.isfinite(self.best_fixed[1])
+
+    @property
     def saved_by_fixed(self) -> bool:
         return any(math.isfinite(self.metric(f"fixed {v:g}")) for v in FIXED_SAVING)
 
@@ -95,7 +100,7 @@ class Summary:
 
 
 def summarise(reports: Sequence[CellResults], rule: str) -> Summary:
-    trouble = [r for r in reports if not r.cell.healthy and math.isfinite(r.best_fixed[1])]
+    trouble = [r for r in reports if r.scored_trouble]
     ratios = [r.ratio(rule) for r in trouble]
     finite = [x for x in ratios if math.isfinite(x)]
     healthy = [r for r in reports if r.cell.healthy]
@@ -217,7 +222,7 @@ def pooled_lofo(by_family: dict[str, list[CellResults]], chosen: dict[str, str])
     ratios: list[float] = []
     for name, reports in by_family.items():
         s = summarise(reports, chosen[name])
-        ratios += [r.ratio(chosen[name]) for r in reports if not r.cell.healthy and math.isfinite(r.best_fixed[1])]
+        ratios += [r.ratio(chosen[name]) for r in reports if r.scored_trouble]
         acc.trouble += s.trouble
         acc.within += s.within
         acc.lost += s.lost
