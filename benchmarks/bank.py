@@ -161,7 +161,7 @@ def lightning(args: argparse.Namespace) -> None:
         plain = train(spec)
         replayed = alerts_of(plain, maker)
         got = [(k, s) for k, s, _ in real.alerts or []]
-        want = [(k, s) for k, s, _ in replayed]
+        want = [(a[0], a[1]) for a in replayed]
         common = {r.step: r.total_norm for r in real.records}
         diffs = [
             abs(r.total_norm - common[r.step]) / max(abs(common[r.step]), 1e-30)

@@ -11,7 +11,8 @@ Scoring a run against its outcome (``bank_outcome.outcome``):
 - diverged: the first exploding alert at or before the deadline, and no vanishing alert before it;
 - nonfinite: the non-finite alert at the first non-finite step and no alert before it;
 - never_learned: a vanishing alert at or before the deadline naming the first layer, no exploding alert before;
-- dead: a vanishing alert at or before the deadline naming every dead layer, no exploding alert before.
+- dead: an alert naming the dead layers dead at or before the deadline (a vanishing one, or an exploding one by the
+  kill rule: a blow-up that killed them), naming every dead layer, and no other exploding alert before.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from bank_outcome import Outcome
 from bank_runs import Trace
 from gradwatch_adapter import DetectorMaker, replay
 
-Alert = tuple[str, int, tuple[str, ...]]
+Alert = tuple[str, int, tuple[str, ...], str]  # kind, step, layers, the rule that found it
 Factory = Callable[..., DetectorMaker]
 
+KILL = "kill"  # the exploding rule that names layers a blow-up killed: a dead run's diagnosis too
 FALSE_ALARM_COST = 3  # a false alarm costs this many missed or late alerts when constants are chosen
 
 
@@ -51,7 +53,8 @@ class Score:
 def alerts_of(trace: Trace, maker: DetectorMaker, current: bool = True) -> list[Alert]:
     """The alerts ``maker``'s detector gives on ``trace`` (``current``: told each step's own loss, else the previous
     batch's)."""
-    return [(a.kind, a.step, tuple(a.layers)) for a in replay(trace.records, maker(trace.exempt), current)]
+    found = replay(trace.records, maker(trace.exempt), current)
+    return [(a.kind, a.step, tuple(a.layers), str(a.extra.get("rule", ""))) for a in found]
 
 
 def judge(name: str, out: Outcome, alerts: Sequence[Alert]) -> Score:
@@ -60,7 +63,7 @@ def judge(name: str, out: Outcome, alerts: Sequence[Alert]) -> Score:
     if v == "healthy":
         if not alerts:
             return Score(name, v, "ok", None, None)
-        return Score(name, v, "false alarm", alerts[0][1], None, any(k == "exploding" for k, _, _ in alerts))
+        return Score(name, v, "false alarm", alerts[0][1], None, any(a[0] == "exploding" for a in alerts))
     assert deadline is not None
     if v == "nonfinite":
         before = [a for a in alerts if a[1] < (out.step or 0)]
@@ -71,8 +74,9 @@ def judge(name: str, out: Outcome, alerts: Sequence[Alert]) -> Score:
             return Score(name, v, "missed", None if hit is None else hit[1], deadline)
         return Score(name, v, "ok", hit[1], deadline)
     wanted, other = ("exploding", "vanishing") if v == "diverged" else ("vanishing", "exploding")
-    hit = next((a for a in alerts if a[0] == wanted), None)
-    wrong = next((a for a in alerts if a[0] == other), None)
+    named_dead = [a for a in alerts if a[0] == wanted or (v == "dead" and a[3] == KILL)]
+    hit = next(iter(named_dead), None)
+    wrong = next((a for a in alerts if a[0] == other and a not in named_dead), None)
     if wrong is not None and (hit is None or wrong[1] < hit[1]) and wrong[1] <= deadline:
         return Score(name, v, f"{other} first", wrong[1], deadline)
     if hit is None:

@@ -89,6 +89,7 @@ class Rule(StrEnum):
     GROWTH = "growth"
     TREND = "trend"
     CLIMB = "climb"
+    KILL = "kill"
     COLLAPSE = "collapse"
     STALL = "stall"
     LAYERS = "layers"

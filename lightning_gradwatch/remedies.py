@@ -26,6 +26,7 @@ class Cause(StrEnum):
     STARTUP = "startup"  # exploding: orders of magnitude within the first steps
     GROWTH = "growth"  # exploding: norm and loss climbing together over many steps
     OUTLIER = "outlier"  # exploding: spikes far beyond the run's history, as bad batches give
+    KILL = "kill"  # exploding: one update so large that layers have had gradients exactly zero since
     DEAD = "dead"  # vanishing: gradients exactly zero
 
 
@@ -123,7 +124,7 @@ def vanishing_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
 
 
 def exploding_remedies(traits: ModelTraits, cause: Cause | str | None = None) -> list[str]:
-    """Hints for exploding gradients; ``cause``: ``"startup"``, ``"growth"`` or ``"outlier"`` (the default).
+    """Hints for exploding gradients; ``cause``: ``"startup"``, ``"growth"``, ``"kill"`` or ``"outlier"`` (the default).
 
     Example:
         >>> exploding_remedies(ModelTraits(), "outlier")[0]
@@ -140,7 +141,15 @@ def exploding_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
         )
     elif traits.clipping:
         clip = f"clipping is already on ({traits.clipping}): it bounds each step, not the cause; try the others"
-    if cause == Cause.STARTUP:
+    if cause == Cause.KILL:
+        hints.append(
+            "lower the learning rate, by 10x or more: one update far larger than the ones before pushed every ReLU"
+            " unit of these layers negative for all inputs, and a dead unit never recovers"
+        )
+        hints.append("add a learning-rate warm-up")
+        hints.append(clip)
+        hints.append("use LeakyReLU or GELU, which keep a gradient for negative inputs")
+    elif cause == Cause.STARTUP:
         hints.append(
             "lower the learning rate, by 10x or more: a gradient norm that grows tenfold or more within the first"
             " steps means each update overshoots"

@@ -1,4 +1,4 @@
-"""Exploding gradients: five rules, and the watch that keeps the episode.
+"""Exploding gradients: six rules, and the watch that keeps the episode.
 
 An episode is alerted once, by whichever rule sees it first. Every norm below is the *chained* total norm of
 ``judge/context.py`` (the total norm, compared like with like when the set of layers with a gradient changes), and
@@ -83,6 +83,12 @@ every loss a median over several steps (one mini-batch loss against the next is 
   under a diverging head) raises the loss of every batch. A run whose batch losses are heavy-tailed (outlier targets
   in some batches) has batches far above a median of its first losses all along, and clean batches among them.
 
+- :class:`~lightning_gradwatch.judge.killed.Kill` (``judge/killed.py``): one step's norm ``exploding_jump_factor`` (10)
+  times the median of the steps before it (or a spike), after which layers that had a gradient on each of the 5 steps
+  before are exactly zero on 5 of the next 10 steps, the last 3 included, while the loss is not below its best from
+  before: the update killed their units (every ReLU negative for every input), a blow-up whose norm is the dead
+  net's at once, so no run of spikes follows it.
+
 *The loss rises* (Spikes, Growth): the median of the last 3 losses is above ``1 + exploding_rise_margin`` times the
 median of the 5 losses 5 to 10 steps before, and, while the last 10 losses are within ``exploding_climb_factor``
 (10) times the highest first one, not below the median of the 3 before them (a loss coming down from a jump new data
@@ -114,6 +120,7 @@ from lightning_gradwatch.judge.context import (
     Context,
     Verdict,
 )
+from lightning_gradwatch.judge.killed import Kill
 from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch, times
 from lightning_gradwatch.judge.state import as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
@@ -122,7 +129,7 @@ if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no 
     from lightning_gradwatch.config import DetectionConfig
     from lightning_gradwatch.measure.records import StepStats
 
-__all__ = ["EXPLODING_RULES", "Climb", "ExplodingWatch", "Growth", "Jump", "Spikes", "Trend"]
+__all__ = ["EXPLODING_RULES", "Climb", "ExplodingWatch", "Growth", "Jump", "Kill", "Spikes", "Trend"]
 
 #: a spike run whose latest step is more than this many decades below the step before (below 3/4 of it) is falling
 #: back: a transient (a bad batch's spike is the largest, the damage it did is smaller; a divergence grows)
@@ -632,7 +639,7 @@ class Climb(ExplodingRule):
 
 #: The exploding rules, in order of precedence: each observes every finite step in this order, and the first that
 #: fires names the alert.
-EXPLODING_RULES: tuple[type[ExplodingRule], ...] = (Jump, Spikes, Growth, Trend, Climb)
+EXPLODING_RULES: tuple[type[ExplodingRule], ...] = (Jump, Spikes, Growth, Trend, Climb, Kill)
 
 
 class ExplodingWatch(RuleWatch):
@@ -706,9 +713,9 @@ class ExplodingWatch(RuleWatch):
     def _alert(self, now: NormStep, rule: ExplodingRule) -> GradientAlert:
         ctx = self.ctx
         found = rule.describe(now)
-        layers = ctx.largest_layers(now.stats)
+        layers = found.layers or ctx.largest_layers(now.stats)
         message = (
-            f"Exploding gradients at step {now.step}: {found.what}. Largest in: {format_layers(layers)}."
+            f"Exploding gradients at step {now.step}: {found.what}. {found.named}: {format_layers(layers)}."
             + ctx.hints(self.kind, found.cause)
         )
         return rule.alert(now.step, layers, found.value, found.threshold, message)

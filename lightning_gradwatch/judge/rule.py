@@ -66,12 +66,17 @@ def times(value: float, reference: float) -> float:
 
 
 class Finding(NamedTuple):
-    """What an exploding rule saw, for its alert: the message's middle, the remedies' cause, value and threshold."""
+    """What an exploding rule saw, for its alert: the message's middle, the remedies' cause, value and threshold.
+
+    ``layers``: the layers the alert names, after ``named`` (``None``: the step's largest, "Largest in").
+    """
 
     what: str
     cause: Cause | None
     value: float
     threshold: float
+    layers: tuple[str, ...] | None = None
+    named: str = "Largest in"
 
 
 @dataclass(eq=False)
