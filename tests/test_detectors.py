@@ -346,6 +346,49 @@ def test_collapse_with_a_stuck_loss_is_vanishing():
     assert "a softmax or sigmoid whose probabilities reached exactly 1" in alerts[0].message  # not only dead ReLUs
 
 
+def killing(step: int, intermittent: bool = False) -> StepStats:
+    """30 healthy steps, one at 50x, then the first two layers exactly zero for good; the head still learns.
+
+    ``intermittent``: the first layer is exactly zero on every other step before (a branch used on some batches).
+    """
+    if step < 30:
+        first = 0.0 if intermittent and step % 2 else 0.5
+        return stats(first, 1.0 + 0.1 * math.sin(1.7 * step), 0.8)
+    if step == 30:
+        return stats(25.0, 50.0, 40.0)
+    return stats(0.0, 0.0, 0.3 + 0.01 * math.sin(step))
+
+
+def test_a_blow_up_that_leaves_layers_exactly_zero_is_an_explosion_naming_them():
+    """One step at 50x, the next ones small (a lone spike: no run of spikes), the first layers exactly zero since,
+    the loss up from 1.0 to 2.3: alerted 5 steps after, the layers it killed named; the same from any checkpoint."""
+    loss = lambda s: 1.0 if s < 30 else 2.3  # noqa: E731
+    alerts = feed(GradientDetector(), range(60), make=killing, loss=loss)
+    assert [(a.kind, a.step, a.layers, a.extra["rule"]) for a in alerts] == [("exploding", 35, ("l0", "l1"), "kill")]
+    assert "the update of step 30" in alerts[0].message
+    assert "exactly zero on each of the 5 steps since: it killed their units" in alerts[0].message
+    assert "Killed: l0, l1." in alerts[0].message
+    assert "LeakyReLU" in alerts[0].message
+    for split in (31, 33, 35):
+        first = GradientDetector()
+        feed(first, range(split), make=killing, loss=loss)
+        second = GradientDetector()
+        second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        assert [(a.step, a.message) for a in feed(second, range(split, 60), make=killing, loss=loss)] == [
+            (a.step, a.message) for a in alerts if a.step >= split
+        ]
+
+
+def test_zeros_after_a_blow_up_while_the_loss_falls_or_in_an_intermittent_layer_are_no_kill():
+    """A loss term switched off at a blow-up (its head exactly zero from then on) in a run whose loss goes on falling;
+    a branch used on every other step: neither is a kill (nor dead, within 60 steps)."""
+    falling = lambda s: 1.0 if s < 30 else 0.5  # noqa: E731
+    assert feed(GradientDetector(), range(60), make=killing, loss=falling) == []
+    up = lambda s: 1.0 if s < 30 else 2.3  # noqa: E731
+    alerts = feed(GradientDetector(), range(60), make=lambda s: killing(s, intermittent=True), loss=up)
+    assert [(a.layers, a.extra["rule"]) for a in alerts] == [(("l1",), "kill")]  # the layer alive on every step
+
+
 def eventful(step: int) -> StepStats:
     """Spikes, an explosion, a NaN step, a steady rise and a vanishing first layer, all in 160 steps."""
     scale = 1000.0 if step in (40, 41, 70) else 1.5 ** (step - 119) if 120 <= step < 130 else 1.0

@@ -113,13 +113,17 @@ class Kill(ExplodingRule):
         for name in self.zeros:
             self.zeros[name] += name in zero
             self.still[name] = self.still.get(name, 0) + 1 if name in zero else 0
-        killed = tuple(n for n, z in self.zeros.items() if z >= DEAD_STEPS and self.still.get(n, 0) >= STILL_DEAD)
+        killed = self._dead()
         if killed and not self._improved():
             self._killed = killed
             zeros = min(self.zeros[n] for n in killed)
             self._blowup = (self.blowup or 0, self.blowup_norm, self.blowup_ratio, self.since, zeros)
         if killed or self.since >= FOLLOW:
             self.blowup = None
+
+    def _dead(self) -> tuple[str, ...]:
+        """The followed layers zero on :data:`DEAD_STEPS` steps since the blow-up, the last :data:`STILL_DEAD` too."""
+        return tuple(n for n, z in self.zeros.items() if z >= DEAD_STEPS and self.still.get(n, 0) >= STILL_DEAD)
 
     def _improved(self) -> bool:
         """Whether the loss (median of 5) is below its best from before the blow-up, by ``stall_tolerance`` of it."""
