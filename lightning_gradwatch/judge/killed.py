@@ -8,12 +8,13 @@ small, so the spike rules see a lone spike that fell back, and the per-layer rul
 ``exploding_jump_factor`` (10) times the median of the :data:`BEFORE` steps before it (or a spike), after which layers
 that had a gradient on each of the :data:`ALIVE` steps before it are exactly zero on :data:`DEAD_STEPS` (5) of the
 :data:`FOLLOW` (10) steps after it, the last :data:`STILL_DEAD` (3) of them included, while the loss (median of 5) is
-not below its best from before the blow-up (or no loss is known), is an explosion, alerted as soon as that holds,
+above its best from before the blow-up (or no loss is known), is an explosion, alerted as soon as that holds,
 naming those layers.
 
 Exact zeros in a layer that had a gradient on every step before are not noise: a healthy layer's gradient is not
 exactly zero on five steps of ten. A branch used on some batches only (its gradients zeroed between uses) is not
-alive on every step before; a loss term switched off gives zeros in a run whose loss goes on falling.
+alive on every step before; a loss term switched off gives zeros in a run whose loss goes on falling; a model that
+fits its data exactly has a loss of 0 and every gradient zero, after whatever step came before.
 """
 
 from __future__ import annotations
@@ -52,15 +53,15 @@ def _norm_window(values: Any = ()) -> Window:
 class Kill(ExplodingRule):
     """One step's blow-up, after which layers that had gradients have exactly none (see the module docstring)."""
 
-    before: Window = state(load=_norm_window, factory=_norm_window)  # log10 of the last BEFORE finite nonzero norms
-    alive: dict[str, int] = state(load=as_int_map, factory=dict)  # per layer: consecutive steps with a gradient
+    kill_norms: Window = state(load=_norm_window, factory=_norm_window)  # log10 of the last BEFORE nonzero norms
+    live_steps: dict[str, int] = state(load=as_int_map, factory=dict)  # per layer: consecutive steps with a gradient
     blowup: int | None = state(None, load=lambda v: None if v is None else int(v))  # the blow-up's step
     blowup_norm: float = state(0.0, load=float)  # its total norm
     blowup_ratio: float = state(0.0, load=float)  # ... over the median of the steps before
     blowup_floor: float | None = state(None, load=as_optional_float)  # the best loss (median) before it
-    since: int = state(0, load=int)  # steps seen since it
-    zeros: dict[str, int] = state(load=as_int_map, factory=dict)  # the layers alive then: exact zeros since
-    still: dict[str, int] = state(load=as_int_map, factory=dict)  # ... and in a row, up to this step
+    blowup_since: int = state(0, load=int)  # steps seen since it
+    killed_zeros: dict[str, int] = state(load=as_int_map, factory=dict)  # the layers alive then: exact zeros since
+    killed_run: dict[str, int] = state(load=as_int_map, factory=dict)  # ... and in a row, up to this step
 
     name: ClassVar[Rule] = Rule.KILL
 
@@ -77,18 +78,18 @@ class Kill(ExplodingRule):
             self.blowup = None
         ratio = self._blow_up(step)
         if ratio is not None:  # a new blow-up: followed from here (the layers alive then had a gradient now)
-            self.blowup, self.blowup_norm, self.blowup_ratio, self.since = step.step, step.norm, ratio, 0
+            self.blowup, self.blowup_norm, self.blowup_ratio, self.blowup_since = step.step, step.norm, ratio, 0
             self.blowup_floor = self.ctx.losses.loss_floor
-            alive = [n for n in stats.layers if n not in exempt and self.alive.get(n, 0) >= ALIVE]
-            self.zeros, self.still = dict.fromkeys(alive, 0), {}
+            alive = [n for n in stats.layers if n not in exempt and self.live_steps.get(n, 0) >= ALIVE]
+            self.killed_zeros, self.killed_run = dict.fromkeys(alive, 0), {}
             if not alive:
                 self.blowup = None
         elif self.blowup is not None:
             self._follow(step)
         for name, norm in zip(stats.layers, stats.grad_norm):
-            self.alive[name] = self.alive.get(name, 0) + 1 if norm != 0.0 else 0
+            self.live_steps[name] = self.live_steps.get(name, 0) + 1 if norm != 0.0 else 0
         if step.x is not None:
-            self.before.append(step.x)
+            self.kill_norms.append(step.x)
 
     def _blow_up(self, step: NormStep) -> float | None:
         """A blow-up's ratio to the median norm of the steps before (``inf`` with none), or ``None``: no blow-up.
@@ -97,8 +98,8 @@ class Kill(ExplodingRule):
         """
         if step.x is None:
             return None
-        ratio = 10 ** (step.x - self.before.median()) if len(self.before) else math.inf
-        if step.spike or (len(self.before) >= 3 and ratio >= self.config.exploding_jump_factor):
+        ratio = 10 ** (step.x - self.kill_norms.median()) if len(self.kill_norms) else math.inf
+        if step.spike or (len(self.kill_norms) >= 3 and ratio >= self.config.exploding_jump_factor):
             return ratio
         return None
 
@@ -108,29 +109,34 @@ class Kill(ExplodingRule):
         Zero on :data:`DEAD_STEPS` of the steps since, the last :data:`STILL_DEAD` of them included, is killed: dying
         units flicker (a few inputs still reach one for a step or two).
         """
-        self.since += 1
+        self.blowup_since += 1
         zero = {n for n, g in zip(step.stats.layers, step.stats.grad_norm) if g == 0.0}
-        for name in self.zeros:
-            self.zeros[name] += name in zero
-            self.still[name] = self.still.get(name, 0) + 1 if name in zero else 0
+        for name in self.killed_zeros:
+            self.killed_zeros[name] += name in zero
+            self.killed_run[name] = self.killed_run.get(name, 0) + 1 if name in zero else 0
         killed = self._dead()
-        if killed and not self._improved():
+        if killed and self._lifted():
             self._killed = killed
-            zeros = min(self.zeros[n] for n in killed)
-            self._blowup = (self.blowup or 0, self.blowup_norm, self.blowup_ratio, self.since, zeros)
-        if killed or self.since >= FOLLOW:
+            zeros = min(self.killed_zeros[n] for n in killed)
+            self._blowup = (self.blowup or 0, self.blowup_norm, self.blowup_ratio, self.blowup_since, zeros)
+        if killed or self.blowup_since >= FOLLOW:
             self.blowup = None
 
     def _dead(self) -> tuple[str, ...]:
         """The followed layers zero on :data:`DEAD_STEPS` steps since the blow-up, the last :data:`STILL_DEAD` too."""
-        return tuple(n for n, z in self.zeros.items() if z >= DEAD_STEPS and self.still.get(n, 0) >= STILL_DEAD)
+        run = self.killed_run
+        return tuple(n for n, z in self.killed_zeros.items() if z >= DEAD_STEPS and run.get(n, 0) >= STILL_DEAD)
 
-    def _improved(self) -> bool:
-        """Whether the loss (median of 5) is below its best from before the blow-up, by ``stall_tolerance`` of it."""
+    def _lifted(self) -> bool:
+        """Whether the loss (median of 5) is above its best from before the blow-up by ``stall_tolerance`` of it.
+
+        The units that died did part of what the run had learnt. A model that fits its data exactly has a loss of 0
+        and zero gradients: that is convergence. No loss known: the zeros alone.
+        """
         level, floor = self.ctx.losses.level, self.blowup_floor
         if level is None or floor is None:
-            return False
-        return level < floor - self.config.stall_tolerance * abs(floor)
+            return True
+        return level > floor + self.config.stall_tolerance * abs(floor)
 
     @override
     def fires(self, step: NormStep) -> bool:
@@ -141,7 +147,7 @@ class Kill(ExplodingRule):
         at, norm, ratio, since, zeros = self._blowup
         level, floor = self.ctx.losses.level, self.blowup_floor
         loss = (
-            f", and the training loss (median of the last 5 steps, {level:.4g}) is not below its best before it"
+            f", and the training loss (median of the last 5 steps, {level:.4g}) is above its best before it"
             f" ({floor:.4g})"
             if level is not None and floor is not None
             else ""
