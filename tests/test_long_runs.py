@@ -40,15 +40,17 @@ def test_history_is_bounded_over_100k_steps():
             detector.update(step, stats)
             summary.add_step(step, stats, logged=step % 10 == 0)
 
+    # traced from the first step: a bounded state's values replaced after the snapshot (allocated before tracing, they
+    # would be invisible, their replacements not) are no growth; its whole size, about 60 KB, read as growth before
+    tracemalloc.start()
     feed(0, 10_000)
     gc.collect()
-    tracemalloc.start()
     before = tracemalloc.take_snapshot()
     feed(10_000, 100_000)
     gc.collect()
     growth = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
-    assert growth < 64_000, f"{growth} bytes more after 90 000 more steps"
+    assert growth < 32_000, f"{growth} bytes more after 90 000 more steps"
     assert summary.measured_steps == 100_000
     assert len(summary.layers["layer.0"]["grad_norm"].history) <= 128
     assert len(str(summary.to_dict())) < 200_000
