@@ -85,7 +85,7 @@ every loss a median over several steps (one mini-batch loss against the next is 
 
 - :class:`~lightning_gradwatch.judge.killed.Kill` (``judge/killed.py``): one step's norm ``exploding_jump_factor`` (10)
   times the median of the steps before it (or a spike), after which layers that had a gradient on each of the 5 steps
-  before are exactly zero on 5 of the next 10 steps, the last 3 included, while the loss is not below its best from
+  before are exactly zero on 5 of the next 10 steps, the last 3 included, while the loss is above its best from
   before: the update killed their units (every ReLU negative for every input), a blow-up whose norm is the dead
   net's at once, so no run of spikes follows it.
 

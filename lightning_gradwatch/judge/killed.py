@@ -53,7 +53,7 @@ def _norm_window(values: Any = ()) -> Window:
 class Kill(ExplodingRule):
     """One step's blow-up, after which layers that had gradients have exactly none (see the module docstring)."""
 
-    kill_norms: Window = state(load=_norm_window, factory=_norm_window)  # log10 of the last BEFORE nonzero norms
+    kill_norms: Window = state(load=_norm_window, factory=_norm_window)  # log10 of the last BEFORE (chained) norms
     live_steps: dict[str, int] = state(load=as_int_map, factory=dict)  # per layer: consecutive steps with a gradient
     blowup: int | None = state(None, load=lambda v: None if v is None else int(v))  # the blow-up's step
     blowup_norm: float = state(0.0, load=float)  # its total norm
@@ -71,7 +71,7 @@ class Kill(ExplodingRule):
         self._blowup = (0, 0.0, 0.0, 0, 0)
 
     def observe(self, step: NormStep) -> None:
-        """Follow a blow-up's aftermath; take a new blow-up when none is followed; count each layer's live steps."""
+        """Follow a blow-up's aftermath (a new blow-up is followed from its step); count each layer's live steps."""
         self._killed = ()
         stats, exempt = step.stats, self.ctx.exempt_layers
         if self.ctx.episode.exploding_episode:  # an explosion already alerted: its aftermath is its own
