@@ -8,7 +8,7 @@ import sys
 from collections import defaultdict
 
 FIXED = [f"fixed {v:g}" for v in (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)]
-SHOW = ["ours", "ZClip", "AutoClip p10", "AGC 0.02", "AGC 0.16", "none"]
+SHOW = ["ours", "ZClip", "AutoClip p10", "AGC 0.02", "AGC 0.16", "none", "ours+clip_max_norm=1"]
 res = defaultdict(dict)
 with open(sys.argv[1] if len(sys.argv) > 1 else "clipping_blind.jsonl") as results:
     for line in results:

@@ -35,7 +35,8 @@ from outcome import outcome  # noqa: E402
 from lightning_gradwatch import GradWatch  # noqa: E402
 
 FIXED = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
-RULES = ["none", *[f"fixed {v:g}" for v in FIXED], "ours", "ZClip", "AutoClip p10", "AGC 0.02", "AGC 0.16"]
+MAX_NORM = "ours+clip_max_norm=1"  # added after the round: the README's remedy for a first step with no past
+RULES = ["none", *[f"fixed {v:g}" for v in FIXED], "ours", "ZClip", "AutoClip p10", "AGC 0.02", "AGC 0.16", MAX_NORM]
 
 
 def finite_weights(model):
@@ -48,8 +49,9 @@ def train(setup, init_state, rule, logdir=None):
     opt = setup["opt"](model.parameters())
     params = list(model.parameters())
     info = {}
-    if rule == "ours":
-        watch = GradWatch(clip="adaptive", on_nonfinite="warn", images=False)
+    if rule in ("ours", MAX_NORM):
+        cap = {"clip_max_norm": 1.0} if rule == MAX_NORM else {}
+        watch = GradWatch(clip="adaptive", on_nonfinite="warn", images=False, **cap)
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             with watch.loop(model, log_dir=logdir, steps=STEPS) as loop:
