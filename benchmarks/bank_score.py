@@ -74,9 +74,10 @@ def judge(name: str, out: Outcome, alerts: Sequence[Alert]) -> Score:
             return Score(name, v, "missed", None if hit is None else hit[1], deadline)
         return Score(name, v, "ok", hit[1], deadline)
     wanted, other = ("exploding", "vanishing") if v == "diverged" else ("vanishing", "exploding")
-    named_dead = [a for a in alerts if a[0] == wanted or (v == "dead" and a[3] == KILL)]
-    hit = next(iter(named_dead), None)
-    wrong = next((a for a in alerts if a[0] == other and a not in named_dead), None)
+    # the diagnosis wanted: its kind, or for a dead run also the kill rule's exploding alert naming the killed layers
+    hits = [a for a in alerts if a[0] == wanted or (v == "dead" and a[3] == KILL)]
+    hit = next(iter(hits), None)
+    wrong = next((a for a in alerts if a[0] == other and a not in hits), None)
     if wrong is not None and (hit is None or wrong[1] < hit[1]) and wrong[1] <= deadline:
         return Score(name, v, f"{other} first", wrong[1], deadline)
     if hit is None:

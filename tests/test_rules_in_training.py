@@ -4,8 +4,6 @@ intermittent branches, and the loss the detector reads (a Trainer, with accumula
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import warnings
 from typing import Any
 
@@ -21,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from examples.harness import single_thread
 from lightning_gradwatch import GradientWarning, GradWatch
 from tests.helpers import events, flavour, regression_data, scalars, trainer_kwargs
+from tests.test_cli import gradwatch
 
 pl = flavour("lightning.pytorch")
 
@@ -745,10 +744,7 @@ def test_relus_killed_by_a_learning_rate_50x_too_high_stop_the_run_at_the_blow_u
     assert killed
     assert all(set(layers) <= {"net.0", "net.2"} for layers in killed)
     seed = stopped[0][0]
-    result = subprocess.run(
-        [sys.executable, "-m", "lightning_gradwatch", "check", str(tmp_path / str(seed))],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = gradwatch("check", str(tmp_path / str(seed)))
     assert result.returncode == 1
     assert "exploding" in result.stdout.lower()
 
