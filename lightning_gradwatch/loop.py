@@ -330,6 +330,11 @@ class TensorBoardDirectory:
         self._writer: Any = None
 
     @property
+    def description(self) -> str:
+        """What a warning calls it."""
+        return f"the log directory {self.log_dir}"
+
+    @property
     def experiment(self) -> Any:
         """The directory's ``torch.utils.tensorboard.SummaryWriter``."""
         if self._writer is None:

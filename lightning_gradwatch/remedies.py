@@ -73,11 +73,19 @@ def nonfinite_remedies(traits: ModelTraits, cause: Cause | str | None = None) ->
     Example:
         >>> nonfinite_remedies(ModelTraits())[0]
         'look for NaN/Inf in the inputs, labels or loss of the batches at this step'
+        >>> nonfinite_remedies(ModelTraits(clipping="clip=1.0"))[2]
+        'lower the learning rate (clipping is already on: clip=1.0)'
     """
+    if traits.clipping:
+        rate = f"lower the learning rate (clipping is already on: {traits.clipping})"
+    elif traits.scale_free_steps:
+        rate = f"lower the learning rate ({traits.optimizer} steps by the learning rate whatever the gradient's norm)"
+    else:
+        rate = 'lower the learning rate and clip gradients (GradWatch(clip="adaptive"))'
     return [
         "look for NaN/Inf in the inputs, labels or loss of the batches at this step",
         "guard divisions, logs and square roots in the loss (add an epsilon)",
-        'lower the learning rate and clip gradients (GradWatch(clip="adaptive"))',
+        rate,
         "with fp16, prefer bf16-mixed precision or keep the loss scaler enabled",
     ]
 

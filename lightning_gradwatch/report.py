@@ -247,6 +247,18 @@ class RunSummary:
         """The layers an optimizer watches, in the model's order (each optimizer's, and again when they change)."""
         self.order = in_model_order([self.order, layers])
 
+    def place(self, layers: Sequence[str]) -> None:
+        """Every watched layer in the model's order, which overrides the optimizers' views; other layers follow.
+
+        Example:
+            >>> summary = RunSummary()
+            >>> summary.watch(["critic.0"]); summary.watch(["generator.0"])  # the critic's optimizer stepped first
+            >>> summary.place(["generator.0", "critic.0"]); summary.order
+            ['generator.0', 'critic.0']
+        """
+        known = set(layers)
+        self.order = [*layers, *(name for name in self.order if name not in known)]
+
     def ordered(self, layers: Iterable[str] | None = None) -> list[str]:
         """The summarised layers (of ``layers`` when given) in the model's order; others, unwatched, after them."""
         rank = {name: i for i, name in enumerate(self.order)}

@@ -1204,6 +1204,35 @@ def test_an_exploding_alert_does_not_suggest_the_clipping_the_run_already_has(ar
     assert ("clip gradients:" in alert.message) == (not arguments)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        ({}, 'clip gradients (GradWatch(clip="adaptive"))'),
+        ({"clip": "adaptive"}, 'clipping is already on: clip="adaptive"'),
+    ],
+)
+def test_a_nonfinite_alert_does_not_suggest_the_clipping_the_run_already_has(arguments, said):
+    """A NaN in one batch's inputs: the non-finite alert suggests clipping only to a run without it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    watch = GradWatch(on_nonfinite="skip", **arguments)
+    with warnings.catch_warnings(), watch.loop(model) as loop:
+        warnings.simplefilter("ignore")
+        for i in range(40):
+            x = torch.randn(16, 4)
+            if i == 30:
+                x[3, 1] = float("nan")
+            loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+            loss.backward()
+            if loop.step(optimizer, loss):
+                optimizer.step()
+            optimizer.zero_grad()
+    (alert,) = [a for a in watch.alerts if a.kind == "nonfinite"]
+    assert said in alert.message
+    assert ("clip gradients" in alert.message) == (not arguments)
+
+
 class Lion(torch.optim.Optimizer):
     """Lion (Chen et al. 2023): the sign of an interpolated momentum, a step of the learning rate's size."""
 

@@ -173,6 +173,48 @@ def test_layers_are_listed_in_the_models_order(refrozen, tmp_path):
     assert [layer["name"] for layer in load_run(run).layers] == model_order
 
 
+class CriticFirst(pl.LightningModule):
+    """A GAN under manual optimization: the generator is registered first, the critic's optimizer steps first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        self.critic = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    def training_step(self, batch, batch_idx):
+        real, _ = batch
+        opt_g, opt_c = self.optimizers()
+        fake = self.generator(torch.randn(len(real), 4))
+        critic_loss = self.critic(fake.detach()).mean() - self.critic(real[:, :2]).mean()
+        opt_c.zero_grad()
+        self.manual_backward(critic_loss)
+        opt_c.step()
+        generator_loss = -self.critic(self.generator(torch.randn(len(real), 4))).mean()
+        opt_g.zero_grad()
+        self.manual_backward(generator_loss)
+        opt_g.step()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.generator.parameters(), 1e-3), torch.optim.Adam(self.critic.parameters(), 1e-3)
+
+    def train_dataloader(self):
+        return regression_data(64)
+
+
+def test_two_optimizers_layers_are_listed_in_the_models_order_whichever_steps_first(tmp_path):
+    run = _fit(tmp_path, CriticFirst(), 8)
+    model_order = ["generator.0", "generator.2", "critic.0", "critic.2"]
+    report = json.loads((run / "gradwatch.json").read_text())
+    assert [layer["name"] for layer in report["layers"]] == model_order
+    assert list(_layer_rows(gradwatch("report", str(run)).stdout)) == model_order
+    assert run_data(load_run(run, series=True))["layers"] == model_order
+
+
+def _layer_rows(text: str) -> list[str]:
+    return [line.split()[0] for line in text.splitlines() if re.match(r"^(generator|critic)\.\d\s", line)]
+
+
 def test_layer_frozen_mid_run_has_no_gradient_now(refrozen, tmp_path):
     lines = gradwatch("report", str(refrozen)).stdout.splitlines()
     assert _now("\n".join(lines)) == {"net.0": "ok", "net.2": "no gradient since step 63", "net.4": "ok"}

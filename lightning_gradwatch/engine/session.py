@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -273,7 +274,25 @@ class Session:
             exempt = exempt_parameters(module, self.settings.measure.granularity)
             if lane.watch(named, exempt, fit.env.plain_group, identity):
                 fit.output.layers_merged(lane.index, *lane.merge(), self.settings.measure.max_layers)
+            self.summary.place(self._in_module_order(module))
         return lane
+
+    def _in_module_order(self, module: Any) -> list[str]:
+        """Every optimizer's layers by their first parameter's place in ``module``.
+
+        Interleaved as the model's, whichever optimizer steps first (a GAN's discriminator); layers of parameters
+        not in it keep their order.
+        """
+        place = {id(p): i for i, p in enumerate(module.parameters())} if hasattr(module, "parameters") else {}
+        first: dict[str, float] = {}
+        for lane in self.lanes.values():
+            stats = lane.collector
+            if stats is None:
+                continue
+            for param, layer in zip(stats.params, stats.layer_of):
+                name = stats.layer_names[layer]
+                first[name] = min(first.get(name, math.inf), place.get(id(param), math.inf))
+        return sorted(first, key=first.__getitem__)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 from typing_extensions import override
 
 from lightning_gradwatch.measure.records import LayerHistogram
-from lightning_gradwatch.write.sinks import BaseSink
+from lightning_gradwatch.write.sinks import BaseSink, logger_name
 
 __all__ = ["LoggerSink"]
 
@@ -27,7 +27,7 @@ class LoggerSink(BaseSink):
     scalars = True
 
     def __init__(self, logger: Any, namespace: str = "") -> None:
-        self.name = type(logger).__name__
+        self.name = logger_name(logger)
         self._logger = logger
         self._prefix = f"{namespace}/" if namespace else ""
 

@@ -25,12 +25,13 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 from lightning_gradwatch.measure.records import LayerHistogram
 
-__all__ = ["BaseSink", "Sink", "failure_message"]
+__all__ = ["BaseSink", "Sink", "failure_message", "logger_name"]
 
 
 class Sink(Protocol):
@@ -132,6 +133,25 @@ class BaseSink:
     def failure_message(self, err: BaseException) -> str:
         """The warning that says a write to this sink failed."""
         return failure_message(self.name, err)
+
+
+def logger_name(logger: Any) -> str:
+    """How a warning names a logger: its class and directory, or what it says it is (a plain loop's directory).
+
+    Example:
+        >>> from lightning_gradwatch.loop import TensorBoardDirectory
+        >>> logger_name(TensorBoardDirectory("runs/x")), logger_name(object())
+        ('the log directory runs/x', 'object')
+    """
+    said = getattr(logger, "description", None)
+    if isinstance(said, str):
+        return said
+    try:
+        where = getattr(logger, "log_dir", None)
+    except Exception:  # a logger whose directory cannot be worked out is still named
+        where = None
+    name = type(logger).__name__
+    return f"{name} at {os.fspath(where)}" if isinstance(where, (str, os.PathLike)) else name
 
 
 def failure_message(name: str, err: BaseException) -> str:

@@ -27,7 +27,7 @@ from lightning_gradwatch.write.content import (
 from lightning_gradwatch.write.logger import LoggerSink
 from lightning_gradwatch.write.progress import warn
 from lightning_gradwatch.write.report_file import ReportFile
-from lightning_gradwatch.write.sinks import Sink, failure_message
+from lightning_gradwatch.write.sinks import Sink, failure_message, logger_name
 from lightning_gradwatch.write.tensorboard import tensorboard_experiment, tensorboard_sink
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
 def sink_for(logger: Any, namespace: str = "") -> Sink:
     """The sink of a Lightning logger: TensorBoard's own event file when it has one, else its ``log_metrics``."""
     experiment = tensorboard_experiment(logger)
-    sink = tensorboard_sink(experiment, namespace, type(logger).__name__) if experiment is not None else None
+    sink = tensorboard_sink(experiment, namespace, logger_name(logger)) if experiment is not None else None
     return sink or LoggerSink(logger, namespace)
 
 
@@ -86,7 +86,7 @@ class Writers:
             try:
                 sink = sink_for(logger, namespace)
             except Exception as err:  # an unwritable directory: reported like any failed write
-                warn(failure_message(type(logger).__name__, err))
+                warn(failure_message(logger_name(logger), err))
                 continue
             self._sinks.append(sink)
         for sink in sinks:
