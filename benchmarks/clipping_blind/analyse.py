@@ -1,5 +1,9 @@
 """Scores of ``run.py``'s results: per cell and seed, each rule's metric over the best fixed threshold's (lost: inf);
-healthy cells also over no clipping's. Then the table per family and pooled."""
+healthy cells also over no clipping's. Then the table per family and pooled.
+
+    python analyse.py FILE [late]
+
+With ``late`` (added after the round; needs ``run.py --late``), the metric is the median over the last 100 steps."""
 
 import json
 import math
@@ -9,11 +13,12 @@ from collections import defaultdict
 
 FIXED = [f"fixed {v:g}" for v in (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)]
 SHOW = ["ours", "ZClip", "AutoClip p10", "AGC 0.02", "AGC 0.16", "none", "ours+clip_max_norm=1"]
+METRIC = sys.argv[2] if len(sys.argv) > 2 else "metric"
 res = defaultdict(dict)
 with open(sys.argv[1] if len(sys.argv) > 1 else "clipping_blind.jsonl") as results:
     for line in results:
         d = json.loads(line)
-        res[(d["family"], d["cell"], d["seed"])][d["rule"]] = d["metric"]
+        res[(d["family"], d["cell"], d["seed"])][d["rule"]] = d[METRIC]
 
 
 def ratio(a, b):

@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -43,7 +44,14 @@ def finite_weights(model):
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def train(setup, init_state, rule, logdir=None):
+def _late(setup, model, step, late):
+    if late is not None and step >= STEPS - 100 and step % 10 == 9:
+        late.append(outcome(model, setup["metric"]))
+
+
+def train(setup, init_state, rule, logdir=None, late=None):
+    """One run; ``late`` (added after the round), a list that receives the held-out metric after every 10th of the
+    last 100 steps (``outcome`` of the model then), for a result that one late step cannot move."""
     model = copy.deepcopy(setup["model"])
     model.load_state_dict(init_state)
     opt = setup["opt"](model.parameters())
@@ -61,6 +69,7 @@ def train(setup, init_state, rule, logdir=None):
                     if loop.step(opt, loss):
                         opt.step()
                     opt.zero_grad()
+                    _late(setup, model, s, late)
                     if loop.should_stop:
                         info["stopped_at"] = s
                         break
@@ -91,6 +100,7 @@ def train(setup, init_state, rule, logdir=None):
                 peer.apply_(model)
             opt.step()
             opt.zero_grad()
+            _late(setup, model, s, late)
             if s % 25 == 0 and not finite_weights(model):
                 break
     return outcome(model, setup["metric"]), info
@@ -104,6 +114,11 @@ def main():
     ap.add_argument("--rules", default=",".join(RULES))
     ap.add_argument("--out", default="clipping_blind.jsonl", help="JSON lines, one per run; runs already in it kept")
     ap.add_argument("--logs", default=None, help="a directory for our rule's logs (default: none written)")
+    ap.add_argument(
+        "--late",
+        action="store_true",
+        help="also record 'late', the median held-out metric over the last 100 steps (every 10; added after the round)",
+    )
     a = ap.parse_args()
     rules = a.rules.split(",")
     done = set()
@@ -128,8 +143,11 @@ def main():
                         logdir = None
                         if a.logs and rule == "ours":
                             logdir = f"{a.logs}/{fam}_{cell.replace(' ', '_')}_{seed}"
-                        m, info = train(setup, init, rule, logdir)
+                        late = [] if a.late else None
+                        m, info = train(setup, init, rule, logdir, late)
                         rec = dict(family=fam, cell=cell, seed=seed, rule=rule, metric=m, secs=time.time() - t, **info)
+                        if late is not None:
+                            rec["late"] = statistics.median(late) if late and math.isfinite(m) else math.inf
                         f.write(json.dumps(rec) + "\n")
                         f.flush()
                         print(f"{fam:8s} {cell:24s} {seed} {rule:13s} {m:.4g} {rec['secs']:.2f}s", flush=True)
