@@ -227,6 +227,7 @@ class RunSummary:
         self.measured_steps = 0
         self.logged_steps = 0
         self.events: dict[str, int] = {}
+        self.events_restored: dict[str, int] = {}  # the counts a checkpoint brought (of the steps before it)
         self.bad_batches: list[dict[str, Any]] = []
 
     def note_batch(self, step: int, reasons: list[str], **where: Any) -> None:
@@ -347,6 +348,7 @@ class RunSummary:
                 for name, entry in ((name, self.layers[name]) for name in self.ordered())
             ],
             "events": dict(self.events),
+            "events_restored": dict(self.events_restored),
             "bad_batches": [dict(b) for b in self.bad_batches],
         }
 
@@ -380,6 +382,7 @@ class RunSummary:
         self.measured_steps = int(state.get("measured_steps", 0))
         self.logged_steps = int(state.get("logged_steps", 0))
         self.events = {str(k): int(v) for k, v in state.get("events", {}).items()}
+        self.events_restored = dict(self.events)
         self.bad_batches = [dict(b) for b in state.get("bad_batches", [])]
         self.order = in_model_order([[str(name) for name in state.get("order", [])], self.order])
         self.total_norm = {}

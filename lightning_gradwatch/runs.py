@@ -21,22 +21,22 @@ import json
 import math
 import os
 import statistics
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from lightning_gradwatch import _crc32c
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import REPORT_FILE, in_model_order, read_report
+from lightning_gradwatch.tfrecords import RecordFileError, read_records
 
 __all__ = ["RunReadError", "RunRecord", "find_runs", "load_run", "read_runs"]
 
 EVENT_FILE_MARK = "tfevents"
 ALERT_TEXT_TAGS = (ALERTS_TEXT_TAG, ALERTS_TAG)
 TOTAL_NORM_TAG = TOTAL_NORM
+EARLIER_LOGS = "an earlier run's logs in this directory left out"
 FINISHED = RunStatus.FINISHED
 
 
@@ -87,6 +87,9 @@ class RunRecord:
     earlier_alerts: list[dict[str, Any]] = field(default_factory=list)
     notices: list[dict[str, Any]] = field(default_factory=list)
     numbers_from_events: bool = False
+    logs_since: float | None = None
+    earlier_logs: str | None = None
+    events_restored: dict[str, int] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -172,21 +175,31 @@ def load_run(directory: Path, series: bool = False) -> RunRecord | None:
     except OSError as err:
         raise RunReadError(f"{directory}: cannot list ({_one_line(err)})") from err
     if report_path.exists():
-        try:
-            doc = read_report(report_path)
-        except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
-            message = _one_line(err)
-            raise RunReadError(message if str(report_path) in message else f"{report_path}: {message}") from err
-        run = _from_report(directory, doc)
-        if run.finished and series:  # every checksum verified while reading
-            run.series = _scan_events(event_files, partial_ok=False)[0]
-        elif run.finished:
-            for path in event_files:  # verify every checksum; the report is the source of the numbers
-                _read_records(path, partial_ok=False)
-        else:  # the report may be older than the logs: take the steps and alerts written after it
-            _add_later_events(run, _from_events(directory, event_files, series))
-        return run
+        return _from_report_and_events(directory, report_path, event_files, series)
     return _from_events(directory, event_files, series)
+
+
+def _from_report_and_events(directory: Path, report_path: Path, event_files: list[Path], series: bool) -> RunRecord:
+    """A run with a report: its numbers are the report's (of an unfinished run, the logs written after it too).
+
+    The event files' checksums are verified, and the values of an earlier run in the same directory left out.
+    """
+    try:
+        doc = read_report(report_path)
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+        message = _one_line(err)
+        raise RunReadError(message if str(report_path) in message else f"{report_path}: {message}") from err
+    run = _from_report(directory, doc)
+    if not run.finished:  # the report may be older than the logs: take the steps and alerts written after it
+        _add_later_events(run, _from_events(directory, event_files, series, run.logs_since))
+    elif series or (run.logs_since is not None and len(event_files) > 1):  # every checksum verified while reading
+        scan = _scan_events(event_files, partial_ok=False, since=run.logs_since)
+        run.series = scan.series if series else {}
+        run.earlier_logs = EARLIER_LOGS if scan.earlier else None
+    else:
+        for path in event_files:  # verify every checksum; the report is the source of the numbers
+            _read_records(path, partial_ok=False)
+    return run
 
 
 def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
@@ -194,6 +207,7 @@ def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
         return
     run.partial = logged.partial
     run.series = logged.series
+    run.earlier_logs = logged.earlier_logs
     last, logged_last = run.steps.get("last"), logged.steps.get("last")
     if isinstance(logged_last, int) and (not isinstance(last, int) or logged_last > last):
         run.steps["last"] = logged_last
@@ -223,12 +237,14 @@ def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "steps": {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)},
         "layers": layers,
         "events": {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()},
+        "events_restored": {str(k): int(v) for k, v in _as_dict(doc.get("events_restored")).items()},
         "total_norm": {str(k): _summary(v) for k, v in raw_total},
         "error": _text(doc, "error"),
         "history": history,
         "total_history": {str(k): _history({"grad_norm": v}) for k, v in raw_total},
         "config": _as_dict(doc.get("config")),
         "fits": [_fit_entry(f) for f in _as_list(doc.get("fits"))],
+        "logs_since": _wall_time(doc.get("logs_since")),
         **_said(doc),
     }
 
@@ -265,6 +281,13 @@ def _history(entry: dict[str, Any]) -> list[tuple[int, float]]:
     """A layer's (or total's) ``grad_norm.history``, as ``(step, norm)`` points in step order."""
     points = _as_list(_as_dict(_as_dict(entry).get("grad_norm")).get("history"))
     return sorted((int(step), _float(value)) for step, value in (_as_list(point) for point in points))
+
+
+def _wall_time(value: Any) -> float | None:
+    """``logs_since`` as a number of seconds (``None`` when absent or not a finite number)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _text(doc: dict[str, Any], name: str) -> str | None:
@@ -345,101 +368,33 @@ def _alert_entry(alert: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- event files
-_HEADER = struct.Struct("<Q")
-_CRC = struct.Struct("<I")
-_BATCH_BYTES = 8 << 20
-
-
-def _crc32c_function() -> Any:
-    """google-crc32c's C function when it is installed, else ``None`` (checksums computed with numpy)."""
-    try:
-        import google_crc32c  # type: ignore[import-not-found]
-
-        return google_crc32c.value
-    except ImportError:
-        return None
-
-
-def _masked(crc: int) -> int:
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def _read_records(path: Path, partial_ok: bool) -> tuple[list[bytes], str | None]:
-    """The records of a TFRecord event file, each checked against its CRC32C.
-
-    Returns the records, and a note when the file ends in half a record and ``partial_ok`` (a run that did not
-    finish: its process died while writing).
-
-    Raises:
-        RunReadError: on a checksum mismatch, or a truncated record when not ``partial_ok``.
-    """
+    """:func:`~lightning_gradwatch.tfrecords.read_records`, its error a :class:`RunReadError`."""
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise RunReadError(f"{path}: cannot read ({_one_line(err)})") from err
-    crc32c = _crc32c_function()
-    if crc32c is None:
-        records = _checked_at_once(data)
-        if records is not None:
-            return records, None
-        crc32c = _crc32c.crc32c  # find what is wrong, record by record
-    offset, n = 0, 0
-    records: list[bytes] = []
-    while offset < len(data):
-        if offset + 12 > len(data):
-            truncated = f"{path}: truncated event file (record {n} header is incomplete)"
-            break
-        header = data[offset : offset + 8]
-        (length,) = _HEADER.unpack(header)
-        (length_crc,) = _CRC.unpack(data[offset + 8 : offset + 12])
-        if _masked(crc32c(header)) != length_crc:
-            raise RunReadError(f"{path}: corrupt event file (record {n} length checksum mismatch)")
-        end = offset + 12 + length
-        if end + 4 > len(data):
-            truncated = f"{path}: truncated event file (record {n} is incomplete)"
-            break
-        payload = data[offset + 12 : end]
-        (payload_crc,) = _CRC.unpack(data[end : end + 4])
-        if _masked(crc32c(payload)) != payload_crc:
-            raise RunReadError(f"{path}: corrupt event file (record {n} data checksum mismatch)")
-        records.append(payload)
-        offset, n = end + 4, n + 1
-    else:
-        return records, None
-    if not partial_ok:
-        raise RunReadError(truncated)
-    return records, f"{path.name} ends in half a record ({len(records)} whole records kept)"
+        return read_records(path, partial_ok)
+    except RecordFileError as err:
+        raise RunReadError(str(err)) from err
 
 
-def _checked_at_once(data: bytes) -> list[bytes] | None:
-    """The records of a whole, undamaged event file, every checksum computed at once; ``None`` if anything is off."""
-    offset, headers, records, expected = 0, [], [], []
-    while offset < len(data):
-        if offset + 12 > len(data):
-            return None
-        header = data[offset : offset + 8]
-        end = offset + 12 + _HEADER.unpack(header)[0]
-        if end + 4 > len(data):
-            return None
-        headers.append(header)
-        records.append(data[offset + 12 : end])
-        expected += [_CRC.unpack_from(data, offset + 8)[0], _CRC.unpack_from(data, end)[0]]
-        offset = end + 4
-    messages = [m for pair in zip(headers, records) for m in pair]
-    start = 0
-    while start < len(messages):  # batches of about 8 MB keep the memory flat
-        end, size = start, 0
-        while end < len(messages) and size < _BATCH_BYTES:
-            size, end = size + len(messages[end]), end + 1
-        found = _crc32c.crc32c_many(messages[start:end])
-        if any(_masked(crc) != want for crc, want in zip(found, expected[start:end])):
-            return None
-        start = end
-    return records
+def _from_events(
+    directory: Path, event_files: list[Path], keep_series: bool = False, since: float | None = None
+) -> RunRecord | None:
+    """The run the event files hold: since ``since`` (see :func:`_scan_events`), or, without it, the latest run.
 
-
-def _from_events(directory: Path, event_files: list[Path], keep_series: bool = False) -> RunRecord | None:
-    series, alerts, partial, orders = _scan_events(event_files)
+    Without a record to say where the run began, a file whose first GradWatch step is at or before the first step of
+    the files before it (steps counted from 0 again) begins another run in the same directory (a job re-run in
+    place); the latest is the run, and the earlier ones are said, not read.
+    """
+    scan = _scan_events(event_files, since=since)
+    earlier_logs = EARLIER_LOGS if scan.earlier else None
+    if since is None:
+        begins = _run_beginnings(scan.firsts)
+        if len(begins) > 1:
+            scan = _scan_events(event_files[begins[-1] :])
+            runs = len(begins) - 1
+            whose = "runs'" if runs > 1 else "run's"
+            earlier_logs = f"{runs} earlier {whose} event files here not read"
+    series, alerts, partial, orders = scan.series, scan.alerts, scan.partial, scan.orders
     if not any(tag.startswith(_LAYER_NORM_PREFIX) for tag in series) and not alerts:
         return None
     layers = [_layer_from_series(name, series) for name in in_model_order(orders)]
@@ -461,7 +416,29 @@ def _from_events(directory: Path, event_files: list[Path], keep_series: bool = F
         history=history,
         total_history=totals,
         series=series if keep_series else {},
+        earlier_logs=earlier_logs,
     )
+
+
+def _run_beginnings(firsts: list[int | None]) -> list[int]:
+    """The files (indexes, in time order) that begin a run.
+
+    The first with GradWatch values begins one, and so does each whose first step is at or before the first step of
+    the run before it.
+
+    Example:
+        >>> _run_beginnings([0, 51, None, 0, 0])  # a run resumed in place at step 51, then two runs from step 0
+        [0, 3, 4]
+    """
+    begins: list[int] = []
+    first_of_run: int | None = None
+    for i, first in enumerate(firsts):
+        if first is None:
+            continue
+        if first_of_run is None or first <= first_of_run:
+            begins.append(i)
+            first_of_run = first
+    return begins
 
 
 def _total_series(series: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
@@ -499,48 +476,83 @@ def _layer_from_series(name: str, series: dict[str, list[tuple[int, float]]]) ->
     }
 
 
-def _scan_events(
-    event_files: list[Path], partial_ok: bool = True
-) -> tuple[dict[str, list[tuple[int, float]]], list[dict[str, Any]], str | None, list[tuple[str, ...]]]:
+class _Scan(NamedTuple):
+    """What the event files hold of GradWatch's (see :func:`_scan_events`)."""
+
+    series: dict[str, list[tuple[int, float]]]
+    alerts: list[dict[str, Any]]
+    partial: str | None
+    orders: list[tuple[str, ...]]
+    firsts: list[int | None]  # each file's first step with a GradWatch value (None: it has none)
+    earlier: int  # GradWatch values left out as written before ``since``
+
+
+def _scan_events(event_files: list[Path], partial_ok: bool = True, since: float | None = None) -> _Scan:
     """GradWatch's scalar series ``{tag: [(step, value)]}``, its alerts, a note on a file cut short, and the orders.
 
     A step writes its layers in the model's order: each distinct order of a step's ``grad_norm/<layer>`` values is
     kept (:func:`~lightning_gradwatch.report.in_model_order` puts them together). ``partial_ok``: half a record at
-    the end of a file is what a killed run leaves (else it is an error).
+    the end of a file is what a killed run leaves (else it is an error). ``since``: the wall time the run's record
+    began at (``gradwatch.json``'s ``logs_since``); GradWatch's values written before it are an earlier run's and
+    are left out (counted).
     """
-    from tensorboard.compat.proto import event_pb2
-
-    series: dict[str, list[tuple[int, float]]] = {}
-    alerts: list[dict[str, Any]] = []
-    partial = None
-    orders = _StepOrders()
+    scanner = _Scanner(since)
     for path in event_files:
         records, note = _read_records(path, partial_ok=partial_ok)
-        partial = partial or note
+        scanner.partial = scanner.partial or note
+        scanner.scan(path, records)
+    return _Scan(
+        scanner.series, scanner.alerts, scanner.partial, scanner.orders.distinct(), scanner.firsts, scanner.earlier
+    )
+
+
+class _Scanner:
+    """What :func:`_scan_events` gathers, file by file."""
+
+    def __init__(self, since: float | None) -> None:
+        self.since = since
+        self.series: dict[str, list[tuple[int, float]]] = {}
+        self.alerts: list[dict[str, Any]] = []
+        self.partial: str | None = None
+        self.orders = _StepOrders()
+        self.firsts: list[int | None] = []
+        self.earlier = 0
+
+    def scan(self, path: Path, records: list[bytes]) -> None:
+        """One event file's records."""
+        from tensorboard.compat.proto import event_pb2
+
+        first = None
         for payload in records:
             try:
                 event = event_pb2.Event.FromString(payload)
             except Exception as err:
                 raise RunReadError(f"{path}: corrupt event record ({_one_line(err)})") from err
-            step = event.step
-            orders.at(step)
-            for value in event.summary.value:
-                tag = value.tag
-                if not tag.startswith(_READ_PREFIXES):  # most values: other layer families, other loggers
-                    continue
-                if tag in ALERT_TEXT_TAGS:
-                    if value.HasField("tensor") and value.tensor.string_val:
-                        text = value.tensor.string_val[0].decode("utf-8", "replace")
-                        alerts.append(_alert_from_text(path, text, step))
-                    continue
-                number = _scalar(value, tag)
-                if number is not None:
-                    points = series.get(tag)
-                    if points is None:
-                        points = series[tag] = []
-                    points.append((step, number))
-                    orders.add(tag)
-    return series, alerts, partial, orders.distinct()
+            self.orders.at(event.step)
+            values = [v for v in event.summary.value if v.tag.startswith(_READ_PREFIXES)]  # not other loggers'
+            if values and self.since is not None and event.wall_time < self.since:  # an earlier run's
+                self.earlier += len(values)
+                continue
+            if values and first is None:
+                first = event.step
+            for value in values:
+                self._value(path, value, event.step)
+        self.firsts.append(first)
+
+    def _value(self, path: Path, value: Any, step: int) -> None:
+        tag = value.tag
+        if tag in ALERT_TEXT_TAGS:
+            if value.HasField("tensor") and value.tensor.string_val:
+                text = value.tensor.string_val[0].decode("utf-8", "replace")
+                self.alerts.append(_alert_from_text(path, text, step))
+            return
+        number = _scalar(value, tag)
+        if number is not None:
+            points = self.series.get(tag)
+            if points is None:
+                points = self.series[tag] = []
+            points.append((step, number))
+            self.orders.add(tag)
 
 
 _LAYER_NORM_PREFIX = "grad_norm/"

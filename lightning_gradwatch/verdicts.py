@@ -227,14 +227,21 @@ def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[st
         facts.append(run.status or "no gradwatch.json")
     if run.partial:
         facts.append(run.partial)
+    if run.earlier_logs:
+        facts.append(run.earlier_logs)
     return facts
 
 
 def _responded(run: RunRecord) -> list[str]:
-    """The steps a response skipped or clipped (it changed training: a healthy verdict says so)."""
+    """The steps a response skipped or clipped (it changed training: a healthy verdict says so).
+
+    Of a run resumed from a checkpoint in another directory, only those after the resume: the checkpoint's counts
+    are the earlier run's.
+    """
     facts = []
+    before = run.events_restored if resumed_at(run) is not None else {}
     for event, what in ((names.SKIPPED_STEPS, "skipped"), (names.CLIPPED_STEPS, "clipped")):
-        count = run.events.get(event, 0)
+        count = run.events.get(event, 0) - before.get(event, 0)
         if isinstance(count, int) and count > 0:
             facts.append(f"{count} step{'s' * (count != 1)} {what}")
     return facts

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import subprocess
 import sys
 import warnings
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
+from lightning_gradwatch.runs import load_run
 from tests.helpers import events, flavour, make_mlp_module, regression_data, scalars, trainer_kwargs
 
 pl = flavour("lightning.pytorch")
@@ -176,6 +178,7 @@ def test_resumed_run_does_not_count_the_alerts_from_before_the_resume_twice(tmp_
     assert resumed_at == first.global_step > 0
     assert report["steps"]["first"] == 0  # the record is the whole run's
     assert f"resumed at step {resumed_at}: steps {resumed_at}-{second.global_step - 1} written here" in alone.stdout
+    assert "skipped" not in alone.stdout  # the step skipped at 5 was the first run's
     # the per-layer report and the HTML page say it too
     said = gradwatch("report", second.logger.log_dir).stdout
     assert "resumed after 1 alert(s) of an earlier run, judged there: nonfinite@5" in said
@@ -246,6 +249,38 @@ def test_a_new_run_from_step_0_in_an_old_directory_starts_a_new_record(tmp_path,
     assert [(a["kind"], a["step"]) for a in previous["alerts"]] == [("nonfinite", 5)]
     result = gradwatch("check", str(tmp_path))
     assert result.returncode == 0, result.stdout
+
+
+def test_a_job_rerun_in_place_from_step_0_is_read_without_the_earlier_runs_logs(tmp_path):
+    """A logger with a fixed version: a run with a NaN at step 5, then the job re-run in place, healthy. Its record,
+    its pictures' numbers and the gate leave the earlier run's event values out, and say so; from the event files
+    alone, the latest run (steps counted from 0 again) is the one judged."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    def fit(nan_at_step: int) -> Path:
+        logger = TensorBoardLogger(tmp_path, name="job", version="v1")
+        watch = GradWatch(on_nonfinite="skip", log_every_n_steps=1, images=False)
+        trainer = pl.Trainer(callbacks=[watch], logger=logger, **trainer_kwargs(tmp_path, max_steps=12))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(make_mlp_module(pl, nan_at_step=nan_at_step, record=False), regression_data(256, batch_size=16))
+        return Path(trainer.logger.log_dir)
+
+    fit(5)
+    run = fit(10**6)
+    assert len([p for p in run.iterdir() if "tfevents" in p.name]) == 2
+    result = gradwatch("check", str(run))
+    assert result.returncode == 0, result.stdout
+    assert "an earlier run's logs in this directory left out" in result.stdout
+    norms = load_run(run, series=True).series["gradwatch/total_norm"]
+    assert sorted(step for step, _ in norms) == list(range(12))  # this run's steps, once each
+    assert all(math.isfinite(value) for _, value in norms)  # not the earlier run's NaN at step 5
+
+    (run / "gradwatch.json").unlink()
+    (run / "gradwatch.previous.json").unlink()
+    alone = gradwatch("check", str(run), "--allow-unfinished")  # no record: it may not have finished
+    assert alone.returncode == 0, alone.stdout  # the earlier run's alert is not this run's
+    assert "1 earlier run's event files here not read" in alone.stdout
 
 
 # ---------------------------------------------------------------------------------------- selections that select

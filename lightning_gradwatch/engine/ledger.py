@@ -10,6 +10,9 @@ that ``gradwatch check`` judges the whole:
   alerts over when it resumes (its first step is past 0), so nothing earlier is lost when the file is rewritten. One
   that trains from step 0 is a new run in an old directory (``logger=False`` runs all share ``default_root_dir``): it
   starts a new record, and the earlier one is kept beside it as ``gradwatch.previous.json``.
+- **Its own logs.** A record that begins at step 0 notes the wall time of that step (``logs_since``): GradWatch's
+  event values written before it in the directory's event files are an earlier run's (a job re-run in place, with
+  or without a record of its own), and readers leave them out.
 - **Alerts counted once.** A run resumed from a checkpoint into a *new* directory gets the checkpoint's alerts back in
   ``GradWatch.alerts`` (its history is kept), but they happened in the earlier run and are judged there: this record
   lists them under ``earlier_alerts``, apart from ``alerts``.
@@ -34,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +74,7 @@ class RunLedger:
         self.earlier: list[dict[str, Any]] = []  # alerts a checkpoint brought from another run
         self.notices: list[dict[str, Any]] = []  # what GradWatch said once that is no alert (clipping held a run back)
         self.unreadable: str | None = None  # why an earlier gradwatch.json could not be taken over
+        self.logs_since: float | None = None  # wall time this record began in a directory an earlier run logged to
         self._taken_over: dict[str, Any] | None = None  # the record taken over, until this run's first step
 
     def begin_fit(
@@ -108,6 +113,8 @@ class RunLedger:
         self.alerts = _records(doc.get("alerts", []))
         self.earlier = _records(doc.get("earlier_alerts", []))
         self.notices = _records(doc.get("notices", []))
+        since = doc.get("logs_since")
+        self.logs_since = float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None
         self._taken_over = doc
 
     def saw(self, step: int) -> None:
@@ -125,7 +132,10 @@ class RunLedger:
         whether it is measured or not (an fp16 overflow at step 0 is still step 0).
         """
         earlier, self._taken_over = self._taken_over, None
-        return self._start_over(earlier) if earlier is not None and step == 0 else None
+        said = self._start_over(earlier) if earlier is not None and step == 0 else None
+        if step == 0 and self.logs_since is None and len(self.fits) == 1:  # before the step writes anything
+            self.logs_since = time.time()
+        return said
 
     def _start_over(self, earlier: dict[str, Any]) -> str | None:
         """Keep the earlier run's record as :data:`PREVIOUS_REPORT_FILE` and start a new one with the current fit."""
@@ -136,6 +146,7 @@ class RunLedger:
             return f"GradWatch: could not keep the earlier run's record apart ({err}); it stays in {REPORT_FILE}."
         fits, alerts = len(self.fits) - 1, len(self.alerts)
         self.fits, self.alerts, self.earlier, self.notices = self.fits[-1:], [], [], []
+        self.logs_since = None  # the earlier run's: this one's is noted at its first step
         return (
             f"GradWatch: {directory} held the record of an earlier run ({fits} fit(s), {alerts} alert(s)); this fit"
             f" trains from step 0, so it starts a new record. The earlier one is kept as {kept}."
@@ -185,12 +196,17 @@ class RunLedger:
             self.fits.pop()
 
     def to_report(self) -> dict[str, Any]:
-        """The record's part of ``gradwatch.json``: ``fits``, ``alerts``, ``earlier_alerts`` and ``notices``."""
+        """The record's part of ``gradwatch.json``: its fits, alerts, earlier alerts, notices and ``logs_since``.
+
+        ``logs_since`` only for a run whose record began at step 0.
+        """
+        since = {} if self.logs_since is None else {"logs_since": self.logs_since}
         return {
             "fits": [dict(f) for f in self.fits],
             "alerts": list(self.alerts),
             "earlier_alerts": list(self.earlier),
             "notices": list(self.notices),
+            **since,
         }
 
 
