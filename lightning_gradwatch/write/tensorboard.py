@@ -45,6 +45,8 @@ class TensorBoardSink(BaseSink):
         self._fast = type(writer).__module__.startswith("torch.utils.tensorboard") and hasattr(
             writer, "_get_file_writer"
         )
+        if self._fast:
+            quiet_writer_thread(writer)
 
     @override
     def write(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:
@@ -147,6 +149,53 @@ def tensorboard_sink(experiment: Any, namespace: str, name: str = "TensorBoardLo
     from torch.utils.tensorboard import SummaryWriter
 
     return TensorBoardSink(SummaryWriter(log_dir=os.path.join(get_logdir(), namespace)), owned=True, name=name)
+
+
+class _QuietRecords:
+    """An event file's record writer whose failures (a full disk) its writer thread keeps instead of dying loudly.
+
+    TensorBoard's writer thread re-raises a failed write after storing it, so Python prints its traceback; the
+    stored error is raised again at the next write on the training thread, where the sink reports it once. Kept
+    this way, the thread stores the error and goes on (its writes failing quietly), and the one warning is all a
+    full disk shows.
+    """
+
+    def __init__(self, records: Any, thread: Any) -> None:
+        self._records = records
+        self._thread = thread
+
+    def _keep(self, err: OSError) -> None:
+        if getattr(self._thread, "exception", None) is None:
+            self._thread.exception = err
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._records.write(data)
+        except OSError as err:
+            self._keep(err)
+
+    def flush(self) -> None:
+        try:
+            self._records.flush()
+        except OSError as err:
+            self._keep(err)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._records, name)
+
+
+def quiet_writer_thread(writer: Any) -> None:
+    """Have the writer thread of ``writer``'s event file keep a failed write for the training thread.
+
+    See :class:`_QuietRecords`; a writer built otherwise is left as it is.
+    """
+    try:
+        thread = writer._get_file_writer().event_writer._async_writer._worker
+        records = thread._record_writer
+    except AttributeError:
+        return
+    if not isinstance(records, _QuietRecords) and hasattr(thread, "exception"):
+        thread._record_writer = _QuietRecords(records, thread)
 
 
 def is_tensorboard_writer(experiment: Any) -> bool:
