@@ -860,6 +860,28 @@ def test_a_loss_that_creeps_up_over_hundreds_of_steps_is_no_trend():
     assert alerts == []
 
 
+def _below_zero(climb_to: float):
+    """A loss that goes below zero (a Gaussian NLL, a critic's): from -1 down to -70 over 100 steps, then back up to
+    ``climb_to`` over 40 steps while the norm steps up 5x at step 120."""
+
+    def loss(s: int) -> float:
+        wobble = 0.5 * math.sin(2.3 * s)
+        if s < 100:
+            return -1.0 - 0.7 * s + wobble
+        return -70.3 + min(1.0, (s - 100) / 40) * (climb_to + 70.3) + wobble
+
+    return feed(GradientDetector(), range(220), make=lambda s: healthy(s, 1.0 if s < 120 else 5.0), loss=loss)
+
+
+def test_a_loss_below_zero_climbs_by_the_way_it_came_down_not_by_factors():
+    """A factor of a loss at or below zero says nothing (any loss above -70 is "3x" -70): the trend measures such a
+    climb by the way the run had come down, and no message prints "inf"."""
+    assert _below_zero(20.0) == []  # back above its start, by less than twice the 69 it came down
+    diverged = _below_zero(200.0)
+    assert [a.kind for a in diverged] == ["exploding"]
+    assert all("inf" not in a.message for a in diverged)
+
+
 def test_a_late_divergence_climbs_from_where_the_run_just_was():
     """A run converged for 300 steps that then diverges is alerted as soon after it begins as one diverging at step 30
     (the lowest level of the last 100 steps is the converged one)."""

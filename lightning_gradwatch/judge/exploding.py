@@ -121,7 +121,7 @@ from lightning_gradwatch.judge.context import (
     Verdict,
 )
 from lightning_gradwatch.judge.killed import Kill
-from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch, times
+from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch, climbed, times, versus
 from lightning_gradwatch.judge.state import as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
@@ -262,14 +262,14 @@ class Jump(ExplodingRule):
             loss_first, loss_now = losses.start_losses.first(), losses.recent_losses.last()
             what = (
                 f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({reference:.4g}) on"
-                f" {self.grown_steps} steps in a row, and the training loss {times(loss_now, loss_first):.3g}x its"
+                f" {self.grown_steps} steps in a row, and the training loss {versus(loss_now, loss_first)} its"
                 f" first value ({loss_first:.4g} to {loss_now:.4g}): both grew from the start"
             )
         else:
             orders = ": orders of magnitude within the first steps" if ratio >= ORDERS_OF_MAGNITUDE else ""
             losses = self.ctx.losses
             with_loss = (
-                f", the training loss {times(losses.recent_losses.last(), losses.start_losses.first()):.3g}x its first"
+                f", the training loss {versus(losses.recent_losses.last(), losses.start_losses.first())} its first"
                 " value"
                 if self._loss_known()
                 else ""
@@ -545,8 +545,8 @@ class Trend(ExplodingRule):
         return (
             len(losses.recent_losses) >= TREND_MIN_LOSSES
             and loss > floor  # a loss at zero, as low as it has been, has not climbed (0 >= 2 x 0 says nothing)
-            and loss >= cfg.exploding_trend_loss_factor * floor
-            and loss >= cfg.exploding_trend_start_factor * first
+            and climbed(loss, floor, first, cfg.exploding_trend_loss_factor)
+            and climbed(loss, first if first > 0 else floor, first, cfg.exploding_trend_start_factor)
             and level >= start + math.log10(cfg.exploding_trend_norm_factor)
         )
 
@@ -582,8 +582,8 @@ class Trend(ExplodingRule):
     def describe(self, step: NormStep) -> Finding:
         losses, norms = self.ctx.losses, self.ctx.norms
         floor, start = losses.recent_floor or (0.0, 0.0)
+        first = losses.start_high or 0.0
         loss = losses.recent_losses.median()
-        ratio = times(loss, floor)
         level, start = norms.real(losses.recent_norms.median()), norms.real(start)
         # the lowest of the last 75-100 steps once that many are kept, the lowest so far before
         since = (
@@ -591,12 +591,21 @@ class Trend(ExplodingRule):
             if len(losses.block_floors) == FLOOR_BLOCKS
             else "so far"
         )
-        what = (
-            f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its lowest level {since} ({floor:.4g}) and"
-            f" {times(loss, losses.start_high or 0.0):.3g}x the highest of the first {START_HIGH_WINDOW} losses, while"
-            f" the total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
-        )
-        return Finding(what, Cause.GROWTH, ratio, self.config.exploding_trend_loss_factor)
+        grew = f"while the total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
+        if floor > 0:
+            ratio, threshold = times(loss, floor), self.config.exploding_trend_loss_factor
+            above = f"{times(loss, first):.3g}x" if first > 0 else f"above ({first:.4g})"
+            what = (
+                f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its lowest level {since} ({floor:.4g}) and"
+                f" {above} the highest of the first {START_HIGH_WINDOW} losses, {grew}"
+            )
+        else:  # a loss that went to zero or below: its climb measured by the way it had come down
+            ratio, threshold = (loss - floor) / (first - floor), self.config.exploding_trend_loss_factor - 1
+            what = (
+                f"the loss has climbed to {loss:.4g} from its lowest level {since} ({floor:.4g}), {ratio:.3g}x the"
+                f" way it had come down from the highest of the first {START_HIGH_WINDOW} losses ({first:.4g}), {grew}"
+            )
+        return Finding(what, Cause.GROWTH, ratio, threshold)
 
 
 @dataclass(eq=False)

@@ -28,7 +28,17 @@ if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no 
 
     from lightning_gradwatch.measure.records import StepStats
 
-__all__ = ["DetectionRule", "ExplodingRule", "Finding", "NormStep", "RuleWatch", "VanishingRule", "times"]
+__all__ = [
+    "DetectionRule",
+    "ExplodingRule",
+    "Finding",
+    "NormStep",
+    "RuleWatch",
+    "VanishingRule",
+    "climbed",
+    "times",
+    "versus",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,34 @@ def times(value: float, reference: float) -> float:
         (3.0, inf)
     """
     return value / reference if reference > 0 else math.inf
+
+
+def versus(loss: float, first: float) -> str:
+    """A loss against a reference, in words: ``3x``, or ``above``/``not above`` when the reference is not positive.
+
+    Example:
+        >>> versus(6.0, 2.0), versus(4.0, -1.0), versus(-2.0, -1.0)
+        ('3x', 'above', 'not above')
+    """
+    if first > 0:
+        return f"{loss / first:.3g}x"
+    return "above" if loss > first else "not above"
+
+
+def climbed(loss: float, floor: float, first: float, factor: float) -> bool:
+    """Whether ``loss`` has climbed to ``factor`` times ``floor``.
+
+    From a floor at zero or below, where a factor says nothing (a critic's or a negative log-likelihood's loss): by
+    ``factor - 1`` times the way the run had come down to it from ``first``, the highest of its first losses (never,
+    when it had not come down).
+
+    Example:
+        >>> climbed(3.0, 1.0, 2.0, 3.0), climbed(42.8, -73.2, 0.5, 3.0), climbed(80.0, -73.2, 0.5, 3.0)
+        (True, False, True)
+    """
+    if floor > 0:
+        return loss >= factor * floor
+    return first > floor and loss - floor >= (factor - 1.0) * (first - floor)
 
 
 class Finding(NamedTuple):
