@@ -31,6 +31,7 @@ __all__ = [
     "in_model_order",
     "json_safe",
     "read_report",
+    "wall_time",
     "write_report",
 ]
 
@@ -41,6 +42,18 @@ REPORT_FILE = "gradwatch.json"
 REPORT_FORMAT = "gradwatch-report"
 REPORT_FORMAT_VERSION = 1
 MAX_BAD_BATCHES = 1000  # the first ones are kept, the rest counted
+
+
+def wall_time(value: Any) -> float | None:
+    """A wall time read back from ``gradwatch.json`` (``logs_since``): seconds, or ``None`` when absent or not finite.
+
+    Example:
+        >>> wall_time(1700000000.5), wall_time("x"), wall_time(float("nan")), wall_time(True)
+        (1700000000.5, None, None, None)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def in_model_order(orders: Iterable[Sequence[str]]) -> list[str]:
@@ -227,7 +240,6 @@ class RunSummary:
         self.measured_steps = 0
         self.logged_steps = 0
         self.events: dict[str, int] = {}
-        self.events_restored: dict[str, int] = {}  # the counts a checkpoint brought (of the steps before it)
         self.bad_batches: list[dict[str, Any]] = []
 
     def note_batch(self, step: int, reasons: list[str], **where: Any) -> None:
@@ -348,7 +360,6 @@ class RunSummary:
                 for name, entry in ((name, self.layers[name]) for name in self.ordered())
             ],
             "events": dict(self.events),
-            "events_restored": dict(self.events_restored),
             "bad_batches": [dict(b) for b in self.bad_batches],
         }
 
@@ -382,7 +393,6 @@ class RunSummary:
         self.measured_steps = int(state.get("measured_steps", 0))
         self.logged_steps = int(state.get("logged_steps", 0))
         self.events = {str(k): int(v) for k, v in state.get("events", {}).items()}
-        self.events_restored = dict(self.events)
         self.bad_batches = [dict(b) for b in state.get("bad_batches", [])]
         self.order = in_model_order([[str(name) for name in state.get("order", [])], self.order])
         self.total_norm = {}

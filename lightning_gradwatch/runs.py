@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.kinds import RunStatus
-from lightning_gradwatch.report import REPORT_FILE, in_model_order, read_report
+from lightning_gradwatch.report import REPORT_FILE, in_model_order, read_report, wall_time
 from lightning_gradwatch.tfrecords import RecordFileError, read_records
 
 __all__ = ["RunReadError", "RunRecord", "find_runs", "load_run", "read_runs"]
@@ -171,7 +171,9 @@ def load_run(directory: Path, series: bool = False) -> RunRecord | None:
     """
     report_path = directory / REPORT_FILE
     try:
-        event_files = sorted(p for p in directory.iterdir() if p.is_file() and EVENT_FILE_MARK in p.name)
+        event_files = sorted(
+            (p for p in directory.iterdir() if p.is_file() and EVENT_FILE_MARK in p.name), key=_in_time_order
+        )
     except OSError as err:
         raise RunReadError(f"{directory}: cannot list ({_one_line(err)})") from err
     if report_path.exists():
@@ -190,16 +192,56 @@ def _from_report_and_events(directory: Path, report_path: Path, event_files: lis
         message = _one_line(err)
         raise RunReadError(message if str(report_path) in message else f"{report_path}: {message}") from err
     run = _from_report(directory, doc)
+    since = run.logs_since
     if not run.finished:  # the report may be older than the logs: take the steps and alerts written after it
-        _add_later_events(run, _from_events(directory, event_files, series, run.logs_since))
-    elif series or (run.logs_since is not None and len(event_files) > 1):  # every checksum verified while reading
-        scan = _scan_events(event_files, partial_ok=False, since=run.logs_since)
-        run.series = scan.series if series else {}
+        _add_later_events(run, _from_events(directory, event_files, series, since))
+    elif series:  # every checksum verified while reading
+        scan = _scan_events(event_files, partial_ok=False, since=since)
+        run.series = scan.series
         run.earlier_logs = EARLIER_LOGS if scan.earlier else None
-    else:
-        for path in event_files:  # verify every checksum; the report is the source of the numbers
-            _read_records(path, partial_ok=False)
+    else:  # verify every checksum; the report is the source of the numbers
+        older = []
+        for path in event_files:
+            records, note = _read_records(path, partial_ok=since is not None)
+            if since is not None and not _opened_since(path, records, since):
+                older.append(path)  # maybe an earlier run's: read for its values' times below
+            elif note:
+                _read_records(path, partial_ok=False)  # this run's file cut short: an error (raised)
+        if older and _scan_events(older, partial_ok=False, since=since).earlier:
+            run.earlier_logs = EARLIER_LOGS
     return run
+
+
+def _in_time_order(path: Path) -> tuple[int, int, int, str]:
+    """Sort key of event files in the order they were opened.
+
+    TensorBoard names them ``events.out.tfevents.<seconds>.<host>.<pid>.<n>``: by those numbers, not as text (where
+    a process's 10th file sorts before its 9th).
+
+    Example:
+        >>> names = ["events.out.tfevents.1700000000.h.7.10", "events.out.tfevents.1700000000.h.7.9"]
+        >>> [p.name[-4:] for p in sorted(map(Path, names), key=_in_time_order)]
+        ['.7.9', '7.10']
+    """
+    parts = path.name.split(EVENT_FILE_MARK + ".", 1)[-1].split(".")
+
+    def number(text: str) -> int:
+        return int(text) if text.isdigit() else -1
+
+    pid = number(parts[-2]) if len(parts) >= 3 else -1
+    return number(parts[0]), pid, number(parts[-1]), path.name
+
+
+def _opened_since(path: Path, records: list[bytes], since: float) -> bool:
+    """Whether an event file was opened at or after ``since`` (its first record's time): all of it is this run's."""
+    from tensorboard.compat.proto import event_pb2
+
+    if not records:
+        return True
+    try:
+        return event_pb2.Event.FromString(records[0]).wall_time >= since
+    except Exception as err:
+        raise RunReadError(f"{path}: corrupt event record ({_one_line(err)})") from err
 
 
 def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
@@ -244,7 +286,7 @@ def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "total_history": {str(k): _history({"grad_norm": v}) for k, v in raw_total},
         "config": _as_dict(doc.get("config")),
         "fits": [_fit_entry(f) for f in _as_list(doc.get("fits"))],
-        "logs_since": _wall_time(doc.get("logs_since")),
+        "logs_since": wall_time(doc.get("logs_since")),
         **_said(doc),
     }
 
@@ -281,13 +323,6 @@ def _history(entry: dict[str, Any]) -> list[tuple[int, float]]:
     """A layer's (or total's) ``grad_norm.history``, as ``(step, norm)`` points in step order."""
     points = _as_list(_as_dict(_as_dict(entry).get("grad_norm")).get("history"))
     return sorted((int(step), _float(value)) for step, value in (_as_list(point) for point in points))
-
-
-def _wall_time(value: Any) -> float | None:
-    """``logs_since`` as a number of seconds (``None`` when absent or not a finite number)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def _text(doc: dict[str, Any], name: str) -> str | None:
@@ -381,9 +416,9 @@ def _from_events(
 ) -> RunRecord | None:
     """The run the event files hold: since ``since`` (see :func:`_scan_events`), or, without it, the latest run.
 
-    Without a record to say where the run began, a file whose first GradWatch step is at or before the first step of
-    the files before it (steps counted from 0 again) begins another run in the same directory (a job re-run in
-    place); the latest is the run, and the earlier ones are said, not read.
+    Without a record to say where the run began, a later file whose first GradWatch step is 0 begins another run in
+    the same directory (a job re-run in place from scratch); the latest is the run, and the earlier ones are said,
+    not read. A run resumed in place from a checkpoint continues its steps: one run.
     """
     scan = _scan_events(event_files, since=since)
     earlier_logs = EARLIER_LOGS if scan.earlier else None
@@ -423,21 +458,18 @@ def _from_events(
 def _run_beginnings(firsts: list[int | None]) -> list[int]:
     """The files (indexes, in time order) that begin a run.
 
-    The first with GradWatch values begins one, and so does each whose first step is at or before the first step of
-    the run before it.
+    The first with GradWatch values begins one, and so does each later one whose first step is 0 (a run trained
+    from scratch); a file whose steps go on from any other step continues the run before it (a resume in place, even
+    from a checkpoint older than the last step logged).
 
     Example:
-        >>> _run_beginnings([0, 51, None, 0, 0])  # a run resumed in place at step 51, then two runs from step 0
-        [0, 3, 4]
+        >>> _run_beginnings([0, 51, None, 0, 40, 0])  # resumed in place at 51 and at 40, two runs from step 0 between
+        [0, 3, 5]
     """
     begins: list[int] = []
-    first_of_run: int | None = None
     for i, first in enumerate(firsts):
-        if first is None:
-            continue
-        if first_of_run is None or first <= first_of_run:
+        if first is not None and (not begins or first == 0):
             begins.append(i)
-            first_of_run = first
     return begins
 
 
@@ -488,7 +520,10 @@ class _Scan(NamedTuple):
 
 
 def _scan_events(event_files: list[Path], partial_ok: bool = True, since: float | None = None) -> _Scan:
-    """GradWatch's scalar series ``{tag: [(step, value)]}``, its alerts, a note on a file cut short, and the orders.
+    """What the event files hold of GradWatch's (see :class:`_Scan`).
+
+    GradWatch's scalar series ``{tag: [(step, value)]}``, its alerts, a note on a file cut short, the orders, each
+    file's first step and how many values were an earlier run's.
 
     A step writes its layers in the model's order: each distinct order of a step's ``grad_norm/<layer>`` values is
     kept (:func:`~lightning_gradwatch.report.in_model_order` puts them together). ``partial_ok``: half a record at
@@ -498,9 +533,13 @@ def _scan_events(event_files: list[Path], partial_ok: bool = True, since: float 
     """
     scanner = _Scanner(since)
     for path in event_files:
-        records, note = _read_records(path, partial_ok=partial_ok)
-        scanner.partial = scanner.partial or note
+        records, note = _read_records(path, partial_ok=partial_ok or since is not None)
         scanner.scan(path, records)
+        if note and since is not None and scanner.firsts[-1] is None:
+            note = None  # an earlier run's file, cut short when that run was killed: not this run's to report
+        elif note and not partial_ok:
+            _read_records(path, partial_ok=False)  # this run's file cut short: an error (raised)
+        scanner.partial = scanner.partial or note
     return _Scan(
         scanner.series, scanner.alerts, scanner.partial, scanner.orders.distinct(), scanner.firsts, scanner.earlier
     )

@@ -252,9 +252,10 @@ def test_a_new_run_from_step_0_in_an_old_directory_starts_a_new_record(tmp_path,
 
 
 def test_a_job_rerun_in_place_from_step_0_is_read_without_the_earlier_runs_logs(tmp_path):
-    """A logger with a fixed version: a run with a NaN at step 5, then the job re-run in place, healthy. Its record,
-    its pictures' numbers and the gate leave the earlier run's event values out, and say so; from the event files
-    alone, the latest run (steps counted from 0 again) is the one judged."""
+    """A logger with a fixed version: a run with a NaN at step 5, killed while writing, then the job re-run in place,
+    healthy. Its record, its pictures' numbers and the gate leave the earlier run's event values out, and say so (the
+    earlier file cut short is no error of this run's); from the event files alone, the latest run (steps counted
+    from 0 again) is the one judged."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     def fit(nan_at_step: int) -> Path:
@@ -266,7 +267,9 @@ def test_a_job_rerun_in_place_from_step_0_is_read_without_the_earlier_runs_logs(
             trainer.fit(make_mlp_module(pl, nan_at_step=nan_at_step, record=False), regression_data(256, batch_size=16))
         return Path(trainer.logger.log_dir)
 
-    fit(5)
+    first = fit(5)
+    (killed,) = [p for p in first.iterdir() if "tfevents" in p.name]
+    killed.write_bytes(killed.read_bytes()[:-5])  # as a run killed while writing leaves its file
     run = fit(10**6)
     assert len([p for p in run.iterdir() if "tfevents" in p.name]) == 2
     result = gradwatch("check", str(run))
@@ -557,3 +560,22 @@ def test_a_fault_of_the_detector_warns_once_and_training_and_its_charts_go_on(tm
     total = scalars(events(trainer.logger.log_dir), "gradwatch/total_norm")
     # not judged, the NaN at step 9 reached the weights: every step from it is non-finite, and charted as such
     assert sorted(total) == [0, 2, 4, 6, 8, *range(9, 16)]
+
+
+def test_a_record_keeps_the_counts_its_run_began_with_across_a_resume_in_place(tmp_path):
+    """A run resumed into a new directory brings its checkpoint's counts (1 step skipped before it): the record
+    keeps them as where it began; resumed in place later, from a checkpoint with 3, it still counts from there."""
+    from lightning_gradwatch.engine.ledger import RunLedger
+    from lightning_gradwatch.report import REPORT_FORMAT, write_report
+
+    ledger = RunLedger()
+    ledger.begin_fit(tmp_path, read_earlier=True)
+    ledger.counts_at_start({"skipped_steps": 1})  # the checkpoint's, at the record's first step
+    ledger.counts_at_start({"skipped_steps": 2})  # a later step: a skip of this directory's
+    assert ledger.to_report()["events_restored"] == {"skipped_steps": 1}
+    write_report(tmp_path, {"format": REPORT_FORMAT, **ledger.to_report()})
+
+    again = RunLedger()  # the job resumed in place, from a checkpoint taken after two more skips
+    again.begin_fit(tmp_path, read_earlier=True)
+    again.counts_at_start({"skipped_steps": 3})
+    assert again.to_report()["events_restored"] == {"skipped_steps": 1}

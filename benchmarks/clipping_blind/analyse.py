@@ -18,7 +18,8 @@ res = defaultdict(dict)
 with open(sys.argv[1] if len(sys.argv) > 1 else "clipping_blind.jsonl") as results:
     for line in results:
         d = json.loads(line)
-        res[(d["family"], d["cell"], d["seed"])][d["rule"]] = d[METRIC]
+        if METRIC in d:  # lines written without --late have no "late": their cell is left out
+            res[(d["family"], d["cell"], d["seed"])][d["rule"]] = d[METRIC]
 
 
 def ratio(a, b):

@@ -147,7 +147,7 @@ def main():
                         m, info = train(setup, init, rule, logdir, late)
                         rec = dict(family=fam, cell=cell, seed=seed, rule=rule, metric=m, secs=time.time() - t, **info)
                         if late is not None:
-                            rec["late"] = statistics.median(late) if late and math.isfinite(m) else math.inf
+                            rec["late"] = (statistics.median(late) if late else m) if math.isfinite(m) else math.inf
                         f.write(json.dumps(rec) + "\n")
                         f.flush()
                         print(f"{fam:8s} {cell:24s} {seed} {rule:13s} {m:.4g} {rec['secs']:.2f}s", flush=True)

@@ -44,7 +44,7 @@ from typing import Any
 
 from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.kinds import RunStatus
-from lightning_gradwatch.report import REPORT_FILE, read_report, write_report
+from lightning_gradwatch.report import REPORT_FILE, read_report, wall_time, write_report
 
 __all__ = ["MAX_ALERTS_KEPT", "PREVIOUS_REPORT_FILE", "RunLedger", "alert_key"]
 
@@ -74,7 +74,8 @@ class RunLedger:
         self.earlier: list[dict[str, Any]] = []  # alerts a checkpoint brought from another run
         self.notices: list[dict[str, Any]] = []  # what GradWatch said once that is no alert (clipping held a run back)
         self.unreadable: str | None = None  # why an earlier gradwatch.json could not be taken over
-        self.logs_since: float | None = None  # wall time this record began in a directory an earlier run logged to
+        self.logs_since: float | None = None  # wall time of the record's step 0 (its own logs are written after it)
+        self.events_before: dict[str, int] | None = None  # the run's event counts when this record began
         self._taken_over: dict[str, Any] | None = None  # the record taken over, until this run's first step
 
     def begin_fit(
@@ -113,9 +114,18 @@ class RunLedger:
         self.alerts = _records(doc.get("alerts", []))
         self.earlier = _records(doc.get("earlier_alerts", []))
         self.notices = _records(doc.get("notices", []))
-        since = doc.get("logs_since")
-        self.logs_since = float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None
+        self.logs_since = wall_time(doc.get("logs_since"))
+        self.events_before = _counts(doc.get("events_restored"))  # a record that had none counted from its start
         self._taken_over = doc
+
+    def counts_at_start(self, events: Mapping[str, int]) -> None:
+        """The run's event counts before the current step; kept when this record has none yet (its first step).
+
+        A run resumed from a checkpoint into a new directory brings the counts of the steps before it; what the
+        record says was skipped or clipped here is the difference.
+        """
+        if self.events_before is None:
+            self.events_before = {str(k): int(v) for k, v in events.items()}
 
     def saw(self, step: int) -> None:
         """The current fit measured ``step``."""
@@ -146,7 +156,7 @@ class RunLedger:
             return f"GradWatch: could not keep the earlier run's record apart ({err}); it stays in {REPORT_FILE}."
         fits, alerts = len(self.fits) - 1, len(self.alerts)
         self.fits, self.alerts, self.earlier, self.notices = self.fits[-1:], [], [], []
-        self.logs_since = None  # the earlier run's: this one's is noted at its first step
+        self.logs_since = self.events_before = None  # the earlier run's: this one's are noted at its first step
         return (
             f"GradWatch: {directory} held the record of an earlier run ({fits} fit(s), {alerts} alert(s)); this fit"
             f" trains from step 0, so it starts a new record. The earlier one is kept as {kept}."
@@ -196,9 +206,10 @@ class RunLedger:
             self.fits.pop()
 
     def to_report(self) -> dict[str, Any]:
-        """The record's part of ``gradwatch.json``: its fits, alerts, earlier alerts, notices and ``logs_since``.
+        """The record's part of ``gradwatch.json``: its fits, alerts, earlier alerts, notices and event counts.
 
-        ``logs_since`` only for a run whose record began at step 0.
+        ``events_restored``: the run's event counts when the record began (a checkpoint's, resumed into a new
+        directory); ``logs_since`` only for a record that began at step 0.
         """
         since = {} if self.logs_since is None else {"logs_since": self.logs_since}
         return {
@@ -206,8 +217,16 @@ class RunLedger:
             "alerts": list(self.alerts),
             "earlier_alerts": list(self.earlier),
             "notices": list(self.notices),
+            "events_restored": dict(self.events_before or {}),
             **since,
         }
+
+
+def _counts(value: Any) -> dict[str, int]:
+    """Event counts read back from ``gradwatch.json`` (anything else: none)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): int(v) for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _records(items: Any) -> list[dict[str, Any]]:

@@ -235,6 +235,7 @@ class Session:
         lane.log_every = fit.output.log_every(lane)
         loss = host.average(loss)  # every process's detector sees the same loss
         others = self._others(index) if count > 1 else None  # the rest of a game of several optimizers
+        self.ledger.counts_at_start(self.summary.events)  # a record's first step: what a checkpoint brought
         decision = lane.decide(step, loss, count > 1, fit.output.writes, others, optimizer)  # measure, judge, record
         said = self.ledger.stepped(decision.step)
         if said is not None:

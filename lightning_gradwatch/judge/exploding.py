@@ -594,10 +594,11 @@ class Trend(ExplodingRule):
         grew = f"while the total norm grew from {start:.4g} to {level:.4g} (medians of the last {LOSS_WINDOW} steps)"
         if floor > 0:
             ratio, threshold = times(loss, floor), self.config.exploding_trend_loss_factor
-            above = f"{times(loss, first):.3g}x" if first > 0 else f"above ({first:.4g})"
+            first_losses = f"the highest of the first {START_HIGH_WINDOW} losses"
+            above = f"{times(loss, first):.3g}x {first_losses}" if first > 0 else f"above {first_losses} ({first:.4g})"
             what = (
                 f"the loss has climbed to {loss:.4g}, {ratio:.3g}x its lowest level {since} ({floor:.4g}) and"
-                f" {above} the highest of the first {START_HIGH_WINDOW} losses, {grew}"
+                f" {above}, {grew}"
             )
         else:  # a loss that went to zero or below: its climb measured by the way it had come down
             ratio, threshold = (loss - floor) / (first - floor), self.config.exploding_trend_loss_factor - 1

@@ -27,9 +27,13 @@ class LoggerSink(BaseSink):
     scalars = True
 
     def __init__(self, logger: Any, namespace: str = "") -> None:
-        self.name = logger_name(logger)
         self._logger = logger
         self._prefix = f"{namespace}/" if namespace else ""
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """What a failure message calls it: the logger and its directory, worked out when a failure is reported."""
+        return logger_name(self._logger)
 
     @override
     def write(self, step: int, scalars: Mapping[str, float], histograms: Mapping[str, LayerHistogram]) -> None:

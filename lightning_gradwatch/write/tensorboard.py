@@ -156,8 +156,8 @@ class _QuietRecords:
 
     TensorBoard's writer thread re-raises a failed write after storing it, so Python prints its traceback; the
     stored error is raised again at the next write on the training thread, where the sink reports it once. Kept
-    this way, the thread stores the error and goes on (its writes failing quietly), and the one warning is all a
-    full disk shows.
+    this way, the thread stores the error and goes on, writing nothing more to that file, and the one warning is
+    all a full disk shows.
     """
 
     def __init__(self, records: Any, thread: Any) -> None:
@@ -169,12 +169,16 @@ class _QuietRecords:
             self._thread.exception = err
 
     def write(self, data: bytes) -> None:
+        if getattr(self._thread, "exception", None) is not None:
+            return  # nothing after a failed write: the file ends where it failed, as a killed run's does
         try:
             self._records.write(data)
         except OSError as err:
             self._keep(err)
 
     def flush(self) -> None:
+        if getattr(self._thread, "exception", None) is not None:
+            return
         try:
             self._records.flush()
         except OSError as err:
