@@ -256,17 +256,15 @@ class RunSummary:
         else:
             self.count("bad_batches_not_kept")
 
-    def watch(self, layers: Sequence[str]) -> None:
-        """The layers an optimizer watches, in the model's order (each optimizer's, and again when they change)."""
-        self.order = in_model_order([self.order, layers])
-
     def place(self, layers: Sequence[str]) -> None:
-        """Every watched layer in the model's order, which overrides the optimizers' views; other layers follow.
+        """Every watched layer in the model's order, set each time an optimizer's layers change.
+
+        Layers known only from a resumed run's state follow them.
 
         Example:
             >>> summary = RunSummary()
-            >>> summary.watch(["critic.0"]); summary.watch(["generator.0"])  # the critic's optimizer stepped first
-            >>> summary.place(["generator.0", "critic.0"]); summary.order
+            >>> summary.place(["critic.0"])  # the critic's optimizer stepped first
+            >>> summary.place(["generator.0", "critic.0"]); summary.order  # the generator is registered first
             ['generator.0', 'critic.0']
         """
         known = set(layers)

@@ -200,15 +200,14 @@ def _from_report_and_events(directory: Path, report_path: Path, event_files: lis
         run.series = scan.series
         run.earlier_logs = EARLIER_LOGS if scan.earlier else None
     else:  # verify every checksum; the report is the source of the numbers
-        older = []
+        scanner = _Scanner(since)
         for path in event_files:
             records, note = _read_records(path, partial_ok=since is not None)
             if since is not None and not _opened_since(path, records, since):
-                older.append(path)  # maybe an earlier run's: read for its values' times below
+                scanner.take(path, records, note, partial_ok=False)  # maybe an earlier run's: its values' times tell
             elif note:
                 _read_records(path, partial_ok=False)  # this run's file cut short: an error (raised)
-        if older and _scan_events(older, partial_ok=False, since=since).earlier:
-            run.earlier_logs = EARLIER_LOGS
+        run.earlier_logs = EARLIER_LOGS if scanner.earlier else None
     return run
 
 
@@ -534,12 +533,7 @@ def _scan_events(event_files: list[Path], partial_ok: bool = True, since: float 
     scanner = _Scanner(since)
     for path in event_files:
         records, note = _read_records(path, partial_ok=partial_ok or since is not None)
-        scanner.scan(path, records)
-        if note and since is not None and scanner.firsts[-1] is None:
-            note = None  # an earlier run's file, cut short when that run was killed: not this run's to report
-        elif note and not partial_ok:
-            _read_records(path, partial_ok=False)  # this run's file cut short: an error (raised)
-        scanner.partial = scanner.partial or note
+        scanner.take(path, records, note, partial_ok)
     return _Scan(
         scanner.series, scanner.alerts, scanner.partial, scanner.orders.distinct(), scanner.firsts, scanner.earlier
     )
@@ -556,6 +550,19 @@ class _Scanner:
         self.orders = _StepOrders()
         self.firsts: list[int | None] = []
         self.earlier = 0
+
+    def take(self, path: Path, records: list[bytes], note: str | None, partial_ok: bool) -> None:
+        """One event file's records, and the note that it ends in half a record (read with half a record allowed).
+
+        An earlier run's file cut short (killed while writing) is none of this run's business; this run's is kept
+        with its note when ``partial_ok``, else it is an error.
+        """
+        self.scan(path, records)
+        if note and self.since is not None and self.firsts[-1] is None:
+            note = None  # an earlier run's file, cut short when that run was killed: not this run's to report
+        elif note and not partial_ok:
+            _read_records(path, partial_ok=False)  # this run's file cut short: an error (raised)
+        self.partial = self.partial or note
 
     def scan(self, path: Path, records: list[bytes]) -> None:
         """One event file's records."""

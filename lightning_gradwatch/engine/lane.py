@@ -124,7 +124,6 @@ class Lane:
             max_layers=s.max_layers,
             plain_group=plain_group,
         )
-        self.summary.watch(self.collector.layer_names)
         c = self.collector
         self._rates = StepRates(c.params, c.layer_of, c.layer_names, c.param_names)
         self.judge.detector.exempt_layers = self.collector.layers_made_of(exempt)

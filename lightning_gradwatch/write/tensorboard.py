@@ -164,25 +164,19 @@ class _QuietRecords:
         self._records = records
         self._thread = thread
 
-    def _keep(self, err: OSError) -> None:
-        if getattr(self._thread, "exception", None) is None:
-            self._thread.exception = err
-
-    def write(self, data: bytes) -> None:
+    def _guarded(self, call: Any, *args: Any) -> None:
         if getattr(self._thread, "exception", None) is not None:
             return  # nothing after a failed write: the file ends where it failed, as a killed run's does
         try:
-            self._records.write(data)
+            call(*args)
         except OSError as err:
-            self._keep(err)
+            self._thread.exception = err
+
+    def write(self, data: bytes) -> None:
+        self._guarded(self._records.write, data)
 
     def flush(self) -> None:
-        if getattr(self._thread, "exception", None) is not None:
-            return
-        try:
-            self._records.flush()
-        except OSError as err:
-            self._keep(err)
+        self._guarded(self._records.flush)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._records, name)
