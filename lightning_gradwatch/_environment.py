@@ -33,6 +33,7 @@ __all__ = [
     "probe",
     "reduce_flags",
     "run_cadence",
+    "run_directory",
 ]
 
 
@@ -88,12 +89,39 @@ def optimizer_index(trainer: Any, optimizer: Any) -> tuple[int, int]:
 
 
 def _log_dir(trainer: Any) -> str | None:
-    """Where ``gradwatch.json`` goes: the first TensorBoard logger's ``log_dir``, else ``trainer.log_dir``."""
-    fallback = trainer.log_dir  # broadcasts: called on every rank
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "TensorBoardLogger":
-            return os.fspath(logger.log_dir)
-    return os.fspath(fallback) if fallback is not None else None
+    """Where ``gradwatch.json`` goes: the run's own directory (called on every rank: the answer is rank 0's).
+
+    The first TensorBoard logger's ``log_dir``, else the first logger's that has one (CSV). A logger without one
+    (MLflow, W&B: their ``save_dir`` is shared by every run, or ``None`` for a database or a server) gets the
+    directory Lightning gives the run's checkpoints: ``<save_dir or default_root_dir>/<name>/<version>``. No
+    logger: ``default_root_dir``.
+    """
+    loggers = list(trainer.loggers)
+    tensorboard = [lg for lg in loggers if type(lg).__name__ == "TensorBoardLogger"]
+    own = [lg.log_dir for lg in tensorboard + loggers if getattr(lg, "log_dir", None) is not None]
+    if own:
+        path = own[0]
+    elif loggers:
+        path = run_directory(loggers[0], trainer.default_root_dir)
+    else:
+        path = trainer.default_root_dir
+    path = trainer.strategy.broadcast(None if path is None else os.fspath(path))
+    return None if path is None else os.fspath(path)
+
+
+def run_directory(logger: Any, root: Any) -> str | None:
+    """A run's own directory under a logger without one: where Lightning puts the run's checkpoints.
+
+    ``<save_dir>/<name>/<version>`` (``version_<n>`` for a number), under ``root`` when the logger has no
+    ``save_dir`` (``None``: neither). MLflow: ``mlruns/<experiment id>/<run id>``; W&B: ``<save_dir>/<project>/<run
+    id>``.
+    """
+    base = getattr(logger, "save_dir", None) or root
+    if base is None:
+        return None
+    version = getattr(logger, "version", None)
+    version = version if isinstance(version, str) else f"version_{version if version is not None else 0}"
+    return os.path.join(os.fspath(base), str(getattr(logger, "name", None) or "default"), version)
 
 
 def _plain_shard_group(trainer: Any) -> Any:

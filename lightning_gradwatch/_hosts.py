@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_gradwatch._environment import _plain_shard_group, _scaler_enabled, check_trainer
+from lightning_gradwatch._environment import _plain_shard_group, _scaler_enabled, check_trainer, run_directory
 from lightning_gradwatch.act.actor import LocalHost, agree, averaged
 from lightning_gradwatch.judge.decision import Flags
 
@@ -168,13 +168,16 @@ class FabricHost(LoopHost):
         self.scaler = scaler if scaler is not None and _scaler_enabled(scaler) else None
 
     def log_dir(self) -> str | None:
-        """The first TensorBoard logger's ``log_dir``, else the first logger's that has one."""
+        """The first TensorBoard logger's ``log_dir``, else the first logger's that has one.
+
+        Else, under a logger without one, ``<save_dir>/<name>/<version>`` (``None``: no logger, or no ``save_dir``).
+        """
         tensorboard = [lg for lg in self.loggers if type(lg).__name__ == "TensorBoardLogger"]
         for logger in tensorboard + self.loggers:
             log_dir = getattr(logger, "log_dir", None)
             if log_dir is not None:
                 return os.fspath(log_dir)
-        return None
+        return run_directory(self.loggers[0], None) if self.loggers else None
 
     def reduce(self, flags: Flags) -> Flags:
         """The flags every process agrees on (one all-reduce of three numbers when there are several)."""

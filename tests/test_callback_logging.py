@@ -223,6 +223,57 @@ def test_a_nonfinite_step_between_log_steps_is_charted_at_its_own_step(tmp_path,
     assert all(scalars(acc, "gradwatch/nonfinite_values")[step] == 0 for step in steps if step != 7)
 
 
+def _shared_root_logger(pl, save_dir, run_id):
+    """A logger like MLflow's or W&B's: no ``log_dir``; a ``save_dir`` every run shares (``None``: a database or a
+    server), the experiment as its ``name`` and the run as its ``version``."""
+    from lightning.pytorch.loggers.logger import Logger
+
+    class SharedRoot(Logger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.metrics: list[tuple[int | None, dict]] = []
+
+        name = property(lambda self: "17")
+        version = property(lambda self: run_id)
+        save_dir = property(lambda self: None if save_dir is None else os.fspath(save_dir))
+
+        def log_hyperparams(self, params, *args, **kwargs) -> None:
+            pass
+
+        def log_metrics(self, metrics, step=None) -> None:
+            self.metrics.append((step, dict(metrics)))
+
+    return SharedRoot()
+
+
+def test_runs_under_a_logger_without_a_run_directory_keep_a_record_each(tmp_path):
+    """MLflow's file store and W&B give every run one ``save_dir`` and no ``log_dir``: each run's record went there,
+    the next run's moved it aside and the one after lost it, so ``gradwatch check`` passed a NaN run. On a database
+    (``save_dir`` None) no record was written at all. Each run's record now goes where Lightning puts the run's
+    checkpoints: ``<save_dir or default_root_dir>/<name>/<version>``."""
+    from tests.test_cli import gradwatch
+
+    pl = flavour("lightning.pytorch")
+    root = tmp_path / "mlruns"
+    for run_id, nan_at in (("run-a", 5), ("run-b", None), ("run-c", None)):
+        logger = _shared_root_logger(pl, root, run_id)
+        trainer = pl.Trainer(callbacks=[GradWatch(on_nonfinite="skip")], logger=logger, **trainer_kwargs(tmp_path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GradientWarning)
+            trainer.fit(make_mlp_module(pl, nan_at_step=nan_at))
+        assert any("gradwatch/total_norm" in m for _, m in logger.metrics)
+    records = sorted(p.relative_to(root).as_posix() for p in root.rglob("gradwatch*.json"))
+    assert records == ["17/run-a/gradwatch.json", "17/run-b/gradwatch.json", "17/run-c/gradwatch.json"]
+    checked = gradwatch("check", str(root))
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "17/run-a: 1 alert(s): nonfinite" in checked.stdout.replace(os.sep, "/")
+    # a database or a server: no save_dir, the run's directory under default_root_dir
+    logger = _shared_root_logger(pl, None, "run-d")
+    trainer = pl.Trainer(callbacks=[GradWatch()], logger=logger, **trainer_kwargs(tmp_path / "root"))
+    trainer.fit(make_mlp_module(pl))
+    assert (tmp_path / "root" / "17" / "run-d" / "gradwatch.json").is_file()
+
+
 def test_gradwatch_without_logger_still_measures(tmp_path):
     pl = flavour("lightning.pytorch")
     model = make_mlp_module(pl, nan_at_step=5)
