@@ -99,11 +99,19 @@ def _precedence(orders: Iterable[Sequence[str]]) -> tuple[list[str], dict[str, s
     return list(after), after
 
 
+#: a series' median is taken over at most this many of its values: every one, then a uniform random sample of them
+MEDIAN_SAMPLE = 256
+_LCG_MUL, _LCG_ADD, _LCG_SEED = 6364136223846793005, 1442695040888963407, 0x9E3779B97F4A7C15
+
+
 class Series:
-    """A bounded summary of one scalar stream: count, first, last (and its step), min, max, a thinned history.
+    """A bounded summary of one scalar stream: count, first, last (and its step), min, max, median, a thinned history.
 
     The history keeps at most ``2 * capacity`` points spread over the whole run (every other point is dropped and
-    the stride doubled when it fills), so memory stays flat however long training runs.
+    the stride doubled when it fills), so memory stays flat however long training runs. The median is over every
+    finite value up to :data:`MEDIAN_SAMPLE` of them, then over a uniform random sample of that many (reservoir
+    sampling, with a fixed seed): the thinned history keeps every 2nd, 4th, ... step, and a stream whose values
+    alternate with the steps (batches from two sources) would be read from one of them.
 
     Example:
         >>> s = Series(capacity=4)
@@ -116,6 +124,8 @@ class Series:
     """
 
     __slots__ = (
+        "_draw",
+        "_sample",
         "_seen",
         "_steps",
         "_stride",
@@ -141,6 +151,8 @@ class Series:
         self._values = array("d")
         self._stride = 1
         self._seen = 0
+        self._sample = array("d")  # the median's values: every one, then a uniform random sample
+        self._draw = _LCG_SEED
 
     @property
     def history(self) -> list[tuple[int, float]]:
@@ -162,6 +174,7 @@ class Series:
             self.first = value
         self.min = min(self.min, value)
         self.max = max(self.max, value)
+        self._take(value)
         if self._seen % self._stride == 0:
             self._steps.append(step)
             self._values.append(value)
@@ -170,10 +183,20 @@ class Series:
                 self._stride *= 2
         self._seen += 1
 
+    def _take(self, value: float) -> None:
+        """Keep a finite value for the median: the first :data:`MEDIAN_SAMPLE`, then each with that chance."""
+        if len(self._sample) < MEDIAN_SAMPLE:
+            self._sample.append(value)
+            return
+        self._draw = (self._draw * _LCG_MUL + _LCG_ADD) % 2**64
+        slot = (self._draw >> 16) % (self._seen + 1)
+        if slot < MEDIAN_SAMPLE:
+            self._sample[slot] = value
+
     @property
     def median(self) -> float:
-        """Median of the thinned history (``nan`` when empty)."""
-        return median(self._values) if self._values else math.nan
+        """Median of the finite values: exact up to :data:`MEDIAN_SAMPLE`, then of a uniform sample (``nan``: none)."""
+        return median(self._sample) if self._sample else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON (non-finite numbers become ``None``)."""
@@ -200,6 +223,8 @@ class Series:
             "history": [list(p) for p in self.history],
             "stride": self._stride,
             "seen": self._seen,
+            "sample": list(self._sample),
+            "draw": self._draw,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -214,6 +239,9 @@ class Series:
         self.history = [(int(s), float(v)) for s, v in state.get("history", [])]
         self._stride = int(state.get("stride", 1))
         self._seen = int(state.get("seen", 0))
+        sample = state.get("sample")  # a state from before the sample: the history's values stand for it
+        self._sample = array("d", (float(v) for v in (sample if sample is not None else self._values)))
+        self._draw = int(state.get("draw", _LCG_SEED))
 
 
 def _num(value: float) -> float | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
 
 import numpy
+import pytest
 
 from lightning_gradwatch.history import (
     Ema,
@@ -17,6 +19,7 @@ from lightning_gradwatch.history import (
     pow10_clamped,
     pow10_or_inf,
 )
+from lightning_gradwatch.report import Series
 
 
 def test_windows_keep_the_last_values_and_their_order_statistics():
@@ -73,3 +76,18 @@ def test_step_grid_columns_hold_exactly_the_streams_measured_in_their_steps():
             bucket = first // width
             inside = [step for step in seen[name] if step // width == bucket]
             assert (row[column] == inside[0]) if inside else math.isnan(row[column]), (name, first)
+
+
+def test_a_series_median_is_not_read_from_one_of_two_alternating_sources():
+    """Batches from two sources alternate: 40% of the steps 100x the others. The thinned history keeps every 2nd,
+    4th, ... step, and its median read 53.2 where every step's is 0.89; the median's own uniform sample does not
+    follow the steps' pattern."""
+    series, values = Series(capacity=64), []
+    for step in range(3000):
+        value = (100.0 if step % 10 in (0, 2, 4, 6) else 1.0) * (1.0 + 0.001 * (step % 13))
+        series.add(step, value)
+        values.append(value)
+    assert series.median == pytest.approx(statistics.median(values), rel=0.01)
+    resumed = Series(capacity=64)
+    resumed.load_state_dict(json.loads(json.dumps(series.state_dict())))
+    assert resumed.median == series.median
