@@ -207,3 +207,17 @@ class TrainerHost:
     def stop(self) -> None:
         """Training ends after this step (on every rank: the flag was reduced)."""
         self.trainer.should_stop = True
+
+    def held(self) -> str:
+        """The Trainer's ``min_steps`` or ``min_epochs`` not yet met after this step (``""``: none).
+
+        Lightning ignores ``should_stop`` until they are.
+        """
+        loop = self.trainer.fit_loop
+        min_steps, min_epochs = getattr(loop, "min_steps", None), getattr(loop, "min_epochs", None)
+        held = []
+        if min_steps and int(self.trainer.global_step) + 1 < min_steps:
+            held.append(f"min_steps={min_steps}")
+        if min_epochs and int(loop.epoch_progress.current.processed) < min_epochs:
+            held.append(f"min_epochs={min_epochs}")
+        return " and ".join(held)

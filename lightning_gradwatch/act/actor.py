@@ -45,6 +45,10 @@ class Host(Protocol):
         """End training after this step."""
         ...
 
+    def held(self) -> str:
+        """What holds training on past a stop (Lightning's ``min_steps``), or ``""``."""
+        ...
+
 
 class LocalHost:
     """One process, no framework: flags hold as they are, and a stop is remembered in :attr:`stopped`.
@@ -69,6 +73,10 @@ class LocalHost:
     def stop(self) -> None:
         """Remember that training should stop."""
         self.stopped = True
+
+    def held(self) -> str:
+        """Nothing holds a loop on past a stop: it reads :attr:`stopped` (or ``loop.step``'s answer) itself."""
+        return ""
 
 
 def agree(flags: Flags, sum_over_processes: Callable[[Tensor], Tensor], device: Any = "cpu") -> Flags:

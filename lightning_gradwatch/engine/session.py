@@ -59,7 +59,7 @@ from lightning_gradwatch.kinds import RunStatus
 from lightning_gradwatch.report import RunSummary
 from lightning_gradwatch.write.budget import OverheadBudget
 from lightning_gradwatch.write.output import RunOutput
-from lightning_gradwatch.write.progress import ProgressItems
+from lightning_gradwatch.write.progress import ProgressItems, warn
 from lightning_gradwatch.write.sinks import Sink
 
 __all__ = ["STATE_FORMAT_VERSION", "Fit", "Session", "saved_alerts"]
@@ -70,11 +70,16 @@ STATE_FORMAT_VERSION = 1
 
 @dataclass
 class Fit:
-    """What lives for one fit: released at its end, never pickled."""
+    """What lives for one fit: released at its end, never pickled.
+
+    ``stopped``: a ``"stop"`` response ended training here; a step after it is one the loop around went on to
+    (Lightning's ``min_steps``): its update is dropped.
+    """
 
     env: Environment
     output: RunOutput
     progress: ProgressItems
+    stopped: bool = False
 
 
 class Session:
@@ -248,6 +253,8 @@ class Session:
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision, lane.index)
         flags = host.reduce(decision.flags)
+        if fit.stopped:  # a stop the loop around did not carry out: no update from then on
+            flags = Flags(skip=True, stop=True, fail=flags.fail)
         clip = lane.settle(decision, flags, **where)
         fit.output.write_step(decision, lane, clip, flags)
         if flags.fail:
@@ -255,6 +262,15 @@ class Session:
             self.ledger.end_fit(RunStatus.FAILED, error)
             fit.output.finish(RunStatus.FAILED, error=error)
         act(decision, flags, optimizer, host, lane.collector)
+        if flags.stop and not fit.stopped:
+            fit.stopped = True
+            held = host.held()
+            if held and fit.output.is_global_zero:
+                warn(
+                    f"Lightning does not stop training before {held} (trainer.should_stop waits until then):"
+                    f" GradWatch drops the update of every step after step {decision.step} (each counted as skipped),"
+                    " so the weights stay as they were before it. Lower min_steps or min_epochs to stop at once."
+                )
         return decision, flags
 
     def _others(self, index: int) -> float | None:
