@@ -142,16 +142,26 @@ def _encode(rows: Iterable[Sequence[float | None]], low: float, high: float) -> 
     return base64.b64encode(codes.tobytes()).decode("ascii")
 
 
+def _from_events(run: RunRecord) -> bool:
+    """Whether the page draws the event files (every logged step): when they hold two logged steps or more.
+
+    A run logged once (an interval longer than the run) is drawn from ``gradwatch.json``'s history of every
+    measured step, thinned: one column would leave its charts blank.
+    """
+    return len({step for points in run.series.values() for step, _ in points}) >= 2
+
+
 def _series(run: RunRecord) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
     """Per layer and per total key: the norms at every logged step (event files), else the report's history."""
+    series = run.series if _from_events(run) else {}
     layers = {}
     for layer in run.layers:
         name = layer["name"]
-        layers[name] = sorted(run.series.get(f"grad_norm/{name}") or run.history.get(name, []))
+        layers[name] = sorted(series.get(f"grad_norm/{name}") or run.history.get(name, []))
     totals = {}
     for key in run.total_norm:
         tag = TOTAL_NORM if key == "all" else f"{TOTAL_NORM}/{key}"
-        totals[key] = sorted(run.series.get(tag) or run.total_history.get(key, []))
+        totals[key] = sorted(series.get(tag) or run.total_history.get(key, []))
     return layers, totals
 
 
@@ -177,7 +187,7 @@ def run_data(run: RunRecord) -> dict[str, Any]:
         "norms": _encode(rows, low, high),
         **_encoded_totals(run, total_points, starts),
         "alerts": [{"step": a["step"], "kind": a["kind"]} for a in run.alerts],
-        "source": "event files" if run.series else "gradwatch.json history",
+        "source": "event files" if _from_events(run) else "gradwatch.json history",
     }
 
 

@@ -85,6 +85,20 @@ def test_thresholds_and_nonfinite_steps_are_drawn_from_the_event_files(runs):
     assert data["marked"] == ["nonfinite@5"] * 3
 
 
+def test_a_run_logged_once_is_drawn_from_its_history_of_every_step(tmp_path):
+    """An interval longer than the run (the Trainer's log_every_n_steps=500 on 60 steps) logs step 0 alone: the
+    page's charts were one column, their lines empty, while gradwatch.json held 60 measured steps."""
+    torch.manual_seed(0)
+    trainer = pl.Trainer(callbacks=[GradWatch()], **trainer_kwargs(tmp_path, max_steps=60, log_every_n_steps=500))
+    trainer.fit(make_mlp_module(pl, batches=960))
+    data = run_data(load_run(Path(trainer.logger.log_dir), series=True))
+    assert data["source"] == "gradwatch.json history"
+    assert len(data["columns"]) == 60
+    assert data["last_step"] == 59
+    codes = np.frombuffer(__import__("base64").b64decode(data["norms"]), dtype="<u2").reshape(3, -1)
+    assert (codes < 65000).all()  # every layer has a finite norm in every column
+
+
 def test_long_wide_run_stays_small(tmp_path):
     run = write_synthetic_run(tmp_path / "long", steps=10_000, layers=200, log_every=10)
     page = tmp_path / "long.html"

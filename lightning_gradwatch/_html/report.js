@@ -141,14 +141,14 @@
     order.forEach(function (r) {
       var marked = !!d.marked[r], last = null;
       ctx.strokeStyle = css(ramp(PLASMA, n > 1 ? r / (n - 1) : 1));
-      ctx.lineWidth = marked ? 2.6 : 1; ctx.globalAlpha = marked ? 1 : 0.55;
+      ctx.lineWidth = marked ? 2.6 : 1; ctx.globalAlpha = marked ? 1 : 0.55; ctx.lineCap = "round";
       ctx.beginPath();
       var pen = false;
       for (var col = 0; col < cols; col++) {
         var c = codes[r * cols + col];
         if (c >= ZERO) { pen = false; continue; }
         var x = xOf(d, g, col), y = yOf(log10(d, c));
-        if (pen) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+        if (pen) ctx.lineTo(x, y); else { ctx.moveTo(x, y); ctx.lineTo(x + 0.5, y); }  // a lone point: a dot
         pen = true; last = y;
       }
       ctx.stroke(); ctx.globalAlpha = 1;
@@ -201,13 +201,13 @@
         var codes = series[key][name];
         if (!codes) return;
         var style = styles[name], pen = false;
-        ctx.strokeStyle = style[0]; ctx.lineWidth = style[1]; ctx.setLineDash(style[2]);
+        ctx.strokeStyle = style[0]; ctx.lineWidth = style[1]; ctx.setLineDash(style[2]); ctx.lineCap = "round";
         ctx.beginPath();
         for (var col = 0; col < cols; col++) {
           var c = codes[col];
           if (c >= ZERO) { pen = false; continue; }
           var x = xOf(d, g, col), y = yOf(totalLog10(d, c));
-          if (pen) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+          if (pen) ctx.lineTo(x, y); else { ctx.moveTo(x, y); ctx.lineTo(x + 0.5, y); }  // a lone point: a dot
           pen = true;
         }
         ctx.stroke(); ctx.setLineDash([]);
