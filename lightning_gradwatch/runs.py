@@ -315,7 +315,10 @@ def _fit_entry(entry: Any) -> dict[str, Any]:
     steps = {k: fit.get(k) for k in ("first_step", "last_step")}
     if any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in steps.values()):
         raise TypeError("a fit's steps are not integers")
-    return {**steps, "status": _text(fit, "status"), "error": _text(fit, "error")}
+    stopped = fit.get("stopped_at")
+    if stopped is not None and (isinstance(stopped, bool) or not isinstance(stopped, int)):
+        raise TypeError("a fit's stopped_at is not an integer")
+    return {**steps, "status": _text(fit, "status"), "error": _text(fit, "error"), "stopped_at": stopped}
 
 
 def _history(entry: dict[str, Any]) -> list[tuple[int, float]]:

@@ -223,6 +223,9 @@ def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[st
     if run.earlier_alerts:
         facts.append(f"resumed after {len(run.earlier_alerts)} alert(s) of an earlier run, judged there")
     facts += _responded(run)
+    stops = [fit["stopped_at"] for fit in run.fits if fit.get("stopped_at") is not None]
+    if stops:
+        facts.append(f"stopped by GradWatch at step {stops[-1]}")
     if status or (run_verdict == "alerts" and not run.finished):
         facts.append(run.status or "no gradwatch.json")
     if run.partial:

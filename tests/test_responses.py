@@ -11,6 +11,7 @@ import torch
 
 from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
 from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, scalars, trainer_kwargs
+from tests.test_cli import gradwatch
 
 pl = flavour("lightning.pytorch")
 
@@ -42,6 +43,10 @@ def test_nonfinite_default_stops_with_finite_weights(tmp_path, name):
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
     assert report["alerts"][0]["kind"] == "nonfinite"
     assert report["events"]["skipped_steps"] == 1
+    assert report["fits"][0]["stopped_at"] == 5  # the record says the run was cut short, and where
+    checked = gradwatch("check", trainer.logger.log_dir, "--fail-on", "vanishing")
+    assert checked.returncode == 0
+    assert "stopped by GradWatch at step 5" in checked.stdout
     text = events(trainer.logger.log_dir).Tensors("gradwatch/alerts")
     assert [t.step for t in text] == [5]
 

@@ -191,6 +191,11 @@ class RunLedger:
                 self.earlier.append(entry)
                 known.add(alert_key(entry))
 
+    def stopped(self, step: int) -> None:
+        """A ``"stop"`` response ended the current fit at ``step`` (its ``stopped_at``)."""
+        if self.fits:
+            self.fits[-1]["stopped_at"] = step
+
     def end_fit(self, status: RunStatus | str, error: str | None = None) -> None:
         """The current fit ended."""
         if self.fits:

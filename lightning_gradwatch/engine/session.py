@@ -264,6 +264,7 @@ class Session:
         act(decision, flags, optimizer, host, lane.collector)
         if flags.stop and not fit.stopped:
             fit.stopped = True
+            self.ledger.stopped(decision.step)
             held = host.held()
             if held and fit.output.is_global_zero:
                 warn(
