@@ -15,6 +15,7 @@ __all__ = [
     "ALERT_KINDS",
     "CLIPPING_NOTICE",
     "MARKDOWN_LAYERS",
+    "NEW_DATA_NOTICE",
     "REMEDIES_MARKDOWN",
     "REMEDIES_PLAIN",
     "AlertKind",
@@ -34,6 +35,8 @@ __all__ = [
 ALERT_KINDS: tuple[str, ...] = tuple(kind.value for kind in AlertKind)
 #: the kind of the notice said once when clipping hides a failing run (``notices`` in ``gradwatch.json``; no alert)
 CLIPPING_NOTICE = "clipping"
+#: the kind of the notice said once when the loss jumped at once and stayed up with new data (no alert)
+NEW_DATA_NOTICE = "new_data"
 #: what a detection rule saw, which chooses the remedy hints (the enum :class:`~lightning_gradwatch.kinds.Cause`)
 RemedyCause = Cause
 

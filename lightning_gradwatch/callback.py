@@ -91,7 +91,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             at, is skipped; with ``"clip"``, every spike step is clipped to the spike threshold and, once an
             explosion is found, every step of its episode to the largest ordinary norm before it (an explosion in
             the first steps comes before any spike threshold); the ordinary steps of a run that does not explode
-            are left alone. Either way the alert is recorded once the explosion is sustained.
+            are left alone. Either way the alert is recorded once the explosion is sustained. A loss that jumps
+            10x at once after an ordinary step, under learning rates that were not raised, and stays up while it is
+            learnt is new data (a warm-started model meeting new classes), not an explosion: it is said once (a
+            :class:`GradientWarning` and a ``new_data`` notice in ``gradwatch.json``), and the run is judged
+            against the new data's loss from then on.
         on_nonfinite: response to NaN/Inf gradients: ``"warn"``, ``"raise"``, ``"stop"``, ``"skip"`` or
             ``"ignore"``. A non-finite gradient reaches the weights only with ``"warn"`` or ``"ignore"``.
         clip: clip the total gradient norm of every step: a number is a fixed maximum norm (as

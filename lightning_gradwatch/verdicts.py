@@ -13,8 +13,9 @@
 The exit code is the most serious verdict's: 2 (an unreadable run: the gate cannot vouch for what it could not read)
 wins over 1, which wins over 3; ``allow_unfinished`` turns 3 into 0.
 
-A notice (``clipping``: clipping that hides a failing run) fails the gate only when its kind is among ``fail_on``
-(``gradwatch check --fail-on exploding,nonfinite,clipping``); by default it is said, never failed on.
+A notice (``clipping``: clipping that hides a failing run; ``new_data``: the loss jumped at once and stayed up with
+new data) fails the gate only when its kind is among ``fail_on`` (``gradwatch check --fail-on
+exploding,nonfinite,clipping``); by default it is said, never failed on.
 
 Example:
     >>> from pathlib import Path
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_gradwatch import _names as names
-from lightning_gradwatch.alerts import ALERT_KINDS, CLIPPING_NOTICE
+from lightning_gradwatch.alerts import ALERT_KINDS, CLIPPING_NOTICE, NEW_DATA_NOTICE
 from lightning_gradwatch.runs import RunRecord
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
 
 EXIT_OK, EXIT_ALERT, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
 #: Kinds of notice a run can say (``notices`` in ``gradwatch.json``): never failed on unless asked for.
-NOTICE_KINDS: tuple[str, ...] = (CLIPPING_NOTICE,)
+NOTICE_KINDS: tuple[str, ...] = (CLIPPING_NOTICE, NEW_DATA_NOTICE)
 #: Every kind ``fail_on`` may name: the alert kinds (the default) and the notice kinds.
 GATE_KINDS: tuple[str, ...] = (*ALERT_KINDS, *NOTICE_KINDS)
 #: Verdicts of runs the gate cannot vouch for: they did not finish (by ``status``; ``None``: no ``gradwatch.json``),

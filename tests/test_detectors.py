@@ -933,6 +933,51 @@ def test_where_new_data_put_the_loss_is_its_own_batch_unless_its_update_threw_th
     assert [(a.kind, a.step) for a in _shock(thrown, losses, 70)] == [("exploding", 52)]
 
 
+def _warm_started(rates, learnt: bool = True, state_at: int | None = None) -> tuple[list, list]:
+    """A fit from a trained model (losses near 0.03 from the first step, norms about 1), meeting new data at step 60:
+    the loss 200x at once, the norm 6x, then learnt down 3% a step (``learnt``) or stuck. ``rates(step)``: the
+    learning rates told each step (``None``: not known). Alerts ``(kind, step, rule)`` and notices ``(step, text)``;
+    ``state_at``: the detector is rebuilt from its checkpoint (through JSON) after that step."""
+    det, alerts, notices = GradientDetector(), [], []
+    for step in range(160):
+        if step == state_at:
+            saved = json.loads(json.dumps(det.state_dict()))
+            det = GradientDetector()
+            det.load_state_dict(saved)
+        new = step >= 60
+        loss = (6.0 * (0.97 ** (step - 60) if learnt else 1.0) if new else 0.03) * (1.0 + 0.1 * math.sin(2.3 * step))
+        det.observe_loss(loss)
+        det.observe_rates(rates(step))
+        verdict = det.update(step, healthy(step, scale=6.0 if new else 1.0))
+        alerts += [(a.kind, a.step, a.extra["rule"]) for a in verdict.alerts]
+        notices += [(step, verdict.notice)] if verdict.notice else []
+    return alerts, notices
+
+
+def test_a_loss_that_jumps_at_once_under_steady_learning_rates_and_is_learnt_is_new_data():
+    """A warm-started model meeting new classes: its loss far past the fit's first losses (200x), so every rule that
+    compares with where training started alerted it. Under learning rates that were not raised, nothing the optimizer
+    did can lift the loss that far in one ordinary step: new data, said once when every loss of 5 steps stayed up,
+    and the run judged against the new data's loss from the jump on."""
+    alerts, notices = _warm_started(lambda s: (1e-3, 1e-4))
+    assert alerts == []
+    assert [step for step, _ in notices] == [65]
+    assert notices[0][1].startswith("New data at step 60: the training loss jumped")
+    # the same, rebuilt from checkpoints taken while it is being confirmed and while it is being learnt
+    assert _warm_started(lambda s: (1e-3, 1e-4), state_at=62) == (alerts, notices)
+    assert _warm_started(lambda s: (1e-3, 1e-4), state_at=80) == (alerts, notices)
+    # learning rates not known, or one group's raised 100x at the step before the jump: judged as before
+    assert [a[:2] for a in _warm_started(lambda s: None)[0]][:1] == [("exploding", 63)]
+    raised = _warm_started(lambda s: (1e-3, 1e-4 * (100.0 if s >= 59 else 1.0)))
+    assert raised[0][:1] == _warm_started(lambda s: None)[0][:1]
+    assert raised[1] == []
+    # a loss that stays up is no new data: once 50 steps have not brought it below half its new start, it is
+    # judged against the fit's first losses again (the trend: 200x its lowest level, the norm 6x)
+    stuck_alerts, stuck_notices = _warm_started(lambda s: (1e-3, 1e-4), learnt=False)
+    assert [step for step, _ in stuck_notices] == [65]
+    assert stuck_alerts[:1] == [("exploding", 110, "trend")]
+
+
 def test_a_negative_loss_rises_against_the_progress_the_run_made():
     """A Gaussian NLL with a learnt variance goes below zero: -0.26 to -0.25 is no rise (x1.25 of a negative number
     would say so); a positive loss keeps its relative margin."""

@@ -965,6 +965,80 @@ def test_a_task_switch_the_model_learns_is_not_stopped(tmp_path, seed):
         assert nn.functional.cross_entropy(model.net(x), y) < 0.5  # the renamed task learnt (chance: 2.3)
 
 
+def _warm_start(seed: int, switch: int = 60, steps: int = 200, batch_size: int = 32) -> tuple[nn.Module, Any, Any]:
+    """A digits MLP trained outside the fit on classes 0-4 (its losses near zero), the fit's stream (``switch``
+    batches of classes 0-4, then batches of all ten: new classes), and the held-out set of all ten."""
+    data = load_digits()
+    x, y = torch.tensor(data.data, dtype=torch.float32) / 16.0, torch.tensor(data.target)
+    g = torch.Generator().manual_seed(17000 + seed)
+    torch.manual_seed(seed)
+    net = _Classifier().net
+    old = (y < 5).nonzero().flatten()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(300):
+        batch = old[torch.randint(len(old), (batch_size,), generator=g)]
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
+        opt.step()
+    first = old[torch.randint(len(old), (switch * batch_size,), generator=g)]
+    rest = torch.randint(len(y), ((steps - switch) * batch_size,), generator=g)
+    idx = torch.cat([first, rest])
+    return net, DataLoader(TensorDataset(x[idx], y[idx]), batch_size=batch_size), (x, y)
+
+
+class _WarmStarted(_Classifier):
+    """The digits classifier from a trained network; ``raised``: its learning rate 100x from step 60."""
+
+    def __init__(self, net: nn.Module, raised: bool = False) -> None:
+        super().__init__()
+        self.net, self.raised = net, raised
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=1e-3)
+        if not self.raised:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 60 else 100.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_a_warm_started_model_meeting_new_classes_is_not_stopped_and_told_once(tmp_path, seed):
+    """Its first losses are near zero (0.01-0.05); new classes at step 60 lift the loss 100-400x at once and keep it
+    10x or more above where it was while they are learnt over a hundred steps. Stopped at step 63-64 before (spikes,
+    the trend: every rule compared the loss with the fit's first losses); now the notice, once, and no alert."""
+    net, stream, (x, y) = _warm_start(seed)
+    watch, model = GradWatch(on_exploding="stop"), _WarmStarted(net)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=200, max_epochs=-1))
+    with pytest.warns(GradientWarning, match="New data at step 60"):
+        trainer.fit(model, stream)
+    assert watch.alerts == []
+    assert trainer.global_step == 200
+    with torch.no_grad():
+        assert nn.functional.cross_entropy(model.net(x), y) < 0.5  # the new classes learnt (chance: 2.3)
+    log_dir = trainer.logger.log_dir
+    passed = gradwatch("check", log_dir)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "[info]" in passed.stdout
+    assert "New data at step 60" in passed.stdout
+    failed = gradwatch("check", log_dir, "--fail-on", "vanishing,exploding,nonfinite,new_data")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_new_classes_met_under_a_learning_rate_raised_100x_are_stopped(tmp_path, seed):
+    """The same warm start, with its learning rate raised 100x at the step new classes come (a script restarted with
+    a wrong rate): the loss jumps as it does with new data alone, but the optimizer's steps grew with it, so it is
+    judged against the fit's first losses, and stopped, as it was before."""
+    net, stream, _ = _warm_start(seed)
+    watch = GradWatch(on_exploding="stop")
+    trainer = pl.Trainer(callbacks=[watch], logger=False, **trainer_kwargs(tmp_path, max_steps=200, max_epochs=-1))
+    with pytest.warns(GradientWarning, match="Exploding gradients at step 6"):
+        trainer.fit(_WarmStarted(net, raised=True), stream)
+    assert [a.kind for a in watch.alerts] == ["exploding"]
+    assert 60 <= watch.alerts[0].step <= 70
+    assert trainer.global_step < 80
+
+
 class _MixtureDensity(pl.LightningModule):
     """A mixture density network (K Gaussians, learnt log-sigmas) on Bishop's inverted sinusoid: the NLL goes below
     zero as the sigmas shrink, and the norm grows 10x with it while the loss keeps falling."""

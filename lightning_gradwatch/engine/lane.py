@@ -34,7 +34,7 @@ from torch import Tensor
 from lightning_gradwatch import _names as names
 from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.engine.environment import Environment, scale_of
-from lightning_gradwatch.engine.step_rates import StepRates
+from lightning_gradwatch.engine.step_rates import StepRates, learning_rates
 from lightning_gradwatch.judge.context import Verdict
 from lightning_gradwatch.judge.decision import Decision, Flags, StepJudge
 from lightning_gradwatch.kinds import AlertKind, Response
@@ -184,12 +184,19 @@ class Lane:
         if stats is None:
             return Decision(step)
         step_loss = self._judged_loss(stats.extra[0] if stats.extra else None, own_cadence, others)
-        decision = self._judge(step, stats, step_loss, (log, hist), own_cadence, rates)
+        decision = self._judge(step, stats, step_loss, (log, hist), own_cadence, rates, learning_rates(optimizer))
         self.record(decision)
         return decision
 
     def _judge(
-        self, step: int, stats: Any, loss: float | None, due: tuple[bool, bool], several: bool, rates: Any
+        self,
+        step: int,
+        stats: Any,
+        loss: float | None,
+        due: tuple[bool, bool],
+        several: bool,
+        rates: Any,
+        lrs: tuple[float, ...] | None = None,
     ) -> Decision:
         """The judge's decision on a measured step; a fault of GradWatch's own never ends the training it watches.
 
@@ -201,7 +208,16 @@ class Lane:
             init_norm = 0.0 if rates is None or self._rates is None else self._rates.init_norm()
             try:
                 return self.judge.judge(
-                    step, stats, loss, self._scale, log, hist, several=several, rates=rates, init_norm=init_norm
+                    step,
+                    stats,
+                    loss,
+                    self._scale,
+                    log,
+                    hist,
+                    several=several,
+                    rates=rates,
+                    init_norm=init_norm,
+                    learning_rates=lrs,
                 )
             except Exception as err:
                 frame = traceback.extract_tb(err.__traceback__)[-1]

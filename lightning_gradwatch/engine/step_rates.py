@@ -17,7 +17,7 @@ import torch
 
 from lightning_gradwatch.engine.environment import inner_optimizer
 
-__all__ = ["StepRates"]
+__all__ = ["StepRates", "learning_rates"]
 
 
 class StepRates:
@@ -115,6 +115,39 @@ class StepRates:
         return self._group_layers
 
 
+def learning_rates(optimizer: Any) -> tuple[float, ...] | None:
+    """Every parameter group's learning rate, as plain floats (``None``: no optimizer, or a rate not readable).
+
+    Any optimizer (``lr`` of each group; Lightning's and Fabric's wrappers are read through). ``None`` when a rate is
+    a tensor on a device (reading it would synchronise) or not a number.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> learning_rates(torch.optim.Adam([{"params": [net.weight], "lr": 0.01}, {"params": [net.bias]}], lr=0.1))
+        (0.01, 0.1)
+    """
+    if optimizer is None:
+        return None
+    rates = []
+    for group in inner_optimizer(optimizer).param_groups:
+        lr = _plain_lr(group.get("lr"))
+        if lr is None:
+            return None
+        rates.append(lr)
+    return tuple(rates)
+
+
+def _plain_lr(lr: Any) -> float | None:
+    """A learning rate as a float (``None``: a tensor on a device, or not a finite number of at least 0)."""
+    if isinstance(lr, torch.Tensor):
+        if lr.device.type != "cpu" or lr.numel() != 1:
+            return None
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
+        return None
+    return float(lr)
+
+
 def _default_init_sq(param: torch.Tensor, name: str, shapes: Mapping[str, tuple[int, ...]]) -> float:
     """A weight's squared norm under PyTorch's default initialisation (see :meth:`StepRates.init_norm`)."""
     tail = name.rpartition(".")[2]
@@ -139,12 +172,8 @@ def _rate(group: Mapping[str, Any]) -> float | None:
     Dampening applies only with momentum (as in ``torch.optim.SGD``). ``None`` (no cap) when its learning rate is a
     tensor on a device (reading it would synchronise) or not a number, or its momentum is 1 or more (no steady step).
     """
-    lr = group.get("lr")
-    if isinstance(lr, torch.Tensor):
-        if lr.device.type != "cpu" or lr.numel() != 1:
-            return None
-        lr = lr.item()
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
+    lr = _plain_lr(group.get("lr"))
+    if lr is None:
         return None
     momentum = float(group.get("momentum", 0.0) or 0.0)
     if momentum <= 0.0:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, GradientAlert, ModelTraits, remedies
 from lightning_gradwatch.config import DetectionConfig
 from lightning_gradwatch.history import RunningMoments, Window, log10_or_none, median, pow10_clamped
+from lightning_gradwatch.judge.rates import LearningRates
 from lightning_gradwatch.judge.state import Stateful, as_counts, as_float_map, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause
 
@@ -104,6 +105,7 @@ class Verdict:
         beyond: while a norm is held, this step's is ``exploding_jump_factor`` (10) times that norm or more: a spike
             by the first steps' measure, whether or not the run has a spike threshold yet (``on_exploding="skip"``
             drops it).
+        notice: what the detector says once at this step that is no alert (new data), or ``None``.
     """
 
     alerts: list[GradientAlert] = field(default_factory=list)
@@ -115,6 +117,7 @@ class Verdict:
     exploding: bool = False
     held_norm: float = math.inf
     beyond: bool = False
+    notice: str | None = None
 
     def exploding_clip(self) -> float:
         """The total norm ``on_exploding="clip"`` holds this step to (``inf``: none).
@@ -297,6 +300,7 @@ class LossTrack(Stateful):
     block_floor: float | None = state(None, load=as_optional_float)  # the lowest median loss of the current block
     block_norm: float | None = state(None, load=as_optional_float)  # ... the median log10 norm then
     block_steps: int = state(0, load=int)  # medians taken in the current block
+    first_from: int = state(0, load=int)  # losses seen before where training started (new data moves it)
 
     def __post_init__(self) -> None:
         self.compared: tuple[float, float] | None = None
@@ -307,7 +311,7 @@ class LossTrack(Stateful):
             self.losses_seen += 1
             if len(self.start_losses) < LOSS_WINDOW:
                 self.start_losses.append(loss)
-            if self.losses_seen <= START_HIGH_WINDOW:
+            if self.losses_seen - self.first_from <= START_HIGH_WINDOW:
                 self.first_high = loss if self.first_high is None else max(self.first_high, loss)
             self.recent_losses.append(loss)
             self.rise_losses.append(loss)
@@ -335,6 +339,13 @@ class LossTrack(Stateful):
         if self.first_high is None and len(self.start_losses):  # a state saved before it was kept
             return max(self.start_losses)
         return self.first_high
+
+    def move_start(self, high: float | None, first_from: int) -> None:
+        """Where training started is now ``high``, the highest of the losses from ``first_from`` losses seen on.
+
+        New data moves it (see ``judge/new_data.py``), and puts it back when it was none.
+        """
+        self.first_high, self.first_from = high, first_from
 
     @property
     def recent_floor(self) -> tuple[float, float] | None:
@@ -609,13 +620,14 @@ class Context:
     losses: LossTrack = field(default_factory=LossTrack)
     episode: ExplodingEpisode = field(default_factory=ExplodingEpisode)
     counts: Counts = field(default_factory=Counts)
+    rates: LearningRates = field(default_factory=LearningRates)
 
     def __post_init__(self) -> None:
         self.norms = NormBaseline(self.config)
 
     def parts(self) -> tuple[Stateful, ...]:
         """The shared parts of the checkpoint."""
-        return (self.norms, self.losses, self.episode, self.counts)
+        return (self.norms, self.losses, self.episode, self.counts, self.rates)
 
     def hints(self, kind: AlertKind, cause: Cause | None = None) -> str:
         """The remedy hints of an alert message."""

@@ -17,11 +17,11 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Union
 
-from lightning_gradwatch.alerts import GradientAlert, format_layers
+from lightning_gradwatch.alerts import CLIPPING_NOTICE, NEW_DATA_NOTICE, GradientAlert, format_layers
 from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient, sgd_step_scale
 from lightning_gradwatch.judge.context import Verdict
@@ -65,8 +65,9 @@ class Decision:
         log: scalars are due at this step; ``histograms``: histograms are.
         overflow: an fp16 overflow the loss scaler skips by itself (not judged).
         scaled_nonfinite: a non-finite step under an fp16 loss scaler (counted as an overflow, judged or not).
-        notice: said once per run (not an alert): ``clip="adaptive"`` has been holding back a run whose loss got
-            worse for ``clip_notice_steps`` steps.
+        notices: what is said once at this step that is no alert, ``(kind, message)`` each: new data (the loss
+            jumped at once and stayed up), and ``clip="adaptive"`` holding back a run whose loss got worse for
+            ``clip_notice_steps`` steps.
     """
 
     step: int
@@ -80,7 +81,7 @@ class Decision:
     histograms: bool = False
     overflow: bool = False
     scaled_nonfinite: bool = False
-    notice: str | None = None
+    notices: tuple[tuple[str, str], ...] = ()
 
     @property
     def failure(self) -> GradientAlert | None:
@@ -92,6 +93,12 @@ class Decision:
         if self.clip_threshold is None or self.stats is None or flags.skip or flags.stop or not self.stats.finite:
             return None
         return self.clip_threshold, self.stats.total_norm * clip_coefficient(self.stats.total_norm, self.clip_threshold)
+
+
+def _notices(verdict: Verdict, clipping: str | None) -> tuple[tuple[str, str], ...]:
+    """The step's notices, ``(kind, message)`` each: the detector's (new data), then the clipping rule's."""
+    said = ((NEW_DATA_NOTICE, verdict.notice), (CLIPPING_NOTICE, clipping))
+    return tuple((kind, message) for kind, message in said if message is not None)
 
 
 def failure_of(decision: Decision) -> GradientAlert:
@@ -146,6 +153,7 @@ class StepJudge:
         several: bool = False,
         rates: Rates = None,
         init_norm: float = 0.0,
+        learning_rates: Sequence[float] | None = None,
     ) -> Decision:
         """Judge one measured step.
 
@@ -163,12 +171,15 @@ class StepJudge:
                 ``None``: not SGD): with ``stats.weight_norm``, the adaptive threshold's step-size cap.
             init_norm: the norm PyTorch's default initialisation gives the step's weights (``StepRates.init_norm``):
                 the step-size cap takes the weights' size as at least ``clip_weight_floor`` times it.
+            learning_rates: the learning rate of each of the optimizer's parameter groups at this step (``None``: not
+                known): a loss that jumps at once under rates that were not raised is new data.
         """
         scaled_nonfinite = scale is not None and not stats.finite
         if self._overflowed(stats, scale):
             return Decision(step, stats, overflow=True, scaled_nonfinite=True)  # nothing to write either
         if loss is not None:
             self.detector.observe_loss(loss)
+        self.detector.observe_rates(learning_rates)
         verdict = self.detector.update(step, stats)
         self._check_weights(step, stats, verdict)
         respond = self.settings.responses.response
@@ -179,8 +190,9 @@ class StepJudge:
         if not (flags.skip or flags.stop) and stats.finite:
             threshold, notice = self._clip(step, stats, verdict, None if several else loss, rates, init_norm)
         health = self._health(verdict)
+        notices = _notices(verdict, notice)
         return Decision(
-            step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite, notice
+            step, stats, verdict, flags, threshold, alerts, health, log, histograms, False, scaled_nonfinite, notices
         )
 
     def _overflowed(self, stats: StepStats, scale: Callable[[], float] | None) -> bool:

@@ -24,7 +24,7 @@ families (leave one family out).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lightning_gradwatch.config import DetectionConfig
@@ -148,6 +148,13 @@ class GradientDetector:
         a collapsed one.
         """
         self.ctx.losses.observe_loss(loss)
+
+    def observe_rates(self, rates: Sequence[float] | None) -> None:
+        """Record the learning rates the optimizer steps with now, one per parameter group (``None``: not known).
+
+        A learning rate that was not raised tells a loss that jumps with new data from one the training threw up.
+        """
+        self.ctx.rates.observe(rates)
 
     def update(self, step: int, stats: StepStats) -> Verdict:
         """Judge one step's statistics; returns the verdict, with any alerts that fired now."""

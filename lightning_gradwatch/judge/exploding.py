@@ -97,6 +97,10 @@ by that margin of the progress the run made (its highest first loss down to its 
 a loss (a loop that gives none) spikes are judged by the norm
 alone, and a steady rise is not judged.
 
+*New data* (``judge/new_data.py``): a loss 10x where it was and where training started, at once, after an ordinary
+step under learning rates that were not raised, moves where training started (the highest first loss the rules
+above compare with) to the new data's first losses, while it stays up and is learnt; said once, no alert.
+
 An episode ends after :data:`~lightning_gradwatch.judge.context.QUIET_STEPS` (5) quiet steps in a row: no spike, no
 rule sustaining it (a steady rise in progress), and the loss (median) back within 2x its best from before the episode
 (in the first steps, before a median of 5 losses exists, the lowest loss told). A blow-up that falls back near its
@@ -121,8 +125,9 @@ from lightning_gradwatch.judge.context import (
     Verdict,
 )
 from lightning_gradwatch.judge.killed import Kill
+from lightning_gradwatch.judge.new_data import NewData
 from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch, climbed, times, versus
-from lightning_gradwatch.judge.state import as_optional_float, state
+from lightning_gradwatch.judge.state import Stateful, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
@@ -665,6 +670,12 @@ class ExplodingWatch(RuleWatch):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx, EXPLODING_RULES)
+        self.new_data = NewData()
+
+    @override
+    def parts(self) -> tuple[Stateful, ...]:
+        """The rules' parts of the checkpoint, and new data being confirmed or learnt."""
+        return (*self.rules, self.new_data)
 
     def update(self, step: int, stats: StepStats, verdict: Verdict) -> bool:
         """Judge one finite step: spikes, the rules, the episode, then learn the step's norm; judging goes on."""
@@ -676,6 +687,8 @@ class ExplodingWatch(RuleWatch):
         verdict.chain_offset = ctx.norms.offset
         ctx.norms.forget()
         ctx.losses.observe_norm(x)  # keeps the loss's best, for the trend and the episode
+        spiked = next(rule for rule in self.rules if isinstance(rule, Spikes)).spike_run > 0
+        verdict.notice = self.new_data.judge(ctx, now.step, now.x, spiked)
         for rule in self.rules:
             rule.observe(now)
         fired = next((rule for rule in self.rules if rule.fires(now)), None)

@@ -33,6 +33,7 @@ __all__ = [
     "as_float_map",
     "as_int_map",
     "as_optional_float",
+    "as_optional_int",
     "plain",
     "state",
 ]
@@ -61,6 +62,11 @@ def plain(value: Any) -> Any:
 def as_optional_float(value: Any) -> float | None:
     """``None`` stays ``None``; anything else becomes a float."""
     return None if value is None else float(value)
+
+
+def as_optional_int(value: Any) -> int | None:
+    """``None`` stays ``None``; anything else becomes an int."""
+    return None if value is None else int(value)
 
 
 def as_int_map(value: Mapping[Any, Any]) -> dict[str, int]:

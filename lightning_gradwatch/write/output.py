@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from lightning_gradwatch import _names as names
 from lightning_gradwatch._version import __version__
-from lightning_gradwatch.alerts import CLIPPING_NOTICE, GradientAlert
+from lightning_gradwatch.alerts import GradientAlert
 from lightning_gradwatch.engine.environment import Environment
 from lightning_gradwatch.engine.ledger import RunLedger
 from lightning_gradwatch.judge.context import LARGEST_SHARE
@@ -162,11 +162,11 @@ class RunOutput:
 
     # ------------------------------------------------------------------ alerts
     def record(self, decision: Decision, optimizer: int = 0) -> None:
-        """Keep the decision's alerts (bounded), write them, warn, and update the report; say its notice, if any."""
-        if decision.notice is not None:
-            self.ledger.note(CLIPPING_NOTICE, decision.step, decision.notice, optimizer)
+        """Keep the decision's alerts (bounded), write them, warn, and update the report; say its notices, if any."""
+        for kind, message in decision.notices:
+            self.ledger.note(kind, decision.step, message, optimizer)
             if self.is_global_zero:
-                warn(decision.notice)
+                warn(message)
                 self.write_report(RunStatus.RUNNING)
         for alert, response in decision.alerts:
             if self.ledger.record(alert):
