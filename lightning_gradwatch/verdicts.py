@@ -224,9 +224,6 @@ def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[st
     if run.earlier_alerts:
         facts.append(f"resumed after {len(run.earlier_alerts)} alert(s) of an earlier run, judged there")
     facts += _responded(run)
-    stops = [fit["stopped_at"] for fit in run.fits if fit.get("stopped_at") is not None]
-    if stops:
-        facts.append(f"stopped by GradWatch at step {stops[-1]}")
     if status or (run_verdict == "alerts" and not run.finished):
         facts.append(run.status or "no gradwatch.json")
     if run.partial:
@@ -237,7 +234,7 @@ def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[st
 
 
 def _responded(run: RunRecord) -> list[str]:
-    """The steps a response skipped or clipped (it changed training: a healthy verdict says so).
+    """The steps a response skipped or clipped, and where a stop ended training (a healthy verdict says so).
 
     Of a run resumed from a checkpoint in another directory, only those after the resume: the checkpoint's counts
     are the earlier run's.
@@ -248,6 +245,9 @@ def _responded(run: RunRecord) -> list[str]:
         count = run.events.get(event, 0) - before.get(event, 0)
         if isinstance(count, int) and count > 0:
             facts.append(f"{count} step{'s' * (count != 1)} {what}")
+    stops = [fit["stopped_at"] for fit in run.fits if fit.get("stopped_at") is not None]
+    if stops:
+        facts.append(f"stopped by GradWatch at step {stops[-1]}")
     return facts
 
 
