@@ -25,7 +25,8 @@ class DistMLP(pl.LightningModule):
     """Regression MLP; ``nan_at`` = (step, rank) injects NaN into that rank's batch only.
 
     ``sigmoid_depth`` > 0 builds a deep sigmoid stack instead (vanishing gradients). ``loss_offset`` = (step, rank,
-    offset) adds a constant to that rank's loss from that step on: its loss differs, its gradients do not.
+    offset) adds a constant to that rank's loss from that step on, multiplied by ``loss_growth`` at each step after
+    it: its loss differs, its gradients do not.
     """
 
     def __init__(
@@ -36,10 +37,11 @@ class DistMLP(pl.LightningModule):
         lr: float = 0.05,
         fail_at_step: int | None = None,
         loss_offset: tuple[int, int, float] | None = None,
+        loss_growth: float = 1.0,
     ) -> None:
         super().__init__()
         self.batch_size, self.nan_at, self.lr, self.fail_at_step = batch_size, nan_at, lr, fail_at_step
-        self.loss_offset = loss_offset
+        self.loss_offset, self.loss_growth = loss_offset, loss_growth
         if sigmoid_depth:
             layers: list[nn.Module] = []
             for i in range(sigmoid_depth):
@@ -63,7 +65,7 @@ class DistMLP(pl.LightningModule):
         if self.loss_offset is not None:
             step, rank, offset = self.loss_offset
             if self.global_step >= step and self.global_rank == rank:
-                loss = loss + offset
+                loss = loss + offset * self.loss_growth ** (self.global_step - step)
         return loss
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lightning_gradwatch.act.scaling import GradientSource, drop_gradients_, scale_gradients_
-from lightning_gradwatch.alerts import GradientAlertError
+from lightning_gradwatch.alerts import ALERT_KINDS, GradientAlertError
 from lightning_gradwatch.judge.clipping import clip_coefficient
 from lightning_gradwatch.judge.decision import Decision, Flags, failure_of
 
@@ -91,9 +91,10 @@ def agree(flags: Flags, sum_over_processes: Callable[[Tensor], Tensor], device: 
         >>> agree(Flags(stop=True), lambda t: t * 2)  # two processes, both saying stop
         Flags(skip=False, stop=True, fail=False)
     """
-    values = torch.tensor([float(flags.skip), float(flags.stop), float(flags.fail)], device=device)
-    skip, stop, fail = (v > 0 for v in sum_over_processes(values).tolist())
-    return Flags(skip=skip, stop=stop, fail=fail)
+    said = [float(flags.skip), float(flags.stop), float(flags.fail), *(float(k in flags.alerted) for k in ALERT_KINDS)]
+    summed = [v > 0 for v in sum_over_processes(torch.tensor(said, device=device)).tolist()]
+    alerted = tuple(sorted(k for k, on in zip(ALERT_KINDS, summed[3:]) if on))
+    return Flags(summed[0], summed[1], summed[2], alerted)
 
 
 def averaged(loss: Tensor | None, mean_over_processes: Callable[[Tensor], Tensor], device: Any = "cpu") -> Tensor:
@@ -139,5 +140,5 @@ def act(
     if flags.stop and host is not None:
         host.stop()
     if flags.fail:
-        raise GradientAlertError(failure_of(decision))
+        raise GradientAlertError(failure_of(decision, flags.alerted))
     return flags

@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
 
@@ -54,8 +54,8 @@ from lightning_gradwatch.engine.environment import (
 )
 from lightning_gradwatch.engine.lane import Lane
 from lightning_gradwatch.engine.ledger import RunLedger
-from lightning_gradwatch.judge.decision import Decision, Flags, failure_of
-from lightning_gradwatch.kinds import RunStatus
+from lightning_gradwatch.judge.decision import Decision, Flags, failure_of, stand_in
+from lightning_gradwatch.kinds import Response, RunStatus
 from lightning_gradwatch.report import RunSummary
 from lightning_gradwatch.write.budget import OverheadBudget
 from lightning_gradwatch.write.output import RunOutput
@@ -253,12 +253,13 @@ class Session:
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision, lane.index)
         flags = host.reduce(decision.flags)
+        self._record_others(fit, decision, flags, lane.index)
         if fit.stopped:  # a stop the loop around did not carry out: no update from then on
             flags = Flags(skip=True, stop=True, fail=flags.fail)
         clip = lane.settle(decision, flags, **where)
         fit.output.write_step(decision, lane, clip, flags)
         if flags.fail:
-            error = failure_of(decision).message.splitlines()[0]
+            error = failure_of(decision, flags.alerted).message.splitlines()[0]
             self.ledger.end_fit(RunStatus.FAILED, error)
             fit.output.finish(RunStatus.FAILED, error=error)
         act(decision, flags, optimizer, host, lane.collector)
@@ -273,6 +274,19 @@ class Session:
                     " so the weights stay as they were before it. Lower min_steps or min_epochs to stop at once."
                 )
         return decision, flags
+
+    def _record_others(self, fit: Fit, decision: Decision, flags: Flags, optimizer: int) -> None:
+        """Record the kinds another process alerted at this step that this run has no alert of (a stand-in each).
+
+        Each process judges its own gradients: in a loop that does not average them across processes, one process
+        may alert alone, and the record global rank 0 writes would lack it (``gradwatch check`` passed a run stopped
+        for it).
+        """
+        known = {a.kind for a in self.alerts} | {a.kind for a, _ in decision.alerts}
+        missing = [kind for kind in flags.alerted if kind not in known]
+        if missing:
+            alerts = tuple((stand_in(kind, decision.step, optimizer), Response.WARN) for kind in missing)
+            fit.output.record(replace(decision, alerts=alerts, notices=()), optimizer)
 
     def _others(self, index: int) -> float | None:
         """The sum of the other optimizers' latest losses (``None`` when none is known): the rest of the game."""

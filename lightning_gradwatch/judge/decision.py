@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Union
 
 from lightning_gradwatch.alerts import CLIPPING_NOTICE, NEW_DATA_NOTICE, GradientAlert, format_layers
@@ -32,7 +32,7 @@ from lightning_gradwatch.remedies import ModelTraits
 if TYPE_CHECKING:  # annotations only: judging is plain Python and imports no torch
     from lightning_gradwatch.measure.records import StepStats
 
-__all__ = ["Decision", "Flags", "StepJudge", "failure_of"]
+__all__ = ["Decision", "Flags", "StepJudge", "failure_of", "stand_in"]
 
 #: an SGD optimizer's rate for every layer, or each layer's by name (``None``: not SGD)
 Rates = Union[float, Mapping[str, float], None]
@@ -40,14 +40,20 @@ Rates = Union[float, Mapping[str, float], None]
 
 @dataclass(frozen=True)
 class Flags:
-    """What to do with a step: drop its update, stop training after it, raise."""
+    """What to do with a step: drop its update, stop training after it, raise; and the kinds alerted at it.
+
+    ``alerted``: the alert kinds found at this step (on any process, once the flags are reduced): a process whose
+    own gradients did not alert still records that another's did.
+    """
 
     skip: bool = False
     stop: bool = False
     fail: bool = False
+    alerted: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __or__(self, other: Flags) -> Flags:
-        return Flags(self.skip or other.skip, self.stop or other.stop, self.fail or other.fail)
+        kinds = tuple(sorted({*self.alerted, *other.alerted}))
+        return Flags(self.skip or other.skip, self.stop or other.stop, self.fail or other.fail, kinds)
 
 
 @dataclass(frozen=True)
@@ -101,14 +107,34 @@ def _notices(verdict: Verdict, clipping: str | None) -> tuple[tuple[str, str], .
     return tuple((kind, message) for kind, message in said if message is not None)
 
 
-def failure_of(decision: Decision) -> GradientAlert:
-    """The alert a raising step raises: this process's, or a stand-in when another process raised."""
+def failure_of(decision: Decision, alerted: tuple[str, ...] = ()) -> GradientAlert:
+    """The alert a raising step raises: this process's, or a stand-in when another process raised.
+
+    ``alerted``: the kinds alerted at the step on any process (the reduced flags'): the stand-in's kind.
+    """
     alert = decision.failure
-    if alert is None:
-        alert = GradientAlert(
-            AlertKind.NONFINITE, decision.step, (), math.nan, 0.0, "A gradient alert was raised on another rank"
-        )
-    return alert
+    return alert if alert is not None else stand_in(alerted[0] if alerted else AlertKind.NONFINITE, decision.step)
+
+
+def stand_in(kind: str, step: int, optimizer: int = 0) -> GradientAlert:
+    """An alert another process found at ``step``, for this one's record (its own gradients did not alert).
+
+    Each process judges its own gradients: the same ones under DDP (averaged before the step), not in a loop that
+    does not average them. A record that lacked it let ``gradwatch check`` pass a run stopped for it.
+
+    Example:
+        >>> alert = stand_in("exploding", 12)
+        >>> alert.kind, alert.message.split(":")[0]
+        ('exploding', 'Exploding gradients on another process at step 12')
+    """
+    name = {"nonfinite": "Non-finite", "exploding": "Exploding", "vanishing": "Vanishing"}.get(str(kind), str(kind))
+    message = (
+        f"{name} gradients on another process at step {step}: this process judges its own gradients, and they are"
+        f" not {str(kind).replace('nonfinite', 'non-finite')}.\nEach process's gradients are judged as they are"
+        " (not averaged across processes, as DDP does); the warning of the process that found it names the layers"
+        " and the remedies."
+    )
+    return GradientAlert(kind, step, (), math.nan, 0.0, message, optimizer)
 
 
 def _clipping_on(settings: WatchConfig) -> str:
@@ -219,7 +245,8 @@ class StepJudge:
         response = self.settings.responses.response
         skip = any(verdict.affected(kind) and response(kind) in spec.drops for kind, spec in KINDS.items())
         responses = {r for _, r in alerts}
-        return Flags(skip=skip, stop=Response.STOP in responses, fail=Response.RAISE in responses)
+        alerted = tuple(sorted({str(a.kind) for a, _ in alerts}))
+        return Flags(skip, Response.STOP in responses, Response.RAISE in responses, alerted)
 
     def _clip(
         self, step: int, stats: StepStats, verdict: Verdict, loss: float | None, rates: Rates, init_norm: float
