@@ -4,7 +4,7 @@ Exit codes of ``gradwatch check`` (each run's verdict, and how they combine: :mo
 
 - 0: every run finished, with no alert of a ``--fail-on`` kind;
 - 1: an alert of a ``--fail-on`` kind was found (this wins over 3); a notice (``clipping``: clipping that hides a
-  failing run) counts only when ``--fail-on`` names its kind;
+  failing run; ``new_data``: the loss jumped at once with new data) counts only when ``--fail-on`` names its kind;
 - 2: a run could not be read (a corrupt or truncated ``gradwatch.json`` or event file: that run's verdict is
   ``unreadable``, the other runs' verdicts are printed too; this wins over 1 and 3), or bad usage (a missing path,
   an unwritable ``$GITHUB_STEP_SUMMARY``: one line on stderr, nothing on stdout);
@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KINDS",
         help="comma-separated alert kinds that fail the check (default: vanishing,exploding,nonfinite); add"
         " 'clipping' to fail on the notice that clipping hides a failing run (clip=\"adaptive\" scaling down most"
-        " steps of a run whose loss does not fall)",
+        " steps of a run whose loss does not fall), 'new_data' on the notice that the loss jumped at once with new"
+        " data and was learnt (a run whose data must not change)",
     )
     check.add_argument(
         "--allow-unfinished",
