@@ -320,6 +320,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         self._session = Session(self.settings)
         self._loss: torch.Tensor | None = None  # this step's loss so far (its micro-batches'), read with its statistics
         self._batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
+        self._first_batch_idx: int | None = None  # ... and of the step's first micro-batch (gradient accumulation)
         self._batches = self._measured = 0  # training batches and measured optimizer steps of this fit
         self._last_measured: tuple[int, int] | None = None  # (global step, optimizer index) of the last measured step
         self._clipping_module: Any = None  # a manual-optimization module whose clip_gradients GradWatch watches
@@ -455,7 +456,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         env = probe(trainer, pl_module, s.schedule.log_every_n_steps, s.schedule.histogram_every_n_steps)  # every rank
         namespace = instance_namespace(self, trainer.callbacks)
         fit = self._session.begin(env, trainer.loggers, namespace, log_name(trainer), owner=id(trainer))
-        self._loss = self._batch_idx = self._last_measured = None
+        self._loss = self._batch_idx = self._first_batch_idx = self._last_measured = None
         self._batches = self._measured = 0
         if not getattr(pl_module, "automatic_optimization", True):
             self._watch_user_clipping(pl_module)
@@ -501,6 +502,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         index, count = optimizer_index(trainer, optimizer)
         step = int(trainer.global_step)
         loss, self._loss = self._loss, None
+        first, self._first_batch_idx = self._first_batch_idx, None
         if (step, index) == self._last_measured:
             return  # LBFGS: a further closure evaluation of the step's line search (only the step's first is judged)
         self._last_measured = (step, index)
@@ -509,7 +511,9 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             warn(CLIPPED_BEFORE_MEASURED)
             self._said_user_clipped = True
         self._user_clipped = False
-        where = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
+        where: dict[str, Any] = {"epoch": int(trainer.current_epoch), "batch_idx": self._batch_idx}
+        if first is not None and first != self._batch_idx:  # accumulated: the micro-batches first_batch_idx..batch_idx
+            where["first_batch_idx"] = first
         host = TrainerHost(trainer, fit.env)
         if loss is not None and fit.env.scaler is not None:  # the loss backward saw was scaled; no sync to unscale it
             loss = loss / fit.env.scaler.scale(torch.ones((), device=loss.device))
@@ -528,6 +532,8 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._batch_idx = batch_idx
+        if self._first_batch_idx is None:
+            self._first_batch_idx = batch_idx
         self._batches += 1
 
     @override

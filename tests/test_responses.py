@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from lightning_gradwatch import GradientAlertError, GradientWarning, GradWatch
 from tests.helpers import FLAVOURS, events, flavour, make_mlp_module, scalars, trainer_kwargs
@@ -70,6 +71,25 @@ def test_a_stop_that_min_steps_holds_back_drops_every_later_update_and_says_so(t
     assert all(torch.equal(a, b) for a, b in zip(weights_at_stop, model.parameters()))
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
     assert report["events"]["skipped_steps"] == trainer.global_step - 5  # step 5 and every step after it
+
+
+def test_a_skipped_accumulated_step_names_all_its_micro_batches(tmp_path):
+    """Under accumulate_grad_batches=4 the NaN in micro-batch 9 is skipped with optimizer step 2 (batches 8-11):
+    bad_batches named batch 11 alone, a clean one."""
+
+    class NanBatch(make_mlp_module(pl).__class__):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self(x * float("nan") if batch_idx == 9 else x), y)
+
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(on_nonfinite="skip")], accumulate_grad_batches=4, **trainer_kwargs(tmp_path)
+    )
+    with pytest.warns(GradientWarning, match="at step 2"):
+        trainer.fit(NanBatch())
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
+    [bad] = report["bad_batches"]
+    assert (bad["step"], bad["epoch"], bad["first_batch_idx"], bad["batch_idx"]) == (2, 0, 8, 11)
 
 
 def test_nonfinite_skip_completes_run_without_touching_optimizer_state(tmp_path):
