@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -88,3 +90,45 @@ def test_gradient_flow_keeps_a_place_for_every_layer_of_the_run(changing_run):
     assert flows[0] == [True, True, True]  # trunk, frozen, head: the branch has had no gradient yet
     assert flows[8] == [True, False, True, True]  # trunk, branch (on odd steps), frozen, head
     assert flows[56] == [True, True, False, False, True]  # trunk, late (from step 40), branch, frozen, head
+
+
+class _DeadFirstLayer(pl.LightningModule):
+    """A ReLU MLP whose first layer's units are dead from the start (bias -100): that layer's gradient is exactly 0
+    at every step, while the head learns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        self.head = nn.Linear(16, 1)
+        with torch.no_grad():
+            self.net[0].bias.fill_(-100.0)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.head(self.net(x)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return regression_data(128, batch_size=16)
+
+
+def test_a_layer_whose_gradient_is_zero_is_black_in_the_heat_map_not_blank(tmp_path):
+    """Blank is a step without a gradient (a frozen layer, an unused branch); a dead layer's gradient is there and
+    exactly zero: the HTML page drew it black, the TensorBoard heat map blank."""
+    from matplotlib import image
+
+    torch.manual_seed(0)
+    trainer = pl.Trainer(
+        callbacks=[GradWatch(log_every_n_steps=1, histogram_every_n_steps=4, on_vanishing="warn")],
+        **trainer_kwargs(tmp_path),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dead layer may be alerted: the picture is what is tested
+        trainer.fit(_DeadFirstLayer())
+    png = events(trainer.logger.log_dir).Images("gradwatch/gradient_heatmap")[-1].encoded_image_string
+    img = image.imread(__import__("io").BytesIO(png), format="png")[..., :3]
+    black = (img.max(-1) < 0.05).sum(1)  # per pixel row: how many pixels are black
+    rows = black > img.shape[1] * 0.3  # the net.0 row: black across the heat map's width
+    assert rows.sum() > 10

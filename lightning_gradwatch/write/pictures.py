@@ -146,7 +146,8 @@ def gradient_heatmap_png(
     Args:
         layers: layer names in forward order (rows).
         steps: the step of each column (on a long run, the first of the steps a column stands for).
-        norms: ``norms[i][j]`` is layer ``i``'s gradient norm at ``steps[j]`` (``nan`` where absent: blank).
+        norms: ``norms[i][j]`` is layer ``i``'s gradient norm at ``steps[j]`` (``nan`` where absent: blank; ``0``,
+            a zero gradient: black, as on the HTML page).
         step: the optimizer step shown in the title.
 
     Example:
@@ -167,6 +168,12 @@ def gradient_heatmap_png(
     image = ax.imshow(
         np.ma.masked_invalid(grid), aspect="auto", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax
     )
+    zeros = np.array([[v == 0.0 for v in row] for row in norms], dtype=bool).reshape(grid.shape)
+    if zeros.any():  # a zero gradient (dead units) is black, not blank like a step without a gradient
+        from matplotlib.colors import ListedColormap
+
+        black = np.ma.masked_where(~zeros, np.zeros(grid.shape))
+        ax.imshow(black, aspect="auto", interpolation="nearest", cmap=ListedColormap(["black"]), vmin=0.0, vmax=1.0)
     ax.set_yticks(range(n_layers))
     ax.set_yticklabels(_labels(layers), fontsize=7 if n_layers > 20 else 8)
     if steps:
