@@ -53,6 +53,7 @@ from lightning_gradwatch.judge.state import as_float_map, as_int_map, as_optiona
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
+    from lightning_gradwatch.config import DetectionConfig
     from lightning_gradwatch.measure.records import StepStats
 
 __all__ = ["STALL_WINDOW", "VANISHING_RULES", "Collapse", "Layers", "Stall", "VanishingWatch", "moved"]
@@ -415,13 +416,24 @@ class Layers(VanishingRule):
             )
         else:
             message = (
-                f"Vanishing gradients at step {step}: {format_layers(layers)} had gradient norms below "
-                f"{cfg.vanishing_ratio:g}x the largest layer's ({top_layer})"
-                + (f" or below {cfg.vanishing_floor:g}" if cfg.vanishing_floor is not None else "")
-                + f" for {cfg.vanishing_patience} consecutive steps (smallest ratio {ratio:.3g})."
-                + self.ctx.hints(self.kind)
+                f"Vanishing gradients at step {step}: {_named(layers, norms, top_layer, cfg)} for"
+                f" {cfg.vanishing_patience} consecutive steps (smallest ratio {ratio:.3g})." + self.ctx.hints(self.kind)
             )
         return self.alert(step, layers, ratio, cfg.vanishing_ratio, message)
+
+
+def _named(layers: tuple[str, ...], norms: dict[str, float], top: str, cfg: DetectionConfig) -> str:
+    """Which layers lie below what: the ratio to the largest layer, or the absolute ``vanishing_floor``.
+
+    A layer below the floor is said to be so (the largest layer itself may be), not to lie below a share of itself.
+    """
+    ratio = f"{cfg.vanishing_ratio:g}x the largest layer's ({top})"
+    floored = tuple(n for n in layers if _below(norms.get(n, 0.0), cfg.vanishing_floor))
+    if not floored:
+        return f"{format_layers(layers)} had gradient norms below {ratio}"
+    rest = tuple(n for n in layers if n not in floored)
+    said = f"{format_layers(floored)} had gradient norms below {cfg.vanishing_floor:g} (vanishing_floor)"
+    return said + (f", and {format_layers(rest)} below {ratio}" if rest else "")
 
 
 def _below(norm: float, floor: float | None) -> bool:
