@@ -168,12 +168,7 @@ def gradient_heatmap_png(
     image = ax.imshow(
         np.ma.masked_invalid(grid), aspect="auto", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax
     )
-    zeros = np.array([[v == 0.0 for v in row] for row in norms], dtype=bool).reshape(grid.shape)
-    if zeros.any():  # a zero gradient (dead units) is black, not blank like a step without a gradient
-        from matplotlib.colors import ListedColormap
-
-        black = np.ma.masked_where(~zeros, np.zeros(grid.shape))
-        ax.imshow(black, aspect="auto", interpolation="nearest", cmap=ListedColormap(["black"]), vmin=0.0, vmax=1.0)
+    _zeros_black(ax, norms, grid.shape)
     ax.set_yticks(range(n_layers))
     ax.set_yticklabels(_labels(layers), fontsize=7 if n_layers > 20 else 8)
     if steps:
@@ -187,6 +182,17 @@ def gradient_heatmap_png(
     fig.colorbar(image, ax=ax, label="log10 |grad|")
     fig.tight_layout()
     return _png(fig)
+
+
+def _zeros_black(ax: Any, norms: Sequence[Sequence[float]], shape: tuple[int, ...]) -> None:
+    """Draw the cells of a gradient of exactly zero (dead units) black, not blank like a step without a gradient."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    zeros = np.array([[v == 0.0 for v in row] for row in norms], dtype=bool).reshape(shape)
+    if zeros.any():
+        black = np.ma.masked_where(~zeros, np.zeros(shape))
+        ax.imshow(black, aspect="auto", interpolation="nearest", cmap=ListedColormap(["black"]), vmin=0.0, vmax=1.0)
 
 
 class BackgroundDrawing:
