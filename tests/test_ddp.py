@@ -99,6 +99,7 @@ def test_ddp_spawn_vanishing_raise_fails_cleanly(tmp_path):
     (run_dir,) = glob.glob(str(tmp_path / "lightning_logs" / "*"))
     report = json.loads(Path(run_dir, "gradwatch.json").read_text())  # written by rank 0 before it raised
     assert report["status"] == "failed"
+    assert report["error"].startswith("GradientAlertError: Vanishing gradients at step")  # not "the process exited"
     assert [a["kind"] for a in report["alerts"]] == ["vanishing"]
     assert report["alerts"][0]["layers"][0] == "net.0"
 

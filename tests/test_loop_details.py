@@ -329,10 +329,17 @@ def test_plain_loop_under_torch_distributed_decides_on_every_rank_together(tmp_p
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["steps"] for r in ranks] == [6, 6]  # rank 0 stops at rank 1's NaN step
     assert all(r["finite"] for r in ranks)
-    assert [r["alerts"] for r in ranks] == [[], [["nonfinite", 5]]]
+    # rank 0's own gradients had no NaN (no DDP averages them): it records rank 1's alert as a stand-in of its kind
+    assert [r["alerts"] for r in ranks] == [[["nonfinite", 5]], [["nonfinite", 5]]]
     assert len(list((tmp_path / "logs").glob("events.out.tfevents.*"))) == 1  # global rank 0 writes
     report = json.loads((tmp_path / "logs" / "gradwatch.json").read_text())
     assert report["events"]["skipped_steps"] == 1
+    assert [(a["kind"], a["step"]) for a in report["alerts"]] == [("nonfinite", 5)]
+    assert report["alerts"][0]["message"].startswith("Non-finite gradients on another process at step 5")
+    from tests.test_cli import gradwatch
+
+    checked = gradwatch("check", str(tmp_path / "logs"))  # it passed a run stopped for rank 1's NaN
+    assert checked.returncode == 1, checked.stdout + checked.stderr
 
 
 # ---------------------------------------------------------------------------------------- without Lightning

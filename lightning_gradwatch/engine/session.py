@@ -44,7 +44,7 @@ from typing import Any
 from torch import Tensor
 
 from lightning_gradwatch.act.actor import Host, act
-from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.alerts import GradientAlert, GradientAlertError
 from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.engine.environment import (
     Environment,
@@ -176,7 +176,13 @@ class Session:
         self.end(status, error=f"{type(exception).__name__}: {exception}")
 
     def _at_exit(self) -> None:
-        self.end(RunStatus.FAILED, error="the process exited during training")
+        """The process exits during a fit: failed, with the error the fit already failed with, if any.
+
+        A ``"raise"`` in a spawned worker: its exception reaches the launching process, not this one's callbacks.
+        """
+        fit = self.ledger.fits[-1] if self.ledger.fits else {}
+        error = fit.get("error") if fit.get("status") == str(RunStatus.FAILED) else None
+        self.end(RunStatus.FAILED, error=error or "the process exited during training")
 
     # ------------------------------------------------------------------ the step
     def step(
@@ -259,7 +265,7 @@ class Session:
         clip = lane.settle(decision, flags, **where)
         fit.output.write_step(decision, lane, clip, flags)
         if flags.fail:
-            error = failure_of(decision, flags.alerted).message.splitlines()[0]
+            error = f"{GradientAlertError.__name__}: {failure_of(decision, flags.alerted).message.splitlines()[0]}"
             self.ledger.end_fit(RunStatus.FAILED, error)
             fit.output.finish(RunStatus.FAILED, error=error)
         act(decision, flags, optimizer, host, lane.collector)
