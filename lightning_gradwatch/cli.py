@@ -404,7 +404,7 @@ def _finite_or_none(value: Any) -> Any:
 LEGEND = f"""\
 gradient health per layer; columns:
   steps        measured steps in the row (from event files alone: logged steps)
-  last..max    the gradient L2 norm over those steps: last value, median (of a sample of 256 steps), min, max
+  last..max    the gradient L2 norm over those steps: last, median (of up to 256 of them), min, max
   grad/weight  median gradient-to-weight ratio
   now          the state over the last tenth of the steps (the run's title says which):
                ok; small: below the vanishing threshold (1e-05x the largest layer by default);
