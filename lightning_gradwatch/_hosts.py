@@ -94,7 +94,7 @@ class LoopHost(LocalHost):
         return None
 
     def reduce(self, flags: Flags) -> Flags:
-        """The flags every process agrees on (one all-reduce of three numbers under ``torch.distributed``)."""
+        """The flags every process agrees on (one all-reduce of six numbers under ``torch.distributed``)."""
         if self.world_size <= 1:
             return flags
         return agree(flags, _summed, _device())
@@ -180,7 +180,7 @@ class FabricHost(LoopHost):
         return run_directory(self.loggers[0], None) if self.loggers else None
 
     def reduce(self, flags: Flags) -> Flags:
-        """The flags every process agrees on (one all-reduce of three numbers when there are several)."""
+        """The flags every process agrees on (one all-reduce of six numbers when there are several)."""
         if self.world_size <= 1:
             return flags
         strategy = self.fabric.strategy

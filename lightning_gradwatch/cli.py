@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated alert kinds that fail the check (default: vanishing,exploding,nonfinite); add"
         " 'clipping' to fail on the notice that clipping hides a failing run (clip=\"adaptive\" scaling down most"
         " steps of a run whose loss does not fall), 'new_data' on the notice that the loss jumped at once with new"
-        " data and was learnt (a run whose data must not change)",
+        " data and stayed up (a run whose data must not change)",
     )
     check.add_argument(
         "--allow-unfinished",

@@ -239,8 +239,12 @@ class Series:
         self.history = [(int(s), float(v)) for s, v in state.get("history", [])]
         self._stride = int(state.get("stride", 1))
         self._seen = int(state.get("seen", 0))
-        sample = state.get("sample")  # a state from before the sample: the history's values stand for it
-        self._sample = array("d", (float(v) for v in (sample if sample is not None else self._values)))
+        sample = state.get("sample")
+        if sample is None:  # a state from before the sample: the history's values stand for it, as many as it held
+            values = list(self._values)
+            wanted = min(self._seen, MEDIAN_SAMPLE)
+            sample = [values[i % len(values)] for i in range(wanted)] if values else []
+        self._sample = array("d", (float(v) for v in sample))
         self._draw = int(state.get("draw", _LCG_SEED))
 
 

@@ -245,9 +245,9 @@ def _responded(run: RunRecord) -> list[str]:
         count = run.events.get(event, 0) - before.get(event, 0)
         if isinstance(count, int) and count > 0:
             facts.append(f"{count} step{'s' * (count != 1)} {what}")
-    stops = [fit["stopped_at"] for fit in run.fits if fit.get("stopped_at") is not None]
-    if stops:
-        facts.append(f"stopped by GradWatch at step {stops[-1]}")
+    stopped = run.fits[-1].get("stopped_at") if run.fits else None  # how the run ended: its last fit
+    if stopped is not None:
+        facts.append(f"stopped by GradWatch at step {stopped}")
     return facts
 
 

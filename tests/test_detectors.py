@@ -933,7 +933,7 @@ def test_where_new_data_put_the_loss_is_its_own_batch_unless_its_update_threw_th
     assert [(a.kind, a.step) for a in _shock(thrown, losses, 70)] == [("exploding", 52)]
 
 
-def _warm_started(rates, learnt: bool = True, state_at: int | None = None) -> tuple[list, list]:
+def _warm_started(rates, learnt: bool = True, state_at: int | None = None, curve=None) -> tuple[list, list]:
     """A fit from a trained model (losses near 0.03 from the first step, norms about 1), meeting new data at step 60:
     the loss 200x at once, the norm 6x, then learnt down 3% a step (``learnt``) or stuck. ``rates(step)``: the
     learning rates told each step (``None``: not known). Alerts ``(kind, step, rule)`` and notices ``(step, text)``;
@@ -945,7 +945,8 @@ def _warm_started(rates, learnt: bool = True, state_at: int | None = None) -> tu
             det = GradientDetector()
             det.load_state_dict(saved)
         new = step >= 60
-        loss = (6.0 * (0.97 ** (step - 60) if learnt else 1.0) if new else 0.03) * (1.0 + 0.1 * math.sin(2.3 * step))
+        down = curve(step - 60) if curve is not None else 0.97 ** (step - 60) if learnt else 1.0
+        loss = (6.0 * down if new else 0.03) * (1.0 + 0.1 * math.sin(2.3 * step))
         det.observe_loss(loss)
         det.observe_rates(rates(step))
         verdict = det.update(step, healthy(step, scale=6.0 if new else 1.0))
@@ -973,6 +974,9 @@ def test_a_loss_that_jumps_at_once_under_steady_learning_rates_and_is_learnt_is_
     assert raised[1] == []
     # a loss that stays up is no new data: once 50 steps have not brought it below half its new start, it is
     # judged against the fit's first losses again (the trend: 200x its lowest level, the norm 6x)
+    # learnt at any step within the 50: slowly (at step 106), or down to 0.35x and back up to settle at 0.55x
+    assert _warm_started(lambda s: (1e-3, 1e-4), curve=lambda k: 0.985**k)[0] == []
+    assert _warm_started(lambda s: (1e-3, 1e-4), curve=lambda k: max(0.97**k, 0.35 if k < 40 else 0.55))[0] == []
     stuck_alerts, stuck_notices = _warm_started(lambda s: (1e-3, 1e-4), learnt=False)
     assert [step for step, _ in stuck_notices] == [65]
     assert stuck_alerts[:1] == [("exploding", 110, "trend")]

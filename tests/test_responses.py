@@ -58,16 +58,23 @@ def test_a_stop_that_min_steps_holds_back_drops_every_later_update_and_says_so(t
     and a warning says why training goes on."""
     model = make_mlp_module(pl, nan_at_step=5, optimizer="adam")
     watch = GradWatch()
-    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_epochs=3, min_steps=12))
+    weights_at_stop: list[torch.Tensor] = []
+
+    class AtTheStop(pl.Callback):  # the weights as the NaN step 5 found them: after step 4's update
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 5:
+                weights_at_stop.extend(p.detach().clone() for p in pl_module.parameters())
+
+    trainer = pl.Trainer(callbacks=[watch, AtTheStop()], **trainer_kwargs(tmp_path, max_epochs=3, min_steps=12))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         trainer.fit(model)
-        weights_at_stop = [p.detach().clone() for p in model.parameters()]
     assert trainer.global_step >= 12  # min_steps held training on (here to the epoch's end)
     assert any("does not stop training before min_steps=12" in m for m in _gradient_warnings(record))
     assert [(a.kind, a.step) for a in watch.alerts] == [("nonfinite", 5)]
     assert _finite(model)
     assert int(trainer.optimizers[0].state[next(iter(model.parameters()))]["step"]) == 5  # no update after step 4
+    assert len(weights_at_stop) == len(list(model.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(weights_at_stop, model.parameters()))
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
     assert report["events"]["skipped_steps"] == trainer.global_step - 5  # step 5 and every step after it

@@ -262,11 +262,11 @@ class Lane:
         if decision.verdict.spike:
             self.summary.count(names.SPIKE_STEPS)
 
-    def settle(self, decision: Decision, flags: Flags, **where: Any) -> tuple[float, float] | None:
+    def settle(self, decision: Decision, flags: Flags, note: bool = True, **where: Any) -> tuple[float, float] | None:
         """Count what the (reduced) ``flags`` make of the decision; returns the clip applied, if any.
 
         A step that is skipped, clipped as a spike or alerted is noted in the summary with ``where`` its batch came
-        from (``epoch``, ``batch_idx``).
+        from (``epoch``, ``batch_idx``), unless ``note`` is false (a step a held stop skips: its batch is clean).
         """
         skipped = flags.skip or flags.stop
         clip = None if skipped else decision.clip(flags)
@@ -276,7 +276,7 @@ class Lane:
         if clipped:
             self.summary.count(names.CLIPPED_STEPS)
         reasons = self._reasons(decision, skipped, clipped)
-        if reasons:
+        if reasons and note:
             self.summary.note_batch(decision.step, reasons, optimizer=self.index, **where)
         return clip
 

@@ -72,14 +72,15 @@ STATE_FORMAT_VERSION = 1
 class Fit:
     """What lives for one fit: released at its end, never pickled.
 
-    ``stopped``: a ``"stop"`` response ended training here; a step after it is one the loop around went on to
-    (Lightning's ``min_steps``): its update is dropped.
+    ``stopped``: a ``"stop"`` response ended training here; ``held_from``: the step it did, when Lightning holds
+    training on past it (``min_steps``, ``min_epochs``): every later step's update is dropped.
     """
 
     env: Environment
     output: RunOutput
     progress: ProgressItems
     stopped: bool = False
+    held_from: int | None = None
 
 
 class Session:
@@ -258,11 +259,12 @@ class Session:
         self.ledger.saw(decision.step)
         fit.progress.update(decision.stats.total_norm, decision.health)  # type: ignore[union-attr]
         fit.output.record(decision, lane.index)
-        flags = host.reduce(decision.flags)
+        flags = self._agreed(host.reduce(decision.flags))
         self._record_others(fit, decision, flags, lane.index)
-        if fit.stopped:  # a stop the loop around did not carry out: no update from then on
-            flags = Flags(skip=True, stop=True, fail=flags.fail)
-        clip = lane.settle(decision, flags, **where)
+        held = fit.held_from is not None and decision.step > fit.held_from
+        if held:  # a stop Lightning did not carry out: no update from then on
+            flags = replace(flags, skip=True, stop=True)
+        clip = lane.settle(decision, flags, note=not held, **where)
         fit.output.write_step(decision, lane, clip, flags)
         if flags.fail:
             error = f"{GradientAlertError.__name__}: {failure_of(decision, flags.alerted).message.splitlines()[0]}"
@@ -270,16 +272,33 @@ class Session:
             fit.output.finish(RunStatus.FAILED, error=error)
         act(decision, flags, optimizer, host, lane.collector)
         if flags.stop and not fit.stopped:
-            fit.stopped = True
-            self.ledger.stopped(decision.step)
-            held = host.held()
-            if held and fit.output.is_global_zero:
-                warn(
-                    f"Lightning does not stop training before {held} (trainer.should_stop waits until then):"
-                    f" GradWatch drops the update of every step after step {decision.step} (each counted as skipped),"
-                    " so the weights stay as they were before it. Lower min_steps or min_epochs to stop at once."
-                )
+            self._stopped(fit, host, decision.step)
         return decision, flags
+
+    def _stopped(self, fit: Fit, host: Host, step: int) -> None:
+        """A ``"stop"`` response ended training at ``step``: recorded, and held to where the loop around holds it."""
+        fit.stopped = True
+        self.ledger.stopped(step)
+        holding = host.held()
+        if holding:
+            fit.held_from = step
+            if fit.output.is_global_zero:
+                warn(
+                    f"Lightning does not stop training before {holding} (trainer.should_stop waits until then):"
+                    f" GradWatch drops the update of every step after step {step} (each counted as skipped), so the"
+                    " weights stay as they were before it."
+                )
+
+    def _agreed(self, flags: Flags) -> Flags:
+        """The reduced flags, the kinds alerted ordered with those whose response is ``"raise"`` first.
+
+        A process that raises for another's alert raises a stand-in of the kind configured to raise.
+        """
+        if not flags.fail:
+            return flags
+        respond = self.settings.responses.response
+        raising = tuple(kind for kind in flags.alerted if respond(kind) == Response.RAISE)
+        return replace(flags, alerted=raising + tuple(kind for kind in flags.alerted if kind not in raising))
 
     def _record_others(self, fit: Fit, decision: Decision, flags: Flags, optimizer: int) -> None:
         """Record the kinds another process alerted at this step that this run has no alert of (a stand-in each).
@@ -288,7 +307,7 @@ class Session:
         may alert alone, and the record global rank 0 writes would lack it (``gradwatch check`` passed a run stopped
         for it).
         """
-        known = {a.kind for a in self.alerts} | {a.kind for a, _ in decision.alerts}
+        known = {a.get("kind") for a in self.ledger.alerts} | {a.kind for a, _ in decision.alerts}  # this record's
         missing = [kind for kind in flags.alerted if kind not in known]
         if missing:
             alerts = tuple((stand_in(kind, decision.step, optimizer), Response.WARN) for kind in missing)

@@ -72,6 +72,8 @@ class NewData(Stateful):
         ``x``: this step's log10 chained norm; ``spiked``: the step before was a spike (no ordinary step).
         """
         factor = ctx.config.exploding_climb_factor
+        if self.new_data_seen is not None and ctx.episode.exploding_episode:
+            self.put_back(ctx.losses)  # the rules found an explosion since: it was no new data
         self.follow(ctx.losses)
         ceiling = ctx.norms.ceiling
         ordinary = not spiked and ctx.norms.warm and x is not None and ceiling is not None
@@ -99,17 +101,17 @@ class NewData(Stateful):
         since = losses.losses_seen - self.new_data_seen  # losses after the jump's, this one included
         if self.new_data_floor is not None:  # every loss of the first LOSS_WINDOW stays up
             if list(losses.rise_losses)[-1] < self.new_data_floor:
-                self._put_back(losses)
+                self.put_back(losses)
             elif since >= LOSS_WINDOW:
                 self.new_data_floor, self.confirmed = None, True
-        elif since >= NEW_DATA_STEPS:  # ... and the new data is learnt
-            level, start = losses.level, losses.first_high
-            if level is not None and start is not None and level < NEW_DATA_LEARNT * start:
-                self.reset()
-            else:
-                self._put_back(losses)
+            return
+        level, start = losses.level, losses.first_high  # ... and the new data is learnt within NEW_DATA_STEPS
+        if level is not None and start is not None and level < NEW_DATA_LEARNT * start:
+            self.reset()
+        elif since >= NEW_DATA_STEPS:
+            self.put_back(losses)
 
-    def _put_back(self, losses: LossTrack) -> None:
+    def put_back(self, losses: LossTrack) -> None:
         """It was no new data: where training started is where it was."""
         losses.move_start(self.old_high, self.old_from)
         self.reset()
@@ -118,9 +120,10 @@ class NewData(Stateful):
         """What is said once the new data is confirmed."""
         before, loss = self.new_data_before or 0.0, self.new_data_loss or 0.0
         return (
-            f"New data at step {self.new_data_step}: the training loss jumped {times(loss, before):.3g}x at once (to"
-            f" {loss:.4g} from {before:.4g}) after an ordinary step, under learning rates that were not raised, and"
-            f" the loss of every batch since stayed {factor:g}x above where it was: the data changed (a task"
+            f"New data at step {self.new_data_step}: the training loss jumped at once to {loss:.4g},"
+            f" {times(loss, before):.3g}x the highest of the 6 losses before it and of the fit's first ones"
+            f" ({before:.4g}), after an ordinary step, under learning rates that were not raised, and the loss of every"
+            f" batch since stayed {factor:g}x above that: the data changed (a task"
             " switched, classes added, targets rescaled, a new source), not the weights. The run is judged from"
             " here against the new data's loss. If the data was not meant to change, check the data pipeline"
             " (gradwatch check --fail-on vanishing,exploding,nonfinite,new_data fails on this notice)."
