@@ -8,7 +8,7 @@ record: the Trainer's own checks, the optimizer's index, agreeing on flags acros
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "check_trainer",
     "instance_namespace",
     "log_name",
+    "logger_directory",
     "optimizer_index",
     "probe",
     "reduce_flags",
@@ -96,17 +97,24 @@ def _log_dir(trainer: Any) -> str | None:
     directory Lightning gives the run's checkpoints: ``<save_dir or default_root_dir>/<name>/<version>``. No
     logger: ``default_root_dir``.
     """
-    loggers = list(trainer.loggers)
-    tensorboard = [lg for lg in loggers if type(lg).__name__ == "TensorBoardLogger"]
-    own = [lg.log_dir for lg in tensorboard + loggers if getattr(lg, "log_dir", None) is not None]
-    if own:
-        path = own[0]
-    elif loggers:
-        path = run_directory(loggers[0], trainer.default_root_dir)
-    else:
-        path = trainer.default_root_dir
-    path = trainer.strategy.broadcast(None if path is None else os.fspath(path))
+    path = trainer.strategy.broadcast(logger_directory(list(trainer.loggers), trainer.default_root_dir))
     return None if path is None else os.fspath(path)
+
+
+def logger_directory(loggers: Sequence[Any], root: Any) -> str | None:
+    """The run's own directory among ``loggers`` (a Trainer's or Fabric's); ``root`` stands in where they have none.
+
+    The first TensorBoard logger's ``log_dir``, else the first logger's that has one, else :func:`run_directory` of
+    the first logger; no logger: ``root`` (``None``: nowhere).
+    """
+    tensorboard = [lg for lg in loggers if type(lg).__name__ == "TensorBoardLogger"]
+    for logger in [*tensorboard, *loggers]:
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir is not None:
+            return os.fspath(log_dir)
+    if loggers:
+        return run_directory(loggers[0], root)
+    return None if root is None else os.fspath(root)
 
 
 def run_directory(logger: Any, root: Any) -> str | None:

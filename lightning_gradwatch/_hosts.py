@@ -12,7 +12,6 @@ output goes, the fp16 loss scaler, and how to unscale gradients before they are 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_gradwatch._environment import _plain_shard_group, _scaler_enabled, check_trainer, run_directory
+from lightning_gradwatch._environment import _plain_shard_group, _scaler_enabled, check_trainer, logger_directory
 from lightning_gradwatch.act.actor import LocalHost, agree, averaged
 from lightning_gradwatch.judge.decision import Flags
 
@@ -172,12 +171,7 @@ class FabricHost(LoopHost):
 
         Else, under a logger without one, ``<save_dir>/<name>/<version>`` (``None``: no logger, or no ``save_dir``).
         """
-        tensorboard = [lg for lg in self.loggers if type(lg).__name__ == "TensorBoardLogger"]
-        for logger in tensorboard + self.loggers:
-            log_dir = getattr(logger, "log_dir", None)
-            if log_dir is not None:
-                return os.fspath(log_dir)
-        return run_directory(self.loggers[0], None) if self.loggers else None
+        return logger_directory(self.loggers, None)
 
     def reduce(self, flags: Flags) -> Flags:
         """The flags every process agrees on (one all-reduce of six numbers when there are several)."""

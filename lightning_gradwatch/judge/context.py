@@ -46,6 +46,7 @@ __all__ = [
     "LARGEST_SHARE",
     "LOSS_WINDOW",
     "MIN_WARMUP",
+    "ORDERS_OF_MAGNITUDE",
     "RECOVERED_LOSS_FACTOR",
     "RISE_RECENT",
     "RISE_WINDOW",
@@ -83,6 +84,9 @@ RISE_RECENT = 3
 #: loss that creeps up over hundreds of steps (a TD loss whose targets grow as the values are learnt) is not one
 FLOOR_BLOCK = 25
 FLOOR_BLOCKS = 3
+#: a jump of at least this factor is said to be of orders of magnitude (a norm that far beyond every ordinary norm
+#: of the run is an update that threw it off: the spike rule's shortened patience, and no new data)
+ORDERS_OF_MAGNITUDE = 100.0
 
 
 @dataclass

@@ -26,7 +26,7 @@ from lightning_gradwatch.config import WatchConfig
 from lightning_gradwatch.judge.clipping import AdaptiveClipThreshold, clip_coefficient, sgd_step_scale
 from lightning_gradwatch.judge.context import Verdict
 from lightning_gradwatch.judge.detector import GradientDetector
-from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, Rule, by_severity
+from lightning_gradwatch.kinds import KINDS, AlertKind, Health, Response, Rule, by_severity, kind_spec
 from lightning_gradwatch.remedies import ModelTraits
 
 if TYPE_CHECKING:  # annotations only: judging is plain Python and imports no torch
@@ -127,10 +127,10 @@ def stand_in(kind: str, step: int, optimizer: int = 0) -> GradientAlert:
         >>> alert.kind, alert.message.split(":")[0]
         ('exploding', 'Exploding gradients on another process at step 12')
     """
-    name = {"nonfinite": "Non-finite", "exploding": "Exploding", "vanishing": "Vanishing"}.get(str(kind), str(kind))
+    word = kind_spec(kind).health.value  # "non-finite", "exploding", "vanishing"
     message = (
-        f"{name} gradients on another process at step {step}: this process judges its own gradients, and they are"
-        f" not {str(kind).replace('nonfinite', 'non-finite')}.\nEach process's gradients are judged as they are"
+        f"{word.capitalize()} gradients on another process at step {step}: this process judges its own gradients,"
+        f" and they are not {word}.\nEach process's gradients are judged as they are"
         " (not averaged across processes, as DDP does); the warning of the process that found it names the layers"
         " and the remedies."
     )

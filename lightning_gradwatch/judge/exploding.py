@@ -120,6 +120,7 @@ from lightning_gradwatch.judge.context import (
     FLOOR_BLOCK,
     FLOOR_BLOCKS,
     LOSS_WINDOW,
+    ORDERS_OF_MAGNITUDE,
     START_HIGH_WINDOW,
     Context,
     Verdict,
@@ -159,8 +160,6 @@ TREND_PATIENCE = LOSS_WINDOW
 COMPOUNDING = 1.5
 #: ... is an explosion only after this many times the patience, and not while the loss comes down since it began
 PLATEAU_PATIENCE = 2
-#: a jump of at least this factor is said to be of orders of magnitude
-ORDERS_OF_MAGNITUDE = 100.0
 #: grown from the start (:class:`Jump`): the loss this many times its first value ...
 JUMP_LOSS_FACTOR = 3.0
 #: ... on this many steps in a row (a bad batch is one step; a divergence compounds)

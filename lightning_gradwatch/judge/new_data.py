@@ -18,14 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lightning_gradwatch.judge.context import LOSS_WINDOW, Context, LossTrack
+from lightning_gradwatch.judge.context import LOSS_WINDOW, ORDERS_OF_MAGNITUDE, Context, LossTrack
 from lightning_gradwatch.judge.rule import times
 from lightning_gradwatch.judge.state import Stateful, as_optional_float, as_optional_int, state
 
 __all__ = ["NEW_DATA_LEARNT", "NEW_DATA_STEPS", "NewData", "jump_floor"]
 
-#: a norm this many times beyond every ordinary norm of the run is an update that threw it off, not new data
-ORDERS_OF_MAGNITUDE = 100.0
 #: new data is learnt: within this many losses of its jump, the loss (median of the last 5) comes below ...
 NEW_DATA_STEPS = 50
 #: ... this share of where the new data started (a run a blow-up threw off stays up: it was no new data)
