@@ -214,6 +214,11 @@ class ClipConfig(ConfigGroup):
             when its training loss is this many decades above the loss level too (0.3: twice it; when the loss is
             known); otherwise it is held to the threshold. An outlier batch's loss is high with its norm, a model
             leaving a plateau raises its norm over ordinary losses. Neither is learnt.
+        clip_plateau_cut: when clipping scaled down at least ``clip_notice_share`` of the last ``clip_notice_steps``
+            steps while the training loss did not fall (the notice's test), clipping sets the steps' size and that
+            size makes no progress: the threshold is lowered by this many decades more, for good, and the run is
+            judged again ``clip_notice_steps`` steps later (0: off), ...
+        clip_plateau_max: ... down to at most this many decades below the threshold the rule would set.
 
     Example:
         >>> ClipConfig(clip="adaptive").constants()["floor"]
@@ -257,6 +262,8 @@ class ClipConfig(ConfigGroup):
     clip_notice_rise: float = setting(1.0, number(), argument=False)
     clip_weight_floor: float = setting(1.0, number(zero=True), argument=False)
     clip_outlier_loss: float = setting(0.3, number(zero=True), argument=False)
+    clip_plateau_cut: float = setting(0.3, number(zero=True), argument=False)
+    clip_plateau_max: float = setting(2.0, number(zero=True), argument=False)
 
     ADAPTIVE: ClassVar[str] = "adaptive"
     PREFIX: ClassVar[str] = "clip_"

@@ -501,8 +501,12 @@ def _cut(clip: AdaptiveClipThreshold) -> float:
 
 
 def test_the_ceiling_rises_back_while_the_run_is_not_getting_worse():
-    """Additive increase after the multiplicative cut: the run need not beat its best to get its step size back."""
-    clip, stuck = AdaptiveClipThreshold(use_loss=True), AdaptiveClipThreshold(use_loss=True, relax=0.0)
+    """Additive increase after the multiplicative cut: the run need not beat its best to get its step size back.
+
+    The ceiling alone: its rise-back holds a flat loss under clipping for 50 steps, which the plateau cut would read
+    as clipping that makes no progress (``tests/test_clipping_stall.py``)."""
+    alone = {"use_loss": True, "plateau_cut": 0.0}
+    clip, stuck = AdaptiveClipThreshold(**alone), AdaptiveClipThreshold(**alone, relax=0.0)
     cut = _cut(clip)
     assert _cut(stuck) == cut
     for _ in range(20):  # the loss back at its start and flat: not worse, and no new best
@@ -529,7 +533,7 @@ def test_new_bests_of_the_loss_lift_the_ceiling_faster():
 
 def test_the_ceiling_counts_as_in_force_only_below_the_outlier_threshold():
     """A ceiling rising back above the outlier threshold holds nothing: those steps do not count for the notice."""
-    clip = AdaptiveClipThreshold(use_loss=True)
+    clip = AdaptiveClipThreshold(use_loss=True, plateau_cut=0.0)  # the ceiling alone
     _cut(clip)
     counts, above = [], 0
     while math.isfinite(clip.ceiling):
@@ -545,7 +549,9 @@ def test_a_norm_growing_with_the_loss_from_the_first_step_is_not_learnt():
     """A recurrent net whose gradients explode: norm x1.2 and loss x1.1 per step, from step 1."""
     norms = [1.2**i for i in range(60)]
     losses = [1.1**i for i in range(60)]
-    guarded, outliers_only = AdaptiveClipThreshold(use_loss=True), AdaptiveClipThreshold(use_loss=False)
+    # the outlier threshold and the ceiling alone (the plateau cut, which lowers both, is tested on its own)
+    guarded = AdaptiveClipThreshold(use_loss=True, plateau_cut=0.0)
+    outliers_only = AdaptiveClipThreshold(use_loss=False, plateau_cut=0.0)
     kept = [min(n, guarded.update(n, loss)) for n, loss in zip(norms, losses)]
     followed = [min(n, outliers_only.update(n, loss)) for n, loss in zip(norms, losses)]
     assert max(kept) < 3.0  # held to the outlier threshold until the loss doubles, then as an outlier and a worse run
@@ -567,7 +573,9 @@ def test_a_run_that_diverged_gets_back_half_its_step_size_then_waits_for_progres
     """Additive increase up to half the step size the run diverged at, then ten times slower: the ceiling does not
     climb straight back to the step size that made the run diverge (how a recurrent net oscillates between blowing
     up and recovering)."""
-    memory, forgetful = AdaptiveClipThreshold(), AdaptiveClipThreshold(trouble_relax=1.0)
+    alone = {"plateau_cut": 0.0}  # the ceiling and its memory alone (clipping on most steps of a flat loss would
+    # also lower the threshold: tests/test_clipping_plateau.py)
+    memory, forgetful = AdaptiveClipThreshold(**alone), AdaptiveClipThreshold(trouble_relax=1.0, **alone)
     _diverge(memory)
     _diverge(forgetful)
     assert memory.ceiling == forgetful.ceiling
@@ -594,7 +602,7 @@ def test_a_noisy_rise_of_the_loss_leaves_no_memory():
 
 
 def test_new_bests_of_the_loss_lift_the_memory_of_a_divergence():
-    clip = AdaptiveClipThreshold()
+    clip = AdaptiveClipThreshold(plateau_cut=0.0)  # the memory alone
     _diverge(clip)
     trouble = clip.trouble
     for loss in [0.9 * 0.98**i for i in range(150)]:  # the run learns: a new best of the loss level on most steps

@@ -111,6 +111,14 @@ class AdaptiveClipThreshold:
       tenth of their norm. The cap applies last: the memory of a divergence keeps the rule's own step sizes (a run the
       cap holds is not also held back at the capped size), and the notice counts the steps it clips.
 
+    - **A plateau lowers the threshold** (``plateau_cut``, 0.3 decade: 2x). When clipping scales down most steps
+      while the training loss does not fall (the notice's test, below), clipping sets the steps' size and that size
+      makes no progress: the threshold is lowered 2x, for good, and judged again ``notice_steps`` steps later, as a
+      plateau schedule lowers a learning rate, down to ``plateau_max`` decades (100x) below the threshold the rule
+      would set. Heavy-tailed noise on every label is the case: the typical norm is the noise's, the best fixed
+      threshold lies 10-100x below it, and the training loss, dominated by the noise, cannot show the clean part
+      improving.
+
     A norm is *learnt* only on steps where the run is not getting worse, and only when it is no outlier: a norm that
     grows with the loss, from the first step on (a recurrent net whose gradients explode, a learning rate too high),
     never becomes the typical level, and outliers in most batches (an image x50 in four batches of five) do not
@@ -239,6 +247,8 @@ class AdaptiveClipThreshold:
         self._clipped = Window(n)  # the last `notice_steps` steps: 1.0 clipped, 0.0 not
         self._step_losses = Window(n)  # ... their training loss (NaN: not known)
         self._step_norms = Window(n)  # ... their log10 norm before clipping
+        self.plateau = 0.0  # decades the threshold is lowered by, for clipping that made no progress
+        self._plateau_wait = 0  # steps until the plateau is judged again
 
     @classmethod
     def from_config(cls, settings: ClipConfig) -> AdaptiveClipThreshold:
@@ -394,7 +404,7 @@ class AdaptiveClipThreshold:
         # not also held back by a divergence remembered at the capped size
         if finite:
             self._applied.append(min(log_norm, math.log10(threshold)) + offset)
-        threshold = min(threshold, self._step_cap(weight_norm, step_scale, init_norm))
+        threshold = min(threshold, self._step_cap(weight_norm, step_scale, init_norm)) * 10**-self.plateau
         depth = log_norm - math.log10(threshold) if finite and total_norm > threshold > 0 else 0.0
         self._watch_clipping(x, loss, depth)  # the notice counts every clipped step, the cap's too
         return threshold
@@ -458,6 +468,7 @@ class AdaptiveClipThreshold:
         self._clipped.append(1.0 if depth >= self._c["notice_depth"] else 0.0)
         self._step_losses.append(math.nan if loss is None else float(loss))
         self._step_norms.append(x)
+        self._cut_on_plateau()
         if self.noticed or len(self._clipped) < self._c["notice_steps"]:
             return
         flags = list(self._clipped)
@@ -471,6 +482,21 @@ class AdaptiveClipThreshold:
             if self.notice_due:
                 self.notice_amount = float(amount)
                 return
+
+    def _cut_on_plateau(self) -> None:
+        """Clipping set the steps' size and the loss did not fall: the threshold is lowered ``plateau_cut`` more.
+
+        Judged over the last ``notice_steps`` steps (the notice's test), and again that many steps after a cut, so
+        each cut is judged on steps of the size it set; at most ``plateau_max`` decades in all.
+        """
+        c = self._c
+        self._plateau_wait = max(0, self._plateau_wait - 1)
+        if not c["plateau_cut"] or self._plateau_wait or len(self._clipped) < c["notice_steps"]:
+            return
+        if self._stalled_clipping(list(self._clipped)) is None:
+            return
+        self.plateau = min(self.plateau + c["plateau_cut"], c["plateau_max"])
+        self._plateau_wait = c["notice_steps"]
 
     def _stalled_clipping(self, flags: list[float]) -> int | None:
         """How many steps were clipped, when at least ``notice_share`` of them were and the loss did not fall."""
@@ -518,14 +544,21 @@ class AdaptiveClipThreshold:
         """The notice's text, once it was due (:func:`clipping_notice` with this rule's reason and numbers)."""
         reason = self.notice_reason or NOTICE_CEILING
         steps = self.ceiling_steps if reason == NOTICE_CEILING else self._c["notice_steps"]
-        return clipping_notice(step, steps, vanilla_rnn, reason, self.notice_amount)
+        text = clipping_notice(step, steps, vanilla_rnn, reason, self.notice_amount)
+        if reason == NOTICE_CLIPPING and self.plateau > 0:
+            cut, most = 10 ** self._c["plateau_cut"], 10 ** self._c["plateau_max"]
+            text += (
+                f' Meanwhile clip="adaptive" lowers its threshold {cut:.0f}x for every {steps} such steps (at most'
+                f" {most:.0f}x), as a plateau schedule lowers a learning rate."
+            )
+        return text
 
     def threshold(self) -> float:
         """The norm the next step is held to unless it is an outlier (``inf`` before the first step, without a cap).
 
         The step-size cap is not in it: it depends on the next step's weights and learning rate.
         """
-        return self._cap(min(self._levels()[1], self.ceiling))
+        return self._cap(min(self._levels()[1], self.ceiling)) * 10**-self.plateau
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -555,6 +588,8 @@ class AdaptiveClipThreshold:
             "clipped": list(self._clipped),
             "step_losses": list(self._step_losses),
             "step_norms": list(self._step_norms),
+            "plateau": self.plateau,
+            "plateau_wait": self._plateau_wait,
             "start_weights": self.start_weights,
             "top_scale": self.top_scale,
         }
@@ -614,6 +649,8 @@ class AdaptiveClipThreshold:
         self._clipped = Window(n, (float(v) for v in state.get("clipped", ())))
         self._step_losses = Window(n, (float(v) for v in state.get("step_losses", ())))
         self._step_norms = Window(n, (float(v) for v in state.get("step_norms", ())))
+        self.plateau = float(state.get("plateau", 0.0))
+        self._plateau_wait = int(state.get("plateau_wait", 0))
 
 
 def _recent_norms(state: Mapping[str, Any], learnt: list[float]) -> list[float]:
