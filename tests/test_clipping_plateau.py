@@ -52,8 +52,13 @@ def test_a_loss_that_falls_keeps_the_threshold_however_much_is_clipped():
     assert clip.plateau == 0.0
 
 
-def test_the_plateau_cut_is_off_with_a_cut_of_zero_and_without_a_loss():
-    for clip, loss in ((AdaptiveClipThreshold(plateau_cut=0.0), 1.0), (AdaptiveClipThreshold(**PLATEAU), None)):
+def test_the_plateau_cut_is_off_with_a_cut_of_zero_without_a_loss_and_without_use_loss():
+    """``clip_use_loss=False`` says the loss is no measure of progress (a curriculum): it cannot show a plateau."""
+    for clip, loss in (
+        (AdaptiveClipThreshold(plateau_cut=0.0), 1.0),
+        (AdaptiveClipThreshold(**PLATEAU), None),
+        (AdaptiveClipThreshold(use_loss=False, **PLATEAU), 1.0),
+    ):
         for step in range(300):
             clip.update(1.0 if step < 60 else (5.0 if step % 3 else 1.0), loss=loss)
         assert clip.plateau == 0.0

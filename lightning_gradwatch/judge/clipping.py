@@ -487,11 +487,12 @@ class AdaptiveClipThreshold:
         """Clipping set the steps' size and the loss did not fall: the threshold is lowered ``plateau_cut`` more.
 
         Judged over the last ``notice_steps`` steps (the notice's test), and again that many steps after a cut, so
-        each cut is judged on steps of the size it set; at most ``plateau_max`` decades in all.
+        each cut is judged on steps of the size it set; at most ``plateau_max`` decades in all. Not without
+        ``use_loss``: a loss that rises by design says nothing of progress.
         """
         c = self._c
         self._plateau_wait = max(0, self._plateau_wait - 1)
-        if not c["plateau_cut"] or self._plateau_wait or len(self._clipped) < c["notice_steps"]:
+        if not (c["plateau_cut"] and self.use_loss) or self._plateau_wait or len(self._clipped) < c["notice_steps"]:
             return
         if self._stalled_clipping(list(self._clipped)) is None:
             return
