@@ -218,7 +218,11 @@ class ClipConfig(ConfigGroup):
             steps while the training loss did not fall (the notice's test), clipping sets the steps' size and that
             size makes no progress: the threshold is lowered by this many decades more, for good, and the run is
             judged again ``clip_notice_steps`` steps later (0: off), ...
-        clip_plateau_max: ... down to at most this many decades below the threshold the rule would set.
+        clip_plateau_max: ... down to at most this many decades below the threshold the rule would set; ...
+        clip_plateau_spread: ... and only while the window's training losses scatter: their quartiles this many
+            decades apart or more. Then the steps' size is set by noise, which smaller steps reduce; a loss that is
+            flat and quiet is a plateau of the model (a task learnt only after a long flat stretch), which smaller
+            steps only prolong.
 
     Example:
         >>> ClipConfig(clip="adaptive").constants()["floor"]
@@ -264,6 +268,7 @@ class ClipConfig(ConfigGroup):
     clip_outlier_loss: float = setting(0.3, number(zero=True), argument=False)
     clip_plateau_cut: float = setting(0.3, number(zero=True), argument=False)
     clip_plateau_max: float = setting(2.0, number(zero=True), argument=False)
+    clip_plateau_spread: float = setting(0.1, number(zero=True), argument=False)
 
     ADAPTIVE: ClassVar[str] = "adaptive"
     PREFIX: ClassVar[str] = "clip_"

@@ -74,4 +74,4 @@ def test_config_report_keeps_its_keys_in_order():
     keys = list(GradWatch().config())
     assert keys[:3] == ["on_vanishing", "on_exploding", "on_nonfinite"]
     assert keys[-5:] == ["collapse_ratio", "collapse_loss_fraction", "stall_steps", "stall_decades", "stall_tolerance"]
-    assert len(keys) == len(set(keys)) == 77
+    assert len(keys) == len(set(keys)) == 78

@@ -487,17 +487,27 @@ class AdaptiveClipThreshold:
         """Clipping set the steps' size and the loss did not fall: the threshold is lowered ``plateau_cut`` more.
 
         Judged over the last ``notice_steps`` steps (the notice's test), and again that many steps after a cut, so
-        each cut is judged on steps of the size it set; at most ``plateau_max`` decades in all. Not without
-        ``use_loss``: a loss that rises by design says nothing of progress.
+        each cut is judged on steps of the size it set; at most ``plateau_max`` decades in all. Only while the batch
+        losses scatter (their quartiles ``plateau_spread`` decades apart or more): the steps' size is then set by
+        noise, which smaller steps reduce; a flat, quiet loss is a plateau of the model, which smaller steps prolong.
+        Not without ``use_loss``: a loss that rises by design says nothing of progress.
         """
         c = self._c
         self._plateau_wait = max(0, self._plateau_wait - 1)
         if not (c["plateau_cut"] and self.use_loss) or self._plateau_wait or len(self._clipped) < c["notice_steps"]:
             return
-        if self._stalled_clipping(list(self._clipped)) is None:
+        if self._stalled_clipping(list(self._clipped)) is None or self._loss_spread() < c["plateau_spread"]:
             return
         self.plateau = min(self.plateau + c["plateau_cut"], c["plateau_max"])
         self._plateau_wait = c["notice_steps"]
+
+    def _loss_spread(self) -> float:
+        """Decades between the quartiles of the window's losses (0 when not known or not all positive)."""
+        losses = [v for v in self._step_losses if math.isfinite(v)]
+        if len(losses) < 4:
+            return 0.0
+        low, _, high = statistics.quantiles(losses, n=4)
+        return math.log10(high / low) if low > 0 else 0.0
 
     def _stalled_clipping(self, flags: list[float]) -> int | None:
         """How many steps were clipped, when at least ``notice_share`` of them were and the loss did not fall."""
