@@ -115,9 +115,10 @@ class AdaptiveClipThreshold:
       while the training loss does not fall (the notice's test, below), clipping sets the steps' size and that size
       makes no progress: the threshold is lowered 2x, for good, and judged again ``notice_steps`` steps later, as a
       plateau schedule lowers a learning rate, down to ``plateau_max`` decades (100x) below the threshold the rule
-      would set. Heavy-tailed noise on every label is the case: the typical norm is the noise's, the best fixed
-      threshold lies 10-100x below it, and the training loss, dominated by the noise, cannot show the clean part
-      improving.
+      would set; only while the batch losses scatter (quartiles ``plateau_spread`` decades apart or more: noise sets
+      the steps' size), not on a flat, quiet loss (a plateau of the model, which smaller steps prolong). Heavy-tailed
+      noise on every label is the case: the typical norm is the noise's, the best fixed threshold lies 10-100x below
+      it, and the training loss, dominated by the noise, cannot show the clean part improving.
 
     A norm is *learnt* only on steps where the run is not getting worse, and only when it is no outlier: a norm that
     grows with the loss, from the first step on (a recurrent net whose gradients explode, a learning rate too high),
