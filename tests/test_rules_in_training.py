@@ -870,7 +870,10 @@ def test_a_stack_that_learned_then_collapsed_to_chance_is_vanishing(tmp_path):
 
     Whether a seed collapses is chaotic (the same seed collapses on one CPU and not on another, the sums rounded
     differently), so each of eight seeds is judged by its outcome: every run that ends back near chance (a loss above
-    0.9 ln 10 on the whole set, where it had learnt to about 1) is alerted vanishing, and at least three of them do."""
+    0.9 ln 10 on the whole set, where it had learnt to about 1) is alerted vanishing, and at least three of them do.
+    A run that collapses in its last steps may end before its first layers are ``stall_decades`` (4) below the head,
+    which the rule waits for (a late alert, not a false one): on an AMD EPYC with one thread, seed 4 fell back after
+    step 230 and ended with them 2 decades below. Such a run is not alerted, and is checked to be one."""
     collapsed = 0
     for seed in range(8):
         pl.seed_everything(seed, verbose=False)
@@ -885,10 +888,19 @@ def test_a_stack_that_learned_then_collapsed_to_chance_is_vanishing(tmp_path):
         x, y = data.dataset.tensors
         with torch.no_grad():
             at_chance = nn.functional.cross_entropy(model(x), y).item() > 0.9 * math.log(10)
-        if at_chance:
+        kinds = {a.kind for a in watch.alerts}
+        if at_chance and (kinds or _decades_below_the_head(model, x, y) >= 4):
             collapsed += 1  # its first layers named (once, or again after a relapse)
-            assert {a.kind for a in watch.alerts} == {"vanishing"}, (seed, watch.alerts)
+            assert kinds == {"vanishing"}, (seed, watch.alerts)
     assert collapsed >= 3
+
+
+def _decades_below_the_head(model: _PostLN, x: torch.Tensor, y: torch.Tensor) -> float:
+    """How many decades the input layer's gradient lies below the head's, on the whole set."""
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    first, head = (math.sqrt(sum(float(p.grad.pow(2).sum()) for p in m.parameters())) for m in (model.inp, model.out))
+    return math.log10(head / first) if first > 0 else math.inf
 
 
 class _MultiTask(pl.LightningModule):
