@@ -108,7 +108,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             held to the threshold (no norm above it is learnt: outliers in most batches do not raise it; during the
             first ``clip_warmup_steps``, only norms over twice the typical one are clipped); a step no larger than the
             lowest of the run's first 10 norms is never clipped, and an outlier is scaled no lower than that (near
-            zero loss, the rare hard batches carry the gradient). A
+            zero loss, the rare hard batches carry the gradient), unless a plateau cut (below) lowered the threshold. A
             *ceiling* from the training loss (``clip_use_loss``, on by default) holds a run that gets worse: when
             the loss level (the 20th percentile of the last 10 losses) is 10% above where the run started, or back
             up by half of its progress, while the norm has risen with it, the ceiling drops below the step's norm
@@ -125,7 +125,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             run: a decaying schedule shrinks a capped step with every other; ``clip_step_ratio``), the one
             scale a run whose norm grows from the first step, or a schedule whose peak is too high, cannot talk
             itself out of; other optimizers (Adam's step does not grow with the gradient) and
-            weights that all start at zero are not capped. Clipping that hides a failing run is said once (a
+            weights that all start at zero are not capped. A *plateau cut*: when half or more of the last 50 steps were
+            scaled down 2x or more while the training loss did not fall and its batches scattered (quartiles 0.1
+            decade apart or more), the threshold is lowered 2x for good, judged again 50 steps later, at most 100x
+            in all; not with ``clip_use_loss=False`` or ``clip_max_norm``. Clipping that hides a failing run is said
+            once (a
             :class:`GradientWarning` and ``notices`` in ``gradwatch.json``, not an alert): over the last 50 steps, half
             or more scaled down 2x or more while the loss did not fall, or the clipped norm up a decade, or the ceiling
             below the outlier threshold on all 50; the learning rate is then likely too high.

@@ -162,9 +162,9 @@ class ClipConfig(ConfigGroup):
         clip_warmup_margin: during the first ``clip_warmup_steps``, the least margin of the outlier threshold above
             the typical level, in decades (0.3: twice the typical norm).
         clip_first_norms: the run's start is the lowest of its first this many learnt norms: a step no larger is
-            never clipped, and an outlier is scaled to the typical norm but not below it (steps the size of those
-            the run began with are safe, however far the recent norms have fallen: a classifier near zero loss,
-            whose rare hard batches carry its gradient); 0 turns this off.
+            never clipped (unless a plateau cut lowered the threshold), and an outlier is scaled to the typical norm
+            but not below it (steps the size of those the run began with are safe, however far the recent norms
+            have fallen: a classifier near zero loss, whose rare hard batches carry its gradient); 0 turns this off.
         clip_loss_window: losses the loss level is taken over.
         clip_loss_quantile: the loss level is this quantile of the last ``clip_loss_window`` losses: the level of
             the clean batches, which batches with outliers (high losses) do not move until they fill most of it.
@@ -217,7 +217,8 @@ class ClipConfig(ConfigGroup):
         clip_plateau_cut: when clipping scaled down at least ``clip_notice_share`` of the last ``clip_notice_steps``
             steps while the training loss did not fall (the notice's test), clipping sets the steps' size and that
             size makes no progress: the threshold is lowered by this many decades more, for good, and the run is
-            judged again ``clip_notice_steps`` steps later (0: off), ...
+            judged again ``clip_notice_steps`` steps later (0: off; off with ``clip_use_loss=False`` or
+            ``clip_max_norm``), ...
         clip_plateau_max: ... down to at most this many decades below the threshold the rule would set; ...
         clip_plateau_spread: ... and only while the window's training losses scatter: their quartiles this many
             decades apart or more. Then the steps' size is set by noise, which smaller steps reduce; a loss that is

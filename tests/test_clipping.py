@@ -504,7 +504,7 @@ def test_the_ceiling_rises_back_while_the_run_is_not_getting_worse():
     """Additive increase after the multiplicative cut: the run need not beat its best to get its step size back.
 
     The ceiling alone: its rise-back holds a flat loss under clipping for 50 steps, which the plateau cut would read
-    as clipping that makes no progress (``tests/test_clipping_stall.py``)."""
+    as clipping that makes no progress (``tests/test_clipping_plateau.py``)."""
     alone = {"use_loss": True, "plateau_cut": 0.0}
     clip, stuck = AdaptiveClipThreshold(**alone), AdaptiveClipThreshold(**alone, relax=0.0)
     cut = _cut(clip)

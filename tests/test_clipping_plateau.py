@@ -46,6 +46,7 @@ def test_clipping_on_most_steps_of_a_loss_that_does_not_fall_lowers_the_threshol
     steps = [step for step, _ in cuts[1:]]
     # half of the last 50 steps are clipped from about step 97 on (two in three from step 60); then one cut per window
     assert 95 <= steps[0] <= 110
+    assert len(steps) == 4  # one cut per window: about 97, 147, 197, 247
     assert all(b - a == 50 for a, b in itertools.pairwise(steps))
     assert math.isclose(clip.plateau, 0.3 * len(steps))
     assert math.isclose(clip.threshold(), before * 10**-clip.plateau, rel_tol=0.05)
@@ -66,12 +67,13 @@ def test_a_loss_that_falls_keeps_the_threshold_however_much_is_clipped():
     assert clip.plateau == 0.0
 
 
-def test_the_plateau_cut_is_off_with_a_cut_of_zero_without_a_loss_and_without_use_loss():
-    """``clip_use_loss=False`` says the loss is no measure of progress (a curriculum): it cannot show a plateau."""
+def test_the_plateau_cut_is_off_without_a_loss_without_use_loss_and_beside_a_max_norm():
+    """``clip_use_loss=False`` says the loss is no measure of progress (a curriculum): it cannot show a plateau. A
+    ``clip_max_norm`` is a scale the user knows for the model, which the cut would lower too."""
     for clip, loss in (
-        (AdaptiveClipThreshold(plateau_cut=0.0), 1.0),
         (AdaptiveClipThreshold(**PLATEAU), None),
         (AdaptiveClipThreshold(use_loss=False, **PLATEAU), 1.0),
+        (AdaptiveClipThreshold(max_norm=3.0, **PLATEAU), 1.0),
     ):
         for step in range(300):
             clip.update(1.0 if step < 60 else (5.0 if step % 3 else 1.0), loss=None if loss is None else _noisy(step))
@@ -102,7 +104,8 @@ def test_the_plateau_cut_is_bounded_and_said_in_the_notice():
     assert clip.plateau == 0.5
     [(reason, text)] = said
     assert reason == NOTICE_CLIPPING
-    assert 'clip="adaptive" lowers its threshold 2x for every 50 such steps (at most 3x)' in text
+    said = 'clip="adaptive" lowers its threshold 2x for every 50 steps it clips most of while the loss does not fall'
+    assert f"{said} (at most 3.16x)" in text
 
 
 class _CauchyRegression(pl.LightningModule):

@@ -68,10 +68,10 @@ class AdaptiveClipThreshold:
       twice its level, as a recurrent net's whose gradients explode, does not raise the typical level: the short
       window follows a level every recent step reaches). During the first ``warmup_steps`` the
       margin is at least ``warmup_margin`` decades. The run's *start* is the lowest of its first ``first_norms``
-      learnt norms: a step no larger is never clipped, and an outlier is scaled down to the typical norm but not
-      below the start. Steps the size of those the run began with are safe however far the recent norms have fallen
-      (near zero loss, the rare hard batches carry the gradient: scaling them to the typical norm of the easy ones
-      stalls the run).
+      learnt norms: a step no larger is never clipped (unless a plateau cut, below, lowered the threshold), and an
+      outlier is scaled down to the typical norm but not below the start. Steps the size of those the run began
+      with are safe however far the recent norms have fallen (near zero loss, the rare hard batches carry the
+      gradient: scaling them to the typical norm of the easy ones stalls the run).
     - **The ceiling, from the training loss** (``use_loss``, on by default). The loss *level* is the ``loss_quantile``
       of the last ``loss_window`` losses: the clean batches' level, which batches with outliers (high losses) do not
       move. Its first value is the run's starting point. The run *gets worse* when the level is ``worse_by`` above its
@@ -491,11 +491,13 @@ class AdaptiveClipThreshold:
         each cut is judged on steps of the size it set; at most ``plateau_max`` decades in all. Only while the batch
         losses scatter (their quartiles ``plateau_spread`` decades apart or more): the steps' size is then set by
         noise, which smaller steps reduce; a flat, quiet loss is a plateau of the model, which smaller steps prolong.
-        Not without ``use_loss``: a loss that rises by design says nothing of progress.
+        Not without ``use_loss`` (a loss that rises by design says nothing of progress), nor beside ``max_norm`` (a
+        scale the user knows for the model: the cut would take it down too).
         """
         c = self._c
         self._plateau_wait = max(0, self._plateau_wait - 1)
-        if not (c["plateau_cut"] and self.use_loss) or self._plateau_wait or len(self._clipped) < c["notice_steps"]:
+        off = not c["plateau_cut"] or not self.use_loss or self.max_norm is not None
+        if off or self._plateau_wait or len(self._clipped) < c["notice_steps"]:
             return
         if self._stalled_clipping(list(self._clipped)) is None or self._loss_spread() < c["plateau_spread"]:
             return
@@ -503,7 +505,11 @@ class AdaptiveClipThreshold:
         self._plateau_wait = c["notice_steps"]
 
     def _loss_spread(self) -> float:
-        """Decades between the quartiles of the window's losses (0 when not known or not all positive)."""
+        """Decades between the quartiles of the window's finite losses.
+
+        0 with fewer than 4, or a lower quartile at or below 0: a loss that is not positive, as a negative
+        log-likelihood can be, is never cut on.
+        """
         losses = [v for v in self._step_losses if math.isfinite(v)]
         if len(losses) < 4:
             return 0.0
@@ -524,7 +530,7 @@ class AdaptiveClipThreshold:
         norms, half = list(self._step_norms), len(flags) // 2
         early = [v for v, f in zip(norms[:half], flags[:half]) if f and math.isfinite(v)]
         late = [v for v, f in zip(norms[half:], flags[half:]) if f and math.isfinite(v)]
-        if min(len(early), len(late)) < half // 2:
+        if min(len(early), len(late)) < max(1, half // 2):
             return None
         rise = statistics.median(late) - statistics.median(early)
         return rise if rise >= self._c["notice_rise"] else None
@@ -557,11 +563,11 @@ class AdaptiveClipThreshold:
         reason = self.notice_reason or NOTICE_CEILING
         steps = self.ceiling_steps if reason == NOTICE_CEILING else self._c["notice_steps"]
         text = clipping_notice(step, steps, vanilla_rnn, reason, self.notice_amount)
-        if reason == NOTICE_CLIPPING and self.plateau > 0:
-            cut, most = 10 ** self._c["plateau_cut"], 10 ** self._c["plateau_max"]
+        if self.plateau > 0:
+            cut, most, every = 10 ** self._c["plateau_cut"], 10 ** self._c["plateau_max"], self._c["notice_steps"]
             text += (
-                f' Meanwhile clip="adaptive" lowers its threshold {cut:.0f}x for every {steps} such steps (at most'
-                f" {most:.0f}x), as a plateau schedule lowers a learning rate."
+                f' Meanwhile clip="adaptive" lowers its threshold {cut:.3g}x for every {every} steps it clips most of'
+                f" while the loss does not fall (at most {most:.3g}x), as a plateau schedule lowers a learning rate."
             )
         return text
 
@@ -661,7 +667,7 @@ class AdaptiveClipThreshold:
         self._clipped = Window(n, (float(v) for v in state.get("clipped", ())))
         self._step_losses = Window(n, (float(v) for v in state.get("step_losses", ())))
         self._step_norms = Window(n, (float(v) for v in state.get("step_norms", ())))
-        self.plateau = float(state.get("plateau", 0.0))
+        self.plateau = min(float(state.get("plateau", 0.0)), self.settings.clip_plateau_max)
         self._plateau_wait = int(state.get("plateau_wait", 0))
 
 
