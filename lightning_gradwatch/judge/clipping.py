@@ -469,14 +469,18 @@ class AdaptiveClipThreshold:
         self._clipped.append(1.0 if depth >= self._c["notice_depth"] else 0.0)
         self._step_losses.append(math.nan if loss is None else float(loss))
         self._step_norms.append(x)
-        self._cut_on_plateau()
-        if self.noticed or len(self._clipped) < self._c["notice_steps"]:
+        self._plateau_wait = max(0, self._plateau_wait - 1)
+        if len(self._clipped) < self._c["notice_steps"]:
             return
         flags = list(self._clipped)
         if sum(flags) < min(self._c["notice_share"] * len(flags), 2 * (len(flags) // 4)):
-            return  # too few clipped steps for either test (the common case, judged without building more lists)
+            return  # too few clipped steps for any test (the common case, judged without building more lists)
+        stalled = self._stalled_clipping(flags)  # one test, for the plateau cut and the notice
+        self._cut_on_plateau(stalled)
+        if self.noticed:
+            return
         for reason, amount in (
-            (NOTICE_CLIPPING, self._stalled_clipping(flags)),
+            (NOTICE_CLIPPING, stalled),
             (NOTICE_RISING, self._clipped_rise(flags)),
         ):
             self._say(reason, amount is not None)
@@ -484,22 +488,20 @@ class AdaptiveClipThreshold:
                 self.notice_amount = float(amount)
                 return
 
-    def _cut_on_plateau(self) -> None:
+    def _cut_on_plateau(self, stalled: int | None) -> None:
         """Clipping set the steps' size and the loss did not fall: the threshold is lowered ``plateau_cut`` more.
 
-        Judged over the last ``notice_steps`` steps (the notice's test), and again that many steps after a cut, so
-        each cut is judged on steps of the size it set; at most ``plateau_max`` decades in all. Only while the batch
+        ``stalled``: the notice's test over the last ``notice_steps`` steps (:meth:`_stalled_clipping`, ``None``
+        when it does not hold). Judged again that many steps after a cut, so each cut is judged on steps of the size
+        it set; at most ``plateau_max`` decades in all. Only while the batch
         losses scatter (their quartiles ``plateau_spread`` decades apart or more): the steps' size is then set by
         noise, which smaller steps reduce; a flat, quiet loss is a plateau of the model, which smaller steps prolong.
         Not without ``use_loss`` (a loss that rises by design says nothing of progress), nor beside ``max_norm`` (a
         scale the user knows for the model: the cut would take it down too).
         """
         c = self._c
-        self._plateau_wait = max(0, self._plateau_wait - 1)
         off = not c["plateau_cut"] or not self.use_loss or self.max_norm is not None
-        if off or self._plateau_wait or len(self._clipped) < c["notice_steps"]:
-            return
-        if self._stalled_clipping(list(self._clipped)) is None or self._loss_spread() < c["plateau_spread"]:
+        if off or self._plateau_wait or stalled is None or self._loss_spread() < c["plateau_spread"]:
             return
         self.plateau = min(self.plateau + c["plateau_cut"], c["plateau_max"])
         self._plateau_wait = c["notice_steps"]
