@@ -1,4 +1,18 @@
-"""Families of runs. Each family: make(cell, seed) -> dict(model, opt_fn, batches(step)->loss closure, metric_fn)."""
+"""Families of the first blind clipping round: see ``benchmarks/clipping_blind_round.py``.
+
+Each family: ``make(cell, seed) -> dict(model, opt, loss, metric)``, 300 steps. A run's result is the round's outcome
+(``clipping_blind_round.outcome``): its final held-out metric, lower is better, per family:
+
+- ``ae``: validation MSE of a conv autoencoder reconstructing held-out digits (inputs scaled to [0, 1]);
+- ``bandit``: held-out mean cross-entropy of the policy to the best arm of each held-out context;
+- ``infonce``: held-out InfoNCE loss (temperature 0.1, fixed across cells) of a two-tower model on 512 held-out pairs;
+- ``poly``: validation MSE of a deep MLP regression on polynomial features;
+- ``tcn``: validation MSE (clean targets) of a dilated causal 1-D conv net on sequences;
+- ``resmlp``: validation cross-entropy of a residual MLP without normalisation on breast-cancer data.
+
+Our rule ran with ``on_nonfinite="warn"`` and no pictures; ``ours+clip_max_norm=1`` (added after the round: the
+README's remedy for a first step with no past) is our rule beside ``clip_max_norm=1.0``.
+"""
 
 import math
 
@@ -9,6 +23,8 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from torch import nn
 
 STEPS = 300
+OURS = {"on_nonfinite": "warn", "images": False}
+EXTRA_RULES = {"ours+clip_max_norm=1": {"clip_max_norm": 1.0}}
 
 
 def _rng(seed, salt):

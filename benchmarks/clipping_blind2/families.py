@@ -1,5 +1,15 @@
 """Families of the second blind clipping round: where clipping acts on most steps, or the training loss looks flat.
 
+``python benchmarks/clipping_blind_round.py run benchmarks/clipping_blind2``. A run's result is the round's outcome
+(``clipping_blind_round.outcome``): its clean held-out metric, lower is better, per family:
+
+- ``studentt``: validation MSE to the noiseless teacher of an MLP regression trained on noisy labels;
+- ``flips``: validation cross-entropy on the true labels of the held-out digits;
+- ``parity``: held-out binary cross-entropy to the true parity (the training labels have 5% wrong);
+- ``long``: validation MSE to the noiseless teacher, after 800 steps;
+- ``adamw``: validation MSE to the clean targets;
+- ``conv1d``: validation cross-entropy of the motif classes.
+
 Each family is ``make(cell, seed) -> dict``: ``model`` (its initial weights fixed by the seed), ``opt`` (parameters
 -> optimizer), ``sched`` (optimizer -> a learning-rate scheduler stepped after every step, or ``None``), ``loss``
 (model, step -> the training loss of that step's batch; the batches are drawn before any run, the same for every
