@@ -228,7 +228,8 @@ def test_short_run_gets_pictures_spread_over_it(tmp_path, monkeypatch):
     said = _said(messages, "INFO")
     assert len(said) == 1, messages
     assert said[0].startswith("GradWatch cost about ")
-    assert "of the training time of this run (64 steps of about " in said[0]
+    assert "of the training time of this run, " in said[0]
+    assert " in all (64 steps of about " in said[0]
     assert ", beyond overhead_budget=0.03: its gradient-flow pictures " in said[0]
     assert "`images=False` turns the pictures off" in said[0]
     assert budget["pictures_floor"]["pictures_every_n_steps"] == budget["pictures_every_n_steps"] == 8  # 64 / 8

@@ -494,7 +494,7 @@ def overhead_message(budget: OverheadBudget, steps: int) -> str:
         >>> budget.update()
         >>> said = overhead_message(budget, steps=100)
         >>> over_budget(budget), said.split(", beyond")[0]
-        (True, 'GradWatch cost about 228% of the training time of this run (100 steps of about 5 ms)')
+        (True, 'GradWatch cost about 228% of the training time of this run, 1.1 s in all (100 steps of about 5 ms)')
         >>> [part.split(" (")[0] for part in said.split(": ")[1].split("), ")][:2]
         ['its gradient-flow pictures 208%', 'its measuring and judging at every step 20%']
         >>> for sentence in said.split(". ")[1:]:  # 1 ms of hook time a step is within any budget: pictures advised
@@ -518,9 +518,11 @@ def overhead_message(budget: OverheadBudget, steps: int) -> str:
     parts.append(
         f"its measuring and judging at every step {costs.per_step / step:.0%} ({_duration(costs.per_step)} a step)"
     )
+    share, seconds = budget.overhead() or 0.0, b["step_seconds"] or math.nan
     said = [
-        f"GradWatch cost about {(budget.overhead() or 0.0):.0%} of the training time of this run ({steps} steps of"
-        f" about {_duration(b['step_seconds'])}), beyond overhead_budget={budget.fraction}: {', '.join(parts)}"
+        f"GradWatch cost about {share:.0%} of the training time of this run, {_duration(share * seconds * steps)} in"
+        f" all ({steps} steps of about {_duration(seconds)}), beyond overhead_budget={budget.fraction}:"
+        f" {', '.join(parts)}"
     ]
     if costs.hooks_allowed:
         within = f": hook costs under {_duration(FLOOR_SECONDS)} a step are within any budget"
