@@ -40,3 +40,33 @@ def test_warning_is_printed_on_its_own_line_beside_the_progress_bar(tmp_path):
         assert "Non-finite gradients (NaN/Inf) at step 6" in shown
         assert "it/s" not in shown, repr(line[-300:])
         assert "Epoch" not in shown, repr(line[-300:])
+
+
+SPAWNED = """
+import multiprocessing
+from lightning_gradwatch.write.progress import warn
+
+if __name__ == "__main__":  # as Lightning's ddp_spawn runs its workers: GradWatch's code called from a new process
+    worker = multiprocessing.get_context("spawn").Process(target=warn, args=("Vanishing gradients at step 3",))
+    worker.start()
+    worker.join(timeout=120)
+    raise SystemExit(worker.exitcode)
+"""
+
+
+def test_a_warning_in_a_spawned_worker_points_at_gradwatch_not_at_multiprocessing(tmp_path):
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWNED)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.split("\n") if "GradientWarning: Vanishing gradients at step 3" in line]
+    location = line.split(": GradientWarning")[0]
+    assert "multiprocessing" not in location, line
+    assert "lightning_gradwatch" in location, line

@@ -85,16 +85,26 @@ def beside_progress_bars() -> Iterator[None]:
 
 #: modules whose frames a warning skips to point at the line of the user's code that led to it
 _LIBRARY_PREFIXES = ("lightning_gradwatch", "lightning", "pytorch_lightning", "torch", "contextlib")
+#: modules that start a process or thread: reached first, there is no user code on the stack
+_STARTERS = ("multiprocessing", "threading", "concurrent")
 
 
 def warn(message: str) -> None:
     """Emit a :class:`GradientWarning` on its own lines beside the progress bars, pointing at the user's code.
 
     The warning's location is the first frame outside GradWatch, Lightning and torch: the ``loop.step(...)`` of a
-    plain loop, the ``trainer.fit(...)`` of a Trainer run, instead of a line of GradWatch's own.
+    plain loop, the ``trainer.fit(...)`` of a Trainer run, instead of a line of GradWatch's own. In a process or
+    thread Lightning started (``strategy="ddp_spawn"``), no user code is on the stack: the warning points at
+    GradWatch's line, not at ``multiprocessing/process.py``.
     """
     level, frame = 1, sys._getframe(1)
-    while frame is not None and (frame.f_globals.get("__name__") or "").split(".")[0] in _LIBRARY_PREFIXES:
-        level, frame = level + 1, frame.f_back
+    while frame is not None:
+        root = (frame.f_globals.get("__name__") or "").split(".")[0]
+        if root in _STARTERS:
+            frame = None
+        elif root in _LIBRARY_PREFIXES:
+            level, frame = level + 1, frame.f_back
+        else:
+            break
     with beside_progress_bars():
-        warnings.warn(message, GradientWarning, stacklevel=level + 1 if frame is not None else 2)
+        warnings.warn(message, GradientWarning, stacklevel=level + 1 if frame is not None else 1)
