@@ -176,12 +176,18 @@ def run(argv):
     rnd = load_round(a.round)
     families, ours, extra = rnd.FAMILIES, getattr(rnd, "OURS", {}), getattr(rnd, "EXTRA_RULES", {})
     rules = a.rules.split(",") if a.rules else [*RULES, *extra]
+    unknown = sorted(set(rules) - {*RULES, *extra})
+    if unknown:
+        ap.error(f"no rule {', '.join(unknown)}; the rules: {', '.join([*RULES, *extra])}")
     out = a.out or f"{Path(a.round).resolve().name}.jsonl"
     done = set()
     if os.path.exists(out):
         with open(out) as f:
             for line in f:
-                d = json.loads(line)
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a stopped run: that run is run again
+                    continue
                 done.add((d["family"], d["cell"], d["seed"], d["rule"]))
     with open(out, "a") as f:
         for fam in a.families.split(",") if a.families else families:
@@ -197,7 +203,7 @@ def run(argv):
                             continue
                         t = time.time()
                         kwargs = {**ours, **extra[rule]} if rule in extra else ours if rule == "ours" else None
-                        logdir = f"{a.logs}/{fam}_{cell}_{seed}_{rule}".replace(" ", "_") if a.logs else None
+                        logdir = f"{a.logs}/" + f"{fam}_{cell}_{seed}_{rule}".replace(" ", "_") if a.logs else None
                         m, late, info = train(setup, init, rule, kwargs, logdir if kwargs is not None else None)
                         rec = {"family": fam, "cell": cell, "seed": seed, "rule": rule, "metric": m, "late": late}
                         rec.update(secs=time.time() - t, **info)
@@ -223,9 +229,12 @@ def _summary(trouble, lost, healthy):
 def analyse(argv):
     """Print the scores of a results file; ``late`` as a second argument scores the last 100 steps instead.
 
-    *Lost*: a non-finite result where a fixed threshold's is finite. Rules beyond the round's own (an extra row)
-    appear when every cell and seed has them.
+    *Lost*: a non-finite result where a fixed threshold's is finite (the first round's own analysis counted every
+    non-finite result). Rules beyond the round's own (an extra row) appear when every cell and seed has them; a cell
+    without every rule's result is left out, and the number left out is printed.
     """
+    if not argv or len(argv) > 2 or argv[1:] not in ([], ["late"]):
+        sys.exit("usage: clipping_blind_round.py analyse FILE [late]")
     path, metric = argv[0], argv[1] if len(argv) > 1 else "metric"
     res = defaultdict(dict)
     with open(path) as results:
@@ -237,8 +246,10 @@ def analyse(argv):
     shown = SHOWN + [rule for rule in extra if all(rule in r for r in res.values())]
     stats = defaultdict(lambda: defaultdict(list))  # (fam, rule) -> kind -> values
     misses = []
+    incomplete = 0
     for (fam, cell, seed), r in sorted(res.items()):
         if not all(k in r for k in FIXED_RULES + shown):
+            incomplete += 1
             continue
         best = min(r[k] for k in FIXED_RULES)
         line = [fam, cell, seed, f"best={best:.4g}"]
@@ -259,7 +270,9 @@ def analyse(argv):
                         f"{fam} | {cell} | {seed} | trouble: {x:.2f}x best fixed (none {r['none'] / best:.2f}x)"
                     )
         print(" ".join(map(str, line)))
-    print(f"\nscore: {metric}")
+    print(
+        f"\nscore: {metric}" + (f" ({incomplete} cells and seeds without every rule, left out)" if incomplete else "")
+    )
     print("\n| family | rule | trouble <=2x best fixed | worst | median | lost | healthy <=1.1x none | worst |")
     print("|---|---|---|---|---|---|---|---|")
     fams = sorted({k[0] for k in stats})

@@ -229,7 +229,7 @@ def test_short_run_gets_pictures_spread_over_it(tmp_path, monkeypatch):
     assert len(said) == 1, messages
     assert said[0].startswith("GradWatch cost about ")
     assert "of the training time of this run, " in said[0]
-    assert " in all (64 steps of about " in said[0]
+    assert " in all (64 steps of about " in said[0]  # and the seconds: "about 4.1 s in all"
     assert ", beyond overhead_budget=0.03: its gradient-flow pictures " in said[0]
     assert "`images=False` turns the pictures off" in said[0]
     assert budget["pictures_floor"]["pictures_every_n_steps"] == budget["pictures_every_n_steps"] == 8  # 64 / 8

@@ -94,17 +94,23 @@ def warn(message: str) -> None:
 
     The warning's location is the first frame outside GradWatch, Lightning and torch: the ``loop.step(...)`` of a
     plain loop, the ``trainer.fit(...)`` of a Trainer run, instead of a line of GradWatch's own. In a process or
-    thread Lightning started (``strategy="ddp_spawn"``), no user code is on the stack: the warning points at
-    GradWatch's line, not at ``multiprocessing/process.py``.
+    thread Lightning started (``strategy="ddp_spawn"``), no user code is on the stack: the warning points at the
+    GradWatch code that raised it (the hook that judged the step), not at ``multiprocessing/process.py``.
     """
-    level, frame = 1, sys._getframe(1)
+    level, frame, user = 1, sys._getframe(1), False
+    raiser = 0  # the level of the innermost GradWatch frame outside this module (0: none)
     while frame is not None:
-        root = (frame.f_globals.get("__name__") or "").split(".")[0]
-        if root in _STARTERS:
-            frame = None
-        elif root in _LIBRARY_PREFIXES:
-            level, frame = level + 1, frame.f_back
-        else:
+        name = frame.f_globals.get("__name__") or ""
+        root = name.split(".")[0]
+        if root in _STARTERS:  # a process or thread began here: no user code on this stack
             break
+        if root not in _LIBRARY_PREFIXES:
+            user = True
+            break
+        if not raiser and root == "lightning_gradwatch" and name != __name__:
+            raiser = level
+        level, frame = level + 1, frame.f_back
+    if not user:
+        level = raiser  # 0: this function's own line
     with beside_progress_bars():
-        warnings.warn(message, GradientWarning, stacklevel=level + 1 if frame is not None else 1)
+        warnings.warn(message, GradientWarning, stacklevel=level + 1)
