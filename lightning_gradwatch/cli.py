@@ -71,7 +71,8 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 _PATH_HELP = (
-    "a run's log directory (where its gradwatch.json and TensorBoard event files are), any parent of runs"
+    "a run's log directory (where its gradwatch.json and TensorBoard event files, or a CSVLogger's metrics.csv, are),"
+    " any parent of runs"
     " (searched recursively), or a run's gradwatch.json or event file (that run only)"
 )
 _HTML_HELP = (
@@ -462,7 +463,7 @@ def render_table(run: RunRecord) -> str:
 def _table_title(run: RunRecord) -> str:
     """The run's path, where its numbers come from, how many steps it ran, its status and the window of ``now``."""
     steps = run.steps.get("last")
-    source = "gradwatch.json" if run.source == "json" else "event files"
+    source = {"json": "gradwatch.json", "csv": "metrics.csv"}.get(run.source, "event files")
     if run.numbers_from_events:
         source = "gradwatch.json, older than the event files the numbers come from"
     title = f"{run.path}  ({source}"

@@ -1,5 +1,8 @@
 """Finding GradWatch runs on disk and loading them, from ``gradwatch.json`` or from the event files alone.
 
+A directory with neither but a CSV logger's ``metrics.csv`` holding GradWatch's columns is a run too (one killed
+before its first alert, under Lightning's ``CSVLogger``): its numbers are the file's.
+
 Event files are read record by record with their checksums verified (TensorBoard's own reader stops quietly at a
 corrupt record), so a damaged file is reported instead of read as a shorter, healthy-looking run. The one exception
 is the end of the file of a run that did not finish: a process killed while writing leaves half a record there,
@@ -27,8 +30,10 @@ from typing import Any, NamedTuple
 
 from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
+from lightning_gradwatch.csv_logs import CSV_FILE, CsvLogError, read_metrics_csv
 from lightning_gradwatch.kinds import RunStatus
-from lightning_gradwatch.report import REPORT_FILE, in_model_order, read_report, wall_time
+from lightning_gradwatch.report import REPORT_FILE, in_model_order, read_report
+from lightning_gradwatch.report_fields import alert_entry, by_number, report_fields
 from lightning_gradwatch.tfrecords import RecordFileError, read_records
 
 __all__ = ["RunReadError", "RunRecord", "find_runs", "load_run", "read_runs"]
@@ -69,7 +74,7 @@ class RunRecord:
     """
 
     path: Path
-    source: str  # "json" or "events"
+    source: str  # "json", "events" or "csv"
     status: str | None = None
     steps: dict[str, Any] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
@@ -125,7 +130,7 @@ def find_runs(paths: list[str]) -> list[Path]:
 
         for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
             dirnames.sort()
-            if REPORT_FILE in filenames or any(EVENT_FILE_MARK in f for f in filenames):
+            if REPORT_FILE in filenames or CSV_FILE in filenames or any(EVENT_FILE_MARK in f for f in filenames):
                 found.append(Path(dirpath))
     unique = list(dict.fromkeys(found))
     return unique
@@ -148,7 +153,7 @@ def read_runs(paths: list[str], series: bool = False) -> list[RunRecord]:
                 runs[directory] = run
                 found += 1
         if not found:
-            raise RunReadError(f"no GradWatch run (gradwatch.json or GradWatch event files) under {raw}")
+            raise RunReadError(f"no GradWatch run (gradwatch.json, GradWatch event files or metrics.csv) under {raw}")
     return list(runs.values())
 
 
@@ -178,6 +183,8 @@ def load_run(directory: Path, series: bool = False) -> RunRecord | None:
         raise RunReadError(f"{directory}: cannot list ({_one_line(err)})") from err
     if report_path.exists():
         return _from_report_and_events(directory, report_path, event_files, series)
+    if not event_files and (directory / CSV_FILE).is_file():
+        return _from_csv(directory, series)
     return _from_events(directory, event_files, series)
 
 
@@ -263,145 +270,10 @@ def _add_later_events(run: RunRecord, logged: RunRecord | None) -> None:
 
 def _from_report(directory: Path, doc: dict[str, Any]) -> RunRecord:
     try:
-        fields = _report_fields(doc)
+        fields = report_fields(doc)
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise RunReadError(f"{directory / REPORT_FILE}: unexpected content ({_one_line(err)})") from err
     return RunRecord(directory, "json", **fields)
-
-
-def _report_fields(doc: dict[str, Any]) -> dict[str, Any]:
-    """A ``gradwatch.json`` document's fields of :class:`RunRecord`, each checked for its type."""
-    layers, history = _layers(_as_list(doc.get("layers")))
-    raw_total = sorted(_as_dict(doc.get("total_norm")).items(), key=_by_number)
-    return {
-        "status": _text(doc, "status"),
-        "steps": {str(k): v for k, v in _as_dict(doc.get("steps")).items() if v is None or isinstance(v, int)},
-        "layers": layers,
-        "events": {str(k): int(v) for k, v in _as_dict(doc.get("events")).items()},
-        "events_restored": {str(k): int(v) for k, v in _as_dict(doc.get("events_restored")).items()},
-        "total_norm": {str(k): _summary(v) for k, v in raw_total},
-        "error": _text(doc, "error"),
-        "history": history,
-        "total_history": {str(k): _history({"grad_norm": v}) for k, v in raw_total},
-        "config": _as_dict(doc.get("config")),
-        "fits": [_fit_entry(f) for f in _as_list(doc.get("fits"))],
-        "logs_since": wall_time(doc.get("logs_since")),
-        **_said(doc),
-    }
-
-
-def _layers(raw_layers: list[Any]) -> tuple[list[dict[str, Any]], dict[str, list[tuple[int, float]]]]:
-    """The report's layers (written in the model's order) and each one's history."""
-    layers = [_layer_entry(entry) for entry in raw_layers]
-    history = {layer["name"]: _history(entry) for layer, entry in zip(layers, raw_layers)}
-    for layer in layers:  # a report written before the last step was recorded: its history's last point
-        if layer["last_step"] is None and history[layer["name"]]:
-            layer["last_step"] = history[layer["name"]][-1][0]
-    return layers, history
-
-
-def _said(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """What the run said: ``alerts``, ``earlier_alerts`` (of a resumed run) and ``notices``."""
-    return {
-        "alerts": [_alert_entry(a) for a in _as_list(doc.get("alerts"))],
-        "earlier_alerts": [_alert_entry(a) for a in _as_list(doc.get("earlier_alerts"))],
-        "notices": [_notice_entry(n) for n in _as_list(doc.get("notices"))],
-    }
-
-
-def _fit_entry(entry: Any) -> dict[str, Any]:
-    """One fit of a run: its first and last step (``None`` when it measured none) and its status."""
-    fit = _as_dict(entry)
-    steps = {k: fit.get(k) for k in ("first_step", "last_step")}
-    if any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in steps.values()):
-        raise TypeError("a fit's steps are not integers")
-    stopped = fit.get("stopped_at")
-    if stopped is not None and (isinstance(stopped, bool) or not isinstance(stopped, int)):
-        raise TypeError("a fit's stopped_at is not an integer")
-    return {**steps, "status": _text(fit, "status"), "error": _text(fit, "error"), "stopped_at": stopped}
-
-
-def _history(entry: dict[str, Any]) -> list[tuple[int, float]]:
-    """A layer's (or total's) ``grad_norm.history``, as ``(step, norm)`` points in step order."""
-    points = _as_list(_as_dict(_as_dict(entry).get("grad_norm")).get("history"))
-    return sorted((int(step), _float(value)) for step, value in (_as_list(point) for point in points))
-
-
-def _text(doc: dict[str, Any], name: str) -> str | None:
-    value = doc.get(name)
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"{name} is {type(value).__name__}")
-    return value
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list, got {type(value).__name__}")
-    return value
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TypeError(f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _layer_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    entry = _as_dict(entry)
-    last_step = _as_dict(entry.get("grad_norm")).get("last_step")
-    if last_step is not None and (isinstance(last_step, bool) or not isinstance(last_step, int)):
-        raise TypeError(f"last_step is {type(last_step).__name__}")
-    return {
-        "name": str(entry["name"]),
-        "grad_norm": _summary(entry.get("grad_norm")),
-        "grad_to_weight": _summary(entry.get("grad_to_weight")),
-        "nonfinite_steps": int(entry.get("nonfinite_steps") or 0),
-        "last_step": last_step,
-    }
-
-
-def _summary(series: Any) -> dict[str, float]:
-    series = _as_dict(series)
-    out = {k: _float(series.get(k)) for k in ("last", "median", "min", "max")}
-    count = series.get("count")
-    out["count"] = math.nan if count is None else float(int(count))
-    return out
-
-
-def _float(value: Any) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)  # a string is "inf" or "nan", as written for non-finite values
-
-
-def _notice_entry(notice: Any) -> dict[str, Any]:
-    """What GradWatch said once that is no alert (clipping hiding a failing run)."""
-    notice = _as_dict(notice)
-    return {
-        "kind": str(notice.get("kind", "")),
-        "step": int(notice["step"]),
-        "message": str(notice.get("message", "")),
-        "optimizer": int(notice.get("optimizer") or 0),
-    }
-
-
-def _alert_entry(alert: dict[str, Any]) -> dict[str, Any]:
-    alert = _as_dict(alert)
-    return {
-        "kind": str(alert["kind"]),
-        "step": int(alert["step"]),
-        "layers": [str(n) for n in _as_list(alert.get("layers"))],
-        "value": _float(alert.get("value")),
-        "threshold": _float(alert.get("threshold")),
-        "message": str(alert.get("message", "")),
-        "optimizer": int(alert.get("optimizer") or 0),
-    }
 
 
 # ---------------------------------------------------------------------- event files
@@ -431,30 +303,54 @@ def _from_events(
             runs = len(begins) - 1
             whose = "runs'" if runs > 1 else "run's"
             earlier_logs = f"{runs} earlier {whose} event files here not read"
-    series, alerts, partial, orders = scan.series, scan.alerts, scan.partial, scan.orders
+    record = _from_series(directory, "events", scan.series, scan.orders, scan.alerts, keep_series)
+    if record is not None:
+        record.partial, record.earlier_logs = scan.partial, earlier_logs
+    return record
+
+
+def _from_series(
+    directory: Path,
+    source: str,
+    series: dict[str, list[tuple[int, float]]],
+    orders: list[tuple[str, ...]],
+    alerts: list[dict[str, Any]],
+    keep_series: bool,
+) -> RunRecord | None:
+    """A run without a record, from GradWatch's scalar series (``None``: no layer's norm and no alert in them)."""
     if not any(tag.startswith(_LAYER_NORM_PREFIX) for tag in series) and not alerts:
         return None
     layers = [_layer_from_series(name, series) for name in in_model_order(orders)]
     totals = _total_series(series)
     alerts.sort(key=lambda a: a["step"])
-    total_norm = {key: _summarise(points) for key, points in sorted(totals.items(), key=_by_number)}
+    total_norm = {key: _summarise(points) for key, points in sorted(totals.items(), key=by_number)}
     steps, events = _logged_steps(totals), _event_counts(series)
     history = {layer["name"]: sorted(series[_LAYER_NORM_PREFIX + layer["name"]]) for layer in layers}
     return RunRecord(
         directory,
-        "events",
+        source,
         None,
         steps,
         layers,
         alerts,
         events,
         total_norm,
-        partial=partial,
         history=history,
         total_history=totals,
         series=series if keep_series else {},
-        earlier_logs=earlier_logs,
     )
+
+
+def _from_csv(directory: Path, keep_series: bool = False) -> RunRecord | None:
+    """The run a CSV logger's ``metrics.csv`` holds (``None``: none of GradWatch's columns in it)."""
+    try:
+        series, order, partial = read_metrics_csv(directory / CSV_FILE, _READ_PREFIXES, _LAYER_NORM_PREFIX)
+    except CsvLogError as err:
+        raise RunReadError(str(err)) from err
+    record = _from_series(directory, "csv", series, [order], [], keep_series)
+    if record is not None:
+        record.partial = partial
+    return record
 
 
 def _run_beginnings(firsts: list[int | None]) -> list[int]:
@@ -649,7 +545,7 @@ def _alert_from_text(path: Path, text: str, step: int) -> dict[str, Any]:
     if not fence:
         return {**parse_alert_markdown(text, step), "optimizer": 0}
     try:
-        return _alert_entry(json.loads(data.rstrip().removesuffix("```")))
+        return alert_entry(json.loads(data.rstrip().removesuffix("```")))
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise RunReadError(f"{path}: unexpected alert data at step {step} ({_one_line(err)})") from err
 
@@ -669,8 +565,3 @@ def _summarise(points: list[tuple[int, float]]) -> dict[str, float]:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
-
-
-def _by_number(item: tuple[str, Any]) -> tuple[int, str]:
-    """Sort key of ``total_norm`` entries: ``all``, then ``optimizer_0``, ``optimizer_1``, ..., ``optimizer_10``."""
-    return len(item[0]), item[0]

@@ -213,9 +213,9 @@ def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[st
     record.
     """
     last = run.steps.get("last")
-    facts = [f"{len(run.layers)} layers"]
+    facts = [f"{len(run.layers)} layer{'s' if len(run.layers) != 1 else ''}"]
     if isinstance(last, int):
-        facts.append(f"{last + 1} steps")
+        facts.append(f"{last + 1} step{'s' if last else ''}")
     resumed = resumed_at(run)
     if resumed is not None:
         facts.append(f"resumed at step {resumed}: steps {resumed}-{last} written here")

@@ -12,6 +12,7 @@ Scenarios (a 16-step MLP run, or 32 steps for the first three; GradWatch logs ev
 - ``sigkill_after_alert``: NaN at step 3 (an alert, so ``gradwatch.json`` says "running"), SIGKILL at step 8;
 - ``sigkill_second_fit``: a first fit of 16 steps ends ("finished"), a second ``trainer.fit`` on the same Trainer
   SIGKILLs itself at step 20 (no NaN);
+- ``sigkill_csv``: ``sigkill_before_alert`` under Lightning's ``CSVLogger`` alone (no event file);
 - ``sigterm``: the process sends itself SIGTERM at step 6 (Lightning stops at the next batch);
 - ``sigint``: the process sends itself SIGINT (Ctrl+C) at step 7;
 - ``exception``: the model raises ``RuntimeError`` at step 5;
@@ -34,6 +35,7 @@ import sys
 import warnings
 
 import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_gradwatch import GradientWarning, GradWatch
 from tests.helpers import make_mlp_module, trainer_kwargs
@@ -41,6 +43,7 @@ from tests.helpers import make_mlp_module, trainer_kwargs
 NAN_AT = {"keyboard_interrupt": 3, "sigkill_after_alert": 3, "unwritable_dir": 10, "sigkill_second_fit": 10**6}
 SHORT = {
     "sigkill_before_alert",
+    "sigkill_csv",
     "sigkill_after_alert",
     "sigkill_second_fit",
     "sigterm",
@@ -68,6 +71,9 @@ class Fault(pl.Callback):
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         if (scenario, step) in (("sigkill_before_alert", 6), ("sigkill_after_alert", 8), ("sigkill_second_fit", 20)):
             trainer.logger.experiment.flush()  # what reached the disk before the kill must stay readable
+            os.kill(os.getpid(), signal.SIGKILL)
+        if (scenario, step) == ("sigkill_csv", 6):
+            trainer.logger.save()  # the CSV logger writes its rows every 100 steps: steps 0-5 on disk
             os.kill(os.getpid(), signal.SIGKILL)
         if (scenario, step) in (("sigterm", 6), ("sigint", 7)):
             os.kill(os.getpid(), signal.SIGTERM if scenario == "sigterm" else signal.SIGINT)
@@ -108,7 +114,8 @@ def main(out_dir: str, scenario: str) -> None:
         fail_at_step=5 if scenario == "exception" else None,
         batches=256 if scenario in SHORT else 512,
     )
-    trainer = pl.Trainer(callbacks=[Fault(scenario, out_dir), watch], **trainer_kwargs(out_dir))
+    logger = CSVLogger(out_dir) if scenario == "sigkill_csv" else True
+    trainer = pl.Trainer(callbacks=[Fault(scenario, out_dir), watch], logger=logger, **trainer_kwargs(out_dir))
     ended = "returned"
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

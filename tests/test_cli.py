@@ -154,7 +154,7 @@ def test_check_a_named_path_without_runs_beside_a_healthy_run_exits_2(runs, tmp_
     for other in (empty, foreign):
         result = gradwatch("check", str(runs["healthy"]), str(other))
         assert result.returncode == 2, result.stdout + result.stderr
-        assert f"no GradWatch run (gradwatch.json or GradWatch event files) under {other}" in result.stderr
+        assert f"no GradWatch run (gradwatch.json, GradWatch event files or metrics.csv) under {other}" in result.stderr
     both = gradwatch("check", str(runs["healthy"]), str(runs["root"]))  # a run named twice is checked once
     assert both.returncode == 1
     assert both.stdout.count(str(runs["healthy"])) == 1
@@ -411,6 +411,46 @@ def test_check_event_file_cut_short_by_a_kill_is_unfinished(runs, tmp_path):
     assert "ends in half a record" in result.stdout
 
 
+@pytest.fixture(scope="module")
+def csv_runs(tmp_path_factory) -> dict[str, Path]:
+    """A run under Lightning's CSVLogger alone, and one of the same logger without GradWatch."""
+    root = tmp_path_factory.mktemp("csv")
+    made = {}
+    for name, callbacks in (("watched", [GradWatch(log_every_n_steps=1)]), ("unwatched", [])):
+        logger = pl.loggers.CSVLogger(root / name)
+        trainer = pl.Trainer(callbacks=callbacks, logger=logger, **trainer_kwargs(root / name, max_steps=12))
+        trainer.fit(make_mlp_module(pl))
+        made[name] = Path(logger.log_dir)
+    return made
+
+
+def test_check_a_csv_logger_run_killed_before_its_report_is_unfinished_not_missed(csv_runs, tmp_path):
+    run = _copy(csv_runs["watched"], tmp_path)
+    (run / "gradwatch.json").unlink()  # what a SIGKILL before the first alert leaves: metrics.csv alone
+    result = gradwatch("check", str(tmp_path))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "unfinished: no gradwatch.json" in result.stdout
+    assert "(3 layers, 12 steps)" in result.stdout
+    assert "metrics.csv" in gradwatch("report", str(run)).stdout  # where the numbers come from
+    csv_file = run / "metrics.csv"
+    whole = csv_file.read_text()
+    csv_file.write_text(whole[: whole.rstrip("\n").rfind(",") - 3])  # killed while writing its last row
+    result = gradwatch("check", str(run))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "metrics.csv ends in half a row" in result.stdout
+    header, first, *rest = whole.splitlines()
+    cells = first.split(",")
+    cells[header.split(",").index("gradwatch/total_norm")] = "0.5x"  # damage inside the file is no kill
+    csv_file.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    result = gradwatch("check", str(run))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "unreadable: " in result.stdout
+    assert "metrics.csv: line 2: not a number: '0.5x'" in result.stdout
+    result = gradwatch("check", str(csv_runs["unwatched"]))  # another logger's metrics.csv is no GradWatch run
+    assert result.returncode == 2
+    assert "no GradWatch run" in result.stderr
+
+
 # ---------------------------------------------------------------------- bad input never ends in a traceback
 def _one_line_error(result: subprocess.CompletedProcess, name: str) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
@@ -630,7 +670,7 @@ def test_help_documents_path_format_and_exit_codes(command):
     result = gradwatch(command, "--help")
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
-    assert "PATH a run's log directory (where its gradwatch.json and TensorBoard event files are)" in text
+    assert "PATH a run's log directory (where its gradwatch.json and TensorBoard event files, or a CSVLogger's" in text
     assert "any parent of runs (searched recursively)" in text
     assert re.search(r"--format \{[a-z,]+\} text: ", text)
     assert "json: " in text.split("--format", 2)[-1]
@@ -672,3 +712,13 @@ def test_unreadable_non_ascii_path_on_an_ascii_stderr(runs, tmp_path):
     assert "Traceback" not in result.stderr
     assert "donn\\xe9es" in result.stderr
     assert "donn\\xe9es" in result.stdout
+
+
+def test_a_run_of_one_layer_and_one_step_is_said_in_the_singular(tmp_path):
+    from lightning_gradwatch.runs import RunRecord
+    from lightning_gradwatch.verdicts import run_facts
+
+    one = RunRecord(tmp_path, "events", steps={"last": 0}, layers=[{"name": "fc"}])
+    assert run_facts(one, "healthy")[:2] == ["1 layer", "1 step"]
+    two = RunRecord(tmp_path, "events", steps={"last": 1}, layers=[{"name": "a"}, {"name": "b"}])
+    assert run_facts(two, "healthy")[:2] == ["2 layers", "2 steps"]

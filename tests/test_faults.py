@@ -6,6 +6,7 @@ and under two-process DDP, each followed by `gradwatch check`: what is on disk, 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -81,6 +82,7 @@ SINGLE = {
     "sigkill_before_alert": (3, "unfinished", None, range(6), []),
     "sigkill_after_alert": (1, "alerts", "running", range(8), [("nonfinite", 3)]),
     "sigkill_second_fit": (3, "unfinished", "running", range(20), []),  # the first fit's "finished" is no pass
+    "sigkill_csv": (3, "unfinished", None, range(6), []),  # a CSV logger's metrics.csv alone: no silent pass
     "sigterm": (3, "interrupted", "interrupted", range(7), []),
     "sigint": (3, "interrupted", "interrupted", range(7), []),
     "exception": (3, "failed", "failed", range(5), []),
@@ -159,6 +161,9 @@ def _gate(log_dir: Path, *args: str) -> tuple[int, dict]:
 
 
 def _steps_on_disk(log_dir: Path) -> list[int]:
+    if (log_dir / "metrics.csv").exists():  # a CSV logger's run
+        with (log_dir / "metrics.csv").open(newline="") as f:
+            return sorted({int(row["step"]) for row in csv.DictReader(f) if row["gradwatch/total_norm"]})
     return sorted(scalars(events(log_dir), "gradwatch/total_norm"))
 
 
