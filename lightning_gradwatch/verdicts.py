@@ -205,6 +205,11 @@ def where(alert: dict[str, Any]) -> str:
     return f"step {alert['step']}" + (f" (optimizer {optimizer})" if optimizer else "")
 
 
+def _count(number: int, thing: str) -> str:
+    """``"1 layer"``, ``"3 layers"``."""
+    return f"{number} {thing}{'' if number == 1 else 's'}"
+
+
 def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[str]:
     """What ``gradwatch check`` says about a run after its verdict, and the HTML report with it.
 
@@ -213,9 +218,9 @@ def run_facts(run: RunRecord, run_verdict: str, status: bool = False) -> list[st
     record.
     """
     last = run.steps.get("last")
-    facts = [f"{len(run.layers)} layer{'s' if len(run.layers) != 1 else ''}"]
+    facts = [_count(len(run.layers), "layer")]
     if isinstance(last, int):
-        facts.append(f"{last + 1} step{'s' if last else ''}")
+        facts.append(_count(last + 1, "step"))
     resumed = resumed_at(run)
     if resumed is not None:
         facts.append(f"resumed at step {resumed}: steps {resumed}-{last} written here")
