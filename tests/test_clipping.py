@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from examples.harness import finite_weights, single_thread
-from lightning_gradwatch import GradWatch
+from lightning_gradwatch import GradientWarning, GradWatch
 from lightning_gradwatch.clipping import AdaptiveClipThreshold, clip_coefficient, scale_gradients_
 from lightning_gradwatch.demos import RingGan
 from tests.helpers import events, flavour, make_mlp_module, reference_norms, scalars, trainer_kwargs
@@ -1593,3 +1593,43 @@ def test_step_rates_of_a_layer_split_across_groups_and_of_momentum_one(tmp_path)
                 optimizer.step()
             optimizer.zero_grad()
     assert 0 not in scalars(events(tmp_path), "gradwatch/clip_threshold")  # no cap; no outlier history yet
+
+
+def _outliers_in_a_row(watch: GradWatch, steps: int = 300) -> float:
+    """An MLP regression under SGD whose batches at steps 120-121 and 250-251 (two in a row) and every 20th step from
+    30 have their targets x100, through ``watch.loop``; returns the final validation MSE (``inf``: lost)."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(4000, 16, generator=g), torch.randn(16, 1, generator=g)
+    y = torch.tanh(x @ w / 4) * 3 + 0.1 * torch.randn(4000, 1, generator=g)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    bad = {120, 121, 250, 251} | set(range(30, steps, 20))
+    with watch.loop(model, steps=steps) as loop:
+        for step in range(steps):
+            idx = torch.randint(0, 3000, (32,), generator=g)
+            target = y[idx] * (100.0 if step in bad else 1.0)
+            loss = torch.nn.functional.mse_loss(model(x[idx]), target)
+            loss.backward()
+            if loop.step(opt, loss):
+                opt.step()
+            opt.zero_grad()
+    with torch.no_grad():
+        mse = float(torch.nn.functional.mse_loss(model(x[3000:]), y[3000:]))
+    return mse if math.isfinite(mse) else math.inf
+
+
+@single_thread()
+def test_outlier_batches_in_a_row_that_adaptive_clipping_holds_are_no_explosion():
+    """Two outlier batches in a row (targets x100), each scaled down by ``clip="adaptive"``: the second's norm is
+    orders of magnitude beyond the run, but the first's update was held, so it cannot have thrown the run off; no
+    exploding alert, and the run learns. Unclipped, the same batches throw the run off, and that is alerted."""
+    clipped = GradWatch(clip="adaptive", images=False)
+    assert _outliers_in_a_row(clipped) < 0.3  # lost without clipping; 0.13 under clip=1.0
+    assert [(a.kind, a.step) for a in clipped.alerts] == []
+    watched = GradWatch(images=False)  # no clipping: the outliers' updates reach the weights
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert _outliers_in_a_row(watched) == math.inf
+    assert [a.kind for a in watched.alerts][:1] == ["exploding"]
+    assert any(issubclass(w.category, GradientWarning) and "Exploding gradients" in str(w.message) for w in said)

@@ -36,7 +36,7 @@ def test_every_rule_is_named_in_the_enum_once_and_every_kind_has_a_watch():
 
 def test_the_state_is_one_flat_mapping_of_every_parts_keys():
     state = GradientDetector().state_dict()
-    assert len(state) == 74
+    assert len(state) == 75
     assert {"steps", "mean", "var", "spike_run", "growth_run", "collapse_run", "vanishing_episode"} <= set(state)
     assert {"offset", "present", "start_losses", "first_high", "rise_losses", "climb_run", "run_jumped"} <= set(state)
     assert {"losses_at", "run_put", "trend_began"} <= set(state)

@@ -1043,3 +1043,23 @@ def test_one_batch_loss_of_exactly_zero_leaves_the_relative_rise():
     for loss in [0.3, 0.4, 0.5, 0.5, 0.6]:
         track.observe_loss(loss)
     assert track.rising(0.25) is True
+
+
+def test_two_bad_batches_in_a_row_wait_for_a_third_spike_when_the_first_was_held():
+    """A spike orders of magnitude beyond the run, right after one whose update reached the weights, is a run that
+    update threw off: an explosion at the second spike. When the first spike's update was held (clipped below its norm
+    by ``clip="adaptive"``, or skipped), the second is another bad batch: the full patience of three spikes."""
+
+    def run(held: bool, third: bool) -> list:
+        det = GradientDetector()
+        feed(det, range(50), loss=lambda s: max(0.1, 2.0 - 0.05 * s))
+        alerts = []
+        for step, scale in ((50, 500.0), (51, 2000.0), (52, 8000.0 if third else 1.0), (53, 1.0)):
+            det.observe_loss(3000.0 if scale > 1 else 0.1)
+            alerts += det.update(step, healthy(step, scale=scale)).alerts
+            det.observe_held(held and scale > 1)
+        return [(a.kind, a.step) for a in alerts]
+
+    assert run(held=False, third=False) == [("exploding", 51)]  # the update of the first threw the run off
+    assert run(held=True, third=False) == []  # two outlier batches, both clipped: no explosion
+    assert run(held=True, third=True) == [("exploding", 52)]  # a third spike in a row: one step later

@@ -172,6 +172,8 @@ class NormBaseline(Stateful):
     peak: float | None = state(None, load=as_optional_float)  # log10 of the largest total norm, forgetting
     previous: float | None = state(None, load=as_optional_float)  # log10 of the previous finite step's norm
     rise: float | None = state(None, load=as_optional_float)  # decades that step's norm rose over the one before it
+    # the latest judged step's update was held: clipped below its norm, or skipped (it could not throw the run off)
+    previous_held: bool = state(False, load=bool)
     # log10(chained norm / total norm) at the latest finite step: 0 until the set of layers first changes
     offset: float = state(0.0, load=float)
     # the latest finite step's layers with a non-zero gradient, and their norms
@@ -400,6 +402,14 @@ class LossTrack(Stateful):
         if len(self.rise_losses) < RISE_RECENT:
             return None
         return median(list(self.rise_losses)[-RISE_RECENT:])
+
+    def rise_text(self) -> str:
+        """How the loss rose (:meth:`rise_medians`), for a message; empty when no loss is known."""
+        medians = self.rise_medians()
+        if medians is None:
+            return ""
+        now, before = medians
+        return f", while the loss rose from {before:.4g} to {now:.4g} (medians 5 to 10 steps back and of the last 3)"
 
     def rise_medians(self) -> tuple[float, float] | None:
         """The loss now and before a rise (``None`` until :data:`RISE_WINDOW` losses have been seen).

@@ -156,6 +156,15 @@ class GradientDetector:
         """
         self.ctx.rates.observe(rates)
 
+    def observe_held(self, held: bool) -> None:
+        """Record whether the update of the step just judged was held: clipped below its norm, or skipped.
+
+        A spike orders of magnitude beyond the run, right after a spike whose update reached the weights, is a run
+        that update threw off; after one whose update was held, it is another bad batch (outliers in a row, under
+        ``clip="adaptive"``), judged on the full ``exploding_patience``.
+        """
+        self.ctx.norms.previous_held = held
+
     def update(self, step: int, stats: StepStats) -> Verdict:
         """Judge one step's statistics; returns the verdict, with any alerts that fired now."""
         verdict = Verdict()

@@ -398,10 +398,13 @@ class Spikes(ExplodingRule):
 
         A learning rate raised 30x mid-run may lift loss and norm 8-9x for two steps, and an optimizer like Adam
         absorbs it: a third spike tells. A step :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm of the run,
-        right after a spike, is a run already thrown off (a corrupted batch's update: 4e3, then 5e7, then NaN).
+        right after a spike whose update was not held (clipped or skipped), is a run already thrown off (a corrupted
+        batch's update: 4e3, then 5e7, then NaN); after a held one, another bad batch. Two outlier batches in a row
+        (targets x100), the first scaled down by ``clip="adaptive"``, are no explosion; a third spike in a row is,
+        one step later than without the clipping, whose held updates could not throw the run off meanwhile.
         """
-        patience = self.config.exploding_patience
-        return min(patience, max(patience - 1, 2)) if self._extreme(step.x) else patience
+        patience, thrown = self.config.exploding_patience, self._extreme(step.x) and not self.ctx.norms.previous_held
+        return min(patience, max(patience - 1, 2)) if thrown else patience
 
     def _extreme(self, x: float | None) -> bool:
         """The log norm ``x`` is :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm of the run."""
@@ -416,7 +419,7 @@ class Spikes(ExplodingRule):
             f" {step.threshold:.4g} (typical norm so far {norms.real(norms.mean):.4g}"
             + (f", largest ordinary norm {norms.real(norms.ceiling):.4g}" if norms.ceiling is not None else "")
             + ")"
-            + _rise(self.ctx)
+            + self.ctx.losses.rise_text()
         )
         return Finding(what, Cause.OUTLIER, step.norm, step.threshold)
 
@@ -462,7 +465,7 @@ class Growth(ExplodingRule):
         what = (
             f"total norm {step.norm:.4g} has risen for {self.growth_run} consecutive steps"
             f" (typical norm so far {self.ctx.norms.real(self.ctx.norms.mean):.4g}; a single step becomes a spike"
-            f" above {step.threshold:.4g})" + _rise(self.ctx)
+            f" above {step.threshold:.4g})" + self.ctx.losses.rise_text()
         )
         return Finding(what, Cause.GROWTH, step.norm, step.threshold)
 
@@ -506,15 +509,6 @@ def _slowing(rise: float | None, before: float | None) -> bool:
     peak of a warm-up turns by itself, its growth slowing before the norm falls back.
     """
     return rise is not None and before is not None and before > 0.0 and rise < SLOWING * before
-
-
-def _rise(ctx: Context) -> str:
-    """How the loss rose (medians), for a message; empty when no loss is known."""
-    medians = ctx.losses.rise_medians()
-    if medians is None:
-        return ""
-    now, before = medians
-    return f", while the loss rose from {before:.4g} to {now:.4g} (medians 5 to 10 steps back and of the last 3)"
 
 
 @dataclass(eq=False)
