@@ -311,7 +311,8 @@ def test_report_records_the_batches_of_skipped_clipped_and_alerting_steps(tmp_pa
     assert len(bad) == 1  # clipping every step to a fixed norm is not a spike: not a bad batch
 
 
-def test_report_records_spikes_clipped_by_the_exploding_response(tmp_path):
+@pytest.mark.parametrize("kwargs", [{"on_exploding": "clip"}, {"clip": "adaptive"}])
+def test_report_records_spikes_clipped_by_the_exploding_response(tmp_path, kwargs):
     model = make_mlp_module(pl, lr=1e-6)
     plain_step = model.training_step
 
@@ -320,7 +321,7 @@ def test_report_records_spikes_clipped_by_the_exploding_response(tmp_path):
         return loss * 1e4 if model.global_step == 12 else loss
 
     model.training_step = spiking_step
-    watch = GradWatch(on_exploding="clip", warmup_steps=5)
+    watch = GradWatch(warmup_steps=5, **kwargs)  # clip="adaptive": an outlier batch, scaled down to the typical norm
     trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path))
     trainer.fit(model)
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())

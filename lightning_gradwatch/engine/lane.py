@@ -37,7 +37,6 @@ from lightning_gradwatch.engine.environment import Environment, scale_of
 from lightning_gradwatch.engine.step_rates import StepRates, learning_rates
 from lightning_gradwatch.judge.context import Verdict
 from lightning_gradwatch.judge.decision import Decision, Flags, StepJudge
-from lightning_gradwatch.kinds import AlertKind, Response
 from lightning_gradwatch.measure.layers import layer_name
 from lightning_gradwatch.measure.stats import GradientStats
 from lightning_gradwatch.report import RunSummary
@@ -281,9 +280,12 @@ class Lane:
         return clip
 
     def _reasons(self, decision: Decision, skipped: bool, clipped: bool) -> list[str]:
-        """Why the report notes this step's batch: skipped, clipped as a spike, alerted (none: not noted)."""
-        clips_spikes = self.settings.responses.response(AlertKind.EXPLODING) == Response.CLIP
-        spike = clipped and decision.verdict is not None and decision.verdict.spike and clips_spikes
+        """Why the report notes this step's batch: skipped, clipped as a spike, alerted (none: not noted).
+
+        A spike (the exploding detector's) that clipping scaled down is noted whatever clipped it: ``on_exploding=
+        "clip"``, ``clip="adaptive"`` scaling an outlier batch down, or a fixed ``clip``.
+        """
+        spike = clipped and decision.verdict is not None and decision.verdict.spike
         return ["skipped"] * skipped + ["clipped spike"] * spike + ["alert"] * bool(decision.alerts)
 
     def take_interval_max(self, default: float) -> float:
