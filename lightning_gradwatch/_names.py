@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 NAMESPACE = "gradwatch"
+# left in another logger's directory (a CSV logger beside TensorBoard): the run's record is elsewhere, named inside
+RECORD_ELSEWHERE = "gradwatch.elsewhere"
 
 # per-layer scalar families, in the order they appear in TensorBoard
 GRAD_NORM = "grad_norm"

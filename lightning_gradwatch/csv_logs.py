@@ -8,6 +8,7 @@ rows reach the disk every ``flush_logs_every_n_steps`` (100) steps, so a run kil
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 __all__ = ["CSV_FILE", "CsvLogError", "read_metrics_csv"]
@@ -39,39 +40,59 @@ def read_metrics_csv(
         >>> read_metrics_csv(path, ("grad_norm/",), "grad_norm/")
         ({'grad_norm/fc': [(0, 0.5)]}, ('fc',), 'metrics.csv ends in half a row (its run was killed while writing)')
     """
-    header, rows = _lines(path)
+    header, rows, whole = _lines(path, prefixes)
     columns = [(i, c) for i, c in enumerate(header) if c.startswith(prefixes)]
     order = tuple(c[len(layer_prefix) :] for _, c in columns if c.startswith(layer_prefix))
     series: Series = {}
     for number, row in enumerate(rows, start=2):
+        last = number == len(rows) + 1
         try:
-            step, points = _row(row, header, columns)
+            points = _row(row, header, columns, cut=last and not whole)
         except ValueError as err:
-            if number == len(rows) + 1:
+            if last:
                 return series, order, f"{path.name} ends in half a row (its run was killed while writing)"
             raise CsvLogError(f"{path}: line {number}: {err}") from err
-        for column, value in points:
-            if step is not None and value is not None:
-                series.setdefault(column, []).append((int(step), value))
+        for column, step, value in points:
+            series.setdefault(column, []).append((step, value))
     return series, order, None
 
 
-def _lines(path: Path) -> tuple[list[str], list[list[str]]]:
-    """The header and the rows (an empty file: none)."""
+def _lines(path: Path, prefixes: tuple[str, ...]) -> tuple[list[str], list[list[str]], bool]:
+    """The header, the rows, and whether the file ends with a line end (a kill did not cut it).
+
+    The header is read first: a file without GradWatch's columns (another tool's ``metrics.csv``, damaged or not) is
+    read no further, and has no rows.
+    """
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            lines = list(csv.reader(f))
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                header = next(reader, [])
+            except (ValueError, csv.Error):  # not text, or not CSV: not GradWatch's
+                return [], [], True
+            if not any(c.startswith(prefixes) for c in header):
+                return header, [], True
+            rows = list(reader)
+        with path.open("rb") as raw:
+            raw.seek(-1, os.SEEK_END)
+            whole = raw.read(1) in (b"\n", b"\r")
     except (OSError, ValueError, csv.Error) as err:  # UnicodeDecodeError is a ValueError
         raise CsvLogError(f"{path}: {' '.join(str(err).split()) or type(err).__name__}") from err
-    return (lines[0], lines[1:]) if lines else ([], [])
+    return header, rows, whole
 
 
-def _row(row: list[str], header: list[str], columns: list[tuple[int, str]]) -> tuple[float | None, list]:
-    """A row's step and its ``(column, value)`` cells (``None``: empty, the row did not log that column)."""
+def _row(row: list[str], header: list[str], columns: list[tuple[int, str]], cut: bool) -> list[tuple[str, int, float]]:
+    """A row's ``(column, step, value)`` cells that hold a number (an empty cell: the row did not log that column).
+
+    ``cut``: the file ends inside this row (no line end after it), whatever its cells parse as.
+    """
+    if cut:
+        raise ValueError("cut short")
     if len(row) != len(header):
         raise ValueError(f"{len(row)} cells, the header has {len(header)}")
     step = _number(row[header.index("step")]) if "step" in header else None
-    return step, [(column, _number(row[i])) for i, column in columns]
+    cells = [(column, _number(row[i])) for i, column in columns]
+    return [(c, int(step), v) for c, v in cells if v is not None] if step is not None else []
 
 
 def _number(text: str) -> float | None:

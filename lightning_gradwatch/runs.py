@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, TOTAL_NORM
+from lightning_gradwatch._names import ALERT_DATA_FENCE, ALERTS_TAG, ALERTS_TEXT_TAG, RECORD_ELSEWHERE, TOTAL_NORM
 from lightning_gradwatch.alerts import parse_alert_markdown
 from lightning_gradwatch.csv_logs import CSV_FILE, CsvLogError, read_metrics_csv
 from lightning_gradwatch.kinds import RunStatus
@@ -183,8 +183,8 @@ def load_run(directory: Path, series: bool = False) -> RunRecord | None:
         raise RunReadError(f"{directory}: cannot list ({_one_line(err)})") from err
     if report_path.exists():
         return _from_report_and_events(directory, report_path, event_files, series)
-    if not event_files and (directory / CSV_FILE).is_file():
-        return _from_csv(directory, series)
+    if not event_files and (directory / CSV_FILE).is_file():  # a CSV logger's run, unless its record is elsewhere
+        return None if (directory / RECORD_ELSEWHERE).exists() else _from_csv(directory, series)
     return _from_events(directory, event_files, series)
 
 

@@ -421,7 +421,27 @@ def csv_runs(tmp_path_factory) -> dict[str, Path]:
         trainer = pl.Trainer(callbacks=callbacks, logger=logger, **trainer_kwargs(root / name, max_steps=12))
         trainer.fit(make_mlp_module(pl))
         made[name] = Path(logger.log_dir)
+    both = [pl.loggers.TensorBoardLogger(root / "both"), pl.loggers.CSVLogger(root / "both")]
+    trainer = pl.Trainer(callbacks=[GradWatch()], logger=both, **trainer_kwargs(root / "both", max_steps=12))
+    trainer.fit(make_mlp_module(pl))
+    made["both"] = root / "both"
     return made
+
+
+def test_check_a_finished_run_with_tensorboard_and_csv_loggers_is_one_healthy_run(csv_runs):
+    """The CSV logger gets GradWatch's scalars but not gradwatch.json: a pointer there says where the record is."""
+    result = gradwatch("check", str(csv_runs["both"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS: 0 of 1 run(s)" in result.stdout
+    assert len(list(csv_runs["both"].rglob("metrics.csv"))) == 1
+
+
+def test_another_tools_metrics_csv_damaged_or_not_is_no_run(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.csv").write_bytes(b"epoch,loss,\xff\xfe\n0,1.0\n1")  # not UTF-8, rows cut short
+    result = gradwatch("check", str(tmp_path))
+    assert result.returncode == 2
+    assert "no GradWatch run" in result.stderr
 
 
 def test_check_a_csv_logger_run_killed_before_its_report_is_unfinished_not_missed(csv_runs, tmp_path):
@@ -434,10 +454,11 @@ def test_check_a_csv_logger_run_killed_before_its_report_is_unfinished_not_misse
     assert "metrics.csv" in gradwatch("report", str(run)).stdout  # where the numbers come from
     csv_file = run / "metrics.csv"
     whole = csv_file.read_text()
-    csv_file.write_text(whole[: whole.rstrip("\n").rfind(",") - 3])  # killed while writing its last row
-    result = gradwatch("check", str(run))
-    assert result.returncode == 3, result.stdout + result.stderr
-    assert "metrics.csv ends in half a row" in result.stdout
+    for cut in (whole.rstrip("\n").rfind(",") - 3, len(whole.rstrip("\r\n")) - 1):  # within a row, within a cell
+        csv_file.write_text(whole[:cut])  # killed while writing its last row
+        result = gradwatch("check", str(run))
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "metrics.csv ends in half a row" in result.stdout
     header, first, *rest = whole.splitlines()
     cells = first.split(",")
     cells[header.split(",").index("gradwatch/total_norm")] = "0.5x"  # damage inside the file is no kill

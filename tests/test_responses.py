@@ -308,7 +308,7 @@ def test_report_records_the_batches_of_skipped_clipped_and_alerting_steps(tmp_pa
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "gradwatch.json").read_text())
     bad = {b["step"]: b for b in report["bad_batches"]}
     assert bad[20] == {"step": 20, "reasons": ["skipped", "alert"], "optimizer": 0, "epoch": 1, "batch_idx": 4}
-    assert len(bad) == 1  # clipping every step to a fixed norm is not a spike: not a bad batch
+    assert len(bad) == 1  # clipping every step of a run without spikes to a fixed norm notes no batch
 
 
 @pytest.mark.parametrize("kwargs", [{"on_exploding": "clip"}, {"clip": "adaptive"}])

@@ -274,6 +274,7 @@ class Lane:
             self.summary.count(names.SKIPPED_STEPS)
         if clipped:
             self.summary.count(names.CLIPPED_STEPS)
+        self.judge.detector.observe_held(skipped or clipped)  # as every process agreed: the next step reads it
         reasons = self._reasons(decision, skipped, clipped)
         if reasons and note:
             self.summary.note_batch(decision.step, reasons, optimizer=self.index, **where)

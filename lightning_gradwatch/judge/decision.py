@@ -215,7 +215,6 @@ class StepJudge:
         threshold = notice = None
         if not (flags.skip or flags.stop) and stats.finite:
             threshold, notice = self._clip(step, stats, verdict, None if several else loss, rates, init_norm)
-        self.detector.observe_held(_held(flags, threshold, stats))
         health = self._health(verdict)
         notices = _notices(verdict, notice)
         return Decision(
@@ -332,8 +331,3 @@ class StepJudge:
             self.index,
             {"rule": Rule.NONFINITE.value, "what": "weights"},
         )
-
-
-def _held(flags: Flags, threshold: float | None, stats: StepStats) -> bool:
-    """The step's update was held: skipped, or clipped below its norm."""
-    return flags.skip or (threshold is not None and stats.total_norm > threshold)

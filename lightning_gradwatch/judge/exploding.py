@@ -398,10 +398,10 @@ class Spikes(ExplodingRule):
 
         A learning rate raised 30x mid-run may lift loss and norm 8-9x for two steps, and an optimizer like Adam
         absorbs it: a third spike tells. A step :data:`ORDERS_OF_MAGNITUDE` beyond every ordinary norm of the run,
-        right after a spike whose update was not held (clipped or skipped), is a run already thrown off (a corrupted
-        batch's update: 4e3, then 5e7, then NaN); after a held one, another bad batch. Two outlier batches in a row
-        (targets x100), the first scaled down by ``clip="adaptive"``, are no explosion; a third spike in a row is,
-        one step later than without the clipping, whose held updates could not throw the run off meanwhile.
+        right after a spike whose update GradWatch neither clipped nor skipped, is a run already thrown off (a
+        corrupted batch's update: 4e3, then 5e7, then NaN); after a held one, another bad batch. Two outlier batches
+        in a row (targets x100), the first scaled down by ``clip="adaptive"``, are no explosion; a third spike in a
+        row is, one step later than without the clipping, whose held updates could not throw the run off meanwhile.
         """
         patience, thrown = self.config.exploding_patience, self._extreme(step.x) and not self.ctx.norms.previous_held
         return min(patience, max(patience - 1, 2)) if thrown else patience
