@@ -162,7 +162,7 @@ def _load_or_unreadable(directory: Path, series: bool) -> RunRecord | None:
     try:
         return load_run(directory, series=series)
     except RunReadError as err:
-        source = "json" if (directory / REPORT_FILE).exists() else "events"
+        source = "json" if (directory / REPORT_FILE).exists() else "csv" if CSV_FILE in str(err) else "events"
         return RunRecord(directory, source, unreadable=str(err))
 
 
