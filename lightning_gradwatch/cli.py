@@ -463,7 +463,7 @@ def render_table(run: RunRecord) -> str:
 def _table_title(run: RunRecord) -> str:
     """The run's path, where its numbers come from, how many steps it ran, its status and the window of ``now``."""
     steps = run.steps.get("last")
-    source = {"json": "gradwatch.json", "csv": "metrics.csv"}.get(run.source, "event files")
+    source = "gradwatch.json" if run.source == "json" else run.logs_name
     if run.numbers_from_events:
         source = "gradwatch.json, older than the event files the numbers come from"
     title = f"{run.path}  ({source}"

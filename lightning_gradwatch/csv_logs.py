@@ -19,7 +19,7 @@ Series = dict[str, list[tuple[int, float]]]
 
 
 class CsvLogError(Exception):
-    """A ``metrics.csv`` that cannot be read, or is damaged inside; the message is one line and names the file."""
+    """A ``metrics.csv`` that cannot be read, or is damaged inside; the message names the file (and the line)."""
 
 
 def read_metrics_csv(
@@ -43,11 +43,12 @@ def read_metrics_csv(
     header, rows, whole = _lines(path, prefixes)
     columns = [(i, c) for i, c in enumerate(header) if c.startswith(prefixes)]
     order = tuple(c[len(layer_prefix) :] for _, c in columns if c.startswith(layer_prefix))
+    step_at = header.index("step") if "step" in header else None
     series: Series = {}
     for number, row in enumerate(rows, start=2):
         last = number == len(rows) + 1
         try:
-            points = _row(row, header, columns, cut=last and not whole)
+            points = _row(row, len(header), step_at, columns, cut=last and not whole)
         except ValueError as err:
             if last:
                 return series, order, f"{path.name} ends in half a row (its run was killed while writing)"
@@ -77,20 +78,23 @@ def _lines(path: Path, prefixes: tuple[str, ...]) -> tuple[list[str], list[list[
             raw.seek(-1, os.SEEK_END)
             whole = raw.read(1) in (b"\n", b"\r")
     except (OSError, ValueError, csv.Error) as err:  # UnicodeDecodeError is a ValueError
-        raise CsvLogError(f"{path}: {' '.join(str(err).split()) or type(err).__name__}") from err
+        raise CsvLogError(f"{path}: {err}") from err
     return header, rows, whole
 
 
-def _row(row: list[str], header: list[str], columns: list[tuple[int, str]], cut: bool) -> list[tuple[str, int, float]]:
+def _row(
+    row: list[str], width: int, step_at: int | None, columns: list[tuple[int, str]], cut: bool
+) -> list[tuple[str, int, float]]:
     """A row's ``(column, step, value)`` cells that hold a number (an empty cell: the row did not log that column).
 
-    ``cut``: the file ends inside this row (no line end after it), whatever its cells parse as.
+    ``width``: the header's cells; ``step_at``: where its ``step`` column is (``None``: it has none, no cell is
+    read); ``cut``: the file ends inside this row (no line end after it), whatever its cells parse as.
     """
     if cut:
         raise ValueError("cut short")
-    if len(row) != len(header):
-        raise ValueError(f"{len(row)} cells, the header has {len(header)}")
-    step = _number(row[header.index("step")]) if "step" in header else None
+    if len(row) != width:
+        raise ValueError(f"{len(row)} cells, the header has {width}")
+    step = _number(row[step_at]) if step_at is not None else None
     cells = [(column, _number(row[i])) for i, column in columns]
     return [(c, int(step), v) for c, v in cells if v is not None] if step is not None else []
 

@@ -187,9 +187,7 @@ def run_data(run: RunRecord) -> dict[str, Any]:
         "norms": _encode(rows, low, high),
         **_encoded_totals(run, total_points, starts),
         "alerts": [{"step": a["step"], "kind": a["kind"]} for a in run.alerts],
-        "source": ("metrics.csv" if run.source == "csv" else "event files")
-        if _from_events(run)
-        else "gradwatch.json history",
+        "source": run.logs_name if _from_events(run) else "gradwatch.json history",
     }
 
 

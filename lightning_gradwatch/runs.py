@@ -97,6 +97,11 @@ class RunRecord:
     events_restored: dict[str, int] = field(default_factory=dict)
 
     @property
+    def logs_name(self) -> str:
+        """What its logged values were read from, besides a record: ``"metrics.csv"`` or ``"event files"``."""
+        return CSV_FILE if self.source == "csv" else "event files"
+
+    @property
     def finished(self) -> bool:
         """Whether training ran to its end (``status == "finished"``)."""
         return self.status == FINISHED
@@ -162,7 +167,13 @@ def _load_or_unreadable(directory: Path, series: bool) -> RunRecord | None:
     try:
         return load_run(directory, series=series)
     except RunReadError as err:
-        source = "json" if (directory / REPORT_FILE).exists() else "csv" if CSV_FILE in str(err) else "events"
+        source = (
+            "json"
+            if (directory / REPORT_FILE).exists()
+            else "csv"
+            if isinstance(err.__cause__, CsvLogError)
+            else "events"
+        )
         return RunRecord(directory, source, unreadable=str(err))
 
 
@@ -346,7 +357,7 @@ def _from_csv(directory: Path, keep_series: bool = False) -> RunRecord | None:
     try:
         series, order, partial = read_metrics_csv(directory / CSV_FILE, _READ_PREFIXES, _LAYER_NORM_PREFIX)
     except CsvLogError as err:
-        raise RunReadError(str(err)) from err
+        raise RunReadError(_one_line(err)) from err
     record = _from_series(directory, "csv", series, [order], [], keep_series)
     if record is not None:
         record.partial = partial
