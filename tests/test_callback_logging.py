@@ -439,6 +439,7 @@ def test_two_instances_in_one_trainer_write_their_own_runs(tmp_path):
     root = Path(trainer.logger.log_dir)
     first, second = (json.loads((d / "gradwatch.json").read_text()) for d in (root, root / "gradwatch-2"))
     assert (first["config"]["include"], second["config"]["include"]) == (None, r"^head\.")
+    assert not (root / "gradwatch.elsewhere").exists()  # the second's record is below the run's: no pointer needed
     assert [layer["name"] for layer in second["layers"]] == ["head"]
     total, head_total = (
         scalars(events(root), "gradwatch/total_norm"),

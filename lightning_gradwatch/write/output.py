@@ -101,8 +101,8 @@ class RunOutput:
         self.schedule = {"log_every_n_steps": env.log_every, "histogram_every_n_steps": env.hist_every}
         self.log_dir = os.path.join(env.log_dir, namespace) if env.log_dir is not None and namespace else env.log_dir
         self.writers = Writers(loggers, namespace, self.log_dir, sinks) if env.is_global_zero else None
-        if self.writers is not None and self.log_dir is not None:
-            point_to_record(loggers, self.log_dir)
+        if self.writers is not None and env.log_dir is not None and self.log_dir is not None:
+            point_to_record(loggers, env.log_dir, self.log_dir)
         self.summary = summary
         self.alerts = alerts
         self.ledger = ledger
@@ -628,19 +628,20 @@ def layer_health(stats: StepStats, decision: Decision) -> list[Health]:
     return out
 
 
-def point_to_record(loggers: Any, record_dir: str) -> None:
+def point_to_record(loggers: Any, log_dir: str, record_dir: str) -> None:
     """Leave :data:`RECORD_ELSEWHERE` in every other logger's local directory, naming where the record goes.
 
     A CSV logger beside TensorBoard gets GradWatch's scalars but not ``gradwatch.json``: ``gradwatch check`` reads a
     ``metrics.csv`` without a record as a run killed before it wrote one, unless this says the record is elsewhere.
-    Best effort: a directory that cannot be written is left as it is.
+    ``log_dir`` is the run's directory, ``record_dir`` the record's (a second GradWatch's ``gradwatch-2`` in it):
+    the logger writing to ``log_dir`` gets no pointer. Best effort: a directory that cannot be written is left as it is.
     """
     for logger in loggers or ():
         try:
             directory = getattr(logger, "log_dir", None)
         except Exception:  # a logger whose log_dir needs what it does not have
             continue
-        if not isinstance(directory, str) or os.path.abspath(directory) == os.path.abspath(record_dir):
+        if not isinstance(directory, str) or os.path.abspath(directory) == os.path.abspath(log_dir):
             continue
         try:
             os.makedirs(directory, exist_ok=True)
