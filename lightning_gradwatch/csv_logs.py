@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 __all__ = ["CSV_FILE", "CsvLogError", "read_metrics_csv"]
@@ -22,13 +23,23 @@ class CsvLogError(Exception):
     """A ``metrics.csv`` that cannot be read, or is damaged inside; the message names the file (and the line)."""
 
 
+def _numbered(name: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key that orders the numbers inside a name by value: ``layers.2`` before ``layers.10``.
+
+    Example:
+        >>> sorted(["layers.10.fc", "layers.2.fc", "head"], key=_numbered)
+        ['head', 'layers.2.fc', 'layers.10.fc']
+    """
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
 def read_metrics_csv(
     path: Path, prefixes: tuple[str, ...], layer_prefix: str
 ) -> tuple[Series, tuple[str, ...], str | None]:
     r"""The series of the columns whose names start with ``prefixes``: ``{column: [(step, value)]}``.
 
-    Also the layers in the order of their ``layer_prefix`` columns, and a note when the last row is cut short (what a
-    kill while writing leaves; a damaged row before it is an error).
+    Also the layers in the order of their ``layer_prefix`` columns (numbers in names by value), and a note when the
+    last row is cut short (what a kill while writing leaves; a damaged row before it is an error).
 
     Raises:
         CsvLogError: the file cannot be read, or a row before the last is damaged (the message names the line).
@@ -42,7 +53,8 @@ def read_metrics_csv(
     """
     header, rows, whole = _lines(path, prefixes)
     columns = [(i, c) for i, c in enumerate(header) if c.startswith(prefixes)]
-    order = tuple(c[len(layer_prefix) :] for _, c in columns if c.startswith(layer_prefix))
+    # Lightning's CSVLogger sorts its columns: numbered layers in number order comes nearer the model's
+    order = tuple(sorted((c[len(layer_prefix) :] for _, c in columns if c.startswith(layer_prefix)), key=_numbered))
     step_at = header.index("step") if "step" in header else None
     series: Series = {}
     for number, row in enumerate(rows, start=2):

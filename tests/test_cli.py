@@ -472,6 +472,18 @@ def test_check_a_csv_logger_run_killed_before_its_report_is_unfinished_not_misse
     assert "no GradWatch run" in result.stderr
 
 
+def test_a_csv_runs_numbered_layers_come_in_number_order(tmp_path):
+    """Lightning's CSVLogger sorts its columns by name (``layers.10`` before ``layers.2``): the report puts numbered
+    layers back in number order, the model's for a stack of layers."""
+    (tmp_path / "run").mkdir()
+    header = "epoch,gradwatch/total_norm,grad_norm/layers.10,grad_norm/layers.2,grad_norm/layers.9,step"
+    (tmp_path / "run" / "metrics.csv").write_text(f"{header}\n0,1.0,0.5,0.6,0.7,0\n0,1.1,0.5,0.6,0.7,1\n")
+    result = gradwatch("report", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("layers.")]
+    assert shown == ["layers.2", "layers.9", "layers.10"]
+
+
 # ---------------------------------------------------------------------- bad input never ends in a traceback
 def _one_line_error(result: subprocess.CompletedProcess, name: str) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
