@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the report is read by the `gradwatch` command, which does n
 REPORT_FILE = "gradwatch.json"
 REPORT_FORMAT = "gradwatch-report"
 REPORT_FORMAT_VERSION = 1
-MAX_BAD_BATCHES = 1000  # the first ones are kept, the rest counted
+MAX_BAD_BATCHES = 1000  # the first ones are kept, the rest counted; an alerted step always is
 
 
 def wall_time(value: Any) -> float | None:
@@ -277,16 +277,24 @@ class RunSummary:
     def note_batch(self, step: int, reasons: list[str], **where: Any) -> None:
         """Record a step that was skipped, clipped as a spike or alerted, with where its batch came from.
 
+        The first :data:`MAX_BAD_BATCHES` are kept, the rest counted (``bad_batches_not_kept``), except an alerted
+        step: it takes the place of the latest kept step that was not alerted (a run whose batches are mostly outliers
+        fills the list with clipped spikes long before the step an explosion is found at).
+
         Example:
             >>> summary = RunSummary()
             >>> summary.note_batch(12, ["skipped", "alert"], optimizer=0, epoch=1, batch_idx=3)
             >>> summary.bad_batches
             [{'step': 12, 'reasons': ['skipped', 'alert'], 'optimizer': 0, 'epoch': 1, 'batch_idx': 3}]
         """
-        if len(self.bad_batches) < MAX_BAD_BATCHES:
-            self.bad_batches.append({"step": step, "reasons": list(reasons), **where})
-        else:
+        kept = self.bad_batches
+        if len(kept) >= MAX_BAD_BATCHES:
             self.count("bad_batches_not_kept")
+            plain = [i for i, entry in enumerate(kept) if "alert" not in entry["reasons"]]
+            if "alert" not in reasons or not plain:
+                return
+            del kept[plain[-1]]  # an alerted step is never the one left out
+        kept.append({"step": step, "reasons": list(reasons), **where})
 
     def place(self, layers: Sequence[str]) -> None:
         """Every watched layer in the model's order, set each time an optimizer's layers change.

@@ -81,3 +81,16 @@ def test_soak_thousands_of_steps_host_memory_flat(tmp_path):
     assert watch.state_dict()["summary"]["measured_steps"] == 4000
     growth = samples[4000] - samples[1000]
     assert growth < 8 * 1024, f"resident memory grew by {growth} KiB over 3000 steps"
+
+
+def test_bad_batches_stay_bounded_and_always_keep_an_alerted_step():
+    """A run whose batches are mostly outliers, each clipped as a spike, fills the bad-batch list long before an
+    explosion is found: the alerted step still goes in, in the place of the latest step that was not alerted."""
+    summary = RunSummary()
+    for step in range(1500):
+        summary.note_batch(step, ["clipped spike"], optimizer=0)
+    summary.note_batch(1600, ["alert"], optimizer=0)
+    kept = summary.bad_batches
+    assert len(kept) == 1000
+    assert [b["step"] for b in kept[-2:]] == [998, 1600]
+    assert summary.events["bad_batches_not_kept"] == 501
