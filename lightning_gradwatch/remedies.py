@@ -47,6 +47,11 @@ class ModelTraits:
     optimizer: str = ""  # the watched optimizer's class name (``"Lion"``), when known
 
     @property
+    def adaptive_clipping(self) -> bool:
+        """Whether ``clip="adaptive"`` holds every step: an outlier's update is scaled to the run's typical norm."""
+        return self.clipping == 'clip="adaptive"'
+
+    @property
     def scale_free_steps(self) -> bool:
         """Whether the optimizer's step does not grow with the gradient (its size is the learning rate's)."""
         return self.optimizer.lower() in SCALE_FREE_OPTIMIZERS

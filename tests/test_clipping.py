@@ -1595,16 +1595,17 @@ def test_step_rates_of_a_layer_split_across_groups_and_of_momentum_one(tmp_path)
     assert 0 not in scalars(events(tmp_path), "gradwatch/clip_threshold")  # no cap; no outlier history yet
 
 
-def _outliers_in_a_row(watch: GradWatch, steps: int = 300) -> float:
-    """An MLP regression under SGD whose batches at steps 120-121 and 250-251 (two in a row) and every 20th step from
-    30 have their targets x100, through ``watch.loop``; returns the final validation MSE (``inf``: lost)."""
+def _outliers_in_a_row(watch: GradWatch, steps: int = 300, early: tuple[int, ...] = ()) -> float:
+    """An MLP regression under SGD whose batches at steps 120-121 and 250-251 (two in a row), every 20th step from
+    30 and the ``early`` ones have their targets x100, through ``watch.loop``; returns the final validation MSE
+    (``inf``: lost)."""
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(4000, 16, generator=g), torch.randn(16, 1, generator=g)
     y = torch.tanh(x @ w / 4) * 3 + 0.1 * torch.randn(4000, 1, generator=g)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    bad = {120, 121, 250, 251} | set(range(30, steps, 20))
+    bad = {120, 121, 250, 251, *early} | set(range(30, steps, 20))
     with watch.loop(model, steps=steps) as loop:
         for step in range(steps):
             idx = torch.randint(0, 3000, (32,), generator=g)
@@ -1633,3 +1634,19 @@ def test_outlier_batches_in_a_row_that_adaptive_clipping_holds_are_no_explosion(
         assert _outliers_in_a_row(watched) == math.inf
     assert [a.kind for a in watched.alerts][:1] == ["exploding"]
     assert any(issubclass(w.category, GradientWarning) and "Exploding gradients" in str(w.message) for w in said)
+
+
+@single_thread()
+def test_an_outlier_batch_in_the_first_steps_that_adaptive_clipping_holds_does_not_stop_the_run():
+    """An outlier batch at step 5, before the run has a spike threshold: a tenfold jump over every norm so far, its
+    loss thousands of times the first. ``clip="adaptive"`` scales it down and the next step is back among the run's
+    norms: with ``on_exploding="stop"`` the run is neither alerted nor stopped, and learns. Unclipped, the same batch
+    throws the run off, and the jump is alerted at its step."""
+    clipped = GradWatch(clip="adaptive", on_exploding="stop", images=False)
+    assert _outliers_in_a_row(clipped, early=(5,)) < 0.3
+    assert [(a.kind, a.step) for a in clipped.alerts] == []
+    watched = GradWatch(images=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _outliers_in_a_row(watched, early=(5,)) == math.inf
+    assert [(a.kind, a.step, a.extra["rule"]) for a in watched.alerts][:1] == [("exploding", 5, "jump")]

@@ -1063,3 +1063,41 @@ def test_two_bad_batches_in_a_row_wait_for_a_third_spike_when_the_first_was_held
     assert run(held=False, third=False) == [("exploding", 51)]  # the update of the first threw the run off
     assert run(held=True, third=False) == []  # two outlier batches, both clipped: no explosion
     assert run(held=True, third=True) == [("exploding", 52)]  # a third spike in a row: one step later
+
+
+def test_a_jump_in_the_first_steps_waits_a_step_under_adaptive_clipping():
+    """An outlier batch among the first steps jumps tenfold over every norm before, its loss with it: without clipping
+    that is a learning rate far too high or a run thrown off, alerted at once. Under ``clip="adaptive"`` the step's
+    update is scaled to the run's typical norm: the jump waits a step, and fires only when the run is not back, when
+    the update was not held after all, or after several jumps in a row. A run back after held jumps has batches that
+    size: a jump is measured over them from then on."""
+
+    def run(norms: dict[int, float], losses: dict[int, float], clip: str = 'clip="adaptive"', held: bool = True):
+        det = GradientDetector(traits=ModelTraits(clipping=clip))
+        alerts = []
+        for step in range(20):
+            scale = norms.get(step, 1.0)
+            det.observe_loss(losses.get(step, 2.0 - 0.05 * step))
+            alerts += det.update(step, healthy(step, scale=scale)).alerts
+            det.observe_held(held and scale > 5)
+        return [(a.kind, a.step, a.extra["rule"]) for a in alerts]
+
+    outlier = ({4: 300.0}, {4: 5000.0})
+    assert run(*outlier) == []  # held, and the next step is back among the run's norms and losses
+    assert run(*outlier, clip="") == [("exploding", 4, "jump")]  # nothing holds it: a jump at once
+    assert run(*outlier, clip="clip=1.0") == [("exploding", 4, "jump")]  # a fixed threshold may be far above the run's
+    assert run(*outlier, clip='on_exploding="clip"') == [("exploding", 4, "jump")]  # clipping that answers an alert
+    two = ({4: 300.0, 5: 200.0}, {4: 5000.0, 5: 4000.0})
+    assert run(*two) == []  # two outlier batches in a row, both held
+    rising = ({4: 100.0, 5: 300.0, 6: 900.0}, {4: 5000.0, 5: 6000.0, 6: 9000.0})
+    assert run(*rising) == [("exploding", 6, "jump")]  # three in a row, each above the one before: compounding
+    flat = {step: 300.0 + 100.0 * (step % 2) for step in range(4, 12)}
+    assert run(flat, dict.fromkeys(flat, 5000.0)) == [("exploding", 9, "jump")]  # six in a row, whatever their order
+    thrown = ({4: 300.0, 5: 8.0, 6: 3.0}, {4: 5000.0, 5: 30.0, 6: 20.0})
+    assert run(*thrown) == [("exploding", 5, "jump")]  # not back: its norm 8x all before, its loss 15x the first
+    assert run(*outlier, held=False) == []  # the update reached the weights, and the run did not move
+    assert run(*two, held=False) == [("exploding", 5, "jump")]  # ... and the run jumps again after it
+    survived = ({4: 300.0, 8: 100.0, 9: 300.0, 10: 900.0}, {4: 5000.0, 8: 3000.0, 9: 5000.0, 10: 9000.0})
+    assert run(*survived) == []  # back after the first: three rising later are no jump over its 300
+    later = ({k + 4: v for k, v in rising[0].items()}, {k + 4: v for k, v in rising[1].items()})
+    assert run(*later) == [("exploding", 10, "jump")]  # the same three with no outlier before them

@@ -125,9 +125,10 @@ from lightning_gradwatch.judge.context import (
     Context,
     Verdict,
 )
+from lightning_gradwatch.judge.jump import PLATEAU_PATIENCE, Jump
 from lightning_gradwatch.judge.killed import Kill
 from lightning_gradwatch.judge.new_data import NewData
-from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch, climbed, times, versus
+from lightning_gradwatch.judge.rule import ExplodingRule, Finding, NormStep, RuleWatch, climbed, times
 from lightning_gradwatch.judge.state import Stateful, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
 
@@ -158,17 +159,6 @@ TREND_PATIENCE = LOSS_WINDOW
 #: a spike run whose norm grows this many times over one step (or two, still rising) compounds (a divergence); one
 #: that does not ...
 COMPOUNDING = 1.5
-#: ... is an explosion only after this many times the patience, and not while the loss comes down since it began
-PLATEAU_PATIENCE = 2
-#: grown from the start (:class:`Jump`): the loss this many times its first value ...
-JUMP_LOSS_FACTOR = 3.0
-#: ... on this many steps in a row (a bad batch is one step; a divergence compounds)
-JUMP_STEPS = 2
-#: a norm tenfold over the largest so far is a jump while the step's loss is this many times the first (an overshoot
-#: lifts the loss with the norm: a tanh net at lr 50, 3x at the tenfold step); short of :data:`ORDERS_OF_MAGNITUDE`,
-#: a tenfold norm over a loss that did not grow is a net leaving a small initialisation (its first gradients are
-#: batch noise on tiny weights: 0.38 then 3.8, its batch loss 1.4x)
-JUMP_PEAK_LOSS_FACTOR = 2.0
 #: a run whose best median loss is below this share of its start has learnt: a steady rise of its norm is judged
 #: (one that has not, with its loss within its first losses' range or its norm within 10x its first, is taking off:
 #: :func:`_taking_off`)
@@ -184,105 +174,6 @@ TAKE_OFF_LOSSES = 50
 CLIMB_MIN_LOSSES = 12
 #: ... and fires on this many consecutive steps at its factor
 CLIMB_PATIENCE = 2
-
-
-@dataclass(eq=False)
-class Jump(ExplodingRule):
-    """Orders of magnitude within the first steps: no history is needed to see that.
-
-    A norm ``exploding_jump_factor`` times the largest so far while the loss is :data:`JUMP_PEAK_LOSS_FACTOR` times
-    the first (a hundredfold norm, or one without a loss, by itself); or, step after step, that many times the first
-    norm while the loss is :data:`JUMP_LOSS_FACTOR` times the first loss (a learning rate far too high multiplies both
-    a few times per step: no single step is a tenfold jump, three in a row are a hundredfold).
-    """
-
-    grown_steps: int = state(0, load=int)  # consecutive steps grown from the start, the loss with it
-    losses_at: int = state(0, load=int)  # finite losses seen at the step before (a fresh one since: this step's)
-
-    name: ClassVar[Rule] = Rule.JUMP
-    settings: ClassVar[tuple[str, ...]] = ("exploding_jump_factor",)
-
-    def __post_init__(self) -> None:
-        self._from_start = False  # this step fires as grown from the start (not as a jump over the largest so far)
-        self._fresh = False  # a finite loss was told for this step
-
-    def observe(self, step: NormStep) -> None:
-        """Keep the first norm; count the steps in a row grown from it, with the loss."""
-        seen = self.ctx.losses.losses_seen
-        self._fresh, self.losses_at = seen > self.losses_at, seen
-        first = self.ctx.norms.first_norm
-        grown = (
-            not self.ctx.norms.warm
-            and step.x is not None
-            and first is not None
-            and step.x >= first + math.log10(self.config.exploding_jump_factor)
-            and self._loss_grown()
-        )
-        self.grown_steps = self.grown_steps + 1 if grown else 0
-
-    def _loss_known(self) -> bool:
-        """A finite loss was told for this step, and the first loss is positive.
-
-        Not known: a loop that passes no loss, or passes it on some steps only (the latest would be an older step's),
-        a non-finite loss, a first loss at or below zero (a negative log-likelihood has no scale to be a multiple of).
-        """
-        losses = self.ctx.losses
-        return self._fresh and bool(len(losses.start_losses)) and losses.start_losses.first() > 0
-
-    def _loss_grown(self, factor: float = JUMP_LOSS_FACTOR) -> bool:
-        """The latest loss is ``factor`` times the first (both known, the first positive)."""
-        losses = self.ctx.losses
-        if not len(losses.start_losses) or not len(losses.recent_losses):
-            return False
-        first = losses.start_losses.first()
-        return first > 0 and losses.recent_losses.last() >= factor * first
-
-    @override
-    def fires(self, step: NormStep) -> bool:
-        norms = self.ctx.norms
-        over_peak = (
-            not norms.warm
-            and step.x is not None
-            and norms.peak is not None
-            and step.x > norms.peak + math.log10(self.config.exploding_jump_factor)
-            and (
-                not self._loss_known()  # the norm alone
-                or self._loss_grown(JUMP_PEAK_LOSS_FACTOR)
-                or step.x > norms.peak + math.log10(ORDERS_OF_MAGNITUDE)
-            )
-        )
-        # grown from the start: the run's first blow-up (one already alerted, by a jump over the peak, is this one)
-        self._from_start = not over_peak and self.grown_steps >= JUMP_STEPS and not self.ctx.episode.exploded
-        return over_peak or self._from_start
-
-    @override
-    def describe(self, step: NormStep) -> Finding:
-        norms = self.ctx.norms
-        first = norms.first_norm if self._from_start else None  # grown from the first norm, or a jump over the peak
-        reference = norms.real(first if first is not None else norms.peak or 0.0)
-        ratio = times(step.norm, reference)
-        if first is not None:
-            losses = self.ctx.losses
-            loss_first, loss_now = losses.start_losses.first(), losses.recent_losses.last()
-            what = (
-                f"total norm {step.norm:.4g} is {ratio:.3g}x the first step's ({reference:.4g}) on"
-                f" {self.grown_steps} steps in a row, and the training loss {versus(loss_now, loss_first)} its"
-                f" first value ({loss_first:.4g} to {loss_now:.4g}): both grew from the start"
-            )
-        else:
-            orders = ": orders of magnitude within the first steps" if ratio >= ORDERS_OF_MAGNITUDE else ""
-            losses = self.ctx.losses
-            with_loss = (
-                f", the training loss {versus(losses.recent_losses.last(), losses.start_losses.first())} its first"
-                " value"
-                if self._loss_known()
-                else ""
-            )
-            what = (
-                f"total norm {step.norm:.4g} is {ratio:.3g}x the largest norm of the run's first steps"
-                f" ({reference:.4g}){with_loss}{orders}"
-            )
-        return Finding(what, Cause.STARTUP, step.norm, self.config.exploding_jump_factor * reference)
 
 
 @dataclass(eq=False)
@@ -664,6 +555,7 @@ class ExplodingWatch(RuleWatch):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx, EXPLODING_RULES)
         self.new_data = NewData()
+        self._jump = next(rule for rule in self.rules if isinstance(rule, Jump))
 
     @override
     def parts(self) -> tuple[Stateful, ...]:
@@ -690,7 +582,7 @@ class ExplodingWatch(RuleWatch):
         previous = ctx.norms.previous
         ctx.norms.rise = None if x is None or previous is None else x - previous
         ctx.norms.previous = x
-        if x is not None:
+        if x is not None and not self._jump.waiting:  # a jump held by clipping is no norm of the run's yet
             ctx.norms.learn(x, math.log10(threshold) + ctx.norms.offset, now.spike)
         verdict.exploding = ctx.episode.exploding_episode
         return True
