@@ -12,7 +12,8 @@ runs; 3 seeds each) trains once through ``GradWatch(clip="adaptive").loop`` (the
 Each run's verdict comes from its outcome alone (:func:`saved`): clipping saved it when its clean validation metric is
 finite and within 2x of the best fixed threshold in hindsight of its cell. Then:
 
-- *stopped though saved*: an exploding or non-finite alert in a run clipping saved (a false stop);
+- *stopped though saved*: an exploding or non-finite alert in a run clipping saved (a false stop under
+  ``on_exploding="stop"`` or ``on_nonfinite="stop"``, and a failed ``gradwatch check``);
 - *stopped, lost*: an alert in a run clipping did not save (the stop was right);
 - *not stopped, lost*: no alert in a run clipping did not save (a failure clipping hid; the clipping notice may
   still have said so: counted beside).

@@ -340,7 +340,8 @@ class DetectionConfig(ConfigGroup):
         warmup_steps: steps whose statistics only build the history (no exploding or collapse verdict).
         exploding_zscore: how many standard deviations of ``log10(total norm)`` above the mean make a spike.
         exploding_min_factor: a spike is at least this many times the running (geometric) mean norm.
-        exploding_patience: consecutive spikes that make an explosion (a lone spike is only counted).
+        exploding_patience: consecutive spikes that make an explosion (a lone spike is only counted); under
+            ``clip="adaptive"``, also the jumps in the first steps that wait in a row, rising, before one fires.
         exploding_growth_steps: consecutive steps of a steady rise (each norm above the one before and above
             mean + 2 std, while the loss rises too) that make an explosion before any single step is a spike.
         exploding_threshold: optional absolute total-norm threshold; above it a step is always a spike (and

@@ -30,7 +30,7 @@ def _numbered(name: str) -> tuple[tuple[int, int | str], ...]:
         >>> sorted(["layers.10.fc", "layers.2.fc", "head"], key=_numbered)
         ['head', 'layers.2.fc', 'layers.10.fc']
     """
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+    return tuple((0, int(part)) if part.isdecimal() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
 def read_metrics_csv(

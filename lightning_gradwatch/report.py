@@ -290,10 +290,12 @@ class RunSummary:
         kept = self.bad_batches
         if len(kept) >= MAX_BAD_BATCHES:
             self.count("bad_batches_not_kept")
-            plain = [i for i, entry in enumerate(kept) if "alert" not in entry["reasons"]]
-            if "alert" not in reasons or not plain:
+            if "alert" not in reasons:
                 return
-            del kept[plain[-1]]  # an alerted step is never the one left out
+            plain = next((i for i in range(len(kept) - 1, -1, -1) if "alert" not in kept[i]["reasons"]), None)
+            if plain is None:
+                return
+            del kept[plain]  # an alerted step is never the one left out
         kept.append({"step": step, "reasons": list(reasons), **where})
 
     def place(self, layers: Sequence[str]) -> None:

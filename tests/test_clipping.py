@@ -1640,8 +1640,8 @@ def test_outlier_batches_in_a_row_that_adaptive_clipping_holds_are_no_explosion(
 def test_an_outlier_batch_in_the_first_steps_that_adaptive_clipping_holds_does_not_stop_the_run():
     """An outlier batch at step 5, before the run has a spike threshold: a tenfold jump over every norm so far, its
     loss thousands of times the first. ``clip="adaptive"`` scales it down and the next step is back among the run's
-    norms: with ``on_exploding="stop"`` the run is neither alerted nor stopped, and learns. Unclipped, the same batch
-    throws the run off, and the jump is alerted at its step."""
+    norms: with ``on_exploding="stop"`` the run is neither alerted nor stopped, and learns. Unclipped, the jump is
+    alerted at its step (and the run's later outliers lose it)."""
     clipped = GradWatch(clip="adaptive", on_exploding="stop", images=False)
     assert _outliers_in_a_row(clipped, early=(5,)) < 0.3
     assert [(a.kind, a.step) for a in clipped.alerts] == []

@@ -1101,3 +1101,67 @@ def test_a_jump_in_the_first_steps_waits_a_step_under_adaptive_clipping():
     assert run(*survived) == []  # back after the first: three rising later are no jump over its 300
     later = ({k + 4: v for k, v in rising[0].items()}, {k + 4: v for k, v in rising[1].items()})
     assert run(*later) == [("exploding", 10, "jump")]  # the same three with no outlier before them
+    gap = ({4: 300.0, 5: 0.0, 6: 8.0}, {4: 5000.0, 6: 30.0})
+    assert run(*gap) == [("exploding", 6, "jump")]  # a step without a gradient tells nothing: still not back at 6
+
+
+def test_a_jump_waiting_under_adaptive_clipping_without_a_loss_or_resumed_without_it():
+    """With no loss known the norm alone tells whether the run is back; a run resumed mid-wait without
+    ``clip="adaptive"`` stops waiting, and its history goes on (its warm-up ends, its spikes are judged)."""
+
+    def feed(det: GradientDetector, norms: dict[int, float], steps: range) -> list:
+        alerts = []
+        for step in steps:
+            scale = norms.get(step, 1.0)
+            alerts += det.update(step, healthy(step, scale=scale)).alerts
+            det.observe_held(scale > 5)
+        return [(a.kind, a.step) for a in alerts]
+
+    adaptive = ModelTraits(clipping='clip="adaptive"')
+    assert feed(GradientDetector(traits=adaptive), {4: 300.0}, range(20)) == []
+    assert feed(GradientDetector(traits=adaptive), {4: 300.0, 5: 8.0, 6: 8.0}, range(20)) == [("exploding", 5)]
+    waiting = GradientDetector(traits=adaptive)
+    feed(waiting, {4: 300.0}, range(5))
+    resumed = GradientDetector(traits=ModelTraits())
+    resumed.load_state_dict(waiting.state_dict())
+    feed(resumed, {}, range(5, 40))
+    assert resumed.ctx.norms.warm
+    assert resumed.spike_threshold() < 10.0
+
+
+def test_outlier_batches_adaptive_clipping_held_do_not_make_a_trend_or_a_run_of_spikes():
+    """After the first steps, a run whose batches carry outliers in three of every five steps: each outlier batch's
+    norm 300x the run's, its loss 50x. Under ``clip="adaptive"`` every one of them is held (scaled to the typical
+    norm): their own losses lift the medians the spike and trend rules read, but a run of held spikes that does not
+    compound is outlier batches, and a trend among held steps needs every batch's loss up. Unclipped, the same stream
+    is alerted. A divergence under the same clipping, its norm compounding and every batch's loss climbing, still
+    is."""
+
+    def run(clip: str, make, loss) -> list:
+        det = GradientDetector(traits=ModelTraits(clipping=clip))
+        alerts = []
+        for step in range(160):
+            det.observe_loss(loss(step))
+            stats = make(step)
+            alerts += det.update(step, stats).alerts
+            det.observe_held(stats.total_norm > 10.0)
+        return [(a.kind, a.step, a.extra["rule"]) for a in alerts]
+
+    def bad(step: int) -> bool:
+        return step >= 60 and step % 5 in (0, 1, 2)
+
+    def outliers(step: int) -> StepStats:
+        return healthy(step, scale=(300.0 + 40.0 * math.sin(step)) if bad(step) else 1.0)
+
+    def losses(step: int) -> float:
+        return 50.0 if bad(step) else max(0.5, 2.0 - 0.02 * step)
+
+    assert run('clip="adaptive"', outliers, losses) == []
+    assert [kind for kind, *_ in run("", outliers, losses)][:1] == ["exploding"]
+    diverging = run(
+        'clip="adaptive"',
+        lambda s: healthy(s, scale=1.8 ** (s - 99) if s >= 100 else 1.0),
+        lambda s: max(0.5, 2.0 - 0.02 * s) * (1.6 ** (s - 99) if s >= 100 else 1.0),
+    )
+    assert [kind for kind, *_ in diverging][:1] == ["exploding"]
+    assert diverging[0][1] < 115

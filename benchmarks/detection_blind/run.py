@@ -13,6 +13,10 @@ of 2 through a Trainer), each a healthy variant and a failing twin (a learning r
 sigmoid stack, targets x1000), 5 seeds. Every configuration runs twice on the same seed: without GradWatch (its
 outcome) and with ``GradWatch(on_exploding="stop", on_nonfinite="stop")`` (its alerts); the losses of the two agree
 bit for bit up to a stop. Resumable: configurations already in OUT are skipped.
+
+``GRADWATCH_CLIP=adaptive python benchmarks/detection_blind/run.py OUT.jsonl``: the same round with every run under
+``clip="adaptive"``, the outcome run included (through a GradWatch that only clips): what the alerts are worth when
+clipping is on.
 """
 
 from __future__ import annotations
@@ -42,16 +46,24 @@ TRACES = os.path.join(os.path.dirname(os.path.abspath(OUT)), "traces")
 os.makedirs(TRACES, exist_ok=True)
 
 
-def make_watch():
+# GRADWATCH_CLIP=adaptive: every run under GradWatch(clip="adaptive"), its outcome run too (through a GradWatch whose
+# responses are all "ignore": it only clips), so that the outcome is the clipped run's and the two agree up to a stop
+CLIP = os.environ.get("GRADWATCH_CLIP") or None
+
+
+def make_watch(judged=True):
     # the three responses of the brief; images=False only because the loop's log_dir is there for
     # gradwatch.json (notices), not for charts
-    return GradWatch(on_exploding="stop", on_nonfinite="stop", on_vanishing="warn", images=False)
+    clip = {} if CLIP is None else {"clip": CLIP}
+    if not judged:
+        return GradWatch(on_exploding="ignore", on_nonfinite="ignore", on_vanishing="ignore", images=False, **clip)
+    return GradWatch(on_exploding="stop", on_nonfinite="stop", on_vanishing="warn", images=False, **clip)
 
 
 def run_once(fam, variant, seed, with_gw):
     spec = FAMILIES[fam](seed, variant)
     root = tempfile.mkdtemp(prefix="bd_")
-    watch = make_watch() if with_gw else None
+    watch = make_watch() if with_gw else make_watch(judged=False) if CLIP else None
     caught = []
     t0 = time.time()
     stopped, loop_steps, err = None, None, None
@@ -93,7 +105,7 @@ def run_once(fam, variant, seed, with_gw):
             break
     shutil.rmtree(root, ignore_errors=True)
     res = {"secs": round(secs, 2), "error": err or trace.get("error") or None}
-    if watch is not None:
+    if with_gw:
         alerts = []
         for a in watch.alerts:
             extra = getattr(a, "extra", None) or {}

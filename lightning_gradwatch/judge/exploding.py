@@ -185,6 +185,7 @@ class Spikes(ExplodingRule):
     run_seen: int = state(0, load=int)  # losses seen at its first spike
     run_jumped: bool = state(False, load=bool)  # its first spike's loss jumped with the norm (a shock's first step)
     run_put: float | None = state(None, load=as_optional_float)  # where it put the loss (LossTrack.shock_level)
+    run_held: bool = state(False, load=bool)  # every spike of the run before this one had its update held
 
     name: ClassVar[Rule] = Rule.SPIKES
     settings: ClassVar[tuple[str, ...]] = ("exploding_patience", "exploding_ceiling_factor", "exploding_rise_margin")
@@ -201,11 +202,7 @@ class Spikes(ExplodingRule):
             self.spike_run, self.run_peak = 0, None
             return
         self.ctx.counts.add("spikes")
-        self.spike_run += 1
-        if self.spike_run == 1:
-            self.run_seen = self.ctx.losses.losses_seen
-            self.run_jumped = self.ctx.losses.jumped(self.config.exploding_rise_margin)
-            self.run_put = None
+        self._extend()
         if step.x is not None:
             self.run_peak = step.x if self.run_peak is None else max(self.run_peak, step.x)
         put = self.ctx.losses.shock_level(self.run_seen, self._thrown())
@@ -218,6 +215,16 @@ class Spikes(ExplodingRule):
         # (a catapult): a divergence compounds, step after step
         self._falling_back = rise is not None and rise < (0.0 if self.spike_run >= 3 else -FALLING_BACK)
         self._slowing = self.spike_run >= 3 and _slowing(rise, self.ctx.norms.rise)
+
+    def _extend(self) -> None:
+        """One more spike in the run: what its first one found, and whether every update before this one was held."""
+        self.spike_run += 1
+        if self.spike_run == 1:
+            self.run_seen = self.ctx.losses.losses_seen
+            self.run_jumped = self.ctx.losses.jumped(self.config.exploding_rise_margin)
+            self.run_put = None
+        held = self.ctx.norms.previous_held  # the spike before this one's update (a first spike has none before)
+        self.run_held = self.spike_run > 1 and held and (self.spike_run == 2 or self.run_held)
 
     def _compounding(self, step: NormStep) -> bool:
         """The spike run grows at this step: :data:`COMPOUNDING` times over the step before, or over two, still rising.
@@ -261,14 +268,29 @@ class Spikes(ExplodingRule):
             return False
         return absolute or not (self._a_shock(step) or _taking_off(self.ctx, step, cfg))
 
+    def _outliers_held(self, step: NormStep) -> bool:
+        """Under ``clip="adaptive"``, a run of spikes each held before this one is, so far, outlier batches in a row.
+
+        Their updates were scaled to the run's typical norm: they cannot have thrown the run off, and their own losses
+        lift the loss medians (three outlier batches in a row in a classifier with outliers in one batch of eight).
+        Such a run is an explosion once it compounds (:meth:`_compounding`: a divergence multiplies the norm step
+        after step, outliers come in any order) or lasts :data:`PLATEAU_PATIENCE` times the patience.
+        """
+        if not (self.ctx.traits.adaptive_clipping and self.run_held):
+            return False
+        return not self._compounding(step) and self.spike_run < PLATEAU_PATIENCE * self.config.exploding_patience
+
     def _a_shock(self, step: NormStep) -> bool:
         """Whether this run of spikes is, so far, a shock the run learns from.
 
         It neither grows nor is orders of magnitude out, its losses stay within the climb factor of where training
         started, and it is short of twice the patience, or its loss comes down since it began, or, after a shock,
-        does not climb past where the shock put it.
+        does not climb past where the shock put it. Or, under ``clip="adaptive"``, outlier batches held in a row
+        (:meth:`_outliers_held`).
         """
         cfg, losses = self.config, self.ctx.losses
+        if self._outliers_held(step):
+            return True
         if self._extreme(step.x) or not losses.within(cfg.exploding_climb_factor):
             return False
         if self.run_jumped and not losses.climbing_since(
@@ -409,6 +431,7 @@ class Trend(ExplodingRule):
     trend_run: int = state(0, load=int)  # consecutive steps with the loss and the norm up together
     trend_seen: int = state(0, load=int)  # losses seen at the first of them
     trend_began: float | None = state(None, load=as_optional_float)  # the loss then (the median of its last 3)
+    since_held: int = state(LOSS_WINDOW, load=int)  # steps since the latest whose update was held (at most 5)
 
     name: ClassVar[Rule] = Rule.TREND
     settings: ClassVar[tuple[str, ...]] = (
@@ -419,6 +442,7 @@ class Trend(ExplodingRule):
 
     def observe(self, step: NormStep) -> None:
         """Count consecutive steps on which the loss and the norm are up together."""
+        self.since_held = 0 if self.ctx.norms.previous_held else min(self.since_held + 1, LOSS_WINDOW)
         self.trend_run = self.trend_run + 1 if self._up() else 0
         if self.trend_run == 1:
             self.trend_seen, self.trend_began = self.ctx.losses.losses_seen, self.ctx.losses.latest
@@ -439,20 +463,40 @@ class Trend(ExplodingRule):
             and level >= start + math.log10(cfg.exploding_trend_norm_factor)
         )
 
+    def _not_judged(self, step: NormStep) -> bool:
+        """Whether the trend is not judged at this step.
+
+        No step of a trend now, a run taking off, or (near where training started) a loss that jumped with new data
+        being learnt down: over its last 10 losses, or below where the trend began.
+        """
+        losses, cfg = self.ctx.losses, self.config
+        if not self.trend_run or _taking_off(self.ctx, step, cfg):  # every firing needs a step of the trend
+            return True
+        near_start = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
+        return near_start and losses.down_since(self.trend_seen, self.trend_began)
+
     @override
     def fires(self, step: NormStep) -> bool:
         losses, cfg = self.ctx.losses, self.config
-        if not self.trend_run or _taking_off(self.ctx, step, cfg):  # every firing needs a step of the trend
+        if self._not_judged(step):
             return False
-        near_start = losses.within(cfg.exploding_climb_factor)  # a jump new data can make: judged on its direction
-        # a loss that jumped with new data, being learnt down: over its last 10 losses, or below where the trend began
-        if near_start and losses.down_since(self.trend_seen, self.trend_began):
-            return False
+        if self._outliers_held():
+            return self._every_batch_up()
+        near_start = losses.within(cfg.exploding_climb_factor)
         if self.trend_run >= TREND_PATIENCE + (1 if near_start else 0):  # its direction on its own 6 steps' losses
             return True
         # no need to wait when every batch is up and (near where training started) the loss still climbs
         climbing = not near_start or losses.climbing(cfg.exploding_rise_margin)
         return self.trend_run > 0 and self._every_batch_up() and climbing
+
+    def _outliers_held(self) -> bool:
+        """Under ``clip="adaptive"``, a step among the last 5 had its update held: their median may be outliers'.
+
+        Batches the rule scaled down as outliers keep their own losses, and in a run with outliers in half its batches
+        (a classifier with 1% of its inputs x3000) three in five of them lift the median of 5 30-100x for a few steps
+        at a time. A divergence raises every batch's loss: the trend then waits for that (:meth:`_every_batch_up`).
+        """
+        return self.ctx.traits.adaptive_clipping and self.since_held < LOSS_WINDOW - 1
 
     def _every_batch_up(self) -> bool:
         """Every one of the last 5 losses at the trend's factors above its recent low and above the highest first loss.
@@ -563,7 +607,10 @@ class ExplodingWatch(RuleWatch):
         return (*self.rules, self.new_data)
 
     def update(self, step: int, stats: StepStats, verdict: Verdict) -> bool:
-        """Judge one finite step: spikes, the rules, the episode, then learn the step's norm; judging goes on."""
+        """Judge one finite step: spikes, the rules, the episode, then learn its norm; judging goes on.
+
+        A step a jump waits on is not learnt (:class:`Jump`).
+        """
         ctx = self.ctx
         x = ctx.norms.chain(stats)  # log10 of the chained norm: like with like when the set of layers changes
         threshold = ctx.spike_threshold()  # for this step's set of layers

@@ -49,12 +49,13 @@ class Jump(ExplodingRule):
     to the run's typical norm before it reaches the weights, and the next step's norm and loss are back among the
     run's. (A fixed ``clip`` may hold a step to a norm far above the run's: there a jump fires at once.) The jump
     fires at the next step when the run is not back: its norm halfway (in decades) to a jump over the norms before
-    and its loss :data:`JUMP_LOSS_FACTOR` (3) times the first; or when the update it waited on was not held. A next
-    step that jumps itself is another outlier batch, or the run going on up: it waits too, up to
-    ``exploding_patience`` (3) jumps in a row each above the one before (a divergence compounds), or
-    :data:`PLATEAU_PATIENCE` (2) times that many whatever their norms. A waiting step's norm is not learnt: the run's
-    history is the norms of its ordinary steps. A run back after held jumps came through them: the largest of them is
-    a norm its batches reach, and a jump is measured over it from then on (a run with outlier batches has many).
+    or further (3.2x them; the norm alone, as a loss need not tell progress: a WGAN critic's). A next
+    step that jumps itself fires at once after an update that was not held; after a held one it is another outlier
+    batch, or the run going on up: it waits too, up to ``exploding_patience`` (3) jumps in a row each above the one
+    before (a divergence compounds), or :data:`PLATEAU_PATIENCE` (2) times that many whatever their norms. A waiting
+    step's norm is not learnt: the run's history is the norms of its ordinary steps. A run back after the jumps came
+    through them: the largest of them is a norm its batches reach, and a jump is measured over it from then on (a run
+    with outlier batches has many).
     """
 
     grown_steps: int = state(0, load=int)  # consecutive steps grown from the start, the loss with it
@@ -63,6 +64,7 @@ class Jump(ExplodingRule):
     waited_peak: float | None = state(None, load=as_optional_float)  # log10 of the largest norm before the first
     waited_rising: bool = state(True, load=bool)  # each jump that waited was above the one before
     waited_top: float | None = state(None, load=as_optional_float)  # log10 of the largest norm that waited
+    waited_from: int = state(0, load=int)  # the step the first of them was at
 
     name: ClassVar[Rule] = Rule.JUMP
     settings: ClassVar[tuple[str, ...]] = ("exploding_jump_factor",)
@@ -70,11 +72,14 @@ class Jump(ExplodingRule):
     def __post_init__(self) -> None:
         self._from_start = False  # this step fires as grown from the start (not as a jump over the largest so far)
         self._fresh = False  # a finite loss was told for this step
+        self._step = 0  # this step's number
+        # a jump that waited fires at this step: (its first step, its largest norm, the norm before it, not back)
+        self._waited_on: tuple[int, float | None, float | None, bool] | None = None
 
     def observe(self, step: NormStep) -> None:
         """Keep the first norm; count the steps in a row grown from it, with the loss."""
         seen = self.ctx.losses.losses_seen
-        self._fresh, self.losses_at = seen > self.losses_at, seen
+        self._fresh, self.losses_at, self._step = seen > self.losses_at, seen, step.step
         first = self.ctx.norms.first_norm
         grown = (
             not self.ctx.norms.warm
@@ -113,16 +118,27 @@ class Jump(ExplodingRule):
 
     @override
     def fires(self, step: NormStep) -> bool:
+        self._waited_on = None
+        adaptive = self.ctx.traits.adaptive_clipping
+        if self.waiting and not adaptive:
+            self._end_wait()  # resumed without clip="adaptive": no update is held any more
         peak = self._peak()
         over_peak = self._over_peak(step.x, peak)
         # grown from the start: the run's first blow-up (one already alerted, by a jump over the peak, is this one)
         self._from_start = not over_peak and self.grown_steps >= JUMP_STEPS and not self.ctx.episode.exploded
-        if not self.ctx.traits.adaptive_clipping:
+        if not adaptive:
             return over_peak or self._from_start
-        # not back: halfway to a jump over the norms before it waited on (in decades), the loss still up
-        half = math.log10(self.config.exploding_jump_factor) / 2
-        not_back = self.waiting and step.x is not None and step.x > (peak or 0.0) + half and self._loss_grown()
-        return self._waits_out(step.x, over_peak or self._from_start, not_back)
+        if self.waiting and step.x is None:
+            return False  # no gradient at this step: it tells nothing of the jump waited on
+        return self._waits_out(step.x, over_peak or self._from_start, self._not_back(step.x, peak))
+
+    def _not_back(self, x: float | None, peak: float | None) -> bool:
+        """After a jump that waited: halfway to a jump over the norms before it (in decades), or further.
+
+        The norm alone: a loss need not tell progress (a WGAN critic's swings through zero), and a batch after an
+        outlier is back among the run's norms whatever its loss.
+        """
+        return self.waiting and x is not None and x > (peak or 0.0) + math.log10(self.config.exploding_jump_factor) / 2
 
     def _over_peak(self, x: float | None, peak: float | None) -> bool:
         """The log norm ``x`` jumps over ``peak`` (in the warm-up, or while a jump waits), the loss grown with it."""
@@ -144,6 +160,7 @@ class Jump(ExplodingRule):
         """
         if self.waiting and (jumped or not_back):
             if not self.ctx.norms.previous_held or not jumped or self._waited_out(x):
+                self._waited_on = (self.waited_from, self.waited_top, self.waited_peak, not jumped)
                 self._end_wait()
                 return True
         elif not jumped:
@@ -151,13 +168,14 @@ class Jump(ExplodingRule):
                 self._came_back()
             self._end_wait()
             return False
-        self.waited_peak = self._peak()
+        if not self.waiting:
+            self.waited_peak, self.waited_from = self._peak(), self._step
         self.waited_top = x if self.waited_top is None or x is None else max(self.waited_top, x)
         self.waited += 1
         return False
 
     def _came_back(self) -> None:
-        """The run came through the held jumps: their batches are the run's, the peak rises to the largest."""
+        """The run came through the jumps that waited: their batches are the run's, the peak rises to the largest."""
         norms, top = self.ctx.norms, self.waited_top
         if top is not None:
             norms.peak = top if norms.peak is None else max(norms.peak, top)
@@ -179,6 +197,8 @@ class Jump(ExplodingRule):
 
     @override
     def describe(self, step: NormStep) -> Finding:
+        if self._waited_on is not None:
+            return self._describe_wait(step, *self._waited_on)
         norms = self.ctx.norms
         first = norms.first_norm if self._from_start else None  # grown from the first norm, or a jump over the peak
         reference = norms.real(first if first is not None else self._peak() or 0.0)
@@ -205,3 +225,15 @@ class Jump(ExplodingRule):
                 f" ({reference:.4g}){with_loss}{orders}"
             )
         return Finding(what, Cause.STARTUP, step.norm, self.config.exploding_jump_factor * reference)
+
+    def _describe_wait(self, step: NormStep, at: int, top: float | None, peak: float | None, away: bool) -> Finding:
+        """A jump that waited, fired: the run not back after it (``away``), or its norm jumping on."""
+        norms = self.ctx.norms
+        reference, jumped = norms.real(peak or 0.0), norms.real(top or 0.0)
+        what = (
+            f"total norm {step.norm:.4g} is {times(step.norm, reference):.3g}x the largest norm of the run's first"
+            f' steps ({reference:.4g}), after a jump at step {at} to {jumped:.4g} that clip="adaptive" scaled down'
+            + (": the run has not come back" if away else ": the norm jumps on")
+        )
+        factor = self.config.exploding_jump_factor
+        return Finding(what, Cause.STARTUP, step.norm, (math.sqrt(factor) if away else factor) * reference)
