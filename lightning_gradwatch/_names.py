@@ -9,6 +9,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ALERTS_NOT_KEPT",
     "ALERTS_TAG",
@@ -40,6 +42,7 @@ __all__ = [
     "TOTAL_NORM",
     "TOTAL_NORM_MAX",
     "layer_tag",
+    "numbered",
     "optimizer_key",
     "optimizer_suffix",
     "run_tag",
@@ -112,3 +115,15 @@ def optimizer_key(index: int) -> str:
 def run_tag(name: str, suffix: str = "") -> str:
     """A run-level tag, with ``suffix`` (``"/optimizer_1"``) telling apart several optimizers."""
     return f"{name}{suffix}"
+
+
+def numbered(name: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key that orders the numbers inside a name by value: ``layers.2`` before ``layers.10``.
+
+    Example:
+        >>> sorted(["layers.10.fc", "layers.2.fc", "head"], key=numbered)
+        ['head', 'layers.2.fc', 'layers.10.fc']
+        >>> sorted(["optimizer_10", "all", "optimizer_2"], key=numbered)
+        ['all', 'optimizer_2', 'optimizer_10']
+    """
+    return tuple((0, int(part)) if part.isdecimal() else (1, part) for part in re.split(r"(\d+)", name) if part)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from pathlib import Path
+
+from lightning_gradwatch._names import numbered
 
 __all__ = ["CSV_FILE", "CsvLogError", "read_metrics_csv"]
 
@@ -21,16 +22,6 @@ Series = dict[str, list[tuple[int, float]]]
 
 class CsvLogError(Exception):
     """A ``metrics.csv`` that cannot be read, or is damaged inside; the message names the file (and the line)."""
-
-
-def _numbered(name: str) -> tuple[tuple[int, int | str], ...]:
-    """A sort key that orders the numbers inside a name by value: ``layers.2`` before ``layers.10``.
-
-    Example:
-        >>> sorted(["layers.10.fc", "layers.2.fc", "head"], key=_numbered)
-        ['head', 'layers.2.fc', 'layers.10.fc']
-    """
-    return tuple((0, int(part)) if part.isdecimal() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
 def read_metrics_csv(
@@ -54,7 +45,7 @@ def read_metrics_csv(
     header, rows, whole = _lines(path, prefixes)
     columns = [(i, c) for i, c in enumerate(header) if c.startswith(prefixes)]
     # Lightning's CSVLogger sorts its columns: numbered layers in number order comes nearer the model's
-    order = tuple(sorted((c[len(layer_prefix) :] for _, c in columns if c.startswith(layer_prefix)), key=_numbered))
+    order = tuple(sorted((c[len(layer_prefix) :] for _, c in columns if c.startswith(layer_prefix)), key=numbered))
     step_at = header.index("step") if "step" in header else None
     series: Series = {}
     for number, row in enumerate(rows, start=2):

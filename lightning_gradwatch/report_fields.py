@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lightning_gradwatch._names import numbered
 from lightning_gradwatch.report import wall_time
 
 __all__ = ["alert_entry", "by_number", "report_fields"]
@@ -150,6 +151,6 @@ def alert_entry(alert: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def by_number(item: tuple[str, Any]) -> tuple[int, str]:
+def by_number(item: tuple[str, Any]) -> tuple[tuple[int, int | str], ...]:
     """Sort key of ``total_norm`` entries: ``all``, then ``optimizer_0``, ``optimizer_1``, ..., ``optimizer_10``."""
-    return len(item[0]), item[0]
+    return numbered(item[0])
