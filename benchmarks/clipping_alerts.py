@@ -41,7 +41,7 @@ import clipping_families as families
 import clipping_scores as scores
 from clipping_rules import PEERS
 from clipping_run import train
-from clipping_suite import Cache
+from clipping_suite import Cache, result_key
 
 from lightning_gradwatch import GradWatch
 
@@ -101,7 +101,7 @@ def fixed_thresholds(cell: families.Cell, quick: bool, cache: Cache) -> scores.C
     report = scores.CellResults(cell)
     setup = None
     for name in FIXED_RULES:
-        key = f"{'quick' if quick else 'full'}|{cell.key}|{name}"
+        key = result_key(cell, name, quick)
         result = cache.get(key)
         if result is None:
             setup = setup or families.setup(cell, quick)

@@ -142,6 +142,14 @@ def package_version(detector: bool = False) -> str:
     return digest.hexdigest()[:10]
 
 
+def result_key(cell: families.Cell, name: str, quick: bool) -> str:
+    """A (cell, rule) result's key in the cache, before the package's version (for the rules that depend on it)."""
+    key = f"{'quick' if quick else 'full'}|{cell.key}|{name}"
+    if torch.get_num_threads() != 1:  # another rounding: a result of its own
+        key = f"threads {torch.get_num_threads()}|{key}"
+    return key
+
+
 def run_cells(
     cells: Sequence[families.Cell], rules: dict[str, Callable[[], Rule]], quick: bool, cache: Cache
 ) -> list[scores.CellResults]:
@@ -151,9 +159,7 @@ def run_cells(
         setup = None
         report = scores.CellResults(cell)
         for name, factory in rules.items():
-            key = f"{'quick' if quick else 'full'}|{cell.key}|{name}"
-            if torch.get_num_threads() != 1:  # another rounding: a result of its own
-                key = f"threads {torch.get_num_threads()}|{key}"
+            key = result_key(cell, name, quick)
             if is_ours(name) or name in ABLATIONS:  # results that depend on the package's code
                 key += f"|{package_version()}"
             elif name == SPIKE_CLIP:  # ... and on its detector's
