@@ -547,6 +547,11 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
         return lrs + [g["lr"] for g in self.optimizer.param_groups[len(lrs) :]]
 
 
+def optimizer_class(name: str) -> str:
+    """The class name of the optimizer a run's ``optimizer`` makes (what GradWatch tells its detector)."""
+    return {"sgd": "SGD", "momentum": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}[name]
+
+
 def make_optimizer(spec: RunSpec, params: Any) -> torch.optim.Optimizer:
     name, lr = spec.optimizer, spec.lr
     if name == "sgd":

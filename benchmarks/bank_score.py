@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bank_outcome import Outcome
-from bank_runs import Trace
+from bank_runs import Trace, optimizer_class
 from gradwatch_adapter import DetectorMaker, replay
 
 Alert = tuple[str, int, tuple[str, ...], str]  # kind, step, layers, the rule that found it
@@ -53,7 +53,7 @@ class Score:
 def alerts_of(trace: Trace, maker: DetectorMaker, current: bool = True) -> list[Alert]:
     """The alerts ``maker``'s detector gives on ``trace`` (``current``: told each step's own loss, else the previous
     batch's)."""
-    found = replay(trace.records, maker(trace.exempt), current)
+    found = replay(trace.records, maker(trace.exempt, optimizer_class(trace.spec.optimizer)), current)
     return [(a.kind, a.step, tuple(a.layers), str(a.extra.get("rule", ""))) for a in found]
 
 

@@ -35,6 +35,7 @@ from lightning_gradwatch.judge.decision import StepJudge
 from lightning_gradwatch.judge.detector import GradientDetector
 from lightning_gradwatch.measure.records import StepStats
 from lightning_gradwatch.measure.stats import GradientStats
+from lightning_gradwatch.remedies import ModelTraits
 
 __all__ = [
     "DetectionConfig",
@@ -65,13 +66,16 @@ class Detector(Protocol):
 
 
 #: A detector factory: given the layers exempt from the per-layer vanishing test, a fresh detector for one run.
-DetectorMaker = Callable[[frozenset[str]], Detector]
+#: a fresh detector for a run: its exempt layers and its optimizer's class name (``"Adam"``), as GradWatch tells them
+DetectorMaker = Callable[[frozenset[str], str], Detector]
 
 
 def baseline_factory(**constants: Any) -> DetectorMaker:
     """The package's detector with ``constants`` (DetectionConfig fields; none: GradWatch's defaults)."""
     config = DetectionConfig(**constants)
-    return lambda exempt: GradientDetector(config, exempt_layers=exempt)
+    return lambda exempt, optimizer: GradientDetector(
+        config, traits=ModelTraits(optimizer=optimizer), exempt_layers=exempt
+    )
 
 
 def package_factory(package: ModuleType) -> Callable[..., DetectorMaker]:
@@ -81,7 +85,8 @@ def package_factory(package: ModuleType) -> Callable[..., DetectorMaker]:
 
     def factory(**constants: Any) -> DetectorMaker:
         config = config_module.DetectionConfig(**constants)
-        return lambda exempt: detector_module.GradientDetector(config, exempt_layers=exempt)
+        # the optimizer is not told: a copy from before the rules that read it gives its hints without it
+        return lambda exempt, optimizer: detector_module.GradientDetector(config, exempt_layers=exempt)
 
     return factory
 

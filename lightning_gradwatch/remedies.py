@@ -56,6 +56,21 @@ class ModelTraits:
         """Whether the optimizer's step does not grow with the gradient (its size is the learning rate's)."""
         return self.optimizer.lower() in SCALE_FREE_OPTIMIZERS
 
+    @property
+    def own_step_sizes(self) -> bool:
+        """Whether the optimizer sizes each parameter's step by that parameter's own gradients (Adam and its kin).
+
+        Adam, RMSprop, Adagrad and the like divide each gradient by a running measure of its own size, and the
+        scale-free optimizers step by the learning rate whatever the gradient: a layer whose gradient lies decades
+        below another's steps as far.
+
+        Example:
+            >>> ModelTraits(optimizer="AdamW").own_step_sizes, ModelTraits(optimizer="SGD").own_step_sizes
+            (True, False)
+        """
+        name = self.optimizer.lower()
+        return self.scale_free_steps or any(kin in name for kin in OWN_STEP_SIZE_OPTIMIZERS)
+
     @classmethod
     def from_module(cls, module: Any) -> ModelTraits:
         """Inspect ``module.modules()`` by type name (no import of the classes needed)."""
@@ -70,6 +85,23 @@ class ModelTraits:
 #: momentum (Lion, signSGD, Signum, Rprop's sign rule) or an orthogonalised update (Muon); clipping the gradient's norm
 #: does not shorten it
 SCALE_FREE_OPTIMIZERS = frozenset({"lion", "muon", "signsgd", "signum", "rprop", "tiger"})
+#: parts of optimizer class names (lower case) whose step divides each parameter's gradient by a running measure of
+#: its own size: Adam and its variants (AdamW, NAdam, RAdam, Adamax, fused and 8-bit ones), RMSprop, Adagrad,
+#: Adadelta, Adafactor, AdaBelief, LAMB, Adan, Sophia, Prodigy, Shampoo, SOAP
+OWN_STEP_SIZE_OPTIMIZERS = (
+    "adam",
+    "rmsprop",
+    "adagrad",
+    "adadelta",
+    "adafactor",
+    "adabelief",
+    "lamb",
+    "adan",
+    "sophia",
+    "prodigy",
+    "shampoo",
+    "soap",
+)
 
 
 def nonfinite_remedies(traits: ModelTraits, cause: Cause | str | None = None) -> list[str]:

@@ -171,6 +171,55 @@ def test_a_24_layer_tanh_stack_is_vanishing_within_60_steps_naming_its_first_lay
     assert trainer.global_step == alert.step + 1  # "stop" ends the run after the alerted step
 
 
+class DeepReLU(pl.LightningModule):
+    """Fourteen ``nn.Linear`` + ``nn.ReLU`` layers at PyTorch's default initialisation on the digits: the first
+    layers' gradients lie 4.5 decades below the last one's, and the loss sits at chance for its first 40-70 steps.
+    Under SGD it stays there; under Adam each layer steps by the learning rate whatever its gradient, the weights grow
+    until the gradient reaches the first layers (the gap closes from about step 20), and the loss follows."""
+
+    def __init__(self, optimizer: str, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = [nn.Linear(64, 64), nn.ReLU()]
+        for _ in range(12):
+            layers += [nn.Linear(64, 64), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(64, 10))
+        self.optimizer, self.seed = optimizer, seed
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return digits(images=False, seed=self.seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_deep_relu_stack_that_adam_lifts_out_of_its_gap_is_no_stall(tmp_path, seed):
+    """Under Adam the stack learns (its loss leaves chance by step 80, 0.7x its start by 200) and is not alerted;
+    under SGD it never leaves chance and is alerted vanishing at step 19, by the stall, naming its first layer."""
+    model = DeepReLU("adam", seed)
+    _trains_silently(tmp_path, model, 200, on_vanishing="stop")
+    assert np.median(model.losses[-20:]) < 0.8 * np.median(model.losses[:5])  # it learns: no stall
+
+    failing = DeepReLU("sgd", seed)
+    watch = GradWatch(on_vanishing="stop", log_every_n_steps=10)
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path / "sgd", max_steps=150, max_epochs=-1))
+    with pytest.warns(UserWarning, match="Vanishing gradients"):
+        trainer.fit(failing)
+    (alert,) = watch.alerts
+    assert (alert.kind, alert.step, alert.extra) == ("vanishing", 19, {"rule": "stall"})
+    assert alert.layers[0] == "net.0"
+
+
 def _trains_silently(tmp_path: Any, model: Any, steps: int, **responses: str) -> None:
     """``model`` through a real Trainer for ``steps`` steps with ``GradWatch(**responses)``: no alert, all steps run."""
     watch = GradWatch(log_every_n_steps=10, **responses)
