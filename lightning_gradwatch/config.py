@@ -369,9 +369,9 @@ class DetectionConfig(ConfigGroup):
         exploding_climb_factor: every one of the last 5 losses at this many times the highest of the first 10, two
             steps in a row, is an explosion whatever the norm does.
         ema_decay: weight of the newest step in the running mean and variance (about ``1 / decay`` steps of memory).
-        vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing (not
-            under an optimizer that sizes each parameter's step by its own gradients, such as Adam: there such a layer
-            steps as far as the largest, and the stall judges the run by its loss).
+        vanishing_ratio: a layer whose norm is below this fraction of the largest layer norm is vanishing (under an
+            optimizer that sizes each parameter's step by its own gradients, such as Adam, such a layer steps as far
+            as the largest: it is alerted only once the gap to the largest is known not to close, from step 49).
         vanishing_floor: optional absolute per-layer norm below which a layer is vanishing.
         vanishing_patience: consecutive vanishing steps before an alert.
         collapse_ratio: the whole network is vanishing when the total norm falls below this fraction of its level
@@ -383,9 +383,9 @@ class DetectionConfig(ConfigGroup):
             fell, while layers before the largest one in the model's order lie this many decades (or more) below it
             (medians over 10 steps) is
             vanishing, naming the layers below ``vanishing_ratio`` times the largest (when none is that far below,
-            those within a decade of the deepest); unless that gap is closing (0.1 decade or more over 40 steps).
+            those within a decade of the deepest); unless that gap closes (0.1 decade or more over 40 steps).
             Under an optimizer that sizes each parameter's step by its own gradients, such as Adam, the stall waits
-            until the gap 40 steps before is known (the first 50 steps).
+            until whether the gap closes is known (the first 50 steps).
         stall_tolerance: see ``stall_decades``.
 
     Example:

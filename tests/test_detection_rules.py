@@ -40,7 +40,7 @@ def test_the_state_is_one_flat_mapping_of_every_parts_keys():
     assert {"steps", "mean", "var", "spike_run", "growth_run", "collapse_run", "vanishing_episode"} <= set(state)
     assert {"offset", "present", "start_losses", "first_high", "rise_losses", "climb_run", "run_jumped"} <= set(state)
     assert {"losses_at", "waited", "waited_peak", "waited_top", "waited_from", "run_held", "since_held"} <= set(state)
-    assert {"stall_depths", "stall_gaps", "zero_run", "zero_low", "trend_run"} <= set(state)
+    assert {"stall_depths", "gaps", "zero_run", "zero_low", "trend_run"} <= set(state)
     assert {"kill_norms", "live_steps", "blowup", "blowup_floor", "killed_zeros"} <= set(state)
     assert {"rate_rows", "first_from", "new_data_seen", "new_data_floor", "old_high", "old_from"} <= set(state)
 

@@ -801,6 +801,36 @@ def test_a_slowly_learning_or_converged_deep_net_is_not_stalled():
     assert feed(converged, range(100), make=apart, loss=lambda s: 2.3 if s < 5 else 0.01) == []
 
 
+def closing_stack(step: int) -> StepStats:
+    """A deep stack whose first layer starts 5.1 decades below the last and closes 0.03 decade a step (Adam lifting a
+    deep plain ReLU stack out of its gap), its loss at its start all along."""
+    return stats(1.5e-6 * 10 ** (0.03 * step), 2e-3, 0.2)
+
+
+def test_a_gap_that_closes_is_no_stall_and_under_adam_the_stall_waits_to_know():
+    flat = lambda s: 2.30 + 0.02 * math.sin(2.1 * s)  # noqa: E731
+    sgd = GradientDetector(traits=ModelTraits(optimizer="SGD"))
+    assert [(a.step, a.extra) for a in feed(sgd, range(60), make=deep_stack, loss=flat)] == [(19, {"rule": "stall"})]
+    adam = GradientDetector(traits=ModelTraits(optimizer="Adam"))  # the same stuck stack: known at step 49
+    assert [(a.step, a.extra) for a in feed(adam, range(60), make=deep_stack, loss=flat)] == [(49, {"rule": "stall"})]
+    lifted = GradientDetector(traits=ModelTraits(optimizer="AdamW"))  # 1.5 decades closed by step 49: no alert
+    assert feed(lifted, range(120), make=closing_stack, loss=flat) == []
+    assert GradientDetector(traits=ModelTraits(optimizer="Adam")).state_dict()["gaps"] == []
+
+
+def test_under_adam_a_layer_small_by_the_ratio_is_vanishing_once_its_gap_is_known_not_to_close():
+    """The per-layer ratio counts from the first step; under Adam the alert needs the gap known (step 49) and not
+    closing. Exact zeros and the absolute floor count as under any optimizer."""
+    far = lambda s: stats(2e-8, 0.2)  # noqa: E731  (a head 7 decades above the layer before it; a loss that falls)
+    falling = lambda s: 2.3 * 0.99**s  # noqa: E731
+    adam = GradientDetector(traits=ModelTraits(optimizer="Adam"))
+    alerts = feed(adam, range(100), make=far, loss=falling)
+    assert [(a.step, a.layers, a.extra) for a in alerts] == [(49, ("l0",), {"rule": "layers"})]
+    lifting = lambda s: stats(2e-8 * 10 ** (0.02 * s), 0.2)  # noqa: E731
+    assert feed(GradientDetector(traits=ModelTraits(optimizer="Adam")), range(100), make=lifting, loss=falling) == []
+    assert [a.step for a in feed(GradientDetector(), range(100), make=lifting, loss=falling)] == [49]  # not Adam
+
+
 # ---------------------------------------------------------------------------------------- dead units
 def test_a_branch_used_once_in_70_steps_with_zeroed_gradients_is_not_dead():
     """``zero_grad(set_to_none=False)``: between its uses the branch's gradient is exactly zero, not absent."""

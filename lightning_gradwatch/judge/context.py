@@ -22,6 +22,8 @@ over the current set of layers.
 - :class:`ExplodingEpisode`: whether an exploding episode lasts, and the best loss before the run's first one (the
   vanishing rules wait for the loss to come back near it).
 - :class:`Counts`: spikes and non-finite steps, for the checkpoint.
+- :class:`~lightning_gradwatch.judge.rates.LearningRates` and :class:`~lightning_gradwatch.judge.gap.LayerGap`: the
+  optimizer's learning rates at its last steps, and how far below the largest layer the deepest layer before it lies.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_gradwatch.alerts import REMEDIES_PLAIN, GradientAlert, ModelTraits, remedies
 from lightning_gradwatch.config import DetectionConfig
 from lightning_gradwatch.history import RunningMoments, Window, log10_or_none, median, pow10_clamped
+from lightning_gradwatch.judge.gap import LayerGap
 from lightning_gradwatch.judge.rates import LearningRates
 from lightning_gradwatch.judge.state import Stateful, as_counts, as_float_map, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause
@@ -635,13 +638,14 @@ class Context:
     episode: ExplodingEpisode = field(default_factory=ExplodingEpisode)
     counts: Counts = field(default_factory=Counts)
     rates: LearningRates = field(default_factory=LearningRates)
+    gap: LayerGap = field(default_factory=LayerGap)
 
     def __post_init__(self) -> None:
         self.norms = NormBaseline(self.config)
 
     def parts(self) -> tuple[Stateful, ...]:
         """The shared parts of the checkpoint."""
-        return (self.norms, self.losses, self.episode, self.counts, self.rates)
+        return (self.norms, self.losses, self.episode, self.counts, self.rates, self.gap)
 
     def hints(self, kind: AlertKind, cause: Cause | None = None) -> str:
         """The remedy hints of an alert message."""

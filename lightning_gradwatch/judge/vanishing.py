@@ -15,19 +15,19 @@
   the layers below ``vanishing_ratio`` times the largest (the ones the per-layer test and ``gradwatch report`` call
   small), the deepest one at least. A slowly learning deep net has a loss that moved, a converged one a loss far below
   its start: both stay silent; a stack whose first layers get a millionth of the last one's gradient, with a loss at
-  chance, is named within tens of steps. A gap that is closing is no stall: the deepest layer's median depth
-  :data:`CLOSING` decades or more below what it was :data:`CLOSING_STEPS` steps before means the gradient is reaching
-  the first layers, and the loss follows. Under an optimizer that sizes each parameter's step by its own gradients
-  (Adam and its kin, RMSprop, Adagrad; :attr:`ModelTraits.own_step_sizes`) the layers far below step as far as the
-  largest: such a net learns its way out by closing the gap (a deep plain ReLU stack under Adam takes 40-100 steps
-  before its loss moves), so there the stall waits until the gap of :data:`CLOSING_STEPS` steps before is known.
+  chance, is named within tens of steps. A gap that closes is no stall (the gradient is reaching the first layers, and
+  the loss follows: :class:`~lightning_gradwatch.judge.gap.LayerGap`). Under an optimizer that sizes each parameter's
+  step by its own gradients (Adam and its kin, RMSprop, Adagrad; ``ModelTraits.own_step_sizes``) the layers far below
+  step as far as the largest: such a net learns its way out by closing the gap (a deep plain ReLU stack under Adam
+  takes 40-100 steps before its loss moves), so there the stall waits until whether the gap closes is known.
 - :class:`Layers`: a layer is vanishing on a step when its norm is below ``vanishing_ratio`` times the largest layer
   norm, or below the absolute ``vanishing_floor``; it is alerted when that lasts ``vanishing_patience`` consecutive
   steps, once per episode (an episode lasts while any layer stays vanishing; layers that join it are reported in
   ``Verdict.vanishing_layers``). Normalisation layers and biases are exempt: their gradients are naturally small.
   Under an optimizer that sizes each parameter's step by its own gradients, a layer below ``vanishing_ratio`` times
-  the largest steps as far as the largest and is not vanishing by that ratio alone (the stall judges such a run by its
-  loss); the absolute ``vanishing_floor`` and exact zeros still count.
+  the largest steps as far as the largest: it is alerted only once the gap is known not to close
+  (:class:`~lightning_gradwatch.judge.gap.LayerGap`); below the absolute ``vanishing_floor``, or exactly zero, as
+  under any optimizer.
   A layer whose gradient is exactly *zero* is a dead one only when that follows from how training fails: its zeros
   last ``vanishing_patience`` steps while the loss has not improved since they began (its lowest median of 5 since
   then not ``stall_tolerance`` below its median of 5 when they began, or the best median before if lower: a blow-up
@@ -76,16 +76,6 @@ REACHED = 2.0
 GAVE_BACK = 0.75
 #: ... and such a stall lasts while it has given back this share
 KEEPS_STALL = 0.5
-#: a gap (the deepest layer before the largest, decades below it: the median of its last STALL_WINDOW steps) that is
-#: this many decades smaller than it was CLOSING_STEPS steps before is closing: the first layers are being reached ...
-CLOSING = 0.1
-#: ... over this many steps (under an optimizer that sizes each parameter's step by its own gradients, the stall waits
-#: until the gap this many steps before is known)
-CLOSING_STEPS = 40
-
-
-def _gap_window(values: Any = ()) -> Window:
-    return Window(CLOSING_STEPS + STALL_WINDOW, (float(v) for v in values))
 
 
 def moved(level: float, reference: float, tolerance: float) -> bool:
@@ -205,7 +195,6 @@ class Stall(VanishingRule):
     stall_depths: dict[str, Window] = state(load=_as_windows, factory=dict)
     stall_best: float | None = state(None, load=as_optional_float)  # the loss's lowest median while judged
     stall_episode: list[str] = state(load=list, factory=list)  # the layers named, while the stall lasts
-    stall_gaps: Window = state(load=_gap_window, factory=_gap_window)  # each step's deepest layer before the largest
 
     name: ClassVar[Rule] = Rule.STALL
     settings: ClassVar[tuple[str, ...]] = ("stall_steps", "stall_decades", "stall_tolerance")
@@ -215,7 +204,6 @@ class Stall(VanishingRule):
         top = max(stats.grad_norm, default=0.0)
         if top <= 0.0:
             self.stall_depths.clear()
-            self.stall_gaps.clear()
             return
         exempt = self.ctx.exempt_layers
         depths = {n: math.log10(top / g) for n, g in zip(stats.layers, stats.grad_norm) if g > 0 and n not in exempt}
@@ -223,20 +211,15 @@ class Stall(VanishingRule):
         for name, depth in depths.items():
             kept.setdefault(name, Window(STALL_WINDOW)).append(depth)
         self.stall_depths = kept
-        before = stats.layers[: _largest_at(stats)]
-        self.stall_gaps.append(max((depths[n] for n in before if n in depths), default=0.0))
 
     def _waits(self) -> bool:
-        """Whether the stall waits for a gap that closes.
+        """Whether the stall waits: the gap closes, or that is not known yet under an optimizer that sizes each step.
 
-        The gap closes when its median over the last STALL_WINDOW steps is :data:`CLOSING` decades or more below its
-        median over the STALL_WINDOW steps :data:`CLOSING_STEPS` before. Under an optimizer that sizes each parameter's
-        step by its own gradients, the stall also waits while that is not known yet.
+        See :class:`~lightning_gradwatch.judge.gap.LayerGap`; the optimizer sizes each parameter's step by its own
+        gradients (``ModelTraits.own_step_sizes``).
         """
-        gaps = list(self.stall_gaps)
-        if len(gaps) < CLOSING_STEPS + STALL_WINDOW:
-            return self.ctx.traits.own_step_sizes
-        return median(gaps[:STALL_WINDOW]) - median(gaps[-STALL_WINDOW:]) >= CLOSING
+        closing = self.ctx.gap.closing()
+        return self.ctx.traits.own_step_sizes if closing is None else closing
 
     @override
     def suspend(self) -> None:
@@ -415,9 +398,9 @@ class Layers(VanishingRule):
             runs.pop(name, None)
             self.vanishing_episode.discard(name)
             return False
-        if top > 0 and self._small(norm, limit):
+        if top > 0 and (norm < limit or _below(norm, self.config.vanishing_floor)):
             runs[name] = runs.get(name, 0) + 1
-            ready = runs[name] >= self.config.vanishing_patience and (not zero or self._dead(name))
+            ready = runs[name] >= self.config.vanishing_patience and (self._dead(name) if zero else self._starved(norm))
             if ready and name not in self.vanishing_episode:
                 self.vanishing_episode.add(name)
                 return True
@@ -426,14 +409,16 @@ class Layers(VanishingRule):
             self.vanishing_episode.discard(name)
         return False
 
-    def _small(self, norm: float, limit: float) -> bool:
-        """Whether a layer's norm is vanishing on this step: below ``limit``, or below the floor.
+    def _starved(self, norm: float) -> bool:
+        """Whether a layer small beside the largest (not zero) is starved by it.
 
-        ``limit`` is the ratio to the largest layer; under an optimizer that sizes each parameter's step by its own
-        gradients, only an exact zero is below it for this test (the layer steps as far as the largest).
+        Under an optimizer that sizes each parameter's step by its own gradients, such a layer steps as far as the
+        largest: it is starved only while the gap does not close (known, and not closing: see
+        :class:`~lightning_gradwatch.judge.gap.LayerGap`), or below the absolute floor. Under others, always.
         """
-        own_steps = self.ctx.traits.own_step_sizes
-        return (norm < limit and (norm == 0.0 or not own_steps)) or _below(norm, self.config.vanishing_floor)
+        if not self.ctx.traits.own_step_sizes or _below(norm, self.config.vanishing_floor):
+            return True
+        return self.ctx.gap.closing() is False
 
     def _dead(self, name: str) -> bool:
         """Whether a layer's zeros make it dead.
@@ -507,6 +492,7 @@ class VanishingWatch(RuleWatch):
     def update(self, step: int, stats: StepStats, verdict: Verdict) -> bool:
         """Judge one finite step (after the exploding watch); judging goes on."""
         top = max(stats.grad_norm) if stats.grad_norm else 0.0
+        self.ctx.gap.observe(stats, self.ctx.exempt_layers)
         for rule in self.rules:
             rule.observe(stats)
         if self.ctx.vanishing_suspended() or (self.ctx.episode.exploded and top == 0.0):
