@@ -65,8 +65,8 @@ class Detector(Protocol):
     def update(self, step: int, stats: StepStats) -> Any: ...
 
 
-#: A detector factory: given the layers exempt from the per-layer vanishing test, a fresh detector for one run.
-#: a fresh detector for a run: its exempt layers and its optimizer's class name (``"Adam"``), as GradWatch tells them
+#: A detector factory's maker: a fresh detector for one run, given the layers exempt from the per-layer vanishing
+#: test and the run's optimizer class name (``"Adam"``), as GradWatch tells them.
 DetectorMaker = Callable[[frozenset[str], str], Detector]
 
 

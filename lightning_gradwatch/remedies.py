@@ -54,7 +54,8 @@ class ModelTraits:
     @property
     def scale_free_steps(self) -> bool:
         """Whether the optimizer's step does not grow with the gradient (its size is the learning rate's)."""
-        return self.optimizer.lower() in SCALE_FREE_OPTIMIZERS
+        name = self.optimizer.lower()
+        return any(kin in name for kin in SCALE_FREE_OPTIMIZERS)
 
     @property
     def own_step_sizes(self) -> bool:
@@ -81,21 +82,33 @@ class ModelTraits:
         return cls(saturating_activations=saturating, vanilla_rnn=rnn, normalisation=norm)
 
 
-#: optimizers (class names, lower case) whose step is the same for a gradient scaled by any factor: the sign of a
-#: momentum (Lion, signSGD, Signum, Rprop's sign rule) or an orthogonalised update (Muon); clipping the gradient's norm
-#: does not shorten it
+#: parts of optimizer class names (lower case) whose step is the same for a gradient scaled by any factor: the sign of
+#: a momentum (Lion and its 8-bit and fused versions, signSGD, Signum, Rprop's sign rule) or an orthogonalised update
+#: (Muon); clipping the gradient's norm does not shorten it
 SCALE_FREE_OPTIMIZERS = frozenset({"lion", "muon", "signsgd", "signum", "rprop", "tiger"})
-#: parts of optimizer class names (lower case) whose step divides each parameter's gradient by a running measure of
-#: its own size: Adam and its variants (AdamW, NAdam, RAdam, Adamax, fused and 8-bit ones), RMSprop, Adagrad,
-#: Adadelta, Adafactor, AdaBelief, LAMB, Adan, Sophia, Prodigy, Shampoo, SOAP
+#: parts of optimizer class names (lower case) whose step divides each parameter's (or each layer's) gradient by a
+#: running measure of its own size: Adam and its variants (AdamW, NAdam, RAdam, Adamax, AdEMAMix, fused and 8-bit
+#: ones), RMSprop, Adagrad, Adadelta, Adafactor, AdaBelief, LAMB, LARS, NovoGrad, MADGRAD, AdaHessian, Yogi,
+#: AdaBound, ADOPT, CAME, SM3, Ranger, Adan, Sophia, Prodigy, Shampoo, SOAP
 OWN_STEP_SIZE_OPTIMIZERS = (
     "adam",
+    "ademamix",
     "rmsprop",
     "adagrad",
     "adadelta",
     "adafactor",
     "adabelief",
     "lamb",
+    "lars",
+    "novograd",
+    "madgrad",
+    "adahessian",
+    "yogi",
+    "adabound",
+    "adopt",
+    "came",
+    "sm3",
+    "ranger",
     "adan",
     "sophia",
     "prodigy",

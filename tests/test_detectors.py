@@ -815,12 +815,11 @@ def test_a_gap_that_closes_is_no_stall_and_under_adam_the_stall_waits_to_know():
     assert [(a.step, a.extra) for a in feed(adam, range(60), make=deep_stack, loss=flat)] == [(49, {"rule": "stall"})]
     lifted = GradientDetector(traits=ModelTraits(optimizer="AdamW"))  # 1.5 decades closed by step 49: no alert
     assert feed(lifted, range(120), make=closing_stack, loss=flat) == []
-    assert GradientDetector(traits=ModelTraits(optimizer="Adam")).state_dict()["gaps"] == []
 
 
 def test_under_adam_a_layer_small_by_the_ratio_is_vanishing_once_its_gap_is_known_not_to_close():
     """The per-layer ratio counts from the first step; under Adam the alert needs the gap known (step 49) and not
-    closing. Exact zeros and the absolute floor count as under any optimizer."""
+    closing."""
     far = lambda s: stats(2e-8, 0.2)  # noqa: E731  (a head 7 decades above the layer before it; a loss that falls)
     falling = lambda s: 2.3 * 0.99**s  # noqa: E731
     adam = GradientDetector(traits=ModelTraits(optimizer="Adam"))
@@ -829,6 +828,56 @@ def test_under_adam_a_layer_small_by_the_ratio_is_vanishing_once_its_gap_is_know
     lifting = lambda s: stats(2e-8 * 10 ** (0.02 * s), 0.2)  # noqa: E731
     assert feed(GradientDetector(traits=ModelTraits(optimizer="Adam")), range(100), make=lifting, loss=falling) == []
     assert [a.step for a in feed(GradientDetector(), range(100), make=lifting, loss=falling)] == [49]  # not Adam
+
+
+@pytest.mark.parametrize(
+    ("name", "own", "scale_free"),
+    [
+        ("Adam", True, False), ("AdamW8bit", True, False), ("PagedAdamW", True, False), ("SparseAdam", True, False),
+        ("FusedAdam", True, False), ("Adafactor", True, False), ("RMSprop", True, False), ("Adagrad", True, False),
+        ("Lamb", True, False), ("LARS", True, False), ("NvNovoGrad", True, False), ("MADGRAD", True, False),
+        ("AdEMAMix", True, False), ("ScheduleFreeAdamW", True, False), ("Lion", True, True),
+        ("PagedLion8bit", True, True), ("FusedLion", True, True), ("Muon", True, True), ("Rprop", True, True),
+        ("SGD", False, False), ("ASGD", False, False), ("LBFGS", False, False), ("FusedSGD", False, False),
+        ("SGDScheduleFree", False, False), ("", False, False),
+    ],
+)  # fmt: skip
+def test_the_optimizers_that_size_each_step_by_their_own_gradients_are_told_by_class_name(name, own, scale_free):
+    traits = ModelTraits(optimizer=name)
+    assert (traits.own_step_sizes, traits.scale_free_steps) == (own, scale_free)
+
+
+def test_an_optimizer_that_steps_another_is_named_by_the_one_it_steps():
+    import torch
+
+    from lightning_gradwatch.engine.environment import optimizer_class_name
+
+    class Lookahead(torch.optim.Optimizer):  # as timm's: the base optimizer sizes the steps
+        def __init__(self, base: torch.optim.Optimizer) -> None:
+            self._base_optimizer, self.param_groups, self.state, self.defaults = base, base.param_groups, {}, {}
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert optimizer_class_name(Lookahead(torch.optim.RAdam(params))) == "RAdam"
+    assert optimizer_class_name(torch.optim.SGD(params, lr=0.1)) == "SGD"
+
+
+def test_under_adam_the_floor_counts_as_under_any_optimizer_and_the_gap_resumes_from_a_checkpoint():
+    rising = lambda s: stats(2e-8 * 10 ** (0.02 * s), 0.2)  # noqa: E731  (a gap that closes: the ratio waits)
+    falling = lambda s: 2.3 * 0.99**s  # noqa: E731
+    floored = GradientDetector(DetectionConfig(vanishing_floor=1e-6), traits=ModelTraits(optimizer="Adam"))
+    alerts = feed(floored, range(60), make=rising, loss=falling)
+    assert [(a.step, a.extra) for a in alerts] == [(49, {"rule": "layers"})]
+    stuck = lambda s: stats(1.5e-6, 2e-3, 0.2)  # noqa: E731
+    flat = lambda s: 2.30 + 0.02 * math.sin(2.1 * s)  # noqa: E731
+    whole = GradientDetector(traits=ModelTraits(optimizer="Adam"))
+    assert [a.step for a in feed(whole, range(80), make=stuck, loss=flat)] == [49]
+    first = GradientDetector(traits=ModelTraits(optimizer="Adam"))
+    assert feed(first, range(30), make=stuck, loss=flat) == []
+    saved = json.loads(json.dumps(first.state_dict()))
+    assert len(saved["gaps"]) == 30
+    resumed = GradientDetector(traits=ModelTraits(optimizer="Adam"))
+    resumed.load_state_dict(saved)
+    assert [a.step for a in feed(resumed, range(30, 80), make=stuck, loss=flat)] == [49]
 
 
 # ---------------------------------------------------------------------------------------- dead units

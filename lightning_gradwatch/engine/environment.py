@@ -117,15 +117,29 @@ def inner_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
+#: where optimizers that step another one keep it (``ZeroRedundancyOptimizer.optim``, timm's ``Lookahead``): the
+#: inner one decides how each step is sized
+_STEPPED_BY = ("optim", "base_optimizer", "_base_optimizer")
+
+
 def optimizer_class_name(optimizer: Any) -> str:
-    """The class name of the torch optimizer inside Lightning's and Fabric's wrappers (``"AdamW"``).
+    """The class name of the optimizer that sizes the steps, inside Lightning's and Fabric's wrappers (``"AdamW"``).
+
+    An optimizer that steps another one (``ZeroRedundancyOptimizer(optimizer_class=Adam)``, timm's ``Lookahead``) is
+    named by the one it steps.
 
     Example:
         >>> import torch
         >>> optimizer_class_name(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
         'SGD'
     """
-    return type(inner_optimizer(optimizer)).__name__
+    optimizer = inner_optimizer(optimizer)
+    for _ in range(4):
+        inner = next((getattr(optimizer, a) for a in _STEPPED_BY if hasattr(getattr(optimizer, a, None), "step")), None)
+        if inner is None or inner is optimizer:
+            break
+        optimizer = inner_optimizer(inner)
+    return type(optimizer).__name__
 
 
 def cadence_for_length(
