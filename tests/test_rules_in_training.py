@@ -157,12 +157,18 @@ class TanhStack(pl.LightningModule):
         return digits(images=False)
 
 
-def test_a_24_layer_tanh_stack_is_vanishing_within_60_steps_naming_its_first_layers(tmp_path):
+def _stopped_vanishing(tmp_path: Any, model: Any, steps: int) -> tuple[Any, Any]:
+    """``model`` through a real Trainer with ``GradWatch(on_vanishing="stop")``: its one alert, and the trainer."""
     watch = GradWatch(on_vanishing="stop", log_every_n_steps=10)
-    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=100, max_epochs=-1))
+    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path, max_steps=steps, max_epochs=-1))
     with pytest.warns(UserWarning, match="Vanishing gradients"):
-        trainer.fit(TanhStack())
+        trainer.fit(model)
     (alert,) = watch.alerts
+    return alert, trainer
+
+
+def test_a_24_layer_tanh_stack_is_vanishing_within_60_steps_naming_its_first_layers(tmp_path):
+    alert, trainer = _stopped_vanishing(tmp_path, TanhStack(), 100)
     assert alert.kind == "vanishing"
     assert alert.step < 60
     assert alert.layers[:2] == ("backbone.0", "backbone.2")
@@ -210,12 +216,7 @@ def test_a_deep_relu_stack_that_adam_lifts_out_of_its_gap_is_no_stall(tmp_path, 
     _trains_silently(tmp_path, model, 200, on_vanishing="stop")
     assert np.median(model.losses[-20:]) < 0.8 * np.median(model.losses[:5])  # it learns: no stall
 
-    failing = DeepReLU("sgd", seed)
-    watch = GradWatch(on_vanishing="stop", log_every_n_steps=10)
-    trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path / "sgd", max_steps=150, max_epochs=-1))
-    with pytest.warns(UserWarning, match="Vanishing gradients"):
-        trainer.fit(failing)
-    (alert,) = watch.alerts
+    alert, _ = _stopped_vanishing(tmp_path / "sgd", DeepReLU("sgd", seed), 150)
     assert (alert.kind, alert.step, alert.extra) == ("vanishing", 19, {"rule": "stall"})
     assert alert.layers[0] == "net.0"
 

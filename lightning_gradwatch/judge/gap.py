@@ -23,7 +23,7 @@ from lightning_gradwatch.judge.state import Stateful, state
 if TYPE_CHECKING:  # annotations only: detection is plain Python and imports no torch
     from lightning_gradwatch.measure.records import StepStats
 
-__all__ = ["CLOSING", "CLOSING_STEPS", "GAP_WINDOW", "LayerGap"]
+__all__ = ["CLOSING", "CLOSING_STEPS", "GAP_WINDOW", "LayerGap", "largest_at"]
 
 #: the gap is a median over this many steps
 GAP_WINDOW = 10
@@ -33,6 +33,11 @@ CLOSING = 0.1
 CLOSING_STEPS = 40
 
 
+def largest_at(stats: StepStats) -> int:
+    """The index of the layer with the largest gradient norm this step (-1 with no layer)."""
+    return max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__, default=-1)
+
+
 def _gap_window(values: Any = ()) -> Window:
     return Window(CLOSING_STEPS + GAP_WINDOW, (float(v) for v in values))
 
@@ -40,6 +45,9 @@ def _gap_window(values: Any = ()) -> Window:
 @dataclass(eq=False)
 class LayerGap(Stateful):
     """Each step's gap, over the last :data:`CLOSING_STEPS` + :data:`GAP_WINDOW` steps, and whether it closes.
+
+    ``depths`` holds this step's decades below the largest layer, per layer (exempt layers and zero gradients left
+    out): the stall keeps them, layer by layer, from here.
 
     Example:
         >>> from lightning_gradwatch.measure.records import StepStats
@@ -53,16 +61,21 @@ class LayerGap(Stateful):
 
     gaps: Window = state(load=_gap_window, factory=_gap_window)
 
+    def __post_init__(self) -> None:
+        self.depths: dict[str, float] = {}  # this step's: each layer's decades below the largest (the stall's too)
+
     def observe(self, stats: StepStats, exempt: frozenset[str]) -> None:
         """Take one finite step's layer norms (a step with every gradient zero starts the history again)."""
-        norms = stats.grad_norm
-        if not norms or max(norms) <= 0.0:
+        top = max(stats.grad_norm, default=0.0)
+        if top <= 0.0:
+            self.depths = {}
             self.gaps.clear()
             return
-        largest = max(range(len(norms)), key=norms.__getitem__)
-        top = norms[largest]
-        before = (g for n, g in zip(stats.layers[:largest], norms) if g > 0.0 and n not in exempt)
-        self.gaps.append(max((math.log10(top / g) for g in before), default=0.0))
+        self.depths = {
+            n: math.log10(top / g) for n, g in zip(stats.layers, stats.grad_norm) if g > 0 and n not in exempt
+        }
+        before = stats.layers[: largest_at(stats)]
+        self.gaps.append(max((self.depths[n] for n in before if n in self.depths), default=0.0))
 
     def closing(self) -> bool | None:
         """Whether the gap closes (``None``: fewer steps seen than the comparison needs)."""

@@ -56,6 +56,7 @@ from typing_extensions import override
 from lightning_gradwatch.alerts import GradientAlert, display_layer, format_layers
 from lightning_gradwatch.history import Window, median
 from lightning_gradwatch.judge.context import LOSS_WINDOW, Context, Verdict
+from lightning_gradwatch.judge.gap import largest_at
 from lightning_gradwatch.judge.rule import RuleWatch, VanishingRule
 from lightning_gradwatch.judge.state import as_float_map, as_int_map, as_optional_float, state
 from lightning_gradwatch.kinds import AlertKind, Cause, Rule
@@ -167,14 +168,9 @@ class Collapse(VanishingRule):
         return self.alert(step, stats.layers, ratio, cfg.collapse_ratio, message)
 
 
-def _largest_at(stats: StepStats) -> int:
-    """The index of the layer with the largest gradient norm this step (-1 with no layer)."""
-    return max(range(len(stats.grad_norm)), key=stats.grad_norm.__getitem__, default=-1)
-
-
 def _largest_layer(stats: StepStats) -> str:
     """The layer with the largest gradient norm this step, as messages name it."""
-    return display_layer(stats.layers[_largest_at(stats)])
+    return display_layer(stats.layers[largest_at(stats)])
 
 
 def _chained(ctx: Context) -> float:
@@ -200,13 +196,11 @@ class Stall(VanishingRule):
     settings: ClassVar[tuple[str, ...]] = ("stall_steps", "stall_decades", "stall_tolerance")
 
     def observe(self, stats: StepStats) -> None:
-        """Keep each layer's depth below the largest layer (layers exempt, or with a zero gradient, are left out)."""
-        top = max(stats.grad_norm, default=0.0)
-        if top <= 0.0:
-            self.stall_depths.clear()
-            return
-        exempt = self.ctx.exempt_layers
-        depths = {n: math.log10(top / g) for n, g in zip(stats.layers, stats.grad_norm) if g > 0 and n not in exempt}
+        """Keep each layer's depth below the largest layer, as the gap reads it this step.
+
+        Layers exempt, or with a zero gradient, are left out: their history starts again.
+        """
+        depths = self.ctx.gap.depths
         kept = {n: w for n, w in self.stall_depths.items() if n in depths}
         for name, depth in depths.items():
             kept.setdefault(name, Window(STALL_WINDOW)).append(depth)
@@ -259,7 +253,7 @@ class Stall(VanishingRule):
         closes, or, under an optimizer that sizes each step by its own gradients, before it is known to (the
         judge's :meth:`_waits`).
         """
-        before = set(stats.layers[: _largest_at(stats)])
+        before = set(stats.layers[: largest_at(stats)])
         depth = {n: median(w) for n, w in self.stall_depths.items() if len(w) == STALL_WINDOW and n in before}
         deepest = max(depth.values(), default=0.0)
         first = next((depth[n] for n in stats.layers if n in depth), 0.0)
@@ -380,7 +374,9 @@ class Layers(VanishingRule):
     def judge(self, step: int, stats: StepStats, top: float, verdict: Verdict) -> GradientAlert | None:
         ongoing = bool(self.vanishing_episode)  # layers joining an ongoing episode are not alerted again
         limit = self.config.vanishing_ratio * top
-        newly = [name for name, norm in zip(stats.layers, stats.grad_norm) if self._layer_step(name, norm, top, limit)]
+        starving = self._starving()
+        pairs = zip(stats.layers, stats.grad_norm)
+        newly = [name for name, norm in pairs if self._layer_step(name, norm, top, limit, starving)]
         named = set(verdict.vanishing_layers) | self.vanishing_episode
         verdict.vanishing_layers = tuple(n for n in stats.layers if n in named)
         if not newly or ongoing:
@@ -389,18 +385,20 @@ class Layers(VanishingRule):
         worst = min(stats.grad_norm[stats.layers.index(n)] for n in ordered)
         return self._alert(step, ordered, worst / top if top else 0.0, stats)
 
-    def _layer_step(self, name: str, norm: float, top: float, limit: float) -> bool:
-        """Count one layer's step; returns whether the layer starts a vanishing episode now."""
+    def _layer_step(self, name: str, norm: float, top: float, limit: float, starving: bool) -> bool:
+        """Count one layer's step; returns whether the layer starts a vanishing episode now.
+
+        ``starving``: a layer small by the ratio is starved by the largest (:meth:`_starving`); one below the absolute
+        floor always is.
+        """
         runs = self.vanishing_run
-        # units an explosion killed (gradients exactly zero after it) are its aftermath, not a new diagnosis
         zero = norm == 0.0
-        if name in self.ctx.exempt_layers or (zero and self.ctx.episode.exploded):
-            runs.pop(name, None)
-            self.vanishing_episode.discard(name)
+        if self._left_out(name, zero):
             return False
-        if top > 0 and (norm < limit or _below(norm, self.config.vanishing_floor)):
+        floored = _below(norm, self.config.vanishing_floor)
+        if top > 0 and (norm < limit or floored):
             runs[name] = runs.get(name, 0) + 1
-            ready = runs[name] >= self.config.vanishing_patience and (self._dead(name) if zero else self._starved(norm))
+            ready = runs[name] >= self.config.vanishing_patience and (self._dead(name) if zero else starving or floored)
             if ready and name not in self.vanishing_episode:
                 self.vanishing_episode.add(name)
                 return True
@@ -409,16 +407,25 @@ class Layers(VanishingRule):
             self.vanishing_episode.discard(name)
         return False
 
-    def _starved(self, norm: float) -> bool:
-        """Whether a layer small beside the largest (not zero) is starved by it.
+    def _left_out(self, name: str, zero: bool) -> bool:
+        """An exempt layer, or units an explosion killed, is not judged (its count and its episode end).
+
+        Units an explosion killed (gradients exactly zero after it) are its aftermath, not a new diagnosis.
+        """
+        if name in self.ctx.exempt_layers or (zero and self.ctx.episode.exploded):
+            self.vanishing_run.pop(name, None)
+            self.vanishing_episode.discard(name)
+            return True
+        return False
+
+    def _starving(self) -> bool:
+        """Whether, at this step, a layer small beside the largest (not zero) is starved by it.
 
         Under an optimizer that sizes each parameter's step by its own gradients, such a layer steps as far as the
         largest: it is starved only while the gap does not close (known, and not closing: see
-        :class:`~lightning_gradwatch.judge.gap.LayerGap`), or below the absolute floor. Under others, always.
+        :class:`~lightning_gradwatch.judge.gap.LayerGap`). Under others, always. Asked once a step, for every layer.
         """
-        if not self.ctx.traits.own_step_sizes or _below(norm, self.config.vanishing_floor):
-            return True
-        return self.ctx.gap.closing() is False
+        return not self.ctx.traits.own_step_sizes or self.ctx.gap.closing() is False
 
     def _dead(self, name: str) -> bool:
         """Whether a layer's zeros make it dead.
