@@ -285,12 +285,13 @@ def test_all_defaults_short_run_gets_a_point_every_step_and_its_first_pictures(t
 
 
 def test_budget_spreads_out_slow_scalars_the_run_length_chose_but_keeps_enough_points(tmp_path, monkeypatch):
-    """A 208-step run charts every 2 steps by default; scalars that cost 20 ms each are spread out to every 8 (the
-    25 points such a run keeps whatever the budget), and said so; an explicit interval is never spread."""
+    """A 208-step run charts every 2 steps by default; scalars that cost 50 ms each (far over any budget, on a
+    loaded machine too) are spread out to every 8 (the 25 points such a run keeps whatever the budget), and said so;
+    an explicit interval is never spread."""
     step_scalars = output.step_scalars
 
     def slow(stats, suffix=""):
-        time.sleep(0.02)
+        time.sleep(0.05)
         return step_scalars(stats, suffix=suffix)
 
     monkeypatch.setattr(output, "step_scalars", slow)
