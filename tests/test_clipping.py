@@ -968,6 +968,67 @@ def test_adaptive_clip_on_a_classifier_whose_batches_mostly_carry_outliers(tmp_p
     assert losses["adaptive"] <= 2 * losses["fixed 1"], losses
 
 
+def _outlier_target_regression_module(loss: str) -> Any:
+    """An MLP regression whose targets are x1000 in 4% of the samples: 93% of its batches of 64 carry one."""
+
+    class OutlierTargets(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(8, 64),
+                torch.nn.ReLU(),
+                torch.nn.Linear(64, 64),
+                torch.nn.ReLU(),
+                torch.nn.Linear(64, 1),
+            )
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(3072, 8, generator=g)
+            y = x[:, :4].sum(1, keepdim=True) / 2
+            self.x_val, self.y_val, self.x, self.y = x[2048:], y[2048:], x[:2048], y[:2048].clone()
+            self.y[torch.randperm(2048, generator=g)[:82]] *= 1000.0
+            self.loss = torch.nn.functional.huber_loss if loss == "huber" else torch.nn.functional.mse_loss
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return self.loss(self.net(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+        def train_dataloader(self) -> Any:
+            data = torch.utils.data.TensorDataset(self.x, self.y)
+            return torch.utils.data.DataLoader(
+                data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+            )
+
+        def validation_mse(self) -> float:
+            with torch.no_grad():
+                return torch.nn.functional.mse_loss(self.net(self.x_val), self.y_val).item()
+
+    return OutlierTargets()
+
+
+@single_thread()
+def test_outlier_targets_in_most_batches_get_the_notice_naming_a_robust_loss_which_trains(tmp_path):
+    """No threshold trains a squared loss whose batches nearly all carry an outlier target (the outliers are the
+    objective); clipping says so once, naming the remedy, and under ``nn.HuberLoss`` the same run learns."""
+    mse = {}
+    for loss in ("mse", "huber"):
+        model = _outlier_target_regression_module(loss)
+        watch = GradWatch(clip="adaptive", on_exploding="ignore", on_vanishing="ignore", on_nonfinite="ignore")
+        trainer = pl.Trainer(callbacks=[watch], **trainer_kwargs(tmp_path / loss, max_epochs=4))
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer.fit(model)
+        said = _gradwatch_warnings(record, "Clipping hides such a failure")
+        mse[loss] = model.validation_mse()
+        if loss == "mse":
+            assert len(said) == 1
+            assert "a robust loss such as nn.HuberLoss for outlier targets" in said[0]
+    assert mse["huber"] < 0.1 < mse["mse"], mse  # predicting zero: an MSE of 1
+
+
 def test_steps_the_size_of_the_runs_first_ones_are_never_clipped():
     """Near zero loss the easy batches' norms fall by decades; a hard batch as large as the run's first steps is no
     outlier, and a real outlier is scaled down to the start, not to the easy batches' typical norm."""

@@ -766,6 +766,7 @@ def clipping_notice(
         )
     return (
         f"{what} The learning rate is likely too high for this model, or many of its batches carry outliers."
-        f" Clipping hides such a failure, it does not fix it: {remedy}; check the data for corrupted rows or labels."
+        f" Clipping hides such a failure, it does not fix it: {remedy}; check the data for corrupted rows or labels,"
+        " or use a robust loss such as nn.HuberLoss for outlier targets."
         " GradWatch says this once per run; gradwatch.json lists it under `notices`."
     )
