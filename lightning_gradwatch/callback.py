@@ -27,7 +27,7 @@ from lightning_gradwatch._environment import (
 )
 from lightning_gradwatch._lightning import CALLBACK_BASES
 from lightning_gradwatch._validation import Granularity
-from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.alerts import GradientAlert, GradientAlertError
 from lightning_gradwatch.config import (
     ClipConfig,
     DetectionConfig,
@@ -38,6 +38,7 @@ from lightning_gradwatch.config import (
     WatchConfig,
 )
 from lightning_gradwatch.engine.environment import check_selection
+from lightning_gradwatch.engine.handoff import Handoff
 from lightning_gradwatch.engine.session import Session
 from lightning_gradwatch.kinds import ExplodingResponse, NonfiniteResponse, RunStatus, VanishingResponse
 from lightning_gradwatch.loop import WatchedLoop
@@ -322,6 +323,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             ),
         )
         self._session = Session(self.settings)
+        self._handoff = Handoff()  # alerts back from spawned workers (``ddp_spawn``)
         self._loss: torch.Tensor | None = None  # this step's loss so far (its micro-batches'), read with its statistics
         self._batch_idx: int | None = None  # of the batch being trained on, for the report's record of bad batches
         self._first_batch_idx: int | None = None  # ... and of the step's first micro-batch (gradient accumulation)
@@ -433,7 +435,14 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
 
     @property
     def alerts(self) -> list[GradientAlert]:
-        """The alerts recorded so far (every response but ``"ignore"`` records them), in step order."""
+        """The alerts recorded so far (every response but ``"ignore"`` records them), in step order.
+
+        Under ``strategy="ddp_spawn"`` (or ``ddp_fork``, ``ddp_notebook``) the fit runs in worker processes; their
+        alerts are handed back to this object when the fit has ended.
+        """
+        handed_back = self._handoff.receive()
+        if handed_back is not None:
+            self._session.alerts[:] = handed_back
         return self._session.alerts
 
     @override
@@ -476,6 +485,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
             if self._batches and not self._measured and trainer.is_global_zero:
                 warn(NO_STEP_MEASURED.format(batches=self._batches))
             self._session.end(_ended(trainer), tuning=not self._batches and _tuning(trainer))
+            self._handoff.send(trainer, self._session.alerts)
 
     def _watch_user_clipping(self, pl_module: Any) -> None:
         """Under manual optimization, know when ``self.clip_gradients`` runs before a step is measured.
@@ -496,6 +506,7 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
     @override
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._session.fail(exception)  # Lightning raises its SIGTERMException, a SystemExit: interrupted
+        self._handoff.send(trainer, self._session.alerts)
 
     # ------------------------------------------------------------------ the step
     @override
@@ -521,7 +532,11 @@ class GradWatch(*CALLBACK_BASES):  # type: ignore[misc]
         host = TrainerHost(trainer, fit.env)
         if loss is not None and fit.env.scaler is not None:  # the loss backward saw was scaled; no sync to unscale it
             loss = loss / fit.env.scaler.scale(torch.ones((), device=loss.device))
-        self._session.step(host, optimizer, pl_module, step=step, index=index, count=count, loss=loss, where=where)
+        try:
+            self._session.step(host, optimizer, pl_module, step=step, index=index, count=count, loss=loss, where=where)
+        except GradientAlertError:  # handed back now: under ddp_spawn another rank's exit may end this one
+            self._handoff.send(trainer, self._session.alerts)
+            raise
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:

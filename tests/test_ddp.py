@@ -102,6 +102,25 @@ def test_ddp_spawn_vanishing_raise_fails_cleanly(tmp_path):
     assert report["error"].startswith("GradientAlertError: Vanishing gradients at step")  # not "the process exited"
     assert [a["kind"] for a in report["alerts"]] == ["vanishing"]
     assert report["alerts"][0]["layers"][0] == "net.0"
+    assert [a.to_dict() for a in watch.alerts] == report["alerts"]  # handed back to the launching process
+
+
+def test_ddp_spawn_hands_the_workers_alerts_back_to_the_callback_the_user_holds(tmp_path):
+    """Lightning sends back weights and ``callback_metrics`` from spawned workers, not callbacks: the alerts come
+    back through GradWatch's own handoff, once, and a second fit of the same object hands back its own."""
+    watch = GradWatch(on_vanishing="warn", vanishing_patience=5, warmup_steps=2)
+    trainer = _trainer(tmp_path / "first", watch)
+    trainer.fit(DistMLP(sigmoid_depth=10, lr=0.01))
+    (run_dir,) = glob.glob(str(tmp_path / "first" / "lightning_logs" / "*"))
+    report = json.loads(Path(run_dir, "gradwatch.json").read_text())
+    assert [a["kind"] for a in report["alerts"]] == ["vanishing"]
+    assert [a.to_dict() for a in watch.alerts] == report["alerts"]
+    assert watch.alerts[0].layers[0] == "net.0"
+    assert not os.path.exists(watch._handoff.path)  # read once, removed
+    assert [a.kind for a in watch.alerts] == ["vanishing"]
+    trainer = _trainer(tmp_path / "second", watch)
+    trainer.fit(DistMLP())
+    assert watch.alerts == []  # the healthy second fit's, not the first's
 
 
 def test_ddp_spawn_crash_still_leaves_logs_and_report(tmp_path):
