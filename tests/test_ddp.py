@@ -123,6 +123,14 @@ def test_ddp_spawn_hands_the_workers_alerts_back_to_the_callback_the_user_holds(
     assert watch.alerts == []  # the healthy second fit's, not the first's
 
 
+def test_ddp_spawn_workers_that_cannot_hand_the_alerts_back_say_so(tmp_path, capfd):
+    watch = GradWatch()
+    watch._handoff.path = str(tmp_path / "missing" / "alerts.json")  # a directory that does not exist
+    _trainer(tmp_path, watch).fit(DistMLP())
+    assert "GradWatch could not hand its alerts back" in capfd.readouterr().err  # a worker's warning, on its stderr
+    assert watch.alerts == []
+
+
 def test_ddp_spawn_crash_still_leaves_logs_and_report(tmp_path):
     trainer = _trainer(tmp_path, GradWatch(log_every_n_steps=2))
     with pytest.raises(Exception, match="boom at step 7"):

@@ -26,6 +26,7 @@ import uuid
 from typing import Any
 
 from lightning_gradwatch.alerts import GradientAlert
+from lightning_gradwatch.write.progress import warn
 
 __all__ = ["Handoff"]
 
@@ -52,8 +53,11 @@ class Handoff:
             with open(partial, "w") as f:
                 json.dump([alert.to_dict() for alert in alerts], f)
             os.replace(partial, self.path)
-        except OSError:  # an unwritable temporary directory: the alerts stay in gradwatch.json
-            return
+        except OSError as error:  # an unwritable temporary directory: the alerts stay in gradwatch.json
+            warn(
+                f"GradWatch could not hand its alerts back to the process that launched the workers ({error}):"
+                " `watch.alerts` there stays empty; gradwatch.json holds them."
+            )
 
     def receive(self) -> list[GradientAlert] | None:
         """In the launching process: the alerts its workers handed back (once), or ``None``."""
