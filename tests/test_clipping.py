@@ -371,10 +371,13 @@ def _outlier_regression(seed: int = 0) -> tuple[torch.Tensor, ...]:
     return x, y, x_val, y_val, order
 
 
-def _mlp() -> torch.nn.Module:
-    torch.manual_seed(0)
+def _mlp(inputs: int = 32, hidden: int = 128, outputs: int = 1, seed: int = 0) -> torch.nn.Module:
+    """A ReLU MLP ``inputs-hidden-hidden-outputs``, drawn after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
     nn = torch.nn
-    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, outputs)
+    )
 
 
 def test_adaptive_clip_on_frequent_label_outliers_is_near_the_best_fixed_threshold(tmp_path):
@@ -924,14 +927,7 @@ def _digits_with_outliers_module(seed: int = 0):
     class Digits(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            torch.manual_seed(seed)
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(64, 128),
-                torch.nn.ReLU(),
-                torch.nn.Linear(128, 128),
-                torch.nn.ReLU(),
-                torch.nn.Linear(128, 10),
-            )
+            self.net = _mlp(64, 128, 10, seed)
 
         def training_step(self, batch, batch_idx):
             return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
@@ -974,14 +970,7 @@ def _outlier_target_regression_module(loss: str) -> Any:
     class OutlierTargets(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            torch.manual_seed(0)
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(8, 64),
-                torch.nn.ReLU(),
-                torch.nn.Linear(64, 64),
-                torch.nn.ReLU(),
-                torch.nn.Linear(64, 1),
-            )
+            self.net = _mlp(8, 64, 1)
             g = torch.Generator().manual_seed(0)
             x = torch.randn(3072, 8, generator=g)
             y = x[:, :4].sum(1, keepdim=True) / 2
